@@ -1,0 +1,66 @@
+# moelua -- build, test and benchmark. `make help` lists the targets.
+CC      ?= gcc
+BUILD   ?= build
+PKGS    := luajit libedit openblas
+CFLAGS  ?= -O3 -g
+CFLAGS  += -std=gnu11 -fPIC -Wall -Wextra -Wno-unused-parameter -Wshadow \
+           $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
+VERSION := 0.1.0
+CFLAGS  += -DMOE_VERSION=\"$(VERSION)\"
+
+ENGINE_SRC := $(wildcard src/core/*.c src/cpu/*.c) src/lua/binding.c
+ENGINE_OBJ := $(ENGINE_SRC:%.c=$(BUILD)/obj/%.o)
+HEADERS    := $(wildcard src/core/*.h src/cpu/*.h src/lua/*.h)
+
+# CUDA: built when nvcc is found (or CUDA=1) and src/cuda has sources; never required.
+NVCC    ?= $(shell command -v nvcc 2>/dev/null)
+CU_SRC  := $(wildcard src/cuda/*.cu)
+
+.PHONY: all deps test check-c specs asan-test bench clean help
+
+all: deps $(BUILD)/moelua $(BUILD)/moe/core.so
+
+deps:
+	@scripts/deps.sh
+
+$(BUILD)/obj/%.o: %.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/libmoe.a: $(ENGINE_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/moe/core.so: $(ENGINE_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) -shared -o $@ $^ $(shell pkg-config --libs openblas) -lm
+
+$(BUILD)/moelua: src/main.c $(BUILD)/libmoe.a $(HEADERS)
+	$(CC) $(CFLAGS) -Wl,-E -o $@ src/main.c $(BUILD)/libmoe.a $(LDLIBS)
+
+$(BUILD)/test_engine: spec/c/test_engine.c $(BUILD)/libmoe.a $(HEADERS)
+	$(CC) $(CFLAGS) -o $@ spec/c/test_engine.c $(BUILD)/libmoe.a $(LDLIBS)
+
+# C checks, then every busted spec; the last line is "N passed, N failed"
+test: all $(BUILD)/test_engine
+	@scripts/test.sh $(BUILD)
+
+# the same suite under AddressSanitizer and UBSan
+asan-test: deps
+	@$(MAKE) --no-print-directory BUILD=build-asan CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
+	  LDLIBS="$(LDLIBS) -fsanitize=address,undefined" build-asan/moelua build-asan/moe/core.so build-asan/test_engine
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  MOELUA_ASAN=1 scripts/test.sh build-asan
+
+bench: all
+	@$(BUILD)/moelua bench/run.lua
+
+clean:
+	rm -rf build build-asan
+
+help:
+	@echo "make            build build/moelua and build/moe/core.so (installs missing Debian packages)"
+	@echo "make test       C checks + busted specs, ending in 'N passed, N failed'"
+	@echo "make asan-test  the same under AddressSanitizer/UBSan"
+	@echo "make bench      benchmarks against OpenBLAS sgemm (results: bench/README.md)"

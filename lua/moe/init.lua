@@ -1,0 +1,105 @@
+-- moe: tensors and Mixture-of-Experts layers for LuaJIT.
+--
+-- Every op is both a function and a method: moe.sum(t, 2) == t:sum(2).
+-- Dims and indices are 1-based (negative dims count from the end); sizes are
+-- varargs or one table; creation functions take an options table last.
+local core = require "moe.core"
+
+local moe = {}
+for k, v in pairs(core) do moe[k] = v end
+moe._VERSION = "0.1.0"
+moe.core = core
+local Tensor = core.Tensor      -- the methods table shared by every tensor
+moe.Tensor = Tensor
+
+-- Lua-side ops ------------------------------------------------------------------
+
+-- split(t, size_or_sizes, dim): views of `size` along dim (the last may be
+-- smaller), or of the given list of sizes.
+function moe.split(t, sizes, dim)
+  dim = dim or 1
+  local n = t:size(dim)
+  local parts, start = {}, 1
+  if type(sizes) == "number" then
+    if sizes <= 0 or sizes ~= math.floor(sizes) then
+      error(("split: split size must be a positive integer, got %s"):format(tostring(sizes)), 2)
+    end
+    while start <= n do
+      local len = math.min(sizes, n - start + 1)
+      parts[#parts + 1] = t:narrow(dim, start, len)
+      start = start + len
+    end
+  elseif type(sizes) == "table" then
+    local total = 0
+    for _, s in ipairs(sizes) do total = total + s end
+    if total ~= n then
+      error(("split: sizes add up to %d but dim %d has size %d"):format(total, dim, n), 2)
+    end
+    for _, s in ipairs(sizes) do
+      parts[#parts + 1] = t:narrow(dim, start, s)
+      start = start + s
+    end
+  else
+    error("split: expected a split size or a table of sizes, got " .. type(sizes), 2)
+  end
+  return parts
+end
+
+-- chunk(t, n, dim): n views of (nearly) equal size, as torch.chunk
+function moe.chunk(t, n, dim)
+  if type(n) ~= "number" or n < 1 or n ~= math.floor(n) then
+    error(("chunk: number of chunks must be a positive integer, got %s"):format(tostring(n)), 2)
+  end
+  dim = dim or 1
+  local size = math.ceil(t:size(dim) / n)
+  if size == 0 then return { t } end
+  return moe.split(t, size, dim)
+end
+
+function moe.expand_as(t, other) return t:expand(other) end
+function moe.view_as(t, other) return t:view(other:shape()) end
+function moe.flatten(t) return t:reshape(-1) end
+function moe.zero_(t) return t:fill_(0) end
+function moe.is_same_size(a, b)
+  local sa, sb = a:shape(), b:shape()
+  if #sa ~= #sb then return false end
+  for i = 1, #sa do if sa[i] ~= sb[i] then return false end end
+  return true
+end
+function moe.float(t) return t:to("float32") end
+function moe.double(t) return t:to("float64") end
+function moe.int(t) return t:to("int32") end
+function moe.long(t) return t:to("int64") end
+function moe.bool(t) return t:to("bool") end
+moe.type = moe.to
+
+for _, name in ipairs { "split", "chunk", "expand_as", "view_as", "flatten", "zero_",
+                        "is_same_size", "float", "double", "int", "long", "bool", "type" } do
+  Tensor[name] = moe[name]
+end
+
+-- *_like creation: same shape (and dtype unless opts.dtype says otherwise)
+local function like(fn)
+  return function(t, opts)
+    local o = { dtype = t:dtype() }
+    for k, v in pairs(opts or {}) do o[k] = v end
+    return fn(t:shape(), o)
+  end
+end
+moe.zeros_like = like(moe.zeros)
+moe.ones_like = like(moe.ones)
+moe.empty_like = like(moe.empty)
+moe.rand_like = like(moe.rand)
+moe.randn_like = like(moe.randn)
+function moe.full_like(t, value, opts)
+  local o = { dtype = t:dtype() }
+  for k, v in pairs(opts or {}) do o[k] = v end
+  return moe.full(t:shape(), value, o)
+end
+
+-- printing ---------------------------------------------------------------------
+local printer = require "moe.tensor"
+core.metatable.__tostring = printer.tostring
+moe.set_printoptions = printer.set_printoptions
+
+return moe

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the Debian packages moelua needs, if any are missing.
+# Quiet when everything is present; says what it installs otherwise.
+set -euo pipefail
+pkgs=(build-essential pkg-config luajit libluajit-5.1-dev libopenblas-dev lua-busted
+      libedit-dev zlib1g-dev tmux)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "moelua: installing missing Debian packages: ${missing[*]}"
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "moelua: need root (or sudo) to run apt-get install ${missing[*]}" >&2; exit 1; }
+  sudo="sudo"
+fi
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "moelua: installed ${missing[*]}"

@@ -1,0 +1,348 @@
+/* index.c -- checking and dispatch of sort, topk, gather, scatter_add,
+ * index_select, index_add, bincount, cat and stack. */
+#include "moe.h"
+#include "../cpu/cpu.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Index tensor as contiguous int64 with every value checked to lie in
+ * [ibase, ibase + size - 1]. Returns the data; *hold keeps it alive. */
+static const int64_t *checked_index(const char *op, const moe_tensor *index, int64_t size,
+                                    int64_t ibase, moe_tensor **hold) {
+  char b[160];
+  *hold = NULL;
+  if (index->dtype != MOE_I64 && index->dtype != MOE_I32) {
+    moe_error("%s: index must be an int32 or int64 tensor, got %s (shape %s)", op,
+              moe_dtype_name(index->dtype), moe_shape_str(index, b));
+    return NULL;
+  }
+  moe_tensor *i64 = moe_to_dtype(index, MOE_I64);
+  if (!i64) return NULL;
+  *hold = moe_contiguous(i64);
+  moe_tensor_release(i64);
+  if (!*hold) return NULL;
+  const int64_t *p = (const int64_t *)moe_data(*hold);
+  int64_t n = moe_numel(*hold);
+  for (int64_t i = 0; i < n; i++) {
+    if (p[i] < ibase || p[i] >= ibase + size) {
+      moe_error("%s: index %lld out of range [%lld, %lld] (dim size %lld)", op, (long long)p[i],
+                (long long)ibase, (long long)(ibase + size - 1), (long long)size);
+      moe_tensor_release(*hold);
+      *hold = NULL;
+      return NULL;
+    }
+  }
+  return p;
+}
+
+static int check_dim(const char *op, const moe_tensor *t, int dim) {
+  char b[160];
+  if (dim < 0 || dim >= (t->ndim ? t->ndim : 1) || (t->ndim == 0))
+    return moe_error("%s: dim %d out of range for tensor of shape %s", op, dim + 1, moe_shape_str(t, b));
+  return 0;
+}
+
+/* ---------------------------------------------------------------- sort, topk */
+
+int moe_sort(const moe_tensor *t, int dim, int descending, moe_tensor **values,
+             moe_tensor **indices, int64_t ibase) {
+  if (check_dim("sort", t, dim)) return -1;
+  return moe_topk(t, t->shape[dim], dim, descending, 1, values, indices, ibase);
+}
+
+int moe_topk(const moe_tensor *t, int64_t k, int dim, int largest, int sorted,
+             moe_tensor **values, moe_tensor **indices, int64_t ibase) {
+  char b[160];
+  (void)sorted; /* results always come sorted */
+  if (check_dim("topk", t, dim)) return -1;
+  if (k < 0 || k > t->shape[dim])
+    return moe_error("topk: k = %lld out of range for dim %d of size %lld (shape %s)", (long long)k,
+                     dim + 1, (long long)t->shape[dim], moe_shape_str(t, b));
+  /* rows along dim */
+  int perm[MOE_MAX_DIMS], n = 0;
+  for (int d = 0; d < t->ndim; d++) if (d != dim) perm[n++] = d;
+  perm[n] = dim;
+  moe_dtype wdt = t->dtype == MOE_BOOL ? MOE_I32 : t->dtype;
+  moe_tensor *p = moe_permute(t, perm);
+  moe_tensor *x = NULL, *vals = NULL, *idx = NULL;
+  int64_t *order = NULL;
+  int rc = -1;
+  if (!p) return -1;
+  if (wdt == t->dtype) x = moe_contiguous(p);
+  else if ((x = moe_empty(p->ndim, p->shape, wdt))) moe_cpu_copy(x, p);
+  if (!x) goto done;
+  int64_t K = t->shape[dim], M = 1;
+  for (int d = 0; d < t->ndim; d++) if (d != dim) M *= t->shape[d];
+  order = malloc(sizeof(int64_t) * (size_t)(M * K + 1));
+  if (!order) { moe_error("topk: out of memory"); goto done; }
+  moe_cpu_argsort_rows(x, M, K, largest != 0, order);
+  /* outputs in [rest..., k] layout, then permuted back */
+  int64_t oshape[MOE_MAX_DIMS];
+  memcpy(oshape, x->shape, sizeof oshape);
+  oshape[t->ndim - 1] = k;
+  vals = moe_empty(t->ndim, oshape, t->dtype);
+  idx = moe_empty(t->ndim, oshape, MOE_I64);
+  if (!vals || !idx) goto done;
+  size_t es = moe_dtype_size(t->dtype);
+  const char *xs = moe_data(x);
+  char *vs = moe_data(vals);
+  int64_t *is = (int64_t *)moe_data(idx);
+  if (wdt != t->dtype) { /* bool was sorted as int32: take values from the original */
+    moe_tensor_release(x);
+    if (!(x = moe_contiguous(p))) goto done;
+    xs = moe_data(x);
+  }
+  for (int64_t m = 0; m < M; m++)
+    for (int64_t j = 0; j < k; j++) {
+      int64_t o = order[m * K + j];
+      memcpy(vs + (size_t)(m * k + j) * es, xs + (size_t)(m * K + o) * es, es);
+      is[m * k + j] = o + ibase;
+    }
+  int inv[MOE_MAX_DIMS];
+  for (int d = 0; d < t->ndim; d++) inv[perm[d]] = d;
+  moe_tensor *pv = moe_permute(vals, inv), *pi = moe_permute(idx, inv);
+  if (pv && pi) {
+    *values = moe_contiguous(pv);
+    *indices = moe_contiguous(pi);
+    if (*values && *indices) rc = 0;
+    else { moe_tensor_release(*values); moe_tensor_release(*indices); }
+  }
+  moe_tensor_release(pv);
+  moe_tensor_release(pi);
+done:
+  free(order);
+  moe_tensor_release(p);
+  moe_tensor_release(x);
+  moe_tensor_release(vals);
+  moe_tensor_release(idx);
+  return rc;
+}
+
+/* ---------------------------------------------------------------- gather, scatter_add */
+
+static int check_index_shape(const char *op, const moe_tensor *t, int dim, const moe_tensor *index,
+                             const moe_tensor *src) {
+  char b1[160], b2[160], b3[160];
+  if (check_dim(op, t, dim)) return -1;
+  if (index->ndim != t->ndim)
+    return moe_error("%s: index of shape %s must have as many dims as the input of shape %s", op,
+                     moe_shape_str(index, b1), moe_shape_str(t, b2));
+  for (int d = 0; d < t->ndim; d++) {
+    if ((d != dim && index->shape[d] > t->shape[d]) || (src && index->shape[d] > src->shape[d]))
+      return moe_error("%s: index of shape %s does not fit input of shape %s%s%s in dim %d", op,
+                       moe_shape_str(index, b1), moe_shape_str(t, b2), src ? " and source of shape " : "",
+                       src ? moe_shape_str(src, b3) : "", d + 1);
+  }
+  if (src && src->ndim != t->ndim)
+    return moe_error("%s: source of shape %s must have as many dims as the input of shape %s", op,
+                     moe_shape_str(src, b1), moe_shape_str(t, b2));
+  return 0;
+}
+
+moe_tensor *moe_gather(const moe_tensor *t, int dim, const moe_tensor *index, int64_t ibase) {
+  moe_tensor *hold;
+  if (check_index_shape("gather", t, dim, index, NULL)) return NULL;
+  const int64_t *ix = checked_index("gather", index, t->shape[dim], ibase, &hold);
+  if (!ix) return NULL;
+  moe_tensor *out = moe_empty(index->ndim, index->shape, t->dtype);
+  if (out) moe_cpu_gather(out, t, dim, ix, index, ibase);
+  moe_tensor_release(hold);
+  return out;
+}
+
+moe_tensor *moe_scatter_add(const moe_tensor *t, int dim, const moe_tensor *index,
+                            const moe_tensor *src, int64_t ibase, int inplace) {
+  moe_tensor *hold, *s = NULL, *out = NULL;
+  if (check_index_shape("scatter_add", t, dim, index, src)) return NULL;
+  const int64_t *ix = checked_index("scatter_add", index, t->shape[dim], ibase, &hold);
+  if (!ix) return NULL;
+  if (!(s = moe_to_dtype(src, t->dtype))) goto done;
+  if (inplace) { out = (moe_tensor *)t; moe_tensor_retain(out); }
+  else if (!(out = moe_clone(t))) goto done;
+  moe_cpu_scatter_add(out, dim, ix, index, s, ibase);
+done:
+  moe_tensor_release(s);
+  moe_tensor_release(hold);
+  return out;
+}
+
+/* ---------------------------------------------------------------- index_select, index_add */
+
+static int check_vector_index(const char *op, const moe_tensor *index) {
+  char b[160];
+  if (index->ndim > 1)
+    return moe_error("%s: index must be 1-D, got shape %s", op, moe_shape_str(index, b));
+  return 0;
+}
+
+moe_tensor *moe_index_select(const moe_tensor *t, int dim, const moe_tensor *index, int64_t ibase) {
+  moe_tensor *hold;
+  if (check_dim("index_select", t, dim) || check_vector_index("index_select", index)) return NULL;
+  const int64_t *ix = checked_index("index_select", index, t->shape[dim], ibase, &hold);
+  if (!ix) return NULL;
+  int64_t n = moe_numel(index), shape[MOE_MAX_DIMS];
+  memcpy(shape, t->shape, sizeof shape);
+  shape[dim] = n;
+  moe_tensor *out = moe_empty(t->ndim, shape, t->dtype);
+  if (out) {
+    /* row copies: one strided copy of the slice t[.., ix[i], ..] per index */
+    moe_tensor so = *t, oo = *out;
+    so.shape[dim] = 1;
+    oo.shape[dim] = 1;
+    for (int64_t i = 0; i < n; i++) {
+      so.offset = t->offset + (ix[i] - ibase) * t->stride[dim];
+      oo.offset = out->offset + i * out->stride[dim];
+      moe_cpu_copy(&oo, &so);
+    }
+  }
+  moe_tensor_release(hold);
+  return out;
+}
+
+moe_tensor *moe_index_add(const moe_tensor *t, int dim, const moe_tensor *index,
+                          const moe_tensor *src, int64_t ibase, int inplace) {
+  char b1[160], b2[160];
+  moe_tensor *hold, *s = NULL, *out = NULL;
+  if (check_dim("index_add", t, dim) || check_vector_index("index_add", index)) return NULL;
+  int64_t n = moe_numel(index);
+  int bad = src->ndim != t->ndim || src->shape[dim] != n;
+  for (int d = 0; !bad && d < t->ndim; d++) bad = d != dim && src->shape[d] != t->shape[d];
+  if (bad) {
+    moe_error("index_add: source of shape %s does not match input of shape %s with %lld indices in dim %d",
+              moe_shape_str(src, b1), moe_shape_str(t, b2), (long long)n, dim + 1);
+    return NULL;
+  }
+  const int64_t *ix = checked_index("index_add", index, t->shape[dim], ibase, &hold);
+  if (!ix) return NULL;
+  moe_dtype cdt = t->dtype == MOE_BOOL ? MOE_I64 : t->dtype;
+  if (!(s = moe_to_dtype(src, cdt))) goto done;
+  if (inplace && cdt == t->dtype) { out = (moe_tensor *)t; moe_tensor_retain(out); }
+  else if (inplace) { moe_error("index_add_: cannot add in place into a bool tensor"); goto done; }
+  else if (!(out = cdt == t->dtype ? moe_clone(t) : moe_to_dtype(t, cdt)))
+    goto done;
+  moe_tensor so = *s, oo = *out;
+  so.shape[dim] = 1;
+  oo.shape[dim] = 1;
+  for (int64_t i = 0; i < n; i++) {
+    so.offset = s->offset + i * s->stride[dim];
+    oo.offset = out->offset + (ix[i] - ibase) * out->stride[dim];
+    moe_cpu_binary(MOE_ADD, &oo, &oo, &so);
+  }
+done:
+  moe_tensor_release(s);
+  moe_tensor_release(hold);
+  return out;
+}
+
+/* ---------------------------------------------------------------- bincount */
+
+moe_tensor *moe_bincount(const moe_tensor *t, const moe_tensor *weights, int64_t minlength,
+                         int64_t ibase) {
+  char b1[160], b2[160];
+  if (t->ndim != 1) { moe_error("bincount: input must be 1-D, got shape %s", moe_shape_str(t, b1)); return NULL; }
+  if (t->dtype != MOE_I32 && t->dtype != MOE_I64) {
+    moe_error("bincount: input must be an int32 or int64 tensor, got %s", moe_dtype_name(t->dtype));
+    return NULL;
+  }
+  if (minlength < 0) { moe_error("bincount: minlength must be >= 0, got %lld", (long long)minlength); return NULL; }
+  if (weights && (weights->ndim != 1 || weights->shape[0] != t->shape[0])) {
+    moe_error("bincount: weights of shape %s do not match input of shape %s", moe_shape_str(weights, b1),
+              moe_shape_str(t, b2));
+    return NULL;
+  }
+  moe_tensor *hold;
+  int64_t n = t->shape[0], len = minlength;
+  const int64_t *v = checked_index("bincount", t, INT64_MAX / 4, ibase, &hold);
+  if (!v) return NULL;
+  for (int64_t i = 0; i < n; i++) if (v[i] - ibase + 1 > len) len = v[i] - ibase + 1;
+  moe_tensor *w = NULL, *out = NULL;
+  if (weights) {
+    moe_dtype wdt = moe_dtype_is_float(weights->dtype) ? weights->dtype : MOE_F64;
+    moe_tensor *w1 = moe_to_dtype(weights, wdt);
+    w = w1 ? moe_contiguous(w1) : NULL;
+    moe_tensor_release(w1);
+    if (!w) goto done;
+  }
+  out = moe_full(1, &len, w ? w->dtype : MOE_I64, 0);
+  if (!out) goto done;
+  if (!w) {
+    int64_t *o = (int64_t *)moe_data(out);
+    for (int64_t i = 0; i < n; i++) o[v[i] - ibase]++;
+  } else if (w->dtype == MOE_F32) {
+    float *o = (float *)moe_data(out);
+    const float *ww = (const float *)moe_data(w);
+    for (int64_t i = 0; i < n; i++) o[v[i] - ibase] += ww[i];
+  } else {
+    double *o = (double *)moe_data(out);
+    const double *ww = (const double *)moe_data(w);
+    for (int64_t i = 0; i < n; i++) o[v[i] - ibase] += ww[i];
+  }
+done:
+  moe_tensor_release(w);
+  moe_tensor_release(hold);
+  return out;
+}
+
+/* ---------------------------------------------------------------- cat, stack */
+
+moe_tensor *moe_cat(int n, moe_tensor *const *ts, int dim) {
+  char b1[160], b2[160];
+  if (n < 1) { moe_error("cat: expected a non-empty list of tensors"); return NULL; }
+  const moe_tensor *ref = ts[0];
+  if (check_dim("cat", ref, dim)) return NULL;
+  moe_dtype dt = ref->dtype;
+  int64_t shape[MOE_MAX_DIMS];
+  memcpy(shape, ref->shape, sizeof shape);
+  shape[dim] = 0;
+  for (int i = 0; i < n; i++) {
+    const moe_tensor *t = ts[i];
+    int bad = t->ndim != ref->ndim;
+    for (int d = 0; !bad && d < t->ndim; d++) bad = d != dim && t->shape[d] != ref->shape[d];
+    if (bad) {
+      moe_error("cat: tensor %d of shape %s does not match tensor 1 of shape %s outside dim %d", i + 1,
+                moe_shape_str(t, b1), moe_shape_str(ref, b2), dim + 1);
+      return NULL;
+    }
+    shape[dim] += t->shape[dim];
+    dt = moe_promote(dt, t->dtype);
+  }
+  moe_tensor *out = moe_empty(ref->ndim, shape, dt);
+  if (!out) return NULL;
+  int64_t at = 0;
+  for (int i = 0; i < n; i++) {
+    moe_tensor part = *out;
+    part.offset = out->offset + at * out->stride[dim];
+    part.shape[dim] = ts[i]->shape[dim];
+    moe_cpu_copy(&part, ts[i]);
+    at += ts[i]->shape[dim];
+  }
+  return out;
+}
+
+moe_tensor *moe_stack(int n, moe_tensor *const *ts, int dim) {
+  char b1[160], b2[160];
+  if (n < 1) { moe_error("stack: expected a non-empty list of tensors"); return NULL; }
+  for (int i = 1; i < n; i++) {
+    int bad = ts[i]->ndim != ts[0]->ndim;
+    for (int d = 0; !bad && d < ts[0]->ndim; d++) bad = ts[i]->shape[d] != ts[0]->shape[d];
+    if (bad) {
+      moe_error("stack: tensor %d of shape %s differs from tensor 1 of shape %s", i + 1,
+                moe_shape_str(ts[i], b1), moe_shape_str(ts[0], b2));
+      return NULL;
+    }
+  }
+  if (dim < 0 || dim > ts[0]->ndim) {
+    moe_error("stack: dim %d out of range for tensors of shape %s", dim + 1, moe_shape_str(ts[0], b1));
+    return NULL;
+  }
+  moe_tensor **us = calloc((size_t)n, sizeof *us);
+  moe_tensor *out = NULL;
+  if (!us) { moe_error("stack: out of memory"); return NULL; }
+  int ok = 1;
+  for (int i = 0; i < n && ok; i++) ok = (us[i] = moe_unsqueeze(ts[i], dim)) != NULL;
+  if (ok) out = moe_cat(n, us, dim);
+  for (int i = 0; i < n; i++) moe_tensor_release(us[i]);
+  free(us);
+  return out;
+}

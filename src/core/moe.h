@@ -1,0 +1,164 @@
+/* moe.h -- the moelua engine's public interface.
+ *
+ * A tensor is a strided N-d view (shape, stride, offset, dtype, device) over a
+ * reference-counted block of storage. Views share storage; every function that
+ * returns a `moe_tensor *` returns a NEW reference the caller must release with
+ * moe_tensor_release().
+ *
+ * Errors: a function that fails returns NULL (or -1) and records a message that
+ * names the op and the shapes or values at fault; read it with moe_last_error().
+ * The engine never aborts, exits or longjmps on user input.
+ *
+ * Indices: C is 0-based. Ops that read or write index tensors take an `ibase`
+ * argument: the value that denotes the first element (the Lua binding passes 1).
+ * Dims passed to engine functions are always 0-based and already normalised.
+ */
+#ifndef MOE_H
+#define MOE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define MOE_MAX_DIMS 8
+#define MOE_ALIGN 64
+
+typedef enum { MOE_F32 = 0, MOE_F64, MOE_I32, MOE_I64, MOE_BOOL, MOE_NDTYPES } moe_dtype;
+typedef enum { MOE_CPU = 0, MOE_CUDA = 1 } moe_device;
+
+typedef struct moe_storage {
+  void *data;
+  size_t nbytes;
+  int refcount;
+  moe_device device;
+} moe_storage;
+
+typedef struct moe_tensor {
+  moe_storage *storage;
+  int64_t offset;                 /* in elements */
+  int ndim;
+  int64_t shape[MOE_MAX_DIMS];
+  int64_t stride[MOE_MAX_DIMS];   /* in elements; 0 for broadcast dims */
+  moe_dtype dtype;
+  moe_device device;
+  int refcount;
+} moe_tensor;
+
+/* ---- errors (src/core/error.c) ---- */
+int moe_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+const char *moe_last_error(void);
+/* "[2,3]" into buf (at least 160 bytes); returns buf */
+const char *moe_shape_str(const moe_tensor *t, char *buf);
+const char *moe_dims_str(int ndim, const int64_t *shape, char *buf);
+
+/* ---- dtypes ---- */
+size_t moe_dtype_size(moe_dtype dt);
+const char *moe_dtype_name(moe_dtype dt);
+int moe_dtype_from_name(const char *name, moe_dtype *out); /* 0 ok, -1 unknown */
+int moe_dtype_is_float(moe_dtype dt);
+moe_dtype moe_promote(moe_dtype a, moe_dtype b);
+
+/* ---- storage and tensors (src/core/tensor.c) ---- */
+/* Bytes currently held by live host storages (for the GC nudge and for specs). */
+int64_t moe_live_bytes(void);
+int64_t moe_live_tensors(void);
+moe_tensor *moe_empty(int ndim, const int64_t *shape, moe_dtype dt);
+moe_tensor *moe_full(int ndim, const int64_t *shape, moe_dtype dt, double value);
+moe_tensor *moe_empty_like(const moe_tensor *t);
+void moe_tensor_retain(moe_tensor *t);
+void moe_tensor_release(moe_tensor *t);
+int64_t moe_numel(const moe_tensor *t);
+int moe_is_contiguous(const moe_tensor *t);
+static inline char *moe_data(const moe_tensor *t) {
+  return (char *)t->storage->data + (size_t)t->offset * moe_dtype_size(t->dtype);
+}
+/* element access by 0-based multi-index (slow path: printing, item, totable) */
+double moe_get(const moe_tensor *t, const int64_t *idx);
+void moe_set(moe_tensor *t, const int64_t *idx, double v);
+/* row-major fill from a double buffer (table conversion) */
+moe_tensor *moe_from_doubles(int ndim, const int64_t *shape, moe_dtype dt, const double *v);
+int moe_fill_(moe_tensor *t, double v);
+
+/* ---- views (no copies) ---- */
+moe_tensor *moe_view(const moe_tensor *t, int ndim, const int64_t *shape);     /* one -1 allowed */
+moe_tensor *moe_reshape(const moe_tensor *t, int ndim, const int64_t *shape);  /* copies if needed */
+moe_tensor *moe_transpose(const moe_tensor *t, int d0, int d1);
+moe_tensor *moe_permute(const moe_tensor *t, const int *perm);
+moe_tensor *moe_narrow(const moe_tensor *t, int dim, int64_t start, int64_t len);
+moe_tensor *moe_select(const moe_tensor *t, int dim, int64_t index);
+moe_tensor *moe_expand(const moe_tensor *t, int ndim, const int64_t *shape);    /* -1 keeps */
+moe_tensor *moe_squeeze(const moe_tensor *t, int dim);                          /* dim<0: all */
+moe_tensor *moe_unsqueeze(const moe_tensor *t, int dim);
+moe_tensor *moe_contiguous(const moe_tensor *t);  /* new ref to t itself when already contiguous */
+moe_tensor *moe_clone(const moe_tensor *t);
+moe_tensor *moe_to_dtype(const moe_tensor *t, moe_dtype dt); /* new ref to t when same dtype */
+int moe_copy_(moe_tensor *dst, const moe_tensor *src);        /* broadcasts src, casts dtype */
+
+/* ---- elementwise (src/core/ops.c -> src/cpu/elementwise.c) ---- */
+typedef enum {
+  MOE_ADD, MOE_SUB, MOE_MUL, MOE_DIV, MOE_POW, MOE_MAXIMUM, MOE_MINIMUM,
+  MOE_EQ, MOE_NE, MOE_LT, MOE_LE, MOE_GT, MOE_GE, MOE_NBINOPS
+} moe_binop;
+typedef enum {
+  MOE_NEG, MOE_ABS, MOE_RELU, MOE_SIGN, MOE_SQUARE, MOE_CLAMP,   /* keep integer dtypes */
+  MOE_EXP, MOE_LOG, MOE_SQRT, MOE_TANH, MOE_SIGMOID, MOE_GELU, MOE_SOFTPLUS,
+  MOE_LOG1P, MOE_EXPM1, MOE_FLOOR, MOE_CEIL, MOE_ROUND, MOE_RSQRT, MOE_NUNOPS
+} moe_unop;
+const char *moe_binop_name(moe_binop op);
+const char *moe_unop_name(moe_unop op);
+moe_tensor *moe_binary(moe_binop op, const moe_tensor *a, const moe_tensor *b);
+/* tensor (op) scalar, or scalar (op) tensor when `scalar_left` */
+moe_tensor *moe_binary_scalar(moe_binop op, const moe_tensor *a, double s, int scalar_left);
+/* in place: a = a (op) b, b broadcast to a's shape, result cast to a's dtype */
+int moe_binary_(moe_binop op, moe_tensor *a, const moe_tensor *b);
+moe_tensor *moe_unary(moe_unop op, const moe_tensor *a, double p0, double p1);
+moe_tensor *moe_where(const moe_tensor *cond, const moe_tensor *a, const moe_tensor *b);
+
+/* ---- reductions and scans (src/cpu/reduce.c) ---- */
+typedef enum {
+  MOE_RSUM, MOE_RMEAN, MOE_RPROD, MOE_RVAR, MOE_RSTD, MOE_RMAX, MOE_RMIN,
+  MOE_RARGMAX, MOE_RARGMIN, MOE_RLOGSUMEXP, MOE_RALL, MOE_RANY, MOE_NREDOPS
+} moe_redop;
+const char *moe_redop_name(moe_redop op);
+/* dims: mask of reduced dims (bit d), 0 = all. For MAX/MIN `indices` (if non-NULL)
+ * receives the argmax over a single dim. `correction` is used by VAR/STD. */
+moe_tensor *moe_reduce(moe_redop op, const moe_tensor *t, unsigned dims, int keepdim,
+                       int correction, moe_tensor **indices, int64_t ibase);
+typedef enum { MOE_SOFTMAX, MOE_LOG_SOFTMAX, MOE_CUMSUM, MOE_CUMPROD } moe_scanop;
+moe_tensor *moe_scan(moe_scanop op, const moe_tensor *t, int dim);
+
+/* ---- matmul (src/cpu/matmul.c) ---- */
+moe_tensor *moe_matmul(const moe_tensor *a, const moe_tensor *b);
+/* out = a @ b into an existing tensor (shapes already checked by moe_matmul rules) */
+int moe_matmul_out(moe_tensor *out, const moe_tensor *a, const moe_tensor *b);
+
+/* ---- sorting and indexing (src/cpu/index.c) ---- */
+int moe_sort(const moe_tensor *t, int dim, int descending, moe_tensor **values,
+             moe_tensor **indices, int64_t ibase);
+int moe_topk(const moe_tensor *t, int64_t k, int dim, int largest, int sorted,
+             moe_tensor **values, moe_tensor **indices, int64_t ibase);
+moe_tensor *moe_gather(const moe_tensor *t, int dim, const moe_tensor *index, int64_t ibase);
+/* out = t with out[... index ...] += src; inplace modifies t */
+moe_tensor *moe_scatter_add(const moe_tensor *t, int dim, const moe_tensor *index,
+                            const moe_tensor *src, int64_t ibase, int inplace);
+moe_tensor *moe_index_select(const moe_tensor *t, int dim, const moe_tensor *index, int64_t ibase);
+moe_tensor *moe_index_add(const moe_tensor *t, int dim, const moe_tensor *index,
+                          const moe_tensor *src, int64_t ibase, int inplace);
+moe_tensor *moe_bincount(const moe_tensor *t, const moe_tensor *weights, int64_t minlength,
+                         int64_t ibase);
+moe_tensor *moe_cat(int n, moe_tensor *const *ts, int dim);
+moe_tensor *moe_stack(int n, moe_tensor *const *ts, int dim);
+
+/* ---- creation and random numbers (src/core/rng.c) ----
+ * The generator is Philox4x32-10 (Salmon et al., SC'11): counter-based, so the
+ * value at position i of a random op depends only on (seed, op counter, i). */
+void moe_manual_seed(uint64_t seed);
+uint64_t moe_rng_seed(void);
+moe_tensor *moe_arange(double start, double end, double step, moe_dtype dt);
+moe_tensor *moe_linspace(double start, double end, int64_t n, moe_dtype dt);
+moe_tensor *moe_eye(int64_t n, int64_t m, moe_dtype dt);
+moe_tensor *moe_rand(int ndim, const int64_t *shape, moe_dtype dt, double lo, double hi);
+moe_tensor *moe_randn(int ndim, const int64_t *shape, moe_dtype dt, double mean, double std);
+moe_tensor *moe_randint(int64_t low, int64_t high, int ndim, const int64_t *shape, moe_dtype dt);
+moe_tensor *moe_randperm(int64_t n, moe_dtype dt, int64_t ibase);
+
+#endif

@@ -1,0 +1,192 @@
+/* rng.c -- Philox4x32-10 counter-based random numbers and tensor creation.
+ *
+ * Philox (Salmon, Moraes, Dror, Shaw, "Parallel random numbers: as easy as 1, 2,
+ * 3", SC'11) maps a 128-bit counter and a 64-bit key to 128 random bits. The key
+ * is the seed; every random op takes a fresh block of counters, so element i of
+ * an op's output is a pure function of (seed, op number, i): results do not
+ * depend on threads or on how the work is split. moe_manual_seed(n) resets the
+ * key to n and the op counter to 0. */
+#include "moe.h"
+#include "../cpu/cpu.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t rng_seed = 0x853c49e6748fea9bULL, rng_offset = 0;
+
+void moe_manual_seed(uint64_t seed) { rng_seed = seed; rng_offset = 0; }
+uint64_t moe_rng_seed(void) { return rng_seed; }
+
+static inline uint32_t mulhilo(uint32_t a, uint32_t b, uint32_t *hi) {
+  uint64_t p = (uint64_t)a * b;
+  *hi = (uint32_t)(p >> 32);
+  return (uint32_t)p;
+}
+
+/* one Philox4x32-10 block: ctr[4] -> out[4] */
+static void philox(const uint32_t ctr[4], uint64_t key, uint32_t out[4]) {
+  uint32_t c0 = ctr[0], c1 = ctr[1], c2 = ctr[2], c3 = ctr[3];
+  uint32_t k0 = (uint32_t)key, k1 = (uint32_t)(key >> 32);
+  for (int r = 0; r < 10; r++) {
+    uint32_t hi0, hi1;
+    uint32_t lo0 = mulhilo(0xD2511F53u, c0, &hi0), lo1 = mulhilo(0xCD9E8D57u, c2, &hi1);
+    uint32_t n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
+    c0 = n0; c1 = lo1; c2 = n2; c3 = lo0;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
+}
+
+/* 128 random bits for element i of the op whose counter base is `base` */
+static void bits_at(uint64_t base, uint64_t i, uint32_t out[4]) {
+  uint64_t c = base + i;
+  uint32_t ctr[4] = {(uint32_t)c, (uint32_t)(c >> 32), 0x6d6f656cu /* "moel" */, 0};
+  philox(ctr, rng_seed, out);
+}
+
+static uint64_t take_counters(uint64_t n) {
+  uint64_t base = rng_offset;
+  rng_offset += n;
+  return base;
+}
+
+static inline double u01_53(uint32_t a, uint32_t b) { /* [0,1) with 53 bits */
+  return (double)(((uint64_t)a << 21) ^ (b >> 11)) * 0x1.0p-53;
+}
+
+moe_tensor *moe_rand(int ndim, const int64_t *shape, moe_dtype dt, double lo, double hi) {
+  moe_tensor *t = moe_empty(ndim, shape, dt);
+  if (!t) return NULL;
+  int64_t n = moe_numel(t);
+  uint64_t base = take_counters((uint64_t)n);
+  for (int64_t i = 0; i < n; i++) {
+    uint32_t r[4];
+    bits_at(base, (uint64_t)i, r);
+    double u = u01_53(r[0], r[1]);
+    if (dt == MOE_F32) {
+      float f = (float)(lo + (hi - lo) * ((double)(r[0] >> 8) * 0x1.0p-24));
+      ((float *)t->storage->data)[i] = f < (float)hi ? f : (float)lo;
+    } else {
+      ((double *)t->storage->data)[i] = lo + (hi - lo) * u;
+    }
+  }
+  return t;
+}
+
+moe_tensor *moe_randn(int ndim, const int64_t *shape, moe_dtype dt, double mean, double std) {
+  moe_tensor *t = moe_empty(ndim, shape, dt);
+  if (!t) return NULL;
+  int64_t n = moe_numel(t);
+  uint64_t base = take_counters((uint64_t)n);
+  for (int64_t i = 0; i < n; i++) {
+    uint32_t r[4];
+    bits_at(base, (uint64_t)i, r);
+    double u1 = 1.0 - u01_53(r[0], r[1]), u2 = u01_53(r[2], r[3]); /* u1 in (0,1] */
+    double z = sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);        /* Box-Muller */
+    if (dt == MOE_F32) ((float *)t->storage->data)[i] = (float)(mean + std * z);
+    else ((double *)t->storage->data)[i] = mean + std * z;
+  }
+  return t;
+}
+
+/* uniform integer in [0, range) without modulo bias (Lemire's method on 64 bits) */
+static uint64_t bounded(uint64_t base, uint64_t i, uint64_t range) {
+  uint32_t r[4];
+  bits_at(base, i, r);
+  uint64_t x = ((uint64_t)r[0] << 32) | r[1];
+  unsigned __int128 m = (unsigned __int128)x * range;
+  uint64_t l = (uint64_t)m;
+  if (l < range) {
+    uint64_t th = (0 - range) % range;
+    uint64_t k = 1;
+    while (l < th) { /* rare: draw again from the spare words, then further counters */
+      x = k == 1 ? (((uint64_t)r[2] << 32) | r[3]) : 0;
+      if (k > 1) { uint32_t r2[4]; uint32_t ctr[4] = {(uint32_t)(base + i), (uint32_t)((base + i) >> 32), 0x6d6f656cu, (uint32_t)k};
+                   philox(ctr, rng_seed, r2); x = ((uint64_t)r2[0] << 32) | r2[1]; }
+      m = (unsigned __int128)x * range;
+      l = (uint64_t)m;
+      k++;
+    }
+  }
+  return (uint64_t)(m >> 64);
+}
+
+moe_tensor *moe_randint(int64_t low, int64_t high, int ndim, const int64_t *shape, moe_dtype dt) {
+  if (high < low) {
+    moe_error("randint: low %lld is greater than high %lld", (long long)low, (long long)high);
+    return NULL;
+  }
+  moe_tensor *t = moe_empty(ndim, shape, MOE_I64);
+  if (!t) return NULL;
+  int64_t n = moe_numel(t);
+  uint64_t base = take_counters((uint64_t)n), range = (uint64_t)(high - low) + 1;
+  int64_t *p = (int64_t *)t->storage->data;
+  for (int64_t i = 0; i < n; i++) p[i] = low + (int64_t)(range ? bounded(base, (uint64_t)i, range) : 0);
+  if (dt == MOE_I64) return t;
+  moe_tensor *c = moe_to_dtype(t, dt);
+  moe_tensor_release(t);
+  return c;
+}
+
+moe_tensor *moe_randperm(int64_t n, moe_dtype dt, int64_t ibase) {
+  if (n < 0) { moe_error("randperm: negative n %lld", (long long)n); return NULL; }
+  moe_tensor *t = moe_empty(1, &n, MOE_I64);
+  if (!t) return NULL;
+  int64_t *p = (int64_t *)t->storage->data;
+  for (int64_t i = 0; i < n; i++) p[i] = i + ibase;
+  uint64_t base = take_counters((uint64_t)n);
+  for (int64_t i = n - 1; i > 0; i--) { /* Fisher-Yates */
+    int64_t j = (int64_t)bounded(base, (uint64_t)i, (uint64_t)i + 1);
+    int64_t tmp = p[i]; p[i] = p[j]; p[j] = tmp;
+  }
+  if (dt == MOE_I64) return t;
+  moe_tensor *c = moe_to_dtype(t, dt);
+  moe_tensor_release(t);
+  return c;
+}
+
+moe_tensor *moe_arange(double start, double end, double step, moe_dtype dt) {
+  if (step == 0 || isnan(step) || isnan(start) || isnan(end) || isinf(start) || isinf(end)) {
+    moe_error("arange: invalid range start=%g end=%g step=%g", start, end, step);
+    return NULL;
+  }
+  double len = ceil((end - start) / step);
+  if (len < 0) len = 0;
+  if (len > 1e12) { moe_error("arange: range start=%g end=%g step=%g is too long", start, end, step); return NULL; }
+  int64_t n = (int64_t)len;
+  moe_tensor *t = moe_empty(1, &n, MOE_F64);
+  if (!t) return NULL;
+  double *p = t->storage->data;
+  for (int64_t i = 0; i < n; i++) p[i] = start + (double)i * step;
+  if (dt == MOE_F64) return t;
+  moe_tensor *c = moe_to_dtype(t, dt);
+  moe_tensor_release(t);
+  return c;
+}
+
+moe_tensor *moe_linspace(double start, double end, int64_t n, moe_dtype dt) {
+  if (n < 0) { moe_error("linspace: negative number of steps %lld", (long long)n); return NULL; }
+  moe_tensor *t = moe_empty(1, &n, MOE_F64);
+  if (!t) return NULL;
+  double *p = t->storage->data;
+  for (int64_t i = 0; i < n; i++)
+    p[i] = n == 1 ? start : (i < n / 2 ? start + (end - start) * (double)i / (double)(n - 1)
+                                       : end - (end - start) * (double)(n - 1 - i) / (double)(n - 1));
+  if (dt == MOE_F64) return t;
+  moe_tensor *c = moe_to_dtype(t, dt);
+  moe_tensor_release(t);
+  return c;
+}
+
+moe_tensor *moe_eye(int64_t n, int64_t m, moe_dtype dt) {
+  int64_t shape[2] = {n, m};
+  moe_tensor *t = moe_full(2, shape, dt, 0);
+  if (!t) return NULL;
+  for (int64_t i = 0; i < n && i < m; i++) {
+    int64_t idx[2] = {i, i};
+    moe_set(t, idx, 1);
+  }
+  return t;
+}

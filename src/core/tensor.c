@@ -1,0 +1,517 @@
+/* tensor.c -- errors, dtypes, refcounted 64-byte aligned storage, and views. */
+#include "moe.h"
+#include "../cpu/cpu.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------- errors */
+
+static _Thread_local char err_buf[1024];
+
+int moe_error(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(err_buf, sizeof err_buf, fmt, ap);
+  va_end(ap);
+  return -1;
+}
+
+const char *moe_last_error(void) { return err_buf[0] ? err_buf : "unknown error"; }
+
+const char *moe_dims_str(int ndim, const int64_t *shape, char *buf) {
+  int n = sprintf(buf, "[");
+  for (int i = 0; i < ndim; i++) n += sprintf(buf + n, i ? ",%lld" : "%lld", (long long)shape[i]);
+  sprintf(buf + n, "]");
+  return buf;
+}
+
+const char *moe_shape_str(const moe_tensor *t, char *buf) {
+  return moe_dims_str(t->ndim, t->shape, buf);
+}
+
+/* ---------------------------------------------------------------- dtypes */
+
+static const struct { const char *name; size_t size; } dtypes[MOE_NDTYPES] = {
+    [MOE_F32] = {"float32", 4}, [MOE_F64] = {"float64", 8}, [MOE_I32] = {"int32", 4},
+    [MOE_I64] = {"int64", 8},   [MOE_BOOL] = {"bool", 1},
+};
+
+size_t moe_dtype_size(moe_dtype dt) { return dtypes[dt].size; }
+const char *moe_dtype_name(moe_dtype dt) { return dtypes[dt].name; }
+int moe_dtype_is_float(moe_dtype dt) { return dt == MOE_F32 || dt == MOE_F64; }
+
+int moe_dtype_from_name(const char *s, moe_dtype *out) {
+  static const struct { const char *alias; moe_dtype dt; } aliases[] = {
+      {"float32", MOE_F32}, {"float", MOE_F32}, {"float64", MOE_F64}, {"double", MOE_F64},
+      {"int32", MOE_I32},   {"int", MOE_I32},   {"int64", MOE_I64},   {"long", MOE_I64},
+      {"bool", MOE_BOOL},
+  };
+  for (size_t i = 0; i < sizeof aliases / sizeof *aliases; i++)
+    if (!strcmp(s, aliases[i].alias)) { *out = aliases[i].dt; return 0; }
+  return -1;
+}
+
+/* bool < int32 < int64 < float32 < float64 */
+moe_dtype moe_promote(moe_dtype a, moe_dtype b) {
+  static const int rank[MOE_NDTYPES] = {[MOE_BOOL] = 0, [MOE_I32] = 1, [MOE_I64] = 2,
+                                        [MOE_F32] = 3, [MOE_F64] = 4};
+  return rank[a] >= rank[b] ? a : b;
+}
+
+/* ---------------------------------------------------------------- storage */
+
+static int64_t live_bytes, live_tensors;
+int64_t moe_live_bytes(void) { return live_bytes; }
+int64_t moe_live_tensors(void) { return live_tensors; }
+
+static moe_storage *storage_new(size_t nbytes) {
+  /* header and data in one aligned block: the header takes the first 64 bytes */
+  size_t total = MOE_ALIGN + ((nbytes + MOE_ALIGN - 1) / MOE_ALIGN) * MOE_ALIGN;
+  void *block = NULL;
+  if (posix_memalign(&block, MOE_ALIGN, total) != 0) {
+    moe_error("out of memory allocating %zu bytes", nbytes);
+    return NULL;
+  }
+  moe_storage *s = block;
+  s->data = (char *)block + MOE_ALIGN;
+  s->nbytes = nbytes;
+  s->refcount = 1;
+  s->device = MOE_CPU;
+  live_bytes += (int64_t)nbytes;
+  return s;
+}
+
+static void storage_release(moe_storage *s) {
+  if (--s->refcount == 0) {
+    live_bytes -= (int64_t)s->nbytes;
+    free(s);
+  }
+}
+
+/* ---------------------------------------------------------------- tensors */
+
+static moe_tensor *tensor_alloc(void) {
+  moe_tensor *t = calloc(1, sizeof *t);
+  if (!t) { moe_error("out of memory"); return NULL; }
+  t->refcount = 1;
+  live_tensors++;
+  return t;
+}
+
+static int check_shape(const char *op, int ndim, const int64_t *shape, int64_t *numel) {
+  char b[160];
+  if (ndim < 0 || ndim > MOE_MAX_DIMS)
+    return moe_error("%s: %d dims requested, at most %d are supported", op, ndim, MOE_MAX_DIMS);
+  int64_t n = 1;
+  for (int i = 0; i < ndim; i++) {
+    if (shape[i] < 0)
+      return moe_error("%s: negative size %lld in shape %s", op, (long long)shape[i],
+                       moe_dims_str(ndim, shape, b));
+    if (shape[i] && n > INT64_MAX / 16 / shape[i])
+      return moe_error("%s: shape %s is too large", op, moe_dims_str(ndim, shape, b));
+    n *= shape[i];
+  }
+  *numel = n;
+  return 0;
+}
+
+static void set_contiguous_strides(moe_tensor *t) {
+  int64_t s = 1;
+  for (int i = t->ndim - 1; i >= 0; i--) {
+    t->stride[i] = s;
+    s *= t->shape[i] ? t->shape[i] : 1;
+  }
+}
+
+moe_tensor *moe_empty(int ndim, const int64_t *shape, moe_dtype dt) {
+  int64_t n = 0;
+  if (check_shape("empty", ndim, shape, &n)) return NULL;
+  moe_storage *s = storage_new((size_t)n * moe_dtype_size(dt));
+  if (!s) return NULL;
+  moe_tensor *t = tensor_alloc();
+  if (!t) { storage_release(s); return NULL; }
+  t->storage = s;
+  t->ndim = ndim;
+  memcpy(t->shape, shape, sizeof(int64_t) * (size_t)ndim);
+  set_contiguous_strides(t);
+  t->dtype = dt;
+  t->device = MOE_CPU;
+  return t;
+}
+
+moe_tensor *moe_empty_like(const moe_tensor *t) { return moe_empty(t->ndim, t->shape, t->dtype); }
+
+moe_tensor *moe_full(int ndim, const int64_t *shape, moe_dtype dt, double value) {
+  moe_tensor *t = moe_empty(ndim, shape, dt);
+  if (!t) return NULL;
+  if (value == 0.0 && !signbit(value)) memset(t->storage->data, 0, t->storage->nbytes);
+  else moe_fill_(t, value);
+  return t;
+}
+
+void moe_tensor_retain(moe_tensor *t) { t->refcount++; }
+
+void moe_tensor_release(moe_tensor *t) {
+  if (t && --t->refcount == 0) {
+    storage_release(t->storage);
+    live_tensors--;
+    free(t);
+  }
+}
+
+int64_t moe_numel(const moe_tensor *t) {
+  int64_t n = 1;
+  for (int i = 0; i < t->ndim; i++) n *= t->shape[i];
+  return n;
+}
+
+int moe_is_contiguous(const moe_tensor *t) {
+  int64_t s = 1;
+  for (int i = t->ndim - 1; i >= 0; i--) {
+    if (t->shape[i] == 1) continue;
+    if (t->shape[i] == 0) return 1;
+    if (t->stride[i] != s) return 0;
+    s *= t->shape[i];
+  }
+  return 1;
+}
+
+static int64_t elem_offset(const moe_tensor *t, const int64_t *idx) {
+  int64_t off = t->offset;
+  for (int i = 0; i < t->ndim; i++) off += idx[i] * t->stride[i];
+  return off;
+}
+
+double moe_get(const moe_tensor *t, const int64_t *idx) {
+  const char *p = (const char *)t->storage->data + elem_offset(t, idx) * (int64_t)moe_dtype_size(t->dtype);
+  switch (t->dtype) {
+  case MOE_F32: return *(const float *)p;
+  case MOE_F64: return *(const double *)p;
+  case MOE_I32: return *(const int32_t *)p;
+  case MOE_I64: return (double)*(const int64_t *)p;
+  default: return *(const uint8_t *)p;
+  }
+}
+
+void moe_set(moe_tensor *t, const int64_t *idx, double v) {
+  char *p = (char *)t->storage->data + elem_offset(t, idx) * (int64_t)moe_dtype_size(t->dtype);
+  switch (t->dtype) {
+  case MOE_F32: *(float *)p = (float)v; break;
+  case MOE_F64: *(double *)p = v; break;
+  case MOE_I32: *(int32_t *)p = (int32_t)v; break;
+  case MOE_I64: *(int64_t *)p = (int64_t)v; break;
+  default: *(uint8_t *)p = v != 0; break;
+  }
+}
+
+moe_tensor *moe_from_doubles(int ndim, const int64_t *shape, moe_dtype dt, const double *v) {
+  moe_tensor *t = moe_empty(ndim, shape, dt);
+  if (!t) return NULL;
+  moe_tensor src = {0};
+  moe_storage st = {.data = (void *)v, .nbytes = 0, .refcount = 1};
+  src.storage = &st;
+  src.ndim = ndim;
+  memcpy(src.shape, shape, sizeof(int64_t) * (size_t)ndim);
+  set_contiguous_strides(&src);
+  src.dtype = MOE_F64;
+  moe_cpu_copy(t, &src);
+  return t;
+}
+
+int moe_fill_(moe_tensor *t, double v) {
+  double vv = v;
+  moe_tensor src = {0};
+  moe_storage st = {.data = &vv, .refcount = 1};
+  src.storage = &st;
+  src.dtype = MOE_F64;
+  src.ndim = t->ndim;
+  memcpy(src.shape, t->shape, sizeof(int64_t) * (size_t)t->ndim); /* strides 0: broadcast */
+  moe_cpu_copy(t, &src);
+  return 0;
+}
+
+/* ---------------------------------------------------------------- views */
+
+/* a new tensor header sharing t's storage */
+static moe_tensor *alias(const moe_tensor *t) {
+  moe_tensor *v = tensor_alloc();
+  if (!v) return NULL;
+  int rc = v->refcount;
+  *v = *t;
+  v->refcount = rc;
+  v->storage->refcount++;
+  return v;
+}
+
+static int infer_shape(const char *op, const moe_tensor *t, int ndim, const int64_t *in,
+                       int64_t *out) {
+  char b1[160], b2[160];
+  int64_t numel = moe_numel(t), known = 1;
+  int infer = -1;
+  if (ndim > MOE_MAX_DIMS) return moe_error("%s: at most %d dims", op, MOE_MAX_DIMS);
+  for (int i = 0; i < ndim; i++) {
+    out[i] = in[i];
+    if (in[i] == -1) {
+      if (infer >= 0) return moe_error("%s: only one size may be -1, got %s", op, moe_dims_str(ndim, in, b1));
+      infer = i;
+    } else if (in[i] < 0) {
+      return moe_error("%s: negative size %lld in %s", op, (long long)in[i], moe_dims_str(ndim, in, b1));
+    } else {
+      known *= in[i];
+    }
+  }
+  if (infer >= 0) {
+    if (known == 0 || numel % known)
+      return moe_error("%s: cannot infer size -1 in %s for tensor of shape %s (%lld elements)", op,
+                       moe_dims_str(ndim, in, b1), moe_shape_str(t, b2), (long long)numel);
+    out[infer] = numel / known;
+    known *= out[infer];
+  }
+  if (known != numel)
+    return moe_error("%s: shape %s is invalid for tensor of shape %s (%lld elements)", op,
+                     moe_dims_str(ndim, in, b1), moe_shape_str(t, b2), (long long)numel);
+  return 0;
+}
+
+/* Strides for viewing t with a new shape without copying, if possible (the
+ * classic algorithm: walk chunks of dims that are contiguous among themselves). */
+static int view_strides(const moe_tensor *t, int ndim, const int64_t *shape, int64_t *stride) {
+  int64_t numel = moe_numel(t);
+  if (numel == 0 || t->ndim == 0) {
+    int64_t s = 1;
+    for (int i = ndim - 1; i >= 0; i--) { stride[i] = s; s *= shape[i] ? shape[i] : 1; }
+    return 0;
+  }
+  int view_d = ndim - 1;
+  int64_t chunk_base = t->stride[t->ndim - 1], tensor_numel = 1, view_numel = 1;
+  for (int d = t->ndim - 1; d >= 0; d--) {
+    tensor_numel *= t->shape[d];
+    if (d == 0 || (t->shape[d - 1] != 1 && t->stride[d - 1] != tensor_numel * chunk_base)) {
+      while (view_d >= 0 && (view_numel < tensor_numel || shape[view_d] == 1)) {
+        stride[view_d] = view_numel * chunk_base;
+        view_numel *= shape[view_d];
+        view_d--;
+      }
+      if (view_numel != tensor_numel) return -1;
+      if (d > 0) {
+        chunk_base = t->stride[d - 1];
+        tensor_numel = 1;
+        view_numel = 1;
+      }
+    }
+  }
+  return view_d == -1 ? 0 : -1;
+}
+
+moe_tensor *moe_view(const moe_tensor *t, int ndim, const int64_t *in) {
+  int64_t shape[MOE_MAX_DIMS], stride[MOE_MAX_DIMS];
+  char b1[160], b2[160];
+  if (infer_shape("view", t, ndim, in, shape)) return NULL;
+  if (view_strides(t, ndim, shape, stride)) {
+    moe_error("view: tensor of shape %s with strides %s cannot be viewed as %s without a copy "
+              "(use reshape or contiguous)", moe_shape_str(t, b1), moe_dims_str(t->ndim, t->stride, b2),
+              moe_dims_str(ndim, shape, b1 + 80));
+    return NULL;
+  }
+  moe_tensor *v = alias(t);
+  if (!v) return NULL;
+  v->ndim = ndim;
+  memcpy(v->shape, shape, sizeof(int64_t) * (size_t)ndim);
+  memcpy(v->stride, stride, sizeof(int64_t) * (size_t)ndim);
+  return v;
+}
+
+moe_tensor *moe_reshape(const moe_tensor *t, int ndim, const int64_t *in) {
+  int64_t shape[MOE_MAX_DIMS], stride[MOE_MAX_DIMS];
+  if (infer_shape("reshape", t, ndim, in, shape)) return NULL;
+  if (view_strides(t, ndim, shape, stride) == 0) return moe_view(t, ndim, shape);
+  moe_tensor *c = moe_clone(t);
+  if (!c) return NULL;
+  moe_tensor *v = moe_view(c, ndim, shape);
+  moe_tensor_release(c);
+  return v;
+}
+
+static int check_dim(const char *op, const moe_tensor *t, int dim, int extra) {
+  char b[160];
+  if (dim < 0 || dim >= t->ndim + extra)
+    return moe_error("%s: dim %d out of range for tensor of shape %s", op, dim + 1, moe_shape_str(t, b));
+  return 0;
+}
+
+moe_tensor *moe_transpose(const moe_tensor *t, int d0, int d1) {
+  if (check_dim("transpose", t, d0, 0) || check_dim("transpose", t, d1, 0)) return NULL;
+  moe_tensor *v = alias(t);
+  if (!v) return NULL;
+  int64_t s = v->shape[d0]; v->shape[d0] = v->shape[d1]; v->shape[d1] = s;
+  s = v->stride[d0]; v->stride[d0] = v->stride[d1]; v->stride[d1] = s;
+  return v;
+}
+
+moe_tensor *moe_permute(const moe_tensor *t, const int *perm) {
+  int seen[MOE_MAX_DIMS] = {0};
+  char b[160];
+  for (int i = 0; i < t->ndim; i++) {
+    if (perm[i] < 0 || perm[i] >= t->ndim || seen[perm[i]]++) {
+      moe_error("permute: dims are not a permutation of 1..%d for tensor of shape %s", t->ndim,
+                moe_shape_str(t, b));
+      return NULL;
+    }
+  }
+  moe_tensor *v = alias(t);
+  if (!v) return NULL;
+  for (int i = 0; i < t->ndim; i++) {
+    v->shape[i] = t->shape[perm[i]];
+    v->stride[i] = t->stride[perm[i]];
+  }
+  return v;
+}
+
+moe_tensor *moe_narrow(const moe_tensor *t, int dim, int64_t start, int64_t len) {
+  char b[160];
+  if (check_dim("narrow", t, dim, 0)) return NULL;
+  if (start < 0 || len < 0 || start + len > t->shape[dim]) {
+    moe_error("narrow: range [%lld, %lld] out of bounds for dim %d of size %lld (shape %s)",
+              (long long)start + 1, (long long)(start + len), dim + 1, (long long)t->shape[dim],
+              moe_shape_str(t, b));
+    return NULL;
+  }
+  moe_tensor *v = alias(t);
+  if (!v) return NULL;
+  v->offset += start * t->stride[dim];
+  v->shape[dim] = len;
+  return v;
+}
+
+moe_tensor *moe_select(const moe_tensor *t, int dim, int64_t index) {
+  char b[160];
+  if (check_dim("select", t, dim, 0)) return NULL;
+  if (index < 0 || index >= t->shape[dim]) {
+    moe_error("select: index %lld out of range for dim %d of size %lld (shape %s)",
+              (long long)index + 1, dim + 1, (long long)t->shape[dim], moe_shape_str(t, b));
+    return NULL;
+  }
+  moe_tensor *v = alias(t);
+  if (!v) return NULL;
+  v->offset += index * t->stride[dim];
+  for (int i = dim; i < t->ndim - 1; i++) {
+    v->shape[i] = t->shape[i + 1];
+    v->stride[i] = t->stride[i + 1];
+  }
+  v->ndim--;
+  return v;
+}
+
+moe_tensor *moe_expand(const moe_tensor *t, int ndim, const int64_t *shape) {
+  char b1[160], b2[160];
+  if (ndim < t->ndim || ndim > MOE_MAX_DIMS) {
+    moe_error("expand: cannot expand tensor of shape %s to %d dims", moe_shape_str(t, b1), ndim);
+    return NULL;
+  }
+  moe_tensor *v = alias(t);
+  if (!v) return NULL;
+  int lead = ndim - t->ndim;
+  for (int i = ndim - 1; i >= 0; i--) {
+    int j = i - lead;
+    int64_t want = shape[i];
+    if (j >= 0) {
+      if (want == -1) want = t->shape[j];
+      if (t->shape[j] == want) { v->shape[i] = want; v->stride[i] = t->stride[j]; continue; }
+      if (t->shape[j] == 1 && want >= 0) { v->shape[i] = want; v->stride[i] = 0; continue; }
+    } else if (want >= 0) {
+      v->shape[i] = want; v->stride[i] = 0; continue;
+    }
+    moe_error("expand: cannot expand tensor of shape %s to %s", moe_shape_str(t, b1),
+              moe_dims_str(ndim, shape, b2));
+    moe_tensor_release(v);
+    return NULL;
+  }
+  v->ndim = ndim;
+  return v;
+}
+
+moe_tensor *moe_squeeze(const moe_tensor *t, int dim) {
+  if (dim >= 0 && check_dim("squeeze", t, dim, 0)) return NULL;
+  moe_tensor *v = alias(t);
+  if (!v) return NULL;
+  int n = 0;
+  for (int i = 0; i < t->ndim; i++) {
+    int drop = t->shape[i] == 1 && (dim < 0 || dim == i);
+    if (!drop) { v->shape[n] = t->shape[i]; v->stride[n] = t->stride[i]; n++; }
+  }
+  v->ndim = n;
+  return v;
+}
+
+moe_tensor *moe_unsqueeze(const moe_tensor *t, int dim) {
+  char b[160];
+  if (check_dim("unsqueeze", t, dim, 1)) return NULL;
+  if (t->ndim >= MOE_MAX_DIMS) {
+    moe_error("unsqueeze: tensor of shape %s already has %d dims", moe_shape_str(t, b), MOE_MAX_DIMS);
+    return NULL;
+  }
+  moe_tensor *v = alias(t);
+  if (!v) return NULL;
+  for (int i = t->ndim; i > dim; i--) { v->shape[i] = t->shape[i - 1]; v->stride[i] = t->stride[i - 1]; }
+  v->shape[dim] = 1;
+  v->stride[dim] = dim < t->ndim ? t->shape[dim] * t->stride[dim] : 1;
+  v->ndim++;
+  return v;
+}
+
+moe_tensor *moe_clone(const moe_tensor *t) {
+  moe_tensor *c = moe_empty_like(t);
+  if (c) moe_cpu_copy(c, t);
+  return c;
+}
+
+moe_tensor *moe_contiguous(const moe_tensor *t) {
+  if (moe_is_contiguous(t)) { moe_tensor_retain((moe_tensor *)t); return (moe_tensor *)t; }
+  return moe_clone(t);
+}
+
+moe_tensor *moe_to_dtype(const moe_tensor *t, moe_dtype dt) {
+  if (t->dtype == dt) { moe_tensor_retain((moe_tensor *)t); return (moe_tensor *)t; }
+  moe_tensor *c = moe_empty(t->ndim, t->shape, dt);
+  if (c) moe_cpu_copy(c, t);
+  return c;
+}
+
+/* Right-aligned NumPy broadcasting of src's shape onto dst's shape. */
+int moe_broadcast_to(const moe_tensor *src, int ndim, const int64_t *shape, moe_tensor *out) {
+  if (src->ndim > ndim) return -1;
+  *out = *src;
+  int lead = ndim - src->ndim;
+  for (int i = 0; i < ndim; i++) {
+    int j = i - lead;
+    out->shape[i] = shape[i];
+    if (j < 0) out->stride[i] = 0;
+    else if (src->shape[j] == shape[i]) out->stride[i] = src->stride[j];
+    else if (src->shape[j] == 1) out->stride[i] = 0;
+    else return -1;
+  }
+  out->ndim = ndim;
+  return 0;
+}
+
+int moe_copy_(moe_tensor *dst, const moe_tensor *src) {
+  moe_tensor b;
+  char b1[160], b2[160];
+  if (moe_broadcast_to(src, dst->ndim, dst->shape, &b))
+    return moe_error("copy_: source of shape %s does not broadcast to destination shape %s",
+                     moe_shape_str(src, b1), moe_shape_str(dst, b2));
+  /* overlapping storage: go through a temporary so the result is well defined */
+  if (src->storage == dst->storage) {
+    moe_tensor *tmp = moe_clone(&b);
+    if (!tmp) return -1;
+    moe_cpu_copy(dst, tmp);
+    moe_tensor_release(tmp);
+    return 0;
+  }
+  moe_cpu_copy(dst, &b);
+  return 0;
+}

@@ -1,0 +1,49 @@
+/* cpu.h -- CPU kernels. Kernels never check user input: src/core/ops.c has
+ * already checked shapes and dtypes and allocated the outputs. */
+#ifndef MOE_CPU_H
+#define MOE_CPU_H
+
+#include "../core/moe.h"
+
+/* Strided N-d iteration over up to 4 operands of one shape (broadcast operands
+ * carry stride 0). Dims are coalesced where every operand is contiguous across
+ * them, then `fn` is called once per innermost run with byte strides. */
+typedef void (*moe_loop_fn)(int64_t n, char **p, const int64_t *s, void *ctx);
+void moe_cpu_foreach(int nops, const moe_tensor *const *ops, moe_loop_fn fn, void *ctx);
+
+/* shared helper from tensor.c: right-aligned broadcast of src onto shape */
+int moe_broadcast_to(const moe_tensor *src, int ndim, const int64_t *shape, moe_tensor *out);
+
+/* dst and src have one shape; dtype cast as needed */
+void moe_cpu_copy(moe_tensor *dst, const moe_tensor *src);
+/* out = a (op) b; a, b, out of one shape (broadcast views) and a's dtype == b's dtype;
+ * out has a's dtype, or bool for comparisons */
+void moe_cpu_binary(moe_binop op, moe_tensor *out, const moe_tensor *a, const moe_tensor *b);
+/* out = op(a); same dtype */
+void moe_cpu_unary(moe_unop op, moe_tensor *out, const moe_tensor *a, double p0, double p1);
+/* out = cond ? a : b; cond bool, a/b/out one dtype */
+void moe_cpu_where(moe_tensor *out, const moe_tensor *cond, const moe_tensor *a, const moe_tensor *b);
+
+/* rows: x contiguous [M,K] of a numeric dtype -> out [M] (and idx [M] int64) */
+void moe_cpu_reduce_rows(moe_redop op, const moe_tensor *x, moe_tensor *out, moe_tensor *idx,
+                         int64_t M, int64_t K, int correction, int64_t ibase);
+/* rows: x, out contiguous [M,K] float (cumsum: any numeric) */
+void moe_cpu_scan_rows(moe_scanop op, const moe_tensor *x, moe_tensor *out, int64_t M, int64_t K);
+
+/* C[b] = A[b] @ B[b]: float32/float64, batch strides in elements (0 = broadcast) */
+void moe_cpu_gemm_batched(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t K,
+                          const char *A, int64_t sAb, int64_t sAm, int64_t sAk,
+                          const char *B, int64_t sBb, int64_t sBk, int64_t sBn,
+                          char *C, int64_t sCb);
+
+/* stable argsort of each contiguous row of x [M,K] into idx (0-based int64) */
+void moe_cpu_argsort_rows(const moe_tensor *x, int64_t M, int64_t K, int descending, int64_t *idx);
+
+/* out [index shape] = t[pos with dim replaced by index[pos] - ibase]; index contiguous int64, in range */
+void moe_cpu_gather(moe_tensor *out, const moe_tensor *t, int dim, const int64_t *index,
+                    const moe_tensor *ishape, int64_t ibase);
+/* out[pos with dim replaced by index[pos] - ibase] += src[pos] for pos over index's shape */
+void moe_cpu_scatter_add(moe_tensor *out, int dim, const int64_t *index, const moe_tensor *ishape,
+                         const moe_tensor *src, int64_t ibase);
+
+#endif

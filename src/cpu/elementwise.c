@@ -1,0 +1,277 @@
+/* elementwise.c -- the strided iterator, casts, unary, binary and where kernels.
+ *
+ * Each kernel processes one innermost run of n elements: p[0] is the output,
+ * p[1..] the inputs, s[k] the byte stride of operand k. Contiguous runs take a
+ * plain indexed loop that the compiler vectorises; other runs step by stride. */
+#include "cpu.h"
+
+#include <math.h>
+#include <string.h>
+
+void moe_cpu_foreach(int nops, const moe_tensor *const *ops, moe_loop_fn fn, void *ctx) {
+  const moe_tensor *t0 = ops[0];
+  int nd = 0;
+  int64_t shape[MOE_MAX_DIMS], st[4][MOE_MAX_DIMS];
+  char *base[4];
+  for (int k = 0; k < nops; k++) base[k] = moe_data(ops[k]);
+  for (int i = 0; i < t0->ndim; i++) {
+    if (t0->shape[i] == 0) return;
+    if (t0->shape[i] == 1) continue; /* size-1 dims never move the pointer */
+    shape[nd] = t0->shape[i];
+    for (int k = 0; k < nops; k++)
+      st[k][nd] = ops[k]->stride[i] * (int64_t)moe_dtype_size(ops[k]->dtype);
+    nd++;
+  }
+  /* coalesce dim d-1 into d when every operand steps contiguously across both */
+  int m = 0;
+  for (int d = 0; d < nd; d++) {
+    if (m > 0) {
+      int ok = 1;
+      for (int k = 0; k < nops; k++)
+        if (st[k][m - 1] != st[k][d] * shape[d]) { ok = 0; break; }
+      if (ok) {
+        shape[m - 1] *= shape[d];
+        for (int k = 0; k < nops; k++) st[k][m - 1] = st[k][d];
+        continue;
+      }
+    }
+    shape[m] = shape[d];
+    for (int k = 0; k < nops; k++) st[k][m] = st[k][d];
+    m++;
+  }
+  nd = m;
+  int64_t inner = nd ? shape[nd - 1] : 1, s[4] = {0, 0, 0, 0};
+  for (int k = 0; k < nops; k++) s[k] = nd ? st[k][nd - 1] : 0;
+  int64_t outer = 1, idx[MOE_MAX_DIMS] = {0};
+  for (int d = 0; d < nd - 1; d++) outer *= shape[d];
+  char *p[4];
+  for (int64_t o = 0; o < outer; o++) {
+    for (int k = 0; k < nops; k++) {
+      p[k] = base[k];
+      for (int d = 0; d < nd - 1; d++) p[k] += idx[d] * st[k][d];
+    }
+    fn(inner, p, s, ctx);
+    for (int d = nd - 2; d >= 0; d--) {
+      if (++idx[d] < shape[d]) break;
+      idx[d] = 0;
+    }
+  }
+}
+
+/* ---------------------------------------------------------------- casts */
+
+#define CAST_FN(NAME, TO, FROM, CONV)                                              \
+  static void NAME(int64_t n, char **p, const int64_t *s, void *ctx) {            \
+    (void)ctx;                                                                      \
+    if (s[0] == sizeof(TO) && s[1] == sizeof(FROM)) {                              \
+      TO *o = (TO *)p[0];                                                           \
+      const FROM *a = (const FROM *)p[1];                                           \
+      for (int64_t i = 0; i < n; i++) o[i] = CONV(a[i]);                            \
+    } else {                                                                        \
+      for (int64_t i = 0; i < n; i++)                                               \
+        *(TO *)(p[0] + i * s[0]) = CONV(*(const FROM *)(p[1] + i * s[1]));          \
+    }                                                                               \
+  }
+#define PLAIN(x) (x)
+#define TOBOOL(x) ((uint8_t)((x) != 0))
+
+#define CAST_ROW(TO, TN, CONV)                                                       \
+  CAST_FN(cast_##TN##_f32, TO, float, CONV)                                          \
+  CAST_FN(cast_##TN##_f64, TO, double, CONV)                                         \
+  CAST_FN(cast_##TN##_i32, TO, int32_t, CONV)                                        \
+  CAST_FN(cast_##TN##_i64, TO, int64_t, CONV)                                        \
+  CAST_FN(cast_##TN##_bool, TO, uint8_t, CONV)
+CAST_ROW(float, f32, (float))
+CAST_ROW(double, f64, (double))
+CAST_ROW(int32_t, i32, (int32_t))
+CAST_ROW(int64_t, i64, (int64_t))
+CAST_ROW(uint8_t, bool, TOBOOL)
+
+static const moe_loop_fn cast_table[MOE_NDTYPES][MOE_NDTYPES] = {
+#define ROW(TN) {cast_##TN##_f32, cast_##TN##_f64, cast_##TN##_i32, cast_##TN##_i64, cast_##TN##_bool}
+    ROW(f32), ROW(f64), ROW(i32), ROW(i64), ROW(bool)
+#undef ROW
+};
+
+static void copy_run(int64_t n, char **p, const int64_t *s, void *ctx) {
+  size_t es = (size_t)(intptr_t)ctx;
+  if (s[0] == (int64_t)es && s[1] == (int64_t)es) { memcpy(p[0], p[1], (size_t)n * es); return; }
+  switch (es) {
+  case 1: for (int64_t i = 0; i < n; i++) *(uint8_t *)(p[0] + i * s[0]) = *(uint8_t *)(p[1] + i * s[1]); break;
+  case 4: for (int64_t i = 0; i < n; i++) *(uint32_t *)(p[0] + i * s[0]) = *(uint32_t *)(p[1] + i * s[1]); break;
+  default: for (int64_t i = 0; i < n; i++) *(uint64_t *)(p[0] + i * s[0]) = *(uint64_t *)(p[1] + i * s[1]); break;
+  }
+}
+
+void moe_cpu_copy(moe_tensor *dst, const moe_tensor *src) {
+  const moe_tensor *ops[2] = {dst, src};
+  if (dst->dtype == src->dtype)
+    moe_cpu_foreach(2, ops, copy_run, (void *)(intptr_t)moe_dtype_size(dst->dtype));
+  else
+    moe_cpu_foreach(2, ops, cast_table[dst->dtype][src->dtype], NULL);
+}
+
+/* ---------------------------------------------------------------- binary */
+
+/* three loop shapes: all contiguous, b a broadcast scalar, general strides */
+#define BIN_FN(NAME, T, TO, EXPR)                                                   \
+  static void NAME(int64_t n, char **p, const int64_t *s, void *ctx) {            \
+    (void)ctx;                                                                      \
+    TO *o = (TO *)p[0];                                                             \
+    const T *pa = (const T *)p[1], *pb = (const T *)p[2];                           \
+    if (s[0] == sizeof(TO) && s[1] == sizeof(T) && s[2] == sizeof(T)) {            \
+      for (int64_t i = 0; i < n; i++) { T x = pa[i], y = pb[i]; o[i] = (TO)(EXPR); } \
+    } else if (s[0] == sizeof(TO) && s[1] == sizeof(T) && s[2] == 0) {             \
+      const T y = *pb;                                                              \
+      for (int64_t i = 0; i < n; i++) { T x = pa[i]; o[i] = (TO)(EXPR); }           \
+    } else {                                                                        \
+      for (int64_t i = 0; i < n; i++) {                                             \
+        T x = *(const T *)(p[1] + i * s[1]), y = *(const T *)(p[2] + i * s[2]);     \
+        *(TO *)(p[0] + i * s[0]) = (TO)(EXPR);                                      \
+      }                                                                             \
+    }                                                                               \
+  }
+
+static inline int64_t ipow64(int64_t b, int64_t e) {
+  if (e < 0) return b == 1 ? 1 : (b == -1 ? ((e & 1) ? -1 : 1) : 0);
+  int64_t r = 1;
+  while (e) { if (e & 1) r *= b; b *= b; e >>= 1; }
+  return r;
+}
+/* integer division rounds toward minus infinity, as in Lua and Python; /0 gives 0 */
+static inline int64_t idiv64(int64_t x, int64_t y) {
+  if (y == 0) return 0;
+  if (y == -1) return (int64_t)(0 - (uint64_t)x);
+  int64_t q = x / y;
+  return (q * y != x && ((x < 0) != (y < 0))) ? q - 1 : q;
+}
+#define MAXV(x, y) ((x) != (x) ? (x) : ((y) != (y) ? (y) : ((x) > (y) ? (x) : (y))))
+#define MINV(x, y) ((x) != (x) ? (x) : ((y) != (y) ? (y) : ((x) < (y) ? (x) : (y))))
+
+#define BIN_SET(TN, T, POWF, DIVX)                                                   \
+  BIN_FN(add_##TN, T, T, x + y)                                                      \
+  BIN_FN(sub_##TN, T, T, x - y)                                                      \
+  BIN_FN(mul_##TN, T, T, x * y)                                                      \
+  BIN_FN(div_##TN, T, T, DIVX)                                                       \
+  BIN_FN(pow_##TN, T, T, POWF(x, y))                                                 \
+  BIN_FN(max_##TN, T, T, MAXV(x, y))                                                 \
+  BIN_FN(min_##TN, T, T, MINV(x, y))                                                 \
+  BIN_FN(eq_##TN, T, uint8_t, x == y)                                                \
+  BIN_FN(ne_##TN, T, uint8_t, x != y)                                                \
+  BIN_FN(lt_##TN, T, uint8_t, x < y)                                                 \
+  BIN_FN(le_##TN, T, uint8_t, x <= y)                                                \
+  BIN_FN(gt_##TN, T, uint8_t, x > y)                                                 \
+  BIN_FN(ge_##TN, T, uint8_t, x >= y)
+BIN_SET(f32, float, powf, x / y)
+BIN_SET(f64, double, pow, x / y)
+BIN_SET(i32, int32_t, (int32_t)ipow64, (int32_t)idiv64(x, y))
+BIN_SET(i64, int64_t, ipow64, idiv64(x, y))
+
+#define BIN_ROW(TN) {add_##TN, sub_##TN, mul_##TN, div_##TN, pow_##TN, max_##TN, min_##TN, \
+                     eq_##TN, ne_##TN, lt_##TN, le_##TN, gt_##TN, ge_##TN}
+static const moe_loop_fn bin_table[4][MOE_NBINOPS] = {BIN_ROW(f32), BIN_ROW(f64), BIN_ROW(i32), BIN_ROW(i64)};
+
+void moe_cpu_binary(moe_binop op, moe_tensor *out, const moe_tensor *a, const moe_tensor *b) {
+  const moe_tensor *ops[3] = {out, a, b};
+  moe_cpu_foreach(3, ops, bin_table[a->dtype][op], NULL);
+}
+
+/* ---------------------------------------------------------------- unary */
+
+typedef struct { double p0, p1; } unary_ctx;
+
+#define UN_FN(NAME, T, EXPR)                                                        \
+  static void NAME(int64_t n, char **p, const int64_t *s, void *ctx) {            \
+    const unary_ctx *c = ctx;                                                       \
+    (void)c;                                                                        \
+    if (s[0] == sizeof(T) && s[1] == sizeof(T)) {                                  \
+      T *o = (T *)p[0];                                                             \
+      const T *a = (const T *)p[1];                                                 \
+      for (int64_t i = 0; i < n; i++) { T x = a[i]; o[i] = (T)(EXPR); }             \
+    } else {                                                                        \
+      for (int64_t i = 0; i < n; i++) {                                             \
+        T x = *(const T *)(p[1] + i * s[1]);                                        \
+        *(T *)(p[0] + i * s[0]) = (T)(EXPR);                                        \
+      }                                                                             \
+    }                                                                               \
+  }
+
+#define SIGNV(x) (((x) > 0) - ((x) < 0))
+#define CLAMPV(x, lo, hi) ((x) != (x) ? (x) : ((x) < (lo) ? (lo) : ((x) > (hi) ? (hi) : (x))))
+
+/* integer-safe ops for every numeric dtype */
+#define UN_INT_SET(TN, T)                                                            \
+  UN_FN(neg_##TN, T, -x)                                                             \
+  UN_FN(abs_##TN, T, x < 0 ? -x : x)                                                 \
+  UN_FN(relu_##TN, T, x > 0 ? x : (x != x ? x : 0))                                  \
+  UN_FN(sign_##TN, T, SIGNV(x))                                                      \
+  UN_FN(square_##TN, T, x * x)                                                       \
+  UN_FN(clamp_##TN, T, CLAMPV(x, (T)c->p0, (T)c->p1))
+UN_INT_SET(f32, float)
+UN_INT_SET(f64, double)
+UN_INT_SET(i32, int32_t)
+UN_INT_SET(i64, int64_t)
+
+static inline float softplusf_(float x) { return (x > 0 ? x : 0) + log1pf(expf(-fabsf(x))); }
+static inline double softplus_(double x) { return (x > 0 ? x : 0) + log1p(exp(-fabs(x))); }
+static inline float sigmoidf_(float x) {
+  if (x >= 0) return 1.0f / (1.0f + expf(-x));
+  float e = expf(x);
+  return e / (1.0f + e);
+}
+static inline double sigmoid_(double x) {
+  if (x >= 0) return 1.0 / (1.0 + exp(-x));
+  double e = exp(x);
+  return e / (1.0 + e);
+}
+
+#define UN_FLOAT_SET(TN, T, F, SIG, SP, HALF, RT2)                                   \
+  UN_FN(exp_##TN, T, exp##F(x))                                                      \
+  UN_FN(log_##TN, T, log##F(x))                                                      \
+  UN_FN(sqrt_##TN, T, sqrt##F(x))                                                    \
+  UN_FN(tanh_##TN, T, tanh##F(x))                                                    \
+  UN_FN(sigmoid_##TN, T, SIG(x))                                                     \
+  UN_FN(gelu_##TN, T, HALF * x * (1 + erf##F(x / RT2)))                              \
+  UN_FN(softplus_##TN, T, SP(x))                                                     \
+  UN_FN(log1p_##TN, T, log1p##F(x))                                                  \
+  UN_FN(expm1_##TN, T, expm1##F(x))                                                  \
+  UN_FN(floor_##TN, T, floor##F(x))                                                  \
+  UN_FN(ceil_##TN, T, ceil##F(x))                                                    \
+  UN_FN(round_##TN, T, nearbyint##F(x))                                              \
+  UN_FN(rsqrt_##TN, T, 1 / sqrt##F(x))
+UN_FLOAT_SET(f32, float, f, sigmoidf_, softplusf_, 0.5f, 1.41421356237309504880f)
+UN_FLOAT_SET(f64, double, , sigmoid_, softplus_, 0.5, 1.41421356237309504880)
+
+#define UN_ROW_F(TN) {neg_##TN, abs_##TN, relu_##TN, sign_##TN, square_##TN, clamp_##TN, \
+                      exp_##TN, log_##TN, sqrt_##TN, tanh_##TN, sigmoid_##TN, gelu_##TN,    \
+                      softplus_##TN, log1p_##TN, expm1_##TN, floor_##TN, ceil_##TN,         \
+                      round_##TN, rsqrt_##TN}
+#define UN_ROW_I(TN) {neg_##TN, abs_##TN, relu_##TN, sign_##TN, square_##TN, clamp_##TN}
+static const moe_loop_fn un_table[4][MOE_NUNOPS] = {UN_ROW_F(f32), UN_ROW_F(f64), UN_ROW_I(i32),
+                                                    UN_ROW_I(i64)};
+
+void moe_cpu_unary(moe_unop op, moe_tensor *out, const moe_tensor *a, double p0, double p1) {
+  unary_ctx c = {p0, p1};
+  const moe_tensor *ops[2] = {out, a};
+  moe_cpu_foreach(2, ops, un_table[a->dtype][op], &c);
+}
+
+/* ---------------------------------------------------------------- where */
+
+#define WHERE_FN(NAME, T)                                                           \
+  static void NAME(int64_t n, char **p, const int64_t *s, void *ctx) {            \
+    (void)ctx;                                                                      \
+    for (int64_t i = 0; i < n; i++)                                                 \
+      *(T *)(p[0] + i * s[0]) = *(const uint8_t *)(p[1] + i * s[1])                 \
+                                    ? *(const T *)(p[2] + i * s[2])                 \
+                                    : *(const T *)(p[3] + i * s[3]);                \
+  }
+WHERE_FN(where1, uint8_t)
+WHERE_FN(where4, uint32_t)
+WHERE_FN(where8, uint64_t)
+
+void moe_cpu_where(moe_tensor *out, const moe_tensor *cond, const moe_tensor *a, const moe_tensor *b) {
+  const moe_tensor *ops[4] = {out, cond, a, b};
+  size_t es = moe_dtype_size(out->dtype);
+  moe_cpu_foreach(4, ops, es == 1 ? where1 : es == 4 ? where4 : where8, NULL);
+}

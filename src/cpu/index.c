@@ -1,0 +1,108 @@
+/* index.c -- stable argsort, gather and scatter_add kernels. Index values were
+ * range-checked by src/core/index.c. */
+#include "cpu.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------- argsort
+ * Merge sort of positions by value (stable: ties keep their order). NaN sorts
+ * above every number, so it comes last ascending and first descending. */
+#define SORT_IMPL(TN, T)                                                              \
+  static int before_##TN(T a, T b, int desc) {                                        \
+    if (a != a) return desc && b == b;                                                \
+    if (b != b) return !desc;                                                         \
+    return desc ? a > b : a < b;                                                      \
+  }                                                                                   \
+  static void msort_##TN(const T *v, int64_t *ix, int64_t *tmp, int64_t n, int desc) { \
+    if (n < 2) return;                                                                \
+    if (n <= 16) { /* insertion sort: stable */                                       \
+      for (int64_t i = 1; i < n; i++) {                                               \
+        int64_t cur = ix[i], j = i;                                                   \
+        while (j > 0 && before_##TN(v[cur], v[ix[j - 1]], desc)) { ix[j] = ix[j - 1]; j--; } \
+        ix[j] = cur;                                                                  \
+      }                                                                               \
+      return;                                                                         \
+    }                                                                                 \
+    int64_t h = n / 2;                                                                \
+    msort_##TN(v, ix, tmp, h, desc);                                                  \
+    msort_##TN(v, ix + h, tmp, n - h, desc);                                          \
+    memcpy(tmp, ix, sizeof(int64_t) * (size_t)h);                                     \
+    int64_t i = 0, j = h, k = 0;                                                      \
+    while (i < h && j < n) ix[k++] = before_##TN(v[ix[j]], v[tmp[i]], desc) ? ix[j++] : tmp[i++]; \
+    while (i < h) ix[k++] = tmp[i++];                                                 \
+  }
+SORT_IMPL(f32, float)
+SORT_IMPL(f64, double)
+SORT_IMPL(i32, int32_t)
+SORT_IMPL(i64, int64_t)
+
+void moe_cpu_argsort_rows(const moe_tensor *x, int64_t M, int64_t K, int descending, int64_t *idx) {
+  int64_t *tmp = malloc(sizeof(int64_t) * (size_t)(K / 2 + 1));
+  const char *base = moe_data(x);
+  size_t es = moe_dtype_size(x->dtype);
+  for (int64_t m = 0; m < M; m++) {
+    int64_t *ix = idx + m * K;
+    const char *row = base + (size_t)(m * K) * es;
+    for (int64_t k = 0; k < K; k++) ix[k] = k;
+    switch (x->dtype) {
+    case MOE_F32: msort_f32((const float *)row, ix, tmp, K, descending); break;
+    case MOE_F64: msort_f64((const double *)row, ix, tmp, K, descending); break;
+    case MOE_I32: msort_i32((const int32_t *)row, ix, tmp, K, descending); break;
+    default: msort_i64((const int64_t *)row, ix, tmp, K, descending); break;
+    }
+  }
+  free(tmp);
+}
+
+/* ---------------------------------------------------------------- gather / scatter */
+
+/* Walk the positions of `shape` (row-major); call BODY with the element offset
+ * `o` of tensor t (dim contributes nothing) and the running position `pos`. */
+#define WALK(shape_t, t, dim, BODY)                                                   \
+  do {                                                                                \
+    int nd_ = (shape_t)->ndim;                                                        \
+    int64_t c_[MOE_MAX_DIMS] = {0}, n_ = moe_numel(shape_t);                          \
+    for (int64_t pos = 0; pos < n_; pos++) {                                          \
+      int64_t o = (t)->offset;                                                        \
+      for (int d_ = 0; d_ < nd_; d_++) if (d_ != (dim)) o += c_[d_] * (t)->stride[d_]; \
+      BODY;                                                                           \
+      for (int d_ = nd_ - 1; d_ >= 0; d_--) {                                         \
+        if (++c_[d_] < (shape_t)->shape[d_]) break;                                   \
+        c_[d_] = 0;                                                                   \
+      }                                                                               \
+    }                                                                                 \
+  } while (0)
+
+void moe_cpu_gather(moe_tensor *out, const moe_tensor *t, int dim, const int64_t *index,
+                    const moe_tensor *ishape, int64_t ibase) {
+  size_t es = moe_dtype_size(t->dtype);
+  const char *src = t->storage->data;
+  char *dst = moe_data(out); /* out is contiguous with the index's shape */
+  WALK(ishape, t, dim, {
+    int64_t so = o + (index[pos] - ibase) * t->stride[dim];
+    memcpy(dst + (size_t)pos * es, src + (size_t)so * es, es);
+  });
+}
+
+#define SCATTER_ADD(T)                                                                \
+  do {                                                                                \
+    T *dst = (T *)out->storage->data;                                                 \
+    const T *sp = (const T *)src->storage->data;                                      \
+    WALK(ishape, out, dim, {                                                          \
+      int64_t so = src->offset;                                                       \
+      for (int d = 0; d < ishape->ndim; d++) so += c_[d] * src->stride[d];            \
+      dst[o + (index[pos] - ibase) * out->stride[dim]] += sp[so];                     \
+    });                                                                               \
+  } while (0)
+
+void moe_cpu_scatter_add(moe_tensor *out, int dim, const int64_t *index, const moe_tensor *ishape,
+                         const moe_tensor *src, int64_t ibase) {
+  switch (out->dtype) {
+  case MOE_F32: SCATTER_ADD(float); break;
+  case MOE_F64: SCATTER_ADD(double); break;
+  case MOE_I32: SCATTER_ADD(int32_t); break;
+  case MOE_I64: SCATTER_ADD(int64_t); break;
+  default: SCATTER_ADD(uint8_t); break;
+  }
+}

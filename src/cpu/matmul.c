@@ -1,0 +1,49 @@
+/* matmul.c -- batched GEMM on OpenBLAS.
+ *
+ * C[b] [M,N] = A[b] [M,K] @ B[b] [K,N], row-major C. A and B may be transposed
+ * views: a matrix whose column stride is 1 is passed as NoTrans with lda = row
+ * stride, one whose row stride is 1 as Trans with lda = column stride. */
+#include "cpu.h"
+
+#include <cblas.h>
+#include <string.h>
+
+static void mat_layout(int64_t rows, int64_t cols, int64_t rs, int64_t cs, CBLAS_TRANSPOSE *tr,
+                       int64_t *ld) {
+  if (cs == 1 && (rs >= cols || rows == 1)) {
+    *tr = CblasNoTrans;
+    *ld = rows == 1 ? (cols > 1 ? cols : 1) : rs;
+  } else {
+    *tr = CblasTrans;
+    *ld = cols == 1 ? (rows > 1 ? rows : 1) : cs;
+  }
+  if (*ld < 1) *ld = 1;
+}
+
+void moe_cpu_gemm_batched(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t K,
+                          const char *A, int64_t sAb, int64_t sAm, int64_t sAk,
+                          const char *B, int64_t sBb, int64_t sBk, int64_t sBn,
+                          char *C, int64_t sCb) {
+  size_t es = moe_dtype_size(dt);
+  if (M == 0 || N == 0 || batch == 0) return;
+  if (K == 0) { memset(C, 0, (size_t)(batch * M * N) * es); return; }
+  /* A is row-major across the whole batch and B is shared: one tall GEMM */
+  if (batch > 1 && sBb == 0 && sAk == 1 && sAb == M * sAm && sAm >= K) {
+    M *= batch;
+    batch = 1;
+  }
+  CBLAS_TRANSPOSE ta, tb;
+  int64_t lda, ldb;
+  mat_layout(M, K, sAm, sAk, &ta, &lda);
+  mat_layout(K, N, sBk, sBn, &tb, &ldb);
+  for (int64_t i = 0; i < batch; i++) {
+    const char *a = A + (size_t)(i * sAb) * es, *b = B + (size_t)(i * sBb) * es;
+    char *c = C + (size_t)(i * sCb) * es;
+    if (dt == MOE_F32)
+      cblas_sgemm(CblasRowMajor, ta, tb, (int)M, (int)N, (int)K, 1.0f, (const float *)a, (int)lda,
+                  (const float *)b, (int)ldb, 0.0f, (float *)c, (int)N);
+    else
+      cblas_dgemm(CblasRowMajor, ta, tb, (int)M, (int)N, (int)K, 1.0, (const double *)a, (int)lda,
+                  (const double *)b, (int)ldb, 0.0, (double *)c, (int)N);
+  }
+}

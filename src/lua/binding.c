@@ -1,0 +1,1057 @@
+/* binding.c -- the `moe.core` Lua module: the only library C that includes lua.h.
+ *
+ * A Lua tensor is a userdata box holding one reference to a moe_tensor,
+ * released in __gc. This file turns Lua arguments into engine calls (1-based
+ * dims and indices become 0-based; index tensors pass ibase = 1), turns an
+ * engine failure into a Lua error carrying the engine's message, and nudges
+ * the Lua GC when tensor memory grows, since Lua does not see those bytes.
+ * Every argument is checked before anything is allocated, so raising an error
+ * never leaks. */
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+
+#include <math.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../core/moe.h"
+#include "binding.h"
+
+#define IBASE 1
+#define MT_NAME "moe.Tensor"
+
+typedef struct { moe_tensor *t; } box;
+
+volatile sig_atomic_t moe_lua_interrupted = 0;
+static int64_t gc_baseline = 0;               /* live bytes after the last nudge */
+static const int64_t gc_min_growth = 64 << 20; /* collect after this much new tensor memory */
+
+/* ---------------------------------------------------------------- boxes */
+
+static void push_mt(lua_State *L) { lua_getfield(L, LUA_REGISTRYINDEX, MT_NAME); }
+
+moe_tensor *moe_lua_totensor(lua_State *L, int idx) {
+  box *b = lua_touserdata(L, idx);
+  if (!b || !lua_getmetatable(L, idx)) return NULL;
+  push_mt(L);
+  int same = lua_rawequal(L, -1, -2);
+  lua_pop(L, 2);
+  return same ? b->t : NULL;
+}
+
+static const char *type_of(lua_State *L, int idx) {
+  return moe_lua_totensor(L, idx) ? "tensor" : luaL_typename(L, idx);
+}
+
+static moe_tensor *check_tensor(lua_State *L, int idx, const char *op) {
+  moe_tensor *t = moe_lua_totensor(L, idx);
+  if (!t) luaL_error(L, "%s: argument #%d must be a tensor, got %s", op, idx, type_of(L, idx));
+  return t;
+}
+
+static int raise_engine(lua_State *L) { return luaL_error(L, "%s", moe_last_error()); }
+
+static void gc_nudge(lua_State *L) {
+  int64_t live = moe_live_bytes();
+  int64_t growth = gc_baseline > gc_min_growth ? gc_baseline : gc_min_growth;
+  if (live - gc_baseline > growth) {
+    lua_gc(L, LUA_GCCOLLECT, 0);
+    gc_baseline = moe_live_bytes();
+  } else if (live < gc_baseline) {
+    gc_baseline = live;
+  }
+}
+
+/* Takes ownership of t (a new reference). NULL means the engine failed. */
+int moe_lua_push(lua_State *L, moe_tensor *t) {
+  if (!t) return raise_engine(L);
+  box *b = lua_newuserdata(L, sizeof *b);
+  b->t = t;
+  push_mt(L);
+  lua_setmetatable(L, -2);
+  if (moe_lua_interrupted) {
+    moe_lua_interrupted = 0;
+    luaL_error(L, "interrupted");
+  }
+  if (moe_live_bytes() - gc_baseline > gc_min_growth) gc_nudge(L);
+  return 1;
+}
+
+static int t_gc(lua_State *L) {
+  box *b = lua_touserdata(L, 1);
+  if (b && b->t) { moe_tensor_release(b->t); b->t = NULL; }
+  return 0;
+}
+
+/* ---------------------------------------------------------------- argument helpers */
+
+static int64_t check_int(lua_State *L, int idx, const char *op, const char *what) {
+  if (lua_type(L, idx) != LUA_TNUMBER)
+    luaL_error(L, "%s: %s must be an integer, got %s", op, what, type_of(L, idx));
+  double v = lua_tonumber(L, idx);
+  if (v != floor(v) || fabs(v) > 9.0e15) luaL_error(L, "%s: %s must be an integer, got %g", op, what, v);
+  return (int64_t)v;
+}
+
+/* 1-based (negative: from the end) user dim -> 0-based; `extra` allows ndim+1 */
+static int norm_dim(lua_State *L, moe_tensor *t, int64_t d, const char *op, int extra) {
+  int nd = t->ndim + extra;
+  int64_t z = d > 0 ? d - 1 : nd + d;
+  if (d == 0 || z < 0 || z >= nd) {
+    char b[160];
+    luaL_error(L, "%s: dim %d out of range for tensor of shape %s (dims are 1..%d, or -1 for the last)",
+               op, (int)d, moe_shape_str(t, b), nd);
+  }
+  return (int)z;
+}
+
+static int check_dim_arg(lua_State *L, int idx, moe_tensor *t, const char *op, int extra) {
+  return norm_dim(L, t, check_int(L, idx, op, "dim"), op, extra);
+}
+
+static int opt_dim_arg(lua_State *L, int idx, moe_tensor *t, const char *op, int dflt) {
+  if (lua_isnoneornil(L, idx)) return dflt;
+  return check_dim_arg(L, idx, t, op, 0);
+}
+
+/* sizes as varargs from `start` or as one table; returns the index after them */
+static int parse_sizes(lua_State *L, int start, const char *op, int *ndim, int64_t *shape) {
+  int n = 0, top = lua_gettop(L), i = start;
+  if (lua_istable(L, start) && !moe_lua_totensor(L, start)) {
+    lua_rawgeti(L, start, 1);
+    int is_sizes = !lua_isnil(L, -1) || lua_objlen(L, start) == 0;
+    lua_pop(L, 1);
+    if (is_sizes) {
+      /* an empty table with string keys is an options table, not sizes */
+      lua_pushnil(L);
+      if (lua_objlen(L, start) == 0 && lua_next(L, start)) { lua_pop(L, 2); return start; }
+      n = (int)lua_objlen(L, start);
+      if (n > MOE_MAX_DIMS) luaL_error(L, "%s: %d sizes given, at most %d dims", op, n, MOE_MAX_DIMS);
+      for (int k = 1; k <= n; k++) {
+        lua_rawgeti(L, start, k);
+        if (lua_type(L, -1) != LUA_TNUMBER)
+          luaL_error(L, "%s: size %d must be a number, got %s", op, k, luaL_typename(L, -1));
+        double v = lua_tonumber(L, -1);
+        if (v != floor(v)) luaL_error(L, "%s: size %d must be an integer, got %g", op, k, v);
+        if (v < 0) luaL_error(L, "%s: negative size %g at position %d", op, v, k);
+        shape[k - 1] = (int64_t)v;
+        lua_pop(L, 1);
+      }
+      *ndim = n;
+      return start + 1;
+    }
+    *ndim = 0;
+    return start;
+  }
+  for (; i <= top && lua_type(L, i) == LUA_TNUMBER; i++) {
+    if (n >= MOE_MAX_DIMS) luaL_error(L, "%s: more than %d sizes given", op, MOE_MAX_DIMS);
+    double v = lua_tonumber(L, i);
+    if (v != floor(v)) luaL_error(L, "%s: size %d must be an integer, got %g", op, n + 1, v);
+    if (v < 0) luaL_error(L, "%s: negative size %g at position %d", op, v, n + 1);
+    shape[n++] = (int64_t)v;
+  }
+  *ndim = n;
+  return i;
+}
+
+/* view/reshape/expand sizes: like parse_sizes but -1 is allowed */
+static int parse_view_sizes(lua_State *L, int start, const char *op, int *ndim, int64_t *shape) {
+  int n = 0, top = lua_gettop(L);
+  if (lua_istable(L, start)) {
+    n = (int)lua_objlen(L, start);
+    if (n > MOE_MAX_DIMS) luaL_error(L, "%s: %d sizes given, at most %d dims", op, n, MOE_MAX_DIMS);
+    for (int k = 1; k <= n; k++) {
+      lua_rawgeti(L, start, k);
+      shape[k - 1] = check_int(L, -1, op, "size");
+      lua_pop(L, 1);
+    }
+  } else {
+    for (int i = start; i <= top; i++) {
+      if (n >= MOE_MAX_DIMS) luaL_error(L, "%s: more than %d sizes given", op, MOE_MAX_DIMS);
+      shape[n++] = check_int(L, i, op, "size");
+    }
+  }
+  *ndim = n;
+  return 0;
+}
+
+typedef struct { moe_dtype dtype; int has_dtype; } create_opts;
+
+static create_opts parse_opts(lua_State *L, int idx, const char *op, moe_dtype dflt) {
+  create_opts o = {dflt, 0};
+  if (lua_isnoneornil(L, idx)) return o;
+  if (!lua_istable(L, idx)) luaL_error(L, "%s: options must be a table, got %s", op, type_of(L, idx));
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+    if (!strcmp(k, "dtype")) {
+      const char *name = lua_tostring(L, -1);
+      if (!name || moe_dtype_from_name(name, &o.dtype))
+        luaL_error(L, "%s: unknown dtype '%s' (float32, float64, int32, int64, bool)", op,
+                   name ? name : luaL_typename(L, -1));
+      o.has_dtype = 1;
+    } else if (!strcmp(k, "device")) {
+      const char *dev = lua_tostring(L, -1);
+      if (!dev || strcmp(dev, "cpu"))
+        luaL_error(L, "%s: device '%s' is not available (this build has: cpu)", op, dev ? dev : "?");
+    } else if (!strcmp(k, "requires_grad")) {
+      if (lua_toboolean(L, -1))
+        luaL_error(L, "%s: requires_grad needs autograd, which this version does not have yet", op);
+    } else {
+      luaL_error(L, "%s: unknown option '%s' (dtype, device, requires_grad)", op, k);
+    }
+    lua_pop(L, 1);
+  }
+  return o;
+}
+
+/* ---------------------------------------------------------------- creation */
+
+static int l_full_impl(lua_State *L, const char *op, double value, int has_value_arg) {
+  int ndim;
+  int64_t shape[MOE_MAX_DIMS];
+  int next;
+  if (has_value_arg && !lua_istable(L, 1)) {
+    /* full(d1, ..., dn, value [, opts]): the last number is the fill value */
+    int n = 0;
+    while (lua_type(L, n + 1) == LUA_TNUMBER) n++;
+    if (n < 1) luaL_error(L, "%s: expected sizes and a fill value", op);
+    value = lua_tonumber(L, n);
+    lua_pushnil(L);
+    lua_replace(L, n); /* sizes stop before the value */
+    next = parse_sizes(L, 1, op, &ndim, shape);
+    next = n + 1;
+  } else {
+    next = parse_sizes(L, 1, op, &ndim, shape);
+    if (has_value_arg) {
+      if (lua_type(L, next) == LUA_TBOOLEAN) value = lua_toboolean(L, next);
+      else value = luaL_checknumber(L, next);
+      next++;
+    }
+  }
+  create_opts o = parse_opts(L, next, op, MOE_F32);
+  return moe_lua_push(L, moe_full(ndim, shape, o.dtype, value));
+}
+static int l_zeros(lua_State *L) { return l_full_impl(L, "zeros", 0, 0); }
+static int l_ones(lua_State *L) { return l_full_impl(L, "ones", 1, 0); }
+static int l_full(lua_State *L) { return l_full_impl(L, "full", 0, 1); }
+static int l_empty(lua_State *L) {
+  int ndim;
+  int64_t shape[MOE_MAX_DIMS];
+  int next = parse_sizes(L, 1, "empty", &ndim, shape);
+  create_opts o = parse_opts(L, next, "empty", MOE_F32);
+  return moe_lua_push(L, moe_empty(ndim, shape, o.dtype));
+}
+
+static int l_rand_impl(lua_State *L, int normal) {
+  const char *op = normal ? "randn" : "rand";
+  int ndim;
+  int64_t shape[MOE_MAX_DIMS];
+  int next = parse_sizes(L, 1, op, &ndim, shape);
+  create_opts o = parse_opts(L, next, op, MOE_F32);
+  if (!moe_dtype_is_float(o.dtype))
+    luaL_error(L, "%s: dtype must be float32 or float64, got %s", op, moe_dtype_name(o.dtype));
+  return moe_lua_push(L, normal ? moe_randn(ndim, shape, o.dtype, 0, 1) : moe_rand(ndim, shape, o.dtype, 0, 1));
+}
+static int l_rand(lua_State *L) { return l_rand_impl(L, 0); }
+static int l_randn(lua_State *L) { return l_rand_impl(L, 1); }
+
+static int l_randint(lua_State *L) {
+  int64_t lo = check_int(L, 1, "randint", "low"), hi = check_int(L, 2, "randint", "high");
+  int ndim;
+  int64_t shape[MOE_MAX_DIMS];
+  int next = parse_sizes(L, 3, "randint", &ndim, shape);
+  create_opts o = parse_opts(L, next, "randint", MOE_I64);
+  return moe_lua_push(L, moe_randint(lo, hi, ndim, shape, o.dtype));
+}
+
+static int l_randperm(lua_State *L) {
+  int64_t n = check_int(L, 1, "randperm", "n");
+  create_opts o = parse_opts(L, 2, "randperm", MOE_I64);
+  return moe_lua_push(L, moe_randperm(n, o.dtype, IBASE));
+}
+
+static int l_arange(lua_State *L) {
+  int nnum = 0;
+  while (lua_type(L, nnum + 1) == LUA_TNUMBER) nnum++;
+  if (nnum < 1 || nnum > 3) luaL_error(L, "arange: expected (end), (start, end) or (start, end, step)");
+  double a = lua_tonumber(L, 1), b = nnum > 1 ? lua_tonumber(L, 2) : 0, s = nnum > 2 ? lua_tonumber(L, 3) : 1;
+  if (nnum == 1) { b = a; a = 0; }
+  int all_int = a == floor(a) && b == floor(b) && s == floor(s);
+  create_opts o = parse_opts(L, nnum + 1, "arange", all_int ? MOE_I64 : MOE_F32);
+  return moe_lua_push(L, moe_arange(a, b, s, o.dtype));
+}
+
+static int l_linspace(lua_State *L) {
+  double a = luaL_checknumber(L, 1), b = luaL_checknumber(L, 2);
+  int64_t n = check_int(L, 3, "linspace", "steps");
+  create_opts o = parse_opts(L, 4, "linspace", MOE_F32);
+  return moe_lua_push(L, moe_linspace(a, b, n, o.dtype));
+}
+
+static int l_eye(lua_State *L) {
+  int64_t n = check_int(L, 1, "eye", "n"), m = n;
+  int next = 2;
+  if (lua_type(L, 2) == LUA_TNUMBER) { m = check_int(L, 2, "eye", "m"); next = 3; }
+  if (n < 0 || m < 0) luaL_error(L, "eye: negative size (%d, %d)", (int)n, (int)m);
+  create_opts o = parse_opts(L, next, "eye", MOE_F32);
+  return moe_lua_push(L, moe_eye(n, m, o.dtype));
+}
+
+static int l_manual_seed(lua_State *L) {
+  double v = luaL_checknumber(L, 1);
+  if (v < 0 || v != floor(v)) luaL_error(L, "manual_seed: seed must be a non-negative integer, got %g", v);
+  moe_manual_seed((uint64_t)v);
+  return 0;
+}
+
+/* ---- from nested tables */
+
+typedef struct { double *buf; int64_t n, cap; int ndim, saw_bool, saw_num; int64_t shape[MOE_MAX_DIMS]; } walk_state;
+
+static void path_str(int depth, const int64_t *path, char *out) {
+  int n = 0;
+  for (int i = 0; i < depth; i++) n += sprintf(out + n, "[%lld]", (long long)path[i] + 1);
+  if (!depth) strcpy(out, "(top)");
+}
+
+static void walk_table(lua_State *L, int idx, int depth, int64_t *path, walk_state *w) {
+  char p[200];
+  int64_t len = (int64_t)lua_objlen(L, idx);
+  if (depth >= MOE_MAX_DIMS) luaL_error(L, "tensor: nested deeper than %d levels", MOE_MAX_DIMS);
+  if (depth >= w->ndim) { /* first visit at this depth fixes the size */
+    w->ndim = depth + 1;
+    w->shape[depth] = len;
+  } else if (w->shape[depth] != len) {
+    path_str(depth, path, p);
+    luaL_error(L, "tensor: ragged nested table: %s has %d entries, expected %d", p, (int)len, (int)w->shape[depth]);
+  }
+  for (int64_t i = 1; i <= len; i++) {
+    lua_rawgeti(L, idx, (int)i);
+    path[depth] = i - 1;
+    int ty = lua_type(L, -1);
+    if (ty == LUA_TTABLE && !moe_lua_totensor(L, -1)) {
+      if ((w->saw_num || w->saw_bool) && w->ndim <= depth + 1) {
+        path_str(depth + 1, path, p);
+        luaL_error(L, "tensor: ragged nested table: %s is a table where a number was expected", p);
+      }
+      walk_table(L, lua_gettop(L), depth + 1, path, w);
+    } else if (ty == LUA_TNUMBER || ty == LUA_TBOOLEAN) {
+      if (w->ndim != depth + 1) {
+        path_str(depth + 1, path, p);
+        luaL_error(L, "tensor: ragged nested table: %s is a number where a table was expected", p);
+      }
+      if (w->n == w->cap) {
+        w->cap = w->cap ? w->cap * 2 : 64;
+        double *nb = realloc(w->buf, sizeof(double) * (size_t)w->cap);
+        if (!nb) luaL_error(L, "tensor: out of memory");
+        w->buf = nb;
+      }
+      if (ty == LUA_TBOOLEAN) { w->saw_bool = 1; w->buf[w->n++] = lua_toboolean(L, -1); }
+      else { w->saw_num = 1; w->buf[w->n++] = lua_tonumber(L, -1); }
+    } else {
+      path_str(depth + 1, path, p);
+      luaL_error(L, "tensor: non-numeric entry at %s (a %s)", p, type_of(L, -1));
+    }
+    lua_pop(L, 1);
+  }
+}
+
+static int walk_protected(lua_State *L) {
+  walk_state *w = lua_touserdata(L, 2);
+  int64_t path[MOE_MAX_DIMS] = {0};
+  walk_table(L, 1, 0, path, w);
+  return 0;
+}
+
+static int l_tensor(lua_State *L) {
+  moe_tensor *src = moe_lua_totensor(L, 1);
+  int ty = lua_type(L, 1);
+  if (src) {
+    create_opts o = parse_opts(L, 2, "tensor", src->dtype);
+    moe_tensor *c = moe_to_dtype(src, o.dtype);
+    if (c == src) { moe_tensor_release(c); c = moe_clone(src); }
+    return moe_lua_push(L, c);
+  }
+  if (ty == LUA_TNUMBER || ty == LUA_TBOOLEAN) {
+    create_opts o = parse_opts(L, 2, "tensor", ty == LUA_TBOOLEAN ? MOE_BOOL : MOE_F32);
+    double v = ty == LUA_TBOOLEAN ? lua_toboolean(L, 1) : lua_tonumber(L, 1);
+    return moe_lua_push(L, moe_from_doubles(0, NULL, o.dtype, &v));
+  }
+  if (ty != LUA_TTABLE) luaL_error(L, "tensor: expected a (nested) table, number or tensor, got %s", type_of(L, 1));
+  create_opts o = parse_opts(L, 2, "tensor", MOE_F32); /* before anything is allocated */
+  lua_settop(L, 2);
+  /* walk under pcall so the buffer is freed on every error */
+  walk_state w = {0};
+  lua_pushcfunction(L, walk_protected);
+  lua_pushvalue(L, 1);
+  lua_pushlightuserdata(L, &w);
+  if (lua_pcall(L, 2, 0, 0)) {
+    free(w.buf);
+    return lua_error(L);
+  }
+  if (w.ndim == 0) w.ndim = 1; /* {} -> shape [0] */
+  if (w.saw_bool && w.saw_num) {
+    free(w.buf);
+    return luaL_error(L, "tensor: table mixes booleans and numbers");
+  }
+  if (!o.has_dtype) o.dtype = w.saw_bool ? MOE_BOOL : MOE_F32;
+  moe_tensor *t = moe_from_doubles(w.ndim, w.shape, o.dtype, w.buf);
+  free(w.buf);
+  return moe_lua_push(L, t);
+}
+
+/* ---------------------------------------------------------------- info */
+
+static int l_shape(lua_State *L) {
+  moe_tensor *t = check_tensor(L, 1, "shape");
+  lua_createtable(L, t->ndim, 0);
+  for (int i = 0; i < t->ndim; i++) { lua_pushnumber(L, (lua_Number)t->shape[i]); lua_rawseti(L, -2, i + 1); }
+  return 1;
+}
+static int l_stride(lua_State *L) {
+  moe_tensor *t = check_tensor(L, 1, "stride");
+  if (!lua_isnoneornil(L, 2)) { lua_pushnumber(L, (lua_Number)t->stride[check_dim_arg(L, 2, t, "stride", 0)]); return 1; }
+  lua_createtable(L, t->ndim, 0);
+  for (int i = 0; i < t->ndim; i++) { lua_pushnumber(L, (lua_Number)t->stride[i]); lua_rawseti(L, -2, i + 1); }
+  return 1;
+}
+static int l_size(lua_State *L) {
+  moe_tensor *t = check_tensor(L, 1, "size");
+  if (lua_isnoneornil(L, 2)) return l_shape(L);
+  lua_pushnumber(L, (lua_Number)t->shape[check_dim_arg(L, 2, t, "size", 0)]);
+  return 1;
+}
+static int l_dim(lua_State *L) { lua_pushinteger(L, check_tensor(L, 1, "dim")->ndim); return 1; }
+static int l_numel(lua_State *L) { lua_pushnumber(L, (lua_Number)moe_numel(check_tensor(L, 1, "numel"))); return 1; }
+static int l_dtype(lua_State *L) { lua_pushstring(L, moe_dtype_name(check_tensor(L, 1, "dtype")->dtype)); return 1; }
+static int l_device(lua_State *L) { check_tensor(L, 1, "device"); lua_pushstring(L, "cpu"); return 1; }
+static int l_is_contiguous(lua_State *L) { lua_pushboolean(L, moe_is_contiguous(check_tensor(L, 1, "is_contiguous"))); return 1; }
+static int l_storage_offset(lua_State *L) { lua_pushnumber(L, (lua_Number)check_tensor(L, 1, "storage_offset")->offset); return 1; }
+static int l_is_tensor(lua_State *L) { lua_pushboolean(L, moe_lua_totensor(L, 1) != NULL); return 1; }
+static int l_same_storage(lua_State *L) {
+  lua_pushboolean(L, check_tensor(L, 1, "same_storage")->storage == check_tensor(L, 2, "same_storage")->storage);
+  return 1;
+}
+
+static void push_elem(lua_State *L, moe_tensor *t, const int64_t *idx) {
+  double v = moe_get(t, idx);
+  if (t->dtype == MOE_BOOL) lua_pushboolean(L, v != 0);
+  else lua_pushnumber(L, v);
+}
+
+static int l_item(lua_State *L) {
+  moe_tensor *t = check_tensor(L, 1, "item");
+  char b[160];
+  if (moe_numel(t) != 1)
+    luaL_error(L, "item: tensor of shape %s has %d elements, item needs exactly one", moe_shape_str(t, b), (int)moe_numel(t));
+  int64_t idx[MOE_MAX_DIMS] = {0};
+  push_elem(L, t, idx);
+  return 1;
+}
+
+static void totable_rec(lua_State *L, moe_tensor *t, int d, int64_t *idx) {
+  if (d == t->ndim) { push_elem(L, t, idx); return; }
+  lua_createtable(L, (int)t->shape[d], 0);
+  for (int64_t i = 0; i < t->shape[d]; i++) {
+    idx[d] = i;
+    totable_rec(L, t, d + 1, idx);
+    lua_rawseti(L, -2, (int)i + 1);
+  }
+}
+static int l_totable(lua_State *L) {
+  moe_tensor *t = check_tensor(L, 1, "totable");
+  int64_t idx[MOE_MAX_DIMS] = {0};
+  luaL_checkstack(L, t->ndim + 4, "totable");
+  totable_rec(L, t, 0, idx);
+  return 1;
+}
+
+/* ---------------------------------------------------------------- views */
+
+static int l_view_impl(lua_State *L, const char *op, int reshape) {
+  moe_tensor *t = check_tensor(L, 1, op);
+  int ndim;
+  int64_t shape[MOE_MAX_DIMS];
+  parse_view_sizes(L, 2, op, &ndim, shape);
+  return moe_lua_push(L, reshape ? moe_reshape(t, ndim, shape) : moe_view(t, ndim, shape));
+}
+static int l_view(lua_State *L) { return l_view_impl(L, "view", 0); }
+static int l_reshape(lua_State *L) { return l_view_impl(L, "reshape", 1); }
+
+static int l_expand(lua_State *L) {
+  moe_tensor *t = check_tensor(L, 1, "expand");
+  int ndim;
+  int64_t shape[MOE_MAX_DIMS];
+  moe_tensor *other = moe_lua_totensor(L, 2);
+  if (other) { ndim = other->ndim; memcpy(shape, other->shape, sizeof shape); }
+  else parse_view_sizes(L, 2, "expand", &ndim, shape);
+  return moe_lua_push(L, moe_expand(t, ndim, shape));
+}
+
+static int l_transpose(lua_State *L) {
+  moe_tensor *t = check_tensor(L, 1, "transpose");
+  if (lua_isnoneornil(L, 2) && t->ndim == 2) return moe_lua_push(L, moe_transpose(t, 0, 1));
+  int d0 = check_dim_arg(L, 2, t, "transpose", 0), d1 = check_dim_arg(L, 3, t, "transpose", 0);
+  return moe_lua_push(L, moe_transpose(t, d0, d1));
+}
+
+static int l_permute(lua_State *L) {
+  moe_tensor *t = check_tensor(L, 1, "permute");
+  int perm[MOE_MAX_DIMS], n = 0;
+  int tbl = lua_istable(L, 2);
+  int cnt = tbl ? (int)lua_objlen(L, 2) : lua_gettop(L) - 1;
+  char b[160];
+  if (cnt != t->ndim)
+    luaL_error(L, "permute: %d dims given for tensor of shape %s", cnt, moe_shape_str(t, b));
+  for (int i = 0; i < cnt; i++) {
+    if (tbl) lua_rawgeti(L, 2, i + 1); else lua_pushvalue(L, i + 2);
+    perm[n++] = norm_dim(L, t, check_int(L, -1, "permute", "dim"), "permute", 0);
+    lua_pop(L, 1);
+  }
+  return moe_lua_push(L, moe_permute(t, perm));
+}
+
+static int l_narrow(lua_State *L) {
+  moe_tensor *t = check_tensor(L, 1, "narrow");
+  int d = check_dim_arg(L, 2, t, "narrow", 0);
+  int64_t start = check_int(L, 3, "narrow", "start"), len = check_int(L, 4, "narrow", "length");
+  if (start < 0) start = t->shape[d] + start + 1;
+  return moe_lua_push(L, moe_narrow(t, d, start - 1, len));
+}
+
+static int l_select(lua_State *L) {
+  moe_tensor *t = check_tensor(L, 1, "select");
+  int d = check_dim_arg(L, 2, t, "select", 0);
+  int64_t i = check_int(L, 3, "select", "index");
+  if (i < 0) i = t->shape[d] + i + 1;
+  return moe_lua_push(L, moe_select(t, d, i - 1));
+}
+
+static int l_squeeze(lua_State *L) {
+  moe_tensor *t = check_tensor(L, 1, "squeeze");
+  int d = lua_isnoneornil(L, 2) ? -1 : check_dim_arg(L, 2, t, "squeeze", 0);
+  return moe_lua_push(L, moe_squeeze(t, d));
+}
+
+static int l_unsqueeze(lua_State *L) {
+  moe_tensor *t = check_tensor(L, 1, "unsqueeze");
+  return moe_lua_push(L, moe_unsqueeze(t, check_dim_arg(L, 2, t, "unsqueeze", 1)));
+}
+
+static int l_contiguous(lua_State *L) {
+  moe_tensor *t = check_tensor(L, 1, "contiguous");
+  if (moe_is_contiguous(t)) { lua_settop(L, 1); return 1; }
+  return moe_lua_push(L, moe_clone(t));
+}
+static int l_clone(lua_State *L) { return moe_lua_push(L, moe_clone(check_tensor(L, 1, "clone"))); }
+
+static int l_to(lua_State *L) {
+  moe_tensor *t = check_tensor(L, 1, "to");
+  const char *name = lua_tostring(L, 2);
+  moe_dtype dt;
+  if (lua_istable(L, 2)) {
+    create_opts o = parse_opts(L, 2, "to", t->dtype);
+    dt = o.dtype;
+  } else if (!name || moe_dtype_from_name(name, &dt)) {
+    if (name && !strcmp(name, "cpu")) { lua_settop(L, 1); return 1; }
+    luaL_error(L, "to: unknown dtype '%s' (float32, float64, int32, int64, bool)", name ? name : luaL_typename(L, 2));
+  }
+  if (t->dtype == dt) { lua_settop(L, 1); return 1; }
+  return moe_lua_push(L, moe_to_dtype(t, dt));
+}
+
+static int l_copy_(lua_State *L) {
+  moe_tensor *dst = check_tensor(L, 1, "copy_");
+  if (lua_type(L, 2) == LUA_TNUMBER) { moe_fill_(dst, lua_tonumber(L, 2)); lua_settop(L, 1); return 1; }
+  moe_tensor *src = check_tensor(L, 2, "copy_");
+  if (moe_copy_(dst, src)) return raise_engine(L);
+  lua_settop(L, 1);
+  return 1;
+}
+
+static int l_fill_(lua_State *L) {
+  moe_tensor *t = check_tensor(L, 1, "fill_");
+  double v = lua_type(L, 2) == LUA_TBOOLEAN ? lua_toboolean(L, 2) : luaL_checknumber(L, 2);
+  moe_fill_(t, v);
+  lua_settop(L, 1);
+  return 1;
+}
+
+/* ---------------------------------------------------------------- indexing */
+
+/* t[i] or t[{...}] as a view: numbers select (dims vanish), {} keeps a dim,
+ * {a, b} narrows to a..b inclusive; negative numbers count from the end. */
+static moe_tensor *index_view(lua_State *L, moe_tensor *t, int kidx, int *scalar) {
+  char b[160];
+  *scalar = 0;
+  if (lua_type(L, kidx) == LUA_TNUMBER) {
+    int64_t i = check_int(L, kidx, "index", "index");
+    if (t->ndim == 0) luaL_error(L, "index: cannot index a 0-dim tensor");
+    if (i < 0) i = t->shape[0] + i + 1;
+    if (i < 1 || i > t->shape[0])
+      luaL_error(L, "index: index %d out of range for dim 1 of size %d (shape %s)", (int)i, (int)t->shape[0], moe_shape_str(t, b));
+    *scalar = t->ndim == 1;
+    moe_tensor *v = moe_select(t, 0, i - 1);
+    if (!v) raise_engine(L);
+    return v;
+  }
+  if (!lua_istable(L, kidx) || moe_lua_totensor(L, kidx))
+    luaL_error(L, "index: expected a number or a table of ranges, got %s", type_of(L, kidx));
+  int n = (int)lua_objlen(L, kidx);
+  if (n > t->ndim) luaL_error(L, "index: %d indices for tensor of shape %s", n, moe_shape_str(t, b));
+  /* validate everything first, then build the view */
+  int64_t lo[MOE_MAX_DIMS], hi[MOE_MAX_DIMS];
+  int kind[MOE_MAX_DIMS]; /* 0 select, 1 range */
+  for (int k = 0, d = 0; k < n; k++, d++) {
+    lua_rawgeti(L, kidx, k + 1);
+    int64_t size = t->shape[d];
+    if (lua_type(L, -1) == LUA_TNUMBER) {
+      int64_t i = check_int(L, -1, "index", "index");
+      if (i < 0) i = size + i + 1;
+      if (i < 1 || i > size)
+        luaL_error(L, "index: index %d out of range for dim %d of size %d (shape %s)", (int)i, d + 1, (int)size, moe_shape_str(t, b));
+      kind[k] = 0; lo[k] = i;
+    } else if (lua_istable(L, -1)) {
+      int m = (int)lua_objlen(L, -1);
+      int64_t a = 1, e = size;
+      if (m >= 1) { lua_rawgeti(L, -1, 1); a = check_int(L, -1, "index", "range start"); lua_pop(L, 1); }
+      if (m >= 2) { lua_rawgeti(L, -1, 2); e = check_int(L, -1, "index", "range end"); lua_pop(L, 1); }
+      else if (m == 1) e = a < 0 ? size + a + 1 : a;
+      if (a < 0) a = size + a + 1;
+      if (e < 0) e = size + e + 1;
+      if (a < 1 || e > size || e < a - 1)
+        luaL_error(L, "index: range {%d, %d} out of bounds for dim %d of size %d (shape %s)", (int)a, (int)e, d + 1, (int)size, moe_shape_str(t, b));
+      kind[k] = 1; lo[k] = a; hi[k] = e;
+    } else {
+      luaL_error(L, "index: entry %d must be a number or a range table, got %s", k + 1, type_of(L, -1));
+    }
+    lua_pop(L, 1);
+  }
+  moe_tensor *v = t;
+  moe_tensor_retain(v);
+  for (int k = 0, d = 0; k < n; k++) {
+    moe_tensor *nv = kind[k] ? moe_narrow(v, d, lo[k] - 1, hi[k] - lo[k] + 1) : moe_select(v, d, lo[k] - 1);
+    moe_tensor_release(v);
+    if (!nv) raise_engine(L);
+    v = nv;
+    if (kind[k]) d++;
+  }
+  return v;
+}
+
+static int t_index(lua_State *L) {
+  if (lua_type(L, 2) == LUA_TSTRING) {
+    lua_pushvalue(L, 2);
+    lua_rawget(L, lua_upvalueindex(1));
+    return 1;
+  }
+  moe_tensor *t = check_tensor(L, 1, "index");
+  int scalar;
+  moe_tensor *v = index_view(L, t, 2, &scalar);
+  if (scalar) {
+    int64_t idx[1] = {0};
+    push_elem(L, v, idx);
+    moe_tensor_release(v);
+    return 1;
+  }
+  return moe_lua_push(L, v);
+}
+
+static int t_newindex(lua_State *L) {
+  moe_tensor *t = check_tensor(L, 1, "newindex");
+  if (lua_type(L, 2) == LUA_TSTRING)
+    luaL_error(L, "tensor: cannot set field '%s' on a tensor", lua_tostring(L, 2));
+  moe_tensor *src = moe_lua_totensor(L, 3);
+  int vt = lua_type(L, 3);
+  if (!src && vt != LUA_TNUMBER && vt != LUA_TBOOLEAN)
+    luaL_error(L, "newindex: value must be a number or a tensor, got %s", type_of(L, 3));
+  int scalar;
+  moe_tensor *v = index_view(L, t, 2, &scalar);
+  int rc = 0;
+  if (src) rc = moe_copy_(v, src);
+  else moe_fill_(v, vt == LUA_TBOOLEAN ? lua_toboolean(L, 3) : lua_tonumber(L, 3));
+  moe_tensor_release(v);
+  if (rc) return raise_engine(L);
+  return 0;
+}
+
+static int t_len(lua_State *L) {
+  moe_tensor *t = check_tensor(L, 1, "len");
+  lua_pushnumber(L, t->ndim ? (lua_Number)t->shape[0] : 0);
+  return 1;
+}
+
+/* ---------------------------------------------------------------- math */
+
+/* binary ops: upvalue 1 is the moe_binop */
+static int l_binary(lua_State *L) {
+  moe_binop op = (moe_binop)lua_tointeger(L, lua_upvalueindex(1));
+  moe_tensor *a = moe_lua_totensor(L, 1), *b = moe_lua_totensor(L, 2);
+  if (a && b) return moe_lua_push(L, moe_binary(op, a, b));
+  if (a && lua_type(L, 2) == LUA_TNUMBER) return moe_lua_push(L, moe_binary_scalar(op, a, lua_tonumber(L, 2), 0));
+  if (b && lua_type(L, 1) == LUA_TNUMBER) return moe_lua_push(L, moe_binary_scalar(op, b, lua_tonumber(L, 1), 1));
+  return luaL_error(L, "%s: expected tensors or numbers, got %s and %s", moe_binop_name(op), type_of(L, 1), type_of(L, 2));
+}
+
+/* in-place binary ops: a:add_(b) */
+static int l_binary_(lua_State *L) {
+  moe_binop op = (moe_binop)lua_tointeger(L, lua_upvalueindex(1));
+  moe_tensor *a = moe_lua_totensor(L, 1);
+  char name[32];
+  snprintf(name, sizeof name, "%s_", moe_binop_name(op));
+  if (!a) check_tensor(L, 1, name);
+  moe_tensor *b = moe_lua_totensor(L, 2);
+  int rc;
+  if (b) rc = moe_binary_(op, a, b);
+  else if (lua_type(L, 2) == LUA_TNUMBER) {
+    double v = lua_tonumber(L, 2);
+    moe_storage st = {.data = &v, .refcount = 1};
+    moe_tensor s = {.storage = &st, .dtype = MOE_F64, .ndim = 0};
+    if (!moe_dtype_is_float(a->dtype) && v == floor(v)) { /* keep integer arithmetic exact */
+      int64_t iv = (int64_t)v;
+      st.data = &iv;
+      s.dtype = MOE_I64;
+      rc = moe_binary_(op, a, &s);
+    } else {
+      rc = moe_binary_(op, a, &s);
+    }
+  } else return luaL_error(L, "%s: argument #2 must be a tensor or number, got %s", name, type_of(L, 2));
+  if (rc) return raise_engine(L);
+  lua_settop(L, 1);
+  return 1;
+}
+
+static int l_unary(lua_State *L) {
+  moe_unop op = (moe_unop)lua_tointeger(L, lua_upvalueindex(1));
+  moe_tensor *a = moe_lua_totensor(L, 1);
+  if (!a) check_tensor(L, 1, moe_unop_name(op));
+  return moe_lua_push(L, moe_unary(op, a, 0, 0));
+}
+
+static int l_clamp(lua_State *L) {
+  moe_tensor *a = check_tensor(L, 1, "clamp");
+  if (lua_istable(L, 2)) {
+    lua_getfield(L, 2, "min");
+    lua_getfield(L, 2, "max");
+    lua_replace(L, 3);
+    lua_replace(L, 2);
+  }
+  if (!lua_isnil(L, 2) && lua_type(L, 2) != LUA_TNUMBER) luaL_error(L, "clamp: min must be a number or nil, got %s", type_of(L, 2));
+  if (!lua_isnoneornil(L, 3) && lua_type(L, 3) != LUA_TNUMBER) luaL_error(L, "clamp: max must be a number or nil, got %s", type_of(L, 3));
+  double lo = lua_isnoneornil(L, 2) ? -INFINITY : lua_tonumber(L, 2);
+  double hi = lua_isnoneornil(L, 3) ? INFINITY : lua_tonumber(L, 3);
+  return moe_lua_push(L, moe_unary(MOE_CLAMP, a, lo, hi));
+}
+
+static int l_where(lua_State *L) {
+  moe_tensor *c = check_tensor(L, 1, "where");
+  moe_tensor *a = moe_lua_totensor(L, 2), *b = moe_lua_totensor(L, 3);
+  int ty2 = lua_type(L, 2), ty3 = lua_type(L, 3);
+  if (!a && ty2 != LUA_TNUMBER) luaL_error(L, "where: argument #2 must be a tensor or number, got %s", type_of(L, 2));
+  if (!b && ty3 != LUA_TNUMBER) luaL_error(L, "where: argument #3 must be a tensor or number, got %s", type_of(L, 3));
+  /* a scalar branch takes the other branch's dtype (float32 if both are scalars) */
+  moe_dtype dt = a ? a->dtype : (b ? b->dtype : MOE_F32);
+  double va = lua_tonumber(L, 2), vb = lua_tonumber(L, 3);
+  if (!moe_dtype_is_float(dt) && ((!a && va != floor(va)) || (!b && vb != floor(vb)))) dt = MOE_F32;
+  moe_tensor *ta = a ? a : moe_from_doubles(0, NULL, dt, &va);
+  moe_tensor *tb = b ? b : moe_from_doubles(0, NULL, dt, &vb);
+  moe_tensor *out = ta && tb ? moe_where(c, ta, tb) : NULL;
+  if (!a) moe_tensor_release(ta);
+  if (!b) moe_tensor_release(tb);
+  return moe_lua_push(L, out);
+}
+
+/* ---------------------------------------------------------------- reductions */
+
+/* dims argument: nil (all), a number, or a table of numbers -> bit mask */
+static unsigned parse_dims(lua_State *L, int idx, moe_tensor *t, const char *op) {
+  if (lua_isnoneornil(L, idx)) return 0;
+  if (lua_type(L, idx) == LUA_TNUMBER) return 1u << check_dim_arg(L, idx, t, op, 0);
+  if (!lua_istable(L, idx)) luaL_error(L, "%s: dim must be a number or a table of numbers, got %s", op, type_of(L, idx));
+  unsigned m = 0;
+  int n = (int)lua_objlen(L, idx);
+  for (int i = 1; i <= n; i++) {
+    lua_rawgeti(L, idx, i);
+    m |= 1u << norm_dim(L, t, check_int(L, -1, op, "dim"), op, 0);
+    lua_pop(L, 1);
+  }
+  return m;
+}
+
+/* keepdim as a boolean or {keepdim=..., unbiased=..., correction=...} */
+static int parse_keepdim(lua_State *L, int idx, int *correction) {
+  if (lua_istable(L, idx)) {
+    lua_getfield(L, idx, "keepdim");
+    int k = lua_toboolean(L, -1);
+    lua_getfield(L, idx, "unbiased");
+    if (!lua_isnil(L, -1) && correction) *correction = lua_toboolean(L, -1) ? 1 : 0;
+    lua_getfield(L, idx, "correction");
+    if (lua_type(L, -1) == LUA_TNUMBER && correction) *correction = (int)lua_tointeger(L, -1);
+    lua_pop(L, 3);
+    return k;
+  }
+  return lua_toboolean(L, idx);
+}
+
+static int l_reduce(lua_State *L) {
+  moe_redop op = (moe_redop)lua_tointeger(L, lua_upvalueindex(1));
+  const char *name = moe_redop_name(op);
+  moe_tensor *t = check_tensor(L, 1, name);
+  /* max(a, b) / min(a, b) with a tensor or number second argument: elementwise */
+  if ((op == MOE_RMAX || op == MOE_RMIN) && (moe_lua_totensor(L, 2))) {
+    return moe_lua_push(L, moe_binary(op == MOE_RMAX ? MOE_MAXIMUM : MOE_MINIMUM, t, moe_lua_totensor(L, 2)));
+  }
+  unsigned dims = parse_dims(L, 2, t, name);
+  int correction = 1;
+  if ((op == MOE_RVAR || op == MOE_RSTD) && lua_type(L, 4) == LUA_TBOOLEAN) correction = lua_toboolean(L, 4);
+  int keepdim = parse_keepdim(L, 3, &correction);
+  int want_idx = (op == MOE_RMAX || op == MOE_RMIN) && lua_type(L, 2) == LUA_TNUMBER;
+  moe_tensor *idx = NULL;
+  moe_tensor *out = moe_reduce(op, t, dims, keepdim, correction, want_idx ? &idx : NULL, IBASE);
+  if (!out) return raise_engine(L);
+  if (want_idx) {
+    /* push idx first into a box so both are owned by Lua before any error */
+    moe_lua_push(L, out);
+    moe_lua_push(L, idx);
+    return 2;
+  }
+  return moe_lua_push(L, out);
+}
+
+static int l_scan(lua_State *L) {
+  moe_scanop op = (moe_scanop)lua_tointeger(L, lua_upvalueindex(1));
+  static const char *names[] = {"softmax", "log_softmax", "cumsum", "cumprod"};
+  moe_tensor *t = check_tensor(L, 1, names[op]);
+  if (t->ndim == 0) luaL_error(L, "%s: needs at least 1 dim, got a 0-dim tensor", names[op]);
+  int d = opt_dim_arg(L, 2, t, names[op], t->ndim - 1);
+  return moe_lua_push(L, moe_scan(op, t, d));
+}
+
+/* ---------------------------------------------------------------- matmul, sort, index */
+
+static int l_matmul(lua_State *L) {
+  moe_tensor *a = check_tensor(L, 1, "matmul"), *b = check_tensor(L, 2, "matmul");
+  return moe_lua_push(L, moe_matmul(a, b));
+}
+
+static int push_pair(lua_State *L, int rc, moe_tensor *v, moe_tensor *i) {
+  if (rc) return raise_engine(L);
+  moe_lua_push(L, v);
+  moe_lua_push(L, i);
+  return 2;
+}
+
+static int l_topk(lua_State *L) {
+  moe_tensor *t = check_tensor(L, 1, "topk");
+  int64_t k = check_int(L, 2, "topk", "k");
+  if (t->ndim == 0) luaL_error(L, "topk: needs at least 1 dim, got a 0-dim tensor");
+  int d = opt_dim_arg(L, 3, t, "topk", t->ndim - 1);
+  int largest = lua_isnoneornil(L, 4) ? 1 : lua_toboolean(L, 4);
+  moe_tensor *v = NULL, *i = NULL;
+  int rc = moe_topk(t, k, d, largest, 1, &v, &i, IBASE);
+  return push_pair(L, rc, v, i);
+}
+
+static int l_sort(lua_State *L) {
+  moe_tensor *t = check_tensor(L, 1, "sort");
+  if (t->ndim == 0) luaL_error(L, "sort: needs at least 1 dim, got a 0-dim tensor");
+  int d = opt_dim_arg(L, 2, t, "sort", t->ndim - 1);
+  moe_tensor *v = NULL, *i = NULL;
+  int rc = moe_sort(t, d, lua_toboolean(L, 3), &v, &i, IBASE);
+  return push_pair(L, rc, v, i);
+}
+
+static int l_argsort(lua_State *L) {
+  moe_tensor *t = check_tensor(L, 1, "argsort");
+  if (t->ndim == 0) luaL_error(L, "argsort: needs at least 1 dim, got a 0-dim tensor");
+  int d = opt_dim_arg(L, 2, t, "argsort", t->ndim - 1);
+  moe_tensor *v = NULL, *i = NULL;
+  if (moe_sort(t, d, lua_toboolean(L, 3), &v, &i, IBASE)) return raise_engine(L);
+  moe_tensor_release(v);
+  return moe_lua_push(L, i);
+}
+
+static int l_gather(lua_State *L) {
+  moe_tensor *t = check_tensor(L, 1, "gather");
+  int d = check_dim_arg(L, 2, t, "gather", 0);
+  return moe_lua_push(L, moe_gather(t, d, check_tensor(L, 3, "gather"), IBASE));
+}
+
+static int l_scatter_add_impl(lua_State *L, int inplace) {
+  const char *op = inplace ? "scatter_add_" : "scatter_add";
+  moe_tensor *t = check_tensor(L, 1, op);
+  int d = check_dim_arg(L, 2, t, op, 0);
+  moe_tensor *out = moe_scatter_add(t, d, check_tensor(L, 3, op), check_tensor(L, 4, op), IBASE, inplace);
+  if (inplace) {
+    if (!out) return raise_engine(L);
+    moe_tensor_release(out);
+    lua_settop(L, 1);
+    return 1;
+  }
+  return moe_lua_push(L, out);
+}
+static int l_scatter_add(lua_State *L) { return l_scatter_add_impl(L, 0); }
+static int l_scatter_add_(lua_State *L) { return l_scatter_add_impl(L, 1); }
+
+static int l_index_select(lua_State *L) {
+  moe_tensor *t = check_tensor(L, 1, "index_select");
+  int d = check_dim_arg(L, 2, t, "index_select", 0);
+  return moe_lua_push(L, moe_index_select(t, d, check_tensor(L, 3, "index_select"), IBASE));
+}
+
+static int l_index_add_impl(lua_State *L, int inplace) {
+  const char *op = inplace ? "index_add_" : "index_add";
+  moe_tensor *t = check_tensor(L, 1, op);
+  int d = check_dim_arg(L, 2, t, op, 0);
+  moe_tensor *out = moe_index_add(t, d, check_tensor(L, 3, op), check_tensor(L, 4, op), IBASE, inplace);
+  if (inplace) {
+    if (!out) return raise_engine(L);
+    moe_tensor_release(out);
+    lua_settop(L, 1);
+    return 1;
+  }
+  return moe_lua_push(L, out);
+}
+static int l_index_add(lua_State *L) { return l_index_add_impl(L, 0); }
+static int l_index_add_(lua_State *L) { return l_index_add_impl(L, 1); }
+
+static int l_bincount(lua_State *L) {
+  moe_tensor *t = check_tensor(L, 1, "bincount");
+  moe_tensor *w = NULL;
+  int64_t minlength = 0;
+  if (lua_istable(L, 2) && !moe_lua_totensor(L, 2)) {
+    lua_getfield(L, 2, "weights");
+    if (!lua_isnil(L, -1)) w = check_tensor(L, -1, "bincount");
+    lua_getfield(L, 2, "minlength");
+    if (!lua_isnil(L, -1)) minlength = check_int(L, -1, "bincount", "minlength");
+    lua_pop(L, 2);
+  } else {
+    if (!lua_isnoneornil(L, 2)) w = check_tensor(L, 2, "bincount");
+    if (!lua_isnoneornil(L, 3)) minlength = check_int(L, 3, "bincount", "minlength");
+  }
+  return moe_lua_push(L, moe_bincount(t, w, minlength, IBASE));
+}
+
+static int l_catstack(lua_State *L, int stack) {
+  const char *op = stack ? "stack" : "cat";
+  if (!lua_istable(L, 1) || moe_lua_totensor(L, 1)) luaL_error(L, "%s: argument #1 must be a list of tensors, got %s", op, type_of(L, 1));
+  int n = (int)lua_objlen(L, 1);
+  if (n < 1) luaL_error(L, "%s: expected a non-empty list of tensors", op);
+  lua_settop(L, 2); /* the scratch below must not look like a dim argument */
+  moe_tensor **ts = lua_newuserdata(L, sizeof(moe_tensor *) * (size_t)n); /* GC-owned scratch */
+  for (int i = 0; i < n; i++) {
+    lua_rawgeti(L, 1, i + 1);
+    ts[i] = moe_lua_totensor(L, -1);
+    if (!ts[i]) luaL_error(L, "%s: entry %d of the list is a %s, not a tensor", op, i + 1, type_of(L, -1));
+    lua_pop(L, 1);
+  }
+  int d = 0;
+  if (!lua_isnoneornil(L, 2)) d = norm_dim(L, ts[0], check_int(L, 2, op, "dim"), op, stack);
+  return moe_lua_push(L, stack ? moe_stack(n, ts, d) : moe_cat(n, ts, d));
+}
+static int l_cat(lua_State *L) { return l_catstack(L, 0); }
+static int l_stack(lua_State *L) { return l_catstack(L, 1); }
+
+static int l_live(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)moe_live_tensors());
+  lua_pushnumber(L, (lua_Number)moe_live_bytes());
+  return 2;
+}
+
+/* ---------------------------------------------------------------- registration */
+
+static const luaL_Reg funcs[] = {
+    {"tensor", l_tensor}, {"zeros", l_zeros}, {"ones", l_ones}, {"full", l_full}, {"empty", l_empty},
+    {"rand", l_rand}, {"randn", l_randn}, {"randint", l_randint}, {"randperm", l_randperm},
+    {"arange", l_arange}, {"linspace", l_linspace}, {"eye", l_eye}, {"manual_seed", l_manual_seed},
+    {"is_tensor", l_is_tensor}, {"live", l_live}, {"cat", l_cat}, {"stack", l_stack},
+    {NULL, NULL}};
+
+/* functions that are also tensor methods */
+static const luaL_Reg methods[] = {
+    {"shape", l_shape}, {"size", l_size}, {"stride", l_stride}, {"dim", l_dim}, {"numel", l_numel},
+    {"dtype", l_dtype}, {"device", l_device}, {"is_contiguous", l_is_contiguous},
+    {"storage_offset", l_storage_offset}, {"same_storage", l_same_storage}, {"item", l_item},
+    {"totable", l_totable}, {"view", l_view}, {"reshape", l_reshape}, {"expand", l_expand},
+    {"transpose", l_transpose}, {"permute", l_permute}, {"narrow", l_narrow}, {"select", l_select},
+    {"squeeze", l_squeeze}, {"unsqueeze", l_unsqueeze}, {"contiguous", l_contiguous},
+    {"clone", l_clone}, {"to", l_to}, {"copy_", l_copy_}, {"fill_", l_fill_}, {"clamp", l_clamp},
+    {"where", l_where}, {"matmul", l_matmul}, {"topk", l_topk}, {"sort", l_sort},
+    {"argsort", l_argsort}, {"gather", l_gather}, {"scatter_add", l_scatter_add},
+    {"scatter_add_", l_scatter_add_}, {"index_select", l_index_select}, {"index_add", l_index_add},
+    {"index_add_", l_index_add_}, {"bincount", l_bincount}, {NULL, NULL}};
+
+static void set_closure(lua_State *L, int methods_idx, int funcs_idx, const char *name, lua_CFunction f, int op) {
+  lua_pushinteger(L, op);
+  lua_pushcclosure(L, f, 1);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, methods_idx, name);
+  lua_setfield(L, funcs_idx, name);
+}
+
+int luaopen_moe_core(lua_State *L) {
+  /* refuse a LuaJIT built without GC64: 64-bit pointers in userdata and large heaps need it */
+  if (luaL_dostring(L, "local ok, ffi = pcall(require, 'ffi') return ok and ffi.abi('gc64')") || !lua_toboolean(L, -1))
+    return luaL_error(L, "moe: this LuaJIT is not a GC64 build; moelua needs LuaJIT 2.1 built with "
+                         "LUAJIT_ENABLE_GC64 (Debian's luajit on amd64 is)");
+  lua_pop(L, 1);
+
+  lua_newtable(L); /* module */
+  int mod = lua_gettop(L);
+  luaL_register(L, NULL, funcs);
+  lua_newtable(L); /* methods */
+  int meth = lua_gettop(L);
+  for (const luaL_Reg *r = methods; r->name; r++) {
+    lua_pushcfunction(L, r->func);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, meth, r->name);
+    lua_setfield(L, mod, r->name);
+  }
+  for (int op = 0; op < MOE_NBINOPS; op++) {
+    set_closure(L, meth, mod, moe_binop_name((moe_binop)op), l_binary, op);
+    char n[32];
+    snprintf(n, sizeof n, "%s_", moe_binop_name((moe_binop)op));
+    if (op <= MOE_MINIMUM) set_closure(L, meth, mod, n, l_binary_, op);
+  }
+  for (int op = 0; op < MOE_NUNOPS; op++)
+    if (op != MOE_CLAMP) set_closure(L, meth, mod, moe_unop_name((moe_unop)op), l_unary, op);
+  for (int op = 0; op < MOE_NREDOPS; op++) set_closure(L, meth, mod, moe_redop_name((moe_redop)op), l_reduce, op);
+  static const char *scans[] = {"softmax", "log_softmax", "cumsum", "cumprod"};
+  for (int op = 0; op < 4; op++) set_closure(L, meth, mod, scans[op], l_scan, op);
+
+  /* metatable */
+  luaL_newmetatable(L, MT_NAME);
+  int mt = lua_gettop(L);
+  lua_pushcfunction(L, t_gc);
+  lua_setfield(L, mt, "__gc");
+  lua_pushvalue(L, meth);
+  lua_pushcclosure(L, t_index, 1);
+  lua_setfield(L, mt, "__index");
+  lua_pushcfunction(L, t_newindex);
+  lua_setfield(L, mt, "__newindex");
+  lua_pushcfunction(L, t_len);
+  lua_setfield(L, mt, "__len");
+  static const struct { const char *mm; int op; } arith[] = {
+      {"__add", MOE_ADD}, {"__sub", MOE_SUB}, {"__mul", MOE_MUL}, {"__div", MOE_DIV}, {"__pow", MOE_POW}};
+  for (size_t i = 0; i < sizeof arith / sizeof *arith; i++) {
+    lua_pushinteger(L, arith[i].op);
+    lua_pushcclosure(L, l_binary, 1);
+    lua_setfield(L, mt, arith[i].mm);
+  }
+  lua_pushinteger(L, MOE_NEG);
+  lua_pushcclosure(L, l_unary, 1);
+  lua_setfield(L, mt, "__unm");
+  lua_pushstring(L, MT_NAME);
+  lua_setfield(L, mt, "__name");
+
+  lua_pushvalue(L, meth);
+  lua_setfield(L, mod, "Tensor");
+  lua_pushvalue(L, mt);
+  lua_setfield(L, mod, "metatable");
+  lua_pop(L, 1); /* mt */
+  lua_pop(L, 1); /* methods */
+  return 1;
+}

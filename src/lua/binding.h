@@ -1,0 +1,16 @@
+/* binding.h -- what the moelua host needs from the Lua binding. */
+#ifndef MOE_BINDING_H
+#define MOE_BINDING_H
+
+#include <lua.h>
+#include <signal.h>
+
+#include "../core/moe.h"
+
+/* set by the host's SIGINT handler; the next op that returns a tensor raises "interrupted" */
+extern volatile sig_atomic_t moe_lua_interrupted;
+int luaopen_moe_core(lua_State *L);
+moe_tensor *moe_lua_totensor(lua_State *L, int idx);
+int moe_lua_push(lua_State *L, moe_tensor *t);
+
+#endif

@@ -1,0 +1,415 @@
+/* main.c -- the `moelua` host: run scripts, evaluate -e code, and the REPL.
+ *
+ *   moelua                      REPL (moe preloaded); piped stdin runs without the line editor
+ *   moelua run script.lua ...   run a script; `arg` is set as the lua interpreter does
+ *   moelua script.lua ...       the same, so moelua can be busted's --lua interpreter
+ *   moelua -e 'code'            run code (repeatable); -i: REPL afterwards; -v/--version; -h/--help
+ *
+ * Like lua.c, the host is a second place (besides src/lua/) that talks to Lua. */
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <editline/readline.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <luajit.h>
+#include <lualib.h>
+
+#include "lua/binding.h"
+
+#ifndef MOE_VERSION
+#define MOE_VERSION "dev"
+#endif
+
+static lua_State *gL;
+static const char *progname = "moelua";
+static volatile sig_atomic_t in_readline = 0, input_cancelled = 0;
+
+/* ---------------------------------------------------------------- interrupts */
+
+static void stop_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  lua_sethook(L, NULL, 0, 0);
+  luaL_error(L, "interrupted");
+}
+
+static void on_sigint(int sig) {
+  (void)sig;
+  if (in_readline) { input_cancelled = 1; return; }
+  /* stop the running code at its next Lua call/return/instruction, or its next tensor op */
+  moe_lua_interrupted = 1;
+  lua_sethook(gL, stop_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+}
+
+static void set_sigint(void (*handler)(int)) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = handler;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0; /* no SA_RESTART: a read at the prompt returns EINTR */
+  sigaction(SIGINT, &sa, NULL);
+}
+
+/* ---------------------------------------------------------------- running code */
+
+static int msghandler(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  if (!msg) {
+    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) return 1;
+    msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+  }
+  lua_getglobal(L, "debug");
+  lua_getfield(L, -1, "traceback");
+  lua_pushstring(L, msg);
+  lua_pushinteger(L, 2);
+  lua_call(L, 2, 1);
+  return 1;
+}
+
+/* call the function below nargs args with a traceback handler and SIGINT armed */
+static int docall(lua_State *L, int nargs, int nres) {
+  int base = lua_gettop(L) - nargs;
+  lua_pushcfunction(L, msghandler);
+  lua_insert(L, base);
+  moe_lua_interrupted = 0;
+  set_sigint(on_sigint);
+  int status = lua_pcall(L, nargs, nres, base);
+  set_sigint(SIG_DFL);
+  lua_sethook(L, NULL, 0, 0);
+  moe_lua_interrupted = 0;
+  lua_remove(L, base);
+  if (status) lua_gc(L, LUA_GCCOLLECT, 0);
+  return status;
+}
+
+static int report(lua_State *L, int status) {
+  if (status && !lua_isnil(L, -1)) {
+    const char *msg = lua_tostring(L, -1);
+    fprintf(stderr, "%s: %s\n", progname, msg ? msg : "(error object is not a string)");
+    fflush(stderr);
+    lua_pop(L, 1);
+  }
+  return status;
+}
+
+static int dostring(lua_State *L, const char *code, const char *name) {
+  int status = luaL_loadbuffer(L, code, strlen(code), name);
+  if (!status) status = docall(L, 0, 0);
+  return report(L, status);
+}
+
+/* the directory holding lua/moe: $MOELUA_ROOT, or the parent of build/ next to the binary */
+static void find_root(char *root, size_t n) {
+  const char *env = getenv("MOELUA_ROOT");
+  if (env && *env) { snprintf(root, n, "%s", env); return; }
+  char exe[PATH_MAX];
+  ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (len <= 0) { snprintf(root, n, "."); return; }
+  exe[len] = 0;
+  char *slash = strrchr(exe, '/');
+  if (slash) *slash = 0; /* build dir */
+  slash = strrchr(exe, '/');
+  if (slash) *slash = 0; /* project root */
+  snprintf(root, n, "%s", exe);
+}
+
+static void setup_paths(lua_State *L) {
+  char root[PATH_MAX], buf[3 * PATH_MAX + 64];
+  find_root(root, sizeof root);
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "path");
+  snprintf(buf, sizeof buf, "%s/lua/?.lua;%s/lua/?/init.lua;%s", root, root, lua_tostring(L, -1));
+  lua_pop(L, 1);
+  lua_pushstring(L, buf);
+  lua_setfield(L, -2, "path");
+  /* moe.core is linked into this binary */
+  lua_getfield(L, -1, "preload");
+  lua_pushcfunction(L, luaopen_moe_core);
+  lua_setfield(L, -2, "moe.core");
+  lua_pop(L, 2);
+}
+
+static int load_moe_global(lua_State *L) {
+  lua_getglobal(L, "require");
+  lua_pushstring(L, "moe");
+  int status = docall(L, 1, 1);
+  if (status) return report(L, status);
+  lua_setglobal(L, "moe");
+  return 0;
+}
+
+/* ---------------------------------------------------------------- REPL */
+
+static char history_path[PATH_MAX];
+
+static char *complete_gen(const char *text, int state) {
+  static int idx, count;
+  lua_State *L = gL;
+  if (state == 0) {
+    lua_settop(L, 0);
+    lua_getglobal(L, "require");
+    lua_pushstring(L, "moe.repl");
+    if (lua_pcall(L, 1, 1, 0)) { lua_settop(L, 0); return NULL; }
+    lua_getfield(L, -1, "complete");
+    lua_pushstring(L, text);
+    if (lua_pcall(L, 1, 1, 0) || !lua_istable(L, -1)) { lua_settop(L, 0); return NULL; }
+    lua_replace(L, 1);
+    lua_settop(L, 1);
+    idx = 0;
+    count = (int)lua_objlen(L, 1);
+  }
+  while (idx < count) {
+    lua_rawgeti(L, 1, ++idx);
+    const char *s = lua_tostring(L, -1);
+    char *r = s ? strdup(s) : NULL;
+    lua_pop(L, 1);
+    if (r) return r;
+  }
+  lua_settop(L, 0);
+  return NULL;
+}
+
+static char **complete(const char *text, int start, int end) {
+  (void)start; (void)end;
+  rl_attempted_completion_over = 1; /* never fall back to file names */
+  return rl_completion_matches(text, complete_gen);
+}
+
+static int repl_getc(FILE *f) {
+  unsigned char c;
+  for (;;) {
+    ssize_t n = read(fileno(f), &c, 1);
+    if (n == 1) return c;
+    if (n < 0 && errno == EINTR) {
+      if (input_cancelled) return '\n'; /* Ctrl-C: end the line; the loop discards it */
+      continue;
+    }
+    return EOF;
+  }
+}
+
+/* one line of input, without the trailing newline; NULL at end of input */
+static char *read_line(int tty, const char *prompt) {
+  if (tty) {
+    in_readline = 1;
+    input_cancelled = 0;
+    set_sigint(on_sigint);
+    char *line = readline(prompt);
+    in_readline = 0;
+    set_sigint(SIG_DFL);
+    return line;
+  }
+  size_t cap = 256, len = 0;
+  char *buf = malloc(cap);
+  int c;
+  while ((c = getchar()) != EOF && c != '\n') {
+    if (len + 1 >= cap) buf = realloc(buf, cap *= 2);
+    buf[len++] = (char)c;
+  }
+  if (c == EOF && len == 0) { free(buf); return NULL; }
+  buf[len] = 0;
+  return buf;
+}
+
+/* Compile the chunk: "return <chunk>" first so expressions print, then the chunk.
+ * Returns 0 compiled (function on stack), 1 incomplete, 2 syntax error (message on stack). */
+static int compile_chunk(lua_State *L, const char *chunk) {
+  size_t n = strlen(chunk);
+  char *ret = malloc(n + 8);
+  memcpy(ret, "return ", 7);
+  memcpy(ret + 7, chunk, n + 1);
+  int status = luaL_loadbuffer(L, ret, n + 7, "=stdin");
+  free(ret);
+  if (status == 0) return 0;
+  lua_pop(L, 1);
+  status = luaL_loadbuffer(L, chunk, n, "=stdin");
+  if (status == 0) return 0;
+  size_t ml;
+  const char *msg = lua_tolstring(L, -1, &ml);
+  if (status == LUA_ERRSYNTAX && ml >= 5 && strstr(msg, "<eof>") == msg + ml - 5) {
+    lua_pop(L, 1);
+    return 1;
+  }
+  return 2;
+}
+
+static void print_results(lua_State *L, int n) {
+  if (n == 0) return;
+  lua_getglobal(L, "require");
+  lua_pushstring(L, "moe.repl");
+  if (lua_pcall(L, 1, 1, 0) == 0) {
+    lua_getfield(L, -1, "show");
+    lua_remove(L, -2);
+    lua_insert(L, -(n + 1));
+    if (docall(L, n, 0)) report(L, 1);
+  } else {
+    lua_pop(L, 1 + n);
+  }
+}
+
+static int repl(lua_State *L) {
+  int tty = isatty(0) && isatty(1), errors = 0;
+  if (tty) {
+    const char *home = getenv("HOME"), *hp = getenv("MOELUA_HISTORY");
+    if (hp) snprintf(history_path, sizeof history_path, "%s", hp);
+    else snprintf(history_path, sizeof history_path, "%s/.moelua_history", home ? home : ".");
+    rl_readline_name = "moelua";
+    rl_catch_signals = 0;
+    rl_getc_function = repl_getc;
+    rl_attempted_completion_function = complete;
+    rl_completion_append_character = '\0';
+    rl_basic_word_break_characters = " \t\n\"'`@$><=;|&{(,+-*/%^#~";
+    using_history();
+    stifle_history(2000);
+    read_history(history_path);
+    printf("moelua %s (%s) -- tensors and MoE layers for LuaJIT. Ctrl-D exits.\n", MOE_VERSION, LUAJIT_VERSION);
+  }
+  char *chunk = NULL;
+  for (;;) {
+    char *line = read_line(tty, chunk ? ">> " : "> ");
+    if (!line) break;
+    if (tty && input_cancelled) { /* Ctrl-C at the prompt: drop the pending input */
+      free(line);
+      free(chunk);
+      chunk = NULL;
+      input_cancelled = 0;
+      printf("^C\n");
+      continue;
+    }
+    if (!chunk) chunk = line;
+    else {
+      size_t a = strlen(chunk), b = strlen(line);
+      chunk = realloc(chunk, a + b + 2);
+      chunk[a] = '\n';
+      memcpy(chunk + a + 1, line, b + 1);
+      free(line);
+    }
+    if (chunk[strspn(chunk, " \t")] == 0) { free(chunk); chunk = NULL; continue; }
+    lua_settop(L, 0);
+    int c = compile_chunk(L, chunk);
+    if (c == 1) continue; /* incomplete: read another line */
+    if (tty) {
+      add_history(chunk);
+      write_history(history_path);
+    }
+    free(chunk);
+    chunk = NULL;
+    if (c == 2) { report(L, 1); errors++; continue; }
+    int status = docall(L, 0, LUA_MULTRET);
+    if (status) { report(L, status); errors++; continue; }
+    print_results(L, lua_gettop(L));
+    fflush(stdout);
+  }
+  if (chunk) { /* input ended inside an unfinished statement */
+    lua_settop(L, 0);
+    compile_chunk(L, chunk);
+    report(L, 1);
+    errors++;
+    free(chunk);
+  }
+  if (tty) printf("\n");
+  return !tty && errors ? 1 : 0;
+}
+
+/* ---------------------------------------------------------------- scripts */
+
+static int run_script(lua_State *L, int argc, char **argv, int script_at) {
+  /* arg[-k..-1] = interpreter and options, arg[0] = script, arg[1..] = its arguments */
+  lua_createtable(L, argc - script_at, script_at + 1);
+  for (int i = 0; i < argc; i++) {
+    lua_pushstring(L, argv[i]);
+    lua_rawseti(L, -2, i - script_at);
+  }
+  lua_setglobal(L, "arg");
+  const char *fname = argv[script_at];
+  int status = luaL_loadfile(L, strcmp(fname, "-") ? fname : NULL);
+  if (status == 0) {
+    int nargs = argc - script_at - 1;
+    luaL_checkstack(L, nargs + 2, "too many arguments");
+    for (int i = script_at + 1; i < argc; i++) lua_pushstring(L, argv[i]);
+    status = docall(L, nargs, 0);
+  }
+  return report(L, status);
+}
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: moelua [options] [script.lua [args...]]\n"
+          "       moelua run script.lua [args...]\n"
+          "       moelua repl\n"
+          "Options:\n"
+          "  -e code     run code (moe is preloaded as a global); may be repeated\n"
+          "  -i          enter the REPL after running the script or -e code\n"
+          "  -v, --version  print the version\n"
+          "  -h, --help     print this help\n"
+          "  -           run the script read from standard input\n"
+          "Environment: MOELUA_ROOT (where lua/moe lives), MOELUA_HISTORY (REPL history file)\n");
+}
+
+static int gc64_ok(lua_State *L) {
+  if (luaL_dostring(L, "local ok, ffi = pcall(require, 'ffi') return ok and ffi.abi('gc64')")) return 0;
+  int ok = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return ok;
+}
+
+int main(int argc, char **argv) {
+  lua_State *L = luaL_newstate();
+  if (!L) { fprintf(stderr, "moelua: cannot create the Lua state (out of memory)\n"); return 1; }
+  gL = L;
+  progname = argv[0];
+  luaL_openlibs(L);
+  if (!gc64_ok(L)) {
+    fprintf(stderr, "moelua: the LuaJIT library is not a GC64 build. moelua needs LuaJIT 2.1 built with\n"
+                    "LUAJIT_ENABLE_GC64 (Debian's luajit package on amd64 is one): install it and rebuild.\n");
+    return 1;
+  }
+  setup_paths(L);
+
+  int status = 0, interactive = 0, ran = 0, script_at = 0;
+  int i = 1;
+  if (argc > 1 && !strcmp(argv[1], "run")) {
+    if (argc < 3) { fprintf(stderr, "moelua run: missing script name\n"); usage(stderr); return 1; }
+    script_at = 2;
+  } else if (argc > 1 && !strcmp(argv[1], "repl")) {
+    i = 2;
+    interactive = 1;
+  }
+  for (; !script_at && i < argc; i++) {
+    const char *a = argv[i];
+    if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); lua_close(L); return 0; }
+    if (!strcmp(a, "-v") || !strcmp(a, "--version")) {
+      printf("moelua %s (%s, GC64)\n", MOE_VERSION, LUAJIT_VERSION);
+      lua_close(L);
+      return 0;
+    }
+    if (!strcmp(a, "-i")) { interactive = 1; continue; }
+    if (!strcmp(a, "-e")) {
+      if (++i >= argc) { fprintf(stderr, "moelua: -e needs an argument\n"); return 1; }
+      if (!ran && load_moe_global(L)) { lua_close(L); return 1; }
+      ran = 1;
+      if ((status = dostring(L, argv[i], "=(command line)"))) break;
+      continue;
+    }
+    if (!strcmp(a, "--")) { if (i + 1 < argc) script_at = i + 1; break; }
+    if (a[0] == '-' && a[1]) { fprintf(stderr, "moelua: unknown option '%s'\n", a); usage(stderr); return 1; }
+    script_at = i;
+  }
+  if (!status && script_at) { status = run_script(L, argc, argv, script_at); ran = 1; }
+  if (!status && (interactive || !ran)) {
+    if (!ran || !lua_toboolean(L, -1)) {
+      lua_getglobal(L, "moe");
+      int have = !lua_isnil(L, -1);
+      lua_pop(L, 1);
+      if (!have && load_moe_global(L)) { lua_close(L); return 1; }
+    }
+    status = repl(L);
+  }
+  lua_close(L);
+  return status ? 1 : 0;
+}
