@@ -152,6 +152,8 @@ moe_tensor *moe_stack(int n, moe_tensor *const *ts, int dim);
  * The generator is Philox4x32-10 (Salmon et al., SC'11): counter-based, so the
  * value at position i of a random op depends only on (seed, op counter, i). */
 void moe_manual_seed(uint64_t seed);
+/* one Philox4x32-10 block (exposed for known-answer tests) */
+void moe_philox4x32(const uint32_t ctr[4], uint64_t key, uint32_t out[4]);
 uint64_t moe_rng_seed(void);
 moe_tensor *moe_arange(double start, double end, double step, moe_dtype dt);
 moe_tensor *moe_linspace(double start, double end, int64_t n, moe_dtype dt);

@@ -25,7 +25,7 @@ static inline uint32_t mulhilo(uint32_t a, uint32_t b, uint32_t *hi) {
 }
 
 /* one Philox4x32-10 block: ctr[4] -> out[4] */
-static void philox(const uint32_t ctr[4], uint64_t key, uint32_t out[4]) {
+void moe_philox4x32(const uint32_t ctr[4], uint64_t key, uint32_t out[4]) {
   uint32_t c0 = ctr[0], c1 = ctr[1], c2 = ctr[2], c3 = ctr[3];
   uint32_t k0 = (uint32_t)key, k1 = (uint32_t)(key >> 32);
   for (int r = 0; r < 10; r++) {
@@ -43,7 +43,7 @@ static void philox(const uint32_t ctr[4], uint64_t key, uint32_t out[4]) {
 static void bits_at(uint64_t base, uint64_t i, uint32_t out[4]) {
   uint64_t c = base + i;
   uint32_t ctr[4] = {(uint32_t)c, (uint32_t)(c >> 32), 0x6d6f656cu /* "moel" */, 0};
-  philox(ctr, rng_seed, out);
+  moe_philox4x32(ctr, rng_seed, out);
 }
 
 static uint64_t take_counters(uint64_t n) {
@@ -104,7 +104,7 @@ static uint64_t bounded(uint64_t base, uint64_t i, uint64_t range) {
     while (l < th) { /* rare: draw again from the spare words, then further counters */
       x = k == 1 ? (((uint64_t)r[2] << 32) | r[3]) : 0;
       if (k > 1) { uint32_t r2[4]; uint32_t ctr[4] = {(uint32_t)(base + i), (uint32_t)((base + i) >> 32), 0x6d6f656cu, (uint32_t)k};
-                   philox(ctr, rng_seed, r2); x = ((uint64_t)r2[0] << 32) | r2[1]; }
+                   moe_philox4x32(ctr, rng_seed, r2); x = ((uint64_t)r2[0] << 32) | r2[1]; }
       m = (unsigned __int128)x * range;
       l = (uint64_t)m;
       k++;

@@ -734,10 +734,10 @@ static int l_unary(lua_State *L) {
 static int l_clamp(lua_State *L) {
   moe_tensor *a = check_tensor(L, 1, "clamp");
   if (lua_istable(L, 2)) {
+    lua_settop(L, 2);
     lua_getfield(L, 2, "min");
     lua_getfield(L, 2, "max");
-    lua_replace(L, 3);
-    lua_replace(L, 2);
+    lua_remove(L, 2); /* -> x, min, max */
   }
   if (!lua_isnil(L, 2) && lua_type(L, 2) != LUA_TNUMBER) luaL_error(L, "clamp: min must be a number or nil, got %s", type_of(L, 2));
   if (!lua_isnoneornil(L, 3) && lua_type(L, 3) != LUA_TNUMBER) luaL_error(L, "clamp: max must be a number or nil, got %s", type_of(L, 3));

@@ -1,0 +1,151 @@
+-- Naive references for the specs: tensors flattened to Lua arrays, and plain
+-- loops over multi-indices. Nothing here calls the op it is used to check.
+local moe = require "moe"
+local H = {}
+
+function H.numel(shape)
+  local n = 1
+  for _, s in ipairs(shape) do n = n * s end
+  return n
+end
+
+-- row-major flat values of a tensor, read element by element through t[...]
+function H.flat(t)
+  local out = {}
+  local function rec(v)
+    if type(v) == "table" then for _, x in ipairs(v) do rec(x) end else out[#out + 1] = v end
+  end
+  local tt = t:totable()
+  if type(tt) ~= "table" then return { tt } end
+  rec(tt)
+  return out
+end
+
+-- multi-index (1-based) of flat position p (0-based) for shape
+function H.unravel(p, shape)
+  local idx = {}
+  for d = #shape, 1, -1 do
+    idx[d] = p % shape[d] + 1
+    p = math.floor(p / shape[d])
+  end
+  return idx
+end
+
+function H.ravel(idx, shape)
+  local p = 0
+  for d = 1, #shape do p = p * shape[d] + (idx[d] - 1) end
+  return p
+end
+
+function H.broadcast_shape(a, b)
+  local n = math.max(#a, #b)
+  local out = {}
+  for i = 1, n do
+    local sa = a[i - (n - #a)] or 1
+    local sb = b[i - (n - #b)] or 1
+    assert(sa == sb or sa == 1 or sb == 1, "shapes do not broadcast")
+    out[i] = sa == 1 and sb or sa
+  end
+  return out
+end
+
+-- value of flat array `v` (shape s) at the broadcast multi-index idx (of shape out)
+function H.bget(v, s, idx)
+  local lead = #idx - #s
+  local sub = {}
+  for d = 1, #s do
+    local i = idx[d + lead]
+    sub[d] = s[d] == 1 and 1 or i
+  end
+  return v[H.ravel(sub, s) + 1]
+end
+
+-- elementwise reference: f applied over broadcast operands
+function H.map(f, ...)
+  local ops = { ... }
+  local shape = {}
+  for _, o in ipairs(ops) do shape = H.broadcast_shape(shape, o:shape()) end
+  local vals = {}
+  for k, o in ipairs(ops) do vals[k] = H.flat(o) end
+  local out = {}
+  for p = 0, H.numel(shape) - 1 do
+    local idx = H.unravel(p, shape)
+    local args = {}
+    for k, o in ipairs(ops) do args[k] = H.bget(vals[k], o:shape(), idx) end
+    out[p + 1] = f(unpack(args))
+  end
+  return out, shape
+end
+
+function H.same_shape(a, b)
+  if #a ~= #b then return false end
+  for i = 1, #a do if a[i] ~= b[i] then return false end end
+  return true
+end
+
+-- max abs difference with NaN equal to NaN; returns math.huge on shape mismatch
+function H.maxdiff(t, ref, shape)
+  if shape and not H.same_shape(t:shape(), shape) then return math.huge end
+  local v = H.flat(t)
+  if #v ~= #ref then return math.huge end
+  local m = 0
+  for i = 1, #v do
+    local a, b = v[i], ref[i]
+    if type(a) == "boolean" then a = a and 1 or 0 end
+    if type(b) == "boolean" then b = b and 1 or 0 end
+    if a ~= a or b ~= b then
+      if (a ~= a) ~= (b ~= b) then return math.huge end
+    elseif a ~= b then
+      if a == math.huge or a == -math.huge or b == math.huge or b == -math.huge then return math.huge end
+      local d = math.abs(a - b) / math.max(1, math.abs(b))
+      if d > m then m = d end
+    end
+  end
+  return m
+end
+
+function H.random_shape(ndim, maxsize)
+  local s = {}
+  for i = 1, ndim do s[i] = math.random(1, maxsize or 4) end
+  return s
+end
+
+-- a tensor with the given shape in one of several memory layouts: contiguous,
+-- a transposed view, a narrowed view of a bigger tensor, or an expanded view.
+function H.layout(shape, kind, opts)
+  opts = opts or {}
+  local dt = opts.dtype or "float64"
+  local function gen(s)
+    if dt == "int64" or dt == "int32" then return moe.randint(-5, 5, s, { dtype = dt }) end
+    return moe.randn(s, { dtype = dt })
+  end
+  local nd = #shape
+  if kind == "transposed" and nd >= 2 then
+    local s = {}
+    for i = 1, nd do s[i] = shape[i] end
+    s[1], s[nd] = s[nd], s[1]
+    local t = gen(s):transpose(1, nd)
+    return t
+  elseif kind == "narrowed" and nd >= 1 then
+    local s = {}
+    for i = 1, nd do s[i] = shape[i] end
+    s[nd] = s[nd] + 3
+    return gen(s):narrow(nd, 2, shape[nd])
+  elseif kind == "expanded" and nd >= 1 then
+    local s = {}
+    for i = 1, nd do s[i] = shape[i] end
+    s[1] = 1
+    return gen(s):expand(shape)
+  end
+  return gen(shape)
+end
+H.layouts = { "contiguous", "transposed", "narrowed", "expanded" }
+
+-- the message of the error raised by f(...)
+function H.error_of(f, ...)
+  local ok, err = pcall(f, ...)
+  assert(not ok, "expected an error, got success")
+  return tostring(err)
+end
+
+return H
