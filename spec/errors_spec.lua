@@ -1,0 +1,108 @@
+-- Bad input raises a Lua error naming the op and the shapes or values at fault.
+local moe = require "moe"
+local H = require "helpers"
+local E = H.error_of
+
+describe("errors", function()
+  it("mismatched shapes", function()
+    assert.matches("add: shapes %[2,3%] and %[4%] cannot be broadcast together",
+      E(function() return moe.ones(2, 3) + moe.ones(4) end))
+    assert.matches("matmul: shapes %[32,499%] and %[500,4%] do not align",
+      E(function() return moe.ones(32, 499):matmul(moe.ones(500, 4)) end))
+    assert.matches("view: cannot infer size %-1 in %[5,%-1%] for tensor of shape %[2,3%]",
+      E(function() return moe.ones(2, 3):view(5, -1) end))
+    assert.matches("view: shape %[4,2%] is invalid for tensor of shape %[2,3%]",
+      E(function() return moe.ones(2, 3):view(4, 2) end))
+    assert.matches("cat: tensor 2 of shape %[2,4%] does not match tensor 1 of shape %[2,3%]",
+      E(function() return moe.cat({ moe.ones(2, 3), moe.ones(2, 4) }, 1) end))
+    assert.matches("expand: cannot expand tensor of shape %[2%] to %[3%]", E(function() return moe.ones(2):expand(3) end))
+  end)
+
+  it("error position points at the caller's line", function()
+    assert.matches("errors_spec.lua:%d+: add:", E(function() return moe.ones(2) + moe.ones(3) end))
+  end)
+
+  it("dims and indices out of range", function()
+    assert.matches("sum: dim 3 out of range for tensor of shape %[2,3%]", E(function() return moe.ones(2, 3):sum(3) end))
+    assert.matches("dim 0 out of range", E(function() return moe.ones(2, 3):softmax(0) end))
+    assert.matches("index: index 4 out of range for dim 1 of size 3", E(function() return moe.ones(3)[4] end))
+    assert.matches("select: index 5 out of range", E(function() return moe.ones(3, 2):select(1, 5) end))
+    assert.matches("narrow: range %[2, 4%] out of bounds for dim 1 of size 3", E(function() return moe.ones(3):narrow(1, 2, 3) end))
+    assert.matches("gather: index 4 out of range %[1, 3%]",
+      E(function() return moe.ones(2, 3):gather(2, moe.tensor({ { 4 }, { 1 } }, { dtype = "int64" })) end))
+    assert.matches("index_select: index 0 out of range",
+      E(function() return moe.ones(2, 3):index_select(1, moe.tensor({ 0 }, { dtype = "int64" })) end))
+    assert.matches("topk: k = 5 out of range", E(function() return moe.ones(2, 3):topk(5) end))
+    assert.matches("bincount: index 0 out of range", E(function() return moe.tensor({ 0, 1 }, { dtype = "int64" }):bincount() end))
+  end)
+
+  it("wrong dtypes and argument types", function()
+    assert.matches("gather: index must be an int32 or int64 tensor, got float32",
+      E(function() return moe.ones(2, 3):gather(2, moe.ones(2, 1)) end))
+    assert.matches("add: expected tensors or numbers, got tensor and string", E(function() return moe.ones(2) + "x" end))
+    assert.matches("argument #1 must be a tensor, got number", E(function() return moe.tanh(3) end))
+    assert.matches("unknown dtype 'float16'", E(function() return moe.zeros(2, { dtype = "float16" }) end))
+    assert.matches("unknown option 'dtyp'", E(function() return moe.zeros(2, { dtyp = "float64" }) end))
+    assert.matches("rand: dtype must be float32 or float64", E(function() return moe.rand(2, { dtype = "int32" }) end))
+    assert.matches("device 'cuda' is not available", E(function() return moe.zeros(2, { device = "cuda" }) end))
+  end)
+
+  it("bad tables", function()
+    assert.matches("tensor: non%-numeric entry at %[2%] %(a string%)", E(function() return moe.tensor{ 1, "a" } end))
+    assert.matches("tensor: non%-numeric entry at %[1%]%[2%] %(a function%)", E(function() return moe.tensor{ { 1, print } } end))
+    assert.matches("ragged nested table: %[2%] has 1 entries, expected 2", E(function() return moe.tensor{ { 1, 2 }, { 3 } } end))
+    assert.matches("ragged nested table", E(function() return moe.tensor{ { 1, 2 }, 3 } end))
+    assert.matches("ragged nested table", E(function() return moe.tensor{ 1, { 2 } } end))
+    assert.matches("mixes booleans and numbers", E(function() return moe.tensor{ true, 1 } end))
+  end)
+
+  it("negative and non-integer sizes", function()
+    assert.matches("zeros: negative size %-1", E(function() return moe.zeros(2, -1) end))
+    assert.matches("ones: size 1 must be an integer, got 2.5", E(function() return moe.ones(2.5) end))
+    assert.matches("randn: negative size", E(function() return moe.randn{ 3, -2 } end))
+    assert.matches("view: negative size %-2", E(function() return moe.ones(4):view(-2, 2) end))
+    assert.matches("linspace: negative number of steps", E(function() return moe.linspace(0, 1, -3) end))
+    assert.matches("eye: negative size", E(function() return moe.eye(-1) end))
+    assert.matches("randint: low 5 is greater than high 1", E(function() return moe.randint(5, 1, 3) end))
+    assert.matches("at most 8 dims", E(function() return moe.zeros{ 1, 1, 1, 1, 1, 1, 1, 1, 1 } end))
+  end)
+
+  it("misc", function()
+    assert.matches("item: tensor of shape %[2%] has 2 elements", E(function() return moe.ones(2):item() end))
+    assert.matches("split: sizes add up to 3 but dim 1 has size 4", E(function() return moe.ones(4):split({ 1, 2 }) end))
+    assert.matches("clamp: min 2 is greater than max 1", E(function() return moe.ones(2):clamp(2, 1) end))
+    assert.matches("cannot set field 'foo'", E(function() local t = moe.ones(2); t.foo = 1 end))
+    assert.matches("permute: dims are not a permutation", E(function() return moe.ones(2, 3):permute(1, 1) end))
+    assert.matches("arange: invalid range", E(function() return moe.arange(0, 1, 0) end))
+  end)
+end)
+
+describe("memory", function()
+  it("tensors are freed by the GC, including after errors", function()
+    collectgarbage(); collectgarbage()
+    local n0, b0 = moe.core.live()
+    for i = 1, 2000 do
+      local a = moe.randn(16, 16)
+      local b = (a + 1):matmul(a:transpose()):softmax(2)
+      pcall(function() return a + moe.ones(3) end)
+      pcall(function() return moe.tensor{ { 1 }, { 2, 3 } } end)
+      pcall(function() return a:gather(1, moe.tensor({ { 99 } }, { dtype = "int64" })) end)
+    end
+    collectgarbage(); collectgarbage()
+    local n1, b1 = moe.core.live()
+    assert.are.equal(n0, n1)
+    assert.are.equal(b0, b1)
+  end)
+
+  it("large allocations nudge the GC so memory stays bounded", function()
+    collectgarbage(); collectgarbage()
+    local _, b0 = moe.core.live()
+    local peak = 0
+    for i = 1, 60 do
+      local big = moe.zeros(1024, 1024, 4) -- 16 MiB each, never freed by hand
+      local _, b = moe.core.live()
+      if b - b0 > peak then peak = b - b0 end
+    end
+    assert.is_true(peak < 400 * 2 ^ 20, "peak tensor memory " .. peak)
+  end)
+end)
