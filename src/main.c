@@ -41,6 +41,12 @@ static void stop_hook(lua_State *L, lua_Debug *ar) {
 static void on_sigint(int sig) {
   (void)sig;
   if (in_readline) { input_cancelled = 1; return; }
+  if (moe_lua_interrupted) { /* the first Ctrl-C has not landed: a second one quits */
+    static const char msg[] = "\nmoelua: interrupted twice, exiting\n";
+    ssize_t w = write(2, msg, sizeof msg - 1);
+    (void)w;
+    _exit(130);
+  }
   /* stop the running code at its next Lua call/return/instruction, or its next tensor op */
   moe_lua_interrupted = 1;
   lua_sethook(gL, stop_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
@@ -58,6 +64,8 @@ static void set_sigint(void (*handler)(int)) {
 /* ---------------------------------------------------------------- running code */
 
 static int msghandler(lua_State *L) {
+  lua_sethook(L, NULL, 0, 0); /* a pending Ctrl-C must not interrupt the handler itself */
+  moe_lua_interrupted = 0;
   const char *msg = lua_tostring(L, 1);
   if (!msg) {
     if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) return 1;
@@ -218,6 +226,19 @@ static char *read_line(int tty, const char *prompt) {
 
 /* Compile the chunk: "return <chunk>" first so expressions print, then the chunk.
  * Returns 0 compiled (function on stack), 1 incomplete, 2 syntax error (message on stack). */
+/* REPL chunks run with the JIT off (library code keeps it): the interpreter
+ * checks hooks, so Ctrl-C stops even a pure-Lua loop typed at the prompt. */
+static void jit_off(lua_State *L) {
+  lua_getglobal(L, "jit");
+  if (lua_istable(L, -1)) {
+    lua_getfield(L, -1, "off");
+    lua_pushvalue(L, -3);
+    lua_pushboolean(L, 1);
+    if (lua_pcall(L, 2, 0, 0)) lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
 static int compile_chunk(lua_State *L, const char *chunk) {
   size_t n = strlen(chunk);
   char *ret = malloc(n + 8);
@@ -225,13 +246,13 @@ static int compile_chunk(lua_State *L, const char *chunk) {
   memcpy(ret + 7, chunk, n + 1);
   int status = luaL_loadbuffer(L, ret, n + 7, "=stdin");
   free(ret);
-  if (status == 0) return 0;
+  if (status == 0) { jit_off(L); return 0; }
   lua_pop(L, 1);
   status = luaL_loadbuffer(L, chunk, n, "=stdin");
-  if (status == 0) return 0;
+  if (status == 0) { jit_off(L); return 0; }
   size_t ml;
   const char *msg = lua_tolstring(L, -1, &ml);
-  if (status == LUA_ERRSYNTAX && ml >= 5 && strstr(msg, "<eof>") == msg + ml - 5) {
+  if (status == LUA_ERRSYNTAX && ml >= 7 && !strcmp(msg + ml - 7, "'<eof>'")) {
     lua_pop(L, 1);
     return 1;
   }
@@ -362,7 +383,7 @@ int main(int argc, char **argv) {
   lua_State *L = luaL_newstate();
   if (!L) { fprintf(stderr, "moelua: cannot create the Lua state (out of memory)\n"); return 1; }
   gL = L;
-  progname = argv[0];
+  progname = strrchr(argv[0], '/') ? strrchr(argv[0], '/') + 1 : argv[0];
   luaL_openlibs(L);
   if (!gc64_ok(L)) {
     fprintf(stderr, "moelua: the LuaJIT library is not a GC64 build. moelua needs LuaJIT 2.1 built with\n"

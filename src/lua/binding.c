@@ -73,6 +73,7 @@ int moe_lua_push(lua_State *L, moe_tensor *t) {
   lua_setmetatable(L, -2);
   if (moe_lua_interrupted) {
     moe_lua_interrupted = 0;
+    lua_sethook(L, NULL, 0, 0); /* the host's stop hook is no longer needed */
     luaL_error(L, "interrupted");
   }
   if (moe_live_bytes() - gc_baseline > gc_min_growth) gc_nudge(L);
