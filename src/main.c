@@ -66,6 +66,7 @@ static void set_sigint(void (*handler)(int)) {
 static int msghandler(lua_State *L) {
   lua_sethook(L, NULL, 0, 0); /* a pending Ctrl-C must not interrupt the handler itself */
   moe_lua_interrupted = 0;
+  if (lua_isnil(L, 1)) return 1; /* error() with no value: a silent non-zero exit (busted uses it) */
   const char *msg = lua_tostring(L, 1);
   if (!msg) {
     if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) return 1;
@@ -239,6 +240,13 @@ static void jit_off(lua_State *L) {
   lua_pop(L, 1);
 }
 
+/* does the syntax error on the stack say the input ended too early? */
+static int at_eof(lua_State *L, int status) {
+  size_t ml;
+  const char *msg = lua_tolstring(L, -1, &ml);
+  return status == LUA_ERRSYNTAX && msg && ml >= 7 && !strcmp(msg + ml - 7, "'<eof>'");
+}
+
 static int compile_chunk(lua_State *L, const char *chunk) {
   size_t n = strlen(chunk);
   char *ret = malloc(n + 8);
@@ -247,12 +255,11 @@ static int compile_chunk(lua_State *L, const char *chunk) {
   int status = luaL_loadbuffer(L, ret, n + 7, "=stdin");
   free(ret);
   if (status == 0) { jit_off(L); return 0; }
+  int ret_eof = at_eof(L, status);
   lua_pop(L, 1);
   status = luaL_loadbuffer(L, chunk, n, "=stdin");
   if (status == 0) { jit_off(L); return 0; }
-  size_t ml;
-  const char *msg = lua_tolstring(L, -1, &ml);
-  if (status == LUA_ERRSYNTAX && ml >= 7 && !strcmp(msg + ml - 7, "'<eof>'")) {
+  if (ret_eof || at_eof(L, status)) {
     lua_pop(L, 1);
     return 1;
   }
@@ -339,14 +346,30 @@ static int repl(lua_State *L) {
 
 /* ---------------------------------------------------------------- scripts */
 
-static int run_script(lua_State *L, int argc, char **argv, int script_at) {
-  /* arg[-k..-1] = interpreter and options, arg[0] = script, arg[1..] = its arguments */
+/* arg[-k..-1] = interpreter and options, arg[0] = script, arg[1..] = its arguments
+ * (with no script, arg[0] is the interpreter) */
+static void set_arg(lua_State *L, int argc, char **argv, int script_at) {
   lua_createtable(L, argc - script_at, script_at + 1);
   for (int i = 0; i < argc; i++) {
     lua_pushstring(L, argv[i]);
     lua_rawseti(L, -2, i - script_at);
   }
   lua_setglobal(L, "arg");
+}
+
+/* index of the script argument, or 0: the first non-option after the options */
+static int find_script(int argc, char **argv) {
+  if (argc > 2 && !strcmp(argv[1], "run")) return 2;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "-e")) { i++; continue; }
+    if (!strcmp(argv[i], "--")) return i + 1 < argc ? i + 1 : 0;
+    if (argv[i][0] != '-' || !argv[i][1]) return (i == 1 && !strcmp(argv[i], "repl")) ? 0 : i;
+  }
+  return 0;
+}
+
+static int run_script(lua_State *L, int argc, char **argv, int script_at) {
+  (void)argc;
   const char *fname = argv[script_at];
   int status = luaL_loadfile(L, strcmp(fname, "-") ? fname : NULL);
   if (status == 0) {
@@ -391,6 +414,7 @@ int main(int argc, char **argv) {
     return 1;
   }
   setup_paths(L);
+  set_arg(L, argc, argv, find_script(argc, argv));
 
   int status = 0, interactive = 0, ran = 0, script_at = 0;
   int i = 1;
