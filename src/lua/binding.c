@@ -11,6 +11,7 @@
 #include <lua.h>
 #include <lualib.h>
 
+#include <malloc.h>
 #include <math.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -30,14 +31,16 @@ static const int64_t gc_min_growth = 64 << 20; /* collect after this much new te
 
 /* ---------------------------------------------------------------- boxes */
 
-static void push_mt(lua_State *L) { lua_getfield(L, LUA_REGISTRYINDEX, MT_NAME); }
+static int mt_ref = LUA_NOREF;  /* the tensor metatable, in the registry */
+static const void *mt_ptr;      /* ... and its address, for a fast identity check */
+
+static void push_mt(lua_State *L) { lua_rawgeti(L, LUA_REGISTRYINDEX, mt_ref); }
 
 moe_tensor *moe_lua_totensor(lua_State *L, int idx) {
   box *b = lua_touserdata(L, idx);
-  if (!b || !lua_getmetatable(L, idx)) return NULL;
-  push_mt(L);
-  int same = lua_rawequal(L, -1, -2);
-  lua_pop(L, 2);
+  if (!b || lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx)) return NULL;
+  int same = lua_topointer(L, -1) == mt_ptr;
+  lua_pop(L, 1);
   return same ? b->t : NULL;
 }
 
@@ -1000,6 +1003,12 @@ int luaopen_moe_core(lua_State *L) {
                          "LUAJIT_ENABLE_GC64 (Debian's luajit on amd64 is)");
   lua_pop(L, 1);
 
+  /* Tensor outputs are freed by the Lua GC, in batches: keep freed memory in the
+   * heap instead of returning it to the OS, so reallocating it does not page-fault
+   * (a large share of a 256^3 matmul's time otherwise). */
+  mallopt(M_MMAP_THRESHOLD, 256 << 20);
+  mallopt(M_TRIM_THRESHOLD, 512 << 20);
+
   lua_newtable(L); /* module */
   int mod = lua_gettop(L);
   luaL_register(L, NULL, funcs);
@@ -1026,6 +1035,9 @@ int luaopen_moe_core(lua_State *L) {
   /* metatable */
   luaL_newmetatable(L, MT_NAME);
   int mt = lua_gettop(L);
+  lua_pushvalue(L, mt);
+  mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  mt_ptr = lua_topointer(L, mt);
   lua_pushcfunction(L, t_gc);
   lua_setfield(L, mt, "__gc");
   lua_pushvalue(L, meth);

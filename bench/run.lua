@@ -1,0 +1,78 @@
+-- make bench: moe.matmul against raw cblas_sgemm (same OpenBLAS, same process,
+-- called through LuaJIT's FFI on preallocated buffers), and the per-call cost
+-- of small ops from a Lua loop. Prints a table; results go in bench/README.md.
+local moe = require "moe"
+local ffi = require "ffi"
+
+ffi.cdef [[
+void cblas_sgemm(int order, int ta, int tb, int M, int N, int K, float alpha,
+                 const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
+void *malloc(size_t); void free(void *);
+typedef struct { long tv_sec; long tv_nsec; } moe_timespec;
+int clock_gettime(int clk, moe_timespec *ts);
+]]
+local ok, blas = pcall(ffi.load, "openblas")
+if not ok then blas = ffi.load("libopenblas.so.0") end
+
+local ts = ffi.new("moe_timespec")
+local function now()
+  ffi.C.clock_gettime(1, ts)
+  return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
+end
+
+-- best-of-`reps` seconds per call of f, each rep running `iters` calls
+local function best(f, iters, reps)
+  local b = math.huge
+  for _ = 1, reps do
+    local t0 = now()
+    for _ = 1, iters do f() end
+    b = math.min(b, (now() - t0) / iters)
+  end
+  return b
+end
+
+local quick = os.getenv("MOE_BENCH_QUICK") ~= nil
+print(("%-22s %12s %12s %8s"):format("matmul (float32)", "moe GFLOP/s", "sgemm GFLOP/s", "ratio"))
+local shapes = { { 256, 256, 256 }, { 1024, 1024, 1024 }, { 4096, 512, 2048 } }
+for _, s in ipairs(shapes) do
+  local M, K, N = s[1], s[2], s[3]
+  local a, b = moe.randn(M, K), moe.randn(K, N)
+  local A = ffi.cast("float *", ffi.C.malloc(M * K * 4))
+  local B = ffi.cast("float *", ffi.C.malloc(K * N * 4))
+  local C = ffi.cast("float *", ffi.C.malloc(M * N * 4))
+  for i = 0, M * K - 1 do A[i] = (i % 7) * 0.1 end
+  for i = 0, K * N - 1 do B[i] = (i % 5) * 0.1 end
+  local flop = 2 * M * N * K
+  local iters = math.max(1, math.floor(2e9 / flop))
+  local reps = quick and 2 or 7
+  local function raw() blas.cblas_sgemm(101, 111, 111, M, N, K, 1, A, K, B, N, 0, C, N) end
+  local function mm() return moe.matmul(a, b) end
+  raw(); mm()
+  -- interleave the two so machine noise hits both alike
+  local t_raw, t_moe = math.huge, math.huge
+  for _ = 1, 3 do
+    t_raw = math.min(t_raw, best(raw, iters, reps))
+    t_moe = math.min(t_moe, best(mm, iters, reps))
+  end
+  print(("%-22s %12.1f %12.1f %8.3f"):format(("%dx%dx%d"):format(M, K, N), flop / t_moe / 1e9,
+    flop / t_raw / 1e9, t_raw / t_moe))
+  ffi.C.free(A); ffi.C.free(B); ffi.C.free(C)
+end
+
+print()
+print(("%-36s %10s"):format("Lua-to-kernel overhead", "ns/call"))
+local x, y = moe.randn(8), moe.randn(8)
+local m1, m2 = moe.randn(32, 32), moe.randn(32, 32)
+local n = quick and 100000 or 1000000
+local cases = {
+  { "a + b (8 elements)", function() return x + y end },
+  { "moe.tanh(a) (8 elements)", function() return moe.tanh(x) end },
+  { "a:sum() (8 elements)", function() return x:sum() end },
+  { "matmul 32x32", function() return moe.matmul(m1, m2) end },
+  { "t:view(-1) (no copy)", function() return m1:view(-1) end },
+}
+for _, c in ipairs(cases) do
+  local t = math.huge
+  for _ = 1, 3 do t = math.min(t, best(c[2], n, 1)) end
+  print(("%-36s %10.0f"):format(c[1], t * 1e9))
+end
