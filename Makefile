@@ -2,10 +2,11 @@
 CC      ?= gcc
 BUILD   ?= build
 PKGS    := luajit libedit openblas
-CFLAGS  ?= -O3 -g
-CFLAGS  += -std=gnu11 -fPIC -Wall -Wextra -Wno-unused-parameter -Wshadow \
+OPT     ?= -O3 -g
+SAN     ?=
+CFLAGS  := $(OPT) $(SAN) -std=gnu11 -fPIC -Wall -Wextra -Wno-unused-parameter -Wshadow \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
+LDLIBS  := $(SAN) $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
 VERSION := 0.1.0
 CFLAGS  += -DMOE_VERSION=\"$(VERSION)\"
 
@@ -34,7 +35,7 @@ $(BUILD)/libmoe.a: $(ENGINE_OBJ)
 
 $(BUILD)/moe/core.so: $(ENGINE_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) -shared -o $@ $^ $(shell pkg-config --libs openblas) -lm
+	$(CC) -shared -o $@ $^ $(SAN) $(shell pkg-config --libs openblas) -lm
 
 $(BUILD)/moelua: src/main.c $(BUILD)/libmoe.a $(HEADERS)
 	$(CC) $(CFLAGS) -Wl,-E -o $@ src/main.c $(BUILD)/libmoe.a $(LDLIBS)
@@ -48,8 +49,9 @@ test: all $(BUILD)/test_engine
 
 # the same suite under AddressSanitizer and UBSan
 asan-test: deps
-	@$(MAKE) --no-print-directory BUILD=build-asan CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
-	  LDLIBS="$(LDLIBS) -fsanitize=address,undefined" build-asan/moelua build-asan/moe/core.so build-asan/test_engine
+	@$(MAKE) --no-print-directory BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" \
+	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \
+	  build-asan/moelua build-asan/moe/core.so build-asan/test_engine
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  MOELUA_ASAN=1 scripts/test.sh build-asan
 

@@ -9,14 +9,35 @@ export MOELUA_BIN="$root/$build/moelua"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
+crashed=0
+# a runner that dies, or prints fewer results than its plan, counts as one more failure
+run() {
+  local name=$1; shift
+  local part
+  part=$(mktemp)
+  "$@" 2>&1 | tee "$part"
+  local rc=${PIPESTATUS[0]}
+  local plan n
+  plan=$(grep -oE '^1\.\.[0-9]+' "$part" | tail -1 | cut -d. -f3)
+  n=$(grep -cE '^(not )?ok [0-9]+' "$part")
+  if [ -z "$plan" ] || [ "$plan" != "$n" ]; then
+    echo "# $name: ran $n of ${plan:-?} planned tests (exit status $rc)"
+    crashed=$((crashed + 1))
+  elif [ "$rc" -ne 0 ] && ! grep -qE '^not ok' "$part"; then
+    echo "# $name: exit status $rc without a failing test"
+    crashed=$((crashed + 1))
+  fi
+  cat "$part" >> "$log"
+  rm -f "$part"
+}
+
 echo "== C checks ($build/test_engine)"
-"$build/test_engine" 2>&1 | tee -a "$log"
+run "C checks" "$build/test_engine"
 
 echo "== busted specs (interpreter: $build/moelua)"
-"$build/moelua" /usr/bin/busted -o TAP spec 2>&1 | tee -a "$log"
+run "busted" "$build/moelua" /usr/bin/busted -o TAP spec
 
 passed=$(grep -cE '^ok [0-9]+' "$log")
-failed=$(grep -cE '^not ok [0-9]+' "$log")
-if [ "$passed" -eq 0 ]; then failed=$((failed + 1)); fi   # nothing ran: that is a failure
+failed=$(( $(grep -cE '^not ok [0-9]+' "$log") + crashed ))
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

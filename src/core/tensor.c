@@ -68,67 +68,16 @@ static int64_t live_bytes, live_tensors;
 int64_t moe_live_bytes(void) { return live_bytes; }
 int64_t moe_live_tensors(void) { return live_tensors; }
 
-/* A small cache of large freed blocks. Fresh large blocks come from mmap and
- * cost a page fault per 4 KiB on first touch, which is a visible share of a
- * matmul's time when every call allocates its output; reusing a recently freed
- * block of similar size avoids that. Blocks are reused when the request needs
- * at least half of the block. */
-#define CACHE_MIN ((size_t)64 << 10)
-#define CACHE_SLOTS 8
-#define CACHE_MAX_BYTES ((size_t)512 << 20)
-static struct { void *block; size_t total; } cache[CACHE_SLOTS];
-static size_t cache_bytes;
-
-static void *cache_take(size_t total) {
-  int best = -1;
-  for (int i = 0; i < CACHE_SLOTS; i++)
-    if (cache[i].block && cache[i].total >= total && cache[i].total / 2 <= total &&
-        (best < 0 || cache[i].total < cache[best].total))
-      best = i;
-  if (best < 0) return NULL;
-  void *b = cache[best].block;
-  cache_bytes -= cache[best].total;
-  cache[best].block = NULL;
-  return b;
-}
-
-static void block_free(void *block, size_t total) {
-  if (total >= CACHE_MIN && total <= CACHE_MAX_BYTES) {
-    int slot = -1;
-    for (int i = 0; i < CACHE_SLOTS && slot < 0; i++) if (!cache[i].block) slot = i;
-    if (slot < 0) { /* evict the oldest-looking (first) slot */
-      slot = 0;
-      cache_bytes -= cache[0].total;
-      free(cache[0].block);
-    }
-    while (cache_bytes + total > CACHE_MAX_BYTES) { /* keep the cache bounded */
-      int v = -1;
-      for (int i = 0; i < CACHE_SLOTS; i++) if (cache[i].block && i != slot) { v = i; break; }
-      if (v < 0) break;
-      cache_bytes -= cache[v].total;
-      free(cache[v].block);
-      cache[v].block = NULL;
-    }
-    cache[slot].block = block;
-    cache[slot].total = total;
-    cache_bytes += total;
-    return;
-  }
-  free(block);
-}
-
 static moe_storage *storage_new(size_t nbytes) {
   /* header and data in one aligned block: the header takes the first 64 bytes */
   size_t total = MOE_ALIGN + ((nbytes + MOE_ALIGN - 1) / MOE_ALIGN) * MOE_ALIGN;
   void *block = NULL;
-  size_t block_bytes = total;
-  if (total >= CACHE_MIN && (block = cache_take(total))) block_bytes = ((moe_storage *)block)->block_bytes;
-  if (!block && posix_memalign(&block, MOE_ALIGN, total) != 0) {
+  if (posix_memalign(&block, MOE_ALIGN, total) != 0) {
     moe_error("out of memory allocating %zu bytes", nbytes);
     return NULL;
   }
   moe_storage *s = block;
-  s->block_bytes = block_bytes;
+  s->block_bytes = total;
   s->data = (char *)block + MOE_ALIGN;
   s->nbytes = nbytes;
   s->refcount = 1;
@@ -140,7 +89,7 @@ static moe_storage *storage_new(size_t nbytes) {
 static void storage_release(moe_storage *s) {
   if (--s->refcount == 0) {
     live_bytes -= (int64_t)s->nbytes;
-    block_free(s, s->block_bytes);
+    free(s);
   }
 }
 
@@ -188,7 +137,7 @@ moe_tensor *moe_empty(int ndim, const int64_t *shape, moe_dtype dt) {
   if (!t) { storage_release(s); return NULL; }
   t->storage = s;
   t->ndim = ndim;
-  memcpy(t->shape, shape, sizeof(int64_t) * (size_t)ndim);
+  if (ndim) memcpy(t->shape, shape, sizeof(int64_t) * (size_t)ndim);
   set_contiguous_strides(t);
   t->dtype = dt;
   t->device = MOE_CPU;
@@ -267,7 +216,7 @@ moe_tensor *moe_from_doubles(int ndim, const int64_t *shape, moe_dtype dt, const
   moe_storage st = {.data = (void *)v, .nbytes = 0, .refcount = 1};
   src.storage = &st;
   src.ndim = ndim;
-  memcpy(src.shape, shape, sizeof(int64_t) * (size_t)ndim);
+  if (ndim) memcpy(src.shape, shape, sizeof(int64_t) * (size_t)ndim);
   set_contiguous_strides(&src);
   src.dtype = MOE_F64;
   moe_cpu_copy(t, &src);
