@@ -18,7 +18,8 @@ HEADERS    := $(wildcard src/core/*.h src/cpu/*.h src/lua/*.h)
 NVCC    ?= $(shell command -v nvcc 2>/dev/null)
 CU_SRC  := $(wildcard src/cuda/*.cu)
 
-.PHONY: all deps test check-c specs asan-test bench clean help
+
+.PHONY: all deps run test check-c specs asan-test bench clean help
 
 all: deps $(BUILD)/moelua $(BUILD)/moe/core.so
 
@@ -43,6 +44,10 @@ $(BUILD)/moelua: src/main.c $(BUILD)/libmoe.a $(HEADERS)
 $(BUILD)/test_engine: spec/c/test_engine.c $(BUILD)/libmoe.a $(HEADERS)
 	$(CC) $(CFLAGS) -o $@ spec/c/test_engine.c $(BUILD)/libmoe.a $(LDLIBS)
 
+# the main job: a first model on the bundled census-income data
+run: all
+	$(BUILD)/moelua run models/census_logreg.lua
+
 # C checks, then every busted spec; the last line is "N passed, N failed"
 test: all $(BUILD)/test_engine
 	@scripts/test.sh $(BUILD)
@@ -63,6 +68,7 @@ clean:
 
 help:
 	@echo "make            build build/moelua and build/moe/core.so (installs missing Debian packages)"
+	@echo "make run        train models/census_logreg.lua on data/census-income.test.gz"
 	@echo "make test       C checks + busted specs, ending in 'N passed, N failed'"
 	@echo "make asan-test  the same under AddressSanitizer/UBSan"
 	@echo "make bench      benchmarks against OpenBLAS sgemm (results: bench/README.md)"

@@ -79,6 +79,11 @@ int moe_lua_push(lua_State *L, moe_tensor *t) {
     lua_sethook(L, NULL, 0, 0); /* the host's stop hook is no longer needed */
     luaL_error(L, "interrupted");
   }
+  /* Lua sees only the small box: advance the incremental GC by the bytes of a
+   * fresh large storage, so dead outputs are freed (and their memory reused
+   * while still in cache) at the pace they are made. */
+  if (t->storage->refcount == 1 && t->storage->nbytes >= (64 << 10))
+    lua_gc(L, LUA_GCSTEP, (int)(t->storage->nbytes >> 10));
   if (moe_live_bytes() - gc_baseline > gc_min_growth) gc_nudge(L);
   return 1;
 }
