@@ -64,11 +64,16 @@ print(("%-36s %10s"):format("Lua-to-kernel overhead", "ns/call"))
 local x, y = moe.randn(8), moe.randn(8)
 local m1, m2 = moe.randn(32, 32), moe.randn(32, 32)
 local n = quick and 100000 or 1000000
+local A32 = ffi.cast("float *", ffi.C.malloc(32 * 32 * 4))
+local B32 = ffi.cast("float *", ffi.C.malloc(32 * 32 * 4))
+local C32 = ffi.cast("float *", ffi.C.malloc(32 * 32 * 4))
+for i = 0, 32 * 32 - 1 do A32[i], B32[i] = i % 3, i % 5 end
 local cases = {
   { "a + b (8 elements)", function() return x + y end },
   { "moe.tanh(a) (8 elements)", function() return moe.tanh(x) end },
   { "a:sum() (8 elements)", function() return x:sum() end },
   { "matmul 32x32", function() return moe.matmul(m1, m2) end },
+  { "  peer: raw cblas_sgemm 32x32 (FFI)", function() blas.cblas_sgemm(101, 111, 111, 32, 32, 32, 1, A32, 32, B32, 32, 0, C32, 32) end },
   { "t:view(-1) (no copy)", function() return m1:view(-1) end },
 }
 for _, c in ipairs(cases) do

@@ -26,8 +26,12 @@
 typedef struct { moe_tensor *t; } box;
 
 volatile sig_atomic_t moe_lua_interrupted = 0;
-static int64_t gc_baseline = 0;               /* live bytes after the last nudge */
-static const int64_t gc_min_growth = 64 << 20; /* collect after this much new tensor memory */
+/* Lua sees only the small boxes, not the tensor bytes behind them, so the
+ * binding runs a full collection whenever tensor memory has grown by
+ * `gc_step` since the last one. The cost of a collection scales with the Lua
+ * heap, so the step is 4x the Lua heap (at least 4 MiB): dead outputs are freed
+ * while their memory is still warm, at an amortised cost of a few percent. */
+static int64_t gc_baseline = 0, gc_step = 4 << 20;
 
 /* ---------------------------------------------------------------- boxes */
 
@@ -57,14 +61,10 @@ static moe_tensor *check_tensor(lua_State *L, int idx, const char *op) {
 static int raise_engine(lua_State *L) { return luaL_error(L, "%s", moe_last_error()); }
 
 static void gc_nudge(lua_State *L) {
-  int64_t live = moe_live_bytes();
-  int64_t growth = gc_baseline > gc_min_growth ? gc_baseline : gc_min_growth;
-  if (live - gc_baseline > growth) {
-    lua_gc(L, LUA_GCCOLLECT, 0);
-    gc_baseline = moe_live_bytes();
-  } else if (live < gc_baseline) {
-    gc_baseline = live;
-  }
+  lua_gc(L, LUA_GCCOLLECT, 0);
+  gc_baseline = moe_live_bytes();
+  int64_t heap = (int64_t)lua_gc(L, LUA_GCCOUNT, 0) << 10;
+  gc_step = 4 * heap > (4 << 20) ? 4 * heap : (4 << 20);
 }
 
 /* Takes ownership of t (a new reference). NULL means the engine failed. */
@@ -79,12 +79,9 @@ int moe_lua_push(lua_State *L, moe_tensor *t) {
     lua_sethook(L, NULL, 0, 0); /* the host's stop hook is no longer needed */
     luaL_error(L, "interrupted");
   }
-  /* Lua sees only the small box: advance the incremental GC by the bytes of a
-   * fresh large storage, so dead outputs are freed (and their memory reused
-   * while still in cache) at the pace they are made. */
-  if (t->storage->refcount == 1 && t->storage->nbytes >= (64 << 10))
-    lua_gc(L, LUA_GCSTEP, (int)(t->storage->nbytes >> 10));
-  if (moe_live_bytes() - gc_baseline > gc_min_growth) gc_nudge(L);
+  int64_t live = moe_live_bytes();
+  if (live - gc_baseline > gc_step) gc_nudge(L);
+  else if (live < gc_baseline) gc_baseline = live;
   return 1;
 }
 
