@@ -14,10 +14,6 @@ ENGINE_SRC := $(wildcard src/core/*.c src/cpu/*.c) src/lua/binding.c
 ENGINE_OBJ := $(ENGINE_SRC:%.c=$(BUILD)/obj/%.o)
 HEADERS    := $(wildcard src/core/*.h src/cpu/*.h src/lua/*.h)
 
-# CUDA: built when nvcc is found (or CUDA=1) and src/cuda has sources; never required.
-NVCC    ?= $(shell command -v nvcc 2>/dev/null)
-CU_SRC  := $(wildcard src/cuda/*.cu)
-
 
 .PHONY: all deps run test check-c specs asan-test bench clean help
 
