@@ -114,9 +114,10 @@ end)
 describe("moelua REPL in a terminal", function()
   local have_tmux = os.execute("command -v tmux >/dev/null 2>&1")
   have_tmux = have_tmux == 0 or have_tmux == true
-  local sock = "moelua-spec-" .. tostring(os.time()) .. tostring(math.random(1e6))
+  -- each test gets its own tmux server: reusing a socket races with the previous
+  -- server's shutdown
   local hist = tmpname(".hist")
-  local T = "tmux -L " .. sock
+  local serial, T = 0, nil
 
   local function keys(...)
     for _, k in ipairs { ... } do
@@ -143,11 +144,15 @@ describe("moelua REPL in a terminal", function()
     return screen()
   end
   local function start()
+    serial = serial + 1
+    T = ("tmux -L moelua-spec-%d-%d"):format(os.time(), serial)
     os.execute(("%s new-session -d -s r -x 150 -y 50 'MOELUA_HISTORY=%s %s'"):format(T, hist, bin))
-    return wait_for("Ctrl%-D exits")
+    local s = wait_for("Ctrl%-D exits")
+    assert(s:find("Ctrl%-D exits"), "the REPL did not start in tmux: " .. s)
+    return s
   end
 
-  after_each(function() os.execute(T .. " kill-server 2>/dev/null") end)
+  after_each(function() if T then os.execute(T .. " kill-server 2>/dev/null") end end)
 
   it("prints expressions, continues multi-line input and survives errors", function()
     if not have_tmux then pending("tmux not installed"); return end
@@ -221,7 +226,6 @@ describe("moelua REPL in a terminal", function()
     assert.matches("remember_me", text)
     os.execute(T .. " kill-server 2>/dev/null")
     start()
-    keys("C-p") -- not a named key we send; use the Up arrow instead
     os.execute(T .. " send-keys -t r Up")
     assert.matches("> remember_me = 7", wait_for("> remember_me = 7"))
   end)
