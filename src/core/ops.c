@@ -356,6 +356,11 @@ moe_tensor *moe_matmul(const moe_tensor *a0, const moe_tensor *b0) {
   if (nb + 2 > MOE_MAX_DIMS) { moe_error("matmul: too many dims"); goto done; }
   oshape[nb] = a2->shape[a2->ndim - 2];
   oshape[nb + 1] = b2t->shape[b2t->ndim - 1];
+  if (oshape[nb] > INT32_MAX || oshape[nb + 1] > INT32_MAX || K > INT32_MAX) {
+    moe_error("matmul: shapes %s and %s exceed the BLAS limit of 2^31-1 per matrix dim",
+              moe_shape_str(a0, b1), moe_shape_str(b0, b2));
+    goto done;
+  }
   out = moe_empty(nb + 2, oshape, dt);
   if (!out) goto done;
   if (moe_matmul_out(out, a2, b2t)) { moe_tensor_release(out); out = NULL; goto done; }

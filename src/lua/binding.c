@@ -67,13 +67,15 @@ static void gc_nudge(lua_State *L) {
   gc_step = 4 * heap > (4 << 20) ? 4 * heap : (4 << 20);
 }
 
-/* Takes ownership of t (a new reference). NULL means the engine failed. */
-int moe_lua_push(lua_State *L, moe_tensor *t) {
-  if (!t) return raise_engine(L);
+static void box_tensor(lua_State *L, moe_tensor *t) {
   box *b = lua_newuserdata(L, sizeof *b);
   b->t = t;
   push_mt(L);
   lua_setmetatable(L, -2);
+}
+
+/* After new tensors are boxed (owned by the GC): a pending Ctrl-C, and the GC nudge. */
+static void after_push(lua_State *L) {
   if (moe_lua_interrupted) {
     moe_lua_interrupted = 0;
     lua_sethook(L, NULL, 0, 0); /* the host's stop hook is no longer needed */
@@ -82,7 +84,23 @@ int moe_lua_push(lua_State *L, moe_tensor *t) {
   int64_t live = moe_live_bytes();
   if (live - gc_baseline > gc_step) gc_nudge(L);
   else if (live < gc_baseline) gc_baseline = live;
+}
+
+/* Takes ownership of t (a new reference). NULL means the engine failed. */
+int moe_lua_push(lua_State *L, moe_tensor *t) {
+  if (!t) return raise_engine(L);
+  box_tensor(L, t);
+  after_push(L);
   return 1;
+}
+
+/* Two results (values, indices): both are boxed before anything can raise. */
+static int push_pair(lua_State *L, int rc, moe_tensor *v, moe_tensor *i) {
+  if (rc) return raise_engine(L);
+  box_tensor(L, v);
+  box_tensor(L, i);
+  after_push(L);
+  return 2;
 }
 
 static int t_gc(lua_State *L) {
@@ -818,12 +836,7 @@ static int l_reduce(lua_State *L) {
   moe_tensor *idx = NULL;
   moe_tensor *out = moe_reduce(op, t, dims, keepdim, correction, want_idx ? &idx : NULL, IBASE);
   if (!out) return raise_engine(L);
-  if (want_idx) {
-    /* push idx first into a box so both are owned by Lua before any error */
-    moe_lua_push(L, out);
-    moe_lua_push(L, idx);
-    return 2;
-  }
+  if (want_idx) return push_pair(L, 0, out, idx);
   return moe_lua_push(L, out);
 }
 
@@ -841,13 +854,6 @@ static int l_scan(lua_State *L) {
 static int l_matmul(lua_State *L) {
   moe_tensor *a = check_tensor(L, 1, "matmul"), *b = check_tensor(L, 2, "matmul");
   return moe_lua_push(L, moe_matmul(a, b));
-}
-
-static int push_pair(lua_State *L, int rc, moe_tensor *v, moe_tensor *i) {
-  if (rc) return raise_engine(L);
-  moe_lua_push(L, v);
-  moe_lua_push(L, i);
-  return 2;
 }
 
 static int l_topk(lua_State *L) {
