@@ -56,6 +56,12 @@ function moe.chunk(t, n, dim)
   return moe.split(t, size, dim)
 end
 
+-- argsort(t, dim, descending): the indices of sort
+function moe.argsort(t, dim, descending)
+  local _, idx = t:sort(dim, descending)
+  return idx
+end
+
 function moe.expand_as(t, other) return t:expand(other) end
 function moe.view_as(t, other) return t:view(other:shape()) end
 function moe.flatten(t) return t:reshape(-1) end
@@ -73,7 +79,7 @@ function moe.long(t) return t:to("int64") end
 function moe.bool(t) return t:to("bool") end
 moe.type = moe.to
 
-for _, name in ipairs { "split", "chunk", "expand_as", "view_as", "flatten", "zero_",
+for _, name in ipairs { "split", "chunk", "argsort", "expand_as", "view_as", "flatten", "zero_",
                         "is_same_size", "float", "double", "int", "long", "bool", "type" } do
   Tensor[name] = moe[name]
 end

@@ -56,7 +56,9 @@ static inline double u01_53(uint32_t a, uint32_t b) { /* [0,1) with 53 bits */
   return (double)(((uint64_t)a << 21) ^ (b >> 11)) * 0x1.0p-53;
 }
 
-moe_tensor *moe_rand(int ndim, const int64_t *shape, moe_dtype dt, double lo, double hi) {
+/* uniform on [p0, p1) or normal with mean p0 and std p1 */
+static moe_tensor *random_float(int ndim, const int64_t *shape, moe_dtype dt, int normal, double p0,
+                                double p1) {
   moe_tensor *t = moe_empty(ndim, shape, dt);
   if (!t) return NULL;
   int64_t n = moe_numel(t);
@@ -64,31 +66,28 @@ moe_tensor *moe_rand(int ndim, const int64_t *shape, moe_dtype dt, double lo, do
   for (int64_t i = 0; i < n; i++) {
     uint32_t r[4];
     bits_at(base, (uint64_t)i, r);
-    double u = u01_53(r[0], r[1]);
-    if (dt == MOE_F32) {
-      float f = (float)(lo + (hi - lo) * ((double)(r[0] >> 8) * 0x1.0p-24));
-      ((float *)t->storage->data)[i] = f < (float)hi ? f : (float)lo;
+    double v;
+    if (normal) { /* Box-Muller, u1 in (0,1] */
+      double u1 = 1.0 - u01_53(r[0], r[1]), u2 = u01_53(r[2], r[3]);
+      v = p0 + p1 * sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
+    } else if (dt == MOE_F32) { /* 24 bits, and never the upper bound after rounding */
+      float f = (float)(p0 + (p1 - p0) * ((double)(r[0] >> 8) * 0x1.0p-24));
+      v = f < (float)p1 ? f : (float)p0;
     } else {
-      ((double *)t->storage->data)[i] = lo + (hi - lo) * u;
+      v = p0 + (p1 - p0) * u01_53(r[0], r[1]);
     }
+    if (dt == MOE_F32) ((float *)t->storage->data)[i] = (float)v;
+    else ((double *)t->storage->data)[i] = v;
   }
   return t;
 }
 
+moe_tensor *moe_rand(int ndim, const int64_t *shape, moe_dtype dt, double lo, double hi) {
+  return random_float(ndim, shape, dt, 0, lo, hi);
+}
+
 moe_tensor *moe_randn(int ndim, const int64_t *shape, moe_dtype dt, double mean, double std) {
-  moe_tensor *t = moe_empty(ndim, shape, dt);
-  if (!t) return NULL;
-  int64_t n = moe_numel(t);
-  uint64_t base = take_counters((uint64_t)n);
-  for (int64_t i = 0; i < n; i++) {
-    uint32_t r[4];
-    bits_at(base, (uint64_t)i, r);
-    double u1 = 1.0 - u01_53(r[0], r[1]), u2 = u01_53(r[2], r[3]); /* u1 in (0,1] */
-    double z = sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);        /* Box-Muller */
-    if (dt == MOE_F32) ((float *)t->storage->data)[i] = (float)(mean + std * z);
-    else ((double *)t->storage->data)[i] = mean + std * z;
-  }
-  return t;
+  return random_float(ndim, shape, dt, 1, mean, std);
 }
 
 /* uniform integer in [0, range) without modulo bias (Lemire's method on 64 bits) */

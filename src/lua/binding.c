@@ -876,59 +876,35 @@ static int l_sort(lua_State *L) {
   return push_pair(L, rc, v, i);
 }
 
-static int l_argsort(lua_State *L) {
-  moe_tensor *t = check_tensor(L, 1, "argsort");
-  if (t->ndim == 0) luaL_error(L, "argsort: needs at least 1 dim, got a 0-dim tensor");
-  int d = opt_dim_arg(L, 2, t, "argsort", t->ndim - 1);
-  moe_tensor *v = NULL, *i = NULL;
-  if (moe_sort(t, d, lua_toboolean(L, 3), &v, &i, IBASE)) return raise_engine(L);
-  moe_tensor_release(v);
-  return moe_lua_push(L, i);
-}
-
 static int l_gather(lua_State *L) {
   moe_tensor *t = check_tensor(L, 1, "gather");
   int d = check_dim_arg(L, 2, t, "gather", 0);
   return moe_lua_push(L, moe_gather(t, d, check_tensor(L, 3, "gather"), IBASE));
 }
 
-static int l_scatter_add_impl(lua_State *L, int inplace) {
-  const char *op = inplace ? "scatter_add_" : "scatter_add";
+/* scatter_add / index_add and their in-place forms: (t, dim, index, src) */
+typedef moe_tensor *(*accumulate_fn)(const moe_tensor *, int, const moe_tensor *, const moe_tensor *,
+                                     int64_t, int);
+static int accumulate(lua_State *L, const char *op, accumulate_fn fn, int inplace) {
   moe_tensor *t = check_tensor(L, 1, op);
   int d = check_dim_arg(L, 2, t, op, 0);
-  moe_tensor *out = moe_scatter_add(t, d, check_tensor(L, 3, op), check_tensor(L, 4, op), IBASE, inplace);
-  if (inplace) {
-    if (!out) return raise_engine(L);
-    moe_tensor_release(out);
-    lua_settop(L, 1);
-    return 1;
-  }
-  return moe_lua_push(L, out);
+  moe_tensor *out = fn(t, d, check_tensor(L, 3, op), check_tensor(L, 4, op), IBASE, inplace);
+  if (!inplace) return moe_lua_push(L, out);
+  if (!out) return raise_engine(L);
+  moe_tensor_release(out); /* the in-place result is t itself */
+  lua_settop(L, 1);
+  return 1;
 }
-static int l_scatter_add(lua_State *L) { return l_scatter_add_impl(L, 0); }
-static int l_scatter_add_(lua_State *L) { return l_scatter_add_impl(L, 1); }
+static int l_scatter_add(lua_State *L) { return accumulate(L, "scatter_add", moe_scatter_add, 0); }
+static int l_scatter_add_(lua_State *L) { return accumulate(L, "scatter_add_", moe_scatter_add, 1); }
+static int l_index_add(lua_State *L) { return accumulate(L, "index_add", moe_index_add, 0); }
+static int l_index_add_(lua_State *L) { return accumulate(L, "index_add_", moe_index_add, 1); }
 
 static int l_index_select(lua_State *L) {
   moe_tensor *t = check_tensor(L, 1, "index_select");
   int d = check_dim_arg(L, 2, t, "index_select", 0);
   return moe_lua_push(L, moe_index_select(t, d, check_tensor(L, 3, "index_select"), IBASE));
 }
-
-static int l_index_add_impl(lua_State *L, int inplace) {
-  const char *op = inplace ? "index_add_" : "index_add";
-  moe_tensor *t = check_tensor(L, 1, op);
-  int d = check_dim_arg(L, 2, t, op, 0);
-  moe_tensor *out = moe_index_add(t, d, check_tensor(L, 3, op), check_tensor(L, 4, op), IBASE, inplace);
-  if (inplace) {
-    if (!out) return raise_engine(L);
-    moe_tensor_release(out);
-    lua_settop(L, 1);
-    return 1;
-  }
-  return moe_lua_push(L, out);
-}
-static int l_index_add(lua_State *L) { return l_index_add_impl(L, 0); }
-static int l_index_add_(lua_State *L) { return l_index_add_impl(L, 1); }
 
 static int l_bincount(lua_State *L) {
   moe_tensor *t = check_tensor(L, 1, "bincount");
@@ -992,7 +968,7 @@ static const luaL_Reg methods[] = {
     {"squeeze", l_squeeze}, {"unsqueeze", l_unsqueeze}, {"contiguous", l_contiguous},
     {"clone", l_clone}, {"to", l_to}, {"copy_", l_copy_}, {"fill_", l_fill_}, {"clamp", l_clamp},
     {"where", l_where}, {"matmul", l_matmul}, {"topk", l_topk}, {"sort", l_sort},
-    {"argsort", l_argsort}, {"gather", l_gather}, {"scatter_add", l_scatter_add},
+ {"gather", l_gather}, {"scatter_add", l_scatter_add},
     {"scatter_add_", l_scatter_add_}, {"index_select", l_index_select}, {"index_add", l_index_add},
     {"index_add_", l_index_add_}, {"bincount", l_bincount}, {NULL, NULL}};
 
