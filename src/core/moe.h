@@ -28,7 +28,6 @@ typedef enum { MOE_CPU = 0, MOE_CUDA = 1 } moe_device;
 typedef struct moe_storage {
   void *data;
   size_t nbytes;
-  size_t block_bytes; /* size of the allocation holding header + data */
   int refcount;
   moe_device device;
 } moe_storage;

@@ -77,7 +77,6 @@ static moe_storage *storage_new(size_t nbytes) {
     return NULL;
   }
   moe_storage *s = block;
-  s->block_bytes = total;
   s->data = (char *)block + MOE_ALIGN;
   s->nbytes = nbytes;
   s->refcount = 1;
