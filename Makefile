@@ -4,9 +4,10 @@ BUILD   ?= build
 PKGS    := luajit libedit openblas
 OPT     ?= -O3 -g
 SAN     ?=
-CFLAGS  := $(OPT) $(SAN) -std=gnu11 -fPIC -Wall -Wextra -Wno-unused-parameter -Wshadow \
+# recursive (=) so pkg-config runs at build time, after `deps` has installed it
+CFLAGS   = $(OPT) $(SAN) -std=gnu11 -fPIC -Wall -Wextra -Wno-unused-parameter -Wshadow \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-LDLIBS  := $(SAN) $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
+LDLIBS   = $(SAN) $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
 VERSION := 0.1.0
 CFLAGS  += -DMOE_VERSION=\"$(VERSION)\"
 
@@ -22,7 +23,7 @@ all: deps $(BUILD)/moelua $(BUILD)/moe/core.so
 deps:
 	@scripts/deps.sh
 
-$(BUILD)/obj/%.o: %.c $(HEADERS)
+$(BUILD)/obj/%.o: %.c $(HEADERS) | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
@@ -34,10 +35,10 @@ $(BUILD)/moe/core.so: $(ENGINE_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) -shared -o $@ $^ $(SAN) $(shell pkg-config --libs openblas) -lm
 
-$(BUILD)/moelua: src/main.c $(BUILD)/libmoe.a $(HEADERS)
+$(BUILD)/moelua: src/main.c $(BUILD)/libmoe.a $(HEADERS) | deps
 	$(CC) $(CFLAGS) -Wl,-E -o $@ src/main.c $(BUILD)/libmoe.a $(LDLIBS)
 
-$(BUILD)/test_engine: spec/c/test_engine.c $(BUILD)/libmoe.a $(HEADERS)
+$(BUILD)/test_engine: spec/c/test_engine.c $(BUILD)/libmoe.a $(HEADERS) | deps
 	$(CC) $(CFLAGS) -o $@ spec/c/test_engine.c $(BUILD)/libmoe.a $(LDLIBS)
 
 # the main job: a first model on the bundled census-income data
