@@ -76,8 +76,23 @@ local cases = {
   { "  peer: raw cblas_sgemm 32x32 (FFI)", function() blas.cblas_sgemm(101, 111, 111, 32, 32, 32, 1, A32, 32, B32, 32, 0, C32, 32) end },
   { "t:view(-1) (no copy)", function() return m1:view(-1) end },
 }
+-- PyTorch on CPU as a peer, when python3 has torch (it is not a dependency)
+local peer = {}
+local here = (arg and arg[0] or ""):match("^(.*)/[^/]*$") or "bench"
+local p = io.popen("python3 " .. here .. "/peers/torch_overhead.py " .. math.floor(n / 5) .. " 2>/dev/null")
+if p then
+  for line in p:lines() do
+    local name, ns = line:match("^(.-)\t(%d+)$")
+    if name then peer[name] = tonumber(ns) end
+  end
+  p:close()
+end
+local have_peer = next(peer) ~= nil
 for _, c in ipairs(cases) do
   local t = math.huge
   for _ = 1, 3 do t = math.min(t, best(c[2], n, 1)) end
-  print(("%-36s %10.0f"):format(c[1], t * 1e9))
+  local extra = ""
+  if peer[c[1]] then extra = ("   torch %6d ns  (%.1fx)"):format(peer[c[1]], peer[c[1]] / (t * 1e9)) end
+  print(("%-36s %10.0f%s"):format(c[1], t * 1e9, extra))
 end
+if not have_peer then print("(PyTorch not installed for python3: the torch peer column is skipped)") end

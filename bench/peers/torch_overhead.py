@@ -1,0 +1,26 @@
+"""PyTorch (CPU, eager) peer for bench/run.lua's overhead table: ns per call of
+the same small ops, best of 3 runs of n calls. Prints "name<TAB>ns" lines."""
+import sys
+import time
+
+import torch
+
+torch.set_num_threads(2)
+n = int(sys.argv[1]) if len(sys.argv) > 1 else 200000
+x, y = torch.randn(8), torch.randn(8)
+m1, m2 = torch.randn(32, 32), torch.randn(32, 32)
+cases = [
+    ("a + b (8 elements)", lambda: x + y),
+    ("moe.tanh(a) (8 elements)", lambda: torch.tanh(x)),
+    ("a:sum() (8 elements)", lambda: x.sum()),
+    ("matmul 32x32", lambda: torch.matmul(m1, m2)),
+    ("t:view(-1) (no copy)", lambda: m1.view(-1)),
+]
+for name, f in cases:
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            f()
+        best = min(best, (time.perf_counter() - t0) / n)
+    print(f"{name}\t{best * 1e9:.0f}")
