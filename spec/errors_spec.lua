@@ -67,6 +67,20 @@ describe("errors", function()
     assert.matches("at most 8 dims", E(function() return moe.zeros{ 1, 1, 1, 1, 1, 1, 1, 1, 1 } end))
   end)
 
+  it("in-place writes into expanded tensors", function()
+    local e = moe.zeros(1, 3):expand(4, 3)
+    assert.matches("add_: cannot write in place into an expanded tensor %(shape %[4,3%], strides %[0,1%]%)",
+      E(function() return e:add_(1) end))
+    assert.matches("copy_: cannot write in place into an expanded tensor", E(function() return e:copy_(moe.ones(4, 3)) end))
+    assert.matches("index_add_: cannot write in place",
+      E(function() return e:index_add_(1, moe.tensor({ 1 }, { dtype = "int64" }), moe.ones(1, 3)) end))
+    assert.matches("scatter_add_: cannot write in place",
+      E(function() return e:scatter_add_(1, moe.ones(1, 3, { dtype = "int64" }), moe.ones(1, 3)) end))
+    -- out-of-place ops and fill_ on expanded tensors stay fine
+    assert.are.equal(12, (e + 1):sum():item())
+    assert.are.equal(0, e:sum():item())
+  end)
+
   it("misc", function()
     assert.matches("item: tensor of shape %[2%] has 2 elements", E(function() return moe.ones(2):item() end))
     assert.matches("split: sizes add up to 3 but dim 1 has size 4", E(function() return moe.ones(4):split({ 1, 2 }) end))

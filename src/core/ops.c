@@ -5,6 +5,7 @@
 #include "../cpu/cpu.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 static const char *binop_names[MOE_NBINOPS] = {"add", "sub", "mul", "div", "pow", "maximum",
@@ -93,6 +94,8 @@ moe_tensor *moe_binary_scalar(moe_binop op, const moe_tensor *a, double s, int s
 int moe_binary_(moe_binop op, moe_tensor *a, const moe_tensor *b) {
   char b1[160], b2[160];
   moe_tensor vb;
+  snprintf(b1, sizeof b1, "%s_", binop_names[op]);
+  if (moe_check_writable(b1, a)) return -1;
   if (moe_broadcast_to(b, a->ndim, a->shape, &vb))
     return moe_error("%s_: shape %s cannot be broadcast to the in-place target's shape %s",
                      binop_names[op], moe_shape_str(b, b1), moe_shape_str(a, b2));
