@@ -5,7 +5,8 @@ PKGS    := luajit libedit openblas
 OPT     ?= -O3 -g
 SAN     ?=
 # recursive (=) so pkg-config runs at build time, after `deps` has installed it
-CFLAGS   = $(OPT) $(SAN) -std=gnu11 -fPIC -Wall -Wextra -Wno-unused-parameter -Wshadow \
+# -fwrapv: integer tensor arithmetic wraps around (two's complement), as in NumPy/PyTorch
+CFLAGS   = $(OPT) $(SAN) -std=gnu11 -fPIC -fwrapv -Wall -Wextra -Wno-unused-parameter -Wshadow \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS   = $(SAN) $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
 VERSION := 0.1.0
@@ -23,7 +24,7 @@ all: deps $(BUILD)/moelua $(BUILD)/moe/core.so
 deps:
 	@scripts/deps.sh
 
-$(BUILD)/obj/%.o: %.c $(HEADERS) | deps
+$(BUILD)/obj/%.o: %.c $(HEADERS) Makefile | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
@@ -35,7 +36,7 @@ $(BUILD)/moe/core.so: $(ENGINE_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) -shared -o $@ $^ $(SAN) $(shell pkg-config --libs openblas) -lm
 
-$(BUILD)/moelua: src/main.c $(BUILD)/libmoe.a $(HEADERS) | deps
+$(BUILD)/moelua: src/main.c $(BUILD)/libmoe.a $(HEADERS) Makefile | deps
 	$(CC) $(CFLAGS) -Wl,-E -o $@ src/main.c $(BUILD)/libmoe.a $(LDLIBS)
 
 $(BUILD)/test_engine: spec/c/test_engine.c $(BUILD)/libmoe.a $(HEADERS) | deps
@@ -52,7 +53,7 @@ test: all $(BUILD)/test_engine
 # the same suite under AddressSanitizer and UBSan
 asan-test: deps
 	@$(MAKE) --no-print-directory BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" \
-	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \
+	  SAN="-fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=undefined,float-cast-overflow" \
 	  build-asan/moelua build-asan/moe/core.so build-asan/test_engine
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  MOELUA_ASAN=1 scripts/test.sh build-asan

@@ -155,6 +155,30 @@ describe("elementwise", function()
     assert.are.equal(0, (a:sum(1) - moe.zeros(3)):abs():max():item())
   end)
 
+  it("in-place ops with a number work on every dtype and keep it", function()
+    for _, dt in ipairs { "float32", "float64", "int32", "int64" } do
+      for _, case in ipairs {
+        { "add_", 2, function(x) return x + 2 end }, { "sub_", 2, function(x) return x - 2 end },
+        { "mul_", 3, function(x) return x * 3 end }, { "maximum_", 1, function(x) return math.max(x, 1) end },
+      } do
+        local t = moe.tensor({ -1, 0, 4 }, { dtype = dt })
+        local r = t[case[1]](t, case[2])
+        assert.are.equal(t, r)
+        assert.are.equal(dt, t:dtype())
+        assert.are.same({ case[3](-1), case[3](0), case[3](4) }, t:totable(), dt .. " " .. case[1])
+      end
+    end
+    local f = moe.tensor{ 1, 2 }
+    f:div_(4)
+    assert.are.same({ 0.25, 0.5 }, f:totable())
+    local i = moe.tensor({ 5, 7 }, { dtype = "int64" })
+    i:mul_(0.5) -- computed in float, cast back to the tensor's dtype
+    assert.are.same({ 2, 3 }, i:totable())
+    local z = moe.zeros(0, 4)
+    z:add_(1)
+    assert.are.same({ 0, 4 }, z:shape())
+  end)
+
   it("in-place ops write into the tensor and its views", function()
     local a = moe.zeros(3, 4, { dtype = "float64" })
     local col = a:select(2, 2)

@@ -81,6 +81,11 @@ describe("errors", function()
     assert.are.equal(0, e:sum():item())
   end)
 
+  it("allocations beyond physical memory fail cleanly", function()
+    assert.matches("out of memory: a tensor of .* GiB exceeds this machine's", E(function() return moe.zeros(2 ^ 40) end))
+    assert.matches("out of memory", E(function() return moe.arange(2 ^ 39) end))
+  end)
+
   it("misc", function()
     assert.matches("item: tensor of shape %[2%] has 2 elements", E(function() return moe.ones(2):item() end))
     assert.matches("split: sizes add up to 3 but dim 1 has size 4", E(function() return moe.ones(4):split({ 1, 2 }) end))

@@ -150,6 +150,10 @@ describe("views", function()
     assert.are.equal("int64", x:to("int64"):dtype())
     assert.are.equal("int64", x:long():dtype())
     assert.are.equal(x, x:to("float32"))
+    -- float -> int saturates and maps NaN to 0; int arithmetic wraps
+    assert.are.same({ 0, 2147483647, -2147483648 }, moe.tensor{ 0 / 0, 1 / 0, -1e20 }:int():totable())
+    local big = moe.tensor({ 2147483647 }, { dtype = "int32" })
+    assert.are.same({ -2147483648 }, (big + 1):totable())
   end)
 
   it("shape queries", function()

@@ -57,6 +57,15 @@ int moe_dtype_from_name(const char *name, moe_dtype *out); /* 0 ok, -1 unknown *
 int moe_dtype_is_float(moe_dtype dt);
 moe_dtype moe_promote(moe_dtype a, moe_dtype b);
 
+/* float -> integer conversion that saturates (NaN -> 0) instead of C's undefined behaviour */
+static inline int32_t moe_sat_i32(double x) {
+  return x != x ? 0 : x <= -2147483648.0 ? INT32_MIN : x >= 2147483647.0 ? INT32_MAX : (int32_t)x;
+}
+static inline int64_t moe_sat_i64(double x) {
+  return x != x ? 0 : x <= -9223372036854775808.0 ? INT64_MIN
+                    : x >= 9223372036854775807.0 ? INT64_MAX : (int64_t)x;
+}
+
 /* ---- storage and tensors (src/core/tensor.c) ---- */
 /* Bytes currently held by live host storages (for the GC nudge and for specs). */
 int64_t moe_live_bytes(void);
@@ -113,6 +122,7 @@ moe_tensor *moe_binary(moe_binop op, const moe_tensor *a, const moe_tensor *b);
 moe_tensor *moe_binary_scalar(moe_binop op, const moe_tensor *a, double s, int scalar_left);
 /* in place: a = a (op) b, b broadcast to a's shape, result cast to a's dtype */
 int moe_binary_(moe_binop op, moe_tensor *a, const moe_tensor *b);
+int moe_binary_scalar_(moe_binop op, moe_tensor *a, double s);
 moe_tensor *moe_unary(moe_unop op, const moe_tensor *a, double p0, double p1);
 moe_tensor *moe_where(const moe_tensor *cond, const moe_tensor *a, const moe_tensor *b);
 

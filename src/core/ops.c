@@ -74,21 +74,40 @@ moe_tensor *moe_binary(moe_binop op, const moe_tensor *a, const moe_tensor *b) {
 }
 
 /* A scalar is weakly typed: it takes the tensor's dtype unless the tensor is
- * integral and the scalar is not, in which case the op computes in float32. */
-moe_tensor *moe_binary_scalar(moe_binop op, const moe_tensor *a, double s, int scalar_left) {
-  union { float f; double d; int32_t i; int64_t l; } v;
-  moe_dtype dt = a->dtype;
+ * integral and the scalar is not, in which case the op computes in float32.
+ * The scalar lives in `buf`, viewed as a 0-dim tensor `sc` on the caller's stack
+ * (refcount 1, so a retain/release pair never frees it). */
+typedef union { float f; double d; int32_t i; int64_t l; } scalar_buf;
+
+static void make_scalar(moe_binop op, moe_dtype tensor_dt, double s, scalar_buf *buf, moe_storage *st,
+                        moe_tensor *sc) {
+  moe_dtype dt = tensor_dt;
   if (!moe_dtype_is_float(dt) && s != floor(s)) dt = MOE_F32;
   dt = compute_dtype(op, dt);
   switch (dt) {
-  case MOE_F32: v.f = (float)s; break;
-  case MOE_F64: v.d = s; break;
-  case MOE_I32: v.i = (int32_t)s; break;
-  default: v.l = (int64_t)s; break;
+  case MOE_F32: buf->f = (float)s; break;
+  case MOE_F64: buf->d = s; break;
+  case MOE_I32: buf->i = moe_sat_i32(s); break;
+  default: buf->l = moe_sat_i64(s); break;
   }
-  moe_storage st = {.data = &v, .refcount = 1};
-  moe_tensor sc = {.storage = &st, .dtype = dt, .ndim = 0, .refcount = 1};
+  *st = (moe_storage){.data = buf, .refcount = 1};
+  *sc = (moe_tensor){.storage = st, .dtype = dt, .ndim = 0, .refcount = 1};
+}
+
+moe_tensor *moe_binary_scalar(moe_binop op, const moe_tensor *a, double s, int scalar_left) {
+  scalar_buf buf;
+  moe_storage st;
+  moe_tensor sc;
+  make_scalar(op, a->dtype, s, &buf, &st, &sc);
   return scalar_left ? moe_binary(op, &sc, a) : moe_binary(op, a, &sc);
+}
+
+int moe_binary_scalar_(moe_binop op, moe_tensor *a, double s) {
+  scalar_buf buf;
+  moe_storage st;
+  moe_tensor sc;
+  make_scalar(op, a->dtype, s, &buf, &st, &sc);
+  return moe_binary_(op, a, &sc);
 }
 
 int moe_binary_(moe_binop op, moe_tensor *a, const moe_tensor *b) {
@@ -123,10 +142,10 @@ moe_tensor *moe_unary(moe_unop op, const moe_tensor *a, double p0, double p1) {
     dt = MOE_F32;
   moe_tensor *ca = moe_to_dtype(a, dt);
   if (!ca) return NULL;
-  if (op == MOE_CLAMP && !moe_dtype_is_float(dt)) { /* infinite bounds: clip to the type's range */
+  if (op == MOE_CLAMP && !moe_dtype_is_float(dt)) { /* bounds beyond the type's range: clip them to it */
     double lo = dt == MOE_I32 ? -2147483648.0 : -9.2e18, hi = dt == MOE_I32 ? 2147483647.0 : 9.2e18;
-    p0 = p0 < lo ? lo : p0;
-    p1 = p1 > hi ? hi : p1;
+    p0 = p0 < lo ? lo : p0 > hi ? hi : p0;
+    p1 = p1 < lo ? lo : p1 > hi ? hi : p1;
   }
   moe_tensor *out = moe_empty_like(ca);
   if (out) moe_cpu_unary(op, out, ca, p0, p1);

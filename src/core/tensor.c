@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ---------------------------------------------------------------- errors */
 
@@ -68,10 +69,26 @@ static int64_t live_bytes, live_tensors;
 int64_t moe_live_bytes(void) { return live_bytes; }
 int64_t moe_live_tensors(void) { return live_tensors; }
 
+/* Physical memory: with overcommit, a larger request "succeeds" and the process is
+ * killed when it touches the pages, so such requests get a clean error instead. */
+static size_t phys_bytes(void) {
+  static size_t cached;
+  if (!cached) {
+    long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
+    cached = pages > 0 && psize > 0 ? (size_t)pages * (size_t)psize : SIZE_MAX;
+  }
+  return cached;
+}
+
 static moe_storage *storage_new(size_t nbytes) {
   /* header and data in one aligned block: the header takes the first 64 bytes */
   size_t total = MOE_ALIGN + ((nbytes + MOE_ALIGN - 1) / MOE_ALIGN) * MOE_ALIGN;
   void *block = NULL;
+  if (nbytes > phys_bytes()) {
+    moe_error("out of memory: a tensor of %.3g GiB exceeds this machine's %.3g GiB of memory",
+              (double)nbytes / (1 << 30), (double)phys_bytes() / (1 << 30));
+    return NULL;
+  }
   if (posix_memalign(&block, MOE_ALIGN, total) != 0) {
     moe_error("out of memory allocating %zu bytes", nbytes);
     return NULL;
@@ -202,8 +219,8 @@ void moe_set(moe_tensor *t, const int64_t *idx, double v) {
   switch (t->dtype) {
   case MOE_F32: *(float *)p = (float)v; break;
   case MOE_F64: *(double *)p = v; break;
-  case MOE_I32: *(int32_t *)p = (int32_t)v; break;
-  case MOE_I64: *(int64_t *)p = (int64_t)v; break;
+  case MOE_I32: *(int32_t *)p = moe_sat_i32(v); break;
+  case MOE_I64: *(int64_t *)p = moe_sat_i64(v); break;
   default: *(uint8_t *)p = v != 0; break;
   }
 }

@@ -72,20 +72,19 @@ void moe_cpu_foreach(int nops, const moe_tensor *const *ops, moe_loop_fn fn, voi
         *(TO *)(p[0] + i * s[0]) = CONV(*(const FROM *)(p[1] + i * s[1]));          \
     }                                                                               \
   }
-#define PLAIN(x) (x)
 #define TOBOOL(x) ((uint8_t)((x) != 0))
 
-#define CAST_ROW(TO, TN, CONV)                                                       \
-  CAST_FN(cast_##TN##_f32, TO, float, CONV)                                          \
-  CAST_FN(cast_##TN##_f64, TO, double, CONV)                                         \
+#define CAST_ROW(TO, TN, CONV, FCONV)                                                \
+  CAST_FN(cast_##TN##_f32, TO, float, FCONV)                                         \
+  CAST_FN(cast_##TN##_f64, TO, double, FCONV)                                        \
   CAST_FN(cast_##TN##_i32, TO, int32_t, CONV)                                        \
   CAST_FN(cast_##TN##_i64, TO, int64_t, CONV)                                        \
   CAST_FN(cast_##TN##_bool, TO, uint8_t, CONV)
-CAST_ROW(float, f32, (float))
-CAST_ROW(double, f64, (double))
-CAST_ROW(int32_t, i32, (int32_t))
-CAST_ROW(int64_t, i64, (int64_t))
-CAST_ROW(uint8_t, bool, TOBOOL)
+CAST_ROW(float, f32, (float), (float))
+CAST_ROW(double, f64, (double), (double))
+CAST_ROW(int32_t, i32, (int32_t), moe_sat_i32)
+CAST_ROW(int64_t, i64, (int64_t), moe_sat_i64)
+CAST_ROW(uint8_t, bool, TOBOOL, TOBOOL)
 
 static const moe_loop_fn cast_table[MOE_NDTYPES][MOE_NDTYPES] = {
 #define ROW(TN) {cast_##TN##_f32, cast_##TN##_f64, cast_##TN##_i32, cast_##TN##_i64, cast_##TN##_bool}

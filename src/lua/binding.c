@@ -160,6 +160,7 @@ static int parse_sizes(lua_State *L, int start, const char *op, int *ndim, int64
         double v = lua_tonumber(L, -1);
         if (v != floor(v)) luaL_error(L, "%s: size %d must be an integer, got %g", op, k, v);
         if (v < 0) luaL_error(L, "%s: negative size %g at position %d", op, v, k);
+        if (v > 9.0e15) luaL_error(L, "%s: size %g at position %d is too large", op, v, k);
         shape[k - 1] = (int64_t)v;
         lua_pop(L, 1);
       }
@@ -174,6 +175,7 @@ static int parse_sizes(lua_State *L, int start, const char *op, int *ndim, int64
     double v = lua_tonumber(L, i);
     if (v != floor(v)) luaL_error(L, "%s: size %d must be an integer, got %g", op, n + 1, v);
     if (v < 0) luaL_error(L, "%s: negative size %g at position %d", op, v, n + 1);
+    if (v > 9.0e15) luaL_error(L, "%s: size %g at position %d is too large", op, v, n + 1);
     shape[n++] = (int64_t)v;
   }
   *ndim = n;
@@ -731,17 +733,7 @@ static int l_binary_(lua_State *L) {
   int rc;
   if (b) rc = moe_binary_(op, a, b);
   else if (lua_type(L, 2) == LUA_TNUMBER) {
-    double v = lua_tonumber(L, 2);
-    moe_storage st = {.data = &v, .refcount = 1};
-    moe_tensor s = {.storage = &st, .dtype = MOE_F64, .ndim = 0};
-    if (!moe_dtype_is_float(a->dtype) && v == floor(v)) { /* keep integer arithmetic exact */
-      int64_t iv = (int64_t)v;
-      st.data = &iv;
-      s.dtype = MOE_I64;
-      rc = moe_binary_(op, a, &s);
-    } else {
-      rc = moe_binary_(op, a, &s);
-    }
+    rc = moe_binary_scalar_(op, a, lua_tonumber(L, 2));
   } else return luaL_error(L, "%s: argument #2 must be a tensor or number, got %s", name, type_of(L, 2));
   if (rc) return raise_engine(L);
   lua_settop(L, 1);
