@@ -16,6 +16,8 @@ describe("errors", function()
     assert.matches("cat: tensor 2 of shape %[2,4%] does not match tensor 1 of shape %[2,3%]",
       E(function() return moe.cat({ moe.ones(2, 3), moe.ones(2, 4) }, 1) end))
     assert.matches("expand: cannot expand tensor of shape %[2%] to %[3%]", E(function() return moe.ones(2):expand(3) end))
+    assert.matches("expand: shape %[1099511627776,1000000000000000%] is too large",
+      E(function() return moe.tensor(1):expand(2 ^ 40, 1e15) end))
   end)
 
   it("error position points at the caller's line", function()
@@ -90,6 +92,7 @@ describe("errors", function()
     assert.matches("item: tensor of shape %[2%] has 2 elements", E(function() return moe.ones(2):item() end))
     assert.matches("split: sizes add up to 3 but dim 1 has size 4", E(function() return moe.ones(4):split({ 1, 2 }) end))
     assert.matches("clamp: min 2 is greater than max 1", E(function() return moe.ones(2):clamp(2, 1) end))
+    assert.matches("clamp: bounds must be numbers, got min nan", E(function() return moe.ones(2):clamp(0 / 0) end))
     assert.matches("cannot set field 'foo'", E(function() local t = moe.ones(2); t.foo = 1 end))
     assert.matches("permute: dims are not a permutation", E(function() return moe.ones(2, 3):permute(1, 1) end))
     assert.matches("arange: invalid range", E(function() return moe.arange(0, 1, 0) end))

@@ -20,7 +20,9 @@ local skip = { manual_seed = true } -- would perturb the other specs' seeds (it 
 
 describe("fuzz", function()
   it("no function or method crashes on random arguments", function()
-    math.randomseed(99)
+    -- FUZZ_SEED / FUZZ_TRIALS run a longer hunt by hand; the suite uses fixed ones
+    math.randomseed(tonumber(os.getenv("FUZZ_SEED")) or 99)
+    local trials = tonumber(os.getenv("FUZZ_TRIALS")) or 150
     local nvalues = 41
     local names = {}
     for k, v in pairs(moe) do
@@ -33,7 +35,7 @@ describe("fuzz", function()
       -- a fresh pool per function: in-place ops mutate it (say, an int tensor
       -- pushed to 2^31 - 1, whose bincount is then a legitimate 16 GiB tensor)
       local values = pool()
-      for trial = 1, 150 do
+      for trial = 1, trials do
         local args, n = {}, math.random(0, 5)
         for i = 1, n do args[i] = values[math.random(1, nvalues)] end
         -- method-style: usually a tensor first

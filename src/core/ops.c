@@ -133,6 +133,10 @@ int moe_binary_(moe_binop op, moe_tensor *a, const moe_tensor *b) {
 moe_tensor *moe_unary(moe_unop op, const moe_tensor *a, double p0, double p1) {
   moe_dtype dt = a->dtype == MOE_BOOL ? MOE_I64 : a->dtype;
   if (op >= MOE_EXP && !moe_dtype_is_float(dt)) dt = MOE_F32;
+  if (op == MOE_CLAMP && (isnan(p0) || isnan(p1))) {
+    moe_error("clamp: bounds must be numbers, got min %g and max %g", p0, p1);
+    return NULL;
+  }
   if (op == MOE_CLAMP && p0 > p1) {
     moe_error("clamp: min %g is greater than max %g", p0, p1);
     return NULL;

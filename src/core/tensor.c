@@ -429,6 +429,12 @@ moe_tensor *moe_expand(const moe_tensor *t, int ndim, const int64_t *shape) {
     moe_error("expand: cannot expand tensor of shape %s to %d dims", moe_shape_str(t, b1), ndim);
     return NULL;
   }
+  int64_t numel, full[MOE_MAX_DIMS]; /* the target shape with -1 resolved, for the size check */
+  for (int i = 0; i < ndim; i++) {
+    int j = i - (ndim - t->ndim);
+    full[i] = shape[i] == -1 && j >= 0 ? t->shape[j] : shape[i] < 0 ? 0 : shape[i];
+  }
+  if (check_shape("expand", ndim, full, &numel)) return NULL;
   moe_tensor *v = alias(t);
   if (!v) return NULL;
   int lead = ndim - t->ndim;
