@@ -369,7 +369,6 @@ static int find_script(int argc, char **argv) {
 }
 
 static int run_script(lua_State *L, int argc, char **argv, int script_at) {
-  (void)argc;
   const char *fname = argv[script_at];
   int status = luaL_loadfile(L, strcmp(fname, "-") ? fname : NULL);
   if (status == 0) {
@@ -447,12 +446,10 @@ int main(int argc, char **argv) {
   }
   if (!status && script_at) { status = run_script(L, argc, argv, script_at); ran = 1; }
   if (!status && (interactive || !ran)) {
-    if (!ran || !lua_toboolean(L, -1)) {
-      lua_getglobal(L, "moe");
-      int have = !lua_isnil(L, -1);
-      lua_pop(L, 1);
-      if (!have && load_moe_global(L)) { lua_close(L); return 1; }
-    }
+    lua_getglobal(L, "moe"); /* -e already loaded it; a script may have set its own */
+    int have = !lua_isnil(L, -1);
+    lua_pop(L, 1);
+    if (!have && load_moe_global(L)) { lua_close(L); return 1; }
     status = repl(L);
   }
   lua_close(L);

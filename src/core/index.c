@@ -48,13 +48,12 @@ static int check_dim(const char *op, const moe_tensor *t, int dim) {
 int moe_sort(const moe_tensor *t, int dim, int descending, moe_tensor **values,
              moe_tensor **indices, int64_t ibase) {
   if (check_dim("sort", t, dim)) return -1;
-  return moe_topk(t, t->shape[dim], dim, descending, 1, values, indices, ibase);
+  return moe_topk(t, t->shape[dim], dim, descending, values, indices, ibase);
 }
 
-int moe_topk(const moe_tensor *t, int64_t k, int dim, int largest, int sorted,
+int moe_topk(const moe_tensor *t, int64_t k, int dim, int largest,
              moe_tensor **values, moe_tensor **indices, int64_t ibase) {
   char b[160];
-  (void)sorted; /* results always come sorted */
   if (check_dim("topk", t, dim)) return -1;
   if (k < 0 || k > t->shape[dim])
     return moe_error("topk: k = %lld out of range for dim %d of size %lld (shape %s)", (long long)k,
@@ -255,7 +254,8 @@ moe_tensor *moe_bincount(const moe_tensor *t, const moe_tensor *weights, int64_t
   }
   moe_tensor *hold;
   int64_t n = t->shape[0], len = minlength;
-  const int64_t *v = checked_index("bincount", t, INT64_MAX / 4, ibase, &hold);
+  /* every value >= ibase (bins are 1-based); there is no upper bound but memory */
+  const int64_t *v = checked_index("bincount", t, INT64_MAX - ibase, ibase, &hold);
   if (!v) return NULL;
   for (int64_t i = 0; i < n; i++) if (v[i] - ibase + 1 > len) len = v[i] - ibase + 1;
   moe_tensor *w = NULL, *out = NULL;

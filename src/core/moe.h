@@ -147,7 +147,8 @@ int moe_matmul_out(moe_tensor *out, const moe_tensor *a, const moe_tensor *b);
 /* ---- sorting and indexing (src/cpu/index.c) ---- */
 int moe_sort(const moe_tensor *t, int dim, int descending, moe_tensor **values,
              moe_tensor **indices, int64_t ibase);
-int moe_topk(const moe_tensor *t, int64_t k, int dim, int largest, int sorted,
+/* topk: the k largest (or smallest) along dim, sorted, ties in index order */
+int moe_topk(const moe_tensor *t, int64_t k, int dim, int largest,
              moe_tensor **values, moe_tensor **indices, int64_t ibase);
 moe_tensor *moe_gather(const moe_tensor *t, int dim, const moe_tensor *index, int64_t ibase);
 /* out = t with out[... index ...] += src; inplace modifies t */

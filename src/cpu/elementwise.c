@@ -131,28 +131,13 @@ void moe_cpu_copy(moe_tensor *dst, const moe_tensor *src) {
     }                                                                               \
   }
 
-static inline int64_t ipow64(int64_t b, int64_t e) {
-  if (e < 0) return b == 1 ? 1 : (b == -1 ? ((e & 1) ? -1 : 1) : 0);
-  int64_t r = 1;
-  while (e) { if (e & 1) r *= b; b *= b; e >>= 1; }
-  return r;
-}
-/* integer division rounds toward minus infinity, as in Lua and Python; /0 gives 0 */
-static inline int64_t idiv64(int64_t x, int64_t y) {
-  if (y == 0) return 0;
-  if (y == -1) return (int64_t)(0 - (uint64_t)x);
-  int64_t q = x / y;
-  return (q * y != x && ((x < 0) != (y < 0))) ? q - 1 : q;
-}
 #define MAXV(x, y) ((x) != (x) ? (x) : ((y) != (y) ? (y) : ((x) > (y) ? (x) : (y))))
 #define MINV(x, y) ((x) != (x) ? (x) : ((y) != (y) ? (y) : ((x) < (y) ? (x) : (y))))
 
-#define BIN_SET(TN, T, POWF, DIVX)                                                   \
+#define BIN_SET(TN, T)                                                               \
   BIN_FN(add_##TN, T, T, x + y)                                                      \
   BIN_FN(sub_##TN, T, T, x - y)                                                      \
   BIN_FN(mul_##TN, T, T, x * y)                                                      \
-  BIN_FN(div_##TN, T, T, DIVX)                                                       \
-  BIN_FN(pow_##TN, T, T, POWF(x, y))                                                 \
   BIN_FN(max_##TN, T, T, MAXV(x, y))                                                 \
   BIN_FN(min_##TN, T, T, MINV(x, y))                                                 \
   BIN_FN(eq_##TN, T, uint8_t, x == y)                                                \
@@ -161,14 +146,21 @@ static inline int64_t idiv64(int64_t x, int64_t y) {
   BIN_FN(le_##TN, T, uint8_t, x <= y)                                                \
   BIN_FN(gt_##TN, T, uint8_t, x > y)                                                 \
   BIN_FN(ge_##TN, T, uint8_t, x >= y)
-BIN_SET(f32, float, powf, x / y)
-BIN_SET(f64, double, pow, x / y)
-BIN_SET(i32, int32_t, (int32_t)ipow64, (int32_t)idiv64(x, y))
-BIN_SET(i64, int64_t, ipow64, idiv64(x, y))
+BIN_SET(f32, float)
+BIN_SET(f64, double)
+BIN_SET(i32, int32_t)
+BIN_SET(i64, int64_t)
+/* division and pow exist in float only: src/core/ops.c computes them for integers in float32 */
+BIN_FN(div_f32, float, float, x / y)
+BIN_FN(div_f64, double, double, x / y)
+BIN_FN(pow_f32, float, float, powf(x, y))
+BIN_FN(pow_f64, double, double, pow(x, y))
 
-#define BIN_ROW(TN) {add_##TN, sub_##TN, mul_##TN, div_##TN, pow_##TN, max_##TN, min_##TN, \
-                     eq_##TN, ne_##TN, lt_##TN, le_##TN, gt_##TN, ge_##TN}
-static const moe_loop_fn bin_table[4][MOE_NBINOPS] = {BIN_ROW(f32), BIN_ROW(f64), BIN_ROW(i32), BIN_ROW(i64)};
+#define BIN_ROW(TN, DIV, POW) {add_##TN, sub_##TN, mul_##TN, DIV, POW, max_##TN, min_##TN, \
+                               eq_##TN, ne_##TN, lt_##TN, le_##TN, gt_##TN, ge_##TN}
+static const moe_loop_fn bin_table[4][MOE_NBINOPS] = {
+    BIN_ROW(f32, div_f32, pow_f32), BIN_ROW(f64, div_f64, pow_f64),
+    BIN_ROW(i32, NULL, NULL), BIN_ROW(i64, NULL, NULL)};
 
 void moe_cpu_binary(moe_binop op, moe_tensor *out, const moe_tensor *a, const moe_tensor *b) {
   const moe_tensor *ops[3] = {out, a, b};

@@ -855,7 +855,7 @@ static int l_topk(lua_State *L) {
   int d = opt_dim_arg(L, 3, t, "topk", t->ndim - 1);
   int largest = lua_isnoneornil(L, 4) ? 1 : lua_toboolean(L, 4);
   moe_tensor *v = NULL, *i = NULL;
-  int rc = moe_topk(t, k, d, largest, 1, &v, &i, IBASE);
+  int rc = moe_topk(t, k, d, largest, &v, &i, IBASE);
   return push_pair(L, rc, v, i);
 }
 
