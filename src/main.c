@@ -225,8 +225,6 @@ static char *read_line(int tty, const char *prompt) {
   return buf;
 }
 
-/* Compile the chunk: "return <chunk>" first so expressions print, then the chunk.
- * Returns 0 compiled (function on stack), 1 incomplete, 2 syntax error (message on stack). */
 /* REPL chunks run with the JIT off (library code keeps it): the interpreter
  * checks hooks, so Ctrl-C stops even a pure-Lua loop typed at the prompt. */
 static void jit_off(lua_State *L) {
@@ -247,6 +245,8 @@ static int at_eof(lua_State *L, int status) {
   return status == LUA_ERRSYNTAX && msg && ml >= 7 && !strcmp(msg + ml - 7, "'<eof>'");
 }
 
+/* Compile the chunk: "return <chunk>" first so expressions print, then the chunk.
+ * Returns 0 compiled (function on stack), 1 incomplete, 2 syntax error (message on stack). */
 static int compile_chunk(lua_State *L, const char *chunk) {
   size_t n = strlen(chunk);
   char *ret = malloc(n + 8);
@@ -413,18 +413,21 @@ int main(int argc, char **argv) {
     return 1;
   }
   setup_paths(L);
-  set_arg(L, argc, argv, find_script(argc, argv));
+  /* `arg` must exist before any -e code runs, so the script position is found first */
+  int script_at = find_script(argc, argv);
+  set_arg(L, argc, argv, script_at);
 
-  int status = 0, interactive = 0, ran = 0, script_at = 0;
+  int status = 0, interactive = 0, ran = 0;
   int i = 1;
   if (argc > 1 && !strcmp(argv[1], "run")) {
     if (argc < 3) { fprintf(stderr, "moelua run: missing script name\n"); usage(stderr); return 1; }
-    script_at = 2;
+    i = 2;
   } else if (argc > 1 && !strcmp(argv[1], "repl")) {
     i = 2;
     interactive = 1;
   }
-  for (; !script_at && i < argc; i++) {
+  int end = script_at ? script_at : argc; /* options are what comes before the script */
+  for (; i < end; i++) {
     const char *a = argv[i];
     if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); lua_close(L); return 0; }
     if (!strcmp(a, "-v") || !strcmp(a, "--version")) {
@@ -440,9 +443,10 @@ int main(int argc, char **argv) {
       if ((status = dostring(L, argv[i], "=(command line)"))) break;
       continue;
     }
-    if (!strcmp(a, "--")) { if (i + 1 < argc) script_at = i + 1; break; }
-    if (a[0] == '-' && a[1]) { fprintf(stderr, "moelua: unknown option '%s'\n", a); usage(stderr); return 1; }
-    script_at = i;
+    if (!strcmp(a, "--")) break;
+    fprintf(stderr, "moelua: unknown option '%s'\n", a);
+    usage(stderr);
+    return 1;
   }
   if (!status && script_at) { status = run_script(L, argc, argv, script_at); ran = 1; }
   if (!status && (interactive || !ran)) {

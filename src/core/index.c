@@ -157,7 +157,7 @@ moe_tensor *moe_scatter_add(const moe_tensor *t, int dim, const moe_tensor *inde
   const int64_t *ix = checked_index("scatter_add", index, t->shape[dim], ibase, &hold);
   if (!ix) return NULL;
   if (!(s = moe_to_dtype(src, t->dtype))) goto done;
-  if (inplace && moe_check_writable("scatter_add_", t)) goto done;
+  if (inplace && moe_check_writable("scatter_add", t)) goto done;
   if (inplace) { out = (moe_tensor *)t; moe_tensor_retain(out); }
   else if (!(out = moe_clone(t))) goto done;
   moe_cpu_scatter_add(out, dim, ix, index, s, ibase);
@@ -217,7 +217,7 @@ moe_tensor *moe_index_add(const moe_tensor *t, int dim, const moe_tensor *index,
   if (!ix) return NULL;
   moe_dtype cdt = t->dtype == MOE_BOOL ? MOE_I64 : t->dtype;
   if (!(s = moe_to_dtype(src, cdt))) goto done;
-  if (inplace && moe_check_writable("index_add_", t)) goto done;
+  if (inplace && moe_check_writable("index_add", t)) goto done;
   if (inplace && cdt == t->dtype) { out = (moe_tensor *)t; moe_tensor_retain(out); }
   else if (inplace) { moe_error("index_add_: cannot add in place into a bool tensor"); goto done; }
   else if (!(out = cdt == t->dtype ? moe_clone(t) : moe_to_dtype(t, cdt)))

@@ -101,7 +101,8 @@ moe_tensor *moe_contiguous(const moe_tensor *t);  /* new ref to t itself when al
 moe_tensor *moe_clone(const moe_tensor *t);
 moe_tensor *moe_to_dtype(const moe_tensor *t, moe_dtype dt); /* new ref to t when same dtype */
 int moe_copy_(moe_tensor *dst, const moe_tensor *src);        /* broadcasts src, casts dtype */
-/* 0 if t may be written in place; else -1 with an error naming `op`: an expanded
+/* 0 if t may be written in place; else -1 with an error naming the in-place op
+ * `op`_ (pass "add" for add_): an expanded
  * tensor (stride 0 over a dim of size > 1) has several elements in one place */
 int moe_check_writable(const char *op, const moe_tensor *t);
 

@@ -5,7 +5,6 @@
 #include "../cpu/cpu.h"
 
 #include <math.h>
-#include <stdio.h>
 #include <string.h>
 
 static const char *binop_names[MOE_NBINOPS] = {"add", "sub", "mul", "div", "pow", "maximum",
@@ -113,8 +112,7 @@ int moe_binary_scalar_(moe_binop op, moe_tensor *a, double s) {
 int moe_binary_(moe_binop op, moe_tensor *a, const moe_tensor *b) {
   char b1[160], b2[160];
   moe_tensor vb;
-  snprintf(b1, sizeof b1, "%s_", binop_names[op]);
-  if (moe_check_writable(b1, a)) return -1;
+  if (moe_check_writable(binop_names[op], a)) return -1;
   if (moe_broadcast_to(b, a->ndim, a->shape, &vb))
     return moe_error("%s_: shape %s cannot be broadcast to the in-place target's shape %s",
                      binop_names[op], moe_shape_str(b, b1), moe_shape_str(a, b2));

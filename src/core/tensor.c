@@ -525,7 +525,7 @@ int moe_check_writable(const char *op, const moe_tensor *t) {
   char b1[160], b2[160];
   for (int i = 0; i < t->ndim; i++)
     if (t->stride[i] == 0 && t->shape[i] > 1)
-      return moe_error("%s: cannot write in place into an expanded tensor (shape %s, strides %s): "
+      return moe_error("%s_: cannot write in place into an expanded tensor (shape %s, strides %s): "
                        "several elements share one memory location; clone() it first",
                        op, moe_shape_str(t, b1), moe_dims_str(t->ndim, t->stride, b2));
   return 0;
@@ -534,7 +534,7 @@ int moe_check_writable(const char *op, const moe_tensor *t) {
 int moe_copy_(moe_tensor *dst, const moe_tensor *src) {
   moe_tensor b;
   char b1[160], b2[160];
-  if (moe_check_writable("copy_", dst)) return -1;
+  if (moe_check_writable("copy", dst)) return -1;
   if (moe_broadcast_to(src, dst->ndim, dst->shape, &b))
     return moe_error("copy_: source of shape %s does not broadcast to destination shape %s",
                      moe_shape_str(src, b1), moe_shape_str(dst, b2));
