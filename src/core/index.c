@@ -51,8 +51,8 @@ int moe_sort(const moe_tensor *t, int dim, int descending, moe_tensor **values,
   return moe_topk(t, t->shape[dim], dim, descending, values, indices, ibase);
 }
 
-int moe_topk(const moe_tensor *t, int64_t k, int dim, int largest,
-             moe_tensor **values, moe_tensor **indices, int64_t ibase) {
+static int topk_impl(const moe_tensor *t, int64_t k, int dim, int largest,
+                     moe_tensor **values, moe_tensor **indices, int64_t ibase) {
   char b[160];
   if (check_dim("topk", t, dim)) return -1;
   if (k < 0 || k > t->shape[dim])
@@ -139,7 +139,7 @@ static int check_index_shape(const char *op, const moe_tensor *t, int dim, const
   return 0;
 }
 
-moe_tensor *moe_gather(const moe_tensor *t, int dim, const moe_tensor *index, int64_t ibase) {
+static moe_tensor *gather_impl(const moe_tensor *t, int dim, const moe_tensor *index, int64_t ibase) {
   moe_tensor *hold;
   if (check_index_shape("gather", t, dim, index, NULL)) return NULL;
   const int64_t *ix = checked_index("gather", index, t->shape[dim], ibase, &hold);
@@ -150,14 +150,19 @@ moe_tensor *moe_gather(const moe_tensor *t, int dim, const moe_tensor *index, in
   return out;
 }
 
-moe_tensor *moe_scatter_add(const moe_tensor *t, int dim, const moe_tensor *index,
-                            const moe_tensor *src, int64_t ibase, int inplace) {
+static moe_tensor *scatter_add_impl(const moe_tensor *t, int dim, const moe_tensor *index,
+                                    const moe_tensor *src, int64_t ibase, int inplace) {
   moe_tensor *hold, *s = NULL, *out = NULL;
   if (check_index_shape("scatter_add", t, dim, index, src)) return NULL;
   const int64_t *ix = checked_index("scatter_add", index, t->shape[dim], ibase, &hold);
   if (!ix) return NULL;
   if (!(s = moe_to_dtype(src, t->dtype))) goto done;
   if (inplace && moe_check_writable("scatter_add", t)) goto done;
+  if (inplace && src->requires_grad && moe_grad_enabled()) {
+    moe_error("scatter_add_: the source requires grad, and in-place ops are not recorded; "
+              "use scatter_add (not in place)");
+    goto done;
+  }
   if (inplace) { out = (moe_tensor *)t; moe_tensor_retain(out); }
   else if (!(out = moe_clone(t))) goto done;
   moe_cpu_scatter_add(out, dim, ix, index, s, ibase);
@@ -176,7 +181,7 @@ static int check_vector_index(const char *op, const moe_tensor *index) {
   return 0;
 }
 
-moe_tensor *moe_index_select(const moe_tensor *t, int dim, const moe_tensor *index, int64_t ibase) {
+static moe_tensor *index_select_impl(const moe_tensor *t, int dim, const moe_tensor *index, int64_t ibase) {
   moe_tensor *hold;
   if (check_dim("index_select", t, dim) || check_vector_index("index_select", index)) return NULL;
   const int64_t *ix = checked_index("index_select", index, t->shape[dim], ibase, &hold);
@@ -200,8 +205,8 @@ moe_tensor *moe_index_select(const moe_tensor *t, int dim, const moe_tensor *ind
   return out;
 }
 
-moe_tensor *moe_index_add(const moe_tensor *t, int dim, const moe_tensor *index,
-                          const moe_tensor *src, int64_t ibase, int inplace) {
+static moe_tensor *index_add_impl(const moe_tensor *t, int dim, const moe_tensor *index,
+                                  const moe_tensor *src, int64_t ibase, int inplace) {
   char b1[160], b2[160];
   moe_tensor *hold, *s = NULL, *out = NULL;
   if (check_dim("index_add", t, dim) || check_vector_index("index_add", index)) return NULL;
@@ -218,6 +223,11 @@ moe_tensor *moe_index_add(const moe_tensor *t, int dim, const moe_tensor *index,
   moe_dtype cdt = t->dtype == MOE_BOOL ? MOE_I64 : t->dtype;
   if (!(s = moe_to_dtype(src, cdt))) goto done;
   if (inplace && moe_check_writable("index_add", t)) goto done;
+  if (inplace && src->requires_grad && moe_grad_enabled()) {
+    moe_error("index_add_: the source requires grad, and in-place ops are not recorded; "
+              "use index_add (not in place)");
+    goto done;
+  }
   if (inplace && cdt == t->dtype) { out = (moe_tensor *)t; moe_tensor_retain(out); }
   else if (inplace) { moe_error("index_add_: cannot add in place into a bool tensor"); goto done; }
   else if (!(out = cdt == t->dtype ? moe_clone(t) : moe_to_dtype(t, cdt)))
@@ -288,7 +298,7 @@ done:
 
 /* ---------------------------------------------------------------- cat, stack */
 
-moe_tensor *moe_cat(int n, moe_tensor *const *ts, int dim) {
+static moe_tensor *cat_impl(int n, moe_tensor *const *ts, int dim) {
   char b1[160], b2[160];
   if (n < 1) { moe_error("cat: expected a non-empty list of tensors"); return NULL; }
   const moe_tensor *ref = ts[0];
@@ -347,4 +357,135 @@ moe_tensor *moe_stack(int n, moe_tensor *const *ts, int dim) {
   for (int i = 0; i < n; i++) moe_tensor_release(us[i]);
   free(us);
   return out;
+}
+
+/* ================================================================ autograd
+ * Index ops move gradients with their mirror op: gather <-> scatter_add,
+ * index_select <-> index_add, cat -> narrow. */
+
+static moe_tensor *zeros_of(const moe_edge *e, moe_dtype dt) { return moe_full(e->ndim, e->shape, dt, 0.0); }
+
+/* out = gather(t, dim, index) (also topk/sort values): gt = zeros.scatter_add(dim, index, g) */
+static int gather_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
+  const moe_tensor *ix = moe_node_saved(n, 0);
+  moe_tensor *z = ix ? zeros_of(&n->edges[0], g->dtype) : NULL;
+  if (!z) return -1;
+  moe_tensor *r = moe_scatter_add(z, (int)n->iarg[0], ix, g, n->iarg[1], 1);
+  moe_tensor_release(z);
+  return (gin[0] = r) ? 0 : -1;
+}
+
+/* out = t with out[index] += src: gt = g, gsrc = gather(g, dim, index) */
+static int scatter_add_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
+  const moe_tensor *ix = moe_node_saved(n, 0);
+  if (!ix) return -1;
+  if (moe_node_needs(n, 0)) { moe_tensor_retain((moe_tensor *)g); gin[0] = (moe_tensor *)g; }
+  if (moe_node_needs(n, 1) && !(gin[1] = moe_gather(g, (int)n->iarg[0], ix, n->iarg[1]))) return -1;
+  return 0;
+}
+
+/* out = index_select(t, dim, index): gt = zeros.index_add(dim, index, g) */
+static int index_select_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
+  const moe_tensor *ix = moe_node_saved(n, 0);
+  moe_tensor *z = ix ? zeros_of(&n->edges[0], g->dtype) : NULL;
+  if (!z) return -1;
+  moe_tensor *r = moe_index_add(z, (int)n->iarg[0], ix, g, n->iarg[1], 1);
+  moe_tensor_release(z);
+  return (gin[0] = r) ? 0 : -1;
+}
+
+/* out = t with out[.., index[i], ..] += src[.., i, ..]: gt = g, gsrc = index_select(g) */
+static int index_add_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
+  const moe_tensor *ix = moe_node_saved(n, 0);
+  if (!ix) return -1;
+  if (moe_node_needs(n, 0)) { moe_tensor_retain((moe_tensor *)g); gin[0] = (moe_tensor *)g; }
+  if (moe_node_needs(n, 1) && !(gin[1] = moe_index_select(g, (int)n->iarg[0], ix, n->iarg[1])))
+    return -1;
+  return 0;
+}
+
+/* out = cat(ts, dim): each input takes its slice of g */
+static int cat_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
+  int dim = (int)n->iarg[0];
+  int64_t at = 0;
+  for (int i = 0; i < n->nin; i++) {
+    int64_t len = n->edges[i].shape[dim];
+    if (moe_node_needs(n, i) && !(gin[i] = moe_narrow(g, dim, at, len))) return -1;
+    at += len;
+  }
+  return 0;
+}
+
+#define RUN_NOGRAD(OUT, CALL) do { int p_ = moe_set_grad_enabled(0); OUT = CALL; moe_set_grad_enabled(p_); } while (0)
+
+static moe_tensor *record_index(moe_tensor *out, const char *name, moe_backward_fn bw, int nin,
+                                const moe_tensor *const *ins, int dim, const moe_tensor *index,
+                                int64_t ibase) {
+  if (!out || !moe_dtype_is_float(out->dtype)) return out;
+  moe_node *n = moe_node_new(name, bw, nin, ins);
+  if (n) {
+    n->iarg[0] = dim;
+    n->iarg[1] = ibase;
+    if (moe_node_save(n, 0, index)) { moe_node_release(n); n = NULL; }
+  }
+  return moe_ag_attach(out, n);
+}
+
+int moe_topk(const moe_tensor *t, int64_t k, int dim, int largest,
+             moe_tensor **values, moe_tensor **indices, int64_t ibase) {
+  if (!values || !moe_ag_wants(1, &t)) return topk_impl(t, k, dim, largest, values, indices, ibase);
+  moe_tensor *idx = NULL;
+  int rc;
+  RUN_NOGRAD(rc, topk_impl(t, k, dim, largest, values, &idx, ibase));
+  if (rc) return rc;
+  *values = record_index(*values, "topk", gather_backward, 1, &t, dim, idx, ibase);
+  if (indices) *indices = idx;
+  else moe_tensor_release(idx);
+  if (!*values) {
+    if (indices) { moe_tensor_release(*indices); *indices = NULL; }
+    return -1;
+  }
+  return 0;
+}
+
+moe_tensor *moe_gather(const moe_tensor *t, int dim, const moe_tensor *index, int64_t ibase) {
+  if (!moe_ag_wants(1, &t)) return gather_impl(t, dim, index, ibase);
+  moe_tensor *out;
+  RUN_NOGRAD(out, gather_impl(t, dim, index, ibase));
+  return record_index(out, "gather", gather_backward, 1, &t, dim, index, ibase);
+}
+
+moe_tensor *moe_scatter_add(const moe_tensor *t, int dim, const moe_tensor *index,
+                            const moe_tensor *src, int64_t ibase, int inplace) {
+  const moe_tensor *ins[2] = {t, src};
+  if (inplace || !moe_ag_wants(2, ins)) return scatter_add_impl(t, dim, index, src, ibase, inplace);
+  moe_tensor *out;
+  RUN_NOGRAD(out, scatter_add_impl(t, dim, index, src, ibase, 0));
+  return record_index(out, "scatter_add", scatter_add_backward, 2, ins, dim, index, ibase);
+}
+
+moe_tensor *moe_index_select(const moe_tensor *t, int dim, const moe_tensor *index, int64_t ibase) {
+  if (!moe_ag_wants(1, &t)) return index_select_impl(t, dim, index, ibase);
+  moe_tensor *out;
+  RUN_NOGRAD(out, index_select_impl(t, dim, index, ibase));
+  return record_index(out, "index_select", index_select_backward, 1, &t, dim, index, ibase);
+}
+
+moe_tensor *moe_index_add(const moe_tensor *t, int dim, const moe_tensor *index,
+                          const moe_tensor *src, int64_t ibase, int inplace) {
+  const moe_tensor *ins[2] = {t, src};
+  if (inplace || !moe_ag_wants(2, ins)) return index_add_impl(t, dim, index, src, ibase, inplace);
+  moe_tensor *out;
+  RUN_NOGRAD(out, index_add_impl(t, dim, index, src, ibase, 0));
+  return record_index(out, "index_add", index_add_backward, 2, ins, dim, index, ibase);
+}
+
+moe_tensor *moe_cat(int n, moe_tensor *const *ts, int dim) {
+  if (n < 1 || !moe_ag_wants(n, (const moe_tensor *const *)ts)) return cat_impl(n, ts, dim);
+  moe_tensor *out;
+  RUN_NOGRAD(out, cat_impl(n, ts, dim));
+  if (!out) return NULL;
+  moe_node *nd = moe_node_new("cat", cat_backward, n, (const moe_tensor *const *)ts);
+  if (nd) nd->iarg[0] = dim;
+  return moe_ag_attach(out, nd);
 }

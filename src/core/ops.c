@@ -57,7 +57,7 @@ static int prepare_operands(const moe_tensor *a, const moe_tensor *b, moe_dtype 
   return 0;
 }
 
-moe_tensor *moe_binary(moe_binop op, const moe_tensor *a, const moe_tensor *b) {
+static moe_tensor *binary_impl(moe_binop op, const moe_tensor *a, const moe_tensor *b) {
   int ndim = 0;
   int64_t shape[MOE_MAX_DIMS];
   if (broadcast_shapes(binop_names[op], a, b, &ndim, shape)) return NULL;
@@ -93,12 +93,12 @@ static void make_scalar(moe_binop op, moe_dtype tensor_dt, double s, scalar_buf 
   *sc = (moe_tensor){.storage = st, .dtype = dt, .ndim = 0, .refcount = 1};
 }
 
-moe_tensor *moe_binary_scalar(moe_binop op, const moe_tensor *a, double s, int scalar_left) {
+static moe_tensor *binary_scalar_impl(moe_binop op, const moe_tensor *a, double s, int scalar_left) {
   scalar_buf buf;
   moe_storage st;
   moe_tensor sc;
   make_scalar(op, a->dtype, s, &buf, &st, &sc);
-  return scalar_left ? moe_binary(op, &sc, a) : moe_binary(op, a, &sc);
+  return scalar_left ? binary_impl(op, &sc, a) : binary_impl(op, a, &sc);
 }
 
 int moe_binary_scalar_(moe_binop op, moe_tensor *a, double s) {
@@ -113,6 +113,9 @@ int moe_binary_(moe_binop op, moe_tensor *a, const moe_tensor *b) {
   char b1[160], b2[160];
   moe_tensor vb;
   if (moe_check_writable(binop_names[op], a)) return -1;
+  if (b->requires_grad && moe_grad_enabled())
+    return moe_error("%s_: the operand requires grad, and in-place ops are not recorded; use %s "
+                     "(not in place)", binop_names[op], binop_names[op]);
   if (moe_broadcast_to(b, a->ndim, a->shape, &vb))
     return moe_error("%s_: shape %s cannot be broadcast to the in-place target's shape %s",
                      binop_names[op], moe_shape_str(b, b1), moe_shape_str(a, b2));
@@ -121,14 +124,14 @@ int moe_binary_(moe_binop op, moe_tensor *a, const moe_tensor *b) {
     moe_cpu_binary(op, a, a, &vb);
     return 0;
   }
-  moe_tensor *r = moe_binary(op, a, &vb);
+  moe_tensor *r = binary_impl(op, a, &vb);
   if (!r) return -1;
   moe_cpu_copy(a, r);
   moe_tensor_release(r);
   return 0;
 }
 
-moe_tensor *moe_unary(moe_unop op, const moe_tensor *a, double p0, double p1) {
+static moe_tensor *unary_impl(moe_unop op, const moe_tensor *a, double p0, double p1) {
   moe_dtype dt = a->dtype == MOE_BOOL ? MOE_I64 : a->dtype;
   if (op >= MOE_EXP && !moe_dtype_is_float(dt)) dt = MOE_F32;
   if (op == MOE_CLAMP && (isnan(p0) || isnan(p1))) {
@@ -155,7 +158,7 @@ moe_tensor *moe_unary(moe_unop op, const moe_tensor *a, double p0, double p1) {
   return out;
 }
 
-moe_tensor *moe_where(const moe_tensor *cond, const moe_tensor *a, const moe_tensor *b) {
+static moe_tensor *where_impl(const moe_tensor *cond, const moe_tensor *a, const moe_tensor *b) {
   int n1 = 0, ndim = 0;
   int64_t s1[MOE_MAX_DIMS] = {0}, shape[MOE_MAX_DIMS];
   if (broadcast_shapes("where", a, b, &n1, s1)) return NULL;
@@ -197,8 +200,8 @@ static moe_tensor *rows_view(const moe_tensor *t, unsigned mask, moe_dtype dt, i
   return c;
 }
 
-moe_tensor *moe_reduce(moe_redop op, const moe_tensor *t, unsigned dims, int keepdim,
-                       int correction, moe_tensor **indices, int64_t ibase) {
+static moe_tensor *reduce_impl(moe_redop op, const moe_tensor *t, unsigned dims, int keepdim,
+                               int correction, moe_tensor **indices, int64_t ibase) {
   char b[160];
   unsigned all = t->ndim ? (1u << t->ndim) - 1 : 0;
   if (dims == 0) dims = all;
@@ -260,7 +263,7 @@ moe_tensor *moe_reduce(moe_redop op, const moe_tensor *t, unsigned dims, int kee
   return out;
 }
 
-moe_tensor *moe_scan(moe_scanop op, const moe_tensor *t, int dim) {
+static moe_tensor *scan_impl(moe_scanop op, const moe_tensor *t, int dim) {
   static const char *names[] = {"softmax", "log_softmax", "cumsum", "cumprod"};
   char b[160];
   if (dim < 0 || dim >= t->ndim) {
@@ -345,7 +348,7 @@ int moe_matmul_out(moe_tensor *out, const moe_tensor *a, const moe_tensor *b) {
   return 0;
 }
 
-moe_tensor *moe_matmul(const moe_tensor *a0, const moe_tensor *b0) {
+static moe_tensor *matmul_impl(const moe_tensor *a0, const moe_tensor *b0) {
   char b1[160], b2[160];
   if (a0->ndim == 0 || b0->ndim == 0) {
     moe_error("matmul: both arguments need at least 1 dim, got shapes %s and %s",
@@ -405,4 +408,482 @@ done:
   moe_tensor_release(a2);
   moe_tensor_release(b2t);
   return out;
+}
+
+/* ================================================================ autograd
+ * Backward functions run with grad mode off and compose the engine's own ops,
+ * so they work on every layout, dtype and (later) device. Each returns the
+ * gradient of every input that needs one; broadcast dims are summed away by the
+ * engine (moe_sum_to_shape). */
+
+#define SAVED(n, i) ((n)->saved[i] ? moe_node_saved(n, i) : NULL)
+#define TRY(x) do { if (!(x)) goto fail; } while (0)
+
+static moe_tensor *retained(const moe_tensor *t) { moe_tensor_retain((moe_tensor *)t); return (moe_tensor *)t; }
+static moe_tensor *mul(const moe_tensor *a, const moe_tensor *b) { return moe_binary(MOE_MUL, a, b); }
+static moe_tensor *as_float_of(moe_tensor *mask, moe_dtype dt) { /* consumes mask */
+  moe_tensor *f = mask ? moe_to_dtype(mask, dt) : NULL;
+  moe_tensor_release(mask);
+  return f;
+}
+/* release a list of temporaries */
+static void drop(int n, moe_tensor **ts) { for (int i = 0; i < n; i++) moe_tensor_release(ts[i]); }
+
+/* out = a (op) b: [broadcast shape] */
+static int binary_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
+  moe_binop op = (moe_binop)n->iarg[0];
+  const moe_tensor *a = SAVED(n, 0), *b = SAVED(n, 1), *out = SAVED(n, 2);
+  int na = moe_node_needs(n, 0), nb = moe_node_needs(n, 1);
+  moe_tensor *t[4] = {0};
+  if ((n->saved[0] && !a) || (n->saved[1] && !b) || (n->saved[2] && !out)) return -1;
+  switch (op) {
+  case MOE_ADD:
+    if (na) gin[0] = retained(g);
+    if (nb) gin[1] = retained(g);
+    return 0;
+  case MOE_SUB:
+    if (na) gin[0] = retained(g);
+    if (nb) TRY(gin[1] = moe_unary(MOE_NEG, g, 0, 0));
+    return 0;
+  case MOE_MUL:
+    if (na) TRY(gin[0] = mul(g, b));
+    if (nb) TRY(gin[1] = mul(g, a));
+    return 0;
+  case MOE_DIV: /* d/da = 1/b, d/db = -a/b^2 = -out/b */
+    if (na) TRY(gin[0] = moe_binary(MOE_DIV, g, b));
+    if (nb) {
+      TRY(t[0] = mul(g, out));
+      TRY(t[1] = moe_binary(MOE_DIV, t[0], b));
+      TRY(gin[1] = moe_unary(MOE_NEG, t[1], 0, 0));
+    }
+    break;
+  case MOE_POW: /* d/da = b a^(b-1), d/db = out log a (0 where a <= 0) */
+    if (na) {
+      TRY(t[0] = moe_binary_scalar(MOE_SUB, b, 1, 0));
+      TRY(t[1] = moe_binary(MOE_POW, a, t[0]));
+      moe_tensor_release(t[0]);
+      TRY(t[0] = mul(t[1], b));
+      TRY(gin[0] = mul(g, t[0]));
+      drop(2, t); t[0] = t[1] = NULL;
+    }
+    if (nb) {
+      TRY(t[0] = moe_unary(MOE_LOG, a, 0, 0));
+      TRY(t[1] = mul(t[0], out));
+      TRY(t[2] = moe_binary_scalar(MOE_GT, a, 0, 0));
+      TRY(t[3] = moe_binary_scalar(MOE_MUL, t[1], 0, 0));
+      moe_tensor_release(t[0]);
+      TRY(t[0] = moe_where(t[2], t[1], t[3]));
+      TRY(gin[1] = mul(g, t[0]));
+    }
+    break;
+  default: { /* maximum/minimum: the winner takes g, a tie splits it in half */
+    TRY(t[0] = as_float_of(moe_binary(op == MOE_MAXIMUM ? MOE_GT : MOE_LT, a, b), g->dtype));
+    TRY(t[1] = as_float_of(moe_binary(MOE_EQ, a, b), g->dtype));
+    TRY(t[2] = moe_binary_scalar(MOE_MUL, t[1], 0.5, 0));
+    TRY(t[3] = moe_binary(MOE_ADD, t[0], t[2]));
+    TRY(gin[0] = mul(g, t[3]));
+    if (nb) TRY(gin[1] = moe_binary(MOE_SUB, g, gin[0]));
+    if (!na) { moe_tensor_release(gin[0]); gin[0] = NULL; }
+  }
+  }
+  drop(4, t);
+  return 0;
+fail:
+  drop(4, t);
+  return -1;
+}
+
+static int is_differentiable(const moe_tensor *out) { return moe_dtype_is_float(out->dtype); }
+
+moe_tensor *moe_binary(moe_binop op, const moe_tensor *a, const moe_tensor *b) {
+  const moe_tensor *ins[2] = {a, b};
+  if (is_compare(op) || !moe_ag_wants(2, ins)) return binary_impl(op, a, b);
+  int prev = moe_set_grad_enabled(0);
+  moe_tensor *out = binary_impl(op, a, b);
+  moe_set_grad_enabled(prev);
+  if (!out || !is_differentiable(out)) return out;
+  moe_node *n = moe_node_new(binop_names[op], binary_backward, 2, ins);
+  if (n) {
+    n->iarg[0] = op;
+    int na = moe_node_needs(n, 0), nb = moe_node_needs(n, 1), rc = 0;
+    if ((op == MOE_MUL && nb) || op == MOE_POW || op == MOE_MAXIMUM || op == MOE_MINIMUM)
+      rc |= moe_node_save(n, 0, a);
+    if ((op == MOE_MUL && na) || op == MOE_DIV || op >= MOE_POW) rc |= moe_node_save(n, 1, b);
+    if ((op == MOE_DIV && nb) || (op == MOE_POW && nb)) rc |= moe_node_save(n, 2, out);
+    if (rc) { moe_node_release(n); n = NULL; }
+  }
+  return moe_ag_attach(out, n);
+}
+
+/* out = a (op) s, or s (op) a when iarg[1]: [a's shape] */
+static int binary_scalar_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
+  moe_binop op = (moe_binop)n->iarg[0];
+  int left = (int)n->iarg[1];
+  double s = n->darg[0];
+  const moe_tensor *a = SAVED(n, 0), *out = SAVED(n, 1);
+  moe_tensor *t[4] = {0};
+  if ((n->saved[0] && !a) || (n->saved[1] && !out)) return -1;
+  switch (op) {
+  case MOE_ADD: gin[0] = retained(g); return 0;
+  case MOE_SUB: TRY(gin[0] = left ? moe_unary(MOE_NEG, g, 0, 0) : retained(g)); return 0;
+  case MOE_MUL: TRY(gin[0] = moe_binary_scalar(MOE_MUL, g, s, 0)); return 0;
+  case MOE_DIV:
+    if (!left) { TRY(gin[0] = moe_binary_scalar(MOE_DIV, g, s, 0)); return 0; }
+    TRY(t[0] = mul(g, out)); /* d(s/a)/da = -out/a */
+    TRY(t[1] = moe_binary(MOE_DIV, t[0], a));
+    TRY(gin[0] = moe_unary(MOE_NEG, t[1], 0, 0));
+    break;
+  case MOE_POW:
+    if (left) { /* d(s^a)/da = out log s */
+      TRY(t[0] = mul(g, out));
+      TRY(gin[0] = moe_binary_scalar(MOE_MUL, t[0], log(s), 0));
+      break;
+    }
+    TRY(t[0] = moe_binary_scalar(MOE_POW, a, s - 1, 0));
+    TRY(t[1] = moe_binary_scalar(MOE_MUL, t[0], s, 0));
+    TRY(gin[0] = mul(g, t[1]));
+    break;
+  default: /* maximum / minimum against a scalar */
+    TRY(t[0] = as_float_of(moe_binary_scalar(op == MOE_MAXIMUM ? MOE_GT : MOE_LT, a, s, 0), g->dtype));
+    TRY(t[1] = as_float_of(moe_binary_scalar(MOE_EQ, a, s, 0), g->dtype));
+    TRY(t[2] = moe_binary_scalar(MOE_MUL, t[1], 0.5, 0));
+    TRY(t[3] = moe_binary(MOE_ADD, t[0], t[2]));
+    TRY(gin[0] = mul(g, t[3]));
+  }
+  drop(4, t);
+  return 0;
+fail:
+  drop(4, t);
+  return -1;
+}
+
+moe_tensor *moe_binary_scalar(moe_binop op, const moe_tensor *a, double s, int scalar_left) {
+  if (is_compare(op) || !moe_ag_wants(1, &a)) return binary_scalar_impl(op, a, s, scalar_left);
+  int prev = moe_set_grad_enabled(0);
+  moe_tensor *out = binary_scalar_impl(op, a, s, scalar_left);
+  moe_set_grad_enabled(prev);
+  if (!out || !is_differentiable(out)) return out;
+  moe_node *n = moe_node_new(binop_names[op], binary_scalar_backward, 1, &a);
+  if (n) {
+    n->iarg[0] = op;
+    n->iarg[1] = scalar_left;
+    n->darg[0] = s;
+    int rc = 0;
+    if ((op == MOE_DIV && scalar_left) || (op == MOE_POW && !scalar_left) || op == MOE_MAXIMUM ||
+        op == MOE_MINIMUM)
+      rc |= moe_node_save(n, 0, a);
+    if ((op == MOE_DIV || op == MOE_POW) && scalar_left) rc |= moe_node_save(n, 1, out);
+    if (rc) { moe_node_release(n); n = NULL; }
+  }
+  return moe_ag_attach(out, n);
+}
+
+/* y = op(x): gx = g op'(x), one fused kernel */
+static int unary_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
+  const moe_tensor *x = moe_node_saved(n, 0), *y = moe_node_saved(n, 1);
+  if (!x || !y) return -1;
+  moe_tensor *xc = moe_to_dtype(x, y->dtype);
+  moe_tensor *gx = xc ? moe_empty(y->ndim, y->shape, y->dtype) : NULL;
+  if (gx) moe_cpu_unary_backward((moe_unop)n->iarg[0], gx, g, xc, y, n->darg[0], n->darg[1]);
+  moe_tensor_release(xc);
+  return (gin[0] = gx) ? 0 : -1;
+}
+
+moe_tensor *moe_unary(moe_unop op, const moe_tensor *a, double p0, double p1) {
+  if (!moe_ag_wants(1, &a)) return unary_impl(op, a, p0, p1);
+  int prev = moe_set_grad_enabled(0);
+  moe_tensor *out = unary_impl(op, a, p0, p1);
+  moe_set_grad_enabled(prev);
+  if (!out || !is_differentiable(out)) return out;
+  moe_node *n = moe_node_new(unop_names[op], unary_backward, 1, &a);
+  if (n) {
+    n->iarg[0] = op;
+    n->darg[0] = p0;
+    n->darg[1] = p1;
+    if (moe_node_save(n, 0, a) || moe_node_save(n, 1, out)) { moe_node_release(n); n = NULL; }
+  }
+  return moe_ag_attach(out, n);
+}
+
+/* out = cond ? a : b: g flows to a where cond holds, to b elsewhere */
+static int where_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
+  const moe_tensor *c = moe_node_saved(n, 0);
+  if (!c) return -1;
+  moe_tensor *z = moe_full(0, NULL, g->dtype, 0.0);
+  if (!z) return -1;
+  int rc = 0;
+  if (moe_node_needs(n, 1) && !(gin[1] = moe_where(c, g, z))) rc = -1;
+  if (!rc && moe_node_needs(n, 2) && !(gin[2] = moe_where(c, z, g))) rc = -1;
+  moe_tensor_release(z);
+  return rc;
+}
+
+moe_tensor *moe_where(const moe_tensor *cond, const moe_tensor *a, const moe_tensor *b) {
+  const moe_tensor *ins[3] = {cond, a, b};
+  if (!moe_ag_wants(3, ins)) return where_impl(cond, a, b);
+  int prev = moe_set_grad_enabled(0);
+  moe_tensor *out = where_impl(cond, a, b);
+  moe_set_grad_enabled(prev);
+  if (!out || !is_differentiable(out)) return out;
+  ins[0] = NULL; /* the condition gets no gradient */
+  moe_node *n = moe_node_new("where", where_backward, 3, ins);
+  if (n && moe_node_save(n, 0, cond)) { moe_node_release(n); n = NULL; }
+  return moe_ag_attach(out, n);
+}
+
+/* out = reduce(x over dims): g [out shape] is viewed with the reduced dims kept
+ * (size 1) and broadcast back over x [in shape] */
+static int reduce_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
+  moe_redop op = (moe_redop)n->iarg[0];
+  unsigned dims = (unsigned)n->iarg[1];
+  int correction = (int)n->iarg[3];
+  const moe_tensor *x = moe_node_saved(n, 0), *out = SAVED(n, 1);
+  if (!x || (n->saved[1] && !out)) return -1;
+  int64_t kshape[MOE_MAX_DIMS], K = 1;
+  for (int d = 0; d < x->ndim; d++) {
+    kshape[d] = dims >> d & 1 ? 1 : x->shape[d];
+    if (dims >> d & 1) K *= x->shape[d];
+  }
+  moe_tensor *t[6] = {0};
+  moe_tensor *gk = moe_reshape(g, x->ndim, kshape), *ok = NULL;
+  if (!gk) return -1;
+  if (out) TRY(ok = moe_reshape(out, x->ndim, kshape));
+  switch (op) {
+  case MOE_RSUM: TRY(gin[0] = moe_expand(gk, x->ndim, x->shape)); break;
+  case MOE_RMEAN:
+    TRY(t[0] = moe_binary_scalar(MOE_DIV, gk, (double)K, 0));
+    TRY(gin[0] = moe_expand(t[0], x->ndim, x->shape));
+    break;
+  case MOE_RPROD: { /* out/x where x != 0; where x == 0, the product of the others */
+    TRY(t[0] = moe_binary_scalar(MOE_EQ, x, 0, 0));
+    TRY(t[1] = moe_full(0, NULL, x->dtype, 1.0));
+    TRY(t[2] = moe_where(t[0], t[1], x));                              /* zeros -> 1 */
+    TRY(t[3] = moe_reduce(MOE_RPROD, t[2], dims, 1, 0, NULL, 0));      /* product of nonzeros */
+    TRY(t[4] = as_float_of(moe_reduce(MOE_RSUM, t[0], dims, 1, 0, NULL, 0), x->dtype));
+    moe_tensor_release(t[1]);
+    TRY(t[1] = moe_binary_scalar(MOE_EQ, t[4], 1, 0));                 /* exactly one zero */
+    moe_tensor_release(t[4]);
+    TRY(t[4] = as_float_of(retained(t[1]), x->dtype));
+    moe_tensor_release(t[1]);
+    TRY(t[1] = mul(t[3], t[4]));                                       /* grad at a zero */
+    moe_tensor_release(t[3]);
+    TRY(t[3] = moe_binary(MOE_DIV, ok, t[2]));                         /* grad elsewhere */
+    moe_tensor_release(t[4]);
+    TRY(t[4] = moe_where(t[0], t[1], t[3]));
+    TRY(gin[0] = mul(gk, t[4]));
+    break;
+  }
+  case MOE_RVAR: case MOE_RSTD: { /* var: 2 (x - mean) / (K - c); std: (x - mean) / ((K - c) std) */
+    TRY(t[0] = moe_reduce(MOE_RMEAN, x, dims, 1, 0, NULL, 0));
+    TRY(t[1] = moe_binary(MOE_SUB, x, t[0]));
+    double den = (double)(K - correction);
+    TRY(t[2] = moe_binary_scalar(MOE_MUL, t[1], op == MOE_RVAR ? 2.0 / den : 1.0 / den, 0));
+    if (op == MOE_RSTD) {
+      TRY(t[3] = moe_binary(MOE_DIV, t[2], ok));
+      TRY(gin[0] = mul(gk, t[3]));
+    } else {
+      TRY(gin[0] = mul(gk, t[2]));
+    }
+    break;
+  }
+  case MOE_RMAX: case MOE_RMIN: /* split evenly between tied extremes */
+    TRY(t[0] = as_float_of(moe_binary(MOE_EQ, x, ok), g->dtype));
+    TRY(t[1] = moe_reduce(MOE_RSUM, t[0], dims, 1, 0, NULL, 0));
+    TRY(t[2] = moe_binary(MOE_DIV, gk, t[1]));
+    TRY(gin[0] = mul(t[0], t[2]));
+    break;
+  case MOE_RLOGSUMEXP:
+    TRY(t[0] = moe_binary(MOE_SUB, x, ok));
+    TRY(t[1] = moe_unary(MOE_EXP, t[0], 0, 0));
+    TRY(gin[0] = mul(gk, t[1]));
+    break;
+  default: break;
+  }
+  drop(6, t);
+  moe_tensor_release(gk);
+  moe_tensor_release(ok);
+  return 0;
+fail:
+  drop(6, t);
+  moe_tensor_release(gk);
+  moe_tensor_release(ok);
+  return -1;
+}
+
+moe_tensor *moe_reduce(moe_redop op, const moe_tensor *t, unsigned dims, int keepdim,
+                       int correction, moe_tensor **indices, int64_t ibase) {
+  int diff = op != MOE_RARGMAX && op != MOE_RARGMIN && op != MOE_RALL && op != MOE_RANY;
+  if (!diff || !moe_ag_wants(1, &t)) return reduce_impl(op, t, dims, keepdim, correction, indices, ibase);
+  int prev = moe_set_grad_enabled(0);
+  moe_tensor *out = reduce_impl(op, t, dims, keepdim, correction, indices, ibase);
+  moe_set_grad_enabled(prev);
+  if (!out || !is_differentiable(out)) return out;
+  moe_node *n = moe_node_new(redop_names[op], reduce_backward, 1, &t);
+  if (n) {
+    n->iarg[0] = op;
+    n->iarg[1] = dims ? dims : (t->ndim ? (1u << t->ndim) - 1 : 0);
+    n->iarg[2] = keepdim;
+    n->iarg[3] = correction;
+    int rc = moe_node_save(n, 0, t);
+    if (op != MOE_RSUM && op != MOE_RMEAN && op != MOE_RVAR) rc |= moe_node_save(n, 1, out);
+    if (rc) { moe_node_release(n); n = NULL; }
+  }
+  return moe_ag_attach(out, n);
+}
+
+/* cumprod backward for rows x, y, g, gx [M,K] contiguous float64:
+ * gx_i = sum_{j>=i} g_j prod_{k<=j, k!=i} x_k (exact with zeros) */
+static void cumprod_backward_rows(const double *x, const double *y, const double *g, double *gx,
+                                  int64_t M, int64_t K) {
+  for (int64_t m = 0; m < M; m++, x += K, y += K, g += K, gx += K) {
+    int zero = 0;
+    for (int64_t k = 0; k < K; k++) zero |= x[k] == 0;
+    if (!zero) { /* sum_{j>=i} g_j y_j / x_i */
+      double acc = 0;
+      for (int64_t i = K - 1; i >= 0; i--) { acc += g[i] * y[i]; gx[i] = acc / x[i]; }
+      continue;
+    }
+    for (int64_t i = 0; i < K; i++) {
+      double pre = i ? y[i - 1] : 1, acc = 0, run = pre;
+      for (int64_t j = i; j < K; j++) {
+        if (j > i) run *= x[j];
+        acc += g[j] * run;
+      }
+      gx[i] = acc;
+    }
+  }
+}
+
+static int scan_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
+  moe_scanop op = (moe_scanop)n->iarg[0];
+  int dim = (int)n->iarg[1];
+  const moe_tensor *x = SAVED(n, 0), *y = SAVED(n, 1);
+  if ((n->saved[0] && !x) || (n->saved[1] && !y)) return -1;
+  unsigned m = 1u << dim;
+  moe_tensor *t[4] = {0};
+  switch (op) {
+  case MOE_SOFTMAX: /* y (g - sum(g y)) */
+    TRY(t[0] = mul(g, y));
+    TRY(t[1] = moe_reduce(MOE_RSUM, t[0], m, 1, 0, NULL, 0));
+    TRY(t[2] = moe_binary(MOE_SUB, g, t[1]));
+    TRY(gin[0] = mul(y, t[2]));
+    break;
+  case MOE_LOG_SOFTMAX: /* g - exp(y) sum(g) */
+    TRY(t[0] = moe_unary(MOE_EXP, y, 0, 0));
+    TRY(t[1] = moe_reduce(MOE_RSUM, g, m, 1, 0, NULL, 0));
+    TRY(t[2] = mul(t[0], t[1]));
+    TRY(gin[0] = moe_binary(MOE_SUB, g, t[2]));
+    break;
+  case MOE_CUMSUM: /* reversed cumsum: sum(g) - cumsum(g) + g */
+    TRY(t[0] = moe_reduce(MOE_RSUM, g, m, 1, 0, NULL, 0));
+    TRY(t[1] = moe_scan(MOE_CUMSUM, g, dim));
+    TRY(t[2] = moe_binary(MOE_SUB, t[0], t[1]));
+    TRY(gin[0] = moe_binary(MOE_ADD, t[2], g));
+    break;
+  case MOE_CUMPROD: {
+    int last = x->ndim - 1;
+    moe_tensor *r[4] = {0};
+    const moe_tensor *src[3] = {x, y, g};
+    int ok = 1;
+    for (int i = 0; i < 3 && ok; i++) {
+      moe_tensor *tr = moe_transpose(src[i], dim, last);
+      moe_tensor *d = tr ? moe_to_dtype(tr, MOE_F64) : NULL;
+      r[i] = d ? moe_clone(d) : NULL;
+      moe_tensor_release(tr);
+      moe_tensor_release(d);
+      ok = r[i] != NULL;
+    }
+    if (ok) ok = (r[3] = moe_empty_like(r[0])) != NULL;
+    if (ok) {
+      int64_t K = x->ndim ? x->shape[dim] : 1, M = K ? moe_numel(x) / K : 0;
+      cumprod_backward_rows((double *)moe_data(r[0]), (double *)moe_data(r[1]),
+                            (double *)moe_data(r[2]), (double *)moe_data(r[3]), M, K);
+      gin[0] = moe_transpose(r[3], dim, last);
+      ok = gin[0] != NULL;
+    }
+    drop(4, r);
+    if (!ok) goto fail;
+    break;
+  }
+  }
+  drop(4, t);
+  return 0;
+fail:
+  drop(4, t);
+  return -1;
+}
+
+moe_tensor *moe_scan(moe_scanop op, const moe_tensor *t, int dim) {
+  if (!moe_ag_wants(1, &t)) return scan_impl(op, t, dim);
+  int prev = moe_set_grad_enabled(0);
+  moe_tensor *out = scan_impl(op, t, dim);
+  moe_set_grad_enabled(prev);
+  if (!out || !is_differentiable(out)) return out;
+  static const char *names[] = {"softmax", "log_softmax", "cumsum", "cumprod"};
+  moe_node *n = moe_node_new(names[op], scan_backward, 1, &t);
+  if (n) {
+    n->iarg[0] = op;
+    n->iarg[1] = dim;
+    int rc = op != MOE_CUMSUM ? moe_node_save(n, 1, out) : 0;
+    if (op == MOE_CUMPROD) rc |= moe_node_save(n, 0, t);
+    if (rc) { moe_node_release(n); n = NULL; }
+  }
+  return moe_ag_attach(out, n);
+}
+
+/* out [..,M,N] = a [..,M,K] @ b [..,K,N]: ga = g b^T, gb = a^T g (1-D operands
+ * get their unit dim back first) */
+static int matmul_backward(moe_node *n, const moe_tensor *g0, moe_tensor **gin) {
+  const moe_tensor *a0 = SAVED(n, 0), *b0 = SAVED(n, 1);
+  if ((n->saved[0] && !a0) || (n->saved[1] && !b0)) return -1;
+  int a1 = n->iarg[0] == 1, b1 = n->iarg[1] == 1, rc = -1;
+  moe_tensor *g = NULL, *u = NULL, *A = NULL, *B = NULL, *T = NULL, *P = NULL, *x2 = NULL, *g2 = NULL;
+  /* G [.., M, N]: the output's gradient with the dims of 1-D operands restored */
+  TRY(g = a1 ? moe_unsqueeze(g0, g0->ndim - (b1 ? 0 : 1)) : retained(g0));
+  if (b1) { TRY(u = moe_unsqueeze(g, g->ndim)); moe_tensor_release(g); g = u; u = NULL; }
+  if (moe_node_needs(n, 0)) { /* ga [.., M, K] = G @ B^T */
+    TRY(B = b1 ? moe_unsqueeze(b0, 1) : retained(b0));
+    TRY(T = moe_transpose(B, B->ndim - 2, B->ndim - 1));
+    TRY(P = moe_matmul(g, T));
+    TRY(gin[0] = a1 ? moe_squeeze(P, P->ndim - 2) : retained(P));
+    moe_tensor_release(T); moe_tensor_release(P); T = P = NULL;
+  }
+  if (moe_node_needs(n, 1)) { /* gb [.., K, N] = A^T @ G */
+    TRY(A = a1 ? moe_unsqueeze(a0, 0) : retained(a0));
+    if (!b1 && n->iarg[1] == 2 && A->ndim > 2) { /* fold A's batch dims into its rows: one GEMM */
+      int64_t ash[2] = {-1, A->shape[A->ndim - 1]}, gsh[2] = {-1, g->shape[g->ndim - 1]};
+      TRY(x2 = moe_reshape(A, 2, ash));
+      TRY(g2 = moe_reshape(g, 2, gsh));
+      TRY(T = moe_transpose(x2, 0, 1));
+      TRY(gin[1] = moe_matmul(T, g2));
+    } else {
+      TRY(T = moe_transpose(A, A->ndim - 2, A->ndim - 1));
+      TRY(P = moe_matmul(T, g));
+      TRY(gin[1] = b1 ? moe_squeeze(P, P->ndim - 1) : retained(P));
+    }
+  }
+  rc = 0;
+fail:
+  moe_tensor_release(g); moe_tensor_release(A); moe_tensor_release(B); moe_tensor_release(T);
+  moe_tensor_release(P); moe_tensor_release(x2); moe_tensor_release(g2);
+  return rc;
+}
+
+moe_tensor *moe_matmul(const moe_tensor *a, const moe_tensor *b) {
+  const moe_tensor *ins[2] = {a, b};
+  if (!moe_ag_wants(2, ins)) return matmul_impl(a, b);
+  int prev = moe_set_grad_enabled(0);
+  moe_tensor *out = matmul_impl(a, b);
+  moe_set_grad_enabled(prev);
+  if (!out) return NULL;
+  moe_node *n = moe_node_new("matmul", matmul_backward, 2, ins);
+  if (n) {
+    n->iarg[0] = a->ndim;
+    n->iarg[1] = b->ndim;
+    int rc = 0;
+    if (moe_node_needs(n, 1)) rc |= moe_node_save(n, 0, a);
+    if (moe_node_needs(n, 0)) rc |= moe_node_save(n, 1, b);
+    if (rc) { moe_node_release(n); n = NULL; }
+  }
+  return moe_ag_attach(out, n);
 }

@@ -174,6 +174,8 @@ void moe_tensor_retain(moe_tensor *t) { t->refcount++; }
 
 void moe_tensor_release(moe_tensor *t) {
   if (t && --t->refcount == 0) {
+    moe_node_release(t->grad_fn);
+    moe_tensor_release(t->grad);
     storage_release(t->storage);
     live_tensors--;
     free(t);
@@ -215,6 +217,7 @@ double moe_get(const moe_tensor *t, const int64_t *idx) {
 }
 
 void moe_set(moe_tensor *t, const int64_t *idx, double v) {
+  t->storage->version++;
   char *p = (char *)t->storage->data + elem_offset(t, idx) * (int64_t)moe_dtype_size(t->dtype);
   switch (t->dtype) {
   case MOE_F32: *(float *)p = (float)v; break;
@@ -240,6 +243,7 @@ moe_tensor *moe_from_doubles(int ndim, const int64_t *shape, moe_dtype dt, const
 }
 
 int moe_fill_(moe_tensor *t, double v) {
+  if (moe_mark_write("fill", t)) return -1;
   double vv = v;
   moe_tensor src = {0};
   moe_storage st = {.data = &vv, .refcount = 1};
@@ -260,9 +264,14 @@ static moe_tensor *alias(const moe_tensor *t) {
   int rc = v->refcount;
   *v = *t;
   v->refcount = rc;
+  v->requires_grad = 0;
+  v->grad_fn = NULL;
+  v->grad = NULL;
   v->storage->refcount++;
   return v;
 }
+
+moe_tensor *moe_detach(const moe_tensor *t) { return alias(t); }
 
 static int infer_shape(const char *op, const moe_tensor *t, int ndim, const int64_t *in,
                        int64_t *out) {
@@ -324,7 +333,7 @@ static int view_strides(const moe_tensor *t, int ndim, const int64_t *shape, int
   return view_d == -1 ? 0 : -1;
 }
 
-moe_tensor *moe_view(const moe_tensor *t, int ndim, const int64_t *in) {
+static moe_tensor *view_impl(const moe_tensor *t, int ndim, const int64_t *in) {
   int64_t shape[MOE_MAX_DIMS], stride[MOE_MAX_DIMS];
   char b1[160], b2[160];
   if (infer_shape("view", t, ndim, in, shape)) return NULL;
@@ -342,7 +351,7 @@ moe_tensor *moe_view(const moe_tensor *t, int ndim, const int64_t *in) {
   return v;
 }
 
-moe_tensor *moe_reshape(const moe_tensor *t, int ndim, const int64_t *in) {
+static moe_tensor *reshape_impl(const moe_tensor *t, int ndim, const int64_t *in) {
   int64_t shape[MOE_MAX_DIMS], stride[MOE_MAX_DIMS];
   if (infer_shape("reshape", t, ndim, in, shape)) return NULL;
   if (view_strides(t, ndim, shape, stride) == 0) return moe_view(t, ndim, shape);
@@ -360,7 +369,7 @@ static int check_dim(const char *op, const moe_tensor *t, int dim, int extra) {
   return 0;
 }
 
-moe_tensor *moe_transpose(const moe_tensor *t, int d0, int d1) {
+static moe_tensor *transpose_impl(const moe_tensor *t, int d0, int d1) {
   if (check_dim("transpose", t, d0, 0) || check_dim("transpose", t, d1, 0)) return NULL;
   moe_tensor *v = alias(t);
   if (!v) return NULL;
@@ -369,7 +378,7 @@ moe_tensor *moe_transpose(const moe_tensor *t, int d0, int d1) {
   return v;
 }
 
-moe_tensor *moe_permute(const moe_tensor *t, const int *perm) {
+static moe_tensor *permute_impl(const moe_tensor *t, const int *perm) {
   int seen[MOE_MAX_DIMS] = {0};
   char b[160];
   for (int i = 0; i < t->ndim; i++) {
@@ -388,7 +397,7 @@ moe_tensor *moe_permute(const moe_tensor *t, const int *perm) {
   return v;
 }
 
-moe_tensor *moe_narrow(const moe_tensor *t, int dim, int64_t start, int64_t len) {
+static moe_tensor *narrow_impl(const moe_tensor *t, int dim, int64_t start, int64_t len) {
   char b[160];
   if (check_dim("narrow", t, dim, 0)) return NULL;
   if (start < 0 || len < 0 || start + len > t->shape[dim]) {
@@ -404,7 +413,7 @@ moe_tensor *moe_narrow(const moe_tensor *t, int dim, int64_t start, int64_t len)
   return v;
 }
 
-moe_tensor *moe_select(const moe_tensor *t, int dim, int64_t index) {
+static moe_tensor *select_impl(const moe_tensor *t, int dim, int64_t index) {
   char b[160];
   if (check_dim("select", t, dim, 0)) return NULL;
   if (index < 0 || index >= t->shape[dim]) {
@@ -423,7 +432,7 @@ moe_tensor *moe_select(const moe_tensor *t, int dim, int64_t index) {
   return v;
 }
 
-moe_tensor *moe_expand(const moe_tensor *t, int ndim, const int64_t *shape) {
+static moe_tensor *expand_impl(const moe_tensor *t, int ndim, const int64_t *shape) {
   char b1[160], b2[160];
   if (ndim < t->ndim || ndim > MOE_MAX_DIMS) {
     moe_error("expand: cannot expand tensor of shape %s to %d dims", moe_shape_str(t, b1), ndim);
@@ -457,7 +466,7 @@ moe_tensor *moe_expand(const moe_tensor *t, int ndim, const int64_t *shape) {
   return v;
 }
 
-moe_tensor *moe_squeeze(const moe_tensor *t, int dim) {
+static moe_tensor *squeeze_impl(const moe_tensor *t, int dim) {
   if (dim >= 0 && check_dim("squeeze", t, dim, 0)) return NULL;
   moe_tensor *v = alias(t);
   if (!v) return NULL;
@@ -470,7 +479,7 @@ moe_tensor *moe_squeeze(const moe_tensor *t, int dim) {
   return v;
 }
 
-moe_tensor *moe_unsqueeze(const moe_tensor *t, int dim) {
+static moe_tensor *unsqueeze_impl(const moe_tensor *t, int dim) {
   char b[160];
   if (check_dim("unsqueeze", t, dim, 1)) return NULL;
   if (t->ndim >= MOE_MAX_DIMS) {
@@ -486,18 +495,13 @@ moe_tensor *moe_unsqueeze(const moe_tensor *t, int dim) {
   return v;
 }
 
-moe_tensor *moe_clone(const moe_tensor *t) {
+static moe_tensor *clone_impl(const moe_tensor *t) {
   moe_tensor *c = moe_empty_like(t);
   if (c) moe_cpu_copy(c, t);
   return c;
 }
 
-moe_tensor *moe_contiguous(const moe_tensor *t) {
-  if (moe_is_contiguous(t)) { moe_tensor_retain((moe_tensor *)t); return (moe_tensor *)t; }
-  return moe_clone(t);
-}
-
-moe_tensor *moe_to_dtype(const moe_tensor *t, moe_dtype dt) {
+static moe_tensor *to_dtype_impl(const moe_tensor *t, moe_dtype dt) {
   if (t->dtype == dt) { moe_tensor_retain((moe_tensor *)t); return (moe_tensor *)t; }
   moe_tensor *c = moe_empty(t->ndim, t->shape, dt);
   if (c) moe_cpu_copy(c, t);
@@ -521,8 +525,18 @@ int moe_broadcast_to(const moe_tensor *src, int ndim, const int64_t *shape, moe_
   return 0;
 }
 
+int moe_mark_write(const char *op, const moe_tensor *t) {
+  char b1[160];
+  if (t->requires_grad && moe_grad_enabled())
+    return moe_error("%s_: in-place operation on a tensor that requires grad (shape %s); "
+                     "run it inside moe.no_grad(...) or write into a clone()", op, moe_shape_str(t, b1));
+  t->storage->version++;
+  return 0;
+}
+
 int moe_check_writable(const char *op, const moe_tensor *t) {
   char b1[160], b2[160];
+  if (moe_mark_write(op, t)) return -1;
   for (int i = 0; i < t->ndim; i++)
     if (t->stride[i] == 0 && t->shape[i] > 1)
       return moe_error("%s_: cannot write in place into an expanded tensor (shape %s, strides %s): "
@@ -535,6 +549,9 @@ int moe_copy_(moe_tensor *dst, const moe_tensor *src) {
   moe_tensor b;
   char b1[160], b2[160];
   if (moe_check_writable("copy", dst)) return -1;
+  if (src->requires_grad && moe_grad_enabled())
+    return moe_error("copy_: the source requires grad, and in-place copies are not recorded; "
+                     "use clone() or detach() the source");
   if (moe_broadcast_to(src, dst->ndim, dst->shape, &b))
     return moe_error("copy_: source of shape %s does not broadcast to destination shape %s",
                      moe_shape_str(src, b1), moe_shape_str(dst, b2));
@@ -548,4 +565,98 @@ int moe_copy_(moe_tensor *dst, const moe_tensor *src) {
   }
   moe_cpu_copy(dst, &b);
   return 0;
+}
+
+/* ---------------------------------------------------------------- autograd of views and copies
+ * Each public op runs its _impl with grad mode off (so ops it calls inside do not
+ * record) and then records one node. */
+
+#define RECORD1(NAME, BW, CALL, SETUP)                                               \
+  do {                                                                               \
+    if (!moe_ag_wants(1, &t)) return CALL;                                           \
+    int prev_ = moe_set_grad_enabled(0);                                             \
+    moe_tensor *out_ = CALL;                                                         \
+    moe_set_grad_enabled(prev_);                                                     \
+    if (!out_) return NULL;                                                          \
+    moe_node *n = moe_node_new(NAME, BW, 1, &t);                                     \
+    if (n) { SETUP; }                                                                \
+    return moe_ag_attach(out_, n);                                                   \
+  } while (0)
+
+/* view, reshape, squeeze, unsqueeze: g [out shape] -> [in shape] */
+static int reshape_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
+  return (gin[0] = moe_reshape(g, n->edges[0].ndim, n->edges[0].shape)) ? 0 : -1;
+}
+/* clone, contiguous, to_dtype, expand: the engine casts and sums broadcast dims */
+static int identity_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
+  moe_tensor_retain((moe_tensor *)g);
+  gin[0] = (moe_tensor *)g;
+  return 0;
+}
+/* transpose(d0, d1): g [.., d1, .., d0, ..] -> transposed back */
+static int transpose_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
+  return (gin[0] = moe_transpose(g, (int)n->iarg[0], (int)n->iarg[1])) ? 0 : -1;
+}
+/* permute(perm): out dim i is in dim perm[i]; back with the inverse permutation */
+static int permute_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
+  int inv[MOE_MAX_DIMS];
+  for (int i = 0; i < g->ndim; i++) inv[n->iarg[i]] = i;
+  return (gin[0] = moe_permute(g, inv)) ? 0 : -1;
+}
+/* narrow(dim, start, len) and select(dim, index): g scattered into zeros [in shape] */
+static int slice_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
+  const moe_edge *e = &n->edges[0];
+  moe_tensor *z = moe_full(e->ndim, e->shape, g->dtype, 0.0);
+  if (!z) return -1;
+  int dim = (int)n->iarg[0];
+  moe_tensor *part = n->iarg[2] < 0 ? moe_select(z, dim, n->iarg[1])
+                                    : moe_narrow(z, dim, n->iarg[1], n->iarg[2]);
+  int rc = part ? moe_copy_(part, g) : -1;
+  moe_tensor_release(part);
+  if (rc) { moe_tensor_release(z); return -1; }
+  gin[0] = z;
+  return 0;
+}
+
+moe_tensor *moe_view(const moe_tensor *t, int ndim, const int64_t *in) {
+  RECORD1("view", reshape_backward, view_impl(t, ndim, in), );
+}
+moe_tensor *moe_reshape(const moe_tensor *t, int ndim, const int64_t *in) {
+  RECORD1("reshape", reshape_backward, reshape_impl(t, ndim, in), );
+}
+moe_tensor *moe_squeeze(const moe_tensor *t, int dim) {
+  RECORD1("squeeze", reshape_backward, squeeze_impl(t, dim), );
+}
+moe_tensor *moe_unsqueeze(const moe_tensor *t, int dim) {
+  RECORD1("unsqueeze", reshape_backward, unsqueeze_impl(t, dim), );
+}
+moe_tensor *moe_transpose(const moe_tensor *t, int d0, int d1) {
+  RECORD1("transpose", transpose_backward, transpose_impl(t, d0, d1),
+          n->iarg[0] = d0; n->iarg[1] = d1);
+}
+moe_tensor *moe_permute(const moe_tensor *t, const int *perm) {
+  RECORD1("permute", permute_backward, permute_impl(t, perm),
+          for (int i = 0; i < t->ndim; i++) n->iarg[i] = perm[i]);
+}
+moe_tensor *moe_narrow(const moe_tensor *t, int dim, int64_t start, int64_t len) {
+  RECORD1("narrow", slice_backward, narrow_impl(t, dim, start, len),
+          n->iarg[0] = dim; n->iarg[1] = start; n->iarg[2] = len);
+}
+moe_tensor *moe_select(const moe_tensor *t, int dim, int64_t index) {
+  RECORD1("select", slice_backward, select_impl(t, dim, index),
+          n->iarg[0] = dim; n->iarg[1] = index; n->iarg[2] = -1);
+}
+moe_tensor *moe_expand(const moe_tensor *t, int ndim, const int64_t *shape) {
+  RECORD1("expand", identity_backward, expand_impl(t, ndim, shape), );
+}
+moe_tensor *moe_clone(const moe_tensor *t) {
+  RECORD1("clone", identity_backward, clone_impl(t), );
+}
+moe_tensor *moe_contiguous(const moe_tensor *t) {
+  if (moe_is_contiguous(t)) { moe_tensor_retain((moe_tensor *)t); return (moe_tensor *)t; }
+  return moe_clone(t);
+}
+moe_tensor *moe_to_dtype(const moe_tensor *t, moe_dtype dt) {
+  if (t->dtype == dt) { moe_tensor_retain((moe_tensor *)t); return (moe_tensor *)t; }
+  RECORD1("to", identity_backward, to_dtype_impl(t, dt), );
 }

@@ -21,6 +21,9 @@ void moe_cpu_copy(moe_tensor *dst, const moe_tensor *src);
 void moe_cpu_binary(moe_binop op, moe_tensor *out, const moe_tensor *a, const moe_tensor *b);
 /* out = op(a); same dtype */
 void moe_cpu_unary(moe_unop op, moe_tensor *out, const moe_tensor *a, double p0, double p1);
+/* gx = g * op'(x) (y = op(x) given too); all one float dtype and shape */
+void moe_cpu_unary_backward(moe_unop op, moe_tensor *gx, const moe_tensor *g, const moe_tensor *x,
+                            const moe_tensor *y, double p0, double p1);
 /* out = cond ? a : b; cond bool, a/b/out one dtype */
 void moe_cpu_where(moe_tensor *out, const moe_tensor *cond, const moe_tensor *a, const moe_tensor *b);
 

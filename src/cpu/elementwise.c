@@ -266,3 +266,53 @@ void moe_cpu_where(moe_tensor *out, const moe_tensor *cond, const moe_tensor *a,
   size_t es = moe_dtype_size(out->dtype);
   moe_cpu_foreach(4, ops, es == 1 ? where1 : es == 4 ? where4 : where8, NULL);
 }
+
+/* ---------------------------------------------------------------- unary backward */
+
+/* gx = g * d op(x)/dx, written with x and/or y = op(x), whichever is cheaper.
+ * p[0] gx, p[1] g, p[2] x, p[3] y; one float dtype, one shape. */
+#define UNB_FN(NAME, T, EXPR)                                                       \
+  static void NAME(int64_t n, char **p, const int64_t *s, void *ctx) {            \
+    const unary_ctx *c = ctx;                                                       \
+    (void)c;                                                                        \
+    for (int64_t i = 0; i < n; i++) {                                               \
+      T g = *(const T *)(p[1] + i * s[1]);                                          \
+      T x = *(const T *)(p[2] + i * s[2]);                                          \
+      T y = *(const T *)(p[3] + i * s[3]);                                          \
+      (void)g; (void)x; (void)y;                                                    \
+      *(T *)(p[0] + i * s[0]) = (T)(EXPR);                                          \
+    }                                                                               \
+  }
+
+#define UNB_SET(TN, T, F, SIG, HALF, RT2, RT2PI)                                     \
+  UNB_FN(bneg_##TN, T, -g)                                                           \
+  UNB_FN(babs_##TN, T, g * (T)SIGNV(x))                                              \
+  UNB_FN(brelu_##TN, T, x > 0 ? g : 0)                                               \
+  UNB_FN(bzero_##TN, T, 0)                                                           \
+  UNB_FN(bsquare_##TN, T, 2 * x * g)                                                 \
+  UNB_FN(bclamp_##TN, T, x >= (T)c->p0 && x <= (T)c->p1 ? g : 0)                     \
+  UNB_FN(bexp_##TN, T, g * y)                                                        \
+  UNB_FN(blog_##TN, T, g / x)                                                        \
+  UNB_FN(bsqrt_##TN, T, g * HALF / y)                                                \
+  UNB_FN(btanh_##TN, T, g * (1 - y * y))                                             \
+  UNB_FN(bsigmoid_##TN, T, g * y * (1 - y))                                          \
+  UNB_FN(bgelu_##TN, T, g * (HALF * (1 + erf##F(x / RT2)) + x * exp##F(-HALF * x * x) / RT2PI)) \
+  UNB_FN(bsoftplus_##TN, T, g * SIG(x))                                              \
+  UNB_FN(blog1p_##TN, T, g / (1 + x))                                                \
+  UNB_FN(bexpm1_##TN, T, g * (y + 1))                                                \
+  UNB_FN(brsqrt_##TN, T, -HALF * g * y * y * y)
+UNB_SET(f32, float, f, sigmoidf_, 0.5f, 1.41421356237309504880f, 2.50662827463100050242f)
+UNB_SET(f64, double, , sigmoid_, 0.5, 1.41421356237309504880, 2.50662827463100050242)
+
+#define UNB_ROW(TN) {bneg_##TN, babs_##TN, brelu_##TN, bzero_##TN, bsquare_##TN, bclamp_##TN,   \
+                     bexp_##TN, blog_##TN, bsqrt_##TN, btanh_##TN, bsigmoid_##TN, bgelu_##TN,  \
+                     bsoftplus_##TN, blog1p_##TN, bexpm1_##TN, bzero_##TN, bzero_##TN,         \
+                     bzero_##TN, brsqrt_##TN}
+static const moe_loop_fn unb_table[2][MOE_NUNOPS] = {UNB_ROW(f32), UNB_ROW(f64)};
+
+void moe_cpu_unary_backward(moe_unop op, moe_tensor *gx, const moe_tensor *g, const moe_tensor *x,
+                            const moe_tensor *y, double p0, double p1) {
+  unary_ctx c = {p0, p1};
+  const moe_tensor *ops[4] = {gx, g, x, y};
+  moe_cpu_foreach(4, ops, unb_table[gx->dtype == MOE_F64][op], &c);
+}

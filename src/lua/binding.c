@@ -203,10 +203,10 @@ static int parse_view_sizes(lua_State *L, int start, const char *op, int *ndim, 
   return 0;
 }
 
-typedef struct { moe_dtype dtype; int has_dtype; } create_opts;
+typedef struct { moe_dtype dtype; int has_dtype; int requires_grad; } create_opts;
 
 static create_opts parse_opts(lua_State *L, int idx, const char *op, moe_dtype dflt) {
-  create_opts o = {dflt, 0};
+  create_opts o = {dflt, 0, 0};
   if (lua_isnoneornil(L, idx)) return o;
   if (!lua_istable(L, idx)) luaL_error(L, "%s: options must be a table, got %s", op, type_of(L, idx));
   lua_pushnil(L);
@@ -223,8 +223,7 @@ static create_opts parse_opts(lua_State *L, int idx, const char *op, moe_dtype d
       if (!dev || strcmp(dev, "cpu"))
         luaL_error(L, "%s: device '%s' is not available (this build has: cpu)", op, dev ? dev : "?");
     } else if (!strcmp(k, "requires_grad")) {
-      if (lua_toboolean(L, -1))
-        luaL_error(L, "%s: requires_grad needs autograd, which this version does not have yet", op);
+      o.requires_grad = lua_toboolean(L, -1);
     } else {
       luaL_error(L, "%s: unknown option '%s' (dtype, device, requires_grad)", op, k);
     }
@@ -234,6 +233,19 @@ static create_opts parse_opts(lua_State *L, int idx, const char *op, moe_dtype d
 }
 
 /* ---------------------------------------------------------------- creation */
+
+/* push a freshly created tensor, a leaf that requires grad when asked to */
+static int push_created(lua_State *L, moe_tensor *t, const create_opts *o, const char *op) {
+  if (t && o->requires_grad) {
+    if (!moe_dtype_is_float(t->dtype)) {
+      const char *dn = moe_dtype_name(t->dtype);
+      moe_tensor_release(t);
+      return luaL_error(L, "%s: only float tensors can require grad, got dtype %s", op, dn);
+    }
+    t->requires_grad = 1;
+  }
+  return moe_lua_push(L, t);
+}
 
 static int l_full_impl(lua_State *L, const char *op, double value, int has_value_arg) {
   int ndim;
@@ -258,7 +270,7 @@ static int l_full_impl(lua_State *L, const char *op, double value, int has_value
     }
   }
   create_opts o = parse_opts(L, next, op, MOE_F32);
-  return moe_lua_push(L, moe_full(ndim, shape, o.dtype, value));
+  return push_created(L, moe_full(ndim, shape, o.dtype, value), &o, op);
 }
 static int l_zeros(lua_State *L) { return l_full_impl(L, "zeros", 0, 0); }
 static int l_ones(lua_State *L) { return l_full_impl(L, "ones", 1, 0); }
@@ -268,7 +280,7 @@ static int l_empty(lua_State *L) {
   int64_t shape[MOE_MAX_DIMS];
   int next = parse_sizes(L, 1, "empty", &ndim, shape);
   create_opts o = parse_opts(L, next, "empty", MOE_F32);
-  return moe_lua_push(L, moe_empty(ndim, shape, o.dtype));
+  return push_created(L, moe_empty(ndim, shape, o.dtype), &o, "empty");
 }
 
 static int l_rand_impl(lua_State *L, int normal) {
@@ -279,7 +291,7 @@ static int l_rand_impl(lua_State *L, int normal) {
   create_opts o = parse_opts(L, next, op, MOE_F32);
   if (!moe_dtype_is_float(o.dtype))
     luaL_error(L, "%s: dtype must be float32 or float64, got %s", op, moe_dtype_name(o.dtype));
-  return moe_lua_push(L, normal ? moe_randn(ndim, shape, o.dtype, 0, 1) : moe_rand(ndim, shape, o.dtype, 0, 1));
+  return push_created(L, normal ? moe_randn(ndim, shape, o.dtype, 0, 1) : moe_rand(ndim, shape, o.dtype, 0, 1), &o, op);
 }
 static int l_rand(lua_State *L) { return l_rand_impl(L, 0); }
 static int l_randn(lua_State *L) { return l_rand_impl(L, 1); }
@@ -290,13 +302,13 @@ static int l_randint(lua_State *L) {
   int64_t shape[MOE_MAX_DIMS];
   int next = parse_sizes(L, 3, "randint", &ndim, shape);
   create_opts o = parse_opts(L, next, "randint", MOE_I64);
-  return moe_lua_push(L, moe_randint(lo, hi, ndim, shape, o.dtype));
+  return push_created(L, moe_randint(lo, hi, ndim, shape, o.dtype), &o, "randint");
 }
 
 static int l_randperm(lua_State *L) {
   int64_t n = check_int(L, 1, "randperm", "n");
   create_opts o = parse_opts(L, 2, "randperm", MOE_I64);
-  return moe_lua_push(L, moe_randperm(n, o.dtype, IBASE));
+  return push_created(L, moe_randperm(n, o.dtype, IBASE), &o, "randperm");
 }
 
 static int l_arange(lua_State *L) {
@@ -307,14 +319,14 @@ static int l_arange(lua_State *L) {
   if (nnum == 1) { b = a; a = 0; }
   int all_int = a == floor(a) && b == floor(b) && s == floor(s);
   create_opts o = parse_opts(L, nnum + 1, "arange", all_int ? MOE_I64 : MOE_F32);
-  return moe_lua_push(L, moe_arange(a, b, s, o.dtype));
+  return push_created(L, moe_arange(a, b, s, o.dtype), &o, "arange");
 }
 
 static int l_linspace(lua_State *L) {
   double a = luaL_checknumber(L, 1), b = luaL_checknumber(L, 2);
   int64_t n = check_int(L, 3, "linspace", "steps");
   create_opts o = parse_opts(L, 4, "linspace", MOE_F32);
-  return moe_lua_push(L, moe_linspace(a, b, n, o.dtype));
+  return push_created(L, moe_linspace(a, b, n, o.dtype), &o, "linspace");
 }
 
 static int l_eye(lua_State *L) {
@@ -323,7 +335,7 @@ static int l_eye(lua_State *L) {
   if (lua_type(L, 2) == LUA_TNUMBER) { m = check_int(L, 2, "eye", "m"); next = 3; }
   if (n < 0 || m < 0) luaL_error(L, "eye: negative size (%d, %d)", (int)n, (int)m);
   create_opts o = parse_opts(L, next, "eye", MOE_F32);
-  return moe_lua_push(L, moe_eye(n, m, o.dtype));
+  return push_created(L, moe_eye(n, m, o.dtype), &o, "eye");
 }
 
 static int l_manual_seed(lua_State *L) {
@@ -399,12 +411,13 @@ static int l_tensor(lua_State *L) {
     create_opts o = parse_opts(L, 2, "tensor", src->dtype);
     moe_tensor *c = moe_to_dtype(src, o.dtype);
     if (c == src) { moe_tensor_release(c); c = moe_clone(src); }
-    return moe_lua_push(L, c);
+    if (c && c->grad_fn) { moe_tensor *d = moe_detach(c); moe_tensor_release(c); c = d; } /* a copy is a new leaf */
+    return push_created(L, c, &o, "tensor");
   }
   if (ty == LUA_TNUMBER || ty == LUA_TBOOLEAN) {
     create_opts o = parse_opts(L, 2, "tensor", ty == LUA_TBOOLEAN ? MOE_BOOL : MOE_F32);
     double v = ty == LUA_TBOOLEAN ? lua_toboolean(L, 1) : lua_tonumber(L, 1);
-    return moe_lua_push(L, moe_from_doubles(0, NULL, o.dtype, &v));
+    return push_created(L, moe_from_doubles(0, NULL, o.dtype, &v), &o, "tensor");
   }
   if (ty != LUA_TTABLE) luaL_error(L, "tensor: expected a (nested) table, number or tensor, got %s", type_of(L, 1));
   create_opts o = parse_opts(L, 2, "tensor", MOE_F32); /* before anything is allocated */
@@ -426,7 +439,7 @@ static int l_tensor(lua_State *L) {
   if (!o.has_dtype) o.dtype = w.saw_bool ? MOE_BOOL : MOE_F32;
   moe_tensor *t = moe_from_doubles(w.ndim, w.shape, o.dtype, w.buf);
   free(w.buf);
-  return moe_lua_push(L, t);
+  return push_created(L, t, &o, "tensor");
 }
 
 /* ---------------------------------------------------------------- info */
@@ -591,7 +604,11 @@ static int l_to(lua_State *L) {
 
 static int l_copy_(lua_State *L) {
   moe_tensor *dst = check_tensor(L, 1, "copy_");
-  if (lua_type(L, 2) == LUA_TNUMBER) { moe_fill_(dst, lua_tonumber(L, 2)); lua_settop(L, 1); return 1; }
+  if (lua_type(L, 2) == LUA_TNUMBER) {
+    if (moe_fill_(dst, lua_tonumber(L, 2))) return raise_engine(L);
+    lua_settop(L, 1);
+    return 1;
+  }
   moe_tensor *src = check_tensor(L, 2, "copy_");
   if (moe_copy_(dst, src)) return raise_engine(L);
   lua_settop(L, 1);
@@ -601,7 +618,7 @@ static int l_copy_(lua_State *L) {
 static int l_fill_(lua_State *L) {
   moe_tensor *t = check_tensor(L, 1, "fill_");
   double v = lua_type(L, 2) == LUA_TBOOLEAN ? lua_toboolean(L, 2) : luaL_checknumber(L, 2);
-  moe_fill_(t, v);
+  if (moe_fill_(t, v)) return raise_engine(L);
   lua_settop(L, 1);
   return 1;
 }
@@ -668,10 +685,44 @@ static moe_tensor *index_view(lua_State *L, moe_tensor *t, int kidx, int *scalar
   return v;
 }
 
+/* autograd fields: t.grad, t.requires_grad, t.grad_fn (the op's name), t.is_leaf */
+static int grad_field(lua_State *L, moe_tensor *t, const char *k) {
+  if (!strcmp(k, "grad")) {
+    if (!t->grad) { lua_pushnil(L); return 1; }
+    moe_tensor_retain(t->grad);
+    return moe_lua_push(L, t->grad);
+  }
+  if (!strcmp(k, "requires_grad")) { lua_pushboolean(L, t->requires_grad); return 1; }
+  if (!strcmp(k, "grad_fn")) {
+    if (t->grad_fn) lua_pushstring(L, t->grad_fn->name);
+    else lua_pushnil(L);
+    return 1;
+  }
+  if (!strcmp(k, "is_leaf")) { lua_pushboolean(L, t->grad_fn == NULL); return 1; }
+  return 0;
+}
+
+static int set_requires_grad(lua_State *L, moe_tensor *t, int on) {
+  if (on && !moe_dtype_is_float(t->dtype))
+    luaL_error(L, "requires_grad: only float tensors can require grad, got dtype %s", moe_dtype_name(t->dtype));
+  if (t->grad_fn) {
+    if (on) return 0;
+    luaL_error(L, "requires_grad: cannot turn it off on a tensor computed by %s (use detach())", t->grad_fn->name);
+  }
+  t->requires_grad = on;
+  return 0;
+}
+
 static int t_index(lua_State *L) {
   if (lua_type(L, 2) == LUA_TSTRING) {
     lua_pushvalue(L, 2);
     lua_rawget(L, lua_upvalueindex(1));
+    if (!lua_isnil(L, -1)) return 1;
+    const char *k = lua_tostring(L, 2);
+    if (k[0] == 'g' || k[0] == 'r' || k[0] == 'i') {
+      moe_tensor *t = check_tensor(L, 1, "index");
+      if (grad_field(L, t, k)) return 1;
+    }
     return 1;
   }
   moe_tensor *t = check_tensor(L, 1, "index");
@@ -688,8 +739,28 @@ static int t_index(lua_State *L) {
 
 static int t_newindex(lua_State *L) {
   moe_tensor *t = check_tensor(L, 1, "newindex");
-  if (lua_type(L, 2) == LUA_TSTRING)
-    luaL_error(L, "tensor: cannot set field '%s' on a tensor", lua_tostring(L, 2));
+  if (lua_type(L, 2) == LUA_TSTRING) {
+    const char *k = lua_tostring(L, 2);
+    if (!strcmp(k, "requires_grad")) return set_requires_grad(L, t, lua_toboolean(L, 3));
+    if (!strcmp(k, "grad")) {
+      moe_tensor *g = NULL;
+      if (!lua_isnil(L, 3)) {
+        char b1[160], b2[160];
+        g = moe_lua_totensor(L, 3);
+        if (!g) luaL_error(L, "grad: expected a tensor or nil, got %s", type_of(L, 3));
+        if (g->ndim != t->ndim || memcmp(g->shape, t->shape, sizeof(int64_t) * (size_t)t->ndim) ||
+            g->dtype != t->dtype)
+          luaL_error(L, "grad: a gradient of shape %s (%s) does not fit a tensor of shape %s (%s)",
+                     moe_shape_str(g, b1), moe_dtype_name(g->dtype), moe_shape_str(t, b2),
+                     moe_dtype_name(t->dtype));
+        moe_tensor_retain(g);
+      }
+      moe_tensor_release(t->grad);
+      t->grad = g;
+      return 0;
+    }
+    luaL_error(L, "tensor: cannot set field '%s' on a tensor (settable: grad, requires_grad)", k);
+  }
   moe_tensor *src = moe_lua_totensor(L, 3);
   int vt = lua_type(L, 3);
   if (!src && vt != LUA_TNUMBER && vt != LUA_TBOOLEAN)
@@ -698,7 +769,7 @@ static int t_newindex(lua_State *L) {
   moe_tensor *v = index_view(L, t, 2, &scalar);
   int rc = 0;
   if (src) rc = moe_copy_(v, src);
-  else moe_fill_(v, vt == LUA_TBOOLEAN ? lua_toboolean(L, 3) : lua_tonumber(L, 3));
+  else rc = moe_fill_(v, vt == LUA_TBOOLEAN ? lua_toboolean(L, 3) : lua_tonumber(L, 3));
   moe_tensor_release(v);
   if (rc) return raise_engine(L);
   return 0;
@@ -935,6 +1006,48 @@ static int l_catstack(lua_State *L, int stack) {
 static int l_cat(lua_State *L) { return l_catstack(L, 0); }
 static int l_stack(lua_State *L) { return l_catstack(L, 1); }
 
+/* ---------------------------------------------------------------- autograd */
+
+static int l_backward(lua_State *L) {
+  moe_tensor *t = check_tensor(L, 1, "backward");
+  moe_tensor *g = NULL;
+  int retain = 0, opts = 2;
+  if (!lua_isnoneornil(L, 2) && !lua_istable(L, 2)) {
+    g = moe_lua_totensor(L, 2);
+    if (!g) luaL_error(L, "backward: grad must be a tensor, got %s", type_of(L, 2));
+    opts = 3;
+  }
+  if (lua_istable(L, opts)) {
+    lua_getfield(L, opts, "retain_graph");
+    retain = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+  }
+  if (moe_backward(t, g, retain)) return raise_engine(L);
+  return 0;
+}
+
+static int l_detach(lua_State *L) {
+  moe_tensor *t = check_tensor(L, 1, "detach");
+  return moe_lua_push(L, moe_detach(t));
+}
+
+static int l_requires_grad_(lua_State *L) {
+  moe_tensor *t = check_tensor(L, 1, "requires_grad_");
+  set_requires_grad(L, t, lua_isnone(L, 2) ? 1 : lua_toboolean(L, 2));
+  lua_settop(L, 1);
+  return 1;
+}
+
+static int l_set_grad_enabled(lua_State *L) {
+  lua_pushboolean(L, moe_set_grad_enabled(lua_toboolean(L, 1)));
+  return 1;
+}
+
+static int l_is_grad_enabled(lua_State *L) {
+  lua_pushboolean(L, moe_grad_enabled());
+  return 1;
+}
+
 static int l_live(lua_State *L) {
   lua_pushnumber(L, (lua_Number)moe_live_tensors());
   lua_pushnumber(L, (lua_Number)moe_live_bytes());
@@ -948,6 +1061,7 @@ static const luaL_Reg funcs[] = {
     {"rand", l_rand}, {"randn", l_randn}, {"randint", l_randint}, {"randperm", l_randperm},
     {"arange", l_arange}, {"linspace", l_linspace}, {"eye", l_eye}, {"manual_seed", l_manual_seed},
     {"is_tensor", l_is_tensor}, {"live", l_live}, {"cat", l_cat}, {"stack", l_stack},
+    {"set_grad_enabled", l_set_grad_enabled}, {"is_grad_enabled", l_is_grad_enabled},
     {NULL, NULL}};
 
 /* functions that are also tensor methods */
@@ -962,7 +1076,8 @@ static const luaL_Reg methods[] = {
     {"where", l_where}, {"matmul", l_matmul}, {"topk", l_topk}, {"sort", l_sort},
  {"gather", l_gather}, {"scatter_add", l_scatter_add},
     {"scatter_add_", l_scatter_add_}, {"index_select", l_index_select}, {"index_add", l_index_add},
-    {"index_add_", l_index_add_}, {"bincount", l_bincount}, {NULL, NULL}};
+    {"index_add_", l_index_add_}, {"bincount", l_bincount}, {"backward", l_backward},
+    {"detach", l_detach}, {"requires_grad_", l_requires_grad_}, {NULL, NULL}};
 
 static void set_closure(lua_State *L, int methods_idx, int funcs_idx, const char *name, lua_CFunction f, int op) {
   lua_pushinteger(L, op);
