@@ -103,6 +103,51 @@ function moe.full_like(t, value, opts)
   return moe.full(t:shape(), value, o)
 end
 
+-- autograd -----------------------------------------------------------------------
+
+-- no_grad(fn, ...): run fn with gradient recording off (restored on return and on error)
+function moe.no_grad(fn, ...)
+  local prev = core.set_grad_enabled(false)
+  local res = { pcall(fn, ...) }
+  core.set_grad_enabled(prev)
+  if not res[1] then error(res[2], 0) end
+  return unpack(res, 2, table.maxn(res))
+end
+
+-- enable_grad(fn, ...): the reverse, inside a no_grad region
+function moe.enable_grad(fn, ...)
+  local prev = core.set_grad_enabled(true)
+  local res = { pcall(fn, ...) }
+  core.set_grad_enabled(prev)
+  if not res[1] then error(res[2], 0) end
+  return unpack(res, 2, table.maxn(res))
+end
+
+-- the library's submodules load on first use: moe.nn, moe.optim, moe.losses, ...
+local lazy = {
+  nn = "moe.nn", optim = "moe.optim", losses = "moe.losses", testing = "moe.testing",
+  initializers = "moe.initializers", regularizers = "moe.initializers",
+  constraints = "moe.initializers", io = "moe.io",
+}
+local lazy_fields = {
+  Sequential = { "moe.model", "Sequential" }, Model = { "moe.model", "Model" },
+  Input = { "moe.model", "Input" }, load = { "moe.model", "load" },
+  save_tensors = { "moe.io", "save_tensors" }, load_tensors = { "moe.io", "load_tensors" },
+}
+setmetatable(moe, { __index = function(t, k)
+  local v
+  if lazy[k] then
+    v = require(lazy[k])
+    if k == "regularizers" or k == "constraints" then v = v[k] end
+  elseif lazy_fields[k] then
+    v = require(lazy_fields[k][1])[lazy_fields[k][2]]
+  else
+    return nil
+  end
+  rawset(t, k, v)
+  return v
+end })
+
 -- printing ---------------------------------------------------------------------
 local printer = require "moe.tensor"
 core.metatable.__tostring = printer.tostring

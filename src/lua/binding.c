@@ -19,6 +19,8 @@
 
 #include "../core/moe.h"
 #include "binding.h"
+#include "../train/optim.h"
+#include "../data/safetensors.h"
 
 #define IBASE 1
 #define MT_NAME "moe.Tensor"
@@ -1048,6 +1050,125 @@ static int l_is_grad_enabled(lua_State *L) {
   return 1;
 }
 
+/* element i (1-based, row-major over the logical shape) of any layout: gradcheck's probe */
+static void flat_index(lua_State *L, const moe_tensor *t, int64_t i, int64_t *idx) {
+  int64_t n = moe_numel(t);
+  if (i < 1 || i > n) luaL_error(L, "flat index %lld out of range 1..%lld", (long long)i, (long long)n);
+  i -= 1;
+  for (int d = t->ndim - 1; d >= 0; d--) { idx[d] = i % t->shape[d]; i /= t->shape[d]; }
+}
+static int l_get_flat(lua_State *L) {
+  moe_tensor *t = check_tensor(L, 1, "get_flat");
+  int64_t idx[MOE_MAX_DIMS];
+  flat_index(L, t, (int64_t)luaL_checknumber(L, 2), idx);
+  lua_pushnumber(L, moe_get(t, idx));
+  return 1;
+}
+static int l_set_flat(lua_State *L) {
+  moe_tensor *t = check_tensor(L, 1, "set_flat");
+  int64_t idx[MOE_MAX_DIMS];
+  flat_index(L, t, (int64_t)luaL_checknumber(L, 2), idx);
+  if (moe_mark_write("set_flat", t)) return raise_engine(L);
+  moe_set(t, idx, luaL_checknumber(L, 3));
+  return 0;
+}
+
+/* ---------------------------------------------------------------- optimizers */
+
+static double opt_num(lua_State *L, int idx, const char *k, double dflt) {
+  lua_getfield(L, idx, k);
+  double v = lua_isnil(L, -1) ? dflt : luaL_checknumber(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+/* optim_step(kind, params, grads, s1, s2, steps, hparams) -> global grad norm.
+ * Lists are Lua arrays of equal length (s1/s2 entries may be false). */
+static int l_optim_step(lua_State *L) {
+  static const char *kinds[] = {"sgd", "adam", "adamw", "rmsprop", "adagrad", NULL};
+  int kind = luaL_checkoption(L, 1, NULL, kinds);
+  for (int i = 2; i <= 7; i++) luaL_checktype(L, i, LUA_TTABLE);
+  int n = (int)lua_objlen(L, 2);
+  if ((int)lua_objlen(L, 3) != n || (int)lua_objlen(L, 6) != n)
+    return luaL_error(L, "optim_step: params, grads and steps differ in length");
+  moe_tensor **buf = lua_newuserdata(L, sizeof(moe_tensor *) * 4 * (size_t)(n ? n : 1));
+  int64_t *steps = lua_newuserdata(L, sizeof(int64_t) * (size_t)(n ? n : 1));
+  moe_tensor **P = buf, **G = buf + n, **S1 = buf + 2 * n, **S2 = buf + 3 * n;
+  for (int i = 0; i < n; i++) {
+    lua_rawgeti(L, 2, i + 1); P[i] = moe_lua_totensor(L, -1); lua_pop(L, 1);
+    lua_rawgeti(L, 3, i + 1); G[i] = moe_lua_totensor(L, -1); lua_pop(L, 1);
+    lua_rawgeti(L, 4, i + 1); S1[i] = moe_lua_totensor(L, -1); lua_pop(L, 1);
+    lua_rawgeti(L, 5, i + 1); S2[i] = moe_lua_totensor(L, -1); lua_pop(L, 1);
+    lua_rawgeti(L, 6, i + 1); steps[i] = (int64_t)lua_tonumber(L, -1); lua_pop(L, 1);
+    if (!P[i] || !G[i]) return luaL_error(L, "optim_step: entry %d is not a tensor", i + 1);
+  }
+  moe_optim_hparams h = {
+      .lr = opt_num(L, 7, "lr", 1e-3), .weight_decay = opt_num(L, 7, "weight_decay", 0),
+      .momentum = opt_num(L, 7, "momentum", 0), .dampening = opt_num(L, 7, "dampening", 0),
+      .beta1 = opt_num(L, 7, "beta1", 0.9), .beta2 = opt_num(L, 7, "beta2", 0.999),
+      .eps = opt_num(L, 7, "eps", 1e-8), .alpha = opt_num(L, 7, "alpha", 0.99),
+      .lr_decay = opt_num(L, 7, "lr_decay", 0), .clip_norm = opt_num(L, 7, "clip_norm", 0),
+      .clip_value = opt_num(L, 7, "clip_value", 0)};
+  lua_getfield(L, 7, "nesterov");
+  h.nesterov = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  double norm = 0;
+  if (moe_optim_step((moe_optim_kind)kind, n, P, G, S1, S2, steps, &h, &norm)) return raise_engine(L);
+  lua_pushnumber(L, norm);
+  return 1;
+}
+
+/* ---------------------------------------------------------------- safetensors bytes */
+
+static int l_st_save(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  size_t hlen;
+  const char *header = luaL_checklstring(L, 2, &hlen);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  int n = (int)lua_objlen(L, 3);
+  moe_tensor **ts = lua_newuserdata(L, sizeof(moe_tensor *) * (size_t)(n ? n : 1));
+  for (int i = 0; i < n; i++) {
+    lua_rawgeti(L, 3, i + 1);
+    ts[i] = moe_lua_totensor(L, -1);
+    lua_pop(L, 1);
+    if (!ts[i]) return luaL_error(L, "save: entry %d is not a tensor", i + 1);
+  }
+  if (moe_st_save(path, header, hlen, n, ts)) return raise_engine(L);
+  return 0;
+}
+
+static int l_st_read_header(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  char *h;
+  size_t hlen;
+  uint64_t start, size;
+  if (moe_st_read_header(path, &h, &hlen, &start, &size)) return raise_engine(L);
+  lua_pushlstring(L, h, hlen);
+  free(h);
+  lua_pushnumber(L, (lua_Number)start);
+  lua_pushnumber(L, (lua_Number)size);
+  return 3;
+}
+
+/* st_read_tensor(path, offset, nbytes, dtype, shape) */
+static int l_st_read_tensor(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  double off = luaL_checknumber(L, 2), nb = luaL_checknumber(L, 3);
+  moe_dtype dt;
+  if (moe_dtype_from_name(luaL_checkstring(L, 4), &dt)) return luaL_error(L, "load: bad dtype");
+  luaL_checktype(L, 5, LUA_TTABLE);
+  int ndim = (int)lua_objlen(L, 5);
+  if (ndim > MOE_MAX_DIMS) return luaL_error(L, "load: '%s': a tensor has %d dims (at most %d)", path, ndim, MOE_MAX_DIMS);
+  int64_t shape[MOE_MAX_DIMS];
+  for (int i = 0; i < ndim; i++) {
+    lua_rawgeti(L, 5, i + 1);
+    shape[i] = (int64_t)lua_tonumber(L, -1);
+    lua_pop(L, 1);
+  }
+  if (off < 0 || nb < 0 || off > 9e15 || nb > 9e15) return luaL_error(L, "load: '%s': bad offsets", path);
+  return moe_lua_push(L, moe_st_read_tensor(path, (uint64_t)off, (uint64_t)nb, dt, ndim, shape));
+}
+
 static int l_live(lua_State *L) {
   lua_pushnumber(L, (lua_Number)moe_live_tensors());
   lua_pushnumber(L, (lua_Number)moe_live_bytes());
@@ -1062,6 +1183,8 @@ static const luaL_Reg funcs[] = {
     {"arange", l_arange}, {"linspace", l_linspace}, {"eye", l_eye}, {"manual_seed", l_manual_seed},
     {"is_tensor", l_is_tensor}, {"live", l_live}, {"cat", l_cat}, {"stack", l_stack},
     {"set_grad_enabled", l_set_grad_enabled}, {"is_grad_enabled", l_is_grad_enabled},
+    {"get_flat", l_get_flat}, {"set_flat", l_set_flat}, {"optim_step", l_optim_step},
+    {"st_save", l_st_save}, {"st_read_header", l_st_read_header}, {"st_read_tensor", l_st_read_tensor},
     {NULL, NULL}};
 
 /* functions that are also tensor methods */

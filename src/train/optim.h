@@ -1,0 +1,25 @@
+/* optim.h -- fused optimizer updates: one call updates every parameter. */
+#ifndef MOE_OPTIM_H
+#define MOE_OPTIM_H
+#include "../core/moe.h"
+
+typedef enum { MOE_OPT_SGD, MOE_OPT_ADAM, MOE_OPT_ADAMW, MOE_OPT_RMSPROP, MOE_OPT_ADAGRAD } moe_optim_kind;
+
+typedef struct {
+  double lr, weight_decay;
+  double momentum, dampening; int nesterov;   /* SGD (and RMSprop's momentum) */
+  double beta1, beta2, eps;                   /* Adam, AdamW; eps also RMSprop, Adagrad */
+  double alpha;                               /* RMSprop's smoothing constant */
+  double lr_decay;                            /* Adagrad */
+  double clip_norm, clip_value;               /* <= 0: off. clip_norm is over all grads together */
+} moe_optim_hparams;
+
+/* Updates params[i] in place from grads[i] (PyTorch's update rules). s1/s2 are the
+ * per-parameter state tensors the rule needs (momentum buffer; Adam's m and v;
+ * RMSprop's square average and momentum buffer; Adagrad's sum), steps[i] the
+ * parameter's step count including this step. Every tensor is checked before any
+ * is written. *norm_out (if non-NULL) receives the global gradient norm before clipping. */
+int moe_optim_step(moe_optim_kind kind, int n, moe_tensor *const *params, moe_tensor *const *grads,
+                   moe_tensor *const *s1, moe_tensor *const *s2, const int64_t *steps,
+                   const moe_optim_hparams *h, double *norm_out);
+#endif
