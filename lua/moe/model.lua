@@ -1,0 +1,585 @@
+-- moe.model: Sequential, the functional API (Input, Model), and checkpoints.
+local moe = require "moe"
+local core = moe.core
+local nn = require "moe.nn"
+local mio = require "moe.io"
+local cjson = require "cjson.safe"
+
+local M = {}
+local Module = nn.Module
+local is_symbolic, is_module = nn.is_symbolic, nn.is_module
+
+-- ------------------------------------------------------------------ symbolic tensors
+
+local Symbolic = {}
+Symbolic.__index = Symbolic
+Symbolic.__tostring = function(s)
+  return ("<symbolic %s %s from %s>"):format(s.dtype, nn.shape_str(s.shape), s.node.layer and s.node.layer.name or s.node.name)
+end
+local function sym_error() error("symbolic tensors (from moe.Input) only flow through layers: use nn.Add, nn.Multiply, nn.Lambda ...", 2) end
+for _, mm in ipairs { "__add", "__sub", "__mul", "__div", "__unm", "__pow" } do Symbolic[mm] = sym_error end
+
+local node_count = 0
+local function new_node(fields)
+  node_count = node_count + 1
+  fields.id = node_count
+  return fields
+end
+
+local function symbolic(value, node, path)
+  local shape = value:shape()
+  if #shape > 0 then shape[1] = -1 end
+  return setmetatable({ __symbolic = true, value = value, node = node, path = path, shape = shape,
+    dtype = value:dtype() }, Symbolic)
+end
+function Symbolic:size(d) return self.shape[d] end
+function Symbolic:dim() return #self.shape end
+
+local DUMMY_BATCH = 2
+
+-- Input{shape = {...}, name, dtype}: the batch dim is implied
+function M.Input(opts)
+  opts = opts or {}
+  if type(opts.shape) ~= "table" then error("Input: option 'shape' (a table of sizes, without the batch dim) is required", 2) end
+  local shape = { DUMMY_BATCH }
+  for i, d in ipairs(opts.shape) do
+    if type(d) ~= "number" or d < 0 or d ~= math.floor(d) then
+      error(("Input: size %d of the shape is %s; sizes must be non-negative integers"):format(i, tostring(d)), 2)
+    end
+    shape[#shape + 1] = d
+  end
+  local dtype = opts.dtype or "float32"
+  local value = dtype:match("^float") and moe.zeros(shape, { dtype = dtype }) or moe.ones(shape, { dtype = dtype })
+  local node = new_node { input = true, name = opts.name or ("input_" .. (node_count + 1)), dtype = dtype,
+    shape = opts.shape }
+  local s = symbolic(value, node, {})
+  node.outputs = s
+  return s
+end
+
+local function map(v, fn)
+  if is_symbolic(v) or core.is_tensor(v) then return fn(v) end
+  if type(v) == "table" and not is_module(v) then
+    local out = {}
+    for k, x in pairs(v) do out[k] = map(x, fn) end
+    return out
+  end
+  return v
+end
+
+-- the wrapped outputs of a node: every tensor in `out` becomes a symbolic tensor
+local function wrap(out, node, path)
+  if core.is_tensor(out) then return symbolic(out, node, path) end
+  if type(out) == "table" then
+    local res = {}
+    for k, x in pairs(out) do
+      local p = {}
+      for i, v in ipairs(path) do p[i] = v end
+      p[#p + 1] = k
+      res[k] = wrap(x, node, p)
+    end
+    return res
+  end
+  return out
+end
+
+-- a layer called on symbolic tensors: run it once on the placeholder values
+-- (evaluation mode, no grad) to build its weights and learn its output shapes
+function M.symbolic_call(layer, ...)
+  local args = { ... }
+  local n = select("#", ...)
+  local values = map(args, function(s) return is_symbolic(s) and s.value or s end)
+  local modes = {}
+  for _, e in ipairs(layer:modules()) do modes[e[2]] = e[2]._training end
+  layer:evaluate()
+  local ok, out = pcall(function() return moe.no_grad(layer.__call__, layer, unpack(values, 1, n)) end)
+  for m, flag in pairs(modes) do rawset(m, "_training", flag) end
+  for _, e in ipairs(layer:modules()) do rawset(e[2], "_losses", {}); rawset(e[2], "_metrics", {}) end
+  if not ok then
+    error(("%s \"%s\": %s"):format(layer.class_name, layer.name, tostring(out):gsub("^[^\n]-%.lua:%d+: ", "")), 0)
+  end
+  local node = new_node { layer = layer, args = args, nargs = n }
+  node.outputs = wrap(out, node, {})
+  return node.outputs
+end
+
+-- ------------------------------------------------------------------ Sequential
+
+local Sequential = nn.class("Sequential", Module)
+M.Sequential = Sequential
+nn.Sequential = Sequential
+
+function Sequential:init(opts)
+  Module.init(self, opts)
+  rawset(self, "_config", {})
+  local input_shape = opts.input_shape
+  for i, l in ipairs(opts) do
+    if is_symbolic(l) then
+      if i ~= 1 then error("Sequential: a moe.Input may only come first", 3) end
+      input_shape = {}
+      for d = 2, #l.shape do input_shape[#input_shape + 1] = l.shape[d] end
+    elseif is_module(l) then
+      self:add(l)
+    else
+      error(("Sequential: element %d is a %s, not a layer"):format(i, type(l)), 3)
+    end
+  end
+  for k in pairs(opts) do
+    if type(k) ~= "number" and k ~= "name" and k ~= "input_shape" then
+      error(("Sequential: unknown option '%s' (name, input_shape)"):format(tostring(k)), 3)
+    end
+  end
+  if input_shape then self:build_for(input_shape) end
+end
+
+function Sequential:add(layer)
+  if not is_module(layer) then error("Sequential.add: expected a layer", 2) end
+  for _, k in ipairs(self._children) do
+    if rawget(self, k) == layer then error(("Sequential.add: layer \"%s\" is already in the model"):format(layer.name), 2) end
+  end
+  local key = layer.name
+  if rawget(self, key) ~= nil then error(("Sequential.add: a layer named \"%s\" is already in the model"):format(key), 2) end
+  self:add_module(key, layer)
+  return self
+end
+
+-- build every layer for inputs of shape {batch dims excluded}
+function Sequential:build_for(input_shape)
+  local shape = { DUMMY_BATCH }
+  for _, d in ipairs(input_shape) do shape[#shape + 1] = d end
+  rawset(self, "_input_shape", input_shape)
+  local modes = {}
+  for _, e in ipairs(self:modules()) do modes[e[2]] = e[2]._training end
+  self:evaluate()
+  local ok, err = pcall(moe.no_grad, self.__call__, self, moe.zeros(shape))
+  for m, flag in pairs(modes) do rawset(m, "_training", flag) end
+  for _, e in ipairs(self:modules()) do rawset(e[2], "_losses", {}); rawset(e[2], "_metrics", {}) end
+  if not ok then error(err, 0) end
+end
+
+function Sequential:build(shape)
+  if not rawget(self, "_input_shape") and type(shape) == "table" and type(shape[1]) == "number" then
+    local s = {}
+    for i = 2, #shape do s[#s + 1] = shape[i] end
+    rawset(self, "_input_shape", s)
+  end
+end
+
+function Sequential:forward(x)
+  for i, k in ipairs(self._children) do
+    x = nn.call_child(self, i, rawget(self, k), x)
+  end
+  return x
+end
+
+function Sequential:get_config()
+  local layers = {}
+  for _, l in ipairs(self:children()) do layers[#layers + 1] = { class_name = l.class_name, config = l:get_config() } end
+  return { name = self.name, layers = layers, input_shape = rawget(self, "_input_shape") }
+end
+
+-- ------------------------------------------------------------------ functional Model
+
+local Model = nn.class("Model", Module)
+M.Model = Model
+nn.Model = Model
+
+local function collect_symbolic(v, out)
+  out = out or {}
+  if is_symbolic(v) then out[#out + 1] = v
+  elseif type(v) == "table" and not is_module(v) then
+    local keys = {}
+    for k in pairs(v) do keys[#keys + 1] = k end
+    table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+    for _, k in ipairs(keys) do collect_symbolic(v[k], out) end
+  end
+  return out
+end
+
+function Model:init(opts)
+  Module.init(self, opts)
+  for k in pairs(opts) do
+    if k ~= "inputs" and k ~= "outputs" and k ~= "name" then
+      error(("Model: unknown option '%s' (inputs, outputs, name)"):format(tostring(k)), 3)
+    end
+  end
+  if opts.inputs == nil or opts.outputs == nil then error("Model: options 'inputs' and 'outputs' are required", 3) end
+  local ins = collect_symbolic(opts.inputs)
+  local outs = collect_symbolic(opts.outputs)
+  if #ins == 0 then error("Model: inputs must be moe.Input tensors", 3) end
+  if #outs == 0 then error("Model: outputs must be symbolic tensors (layers called on moe.Input)", 3) end
+  local input_nodes = {}
+  for i, s in ipairs(ins) do
+    if not s.node.input then error(("Model: input %d is not a moe.Input"):format(i), 3) end
+    input_nodes[s.node] = true
+  end
+  -- walk back from the outputs to the inputs
+  local nodes, seen = {}, {}
+  local function visit(s)
+    local nd = s.node
+    if seen[nd] then return end
+    seen[nd] = true
+    if nd.input then
+      if not input_nodes[nd] then
+        error(("Model: the outputs depend on Input \"%s\", which is not among the model's inputs"):format(nd.name), 4)
+      end
+      return
+    end
+    for _, a in ipairs(collect_symbolic(nd.args)) do visit(a) end
+    nodes[#nodes + 1] = nd
+  end
+  for _, s in ipairs(outs) do visit(s) end
+  table.sort(nodes, function(a, b) return a.id < b.id end)
+  rawset(self, "_nodes", nodes)
+  rawset(self, "_inputs", opts.inputs)
+  rawset(self, "_outputs", opts.outputs)
+  -- each layer once, in the order first used; names must be unique
+  local names = {}
+  for _, nd in ipairs(nodes) do
+    local l = nd.layer
+    if names[l.name] and names[l.name] ~= l then
+      error(("Model: two different layers are named \"%s\"; layer names must be unique"):format(l.name), 3)
+    end
+    if not names[l.name] then
+      names[l.name] = l
+      self:add_module(l.name, l)
+    end
+  end
+  rawset(self, "built", true)
+  -- record output shapes of each layer from the placeholder pass
+  for _, nd in ipairs(nodes) do
+    rawset(nd.layer, "_output_shape", map(nd.outputs, function(s) return s.value:shape() end))
+  end
+end
+
+-- input names, in the order of the inputs structure
+function Model:input_names()
+  local out = {}
+  for _, s in ipairs(collect_symbolic(self._inputs)) do out[#out + 1] = s.node.name end
+  return out
+end
+
+local function bind_inputs(self, args, nargs)
+  local env = {}
+  local spec = self._inputs
+  local x = args[1]
+  if is_symbolic(spec) then
+    if not core.is_tensor(x) then
+      error(("Model \"%s\": expected one input tensor, got %s"):format(self.name, type(x)), 0)
+    end
+    env[spec] = x
+    return env
+  end
+  -- several inputs: a list/table shaped like `inputs`, or positional arguments
+  if nargs > 1 then x = { unpack(args, 1, nargs) } end
+  if type(x) ~= "table" or core.is_tensor(x) then
+    error(("Model \"%s\": expected a table of %d input tensors"):format(self.name, #collect_symbolic(spec)), 0)
+  end
+  local function bind(sp, val, where)
+    if is_symbolic(sp) then
+      if not core.is_tensor(val) then
+        error(("Model \"%s\": input %s (\"%s\") is missing"):format(self.name, where, sp.node.name), 0)
+      end
+      env[sp] = val
+    else
+      for k, s in pairs(sp) do
+        local v = val[k]
+        if v == nil and is_symbolic(s) then v = val[s.node.name] end
+        bind(s, v, tostring(k))
+      end
+    end
+  end
+  bind(spec, x, "")
+  return env
+end
+
+function Model:forward(...)
+  local env = bind_inputs(self, { ... }, select("#", ...))
+  for i, nd in ipairs(self._nodes) do
+    local args = map(nd.args, function(s) return is_symbolic(s) and env[s] or s end)
+    local out = nn.call_child(self, i, nd.layer, unpack(args, 1, nd.nargs))
+    -- bind this node's symbolic outputs to the concrete values
+    local function bind(sym, val)
+      if is_symbolic(sym) then env[sym] = val
+      elseif type(sym) == "table" and type(val) == "table" then
+        for k, s in pairs(sym) do bind(s, val[k]) end
+      end
+    end
+    bind(nd.outputs, out)
+  end
+  return map(self._outputs, function(s) return env[s] end)
+end
+
+function Model:summary_rows()
+  local rows = {}
+  for _, s in ipairs(collect_symbolic(self._inputs)) do
+    local sh = { -1 }
+    for _, d in ipairs(s.node.shape) do sh[#sh + 1] = d end
+    rows[#rows + 1] = { ("%s (InputLayer)"):format(s.node.name), nn.out_shape_str(sh), 0 }
+  end
+  for _, c in ipairs(self:children()) do
+    rows[#rows + 1] = { ("%s (%s)"):format(c.name, c.class_name), nn.out_shape_str(rawget(c, "_output_shape")), (c:count_params()) }
+  end
+  return rows
+end
+
+-- config: the layers, and the graph as references {node index, output path}
+function Model:get_config()
+  local layer_index = {}
+  local layers = {}
+  for i, l in ipairs(self:children()) do
+    layer_index[l] = i
+    layers[i] = { class_name = l.class_name, config = l:get_config(), build_input_shape = rawget(l, "_build_input_shape") }
+  end
+  local node_index, inputs = {}, {}
+  for i, s in ipairs(collect_symbolic(self._inputs)) do
+    node_index[s.node] = -i
+    inputs[i] = { name = s.node.name, shape = s.node.shape, dtype = s.node.dtype }
+  end
+  for i, nd in ipairs(self._nodes) do node_index[nd] = i end
+  local function ref(v)
+    if is_symbolic(v) then
+      return { __ref = { node_index[v.node], v.path } }
+    elseif type(v) == "table" then
+      local out = {}
+      for k, x in pairs(v) do out[type(k) == "number" and ("#" .. k) or k] = ref(x) end
+      return out
+    end
+    return v
+  end
+  local nodes = {}
+  for i, nd in ipairs(self._nodes) do
+    local args = {}
+    for j = 1, nd.nargs do args[j] = ref(nd.args[j]) end
+    nodes[i] = { layer = layer_index[nd.layer], args = args }
+  end
+  return { name = self.name, layers = layers, input_layers = inputs, inputs = ref(self._inputs),
+    nodes = nodes, outputs = ref(self._outputs) }
+end
+
+-- ------------------------------------------------------------------ compile / train_on_batch / predict
+
+local function as_list(v)
+  if core.is_tensor(v) then return { v } end
+  return v
+end
+
+-- compile{optimizer, loss, loss_weights, metrics}: the trainer of a later issue
+-- builds on this; train_on_batch is the one-step core
+function Module:compile(opts)
+  opts = opts or {}
+  local optim = require "moe.optim"
+  local losses = require "moe.losses"
+  rawset(self, "optimizer", optim.get(opts.optimizer or "adam"))
+  local loss = opts.loss or "mean_squared_error"
+  local lf
+  if type(loss) == "table" and type(loss[1]) ~= "string" then
+    lf = {}
+    for k, v in pairs(loss) do lf[k] = losses.get(v) end
+  else
+    lf = losses.get(loss)
+  end
+  rawset(self, "_loss_fns", lf)
+  rawset(self, "_loss_weights", opts.loss_weights)
+  rawset(self, "_compile_config", { loss = type(loss) ~= "function" and loss or nil, loss_weights = opts.loss_weights,
+    metrics = opts.metrics })
+  return self
+end
+
+-- the total loss of outputs y_pred against y_true (tensors or tables keyed alike)
+function Module:compute_loss(y, p, sample_weight)
+  local lf = rawget(self, "_loss_fns")
+  if not lf then error(("%s \"%s\": call compile{...} first"):format(self.class_name, self.name), 2) end
+  local total
+  local parts = {}
+  if core.is_tensor(p) then
+    local f = type(lf) == "function" and lf or select(2, next(lf))
+    total = f(y, p, { sample_weight = sample_weight })
+  else
+    for k, pk in pairs(p) do
+      local f = type(lf) == "function" and lf or lf[k]
+      if not f then error(("compute_loss: no loss for output '%s'"):format(tostring(k)), 2) end
+      if y[k] == nil then error(("compute_loss: no target for output '%s'"):format(tostring(k)), 2) end
+      local l = f(y[k], pk, { sample_weight = type(sample_weight) == "table" and sample_weight[k] or sample_weight })
+      parts[k] = l
+      local w = self._loss_weights and self._loss_weights[k] or 1
+      l = w == 1 and l or l * w
+      total = total and total + l or l
+    end
+  end
+  for _, aux in ipairs(self:losses()) do total = total + aux end
+  return total, parts
+end
+
+-- one optimizer step on a batch; returns the loss as a number
+function Module:train_on_batch(x, y, sample_weight)
+  self:training()
+  local p = self(x)
+  local loss = self:compute_loss(y, p, sample_weight)
+  self:zero_grad()
+  loss:backward()
+  self.optimizer:step(self:parameters())
+  return loss:item()
+end
+
+-- predict(x[, {batch_size}]): outputs in evaluation mode without recording
+function Module:predict(x, opts)
+  local was = self._training
+  self:evaluate()
+  local ok, out = pcall(moe.no_grad, self.__call__, self, x)
+  if was then self:training() end
+  if not ok then error(out, 0) end
+  return out
+end
+
+-- ------------------------------------------------------------------ save / load
+
+local FORMAT = "moelua.model.v1"
+
+-- save(path): weights (and optimizer state) as safetensors tensors, the
+-- architecture and optimizer settings as JSON in the header's __metadata__
+function Module:save(path)
+  if type(path) ~= "string" then error("save: path must be a string", 2) end
+  if not self.built and #self._children == 0 then
+    error(("save: %s \"%s\" is not built yet; call it on data first"):format(self.class_name, self.name), 2)
+  end
+  local ok, cfg = pcall(function()
+    return { class_name = self.class_name, config = self:get_config(), build_input_shape = rawget(self, "_build_input_shape") }
+  end)
+  if not ok then error("save: " .. tostring(cfg):gsub("^[^\n]-%.lua:%d+: ", ""), 2) end
+  local names, ts = self:named_weights()
+  local tensors = {}
+  for i, n in ipairs(names) do tensors[n] = ts[i] end
+  local meta = { format = FORMAT, model = assert(cjson.encode(cfg)) }
+  if rawget(self, "optimizer") then
+    local pnames, params = {}, {}
+    for n, p in self:named_parameters() do pnames[#pnames + 1] = n; params[#params + 1] = p end
+    for k, v in pairs(self.optimizer:state_tensors(pnames, params)) do tensors[k] = v end
+    meta.optimizer = assert(cjson.encode(self.optimizer:get_config()))
+    meta.compile = cjson.encode(self._compile_config or {})
+  end
+  mio.save_tensors(path, tensors, meta)
+end
+
+-- rebuild a layer from {class_name, config}; only registered classes are built
+local function from_config(entry, where, custom)
+  if type(entry) ~= "table" or type(entry.class_name) ~= "string" then
+    error(("load: %s: a layer entry without class_name"):format(where), 0)
+  end
+  local cls = nn.registry[entry.class_name]
+  if not cls then
+    error(("load: %s names an unknown layer class '%s' (define or require it before loading)")
+      :format(where, entry.class_name), 0)
+  end
+  local cfg = entry.config or {}
+  if type(cfg) ~= "table" then error(("load: %s: config is not an object"):format(where), 0) end
+  if entry.class_name == "Sequential" then
+    local layers = {}
+    for i, l in ipairs(cfg.layers or {}) do layers[i] = from_config(l, where .. " layer " .. i, custom) end
+    layers.name = cfg.name
+    local m = Sequential(layers)
+    if type(cfg.input_shape) == "table" then m:build_for(cfg.input_shape) end
+    return m
+  elseif entry.class_name == "Model" then
+    return M.model_from_config(cfg, custom)
+  elseif entry.class_name == "Lambda" then
+    local fn = custom and custom[cfg.function_name]
+    if type(fn) ~= "function" then
+      error(("load: Lambda layer \"%s\" needs its function: pass custom_objects = { %s = function ... end }")
+        :format(tostring(cfg.name), tostring(cfg.function_name)), 0)
+    end
+    return nn.Lambda { fn = fn, function_name = cfg.function_name, name = cfg.name }
+  end
+  local ok, m = pcall(cls, cfg)
+  if not ok then error(("load: %s (%s): %s"):format(where, entry.class_name, tostring(m):gsub("^[^\n]-%.lua:%d+: ", "")), 0) end
+  return m
+end
+
+function M.model_from_config(cfg, custom)
+  local inputs = {}
+  for i, spec in ipairs(cfg.input_layers or {}) do
+    inputs[i] = M.Input { shape = spec.shape, name = spec.name, dtype = spec.dtype }
+  end
+  local layers = {}
+  for i, l in ipairs(cfg.layers or {}) do layers[i] = from_config(l, "layer " .. i, custom) end
+  local outs = {}
+  local function deref(v)
+    if type(v) == "table" and v.__ref then
+      local ni, path = v.__ref[1], v.__ref[2]
+      local base = ni < 0 and inputs[-ni] or outs[ni]
+      if base == nil then error(("load: the graph refers to node %s before it exists"):format(tostring(ni)), 0) end
+      for _, k in ipairs(path or {}) do
+        base = base[k]
+        if base == nil then error("load: the graph refers to a missing output", 0) end
+      end
+      return base
+    elseif type(v) == "table" then
+      local out = {}
+      for k, x in pairs(v) do
+        local key = type(k) == "string" and k:match("^#(%d+)$")
+        out[key and tonumber(key) or k] = deref(x)
+      end
+      return out
+    end
+    return v
+  end
+  for i, nd in ipairs(cfg.nodes or {}) do
+    local layer = layers[nd.layer]
+    if not layer then error(("load: node %d uses layer %s, which is not defined"):format(i, tostring(nd.layer)), 0) end
+    local args = {}
+    for j, a in ipairs(nd.args or {}) do args[j] = deref(a) end
+    outs[i] = layer(unpack(args, 1, #(nd.args or {})))
+  end
+  return Model { inputs = deref(cfg.inputs), outputs = deref(cfg.outputs), name = cfg.name }
+end
+
+-- moe.load(path[, {custom_objects = {...}, compile = true}]): the model, bit for bit
+function M.load(path, opts)
+  opts = opts or {}
+  local tensors, meta = mio.read(path)
+  if type(meta) ~= "table" or meta.format ~= FORMAT or type(meta.model) ~= "string" then
+    error(("load: '%s' is a safetensors file but not a moelua model (use moe.load_tensors for plain tensors)")
+      :format(path), 2)
+  end
+  local cfg = cjson.decode(meta.model)
+  if type(cfg) ~= "table" then error(("load: '%s': the model config is not valid JSON"):format(path), 2) end
+  local model = from_config(cfg, "the model", opts.custom_objects)
+  if not model.built and type(cfg.build_input_shape) == "table" then
+    -- a plain layer or user module: build it by calling it on placeholder input
+    local shape = {}
+    for i, d in ipairs(cfg.build_input_shape) do
+      if type(d) ~= "number" then error(("load: '%s': bad build_input_shape"):format(path), 2) end
+      shape[i] = d
+    end
+    model:predict(moe.zeros(shape))
+  end
+  local names, ts = model:named_weights()
+  local used = 0
+  moe.no_grad(function()
+    for i, n in ipairs(names) do
+      local t = tensors[n]
+      if not t then error(("load: '%s' has no tensor for weight '%s'"):format(path, n), 0) end
+      if not moe.is_same_size(t, ts[i]) or t:dtype() ~= ts[i]:dtype() then
+        error(("load: '%s': weight '%s' is %s %s in the file, the model needs %s %s"):format(path, n, t:dtype(),
+          nn.shape_str(t:shape()), ts[i]:dtype(), nn.shape_str(ts[i]:shape())), 0)
+      end
+      ts[i]:copy_(t)
+      used = used + 1
+    end
+  end)
+  if meta.optimizer and opts.compile ~= false then
+    local oc = cjson.decode(meta.optimizer)
+    local cc = cjson.decode(meta.compile or "{}") or {}
+    local optim = require "moe.optim"
+    if type(oc) ~= "table" then error(("load: '%s': bad optimizer config"):format(path), 2) end
+    local ok, opt = pcall(optim.from_config, oc)
+    if not ok then error(tostring(opt), 2) end
+    model:compile { optimizer = opt, loss = cc.loss, loss_weights = cc.loss_weights, metrics = cc.metrics }
+    local pnames, params = {}, {}
+    for n, p in model:named_parameters() do pnames[#pnames + 1] = n; params[#params + 1] = p end
+    opt:load_state_tensors(pnames, params, tensors)
+  end
+  return model
+end
+
+return M

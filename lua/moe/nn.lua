@@ -1,0 +1,871 @@
+-- moe.nn: modules and layers.
+--
+-- A module holds named, ordered parameters (tensors that require grad), buffers
+-- (non-trainable state such as BatchNormalization's moving statistics) and child
+-- modules. Layers build their weights on the first call, from the input's shape,
+-- as Keras layers do. Calling a layer on a tensor computes at once; calling it on
+-- a symbolic tensor from moe.Input records a node of a functional model.
+local moe = require "moe"
+local core = moe.core
+local inits = require "moe.initializers"
+local I, R, C = inits.initializers, inits.regularizers, inits.constraints
+
+local nn = {}
+local registry = {}     -- class name -> class (what moe.load may construct)
+nn.registry = registry
+local constraint_of = setmetatable({}, { __mode = "k" })  -- parameter -> constraint
+nn.constraint_of = constraint_of
+
+local REQUIRED = setmetatable({}, { __tostring = function() return "<required>" end })
+nn.REQUIRED = REQUIRED
+
+local function is_module(v) return type(v) == "table" and rawget(v, "_children") ~= nil end
+nn.is_module = is_module
+local function is_symbolic(v) return type(v) == "table" and v.__symbolic == true end
+nn.is_symbolic = is_symbolic
+
+local function contains_symbolic(v, depth)
+  if is_symbolic(v) then return true end
+  if type(v) == "table" and not is_module(v) and (depth or 0) < 4 then
+    for _, x in pairs(v) do if contains_symbolic(x, (depth or 0) + 1) then return true end end
+  end
+  return false
+end
+
+local function shape_str(shape)
+  local p = {}
+  for i, d in ipairs(shape) do p[i] = (i == 1 and d == -1) and "None" or tostring(d) end
+  return "(" .. table.concat(p, ", ") .. ")"
+end
+nn.shape_str = shape_str
+
+-- strip "file:line: " from a message we are about to wrap
+local function bare(msg)
+  msg = tostring(msg)
+  return (msg:gsub("^[^\n]-%.lua:%d+: ", ""))
+end
+
+-- ------------------------------------------------------------------ classes
+
+local Module = {}
+nn.Module = Module
+
+local name_counts = {}
+local function auto_name(class_name)
+  local base = class_name:gsub("(%l)(%u)", "%1_%2"):gsub("(%u)(%u%l)", "%1_%2"):lower()
+  name_counts[base] = (name_counts[base] or 0) + 1
+  return base .. "_" .. name_counts[base]
+end
+
+local function module_newindex(self, k, v)
+  if is_module(v) and k ~= "_parent" then
+    local ch = rawget(self, "_children")
+    if ch then ch[#ch + 1] = k end
+  elseif core.is_tensor(v) and v.requires_grad and v.is_leaf then
+    local ps = rawget(self, "_params")
+    if ps then ps[#ps + 1] = k end
+  end
+  rawset(self, k, v)
+end
+
+-- define a class: cls(opts) constructs; instances are callable
+local function class(name, parent)
+  local cls = {}
+  cls.__index = cls
+  cls.__newindex = module_newindex
+  cls.__call = function(self, ...) return self:__call__(...) end
+  cls.__tostring = function(self) return ("%s \"%s\""):format(self.class_name, self.name) end
+  cls.class_name = name
+  cls.super = parent
+  setmetatable(cls, {
+    __index = parent,
+    __call = function(c, opts, ...)
+      local o = setmetatable({}, c)
+      o:init(opts or {}, ...)
+      return o
+    end,
+  })
+  registry[name] = cls
+  return cls
+end
+nn.class = class
+
+-- Module:extend("Name") -> a subclass (user layers are written this way)
+function Module:extend(name)
+  if type(name) ~= "string" then error("extend: a class name (string) is required", 2) end
+  return class(name, self)
+end
+Module.__index = Module
+Module.__newindex = module_newindex
+Module.__call = function(self, ...) return self:__call__(...) end
+Module.class_name = "Module"
+setmetatable(Module, { __call = function(c, opts)
+  local o = setmetatable({}, c)
+  o:init(opts or {})
+  return o
+end })
+registry.Module = Module
+
+function Module:init(opts)
+  rawset(self, "_params", {})
+  rawset(self, "_buffers", {})
+  rawset(self, "_children", {})
+  rawset(self, "_regularizers", {})
+  rawset(self, "_losses", {})
+  rawset(self, "_metrics", {})
+  rawset(self, "_training", true)
+  rawset(self, "built", false)
+  rawset(self, "name", opts and opts.name or auto_name(self.class_name))
+  rawset(self, "_config", {})
+end
+
+-- declare the options of a layer: defaults (REQUIRED for mandatory ones);
+-- unknown options are an error that lists the known ones
+function Module:_options(opts, defaults)
+  for k in pairs(opts) do
+    if defaults[k] == nil and k ~= "name" and k ~= "input_shape" and k ~= "dtype" and k ~= "trainable" then
+      local known = {}
+      for d in pairs(defaults) do known[#known + 1] = d end
+      table.sort(known)
+      error(("%s: unknown option '%s' (options: %s)"):format(self.class_name, tostring(k),
+        table.concat(known, ", ")), 4)
+    end
+  end
+  for k, d in pairs(defaults) do
+    local v = opts[k]
+    if v == nil then
+      if d == REQUIRED then error(("%s: option '%s' is required"):format(self.class_name, k), 4) end
+      v = d
+    end
+    if v == false and d ~= false and d ~= true then v = nil end -- false means "none" for objects
+    self._config[k] = v
+    rawset(self, k, v)
+  end
+  rawset(self, "dtype", opts.dtype or "float32")
+  if opts.trainable == false then rawset(self, "trainable", false) end
+end
+
+function Module:add_module(name, m)
+  if not is_module(m) then error(("add_module: '%s' is not a module"):format(tostring(name)), 2) end
+  if rawget(self, name) == nil then self._children[#self._children + 1] = name end
+  rawset(self, name, m)
+  return m
+end
+
+-- add_weight(name, shape, {initializer, regularizer, constraint, trainable, dtype})
+function Module:add_weight(name, shape, opts)
+  opts = opts or {}
+  local init = I.get(opts.initializer or "glorot_uniform", self.class_name)
+  local w = init(shape, opts.dtype or self.dtype or "float32")
+  local trainable = opts.trainable ~= false and rawget(self, "trainable") ~= false
+  if trainable then
+    w.requires_grad = true
+    self._params[#self._params + 1] = name
+  else
+    self._buffers[#self._buffers + 1] = name
+  end
+  rawset(self, name, w)
+  if opts.regularizer then self._regularizers[name] = R.get(opts.regularizer, self.class_name) end
+  if opts.constraint then constraint_of[w] = C.get(opts.constraint, self.class_name) end
+  return w
+end
+
+-- replace a weight's tensor (dtype conversion, loading), keeping its registration
+function Module:_replace_weight(name, t)
+  local old = rawget(self, name)
+  local trainable = old.requires_grad
+  if trainable then t.requires_grad = true end
+  constraint_of[t] = constraint_of[old]
+  rawset(self, name, t)
+end
+
+function Module:children()
+  local out = {}
+  for _, k in ipairs(self._children) do out[#out + 1] = rawget(self, k) end
+  return out
+end
+
+-- every (module path, module) in depth-first order, each module once
+function Module:modules()
+  local out, seen = {}, {}
+  local function walk(m, path)
+    if seen[m] then return end
+    seen[m] = true
+    out[#out + 1] = { path, m }
+    for _, k in ipairs(m._children) do
+      local c = rawget(m, k)
+      walk(c, path == "" and c.name or (path .. "/" .. c.name))
+    end
+  end
+  walk(self, "")
+  return out
+end
+
+-- named weights in Keras's order: per module, trainable then non-trainable,
+-- modules depth first; names "layer/sub_layer/kernel"
+local function collect(self, want_params, want_buffers)
+  local names, ts, seen = {}, {}, {}
+  for _, e in ipairs(self:modules()) do
+    local path, m = e[1], e[2]
+    local lists = {}
+    if want_params then lists[#lists + 1] = m._params end
+    if want_buffers then lists[#lists + 1] = m._buffers end
+    for _, list in ipairs(lists) do
+      for _, k in ipairs(list) do
+        local t = rawget(m, k)
+        if t and not seen[t] then
+          seen[t] = true
+          names[#names + 1] = path == "" and k or (path .. "/" .. k)
+          ts[#ts + 1] = t
+        end
+      end
+    end
+  end
+  return names, ts
+end
+
+-- Keras order within a layer is creation order; params and buffers interleave as created
+local function weights_in_order(self)
+  local names, ts, seen = {}, {}, {}
+  for _, e in ipairs(self:modules()) do
+    local path, m = e[1], e[2]
+    local order = rawget(m, "_weight_order")
+    local list = order or {}
+    if not order then
+      for _, k in ipairs(m._params) do list[#list + 1] = k end
+      for _, k in ipairs(m._buffers) do list[#list + 1] = k end
+    end
+    for _, k in ipairs(list) do
+      local t = rawget(m, k)
+      if t and not seen[t] then
+        seen[t] = true
+        names[#names + 1] = path == "" and k or (path .. "/" .. k)
+        ts[#ts + 1] = t
+      end
+    end
+  end
+  return names, ts
+end
+
+function Module:parameters()
+  local _, ts = collect(self, true, false)
+  return ts
+end
+
+-- iterator: for name, tensor in m:named_parameters() do ... end
+function Module:named_parameters()
+  local names, ts = collect(self, true, false)
+  local i = 0
+  return function()
+    i = i + 1
+    if names[i] then return names[i], ts[i] end
+  end
+end
+
+-- all weights (trainable and not), names and tensors, in Keras's order
+function Module:named_weights() return weights_in_order(self) end
+
+function Module:count_params()
+  local _, ps = collect(self, true, false)
+  local _, all = collect(self, true, true)
+  local n, t = 0, 0
+  for _, p in ipairs(all) do n = n + p:numel() end
+  for _, p in ipairs(ps) do t = t + p:numel() end
+  return n, t
+end
+
+-- get_weights(): copies of every weight, Keras's order (Dense: kernel [in,out], bias)
+function Module:get_weights()
+  local _, ts = weights_in_order(self)
+  local out = {}
+  for i, t in ipairs(ts) do out[i] = t:detach():clone() end
+  return out
+end
+
+function Module:set_weights(list)
+  local names, ts = weights_in_order(self)
+  if type(list) ~= "table" or #list ~= #ts then
+    error(("set_weights: %s \"%s\" has %d weights, got a list of %s"):format(self.class_name, self.name,
+      #ts, type(list) == "table" and tostring(#list) or type(list)), 2)
+  end
+  for i, t in ipairs(ts) do
+    local w = list[i]
+    if not core.is_tensor(w) then w = moe.tensor(w) end
+    local a, b = t:shape(), w:shape()
+    local same = #a == #b
+    for d = 1, #a do same = same and a[d] == b[d] end
+    if not same then
+      error(("set_weights: weight %d (%s) has shape %s, got %s"):format(i, names[i], shape_str(a), shape_str(b)), 2)
+    end
+  end
+  moe.no_grad(function() for i, t in ipairs(ts) do t:copy_(list[i]) end end)
+end
+
+function Module:zero_grad()
+  for _, p in ipairs(self:parameters()) do p.grad = nil end
+end
+
+local function set_mode(self, on)
+  for _, e in ipairs(self:modules()) do rawset(e[2], "_training", on) end
+  return self
+end
+function Module:training() return set_mode(self, true) end
+function Module:evaluate() return set_mode(self, false) end
+function Module:is_training() return self._training end
+
+-- convert every weight to a dtype ("float64" for gradchecks)
+function Module:to(dtype)
+  for _, e in ipairs(self:modules()) do
+    local m = e[2]
+    rawset(m, "dtype", dtype)
+    for _, list in ipairs { m._params, m._buffers } do
+      for _, k in ipairs(list) do
+        local t = rawget(m, k)
+        if t and t:dtype() ~= dtype then m:_replace_weight(k, t:detach():to(dtype)) end
+      end
+    end
+  end
+  return self
+end
+function Module:double() return self:to("float64") end
+function Module:float() return self:to("float32") end
+
+-- ------------------------------------------------------------------ calls
+
+local call_depth, call_epoch = 0, 0
+
+function Module:add_loss(t)
+  if not core.is_tensor(t) then error(("add_loss: %s \"%s\": expected a tensor, got %s"):format(self.class_name, self.name, type(t)), 2) end
+  self._losses[#self._losses + 1] = t
+end
+
+function Module:add_metric(name, value)
+  if type(name) ~= "string" then error("add_metric: the metric needs a name", 2) end
+  self._metrics[name] = value
+end
+
+-- the auxiliary losses of the last forward pass (this module and its children)
+-- and the weight-regularization penalties, as Keras's `model.losses`
+function Module:losses()
+  local out = {}
+  for _, e in ipairs(self:modules()) do
+    local m = e[2]
+    for _, l in ipairs(m._losses) do out[#out + 1] = l end
+    for _, k in ipairs(m._params) do
+      local r = m._regularizers[k]
+      if r then out[#out + 1] = r(rawget(m, k)) end
+    end
+  end
+  return out
+end
+
+-- name -> value of the metrics added in the last forward pass
+function Module:metrics()
+  local out = {}
+  for _, e in ipairs(self:modules()) do
+    for k, v in pairs(e[2]._metrics) do
+      out[k] = core.is_tensor(v) and v:item() or v
+    end
+  end
+  return out
+end
+
+local function shapes_of(v)
+  if core.is_tensor(v) then return v:shape() end
+  if type(v) == "table" then
+    local out = {}
+    for k, x in pairs(v) do out[k] = shapes_of(x) end
+    return out
+  end
+  return nil
+end
+nn.shapes_of = shapes_of
+
+function Module:build(input_shape) end
+
+function Module:forward(...)
+  if self.call then return self:call(...) end
+  error(("%s \"%s\": forward is not defined"):format(self.class_name, self.name), 2)
+end
+
+function Module:__call__(...)
+  if contains_symbolic((...)) or (select("#", ...) > 1 and contains_symbolic({ ... })) then
+    return require("moe.model").symbolic_call(self, ...)
+  end
+  if call_depth == 0 then call_epoch = call_epoch + 1 end
+  if rawget(self, "_epoch") ~= call_epoch then
+    rawset(self, "_epoch", call_epoch)
+    rawset(self, "_losses", {})
+    rawset(self, "_metrics", {})
+  end
+  call_depth = call_depth + 1
+  local ok, out = pcall(function(...)
+    if not self.built then
+      local shape = shapes_of((...))
+      rawset(self, "_build_input_shape", shape)
+      self:build(shape)
+      rawset(self, "built", true)
+    end
+    local y = self:forward(...)
+    local ar = rawget(self, "_activity_regularizer")
+    if ar and core.is_tensor(y) then self:add_loss(ar(y)) end
+    return y
+  end, ...)
+  call_depth = call_depth - 1
+  if not ok then error(out, 0) end
+  rawset(self, "_output_shape", shapes_of(out))
+  return out
+end
+
+-- call a child and name it in any error (containers use this)
+function nn.call_child(parent, index, child, ...)
+  local res = { pcall(child.__call__, child, ...) }
+  if not res[1] then
+    error(("in layer %s (%s \"%s\") of %s \"%s\": %s"):format(tostring(index), child.class_name, child.name,
+      parent.class_name, parent.name, bare(res[2])), 0)
+  end
+  return unpack(res, 2, table.maxn(res))
+end
+
+-- ------------------------------------------------------------------ config and summary
+
+local function serializable(v, where)
+  local tv = type(v)
+  if tv == "function" then
+    error(("get_config: %s holds a Lua function, which a checkpoint cannot store (files hold data, not code)")
+      :format(where), 3)
+  end
+  if tv == "table" and getmetatable(v) and getmetatable(v).class_name then return v:get_config() end
+  if tv == "table" then
+    local out = {}
+    for k, x in pairs(v) do out[k] = serializable(x, where) end
+    return out
+  end
+  return v
+end
+
+function Module:get_config()
+  local c = { name = self.name }
+  for k, v in pairs(self._config) do c[k] = serializable(v, ("%s \"%s\" option '%s'"):format(self.class_name, self.name, k)) end
+  if self.dtype and self.dtype ~= "float32" then c.dtype = self.dtype end
+  if rawget(self, "trainable") == false then c.trainable = false end
+  return c
+end
+
+-- summary(): a table of layers, output shapes and parameter counts, with totals.
+-- Prints it (or passes it to opts.print_fn) and returns the string.
+local function commas(n)
+  local s = tostring(math.floor(n))
+  while true do
+    local r, k = s:gsub("^(-?%d+)(%d%d%d)", "%1,%2")
+    s = r
+    if k == 0 then break end
+  end
+  return s
+end
+
+local function out_shape_str(s)
+  if s == nil then return "?" end
+  if type(s[1]) == "number" or #s == 0 and next(s) == nil then
+    local b = {}
+    for i, d in ipairs(s) do b[i] = d end
+    if #b > 0 then b[1] = -1 end
+    return shape_str(b)
+  end
+  local parts = {}
+  local keys = {}
+  for k in pairs(s) do keys[#keys + 1] = k end
+  table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+  for _, k in ipairs(keys) do
+    parts[#parts + 1] = (type(k) == "string" and (k .. ": ") or "") .. out_shape_str(s[k])
+  end
+  return "[" .. table.concat(parts, ", ") .. "]"
+end
+nn.out_shape_str = out_shape_str
+
+function Module:summary_rows()
+  local rows = {}
+  for _, c in ipairs(self:children()) do
+    local total = c:count_params()
+    rows[#rows + 1] = { ("%s (%s)"):format(c.name, c.class_name), out_shape_str(rawget(c, "_output_shape")), total }
+  end
+  return rows
+end
+
+function Module:summary(opts)
+  opts = opts or {}
+  if not self.built and #self:children() == 0 then
+    error(("summary: %s \"%s\" is not built yet; call it on data (or give an input shape) first")
+      :format(self.class_name, self.name), 2)
+  end
+  local rows = self:summary_rows()
+  local w1, w2 = 28, 24
+  for _, r in ipairs(rows) do
+    w1 = math.max(w1, #r[1] + 2)
+    w2 = math.max(w2, #r[2] + 2)
+  end
+  local line = string.rep("-", w1 + w2 + 12)
+  local out = { ("Model: \"%s\""):format(self.name), line,
+    ("%-" .. w1 .. "s%-" .. w2 .. "s%12s"):format("Layer (type)", "Output Shape", "Param #"), line }
+  for _, r in ipairs(rows) do
+    out[#out + 1] = ("%-" .. w1 .. "s%-" .. w2 .. "s%12s"):format(r[1], r[2], commas(r[3]))
+  end
+  local total, trainable = self:count_params()
+  out[#out + 1] = line
+  out[#out + 1] = "Total params: " .. commas(total)
+  out[#out + 1] = "Trainable params: " .. commas(trainable)
+  out[#out + 1] = "Non-trainable params: " .. commas(total - trainable)
+  out[#out + 1] = line
+  local s = table.concat(out, "\n")
+  local pf = opts.print_fn or print
+  if opts.print_fn ~= false then pf(s) end
+  return s
+end
+
+-- ------------------------------------------------------------------ activations
+
+local act = {}
+nn.activations = act
+act.linear = function(x) return x end
+act.relu = function(x) return x:relu() end
+act.sigmoid = function(x) return x:sigmoid() end
+act.tanh = function(x) return x:tanh() end
+act.softmax = function(x) return x:softmax(-1) end
+act.log_softmax = function(x) return x:log_softmax(-1) end
+act.gelu = function(x) return x:gelu() end
+act.softplus = function(x) return x:softplus() end
+act.softsign = function(x) return x / (x:abs() + 1) end
+act.swish = function(x) return x * x:sigmoid() end
+act.silu = act.swish
+act.exponential = function(x) return x:exp() end
+act.elu = function(x) return moe.where(x:gt(0), x, x:expm1()) end
+act.selu = function(x)
+  local a, s = 1.6732632423543772, 1.0507009873554805
+  return moe.where(x:gt(0), x, x:expm1() * a) * s
+end
+act.leaky_relu = function(x) return moe.where(x:gt(0), x, x * 0.2) end
+act.relu6 = function(x) return x:clamp(0, 6) end
+act.hard_sigmoid = function(x) return (x / 6 + 0.5):clamp(0, 1) end
+
+function nn.get_activation(spec, where)
+  if spec == nil or spec == false then return act.linear end
+  if type(spec) == "function" then return spec end
+  local f = act[spec]
+  if not f then
+    local names = {}
+    for k in pairs(act) do names[#names + 1] = k end
+    table.sort(names)
+    error(("%s: unknown activation '%s' (known: %s)"):format(where or "activation", tostring(spec),
+      table.concat(names, ", ")), 3)
+  end
+  return f
+end
+
+-- ------------------------------------------------------------------ layers
+
+local function positive_int(self, k)
+  local v = self[k]
+  if type(v) ~= "number" or v < 1 or v ~= math.floor(v) then
+    error(("%s: %s must be a positive integer, got %s"):format(self.class_name, k, tostring(v)), 4)
+  end
+end
+nn.positive_int = positive_int
+
+local function last_dim(self, shape)
+  if type(shape) ~= "table" or type(shape[1]) ~= "number" or #shape < 1 then
+    error(("%s \"%s\": expected one tensor input"):format(self.class_name, self.name), 4)
+  end
+  return shape[#shape]
+end
+
+local function regularizer_setup(self)
+  if self.activity_regularizer then
+    rawset(self, "_activity_regularizer", R.get(self.activity_regularizer, self.class_name))
+  end
+end
+
+-- Dense: y = activation(x W + b), W [in, units]
+local Dense = class("Dense", Module)
+nn.Dense = Dense
+function Dense:init(opts)
+  Module.init(self, opts)
+  self:_options(opts, { units = REQUIRED, activation = false, use_bias = true,
+    kernel_initializer = "glorot_uniform", bias_initializer = "zeros",
+    kernel_regularizer = false, bias_regularizer = false, activity_regularizer = false,
+    kernel_constraint = false, bias_constraint = false })
+  positive_int(self, "units")
+  rawset(self, "_act", nn.get_activation(self.activation, "Dense"))
+  regularizer_setup(self)
+  -- fail early on bad names
+  I.get(self.kernel_initializer, "Dense"); I.get(self.bias_initializer, "Dense")
+  R.get(self.kernel_regularizer, "Dense"); R.get(self.bias_regularizer, "Dense")
+  C.get(self.kernel_constraint, "Dense"); C.get(self.bias_constraint, "Dense")
+end
+function Dense:build(shape)
+  local fin = last_dim(self, shape)
+  self:add_weight("kernel", { fin, self.units }, { initializer = self.kernel_initializer,
+    regularizer = self.kernel_regularizer, constraint = self.kernel_constraint })
+  if self.use_bias then
+    self:add_weight("bias", { self.units }, { initializer = self.bias_initializer,
+      regularizer = self.bias_regularizer, constraint = self.bias_constraint })
+  end
+end
+function Dense:forward(x)
+  local k = self.kernel
+  local n = x:size(-1)
+  if n ~= k:size(1) then
+    error(("Dense \"%s\": input has %d features (shape %s) but the layer was built for %d")
+      :format(self.name, n, shape_str(x:shape()), k:size(1)), 0)
+  end
+  local y = x:matmul(k)
+  if self.use_bias then y = y + self.bias end
+  return self._act(y)
+end
+
+local Activation = class("Activation", Module)
+nn.Activation = Activation
+function Activation:init(opts)
+  if type(opts) == "string" then opts = { activation = opts } end
+  Module.init(self, opts)
+  self:_options(opts, { activation = REQUIRED })
+  rawset(self, "_act", nn.get_activation(self.activation, "Activation"))
+end
+function Activation:forward(x) return self._act(x) end
+
+-- Dropout: zero each element with probability rate in training, scale the rest by 1/(1-rate)
+local Dropout = class("Dropout", Module)
+nn.Dropout = Dropout
+function Dropout:init(opts)
+  if type(opts) == "number" then opts = { rate = opts } end
+  Module.init(self, opts)
+  self:_options(opts, { rate = REQUIRED, seed = false, noise_shape = false })
+  if type(self.rate) ~= "number" or self.rate < 0 or self.rate >= 1 then
+    error(("Dropout: rate must be in [0, 1), got %s"):format(tostring(self.rate)), 3)
+  end
+end
+function Dropout:forward(x)
+  if not self._training or self.rate == 0 then return x end
+  local keep = moe.rand(self.noise_shape or x:shape(), { dtype = x:dtype() }):ge(self.rate)
+  return x * keep:to(x:dtype()) * (1 / (1 - self.rate))
+end
+
+local function norm_axis(self, shape)
+  local n = #shape
+  local a = self.axis < 0 and n + 1 + self.axis or self.axis
+  if a < 1 or a > n then
+    error(("%s \"%s\": axis %d out of range for input shape %s"):format(self.class_name, self.name, self.axis,
+      shape_str(shape)), 0)
+  end
+  return a
+end
+
+-- reduce over every dim but `axis`, as a bit list for sum/mean
+local function other_dims(n, axis)
+  local dims = {}
+  for d = 1, n do if d ~= axis then dims[#dims + 1] = d end end
+  return dims
+end
+
+-- weight shaped to broadcast along `axis` of an n-d input
+local function along(w, n, axis)
+  local shape = {}
+  for d = 1, n do shape[d] = d == axis and w:size(1) or 1 end
+  return w:view(shape)
+end
+
+-- BatchNormalization (Keras semantics): batch statistics in training, with
+-- moving = moving * momentum + batch * (1 - momentum); moving statistics in evaluation
+local BN = class("BatchNormalization", Module)
+nn.BatchNormalization = BN
+function BN:init(opts)
+  Module.init(self, opts)
+  self:_options(opts, { axis = -1, momentum = 0.99, epsilon = 1e-3, center = true, scale = true,
+    beta_initializer = "zeros", gamma_initializer = "ones", moving_mean_initializer = "zeros",
+    moving_variance_initializer = "ones", beta_regularizer = false, gamma_regularizer = false,
+    beta_constraint = false, gamma_constraint = false })
+end
+function BN:build(shape)
+  local a = norm_axis(self, shape)
+  local f = shape[a]
+  rawset(self, "_weight_order", {})
+  local order = self._weight_order
+  if self.scale then
+    self:add_weight("gamma", { f }, { initializer = self.gamma_initializer, regularizer = self.gamma_regularizer,
+      constraint = self.gamma_constraint }); order[#order + 1] = "gamma"
+  end
+  if self.center then
+    self:add_weight("beta", { f }, { initializer = self.beta_initializer, regularizer = self.beta_regularizer,
+      constraint = self.beta_constraint }); order[#order + 1] = "beta"
+  end
+  self:add_weight("moving_mean", { f }, { initializer = self.moving_mean_initializer, trainable = false })
+  self:add_weight("moving_variance", { f }, { initializer = self.moving_variance_initializer, trainable = false })
+  order[#order + 1] = "moving_mean"; order[#order + 1] = "moving_variance"
+end
+function BN:forward(x)
+  local n = x:dim()
+  local a = norm_axis(self, x:shape())
+  local mean, var
+  if self._training then
+    local dims = other_dims(n, a)
+    mean = x:mean(dims, { keepdim = true })
+    var = (x - mean):square():mean(dims, { keepdim = true })
+    moe.no_grad(function()
+      local m = self.momentum
+      self.moving_mean:mul_(m):add_(mean:detach():reshape(-1) * (1 - m))
+      self.moving_variance:mul_(m):add_(var:detach():reshape(-1) * (1 - m))
+    end)
+  else
+    mean = along(self.moving_mean, n, a)
+    var = along(self.moving_variance, n, a)
+  end
+  local y = (x - mean) / (var + self.epsilon):sqrt()
+  if self.scale then y = y * along(self.gamma, n, a) end
+  if self.center then y = y + along(self.beta, n, a) end
+  return y
+end
+
+-- LayerNormalization over the last axis (Keras's default), gamma and beta [F]
+local LN = class("LayerNormalization", Module)
+nn.LayerNormalization = LN
+function LN:init(opts)
+  Module.init(self, opts)
+  self:_options(opts, { axis = -1, epsilon = 1e-3, center = true, scale = true,
+    beta_initializer = "zeros", gamma_initializer = "ones", beta_regularizer = false,
+    gamma_regularizer = false, beta_constraint = false, gamma_constraint = false })
+end
+function LN:build(shape)
+  local a = norm_axis(self, shape)
+  rawset(self, "_weight_order", {})
+  if self.scale then
+    self:add_weight("gamma", { shape[a] }, { initializer = self.gamma_initializer,
+      regularizer = self.gamma_regularizer, constraint = self.gamma_constraint })
+    table.insert(self._weight_order, "gamma")
+  end
+  if self.center then
+    self:add_weight("beta", { shape[a] }, { initializer = self.beta_initializer,
+      regularizer = self.beta_regularizer, constraint = self.beta_constraint })
+    table.insert(self._weight_order, "beta")
+  end
+end
+function LN:forward(x)
+  local n = x:dim()
+  local a = norm_axis(self, x:shape())
+  local mean = x:mean(a, { keepdim = true })
+  local var = (x - mean):square():mean(a, { keepdim = true })
+  local y = (x - mean) / (var + self.epsilon):sqrt()
+  if self.scale then y = y * along(self.gamma, n, a) end
+  if self.center then y = y + along(self.beta, n, a) end
+  return y
+end
+
+-- Embedding: integer ids (1-based) [..] -> vectors [.., output_dim]
+local Embedding = class("Embedding", Module)
+nn.Embedding = Embedding
+function Embedding:init(opts)
+  Module.init(self, opts)
+  self:_options(opts, { input_dim = REQUIRED, output_dim = REQUIRED, embeddings_initializer = "random_uniform",
+    embeddings_regularizer = false, embeddings_constraint = false, activity_regularizer = false })
+  positive_int(self, "input_dim")
+  positive_int(self, "output_dim")
+  regularizer_setup(self)
+end
+function Embedding:build()
+  self:add_weight("embeddings", { self.input_dim, self.output_dim }, { initializer = self.embeddings_initializer,
+    regularizer = self.embeddings_regularizer, constraint = self.embeddings_constraint })
+end
+function Embedding:forward(ids)
+  local dt = ids:dtype()
+  if dt:match("^float") or dt == "bool" then
+    error(("Embedding \"%s\": ids must be an integer tensor, got %s"):format(self.name, dt), 0)
+  end
+  local shape = ids:shape()
+  local rows = self.embeddings:index_select(1, ids:reshape(-1))
+  shape[#shape + 1] = self.output_dim
+  return rows:reshape(shape)
+end
+
+-- merging layers: called on a list of tensors
+local function list_input(self, xs, min)
+  if core.is_tensor(xs) or type(xs) ~= "table" or #xs < min then
+    error(("%s \"%s\": expected a list of at least %d tensors"):format(self.class_name, self.name, min), 0)
+  end
+end
+
+local Concatenate = class("Concatenate", Module)
+nn.Concatenate = Concatenate
+function Concatenate:init(opts)
+  Module.init(self, opts)
+  self:_options(opts, { axis = -1 })
+end
+function Concatenate:forward(xs)
+  list_input(self, xs, 1)
+  local n = xs[1]:dim()
+  local a = self.axis < 0 and n + 1 + self.axis or self.axis
+  return moe.cat(xs, a)
+end
+
+local function merge(name, op)
+  local cls = class(name, Module)
+  nn[name] = cls
+  function cls:init(opts)
+    Module.init(self, opts)
+    self:_options(opts, {})
+  end
+  function cls:forward(xs)
+    list_input(self, xs, 2)
+    local y = xs[1]
+    for i = 2, #xs do y = op(y, xs[i]) end
+    return y
+  end
+  return cls
+end
+merge("Add", function(a, b) return a + b end)
+merge("Multiply", function(a, b) return a * b end)
+merge("Subtract", function(a, b) return a - b end)
+merge("Average", function(a, b) return a + b end)
+function nn.Average:forward(xs)
+  list_input(self, xs, 2)
+  local y = xs[1]
+  for i = 2, #xs do y = y + xs[i] end
+  return y / #xs
+end
+merge("Maximum", function(a, b) return a:maximum(b) end)
+merge("Minimum", function(a, b) return a:minimum(b) end)
+
+-- Lambda{fn}: any function of the inputs. Its function is not stored in
+-- checkpoints: moe.load takes it back through custom_objects[function_name].
+local Lambda = class("Lambda", Module)
+nn.Lambda = Lambda
+function Lambda:init(opts)
+  if type(opts) == "function" then opts = { fn = opts } end
+  Module.init(self, opts)
+  if type(opts.fn) ~= "function" then error("Lambda: option 'fn' (a function) is required", 3) end
+  rawset(self, "fn", opts.fn)
+  rawset(self, "function_name", opts.function_name or self.name)
+  for k in pairs(opts) do
+    if k ~= "fn" and k ~= "function_name" and k ~= "name" then
+      error(("Lambda: unknown option '%s' (options: fn, function_name)"):format(tostring(k)), 3)
+    end
+  end
+end
+function Lambda:forward(...) return self.fn(...) end
+function Lambda:get_config() return { name = self.name, function_name = self.function_name } end
+
+local Flatten = class("Flatten", Module)
+nn.Flatten = Flatten
+function Flatten:init(opts) Module.init(self, opts); self:_options(opts, {}) end
+function Flatten:forward(x) return x:reshape(x:size(1), -1) end
+
+local Reshape = class("Reshape", Module)
+nn.Reshape = Reshape
+function Reshape:init(opts)
+  Module.init(self, opts)
+  self:_options(opts, { target_shape = REQUIRED })
+end
+function Reshape:forward(x)
+  local s = { x:size(1) }
+  for _, d in ipairs(self.target_shape) do s[#s + 1] = d end
+  return x:reshape(s)
+end
+
+return nn

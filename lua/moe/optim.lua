@@ -1,0 +1,291 @@
+-- moe.optim: optimizers, learning-rate schedules and ReduceLROnPlateau.
+--
+-- Update rules and defaults are PyTorch's (torch.optim); Keras names are
+-- accepted as aliases (learning_rate for lr, beta_1/beta_2, rho for RMSprop's
+-- alpha, epsilon for eps). opt:step(params) updates the given parameters from
+-- their .grad, as Torch7's optim works on given parameters: one fused C pass
+-- over all of them (src/train/optim.c), then the constraints of the layers that
+-- own them. Parameters without a gradient are skipped.
+local moe = require "moe"
+local core = moe.core
+
+local optim = {}
+
+local function nn() return require "moe.nn" end
+
+local Optimizer = {}
+Optimizer.__index = Optimizer
+optim.Optimizer = Optimizer
+
+local aliases = { learning_rate = "lr", beta_1 = "beta1", beta_2 = "beta2", epsilon = "eps", rho = "alpha",
+  clipnorm = "clip_norm", global_clipnorm = "clip_norm", clipvalue = "clip_value" }
+
+local function define(name, kind, defaults, state_names)
+  local cls = setmetatable({ class_name = name }, { __index = Optimizer })
+  cls.__index = cls
+  optim[name] = cls
+  setmetatable(cls, { __index = Optimizer, __call = function(c, opts)
+    opts = opts or {}
+    local o = setmetatable({ kind = kind, state = setmetatable({}, { __mode = "k" }), iterations = 0,
+      hp = {}, state_names = state_names }, c)
+    for k, v in pairs(opts) do
+      local key = aliases[k] or k
+      if defaults[key] == nil and key ~= "clip_norm" and key ~= "clip_value" then
+        local known = {}
+        for d in pairs(defaults) do known[#known + 1] = d end
+        table.sort(known)
+        error(("%s: unknown option '%s' (options: %s, clip_norm, clip_value)"):format(name, tostring(k),
+          table.concat(known, ", ")), 2)
+      end
+      o.hp[key] = v
+    end
+    for k, d in pairs(defaults) do if o.hp[k] == nil then o.hp[k] = d end end
+    local lr = o.hp.lr
+    if type(lr) == "table" or type(lr) == "function" then
+      o.schedule = lr
+      o.hp.lr = o.schedule(0)
+    elseif type(lr) ~= "number" or lr < 0 then
+      error(("%s: lr must be a non-negative number or a schedule, got %s"):format(name, tostring(lr)), 2)
+    end
+    for _, k in ipairs { "momentum", "weight_decay", "eps" } do
+      if o.hp[k] ~= nil and (type(o.hp[k]) ~= "number" or o.hp[k] < 0) then
+        error(("%s: %s must be a non-negative number, got %s"):format(name, k, tostring(o.hp[k])), 2)
+      end
+    end
+    if o.hp.nesterov and (o.hp.momentum <= 0 or (o.hp.dampening or 0) ~= 0) then
+      error(("%s: nesterov needs momentum > 0 and dampening 0"):format(name), 2)
+    end
+    return o
+  end })
+  return cls
+end
+
+define("SGD", "sgd", { lr = 1e-3, momentum = 0, dampening = 0, nesterov = false, weight_decay = 0 }, { "momentum_buffer" })
+define("Adam", "adam", { lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0 }, { "m", "v" })
+define("AdamW", "adamw", { lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 1e-2 }, { "m", "v" })
+define("RMSprop", "rmsprop", { lr = 1e-2, alpha = 0.99, eps = 1e-8, weight_decay = 0, momentum = 0 }, { "square_avg", "momentum_buffer" })
+define("Adagrad", "adagrad", { lr = 1e-2, lr_decay = 0, eps = 1e-10, weight_decay = 0, initial_accumulator_value = 0 }, { "sum" })
+
+function Optimizer:get_lr() return self.hp.lr end
+function Optimizer:set_lr(lr)
+  if type(lr) ~= "number" or lr < 0 then error("set_lr: expected a non-negative number", 2) end
+  self.hp.lr = lr
+end
+
+local function state_for(self, p)
+  local s = self.state[p]
+  if not s then
+    s = { step = 0 }
+    local need1 = self.kind ~= "sgd" or self.hp.momentum ~= 0
+    local need2 = self.kind == "adam" or self.kind == "adamw" or (self.kind == "rmsprop" and self.hp.momentum ~= 0)
+    local init = self.hp.initial_accumulator_value or 0
+    if need1 then s[1] = moe.full(p:shape(), init, { dtype = p:dtype() }) end
+    if need2 then s[2] = moe.zeros(p:shape(), { dtype = p:dtype() }) end
+    self.state[p] = s
+  end
+  return s
+end
+
+-- step(params): one update of every parameter that has a gradient. Returns the
+-- global gradient norm (before clipping).
+function Optimizer:step(params)
+  if type(params) ~= "table" then
+    error(("%s.step: expected a list of parameters (model:parameters()), got %s"):format(self.class_name, type(params)), 2)
+  end
+  if self.schedule then self.hp.lr = self.schedule(self.iterations) end
+  local P, G, S1, S2, steps = {}, {}, {}, {}, {}
+  for i, p in ipairs(params) do
+    if not core.is_tensor(p) then error(("%s.step: parameter %d is not a tensor"):format(self.class_name, i), 2) end
+    local g = p.grad
+    if g then
+      local s = state_for(self, p)
+      s.step = s.step + 1
+      local n = #P + 1
+      P[n], G[n], S1[n], S2[n], steps[n] = p, g:is_contiguous() and g or g:contiguous(), s[1] or false, s[2] or false, s.step
+    end
+  end
+  local norm = moe.no_grad(core.optim_step, self.kind, P, G, S1, S2, steps, self.hp)
+  self.iterations = self.iterations + 1
+  -- constraints of the layers that own the parameters
+  local cof = nn().constraint_of
+  moe.no_grad(function()
+    for _, p in ipairs(P) do
+      local c = cof[p]
+      if c then p:copy_(c(p)) end
+    end
+  end)
+  return norm
+end
+
+function Optimizer:zero_grad(params)
+  for _, p in ipairs(params) do p.grad = nil end
+end
+
+function Optimizer:get_config()
+  local c = { class_name = self.class_name, config = {} }
+  for k, v in pairs(self.hp) do c.config[k] = v end
+  if self.schedule and self.schedule.get_config then c.config.lr = self.schedule:get_config() end
+  c.iterations = self.iterations
+  return c
+end
+
+-- state of the given (named) parameters as tensors for a checkpoint
+function Optimizer:state_tensors(names, params)
+  local out = {}
+  for i, p in ipairs(params) do
+    local s = self.state[p]
+    if s then
+      for j, sn in ipairs(self.state_names) do
+        if s[j] then out["optimizer/" .. names[i] .. "/" .. sn] = s[j] end
+      end
+      out["optimizer/" .. names[i] .. "/step"] = moe.tensor(s.step, { dtype = "int64" })
+    end
+  end
+  return out
+end
+
+function Optimizer:load_state_tensors(names, params, tensors)
+  for i, p in ipairs(params) do
+    local st = tensors["optimizer/" .. names[i] .. "/step"]
+    if st then
+      local s = { step = st:item() }
+      for j, sn in ipairs(self.state_names) do
+        local t = tensors["optimizer/" .. names[i] .. "/" .. sn]
+        if t then
+          if not moe.is_same_size(t, p) or t:dtype() ~= p:dtype() then
+            error(("load: optimizer state %s does not match its parameter's shape"):format(names[i] .. "/" .. sn), 0)
+          end
+          s[j] = t
+        end
+      end
+      self.state[p] = s
+    end
+  end
+end
+
+function optim.from_config(c)
+  local cls = type(c) == "table" and optim[c.class_name]
+  if not cls or type(cls) ~= "table" or not cls.class_name then
+    error(("load: unknown optimizer '%s'"):format(tostring(type(c) == "table" and c.class_name)), 0)
+  end
+  local cfg = {}
+  for k, v in pairs(c.config or {}) do cfg[k] = v end
+  if type(cfg.lr) == "table" then cfg.lr = optim.schedules.from_config(cfg.lr) end
+  local o = cls(cfg)
+  o.iterations = tonumber(c.iterations) or 0
+  return o
+end
+
+function optim.get(spec)
+  if type(spec) == "table" and getmetatable(spec) and spec.step then return spec end
+  if type(spec) == "string" then
+    local names = { sgd = "SGD", adam = "Adam", adamw = "AdamW", rmsprop = "RMSprop", adagrad = "Adagrad" }
+    local cls = optim[names[spec:lower()] or ""]
+    if not cls then error(("optimizer: unknown optimizer '%s' (sgd, adam, adamw, rmsprop, adagrad)"):format(spec), 3) end
+    return cls()
+  end
+  error("optimizer: expected an optimizer or its name", 3)
+end
+
+-- ------------------------------------------------------------------ schedules
+-- A schedule is called with the optimizer's step count (0 for the first step)
+-- and returns the learning rate.
+local schedules = {}
+optim.schedules = schedules
+
+local function schedule(name, defaults, fn)
+  local cls = { class_name = name }
+  cls.__index = cls
+  cls.__call = fn
+  function cls:get_config()
+    local c = {}
+    for k in pairs(defaults) do c[k] = self[k] end
+    return { class_name = name, config = c }
+  end
+  setmetatable(cls, { __call = function(c, opts)
+    local o = setmetatable({}, c)
+    for k, d in pairs(defaults) do
+      local v = opts and opts[k]
+      if v == nil then v = d end
+      if v == "required" then error(("%s: option '%s' is required"):format(name, k), 2) end
+      o[k] = v
+    end
+    for k in pairs(opts or {}) do
+      if defaults[k] == nil then error(("%s: unknown option '%s'"):format(name, tostring(k)), 2) end
+    end
+    return o
+  end })
+  schedules[name] = cls
+  return cls
+end
+
+-- StepDecay: lr = initial * gamma^floor(step / step_size)   (PyTorch's StepLR)
+schedule("StepDecay", { initial_learning_rate = "required", step_size = "required", gamma = 0.1 }, function(s, step)
+  return s.initial_learning_rate * s.gamma ^ math.floor(step / s.step_size)
+end)
+-- ExponentialDecay (Keras): initial * decay_rate^(step / decay_steps), floored when staircase
+schedule("ExponentialDecay", { initial_learning_rate = "required", decay_steps = "required",
+  decay_rate = "required", staircase = false }, function(s, step)
+  local e = step / s.decay_steps
+  if s.staircase then e = math.floor(e) end
+  return s.initial_learning_rate * s.decay_rate ^ e
+end)
+-- CosineDecay (Keras 3) with linear warm-up from initial_learning_rate to
+-- warmup_target over warmup_steps, then a cosine from the peak down to alpha * peak
+schedule("CosineDecay", { initial_learning_rate = "required", decay_steps = "required", alpha = 0.0,
+  warmup_target = false, warmup_steps = 0 }, function(s, step)
+  local peak = s.warmup_target or s.initial_learning_rate
+  if s.warmup_steps > 0 and step < s.warmup_steps then
+    return s.initial_learning_rate + (peak - s.initial_learning_rate) * step / s.warmup_steps
+  end
+  local t = math.min(step - s.warmup_steps, s.decay_steps) / s.decay_steps
+  local cos = 0.5 * (1 + math.cos(math.pi * t))
+  return peak * ((1 - s.alpha) * cos + s.alpha)
+end)
+
+function schedules.from_config(c)
+  local cls = schedules[c.class_name or ""]
+  if type(cls) ~= "table" then error(("load: unknown learning-rate schedule '%s'"):format(tostring(c.class_name)), 0) end
+  return cls(c.config)
+end
+
+-- ReduceLROnPlateau{optimizer, mode="min", factor=0.1, patience=10, min_delta=1e-4,
+-- cooldown=0, min_lr=0}: call :step(value) once per epoch with the monitored value
+local Plateau = {}
+Plateau.__index = Plateau
+optim.ReduceLROnPlateau = setmetatable({}, { __call = function(_, opts)
+  opts = opts or {}
+  if not opts.optimizer then error("ReduceLROnPlateau: option 'optimizer' is required", 2) end
+  local o = setmetatable({ optimizer = opts.optimizer, mode = opts.mode or "min", factor = opts.factor or 0.1,
+    patience = opts.patience or 10, min_delta = opts.min_delta or 1e-4, cooldown = opts.cooldown or 0,
+    min_lr = opts.min_lr or 0, wait = 0, cooldown_counter = 0 }, Plateau)
+  if o.factor >= 1 or o.factor <= 0 then error("ReduceLROnPlateau: factor must be in (0, 1)", 2) end
+  if o.mode ~= "min" and o.mode ~= "max" then error("ReduceLROnPlateau: mode must be min or max", 2) end
+  o.best = o.mode == "min" and math.huge or -math.huge
+  return o
+end })
+
+function Plateau:step(value)
+  local better = self.mode == "min" and value < self.best - self.min_delta
+    or self.mode == "max" and value > self.best + self.min_delta
+  if self.cooldown_counter > 0 then self.cooldown_counter = self.cooldown_counter - 1; self.wait = 0 end
+  if better then
+    self.best = value
+    self.wait = 0
+  elseif self.cooldown_counter == 0 then
+    self.wait = self.wait + 1
+    if self.wait >= self.patience then
+      local lr = self.optimizer:get_lr()
+      local new = math.max(lr * self.factor, self.min_lr)
+      if new < lr then
+        self.optimizer.schedule = nil
+        self.optimizer:set_lr(new)
+      end
+      self.cooldown_counter = self.cooldown
+      self.wait = 0
+    end
+  end
+  return self.optimizer:get_lr()
+end
+
+return optim
