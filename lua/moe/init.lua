@@ -138,7 +138,7 @@ setmetatable(moe, { __index = function(t, k)
   local v
   if lazy[k] then
     v = require(lazy[k])
-    if k == "regularizers" or k == "constraints" then v = v[k] end
+    if k == "initializers" or k == "regularizers" or k == "constraints" then v = v[k] end
   elseif lazy_fields[k] then
     v = require(lazy_fields[k][1])[lazy_fields[k][2]]
   else

@@ -323,6 +323,18 @@ function Model:summary_rows()
   return rows
 end
 
+-- output names: the keys of a table of outputs, or (for a list) the names of
+-- the layers that produce them, as Keras names outputs
+function Model:output_names()
+  local outs = self._outputs
+  if is_symbolic(outs) then return { outs.node.layer.name } end
+  local names = {}
+  for k, s in pairs(outs) do
+    names[k] = type(k) == "string" and k or (is_symbolic(s) and s.node.layer.name) or tostring(k)
+  end
+  return names
+end
+
 -- config: the layers, and the graph as references {node index, output path}
 function Model:get_config()
   local layer_index = {}
@@ -396,13 +408,18 @@ function Module:compute_loss(y, p, sample_weight)
     local f = type(lf) == "function" and lf or select(2, next(lf))
     total = f(y, p, { sample_weight = sample_weight })
   else
+    local onames = self.output_names and self:output_names() or {}
     for k, pk in pairs(p) do
-      local f = type(lf) == "function" and lf or lf[k]
+      local name = onames[k] or k
+      local f = type(lf) == "function" and lf or lf[name] or lf[k]
+      local yk = y[name] or y[k]
       if not f then error(("compute_loss: no loss for output '%s'"):format(tostring(k)), 2) end
-      if y[k] == nil then error(("compute_loss: no target for output '%s'"):format(tostring(k)), 2) end
-      local l = f(y[k], pk, { sample_weight = type(sample_weight) == "table" and sample_weight[k] or sample_weight })
-      parts[k] = l
-      local w = self._loss_weights and self._loss_weights[k] or 1
+      if yk == nil then error(("compute_loss: no target for output '%s'"):format(tostring(name)), 2) end
+      local sw = sample_weight
+      if type(sw) == "table" and not moe.is_tensor(sw) then sw = sw[name] or sw[k] end
+      local l = f(yk, pk, { sample_weight = sw })
+      parts[name] = l
+      local w = self._loss_weights and (self._loss_weights[name] or self._loss_weights[k]) or 1
       l = w == 1 and l or l * w
       total = total and total + l or l
     end
