@@ -76,7 +76,7 @@ function io_.read(path)
   local header_json, data_start, file_size = core.st_read_header(path)
   local bad = function(fmt, ...) error(("load: '%s' is corrupted: " .. fmt):format(path, ...), 0) end
   local h, err = cjson.decode(header_json)
-  if type(h) ~= "table" then bad("its header is not a JSON object (%s)", tostring(err or type(h))) end
+  if type(h) ~= "table" or rawget(h, 1) ~= nil then bad("its header is not a JSON object (%s)", tostring(err or "an array")) end
   local data_len = file_size - data_start
   local entries, metadata = {}, nil
   for name, e in pairs(h) do

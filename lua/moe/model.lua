@@ -551,7 +551,18 @@ function M.model_from_config(cfg, custom)
 end
 
 -- moe.load(path[, {custom_objects = {...}, compile = true}]): the model, bit for bit
+local load_impl
 function M.load(path, opts)
+  local ok, res = pcall(load_impl, path, opts)
+  if not ok then
+    local msg = tostring(res):gsub("^[^\n]-%.lua:%d+: ", "")
+    if not msg:match("^load") then msg = ("load: '%s': %s"):format(tostring(path), msg) end
+    error(msg, 2)
+  end
+  return res
+end
+
+function load_impl(path, opts)
   opts = opts or {}
   local tensors, meta = mio.read(path)
   if type(meta) ~= "table" or meta.format ~= FORMAT or type(meta.model) ~= "string" then
