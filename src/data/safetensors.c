@@ -156,10 +156,11 @@ moe_tensor *moe_st_read_tensor(const char *path, uint64_t offset, uint64_t nbyte
   }
   close(fd);
   if (dt == MOE_BOOL) { /* only 0 and 1 are booleans */
+    const unsigned char *u = (const unsigned char *)p;
     for (uint64_t i = 0; i < nbytes; i++)
-      if (p[i] > 1) {
+      if (u[i] > 1) {
+        moe_error("load: '%s': a bool tensor holds byte value %d", path, u[i]);
         moe_tensor_release(t);
-        moe_error("load: '%s': a bool tensor holds byte value %d", path, p[i]);
         return NULL;
       }
   }

@@ -1060,14 +1060,14 @@ static void flat_index(lua_State *L, const moe_tensor *t, int64_t i, int64_t *id
 static int l_get_flat(lua_State *L) {
   moe_tensor *t = check_tensor(L, 1, "get_flat");
   int64_t idx[MOE_MAX_DIMS];
-  flat_index(L, t, (int64_t)luaL_checknumber(L, 2), idx);
+  flat_index(L, t, check_int(L, 2, "get_flat", "index"), idx);
   lua_pushnumber(L, moe_get(t, idx));
   return 1;
 }
 static int l_set_flat(lua_State *L) {
   moe_tensor *t = check_tensor(L, 1, "set_flat");
   int64_t idx[MOE_MAX_DIMS];
-  flat_index(L, t, (int64_t)luaL_checknumber(L, 2), idx);
+  flat_index(L, t, check_int(L, 2, "set_flat", "index"), idx);
   if (moe_mark_write("set_flat", t)) return raise_engine(L);
   moe_set(t, idx, luaL_checknumber(L, 3));
   return 0;
@@ -1099,7 +1099,8 @@ static int l_optim_step(lua_State *L) {
     lua_rawgeti(L, 3, i + 1); G[i] = moe_lua_totensor(L, -1); lua_pop(L, 1);
     lua_rawgeti(L, 4, i + 1); S1[i] = moe_lua_totensor(L, -1); lua_pop(L, 1);
     lua_rawgeti(L, 5, i + 1); S2[i] = moe_lua_totensor(L, -1); lua_pop(L, 1);
-    lua_rawgeti(L, 6, i + 1); steps[i] = (int64_t)lua_tonumber(L, -1); lua_pop(L, 1);
+    lua_rawgeti(L, 6, i + 1); steps[i] = check_int(L, -1, "optim_step", "a step count"); lua_pop(L, 1);
+    if (steps[i] < 1) return luaL_error(L, "optim_step: step counts start at 1");
     if (!P[i] || !G[i]) return luaL_error(L, "optim_step: entry %d is not a tensor", i + 1);
   }
   moe_optim_hparams h = {
@@ -1162,7 +1163,7 @@ static int l_st_read_tensor(lua_State *L) {
   int64_t shape[MOE_MAX_DIMS];
   for (int i = 0; i < ndim; i++) {
     lua_rawgeti(L, 5, i + 1);
-    shape[i] = (int64_t)lua_tonumber(L, -1);
+    shape[i] = check_int(L, -1, "load", "a size");
     lua_pop(L, 1);
   }
   if (off < 0 || nb < 0 || off > 9e15 || nb > 9e15) return luaL_error(L, "load: '%s': bad offsets", path);
