@@ -868,4 +868,9 @@ function Reshape:forward(x)
   return x:reshape(s)
 end
 
+-- Sequential, Model, compile/train_on_batch/predict and save live in moe.model,
+-- which needs this module first
+package.loaded["moe.nn"] = nn
+require "moe.model"
+
 return nn
