@@ -56,28 +56,46 @@ static inline double u01_53(uint32_t a, uint32_t b) { /* [0,1) with 53 bits */
   return (double)(((uint64_t)a << 21) ^ (b >> 11)) * 0x1.0p-53;
 }
 
-/* uniform on [p0, p1) or normal with mean p0 and std p1 */
+/* uniform on [p0, p1) or normal with mean p0 and std p1. One Philox block gives
+ * 128 bits: float64 elements take a block each; float32 elements share them
+ * (uniform: 4 elements of 32 bits per block, normal: 2 elements of 2 x 32 bits),
+ * so element i still depends only on (seed, op, i). */
 static moe_tensor *random_float(int ndim, const int64_t *shape, moe_dtype dt, int normal, double p0,
                                 double p1) {
   moe_tensor *t = moe_empty(ndim, shape, dt);
   if (!t) return NULL;
   int64_t n = moe_numel(t);
-  uint64_t base = take_counters((uint64_t)n);
+  int per = dt == MOE_F64 ? 1 : normal ? 2 : 4;
+  uint64_t base = take_counters((uint64_t)((n + per - 1) / per));
+  if (dt == MOE_F32) {
+    float *o = (float *)t->storage->data;
+    for (int64_t b = 0; b * per < n; b++) {
+      uint32_t r[4];
+      bits_at(base, (uint64_t)b, r);
+      for (int k = 0; k < per && b * per + k < n; k++) {
+        double v;
+        if (normal) { /* Box-Muller on two 32-bit uniforms, u1 in (0,1] */
+          double u1 = ((double)r[2 * k] + 1.0) * 0x1.0p-32, u2 = (double)r[2 * k + 1] * 0x1.0p-32;
+          v = p0 + p1 * sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
+        } else { /* 24 bits, and never the upper bound after rounding */
+          float f = (float)(p0 + (p1 - p0) * ((double)(r[k] >> 8) * 0x1.0p-24));
+          v = f < (float)p1 ? f : (float)p0;
+        }
+        o[b * per + k] = (float)v;
+      }
+    }
+    return t;
+  }
+  double *o = (double *)t->storage->data;
   for (int64_t i = 0; i < n; i++) {
     uint32_t r[4];
     bits_at(base, (uint64_t)i, r);
-    double v;
     if (normal) { /* Box-Muller, u1 in (0,1] */
       double u1 = 1.0 - u01_53(r[0], r[1]), u2 = u01_53(r[2], r[3]);
-      v = p0 + p1 * sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
-    } else if (dt == MOE_F32) { /* 24 bits, and never the upper bound after rounding */
-      float f = (float)(p0 + (p1 - p0) * ((double)(r[0] >> 8) * 0x1.0p-24));
-      v = f < (float)p1 ? f : (float)p0;
+      o[i] = p0 + p1 * sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
     } else {
-      v = p0 + (p1 - p0) * u01_53(r[0], r[1]);
+      o[i] = p0 + (p1 - p0) * u01_53(r[0], r[1]);
     }
-    if (dt == MOE_F32) ((float *)t->storage->data)[i] = (float)v;
-    else ((double *)t->storage->data)[i] = v;
   }
   return t;
 }
