@@ -96,3 +96,61 @@ for _, c in ipairs(cases) do
   print(("%-36s %10.0f%s"):format(c[1], t * 1e9, extra))
 end
 if not have_peer then print("(PyTorch not installed for python3: the torch peer column is skipped)") end
+
+-- Training steps: forward, loss, backward (the C tape) and a fused Adam update,
+-- against the same model and step in PyTorch on the CPU (same threads, same run)
+print()
+print(("%-36s %10s %10s %8s"):format("training step (Adam, BCE)", "moe us", "torch us", "ratio"))
+local nn = moe.nn
+local tpeer = {}
+local steps = quick and 20 or 100
+local tp = io.popen("python3 " .. here .. "/peers/torch_train_step.py " .. steps .. " 2>/dev/null")
+if tp then
+  for line in tp:lines() do
+    local name, us = line:match("^(.-)\t([%d.]+)$")
+    if name then tpeer[name] = tonumber(us) end
+  end
+  tp:close()
+end
+local function mlp_case(name, din, hidden, batch)
+  moe.manual_seed(1)
+  local layers = {}
+  for _, h in ipairs(hidden) do layers[#layers + 1] = nn.Dense { units = h, activation = "relu" } end
+  layers[#layers + 1] = nn.Dense { units = 1, activation = "sigmoid" }
+  layers.input_shape = { din }
+  local model = moe.Sequential(layers)
+  model:compile { optimizer = moe.optim.Adam { lr = 1e-3 }, loss = "binary_crossentropy" }
+  local xb, yb = moe.randn(batch, din), moe.rand(batch, 1):gt(0.5):float()
+  local function step() model:train_on_batch(xb, yb) end
+  for _ = 1, 20 do step() end
+  local t = math.huge
+  for _ = 1, 3 do t = math.min(t, best(step, steps, 1)) end
+  local pt = tpeer[name]
+  print(("%-36s %10.1f %10s %8s"):format(name, t * 1e6, pt and ("%.1f"):format(pt) or "-",
+    pt and ("%.2f"):format(pt / (t * 1e6)) or "-"))
+end
+mlp_case("mlp 7-32-16-1, batch 256", 7, { 32, 16 }, 256)
+mlp_case("mlp 512-1024-1024-1, batch 512", 512, { 1024, 1024 }, 512)
+if not next(tpeer) then print("(PyTorch not installed for python3: the torch column is skipped)") end
+
+-- memory over a long run: RSS after 1,000 and after 10,000 more steps
+local function rss_mb()
+  local f = io.open("/proc/self/statm")
+  local _ = f:read("*n")
+  local res = f:read("*n")
+  f:close()
+  return res * 4096 / 2 ^ 20
+end
+do
+  moe.manual_seed(2)
+  local model = moe.Sequential { nn.Dense { units = 32, activation = "relu" }, nn.Dense { units = 1 }, input_shape = { 16 } }
+  model:compile { optimizer = moe.optim.Adam {}, loss = "mse" }
+  local xb, yb = moe.randn(64, 16), moe.randn(64, 1)
+  for _ = 1, 1000 do model:train_on_batch(xb, yb) end
+  collectgarbage(); collectgarbage()
+  local r0 = rss_mb()
+  local n_steps = quick and 2000 or 10000
+  for _ = 1, n_steps do model:train_on_batch(xb, yb) end
+  collectgarbage(); collectgarbage()
+  print(("\nRSS over %d training steps: %.1f MiB -> %.1f MiB"):format(n_steps, r0, rss_mb()))
+end

@@ -86,8 +86,8 @@ local function state_for(self, p)
   return s
 end
 
--- step(params): one update of every parameter that has a gradient. Returns the
--- global gradient norm (before clipping).
+-- step(params): one update of every parameter that has a gradient. With
+-- clip_norm set, returns the global gradient norm before clipping.
 function Optimizer:step(params)
   if type(params) ~= "table" then
     error(("%s.step: expected a list of parameters (model:parameters()), got %s"):format(self.class_name, type(params)), 2)
@@ -105,6 +105,7 @@ function Optimizer:step(params)
     end
   end
   local norm = moe.no_grad(core.optim_step, self.kind, P, G, S1, S2, steps, self.hp)
+  if norm < 0 then norm = nil end
   self.iterations = self.iterations + 1
   -- constraints of the layers that own the parameters
   local cof = nn().constraint_of

@@ -152,7 +152,13 @@ static moe_tensor *fit_grad(moe_tensor *g, const moe_edge *e, const char *op) {
 
 static int accumulate_leaf(moe_tensor *leaf, moe_tensor *g) {
   if (!leaf->grad) {
-    /* the leaf owns its .grad: never share storage with a tensor the pass may reuse */
+    /* the leaf owns its .grad: take g when nothing else holds it or its storage,
+     * copy it otherwise (it may be a view of a buffer the pass reuses) */
+    if (g->refcount == 1 && g->storage->refcount == 1 && !g->grad_fn && moe_is_contiguous(g)) {
+      moe_tensor_retain(g);
+      leaf->grad = g;
+      return 0;
+    }
     leaf->grad = moe_clone(g);
     return leaf->grad ? 0 : -1;
   }
@@ -229,6 +235,8 @@ static int run_backward(moe_tensor *root, const moe_tensor *grad, int retain) {
       moe_edge *e = &n->edges[k];
       if (!g_in[k] || (!e->fn && !e->leaf)) continue;
       moe_tensor *g = fit_grad(g_in[k], e, n->name);
+      moe_tensor_release(g_in[k]);
+      g_in[k] = NULL;
       if (!g) { err = 1; break; }
       err = e->fn ? accumulate_node(e->fn, g) : accumulate_leaf(e->leaf, g);
       moe_tensor_release(g);

@@ -242,6 +242,13 @@ static moe_tensor *reduce_impl(moe_redop op, const moe_tensor *t, unsigned dims,
     moe_error("%s: cannot reduce over an empty dim (shape %s)", redop_names[op], moe_shape_str(t, b));
     return NULL;
   }
+  /* sum/mean over leading dims of a contiguous float tensor: column sums in place */
+  if ((op == MOE_RSUM || op == MOE_RMEAN) && moe_dtype_is_float(t->dtype) && !indices &&
+      moe_is_contiguous(t) && K0 > 0 && dims != all && ((dims + 1) & dims) == 0) {
+    moe_tensor *out = moe_empty(keepdim ? t->ndim : on, keepdim ? kshape : oshape, t->dtype);
+    if (out) moe_cpu_sum_leading(t, out, K0, moe_numel(t) / K0, op == MOE_RMEAN);
+    return out;
+  }
   moe_tensor *x = rows_view(t, dims, in_dt, &M, &K);
   if (!x) return NULL;
   moe_tensor *out = moe_empty(keepdim ? t->ndim : on, keepdim ? kshape : oshape,

@@ -4,6 +4,7 @@
 #include "cpu.h"
 
 #include <math.h>
+#include <stdlib.h>
 
 /* x [M,K] -> out [M]; MAX/MIN also write the 0-based argmax + ibase into idx [M] */
 #define MINMAX_ROWS(T, CMP)                                                          \
@@ -162,4 +163,30 @@ void moe_cpu_scan_rows(moe_scanop op, const moe_tensor *xt, moe_tensor *out, int
     else CUM_ROWS(int64_t, int64_t);
     break;
   }
+}
+
+/* x contiguous [K,N] float -> out [N] = sum (or mean) over the K rows: the
+ * reduction over leading dims (a bias gradient), without moving the data */
+void moe_cpu_sum_leading(const moe_tensor *xt, moe_tensor *out, int64_t K, int64_t N, int mean) {
+  double *acc = calloc((size_t)(N ? N : 1), sizeof *acc);
+  if (!acc) { /* fall back to one column at a time */
+    for (int64_t j = 0; j < N; j++) {
+      double s = 0;
+      for (int64_t k = 0; k < K; k++) s += moe_get(xt, (int64_t[]){k, j});
+      moe_set(out, (int64_t[]){j}, mean ? s / (double)K : s);
+    }
+    return;
+  }
+  if (xt->dtype == MOE_F32) {
+    const float *x = (const float *)moe_data(xt);
+    for (int64_t k = 0; k < K; k++) for (int64_t j = 0; j < N; j++) acc[j] += x[k * N + j];
+    float *o = (float *)moe_data(out);
+    for (int64_t j = 0; j < N; j++) o[j] = (float)(mean ? acc[j] / (double)K : acc[j]);
+  } else {
+    const double *x = (const double *)moe_data(xt);
+    for (int64_t k = 0; k < K; k++) for (int64_t j = 0; j < N; j++) acc[j] += x[k * N + j];
+    double *o = (double *)moe_data(out);
+    for (int64_t j = 0; j < N; j++) o[j] = mean ? acc[j] / (double)K : acc[j];
+  }
+  free(acc);
 }

@@ -30,56 +30,62 @@ static int check(moe_optim_kind kind, int i, const moe_tensor *p, const moe_tens
   return 0;
 }
 
-/* one parameter: T is float or double; all arithmetic in double for the scalars */
-#define UPDATE(T)                                                                             \
-  do {                                                                                        \
-    T *w = (T *)moe_data(p);                                                                  \
-    const T *gr = (const T *)moe_data(g);                                                     \
-    T *a = s1 ? (T *)moe_data(s1) : NULL, *b = s2 ? (T *)moe_data(s2) : NULL;                \
-    for (int64_t j = 0; j < m; j++) {                                                         \
-      double gj = (double)gr[j] * scale;                                                      \
-      if (cv > 0) gj = gj > cv ? cv : gj < -cv ? -cv : gj;                                    \
-      double wj = w[j];                                                                       \
-      switch (kind) {                                                                         \
-      case MOE_OPT_SGD:                                                                       \
-        if (h->weight_decay) gj += h->weight_decay * wj;                                      \
-        if (h->momentum) {                                                                    \
-          double buf = step == 1 ? gj : h->momentum * a[j] + (1 - h->dampening) * gj;         \
-          a[j] = (T)buf;                                                                      \
-          gj = h->nesterov ? gj + h->momentum * buf : buf;                                    \
-        }                                                                                     \
-        wj -= h->lr * gj;                                                                     \
-        break;                                                                                \
-      case MOE_OPT_ADAM: case MOE_OPT_ADAMW: {                                                \
-        if (kind == MOE_OPT_ADAMW) wj -= h->lr * h->weight_decay * wj;                        \
-        else if (h->weight_decay) gj += h->weight_decay * wj;                                 \
-        double mj = h->beta1 * a[j] + (1 - h->beta1) * gj;                                    \
-        double vj = h->beta2 * b[j] + (1 - h->beta2) * gj * gj;                               \
-        a[j] = (T)mj;                                                                         \
-        b[j] = (T)vj;                                                                         \
-        wj -= h->lr * (mj / bc1) / (sqrt(vj / bc2) + h->eps);                                 \
-        break;                                                                                \
-      }                                                                                       \
-      case MOE_OPT_RMSPROP: {                                                                 \
-        if (h->weight_decay) gj += h->weight_decay * wj;                                      \
-        double vj = h->alpha * a[j] + (1 - h->alpha) * gj * gj;                               \
-        a[j] = (T)vj;                                                                         \
-        double d = gj / (sqrt(vj) + h->eps);                                                  \
-        if (h->momentum) { d = h->momentum * b[j] + d; b[j] = (T)d; }                         \
-        wj -= h->lr * d;                                                                      \
-        break;                                                                                \
-      }                                                                                       \
-      case MOE_OPT_ADAGRAD: {                                                                 \
-        if (h->weight_decay) gj += h->weight_decay * wj;                                      \
-        double sj = a[j] + gj * gj;                                                           \
-        a[j] = (T)sj;                                                                         \
-        wj -= clr * gj / (sqrt(sj) + h->eps);                                                 \
-        break;                                                                                \
-      }                                                                                       \
-      }                                                                                       \
-      w[j] = (T)wj;                                                                           \
-    }                                                                                         \
-  } while (0)
+/* One parameter's update: a loop per rule so each vectorizes; T is float or
+ * double and the arithmetic stays in T. g' = clip(g * scale) first. */
+#define CLIPPED(T, gr, j) ({ T g_ = gr[j] * (T)scale; cv > 0 ? (g_ > (T)cv ? (T)cv : g_ < (T)-cv ? (T)-cv : g_) : g_; })
+
+#define DEFINE_UPDATE(T, SQRT, NAME)                                                          \
+  static void NAME(moe_optim_kind kind, int64_t m, T *restrict w, const T *restrict gr,         \
+                   T *restrict a, T *restrict b, const moe_optim_hparams *h, int64_t step,   \
+                   double scale, double cv, double bc1, double bc2, double clr) {            \
+    const T lr = (T)h->lr, wd = (T)h->weight_decay, mom = (T)h->momentum;                   \
+    const T b1 = (T)h->beta1, b2 = (T)h->beta2, eps = (T)h->eps, al = (T)h->alpha;          \
+    switch (kind) {                                                                         \
+    case MOE_OPT_SGD:                                                                       \
+      for (int64_t j = 0; j < m; j++) {                                                     \
+        T g = CLIPPED(T, gr, j) + wd * w[j];                                                \
+        if (mom != 0) {                                                                     \
+          T buf = step == 1 ? g : mom * a[j] + (T)(1 - h->dampening) * g;                   \
+          a[j] = buf;                                                                       \
+          g = h->nesterov ? g + mom * buf : buf;                                            \
+        }                                                                                   \
+        w[j] -= lr * g;                                                                     \
+      }                                                                                     \
+      break;                                                                                \
+    case MOE_OPT_ADAM: case MOE_OPT_ADAMW: {                                                \
+      const T decay = kind == MOE_OPT_ADAMW ? 1 - lr * wd : 1, l2 = kind == MOE_OPT_ADAM ? wd : 0; \
+      const T step_size = lr / (T)bc1, inv_bc2 = (T)(1 / sqrt(bc2));                        \
+      for (int64_t j = 0; j < m; j++) {                                                     \
+        T g = CLIPPED(T, gr, j) + l2 * w[j];                                                \
+        T mj = b1 * a[j] + (1 - b1) * g, vj = b2 * b[j] + (1 - b2) * g * g;                 \
+        a[j] = mj;                                                                          \
+        b[j] = vj;                                                                          \
+        w[j] = w[j] * decay - step_size * mj / (SQRT(vj) * inv_bc2 + eps);                  \
+      }                                                                                     \
+      break;                                                                                \
+    }                                                                                       \
+    case MOE_OPT_RMSPROP:                                                                   \
+      for (int64_t j = 0; j < m; j++) {                                                     \
+        T g = CLIPPED(T, gr, j) + wd * w[j];                                                \
+        T vj = al * a[j] + (1 - al) * g * g;                                                \
+        a[j] = vj;                                                                          \
+        T d = g / (SQRT(vj) + eps);                                                         \
+        if (mom != 0) { d = mom * b[j] + d; b[j] = d; }                                     \
+        w[j] -= lr * d;                                                                     \
+      }                                                                                     \
+      break;                                                                                \
+    case MOE_OPT_ADAGRAD:                                                                   \
+      for (int64_t j = 0; j < m; j++) {                                                     \
+        T g = CLIPPED(T, gr, j) + wd * w[j];                                                \
+        T sj = a[j] + g * g;                                                                \
+        a[j] = sj;                                                                          \
+        w[j] -= (T)clr * g / (SQRT(sj) + eps);                                              \
+      }                                                                                     \
+      break;                                                                                \
+    }                                                                                       \
+  }
+DEFINE_UPDATE(float, sqrtf, update_f32)
+DEFINE_UPDATE(double, sqrt, update_f64)
 
 int moe_optim_step(moe_optim_kind kind, int n, moe_tensor *const *params, moe_tensor *const *grads,
                    moe_tensor *const *s1s, moe_tensor *const *s2s, const int64_t *steps,
@@ -93,15 +99,18 @@ int moe_optim_step(moe_optim_kind kind, int n, moe_tensor *const *params, moe_te
     if (params[i]->storage == grads[i]->storage)
       return moe_error("%s.step: parameter %d and its gradient share memory", kind_name[kind], i + 1);
   }
-  /* global gradient norm, in double */
-  double sq = 0;
-  for (int i = 0; i < n; i++) {
-    const moe_tensor *g = grads[i];
-    int64_t m = moe_numel(g);
-    if (g->dtype == MOE_F32) { const float *x = (const float *)moe_data(g); for (int64_t j = 0; j < m; j++) sq += (double)x[j] * x[j]; }
-    else { const double *x = (const double *)moe_data(g); for (int64_t j = 0; j < m; j++) sq += x[j] * x[j]; }
+  /* global gradient norm, in double: only when clipping by it (it costs a pass) */
+  double norm = -1, scale = 1, cv = h->clip_value;
+  if (h->clip_norm > 0) {
+    double sq = 0;
+    for (int i = 0; i < n; i++) {
+      const moe_tensor *g = grads[i];
+      int64_t m = moe_numel(g);
+      if (g->dtype == MOE_F32) { const float *x = (const float *)moe_data(g); for (int64_t j = 0; j < m; j++) sq += (double)x[j] * x[j]; }
+      else { const double *x = (const double *)moe_data(g); for (int64_t j = 0; j < m; j++) sq += x[j] * x[j]; }
+    }
+    norm = sqrt(sq);
   }
-  double norm = sqrt(sq), scale = 1, cv = h->clip_value;
   if (norm_out) *norm_out = norm;
   if (h->clip_norm > 0 && norm > h->clip_norm) scale = h->clip_norm / (norm + 1e-6);
   for (int i = 0; i < n; i++) {
@@ -112,8 +121,14 @@ int moe_optim_step(moe_optim_kind kind, int n, moe_tensor *const *params, moe_te
     double bc1 = 1 - pow(h->beta1, (double)step), bc2 = 1 - pow(h->beta2, (double)step);
     double clr = h->lr / (1 + (double)(step - 1) * h->lr_decay);
     p->storage->version++;
-    if (p->dtype == MOE_F32) UPDATE(float);
-    else UPDATE(double);
+    if (p->dtype == MOE_F32)
+      update_f32(kind, m, (float *)moe_data(p), (const float *)moe_data(g),
+                 s1 ? (float *)moe_data(s1) : NULL, s2 ? (float *)moe_data(s2) : NULL, h, step, scale, cv,
+                 bc1, bc2, clr);
+    else
+      update_f64(kind, m, (double *)moe_data(p), (const double *)moe_data(g),
+                 s1 ? (double *)moe_data(s1) : NULL, s2 ? (double *)moe_data(s2) : NULL, h, step, scale,
+                 cv, bc1, bc2, clr);
   }
   return 0;
 }

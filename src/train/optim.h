@@ -18,7 +18,8 @@ typedef struct {
  * per-parameter state tensors the rule needs (momentum buffer; Adam's m and v;
  * RMSprop's square average and momentum buffer; Adagrad's sum), steps[i] the
  * parameter's step count including this step. Every tensor is checked before any
- * is written. *norm_out (if non-NULL) receives the global gradient norm before clipping. */
+ * is written. *norm_out (if non-NULL) receives the global gradient norm before clipping
+ * when h->clip_norm > 0, else -1. */
 int moe_optim_step(moe_optim_kind kind, int n, moe_tensor *const *params, moe_tensor *const *grads,
                    moe_tensor *const *s1, moe_tensor *const *s2, const int64_t *steps,
                    const moe_optim_hparams *h, double *norm_out);
