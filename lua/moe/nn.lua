@@ -673,6 +673,29 @@ local function along(w, n, axis)
   return w:view(shape)
 end
 
+-- gamma [F] and beta [F] of the normalization layers, in Keras's order
+local function build_affine(self, f)
+  rawset(self, "_weight_order", {})
+  if self.scale then
+    self:add_weight("gamma", { f }, { initializer = self.gamma_initializer, regularizer = self.gamma_regularizer,
+      constraint = self.gamma_constraint })
+    table.insert(self._weight_order, "gamma")
+  end
+  if self.center then
+    self:add_weight("beta", { f }, { initializer = self.beta_initializer, regularizer = self.beta_regularizer,
+      constraint = self.beta_constraint })
+    table.insert(self._weight_order, "beta")
+  end
+end
+
+-- (x - mean) / sqrt(var + epsilon), then * gamma + beta along axis a
+local function normalize(self, x, mean, var, n, a)
+  local y = (x - mean) / (var + self.epsilon):sqrt()
+  if self.scale then y = y * along(self.gamma, n, a) end
+  if self.center then y = y + along(self.beta, n, a) end
+  return y
+end
+
 -- BatchNormalization (Keras semantics): batch statistics in training, with
 -- moving = moving * momentum + batch * (1 - momentum); moving statistics in evaluation
 local BN = class("BatchNormalization", Module)
@@ -685,18 +708,9 @@ function BN:init(opts)
     beta_constraint = false, gamma_constraint = false })
 end
 function BN:build(shape)
-  local a = norm_axis(self, shape)
-  local f = shape[a]
-  rawset(self, "_weight_order", {})
+  local f = shape[norm_axis(self, shape)]
+  build_affine(self, f)
   local order = self._weight_order
-  if self.scale then
-    self:add_weight("gamma", { f }, { initializer = self.gamma_initializer, regularizer = self.gamma_regularizer,
-      constraint = self.gamma_constraint }); order[#order + 1] = "gamma"
-  end
-  if self.center then
-    self:add_weight("beta", { f }, { initializer = self.beta_initializer, regularizer = self.beta_regularizer,
-      constraint = self.beta_constraint }); order[#order + 1] = "beta"
-  end
   self:add_weight("moving_mean", { f }, { initializer = self.moving_mean_initializer, trainable = false })
   self:add_weight("moving_variance", { f }, { initializer = self.moving_variance_initializer, trainable = false })
   order[#order + 1] = "moving_mean"; order[#order + 1] = "moving_variance"
@@ -718,10 +732,7 @@ function BN:forward(x)
     mean = along(self.moving_mean, n, a)
     var = along(self.moving_variance, n, a)
   end
-  local y = (x - mean) / (var + self.epsilon):sqrt()
-  if self.scale then y = y * along(self.gamma, n, a) end
-  if self.center then y = y + along(self.beta, n, a) end
-  return y
+  return normalize(self, x, mean, var, n, a)
 end
 
 -- LayerNormalization over the last axis (Keras's default), gamma and beta [F]
@@ -733,29 +744,13 @@ function LN:init(opts)
     beta_initializer = "zeros", gamma_initializer = "ones", beta_regularizer = false,
     gamma_regularizer = false, beta_constraint = false, gamma_constraint = false })
 end
-function LN:build(shape)
-  local a = norm_axis(self, shape)
-  rawset(self, "_weight_order", {})
-  if self.scale then
-    self:add_weight("gamma", { shape[a] }, { initializer = self.gamma_initializer,
-      regularizer = self.gamma_regularizer, constraint = self.gamma_constraint })
-    table.insert(self._weight_order, "gamma")
-  end
-  if self.center then
-    self:add_weight("beta", { shape[a] }, { initializer = self.beta_initializer,
-      regularizer = self.beta_regularizer, constraint = self.beta_constraint })
-    table.insert(self._weight_order, "beta")
-  end
-end
+function LN:build(shape) build_affine(self, shape[norm_axis(self, shape)]) end
 function LN:forward(x)
   local n = x:dim()
   local a = norm_axis(self, x:shape())
   local mean = x:mean(a, { keepdim = true })
   local var = (x - mean):square():mean(a, { keepdim = true })
-  local y = (x - mean) / (var + self.epsilon):sqrt()
-  if self.scale then y = y * along(self.gamma, n, a) end
-  if self.center then y = y + along(self.beta, n, a) end
-  return y
+  return normalize(self, x, mean, var, n, a)
 end
 
 -- Embedding: integer ids (1-based) [..] -> vectors [.., output_dim]
