@@ -51,6 +51,12 @@ describe("nn layers: gradchecks (inputs and parameters)", function()
       local f = function(a, b) return lam(cat { add { a, b }, mul { a, b } }) end
       assert.is_true(gradcheck(f, { H.layout({ 3, 4 }, kind), H.layout({ 3, 4 }, kind) }))
     end)
+    it("Subtract, Average, Maximum, Minimum and Reshape (" .. kind .. ")", function()
+      local sub, avg, mx, mn = nn.Subtract {}, nn.Average {}, nn.Maximum {}, nn.Minimum {}
+      local rs = nn.Reshape { target_shape = { 2, 2 } }
+      local f = function(a, b, c) return rs(mx { sub { a, b }, avg { b, c } }) + mn { a, c }:reshape(3, 2, 2) end
+      assert.is_true(gradcheck(f, { H.layout({ 3, 4 }, kind), H.layout({ 3, 4 }, kind), H.layout({ 3, 4 }, kind) }))
+    end)
   end
 end)
 
