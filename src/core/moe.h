@@ -190,6 +190,10 @@ moe_tensor *moe_randn(int ndim, const int64_t *shape, moe_dtype dt, double mean,
 moe_tensor *moe_randint(int64_t low, int64_t high, int ndim, const int64_t *shape, moe_dtype dt);
 moe_tensor *moe_randperm(int64_t n, moe_dtype dt, int64_t ibase);
 
+/* ---- MoE layers' fused ops (src/nn/) ---- */
+/* out [B,U] = sum_e g[b,e] h[b,u,e]; h [B,U,E] with any strides, g [B,E] */
+moe_tensor *moe_mixture(const moe_tensor *h, const moe_tensor *g);
+
 /* ---- autograd (src/core/autograd.c) ----
  * Every differentiable op records a node on the tape when grad mode is on and an
  * input requires grad. A node holds edges to its inputs' nodes (or to leaf

@@ -1170,6 +1170,12 @@ static int l_st_read_tensor(lua_State *L) {
   return moe_lua_push(L, moe_st_read_tensor(path, (uint64_t)off, (uint64_t)nb, dt, ndim, shape));
 }
 
+/* mixture(h [B,U,E], g [B,E]) -> [B,U]: the gate-weighted sum of expert outputs */
+static int l_mixture(lua_State *L) {
+  moe_tensor *h = check_tensor(L, 1, "mixture"), *g = check_tensor(L, 2, "mixture");
+  return moe_lua_push(L, moe_mixture(h, g));
+}
+
 static int l_live(lua_State *L) {
   lua_pushnumber(L, (lua_Number)moe_live_tensors());
   lua_pushnumber(L, (lua_Number)moe_live_bytes());
@@ -1184,7 +1190,7 @@ static const luaL_Reg funcs[] = {
     {"arange", l_arange}, {"linspace", l_linspace}, {"eye", l_eye}, {"manual_seed", l_manual_seed},
     {"is_tensor", l_is_tensor}, {"live", l_live}, {"cat", l_cat}, {"stack", l_stack},
     {"set_grad_enabled", l_set_grad_enabled}, {"is_grad_enabled", l_is_grad_enabled},
-    {"get_flat", l_get_flat}, {"set_flat", l_set_flat}, {"optim_step", l_optim_step},
+    {"mixture", l_mixture}, {"get_flat", l_get_flat}, {"set_flat", l_set_flat}, {"optim_step", l_optim_step},
     {"st_save", l_st_save}, {"st_read_header", l_st_read_header}, {"st_read_tensor", l_st_read_tensor},
     {NULL, NULL}};
 
