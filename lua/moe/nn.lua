@@ -867,5 +867,6 @@ end
 -- which needs this module first
 package.loaded["moe.nn"] = nn
 require "moe.model"
+require "moe.mixtures"
 
 return nn

@@ -1,0 +1,320 @@
+-- Dense (soft) mixtures of experts: TabularMoELayer, GatedFeatureFusion, MMoE
+-- (and its one-gate form OMoE), and the shared-bottom baseline.
+--
+-- Experts' weights are stacked along an expert dim so that all experts run as
+-- one GEMM (MMoE's first layer: x [B,F] @ W [F, U*E]) or one batched GEMM
+-- (deeper experts: [E,B,in] @ [E,in,out]); the gate-weighted sum is the fused
+-- C op moe.mixture (src/nn/mixture.c), forward and backward.
+local moe = require "moe"
+local nn = require "moe.nn"
+local inits = require "moe.initializers"
+local I, R = inits.initializers, inits.regularizers
+
+local Module, class, REQUIRED = nn.Module, nn.class, nn.REQUIRED
+
+-- each expert's weight drawn on its own ([in, out] fans), then stacked: no two
+-- experts start equal, and each has the scale of a single Dense layer
+local function stacked(init, n, shape, dtype)
+  local parts = {}
+  for e = 1, n do parts[e] = init(shape, dtype):unsqueeze(1) end
+  return moe.cat(parts, 1)
+end
+
+local function add_stacked(self, name, n, shape, initializer, regularizer, constraint)
+  local init = I.get(initializer, self.class_name)
+  return self:add_weight(name, { n, unpack(shape) }, {
+    initializer = function(_, dtype) return stacked(init, n, shape, dtype) end,
+    regularizer = regularizer, constraint = constraint })
+end
+
+local function last_dim(self, shape)
+  if type(shape) ~= "table" or type(shape[1]) ~= "number" or #shape < 2 then
+    error(("%s \"%s\": expected a tensor input [batch, features]"):format(self.class_name, self.name), 0)
+  end
+  return shape[#shape]
+end
+
+-- run f on x flattened to [N, F] and give the result x's leading dims back
+local function on_rows(x, f)
+  if x:dim() == 2 then return f(x) end
+  local lead = x:shape()
+  lead[#lead] = nil
+  local y = f(x:reshape(-1, x:size(-1)))
+  local function back(t)
+    local s = {}
+    for i, d in ipairs(lead) do s[i] = d end
+    s[#s + 1] = t:size(-1)
+    return t:reshape(s)
+  end
+  if moe.is_tensor(y) then return back(y) end
+  local out = {}
+  for i, t in ipairs(y) do out[i] = back(t) end
+  return out
+end
+
+-- ------------------------------------------------------------------ TabularMoELayer
+
+-- each expert Dense(expert_units, relu) -> Dense(F); gate softmax(x Wg + bg) over
+-- experts on the raw input; output [B, F] = sum_e gate_e * expert_e(x)
+local TabularMoE = class("TabularMoELayer", Module)
+nn.TabularMoELayer = TabularMoE
+function TabularMoE:init(opts)
+  Module.init(self, opts)
+  self:_options(opts, { num_experts = 4, expert_units = 16 })
+  nn.positive_int(self, "num_experts")
+  nn.positive_int(self, "expert_units")
+end
+function TabularMoE:build(shape)
+  local F, E, U = last_dim(self, shape), self.num_experts, self.expert_units
+  add_stacked(self, "expert_kernel", E, { F, U }, "glorot_uniform")
+  self:add_weight("expert_bias", { E, U }, { initializer = "zeros" })
+  add_stacked(self, "output_kernel", E, { U, F }, "glorot_uniform")
+  self:add_weight("output_bias", { E, F }, { initializer = "zeros" })
+  self:add_weight("gate_kernel", { F, E }, { initializer = "glorot_uniform" })
+  self:add_weight("gate_bias", { E }, { initializer = "zeros" })
+end
+function TabularMoE:gate_weights(x)
+  return on_rows(x, function(x2) return (x2:matmul(self.gate_kernel) + self.gate_bias):softmax(-1) end)
+end
+function TabularMoE:forward(x)
+  local E, U = self.num_experts, self.expert_units
+  return on_rows(x, function(x2)
+    local F = x2:size(2)
+    if F ~= self.expert_kernel:size(2) then
+      error(("TabularMoELayer \"%s\": input has %d features but the layer was built for %d")
+        :format(self.name, F, self.expert_kernel:size(2)), 0)
+    end
+    local h = (x2:matmul(self.expert_kernel) + self.expert_bias:view(E, 1, U)):relu()     -- [E,B,U]
+    local y = h:matmul(self.output_kernel) + self.output_bias:view(E, 1, F)               -- [E,B,F]
+    local g = (x2:matmul(self.gate_kernel) + self.gate_bias):softmax(-1)                 -- [B,E]
+    rawset(self, "last_gates", g:detach())
+    return moe.mixture(y:permute(2, 3, 1), g)                                            -- [B,F]
+  end)
+end
+
+-- ------------------------------------------------------------------ GatedFeatureFusion
+
+-- called on {a, b}: g = activation([a; b] W + c), W [2F, F]; out = g a + (1 - g) b
+local GFF = class("GatedFeatureFusion", Module)
+nn.GatedFeatureFusion = GFF
+function GFF:init(opts)
+  Module.init(self, opts)
+  self:_options(opts, { activation = "sigmoid" })
+  rawset(self, "_act", nn.get_activation(self.activation, "GatedFeatureFusion"))
+end
+local function two_inputs(self, xs)
+  local function shp(t) return "[" .. table.concat(t:shape(), ",") .. "]" end
+  if type(xs) ~= "table" or moe.is_tensor(xs) or #xs ~= 2 or not moe.is_tensor(xs[1]) or not moe.is_tensor(xs[2]) then
+    error(("GatedFeatureFusion \"%s\": expected exactly two inputs {a, b}, got %s"):format(self.name,
+      moe.is_tensor(xs) and "one tensor" or type(xs) == "table" and (#xs .. " inputs") or type(xs)), 0)
+  end
+  if not moe.is_same_size(xs[1], xs[2]) then
+    error(("GatedFeatureFusion \"%s\": the two inputs must have equal shapes, got %s and %s")
+      :format(self.name, shp(xs[1]), shp(xs[2])), 0)
+  end
+end
+function GFF:build(shapes)
+  if type(shapes) ~= "table" or type(shapes[1]) ~= "table" or #shapes ~= 2 then
+    error(("GatedFeatureFusion \"%s\": expected exactly two inputs {a, b}"):format(self.name), 0)
+  end
+  local F = shapes[1][#shapes[1]]
+  self:add_weight("kernel", { 2 * F, F }, { initializer = "glorot_uniform" })
+  self:add_weight("bias", { F }, { initializer = "zeros" })
+end
+function GFF:forward(xs)
+  two_inputs(self, xs)
+  local a, b = xs[1], xs[2]
+  local g = self._act(moe.cat({ a, b }, a:dim()):matmul(self.kernel) + self.bias)
+  rawset(self, "last_gates", g:detach())
+  return b + g * (a - b)
+end
+
+-- ------------------------------------------------------------------ MMoE / OMoE
+
+local mmoe_defaults = {
+  units = REQUIRED, num_experts = REQUIRED, num_tasks = REQUIRED, num_gates = false,
+  use_expert_bias = true, use_gate_bias = true,
+  expert_activation = "relu", gate_activation = "softmax",
+  expert_bias_initializer = "zeros", gate_bias_initializer = "zeros",
+  expert_bias_regularizer = false, gate_bias_regularizer = false,
+  expert_bias_constraint = false, gate_bias_constraint = false,
+  expert_kernel_initializer = "variance_scaling", gate_kernel_initializer = "variance_scaling",
+  expert_kernel_regularizer = false, gate_kernel_regularizer = false,
+  expert_kernel_constraint = false, gate_kernel_constraint = false,
+  activity_regularizer = false, expert_hidden_units = false, expert_hidden_activation = "relu",
+}
+
+-- MMoE (Ma et al., KDD 2018), with the seed's weights and defaults:
+-- expert_kernel [F, units, E], expert_bias [units, E], per task gate_kernel_t
+-- [F, E] and gate_bias_t [E]; returns a list of num_tasks tensors [B, units].
+-- expert_hidden_units = {h1, ...} makes each expert an MLP (hidden layers with
+-- expert_hidden_activation, then `units` with expert_activation). num_gates = 1
+-- is the one-gate MoE (OMoE): every task receives the same mixture.
+local MMoE = class("MMoE", Module)
+nn.MMoE = MMoE
+function MMoE:init(opts)
+  Module.init(self, opts)
+  self:_options(opts, mmoe_defaults)
+  for _, k in ipairs { "units", "num_experts", "num_tasks" } do nn.positive_int(self, k) end
+  if self.num_gates then
+    nn.positive_int(self, "num_gates")
+    if self.num_gates ~= 1 and self.num_gates ~= self.num_tasks then
+      error(("%s: num_gates must be 1 (one gate) or num_tasks (%d), got %d"):format(self.class_name,
+        self.num_tasks, self.num_gates), 3)
+    end
+  end
+  if self.expert_hidden_units then
+    if type(self.expert_hidden_units) ~= "table" then
+      error(("%s: expert_hidden_units must be a list of sizes"):format(self.class_name), 3)
+    end
+    for i, h in ipairs(self.expert_hidden_units) do
+      if type(h) ~= "number" or h < 1 or h ~= math.floor(h) then
+        error(("%s: expert_hidden_units[%d] must be a positive integer, got %s"):format(self.class_name, i, tostring(h)), 3)
+      end
+    end
+  end
+  rawset(self, "_expert_act", nn.get_activation(self.expert_activation, self.class_name))
+  rawset(self, "_hidden_act", nn.get_activation(self.expert_hidden_activation, self.class_name))
+  rawset(self, "_gate_act", nn.get_activation(self.gate_activation, self.class_name))
+  if self.activity_regularizer then rawset(self, "_activity_reg", R.get(self.activity_regularizer, self.class_name)) end
+  I.get(self.expert_kernel_initializer, self.class_name)
+  I.get(self.gate_kernel_initializer, self.class_name)
+end
+
+function MMoE:gates_count() return self.num_gates or self.num_tasks end
+
+function MMoE:build(shape)
+  local F, U, E = last_dim(self, shape), self.units, self.num_experts
+  rawset(self, "_in_features", F)
+  local hidden = self.expert_hidden_units or {}
+  rawset(self, "_weight_order", {})
+  local order = self._weight_order
+  local function track(name) order[#order + 1] = name end
+  if #hidden == 0 then
+    -- the seed's layout: one [F, units, E] kernel, a draw per element (experts independent)
+    self:add_weight("expert_kernel", { F, U, E }, { initializer = self.expert_kernel_initializer,
+      regularizer = self.expert_kernel_regularizer, constraint = self.expert_kernel_constraint }); track("expert_kernel")
+    if self.use_expert_bias then
+      self:add_weight("expert_bias", { U, E }, { initializer = self.expert_bias_initializer,
+        regularizer = self.expert_bias_regularizer, constraint = self.expert_bias_constraint }); track("expert_bias")
+    end
+  else
+    local din = F
+    for l, h in ipairs(hidden) do
+      add_stacked(self, "expert_hidden_kernel_" .. l, E, { din, h }, self.expert_kernel_initializer,
+        self.expert_kernel_regularizer, self.expert_kernel_constraint); track("expert_hidden_kernel_" .. l)
+      if self.use_expert_bias then
+        self:add_weight("expert_hidden_bias_" .. l, { E, h }, { initializer = self.expert_bias_initializer,
+          regularizer = self.expert_bias_regularizer, constraint = self.expert_bias_constraint }); track("expert_hidden_bias_" .. l)
+      end
+      din = h
+    end
+    add_stacked(self, "expert_kernel", E, { din, U }, self.expert_kernel_initializer,
+      self.expert_kernel_regularizer, self.expert_kernel_constraint); track("expert_kernel")
+    if self.use_expert_bias then
+      self:add_weight("expert_bias", { E, U }, { initializer = self.expert_bias_initializer,
+        regularizer = self.expert_bias_regularizer, constraint = self.expert_bias_constraint }); track("expert_bias")
+    end
+  end
+  for t = 1, self:gates_count() do
+    self:add_weight("gate_kernel_" .. t, { F, E }, { initializer = self.gate_kernel_initializer,
+      regularizer = self.gate_kernel_regularizer, constraint = self.gate_kernel_constraint }); track("gate_kernel_" .. t)
+    if self.use_gate_bias then
+      self:add_weight("gate_bias_" .. t, { E }, { initializer = self.gate_bias_initializer,
+        regularizer = self.gate_bias_regularizer, constraint = self.gate_bias_constraint }); track("gate_bias_" .. t)
+    end
+  end
+end
+
+-- expert outputs as a [B, units, E] view
+function MMoE:expert_outputs(x)
+  local U, E = self.units, self.num_experts
+  local hidden = self.expert_hidden_units or {}
+  if #hidden == 0 then
+    local F = x:size(2)
+    local h = x:matmul(self.expert_kernel:view(F, U * E)):view(-1, U, E)
+    if self.use_expert_bias then h = h + self.expert_bias end
+    return self._expert_act(h)
+  end
+  local h = x
+  for l = 1, #hidden do
+    h = h:matmul(self["expert_hidden_kernel_" .. l])                     -- [E,B,h]
+    if self.use_expert_bias then h = h + self["expert_hidden_bias_" .. l]:unsqueeze(2) end
+    h = self._hidden_act(h)
+  end
+  h = h:matmul(self.expert_kernel)                                       -- [E,B,U]
+  if self.use_expert_bias then h = h + self.expert_bias:unsqueeze(2) end
+  return self._expert_act(h):permute(2, 3, 1)                            -- [B,U,E] view
+end
+
+-- gate weights [B, E] of each gate (a list); for plots of expert utilisation
+function MMoE:gate_weights(x)
+  return on_rows(x, function(x2)
+    local out = {}
+    for t = 1, self:gates_count() do
+      local z = x2:matmul(self["gate_kernel_" .. t])
+      if self.use_gate_bias then z = z + self["gate_bias_" .. t] end
+      out[t] = self._gate_act(z)
+    end
+    return out
+  end)
+end
+
+function MMoE:forward(x)
+  local F = x:size(-1)
+  if F ~= self._in_features then
+    error(("%s \"%s\": input has %d features but the layer was built for %d"):format(self.class_name, self.name, F,
+      self._in_features), 0)
+  end
+  return on_rows(x, function(x2)
+    local h = self:expert_outputs(x2)
+    local gates = self:gate_weights(x2)
+    local last = {}
+    for t, g in ipairs(gates) do last[t] = g:detach() end
+    rawset(self, "last_gates", last)
+    local outs = {}
+    for t = 1, self.num_tasks do
+      local g = gates[#gates == 1 and 1 or t]
+      outs[t] = (#gates == 1 and t > 1) and outs[1] or moe.mixture(h, g)
+      if self._activity_reg then self:add_loss(self._activity_reg(outs[t])) end
+    end
+    return outs
+  end)
+end
+
+-- OMoE: the one-gate mixture of the MMoE paper (MMoE with num_gates = 1)
+local OMoE = class("OMoE", MMoE)
+nn.OMoE = OMoE
+function OMoE:init(opts)
+  local o = {}
+  for k, v in pairs(opts) do o[k] = v end
+  if o.num_gates == nil then o.num_gates = 1 end
+  MMoE.init(self, o)
+end
+
+-- SharedBottom: the paper's shared-bottom baseline, one MLP shared by every task
+-- (hidden_units, then `units`), returned once per task like MMoE's outputs
+local SharedBottom = class("SharedBottom", Module)
+nn.SharedBottom = SharedBottom
+function SharedBottom:init(opts)
+  Module.init(self, opts)
+  self:_options(opts, { units = REQUIRED, num_tasks = REQUIRED, hidden_units = false, activation = "relu",
+    kernel_initializer = "glorot_uniform" })
+  nn.positive_int(self, "units")
+  nn.positive_int(self, "num_tasks")
+  local layers = {}
+  for _, h in ipairs(self.hidden_units or {}) do
+    layers[#layers + 1] = nn.Dense { units = h, activation = self.activation, kernel_initializer = self.kernel_initializer }
+  end
+  layers[#layers + 1] = nn.Dense { units = self.units, activation = self.activation, kernel_initializer = self.kernel_initializer }
+  for i, l in ipairs(layers) do self:add_module("dense_" .. i, l) end
+end
+function SharedBottom:forward(x)
+  local h = x
+  for i, l in ipairs(self:children()) do h = nn.call_child(self, i, l, h) end
+  local outs = {}
+  for t = 1, self.num_tasks do outs[t] = h end
+  return outs
+end
+
+return nn

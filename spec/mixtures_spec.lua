@@ -1,0 +1,240 @@
+-- Dense mixtures: TabularMoELayer, GatedFeatureFusion, MMoE/OMoE, SharedBottom
+-- against naive loops over their weights, gradchecks, and behaviour.
+local moe = require "moe"
+local nn = moe.nn
+local H = require "helpers"
+local gradcheck = moe.testing.gradcheck
+
+local STRIDED = { "contiguous", "transposed", "narrowed" }
+
+local function relu(v) return v > 0 and v or 0 end
+local function softmax(z)
+  local m, s, out = -math.huge, 0, {}
+  for _, v in ipairs(z) do m = math.max(m, v) end
+  for i, v in ipairs(z) do out[i] = math.exp(v - m); s = s + out[i] end
+  for i in ipairs(out) do out[i] = out[i] / s end
+  return out
+end
+
+describe("mixture op", function()
+  for _, kind in ipairs(STRIDED) do
+    it("gradchecks (" .. kind .. ")", function()
+      assert.is_true(gradcheck(moe.mixture, { H.layout({ 4, 3, 5 }, kind), H.layout({ 4, 5 }, kind) }))
+    end)
+  end
+  it("matches sum_e g[b,e] h[b,u,e]", function()
+    local h, g = moe.randn(2, 3, 4), moe.randn(2, 4)
+    local out, Ht, G = moe.mixture(h, g), h:totable(), g:totable()
+    for b = 1, 2 do for u = 1, 3 do
+      local s = 0
+      for e = 1, 4 do s = s + G[b][e] * Ht[b][u][e] end
+      assert.is_near(s, out[b][u], 1e-5)
+    end end
+    assert.matches("do not match", H.error_of(moe.mixture, moe.randn(2, 3, 4), moe.randn(2, 3)))
+  end)
+end)
+
+describe("TabularMoELayer", function()
+  it("is the gate-weighted sum of Dense(units, relu) -> Dense(F) experts (a naive loop)", function()
+    moe.manual_seed(3)
+    local layer = nn.TabularMoELayer { num_experts = 3, expert_units = 4 }
+    local x = moe.randn(5, 6)
+    local y = layer(x)
+    assert.same({ 5, 6 }, y:shape())
+    local X = x:totable()
+    local W1, b1 = layer.expert_kernel:totable(), layer.expert_bias:totable()
+    local W2, b2 = layer.output_kernel:totable(), layer.output_bias:totable()
+    local Wg, bg = layer.gate_kernel:totable(), layer.gate_bias:totable()
+    for b = 1, 5 do
+      local z = {}
+      for e = 1, 3 do
+        z[e] = bg[e]
+        for f = 1, 6 do z[e] = z[e] + X[b][f] * Wg[f][e] end
+      end
+      local g = softmax(z)
+      for f = 1, 6 do
+        local s = 0
+        for e = 1, 3 do
+          local o = b2[e][f]
+          for u = 1, 4 do
+            local hu = b1[e][u]
+            for i = 1, 6 do hu = hu + X[b][i] * W1[e][i][u] end
+            o = o + relu(hu) * W2[e][u][f]
+          end
+          s = s + g[e] * o
+        end
+        assert.is_near(s, y[b][f], 1e-4)
+      end
+    end
+  end)
+
+  for _, kind in ipairs(STRIDED) do
+    it("gradchecks inputs and parameters (" .. kind .. ")", function()
+      assert.is_true(gradcheck(nn.TabularMoELayer { num_experts = 3, expert_units = 4 }, { H.layout({ 4, 5 }, kind) }))
+    end)
+  end
+
+  it("validates its arguments, keeps experts distinct, and works in Sequential and functional models", function()
+    for _, bad in ipairs { { num_experts = 0 }, { expert_units = -1 }, { num_experts = 2.5 }, { expert_units = "8" } } do
+      assert.matches("must be a positive integer", H.error_of(nn.TabularMoELayer, bad))
+    end
+    local l = nn.TabularMoELayer { num_experts = 4, expert_units = 16 }
+    local y = l(moe.randn(32, 8))
+    assert.same({ 32, 8 }, y:shape())
+    for a = 1, 4 do for b = a + 1, 4 do
+      assert.is_true((l.expert_kernel[a] - l.expert_kernel[b]):abs():max():item() > 0)
+    end end
+    local g = l:gate_weights(moe.randn(3, 8))
+    assert.is_true((g:sum(2) - 1):abs():max():item() < 1e-6)
+    -- seed 000's Sequential example
+    local model = moe.Sequential { nn.Dense { units = 32, activation = "relu" },
+      nn.TabularMoELayer { num_experts = 4, expert_units = 16 }, nn.Dense { units = 16, activation = "relu" },
+      nn.TabularMoELayer { num_experts = 2, expert_units = 8 }, nn.Dense { units = 1, activation = "sigmoid" },
+      input_shape = { 10 } }
+    assert.same({ 7, 1 }, model(moe.randn(7, 10)):shape())
+    -- functional, as the seed's (None, 20) example
+    local inputs = moe.Input { shape = { 20 } }
+    local h = nn.TabularMoELayer { num_experts = 4, expert_units = 16 }(inputs)
+    assert.same({ -1, 20 }, h.shape)
+  end)
+end)
+
+describe("GatedFeatureFusion", function()
+  it("computes g a + (1 - g) b with g = activation([a; b] W + c)", function()
+    local f = nn.GatedFeatureFusion {}
+    local a, b = moe.randn(3, 4), moe.randn(3, 4)
+    local y = f { a, b }
+    assert.same({ 8, 4 }, f.kernel:shape())
+    local A, B, W, c = a:totable(), b:totable(), f.kernel:totable(), f.bias:totable()
+    for i = 1, 3 do for j = 1, 4 do
+      local z = c[j]
+      for k = 1, 4 do z = z + A[i][k] * W[k][j] + B[i][k] * W[4 + k][j] end
+      local g = 1 / (1 + math.exp(-z))
+      assert.is_near(g * A[i][j] + (1 - g) * B[i][j], y[i][j], 1e-5)
+    end end
+  end)
+  for _, kind in ipairs(STRIDED) do
+    it("gradchecks (" .. kind .. ")", function()
+      local f = nn.GatedFeatureFusion { activation = "tanh" }
+      f { moe.randn(2, 3), moe.randn(2, 3) }
+      f:double()
+      assert.is_true(gradcheck(function(a, b) return f { a, b } end, { H.layout({ 2, 3 }, kind), H.layout({ 2, 3 }, kind) }))
+    end)
+  end
+  it("refuses anything but two inputs of equal shape", function()
+    local f = nn.GatedFeatureFusion {}
+    assert.matches("exactly two inputs", H.error_of(f, moe.randn(2, 3)))
+    assert.matches("exactly two inputs", H.error_of(f, { moe.randn(2, 3), moe.randn(2, 3), moe.randn(2, 3) }))
+    f { moe.randn(2, 3), moe.randn(2, 3) }
+    assert.matches("equal shapes, got %[2,3%] and %[2,4%]", H.error_of(f, { moe.randn(2, 3), moe.randn(2, 4) }))
+  end)
+end)
+
+describe("MMoE", function()
+  it("matches the seed's computation (tensordot experts, per-task softmax gates)", function()
+    moe.manual_seed(5)
+    local m = nn.MMoE { units = 3, num_experts = 4, num_tasks = 2 }
+    local x = moe.randn(5, 6)
+    local outs = m(x)
+    assert.equal(2, #outs)
+    assert.same({ 6, 3, 4 }, m.expert_kernel:shape())
+    assert.same({ 3, 4 }, m.expert_bias:shape())
+    local X, W, bw = x:totable(), m.expert_kernel:totable(), m.expert_bias:totable()
+    for t = 1, 2 do
+      local G, gb = m["gate_kernel_" .. t]:totable(), m["gate_bias_" .. t]:totable()
+      for b = 1, 5 do
+        local z = {}
+        for e = 1, 4 do
+          z[e] = gb[e]
+          for f = 1, 6 do z[e] = z[e] + X[b][f] * G[f][e] end
+        end
+        local g = softmax(z)
+        for u = 1, 3 do
+          local s = 0
+          for e = 1, 4 do
+            local h = bw[u][e]
+            for f = 1, 6 do h = h + X[b][f] * W[f][u][e] end
+            s = s + g[e] * relu(h)
+          end
+          assert.is_near(s, outs[t][b][u], 1e-4)
+        end
+      end
+    end
+  end)
+
+  it("uses the seed's defaults and initialises experts independently", function()
+    local m = nn.MMoE { units = 4, num_experts = 8, num_tasks = 2 }
+    local c = m:get_config()
+    assert.equal("relu", c.expert_activation)
+    assert.equal("softmax", c.gate_activation)
+    assert.equal("variance_scaling", c.expert_kernel_initializer)
+    assert.is_true(c.use_expert_bias and c.use_gate_bias)
+    m(moe.randn(2, 499))
+    assert.equal(0, m.expert_bias:abs():sum():item())
+    local k = m.expert_kernel
+    for a = 1, 8 do for b = a + 1, 8 do
+      assert.is_true((k:select(3, a) - k:select(3, b)):abs():max():item() > 0)
+    end end
+    -- VarianceScaling(1, fan_in, truncated normal) on [F, units, E]: Keras's fans
+    local fan_in = 499 * 4
+    assert.is_true(k:abs():max():item() <= 2 * math.sqrt(1 / fan_in) / 0.87962566103423978 + 1e-6)
+  end)
+
+  for _, kind in ipairs(STRIDED) do
+    it("gradchecks, with deep experts and one gate too (" .. kind .. ")", function()
+      assert.is_true(gradcheck(nn.MMoE { units = 3, num_experts = 3, num_tasks = 2 }, { H.layout({ 4, 5 }, kind) }))
+      assert.is_true(gradcheck(nn.MMoE { units = 2, num_experts = 2, num_tasks = 2, expert_hidden_units = { 3 },
+        use_gate_bias = false }, { H.layout({ 4, 5 }, kind) }))
+      assert.is_true(gradcheck(nn.OMoE { units = 2, num_experts = 3, num_tasks = 2 }, { H.layout({ 4, 5 }, kind) }))
+    end)
+  end
+
+  it("OMoE gives every task the same mixture; SharedBottom one shared representation", function()
+    local o = nn.OMoE { units = 3, num_experts = 4, num_tasks = 3 }
+    local outs = o(moe.randn(6, 5))
+    assert.equal(3, #outs)
+    assert.is_true((outs[1] - outs[3]):abs():max():item() == 0)
+    assert.equal(1, #o:gate_weights(moe.randn(2, 5)))
+    local sb = nn.SharedBottom { units = 4, num_tasks = 2, hidden_units = { 8 } }
+    local s = sb(moe.randn(3, 5))
+    assert.equal(2, #s)
+    assert.same({ 3, 4 }, s[1]:shape())
+    assert.is_true(gradcheck(sb, { moe.randn(3, 5) }))
+  end)
+
+  it("exposes each task's gate weights for a batch", function()
+    local m = nn.MMoE { units = 3, num_experts = 4, num_tasks = 2 }
+    m(moe.randn(2, 5))
+    local gw = m:gate_weights(moe.randn(7, 5))
+    assert.equal(2, #gw)
+    assert.same({ 7, 4 }, gw[2]:shape())
+    assert.is_true((gw[1]:sum(2) - 1):abs():max():item() < 1e-6)
+    assert.equal(2, #m.last_gates)
+  end)
+
+  it("validates options, and builds the census model of DESIGN.md in the functional API", function()
+    assert.matches("option 'units' is required", H.error_of(nn.MMoE, { num_experts = 2, num_tasks = 2 }))
+    assert.matches("num_gates must be 1", H.error_of(nn.MMoE, { units = 2, num_experts = 2, num_tasks = 3, num_gates = 2 }))
+    assert.matches("expert_hidden_units%[2%]", H.error_of(nn.MMoE, { units = 2, num_experts = 2, num_tasks = 2, expert_hidden_units = { 3, 0 } }))
+    local x = moe.Input { shape = { 12 } }
+    local tasks = nn.MMoE { units = 4, num_experts = 8, num_tasks = 2 }(x)
+    local outputs = {}
+    for i, name in ipairs { "income", "marital" } do
+      local h = nn.Dense { units = 8, activation = "relu" }(tasks[i])
+      outputs[name] = nn.Dense { units = 1, activation = "sigmoid", name = name }(h)
+    end
+    local model = moe.Model { inputs = x, outputs = outputs }
+    model:compile { optimizer = moe.optim.Adam { lr = 1e-2 }, loss = "binary_crossentropy" }
+    local xb = moe.randn(64, 12)
+    local y = { income = xb:narrow(2, 1, 1):gt(0):float(), marital = xb:narrow(2, 2, 1):gt(0):float() }
+    local first = model:train_on_batch(xb, y)
+    local last
+    for _ = 1, 60 do last = model:train_on_batch(xb, y) end
+    assert.is_true(last < first * 0.7, ("loss %g -> %g"):format(first, last))
+    local path = os.tmpname()
+    model:save(path)
+    local again = moe.load(path)
+    os.remove(path)
+    assert.is_true((again:predict(xb).income - model:predict(xb).income):abs():max():item() == 0)
+  end)
+end)
