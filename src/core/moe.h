@@ -193,6 +193,13 @@ moe_tensor *moe_randperm(int64_t n, moe_dtype dt, int64_t ibase);
 /* ---- MoE layers' fused ops (src/nn/) ---- */
 /* out [B,U] = sum_e g[b,e] h[b,u,e]; h [B,U,E] with any strides, g [B,E] */
 moe_tensor *moe_mixture(const moe_tensor *h, const moe_tensor *g);
+/* tokens-choose plan (src/nn/routing.c): kept (token, expert, rank) pairs sorted by
+ * expert, and per-expert counts; capacity < 0 means no limit (dropless) */
+int moe_route_plan(const moe_tensor *expert_index, const moe_tensor *order, const moe_tensor *valid,
+                   int64_t E, int64_t capacity, int64_t ibase, moe_tensor **token, moe_tensor **expert,
+                   moe_tensor **rank, moe_tensor **counts);
+/* y [A,N] = x [A,K] @ w[e] [K,N] over consecutive row groups of sizes counts [E] */
+moe_tensor *moe_grouped_matmul(const moe_tensor *x, const moe_tensor *w, const moe_tensor *counts);
 
 /* ---- autograd (src/core/autograd.c) ----
  * Every differentiable op records a node on the tape when grad mode is on and an

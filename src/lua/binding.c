@@ -1176,6 +1176,28 @@ static int l_mixture(lua_State *L) {
   return moe_lua_push(L, moe_mixture(h, g));
 }
 
+/* route_plan(expert_index [G,T,k], order|nil, valid|nil, E, capacity) -> token, expert, rank, counts */
+static int l_route_plan(lua_State *L) {
+  moe_tensor *ix = check_tensor(L, 1, "route_plan");
+  moe_tensor *od = lua_isnoneornil(L, 2) ? NULL : check_tensor(L, 2, "route_plan");
+  moe_tensor *vd = lua_isnoneornil(L, 3) ? NULL : check_tensor(L, 3, "route_plan");
+  int64_t E = check_int(L, 4, "route_plan", "number of experts");
+  int64_t C = check_int(L, 5, "route_plan", "capacity");
+  moe_tensor *t, *e, *r, *c;
+  if (moe_route_plan(ix, od, vd, E, C, IBASE, &t, &e, &r, &c)) return raise_engine(L);
+  moe_lua_push(L, t);
+  moe_lua_push(L, e);
+  moe_lua_push(L, r);
+  moe_lua_push(L, c);
+  return 4;
+}
+
+static int l_grouped_matmul(lua_State *L) {
+  moe_tensor *x = check_tensor(L, 1, "grouped_matmul"), *w = check_tensor(L, 2, "grouped_matmul");
+  moe_tensor *c = check_tensor(L, 3, "grouped_matmul");
+  return moe_lua_push(L, moe_grouped_matmul(x, w, c));
+}
+
 static int l_live(lua_State *L) {
   lua_pushnumber(L, (lua_Number)moe_live_tensors());
   lua_pushnumber(L, (lua_Number)moe_live_bytes());
@@ -1190,7 +1212,7 @@ static const luaL_Reg funcs[] = {
     {"arange", l_arange}, {"linspace", l_linspace}, {"eye", l_eye}, {"manual_seed", l_manual_seed},
     {"is_tensor", l_is_tensor}, {"live", l_live}, {"cat", l_cat}, {"stack", l_stack},
     {"set_grad_enabled", l_set_grad_enabled}, {"is_grad_enabled", l_is_grad_enabled},
-    {"mixture", l_mixture}, {"get_flat", l_get_flat}, {"set_flat", l_set_flat}, {"optim_step", l_optim_step},
+    {"mixture", l_mixture}, {"route_plan", l_route_plan}, {"grouped_matmul", l_grouped_matmul}, {"get_flat", l_get_flat}, {"set_flat", l_set_flat}, {"optim_step", l_optim_step},
     {"st_save", l_st_save}, {"st_read_header", l_st_read_header}, {"st_read_tensor", l_st_read_tensor},
     {NULL, NULL}};
 

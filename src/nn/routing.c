@@ -1,0 +1,184 @@
+/* routing.c -- sparse MoE: the tokens-choose routing plan and the grouped GEMM
+ * the experts run on. See lua/moe/sparse.lua for the layers around them.
+ *
+ * moe_route_plan: capacity and priority, as the TF Model Garden / flaxformer
+ * routers define them. Per group, every token's 1st choice is placed before any
+ * token's 2nd choice; within a rank, tokens go in `order` (token order, or by
+ * descending top-1 probability for batch-prioritized routing). A (token, expert)
+ * pair whose expert already holds `capacity` pairs of that group is dropped.
+ * The kept pairs come back sorted by expert (then group, rank and priority):
+ * the rows each expert's GEMM reads are contiguous. No [T,E,C] one-hot tensor
+ * is ever built.
+ *
+ * moe_grouped_matmul: y [A,N] = x [A,K] @ w[e] [K,N] over consecutive row
+ * groups of sizes counts[e]; backward gx = g w[e]^T, gw[e] = x_e^T g_e. */
+#include "../core/moe.h"
+#include "../cpu/cpu.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int moe_route_plan(const moe_tensor *expert_index, const moe_tensor *order, const moe_tensor *valid,
+                   int64_t E, int64_t capacity, int64_t ibase, moe_tensor **token, moe_tensor **expert,
+                   moe_tensor **rank, moe_tensor **counts) {
+  char b1[160], b2[160];
+  if (expert_index->ndim != 3 || expert_index->dtype != MOE_I64)
+    return moe_error("route_plan: expert_index must be int64 [groups, tokens, k], got %s %s",
+                     moe_dtype_name(expert_index->dtype), moe_shape_str(expert_index, b1));
+  int64_t G = expert_index->shape[0], T = expert_index->shape[1], K = expert_index->shape[2];
+  if (order && (order->ndim != 2 || order->shape[0] != G || order->shape[1] != T || order->dtype != MOE_I64))
+    return moe_error("route_plan: order must be int64 [%lld, %lld], got %s %s", (long long)G, (long long)T,
+                     moe_dtype_name(order->dtype), moe_shape_str(order, b2));
+  if (valid && (valid->ndim != 2 || valid->shape[0] != G || valid->shape[1] != T || valid->dtype != MOE_BOOL))
+    return moe_error("route_plan: valid must be bool [%lld, %lld], got %s", (long long)G, (long long)T,
+                     moe_shape_str(valid, b2));
+  if (E < 1) return moe_error("route_plan: need at least one expert, got %lld", (long long)E);
+  moe_tensor *ei = moe_contiguous(expert_index), *od = order ? moe_contiguous(order) : NULL;
+  moe_tensor *vd = valid ? moe_contiguous(valid) : NULL;
+  int64_t n = G * T * K;
+  int64_t *pair_e = malloc(sizeof(int64_t) * (size_t)(n ? n : 1) * 3);
+  int64_t *cnt = calloc((size_t)E, sizeof(int64_t)), *fill = calloc((size_t)E, sizeof(int64_t));
+  int64_t *start = calloc((size_t)E + 1, sizeof(int64_t));
+  int rc = -1;
+  *token = *expert = *rank = *counts = NULL;
+  if (!ei || (order && !od) || (valid && !vd) || !pair_e || !cnt || !fill || !start) {
+    moe_error("route_plan: out of memory");
+    goto done;
+  }
+  const int64_t *ix = (const int64_t *)moe_data(ei), *ord = od ? (const int64_t *)moe_data(od) : NULL;
+  const uint8_t *ok = vd ? (const uint8_t *)moe_data(vd) : NULL;
+  int64_t *pair_t = pair_e + n, *pair_r = pair_e + 2 * n, kept = 0;
+  /* 1. capacity and priority, group by group: kept pairs in placement order */
+  for (int64_t g = 0; g < G; g++) {
+    memset(fill, 0, sizeof(int64_t) * (size_t)E);
+    for (int64_t r = 0; r < K; r++)
+      for (int64_t p = 0; p < T; p++) {
+        int64_t t = ord ? ord[g * T + p] - ibase : p;
+        if (t < 0 || t >= T) { moe_error("route_plan: order holds %lld, outside 1..%lld", (long long)(t + ibase), (long long)T); goto done; }
+        if (ok && !ok[g * T + t]) continue;
+        int64_t e = ix[(g * T + t) * K + r] - ibase;
+        if (e < 0 || e >= E) { moe_error("route_plan: expert index %lld outside 1..%lld", (long long)(e + ibase), (long long)E); goto done; }
+        if (capacity >= 0 && fill[e] >= capacity) continue; /* dropped */
+        fill[e]++;
+        pair_e[kept] = e;
+        pair_t[kept] = g * T + t;
+        pair_r[kept] = r;
+        kept++;
+      }
+  }
+  /* 2. a stable counting sort by expert */
+  for (int64_t i = 0; i < kept; i++) cnt[pair_e[i]]++;
+  for (int64_t e = 0; e < E; e++) start[e + 1] = start[e] + cnt[e];
+  int64_t ashape[1] = {kept}, eshape[1] = {E};
+  *token = moe_empty(1, ashape, MOE_I64);
+  *expert = moe_empty(1, ashape, MOE_I64);
+  *rank = moe_empty(1, ashape, MOE_I64);
+  *counts = moe_empty(1, eshape, MOE_I64);
+  if (!*token || !*expert || !*rank || !*counts) goto done;
+  int64_t *ot = (int64_t *)moe_data(*token), *oe = (int64_t *)moe_data(*expert), *orr = (int64_t *)moe_data(*rank);
+  memcpy(moe_data(*counts), cnt, sizeof(int64_t) * (size_t)E);
+  memset(fill, 0, sizeof(int64_t) * (size_t)E);
+  for (int64_t i = 0; i < kept; i++) {
+    int64_t e = pair_e[i], at = start[e] + fill[e]++;
+    ot[at] = pair_t[i] + ibase;
+    oe[at] = e + ibase;
+    orr[at] = pair_r[i] + ibase;
+  }
+  rc = 0;
+done:
+  if (rc) {
+    moe_tensor_release(*token); moe_tensor_release(*expert); moe_tensor_release(*rank); moe_tensor_release(*counts);
+    *token = *expert = *rank = *counts = NULL;
+  }
+  moe_tensor_release(ei); moe_tensor_release(od); moe_tensor_release(vd);
+  free(pair_e); free(cnt); free(fill); free(start);
+  return rc;
+}
+
+/* ---------------------------------------------------------------- grouped GEMM */
+
+static void gemm(moe_dtype dt, int64_t M, int64_t N, int64_t K, const char *A, int64_t sAm, int64_t sAk,
+                 const char *B, int64_t sBk, int64_t sBn, char *C) {
+  if (M && N) moe_cpu_gemm_batched(dt, 1, M, N, K, A, 0, sAm, sAk, B, 0, sBk, sBn, C, 0);
+}
+
+static int grouped_backward(moe_node *n, const moe_tensor *g0, moe_tensor **gin) {
+  const moe_tensor *x = moe_node_saved(n, 0), *w = moe_node_saved(n, 1), *cn = moe_node_saved(n, 2);
+  if (!x || !w || !cn) return -1;
+  moe_tensor *g = moe_contiguous(g0);
+  if (!g) return -1;
+  int64_t E = w->shape[0], K = w->shape[1], N = w->shape[2];
+  const int64_t *counts = (const int64_t *)moe_data(cn);
+  size_t es = moe_dtype_size(x->dtype);
+  moe_tensor *gx = moe_node_needs(n, 0) ? moe_empty(2, x->shape, x->dtype) : NULL;
+  moe_tensor *gw = moe_node_needs(n, 1) ? moe_full(3, w->shape, w->dtype, 0.0) : NULL;
+  if ((moe_node_needs(n, 0) && !gx) || (moe_node_needs(n, 1) && !gw)) {
+    moe_tensor_release(g); moe_tensor_release(gx); moe_tensor_release(gw);
+    return -1;
+  }
+  int64_t off = 0;
+  for (int64_t e = 0; e < E; e++) {
+    int64_t m = counts[e];
+    const char *ge = moe_data(g) + (size_t)(off * N) * es, *we = moe_data(w) + (size_t)(e * K * N) * es;
+    if (gx) /* gx_e [m,K] = g_e [m,N] @ w_e^T [N,K] */
+      gemm(x->dtype, m, K, N, ge, N, 1, we, 1, N, moe_data(gx) + (size_t)(off * K) * es);
+    if (gw && m) /* gw_e [K,N] = x_e^T [K,m] @ g_e [m,N] */
+      gemm(x->dtype, K, N, m, moe_data(x) + (size_t)(off * K) * es, 1, K, ge, N, 1, moe_data(gw) + (size_t)(e * K * N) * es);
+    off += m;
+  }
+  moe_tensor_release(g);
+  gin[0] = gx;
+  gin[1] = gw;
+  return 0;
+}
+
+moe_tensor *moe_grouped_matmul(const moe_tensor *x0, const moe_tensor *w0, const moe_tensor *counts) {
+  char b1[160], b2[160], b3[160];
+  if (x0->ndim != 2 || w0->ndim != 3 || counts->ndim != 1 || counts->dtype != MOE_I64 ||
+      counts->shape[0] != w0->shape[0] || x0->shape[1] != w0->shape[1] || x0->dtype != w0->dtype ||
+      !moe_dtype_is_float(x0->dtype)) {
+    moe_error("grouped_matmul: rows [A,K] %s, weights [E,K,N] %s and int64 counts [E] %s do not fit "
+              "(one float dtype)", moe_shape_str(x0, b1), moe_shape_str(w0, b2), moe_shape_str(counts, b3));
+    return NULL;
+  }
+  moe_tensor *cn = moe_contiguous(counts);
+  if (!cn) return NULL;
+  const int64_t *c = (const int64_t *)moe_data(cn);
+  int64_t total = 0, E = w0->shape[0], K = w0->shape[1], N = w0->shape[2];
+  for (int64_t e = 0; e < E; e++) {
+    if (c[e] < 0) { moe_error("grouped_matmul: negative count %lld for expert %lld", (long long)c[e], (long long)e + 1); moe_tensor_release(cn); return NULL; }
+    total += c[e];
+  }
+  if (total != x0->shape[0]) {
+    moe_error("grouped_matmul: counts add up to %lld rows but x has %lld", (long long)total, (long long)x0->shape[0]);
+    moe_tensor_release(cn);
+    return NULL;
+  }
+  int prev = moe_set_grad_enabled(0);
+  moe_tensor *x = moe_contiguous(x0), *w = x ? moe_contiguous(w0) : NULL;
+  moe_set_grad_enabled(prev);
+  int64_t oshape[2] = {total, N};
+  moe_tensor *y = w ? moe_empty(2, oshape, x0->dtype) : NULL;
+  if (y) {
+    size_t es = moe_dtype_size(x->dtype);
+    int64_t off = 0;
+    for (int64_t e = 0; e < E; e++) {
+      gemm(x->dtype, c[e], N, K, moe_data(x) + (size_t)(off * K) * es, K, 1,
+           moe_data(w) + (size_t)(e * K * N) * es, N, 1, moe_data(y) + (size_t)(off * N) * es);
+      off += c[e];
+    }
+  }
+  const moe_tensor *ins[2] = {x0, w0};
+  if (y && moe_ag_wants(2, ins)) {
+    moe_node *n = moe_node_new("grouped_matmul", grouped_backward, 2, ins);
+    if (n && (moe_node_save(n, 0, x) || moe_node_save(n, 1, w) || moe_node_save(n, 2, cn))) {
+      moe_node_release(n);
+      n = NULL;
+    }
+    y = moe_ag_attach(y, n);
+  }
+  moe_tensor_release(x);
+  moe_tensor_release(w);
+  moe_tensor_release(cn);
+  return y;
+}
