@@ -868,5 +868,6 @@ end
 package.loaded["moe.nn"] = nn
 require "moe.model"
 require "moe.mixtures"
+require "moe.sparse"
 
 return nn

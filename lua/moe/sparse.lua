@@ -1,0 +1,359 @@
+-- Sparse, token-routed MoE with TF Model Garden (and flaxformer) semantics:
+-- FeedForwardExperts, ExpertsChooseMaskedRouter, TokensChooseMaskedRouter,
+-- MoeLayer and MoeLayerWithBackbone.
+--
+-- Dispatch is index-based: the router's plan lists the kept (token, expert)
+-- pairs sorted by expert; the experts read their rows with index_select, run
+-- one GEMM per expert on contiguous rows (moe.grouped_matmul), and the outputs
+-- are scaled by the combine weights and scatter-added back (index_add). Every
+-- step is an autograd op, so the backward pass is index-based too.
+local moe = require "moe"
+local nn = require "moe.nn"
+local inits = require "moe.initializers"
+local I = inits.initializers
+
+local Module, class, REQUIRED = nn.Module, nn.class, nn.REQUIRED
+
+-- Python's round(): halves go to the even neighbour
+local function round_half_even(v)
+  local f = math.floor(v)
+  local d = v - f
+  if d > 0.5 or (d == 0.5 and f % 2 == 1) then return f + 1 end
+  return f
+end
+nn.round_half_even = round_half_even
+
+local function stacked(init, n, shape, dtype)
+  local parts = {}
+  for e = 1, n do parts[e] = init(shape, dtype):unsqueeze(1) end
+  return moe.cat(parts, 1)
+end
+
+-- ------------------------------------------------------------------ FeedForwardExperts
+
+-- num_experts independent FFNs: intermediate_kernel [E, H, d_ff] (+ bias [E, d_ff]),
+-- activation, inner dropout, output_kernel [E, d_ff, H] (+ bias [E, H]), output dropout.
+-- Called on [E, n, H] (each expert its own rows, as in TF); MoeLayer uses :grouped.
+local FFE = class("FeedForwardExperts", Module)
+nn.FeedForwardExperts = FFE
+function FFE:init(opts)
+  Module.init(self, opts)
+  self:_options(opts, { num_experts = REQUIRED, d_ff = REQUIRED, inner_dropout = 0.0, output_dropout = 0.0,
+    activation = "gelu", kernel_initializer = "glorot_uniform", bias_initializer = "zeros" })
+  nn.positive_int(self, "num_experts")
+  nn.positive_int(self, "d_ff")
+  for _, k in ipairs { "inner_dropout", "output_dropout" } do
+    if type(self[k]) ~= "number" or self[k] < 0 or self[k] >= 1 then
+      error(("FeedForwardExperts: %s must be in [0, 1), got %s"):format(k, tostring(self[k])), 3)
+    end
+  end
+  rawset(self, "_act", nn.get_activation(self.activation, "FeedForwardExperts"))
+  I.get(self.kernel_initializer, "FeedForwardExperts")
+end
+function FFE:build(shape)
+  local H = shape[#shape]
+  local E, D = self.num_experts, self.d_ff
+  local init = I.get(self.kernel_initializer)
+  local function st(shp) return function(_, dtype) return stacked(init, E, shp, dtype) end end
+  self:add_weight("intermediate_kernel", { E, H, D }, { initializer = st { H, D } })
+  self:add_weight("intermediate_bias", { E, D }, { initializer = self.bias_initializer })
+  self:add_weight("output_kernel", { E, D, H }, { initializer = st { D, H } })
+  self:add_weight("output_bias", { E, H }, { initializer = self.bias_initializer })
+end
+local function dropout(self, x, rate)
+  if not self._training or rate == 0 then return x end
+  local keep = moe.rand(x:shape(), { dtype = x:dtype() }):ge(rate)
+  return x * keep:to(x:dtype()) * (1 / (1 - rate))
+end
+function FFE:forward(x, counts, expert)
+  if counts then return self:grouped(x, counts, expert) end
+  if x:dim() ~= 3 or x:size(1) ~= self.num_experts then
+    error(("FeedForwardExperts \"%s\": expected [num_experts=%d, tokens, hidden], got [%s]")
+      :format(self.name, self.num_experts, table.concat(x:shape(), ",")), 0)
+  end
+  local h = self._act(x:matmul(self.intermediate_kernel) + self.intermediate_bias:unsqueeze(2))
+  h = dropout(self, h, self.inner_dropout)
+  local y = h:matmul(self.output_kernel) + self.output_bias:unsqueeze(2)
+  return dropout(self, y, self.output_dropout)
+end
+-- rows [A, H] sorted by expert, counts [E] int64, expert [A] (1-based) -> [A, H]
+function FFE:grouped(rows, counts, expert)
+  local h = moe.grouped_matmul(rows, self.intermediate_kernel, counts) + self.intermediate_bias:index_select(1, expert)
+  h = dropout(self, self._act(h), self.inner_dropout)
+  local y = moe.grouped_matmul(h, self.output_kernel, counts) + self.output_bias:index_select(1, expert)
+  return dropout(self, y, self.output_dropout)
+end
+
+-- ------------------------------------------------------------------ routers
+
+local router_defaults = {
+  num_experts = REQUIRED, jitter_noise = 0.0, use_bias = true, router_z_loss_weight = 0.0,
+  kernel_initializer = "glorot_uniform", bias_initializer = "zeros", export_metrics = true,
+  noisy_gating = false,
+}
+
+local function router_init(self, opts, extra)
+  Module.init(self, opts)
+  local d = {}
+  for k, v in pairs(router_defaults) do d[k] = v end
+  for k, v in pairs(extra or {}) do d[k] = v end
+  self:_options(opts, d)
+  nn.positive_int(self, "num_experts")
+  if type(self.jitter_noise) ~= "number" or self.jitter_noise < 0 or self.jitter_noise >= 1 then
+    error(("%s: jitter_noise must be in [0, 1), got %s"):format(self.class_name, tostring(self.jitter_noise)), 4)
+  end
+end
+
+local function router_build(self, shape)
+  local H = shape[#shape]
+  -- Keras order: kernel [H, E], then bias [E]
+  self:add_weight("kernel", { H, self.num_experts }, { initializer = self.kernel_initializer })
+  if self.use_bias then self:add_weight("bias", { self.num_experts }, { initializer = self.bias_initializer }) end
+  if self.noisy_gating then
+    self:add_weight("noise_kernel", { H, self.num_experts }, { initializer = "zeros" })
+  end
+end
+
+-- logits and probabilities [N, E] of tokens x [N, H], in float32 (float64 inputs
+-- stay float64); jitter multiplies the router's inputs in training only
+function nn.router_logits(self, x)
+  local xr = x:dtype() == "float64" and x or x:float()
+  if self._training and self.jitter_noise > 0 then
+    xr = xr * (moe.rand(xr:shape(), { dtype = xr:dtype() }) * (2 * self.jitter_noise) + (1 - self.jitter_noise))
+  end
+  local k = self.kernel:to(xr:dtype())
+  local logits = xr:matmul(k)
+  if self.use_bias then logits = logits + self.bias:to(xr:dtype()) end
+  if self.noisy_gating and self._training then -- Shazeer et al. 2017: learned per-expert noise
+    local std = xr:matmul(self.noise_kernel:to(xr:dtype())):softplus()
+    logits = logits + moe.randn(logits:shape(), { dtype = logits:dtype() }) * std
+  end
+  return logits, logits:softmax(-1)
+end
+
+-- router z-loss: mean over tokens of logsumexp(logits)^2 (unscaled)
+function nn.router_z_loss(logits)
+  return logits:logsumexp(-1):square():mean()
+end
+
+-- the metrics every router reports, from a plan
+local function report(self, plan, N, E, total_capacity)
+  local A = plan.token:numel()
+  local dispatched = A > 0 and moe.bincount(plan.token, nil, N):gt(0):sum():item() or 0
+  local m = {}
+  m.fraction_tokens_left_behind = 1 - dispatched / N
+  m.expert_usage = total_capacity > 0 and A / total_capacity or 0
+  m.router_confidence = A > 0 and plan.gate:detach():sum():item() / A or 0
+  local counts = plan.counts:totable()
+  for e = 1, E do m["expert_" .. e .. "_tokens"] = counts[e] end
+  if self.export_metrics ~= false then
+    for k, v in pairs(m) do self:add_metric(k, v) end
+  end
+  return m
+end
+
+-- common to both routers: z-loss and its metrics
+local function z_loss(self, logits)
+  local unscaled = nn.router_z_loss(logits)
+  local scaled = unscaled * self.router_z_loss_weight
+  if self.router_z_loss_weight > 0 then self:add_loss(scaled) end
+  if self.export_metrics ~= false then
+    self:add_metric("router_z_loss", scaled:item())
+    self:add_metric("unscaled_router_z_loss", unscaled:item())
+  end
+end
+
+-- TokensChooseMaskedRouter: every token picks its top-k experts
+local TCR = class("TokensChooseMaskedRouter", Module)
+nn.TokensChooseMaskedRouter = TCR
+function TCR:init(opts)
+  router_init(self, opts, { num_selected_experts = 1, batch_prioritized_routing = false,
+    ignore_padding_tokens = false, load_balancing_loss_weight = 0.0, renormalize_gates = false })
+  nn.positive_int(self, "num_selected_experts")
+  if self.num_selected_experts > self.num_experts then
+    error(("TokensChooseMaskedRouter: num_selected_experts %d exceeds num_experts %d")
+      :format(self.num_selected_experts, self.num_experts), 3)
+  end
+end
+TCR.build = router_build
+
+-- route(x [G, T, H], capacity) -> plan {token, expert, rank, counts, gate}
+-- (token is the 1-based index into the G*T flattened tokens; capacity < 0: dropless)
+function TCR:forward(x, capacity)
+  local G, T, H = x:size(1), x:size(2), x:size(3)
+  local E, k = self.num_experts, self.num_selected_experts
+  local N = G * T
+  local x2 = x:reshape(N, H)
+  local logits, probs = nn.router_logits(self, x2)
+  z_loss(self, logits)
+  local vals, idx = probs:detach():topk(k, 2)               -- [N,k]: choices by descending probability
+  local valid
+  if self.ignore_padding_tokens then valid = x2:ne(0):any(2):view(G, T) end
+  local order
+  if self.batch_prioritized_routing then
+    order = moe.argsort(vals:select(2, 1):view(G, T), 2, true) -- by descending top-1 probability
+  end
+  local token, expert, rank, counts = moe.route_plan(idx:view(G, T, k), order, valid, E, capacity)
+  local flat = (token - 1) * E + expert
+  local gate = probs:reshape(-1):index_select(1, flat)    -- combine weight = router probability
+  if self.renormalize_gates and token:numel() > 0 then   -- option: kept gates of a token sum to 1
+    local denom = moe.zeros(N, { dtype = gate:dtype() }):index_add(1, token, gate)
+    gate = gate / denom:index_select(1, token)
+  end
+  -- load-balancing loss (Switch): E * sum_e f_e P_e per group, averaged over groups;
+  -- f_e: fraction of the group's tokens whose top-1 is e, P_e: mean probability of e
+  local top1 = idx:select(2, 1):view(G, T)
+  local gid = moe.arange(0, G, { dtype = "int64" }):view(G, 1):expand(G, T)
+  local f = moe.bincount((gid * E + top1):reshape(-1), nil, G * E):view(G, E):to(probs:dtype()) / T
+  local P = probs:view(G, T, E):mean(2)
+  local lb = (f * P):sum(2):mean() * E
+  if self.load_balancing_loss_weight > 0 then self:add_loss(lb * self.load_balancing_loss_weight) end
+  if self.export_metrics ~= false then self:add_metric("load_balancing_loss", lb:item()) end
+  local plan = { token = token, expert = expert, rank = rank, counts = counts, gate = gate, probs = probs }
+  local cap = capacity >= 0 and capacity or math.max(1, unpack(counts:totable()))
+  report(self, plan, N, E, E * cap * G)
+  return plan
+end
+
+-- ExpertsChooseMaskedRouter: every expert picks its top-`capacity` tokens of each group
+local ECR = class("ExpertsChooseMaskedRouter", Module)
+nn.ExpertsChooseMaskedRouter = ECR
+function ECR:init(opts) router_init(self, opts) end
+ECR.build = router_build
+function ECR:forward(x, capacity)
+  local G, T, H = x:size(1), x:size(2), x:size(3)
+  local E = self.num_experts
+  local N = G * T
+  local logits, probs = nn.router_logits(self, x:reshape(N, H))
+  z_loss(self, logits)
+  local C = capacity < 0 and T or math.min(capacity, T)
+  local pt = probs:view(G, T, E):transpose(2, 3)            -- [G,E,T]
+  local vals, idx = pt:topk(C, 3)                           -- each expert's C best tokens
+  -- sorted by expert: [E, G, C] flattened
+  local gate = vals:permute(2, 1, 3):reshape(-1)
+  local base = moe.arange(0, G, { dtype = "int64" }):view(1, G, 1) * T
+  local token = (idx:permute(2, 1, 3) + base):reshape(-1)
+  local expert = moe.arange(1, E + 1, { dtype = "int64" }):view(E, 1):expand(E, G * C):reshape(-1)
+  local counts = moe.full({ E }, G * C, { dtype = "int64" })
+  local plan = { token = token, expert = expert, counts = counts, gate = gate, probs = probs }
+  report(self, plan, N, E, E * C * G)
+  return plan
+end
+
+-- ------------------------------------------------------------------ MoeLayer
+
+local MoeLayer = class("MoeLayer", Module)
+nn.MoeLayer = MoeLayer
+-- a sub-layer given as a module, or as {class_name, config} (from a checkpoint)
+local function as_module(v)
+  if type(v) == "table" and not nn.is_module(v) and type(v.class_name) == "string" then
+    local cls = nn.registry[v.class_name]
+    if cls then return cls(v.config or {}) end
+  end
+  return v
+end
+
+function MoeLayer:init(opts)
+  Module.init(self, opts)
+  local experts, router = as_module(opts.experts), as_module(opts.router)
+  if not nn.is_module(experts) or not experts.grouped then
+    error("MoeLayer: option 'experts' must be an nn.FeedForwardExperts", 3)
+  end
+  if not nn.is_module(router) or not router.num_experts or not router.forward then
+    error("MoeLayer: option 'router' must be an nn.TokensChooseMaskedRouter or nn.ExpertsChooseMaskedRouter", 3)
+  end
+  if experts.num_experts ~= router.num_experts then
+    error(("MoeLayer: the router has %d experts but experts has %d"):format(router.num_experts, experts.num_experts), 3)
+  end
+  local o = {}
+  for k, v in pairs(opts) do if k ~= "experts" and k ~= "router" then o[k] = v end end
+  self:_options(o, { train_capacity_factor = 1.0, eval_capacity_factor = 1.0, examples_per_group = 1.0,
+    dropless = false })
+  for _, k in ipairs { "train_capacity_factor", "eval_capacity_factor", "examples_per_group" } do
+    if type(self[k]) ~= "number" or self[k] <= 0 then
+      error(("MoeLayer: %s must be a positive number, got %s"):format(k, tostring(self[k])), 3)
+    end
+  end
+  self:add_module("router", router)
+  self:add_module("experts", experts)
+end
+
+function MoeLayer:get_config()
+  local c = Module.get_config(self)
+  c.router = { class_name = self.router.class_name, config = self.router:get_config() }
+  c.experts = { class_name = self.experts.class_name, config = self.experts:get_config() }
+  return c
+end
+
+function MoeLayer:capacity(tokens_per_group)
+  if self.dropless then return -1 end
+  local cf = self._training and self.train_capacity_factor or self.eval_capacity_factor
+  return math.floor(round_half_even(cf * tokens_per_group / self.router.num_experts))
+end
+
+-- x [B, S, H] (or [N, H]: one sequence of N tokens) -> same shape; a token
+-- dropped by every expert it chose outputs zero (the caller's residual carries it)
+function MoeLayer:forward(x)
+  local shape = x:shape()
+  if #shape ~= 2 and #shape ~= 3 then
+    error(("MoeLayer \"%s\": expected input [batch, seq, hidden] or [tokens, hidden], got [%s]")
+      :format(self.name, table.concat(shape, ",")), 0)
+  end
+  local H = shape[#shape]
+  local S = #shape == 3 and shape[2] or shape[1]
+  local N = #shape == 3 and shape[1] * shape[2] or shape[1]
+  local tpg = math.floor(S * self.examples_per_group)
+  if tpg < 1 or N % tpg ~= 0 then
+    error(("MoeLayer \"%s\": %d tokens do not split into groups of %d (seq_len %d x examples_per_group %g)")
+      :format(self.name, N, tpg, S, self.examples_per_group), 0)
+  end
+  local G = N / tpg
+  local x2 = x:reshape(N, H)
+  local plan = nn.call_child(self, "router", self.router, x2:view(G, tpg, H), self:capacity(tpg))
+  rawset(self, "last_plan", plan)
+  if plan.token:numel() == 0 then return x * 0 end
+  local rows = x2:index_select(1, plan.token)
+  local out = nn.call_child(self, "experts", self.experts, rows, plan.counts, plan.expert)
+  local y = moe.zeros(N, H, { dtype = x:dtype() }):index_add(1, plan.token, out * plan.gate:to(out:dtype()):unsqueeze(2))
+  return y:reshape(shape)
+end
+
+
+-- MoeLayerWithBackbone: the sparse layer plus a dense FFN on every token
+-- (Dense(backbone_d_ff, activation) -> Dense(H)); output = moe(x) + backbone(x)
+local MLB = class("MoeLayerWithBackbone", Module)
+nn.MoeLayerWithBackbone = MLB
+function MLB:init(opts)
+  Module.init(self, opts)
+  opts.moe_layer = as_module(opts.moe_layer)
+  if not nn.is_module(opts.moe_layer) or opts.moe_layer.class_name ~= "MoeLayer" then
+    error("MoeLayerWithBackbone: option 'moe_layer' must be an nn.MoeLayer", 3)
+  end
+  local o = {}
+  for k, v in pairs(opts) do if k ~= "moe_layer" then o[k] = v end end
+  self:_options(o, { backbone_d_ff = REQUIRED, dropout_rate = 0.0, activation = "gelu",
+    kernel_initializer = "glorot_uniform" })
+  nn.positive_int(self, "backbone_d_ff")
+  self:add_module("moe_layer", opts.moe_layer)
+  rawset(self, "_act", nn.get_activation(self.activation, "MoeLayerWithBackbone"))
+end
+function MLB:get_config()
+  local c = Module.get_config(self)
+  c.moe_layer = { class_name = "MoeLayer", config = self.moe_layer:get_config() }
+  return c
+end
+function MLB:build(shape)
+  local H = shape[#shape]
+  self:add_weight("backbone_kernel_1", { H, self.backbone_d_ff }, { initializer = self.kernel_initializer })
+  self:add_weight("backbone_bias_1", { self.backbone_d_ff }, { initializer = "zeros" })
+  self:add_weight("backbone_kernel_2", { self.backbone_d_ff, H }, { initializer = self.kernel_initializer })
+  self:add_weight("backbone_bias_2", { H }, { initializer = "zeros" })
+end
+function MLB:forward(x)
+  local h = self._act(x:matmul(self.backbone_kernel_1) + self.backbone_bias_1)
+  h = dropout(self, h, self.dropout_rate)
+  local dense = h:matmul(self.backbone_kernel_2) + self.backbone_bias_2
+  return nn.call_child(self, "moe_layer", self.moe_layer, x) + dense
+end
+
+return nn
