@@ -66,7 +66,11 @@ function TabularMoE:init(opts)
 end
 function TabularMoE:build(shape)
   local F, E, U = last_dim(self, shape), self.num_experts, self.expert_units
-  add_stacked(self, "expert_kernel", E, { F, U }, "glorot_uniform")
+  -- expert_kernel [F, E, U]: the first layers of all experts are one GEMM
+  -- x [B,F] @ [F, E*U]; each expert's [F, U] slice is drawn on its own
+  local init = I.get("glorot_uniform")
+  self:add_weight("expert_kernel", { F, E, U }, { initializer = function(_, dtype)
+    return stacked(init, E, { F, U }, dtype):permute(2, 1, 3):contiguous() end })
   self:add_weight("expert_bias", { E, U }, { initializer = "zeros" })
   add_stacked(self, "output_kernel", E, { U, F }, "glorot_uniform")
   self:add_weight("output_bias", { E, F }, { initializer = "zeros" })
@@ -80,15 +84,15 @@ function TabularMoE:forward(x)
   local E, U = self.num_experts, self.expert_units
   return on_rows(x, function(x2)
     local F = x2:size(2)
-    if F ~= self.expert_kernel:size(2) then
+    if F ~= self.expert_kernel:size(1) then
       error(("TabularMoELayer \"%s\": input has %d features but the layer was built for %d")
-        :format(self.name, F, self.expert_kernel:size(2)), 0)
+        :format(self.name, F, self.expert_kernel:size(1)), 0)
     end
-    local h = (x2:matmul(self.expert_kernel) + self.expert_bias:view(E, 1, U)):relu()     -- [E,B,U]
-    local y = h:matmul(self.output_kernel) + self.output_bias:view(E, 1, F)               -- [E,B,F]
-    local g = (x2:matmul(self.gate_kernel) + self.gate_bias):softmax(-1)                 -- [B,E]
+    local h = (x2:matmul(self.expert_kernel:view(F, E * U)):view(-1, E, U) + self.expert_bias):relu() -- [B,E,U]
+    local y = h:permute(2, 1, 3):matmul(self.output_kernel) + self.output_bias:view(E, 1, F)         -- [E,B,F]
+    local g = (x2:matmul(self.gate_kernel) + self.gate_bias):softmax(-1)                             -- [B,E]
     rawset(self, "last_gates", g:detach())
-    return moe.mixture(y:permute(2, 3, 1), g)                                            -- [B,F]
+    return moe.mixture(y:permute(2, 3, 1), g)                                                        -- [B,F]
   end)
 end
 

@@ -242,11 +242,17 @@ static moe_tensor *reduce_impl(moe_redop op, const moe_tensor *t, unsigned dims,
     moe_error("%s: cannot reduce over an empty dim (shape %s)", redop_names[op], moe_shape_str(t, b));
     return NULL;
   }
-  /* sum/mean over leading dims of a contiguous float tensor: column sums in place */
+  /* sum/mean of a contiguous float tensor over a block of consecutive dims that
+   * are not the last: strided column sums in place, no transposed copy */
+  unsigned low = dims & -dims, block = dims + low; /* block is a power of two iff dims is one run */
   if ((op == MOE_RSUM || op == MOE_RMEAN) && moe_dtype_is_float(t->dtype) && !indices &&
-      moe_is_contiguous(t) && K0 > 0 && dims != all && ((dims + 1) & dims) == 0) {
+      moe_is_contiguous(t) && K0 > 0 && dims && !(dims >> (t->ndim - 1) & 1) && (block & (block - 1)) == 0) {
+    int first = __builtin_ctz(dims), last = 31 - __builtin_clz(dims);
+    int64_t O = 1, N = 1;
+    for (int d = 0; d < first; d++) O *= t->shape[d];
+    for (int d = last + 1; d < t->ndim; d++) N *= t->shape[d];
     moe_tensor *out = moe_empty(keepdim ? t->ndim : on, keepdim ? kshape : oshape, t->dtype);
-    if (out) moe_cpu_sum_leading(t, out, K0, moe_numel(t) / K0, op == MOE_RMEAN);
+    if (out) moe_cpu_sum_middle(t, out, O, K0, N, op == MOE_RMEAN);
     return out;
   }
   moe_tensor *x = rows_view(t, dims, in_dt, &M, &K);

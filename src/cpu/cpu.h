@@ -30,8 +30,8 @@ void moe_cpu_where(moe_tensor *out, const moe_tensor *cond, const moe_tensor *a,
 /* rows: x contiguous [M,K] of a numeric dtype -> out [M] (and idx [M] int64) */
 void moe_cpu_reduce_rows(moe_redop op, const moe_tensor *x, moe_tensor *out, moe_tensor *idx,
                          int64_t M, int64_t K, int correction, int64_t ibase);
-/* x contiguous [K,N] float -> out [N]: sum (or mean) over the leading K rows */
-void moe_cpu_sum_leading(const moe_tensor *x, moe_tensor *out, int64_t K, int64_t N, int mean);
+/* x contiguous [O,K,N] float -> out [O,N]: sum (or mean) over the middle K */
+void moe_cpu_sum_middle(const moe_tensor *x, moe_tensor *out, int64_t O, int64_t K, int64_t N, int mean);
 /* rows: x, out contiguous [M,K] float (cumsum: any numeric) */
 void moe_cpu_scan_rows(moe_scanop op, const moe_tensor *x, moe_tensor *out, int64_t M, int64_t K);
 

@@ -165,28 +165,33 @@ void moe_cpu_scan_rows(moe_scanop op, const moe_tensor *xt, moe_tensor *out, int
   }
 }
 
-/* x contiguous [K,N] float -> out [N] = sum (or mean) over the K rows: the
- * reduction over leading dims (a bias gradient), without moving the data */
-void moe_cpu_sum_leading(const moe_tensor *xt, moe_tensor *out, int64_t K, int64_t N, int mean) {
-  double *acc = calloc((size_t)(N ? N : 1), sizeof *acc);
-  if (!acc) { /* fall back to one column at a time */
-    for (int64_t j = 0; j < N; j++) {
-      double s = 0;
-      for (int64_t k = 0; k < K; k++) s += moe_get(xt, (int64_t[]){k, j});
-      moe_set(out, (int64_t[]){j}, mean ? s / (double)K : s);
+/* x contiguous [O,K,N] float -> out [O,N] = sum (or mean) over K: the
+ * reduction over a block of consecutive dims (a bias gradient), without moving
+ * the data; float32 accumulates in double */
+void moe_cpu_sum_middle(const moe_tensor *xt, moe_tensor *out, int64_t O, int64_t K, int64_t N, int mean) {
+  double *acc = malloc(sizeof(double) * (size_t)(N ? N : 1));
+  int f32 = xt->dtype == MOE_F32;
+  const float *xf = (const float *)moe_data(xt);
+  const double *xd = (const double *)moe_data(xt);
+  float *of = (float *)moe_data(out);
+  double *od = (double *)moe_data(out);
+  for (int64_t o = 0; o < O; o++) {
+    if (!acc) { /* out of memory for the buffer: one column at a time */
+      for (int64_t j = 0; j < N; j++) {
+        double s = 0;
+        for (int64_t k = 0; k < K; k++) s += f32 ? xf[(o * K + k) * N + j] : xd[(o * K + k) * N + j];
+        if (mean) s /= (double)K;
+        if (f32) of[o * N + j] = (float)s; else od[o * N + j] = s;
+      }
+      continue;
     }
-    return;
-  }
-  if (xt->dtype == MOE_F32) {
-    const float *x = (const float *)moe_data(xt);
-    for (int64_t k = 0; k < K; k++) for (int64_t j = 0; j < N; j++) acc[j] += x[k * N + j];
-    float *o = (float *)moe_data(out);
-    for (int64_t j = 0; j < N; j++) o[j] = (float)(mean ? acc[j] / (double)K : acc[j]);
-  } else {
-    const double *x = (const double *)moe_data(xt);
-    for (int64_t k = 0; k < K; k++) for (int64_t j = 0; j < N; j++) acc[j] += x[k * N + j];
-    double *o = (double *)moe_data(out);
-    for (int64_t j = 0; j < N; j++) o[j] = mean ? acc[j] / (double)K : acc[j];
+    for (int64_t j = 0; j < N; j++) acc[j] = 0;
+    if (f32) for (int64_t k = 0; k < K; k++) { const float *r = xf + (o * K + k) * N; for (int64_t j = 0; j < N; j++) acc[j] += r[j]; }
+    else for (int64_t k = 0; k < K; k++) { const double *r = xd + (o * K + k) * N; for (int64_t j = 0; j < N; j++) acc[j] += r[j]; }
+    for (int64_t j = 0; j < N; j++) {
+      double v = mean ? acc[j] / (double)K : acc[j];
+      if (f32) of[o * N + j] = (float)v; else od[o * N + j] = v;
+    }
   }
   free(acc);
 }

@@ -33,7 +33,7 @@
       const T *op = GO + b * os[0];                                                       \
       if (GH)                                                                             \
         for (int64_t u = 0; u < U; u++)                                                   \
-          for (int64_t e = 0; e < E; e++) GH[(b * U + u) * E + e] = gp[e * gs[1]] * op[u * os[1]]; \
+          for (int64_t e = 0; e < E; e++) GH[b * ghs[0] + u * ghs[1] + e * ghs[2]] = gp[e * gs[1]] * op[u * os[1]]; \
       if (GG)                                                                             \
         for (int64_t e = 0; e < E; e++) {                                                 \
           const T *hp = H + b * hs[0] + e * hs[2];                                        \
@@ -49,7 +49,34 @@ static int mixture_backward(moe_node *n, const moe_tensor *go, moe_tensor **gin)
   if (!h || !g) return -1;
   int64_t B = h->shape[0], U = h->shape[1], E = h->shape[2];
   const int64_t *hs = h->stride, *gs = g->stride, *os = go->stride;
-  moe_tensor *gh = moe_node_needs(n, 0) ? moe_empty(3, h->shape, h->dtype) : NULL;
+  /* gh takes h's memory order when h is a permuted dense tensor (the [E,B,U]
+   * outputs of per-expert GEMMs): the gradient then flows back contiguous */
+  moe_tensor *gh = NULL;
+  int64_t ghs[3] = {U * E, E, 1};
+  if (moe_node_needs(n, 0)) {
+    int dense = 0, order[3] = {0, 1, 2};
+    for (int i = 0; i < 3; i++) /* dims sorted by stride, largest first */
+      for (int j = i + 1; j < 3; j++)
+        if (hs[order[j]] > hs[order[i]]) { int tmp = order[i]; order[i] = order[j]; order[j] = tmp; }
+    int64_t expect = 1;
+    dense = 1;
+    for (int i = 2; i >= 0; i--) {
+      if (hs[order[i]] != expect) dense = 0;
+      expect *= h->shape[order[i]];
+    }
+    if (dense && B * U * E > 0) {
+      int64_t pshape[3];
+      for (int i = 0; i < 3; i++) pshape[i] = h->shape[order[i]];
+      moe_tensor *base = moe_empty(3, pshape, h->dtype);
+      int inv[3];
+      for (int i = 0; i < 3; i++) inv[order[i]] = i;
+      gh = base ? moe_permute(base, inv) : NULL;
+      moe_tensor_release(base);
+      if (gh) memcpy(ghs, gh->stride, sizeof ghs);
+    } else {
+      gh = moe_empty(3, h->shape, h->dtype);
+    }
+  }
   moe_tensor *gg = moe_node_needs(n, 1) ? moe_empty(2, g->shape, g->dtype) : NULL;
   if ((moe_node_needs(n, 0) && !gh) || (moe_node_needs(n, 1) && !gg)) {
     moe_tensor_release(gh);

@@ -1,0 +1,92 @@
+-- bench/moe.lua CASE [quick]: one MoE benchmark case in this process (so its
+-- peak memory is its own); prints name<TAB>value lines. Run by bench/run.lua.
+local moe = require "moe"
+local ffi = require "ffi"
+local nn = moe.nn
+ffi.cdef [[
+typedef struct { long tv_sec; long tv_nsec; } moe_timespec2;
+int clock_gettime(int clk, moe_timespec2 *ts);
+void cblas_sgemm(int order, int ta, int tb, int M, int N, int K, float alpha,
+                 const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
+]]
+local ok, blas = pcall(ffi.load, "openblas")
+if not ok then blas = ffi.load("libopenblas.so.0") end
+local ts = ffi.new("moe_timespec2")
+local function now() ffi.C.clock_gettime(1, ts); return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9 end
+local function best(f, n, reps)
+  local b = math.huge
+  for _ = 1, reps do
+    local t0 = now()
+    for _ = 1, n do f() end
+    b = math.min(b, (now() - t0) / n)
+  end
+  return b
+end
+local function peak_mib()
+  for line in io.lines("/proc/self/status") do
+    local kb = line:match("^VmHWM:%s+(%d+)")
+    if kb then return tonumber(kb) / 1024 end
+  end
+end
+local case, quick = arg[1], arg[2] ~= nil
+moe.manual_seed(1)
+
+if case == "sparse" then
+  local T, H, D, E = 4096, 512, 2048, 8
+  local layer = nn.MoeLayer { experts = nn.FeedForwardExperts { num_experts = E, d_ff = D },
+    router = nn.TokensChooseMaskedRouter { num_experts = E, num_selected_experts = 2 },
+    train_capacity_factor = 1.25 }
+  local x = moe.randn(1, T, H, { requires_grad = true })
+  local function step()
+    local y = layer(x)
+    y:sum():backward()
+    x.grad = nil
+    layer:zero_grad()
+  end
+  step()
+  local kept = layer.last_plan.token:numel()
+  local t = best(step, 1, quick and 2 or 4)
+  print(("sparse_moe_s\t%.6f"):format(t))
+  print(("sparse_moe_gflops\t%.2f"):format(12 * kept * H * D / t / 1e9))
+  -- the peer: cblas_sgemm on the expert GEMM shapes (rows per expert = capacity)
+  local C = layer:capacity(T)
+  local A = moe.randn(C, H); local B = moe.randn(H, D); local Cm = moe.empty(C, D)
+  local pa, pb, pc = ffi.cast("float *", moe.core.data_ptr and 0 or 0), nil, nil
+  local function sg()
+    local a, b = A, B
+    return moe.matmul(a, b)
+  end
+  sg()
+  local ts_ = best(sg, quick and 3 or 10, 3)
+  print(("sgemm_gflops\t%.2f"):format(2 * C * H * D / ts_ / 1e9))
+elseif case == "mmoe32" or case == "mmoe1024" then
+  local batch = case == "mmoe32" and 32 or 1024
+  local x = moe.Input { shape = { 499 } }
+  local tasks = nn.MMoE { units = 4, num_experts = 8, num_tasks = 2 }(x)
+  local outs = {}
+  for i = 1, 2 do
+    outs[i] = nn.Dense { units = 1, activation = "sigmoid" }(nn.Dense { units = 8, activation = "relu" }(tasks[i]))
+  end
+  local model = moe.Model { inputs = x, outputs = outs }
+  model:compile { optimizer = moe.optim.Adam { lr = 1e-3 }, loss = "binary_crossentropy" }
+  local xb = moe.randn(batch, 499)
+  local y = { moe.rand(batch, 1):gt(0.5):float(), moe.rand(batch, 1):gt(0.5):float() }
+  local function step() model:train_on_batch(xb, y) end
+  for _ = 1, 10 do step() end
+  local n = batch <= 64 and 200 or 20
+  local t = best(step, quick and math.floor(n / 5) or n, 3)
+  print(("mmoe_%d_samples_per_s\t%.1f"):format(batch, batch / t))
+elseif case == "tabular" then
+  local batch = 1024
+  local layer = nn.TabularMoELayer { num_experts = 8, expert_units = 32 }
+  local x = moe.randn(batch, 64, { requires_grad = true })
+  local function step()
+    layer(x):sum():backward()
+    x.grad = nil
+    layer:zero_grad()
+  end
+  for _ = 1, 10 do step() end
+  local t = best(step, quick and 20 or 100, 3)
+  print(("tabular_samples_per_s\t%.1f"):format(batch / t))
+end
+print(("peak_rss_mib\t%.1f"):format(peak_mib()))
