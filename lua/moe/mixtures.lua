@@ -89,10 +89,12 @@ function TabularMoE:forward(x)
         :format(self.name, F, self.expert_kernel:size(1)), 0)
     end
     local h = (x2:matmul(self.expert_kernel:view(F, E * U)):view(-1, E, U) + self.expert_bias):relu() -- [B,E,U]
-    local y = h:permute(2, 1, 3):matmul(self.output_kernel) + self.output_bias:view(E, 1, F)         -- [E,B,F]
     local g = (x2:matmul(self.gate_kernel) + self.gate_bias):softmax(-1)                             -- [B,E]
     rawset(self, "last_gates", g:detach())
-    return moe.mixture(y:permute(2, 3, 1), g)                                                        -- [B,F]
+    -- sum_e g_e (h_e W2_e + b2_e) = [g_1 h_1, ..., g_E h_E] [W2_1; ...; W2_E] + g b2:
+    -- the second layers of all experts and the mixture are one GEMM
+    local hs = (h * g:unsqueeze(3)):view(-1, E * U)                                                  -- [B,E*U]
+    return hs:matmul(self.output_kernel:view(E * U, F)) + g:matmul(self.output_bias)                 -- [B,F]
   end)
 end
 
