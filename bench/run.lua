@@ -154,3 +154,45 @@ do
   collectgarbage(); collectgarbage()
   print(("\nRSS over %d training steps: %.1f MiB -> %.1f MiB"):format(n_steps, r0, rss_mb()))
 end
+
+-- MoE layers (issue 4): each case in its own process, moelua and PyTorch, so
+-- that each reports its own peak memory (VmHWM / ru_maxrss)
+print()
+print(("%-44s %12s %12s %8s"):format("MoE layers", "moelua", "torch", "ratio"))
+local function run_case(cmd)
+  local out = {}
+  local h = io.popen(cmd .. " 2>/dev/null")
+  if h then
+    for line in h:lines() do
+      local k, v = line:match("^(.-)\t([%d.]+)$")
+      if k then out[k] = tonumber(v) end
+    end
+    h:close()
+  end
+  return out
+end
+local bin = arg and arg[-1] or "build/moelua"
+local q = quick and " quick" or ""
+local rows = {
+  { "sparse", "sparse MoE fwd+bwd T=4096 H=512 dff=2048 E=8 k=2 (s)", "sparse_moe_s", true },
+  { "mmoe32", "MMoE census train, batch 32 (samples/s)", "mmoe_32_samples_per_s" },
+  { "mmoe1024", "MMoE census train, batch 1024 (samples/s)", "mmoe_1024_samples_per_s" },
+  { "tabular", "TabularMoELayer fwd+bwd F=64 E=8 U=32 b=1024 (samples/s)", "tabular_samples_per_s" },
+}
+for _, r in ipairs(rows) do
+  local m = run_case(("%s %s/moe.lua %s%s"):format(bin, here, r[1], q))
+  local t = run_case(("python3 %s/peers/torch_moe.py %s%s"):format(here, r[1], q))
+  local mv, tv = m[r[3]], t[r[3]]
+  local ratio = (mv and tv) and (r[4] and tv / mv or mv / tv) or nil
+  print(("%-44s %12s %12s %8s"):format(r[2], mv and ("%.4g"):format(mv) or "-", tv and ("%.4g"):format(tv) or "-",
+    ratio and ("%.2f"):format(ratio) or "-"))
+  if r[1] == "sparse" and m.sparse_moe_gflops then
+    print(("%-44s %12.1f %12s"):format("  expert-FFN GFLOP/s", m.sparse_moe_gflops,
+      t.sparse_moe_gflops and ("%.1f"):format(t.sparse_moe_gflops) or "-"))
+    print(("%-44s %12.2f %12s"):format("  ... as a fraction of sgemm on the same shapes", m.sparse_moe_gflops / m.sgemm_gflops,
+      t.sparse_moe_gflops and ("%.2f"):format(t.sparse_moe_gflops / m.sgemm_gflops) or "-"))
+  end
+  print(("%-44s %12s %12s"):format("  peak RSS (MiB)", m.peak_rss_mib and ("%.1f"):format(m.peak_rss_mib) or "-",
+    t.peak_rss_mib and ("%.1f"):format(t.peak_rss_mib) or "-"))
+end
+print("(ratio: how many times faster moelua is; torch columns need python3 with torch)")

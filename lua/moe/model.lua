@@ -296,8 +296,14 @@ end
 function Model:forward(...)
   local env = bind_inputs(self, { ... }, select("#", ...))
   for i, nd in ipairs(self._nodes) do
-    local args = map(nd.args, function(s) return is_symbolic(s) and env[s] or s end)
-    local out = nn.call_child(self, i, nd.layer, unpack(args, 1, nd.nargs))
+    local out
+    local a1 = nd.args[1]
+    if nd.nargs == 1 and is_symbolic(a1) then -- the common case: one tensor in
+      out = nn.call_child(self, i, nd.layer, env[a1])
+    else
+      local args = map(nd.args, function(s) return is_symbolic(s) and env[s] or s end)
+      out = nn.call_child(self, i, nd.layer, unpack(args, 1, nd.nargs))
+    end
     -- bind this node's symbolic outputs to the concrete values
     local function bind(sym, val)
       if is_symbolic(sym) then env[sym] = val
@@ -318,7 +324,7 @@ function Model:summary_rows()
     rows[#rows + 1] = { ("%s (InputLayer)"):format(s.node.name), nn.out_shape_str(sh), 0 }
   end
   for _, c in ipairs(self:children()) do
-    rows[#rows + 1] = { ("%s (%s)"):format(c.name, c.class_name), nn.out_shape_str(rawget(c, "_output_shape")), (c:count_params()) }
+    rows[#rows + 1] = { ("%s (%s)"):format(c.name, c.class_name), nn.out_shape_str(c:output_shape()), (c:count_params()) }
   end
   return rows
 end

@@ -388,43 +388,56 @@ function Module:forward(...)
   error(("%s \"%s\": forward is not defined"):format(self.class_name, self.name), 2)
 end
 
+-- the body of a call (no closure is made per call: pcall takes this function)
+local function call_body(self, ...)
+  if not self.built then
+    local shape = shapes_of((...))
+    rawset(self, "_build_input_shape", shape)
+    self:build(shape)
+    rawset(self, "built", true)
+  end
+  local y = self:forward(...)
+  local ar = rawget(self, "_activity_regularizer")
+  if ar and core.is_tensor(y) then self:add_loss(ar(y)) end
+  return y
+end
+
+local function call_done(self, ok, out)
+  call_depth = call_depth - 1
+  if not ok then error(out, 0) end
+  -- output shapes for summary(): recorded once (the batch dim prints as None)
+  if not rawget(self, "_output_shape") then rawset(self, "_output_shape", shapes_of(out)) end
+  return out
+end
+
 function Module:__call__(...)
-  if contains_symbolic((...)) or (select("#", ...) > 1 and contains_symbolic({ ... })) then
+  local first = ...
+  if type(first) == "table" and (first.__symbolic or (not core.is_tensor(first) and contains_symbolic(first)))
+    or (select("#", ...) > 1 and contains_symbolic({ ... })) then
     return require("moe.model").symbolic_call(self, ...)
   end
   if call_depth == 0 then call_epoch = call_epoch + 1 end
   if rawget(self, "_epoch") ~= call_epoch then
     rawset(self, "_epoch", call_epoch)
-    rawset(self, "_losses", {})
-    rawset(self, "_metrics", {})
+    if #self._losses > 0 then rawset(self, "_losses", {}) end
+    if next(self._metrics) then rawset(self, "_metrics", {}) end
   end
   call_depth = call_depth + 1
-  local ok, out = pcall(function(...)
-    if not self.built then
-      local shape = shapes_of((...))
-      rawset(self, "_build_input_shape", shape)
-      self:build(shape)
-      rawset(self, "built", true)
-    end
-    local y = self:forward(...)
-    local ar = rawget(self, "_activity_regularizer")
-    if ar and core.is_tensor(y) then self:add_loss(ar(y)) end
-    return y
-  end, ...)
-  call_depth = call_depth - 1
-  if not ok then error(out, 0) end
-  rawset(self, "_output_shape", shapes_of(out))
-  return out
+  return call_done(self, pcall(call_body, self, ...))
 end
 
+function Module:output_shape() return rawget(self, "_output_shape") end
+
 -- call a child and name it in any error (containers use this)
-function nn.call_child(parent, index, child, ...)
-  local res = { pcall(child.__call__, child, ...) }
-  if not res[1] then
+local function child_done(parent, index, child, ok, ...)
+  if not ok then
     error(("in layer %s (%s \"%s\") of %s \"%s\": %s"):format(tostring(index), child.class_name, child.name,
-      parent.class_name, parent.name, bare(res[2])), 0)
+      parent.class_name, parent.name, bare((...))), 0)
   end
-  return unpack(res, 2, table.maxn(res))
+  return ...
+end
+function nn.call_child(parent, index, child, ...)
+  return child_done(parent, index, child, pcall(child.__call__, child, ...))
 end
 
 -- ------------------------------------------------------------------ config and summary
@@ -487,7 +500,7 @@ function Module:summary_rows()
   local rows = {}
   for _, c in ipairs(self:children()) do
     local total = c:count_params()
-    rows[#rows + 1] = { ("%s (%s)"):format(c.name, c.class_name), out_shape_str(rawget(c, "_output_shape")), total }
+    rows[#rows + 1] = { ("%s (%s)"):format(c.name, c.class_name), out_shape_str(c:output_shape()), total }
   end
   return rows
 end
