@@ -78,9 +78,9 @@ function FFE:forward(x, counts, expert)
 end
 -- rows [A, H] sorted by expert, counts [E] int64, expert [A] (1-based) -> [A, H]
 function FFE:grouped(rows, counts, expert)
-  local h = moe.grouped_matmul(rows, self.intermediate_kernel, counts) + self.intermediate_bias:index_select(1, expert)
+  local h = moe.grouped_matmul(rows, self.intermediate_kernel, self.intermediate_bias, counts)
   h = dropout(self, self._act(h), self.inner_dropout)
-  local y = moe.grouped_matmul(h, self.output_kernel, counts) + self.output_bias:index_select(1, expert)
+  local y = moe.grouped_matmul(h, self.output_kernel, self.output_bias, counts)
   return dropout(self, y, self.output_dropout)
 end
 

@@ -198,8 +198,10 @@ moe_tensor *moe_mixture(const moe_tensor *h, const moe_tensor *g);
 int moe_route_plan(const moe_tensor *expert_index, const moe_tensor *order, const moe_tensor *valid,
                    int64_t E, int64_t capacity, int64_t ibase, moe_tensor **token, moe_tensor **expert,
                    moe_tensor **rank, moe_tensor **counts);
-/* y [A,N] = x [A,K] @ w[e] [K,N] over consecutive row groups of sizes counts [E] */
-moe_tensor *moe_grouped_matmul(const moe_tensor *x, const moe_tensor *w, const moe_tensor *counts);
+/* y [A,N] = x [A,K] @ w[e] [K,N] (+ b[e] [N], b may be NULL) over consecutive row
+ * groups of sizes counts [E] */
+moe_tensor *moe_grouped_matmul(const moe_tensor *x, const moe_tensor *w, const moe_tensor *b,
+                               const moe_tensor *counts);
 
 /* ---- autograd (src/core/autograd.c) ----
  * Every differentiable op records a node on the tape when grad mode is on and an

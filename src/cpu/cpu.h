@@ -41,6 +41,10 @@ void moe_cpu_gemm_batched(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int
                           const char *B, int64_t sBb, int64_t sBk, int64_t sBn,
                           char *C, int64_t sCb);
 
+/* C [M,N] (contiguous) += A @ B, strides in elements */
+void moe_cpu_gemm_add(moe_dtype dt, int64_t M, int64_t N, int64_t K, const char *A, int64_t sAm,
+                      int64_t sAk, const char *B, int64_t sBk, int64_t sBn, char *C);
+
 /* stable argsort of each contiguous row of x [M,K] into idx (0-based int64) */
 void moe_cpu_argsort_rows(const moe_tensor *x, int64_t M, int64_t K, int descending, int64_t *idx);
 

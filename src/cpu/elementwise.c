@@ -216,13 +216,44 @@ static inline double sigmoid_(double x) {
   return e / (1.0 + e);
 }
 
+/* float32 exp and erf without library calls, so that the loops around them
+ * vectorize (GELU on a [5120, 2048] activation was 11 ns per element with
+ * libm's erff). exp: Cephes' expf polynomial after range reduction by ln 2
+ * (relative error ~1e-7); erf: Abramowitz and Stegun 7.1.26 (absolute error
+ * < 1.5e-7, below float32's resolution near 1). float64 keeps libm. */
+static inline float moe_expf(float x) {
+  x = x < -87.3f ? -87.3f : x > 88.7f ? 88.7f : x;
+  float t = x * 1.44269504088896341f;
+  int n = (int)(t + (t >= 0 ? 0.5f : -0.5f));
+  float fn = (float)n;
+  float r = x - fn * 0.693359375f + fn * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  union { int32_t i; float f; } sc = {.i = (n + 127) << 23};
+  return p * sc.f;
+}
+static inline float moe_erff(float x) {
+  float a = x < 0 ? -x : x;
+  float t = 1.0f / (1.0f + 0.3275911f * a);
+  float y = ((((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t - 0.284496736f) * t + 0.254829592f) * t;
+  float e = 1.0f - y * moe_expf(-a * a);
+  return x < 0 ? -e : e;
+}
+#define moe_erf erf
+#define moe_exp exp
+
 #define UN_FLOAT_SET(TN, T, F, SIG, SP, HALF, RT2)                                   \
   UN_FN(exp_##TN, T, exp##F(x))                                                      \
   UN_FN(log_##TN, T, log##F(x))                                                      \
   UN_FN(sqrt_##TN, T, sqrt##F(x))                                                    \
   UN_FN(tanh_##TN, T, tanh##F(x))                                                    \
   UN_FN(sigmoid_##TN, T, SIG(x))                                                     \
-  UN_FN(gelu_##TN, T, HALF * x * (1 + erf##F(x / RT2)))                              \
+  UN_FN(gelu_##TN, T, HALF * x * (1 + moe_erf##F(x / RT2)))                          \
   UN_FN(softplus_##TN, T, SP(x))                                                     \
   UN_FN(log1p_##TN, T, log1p##F(x))                                                  \
   UN_FN(expm1_##TN, T, expm1##F(x))                                                  \
@@ -306,7 +337,7 @@ void moe_cpu_where(moe_tensor *out, const moe_tensor *cond, const moe_tensor *a,
   UNB_FN(bsqrt_##TN, T, g * HALF / y)                                                \
   UNB_FN(btanh_##TN, T, g * (1 - y * y))                                             \
   UNB_FN(bsigmoid_##TN, T, g * y * (1 - y))                                          \
-  UNB_FN(bgelu_##TN, T, g * (HALF * (1 + erf##F(x / RT2)) + x * exp##F(-HALF * x * x) / RT2PI)) \
+  UNB_FN(bgelu_##TN, T, g * (HALF * (1 + moe_erf##F(x / RT2)) + x * moe_exp##F(-HALF * x * x) / RT2PI)) \
   UNB_FN(bsoftplus_##TN, T, g * SIG(x))                                              \
   UNB_FN(blog1p_##TN, T, g / (1 + x))                                                \
   UNB_FN(bexpm1_##TN, T, g * (y + 1))                                                \

@@ -37,13 +37,13 @@ static void gemm_threads(double work) {
   }
 }
 
-void moe_cpu_gemm_batched(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t K,
-                          const char *A, int64_t sAb, int64_t sAm, int64_t sAk,
-                          const char *B, int64_t sBb, int64_t sBk, int64_t sBn,
-                          char *C, int64_t sCb) {
+static void gemm_impl(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t K,
+                      const char *A, int64_t sAb, int64_t sAm, int64_t sAk,
+                      const char *B, int64_t sBb, int64_t sBk, int64_t sBn,
+                      char *C, int64_t sCb, int accumulate) {
   size_t es = moe_dtype_size(dt);
   if (M == 0 || N == 0 || batch == 0) return;
-  if (K == 0) { memset(C, 0, (size_t)(batch * M * N) * es); return; }
+  if (K == 0) { if (!accumulate) memset(C, 0, (size_t)(batch * M * N) * es); return; }
   /* A is row-major across the whole batch and B is shared: one tall GEMM */
   if (batch > 1 && sBb == 0 && sAk == 1 && sAb == M * sAm && sAm >= K) {
     M *= batch;
@@ -59,9 +59,21 @@ void moe_cpu_gemm_batched(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int
     char *c = C + (size_t)(i * sCb) * es;
     if (dt == MOE_F32)
       cblas_sgemm(CblasRowMajor, ta, tb, (int)M, (int)N, (int)K, 1.0f, (const float *)a, (int)lda,
-                  (const float *)b, (int)ldb, 0.0f, (float *)c, (int)N);
+                  (const float *)b, (int)ldb, accumulate ? 1.0f : 0.0f, (float *)c, (int)N);
     else
       cblas_dgemm(CblasRowMajor, ta, tb, (int)M, (int)N, (int)K, 1.0, (const double *)a, (int)lda,
-                  (const double *)b, (int)ldb, 0.0, (double *)c, (int)N);
+                  (const double *)b, (int)ldb, accumulate ? 1.0 : 0.0, (double *)c, (int)N);
   }
+}
+
+void moe_cpu_gemm_batched(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t K,
+                          const char *A, int64_t sAb, int64_t sAm, int64_t sAk,
+                          const char *B, int64_t sBb, int64_t sBk, int64_t sBn,
+                          char *C, int64_t sCb) {
+  gemm_impl(dt, batch, M, N, K, A, sAb, sAm, sAk, B, sBb, sBk, sBn, C, sCb, 0);
+}
+
+void moe_cpu_gemm_add(moe_dtype dt, int64_t M, int64_t N, int64_t K, const char *A, int64_t sAm,
+                      int64_t sAk, const char *B, int64_t sBk, int64_t sBn, char *C) {
+  gemm_impl(dt, 1, M, N, K, A, 0, sAm, sAk, B, 0, sBk, sBn, C, 0, 1);
 }

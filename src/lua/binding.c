@@ -1192,10 +1192,13 @@ static int l_route_plan(lua_State *L) {
   return 4;
 }
 
+/* grouped_matmul(x [A,K], w [E,K,N], counts [E]) or (x, w, bias [E,N], counts) */
 static int l_grouped_matmul(lua_State *L) {
   moe_tensor *x = check_tensor(L, 1, "grouped_matmul"), *w = check_tensor(L, 2, "grouped_matmul");
-  moe_tensor *c = check_tensor(L, 3, "grouped_matmul");
-  return moe_lua_push(L, moe_grouped_matmul(x, w, c));
+  moe_tensor *b = NULL, *c;
+  if (lua_isnoneornil(L, 4)) c = check_tensor(L, 3, "grouped_matmul");
+  else { b = check_tensor(L, 3, "grouped_matmul"); c = check_tensor(L, 4, "grouped_matmul"); }
+  return moe_lua_push(L, moe_grouped_matmul(x, w, b, c));
 }
 
 static int l_live(lua_State *L) {

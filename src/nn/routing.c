@@ -97,11 +97,7 @@ done:
 
 /* ---------------------------------------------------------------- grouped GEMM */
 
-static void gemm(moe_dtype dt, int64_t M, int64_t N, int64_t K, const char *A, int64_t sAm, int64_t sAk,
-                 const char *B, int64_t sBk, int64_t sBn, char *C) {
-  if (M && N) moe_cpu_gemm_batched(dt, 1, M, N, K, A, 0, sAm, sAk, B, 0, sBk, sBn, C, 0);
-}
-
+/* rows of group e: y_e [m,N] = x_e [m,K] @ w_e [K,N] (+ b_e [N]) */
 static int grouped_backward(moe_node *n, const moe_tensor *g0, moe_tensor **gin) {
   const moe_tensor *x = moe_node_saved(n, 0), *w = moe_node_saved(n, 1), *cn = moe_node_saved(n, 2);
   if (!x || !w || !cn) return -1;
@@ -110,35 +106,49 @@ static int grouped_backward(moe_node *n, const moe_tensor *g0, moe_tensor **gin)
   int64_t E = w->shape[0], K = w->shape[1], N = w->shape[2];
   const int64_t *counts = (const int64_t *)moe_data(cn);
   size_t es = moe_dtype_size(x->dtype);
+  int64_t bshape[2] = {E, N};
   moe_tensor *gx = moe_node_needs(n, 0) ? moe_empty(2, x->shape, x->dtype) : NULL;
   moe_tensor *gw = moe_node_needs(n, 1) ? moe_full(3, w->shape, w->dtype, 0.0) : NULL;
-  if ((moe_node_needs(n, 0) && !gx) || (moe_node_needs(n, 1) && !gw)) {
-    moe_tensor_release(g); moe_tensor_release(gx); moe_tensor_release(gw);
+  moe_tensor *gb = n->nin > 2 && moe_node_needs(n, 2) ? moe_full(2, bshape, w->dtype, 0.0) : NULL;
+  if ((moe_node_needs(n, 0) && !gx) || (moe_node_needs(n, 1) && !gw) ||
+      (n->nin > 2 && moe_node_needs(n, 2) && !gb)) {
+    moe_tensor_release(g); moe_tensor_release(gx); moe_tensor_release(gw); moe_tensor_release(gb);
     return -1;
   }
   int64_t off = 0;
   for (int64_t e = 0; e < E; e++) {
     int64_t m = counts[e];
     const char *ge = moe_data(g) + (size_t)(off * N) * es, *we = moe_data(w) + (size_t)(e * K * N) * es;
-    if (gx) /* gx_e [m,K] = g_e [m,N] @ w_e^T [N,K] */
-      gemm(x->dtype, m, K, N, ge, N, 1, we, 1, N, moe_data(gx) + (size_t)(off * K) * es);
+    if (gx && m) /* gx_e [m,K] = g_e [m,N] @ w_e^T [N,K] */
+      moe_cpu_gemm_batched(x->dtype, 1, m, K, N, ge, 0, N, 1, we, 0, 1, N, moe_data(gx) + (size_t)(off * K) * es, 0);
     if (gw && m) /* gw_e [K,N] = x_e^T [K,m] @ g_e [m,N] */
-      gemm(x->dtype, K, N, m, moe_data(x) + (size_t)(off * K) * es, 1, K, ge, N, 1, moe_data(gw) + (size_t)(e * K * N) * es);
+      moe_cpu_gemm_batched(x->dtype, 1, K, N, m, moe_data(x) + (size_t)(off * K) * es, 0, 1, K, ge, 0, N, 1,
+                           moe_data(gw) + (size_t)(e * K * N) * es, 0);
+    if (gb && m) { /* gb_e [N] = column sums of g_e */
+      moe_tensor rows = {.storage = g->storage, .offset = g->offset + off * N, .ndim = 2,
+                         .shape = {m, N}, .stride = {N, 1}, .dtype = g->dtype, .refcount = 1};
+      moe_tensor col = {.storage = gb->storage, .offset = gb->offset + e * N, .ndim = 1,
+                        .shape = {N}, .stride = {1}, .dtype = gb->dtype, .refcount = 1};
+      moe_cpu_sum_middle(&rows, &col, 1, m, N, 0);
+    }
     off += m;
   }
   moe_tensor_release(g);
   gin[0] = gx;
   gin[1] = gw;
+  if (n->nin > 2) gin[2] = gb;
   return 0;
 }
 
-moe_tensor *moe_grouped_matmul(const moe_tensor *x0, const moe_tensor *w0, const moe_tensor *counts) {
+moe_tensor *moe_grouped_matmul(const moe_tensor *x0, const moe_tensor *w0, const moe_tensor *b0,
+                               const moe_tensor *counts) {
   char b1[160], b2[160], b3[160];
   if (x0->ndim != 2 || w0->ndim != 3 || counts->ndim != 1 || counts->dtype != MOE_I64 ||
       counts->shape[0] != w0->shape[0] || x0->shape[1] != w0->shape[1] || x0->dtype != w0->dtype ||
-      !moe_dtype_is_float(x0->dtype)) {
-    moe_error("grouped_matmul: rows [A,K] %s, weights [E,K,N] %s and int64 counts [E] %s do not fit "
-              "(one float dtype)", moe_shape_str(x0, b1), moe_shape_str(w0, b2), moe_shape_str(counts, b3));
+      !moe_dtype_is_float(x0->dtype) ||
+      (b0 && (b0->ndim != 2 || b0->shape[0] != w0->shape[0] || b0->shape[1] != w0->shape[2] || b0->dtype != w0->dtype))) {
+    moe_error("grouped_matmul: rows [A,K] %s, weights [E,K,N] %s, bias [E,N] and int64 counts [E] %s do "
+              "not fit (one float dtype)", moe_shape_str(x0, b1), moe_shape_str(w0, b2), moe_shape_str(counts, b3));
     return NULL;
   }
   moe_tensor *cn = moe_contiguous(counts);
@@ -156,21 +166,30 @@ moe_tensor *moe_grouped_matmul(const moe_tensor *x0, const moe_tensor *w0, const
   }
   int prev = moe_set_grad_enabled(0);
   moe_tensor *x = moe_contiguous(x0), *w = x ? moe_contiguous(w0) : NULL;
+  moe_tensor *b = w && b0 ? moe_contiguous(b0) : NULL;
   moe_set_grad_enabled(prev);
   int64_t oshape[2] = {total, N};
-  moe_tensor *y = w ? moe_empty(2, oshape, x0->dtype) : NULL;
+  moe_tensor *y = w && (!b0 || b) ? moe_empty(2, oshape, x0->dtype) : NULL;
   if (y) {
     size_t es = moe_dtype_size(x->dtype);
     int64_t off = 0;
     for (int64_t e = 0; e < E; e++) {
-      gemm(x->dtype, c[e], N, K, moe_data(x) + (size_t)(off * K) * es, K, 1,
-           moe_data(w) + (size_t)(e * K * N) * es, N, 1, moe_data(y) + (size_t)(off * N) * es);
+      char *ye = moe_data(y) + (size_t)(off * N) * es;
+      const char *xe = moe_data(x) + (size_t)(off * K) * es, *we = moe_data(w) + (size_t)(e * K * N) * es;
+      if (b) { /* rows start as the bias, then C += A B */
+        const char *be = moe_data(b) + (size_t)(e * N) * es;
+        for (int64_t r = 0; r < c[e]; r++) memcpy(ye + (size_t)(r * N) * es, be, (size_t)N * es);
+        moe_cpu_gemm_add(x->dtype, c[e], N, K, xe, K, 1, we, N, 1, ye);
+      } else {
+        moe_cpu_gemm_batched(x->dtype, 1, c[e], N, K, xe, 0, K, 1, we, 0, N, 1, ye, 0);
+      }
       off += c[e];
     }
   }
-  const moe_tensor *ins[2] = {x0, w0};
-  if (y && moe_ag_wants(2, ins)) {
-    moe_node *n = moe_node_new("grouped_matmul", grouped_backward, 2, ins);
+  const moe_tensor *ins[3] = {x0, w0, b0};
+  int nin = b0 ? 3 : 2;
+  if (y && moe_ag_wants(nin, ins)) {
+    moe_node *n = moe_node_new("grouped_matmul", grouped_backward, nin, ins);
     if (n && (moe_node_save(n, 0, x) || moe_node_save(n, 1, w) || moe_node_save(n, 2, cn))) {
       moe_node_release(n);
       n = NULL;
@@ -179,6 +198,7 @@ moe_tensor *moe_grouped_matmul(const moe_tensor *x0, const moe_tensor *w0, const
   }
   moe_tensor_release(x);
   moe_tensor_release(w);
+  moe_tensor_release(b);
   moe_tensor_release(cn);
   return y;
 }
