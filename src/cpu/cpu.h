@@ -10,6 +10,8 @@
  * them, then `fn` is called once per innermost run with byte strides. */
 typedef void (*moe_loop_fn)(int64_t n, char **p, const int64_t *s, void *ctx);
 void moe_cpu_foreach(int nops, const moe_tensor *const *ops, moe_loop_fn fn, void *ctx);
+/* cores the CPU kernels may split large loops over (MOE_NUM_THREADS overrides) */
+int moe_cpu_threads(void);
 
 /* shared helper from tensor.c: right-aligned broadcast of src onto shape */
 int moe_broadcast_to(const moe_tensor *src, int ndim, const int64_t *shape, moe_tensor *out);

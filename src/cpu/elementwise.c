@@ -6,7 +6,58 @@
 #include "cpu.h"
 
 #include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+/* elements from which an elementwise loop is split across cores */
+#define MOE_PAR_MIN (1 << 20)
+#define MOE_MAX_THREADS 8
+
+int moe_cpu_threads(void) {
+  static int n = 0;
+  if (!n) {
+    long c = sysconf(_SC_NPROCESSORS_ONLN);
+    const char *env = getenv("MOE_NUM_THREADS");
+    if (env && atoi(env) > 0) c = atoi(env);
+    n = c < 1 ? 1 : c > MOE_MAX_THREADS ? MOE_MAX_THREADS : (int)c;
+  }
+  return n;
+}
+
+typedef struct {
+  int nops, nd;
+  int64_t shape[MOE_MAX_DIMS], st[4][MOE_MAX_DIMS], inner, s[4], begin, end;
+  char *base[4];
+  moe_loop_fn fn;
+  void *ctx;
+} run_args;
+
+/* elements [begin, end) of the coalesced iteration space (row-major over shape) */
+static void run_range(const run_args *a) {
+  int64_t pos = a->begin;
+  while (pos < a->end) {
+    int64_t o = pos / a->inner, i0 = pos % a->inner;
+    int64_t len = a->inner - i0 < a->end - pos ? a->inner - i0 : a->end - pos;
+    char *q[4];
+    for (int k = 0; k < a->nops; k++) q[k] = a->base[k];
+    int64_t rem = o;
+    for (int d = a->nd - 2; d >= 0; d--) {
+      int64_t i = rem % a->shape[d];
+      rem /= a->shape[d];
+      for (int k = 0; k < a->nops; k++) q[k] += i * a->st[k][d];
+    }
+    for (int k = 0; k < a->nops; k++) q[k] += i0 * a->s[k];
+    a->fn(len, q, a->s, a->ctx);
+    pos += len;
+  }
+}
+
+static void *run_thread(void *p) {
+  run_range(p);
+  return NULL;
+}
 
 void moe_cpu_foreach(int nops, const moe_tensor *const *ops, moe_loop_fn fn, void *ctx) {
   const moe_tensor *t0 = ops[0];
@@ -42,20 +93,38 @@ void moe_cpu_foreach(int nops, const moe_tensor *const *ops, moe_loop_fn fn, voi
   nd = m;
   int64_t inner = nd ? shape[nd - 1] : 1, s[4] = {0, 0, 0, 0};
   for (int k = 0; k < nops; k++) s[k] = nd ? st[k][nd - 1] : 0;
-  int64_t outer = 1, idx[MOE_MAX_DIMS] = {0};
+  int64_t outer = 1;
   for (int d = 0; d < nd - 1; d++) outer *= shape[d];
-  char *p[4];
-  for (int64_t o = 0; o < outer; o++) {
-    for (int k = 0; k < nops; k++) {
-      p[k] = base[k];
-      for (int d = 0; d < nd - 1; d++) p[k] += idx[d] * st[k][d];
+  run_args a = {.nops = nops, .nd = nd, .inner = inner, .fn = fn, .ctx = ctx};
+  memcpy(a.shape, shape, sizeof shape);
+  memcpy(a.st, st, sizeof st);
+  memcpy(a.base, base, sizeof base);
+  memcpy(a.s, s, sizeof s);
+  int64_t total = outer * inner;
+  int nth = total >= MOE_PAR_MIN ? moe_cpu_threads() : 1;
+  if (nth > 1) {
+    /* large tensors: split the flat element range across threads, created for the
+     * call (a few tens of microseconds against milliseconds of work); nothing
+     * spins between calls, so OpenBLAS's own threads keep their cores */
+    pthread_t tid[MOE_MAX_THREADS];
+    run_args parts[MOE_MAX_THREADS];
+    int started = 0;
+    for (int t = 0; t < nth; t++) {
+      parts[t] = a;
+      parts[t].begin = total * t / nth;
+      parts[t].end = total * (t + 1) / nth;
     }
-    fn(inner, p, s, ctx);
-    for (int d = nd - 2; d >= 0; d--) {
-      if (++idx[d] < shape[d]) break;
-      idx[d] = 0;
-    }
+    for (int t = 1; t < nth; t++)
+      if (pthread_create(&tid[t], NULL, run_thread, &parts[t]) == 0) started |= 1 << t;
+      else run_range(&parts[t]);
+    run_range(&parts[0]);
+    for (int t = 1; t < nth; t++)
+      if (started >> t & 1) pthread_join(tid[t], NULL);
+    return;
   }
+  a.begin = 0;
+  a.end = total;
+  run_range(&a);
 }
 
 /* ---------------------------------------------------------------- casts */
