@@ -436,12 +436,12 @@ end
 
 -- one optimizer step on a batch; returns the loss as a number
 function Module:train_on_batch(x, y, sample_weight)
-  self:training()
+  if not self._training then self:training() end
   local p = self(x)
   local loss = self:compute_loss(y, p, sample_weight)
   self:zero_grad()
   loss:backward()
-  self.optimizer:step(self:parameters())
+  self.optimizer:step(self._params_cache.list)
   return loss:item()
 end
 

@@ -57,7 +57,13 @@ local function auto_name(class_name)
   return base .. "_" .. name_counts[base]
 end
 
+-- bumped whenever a module gains a child or a weight: caches of module and
+-- parameter lists are valid while it stays the same
+local structure_version = 0
+function nn.structure_changed() structure_version = structure_version + 1 end
+
 local function module_newindex(self, k, v)
+  structure_version = structure_version + 1
   if is_module(v) and k ~= "_parent" then
     local ch = rawget(self, "_children")
     if ch then ch[#ch + 1] = k end
@@ -147,6 +153,7 @@ end
 
 function Module:add_module(name, m)
   if not is_module(m) then error(("add_module: '%s' is not a module"):format(tostring(name)), 2) end
+  structure_version = structure_version + 1
   if rawget(self, name) == nil then self._children[#self._children + 1] = name end
   rawset(self, name, m)
   return m
@@ -157,6 +164,7 @@ function Module:add_weight(name, shape, opts)
   opts = opts or {}
   local init = I.get(opts.initializer or "glorot_uniform", self.class_name)
   local w = init(shape, opts.dtype or self.dtype or "float32")
+  structure_version = structure_version + 1
   local trainable = opts.trainable ~= false and rawget(self, "trainable") ~= false
   if trainable then
     w.requires_grad = true
@@ -172,6 +180,7 @@ end
 
 -- replace a weight's tensor (dtype conversion, loading), keeping its registration
 function Module:_replace_weight(name, t)
+  structure_version = structure_version + 1
   local old = rawget(self, name)
   local trainable = old.requires_grad
   if trainable then t.requires_grad = true end
@@ -185,8 +194,11 @@ function Module:children()
   return out
 end
 
--- every (module path, module) in depth-first order, each module once
+-- every (module path, module) in depth-first order, each module once (cached
+-- until the structure changes; do not modify the returned list)
 function Module:modules()
+  local cache = rawget(self, "_modules_cache")
+  if cache and cache.version == structure_version then return cache.list end
   local out, seen = {}, {}
   local function walk(m, path)
     if seen[m] then return end
@@ -198,6 +210,7 @@ function Module:modules()
     end
   end
   walk(self, "")
+  rawset(self, "_modules_cache", { version = structure_version, list = out })
   return out
 end
 
@@ -248,8 +261,17 @@ local function weights_in_order(self)
 end
 
 function Module:parameters()
+  local cache = rawget(self, "_params_cache")
+  if cache and cache.version == structure_version then
+    local copy = {}
+    for i, t in ipairs(cache.list) do copy[i] = t end
+    return copy
+  end
   local _, ts = collect(self, true, false)
-  return ts
+  rawset(self, "_params_cache", { version = structure_version, list = ts })
+  local copy = {}
+  for i, t in ipairs(ts) do copy[i] = t end
+  return copy
 end
 
 -- iterator: for name, tensor in m:named_parameters() do ... end
@@ -302,7 +324,8 @@ function Module:set_weights(list)
 end
 
 function Module:zero_grad()
-  for _, p in ipairs(self:parameters()) do p.grad = nil end
+  self:parameters()
+  for _, p in ipairs(self._params_cache.list) do p.grad = nil end
 end
 
 local function set_mode(self, on)
