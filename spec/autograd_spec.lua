@@ -61,6 +61,10 @@ cases[#cases + 1] = { "matmul batch x matrix", function(a, b) return a:matmul(b)
 cases[#cases + 1] = { "matmul vector", function(a, b) return a:matmul(b) end, { { 3, 4 }, { 4 } } }
 cases[#cases + 1] = { "matmul vector left", function(a, b) return a:matmul(b) end, { { 4 }, { 4, 3 } } }
 cases[#cases + 1] = { "dot", function(a, b) return a:matmul(b) end, { { 4 }, { 4 } } }
+cases[#cases + 1] = { "linear", function(a, w, b) return moe.linear(a, w, b) end, { { 3, 4 }, { 4, 2 }, { 2 } } }
+cases[#cases + 1] = { "linear 3-d, no bias", function(a, w) return moe.linear(a, w) end, { { 2, 3, 4 }, { 4, 2 } } }
+cases[#cases + 1] = { "grouped_matmul", function(a, w, b)
+  return moe.grouped_matmul(a, w, b, moe.tensor({ 2, 0, 3 }, { dtype = "int64" })) end, { { 5, 4 }, { 3, 4, 2 }, { 3, 2 } } }
 cases[#cases + 1] = { "views", function(a)
   return a:reshape(12):view(2, 6):transpose(1, 2):narrow(1, 2, 3):select(2, 1):unsqueeze(1):squeeze(1) end, { { 3, 4 } } }
 cases[#cases + 1] = { "permute", function(a) return a:permute(3, 1, 2) * moe.arange(1, 25):double():view(4, 2, 3) end, { { 2, 3, 4 } } }

@@ -653,9 +653,7 @@ function Dense:forward(x)
     error(("Dense \"%s\": input has %d features (shape %s) but the layer was built for %d")
       :format(self.name, n, shape_str(x:shape()), k:size(1)), 0)
   end
-  local y = x:matmul(k)
-  if self.use_bias then y = y + self.bias end
-  return self._act(y)
+  return self._act(moe.linear(x, k, self.use_bias and self.bias or nil))
 end
 
 local Activation = class("Activation", Module)

@@ -94,24 +94,23 @@ function Optimizer:step(params)
   end
   if self.schedule then self.hp.lr = self.schedule(self.iterations) end
   -- the argument lists are reused from step to step (no garbage per step)
-  local P, G, S1, S2, steps = self._P, self._G, self._S1, self._S2, self._steps
+  local P, S1, S2, steps = self._P, self._S1, self._S2, self._steps
   if not P then
-    P, G, S1, S2, steps = {}, {}, {}, {}, {}
-    self._P, self._G, self._S1, self._S2, self._steps = P, G, S1, S2, steps
+    P, S1, S2, steps = {}, {}, {}, {}
+    self._P, self._S1, self._S2, self._steps = P, S1, S2, steps
   end
   local n = 0
   for i, p in ipairs(params) do
     if not core.is_tensor(p) then error(("%s.step: parameter %d is not a tensor"):format(self.class_name, i), 2) end
-    local g = p.grad
-    if g then
+    if p:has_grad() then
       local s = self.state[p] or state_for(self, p)
       s.step = s.step + 1
       n = n + 1
-      P[n], G[n], S1[n], S2[n], steps[n] = p, g:is_contiguous() and g or g:contiguous(), s[1] or false, s[2] or false, s.step
+      P[n], S1[n], S2[n], steps[n] = p, s[1] or false, s[2] or false, s.step
     end
   end
-  for i = n + 1, #P do P[i], G[i], S1[i], S2[i], steps[i] = nil, nil, nil, nil, nil end
-  local norm = core.optim_step(self.kind, P, G, S1, S2, steps, self.hp)
+  for i = n + 1, #P do P[i], S1[i], S2[i], steps[i] = nil, nil, nil, nil end
+  local norm = core.optim_step(self.kind, P, S1, S2, steps, self.hp)
   if norm < 0 then norm = nil end
   self.iterations = self.iterations + 1
   -- constraints of the layers that own the parameters
@@ -120,7 +119,6 @@ function Optimizer:step(params)
     local c = cof[P[i]]
     if c then moe.no_grad(function() P[i]:copy_(c(P[i])) end) end
   end
-  for i = 1, n do G[i] = nil end -- do not keep this step's gradients alive
   return norm
 end
 

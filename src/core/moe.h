@@ -190,7 +190,9 @@ moe_tensor *moe_randn(int ndim, const int64_t *shape, moe_dtype dt, double mean,
 moe_tensor *moe_randint(int64_t low, int64_t high, int ndim, const int64_t *shape, moe_dtype dt);
 moe_tensor *moe_randperm(int64_t n, moe_dtype dt, int64_t ibase);
 
-/* ---- MoE layers' fused ops (src/nn/) ---- */
+/* ---- layers' fused ops (src/nn/) ---- */
+/* y [..., N] = x [..., K] @ w [K, N] (+ b [N]; b may be NULL) */
+moe_tensor *moe_linear(const moe_tensor *x, const moe_tensor *w, const moe_tensor *b);
 /* out [B,U] = sum_e g[b,e] h[b,u,e]; h [B,U,E] with any strides, g [B,E] */
 moe_tensor *moe_mixture(const moe_tensor *h, const moe_tensor *g);
 /* tokens-choose plan (src/nn/routing.c): kept (token, expert, rank) pairs sorted by

@@ -1082,40 +1082,56 @@ static double opt_num(lua_State *L, int idx, const char *k, double dflt) {
   return v;
 }
 
-/* optim_step(kind, params, grads, s1, s2, steps, hparams) -> global grad norm.
- * Lists are Lua arrays of equal length (s1/s2 entries may be false). */
+/* optim_step(kind, params, s1, s2, steps, hparams) -> global grad norm (or -1).
+ * Every parameter in `params` has a .grad (the caller checked with has_grad);
+ * gradients are read here, so no Lua box is made for them. s1/s2 entries may
+ * be false. */
 static int l_optim_step(lua_State *L) {
   static const char *kinds[] = {"sgd", "adam", "adamw", "rmsprop", "adagrad", NULL};
   int kind = luaL_checkoption(L, 1, NULL, kinds);
-  for (int i = 2; i <= 7; i++) luaL_checktype(L, i, LUA_TTABLE);
+  for (int i = 2; i <= 6; i++) luaL_checktype(L, i, LUA_TTABLE);
   int n = (int)lua_objlen(L, 2);
-  if ((int)lua_objlen(L, 3) != n || (int)lua_objlen(L, 6) != n)
-    return luaL_error(L, "optim_step: params, grads and steps differ in length");
+  if ((int)lua_objlen(L, 5) != n) return luaL_error(L, "optim_step: params and steps differ in length");
   moe_tensor **buf = lua_newuserdata(L, sizeof(moe_tensor *) * 4 * (size_t)(n ? n : 1));
   int64_t *steps = lua_newuserdata(L, sizeof(int64_t) * (size_t)(n ? n : 1));
   moe_tensor **P = buf, **G = buf + n, **S1 = buf + 2 * n, **S2 = buf + 3 * n;
   for (int i = 0; i < n; i++) {
     lua_rawgeti(L, 2, i + 1); P[i] = moe_lua_totensor(L, -1); lua_pop(L, 1);
-    lua_rawgeti(L, 3, i + 1); G[i] = moe_lua_totensor(L, -1); lua_pop(L, 1);
-    lua_rawgeti(L, 4, i + 1); S1[i] = moe_lua_totensor(L, -1); lua_pop(L, 1);
-    lua_rawgeti(L, 5, i + 1); S2[i] = moe_lua_totensor(L, -1); lua_pop(L, 1);
-    lua_rawgeti(L, 6, i + 1); steps[i] = check_int(L, -1, "optim_step", "a step count"); lua_pop(L, 1);
+    lua_rawgeti(L, 3, i + 1); S1[i] = moe_lua_totensor(L, -1); lua_pop(L, 1);
+    lua_rawgeti(L, 4, i + 1); S2[i] = moe_lua_totensor(L, -1); lua_pop(L, 1);
+    lua_rawgeti(L, 5, i + 1); steps[i] = check_int(L, -1, "optim_step", "a step count"); lua_pop(L, 1);
     if (steps[i] < 1) return luaL_error(L, "optim_step: step counts start at 1");
-    if (!P[i] || !G[i]) return luaL_error(L, "optim_step: entry %d is not a tensor", i + 1);
+    if (!P[i]) return luaL_error(L, "optim_step: entry %d is not a tensor", i + 1);
+    if (!P[i]->grad) return luaL_error(L, "optim_step: parameter %d has no gradient", i + 1);
   }
   moe_optim_hparams h = {
-      .lr = opt_num(L, 7, "lr", 1e-3), .weight_decay = opt_num(L, 7, "weight_decay", 0),
-      .momentum = opt_num(L, 7, "momentum", 0), .dampening = opt_num(L, 7, "dampening", 0),
-      .beta1 = opt_num(L, 7, "beta1", 0.9), .beta2 = opt_num(L, 7, "beta2", 0.999),
-      .eps = opt_num(L, 7, "eps", 1e-8), .alpha = opt_num(L, 7, "alpha", 0.99),
-      .lr_decay = opt_num(L, 7, "lr_decay", 0), .clip_norm = opt_num(L, 7, "clip_norm", 0),
-      .clip_value = opt_num(L, 7, "clip_value", 0)};
-  lua_getfield(L, 7, "nesterov");
+      .lr = opt_num(L, 6, "lr", 1e-3), .weight_decay = opt_num(L, 6, "weight_decay", 0),
+      .momentum = opt_num(L, 6, "momentum", 0), .dampening = opt_num(L, 6, "dampening", 0),
+      .beta1 = opt_num(L, 6, "beta1", 0.9), .beta2 = opt_num(L, 6, "beta2", 0.999),
+      .eps = opt_num(L, 6, "eps", 1e-8), .alpha = opt_num(L, 6, "alpha", 0.99),
+      .lr_decay = opt_num(L, 6, "lr_decay", 0), .clip_norm = opt_num(L, 6, "clip_norm", 0),
+      .clip_value = opt_num(L, 6, "clip_value", 0)};
+  lua_getfield(L, 6, "nesterov");
   h.nesterov = lua_toboolean(L, -1);
   lua_pop(L, 1);
+  /* strided gradients (set by hand) go in as contiguous copies */
+  int rc = 0;
+  for (int i = 0; i < n && !rc; i++) {
+    G[i] = moe_contiguous(P[i]->grad);
+    if (!G[i]) { for (int j = 0; j < i; j++) moe_tensor_release(G[j]); return raise_engine(L); }
+  }
   double norm = 0;
-  if (moe_optim_step((moe_optim_kind)kind, n, P, G, S1, S2, steps, &h, &norm)) return raise_engine(L);
+  rc = moe_optim_step((moe_optim_kind)kind, n, P, G, S1, S2, steps, &h, &norm);
+  for (int i = 0; i < n; i++) moe_tensor_release(G[i]);
+  if (rc) return raise_engine(L);
   lua_pushnumber(L, norm);
+  return 1;
+}
+
+/* t:has_grad(): whether t.grad is set (without making a box for it) */
+static int l_has_grad(lua_State *L) {
+  moe_tensor *t = check_tensor(L, 1, "has_grad");
+  lua_pushboolean(L, t->grad != NULL);
   return 1;
 }
 
@@ -1170,6 +1186,13 @@ static int l_st_read_tensor(lua_State *L) {
   return moe_lua_push(L, moe_st_read_tensor(path, (uint64_t)off, (uint64_t)nb, dt, ndim, shape));
 }
 
+/* linear(x, w[, b]) -> x w + b in one GEMM */
+static int l_linear(lua_State *L) {
+  moe_tensor *x = check_tensor(L, 1, "linear"), *w = check_tensor(L, 2, "linear");
+  moe_tensor *b = lua_isnoneornil(L, 3) ? NULL : check_tensor(L, 3, "linear");
+  return moe_lua_push(L, moe_linear(x, w, b));
+}
+
 /* mixture(h [B,U,E], g [B,E]) -> [B,U]: the gate-weighted sum of expert outputs */
 static int l_mixture(lua_State *L) {
   moe_tensor *h = check_tensor(L, 1, "mixture"), *g = check_tensor(L, 2, "mixture");
@@ -1215,7 +1238,7 @@ static const luaL_Reg funcs[] = {
     {"arange", l_arange}, {"linspace", l_linspace}, {"eye", l_eye}, {"manual_seed", l_manual_seed},
     {"is_tensor", l_is_tensor}, {"live", l_live}, {"cat", l_cat}, {"stack", l_stack},
     {"set_grad_enabled", l_set_grad_enabled}, {"is_grad_enabled", l_is_grad_enabled},
-    {"mixture", l_mixture}, {"route_plan", l_route_plan}, {"grouped_matmul", l_grouped_matmul}, {"get_flat", l_get_flat}, {"set_flat", l_set_flat}, {"optim_step", l_optim_step},
+    {"linear", l_linear}, {"mixture", l_mixture}, {"route_plan", l_route_plan}, {"grouped_matmul", l_grouped_matmul}, {"get_flat", l_get_flat}, {"set_flat", l_set_flat}, {"optim_step", l_optim_step},
     {"st_save", l_st_save}, {"st_read_header", l_st_read_header}, {"st_read_tensor", l_st_read_tensor},
     {NULL, NULL}};
 
@@ -1232,7 +1255,7 @@ static const luaL_Reg methods[] = {
  {"gather", l_gather}, {"scatter_add", l_scatter_add},
     {"scatter_add_", l_scatter_add_}, {"index_select", l_index_select}, {"index_add", l_index_add},
     {"index_add_", l_index_add_}, {"bincount", l_bincount}, {"backward", l_backward},
-    {"detach", l_detach}, {"requires_grad_", l_requires_grad_}, {NULL, NULL}};
+    {"detach", l_detach}, {"requires_grad_", l_requires_grad_}, {"has_grad", l_has_grad}, {NULL, NULL}};
 
 static void set_closure(lua_State *L, int methods_idx, int funcs_idx, const char *name, lua_CFunction f, int op) {
   lua_pushinteger(L, op);

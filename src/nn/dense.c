@@ -1,0 +1,84 @@
+/* dense.c -- the Dense layer's affine map as one op: y = x W + b.
+ *
+ * x [..., K], w [K, N], b [N] or NULL -> y [..., N]. The output rows start as the
+ * bias and one GEMM accumulates x W into them (as BLAS's beta = 1, PyTorch's
+ * addmm), so the bias costs no separate pass. Backward: gx = g W^T,
+ * gW = x^T g over all leading dims, gb = column sums of g. */
+#include "../core/moe.h"
+#include "../cpu/cpu.h"
+
+#include <string.h>
+
+static int linear_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
+  const moe_tensor *x = ((n)->saved[0] ? moe_node_saved(n, 0) : NULL), *w = ((n)->saved[1] ? moe_node_saved(n, 1) : NULL);
+  if ((n->saved[0] && !x) || (n->saved[1] && !w)) return -1;
+  int64_t N = g->shape[g->ndim - 1];
+  int64_t g2s[2] = {-1, N};
+  moe_tensor *g2 = moe_reshape(g, 2, g2s), *t = NULL;
+  if (!g2) return -1;
+  int rc = -1;
+  if (moe_node_needs(n, 0)) { /* gx [M,K] = g [M,N] @ W^T, then x's shape */
+    if (!(t = moe_transpose(w, 0, 1))) goto done;
+    moe_tensor *gx = moe_matmul(g2, t);
+    moe_tensor_release(t);
+    t = NULL;
+    if (!gx) goto done;
+    gin[0] = moe_reshape(gx, n->edges[0].ndim, n->edges[0].shape);
+    moe_tensor_release(gx);
+    if (!gin[0]) goto done;
+  }
+  if (moe_node_needs(n, 1)) { /* gW [K,N] = x^T [K,M] @ g [M,N] */
+    int64_t K = n->edges[1].shape[0], xs[2] = {-1, K};
+    moe_tensor *x2 = moe_reshape(x, 2, xs);
+    moe_tensor *xt = x2 ? moe_transpose(x2, 0, 1) : NULL;
+    gin[1] = xt ? moe_matmul(xt, g2) : NULL;
+    moe_tensor_release(x2);
+    moe_tensor_release(xt);
+    if (!gin[1]) goto done;
+  }
+  if (n->nin > 2 && moe_node_needs(n, 2) && !(gin[2] = moe_reduce(MOE_RSUM, g2, 1, 0, 0, NULL, 0))) goto done;
+  rc = 0;
+done:
+  moe_tensor_release(g2);
+  return rc;
+}
+
+moe_tensor *moe_linear(const moe_tensor *x, const moe_tensor *w, const moe_tensor *b) {
+  char b1[160], b2[160], b3[160];
+  if (x->ndim < 1 || w->ndim != 2 || x->shape[x->ndim - 1] != w->shape[0] || x->dtype != w->dtype ||
+      !moe_dtype_is_float(x->dtype) || (b && (b->ndim != 1 || b->shape[0] != w->shape[1] || b->dtype != w->dtype))) {
+    moe_error("linear: input %s, kernel [K,N] %s and bias [N] %s do not fit (one float dtype)",
+              moe_shape_str(x, b1), moe_shape_str(w, b2), b ? moe_shape_str(b, b3) : "(none)");
+    return NULL;
+  }
+  int64_t K = w->shape[0], N = w->shape[1], M = K ? moe_numel(x) / K : 0;
+  if (!K) { M = 1; for (int d = 0; d < x->ndim - 1; d++) M *= x->shape[d]; }
+  int prev = moe_set_grad_enabled(0);
+  int64_t xs[2] = {M, K};
+  moe_tensor *x2 = moe_reshape(x, 2, xs), *bc = b ? moe_contiguous(b) : NULL;
+  moe_set_grad_enabled(prev);
+  int64_t oshape[MOE_MAX_DIMS];
+  memcpy(oshape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+  oshape[x->ndim - 1] = N;
+  moe_tensor *y = x2 && (!b || bc) ? moe_empty(x->ndim, oshape, x->dtype) : NULL;
+  if (y) {
+    size_t es = moe_dtype_size(x->dtype);
+    char *yd = moe_data(y);
+    if (bc) for (int64_t r = 0; r < M; r++) memcpy(yd + (size_t)(r * N) * es, moe_data(bc), (size_t)N * es);
+    else memset(yd, 0, (size_t)(M * N) * es);
+    /* x2 and w may be transposed views: the GEMM reads their strides */
+    moe_cpu_gemm_add(x->dtype, M, N, K, moe_data(x2), x2->stride[0], x2->stride[1], moe_data(w), w->stride[0],
+                     w->stride[1], yd);
+  }
+  moe_tensor_release(x2);
+  moe_tensor_release(bc);
+  const moe_tensor *ins[3] = {x, w, b};
+  int nin = b ? 3 : 2;
+  if (!y || !moe_ag_wants(nin, ins)) return y;
+  moe_node *n = moe_node_new("linear", linear_backward, nin, ins);
+  if (n && ((moe_node_needs(n, 1) && moe_node_save(n, 0, x)) || (moe_node_needs(n, 0) && moe_node_save(n, 1, w)))) {
+    moe_node_release(n);
+    n = NULL;
+  }
+  return moe_ag_attach(y, n);
+}
