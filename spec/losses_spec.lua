@@ -118,6 +118,18 @@ describe("losses", function()
       { moe.randn(2, 3) }))
   end)
 
+  it("the fused binary cross-entropy matches the composed one, and targets that require grad get a gradient", function()
+    local yy = moe.rand(4, 3, { dtype = "float64" })
+    local pr = moe.rand(4, 3, { dtype = "float64" }) * 0.9 + 0.05
+    for _, fl in ipairs { false, true } do
+      local fused = L.binary_crossentropy(yy, pr, { from_logits = fl, reduction = "none" })
+      local ydet = yy:clone():requires_grad_()
+      local composed = L.binary_crossentropy(ydet, pr, { from_logits = fl, reduction = "none" })
+      assert.is_true((fused - composed):abs():max():item() < 1e-12)
+      assert.is_true(gradcheck(function(t) return L.binary_crossentropy(t, pr, { from_logits = fl }) end, { yy }))
+    end
+  end)
+
   it("get resolves names, functions and {name, options}", function()
     assert.equal(L.mean_squared_error, L.get("mse"))
     local f = L.get { "binary_crossentropy", from_logits = true }

@@ -87,11 +87,15 @@ function losses.binary_crossentropy(y, p, opts)
   local ls = opts.label_smoothing or 0
   if ls > 0 then yt = yt * (1 - ls) + 0.5 * ls end
   local per
-  if opts.from_logits then
-    per = p:softplus() - p * yt
-  else
-    local q = p:clamp(EPS, 1 - EPS)
-    per = -(yt * q:log() + (1 - yt) * (1 - q):log())
+  if yt.requires_grad then -- composed, so that y_true gets a gradient too
+    if opts.from_logits then
+      per = p:softplus() - p * yt
+    else
+      local q = p:clamp(EPS, 1 - EPS)
+      per = -(yt * q:log() + (1 - yt) * (1 - q):log())
+    end
+  else -- one fused op (src/nn/losses.c)
+    per = moe.bce(yt, p, opts.from_logits)
   end
   return reduce("binary_crossentropy", last_mean(per), opts)
 end

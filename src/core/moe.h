@@ -193,6 +193,9 @@ moe_tensor *moe_randperm(int64_t n, moe_dtype dt, int64_t ibase);
 /* ---- layers' fused ops (src/nn/) ---- */
 /* y [..., N] = x [..., K] @ w [K, N] (+ b [N]; b may be NULL) */
 moe_tensor *moe_linear(const moe_tensor *x, const moe_tensor *w, const moe_tensor *b);
+/* elementwise binary cross-entropy of probabilities (clipped to [1e-7, 1-1e-7]) or
+ * logits; y and p of one shape and float dtype; the gradient goes to p only */
+moe_tensor *moe_bce(const moe_tensor *y, const moe_tensor *p, int from_logits);
 /* out [B,U] = sum_e g[b,e] h[b,u,e]; h [B,U,E] with any strides, g [B,E] */
 moe_tensor *moe_mixture(const moe_tensor *h, const moe_tensor *g);
 /* tokens-choose plan (src/nn/routing.c): kept (token, expert, rank) pairs sorted by

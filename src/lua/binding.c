@@ -1186,6 +1186,12 @@ static int l_st_read_tensor(lua_State *L) {
   return moe_lua_push(L, moe_st_read_tensor(path, (uint64_t)off, (uint64_t)nb, dt, ndim, shape));
 }
 
+/* bce(y, p, from_logits) -> elementwise binary cross-entropy */
+static int l_bce(lua_State *L) {
+  moe_tensor *y = check_tensor(L, 1, "bce"), *p = check_tensor(L, 2, "bce");
+  return moe_lua_push(L, moe_bce(y, p, lua_toboolean(L, 3)));
+}
+
 /* linear(x, w[, b]) -> x w + b in one GEMM */
 static int l_linear(lua_State *L) {
   moe_tensor *x = check_tensor(L, 1, "linear"), *w = check_tensor(L, 2, "linear");
@@ -1238,7 +1244,7 @@ static const luaL_Reg funcs[] = {
     {"arange", l_arange}, {"linspace", l_linspace}, {"eye", l_eye}, {"manual_seed", l_manual_seed},
     {"is_tensor", l_is_tensor}, {"live", l_live}, {"cat", l_cat}, {"stack", l_stack},
     {"set_grad_enabled", l_set_grad_enabled}, {"is_grad_enabled", l_is_grad_enabled},
-    {"linear", l_linear}, {"mixture", l_mixture}, {"route_plan", l_route_plan}, {"grouped_matmul", l_grouped_matmul}, {"get_flat", l_get_flat}, {"set_flat", l_set_flat}, {"optim_step", l_optim_step},
+    {"linear", l_linear}, {"bce", l_bce}, {"mixture", l_mixture}, {"route_plan", l_route_plan}, {"grouped_matmul", l_grouped_matmul}, {"get_flat", l_get_flat}, {"set_flat", l_set_flat}, {"optim_step", l_optim_step},
     {"st_save", l_st_save}, {"st_read_header", l_st_read_header}, {"st_read_tensor", l_st_read_tensor},
     {NULL, NULL}};
 

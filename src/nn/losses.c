@@ -1,0 +1,90 @@
+/* losses.c -- elementwise binary cross-entropy as one op, forward and backward.
+ *
+ * moe_bce(y, p, from_logits) -> l, one shape and float dtype:
+ *   probabilities: q = clamp(p, eps, 1 - eps), l = -(y log q + (1 - y) log(1 - q)),
+ *                  dl/dp = (q - y) / (q (1 - q)) inside the clamp, 0 outside (as Keras);
+ *   logits:        l = softplus(z) - z y (exact for any z), dl/dz = sigmoid(z) - y.
+ * Only p gets a gradient (targets are data). */
+#include "../core/moe.h"
+#include "../cpu/cpu.h"
+
+#include <math.h>
+#include <string.h>
+
+#define BCE_EPS 1e-7
+
+typedef struct { int logits; } bce_ctx;
+
+#define BCE_FWD(NAME, T, LOG, LOG1P, EXP)                                                 \
+  static void NAME(int64_t n, char **p, const int64_t *s, void *ctx) {                 \
+    int logits = ((const bce_ctx *)ctx)->logits;                                        \
+    for (int64_t i = 0; i < n; i++) {                                                   \
+      T y = *(const T *)(p[1] + i * s[1]), v = *(const T *)(p[2] + i * s[2]), l;         \
+      if (logits) l = (v > 0 ? v : 0) + LOG1P(EXP(-(v < 0 ? -v : v))) - v * y;          \
+      else {                                                                             \
+        T q = v < (T)BCE_EPS ? (T)BCE_EPS : v > (T)(1 - BCE_EPS) ? (T)(1 - BCE_EPS) : v; \
+        l = -(y * LOG(q) + (1 - y) * LOG(1 - q));                                        \
+      }                                                                                  \
+      *(T *)(p[0] + i * s[0]) = l;                                                       \
+    }                                                                                    \
+  }
+BCE_FWD(bce_f32, float, logf, log1pf, expf)
+BCE_FWD(bce_f64, double, log, log1p, exp)
+
+/* p[0] gp, p[1] g, p[2] y, p[3] p */
+#define BCE_BWD(NAME, T, EXP)                                                             \
+  static void NAME(int64_t n, char **p, const int64_t *s, void *ctx) {                 \
+    int logits = ((const bce_ctx *)ctx)->logits;                                        \
+    for (int64_t i = 0; i < n; i++) {                                                   \
+      T g = *(const T *)(p[1] + i * s[1]), y = *(const T *)(p[2] + i * s[2]);           \
+      T v = *(const T *)(p[3] + i * s[3]), d;                                           \
+      if (logits) {                                                                      \
+        T sg = v >= 0 ? 1 / (1 + EXP(-v)) : EXP(v) / (1 + EXP(v));                       \
+        d = sg - y;                                                                      \
+      } else {                                                                           \
+        d = v < (T)BCE_EPS || v > (T)(1 - BCE_EPS) ? 0 : (v - y) / (v * (1 - v));       \
+      }                                                                                  \
+      *(T *)(p[0] + i * s[0]) = g * d;                                                   \
+    }                                                                                    \
+  }
+BCE_BWD(bce_bwd_f32, float, expf)
+BCE_BWD(bce_bwd_f64, double, exp)
+
+static int bce_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
+  const moe_tensor *y = moe_node_saved(n, 0), *pr = moe_node_saved(n, 1);
+  if (!y || !pr) return -1;
+  moe_tensor *gp = moe_empty(pr->ndim, pr->shape, pr->dtype);
+  if (!gp) return -1;
+  bce_ctx c = {(int)n->iarg[0]};
+  const moe_tensor *ops[4] = {gp, g, y, pr};
+  moe_cpu_foreach(4, ops, pr->dtype == MOE_F32 ? bce_bwd_f32 : bce_bwd_f64, &c);
+  gin[1] = gp;
+  return 0;
+}
+
+moe_tensor *moe_bce(const moe_tensor *y, const moe_tensor *p, int from_logits) {
+  char b1[160], b2[160];
+  if (y->ndim != p->ndim || memcmp(y->shape, p->shape, sizeof(int64_t) * (size_t)p->ndim) ||
+      y->dtype != p->dtype || !moe_dtype_is_float(p->dtype)) {
+    moe_error("binary_crossentropy: y_true %s (%s) and y_pred %s (%s) need one shape and float dtype",
+              moe_shape_str(y, b1), moe_dtype_name(y->dtype), moe_shape_str(p, b2), moe_dtype_name(p->dtype));
+    return NULL;
+  }
+  if (y->requires_grad && moe_grad_enabled()) {
+    moe_error("binary_crossentropy: the fused op gives no gradient to y_true (it requires grad)");
+    return NULL;
+  }
+  moe_tensor *l = moe_empty(p->ndim, p->shape, p->dtype);
+  if (!l) return NULL;
+  bce_ctx c = {from_logits};
+  const moe_tensor *ops[3] = {l, y, p};
+  moe_cpu_foreach(3, ops, p->dtype == MOE_F32 ? bce_f32 : bce_f64, &c);
+  const moe_tensor *ins[2] = {y, p};
+  if (!moe_ag_wants(2, ins)) return l;
+  moe_node *n = moe_node_new("binary_crossentropy", bce_backward, 2, ins);
+  if (n) {
+    n->iarg[0] = from_logits;
+    if (moe_node_save(n, 0, y) || moe_node_save(n, 1, p)) { moe_node_release(n); n = NULL; }
+  }
+  return moe_ag_attach(l, n);
+}
