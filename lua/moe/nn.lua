@@ -215,40 +215,13 @@ function Module:modules()
 end
 
 -- named weights in Keras's order: per module, trainable then non-trainable,
--- modules depth first; names "layer/sub_layer/kernel"
-local function collect(self, want_params, want_buffers)
+-- named weights, modules depth first, each tensor once; keys_of(m) lists the
+-- weight names of module m in the order wanted
+local function gather_named(self, keys_of)
   local names, ts, seen = {}, {}, {}
   for _, e in ipairs(self:modules()) do
     local path, m = e[1], e[2]
-    local lists = {}
-    if want_params then lists[#lists + 1] = m._params end
-    if want_buffers then lists[#lists + 1] = m._buffers end
-    for _, list in ipairs(lists) do
-      for _, k in ipairs(list) do
-        local t = rawget(m, k)
-        if t and not seen[t] then
-          seen[t] = true
-          names[#names + 1] = path == "" and k or (path .. "/" .. k)
-          ts[#ts + 1] = t
-        end
-      end
-    end
-  end
-  return names, ts
-end
-
--- Keras order within a layer is creation order; params and buffers interleave as created
-local function weights_in_order(self)
-  local names, ts, seen = {}, {}, {}
-  for _, e in ipairs(self:modules()) do
-    local path, m = e[1], e[2]
-    local order = rawget(m, "_weight_order")
-    local list = order or {}
-    if not order then
-      for _, k in ipairs(m._params) do list[#list + 1] = k end
-      for _, k in ipairs(m._buffers) do list[#list + 1] = k end
-    end
-    for _, k in ipairs(list) do
+    for _, k in ipairs(keys_of(m)) do
       local t = rawget(m, k)
       if t and not seen[t] then
         seen[t] = true
@@ -258,6 +231,29 @@ local function weights_in_order(self)
     end
   end
   return names, ts
+end
+
+local function collect(self, want_params, want_buffers)
+  return gather_named(self, function(m)
+    if want_params and not want_buffers then return m._params end
+    local list = {}
+    if want_params then for _, k in ipairs(m._params) do list[#list + 1] = k end end
+    if want_buffers then for _, k in ipairs(m._buffers) do list[#list + 1] = k end end
+    return list
+  end)
+end
+
+-- Keras's order: per layer, the weights as the layer created them (a layer may
+-- set _weight_order), else trainable then non-trainable
+local function weights_in_order(self)
+  return gather_named(self, function(m)
+    local order = rawget(m, "_weight_order")
+    if order then return order end
+    local list = {}
+    for _, k in ipairs(m._params) do list[#list + 1] = k end
+    for _, k in ipairs(m._buffers) do list[#list + 1] = k end
+    return list
+  end)
 end
 
 function Module:parameters()
