@@ -78,7 +78,7 @@ function TabularMoE:build(shape)
   self:add_weight("gate_bias", { E }, { initializer = "zeros" })
 end
 function TabularMoE:gate_weights(x)
-  return on_rows(x, function(x2) return (x2:matmul(self.gate_kernel) + self.gate_bias):softmax(-1) end)
+  return on_rows(x, function(x2) return moe.linear(x2, self.gate_kernel, self.gate_bias):softmax(-1) end)
 end
 function TabularMoE:forward(x)
   local E, U = self.num_experts, self.expert_units
@@ -88,13 +88,13 @@ function TabularMoE:forward(x)
       error(("TabularMoELayer \"%s\": input has %d features but the layer was built for %d")
         :format(self.name, F, self.expert_kernel:size(1)), 0)
     end
-    local h = (x2:matmul(self.expert_kernel:view(F, E * U)):view(-1, E, U) + self.expert_bias):relu() -- [B,E,U]
-    local g = (x2:matmul(self.gate_kernel) + self.gate_bias):softmax(-1)                             -- [B,E]
+    local h = moe.linear(x2, self.expert_kernel:view(F, E * U), self.expert_bias:view(E * U)):relu():view(-1, E, U)
+    local g = moe.linear(x2, self.gate_kernel, self.gate_bias):softmax(-1)                           -- [B,E]
     rawset(self, "last_gates", g:detach())
     -- sum_e g_e (h_e W2_e + b2_e) = [g_1 h_1, ..., g_E h_E] [W2_1; ...; W2_E] + g b2:
     -- the second layers of all experts and the mixture are one GEMM
     local hs = (h * g:unsqueeze(3)):view(-1, E * U)                                                  -- [B,E*U]
-    return hs:matmul(self.output_kernel:view(E * U, F)) + g:matmul(self.output_bias)                 -- [B,F]
+    return moe.linear(hs, self.output_kernel:view(E * U, F)) + g:matmul(self.output_bias)            -- [B,F]
   end)
 end
 
@@ -130,7 +130,7 @@ end
 function GFF:forward(xs)
   two_inputs(self, xs)
   local a, b = xs[1], xs[2]
-  local g = self._act(moe.cat({ a, b }, a:dim()):matmul(self.kernel) + self.bias)
+  local g = self._act(moe.linear(moe.cat({ a, b }, a:dim()), self.kernel, self.bias))
   rawset(self, "last_gates", g:detach())
   return b + g * (a - b)
 end
@@ -238,9 +238,8 @@ function MMoE:expert_outputs(x)
   local hidden = self.expert_hidden_units or {}
   if #hidden == 0 then
     local F = x:size(2)
-    local h = x:matmul(self.expert_kernel:view(F, U * E)):view(-1, U, E)
-    if self.use_expert_bias then h = h + self.expert_bias end
-    return self._expert_act(h)
+    local h = moe.linear(x, self.expert_kernel:view(F, U * E), self.use_expert_bias and self.expert_bias:view(U * E) or nil)
+    return self._expert_act(h:view(-1, U, E))
   end
   local h = x
   for l = 1, #hidden do
@@ -258,8 +257,7 @@ function MMoE:gate_weights(x)
   return on_rows(x, function(x2)
     local out = {}
     for t = 1, self:gates_count() do
-      local z = x2:matmul(self["gate_kernel_" .. t])
-      if self.use_gate_bias then z = z + self["gate_bias_" .. t] end
+      local z = moe.linear(x2, self["gate_kernel_" .. t], self.use_gate_bias and self["gate_bias_" .. t] or nil)
       out[t] = self._gate_act(z)
     end
     return out
