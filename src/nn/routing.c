@@ -108,7 +108,7 @@ static int grouped_backward(moe_node *n, const moe_tensor *g0, moe_tensor **gin)
   size_t es = moe_dtype_size(x->dtype);
   int64_t bshape[2] = {E, N};
   moe_tensor *gx = moe_node_needs(n, 0) ? moe_empty(2, x->shape, x->dtype) : NULL;
-  moe_tensor *gw = moe_node_needs(n, 1) ? moe_full(3, w->shape, w->dtype, 0.0) : NULL;
+  moe_tensor *gw = moe_node_needs(n, 1) ? moe_empty(3, w->shape, w->dtype) : NULL; /* each slice written below */
   moe_tensor *gb = n->nin > 2 && moe_node_needs(n, 2) ? moe_full(2, bshape, w->dtype, 0.0) : NULL;
   if ((moe_node_needs(n, 0) && !gx) || (moe_node_needs(n, 1) && !gw) ||
       (n->nin > 2 && moe_node_needs(n, 2) && !gb)) {
@@ -124,6 +124,8 @@ static int grouped_backward(moe_node *n, const moe_tensor *g0, moe_tensor **gin)
     if (gw && m) /* gw_e [K,N] = x_e^T [K,m] @ g_e [m,N] */
       moe_cpu_gemm_batched(x->dtype, 1, K, N, m, moe_data(x) + (size_t)(off * K) * es, 0, 1, K, ge, 0, N, 1,
                            moe_data(gw) + (size_t)(e * K * N) * es, 0);
+    else if (gw) /* an expert without tokens gets a zero gradient */
+      memset(moe_data(gw) + (size_t)(e * K * N) * es, 0, (size_t)(K * N) * es);
     if (gb && m) { /* gb_e [N] = column sums of g_e */
       moe_tensor rows = {.storage = g->storage, .offset = g->offset + off * N, .ndim = 2,
                          .shape = {m, N}, .stride = {N, 1}, .dtype = g->dtype, .refcount = 1};
