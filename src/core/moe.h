@@ -31,6 +31,7 @@ typedef struct moe_storage {
   int refcount;
   moe_device device;
   uint32_t version;               /* bumped by every in-place write (autograd checks it) */
+  int8_t pool_class;              /* size class of a recycled host block, -1 if none */
 } moe_storage;
 
 struct moe_node;

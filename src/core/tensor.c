@@ -80,6 +80,28 @@ static size_t phys_bytes(void) {
   return cached;
 }
 
+/* Small blocks are recycled through per-size-class free lists: a training step
+ * of a small model allocates and frees hundreds of them, and malloc/free were a
+ * tenth of its time. Classes are powers of two from 128 bytes to 32 KiB (the
+ * 64-byte header included); larger blocks go straight to the allocator. Under
+ * AddressSanitizer nothing is pooled, so it still sees every use after free. */
+#if defined(__SANITIZE_ADDRESS__)
+#define MOE_POOLING 0
+#else
+#define MOE_POOLING 1
+#endif
+#define POOL_CLASSES 9
+#define POOL_DEPTH 256
+static void *block_pool[POOL_CLASSES][POOL_DEPTH];
+static int block_pool_n[POOL_CLASSES];
+
+static int size_class(size_t total) {
+  if (!MOE_POOLING || total > ((size_t)128 << (POOL_CLASSES - 1))) return -1;
+  int c = 0;
+  while (((size_t)128 << c) < total) c++;
+  return c;
+}
+
 static moe_storage *storage_new(size_t nbytes) {
   /* header and data in one aligned block: the header takes the first 64 bytes */
   size_t total = MOE_ALIGN + ((nbytes + MOE_ALIGN - 1) / MOE_ALIGN) * MOE_ALIGN;
@@ -89,15 +111,23 @@ static moe_storage *storage_new(size_t nbytes) {
               (double)nbytes / (1 << 30), (double)phys_bytes() / (1 << 30));
     return NULL;
   }
-  if (posix_memalign(&block, MOE_ALIGN, total) != 0) {
-    moe_error("out of memory allocating %zu bytes", nbytes);
-    return NULL;
+  int c = size_class(total);
+  if (c >= 0 && block_pool_n[c] > 0) {
+    block = block_pool[c][--block_pool_n[c]];
+  } else {
+    if (c >= 0) total = (size_t)128 << c;
+    if (posix_memalign(&block, MOE_ALIGN, total) != 0) {
+      moe_error("out of memory allocating %zu bytes", nbytes);
+      return NULL;
+    }
   }
   moe_storage *s = block;
   s->data = (char *)block + MOE_ALIGN;
   s->nbytes = nbytes;
   s->refcount = 1;
   s->device = MOE_CPU;
+  s->version = 0;
+  s->pool_class = (int8_t)c;
   live_bytes += (int64_t)nbytes;
   return s;
 }
@@ -105,15 +135,26 @@ static moe_storage *storage_new(size_t nbytes) {
 static void storage_release(moe_storage *s) {
   if (--s->refcount == 0) {
     live_bytes -= (int64_t)s->nbytes;
-    free(s);
+    int c = s->pool_class;
+    if (c >= 0 && block_pool_n[c] < POOL_DEPTH) block_pool[c][block_pool_n[c]++] = s;
+    else free(s);
   }
 }
 
 /* ---------------------------------------------------------------- tensors */
 
+static moe_tensor *tensor_pool[1024];
+static int tensor_pool_n;
+
 static moe_tensor *tensor_alloc(void) {
-  moe_tensor *t = calloc(1, sizeof *t);
-  if (!t) { moe_error("out of memory"); return NULL; }
+  moe_tensor *t;
+  if (MOE_POOLING && tensor_pool_n > 0) {
+    t = tensor_pool[--tensor_pool_n];
+    memset(t, 0, sizeof *t);
+  } else if (!(t = calloc(1, sizeof *t))) {
+    moe_error("out of memory");
+    return NULL;
+  }
   t->refcount = 1;
   live_tensors++;
   return t;
@@ -178,7 +219,8 @@ void moe_tensor_release(moe_tensor *t) {
     moe_tensor_release(t->grad);
     storage_release(t->storage);
     live_tensors--;
-    free(t);
+    if (MOE_POOLING && tensor_pool_n < 1024) tensor_pool[tensor_pool_n++] = t;
+    else free(t);
   }
 }
 
