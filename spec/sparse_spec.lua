@@ -186,6 +186,24 @@ describe("MoeLayer", function()
     end)
   end
 
+  it("dispatches by index: peak memory of a step stays below a quarter of one dense [T, E, C] tensor", function()
+    local T, H, E = 2048, 16, 64
+    local layer = nn.MoeLayer { experts = nn.FeedForwardExperts { num_experts = E, d_ff = 16 },
+      router = nn.TokensChooseMaskedRouter { num_experts = E, num_selected_experts = 2 }, train_capacity_factor = 2.0 }
+    local x = moe.randn(1, T, H, { requires_grad = true })
+    layer(x) -- build
+    collectgarbage(); collectgarbage()
+    local base = moe.core.live()
+    local _, bytes0 = moe.core.live()
+    moe.core.peak_bytes(true)
+    layer(x):sum():backward()
+    local peak = moe.core.peak_bytes() - bytes0
+    local C = layer:capacity(T)
+    local one_hot = T * E * C * 4 -- a float32 [T, E, C] dispatch or combine tensor
+    assert.is_true(peak < one_hot / 4, ("peak %d bytes vs one [T,E,C] tensor of %d"):format(peak, one_hot))
+    assert.is_number(base)
+  end)
+
   it("jitter and noisy gating act in training only", function()
     local r = identity_router(nn.TokensChooseMaskedRouter, 3, { jitter_noise = 0.5 })
     local x = moe.randn(1, 4, 3, { dtype = "float64" })

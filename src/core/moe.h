@@ -79,6 +79,8 @@ static inline int64_t moe_sat_i64(double x) {
 /* Bytes currently held by live host storages (for the GC nudge and for specs). */
 int64_t moe_live_bytes(void);
 int64_t moe_live_tensors(void);
+/* the most bytes live at once since the last reset; reset starts from the current level */
+int64_t moe_peak_bytes(int reset);
 moe_tensor *moe_empty(int ndim, const int64_t *shape, moe_dtype dt);
 moe_tensor *moe_full(int ndim, const int64_t *shape, moe_dtype dt, double value);
 moe_tensor *moe_empty_like(const moe_tensor *t);

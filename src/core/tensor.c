@@ -65,8 +65,13 @@ moe_dtype moe_promote(moe_dtype a, moe_dtype b) {
 
 /* ---------------------------------------------------------------- storage */
 
-static int64_t live_bytes, live_tensors;
+static int64_t live_bytes, live_tensors, peak_bytes;
 int64_t moe_live_bytes(void) { return live_bytes; }
+int64_t moe_peak_bytes(int reset) {
+  int64_t p = peak_bytes;
+  if (reset) peak_bytes = live_bytes;
+  return p;
+}
 int64_t moe_live_tensors(void) { return live_tensors; }
 
 /* Physical memory: with overcommit, a larger request "succeeds" and the process is
@@ -129,6 +134,7 @@ static moe_storage *storage_new(size_t nbytes) {
   s->version = 0;
   s->pool_class = (int8_t)c;
   live_bytes += (int64_t)nbytes;
+  if (live_bytes > peak_bytes) peak_bytes = live_bytes;
   return s;
 }
 

@@ -1230,6 +1230,12 @@ static int l_grouped_matmul(lua_State *L) {
   return moe_lua_push(L, moe_grouped_matmul(x, w, b, c));
 }
 
+/* peak_bytes([reset]) -> the most tensor bytes live at once since the last reset */
+static int l_peak_bytes(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)moe_peak_bytes(lua_toboolean(L, 1)));
+  return 1;
+}
+
 static int l_live(lua_State *L) {
   lua_pushnumber(L, (lua_Number)moe_live_tensors());
   lua_pushnumber(L, (lua_Number)moe_live_bytes());
@@ -1244,7 +1250,7 @@ static const luaL_Reg funcs[] = {
     {"arange", l_arange}, {"linspace", l_linspace}, {"eye", l_eye}, {"manual_seed", l_manual_seed},
     {"is_tensor", l_is_tensor}, {"live", l_live}, {"cat", l_cat}, {"stack", l_stack},
     {"set_grad_enabled", l_set_grad_enabled}, {"is_grad_enabled", l_is_grad_enabled},
-    {"linear", l_linear}, {"bce", l_bce}, {"mixture", l_mixture}, {"route_plan", l_route_plan}, {"grouped_matmul", l_grouped_matmul}, {"get_flat", l_get_flat}, {"set_flat", l_set_flat}, {"optim_step", l_optim_step},
+    {"peak_bytes", l_peak_bytes}, {"linear", l_linear}, {"bce", l_bce}, {"mixture", l_mixture}, {"route_plan", l_route_plan}, {"grouped_matmul", l_grouped_matmul}, {"get_flat", l_get_flat}, {"set_flat", l_set_flat}, {"optim_step", l_optim_step},
     {"st_save", l_st_save}, {"st_read_header", l_st_read_header}, {"st_read_tensor", l_st_read_tensor},
     {NULL, NULL}};
 
