@@ -1,23 +1,10 @@
 -- bench/moe.lua CASE [quick]: one MoE benchmark case in this process (so its
 -- peak memory is its own); prints name<TAB>value lines. Run by bench/run.lua.
 local moe = require "moe"
-local ffi = require "ffi"
 local nn = moe.nn
-ffi.cdef [[
-typedef struct { long tv_sec; long tv_nsec; } moe_timespec2;
-int clock_gettime(int clk, moe_timespec2 *ts);
-]]
-local ts = ffi.new("moe_timespec2")
-local function now() ffi.C.clock_gettime(1, ts); return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9 end
-local function best(f, n, reps)
-  local b = math.huge
-  for _ = 1, reps do
-    local t0 = now()
-    for _ = 1, n do f() end
-    b = math.min(b, (now() - t0) / n)
-  end
-  return b
-end
+local here = (arg and arg[0] or ""):match("^(.*)/[^/]*$") or "bench"
+package.path = here .. "/?.lua;" .. package.path
+local best = require("timing").best
 local function peak_mib()
   for line in io.lines("/proc/self/status") do
     local kb = line:match("^VmHWM:%s+(%d+)")

@@ -8,28 +8,13 @@ ffi.cdef [[
 void cblas_sgemm(int order, int ta, int tb, int M, int N, int K, float alpha,
                  const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
 void *malloc(size_t); void free(void *);
-typedef struct { long tv_sec; long tv_nsec; } moe_timespec;
-int clock_gettime(int clk, moe_timespec *ts);
 ]]
 local ok, blas = pcall(ffi.load, "openblas")
 if not ok then blas = ffi.load("libopenblas.so.0") end
 
-local ts = ffi.new("moe_timespec")
-local function now()
-  ffi.C.clock_gettime(1, ts)
-  return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
-end
-
--- best-of-`reps` seconds per call of f, each rep running `iters` calls
-local function best(f, iters, reps)
-  local b = math.huge
-  for _ = 1, reps do
-    local t0 = now()
-    for _ = 1, iters do f() end
-    b = math.min(b, (now() - t0) / iters)
-  end
-  return b
-end
+local here = (arg and arg[0] or ""):match("^(.*)/[^/]*$") or "bench"
+package.path = here .. "/?.lua;" .. package.path
+local best = require("timing").best
 
 local quick = os.getenv("MOE_BENCH_QUICK") ~= nil
 print(("%-22s %12s %12s %8s"):format("matmul (float32)", "moe GFLOP/s", "sgemm GFLOP/s", "ratio"))
@@ -78,7 +63,6 @@ local cases = {
 }
 -- PyTorch on CPU as a peer, when python3 has torch (it is not a dependency)
 local peer = {}
-local here = (arg and arg[0] or ""):match("^(.*)/[^/]*$") or "bench"
 local p = io.popen("python3 " .. here .. "/peers/torch_overhead.py " .. math.floor(n / 5) .. " 2>/dev/null")
 if p then
   for line in p:lines() do

@@ -4,22 +4,14 @@ usage: python3 bench/peers/torch_moe.py CASE [quick]   (pip install torch)
 CASE: sparse | mmoe32 | mmoe1024 | tabular; the last line is the peak RSS."""
 import resource, sys, time
 import torch
+
+from timing import best
 import torch.nn.functional as F
 
 torch.set_num_threads(2)
 torch.manual_seed(1)
 case = sys.argv[1]
 quick = len(sys.argv) > 2
-
-
-def best(f, n, reps):
-    b = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            f()
-        b = min(b, (time.perf_counter() - t0) / n)
-    return b
 
 
 # --- sparse MoE layer, tokens-choose top-2 with capacity, gather/scatter dispatch

@@ -4,19 +4,11 @@ usage: python3 bench/peers/torch_train_step.py STEPS   (pip install torch)"""
 import sys, time
 import torch
 
+from timing import best
+
 torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else 2)
 steps = int(sys.argv[1])
 torch.manual_seed(1)
-
-
-def best(f, n, reps=5):
-    b = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            f()
-        b = min(b, (time.perf_counter() - t0) / n)
-    return b
 
 
 def mlp_case(name, din, hidden, batch):

@@ -365,43 +365,45 @@ moe_tensor *moe_stack(int n, moe_tensor *const *ts, int dim) {
 
 static moe_tensor *zeros_of(const moe_edge *e, moe_dtype dt) { return moe_full(e->ndim, e->shape, dt, 0.0); }
 
-/* out = gather(t, dim, index) (also topk/sort values): gt = zeros.scatter_add(dim, index, g) */
+typedef moe_tensor *(*add_into_fn)(const moe_tensor *, int, const moe_tensor *, const moe_tensor *, int64_t, int);
+typedef moe_tensor *(*pick_fn)(const moe_tensor *, int, const moe_tensor *, int64_t);
+
+/* a pick (gather, index_select) sends g back into zeros of the input's shape with
+ * its mirror (scatter_add, index_add) */
+static int pick_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin, add_into_fn mirror) {
+  const moe_tensor *ix = moe_node_saved(n, 0);
+  moe_tensor *z = ix ? zeros_of(&n->edges[0], g->dtype) : NULL;
+  if (!z) return -1;
+  moe_tensor *r = mirror(z, (int)n->iarg[0], ix, g, n->iarg[1], 1);
+  moe_tensor_release(z);
+  return (gin[0] = r) ? 0 : -1;
+}
+
+/* an add-into (scatter_add, index_add): g passes to the target, and its mirror pick
+ * (gather, index_select) of g goes to the source */
+static int add_into_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin, pick_fn mirror) {
+  const moe_tensor *ix = moe_node_saved(n, 0);
+  if (!ix) return -1;
+  if (moe_node_needs(n, 0)) { moe_tensor_retain((moe_tensor *)g); gin[0] = (moe_tensor *)g; }
+  if (moe_node_needs(n, 1) && !(gin[1] = mirror(g, (int)n->iarg[0], ix, n->iarg[1]))) return -1;
+  return 0;
+}
+
+/* out = gather(t, dim, index) (also topk/sort values) */
 static int gather_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
-  const moe_tensor *ix = moe_node_saved(n, 0);
-  moe_tensor *z = ix ? zeros_of(&n->edges[0], g->dtype) : NULL;
-  if (!z) return -1;
-  moe_tensor *r = moe_scatter_add(z, (int)n->iarg[0], ix, g, n->iarg[1], 1);
-  moe_tensor_release(z);
-  return (gin[0] = r) ? 0 : -1;
+  return pick_backward(n, g, gin, moe_scatter_add);
 }
-
-/* out = t with out[index] += src: gt = g, gsrc = gather(g, dim, index) */
-static int scatter_add_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
-  const moe_tensor *ix = moe_node_saved(n, 0);
-  if (!ix) return -1;
-  if (moe_node_needs(n, 0)) { moe_tensor_retain((moe_tensor *)g); gin[0] = (moe_tensor *)g; }
-  if (moe_node_needs(n, 1) && !(gin[1] = moe_gather(g, (int)n->iarg[0], ix, n->iarg[1]))) return -1;
-  return 0;
-}
-
-/* out = index_select(t, dim, index): gt = zeros.index_add(dim, index, g) */
+/* out = index_select(t, dim, index) */
 static int index_select_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
-  const moe_tensor *ix = moe_node_saved(n, 0);
-  moe_tensor *z = ix ? zeros_of(&n->edges[0], g->dtype) : NULL;
-  if (!z) return -1;
-  moe_tensor *r = moe_index_add(z, (int)n->iarg[0], ix, g, n->iarg[1], 1);
-  moe_tensor_release(z);
-  return (gin[0] = r) ? 0 : -1;
+  return pick_backward(n, g, gin, moe_index_add);
 }
-
-/* out = t with out[.., index[i], ..] += src[.., i, ..]: gt = g, gsrc = index_select(g) */
+/* out = t with out[index] += src (along dim) */
+static int scatter_add_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
+  return add_into_backward(n, g, gin, moe_gather);
+}
+/* out = t with out[.., index[i], ..] += src[.., i, ..] */
 static int index_add_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
-  const moe_tensor *ix = moe_node_saved(n, 0);
-  if (!ix) return -1;
-  if (moe_node_needs(n, 0)) { moe_tensor_retain((moe_tensor *)g); gin[0] = (moe_tensor *)g; }
-  if (moe_node_needs(n, 1) && !(gin[1] = moe_index_select(g, (int)n->iarg[0], ix, n->iarg[1])))
-    return -1;
-  return 0;
+  return add_into_backward(n, g, gin, moe_index_select);
 }
 
 /* out = cat(ts, dim): each input takes its slice of g */
