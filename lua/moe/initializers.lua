@@ -165,6 +165,14 @@ kind(C, "min_max_norm", { min_value = 0.0, max_value = 1.0, rate = 1.0, axis = 1
   return w * (desired / (norms + EPS))
 end)
 
+-- n independent draws of init over `shape`, stacked along a new first dim: each
+-- expert of a mixture gets its own weight with the scale of a single layer's
+function M.stacked(init, n, shape, dtype)
+  local parts = {}
+  for e = 1, n do parts[e] = init(shape, dtype):unsqueeze(1) end
+  return moe.cat(parts, 1)
+end
+
 -- get(spec): nil, a name, a {class_name, config} table, an object or a function
 local function getter(registry, what)
   return function(spec, where)

@@ -14,11 +14,7 @@ local Module, class, REQUIRED = nn.Module, nn.class, nn.REQUIRED
 
 -- each expert's weight drawn on its own ([in, out] fans), then stacked: no two
 -- experts start equal, and each has the scale of a single Dense layer
-local function stacked(init, n, shape, dtype)
-  local parts = {}
-  for e = 1, n do parts[e] = init(shape, dtype):unsqueeze(1) end
-  return moe.cat(parts, 1)
-end
+local stacked = inits.stacked
 
 local function add_stacked(self, name, n, shape, initializer, regularizer, constraint)
   local init = I.get(initializer, self.class_name)

@@ -673,11 +673,13 @@ function Dropout:init(opts)
     error(("Dropout: rate must be in [0, 1), got %s"):format(tostring(self.rate)), 3)
   end
 end
-function Dropout:forward(x)
-  if not self._training or self.rate == 0 then return x end
-  local keep = moe.rand(self.noise_shape or x:shape(), { dtype = x:dtype() }):ge(self.rate)
-  return x * keep:to(x:dtype()) * (1 / (1 - self.rate))
+-- inverted dropout of x (mask of noise_shape, default x's shape); identity unless training
+function nn.dropout(x, rate, training, noise_shape)
+  if not training or rate == 0 then return x end
+  local keep = moe.rand(noise_shape or x:shape(), { dtype = x:dtype() }):ge(rate)
+  return x * keep:to(x:dtype()) * (1 / (1 - rate))
 end
+function Dropout:forward(x) return nn.dropout(x, self.rate, self._training, self.noise_shape) end
 
 local function norm_axis(self, shape)
   local n = #shape

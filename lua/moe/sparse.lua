@@ -23,11 +23,7 @@ local function round_half_even(v)
 end
 nn.round_half_even = round_half_even
 
-local function stacked(init, n, shape, dtype)
-  local parts = {}
-  for e = 1, n do parts[e] = init(shape, dtype):unsqueeze(1) end
-  return moe.cat(parts, 1)
-end
+local stacked = inits.stacked
 
 -- ------------------------------------------------------------------ FeedForwardExperts
 
@@ -60,11 +56,7 @@ function FFE:build(shape)
   self:add_weight("output_kernel", { E, D, H }, { initializer = st { D, H } })
   self:add_weight("output_bias", { E, H }, { initializer = self.bias_initializer })
 end
-local function dropout(self, x, rate)
-  if not self._training or rate == 0 then return x end
-  local keep = moe.rand(x:shape(), { dtype = x:dtype() }):ge(rate)
-  return x * keep:to(x:dtype()) * (1 / (1 - rate))
-end
+local function dropout(self, x, rate) return nn.dropout(x, rate, self._training) end
 function FFE:forward(x, counts, expert)
   if counts then return self:grouped(x, counts, expert) end
   if x:dim() ~= 3 or x:size(1) ~= self.num_experts then
