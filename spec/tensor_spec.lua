@@ -200,3 +200,56 @@ describe("function and method forms", function()
     assert.are.same(moe.narrow(t, 1, 2, 1):totable(), t:narrow(1, 2, 1):totable())
   end)
 end)
+
+describe("allocator cache", function()
+  it("reuses freed large blocks, keeps their contents apart, and gives them back on empty_cache", function()
+    moe.empty_cache()
+    local a = moe.full({ 1024, 2048 }, 3) -- 8 MiB
+    a = nil
+    collectgarbage(); collectgarbage()
+    local b = moe.zeros(1024, 2048)       -- same size: served from the cache, still all zeros
+    assert.are.equal(0, b:abs():max():item())
+    b = nil
+    collectgarbage(); collectgarbage()
+    local freed = moe.empty_cache()
+    if moe.allocator_caches then
+      assert.is_true(freed >= 8 * 2 ^ 20, "empty_cache returned " .. freed)
+    else
+      assert.are.equal(0, freed)
+    end
+    assert.are.equal(0, moe.empty_cache())
+  end)
+  it("holds a fresh process under its own high-water mark when sizes change", function()
+    if not moe.allocator_caches then return end -- sanitizer build: nothing is cached
+    -- a fresh process, so that earlier specs' peaks do not set the bound
+    local bin = os.getenv("MOELUA_BIN") or "build/moelua"
+    local script = os.tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write([[
+local moe = require "moe"
+local function rss_kb()
+  for line in io.lines("/proc/self/status") do
+    local kb = line:match("^VmRSS:%s+(%d+)")
+    if kb then return tonumber(kb) end
+  end
+end
+collectgarbage(); collectgarbage()
+local r0 = rss_kb()
+for i = 1, 40 do
+  local t = moe.ones(256 + 16 * i, 1024) -- a new size class most steps (1 - 3.5 MiB)
+  t = nil
+  collectgarbage()
+end
+print(rss_kb() - r0)
+]])
+    f:close()
+    local p = io.popen(bin .. " " .. script)
+    local out = p:read("*a")
+    p:close()
+    os.remove(script)
+    local grew = tonumber(out:match("(-?%d+)"))
+    assert.is_number(grew, out)
+    -- without the bound the cache would keep one block of every size (~90 MiB)
+    assert.is_true(grew < 16 * 1024, ("RSS grew by %d kB"):format(grew))
+  end)
+end)

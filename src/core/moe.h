@@ -32,6 +32,7 @@ typedef struct moe_storage {
   moe_device device;
   uint32_t version;               /* bumped by every in-place write (autograd checks it) */
   int8_t pool_class;              /* size class of a recycled host block, -1 if none */
+  size_t block_bytes;             /* bytes of the host block (header included) */
 } moe_storage;
 
 struct moe_node;
@@ -81,6 +82,9 @@ int64_t moe_live_bytes(void);
 int64_t moe_live_tensors(void);
 /* the most bytes live at once since the last reset; reset starts from the current level */
 int64_t moe_peak_bytes(int reset);
+/* frees the host blocks the allocator keeps for reuse; returns their bytes */
+size_t moe_empty_cache(void);
+int moe_allocator_caches(void); /* 0 in sanitizer builds, which free every block at once */
 moe_tensor *moe_empty(int ndim, const int64_t *shape, moe_dtype dt);
 moe_tensor *moe_full(int ndim, const int64_t *shape, moe_dtype dt, double value);
 moe_tensor *moe_empty_like(const moe_tensor *t);

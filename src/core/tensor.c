@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 /* ---------------------------------------------------------------- errors */
@@ -107,6 +108,111 @@ static int size_class(size_t total) {
   return c;
 }
 
+/* Large blocks (above the pools) are cached too. glibc serves them with fresh
+ * mmaps and unmaps them on free, so every step of a big layer page-faulted
+ * its activations and gradients in again (a [5120, 2048] float32 tensor is
+ * 10,000 faults, ~10 ms). Sizes are rounded up to 1/8 steps between powers of
+ * two, and a freed block waits in a small cache for the next request of its
+ * size. The cache never holds the process above its own high-water mark: a
+ * miss first frees cached blocks until live + cached + new fits under the
+ * largest live total seen so far. Blocks of 4 MiB and more are 2 MiB aligned
+ * and asked for transparent huge pages (one fault per 2 MiB).
+ * moe_empty_cache() gives everything back. */
+#define LARGE_SLOTS 64
+#define HUGE_MIN ((size_t)4 << 20)
+static struct { void *block; size_t bytes; } large_cache[LARGE_SLOTS];
+static int large_n;
+static size_t large_cached, large_live, large_peak;
+
+static size_t large_round(size_t total) {
+  size_t p = 1;
+  while (p * 2 <= total) p *= 2;
+  size_t step = p >= 64 ? p / 8 : 8;
+  return (total + step - 1) / step * step;
+}
+
+/* blocks of 1 MiB and more are mapped directly, so that freeing one always gives
+ * its pages back (glibc would keep some of them in its heap, fragmented) */
+#define MAP_MIN ((size_t)1 << 20)
+static void *block_map(size_t total) {
+  if (total < MAP_MIN) {
+    void *b = NULL;
+    return posix_memalign(&b, MOE_ALIGN, total) == 0 ? b : NULL;
+  }
+  size_t extra = total >= HUGE_MIN ? HUGE_MIN / 2 : 0; /* room to align to 2 MiB */
+  char *m = mmap(NULL, total + extra, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED) return NULL;
+  if (extra) {
+    size_t head = (HUGE_MIN / 2 - (uintptr_t)m % (HUGE_MIN / 2)) % (HUGE_MIN / 2);
+    if (head) munmap(m, head);
+    if (extra - head) munmap(m + head + total, extra - head);
+    m += head;
+#ifdef MADV_HUGEPAGE
+    madvise(m, total, MADV_HUGEPAGE);
+#endif
+  }
+  return m;
+}
+static void block_unmap(void *b, size_t total) {
+  if (total < MAP_MIN) free(b);
+  else munmap(b, total);
+}
+
+static void large_drop(int i) {
+  block_unmap(large_cache[i].block, large_cache[i].bytes);
+  large_cached -= large_cache[i].bytes;
+  large_cache[i] = large_cache[--large_n];
+}
+
+int moe_allocator_caches(void) { return MOE_POOLING; }
+
+size_t moe_empty_cache(void) {
+  size_t freed = large_cached;
+  while (large_n > 0) large_drop(large_n - 1);
+  for (int c = 0; c < POOL_CLASSES; c++)
+    while (block_pool_n[c] > 0) {
+      freed += (size_t)128 << c;
+      free(block_pool[c][--block_pool_n[c]]);
+    }
+  return freed;
+}
+
+static void *large_get(size_t total) {
+  for (int i = 0; i < large_n; i++)
+    if (large_cache[i].bytes == total) {
+      void *b = large_cache[i].block;
+      large_cached -= total;
+      large_cache[i] = large_cache[--large_n];
+      large_live += total;
+      return b;
+    }
+  while (large_n > 0 && large_live + large_cached + total > large_peak) { /* free the largest first */
+    int big = 0;
+    for (int i = 1; i < large_n; i++)
+      if (large_cache[i].bytes > large_cache[big].bytes) big = i;
+    large_drop(big);
+  }
+  void *b = block_map(total);
+  if (!b) {
+    moe_empty_cache(); /* one more try with nothing held back */
+    if (!(b = block_map(total))) return NULL;
+  }
+  large_live += total;
+  if (large_live > large_peak) large_peak = large_live;
+  return b;
+}
+
+static void large_put(void *b, size_t total) {
+  large_live -= total;
+  if (large_n < LARGE_SLOTS && large_live + large_cached + total <= large_peak) {
+    large_cache[large_n].block = b;
+    large_cache[large_n++].bytes = total;
+    large_cached += total;
+  } else {
+    block_unmap(b, total);
+  }
+}
+
 static moe_storage *storage_new(size_t nbytes) {
   /* header and data in one aligned block: the header takes the first 64 bytes */
   size_t total = MOE_ALIGN + ((nbytes + MOE_ALIGN - 1) / MOE_ALIGN) * MOE_ALIGN;
@@ -119,12 +225,16 @@ static moe_storage *storage_new(size_t nbytes) {
   int c = size_class(total);
   if (c >= 0 && block_pool_n[c] > 0) {
     block = block_pool[c][--block_pool_n[c]];
+  } else if (c < 0 && MOE_POOLING) {
+    total = large_round(total);
+    block = large_get(total);
   } else {
     if (c >= 0) total = (size_t)128 << c;
-    if (posix_memalign(&block, MOE_ALIGN, total) != 0) {
-      moe_error("out of memory allocating %zu bytes", nbytes);
-      return NULL;
-    }
+    if (posix_memalign(&block, MOE_ALIGN, total) != 0) block = NULL;
+  }
+  if (!block) {
+    moe_error("out of memory allocating %zu bytes", nbytes);
+    return NULL;
   }
   moe_storage *s = block;
   s->data = (char *)block + MOE_ALIGN;
@@ -133,6 +243,7 @@ static moe_storage *storage_new(size_t nbytes) {
   s->device = MOE_CPU;
   s->version = 0;
   s->pool_class = (int8_t)c;
+  s->block_bytes = total;
   live_bytes += (int64_t)nbytes;
   if (live_bytes > peak_bytes) peak_bytes = live_bytes;
   return s;
@@ -143,6 +254,7 @@ static void storage_release(moe_storage *s) {
     live_bytes -= (int64_t)s->nbytes;
     int c = s->pool_class;
     if (c >= 0 && block_pool_n[c] < POOL_DEPTH) block_pool[c][block_pool_n[c]++] = s;
+    else if (c < 0 && MOE_POOLING) large_put(s, s->block_bytes);
     else free(s);
   }
 }

@@ -1230,6 +1230,12 @@ static int l_grouped_matmul(lua_State *L) {
   return moe_lua_push(L, moe_grouped_matmul(x, w, b, c));
 }
 
+/* empty_cache() -> bytes handed back: frees the blocks kept for reuse */
+static int l_empty_cache(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)moe_empty_cache());
+  return 1;
+}
+
 /* peak_bytes([reset]) -> the most tensor bytes live at once since the last reset */
 static int l_peak_bytes(lua_State *L) {
   lua_pushnumber(L, (lua_Number)moe_peak_bytes(lua_toboolean(L, 1)));
@@ -1250,7 +1256,7 @@ static const luaL_Reg funcs[] = {
     {"arange", l_arange}, {"linspace", l_linspace}, {"eye", l_eye}, {"manual_seed", l_manual_seed},
     {"is_tensor", l_is_tensor}, {"live", l_live}, {"cat", l_cat}, {"stack", l_stack},
     {"set_grad_enabled", l_set_grad_enabled}, {"is_grad_enabled", l_is_grad_enabled},
-    {"peak_bytes", l_peak_bytes}, {"linear", l_linear}, {"bce", l_bce}, {"mixture", l_mixture}, {"route_plan", l_route_plan}, {"grouped_matmul", l_grouped_matmul}, {"get_flat", l_get_flat}, {"set_flat", l_set_flat}, {"optim_step", l_optim_step},
+    {"peak_bytes", l_peak_bytes}, {"empty_cache", l_empty_cache}, {"linear", l_linear}, {"bce", l_bce}, {"mixture", l_mixture}, {"route_plan", l_route_plan}, {"grouped_matmul", l_grouped_matmul}, {"get_flat", l_get_flat}, {"set_flat", l_set_flat}, {"optim_step", l_optim_step},
     {"st_save", l_st_save}, {"st_read_header", l_st_read_header}, {"st_read_tensor", l_st_read_tensor},
     {NULL, NULL}};
 
@@ -1293,6 +1299,8 @@ int luaopen_moe_core(lua_State *L) {
   lua_newtable(L); /* module */
   int mod = lua_gettop(L);
   luaL_register(L, NULL, funcs);
+  lua_pushboolean(L, moe_allocator_caches());
+  lua_setfield(L, mod, "allocator_caches");
   lua_newtable(L); /* methods */
   int meth = lua_gettop(L);
   for (const luaL_Reg *r = methods; r->name; r++) {
