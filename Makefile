@@ -6,7 +6,7 @@ OPT     ?= -O3 -g
 SAN     ?=
 # recursive (=) so pkg-config runs at build time, after `deps` has installed it
 # -fwrapv: integer tensor arithmetic wraps around (two's complement), as in NumPy/PyTorch
-CFLAGS   = $(OPT) $(SAN) -std=gnu11 -fPIC -fwrapv -fno-math-errno -fno-trapping-math -Wall -Wextra -Wno-unused-parameter -Wshadow \
+CFLAGS   = $(OPT) $(SAN) -std=gnu11 -fPIC -fwrapv -fno-math-errno -fno-trapping-math -fopenmp-simd -Wall -Wextra -Wno-unused-parameter -Wshadow \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS   = $(SAN) $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
 VERSION := 0.1.0

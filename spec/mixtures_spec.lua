@@ -34,6 +34,42 @@ describe("mixture op", function()
   end)
 end)
 
+describe("gate_scale op", function()
+  for _, kind in ipairs(STRIDED) do
+    for _, o in ipairs({ { relu = true, append_gate = true }, { relu = false, append_gate = false },
+                         { relu = true }, { append_gate = true } }) do
+      it(("gradchecks (%s, relu=%s, append_gate=%s)"):format(kind, tostring(o.relu), tostring(o.append_gate)), function()
+        local f = function(h, g) return moe.gate_scale(h, g, o) end
+        assert.is_true(gradcheck(f, { H.layout({ 5, 12 }, kind), H.layout({ 5, 3 }, kind) }))
+      end)
+    end
+  end
+  it("matches act(h[b, e*U+u]) g[b,e] (a naive loop), with g's columns appended", function()
+    local B, E, U = 3, 4, 5
+    local h, g = moe.randn(B, E * U), moe.rand(B, E)
+    for _, relu_on in ipairs({ true, false }) do
+      local out = moe.gate_scale(h, g, { relu = relu_on, append_gate = true })
+      assert.are.same({ B, E * U + E }, out:shape())
+      local O, Ht, G = out:totable(), h:totable(), g:totable()
+      for b = 1, B do for e = 1, E do
+        for u = 1, U do
+          local v = Ht[b][(e - 1) * U + u]
+          assert.is_near((relu_on and relu(v) or v) * G[b][e], O[b][(e - 1) * U + u], 1e-6)
+        end
+        assert.is_near(G[b][e], O[b][E * U + e], 1e-7)
+      end end
+    end
+    assert.are.same({ B, E * U }, moe.gate_scale(h, g):shape())
+  end)
+  it("names itself and the shapes when they do not fit", function()
+    local err = H.error_of(moe.gate_scale, moe.randn(2, 10), moe.randn(2, 3))
+    assert.matches("gate_scale", err)
+    assert.matches("%[2, ?10%]", err)
+    assert.matches("gate_scale", H.error_of(moe.gate_scale, moe.randn(2, 9), moe.randn(3, 3)))
+    assert.matches("gate_scale", H.error_of(moe.gate_scale, moe.randn(2, 9), moe.randn(2, 3, { dtype = "float64" })))
+  end)
+end)
+
 describe("TabularMoELayer", function()
   it("is the gate-weighted sum of Dense(units, relu) -> Dense(F) experts (a naive loop)", function()
     moe.manual_seed(3)

@@ -53,6 +53,7 @@ end
 -- each expert Dense(expert_units, relu) -> Dense(F); gate softmax(x Wg + bg) over
 -- experts on the raw input; output [B, F] = sum_e gate_e * expert_e(x)
 local TabularMoE = class("TabularMoELayer", Module)
+local GATE_SCALE_RELU = { relu = true, append_gate = true }
 nn.TabularMoELayer = TabularMoE
 function TabularMoE:init(opts)
   Module.init(self, opts)
@@ -84,13 +85,14 @@ function TabularMoE:forward(x)
       error(("TabularMoELayer \"%s\": input has %d features but the layer was built for %d")
         :format(self.name, F, self.expert_kernel:size(1)), 0)
     end
-    local h = moe.linear(x2, self.expert_kernel:view(F, E * U), self.expert_bias:view(E * U)):relu():view(-1, E, U)
-    local g = moe.linear(x2, self.gate_kernel, self.gate_bias):softmax(-1)                           -- [B,E]
+    local h = moe.linear(x2, self.expert_kernel:view(F, E * U), self.expert_bias:view(E * U)) -- [B,E*U]
+    local g = moe.linear(x2, self.gate_kernel, self.gate_bias):softmax(-1)                     -- [B,E]
     rawset(self, "last_gates", g:detach())
-    -- sum_e g_e (h_e W2_e + b2_e) = [g_1 h_1, ..., g_E h_E] [W2_1; ...; W2_E] + g b2:
-    -- the second layers of all experts and the mixture are one GEMM
-    local hs = (h * g:unsqueeze(3)):view(-1, E * U)                                                  -- [B,E*U]
-    return moe.linear(hs, self.output_kernel:view(E * U, F)) + g:matmul(self.output_bias)            -- [B,F]
+    -- sum_e g_e (relu(h_e) W2_e + b2_e) = [g_1 relu(h_1), ..., g_E relu(h_E), g] [W2_1; ...; W2_E; b2]:
+    -- relu, gating and the gate-weighted output biases are one fused op (moe.gate_scale),
+    -- and the second layers of all experts and the mixture are one GEMM
+    local hs = moe.gate_scale(h, g, GATE_SCALE_RELU)                                          -- [B,E*U+E]
+    return moe.matmul(hs, moe.cat({ self.output_kernel:view(E * U, F), self.output_bias }, 1)) -- [B,F]
   end)
 end
 

@@ -205,6 +205,9 @@ moe_tensor *moe_linear(const moe_tensor *x, const moe_tensor *w, const moe_tenso
 moe_tensor *moe_bce(const moe_tensor *y, const moe_tensor *p, int from_logits);
 /* out [B,U] = sum_e g[b,e] h[b,u,e]; h [B,U,E] with any strides, g [B,E] */
 moe_tensor *moe_mixture(const moe_tensor *h, const moe_tensor *g);
+/* out[b, e*U+u] = act(h[b, e*U+u]) g[b,e] (act: relu or identity), plus g's E
+ * columns appended when `append`: h [B, E*U], g [B, E] -> [B, E*U (+E)] */
+moe_tensor *moe_gate_scale(const moe_tensor *h, const moe_tensor *g, int relu, int append);
 /* tokens-choose plan (src/nn/routing.c): kept (token, expert, rank) pairs sorted by
  * expert, and per-expert counts; capacity < 0 means no limit (dropless) */
 int moe_route_plan(const moe_tensor *expert_index, const moe_tensor *order, const moe_tensor *valid,

@@ -113,9 +113,11 @@ static int size_class(size_t total) {
  * its activations and gradients in again (a [5120, 2048] float32 tensor is
  * 10,000 faults, ~10 ms). Sizes are rounded up to 1/8 steps between powers of
  * two, and a freed block waits in a small cache for the next request of its
- * size. The cache never holds the process above its own high-water mark: a
- * miss first frees cached blocks until live + cached + new fits under the
- * largest live total seen so far. Blocks of 4 MiB and more are 2 MiB aligned
+ * size. The cache is bounded by the process's own high-water mark: a miss
+ * first frees cached blocks (largest first) until live + cached + new fits
+ * under the largest live total seen so far plus a quarter of it (32 MiB at
+ * least). (With no slack above the mark, a step whose sizes vary thrashed:
+ * every miss evicted a block the step needed later.) Blocks of 4 MiB and more are 2 MiB aligned
  * and asked for transparent huge pages (one fault per 2 MiB).
  * moe_empty_cache() gives everything back. */
 #define LARGE_SLOTS 64
@@ -123,6 +125,11 @@ static int size_class(size_t total) {
 static struct { void *block; size_t bytes; } large_cache[LARGE_SLOTS];
 static int large_n;
 static size_t large_cached, large_live, large_peak;
+
+static size_t cache_limit(void) {
+  size_t slack = large_peak / 4;
+  return large_peak + (slack > ((size_t)32 << 20) ? slack : ((size_t)32 << 20));
+}
 
 static size_t large_round(size_t total) {
   size_t p = 1;
@@ -186,7 +193,7 @@ static void *large_get(size_t total) {
       large_live += total;
       return b;
     }
-  while (large_n > 0 && large_live + large_cached + total > large_peak) { /* free the largest first */
+  while (large_n > 0 && large_live + large_cached + total > cache_limit()) { /* free the largest first */
     int big = 0;
     for (int i = 1; i < large_n; i++)
       if (large_cache[i].bytes > large_cache[big].bytes) big = i;
@@ -204,7 +211,7 @@ static void *large_get(size_t total) {
 
 static void large_put(void *b, size_t total) {
   large_live -= total;
-  if (large_n < LARGE_SLOTS && large_live + large_cached + total <= large_peak) {
+  if (large_n < LARGE_SLOTS && large_live + large_cached + total <= cache_limit()) {
     large_cache[large_n].block = b;
     large_cache[large_n++].bytes = total;
     large_cached += total;

@@ -1205,6 +1205,21 @@ static int l_mixture(lua_State *L) {
   return moe_lua_push(L, moe_mixture(h, g));
 }
 
+/* gate_scale(h [B, E*U], g [B, E], {relu=bool, append_gate=bool}) */
+static int l_gate_scale(lua_State *L) {
+  moe_tensor *h = check_tensor(L, 1, "gate_scale"), *g = check_tensor(L, 2, "gate_scale");
+  int relu = 0, append = 0;
+  if (!lua_isnoneornil(L, 3)) {
+    luaL_checktype(L, 3, LUA_TTABLE);
+    lua_getfield(L, 3, "relu");
+    relu = lua_toboolean(L, -1);
+    lua_getfield(L, 3, "append_gate");
+    append = lua_toboolean(L, -1);
+    lua_pop(L, 2);
+  }
+  return moe_lua_push(L, moe_gate_scale(h, g, relu, append));
+}
+
 /* route_plan(expert_index [G,T,k], order|nil, valid|nil, E, capacity) -> token, expert, rank, counts */
 static int l_route_plan(lua_State *L) {
   moe_tensor *ix = check_tensor(L, 1, "route_plan");
@@ -1256,7 +1271,7 @@ static const luaL_Reg funcs[] = {
     {"arange", l_arange}, {"linspace", l_linspace}, {"eye", l_eye}, {"manual_seed", l_manual_seed},
     {"is_tensor", l_is_tensor}, {"live", l_live}, {"cat", l_cat}, {"stack", l_stack},
     {"set_grad_enabled", l_set_grad_enabled}, {"is_grad_enabled", l_is_grad_enabled},
-    {"peak_bytes", l_peak_bytes}, {"empty_cache", l_empty_cache}, {"linear", l_linear}, {"bce", l_bce}, {"mixture", l_mixture}, {"route_plan", l_route_plan}, {"grouped_matmul", l_grouped_matmul}, {"get_flat", l_get_flat}, {"set_flat", l_set_flat}, {"optim_step", l_optim_step},
+    {"peak_bytes", l_peak_bytes}, {"empty_cache", l_empty_cache}, {"linear", l_linear}, {"bce", l_bce}, {"mixture", l_mixture}, {"gate_scale", l_gate_scale}, {"route_plan", l_route_plan}, {"grouped_matmul", l_grouped_matmul}, {"get_flat", l_get_flat}, {"set_flat", l_set_flat}, {"optim_step", l_optim_step},
     {"st_save", l_st_save}, {"st_read_header", l_st_read_header}, {"st_read_tensor", l_st_read_tensor},
     {NULL, NULL}};
 

@@ -111,3 +111,124 @@ moe_tensor *moe_mixture(const moe_tensor *h, const moe_tensor *g) {
   if (n && (moe_node_save(n, 0, h) || moe_node_save(n, 1, g))) { moe_node_release(n); n = NULL; }
   return moe_ag_attach(out, n);
 }
+
+/* moe_gate_scale(h, g, relu, append): the experts' hidden units scaled by their
+ * gate, the step between the first and second layers of TabularMoELayer.
+ *   h [B, E*U] (expert e's units in columns e*U .. e*U+U-1), g [B, E]
+ *   out[b, e*U+u] = act(h[b, e*U+u]) * g[b, e]   (act = relu or identity)
+ *   append: out gets E more columns, out[b, E*U+e] = g[b, e], so that one GEMM
+ *   against [W2; b2] gives sum_e g_e (a_e W2_e + b2_e).
+ * Backward: gh = act'(h) * go * g;  gg[b,e] = sum_u go[b,e*U+u] act(h[b,e*U+u]) (+ go[b,E*U+e]). */
+#define GS_FWD(T)                                                                         \
+  do {                                                                                    \
+    const T *H = (const T *)moe_data(hc), *G = (const T *)moe_data(gc);                 \
+    T *O = (T *)moe_data(out);                                                            \
+    for (int64_t b = 0; b < B; b++) {                                                     \
+      const T *hp = H + b * E * U, *gp = G + b * E;                                       \
+      T *op = O + b * W;                                                                  \
+      for (int64_t e = 0; e < E; e++) {                                                   \
+        T ge = gp[e];                                                                     \
+        for (int64_t u = 0; u < U; u++) {                                                 \
+          T v = hp[e * U + u];                                                            \
+          op[e * U + u] = (relu ? (v > 0 ? v : 0) : v) * ge;                              \
+        }                                                                                 \
+      }                                                                                   \
+      if (append)                                                                         \
+        for (int64_t e = 0; e < E; e++) op[E * U + e] = gp[e];                            \
+    }                                                                                     \
+  } while (0)
+
+/* branch-free inner loops (relu's mask is a select, the gate's sum a SIMD reduction):
+ * with random signs a branch per element mispredicts half the time */
+#define GS_BWD(T)                                                                         \
+  do {                                                                                    \
+    const T *H = (const T *)moe_data(h), *G = (const T *)moe_data(g);                    \
+    const T *GO = (const T *)moe_data(goc);                                               \
+    T *GH = gh ? (T *)moe_data(gh) : NULL, *GG = gg ? (T *)moe_data(gg) : NULL;          \
+    for (int64_t b = 0; b < B; b++) {                                                     \
+      const T *gp = G + b * E;                                                            \
+      for (int64_t e = 0; e < E; e++) {                                                   \
+        const T *hp = H + b * E * U + e * U, *op = GO + b * W + e * U;                    \
+        T ge = gp[e];                                                                     \
+        if (GH) {                                                                         \
+          T *ghp = GH + b * E * U + e * U;                                                \
+          if (relu) {                                                                     \
+            _Pragma("omp simd")                                                           \
+            for (int64_t u = 0; u < U; u++) {                                         \
+              T d = op[u] * ge;                                                           \
+              ghp[u] = hp[u] > 0 ? d : 0;                                                 \
+            }                                                                             \
+          } else {                                                                        \
+            _Pragma("omp simd")                                                           \
+            for (int64_t u = 0; u < U; u++) ghp[u] = op[u] * ge;                          \
+          }                                                                               \
+        }                                                                                 \
+        if (GG) {                                                                         \
+          T acc = 0;                                                                      \
+          if (relu) {                                                                     \
+            _Pragma("omp simd reduction(+ : acc)")                                        \
+            for (int64_t u = 0; u < U; u++) acc += op[u] * (hp[u] > 0 ? hp[u] : 0);       \
+          } else {                                                                        \
+            _Pragma("omp simd reduction(+ : acc)")                                        \
+            for (int64_t u = 0; u < U; u++) acc += op[u] * hp[u];                         \
+          }                                                                               \
+          GG[b * E + e] = acc + (append ? GO[b * W + E * U + e] : 0);                     \
+        }                                                                                 \
+      }                                                                                   \
+    }                                                                                     \
+  } while (0)
+
+static int gate_scale_backward(moe_node *n, const moe_tensor *go, moe_tensor **gin) {
+  const moe_tensor *h = moe_node_saved(n, 0), *g = moe_node_saved(n, 1);
+  if (!h || !g) return -1;
+  int relu = (int)n->iarg[0], append = (int)n->iarg[1];
+  int64_t B = h->shape[0], E = g->shape[1], U = h->shape[1] / E, W = E * U + (append ? E : 0);
+  moe_tensor *goc = moe_contiguous(go);
+  moe_tensor *gh = goc && moe_node_needs(n, 0) ? moe_empty(2, h->shape, h->dtype) : NULL;
+  moe_tensor *gg = goc && moe_node_needs(n, 1) ? moe_empty(2, g->shape, g->dtype) : NULL;
+  if (!goc || (moe_node_needs(n, 0) && !gh) || (moe_node_needs(n, 1) && !gg)) {
+    moe_tensor_release(goc);
+    moe_tensor_release(gh);
+    moe_tensor_release(gg);
+    return -1;
+  }
+  if (h->dtype == MOE_F32) GS_BWD(float);
+  else GS_BWD(double);
+  moe_tensor_release(goc);
+  gin[0] = gh;
+  gin[1] = gg;
+  return 0;
+}
+
+moe_tensor *moe_gate_scale(const moe_tensor *h, const moe_tensor *g, int relu, int append) {
+  char b1[160], b2[160];
+  if (h->ndim != 2 || g->ndim != 2 || h->shape[0] != g->shape[0] || g->shape[1] < 1 ||
+      h->shape[1] % g->shape[1] != 0 || h->dtype != g->dtype || !moe_dtype_is_float(h->dtype)) {
+    moe_error("gate_scale: hidden units [B, E*U] %s and gates [B,E] %s do not match (one float dtype, "
+              "E dividing the hidden width)", moe_shape_str(h, b1), moe_shape_str(g, b2));
+    return NULL;
+  }
+  int64_t B = h->shape[0], E = g->shape[1], U = h->shape[1] / E, W = E * U + (append ? E : 0);
+  int prev = moe_set_grad_enabled(0);
+  moe_tensor *hc = moe_contiguous(h), *gc = hc ? moe_contiguous(g) : NULL;
+  moe_set_grad_enabled(prev);
+  int64_t oshape[2] = {B, W};
+  moe_tensor *out = gc ? moe_empty(2, oshape, h->dtype) : NULL;
+  if (out) {
+    if (h->dtype == MOE_F32) GS_FWD(float);
+    else GS_FWD(double);
+  }
+  const moe_tensor *ins[2] = {h, g};
+  if (out && moe_ag_wants(2, ins)) {
+    moe_node *n = moe_node_new("gate_scale", gate_scale_backward, 2, ins);
+    if (n) {
+      n->iarg[0] = relu;
+      n->iarg[1] = append;
+      if (moe_node_save(n, 0, hc) || moe_node_save(n, 1, gc)) { moe_node_release(n); n = NULL; }
+    }
+    out = moe_ag_attach(out, n);
+  }
+  moe_tensor_release(hc);
+  moe_tensor_release(gc);
+  return out;
+}
