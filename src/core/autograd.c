@@ -28,11 +28,35 @@ int moe_ag_wants(int n, const moe_tensor *const *ts) {
   return 0;
 }
 
+/* Nodes are recycled through a free list (a small model's step records dozens,
+ * and calloc/free were a tenth of its time); edges of up to 3 inputs live in
+ * the node. Under AddressSanitizer nothing is pooled. */
+#if defined(__SANITIZE_ADDRESS__)
+#define NODE_POOL 0
+#else
+#define NODE_POOL 2048
+#endif
+static moe_node *node_pool[NODE_POOL > 0 ? NODE_POOL : 1];
+static int node_pool_n;
+
+static void node_free(moe_node *n) {
+  if (n->edges != n->inline_edges) free(n->edges);
+  if (node_pool_n < NODE_POOL) node_pool[node_pool_n++] = n;
+  else free(n);
+}
+
 moe_node *moe_node_new(const char *name, moe_backward_fn fn, int n, const moe_tensor *const *ins) {
-  moe_node *nd = calloc(1, sizeof *nd);
-  moe_edge *e = calloc((size_t)(n ? n : 1), sizeof *e);
+  moe_node *nd;
+  if (node_pool_n > 0) {
+    nd = node_pool[--node_pool_n];
+    memset(nd, 0, sizeof *nd);
+  } else {
+    nd = calloc(1, sizeof *nd);
+  }
+  int inl = n <= (int)(sizeof nd->inline_edges / sizeof nd->inline_edges[0]);
+  moe_edge *e = !nd ? NULL : inl ? nd->inline_edges : calloc((size_t)n, sizeof *e);
   if (!nd || !e) {
-    free(nd); free(e);
+    free(nd);
     moe_error("%s: out of memory recording the autograd node", name);
     return NULL;
   }
@@ -104,8 +128,7 @@ static void free_stack(moe_node *stack) {
     moe_node *n = stack;
     stack = n->next;
     node_clear(n, &stack);
-    free(n->edges);
-    free(n);
+    node_free(n);
   }
 }
 

@@ -250,6 +250,7 @@ struct moe_node {
   moe_tensor *grad;
   int deps, mark;
   moe_node *next;
+  moe_edge inline_edges[3];            /* edges of ops with up to 3 inputs live here */
 };
 
 int moe_grad_enabled(void);

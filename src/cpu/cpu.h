@@ -5,6 +5,15 @@
 
 #include "../core/moe.h"
 
+/* Compute-bound loops (transcendentals, the optimizer update): on x86-64 GCC
+ * also builds an AVX2+FMA copy of the function and picks it at load time when
+ * the CPU has them. (Off under sanitizers, which do not mix with ifuncs.) */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define MOE_VEC_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define MOE_VEC_CLONES
+#endif
+
 /* Strided N-d iteration over up to 4 operands of one shape (broadcast operands
  * carry stride 0). Dims are coalesced where every operand is contiguous across
  * them, then `fn` is called once per innermost run with byte strides. */

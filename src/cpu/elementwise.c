@@ -129,14 +129,6 @@ void moe_cpu_foreach(int nops, const moe_tensor *const *ops, moe_loop_fn fn, voi
 
 /* ---------------------------------------------------------------- casts */
 
-/* The transcendental loops are compute-bound: on x86-64 GCC also builds an
- * AVX2+FMA copy of each and picks it at load time when the CPU has them. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define MOE_VEC_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define MOE_VEC_CLONES
-#endif
-
 #define CAST_FN(NAME, TO, FROM, CONV)                                              \
   static void NAME(int64_t n, char **p, const int64_t *s, void *ctx) {            \
     (void)ctx;                                                                      \

@@ -20,10 +20,13 @@ static void mat_layout(int64_t rows, int64_t cols, int64_t rs, int64_t cs, CBLAS
   if (*ld < 1) *ld = 1;
 }
 
-/* OpenBLAS splits every GEMM across its threads; below a few million
+/* OpenBLAS splits every GEMM across its threads; below tens of millions of
  * multiply-adds the hand-off costs more than it saves (a 32x499x32 GEMM took
- * 32 us on 2 threads, 17 us on one), so small GEMMs run on one thread. */
-#define MOE_GEMM_SMALL 4.0e6
+ * 32 us on 2 threads, 17 us on one; 1024x64x256 ran at 44-58 GFLOP/s on two,
+ * 52-64 on one; from 512^3 on, two threads win), so those run on one thread.
+ * (Splitting them ourselves into single-threaded OpenBLAS calls on two
+ * threads was slower still on the 2-core machine it was measured on.) */
+#define MOE_GEMM_SMALL 5.0e7
 extern void openblas_set_num_threads(int num_threads);
 extern int openblas_get_num_threads(void);
 

@@ -2,6 +2,7 @@
  * parameters, with gradient clipping by global norm and by value.
  * Update rules follow PyTorch's torch.optim (documented in README.md). */
 #include "optim.h"
+#include "../cpu/cpu.h"
 
 #include <math.h>
 #include <string.h>
@@ -35,7 +36,7 @@ static int check(moe_optim_kind kind, int i, const moe_tensor *p, const moe_tens
 #define CLIPPED(T, gr, j) ({ T g_ = gr[j] * (T)scale; cv > 0 ? (g_ > (T)cv ? (T)cv : g_ < (T)-cv ? (T)-cv : g_) : g_; })
 
 #define DEFINE_UPDATE(T, SQRT, NAME)                                                          \
-  static void NAME(moe_optim_kind kind, int64_t m, T *restrict w, const T *restrict gr,         \
+  MOE_VEC_CLONES static void NAME(moe_optim_kind kind, int64_t m, T *restrict w, const T *restrict gr,         \
                    T *restrict a, T *restrict b, const moe_optim_hparams *h, int64_t step,   \
                    double scale, double cv, double bc1, double bc2, double clr) {            \
     const T lr = (T)h->lr, wd = (T)h->weight_decay, mom = (T)h->momentum;                   \
