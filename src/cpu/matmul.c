@@ -20,20 +20,26 @@ static void mat_layout(int64_t rows, int64_t cols, int64_t rs, int64_t cs, CBLAS
   if (*ld < 1) *ld = 1;
 }
 
-/* OpenBLAS splits every GEMM across its threads; below tens of millions of
+/* OpenBLAS splits every GEMM across its threads. Below a few million
  * multiply-adds the hand-off costs more than it saves (a 32x499x32 GEMM took
- * 32 us on 2 threads, 17 us on one; 1024x64x256 ran at 44-58 GFLOP/s on two,
- * 52-64 on one; from 512^3 on, two threads win), so those run on one thread.
- * (Splitting them ourselves into single-threaded OpenBLAS calls on two
- * threads was slower still on the 2-core machine it was measured on.) */
-#define MOE_GEMM_SMALL 5.0e7
+ * 32 us on 2 threads, 17 us on one); so it does for thin GEMMs (one of M, N, K
+ * at most 64) below 5e7 (1024x64x256 ran at 44-58 GFLOP/s on two threads,
+ * 52-64 on one, while 256^3 runs 1.7x faster on two). Those run on one thread.
+ * (Splitting them ourselves into single-threaded OpenBLAS calls on two threads
+ * was slower still on the 2-core machine it was measured on.) */
+#define MOE_GEMM_SMALL 4.0e6
+#define MOE_GEMM_THIN_DIM 64
+#define MOE_GEMM_THIN 5.0e7
 extern void openblas_set_num_threads(int num_threads);
 extern int openblas_get_num_threads(void);
 
-static void gemm_threads(double work) {
+static void gemm_threads(int64_t M, int64_t N, int64_t K) {
   static int max_threads = 0, current = 0;
   if (!max_threads) current = max_threads = openblas_get_num_threads();
-  int want = work < MOE_GEMM_SMALL ? 1 : max_threads;
+  double work = (double)M * (double)N * (double)K;
+  int64_t lo = M < N ? (M < K ? M : K) : (N < K ? N : K);
+  int one = work < MOE_GEMM_SMALL || (lo <= MOE_GEMM_THIN_DIM && work < MOE_GEMM_THIN);
+  int want = one ? 1 : max_threads;
   if (want != current) {
     openblas_set_num_threads(want);
     current = want;
@@ -52,7 +58,7 @@ static void gemm_impl(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t
     M *= batch;
     batch = 1;
   }
-  gemm_threads((double)M * (double)N * (double)K);
+  gemm_threads(M, N, K);
   CBLAS_TRANSPOSE ta, tb;
   int64_t lda, ldb;
   mat_layout(M, K, sAm, sAk, &ta, &lda);
