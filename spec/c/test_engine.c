@@ -6,6 +6,9 @@
 #include <string.h>
 
 #include "../../src/core/moe.h"
+#include "../../src/cpu/cpu.h"
+
+#include <stdatomic.h>
 
 static int n_test = 0, n_fail = 0;
 #define CHECK(cond, name)                                                       \
@@ -102,11 +105,31 @@ static void test_kernels(void) {
   moe_tensor_release(m); moe_tensor_release(mt); moe_tensor_release(p);
 }
 
+/* the thread pool runs every part of every job exactly once, back to back */
+static _Atomic int hits[64];
+static void count_part(void *ctx, int i) {
+  (void)ctx;
+  atomic_fetch_add(&hits[i], 1);
+  for (volatile int k = 0; k < (i % 7) * 50; k++) {} /* uneven parts */
+}
+static void test_pool(void) {
+  int ok = 1;
+  for (int job = 0; job < 20000 && ok; job++) {
+    int n = 1 + job % 64;
+    for (int i = 0; i < 64; i++) atomic_store(&hits[i], 0);
+    moe_cpu_parallel(n, count_part, NULL);
+    for (int i = 0; i < 64; i++)
+      if (atomic_load(&hits[i]) != (i < n)) ok = 0;
+  }
+  CHECK(ok, "the thread pool runs each part of 20,000 jobs exactly once");
+}
+
 int main(void) {
   int64_t bytes0 = moe_live_bytes();
   test_philox();
   test_views();
   test_kernels();
+  test_pool();
   CHECK(moe_live_bytes() == bytes0, "no storage bytes leaked across the C checks");
   printf("1..%d\n", n_test);
   return n_fail ? 1 : 0;

@@ -21,6 +21,10 @@ typedef void (*moe_loop_fn)(int64_t n, char **p, const int64_t *s, void *ctx);
 void moe_cpu_foreach(int nops, const moe_tensor *const *ops, moe_loop_fn fn, void *ctx);
 /* cores the CPU kernels may split large loops over (MOE_NUM_THREADS overrides) */
 int moe_cpu_threads(void);
+/* runs fn(ctx, 0..nparts-1) on this thread and the pool's persistent workers
+ * (pool.c); returns when all parts are done */
+typedef void (*moe_task_fn)(void *ctx, int part);
+void moe_cpu_parallel(int nparts, moe_task_fn fn, void *ctx);
 
 /* shared helper from tensor.c: right-aligned broadcast of src onto shape */
 int moe_broadcast_to(const moe_tensor *src, int ndim, const int64_t *shape, moe_tensor *out);

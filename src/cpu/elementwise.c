@@ -6,7 +6,6 @@
 #include "cpu.h"
 
 #include <math.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -54,10 +53,7 @@ static void run_range(const run_args *a) {
   }
 }
 
-static void *run_thread(void *p) {
-  run_range(p);
-  return NULL;
-}
+static void run_part(void *parts, int i) { run_range((const run_args *)parts + i); }
 
 void moe_cpu_foreach(int nops, const moe_tensor *const *ops, moe_loop_fn fn, void *ctx) {
   const moe_tensor *t0 = ops[0];
@@ -103,23 +99,14 @@ void moe_cpu_foreach(int nops, const moe_tensor *const *ops, moe_loop_fn fn, voi
   int64_t total = outer * inner;
   int nth = total >= MOE_PAR_MIN ? moe_cpu_threads() : 1;
   if (nth > 1) {
-    /* large tensors: split the flat element range across threads, created for the
-     * call (a few tens of microseconds against milliseconds of work); nothing
-     * spins between calls, so OpenBLAS's own threads keep their cores */
-    pthread_t tid[MOE_MAX_THREADS];
+    /* large tensors: the flat element range in equal parts on the thread pool */
     run_args parts[MOE_MAX_THREADS];
-    int started = 0;
     for (int t = 0; t < nth; t++) {
       parts[t] = a;
       parts[t].begin = total * t / nth;
       parts[t].end = total * (t + 1) / nth;
     }
-    for (int t = 1; t < nth; t++)
-      if (pthread_create(&tid[t], NULL, run_thread, &parts[t]) == 0) started |= 1 << t;
-      else run_range(&parts[t]);
-    run_range(&parts[0]);
-    for (int t = 1; t < nth; t++)
-      if (started >> t & 1) pthread_join(tid[t], NULL);
+    moe_cpu_parallel(nth, run_part, parts);
     return;
   }
   a.begin = 0;
