@@ -109,6 +109,17 @@ describe("autograd", function()
     assert.matches("analytic .* vs numeric", msg)
   end)
 
+  it("gradcheck checks the weights a layer builds on its first call", function()
+    -- the weight's gradient is wrong (it is used detached): only a check that
+    -- builds the layer before listing its parameters sees it
+    local Bad = moe.nn.Module:extend("GradcheckBadSpec")
+    function Bad:build(shape) self:add_weight("w", { shape[#shape] }, { initializer = "ones" }) end
+    function Bad:forward(x) return x * self.w + x * self.w:detach() end
+    local msg = H.error_of(gradcheck, Bad {}, { moe.randn(2, 3) })
+    assert.matches("parameter 1 .*analytic .* vs numeric", msg)
+    assert.is_true(gradcheck(moe.nn.Dense { units = 2 }, { moe.randn(2, 3) }))
+  end)
+
   it("gradients accumulate until zeroed, and backward(grad) takes a seed", function()
     local x = moe.tensor({ 1, 2, 3 }, { requires_grad = true })
     local y = x * x

@@ -49,11 +49,6 @@ function testing.gradcheck(f, inputs, opts)
   local seed = opts.seed or 1234
   local params = {}
   local call = f
-  if is_module(f) then
-    f:double()
-    params = f:parameters()
-    call = function(...) return f(...) end
-  end
   local xs = {}
   for i, x in ipairs(inputs) do
     if core.is_tensor(x) and x:dtype():match("^float") then
@@ -66,6 +61,16 @@ function testing.gradcheck(f, inputs, opts)
     end
   end
   local n = #inputs
+  if is_module(f) then
+    -- a layer builds its weights on its first call: build it before listing them
+    -- (otherwise a lazily built layer would have its inputs checked, and nothing else)
+    f:double()
+    core.manual_seed(seed)
+    moe.no_grad(function() f(unpack(xs, 1, n)) end)
+    f:double()
+    params = f:parameters()
+    call = function(...) return f(...) end
+  end
   local proj = projector(seed)
   local function eval()
     core.manual_seed(seed)
