@@ -56,6 +56,10 @@ void moe_cpu_gemm_batched(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int
                           const char *B, int64_t sBb, int64_t sBk, int64_t sBn,
                           char *C, int64_t sCb);
 
+/* on: GEMMs run on one OpenBLAS thread and unsplit until off (for callers that
+ * run independent GEMMs on the thread pool themselves); main thread only */
+void moe_cpu_gemm_serial(int on);
+
 /* C [M,N] (contiguous) += A @ B, strides in elements */
 void moe_cpu_gemm_add(moe_dtype dt, int64_t M, int64_t N, int64_t K, const char *A, int64_t sAm,
                       int64_t sAk, const char *B, int64_t sBk, int64_t sBn, char *C);

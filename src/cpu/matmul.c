@@ -33,9 +33,22 @@ static void mat_layout(int64_t rows, int64_t cols, int64_t rs, int64_t cs, CBLAS
 extern void openblas_set_num_threads(int num_threads);
 extern int openblas_get_num_threads(void);
 
+static int max_threads = 0, current = 0, serial_mode = 0;
+
+/* on: every GEMM runs on one OpenBLAS thread, unsplit, until off again; for
+ * callers that run independent GEMMs in parallel on the pool themselves */
+void moe_cpu_gemm_serial(int on) {
+  if (!max_threads) current = max_threads = openblas_get_num_threads();
+  if (on && current != 1) {
+    openblas_set_num_threads(1);
+    current = 1;
+  }
+  serial_mode = on;
+}
+
 /* sets OpenBLAS's thread count for this GEMM; returns 1 when it runs on one */
 static int gemm_threads(int64_t M, int64_t N, int64_t K) {
-  static int max_threads = 0, current = 0;
+  if (serial_mode) return 0;
   if (!max_threads) current = max_threads = openblas_get_num_threads();
   double work = (double)M * (double)N * (double)K;
   int64_t lo = M < N ? (M < K ? M : K) : (N < K ? N : K);
@@ -113,7 +126,7 @@ static void gemm_impl(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t
     M *= batch;
     batch = 1;
   }
-  int one = gemm_threads(M, N, K);
+  int one = gemm_threads(M, N, K); /* 0 in serial mode: no split either */
   gemm_call g = {.dt = dt, .M = M, .N = N, .K = K, .ldc = N, .accumulate = accumulate};
   mat_layout(M, K, sAm, sAk, &g.ta, &g.lda);
   mat_layout(K, N, sBk, sBn, &g.tb, &g.ldb);

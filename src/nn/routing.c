@@ -97,7 +97,81 @@ done:
 
 /* ---------------------------------------------------------------- grouped GEMM */
 
+/* Experts run in parallel on the thread pool, each GEMM on one OpenBLAS
+ * thread, when no expert holds much more than its share of the rows: one core
+ * per GEMM spends nothing on OpenBLAS's hand-offs. An expert with most of the
+ * rows gets every thread through OpenBLAS instead. */
+typedef struct {
+  const int64_t *counts, *offs;
+  int64_t K, N;
+  size_t es;
+  moe_dtype dt;
+  const char *x, *w, *b, *g;     /* forward: x, w, b (or NULL); backward: x, w, g */
+  char *y, *gx, *gw, *gb;        /* forward: y; backward: the gradients (or NULL) */
+} grouped_job;
+
+static int use_pool(int64_t E, const int64_t *counts, int64_t total) {
+  int nth = moe_cpu_threads();
+  if (nth < 2 || E < 2) return 0;
+  int64_t mx = 0;
+  for (int64_t e = 0; e < E; e++) mx = counts[e] > mx ? counts[e] : mx;
+  return (double)mx * nth <= 1.5 * (double)total;
+}
+
+static void run_experts(const grouped_job *j, int64_t E, int pool, moe_task_fn fn) {
+  if (pool) {
+    moe_cpu_gemm_serial(1);
+    moe_cpu_parallel((int)E, fn, (void *)j);
+    moe_cpu_gemm_serial(0);
+  } else {
+    for (int64_t e = 0; e < E; e++) fn((void *)j, (int)e);
+  }
+}
+
 /* rows of group e: y_e [m,N] = x_e [m,K] @ w_e [K,N] (+ b_e [N]) */
+static void grouped_fwd_expert(void *ctx, int e) {
+  const grouped_job *j = ctx;
+  int64_t m = j->counts[e], off = j->offs[e], K = j->K, N = j->N;
+  size_t es = j->es;
+  char *ye = j->y + (size_t)(off * N) * es;
+  const char *xe = j->x + (size_t)(off * K) * es, *we = j->w + (size_t)((int64_t)e * K * N) * es;
+  if (!m) return;
+  if (j->b) { /* rows start as the bias, then C += A B */
+    const char *be = j->b + (size_t)((int64_t)e * N) * es;
+    for (int64_t r = 0; r < m; r++) memcpy(ye + (size_t)(r * N) * es, be, (size_t)N * es);
+    moe_cpu_gemm_add(j->dt, m, N, K, xe, K, 1, we, N, 1, ye);
+  } else {
+    moe_cpu_gemm_batched(j->dt, 1, m, N, K, xe, 0, K, 1, we, 0, N, 1, ye, 0);
+  }
+}
+
+static void grouped_bwd_expert(void *ctx, int e) {
+  const grouped_job *j = ctx;
+  int64_t m = j->counts[e], off = j->offs[e], K = j->K, N = j->N;
+  size_t es = j->es;
+  const char *ge = j->g + (size_t)(off * N) * es, *we = j->w + (size_t)((int64_t)e * K * N) * es;
+  if (j->gx && m) /* gx_e [m,K] = g_e [m,N] @ w_e^T [N,K] */
+    moe_cpu_gemm_batched(j->dt, 1, m, K, N, ge, 0, N, 1, we, 0, 1, N, j->gx + (size_t)(off * K) * es, 0);
+  if (j->gw && m) /* gw_e [K,N] = x_e^T [K,m] @ g_e [m,N] */
+    moe_cpu_gemm_batched(j->dt, 1, K, N, m, j->x + (size_t)(off * K) * es, 0, 1, K, ge, 0, N, 1,
+                         j->gw + (size_t)((int64_t)e * K * N) * es, 0);
+  else if (j->gw) /* an expert without tokens gets a zero gradient */
+    memset(j->gw + (size_t)((int64_t)e * K * N) * es, 0, (size_t)(K * N) * es);
+  if (j->gb && m) { /* gb_e [N] = column sums of g_e */
+    if (j->dt == MOE_F32) {
+      const float *G = (const float *)ge;
+      float *o = (float *)j->gb + (int64_t)e * N;
+      for (int64_t r = 0; r < m; r++)
+        for (int64_t c = 0; c < N; c++) o[c] += G[r * N + c];
+    } else {
+      const double *G = (const double *)ge;
+      double *o = (double *)j->gb + (int64_t)e * N;
+      for (int64_t r = 0; r < m; r++)
+        for (int64_t c = 0; c < N; c++) o[c] += G[r * N + c];
+    }
+  }
+}
+
 static int grouped_backward(moe_node *n, const moe_tensor *g0, moe_tensor **gin) {
   const moe_tensor *x = moe_node_saved(n, 0), *w = moe_node_saved(n, 1), *cn = moe_node_saved(n, 2);
   if (!x || !w || !cn) return -1;
@@ -105,36 +179,25 @@ static int grouped_backward(moe_node *n, const moe_tensor *g0, moe_tensor **gin)
   if (!g) return -1;
   int64_t E = w->shape[0], K = w->shape[1], N = w->shape[2];
   const int64_t *counts = (const int64_t *)moe_data(cn);
-  size_t es = moe_dtype_size(x->dtype);
   int64_t bshape[2] = {E, N};
   moe_tensor *gx = moe_node_needs(n, 0) ? moe_empty(2, x->shape, x->dtype) : NULL;
   moe_tensor *gw = moe_node_needs(n, 1) ? moe_empty(3, w->shape, w->dtype) : NULL; /* each slice written below */
   moe_tensor *gb = n->nin > 2 && moe_node_needs(n, 2) ? moe_full(2, bshape, w->dtype, 0.0) : NULL;
+  int64_t *offs = malloc(sizeof(int64_t) * (size_t)(E ? E : 1));
   if ((moe_node_needs(n, 0) && !gx) || (moe_node_needs(n, 1) && !gw) ||
-      (n->nin > 2 && moe_node_needs(n, 2) && !gb)) {
+      (n->nin > 2 && moe_node_needs(n, 2) && !gb) || !offs) {
     moe_tensor_release(g); moe_tensor_release(gx); moe_tensor_release(gw); moe_tensor_release(gb);
+    free(offs);
     return -1;
   }
-  int64_t off = 0;
-  for (int64_t e = 0; e < E; e++) {
-    int64_t m = counts[e];
-    const char *ge = moe_data(g) + (size_t)(off * N) * es, *we = moe_data(w) + (size_t)(e * K * N) * es;
-    if (gx && m) /* gx_e [m,K] = g_e [m,N] @ w_e^T [N,K] */
-      moe_cpu_gemm_batched(x->dtype, 1, m, K, N, ge, 0, N, 1, we, 0, 1, N, moe_data(gx) + (size_t)(off * K) * es, 0);
-    if (gw && m) /* gw_e [K,N] = x_e^T [K,m] @ g_e [m,N] */
-      moe_cpu_gemm_batched(x->dtype, 1, K, N, m, moe_data(x) + (size_t)(off * K) * es, 0, 1, K, ge, 0, N, 1,
-                           moe_data(gw) + (size_t)(e * K * N) * es, 0);
-    else if (gw) /* an expert without tokens gets a zero gradient */
-      memset(moe_data(gw) + (size_t)(e * K * N) * es, 0, (size_t)(K * N) * es);
-    if (gb && m) { /* gb_e [N] = column sums of g_e */
-      moe_tensor rows = {.storage = g->storage, .offset = g->offset + off * N, .ndim = 2,
-                         .shape = {m, N}, .stride = {N, 1}, .dtype = g->dtype, .refcount = 1};
-      moe_tensor col = {.storage = gb->storage, .offset = gb->offset + e * N, .ndim = 1,
-                        .shape = {N}, .stride = {1}, .dtype = gb->dtype, .refcount = 1};
-      moe_cpu_sum_middle(&rows, &col, 1, m, N, 0);
-    }
-    off += m;
-  }
+  int64_t total = 0;
+  for (int64_t e = 0; e < E; e++) { offs[e] = total; total += counts[e]; }
+  grouped_job j = {.counts = counts, .offs = offs, .K = K, .N = N, .es = moe_dtype_size(x->dtype),
+                   .dt = x->dtype, .x = moe_data(x), .w = moe_data(w), .g = moe_data(g),
+                   .gx = gx ? moe_data(gx) : NULL, .gw = gw ? moe_data(gw) : NULL,
+                   .gb = gb ? moe_data(gb) : NULL};
+  run_experts(&j, E, use_pool(E, counts, total), grouped_bwd_expert);
+  free(offs);
   moe_tensor_release(g);
   gin[0] = gx;
   gin[1] = gw;
@@ -172,22 +235,21 @@ moe_tensor *moe_grouped_matmul(const moe_tensor *x0, const moe_tensor *w0, const
   moe_set_grad_enabled(prev);
   int64_t oshape[2] = {total, N};
   moe_tensor *y = w && (!b0 || b) ? moe_empty(2, oshape, x0->dtype) : NULL;
-  if (y) {
-    size_t es = moe_dtype_size(x->dtype);
-    int64_t off = 0;
-    for (int64_t e = 0; e < E; e++) {
-      char *ye = moe_data(y) + (size_t)(off * N) * es;
-      const char *xe = moe_data(x) + (size_t)(off * K) * es, *we = moe_data(w) + (size_t)(e * K * N) * es;
-      if (b) { /* rows start as the bias, then C += A B */
-        const char *be = moe_data(b) + (size_t)(e * N) * es;
-        for (int64_t r = 0; r < c[e]; r++) memcpy(ye + (size_t)(r * N) * es, be, (size_t)N * es);
-        moe_cpu_gemm_add(x->dtype, c[e], N, K, xe, K, 1, we, N, 1, ye);
-      } else {
-        moe_cpu_gemm_batched(x->dtype, 1, c[e], N, K, xe, 0, K, 1, we, 0, N, 1, ye, 0);
-      }
-      off += c[e];
-    }
+  int64_t *offs = y ? malloc(sizeof(int64_t) * (size_t)(E ? E : 1)) : NULL;
+  if (y && !offs) {
+    moe_error("grouped_matmul: out of memory");
+    moe_tensor_release(y);
+    y = NULL;
   }
+  if (y) {
+    int64_t off = 0;
+    for (int64_t e = 0; e < E; e++) { offs[e] = off; off += c[e]; }
+    grouped_job j = {.counts = c, .offs = offs, .K = K, .N = N, .es = moe_dtype_size(x->dtype),
+                     .dt = x->dtype, .x = moe_data(x), .w = moe_data(w), .b = b ? moe_data(b) : NULL,
+                     .y = moe_data(y)};
+    run_experts(&j, E, use_pool(E, c, total), grouped_fwd_expert);
+  }
+  free(offs);
   const moe_tensor *ins[3] = {x0, w0, b0};
   int nin = b0 ? 3 : 2;
   if (y && moe_ag_wants(nin, ins)) {
