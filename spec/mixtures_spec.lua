@@ -62,6 +62,23 @@ describe("gate_scale op", function()
     end
     assert.are.same({ B, E * U }, moe.gate_scale(h, g):shape())
   end)
+  it("splits large batches across threads with the same results as row by row", function()
+    local B, E, U = 600, 4, 32 -- 600 x 132 outputs: over the threshold of the parallel path
+    local h = moe.randn(B, E * U, { requires_grad = true })
+    local g = moe.rand(B, E, { requires_grad = true })
+    local go = moe.randn(B, E * U + E)
+    local out = moe.gate_scale(h, g, { relu = true, append_gate = true })
+    out:backward(go)
+    for _, r in ipairs({ 1, 137, 300, 599, 600 }) do
+      local hr = h:narrow(1, r, 1):detach():requires_grad_()
+      local gr = g:narrow(1, r, 1):detach():requires_grad_()
+      local o = moe.gate_scale(hr, gr, { relu = true, append_gate = true })
+      o:backward(go:narrow(1, r, 1))
+      assert.are.equal(0, (o - out:narrow(1, r, 1)):abs():max():item())
+      assert.is_true((hr.grad - h.grad:narrow(1, r, 1)):abs():max():item() < 1e-6)
+      assert.is_true((gr.grad - g.grad:narrow(1, r, 1)):abs():max():item() < 1e-5)
+    end
+  end)
   it("names itself and the shapes when they do not fit", function()
     local err = H.error_of(moe.gate_scale, moe.randn(2, 10), moe.randn(2, 3))
     assert.matches("gate_scale", err)

@@ -6,6 +6,7 @@
  *   g [B,E] gate weights -> out [B,U] contiguous.
  * Backward: gh[b,u,e] = g[b,e] gout[b,u];  gg[b,e] = sum_u h[b,u,e] gout[b,u]. */
 #include "../core/moe.h"
+#include "../cpu/cpu.h"
 
 #include <string.h>
 
@@ -119,21 +120,37 @@ moe_tensor *moe_mixture(const moe_tensor *h, const moe_tensor *g) {
  *   append: out gets E more columns, out[b, E*U+e] = g[b, e], so that one GEMM
  *   against [W2; b2] gives sum_e g_e (a_e W2_e + b2_e).
  * Backward: gh = act'(h) * go * g;  gg[b,e] = sum_u go[b,e*U+u] act(h[b,e*U+u]) (+ go[b,E*U+e]). */
+/* Rows are split across the thread pool from GS_PAR_MIN elements on. */
+#define GS_PAR_MIN 65536
+typedef struct {
+  int64_t B, E, U, W, parts;
+  int relu, append;
+  moe_dtype dt;
+  const char *h, *g, *go;
+  char *out, *gh, *gg;
+} gs_job;
+
 #define GS_FWD(T)                                                                         \
   do {                                                                                    \
-    const T *H = (const T *)moe_data(hc), *G = (const T *)moe_data(gc);                 \
-    T *O = (T *)moe_data(out);                                                            \
-    for (int64_t b = 0; b < B; b++) {                                                     \
+    const T *H = (const T *)j->h, *G = (const T *)j->g;                                  \
+    T *O = (T *)j->out;                                                                   \
+    for (int64_t b = b0; b < b1; b++) {                                                   \
       const T *hp = H + b * E * U, *gp = G + b * E;                                       \
       T *op = O + b * W;                                                                  \
       for (int64_t e = 0; e < E; e++) {                                                   \
         T ge = gp[e];                                                                     \
-        for (int64_t u = 0; u < U; u++) {                                                 \
-          T v = hp[e * U + u];                                                            \
-          op[e * U + u] = (relu ? (v > 0 ? v : 0) : v) * ge;                              \
+        if (j->relu) {                                                                    \
+          _Pragma("omp simd")                                                             \
+          for (int64_t u = 0; u < U; u++) {                                               \
+            T v = hp[e * U + u];                                                          \
+            op[e * U + u] = (v > 0 ? v : 0) * ge;                                         \
+          }                                                                               \
+        } else {                                                                          \
+          _Pragma("omp simd")                                                             \
+          for (int64_t u = 0; u < U; u++) op[e * U + u] = hp[e * U + u] * ge;             \
         }                                                                                 \
       }                                                                                   \
-      if (append)                                                                         \
+      if (j->append)                                                                      \
         for (int64_t e = 0; e < E; e++) op[E * U + e] = gp[e];                            \
     }                                                                                     \
   } while (0)
@@ -142,19 +159,18 @@ moe_tensor *moe_mixture(const moe_tensor *h, const moe_tensor *g) {
  * with random signs a branch per element mispredicts half the time */
 #define GS_BWD(T)                                                                         \
   do {                                                                                    \
-    const T *H = (const T *)moe_data(h), *G = (const T *)moe_data(g);                    \
-    const T *GO = (const T *)moe_data(goc);                                               \
-    T *GH = gh ? (T *)moe_data(gh) : NULL, *GG = gg ? (T *)moe_data(gg) : NULL;          \
-    for (int64_t b = 0; b < B; b++) {                                                     \
+    const T *H = (const T *)j->h, *G = (const T *)j->g, *GO = (const T *)j->go;         \
+    T *GH = (T *)j->gh, *GG = (T *)j->gg;                                                 \
+    for (int64_t b = b0; b < b1; b++) {                                                   \
       const T *gp = G + b * E;                                                            \
       for (int64_t e = 0; e < E; e++) {                                                   \
         const T *hp = H + b * E * U + e * U, *op = GO + b * W + e * U;                    \
         T ge = gp[e];                                                                     \
         if (GH) {                                                                         \
           T *ghp = GH + b * E * U + e * U;                                                \
-          if (relu) {                                                                     \
+          if (j->relu) {                                                                  \
             _Pragma("omp simd")                                                           \
-            for (int64_t u = 0; u < U; u++) {                                         \
+            for (int64_t u = 0; u < U; u++) {                                             \
               T d = op[u] * ge;                                                           \
               ghp[u] = hp[u] > 0 ? d : 0;                                                 \
             }                                                                             \
@@ -165,18 +181,38 @@ moe_tensor *moe_mixture(const moe_tensor *h, const moe_tensor *g) {
         }                                                                                 \
         if (GG) {                                                                         \
           T acc = 0;                                                                      \
-          if (relu) {                                                                     \
+          if (j->relu) {                                                                  \
             _Pragma("omp simd reduction(+ : acc)")                                        \
             for (int64_t u = 0; u < U; u++) acc += op[u] * (hp[u] > 0 ? hp[u] : 0);       \
           } else {                                                                        \
             _Pragma("omp simd reduction(+ : acc)")                                        \
             for (int64_t u = 0; u < U; u++) acc += op[u] * hp[u];                         \
           }                                                                               \
-          GG[b * E + e] = acc + (append ? GO[b * W + E * U + e] : 0);                     \
+          GG[b * E + e] = acc + (j->append ? GO[b * W + E * U + e] : 0);                  \
         }                                                                                 \
       }                                                                                   \
     }                                                                                     \
   } while (0)
+
+static void gs_fwd_part(void *ctx, int p) {
+  const gs_job *j = ctx;
+  int64_t E = j->E, U = j->U, W = j->W, b0 = j->B * p / j->parts, b1 = j->B * (p + 1) / j->parts;
+  if (j->dt == MOE_F32) GS_FWD(float);
+  else GS_FWD(double);
+}
+
+static void gs_bwd_part(void *ctx, int p) {
+  const gs_job *j = ctx;
+  int64_t E = j->E, U = j->U, W = j->W, b0 = j->B * p / j->parts, b1 = j->B * (p + 1) / j->parts;
+  if (j->dt == MOE_F32) GS_BWD(float);
+  else GS_BWD(double);
+}
+
+static void gs_run(gs_job *j, moe_task_fn fn) {
+  int nth = moe_cpu_threads();
+  j->parts = j->B * j->W >= GS_PAR_MIN && nth > 1 && j->B >= nth ? nth : 1;
+  moe_cpu_parallel((int)j->parts, fn, j);
+}
 
 static int gate_scale_backward(moe_node *n, const moe_tensor *go, moe_tensor **gin) {
   const moe_tensor *h = moe_node_saved(n, 0), *g = moe_node_saved(n, 1);
@@ -192,8 +228,10 @@ static int gate_scale_backward(moe_node *n, const moe_tensor *go, moe_tensor **g
     moe_tensor_release(gg);
     return -1;
   }
-  if (h->dtype == MOE_F32) GS_BWD(float);
-  else GS_BWD(double);
+  gs_job j = {.B = B, .E = E, .U = U, .W = W, .relu = relu, .append = append, .dt = h->dtype,
+              .h = moe_data(h), .g = moe_data(g), .go = moe_data(goc),
+              .gh = gh ? moe_data(gh) : NULL, .gg = gg ? moe_data(gg) : NULL};
+  gs_run(&j, gs_bwd_part);
   moe_tensor_release(goc);
   gin[0] = gh;
   gin[1] = gg;
@@ -215,8 +253,9 @@ moe_tensor *moe_gate_scale(const moe_tensor *h, const moe_tensor *g, int relu, i
   int64_t oshape[2] = {B, W};
   moe_tensor *out = gc ? moe_empty(2, oshape, h->dtype) : NULL;
   if (out) {
-    if (h->dtype == MOE_F32) GS_FWD(float);
-    else GS_FWD(double);
+    gs_job j = {.B = B, .E = E, .U = U, .W = W, .relu = relu, .append = append, .dt = h->dtype,
+                .h = moe_data(hc), .g = moe_data(gc), .out = moe_data(out)};
+    gs_run(&j, gs_fwd_part);
   }
   const moe_tensor *ins[2] = {h, g};
   if (out && moe_ag_wants(2, ins)) {
