@@ -1,7 +1,7 @@
 # moelua -- build, test and benchmark. `make help` lists the targets.
 CC      ?= gcc
 BUILD   ?= build
-PKGS    := luajit libedit openblas
+PKGS    := luajit libedit openblas zlib
 OPT     ?= -O3 -g
 SAN     ?=
 # recursive (=) so pkg-config runs at build time, after `deps` has installed it

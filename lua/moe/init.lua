@@ -127,7 +127,7 @@ end
 local lazy = {
   nn = "moe.nn", optim = "moe.optim", losses = "moe.losses", testing = "moe.testing",
   initializers = "moe.initializers", regularizers = "moe.initializers",
-  constraints = "moe.initializers", io = "moe.io",
+  constraints = "moe.initializers", io = "moe.io", data = "moe.data",
 }
 local lazy_fields = {
   Sequential = { "moe.model", "Sequential" }, Model = { "moe.model", "Model" },

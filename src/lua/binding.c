@@ -21,6 +21,7 @@
 #include "binding.h"
 #include "../train/optim.h"
 #include "../data/safetensors.h"
+#include "../data/csv.h"
 
 #define IBASE 1
 #define MT_NAME "moe.Tensor"
@@ -1135,6 +1136,99 @@ static int l_has_grad(lua_State *L) {
   return 1;
 }
 
+/* pointers to the strings of the list at idx (none when nil), in a userdata
+ * left on the stack; the strings live in the list, which is an argument */
+static const char **string_list(lua_State *L, int idx, const char *what, int *n) {
+  *n = 0;
+  if (lua_isnoneornil(L, idx)) return NULL;
+  luaL_checktype(L, idx, LUA_TTABLE);
+  int len = (int)lua_objlen(L, idx);
+  /* left on the stack (so the GC keeps it) until the call returns */
+  const char **v = lua_newuserdata(L, sizeof(char *) * (size_t)(len ? len : 1));
+  for (int i = 0; i < len; i++) {
+    lua_rawgeti(L, idx, i + 1);
+    if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "read_csv: %s must be a list of strings", what);
+    v[i] = lua_tostring(L, -1);
+    lua_pop(L, 1); /* the string stays alive in the list */
+  }
+  *n = len;
+  return v;
+}
+
+/* read_csv(path, header, sep, skip, names|nil, na_values, typed_names, typed_numeric) ->
+ * nrows, { {name=, values=float64 tensor} or {name=, codes=int32 tensor, levels={...}} ... } */
+static int l_read_csv(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  moe_csv_options o = {0};
+  o.header = lua_toboolean(L, 2);
+  size_t seplen;
+  const char *sep = luaL_checklstring(L, 3, &seplen);
+  if (seplen != 1) luaL_error(L, "read_csv: sep must be one character, got '%s'", sep);
+  o.sep = sep[0];
+  o.skip = check_int(L, 4, "read_csv", "skip");
+  if (o.skip < 0) luaL_error(L, "read_csv: skip must be >= 0, got %d", (int)o.skip);
+  o.names = string_list(L, 5, "columns", &o.nnames);
+  o.na = string_list(L, 6, "na_values", &o.nna);
+  o.typed = string_list(L, 7, "dtypes", &o.ntyped);
+  int nflags = 0;
+  int *flags = NULL;
+  if (o.ntyped) {
+    luaL_checktype(L, 8, LUA_TTABLE);
+    flags = lua_newuserdata(L, sizeof(int) * (size_t)o.ntyped);
+    for (int i = 0; i < o.ntyped; i++) {
+      lua_rawgeti(L, 8, i + 1);
+      flags[i] = lua_toboolean(L, -1);
+      lua_pop(L, 1);
+      nflags++;
+    }
+  }
+  o.typed_numeric = flags;
+  moe_csv_frame f;
+  if (moe_csv_read(path, &o, &f)) return raise_engine(L);
+  /* from here nothing may raise before f is freed: build tensors first */
+  moe_tensor **ts = calloc((size_t)f.ncols, sizeof *ts);
+  int ok = ts != NULL;
+  for (int c = 0; ok && c < f.ncols; c++) {
+    int64_t shape[1] = {f.nrows};
+    moe_csv_column *col = &f.cols[c];
+    ts[c] = moe_empty(1, shape, col->numeric ? MOE_F64 : MOE_I32);
+    if (!ts[c]) { ok = 0; break; }
+    if (f.nrows)
+      memcpy(moe_data(ts[c]), col->numeric ? (void *)col->values : (void *)col->codes,
+             (size_t)f.nrows * (col->numeric ? sizeof(double) : sizeof(int32_t)));
+  }
+  if (!ok) {
+    for (int c = 0; ts && c < f.ncols; c++) moe_tensor_release(ts[c]);
+    free(ts);
+    moe_csv_free(&f);
+    return luaL_error(L, "read_csv: out of memory");
+  }
+  lua_pushnumber(L, (lua_Number)f.nrows);
+  lua_createtable(L, f.ncols, 0);
+  for (int c = 0; c < f.ncols; c++) {
+    moe_csv_column *col = &f.cols[c];
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, col->name);
+    lua_setfield(L, -2, "name");
+    box_tensor(L, ts[c]);
+    ts[c] = NULL;
+    lua_setfield(L, -2, col->numeric ? "values" : "codes");
+    if (!col->numeric) {
+      lua_createtable(L, (int)col->nlevels, 0);
+      for (int64_t l = 0; l < col->nlevels; l++) {
+        lua_pushstring(L, col->levels[l]);
+        lua_rawseti(L, -2, (int)l + 1);
+      }
+      lua_setfield(L, -2, "levels");
+    }
+    lua_rawseti(L, -2, c + 1);
+  }
+  free(ts);
+  moe_csv_free(&f);
+  (void)nflags;
+  return 2;
+}
+
 /* ---------------------------------------------------------------- safetensors bytes */
 
 static int l_st_save(lua_State *L) {
@@ -1272,7 +1366,7 @@ static const luaL_Reg funcs[] = {
     {"is_tensor", l_is_tensor}, {"live", l_live}, {"cat", l_cat}, {"stack", l_stack},
     {"set_grad_enabled", l_set_grad_enabled}, {"is_grad_enabled", l_is_grad_enabled},
     {"peak_bytes", l_peak_bytes}, {"empty_cache", l_empty_cache}, {"linear", l_linear}, {"bce", l_bce}, {"mixture", l_mixture}, {"gate_scale", l_gate_scale}, {"route_plan", l_route_plan}, {"grouped_matmul", l_grouped_matmul}, {"get_flat", l_get_flat}, {"set_flat", l_set_flat}, {"optim_step", l_optim_step},
-    {"st_save", l_st_save}, {"st_read_header", l_st_read_header}, {"st_read_tensor", l_st_read_tensor},
+    {"st_save", l_st_save}, {"read_csv", l_read_csv}, {"st_read_header", l_st_read_header}, {"st_read_tensor", l_st_read_tensor},
     {NULL, NULL}};
 
 /* functions that are also tensor methods */
