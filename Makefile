@@ -34,7 +34,7 @@ $(BUILD)/libmoe.a: $(ENGINE_OBJ)
 
 $(BUILD)/moe/core.so: $(ENGINE_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) -shared -o $@ $^ $(SAN) $(shell pkg-config --libs openblas) -lm
+	$(CC) -shared -o $@ $^ $(SAN) $(shell pkg-config --libs openblas zlib) -lm -lpthread
 
 $(BUILD)/moelua: src/main.c $(BUILD)/libmoe.a $(HEADERS) Makefile | deps
 	$(CC) $(CFLAGS) -Wl,-E -o $@ src/main.c $(BUILD)/libmoe.a $(LDLIBS)
