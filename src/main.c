@@ -41,6 +41,10 @@ static void stop_hook(lua_State *L, lua_Debug *ar) {
 static void on_sigint(int sig) {
   (void)sig;
   if (in_readline) { input_cancelled = 1; return; }
+  if (moe_lua_defer && !moe_lua_deferred) { /* fit stops after the current batch */
+    moe_lua_deferred = 1;
+    return;
+  }
   if (moe_lua_interrupted) { /* the first Ctrl-C has not landed: a second one quits */
     static const char msg[] = "\nmoelua: interrupted twice, exiting\n";
     ssize_t w = write(2, msg, sizeof msg - 1);
@@ -86,6 +90,7 @@ static int docall(lua_State *L, int nargs, int nres) {
   lua_pushcfunction(L, msghandler);
   lua_insert(L, base);
   moe_lua_interrupted = 0;
+  moe_lua_defer = moe_lua_deferred = 0;
   set_sigint(on_sigint);
   int status = lua_pcall(L, nargs, nres, base);
   set_sigint(SIG_DFL);

@@ -899,6 +899,7 @@ end
 -- which needs this module first
 package.loaded["moe.nn"] = nn
 require "moe.model"
+require "moe.trainer"
 require "moe.mixtures"
 require "moe.sparse"
 

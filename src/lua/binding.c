@@ -22,6 +22,7 @@
 #include "../train/optim.h"
 #include "../data/safetensors.h"
 #include "../data/csv.h"
+#include "../train/metrics.h"
 
 #define IBASE 1
 #define MT_NAME "moe.Tensor"
@@ -29,6 +30,7 @@
 typedef struct { moe_tensor *t; } box;
 
 volatile sig_atomic_t moe_lua_interrupted = 0;
+volatile sig_atomic_t moe_lua_defer = 0, moe_lua_deferred = 0;
 /* Lua sees only the small boxes, not the tensor bytes behind them, so the
  * binding runs a full collection whenever tensor memory has grown by
  * `gc_step` since the last one. The cost of a collection scales with the Lua
@@ -1136,6 +1138,30 @@ static int l_has_grad(lua_State *L) {
   return 1;
 }
 
+/* defer_interrupts(on) -> previous: while on, a first Ctrl-C is only recorded */
+static int l_defer_interrupts(lua_State *L) {
+  lua_pushboolean(L, moe_lua_defer);
+  moe_lua_defer = lua_toboolean(L, 1);
+  if (!moe_lua_defer) moe_lua_deferred = 0;
+  return 1;
+}
+/* take_interrupt() -> whether a deferred Ctrl-C came (and clears it) */
+static int l_take_interrupt(lua_State *L) {
+  lua_pushboolean(L, moe_lua_deferred);
+  moe_lua_deferred = 0;
+  return 1;
+}
+
+/* roc_auc(y, scores[, weights]) -> number */
+static int l_roc_auc(lua_State *L) {
+  moe_tensor *y = check_tensor(L, 1, "roc_auc"), *sc = check_tensor(L, 2, "roc_auc");
+  moe_tensor *w = lua_isnoneornil(L, 3) ? NULL : check_tensor(L, 3, "roc_auc");
+  double auc;
+  if (moe_roc_auc(y, sc, w, &auc)) return raise_engine(L);
+  lua_pushnumber(L, auc);
+  return 1;
+}
+
 /* pointers to the strings of the list at idx (none when nil), in a userdata
  * left on the stack; the strings live in the list, which is an argument */
 static const char **string_list(lua_State *L, int idx, const char *what, int *n) {
@@ -1366,7 +1392,7 @@ static const luaL_Reg funcs[] = {
     {"is_tensor", l_is_tensor}, {"live", l_live}, {"cat", l_cat}, {"stack", l_stack},
     {"set_grad_enabled", l_set_grad_enabled}, {"is_grad_enabled", l_is_grad_enabled},
     {"peak_bytes", l_peak_bytes}, {"empty_cache", l_empty_cache}, {"linear", l_linear}, {"bce", l_bce}, {"mixture", l_mixture}, {"gate_scale", l_gate_scale}, {"route_plan", l_route_plan}, {"grouped_matmul", l_grouped_matmul}, {"get_flat", l_get_flat}, {"set_flat", l_set_flat}, {"optim_step", l_optim_step},
-    {"st_save", l_st_save}, {"read_csv", l_read_csv}, {"st_read_header", l_st_read_header}, {"st_read_tensor", l_st_read_tensor},
+    {"st_save", l_st_save}, {"read_csv", l_read_csv}, {"roc_auc", l_roc_auc}, {"defer_interrupts", l_defer_interrupts}, {"take_interrupt", l_take_interrupt}, {"st_read_header", l_st_read_header}, {"st_read_tensor", l_st_read_tensor},
     {NULL, NULL}};
 
 /* functions that are also tensor methods */

@@ -9,6 +9,9 @@
 
 /* set by the host's SIGINT handler; the next op that returns a tensor raises "interrupted" */
 extern volatile sig_atomic_t moe_lua_interrupted;
+/* while moe_lua_defer is set (by Lua's defer_interrupts, during fit), a first
+ * Ctrl-C only sets moe_lua_deferred, which the trainer polls between batches */
+extern volatile sig_atomic_t moe_lua_defer, moe_lua_deferred;
 int luaopen_moe_core(lua_State *L);
 moe_tensor *moe_lua_totensor(lua_State *L, int idx);
 int moe_lua_push(lua_State *L, moe_tensor *t);

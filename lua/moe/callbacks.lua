@@ -1,0 +1,237 @@
+-- moe.callbacks: Keras's training callbacks. A callback is a table with any of
+-- on_train_begin(logs), on_train_end(logs), on_epoch_begin(epoch, logs),
+-- on_epoch_end(epoch, logs), on_batch_begin(batch, logs), on_batch_end(batch, logs)
+-- (called as methods; epochs and batches count from 1); fit sets cb.model, and a
+-- callback stops training with cb.model.stop_training = true. Plain Lua tables
+-- with these functions work as callbacks too.
+local moe = require "moe"
+
+local callbacks = {}
+
+local function class(name, defaults, init)
+  local cls = { class_name = name }
+  cls.__index = cls
+  setmetatable(cls, { __call = function(c, opts)
+    opts = opts or {}
+    if type(opts) ~= "table" then error(("%s: expected a table of options"):format(name), 2) end
+    local o = setmetatable({}, c)
+    for k, v in pairs(defaults) do o[k] = v end
+    for k, v in pairs(opts) do
+      if defaults[k] == nil then
+        local names = {}
+        for n in pairs(defaults) do names[#names + 1] = n end
+        table.sort(names)
+        error(("%s: unknown option '%s' (options: %s)"):format(name, tostring(k), table.concat(names, ", ")), 2)
+      end
+      o[k] = v
+    end
+    if init then init(o) end
+    return o
+  end })
+  callbacks[name] = cls
+  return cls
+end
+
+-- mode "auto": "max" for accuracy/auc-like names, else "min"
+local function resolve_mode(self, where)
+  local m = self.mode
+  if m == "auto" then
+    local mon = self.monitor
+    m = (mon:match("acc") or mon:match("auc") or mon:match("precision") or mon:match("recall")) and "max" or "min"
+  end
+  if m ~= "min" and m ~= "max" then error(("%s: mode must be auto, min or max, got %s"):format(where, tostring(self.mode)), 3) end
+  self._mode = m
+  self.best = m == "min" and math.huge or -math.huge
+end
+
+local function improved(self, v)
+  if v ~= v then return false end
+  if self._mode == "min" then return v < self.best - self.min_delta end
+  return v > self.best + self.min_delta
+end
+
+local function monitored(self, logs, where)
+  local v = logs[self.monitor]
+  if v == nil then
+    local names = {}
+    for k in pairs(logs) do names[#names + 1] = k end
+    table.sort(names)
+    io.stderr:write(("%s: '%s' is not in the logs (%s); skipped\n"):format(where, self.monitor, table.concat(names, ", ")))
+  end
+  return v
+end
+
+-- EarlyStopping{monitor="val_loss", mode="auto", patience=0, min_delta=0, baseline,
+-- restore_best_weights=false}
+local ES = class("EarlyStopping", { monitor = "val_loss", mode = "auto", patience = 0, min_delta = 0,
+  baseline = false, restore_best_weights = false, verbose = 0 }, function(o)
+  resolve_mode(o, "EarlyStopping")
+  o.min_delta = math.abs(o.min_delta)
+end)
+function ES:on_train_begin()
+  self.wait, self.stopped_epoch, self.best_weights, self.best_epoch = 0, 0, nil, nil
+  self.best = self._mode == "min" and math.huge or -math.huge
+  if self.baseline then self.best = self.baseline end
+end
+function ES:on_epoch_end(epoch, logs)
+  local v = monitored(self, logs, "EarlyStopping")
+  if v == nil then return end
+  if improved(self, v) then
+    self.best, self.best_epoch, self.wait = v, epoch, 0
+    if self.restore_best_weights then self.best_weights = self.model:get_weights() end
+    return
+  end
+  self.wait = self.wait + 1
+  if self.wait > self.patience then
+    self.stopped_epoch = epoch
+    self.model.stop_training = true
+  end
+end
+function ES:on_train_end()
+  if self.restore_best_weights and self.best_weights and self.stopped_epoch > 0 then
+    self.model:set_weights(self.best_weights)
+    if self.verbose > 0 then print(("EarlyStopping: restored the weights of epoch %d"):format(self.best_epoch)) end
+  end
+end
+
+-- ModelCheckpoint{filepath, monitor="val_loss", mode="auto", save_best_only=false}:
+-- model:save (atomic: a temporary file renamed over the target) after each epoch,
+-- or when the monitored value improves. filepath may hold {epoch} and log names,
+-- with a format: "ckpt-{epoch}-{val_loss:.4f}.moe".
+local MC = class("ModelCheckpoint", { filepath = false, monitor = "val_loss", mode = "auto", save_best_only = false,
+  min_delta = 0, verbose = 0 }, function(o)
+  if type(o.filepath) ~= "string" then error("ModelCheckpoint: filepath (a string) is required", 3) end
+  resolve_mode(o, "ModelCheckpoint")
+end)
+local function expand(path, epoch, logs)
+  return (path:gsub("{([%w_]+):?([^}]*)}", function(name, fmt)
+    local v = name == "epoch" and epoch or logs[name]
+    if v == nil then return "{" .. name .. "}" end
+    if fmt ~= "" then return ("%" .. fmt):format(v) end
+    return tostring(v)
+  end))
+end
+function MC:on_epoch_end(epoch, logs)
+  if self.save_best_only then
+    local v = monitored(self, logs, "ModelCheckpoint")
+    if v == nil or not improved(self, v) then return end
+    self.best = v
+  end
+  local path = expand(self.filepath, epoch, logs)
+  self.model:save(path)
+  self.last_saved = path
+  if self.verbose > 0 then print(("ModelCheckpoint: saved %s"):format(path)) end
+end
+
+-- ReduceLROnPlateau{monitor="val_loss", factor=0.1, patience=10, mode="auto",
+-- min_delta=1e-4, cooldown=0, min_lr=0}: the optimizer's lr times factor after
+-- patience epochs without improvement
+local RL = class("ReduceLROnPlateau", { monitor = "val_loss", factor = 0.1, patience = 10, mode = "auto",
+  min_delta = 1e-4, cooldown = 0, min_lr = 0, verbose = 0 }, function(o)
+  if o.factor <= 0 or o.factor >= 1 then error("ReduceLROnPlateau: factor must be in (0, 1)", 3) end
+  resolve_mode(o, "ReduceLROnPlateau")
+end)
+function RL:on_train_begin() self.wait, self.cooldown_counter = 0, 0 end
+function RL:on_epoch_end(epoch, logs)
+  local v = monitored(self, logs, "ReduceLROnPlateau")
+  if v == nil then return end
+  local opt = self.model.optimizer
+  logs.lr = opt:get_lr()
+  if self.cooldown_counter > 0 then self.cooldown_counter = self.cooldown_counter - 1; self.wait = 0 end
+  if improved(self, v) then self.best, self.wait = v, 0; return end
+  if self.cooldown_counter > 0 then return end
+  self.wait = self.wait + 1
+  if self.wait >= self.patience then
+    local old = opt:get_lr()
+    local new = math.max(old * self.factor, self.min_lr)
+    if new < old then
+      opt:set_lr(new)
+      if self.verbose > 0 then print(("ReduceLROnPlateau: epoch %d, lr %g -> %g"):format(epoch, old, new)) end
+    end
+    self.cooldown_counter, self.wait = self.cooldown, 0
+  end
+end
+
+-- CSVLogger{filename, separator=",", append=false}: one row per epoch; the file is
+-- written whole after each epoch (atomic rename), so it is never half-written
+local CL = class("CSVLogger", { filename = false, separator = ",", append = false }, function(o)
+  if type(o.filename) ~= "string" then error("CSVLogger: filename (a string) is required", 3) end
+end)
+function CL:on_train_begin()
+  self.rows, self.keys = {}, nil
+  if self.append then
+    local f = io.open(self.filename, "r")
+    if f then
+      for line in f:lines() do self.rows[#self.rows + 1] = line end
+      f:close()
+    end
+  end
+end
+function CL:on_epoch_end(epoch, logs)
+  if not self.keys then
+    local ks = {}
+    for k in pairs(logs) do ks[#ks + 1] = k end
+    table.sort(ks)
+    self.keys = ks
+    if #self.rows == 0 then self.rows[1] = "epoch" .. self.separator .. table.concat(ks, self.separator) end
+  end
+  local vals = { tostring(epoch) }
+  for _, k in ipairs(self.keys) do
+    local v = logs[k]
+    vals[#vals + 1] = type(v) == "number" and ("%.10g"):format(v) or tostring(v or "")
+  end
+  self.rows[#self.rows + 1] = table.concat(vals, self.separator)
+  local tmp = self.filename .. ".tmp"
+  local f = assert(io.open(tmp, "w"))
+  f:write(table.concat(self.rows, "\n"), "\n")
+  f:close()
+  assert(os.rename(tmp, self.filename))
+end
+
+-- LearningRateScheduler{schedule = function(epoch, lr) return new_lr end}
+local LS = class("LearningRateScheduler", { schedule = false, verbose = 0 }, function(o)
+  if type(o.schedule) ~= "function" then error("LearningRateScheduler: schedule (a function of epoch, lr) is required", 3) end
+end)
+function LS:on_epoch_begin(epoch)
+  local opt = self.model.optimizer
+  local lr = self.schedule(epoch, opt:get_lr())
+  if type(lr) ~= "number" or lr ~= lr or lr < 0 then
+    error(("LearningRateScheduler: schedule returned %s for epoch %d"):format(tostring(lr), epoch), 2)
+  end
+  opt:set_lr(lr)
+end
+function LS:on_epoch_end(epoch, logs) logs.lr = self.model.optimizer:get_lr() end
+
+-- TerminateOnNaN{}: stops at the first batch whose loss is NaN or infinite
+local TN = class("TerminateOnNaN", {})
+function TN:on_batch_end(batch, logs)
+  local l = logs.loss
+  if l and (l ~= l or l == math.huge or l == -math.huge) then
+    print(("TerminateOnNaN: batch %d has loss %s"):format(batch, tostring(l)))
+    self.model.stop_training = true
+  end
+end
+
+-- LambdaCallback{on_epoch_end = function(epoch, logs) ... end, ...}: plain functions
+-- (not methods) for any hook
+local LAMBDA_HOOKS = { "on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end", "on_batch_begin",
+  "on_batch_end" }
+local LC = { class_name = "LambdaCallback" }
+LC.__index = LC
+callbacks.LambdaCallback = setmetatable(LC, { __call = function(c, opts)
+  local o = setmetatable({ fns = {} }, c)
+  for k, v in pairs(opts or {}) do
+    local ok = false
+    for _, h in ipairs(LAMBDA_HOOKS) do ok = ok or h == k end
+    if not ok or type(v) ~= "function" then
+      error(("LambdaCallback: '%s' is not a hook (%s) with a function"):format(tostring(k), table.concat(LAMBDA_HOOKS, ", ")), 2)
+    end
+    o.fns[k] = v
+  end
+  return o
+end })
+for _, hook in ipairs(LAMBDA_HOOKS) do
+  LC[hook] = function(self, ...) local f = self.fns[hook]; if f then return f(...) end end
+end
+
+return callbacks

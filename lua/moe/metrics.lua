@@ -1,0 +1,200 @@
+-- moe.metrics: evaluation metrics, as functions of whole sets and as stateful
+-- objects the trainer updates batch by batch (Keras's names and conventions).
+--
+--   moe.metrics.roc_auc(y_true, y_score)        -- exact ROC-AUC, ties as scikit-learn
+--   moe.metrics.binary_accuracy(y, p)            -- and accuracy, categorical_accuracy,
+--   moe.metrics.precision(y, p), recall, mse, mae
+--   local m = moe.metrics.get("auc"); m:update(y, p); m:result(); m:reset()
+--
+-- Stateful metrics accumulate over an epoch: counts and sums, or (for AUC) every
+-- label and score, so that the epoch's value is exact rather than a mean of
+-- per-batch values.
+local moe = require "moe"
+local core = moe.core
+
+local metrics = {}
+
+local function flat(t, what, where)
+  if not core.is_tensor(t) then t = moe.tensor(t) end
+  if t:dim() == 2 and t:size(2) == 1 then t = t:reshape(-1) end
+  if t:dim() ~= 1 then
+    error(("%s: %s must be [n] or [n, 1], got [%s]"):format(where, what, table.concat(t:shape(), ",")), 3)
+  end
+  return t
+end
+
+local function pair(y, p, where)
+  y, p = flat(y, "y_true", where), flat(p, "y_pred", where)
+  if y:numel() ~= p:numel() then
+    error(("%s: y_true has %d values and y_pred %d"):format(where, y:numel(), p:numel()), 3)
+  end
+  return y:to("float64"), p:to("float64")
+end
+
+-- exact area under the ROC curve (src/train/metrics.c); an error when only one
+-- class is present
+function metrics.roc_auc(y_true, y_score, sample_weight)
+  local y, s = pair(y_true, y_score, "roc_auc")
+  local w = sample_weight and flat(sample_weight, "sample_weight", "roc_auc"):to("float64") or nil
+  return core.roc_auc(y, s, w)
+end
+
+-- ------------------------------------------------------------------ stateful metrics
+
+local Metric = {}
+Metric.__index = Metric
+metrics.Metric = Metric
+
+local function kind(name, init, update, result)
+  local cls = setmetatable({}, { __index = Metric })
+  cls.__index = cls
+  cls.metric_name = name
+  cls.update_impl, cls.result_impl, cls.reset_impl = update, result, init
+  setmetatable(cls, { __index = Metric, __call = function(c, opts)
+    local o = setmetatable({ name = (opts and opts.name) or name, threshold = opts and opts.threshold or 0.5 }, c)
+    o:reset()
+    return o
+  end })
+  return cls
+end
+
+function Metric:reset() self:reset_impl() end
+-- y_true, y_pred: tensors of one batch (predictions are detached here)
+function Metric:update(y, p, w) self:update_impl(y, moe.is_tensor(p) and p:detach() or p, w) end
+function Metric:result() return self:result_impl() end
+
+local function weights(w, n)
+  if w == nil then return nil end
+  w = flat(w, "sample_weight", "metric")
+  if w:numel() ~= n then error(("metric: %d sample weights for %d samples"):format(w:numel(), n), 3) end
+  return w:to("float64")
+end
+
+-- mean of per-sample values v [n] (weighted)
+local function add_mean(self, v, w)
+  if w then
+    self.sum = self.sum + (v * w):sum():item()
+    self.cnt = self.cnt + w:sum():item()
+  else
+    self.sum = self.sum + v:sum():item()
+    self.cnt = self.cnt + v:numel()
+  end
+end
+local function init_mean(self) self.sum, self.cnt = 0, 0 end
+local function mean_result(self) return self.cnt > 0 and self.sum / self.cnt or 0 / 0 end
+
+-- predictions [n, k] with k > 1 are class scores; [n] / [n, 1] binary probabilities
+local function per_sample_accuracy(y, p, threshold, mode)
+  if p:dim() == 2 and p:size(2) > 1 then
+    local pred = p:argmax(2):reshape(-1)
+    local truth
+    if y:dim() == 2 and y:size(2) == p:size(2) and mode ~= "sparse" then truth = y:argmax(2):reshape(-1)
+    else truth = y:reshape(-1):to("int64") end
+    return pred:eq(truth):to("float64")
+  end
+  local yy, pp = pair(y, p, "accuracy")
+  return pp:gt(threshold):eq(yy:gt(0.5)):to("float64")
+end
+
+metrics.BinaryAccuracy = kind("binary_accuracy", init_mean, function(self, y, p, w)
+  local yy, pp = pair(y, p, "binary_accuracy")
+  add_mean(self, pp:gt(self.threshold):eq(yy:gt(0.5)):to("float64"), weights(w, yy:numel()))
+end, mean_result)
+
+metrics.Accuracy = kind("accuracy", init_mean, function(self, y, p, w)
+  local v = per_sample_accuracy(y, p, self.threshold)
+  add_mean(self, v, weights(w, v:numel()))
+end, mean_result)
+
+metrics.CategoricalAccuracy = kind("categorical_accuracy", init_mean, function(self, y, p, w)
+  if p:dim() ~= 2 then error("categorical_accuracy: y_pred must be [n, classes]", 3) end
+  local v = per_sample_accuracy(y, p, self.threshold)
+  add_mean(self, v, weights(w, v:numel()))
+end, mean_result)
+
+metrics.MeanSquaredError = kind("mse", init_mean, function(self, y, p, w)
+  local d = (p:to("float64") - y:to("float64")):square()
+  if d:dim() > 1 then d = d:reshape(d:size(1), -1):mean(2) end
+  add_mean(self, d, weights(w, d:numel()))
+end, mean_result)
+
+metrics.MeanAbsoluteError = kind("mae", init_mean, function(self, y, p, w)
+  local d = (p:to("float64") - y:to("float64")):abs()
+  if d:dim() > 1 then d = d:reshape(d:size(1), -1):mean(2) end
+  add_mean(self, d, weights(w, d:numel()))
+end, mean_result)
+
+local function init_counts(self) self.tp, self.fp, self.fn = 0, 0, 0 end
+local function count(self, y, p, w)
+  local yy, pp = pair(y, p, self.metric_name)
+  local pos, truth = pp:gt(self.threshold):to("float64"), yy:gt(0.5):to("float64")
+  local ww = weights(w, yy:numel()) or moe.ones(yy:numel(), { dtype = "float64" })
+  self.tp = self.tp + (pos * truth * ww):sum():item()
+  self.fp = self.fp + (pos * (1 - truth) * ww):sum():item()
+  self.fn = self.fn + ((1 - pos) * truth * ww):sum():item()
+end
+metrics.Precision = kind("precision", init_counts, count, function(self)
+  return self.tp + self.fp > 0 and self.tp / (self.tp + self.fp) or 0
+end)
+metrics.Recall = kind("recall", init_counts, count, function(self)
+  return self.tp + self.fn > 0 and self.tp / (self.tp + self.fn) or 0
+end)
+
+-- exact AUC over everything seen since reset (NaN while one class is missing)
+metrics.AUC = kind("auc", function(self) self.ys, self.ps, self.ws = {}, {}, {} end, function(self, y, p, w)
+  local yy, pp = pair(y, p, "auc")
+  self.ys[#self.ys + 1], self.ps[#self.ps + 1] = yy, pp
+  if w then self.ws[#self.ws + 1] = weights(w, yy:numel()) end
+end, function(self)
+  if #self.ys == 0 then return 0 / 0 end
+  local y, p = moe.cat(self.ys, 1), moe.cat(self.ps, 1)
+  local w = #self.ws == #self.ys and moe.cat(self.ws, 1) or nil
+  local ok, v = pcall(core.roc_auc, y, p, w)
+  return ok and v or 0 / 0
+end)
+
+local registry = {
+  auc = metrics.AUC, roc_auc = metrics.AUC,
+  accuracy = metrics.Accuracy, acc = metrics.Accuracy,
+  binary_accuracy = metrics.BinaryAccuracy, categorical_accuracy = metrics.CategoricalAccuracy,
+  precision = metrics.Precision, recall = metrics.Recall,
+  mse = metrics.MeanSquaredError, mean_squared_error = metrics.MeanSquaredError,
+  mae = metrics.MeanAbsoluteError, mean_absolute_error = metrics.MeanAbsoluteError,
+}
+
+-- a fresh metric object from a name or an object (kept as is)
+function metrics.get(spec)
+  if type(spec) == "string" then
+    local cls = registry[spec]
+    if not cls then
+      local names = {}
+      for k in pairs(registry) do names[#names + 1] = k end
+      table.sort(names)
+      error(("metrics: unknown metric '%s' (known: %s)"):format(spec, table.concat(names, ", ")), 2)
+    end
+    local m = cls()
+    m.name = spec == "acc" and "accuracy" or spec == "roc_auc" and "auc" or spec
+    return m
+  end
+  if type(spec) == "table" and spec.update and spec.result and spec.reset then return spec end
+  error(("metrics: expected a metric name or object, got %s"):format(type(spec)), 2)
+end
+
+-- whole-set functions of the stateful metrics
+local function as_function(cls)
+  return function(y, p, w)
+    local m = cls()
+    m:update(y, p, w)
+    return m:result()
+  end
+end
+metrics.binary_accuracy = as_function(metrics.BinaryAccuracy)
+metrics.accuracy = as_function(metrics.Accuracy)
+metrics.categorical_accuracy = as_function(metrics.CategoricalAccuracy)
+metrics.precision = as_function(metrics.Precision)
+metrics.recall = as_function(metrics.Recall)
+metrics.mse = as_function(metrics.MeanSquaredError)
+metrics.mae = as_function(metrics.MeanAbsoluteError)
+metrics.auc = metrics.roc_auc
+
+return metrics

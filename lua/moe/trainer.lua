@@ -1,0 +1,471 @@
+-- The trainer: model:fit, model:evaluate, model:predict (Keras's vocabulary).
+--
+--   model:compile{ optimizer = moe.optim.Adam{ lr = 1e-3 }, loss = "binary_crossentropy",
+--                  loss_weights = { income = 1 }, metrics = { "auc" } }
+--   local history = model:fit{ x = x, y = { income = yi, marital = ym }, batch_size = 32,
+--                              epochs = 10, validation_data = { xv, yv }, callbacks = { ... } }
+--   print(history.history.val_income_auc[#history.epoch])
+--   local logs = model:evaluate{ x = xt, y = yt }       -- { loss = ..., income_auc = ... }
+--   local p = model:predict(xt, { batch_size = 256 })   -- a tensor, or a table by output name
+--
+-- Names follow Keras: "loss", then per output (when there are several)
+-- "<output>_loss" and "<output>_<metric>", else "<metric>"; validation values
+-- get a "val_" prefix. Inputs and targets are tensors or tables of named tensors
+-- (all with the same number of rows).
+local moe = require "moe"
+local nn = require "moe.nn"
+local core = moe.core
+local ffi = require "ffi"
+
+local Module = nn.Module
+local M = {}
+
+pcall(ffi.cdef, "int isatty(int fd);")
+pcall(ffi.cdef, "typedef struct { long tv_sec; long tv_nsec; } moe_trainer_ts; int clock_gettime(int, moe_trainer_ts *);")
+local ts = ffi.new("moe_trainer_ts")
+local function now()
+  ffi.C.clock_gettime(1, ts) -- CLOCK_MONOTONIC
+  return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
+end
+M.now = now
+
+-- ------------------------------------------------------------------ data helpers
+
+local function is_tensor(v) return core.is_tensor(v) end
+
+local function rows_of(v, what)
+  if is_tensor(v) then
+    if v:dim() == 0 then error(("fit: %s is a scalar tensor; expected rows"):format(what), 4) end
+    return v:size(1)
+  end
+  if type(v) ~= "table" then error(("fit: %s must be a tensor or a table of tensors, got %s"):format(what, type(v)), 4) end
+  local n
+  for k, t in pairs(v) do
+    if not is_tensor(t) then error(("fit: %s.%s must be a tensor, got %s"):format(what, tostring(k), type(t)), 4) end
+    local r = t:size(1)
+    if n and r ~= n then
+      error(("fit: %s.%s has %d rows, other entries %d"):format(what, tostring(k), r, n), 4)
+    end
+    n = r
+  end
+  return n
+end
+
+local function take(v, idx)
+  if v == nil then return nil end
+  if is_tensor(v) then return v:index_select(1, idx) end
+  local out = {}
+  for k, t in pairs(v) do out[k] = t:index_select(1, idx) end
+  return out
+end
+
+local function narrow(v, start, len)
+  if v == nil then return nil end
+  if is_tensor(v) then return v:narrow(1, start, len) end
+  local out = {}
+  for k, t in pairs(v) do out[k] = t:narrow(1, start, len) end
+  return out
+end
+
+-- outputs as a table name -> tensor (one output: its layer's name, or "output")
+local function named_outputs(self, p)
+  if is_tensor(p) then
+    local names = self.output_names and self:output_names() or {}
+    return { [names[1] or "output"] = p }, true
+  end
+  local names = self.output_names and self:output_names() or {}
+  local out = {}
+  for k, t in pairs(p) do out[names[k] or k] = t end
+  return out, false
+end
+
+local function target_for(y, name, k, single)
+  if is_tensor(y) then return y end
+  if y[name] ~= nil then return y[name] end
+  if k ~= nil and y[k] ~= nil then return y[k] end
+  if single then local _, v = next(y); return v end
+  return nil
+end
+
+-- ------------------------------------------------------------------ compiled metrics
+
+-- per output, a list of fresh metric objects from compile's metrics option
+local function build_metrics(self, outs)
+  local spec = self._compile_config and self._compile_config.metrics or {}
+  local metrics = require "moe.metrics"
+  local by_out = {}
+  local keyed = false
+  for k in pairs(spec) do if type(k) == "string" then keyed = true end end
+  for name in pairs(outs) do
+    local list = keyed and (spec[name] or {}) or spec
+    if type(list) == "string" or (type(list) == "table" and list.update) then list = { list } end
+    local ms = {}
+    for i, s in ipairs(list) do ms[i] = metrics.get(s) end
+    by_out[name] = ms
+  end
+  return by_out
+end
+
+local function sorted_keys(t)
+  local ks = {}
+  for k in pairs(t) do ks[#ks + 1] = k end
+  table.sort(ks, function(a, b) return tostring(a) < tostring(b) end)
+  return ks
+end
+
+-- running state of one pass (train or evaluate) over batches
+local function new_pass(self, outs_example)
+  return { loss_sum = 0, out_loss = {}, n = 0, metrics = nil }
+end
+
+local function pass_update(self, st, logits_named, single, y, sw, total, parts, nb)
+  st.loss_sum = st.loss_sum + total * nb
+  st.n = st.n + nb
+  for name, l in pairs(parts) do
+    st.out_loss[name] = (st.out_loss[name] or 0) + l:item() * nb
+  end
+  if not st.metrics then st.metrics = build_metrics(self, logits_named) end
+  for name, ms in pairs(st.metrics) do
+    local yt = target_for(y, name, nil, single)
+    local w = sw
+    if type(w) == "table" and not is_tensor(w) then w = w[name] end
+    for _, m in ipairs(ms) do m:update(yt, logits_named[name], w) end
+  end
+end
+
+local function pass_logs(st, single, prefix, logs)
+  logs = logs or {}
+  prefix = prefix or ""
+  logs[prefix .. "loss"] = st.n > 0 and st.loss_sum / st.n or 0 / 0
+  local multi = not single
+  if multi then
+    for name, s in pairs(st.out_loss) do logs[prefix .. name .. "_loss"] = s / st.n end
+  end
+  for name, ms in pairs(st.metrics or {}) do
+    for _, m in ipairs(ms) do
+      logs[prefix .. (multi and (name .. "_") or "") .. m.name] = m:result()
+    end
+  end
+  return logs
+end
+
+-- ------------------------------------------------------------------ progress display
+
+local function fmt_logs(logs, skip_val)
+  local parts = {}
+  for _, k in ipairs(sorted_keys(logs)) do
+    local v = logs[k]
+    if type(v) == "number" and not (skip_val and k:sub(1, 4) == "val_") then
+      parts[#parts + 1] = ("%s %.4f"):format(k, v)
+    end
+  end
+  -- loss first, then the rest alphabetically
+  table.sort(parts, function(a, b)
+    local la, lb = a:match("^loss ") ~= nil, b:match("^loss ") ~= nil
+    if la ~= lb then return la end
+    local va, vb = a:match("^val_") ~= nil, b:match("^val_") ~= nil
+    if va ~= vb then return vb end
+    return a < b
+  end)
+  return table.concat(parts, "  ")
+end
+
+local function progress(verbose)
+  local tty = verbose == 1 and ffi.C.isatty(1) == 1
+  local p = { verbose = verbose, tty = tty, last = 0 }
+  function p:batch(epoch, epochs, b, nb, seen, t0, logs)
+    if not self.tty then return end
+    local t = now()
+    if t - self.last < 0.1 and b < nb then return end
+    self.last = t
+    local el = t - t0
+    local eta = b > 0 and el / b * (nb - b) or 0
+    local width = 20
+    local done = math.floor(width * b / nb)
+    io.stdout:write(("\rEpoch %d/%d %4d/%d [%s%s] ETA %4.1fs %7.0f samples/s  %s\27[K"):format(epoch, epochs, b, nb,
+      string.rep("=", done), string.rep(".", width - done), eta, el > 0 and seen / el or 0, fmt_logs(logs)))
+    io.stdout:flush()
+  end
+  function p:epoch_end(epoch, epochs, seconds, n, logs)
+    if self.verbose == 0 then return end
+    if self.tty then io.stdout:write("\r\27[K") end
+    io.stdout:write(("Epoch %d/%d  %.2fs  %.0f samples/s  %s\n"):format(epoch, epochs, seconds,
+      seconds > 0 and n / seconds or 0, fmt_logs(logs)))
+    io.stdout:flush()
+  end
+  return p
+end
+
+
+-- ------------------------------------------------------------------ History
+
+local History = {}
+History.__index = History
+M.History = History
+local function new_history() return setmetatable({ history = {}, epoch = {}, params = {} }, History) end
+function History:on_epoch_end(epoch, logs)
+  self.epoch[#self.epoch + 1] = epoch
+  for k, v in pairs(logs) do
+    local h = self.history[k]
+    if not h then h = {}; self.history[k] = h end
+    h[#self.epoch] = v
+  end
+end
+-- the last value of a logged quantity
+function History:last(name)
+  local h = self.history[name]
+  return h and h[#self.epoch] or nil
+end
+
+-- ------------------------------------------------------------------ callbacks
+
+local HOOKS = { "on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end", "on_batch_begin",
+                "on_batch_end", "on_test_begin", "on_test_end" }
+
+local function call_hooks(cbs, hook, ...)
+  for _, cb in ipairs(cbs) do
+    local f = cb[hook]
+    if f then f(cb, ...) end
+  end
+end
+
+local function class_weights(cw, y, where)
+  -- per-sample weights from class weights (class index 0, 1, ... as Keras counts them)
+  if not is_tensor(y) then error(("%s: class_weight needs a tensor target"):format(where), 4) end
+  local idx
+  if y:dim() == 2 and y:size(2) > 1 then idx = y:argmax(2):reshape(-1) - 1
+  else idx = y:reshape(-1):round():to("int64") end
+  local n = idx:numel()
+  local lo, hi = n > 0 and idx:min():item() or 0, n > 0 and idx:max():item() or 0
+  local map = {}
+  for c = lo, hi do
+    local w = cw[c]
+    if w == nil then w = 1 end
+    map[#map + 1] = w
+  end
+  return moe.tensor(map):index_select(1, idx - lo + 1)
+end
+
+-- ------------------------------------------------------------------ fit
+
+local function check_opts(opts, allowed, where)
+  if type(opts) ~= "table" then error(("%s: expected one table of options"):format(where), 3) end
+  for k in pairs(opts) do
+    if not allowed[k] then
+      local names = sorted_keys(allowed)
+      error(("%s: unknown option '%s' (options: %s)"):format(where, tostring(k), table.concat(names, ", ")), 3)
+    end
+  end
+end
+
+local FIT_OPTS = { x = true, y = true, batch_size = true, epochs = true, validation_data = true,
+  validation_split = true, shuffle = true, sample_weight = true, class_weight = true, callbacks = true,
+  verbose = true, initial_epoch = true, seed = true, steps_per_epoch = true }
+
+local function positive_int(v, name, where)
+  if type(v) ~= "number" or v < 1 or v ~= math.floor(v) then
+    error(("%s: %s must be a positive integer, got %s"):format(where, name, tostring(v)), 4)
+  end
+end
+
+-- one forward/backward/update on a batch; returns loss number, parts, named outputs
+local function train_step(self, xb, yb, swb)
+  local p = self(xb)
+  local total, parts = self:compute_loss(yb, p, swb)
+  self:zero_grad()
+  total:backward()
+  self.optimizer:step(self._params_cache.list)
+  return total:item(), parts, p
+end
+
+function Module:fit(opts)
+  check_opts(opts, FIT_OPTS, "fit")
+  if not rawget(self, "_loss_fns") then error(("fit: %s \"%s\": call compile{...} first"):format(self.class_name, self.name), 2) end
+  local x, y = opts.x, opts.y
+  if x == nil or y == nil then error("fit: x and y are required", 2) end
+  local n = rows_of(x, "x")
+  local ny = rows_of(y, "y")
+  if ny ~= n then error(("fit: x has %d rows but y has %d"):format(n, ny), 2) end
+  local batch = opts.batch_size or 32
+  positive_int(batch, "batch_size", "fit")
+  local epochs = opts.epochs or 1
+  positive_int(epochs, "epochs", "fit")
+  local initial = opts.initial_epoch or 0
+  local sw = opts.sample_weight
+  if sw ~= nil and rows_of(sw, "sample_weight") ~= n then error("fit: sample_weight must have one value per row", 2) end
+  if opts.class_weight then
+    local cwsw
+    if is_tensor(y) then cwsw = class_weights(opts.class_weight, y, "fit")
+    else
+      cwsw = {}
+      for name, cw in pairs(opts.class_weight) do cwsw[name] = class_weights(cw, y[name], "fit") end
+    end
+    if sw == nil then sw = cwsw
+    elseif is_tensor(sw) and is_tensor(cwsw) then sw = sw:reshape(-1) * cwsw
+    else error("fit: combine sample_weight and class_weight with one output only", 2) end
+  end
+  -- validation data: given, or the last validation_split of the rows (before shuffling)
+  local vx, vy, vsw
+  if opts.validation_data then
+    local v = opts.validation_data
+    vx, vy, vsw = v[1] or v.x, v[2] or v.y, v[3] or v.sample_weight
+    if vx == nil or vy == nil then error("fit: validation_data must be {x, y} (or {x = ..., y = ...})", 2) end
+  elseif opts.validation_split then
+    local f = opts.validation_split
+    if type(f) ~= "number" or f <= 0 or f >= 1 then error("fit: validation_split must be in (0, 1)", 2) end
+    local nv = math.floor(n * f)
+    if nv < 1 or nv >= n then error(("fit: validation_split %g of %d rows leaves no data on one side"):format(f, n), 2) end
+    vx, vy, vsw = narrow(x, n - nv + 1, nv), narrow(y, n - nv + 1, nv), narrow(sw, n - nv + 1, nv)
+    x, y, sw = narrow(x, 1, n - nv), narrow(y, 1, n - nv), narrow(sw, 1, n - nv)
+    n = n - nv
+  end
+  local verbose = opts.verbose
+  if verbose == nil or verbose == "auto" then verbose = 1 end
+  local show = progress(verbose)
+  local history = new_history()
+  history.params = { epochs = epochs, batch_size = batch, samples = n }
+  local cbs = { history }
+  for _, cb in ipairs(opts.callbacks or {}) do
+    if type(cb) ~= "table" then error("fit: callbacks must be a list of callback tables", 2) end
+    cbs[#cbs + 1] = cb
+  end
+  for _, cb in ipairs(cbs) do rawset(cb, "model", self) end
+  rawset(self, "stop_training", false)
+  rawset(self, "history", history)
+  local data = require "moe.data"
+  local nb = math.ceil(n / batch)
+  if opts.steps_per_epoch then positive_int(opts.steps_per_epoch, "steps_per_epoch", "fit"); nb = math.min(nb, opts.steps_per_epoch) end
+  local was_deferred = core.defer_interrupts(true)
+  local stop_reason
+  local ok, err = pcall(function()
+    call_hooks(cbs, "on_train_begin", {})
+    for epoch = initial + 1, initial + epochs do
+      local epoch_logs = {}
+      call_hooks(cbs, "on_epoch_begin", epoch, epoch_logs)
+      self:training()
+      local st = new_pass(self)
+      local t0 = now()
+      local b = 0
+      local single
+      for idx in data.batches(n, batch, { shuffle = opts.shuffle ~= false, seed = opts.seed and (opts.seed * 100003 + epoch) or nil }) do
+        b = b + 1
+        if b > nb then break end
+        local batch_logs = { batch = b, size = idx:numel() }
+        call_hooks(cbs, "on_batch_begin", b, batch_logs)
+        local xb, yb, swb = take(x, idx), take(y, idx), take(sw, idx)
+        local loss, parts, p = train_step(self, xb, yb, swb)
+        if loss ~= loss or loss == math.huge or loss == -math.huge then
+          stop_reason = ("fit: the loss is %s at epoch %d, batch %d: training stopped"):format(tostring(loss), epoch, b)
+          rawset(self, "stop_training", true)
+          io.stderr:write(stop_reason .. "\n")
+          break
+        end
+        local named
+        named, single = named_outputs(self, p)
+        moe.no_grad(function() pass_update(self, st, named, single, yb, swb, loss, parts, idx:numel()) end)
+        batch_logs.loss = loss
+        call_hooks(cbs, "on_batch_end", b, batch_logs)
+        show:batch(epoch, initial + epochs, b, nb, st.n, t0, { loss = st.loss_sum / st.n })
+        if core.take_interrupt() then
+          stop_reason = ("fit: interrupted at epoch %d, batch %d: training stopped"):format(epoch, b)
+          io.stderr:write("\n" .. stop_reason .. "\n")
+          rawset(self, "stop_training", true)
+          break
+        end
+        if self.stop_training then break end
+      end
+      pass_logs(st, single, "", epoch_logs)
+      if vx ~= nil and not stop_reason then
+        local vl = self:evaluate { x = vx, y = vy, sample_weight = vsw, batch_size = math.max(batch, 256), verbose = 0 }
+        for k, v in pairs(vl) do epoch_logs["val_" .. k] = v end
+      end
+      if stop_reason and st.n == 0 then break end
+      show:epoch_end(epoch, initial + epochs, now() - t0, st.n, epoch_logs)
+      call_hooks(cbs, "on_epoch_end", epoch, epoch_logs)
+      if self.stop_training then break end
+    end
+    call_hooks(cbs, "on_train_end", {})
+  end)
+  core.defer_interrupts(was_deferred)
+  self:training()
+  if not ok then error(err, 0) end
+  history.stopped = stop_reason
+  return history
+end
+
+-- ------------------------------------------------------------------ evaluate / predict
+
+local EVAL_OPTS = { x = true, y = true, batch_size = true, sample_weight = true, verbose = true, callbacks = true }
+
+local set_mode_eval = Module.evaluate -- evaluate() with no arguments: evaluation mode, as before
+
+-- evaluate{x, y, batch_size=256, sample_weight} -> { loss = ..., <metric> = ... } (Keras's
+-- names); evaluate() with no arguments switches to evaluation mode (like eval())
+function Module:evaluate(opts)
+  if opts == nil then return set_mode_eval(self) end
+  check_opts(opts, EVAL_OPTS, "evaluate")
+  if not rawget(self, "_loss_fns") then error(("evaluate: %s \"%s\": call compile{...} first"):format(self.class_name, self.name), 2) end
+  local x, y = opts.x, opts.y
+  if x == nil or y == nil then error("evaluate: x and y are required", 2) end
+  local n = rows_of(x, "x")
+  if rows_of(y, "y") ~= n then error("evaluate: x and y have different numbers of rows", 2) end
+  local batch = opts.batch_size or 256
+  positive_int(batch, "batch_size", "evaluate")
+  local was = self._training
+  set_mode_eval(self)
+  local cbs = opts.callbacks or {}
+  call_hooks(cbs, "on_test_begin", {})
+  local st, single = new_pass(self), true
+  local ok, err = pcall(moe.no_grad, function()
+    for start = 1, n, batch do
+      local len = math.min(batch, n - start + 1)
+      local xb, yb, swb = narrow(x, start, len), narrow(y, start, len), narrow(opts.sample_weight, start, len)
+      local p = self(xb)
+      local total, parts = self:compute_loss(yb, p, swb)
+      local named
+      named, single = named_outputs(self, p)
+      pass_update(self, st, named, single, yb, swb, total:item(), parts, len)
+    end
+  end)
+  if was then self:training() end
+  if not ok then error(err, 0) end
+  local logs = pass_logs(st, single, "")
+  call_hooks(cbs, "on_test_end", logs)
+  return logs
+end
+function Module:eval() return set_mode_eval(self) end
+
+-- predict(x[, {batch_size = 256}]): outputs in evaluation mode, without recording;
+-- a tensor, or (several outputs) a table keyed by output name
+function Module:predict(x, opts)
+  opts = opts or {}
+  local n = rows_of(x, "x")
+  local batch = opts.batch_size or 256
+  positive_int(batch, "batch_size", "predict")
+  local was = self._training
+  set_mode_eval(self)
+  local chunks = {}
+  local ok, err = pcall(moe.no_grad, function()
+    for start = 1, math.max(n, 1), batch do
+      local len = math.min(batch, n - start + 1)
+      if len <= 0 then break end
+      chunks[#chunks + 1] = self(narrow(x, start, len))
+    end
+  end)
+  if was then self:training() end
+  if not ok then error(err, 0) end
+  if #chunks == 0 then return nil end
+  if is_tensor(chunks[1]) then
+    return #chunks == 1 and chunks[1] or moe.cat(chunks, 1)
+  end
+  local names = self.output_names and self:output_names() or {}
+  local out = {}
+  for k in pairs(chunks[1]) do
+    local parts = {}
+    for i, c in ipairs(chunks) do parts[i] = c[k] end
+    out[names[k] or k] = #parts == 1 and parts[1] or moe.cat(parts, 1)
+  end
+  return out
+end
+
+return M

@@ -1,0 +1,14 @@
+/* metrics.h -- evaluation metrics that need the whole set at once. */
+#ifndef MOE_METRICS_H
+#define MOE_METRICS_H
+#include "../core/moe.h"
+
+/* Exact area under the ROC curve of scores s against binary labels y (any
+ * numeric 1-D tensors of one length n; a label is positive when non-zero),
+ * optionally weighted per sample by w (NULL: all 1). Tied scores move the
+ * curve diagonally (trapezoids), as scikit-learn's roc_auc_score does, which
+ * equals the Mann-Whitney statistic with average ranks. Returns 0 and *auc,
+ * or -1 with an error: mismatched shapes, NaN scores, negative weights, or a
+ * single class present (the area is then undefined). */
+int moe_roc_auc(const moe_tensor *y, const moe_tensor *s, const moe_tensor *w, double *auc);
+#endif
