@@ -82,7 +82,7 @@ function ES:on_epoch_end(epoch, logs)
     return
   end
   self.wait = self.wait + 1
-  if self.wait > self.patience then
+  if self.wait >= self.patience then -- Keras: patience epochs without improvement, then stop
     self.stopped_epoch = epoch
     self.model.stop_training = true
   end

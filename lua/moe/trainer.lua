@@ -229,11 +229,13 @@ local function call_hooks(cbs, hook, ...)
   end
 end
 
+-- per-sample weights from class weights keyed by label: the label value of a
+-- [n] / [n, 1] target (0 and 1 for binary labels, 1-based ids for sparse ones),
+-- the 1-based class of a one-hot target; classes not listed weigh 1
 local function class_weights(cw, y, where)
-  -- per-sample weights from class weights (class index 0, 1, ... as Keras counts them)
   if not is_tensor(y) then error(("%s: class_weight needs a tensor target"):format(where), 4) end
   local idx
-  if y:dim() == 2 and y:size(2) > 1 then idx = y:argmax(2):reshape(-1) - 1
+  if y:dim() == 2 and y:size(2) > 1 then idx = y:argmax(2):reshape(-1)
   else idx = y:reshape(-1):round():to("int64") end
   local n = idx:numel()
   local lo, hi = n > 0 and idx:min():item() or 0, n > 0 and idx:max():item() or 0
