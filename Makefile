@@ -44,7 +44,7 @@ $(BUILD)/test_engine: spec/c/test_engine.c $(BUILD)/libmoe.a $(HEADERS) | deps
 
 # the main job: a first model on the bundled census-income data
 run: all
-	$(BUILD)/moelua run models/census_mlp.lua
+	$(BUILD)/moelua run models/mmoe_census.lua
 
 # C checks, then every busted spec; the last line is "N passed, N failed"
 test: all $(BUILD)/test_engine
@@ -66,7 +66,7 @@ clean:
 
 help:
 	@echo "make            build build/moelua and build/moe/core.so (installs missing Debian packages)"
-	@echo "make run        train models/census_mlp.lua on data/census-income.test.gz"
+	@echo "make run        train models/mmoe_census.lua (the MMoE seed) on data/census-income.test.gz"
 	@echo "make test       C checks + busted specs, ending in 'N passed, N failed'"
 	@echo "make asan-test  the same under AddressSanitizer/UBSan"
 	@echo "make bench      benchmarks against OpenBLAS sgemm (results: bench/README.md)"

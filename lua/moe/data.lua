@@ -21,18 +21,26 @@ local data = {}
 -- A small generator of its own (xorshift64*), so that splits and shuffles are
 -- reproducible from their seed without touching moe's global generator.
 local ffi = require "ffi"
-local function rng(seed)
+local function raw(seed)
   local s = ffi.new("uint64_t[1]", (tonumber(seed) or 1) * 2654435761 + 0x9E3779B97F4A7C15ULL)
   if s[0] == 0 then s[0] = 1 end
-  return function(n) -- uniform integer in 1..n
+  return function() -- 53 random bits
     local x = s[0]
     x = bit.bxor(x, bit.rshift(x, 12))
     x = bit.bxor(x, bit.lshift(x, 25))
     x = bit.bxor(x, bit.rshift(x, 27))
     s[0] = x
-    local r = x * 2685821657736338717ULL
-    return tonumber(bit.rshift(r, 11) % n) + 1
+    return bit.rshift(x * 2685821657736338717ULL, 11)
   end
+end
+local function rng(seed)
+  local r = raw(seed)
+  return function(n) return tonumber(r() % n) + 1 end -- uniform integer in 1..n
+end
+-- uniform(seed): a function drawing numbers uniform in (0, 1)
+function data.uniform(seed)
+  local r = raw(seed)
+  return function() return (tonumber(r()) + 0.5) * 2 ^ -53 end
 end
 
 -- 1..n in an order drawn from seed (Fisher-Yates)
