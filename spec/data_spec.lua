@@ -185,3 +185,62 @@ describe("FeatureEncoder", function()
     assert.matches("is categorical", H.error_of(enc.fit, data.FeatureEncoder { numeric = { "color" } }, f))
   end)
 end)
+
+describe("datasets", function()
+  it("census_income: the paper's tasks, labels from the raw columns, no label leaks into the inputs", function()
+    local ds = moe.datasets.census_income { seed = 1 }
+    assert.equal(49881, ds.train.x:size(1)); assert.equal(24940, ds.val.x:size(1)); assert.equal(24941, ds.test.x:size(1))
+    assert.equal(ds.num_features, ds.train.x:size(2))
+    assert.same({ "income", "never_married" }, ds.task_names)
+    for _, name in ipairs(ds.feature_names) do
+      assert.is_nil(name:match("^marital_stat"), name)
+      assert.is_nil(name:match("^income_50k"), name)
+      assert.is_nil(name:match("^instance_weight"), name)
+    end
+    -- labels against a count over the raw file (every row lands in one split)
+    local f = data.read_csv("data/census-income.test.gz", { header = false })
+    local rich, single = 0, 0
+    for _, v in ipairs(f:column("42")) do if v == "50000+." then rich = rich + 1 end end
+    for _, v in ipairs(f:column("8")) do if v == "Never married" then single = single + 1 end end
+    local function total(task)
+      local s = 0
+      for _, part in ipairs { ds.train, ds.val, ds.test } do s = s + part.y[task]:sum():item() end
+      return s
+    end
+    assert.equal(rich, total("income"))
+    assert.equal(single, total("never_married"))
+    assert.equal(43143, single)
+    -- numerics standardised on the training rows
+    local age = ds.train.x:select(2, 1)
+    assert.is_near(0, age:mean():item(), 1e-4)
+    assert.is_near(1, age:std():item(), 1e-3)
+    assert.is_true(ds.train.sample_weight:min():item() > 0)
+    -- group 2: education becomes a label and leaves the inputs
+    local g2 = moe.datasets.census_income { tasks = { "education", "never_married" } }
+    for _, name in ipairs(g2.feature_names) do assert.is_nil(name:match("^education="), name) end
+    assert.matches("unknown task 'age'", H.error_of(moe.datasets.census_income, { tasks = { "age" } }))
+  end)
+
+  it("synthetic: reproducible by seed, label correlation follows the weights' cosine", function()
+    local a = moe.datasets.synthetic { n = 3000, correlation = 0.9, seed = 4 }
+    local b = moe.datasets.synthetic { n = 3000, correlation = 0.9, seed = 4 }
+    assert.equal(0, (a.x - b.x):abs():max():item())
+    assert.same({ 3000, 100 }, a.x:shape())
+    assert.same({ 3000, 1 }, a.y.y1:shape())
+    local function cos(u, v) return (u * v):sum():item() / math.sqrt((u * u):sum():item() * (v * v):sum():item()) end
+    assert.is_near(0.9, cos(a.w1, a.w2), 1e-5)
+    local function corr(t)
+      local y1, y2 = t.y.y1:view(-1), t.y.y2:view(-1)
+      y1, y2 = y1 - y1:mean(), y2 - y2:mean()
+      return cos(y1, y2)
+    end
+    -- (how far the labels follow depends on the draw of alpha and beta: some draws
+    -- flatten the sine sum, and noise dominates; seed 1 is an ordinary one)
+    local c = {}
+    for i, r in ipairs { 0, 0.5, 0.9 } do c[i] = corr(moe.datasets.synthetic { n = 3000, correlation = r, seed = 1 }) end
+    assert.is_true(math.abs(c[1]) < 0.1 and c[2] > 0.3 and c[3] > c[2] + 0.2, table.concat(c, " "))
+    local same = moe.datasets.synthetic { n = 500, correlation = 1, noise = 0, seed = 2 }
+    assert.is_true((same.y.y1 - same.y.y2):abs():max():item() < 1e-5)
+    assert.matches("correlation must be in", H.error_of(moe.datasets.synthetic, { correlation = 2 }))
+  end)
+end)
