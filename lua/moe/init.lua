@@ -128,7 +128,7 @@ local lazy = {
   nn = "moe.nn", optim = "moe.optim", losses = "moe.losses", testing = "moe.testing",
   initializers = "moe.initializers", regularizers = "moe.initializers",
   constraints = "moe.initializers", io = "moe.io", data = "moe.data",
-  metrics = "moe.metrics", callbacks = "moe.callbacks", datasets = "moe.datasets",
+  metrics = "moe.metrics", callbacks = "moe.callbacks", datasets = "moe.datasets", plot = "moe.plot",
 }
 local lazy_fields = {
   Sequential = { "moe.model", "Sequential" }, Model = { "moe.model", "Model" },
