@@ -1,0 +1,77 @@
+-- A small token model with the sparse MoeLayer (TF Model Garden semantics):
+-- Embedding -> x + MoeLayer(x) -> LayerNormalization -> Dense(vocab), trained to
+-- map every token of a random sequence through a fixed random permutation of
+-- the vocabulary (a per-token lookup that experts can split between them; the
+-- point is the router's behaviour, the task itself is easy).
+-- Runs the tokens-choose top-2 router and the experts-choose router, printing
+-- the router's metrics after each epoch.
+--
+--   moelua run models/switch_moe.lua [--epochs 6] [--router both|tokens|experts] [--experts 8]
+--                                     [--n 2000] [--seed 1] [--plot DIR] [--smoke]
+local moe = require "moe"
+local nn = moe.nn
+local cli = require "moe.cli"
+local data = moe.data
+
+local opts = cli.parse(arg, { epochs = 6, router = "both", experts = 8, n = 2000, seq_len = 32, vocab = 64,
+  hidden = 64, d_ff = 128, seed = 1, batch_size = 32, lr = 3e-3, device = "cpu", plot = "", smoke = false },
+  "moelua run models/switch_moe.lua [options]")
+cli.check_device(opts.device)
+if opts.smoke then opts.epochs, opts.n = 1, 256 end
+local V, S, E = opts.vocab, opts.seq_len, opts.experts
+
+moe.manual_seed(opts.seed)
+local perm = moe.tensor(data.permutation(V, opts.seed), { dtype = "int64" })
+local tokens = moe.randint(1, V, { opts.n, S }, { dtype = "int64" }) -- inclusive
+local targets = perm:index_select(1, tokens:reshape(-1)):view(opts.n, S)
+local ntr = math.floor(opts.n * 0.9)
+print(("synthetic sequences: %d x %d tokens, vocabulary %d; train %d, test %d"):format(opts.n, S, V, ntr, opts.n - ntr))
+
+local function build(kind)
+  moe.manual_seed(opts.seed)
+  local router = kind == "tokens"
+    and nn.TokensChooseMaskedRouter { num_experts = E, num_selected_experts = 2, router_z_loss_weight = 1e-3,
+      load_balancing_loss_weight = 1e-2, jitter_noise = 0.01 }
+    or nn.ExpertsChooseMaskedRouter { num_experts = E, router_z_loss_weight = 1e-3, jitter_noise = 0.01 }
+  local moe_layer = nn.MoeLayer { experts = nn.FeedForwardExperts { num_experts = E, d_ff = opts.d_ff },
+    router = router, train_capacity_factor = 1.25, eval_capacity_factor = 2.0, name = "moe" }
+  local inp = moe.Input { shape = { S }, dtype = "int64" }
+  local h = nn.Embedding { input_dim = V, output_dim = opts.hidden }(inp)
+  h = nn.LayerNormalization {}(nn.Add {} { h, moe_layer(h) })
+  local model = moe.Model { inputs = inp, outputs = nn.Dense { units = V, name = "logits" }(h), name = "switch_" .. kind }
+  local sce = moe.losses.sparse_categorical_crossentropy
+  model:compile { optimizer = moe.optim.Adam { lr = opts.lr },
+    loss = function(y, p, o) return sce(y, p, { from_logits = true, sample_weight = o and o.sample_weight }) end }
+  return model, moe_layer
+end
+
+local function token_accuracy(model, x, y)
+  local p = model:predict(x, { batch_size = 256 })
+  return p:argmax(3):eq(y):float():mean():item()
+end
+
+local kinds = opts.router == "both" and { "tokens", "experts" } or { opts.router }
+for _, kind in ipairs(kinds) do
+  if kind ~= "tokens" and kind ~= "experts" then error("--router must be tokens, experts or both", 0) end
+  local model, layer = build(kind)
+  print(("\n%s-choose routing (%d experts%s)"):format(kind, E, kind == "tokens" and ", top-2" or ""))
+  local show = { on_epoch_end = function(_, epoch, logs)
+    local m = layer:metrics() -- of the epoch's last batch (experts-choose has no load-balancing loss)
+    local parts = { ("epoch %d  loss %.4f"):format(epoch, logs.loss) }
+    for _, k in ipairs { "load_balancing_loss", "router_z_loss", "fraction_tokens_left_behind", "router_confidence",
+                         "expert_usage" } do
+      if m[k] then parts[#parts + 1] = ("%s %.4f"):format(k, m[k]) end
+    end
+    print(table.concat(parts, "  "))
+  end }
+  model:fit { x = tokens:narrow(1, 1, ntr), y = targets:narrow(1, 1, ntr), epochs = opts.epochs,
+    batch_size = opts.batch_size, verbose = 0, callbacks = { show }, seed = opts.seed }
+  local acc = token_accuracy(model, tokens:narrow(1, ntr + 1, opts.n - ntr), targets:narrow(1, ntr + 1, opts.n - ntr))
+  print(("%s-choose: test token accuracy %.4f"):format(kind, acc))
+  if opts.plot ~= "" then
+    os.execute("mkdir -p " .. opts.plot)
+    model:predict(tokens:narrow(1, 1, 64))
+    print("wrote " .. moe.plot.tokens_per_expert(layer.last_plan.counts, opts.plot .. "/tokens_" .. kind .. ".svg",
+      { title = kind .. "-choose: tokens per expert" }))
+  end
+end
