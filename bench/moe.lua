@@ -72,5 +72,39 @@ elseif case == "tabular" then
   for _ = 1, 10 do step() end
   local t = best(step, quick and 20 or 100, 3)
   print(("tabular_samples_per_s\t%.1f"):format(batch / t))
+elseif case == "fit_overhead" then
+  -- the trainer's cost beyond the kernels: fit{} (shuffled batch gather, forward,
+  -- backward, optimizer step, loss and AUC accumulation, progress bookkeeping)
+  -- against a bare loop of train_on_batch over batches gathered beforehand
+  local n, batch = 32768, 32
+  local x = moe.Input { shape = { 499 } }
+  local tasks = nn.MMoE { units = 4, num_experts = 8, num_tasks = 2 }(x)
+  local outs = {}
+  for i, name in ipairs { "a", "b" } do
+    outs[name] = nn.Dense { units = 1, activation = "sigmoid", name = name }(nn.Dense { units = 8, activation = "relu" }(tasks[i]))
+  end
+  local model = moe.Model { inputs = x, outputs = outs }
+  model:compile { optimizer = moe.optim.Adam { lr = 1e-3 }, loss = "binary_crossentropy", metrics = { "auc" } }
+  local xs = moe.randn(n, 499)
+  local ys = { a = moe.rand(n, 1):gt(0.5):float(), b = moe.rand(n, 1):gt(0.5):float() }
+  local steps = n / batch
+  local bx, by = {}, {}
+  for i = 1, steps do
+    local idx = moe.arange((i - 1) * batch + 1, i * batch)
+    bx[i], by[i] = xs:index_select(1, idx), { a = ys.a:index_select(1, idx), b = ys.b:index_select(1, idx) }
+  end
+  local now = require("timing").now
+  local reps = quick and 1 or 3
+  local t_fit, t_bare = math.huge, math.huge
+  for _ = 1, reps do
+    local t0 = now()
+    model:fit { x = xs, y = ys, batch_size = batch, epochs = 1, verbose = 0 }
+    t_fit = math.min(t_fit, (now() - t0) / steps)
+    t0 = now()
+    for i = 1, steps do model:train_on_batch(bx[i], by[i]) end
+    t_bare = math.min(t_bare, (now() - t0) / steps)
+  end
+  print(("fit_us_per_step\t%.2f"):format(t_fit * 1e6))
+  print(("bare_us_per_step\t%.2f"):format(t_bare * 1e6))
 end
 print(("peak_rss_mib\t%.1f"):format(peak_mib()))

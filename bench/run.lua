@@ -180,3 +180,14 @@ for _, r in ipairs(rows) do
     t.peak_rss_mib and ("%.1f"):format(t.peak_rss_mib) or "-"))
 end
 print("(ratio: how many times faster moelua is; torch columns need python3 with torch)")
+
+-- the trainer (issue 5): what fit{} costs per step beyond a bare train_on_batch loop
+print()
+local fo = run_case(("%s %s/moe.lua fit_overhead%s"):format(bin, here, q))
+if fo.fit_us_per_step then
+  print(("%-44s %12s"):format("trainer, MMoE census at batch 32", "us/step"))
+  print(("%-44s %12.1f"):format("  fit{} (gather, step, loss and AUC, logs)", fo.fit_us_per_step))
+  print(("%-44s %12.1f"):format("  bare train_on_batch loop", fo.bare_us_per_step))
+  print(("%-44s %12.1f %7.1f%%"):format("  framework overhead per step", fo.fit_us_per_step - fo.bare_us_per_step,
+    100 * (fo.fit_us_per_step - fo.bare_us_per_step) / fo.bare_us_per_step))
+end

@@ -1,17 +1,9 @@
--- Timing helpers shared by the benchmarks: a monotonic wall clock (through
--- LuaJIT's FFI) and best-of-repetitions timing.
-local ffi = require "ffi"
-ffi.cdef [[
-typedef struct { long tv_sec; long tv_nsec; } moe_bench_timespec;
-int clock_gettime(int clk, moe_bench_timespec *ts);
-]]
-local ts = ffi.new("moe_bench_timespec")
+-- Timing helpers shared by the benchmarks: a monotonic wall clock (moe.now,
+-- clock_gettime through LuaJIT's FFI) and best-of-repetitions timing.
+local moe = require "moe"
 local M = {}
 
-function M.now()
-  ffi.C.clock_gettime(1, ts) -- CLOCK_MONOTONIC
-  return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
-end
+M.now = moe.now
 
 -- best-of-`reps` seconds per call of f, each rep running `iters` calls
 function M.best(f, iters, reps)

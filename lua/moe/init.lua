@@ -12,6 +12,17 @@ moe.core = core
 local Tensor = core.Tensor      -- the methods table shared by every tensor
 moe.Tensor = Tensor
 
+-- now(): seconds on a monotonic clock (for timing loops)
+do
+  local ffi = require "ffi"
+  pcall(ffi.cdef, "struct timespec { long tv_sec; long tv_nsec; }; int clock_gettime(int, struct timespec *);")
+  local ts = ffi.new("struct timespec")
+  function moe.now()
+    ffi.C.clock_gettime(1, ts) -- CLOCK_MONOTONIC
+    return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
+  end
+end
+
 -- Lua-side ops ------------------------------------------------------------------
 
 -- split(t, size_or_sizes, dim): views of `size` along dim (the last may be

@@ -21,12 +21,7 @@ local Module = nn.Module
 local M = {}
 
 pcall(ffi.cdef, "int isatty(int fd);")
-pcall(ffi.cdef, "typedef struct { long tv_sec; long tv_nsec; } moe_trainer_ts; int clock_gettime(int, moe_trainer_ts *);")
-local ts = ffi.new("moe_trainer_ts")
-local function now()
-  ffi.C.clock_gettime(1, ts) -- CLOCK_MONOTONIC
-  return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
-end
+local now = moe.now
 M.now = now
 
 -- ------------------------------------------------------------------ data helpers
@@ -364,7 +359,7 @@ function Module:fit(opts)
         end
         local named
         named, single = named_outputs(self, p)
-        moe.no_grad(function() pass_update(self, st, named, single, yb, swb, loss, parts, idx:numel()) end)
+        pass_update(self, st, named, single, yb, swb, loss, parts, idx:numel()) -- metrics see detached outputs
         batch_logs.loss = loss
         call_hooks(cbs, "on_batch_end", b, batch_logs)
         show:batch(epoch, initial + epochs, b, nb, st.n, t0, { loss = st.loss_sum / st.n })
