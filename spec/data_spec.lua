@@ -214,7 +214,7 @@ describe("datasets", function()
     local age = ds.train.x:select(2, 1)
     assert.is_near(0, age:mean():item(), 1e-4)
     assert.is_near(1, age:std():item(), 1e-3)
-    assert.is_true(ds.train.sample_weight:min():item() > 0)
+    assert.is_true(ds.train.instance_weight:min():item() > 0)
     -- group 2: education becomes a label and leaves the inputs
     local g2 = moe.datasets.census_income { tasks = { "education", "never_married" } }
     for _, name in ipairs(g2.feature_names) do assert.is_nil(name:match("^education="), name) end

@@ -2,7 +2,8 @@
 --
 --   local ds = moe.datasets.census_income{ tasks = { "income", "never_married" }, seed = 1 }
 --   ds.train.x [n, d] float32; ds.train.y.income, ds.train.y.never_married [n, 1];
---   ds.train.sample_weight [n] (the census instance weights); ds.val, ds.test alike;
+--   ds.train.instance_weight [n] (the census weights: pass them as sample_weight to use them);
+--   ds.val, ds.test alike;
 --   ds.num_features, ds.task_names, ds.feature_names, ds.encoder
 --
 --   local syn = moe.datasets.synthetic{ n = 12000, correlation = 0.8, seed = 1 }
@@ -101,7 +102,7 @@ function datasets.census_income(opts)
     local f = frame:take(rows)
     local y = {}
     for _, t in ipairs(tasks) do y[t] = label_tensor(f, t) end
-    ds[name] = { x = enc:transform(f), y = y, sample_weight = f:values("instance_weight"):float(), rows = rows }
+    ds[name] = { x = enc:transform(f), y = y, instance_weight = f:values("instance_weight"):float(), rows = rows }
   end
   return ds
 end
