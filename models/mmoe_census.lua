@@ -7,13 +7,13 @@
 -- last line gives their test AUCs.
 --
 --   moelua run models/mmoe_census.lua [--epochs 8] [--batch-size 32] [--experts 8]
---                                      [--units 4] [--device cpu] [--seed 1] [--smoke]
+--                                      [--units 4] [--device cpu] [--seed 1] [--plot DIR] [--smoke]
 local moe = require "moe"
 local nn = moe.nn
 local cli = require "moe.cli"
 
 local opts = cli.parse(arg, { epochs = 8, batch_size = 32, experts = 8, units = 4, device = "cpu", seed = 1,
-  lr = 1e-3, smoke = false, data = "", save = "" }, "moelua run models/mmoe_census.lua [options]")
+  lr = 1e-3, smoke = false, data = "", save = "", plot = "" }, "moelua run models/mmoe_census.lua [options]")
 cli.check_device(opts.device)
 if opts.smoke then opts.epochs = 1 end
 
@@ -57,6 +57,7 @@ local report = { on_epoch_end = function(self, epoch, logs)
       parts[#parts + 1] = ("%s %.4f"):format(s[1], v)
       if s[1] == "val" then val_sum = val_sum + v end
       if s[1] == "test" then test[name] = v end
+      logs[s[1] .. "_" .. name .. "_auc"] = v -- recorded by the History (for --plot)
     end
     line[#line + 1] = ("%s AUC: %s"):format(name, table.concat(parts, " "))
   end
@@ -71,6 +72,19 @@ local history = model:fit { x = ds.train.x, y = ds.train.y, batch_size = opts.ba
 if history.stopped then print(history.stopped) end
 if best.weights then model:set_weights(best.weights) end
 if opts.save ~= "" then model:save(opts.save); print("saved " .. opts.save) end
+if opts.plot ~= "" then -- training curves, and how each task's gate uses the experts on the test set
+  os.execute("mkdir -p " .. opts.plot)
+  local hist = { epoch = history.epoch, history = {} }
+  for _, name in ipairs(ds.task_names) do
+    hist.history[name .. "_auc"] = history.history["train_" .. name .. "_auc"]
+    hist.history["val_" .. name .. "_auc"] = history.history["val_" .. name .. "_auc"]
+  end
+  hist.history.loss = history.history.loss
+  print("wrote " .. moe.plot.history(hist, opts.plot .. "/mmoe_census_curves.svg", { title = "MMoE on census-income" }))
+  local gates = moe.no_grad(function() return model:get_layer("mmoe"):gate_weights(ds.test.x) end)
+  print("wrote " .. moe.plot.expert_utilisation(gates, opts.plot .. "/mmoe_census_experts.svg",
+    { task_names = ds.task_names, title = "mean gate weight per expert (test set)" }))
+end
 local seconds = now() - t0
 print(("best epoch by validation AUC: %d; trained in %.1fs"):format(best.epoch or 0, seconds))
 print(("test AUC: income %.4f  never_married %.4f"):format(best.test and best.test.income or 0 / 0,

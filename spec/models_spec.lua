@@ -37,9 +37,14 @@ end)
 
 describe("models/mmoe_census.lua (the main job)", function()
   it("runs in smoke mode: one short epoch, AUCs per task per set, a final test line", function()
-    local p = io.popen(bin .. " run models/mmoe_census.lua --smoke 2>&1")
+    local dir = os.tmpname(); os.remove(dir)
+    local p = io.popen(bin .. " run models/mmoe_census.lua --smoke --plot " .. dir .. " 2>&1")
     local out = p:read("*a")
     p:close()
+    for _, f in ipairs { "/mmoe_census_curves.svg", "/mmoe_census_experts.svg" } do
+      assert.matches("<svg", io.open(dir .. f):read("*a"))
+    end
+    os.execute("rm -rf " .. dir)
     assert.matches("census%-income: 99762 rows, %d+ features; train 49881, validation 24940, test 24941", out)
     local inc = tonumber(out:match("epoch  1 .-income AUC: train [%d.]+ val ([%d.]+)"))
     local nm = tonumber(out:match("never_married AUC: train [%d.]+ val ([%d.]+)"))

@@ -142,6 +142,16 @@ describe("fit", function()
     assert.same({ 4, 5 }, lam)
   end)
 
+  it("records in the History what callbacks add to the epoch's logs; get_layer finds layers by name", function()
+    local x, y = task(64)
+    local m = model_for()
+    local h = m:fit { x = x, y = y, epochs = 2, verbose = 0,
+      callbacks = { { on_epoch_end = function(_, e, logs) logs.extra = e * 10 end } } }
+    assert.same({ 10, 20 }, h.history.extra)
+    assert.equal("label", m:get_layer("label").name)
+    assert.matches("no layer named 'nope'", H.error_of(m.get_layer, m, "nope"))
+  end)
+
   it("EarlyStopping stops after patience and restores the best weights", function()
     local x, y = task(300)
     local m = model_for()

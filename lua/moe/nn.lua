@@ -196,6 +196,17 @@ end
 
 -- every (module path, module) in depth-first order, each module once (cached
 -- until the structure changes; do not modify the returned list)
+-- get_layer(name): the sub-layer of that name (Keras's Model.get_layer), or an error
+function Module:get_layer(name)
+  for _, e in ipairs(self:modules()) do
+    if e[2] ~= self and e[2].name == name then return e[2] end
+  end
+  local names = {}
+  for _, e in ipairs(self:modules()) do if e[2] ~= self then names[#names + 1] = e[2].name end end
+  error(("get_layer: %s \"%s\" has no layer named '%s' (layers: %s)"):format(self.class_name, self.name,
+    tostring(name), table.concat(names, ", ")), 2)
+end
+
 function Module:modules()
   local cache = rawget(self, "_modules_cache")
   if cache and cache.version == structure_version then return cache.list end

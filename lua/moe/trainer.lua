@@ -321,11 +321,12 @@ function Module:fit(opts)
   local show = progress(verbose)
   local history = new_history()
   history.params = { epochs = epochs, batch_size = batch, samples = n }
-  local cbs = { history }
+  local cbs = {}
   for _, cb in ipairs(opts.callbacks or {}) do
     if type(cb) ~= "table" then error("fit: callbacks must be a list of callback tables", 2) end
     cbs[#cbs + 1] = cb
   end
+  cbs[#cbs + 1] = history -- last, as in Keras: it records what callbacks add to the logs (lr, ...)
   for _, cb in ipairs(cbs) do rawset(cb, "model", self) end
   rawset(self, "stop_training", false)
   rawset(self, "history", history)
