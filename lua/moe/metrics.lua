@@ -141,13 +141,15 @@ metrics.Recall = kind("recall", init_counts, count, function(self)
 end)
 
 -- exact AUC over everything seen since reset (NaN while one class is missing)
+-- (batches are kept as given, flattened and converted once at result time)
 metrics.AUC = kind("auc", function(self) self.ys, self.ps, self.ws = {}, {}, {} end, function(self, y, p, w)
-  local yy, pp = pair(y, p, "auc")
-  self.ys[#self.ys + 1], self.ps[#self.ps + 1] = yy, pp
-  if w then self.ws[#self.ws + 1] = weights(w, yy:numel()) end
+  y, p = flat(y, "y_true", "auc"), flat(p, "y_pred", "auc")
+  if y:numel() ~= p:numel() then error(("auc: y_true has %d values and y_pred %d"):format(y:numel(), p:numel()), 3) end
+  self.ys[#self.ys + 1], self.ps[#self.ps + 1] = y, p
+  if w then self.ws[#self.ws + 1] = weights(w, y:numel()) end
 end, function(self)
   if #self.ys == 0 then return 0 / 0 end
-  local y, p = moe.cat(self.ys, 1), moe.cat(self.ps, 1)
+  local y, p = moe.cat(self.ys, 1):to("float64"), moe.cat(self.ps, 1):to("float64")
   local w = #self.ws == #self.ys and moe.cat(self.ws, 1) or nil
   local ok, v = pcall(core.roc_auc, y, p, w)
   return ok and v or 0 / 0
