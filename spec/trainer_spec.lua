@@ -115,6 +115,21 @@ describe("fit", function()
     assert.same({ 400, 1 }, p.marital:shape())
   end)
 
+  it("takes tables of named inputs, and validation_split takes the last rows", function()
+    moe.manual_seed(4)
+    local a, b = moe.Input { shape = { 3 }, name = "a" }, moe.Input { shape = { 2 }, name = "b" }
+    local out = nn.Dense { units = 1, activation = "sigmoid", name = "y" }(nn.Concatenate {} { a, b })
+    local m = moe.Model { inputs = { a = a, b = b }, outputs = out }
+    m:compile { optimizer = "adam", loss = "binary_crossentropy" }
+    local x = { a = moe.randn(100, 3), b = moe.randn(100, 2) }
+    local y = moe.rand(100, 1):gt(0.5):float()
+    local h = m:fit { x = x, y = y, epochs = 1, verbose = 0, validation_split = 0.2, shuffle = false }
+    local tail = { a = x.a:narrow(1, 81, 20), b = x.b:narrow(1, 81, 20) }
+    assert.is_near(m:evaluate { x = tail, y = y:narrow(1, 81, 20) }.loss, h:last("val_loss"), 1e-6)
+    assert.same({ 100, 1 }, m:predict(x):shape())
+    assert.matches("x%.[ab] has [0-9]+ rows, other entries", H.error_of(m.fit, m, { x = { a = x.a, b = x.b:narrow(1, 1, 99) }, y = y }))
+  end)
+
   it("calls callbacks in order, and a callback can stop training", function()
     local x, y = task(100)
     local m = model_for()
