@@ -45,6 +45,8 @@ void cairo_translate(cairo_t *cr, double tx, double ty);
 typedef struct { double x_bearing, y_bearing, width, height, x_advance, y_advance; } cairo_text_extents_t;
 void cairo_text_extents(cairo_t *cr, const char *utf8, cairo_text_extents_t *extents);
 const char *cairo_status_to_string(int status);
+void cairo_debug_reset_static_data(void);
+void FcFini(void);
 ]]
 
 local C
@@ -54,6 +56,14 @@ local function lib()
   if not ok then ok, l = pcall(ffi.load, "libcairo.so.2") end
   if not ok then error("moe.plot: libcairo2 is not installed (scripts/deps.sh installs it)", 3) end
   C = l
+  -- at exit (the Lua state closing), give back cairo's and fontconfig's caches,
+  -- so that leak checkers see nothing of them
+  local sentinel = newproxy(true)
+  getmetatable(sentinel).__gc = function()
+    pcall(function() l.cairo_debug_reset_static_data() end)
+    pcall(function() ffi.load("libfontconfig.so.1").FcFini() end)
+  end
+  plot._sentinel = sentinel
   return C
 end
 
