@@ -47,6 +47,7 @@ void cairo_text_extents(cairo_t *cr, const char *utf8, cairo_text_extents_t *ext
 const char *cairo_status_to_string(int status);
 void cairo_debug_reset_static_data(void);
 void FcFini(void);
+void *dlopen(const char *filename, int flags);
 ]]
 
 local C
@@ -56,6 +57,8 @@ local function lib()
   if not ok then ok, l = pcall(ffi.load, "libcairo.so.2") end
   if not ok then error("moe.plot: libcairo2 is not installed (scripts/deps.sh installs it)", 3) end
   C = l
+  -- pinned (never unloaded), so that a leak checker at exit can still name them
+  pcall(function() ffi.C.dlopen("libcairo.so.2", 2) end)
   -- at exit (the Lua state closing), give back cairo's and fontconfig's caches,
   -- so that leak checkers see nothing of them
   local sentinel = newproxy(true)
