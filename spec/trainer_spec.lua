@@ -261,6 +261,32 @@ describe("fit", function()
     assert.matches("call compile", H.error_of(fresh.fit, fresh, { x = x, y = y }))
   end)
 
+  it("draws a progress line on a terminal and plain lines elsewhere; verbose = 0 is silent", function()
+    local bin = os.getenv("MOELUA_BIN") or "build/moelua"
+    local script = os.tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write([[
+local moe = require "moe"
+local nn = moe.nn
+local x, y = moe.randn(3000, 5), moe.rand(3000, 1):gt(0.5):float()
+local m = moe.Sequential { nn.Dense { units = 1, activation = "sigmoid" } }
+m:compile { optimizer = "adam", loss = "binary_crossentropy" }
+m:fit { x = x, y = y, batch_size = 4, epochs = 2, verbose = tonumber(arg[1]) }
+]])
+    f:close()
+    local function run(cmd) local p = io.popen(cmd); local o = p:read("*a"); p:close(); return o end
+    local plain = run(bin .. " " .. script .. " 1 2>&1")
+    assert.matches("^Epoch 1/2  [%d.]+s  %d+ samples/s  loss [%d.]+\nEpoch 2/2 ", plain)
+    assert.is_nil(plain:find("\r", 1, true))
+    assert.equal("", run(bin .. " " .. script .. " 0 2>&1"))
+    -- under a pseudo-terminal (util-linux's script): a redrawn line with the batch, ETA and rate
+    local tty = run("script -qc '" .. bin .. " " .. script .. " 1' /dev/null 2>&1")
+    if tty ~= "" then
+      assert.matches("\rEpoch 1/2 +%d+/750 %[[=.]+%] ETA +[%d.]+s +%d+ samples/s  loss [%d.]+", tty)
+    end
+    os.remove(script)
+  end)
+
   it("Ctrl-C stops after the current batch and returns the History so far", function()
     local bin = os.getenv("MOELUA_BIN") or "build/moelua"
     local script = os.tmpname()
