@@ -74,6 +74,19 @@ describe("roc_auc", function()
   end)
 end)
 
+-- runs a Lua script in a fresh moelua process (arguments after it); returns its output
+local function run_child(source, args)
+  local bin = os.getenv("MOELUA_BIN") or "build/moelua"
+  local script = os.tmpname()
+  local f = assert(io.open(script, "w"))
+  f:write(source)
+  f:close()
+  local p = io.popen(bin .. " " .. script .. " " .. (args or "") .. " 2>&1")
+  local out = p:read("*a")
+  p:close()
+  return out, script
+end
+
 describe("fit", function()
   it("learns, and logs Keras's names for train and validation", function()
     local x, y = task(1200)
@@ -262,25 +275,27 @@ describe("fit", function()
   end)
 
   it("draws a progress line on a terminal and plain lines elsewhere; verbose = 0 is silent", function()
-    local bin = os.getenv("MOELUA_BIN") or "build/moelua"
-    local script = os.tmpname()
-    local f = assert(io.open(script, "w"))
-    f:write([[
+    local src = [[
 local moe = require "moe"
 local nn = moe.nn
 local x, y = moe.randn(3000, 5), moe.rand(3000, 1):gt(0.5):float()
 local m = moe.Sequential { nn.Dense { units = 1, activation = "sigmoid" } }
 m:compile { optimizer = "adam", loss = "binary_crossentropy" }
 m:fit { x = x, y = y, batch_size = 4, epochs = 2, verbose = tonumber(arg[1]) }
-]])
-    f:close()
-    local function run(cmd) local p = io.popen(cmd); local o = p:read("*a"); p:close(); return o end
-    local plain = run(bin .. " " .. script .. " 1 2>&1")
+]]
+    local plain, script = run_child(src, "1")
     assert.matches("^Epoch 1/2  [%d.]+s  %d+ samples/s  loss [%d.]+\nEpoch 2/2 ", plain)
     assert.is_nil(plain:find("\r", 1, true))
-    assert.equal("", run(bin .. " " .. script .. " 0 2>&1"))
+    os.remove(script)
+    local silent
+    silent, script = run_child(src, "0")
+    assert.equal("", silent)
     -- under a pseudo-terminal (util-linux's script): a redrawn line with the batch, ETA and rate
-    local tty = run("script -qc '" .. bin .. " " .. script .. " 1' /dev/null 2>&1")
+    local bin = os.getenv("MOELUA_BIN") or "build/moelua"
+    local f = io.open(script, "w"); f:write(src); f:close()
+    local p = io.popen("script -qc '" .. bin .. " " .. script .. " 1' /dev/null 2>&1")
+    local tty = p:read("*a")
+    p:close()
     if tty ~= "" then
       assert.matches("\rEpoch 1/2 +%d+/750 %[[=.]+%] ETA +[%d.]+s +%d+ samples/s  loss [%d.]+", tty)
     end
@@ -288,10 +303,7 @@ m:fit { x = x, y = y, batch_size = 4, epochs = 2, verbose = tonumber(arg[1]) }
   end)
 
   it("Ctrl-C stops after the current batch and returns the History so far", function()
-    local bin = os.getenv("MOELUA_BIN") or "build/moelua"
-    local script = os.tmpname()
-    local f = assert(io.open(script, "w"))
-    f:write([[
+    local out, script = run_child([[
 local moe = require "moe"
 local nn = moe.nn
 moe.manual_seed(1)
@@ -308,10 +320,6 @@ print("stopped:", h.stopped)
 print("epochs:", #h.epoch)
 print("usable:", m:predict(x):size(1))
 ]])
-    f:close()
-    local p = io.popen(bin .. " " .. script .. " 2>&1")
-    local out = p:read("*a")
-    p:close()
     os.remove(script)
     assert.matches("stopped:%s+fit: interrupted at epoch 1, batch 3", out)
     assert.matches("usable:%s+400", out)

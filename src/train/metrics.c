@@ -4,16 +4,7 @@
 #include <math.h>
 #include <stdlib.h>
 
-static double value_at(const moe_tensor *t, int64_t i) {
-  const char *p = moe_data(t) + (size_t)(i * t->stride[0]) * moe_dtype_size(t->dtype);
-  switch (t->dtype) {
-  case MOE_F32: return *(const float *)p;
-  case MOE_F64: return *(const double *)p;
-  case MOE_I32: return *(const int32_t *)p;
-  case MOE_I64: return (double)*(const int64_t *)p;
-  default: return *(const uint8_t *)p;
-  }
-}
+static double value_at(const moe_tensor *t, int64_t i) { return moe_get(t, &i); }
 
 typedef struct {
   double s, y, w;
