@@ -8,13 +8,28 @@ SAN     ?=
 # -fwrapv: integer tensor arithmetic wraps around (two's complement), as in NumPy/PyTorch
 CFLAGS   = $(OPT) $(SAN) -std=gnu11 -fPIC -fwrapv -fno-math-errno -fno-trapping-math -fopenmp-simd -Wall -Wextra -Wno-unused-parameter -Wshadow \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-LDLIBS   = $(SAN) $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
+LDLIBS   = $(SAN) $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread $(CUDA_LIBS)
 VERSION := 0.1.0
 CFLAGS  += -DMOE_VERSION=\"$(VERSION)\"
 
 ENGINE_SRC := $(wildcard src/core/*.c src/cpu/*.c src/nn/*.c src/train/*.c src/data/*.c) src/lua/binding.c
 ENGINE_OBJ := $(ENGINE_SRC:%.c=$(BUILD)/obj/%.o)
 HEADERS    := $(wildcard src/core/*.h src/cpu/*.h src/lua/*.h src/train/*.h src/data/*.h src/nn/*.h)
+
+# The CUDA backend is built whenever nvcc is found (on PATH or in /usr/local/cuda),
+# or with CUDA=1; CUDA=0 leaves it out. The runtime is linked statically, so the
+# binary runs (and reports no device) on machines without a driver.
+NVCC ?= $(shell command -v nvcc 2>/dev/null || ( [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda/bin/nvcc ))
+CUDA ?= $(if $(NVCC),1,0)
+ifeq ($(CUDA),1)
+CUDA_HOME  ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+CUDA_SRC   := $(wildcard src/cuda/*.cu)
+CUDA_OBJ   := $(CUDA_SRC:%.cu=$(BUILD)/obj/%.o)
+ENGINE_OBJ += $(CUDA_OBJ)
+CFLAGS     += -DMOE_WITH_CUDA
+NVFLAGS    ?= -O3 -std=c++17 -Xcompiler -fPIC -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
+CUDA_LIBS  := -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lpthread -lstdc++
+endif
 
 
 .PHONY: all deps run test check-c specs asan-test bench clean help
@@ -28,13 +43,17 @@ $(BUILD)/obj/%.o: %.c $(HEADERS) Makefile | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
+$(BUILD)/obj/%.o: %.cu $(HEADERS) Makefile | deps
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -c $< -o $@
+
 $(BUILD)/libmoe.a: $(ENGINE_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
 $(BUILD)/moe/core.so: $(ENGINE_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) -shared -o $@ $^ $(SAN) $(shell pkg-config --libs openblas zlib) -lm -lpthread
+	$(CC) -shared -o $@ $^ $(SAN) $(shell pkg-config --libs openblas zlib) -lm -lpthread $(CUDA_LIBS)
 
 $(BUILD)/moelua: src/main.c $(BUILD)/libmoe.a $(HEADERS) Makefile | deps
 	$(CC) $(CFLAGS) -Wl,-E -o $@ src/main.c $(BUILD)/libmoe.a $(LDLIBS)

@@ -7,6 +7,7 @@ local core = require "moe.core"
 
 local moe = {}
 for k, v in pairs(core) do moe[k] = v end
+moe.cuda = nil -- moe.cuda is the device module (lua/moe/cuda.lua); t:cuda() stays a method
 moe._VERSION = "0.1.0"
 moe.core = core
 local Tensor = core.Tensor      -- the methods table shared by every tensor
@@ -90,6 +91,17 @@ function moe.long(t) return t:to("int64") end
 function moe.bool(t) return t:to("bool") end
 moe.type = moe.to
 
+-- to(t, "cuda" | "cpu") moves between devices; to(t, dtype) converts, as before
+do
+  local to_dtype = core.to
+  local function to(t, what, ...)
+    if what == "cuda" then return core.cuda(t) end
+    if what == "cpu" then return core.cpu(t) end
+    return to_dtype(t, what, ...)
+  end
+  moe.to, Tensor.to = to, to
+end
+
 for _, name in ipairs { "split", "chunk", "argsort", "expand_as", "view_as", "flatten", "zero_",
                         "is_same_size", "float", "double", "int", "long", "bool", "type" } do
   Tensor[name] = moe[name]
@@ -140,6 +152,7 @@ local lazy = {
   initializers = "moe.initializers", regularizers = "moe.initializers",
   constraints = "moe.initializers", io = "moe.io", data = "moe.data",
   metrics = "moe.metrics", callbacks = "moe.callbacks", datasets = "moe.datasets", plot = "moe.plot",
+  cuda = "moe.cuda",
 }
 local lazy_fields = {
   Sequential = { "moe.model", "Sequential" }, Model = { "moe.model", "Model" },

@@ -358,6 +358,25 @@ function Module:to(dtype)
   return self
 end
 function Module:double() return self:to("float64") end
+
+-- cuda() / cpu(): every weight and buffer moved to that device (the CUDA
+-- backend's kernels are a later issue: until then, ops on CUDA tensors say so)
+local function move(self, dev)
+  moe.no_grad(function()
+    for _, e in ipairs(self:modules()) do
+      local m = e[2]
+      for _, list in ipairs { m._params, m._buffers } do
+        for _, k in ipairs(list) do
+          local t = rawget(m, k)
+          if t and t:device() ~= dev then m:_replace_weight(k, t:detach():to(dev)) end
+        end
+      end
+    end
+  end)
+  return self
+end
+function Module:cuda() return move(self, "cuda") end
+function Module:cpu() return move(self, "cpu") end
 function Module:float() return self:to("float32") end
 
 -- ------------------------------------------------------------------ calls

@@ -107,6 +107,10 @@ local function blocks(t, prefix, f, w, summarize, lines)
 end
 
 function M.tostring(t)
+  if t:device() ~= "cpu" then -- printed from a host copy, and said so
+    local s = M.tostring(t:detach():cpu())
+    return (s:gsub("%]$", " on " .. t:device() .. "]"))
+  end
   local shape, dtype = t:shape(), t:dtype()
   local footer = ("[moe.Tensor %s of size %s]"):format(dtype, size_str(shape))
   local n = t:numel()

@@ -84,6 +84,8 @@ int64_t moe_live_tensors(void);
 int64_t moe_peak_bytes(int reset);
 /* frees the host blocks the allocator keeps for reuse; returns their bytes */
 size_t moe_empty_cache(void);
+/* t's values on device dev (src/core/tensor.c) */
+moe_tensor *moe_to_device(const moe_tensor *t, moe_device dev);
 int moe_allocator_caches(void); /* 0 in sanitizer builds, which free every block at once */
 moe_tensor *moe_empty(int ndim, const int64_t *shape, moe_dtype dt);
 moe_tensor *moe_full(int ndim, const int64_t *shape, moe_dtype dt, double value);

@@ -1,6 +1,7 @@
 /* tensor.c -- errors, dtypes, refcounted 64-byte aligned storage, and views. */
 #include "moe.h"
 #include "../cpu/cpu.h"
+#include "device.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -257,7 +258,12 @@ static moe_storage *storage_new(size_t nbytes) {
 }
 
 static void storage_release(moe_storage *s) {
-  if (--s->refcount == 0) {
+  if (--s->refcount == 0 && s->device == MOE_CUDA) { /* a host header over device memory */
+    moe_cuda_free(s->data, s->block_bytes);
+    free(s);
+    return;
+  }
+  if (s->refcount == 0) {
     live_bytes -= (int64_t)s->nbytes;
     int c = s->pool_class;
     if (c >= 0 && block_pool_n[c] < POOL_DEPTH) block_pool[c][block_pool_n[c]++] = s;
@@ -327,6 +333,69 @@ moe_tensor *moe_empty(int ndim, const int64_t *shape, moe_dtype dt) {
 }
 
 moe_tensor *moe_empty_like(const moe_tensor *t) { return moe_empty(t->ndim, t->shape, t->dtype); }
+
+/* t's values on the device dev (a contiguous copy; t itself when already
+ * there). Moves are not recorded by autograd yet: a tensor that requires grad
+ * is refused while grad mode is on. */
+moe_tensor *moe_to_device(const moe_tensor *t, moe_device dev) {
+  if (t->device == dev) { moe_tensor_retain((moe_tensor *)t); return (moe_tensor *)t; }
+  if (dev == MOE_CUDA && moe_cuda_device_count() == 0) {
+    moe_error("cuda: no CUDA device is available (%s)", moe_cuda_last_error());
+    return NULL;
+  }
+  if (t->requires_grad && moe_grad_enabled()) {
+    moe_error("%s: moving a tensor that requires grad between devices is not recorded by autograd yet; "
+              "detach() it or move it under no_grad", dev == MOE_CUDA ? "cuda" : "cpu");
+    return NULL;
+  }
+  size_t es = moe_dtype_size(t->dtype);
+  int64_t n = moe_numel(t);
+  moe_tensor *src = NULL;
+  if (t->device == MOE_CPU) { /* host -> device: from a contiguous host copy */
+    int prev = moe_set_grad_enabled(0);
+    src = moe_contiguous(t);
+    moe_set_grad_enabled(prev);
+    if (!src) return NULL;
+  } else if (!moe_is_contiguous(t)) {
+    moe_error("cpu: strided CUDA tensors cannot be copied yet (no CUDA kernels in this build)");
+    return NULL;
+  }
+  moe_tensor *out = tensor_alloc();
+  moe_storage *s = out ? calloc(1, sizeof *s) : NULL;
+  if (!s) {
+    if (out) { live_tensors--; free(out); }
+    moe_tensor_release(src);
+    moe_error("to: out of memory");
+    return NULL;
+  }
+  s->refcount = 1;
+  s->pool_class = -1;
+  s->nbytes = (size_t)n * es;
+  int rc = 0;
+  if (dev == MOE_CUDA) {
+    s->device = MOE_CUDA;
+    s->data = moe_cuda_malloc(s->nbytes, &s->block_bytes);
+    if (!s->data) rc = moe_error("cuda: %s", moe_cuda_last_error());
+    else if (n && moe_cuda_copy(s->data, moe_data(src), s->nbytes, 0)) rc = moe_error("cuda: %s", moe_cuda_last_error());
+  } else {
+    moe_storage *h = storage_new(s->nbytes);
+    free(s);
+    s = h;
+    if (!s) rc = -1;
+    else if (n && moe_cuda_copy(s->data, moe_data(t), s->nbytes, 1)) rc = moe_error("cpu: %s", moe_cuda_last_error());
+  }
+  moe_tensor_release(src);
+  if (!s) { live_tensors--; free(out); return NULL; }
+  out->storage = s;
+  out->ndim = t->ndim;
+  memcpy(out->shape, t->shape, sizeof out->shape);
+  set_contiguous_strides(out);
+  out->dtype = t->dtype;
+  out->device = dev;
+  out->refcount = 1;
+  if (rc) { moe_tensor_release(out); return NULL; }
+  return out;
+}
 
 moe_tensor *moe_full(int ndim, const int64_t *shape, moe_dtype dt, double value) {
   moe_tensor *t = moe_empty(ndim, shape, dt);

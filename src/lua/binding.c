@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "../core/moe.h"
+#include "../core/device.h"
 #include "binding.h"
 #include "../train/optim.h"
 #include "../data/safetensors.h"
@@ -57,9 +58,19 @@ static const char *type_of(lua_State *L, int idx) {
   return moe_lua_totensor(L, idx) ? "tensor" : luaL_typename(L, idx);
 }
 
-static moe_tensor *check_tensor(lua_State *L, int idx, const char *op) {
+/* any tensor, on any device: for what reads only its metadata, or moves it */
+static moe_tensor *check_tensor_any(lua_State *L, int idx, const char *op) {
   moe_tensor *t = moe_lua_totensor(L, idx);
   if (!t) luaL_error(L, "%s: argument #%d must be a tensor, got %s", op, idx, type_of(L, idx));
+  return t;
+}
+
+/* a tensor the op's kernels can read: every kernel runs on the CPU so far */
+static moe_tensor *check_tensor(lua_State *L, int idx, const char *op) {
+  moe_tensor *t = check_tensor_any(L, idx, op);
+  if (t->device != MOE_CPU)
+    luaL_error(L, "%s: argument #%d is a CUDA tensor, and this op has no CUDA kernel yet; "
+               "bring it back with t:cpu()", op, idx);
   return t;
 }
 
@@ -450,33 +461,36 @@ static int l_tensor(lua_State *L) {
 /* ---------------------------------------------------------------- info */
 
 static int l_shape(lua_State *L) {
-  moe_tensor *t = check_tensor(L, 1, "shape");
+  moe_tensor *t = check_tensor_any(L, 1, "shape");
   lua_createtable(L, t->ndim, 0);
   for (int i = 0; i < t->ndim; i++) { lua_pushnumber(L, (lua_Number)t->shape[i]); lua_rawseti(L, -2, i + 1); }
   return 1;
 }
 static int l_stride(lua_State *L) {
-  moe_tensor *t = check_tensor(L, 1, "stride");
+  moe_tensor *t = check_tensor_any(L, 1, "stride");
   if (!lua_isnoneornil(L, 2)) { lua_pushnumber(L, (lua_Number)t->stride[check_dim_arg(L, 2, t, "stride", 0)]); return 1; }
   lua_createtable(L, t->ndim, 0);
   for (int i = 0; i < t->ndim; i++) { lua_pushnumber(L, (lua_Number)t->stride[i]); lua_rawseti(L, -2, i + 1); }
   return 1;
 }
 static int l_size(lua_State *L) {
-  moe_tensor *t = check_tensor(L, 1, "size");
+  moe_tensor *t = check_tensor_any(L, 1, "size");
   if (lua_isnoneornil(L, 2)) return l_shape(L);
   lua_pushnumber(L, (lua_Number)t->shape[check_dim_arg(L, 2, t, "size", 0)]);
   return 1;
 }
-static int l_dim(lua_State *L) { lua_pushinteger(L, check_tensor(L, 1, "dim")->ndim); return 1; }
-static int l_numel(lua_State *L) { lua_pushnumber(L, (lua_Number)moe_numel(check_tensor(L, 1, "numel"))); return 1; }
-static int l_dtype(lua_State *L) { lua_pushstring(L, moe_dtype_name(check_tensor(L, 1, "dtype")->dtype)); return 1; }
-static int l_device(lua_State *L) { check_tensor(L, 1, "device"); lua_pushstring(L, "cpu"); return 1; }
-static int l_is_contiguous(lua_State *L) { lua_pushboolean(L, moe_is_contiguous(check_tensor(L, 1, "is_contiguous"))); return 1; }
-static int l_storage_offset(lua_State *L) { lua_pushnumber(L, (lua_Number)check_tensor(L, 1, "storage_offset")->offset); return 1; }
+static int l_dim(lua_State *L) { lua_pushinteger(L, check_tensor_any(L, 1, "dim")->ndim); return 1; }
+static int l_numel(lua_State *L) { lua_pushnumber(L, (lua_Number)moe_numel(check_tensor_any(L, 1, "numel"))); return 1; }
+static int l_dtype(lua_State *L) { lua_pushstring(L, moe_dtype_name(check_tensor_any(L, 1, "dtype")->dtype)); return 1; }
+static int l_device(lua_State *L) {
+  lua_pushstring(L, check_tensor_any(L, 1, "device")->device == MOE_CUDA ? "cuda" : "cpu");
+  return 1;
+}
+static int l_is_contiguous(lua_State *L) { lua_pushboolean(L, moe_is_contiguous(check_tensor_any(L, 1, "is_contiguous"))); return 1; }
+static int l_storage_offset(lua_State *L) { lua_pushnumber(L, (lua_Number)check_tensor_any(L, 1, "storage_offset")->offset); return 1; }
 static int l_is_tensor(lua_State *L) { lua_pushboolean(L, moe_lua_totensor(L, 1) != NULL); return 1; }
 static int l_same_storage(lua_State *L) {
-  lua_pushboolean(L, check_tensor(L, 1, "same_storage")->storage == check_tensor(L, 2, "same_storage")->storage);
+  lua_pushboolean(L, check_tensor_any(L, 1, "same_storage")->storage == check_tensor_any(L, 2, "same_storage")->storage);
   return 1;
 }
 
@@ -725,7 +739,7 @@ static int t_index(lua_State *L) {
     if (!lua_isnil(L, -1)) return 1;
     const char *k = lua_tostring(L, 2);
     if (k[0] == 'g' || k[0] == 'r' || k[0] == 'i') {
-      moe_tensor *t = check_tensor(L, 1, "index");
+      moe_tensor *t = check_tensor_any(L, 1, "index");
       if (grad_field(L, t, k)) return 1;
     }
     return 1;
@@ -743,10 +757,12 @@ static int t_index(lua_State *L) {
 }
 
 static int t_newindex(lua_State *L) {
-  moe_tensor *t = check_tensor(L, 1, "newindex");
+  moe_tensor *t = check_tensor_any(L, 1, "newindex");
+  if (lua_type(L, 2) == LUA_TSTRING && !strcmp(lua_tostring(L, 2), "requires_grad"))
+    return set_requires_grad(L, t, lua_toboolean(L, 3));
+  t = check_tensor(L, 1, "newindex");
   if (lua_type(L, 2) == LUA_TSTRING) {
     const char *k = lua_tostring(L, 2);
-    if (!strcmp(k, "requires_grad")) return set_requires_grad(L, t, lua_toboolean(L, 3));
     if (!strcmp(k, "grad")) {
       moe_tensor *g = NULL;
       if (!lua_isnil(L, 3)) {
@@ -1032,7 +1048,7 @@ static int l_backward(lua_State *L) {
 }
 
 static int l_detach(lua_State *L) {
-  moe_tensor *t = check_tensor(L, 1, "detach");
+  moe_tensor *t = check_tensor_any(L, 1, "detach");
   return moe_lua_push(L, moe_detach(t));
 }
 
@@ -1137,6 +1153,48 @@ static int l_has_grad(lua_State *L) {
   lua_pushboolean(L, t->grad != NULL);
   return 1;
 }
+
+/* cuda(t) / cpu(t): t's values on that device (t itself when already there) */
+static int l_cuda(lua_State *L) { return moe_lua_push(L, moe_to_device(check_tensor_any(L, 1, "cuda"), MOE_CUDA)); }
+static int l_cpu(lua_State *L) { return moe_lua_push(L, moe_to_device(check_tensor_any(L, 1, "cpu"), MOE_CPU)); }
+
+/* cuda_info() -> {built, device_count, devices = {names}, free, total, live, peak, cached} */
+static int l_cuda_info(lua_State *L) {
+  int n = moe_cuda_device_count();
+  lua_createtable(L, 0, 8);
+  lua_pushboolean(L, moe_cuda_built());
+  lua_setfield(L, -2, "built");
+  lua_pushinteger(L, n);
+  lua_setfield(L, -2, "device_count");
+  lua_createtable(L, n, 0);
+  for (int d = 0; d < n; d++) {
+    char name[256];
+    if (moe_cuda_device_name(d, name, sizeof name)) name[0] = '\0';
+    lua_pushstring(L, name);
+    lua_rawseti(L, -2, d + 1);
+  }
+  lua_setfield(L, -2, "devices");
+  size_t fr = 0, tot = 0, live = 0, peak = 0, cached = 0;
+  if (n > 0 && moe_cuda_mem_info(&fr, &tot) == 0) {
+    lua_pushnumber(L, (lua_Number)fr);
+    lua_setfield(L, -2, "free");
+    lua_pushnumber(L, (lua_Number)tot);
+    lua_setfield(L, -2, "total");
+  }
+  moe_cuda_memory_stats(&live, &peak, &cached);
+  lua_pushnumber(L, (lua_Number)live);
+  lua_setfield(L, -2, "live");
+  lua_pushnumber(L, (lua_Number)peak);
+  lua_setfield(L, -2, "peak");
+  lua_pushnumber(L, (lua_Number)cached);
+  lua_setfield(L, -2, "cached");
+  if (n == 0) {
+    lua_pushstring(L, moe_cuda_last_error());
+    lua_setfield(L, -2, "reason");
+  }
+  return 1;
+}
+static int l_cuda_empty_cache(lua_State *L) { lua_pushnumber(L, (lua_Number)moe_cuda_empty_cache()); return 1; }
 
 /* defer_interrupts(on) -> previous: while on, a first Ctrl-C is only recorded */
 static int l_defer_interrupts(lua_State *L) {
@@ -1392,12 +1450,12 @@ static const luaL_Reg funcs[] = {
     {"is_tensor", l_is_tensor}, {"live", l_live}, {"cat", l_cat}, {"stack", l_stack},
     {"set_grad_enabled", l_set_grad_enabled}, {"is_grad_enabled", l_is_grad_enabled},
     {"peak_bytes", l_peak_bytes}, {"empty_cache", l_empty_cache}, {"linear", l_linear}, {"bce", l_bce}, {"mixture", l_mixture}, {"gate_scale", l_gate_scale}, {"route_plan", l_route_plan}, {"grouped_matmul", l_grouped_matmul}, {"get_flat", l_get_flat}, {"set_flat", l_set_flat}, {"optim_step", l_optim_step},
-    {"st_save", l_st_save}, {"read_csv", l_read_csv}, {"roc_auc", l_roc_auc}, {"defer_interrupts", l_defer_interrupts}, {"take_interrupt", l_take_interrupt}, {"st_read_header", l_st_read_header}, {"st_read_tensor", l_st_read_tensor},
+    {"st_save", l_st_save}, {"read_csv", l_read_csv}, {"roc_auc", l_roc_auc}, {"cuda_info", l_cuda_info}, {"cuda_empty_cache", l_cuda_empty_cache}, {"defer_interrupts", l_defer_interrupts}, {"take_interrupt", l_take_interrupt}, {"st_read_header", l_st_read_header}, {"st_read_tensor", l_st_read_tensor},
     {NULL, NULL}};
 
 /* functions that are also tensor methods */
 static const luaL_Reg methods[] = {
-    {"shape", l_shape}, {"size", l_size}, {"stride", l_stride}, {"dim", l_dim}, {"numel", l_numel},
+    {"shape", l_shape}, {"cuda", l_cuda}, {"cpu", l_cpu}, {"size", l_size}, {"stride", l_stride}, {"dim", l_dim}, {"numel", l_numel},
     {"dtype", l_dtype}, {"device", l_device}, {"is_contiguous", l_is_contiguous},
     {"storage_offset", l_storage_offset}, {"same_storage", l_same_storage}, {"item", l_item},
     {"totable", l_totable}, {"view", l_view}, {"reshape", l_reshape}, {"expand", l_expand},

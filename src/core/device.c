@@ -1,0 +1,19 @@
+/* device.c -- whether the CUDA backend is built; without it, the device API
+ * answers "no device" (so that CPU-only builds run everything else). */
+#include "device.h"
+
+#ifdef MOE_WITH_CUDA
+int moe_cuda_built(void) { return 1; }
+#else
+#include <string.h>
+int moe_cuda_built(void) { return 0; }
+int moe_cuda_device_count(void) { return 0; }
+int moe_cuda_device_name(int dev, char *out, size_t len) { (void)dev; if (len) out[0] = '\0'; return -1; }
+int moe_cuda_mem_info(size_t *f, size_t *t) { *f = *t = 0; return -1; }
+void *moe_cuda_malloc(size_t n, size_t *got) { (void)n; *got = 0; return NULL; }
+void moe_cuda_free(void *p, size_t bytes) { (void)p; (void)bytes; }
+size_t moe_cuda_empty_cache(void) { return 0; }
+void moe_cuda_memory_stats(size_t *live, size_t *peak, size_t *cached) { *live = *peak = *cached = 0; }
+int moe_cuda_copy(void *dst, const void *src, size_t n, int kind) { (void)dst; (void)src; (void)n; (void)kind; return -1; }
+const char *moe_cuda_last_error(void) { return "moelua was built without the CUDA backend (no nvcc at build time)"; }
+#endif
