@@ -60,11 +60,15 @@ function cli.parse(args, defaults, usage)
   return out
 end
 
--- the device option: only the CPU backend exists in this build
+-- the device option: "cpu", or "cuda" once the CUDA backend has its kernels
 function cli.check_device(device)
-  if device ~= "cpu" then
-    error(("--device %s: this build has only the CPU backend (the CUDA backend is a later issue)"):format(tostring(device)), 0)
+  if device == "cpu" then return end
+  if device ~= "cuda" then error(("--device must be cpu or cuda, got '%s'"):format(tostring(device)), 0) end
+  local cuda = require("moe").cuda
+  if not cuda.is_available() then
+    error(("--device cuda: no CUDA device is available (%s)"):format(tostring(cuda.info().reason)), 0)
   end
+  error("--device cuda: the CUDA backend moves tensors but has no kernels yet (in progress); use --device cpu", 0)
 end
 
 return cli
