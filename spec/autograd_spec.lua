@@ -63,6 +63,9 @@ cases[#cases + 1] = { "matmul vector left", function(a, b) return a:matmul(b) en
 cases[#cases + 1] = { "dot", function(a, b) return a:matmul(b) end, { { 4 }, { 4 } } }
 cases[#cases + 1] = { "linear", function(a, w, b) return moe.linear(a, w, b) end, { { 3, 4 }, { 4, 2 }, { 2 } } }
 cases[#cases + 1] = { "linear 3-d, no bias", function(a, w) return moe.linear(a, w) end, { { 2, 3, 4 }, { 4, 2 } } }
+for _, act in ipairs { "relu", "sigmoid", "tanh" } do -- the activation fused into the op
+  cases[#cases + 1] = { "linear + " .. act, function(a, w, b) return moe.linear(a, w, b, act) end, { { 3, 4 }, { 4, 2 }, { 2 } } }
+end
 cases[#cases + 1] = { "grouped_matmul", function(a, w, b)
   return moe.grouped_matmul(a, w, b, moe.tensor({ 2, 0, 3 }, { dtype = "int64" })) end, { { 5, 4 }, { 3, 4, 2 }, { 3, 2 } } }
 cases[#cases + 1] = { "views", function(a)

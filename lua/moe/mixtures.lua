@@ -236,8 +236,11 @@ function MMoE:expert_outputs(x)
   local hidden = self.expert_hidden_units or {}
   if #hidden == 0 then
     local F = x:size(2)
-    local h = moe.linear(x, self.expert_kernel:view(F, U * E), self.use_expert_bias and self.expert_bias:view(U * E) or nil)
-    return self._expert_act(h:view(-1, U, E))
+    local b = self.use_expert_bias and self.expert_bias:view(U * E) or nil
+    if self.expert_activation == "relu" then -- fused into the linear op
+      return moe.linear(x, self.expert_kernel:view(F, U * E), b, "relu"):view(-1, U, E)
+    end
+    return self._expert_act(moe.linear(x, self.expert_kernel:view(F, U * E), b):view(-1, U, E))
   end
   local h = x
   for l = 1, #hidden do

@@ -657,6 +657,9 @@ function Dense:init(opts)
     kernel_constraint = false, bias_constraint = false })
   positive_int(self, "units")
   rawset(self, "_act", nn.get_activation(self.activation, "Dense"))
+  -- relu, sigmoid and tanh run inside the linear op (one node, applied in place)
+  local FUSED = { relu = true, sigmoid = true, tanh = true }
+  rawset(self, "_fused_act", type(self.activation) == "string" and FUSED[self.activation] and self.activation or nil)
   regularizer_setup(self)
   -- fail early on bad names
   I.get(self.kernel_initializer, "Dense"); I.get(self.bias_initializer, "Dense")
@@ -679,6 +682,8 @@ function Dense:forward(x)
     error(("Dense \"%s\": input has %d features (shape %s) but the layer was built for %d")
       :format(self.name, n, shape_str(x:shape()), k:size(1)), 0)
   end
+  local fa = self._fused_act
+  if fa then return moe.linear(x, k, self.use_bias and self.bias or nil, fa) end
   return self._act(moe.linear(x, k, self.use_bias and self.bias or nil))
 end
 

@@ -201,7 +201,7 @@ moe_tensor *moe_randperm(int64_t n, moe_dtype dt, int64_t ibase);
 
 /* ---- layers' fused ops (src/nn/) ---- */
 /* y [..., N] = x [..., K] @ w [K, N] (+ b [N]; b may be NULL) */
-moe_tensor *moe_linear(const moe_tensor *x, const moe_tensor *w, const moe_tensor *b);
+moe_tensor *moe_linear(const moe_tensor *x, const moe_tensor *w, const moe_tensor *b, int act);
 /* elementwise binary cross-entropy of probabilities (clipped to [1e-7, 1-1e-7]) or
  * logits; y and p of one shape and float dtype; the gradient goes to p only */
 moe_tensor *moe_bce(const moe_tensor *y, const moe_tensor *p, int from_logits);

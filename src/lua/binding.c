@@ -1371,10 +1371,19 @@ static int l_bce(lua_State *L) {
 }
 
 /* linear(x, w[, b]) -> x w + b in one GEMM */
+/* linear(x, w[, b[, activation]]): activation nil, "relu", "sigmoid" or "tanh" */
 static int l_linear(lua_State *L) {
   moe_tensor *x = check_tensor(L, 1, "linear"), *w = check_tensor(L, 2, "linear");
   moe_tensor *b = lua_isnoneornil(L, 3) ? NULL : check_tensor(L, 3, "linear");
-  return moe_lua_push(L, moe_linear(x, w, b));
+  int act = -1;
+  if (!lua_isnoneornil(L, 4)) {
+    const char *a = luaL_checkstring(L, 4);
+    if (!strcmp(a, "relu")) act = MOE_RELU;
+    else if (!strcmp(a, "sigmoid")) act = MOE_SIGMOID;
+    else if (!strcmp(a, "tanh")) act = MOE_TANH;
+    else if (strcmp(a, "linear")) return luaL_error(L, "linear: activation must be relu, sigmoid, tanh or linear, got '%s'", a);
+  }
+  return moe_lua_push(L, moe_linear(x, w, b, act));
 }
 
 /* mixture(h [B,U,E], g [B,E]) -> [B,U]: the gate-weighted sum of expert outputs */

@@ -1,20 +1,35 @@
-/* dense.c -- the Dense layer's affine map as one op: y = x W + b.
+/* dense.c -- the Dense layer as one op: y = act(x W + b).
  *
- * x [..., K], w [K, N], b [N] or NULL -> y [..., N]. The output rows start as the
- * bias and one GEMM accumulates x W into them (as BLAS's beta = 1, PyTorch's
- * addmm), so the bias costs no separate pass. Backward: gx = g W^T,
- * gW = x^T g over all leading dims, gb = column sums of g. */
+ * x [..., K], w [K, N], b [N] or NULL -> y [..., N]; act: none, relu, sigmoid or
+ * tanh (moe_unop; -1 for none), applied in place on the output. The output rows
+ * start as the bias and one GEMM accumulates x W into them (as BLAS's beta = 1,
+ * PyTorch's addmm), so the bias costs no separate pass. Backward: the
+ * activation's derivative from the saved output (relu: y > 0; sigmoid: y(1-y);
+ * tanh: 1-y^2) gives gz, then gx = gz W^T, gW = x^T gz over all leading dims,
+ * gb = column sums of gz. */
 #include "../core/moe.h"
 #include "../cpu/cpu.h"
 
 #include <string.h>
 
-static int linear_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
+static int linear_backward(moe_node *n, const moe_tensor *g0, moe_tensor **gin) {
   const moe_tensor *x = ((n)->saved[0] ? moe_node_saved(n, 0) : NULL), *w = ((n)->saved[1] ? moe_node_saved(n, 1) : NULL);
   if ((n->saved[0] && !x) || (n->saved[1] && !w)) return -1;
+  moe_tensor *gz = NULL;
+  const moe_tensor *g = g0;
+  if (n->iarg[0] >= 0) { /* through the activation, from the saved output */
+    const moe_tensor *y = moe_node_saved(n, 2);
+    moe_tensor *gc = y ? moe_contiguous(g0) : NULL;
+    gz = gc ? moe_empty(y->ndim, y->shape, y->dtype) : NULL;
+    if (gz) moe_cpu_unary_backward((moe_unop)n->iarg[0], gz, gc, y, y, 0, 0);
+    moe_tensor_release(gc);
+    if (!gz) return -1;
+    g = gz;
+  }
   int64_t N = g->shape[g->ndim - 1];
   int64_t g2s[2] = {-1, N};
   moe_tensor *g2 = moe_reshape(g, 2, g2s), *t = NULL;
+  moe_tensor_release(gz);
   if (!g2) return -1;
   int rc = -1;
   if (moe_node_needs(n, 0)) { /* gx [M,K] = g [M,N] @ W^T, then x's shape */
@@ -43,8 +58,12 @@ done:
   return rc;
 }
 
-moe_tensor *moe_linear(const moe_tensor *x, const moe_tensor *w, const moe_tensor *b) {
+moe_tensor *moe_linear(const moe_tensor *x, const moe_tensor *w, const moe_tensor *b, int act) {
   char b1[160], b2[160], b3[160];
+  if (act >= 0 && act != MOE_RELU && act != MOE_SIGMOID && act != MOE_TANH) {
+    moe_error("linear: the fused activation must be relu, sigmoid or tanh");
+    return NULL;
+  }
   if (x->ndim < 1 || w->ndim != 2 || x->shape[x->ndim - 1] != w->shape[0] || x->dtype != w->dtype ||
       !moe_dtype_is_float(x->dtype) || (b && (b->ndim != 1 || b->shape[0] != w->shape[1] || b->dtype != w->dtype))) {
     moe_error("linear: input %s, kernel [K,N] %s and bias [N] %s do not fit (one float dtype)",
@@ -69,6 +88,7 @@ moe_tensor *moe_linear(const moe_tensor *x, const moe_tensor *w, const moe_tenso
     /* x2 and w may be transposed views: the GEMM reads their strides */
     moe_cpu_gemm_add(x->dtype, M, N, K, moe_data(x2), x2->stride[0], x2->stride[1], moe_data(w), w->stride[0],
                      w->stride[1], yd);
+    if (act >= 0) moe_cpu_unary((moe_unop)act, y, y, 0, 0);
   }
   moe_tensor_release(x2);
   moe_tensor_release(bc);
@@ -76,7 +96,9 @@ moe_tensor *moe_linear(const moe_tensor *x, const moe_tensor *w, const moe_tenso
   int nin = b ? 3 : 2;
   if (!y || !moe_ag_wants(nin, ins)) return y;
   moe_node *n = moe_node_new("linear", linear_backward, nin, ins);
-  if (n && ((moe_node_needs(n, 1) && moe_node_save(n, 0, x)) || (moe_node_needs(n, 0) && moe_node_save(n, 1, w)))) {
+  if (n) n->iarg[0] = act;
+  if (n && ((moe_node_needs(n, 1) && moe_node_save(n, 0, x)) || (moe_node_needs(n, 0) && moe_node_save(n, 1, w)) ||
+            (act >= 0 && moe_node_save(n, 2, y)))) {
     moe_node_release(n);
     n = NULL;
   }
