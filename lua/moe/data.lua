@@ -357,10 +357,14 @@ function FeatureEncoder:transform(frame)
     local z = (v - st.mean) / st.std
     parts[#parts + 1] = moe.where(v:eq(v), z, moe.zeros_like(z)):float():view(n, 1)
   end
-  local x = moe.zeros(n, d + 1) -- the extra last column takes unseen and missing values, then goes
+  -- one flat buffer with a spare last element that takes unseen and missing
+  -- categories; the result is a view of the rest (no copy)
+  local flat = moe.zeros(n * d + 1)
+  local x = flat:narrow(1, 1, n * d):view(n, d)
   if #parts > 0 then x:narrow(2, 1, #parts):copy_(moe.cat(parts, 2)) end
   local offset = #self.numeric
-  local rows = moe.arange(0, n, { dtype = "int64" }) * (d + 1)
+  local rows = moe.arange(0, n, { dtype = "int64" }) * d
+  local spare = n * d + 1
   for _, name in ipairs(self.categorical) do
     if not frame:has(name) then error(("FeatureEncoder:transform: no column '%s'"):format(name), 2) end
     local vocab = self.vocab[name]
@@ -383,16 +387,17 @@ function FeatureEncoder:transform(frame)
     else
       codes, levels = frame:codes(name):to("int64"), frame:levels(name)
     end
-    -- column of each of this frame's levels in the output, d + 1 (dropped) when unseen
-    local map = { d + 1 }                          -- code 0: missing
-    for i, l in ipairs(levels) do map[i + 1] = pos[l] and offset + pos[l] or d + 1 end
+    -- column of each of this frame's levels in the output, 0 when unseen
+    local map = { 0 }                              -- code 0: missing
+    for i, l in ipairs(levels) do map[i + 1] = pos[l] and offset + pos[l] or 0 end
     local col = moe.tensor(map, { dtype = "int64" }):index_select(1, codes + 1)
     if n > 0 then
-      x:view(-1):index_add_(1, rows + col, moe.ones(n))
+      local at = moe.where(col:gt(0), rows + col, moe.full({ n }, spare, { dtype = "int64" }))
+      flat:index_add_(1, at, moe.ones(n))
     end
     offset = offset + #vocab
   end
-  return x:narrow(2, 1, d):contiguous()
+  return x
 end
 
 function FeatureEncoder:fit_transform(frame) return self:fit(frame):transform(frame) end
