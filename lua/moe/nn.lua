@@ -343,38 +343,36 @@ function Module:training() return set_mode(self, true) end
 function Module:evaluate() return set_mode(self, false) end
 function Module:is_training() return self._training end
 
--- convert every weight to a dtype ("float64" for gradchecks)
-function Module:to(dtype)
+-- replace(m, name, t) -> new tensor or nil, for every weight and buffer of every module
+local function each_weight(self, replace)
   for _, e in ipairs(self:modules()) do
     local m = e[2]
-    rawset(m, "dtype", dtype)
     for _, list in ipairs { m._params, m._buffers } do
       for _, k in ipairs(list) do
         local t = rawget(m, k)
-        if t and t:dtype() ~= dtype then m:_replace_weight(k, t:detach():to(dtype)) end
+        local new = t and replace(m, t)
+        if new then m:_replace_weight(k, new) end
       end
     end
   end
   return self
 end
-function Module:double() return self:to("float64") end
 
 -- cuda() / cpu(): every weight and buffer moved to that device (the CUDA
 -- backend's kernels are a later issue: until then, ops on CUDA tensors say so)
 local function move(self, dev)
-  moe.no_grad(function()
-    for _, e in ipairs(self:modules()) do
-      local m = e[2]
-      for _, list in ipairs { m._params, m._buffers } do
-        for _, k in ipairs(list) do
-          local t = rawget(m, k)
-          if t and t:device() ~= dev then m:_replace_weight(k, t:detach():to(dev)) end
-        end
-      end
-    end
+  return moe.no_grad(function()
+    return each_weight(self, function(_, t) return t:device() ~= dev and t:detach():to(dev) or nil end)
   end)
-  return self
 end
+
+-- to(dtype) converts every weight ("float64" for gradchecks); to("cuda" | "cpu") moves them
+function Module:to(what)
+  if what == "cuda" or what == "cpu" then return move(self, what) end
+  for _, e in ipairs(self:modules()) do rawset(e[2], "dtype", what) end
+  return each_weight(self, function(_, t) return t:dtype() ~= what and t:detach():to(what) or nil end)
+end
+function Module:double() return self:to("float64") end
 function Module:cuda() return move(self, "cuda") end
 function Module:cpu() return move(self, "cpu") end
 function Module:float() return self:to("float32") end
