@@ -272,32 +272,30 @@ static int build(parse *p, const char *path, const moe_csv_options *o, moe_csv_f
     int forced = -1;
     for (int t = 0; t < o->ntyped; t++)
       if (strcmp(o->typed[t], col->name) == 0) forced = o->typed_numeric[t];
-    /* numeric unless forced otherwise or some field is not a number */
+    /* numeric unless forced otherwise or some field is not a number: one pass
+     * parses the values, and gives up at the first field that is not one */
     int numeric = forced != 0;
-    if (forced < 0) {
-      for (int64_t r = 0; r < nrows && numeric; r++) {
-        field f = p->f[(first + r) * ncols + c];
-        double v;
-        const char *s = p->buf + f.off;
-        if (!is_na(o, s, f.len) && !to_number(s, f.len, &v)) numeric = 0;
-      }
-    }
-    col->numeric = numeric;
     if (numeric) {
       col->values = malloc(sizeof(double) * (size_t)(nrows ? nrows : 1));
       if (!col->values) return moe_error("read_csv: out of memory");
-      for (int64_t r = 0; r < nrows; r++) {
+      for (int64_t r = 0; r < nrows && numeric; r++) {
         field f = p->f[(first + r) * ncols + c];
         const char *s = p->buf + f.off;
         double v = NAN;
         if (!is_na(o, s, f.len) && !to_number(s, f.len, &v)) {
-          int32_t shown = f.len > 40 ? 40 : f.len;
-          return moe_error("read_csv: %s line %lld, column '%s': '%.*s%s' is not a number", path,
-                           (long long)p->line[first + r], col->name, (int)shown, s, f.len > 40 ? "..." : "");
+          if (forced == 1) {
+            int32_t shown = f.len > 40 ? 40 : f.len;
+            return moe_error("read_csv: %s line %lld, column '%s': '%.*s%s' is not a number", path,
+                             (long long)p->line[first + r], col->name, (int)shown, s, f.len > 40 ? "..." : "");
+          }
+          numeric = 0;
         }
         col->values[r] = v;
       }
-    } else {
+      if (!numeric) { free(col->values); col->values = NULL; }
+    }
+    col->numeric = numeric;
+    if (!numeric) {
       col->codes = malloc(sizeof(int32_t) * (size_t)(nrows ? nrows : 1));
       if (!col->codes) return moe_error("read_csv: out of memory");
       table t = {0};
