@@ -48,12 +48,12 @@ local best = { score = -math.huge }
 local report = { on_epoch_end = function(self, epoch, logs)
   local line = { ("epoch %2d  loss %.4f"):format(epoch, logs.loss) }
   local sets = { { "train", ds.train }, { "val", ds.val }, { "test", ds.test } }
-  local val_sum, test = 0, {}
+  local val_sum, test, preds = 0, {}, {}
+  for i, s in ipairs(sets) do preds[i] = self.model:predict(s[2].x, { batch_size = 4096 }) end -- both tasks at once
   for _, name in ipairs(ds.task_names) do
     local parts = {}
-    for _, s in ipairs(sets) do
-      local p = self.model:predict(s[2].x, { batch_size = 4096 })[name]
-      local v = auc(s[2].y[name], p)
+    for i, s in ipairs(sets) do
+      local v = auc(s[2].y[name], preds[i][name])
       parts[#parts + 1] = ("%s %.4f"):format(s[1], v)
       if s[1] == "val" then val_sum = val_sum + v end
       if s[1] == "test" then test[name] = v end

@@ -109,7 +109,7 @@ local function sorted_keys(t)
 end
 
 -- running state of one pass (train or evaluate) over batches
-local function new_pass(self, outs_example)
+local function new_pass()
   return { loss_sum = 0, out_loss = {}, n = 0, metrics = nil }
 end
 
@@ -341,7 +341,7 @@ function Module:fit(opts)
       local epoch_logs = {}
       call_hooks(cbs, "on_epoch_begin", epoch, epoch_logs)
       self:training()
-      local st = new_pass(self)
+      local st = new_pass()
       local t0 = now()
       local b = 0
       local single
@@ -413,7 +413,7 @@ function Module:evaluate(opts)
   set_mode_eval(self)
   local cbs = opts.callbacks or {}
   call_hooks(cbs, "on_test_begin", {})
-  local st, single = new_pass(self), true
+  local st, single = new_pass(), true
   local ok, err = pcall(moe.no_grad, function()
     for start = 1, n, batch do
       local len = math.min(batch, n - start + 1)

@@ -135,7 +135,7 @@ static size_t cache_limit(void) {
 static size_t large_round(size_t total) {
   size_t p = 1;
   while (p * 2 <= total) p *= 2;
-  size_t step = p >= 64 ? p / 8 : 8;
+  size_t step = p / 8; /* large blocks are over 32 KiB */
   return (total + step - 1) / step * step;
 }
 

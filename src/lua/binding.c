@@ -1254,7 +1254,6 @@ static int l_read_csv(lua_State *L) {
   o.names = string_list(L, 5, "columns", &o.nnames);
   o.na = string_list(L, 6, "na_values", &o.nna);
   o.typed = string_list(L, 7, "dtypes", &o.ntyped);
-  int nflags = 0;
   int *flags = NULL;
   if (o.ntyped) {
     luaL_checktype(L, 8, LUA_TTABLE);
@@ -1263,7 +1262,6 @@ static int l_read_csv(lua_State *L) {
       lua_rawgeti(L, 8, i + 1);
       flags[i] = lua_toboolean(L, -1);
       lua_pop(L, 1);
-      nflags++;
     }
   }
   o.typed_numeric = flags;
@@ -1309,7 +1307,6 @@ static int l_read_csv(lua_State *L) {
   }
   free(ts);
   moe_csv_free(&f);
-  (void)nflags;
   return 2;
 }
 
