@@ -83,6 +83,12 @@ end
 local function init_mean(self) self.sum, self.cnt = 0, 0 end
 local function mean_result(self) return self.cnt > 0 and self.sum / self.cnt or 0 / 0 end
 
+-- 1 where a binary prediction (p > threshold) matches the label (y > 0.5), else 0
+local function binary_correct(y, p, threshold, where)
+  local yy, pp = pair(y, p, where)
+  return pp:gt(threshold):eq(yy:gt(0.5)):to("float64")
+end
+
 -- predictions [n, k] with k > 1 are class scores; [n] / [n, 1] binary probabilities
 local function per_sample_accuracy(y, p, threshold, mode)
   if p:dim() == 2 and p:size(2) > 1 then
@@ -92,13 +98,12 @@ local function per_sample_accuracy(y, p, threshold, mode)
     else truth = y:reshape(-1):to("int64") end
     return pred:eq(truth):to("float64")
   end
-  local yy, pp = pair(y, p, "accuracy")
-  return pp:gt(threshold):eq(yy:gt(0.5)):to("float64")
+  return binary_correct(y, p, threshold, "accuracy")
 end
 
 metrics.BinaryAccuracy = kind("binary_accuracy", init_mean, function(self, y, p, w)
-  local yy, pp = pair(y, p, "binary_accuracy")
-  add_mean(self, pp:gt(self.threshold):eq(yy:gt(0.5)):to("float64"), weights(w, yy:numel()))
+  local v = binary_correct(y, p, self.threshold, "binary_accuracy")
+  add_mean(self, v, weights(w, v:numel()))
 end, mean_result)
 
 metrics.Accuracy = kind("accuracy", init_mean, function(self, y, p, w)
