@@ -29,6 +29,19 @@ ENGINE_OBJ += $(CUDA_OBJ)
 CFLAGS     += -DMOE_WITH_CUDA
 NVFLAGS    ?= -O3 -std=c++17 -Xcompiler -fPIC -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 CUDA_LIBS  := -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lpthread -lstdc++
+CU_COMPILE  = $(NVCC) $(NVFLAGS) -c $< -o $@
+endif
+# CUDA=emu: the same .cu files built by g++ against the host emulator in
+# src/cuda/emu (fibers for thread blocks, cuBLAS on OpenBLAS, device memory
+# that host code cannot touch): `make emu-test` runs the CUDA specs with it.
+ifeq ($(CUDA),emu)
+CUDA_SRC   := $(wildcard src/cuda/*.cu)
+CUDA_OBJ   := $(CUDA_SRC:%.cu=$(BUILD)/obj/%.o) $(BUILD)/obj/src/cuda/emu/emu.o
+ENGINE_OBJ += $(CUDA_OBJ)
+CFLAGS     += -DMOE_WITH_CUDA
+CUDA_LIBS  := -lstdc++
+EMU_CXX     = g++ $(OPT) $(SAN) -std=c++17 -fPIC -Wall -Wno-unused-parameter -Wno-unused-function -Isrc/cuda/emu $(shell pkg-config --cflags openblas 2>/dev/null)
+CU_COMPILE  = $(EMU_CXX) -x c++ -c $< -o $@
 endif
 
 
@@ -43,9 +56,13 @@ $(BUILD)/obj/%.o: %.c $(HEADERS) Makefile | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/obj/%.o: %.cu $(HEADERS) Makefile | deps
+$(BUILD)/obj/%.o: %.cu $(HEADERS) $(wildcard src/cuda/*.cuh src/cuda/*.h src/cuda/emu/*.h) Makefile | deps
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVFLAGS) -c $< -o $@
+	$(CU_COMPILE)
+
+$(BUILD)/obj/src/cuda/emu/emu.o: src/cuda/emu/emu.cc $(wildcard src/cuda/emu/*.h) Makefile | deps
+	@mkdir -p $(dir $@)
+	$(EMU_CXX) -c $< -o $@
 
 $(BUILD)/libmoe.a: $(ENGINE_OBJ)
 	@rm -f $@
@@ -67,6 +84,7 @@ run: all
 
 # C checks, then every busted spec; the last line is "N passed, N failed"
 test: all $(BUILD)/test_engine
+	@$(MAKE) --no-print-directory BUILD=build-emu CUDA=emu OPT="-O1 -g" build-emu/moelua
 	@scripts/test.sh $(BUILD)
 
 # the same suite under AddressSanitizer and UBSan
@@ -77,11 +95,16 @@ asan-test: deps
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  MOELUA_ASAN=1 scripts/test.sh build-asan
 
+# the CUDA specs (and the rest) against the host emulator of src/cuda/emu
+emu-test: deps
+	@$(MAKE) --no-print-directory BUILD=build-emu CUDA=emu OPT="-O1 -g" build-emu/moelua build-emu/moe/core.so build-emu/test_engine
+	@MOE_CUDA_EMU=1 scripts/test.sh build-emu
+
 bench: all
 	@$(BUILD)/moelua bench/run.lua
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-emu
 
 help:
 	@echo "make            build build/moelua and build/moe/core.so (installs missing Debian packages)"

@@ -37,6 +37,19 @@ run "C checks" "$build/test_engine"
 echo "== busted specs (interpreter: $build/moelua)"
 run "busted" "$build/moelua" /usr/bin/busted -o TAP spec
 
+# the CUDA backend's kernels on the host emulator (src/cuda/emu; built by
+# `make test` as build-emu): the device specs run here even without a GPU
+emu_root="$root/build-emu"
+if [ -z "${MOE_CUDA_EMU:-}" ] && [ -x "$emu_root/moelua" ]; then
+  echo "== CUDA specs on the host emulator (build-emu/moelua)"
+  emu_part=$(mktemp)
+  MOE_CUDA_EMU=1 run "CUDA emulator" "$emu_root/moelua" /usr/bin/busted -o TAP spec/cuda_spec.lua > "$emu_part"
+  cat "$emu_part"
+  emu_pass=$(grep -cE '^ok [0-9]+' "$emu_part")
+  echo "CUDA specs on the emulator: $emu_pass passed"
+  rm -f "$emu_part"
+fi
+
 skipped=$(grep -cE '^ok [0-9]+ - # SKIP' "$log")
 passed=$(( $(grep -cE '^ok [0-9]+' "$log") - skipped ))
 failed=$(( $(grep -cE '^not ok [0-9]+' "$log") + crashed ))

@@ -48,6 +48,7 @@ describe("moe.cuda with a device", function()
   end)
   it("counts device memory through the caching allocator", function()
     if not need_device() then return end
+    collectgarbage(); collectgarbage()
     moe.cuda.empty_cache()
     local before = moe.cuda.memory_stats().live
     local t = moe.randn(1024, 1024):cuda()
@@ -59,9 +60,8 @@ describe("moe.cuda with a device", function()
   end)
   it("ops without a CUDA kernel say so; a model moves its weights and back", function()
     if not need_device() then return end
-    local t = moe.randn(2, 3):cuda()
-    assert.matches("has no CUDA kernel yet", H.error_of(function() return t + t end))
-    assert.same({ 2, 3 }, t:shape())
+    local h, g = moe.randn(2, 3, 4):cuda(), moe.randn(2, 4):cuda()
+    assert.matches("mixture: argument #1 is a CUDA tensor, and this op has no CUDA kernel yet", H.error_of(moe.mixture, h, g))
     local m = moe.Sequential { nn.Dense { units = 2 }, input_shape = { 3 } }
     local w = m:get_weights()
     m:cuda()
@@ -69,5 +69,200 @@ describe("moe.cuda with a device", function()
     assert.is_true(m:parameters()[1].requires_grad)
     m:cpu()
     for i, x in ipairs(m:get_weights()) do assert.same(w[i]:totable(), x:totable()) end
+  end)
+
+  -- CPU/GPU parity: the same op on the same values, results within float tolerance
+  local function close(cpu, gpu, tol)
+    assert.equal("cuda", gpu:device())
+    local back = gpu:detach():cpu()
+    assert.same(cpu:shape(), back:shape())
+    assert.equal(cpu:dtype(), back:dtype())
+    if cpu:numel() == 0 then return end
+    if cpu:dtype() == "float32" or cpu:dtype() == "float64" then
+      local ca, cb = cpu:ne(cpu), back:ne(back)
+      assert.same(ca:totable(), cb:totable())
+      local diff = moe.where(ca, 0, (cpu - back):abs()):max():item()
+      local scale = math.max(1, moe.where(ca, 0, cpu:abs()):max():item())
+      assert.is_true(diff <= (tol or 1e-5) * scale, ("max difference %g"):format(diff))
+    else
+      assert.same(cpu:totable(), back:totable())
+    end
+  end
+
+  it("elementwise ops, broadcasting, scalars and dtypes match the CPU", function()
+    if not need_device() then return end
+    moe.manual_seed(7)
+    local a, b = moe.randn(3, 4, 5), moe.randn(4, 1)
+    a[1][1][1] = 0 / 0
+    local ga, gb = a:cuda(), b:cuda()
+    for _, op in ipairs { "add", "sub", "mul", "div", "pow", "maximum", "minimum", "eq", "ne", "lt", "le", "gt", "ge" } do
+      close(moe[op](a, b), moe[op](ga, gb))
+      close(moe[op](a, 0.5), moe[op](ga, 0.5))
+      close(moe[op](2, a), moe[op](2, ga))
+    end
+    local ia, ib = moe.randint(-5, 5, { 4, 6 }, { dtype = "int32" }), moe.randint(1, 5, { 6 }, { dtype = "int64" })
+    for _, op in ipairs { "add", "sub", "mul", "div", "maximum", "lt" } do close(moe[op](ia, ib), moe[op](ia:cuda(), ib:cuda())) end
+    local pos = a:abs() + 0.1
+    for _, op in ipairs { "neg", "abs", "relu", "sign", "square", "exp", "log", "sqrt", "tanh", "sigmoid", "gelu",
+                          "softplus", "log1p", "expm1", "floor", "ceil", "round", "rsqrt" } do
+      close(moe[op](pos), moe[op](pos:cuda()))
+      close(moe[op](a), moe[op](ga))
+    end
+    close(a:clamp(-0.5, 0.5), ga:clamp(-0.5, 0.5))
+    close(moe.where(a:gt(0), a, b), moe.where(ga:gt(0), ga, gb))
+    close(moe.where(a:gt(0), 1, a), moe.where(ga:gt(0), 1, ga))
+    -- casts, strided views, in-place ops and copies between devices
+    for _, dt in ipairs { "float64", "int32", "int64", "bool" } do close(a:to(dt), ga:to(dt)) end
+    close(a:transpose(1, 3):contiguous(), ga:transpose(1, 3):contiguous())
+    close(a:narrow(3, 2, 2) * 3, ga:narrow(3, 2, 2) * 3)
+    local c, gc = a:clone(), ga:clone()
+    c:add_(b); gc:add_(gb); c:mul_(2); gc:mul_(2)
+    close(c, gc)
+    local z = moe.zeros(3, 4, 5):cuda()
+    z:copy_(a)                                  -- from the host into device memory
+    close(a, z)
+    local f = moe.zeros(2, 3):cuda(); f:fill_(2.5); close(moe.full({ 2, 3 }, 2.5), f)
+  end)
+
+  it("reductions, softmax, scans and sorting match the CPU", function()
+    if not need_device() then return end
+    moe.manual_seed(8)
+    local a = moe.randn(3, 4, 70)       -- rows of 70 and of 12 over 256-thread blocks
+    local ga = a:cuda()
+    for _, op in ipairs { "sum", "mean", "var", "std", "max", "min", "argmax", "argmin", "logsumexp" } do
+      close(moe[op](a), moe[op](ga), 1e-4)
+      for d = 1, 3 do close(moe[op](a, d), moe[op](ga, d), 1e-4) end
+    end
+    close(a:sum { 1, 2 }, ga:sum { 1, 2 }, 1e-4)           -- the strided column-sum path
+    local pr = moe.randn(4, 6)
+    close(pr:prod(2), pr:cuda():prod(2), 1e-5)
+    local v, i = a:max(2); local gv, gi = ga:max(2)
+    close(v, gv); close(i, gi)
+    close(a:gt(0):all(3), ga:gt(0):all(3)); close(a:gt(2):any(3), ga:gt(2):any(3))
+    local ri = moe.randint(0, 9, { 4, 5 })
+    close(ri:sum(2), ri:cuda():sum(2)); close(ri:max(1), ri:cuda():max(1))
+    for d = 1, 3 do
+      close(a:softmax(d), ga:softmax(d), 1e-5)
+      close(a:log_softmax(d), ga:log_softmax(d), 1e-5)
+      close(a:cumsum(d), ga:cumsum(d), 1e-4)
+    end
+    local t = moe.tensor { { 3, 1, 3, 2 }, { 0 / 0, 5, 5, -1 } }
+    local tv, ti = t:topk(3, 2); local gtv, gti = t:cuda():topk(3, 2)
+    close(tv, gtv); close(ti, gti)                          -- ties in index order, NaN first
+    local sv, si = a:sort(3, true); local gsv, gsi = ga:sort(3, true)
+    close(sv, gsv); close(si, gsi)
+  end)
+
+  it("matmul, linear and binary cross-entropy match, forward and backward", function()
+    if not need_device() then return end
+    moe.manual_seed(9)
+    local a, b = moe.randn(2, 5, 7), moe.randn(7, 3)
+    close(a:matmul(b), a:cuda():matmul(b:cuda()), 1e-5)
+    local c = moe.randn(5, 4)
+    close(a:transpose(2, 3):matmul(c), a:cuda():transpose(2, 3):matmul(c:cuda()), 1e-5)
+    close(moe.randn(3, 4, 0):matmul(moe.randn(0, 2)), moe.randn(3, 4, 0):cuda():matmul(moe.randn(0, 2):cuda()))
+    local x, w, bias, target = moe.randn(6, 7), moe.randn(7, 3), moe.randn(3), moe.rand(6, 3):gt(0.5):float()
+    for _, act in ipairs { "none", "relu", "sigmoid", "tanh" } do
+      local grads = {}
+      for k, dev in ipairs { "cpu", "cuda" } do
+        local X, W, B = x:to(dev):detach(), w:to(dev):detach(), bias:to(dev):detach()
+        X.requires_grad, W.requires_grad, B.requires_grad = true, true, true
+        local y = moe.linear(X, W, B, act ~= "none" and act or nil)
+        local p = y:sigmoid()
+        local loss = moe.bce(target:to(dev), p):mean()
+        loss:backward()
+        grads[k] = { y, X.grad, W.grad, B.grad }
+      end
+      for j = 1, 4 do close(grads[1][j], grads[2][j], 1e-4) end
+    end
+  end)
+
+  it("gradients of composite expressions match the CPU (autograd on the device)", function()
+    if not need_device() then return end
+    moe.manual_seed(10)
+    local x0, y0 = moe.randn(4, 6), moe.randn(6, 5)
+    local function run(dev)
+      local x, y = x0:to(dev):detach(), y0:to(dev):detach()
+      x.requires_grad, y.requires_grad = true, true
+      local h = x:matmul(y):gelu()
+      local s = (h:softmax(2) * h:tanh()):sum(1) + h:max(2):sum() + x:abs():mean()
+      local idx = moe.tensor({ 2, 1, 2 }, { dtype = "int64" }):to(dev)
+      local r = s:sum() + h:index_select(1, idx):exp():mean() + moe.cat({ x, x * 2 }, 1):pow(2):sum()
+      r:backward()
+      return r, x.grad, y.grad
+    end
+    local r1, gx1, gy1 = run("cpu")
+    local r2, gx2, gy2 = run("cuda")
+    close(r1, r2, 1e-4); close(gx1, gx2, 1e-4); close(gy1, gy2, 1e-4)
+  end)
+
+  it("index ops match, and a bad index is a clear error", function()
+    if not need_device() then return end
+    moe.manual_seed(11)
+    local t = moe.randn(5, 4)
+    local idx = moe.tensor({ 5, 1, 1, 3 }, { dtype = "int64" })
+    local gt, gidx = t:cuda(), idx:cuda()
+    close(t:index_select(1, idx), gt:index_select(1, gidx))
+    local cols = moe.tensor({ 4, 1, 4 }, { dtype = "int64" })
+    close(t:index_select(2, cols), gt:index_select(2, cols:cuda()))
+    local src = moe.randn(4, 4)
+    close(t:index_add(1, idx, src), gt:index_add(1, gidx, src:cuda()))       -- repeated index 1 accumulates
+    local gi = moe.randint(1, 5, { 3, 4 })
+    close(t:gather(1, gi), gt:gather(1, gi:cuda()))
+    close(t:scatter_add(1, gi, moe.ones(3, 4)), gt:scatter_add(1, gi:cuda(), moe.ones(3, 4):cuda()))
+    close(moe.stack({ t, t * 2 }, 2), moe.stack({ gt, gt * 2 }, 2))
+    local bad = moe.tensor({ 1, 6 }, { dtype = "int64" }):cuda()
+    assert.matches("index_select: index 6 out of range %[1, 5%]", H.error_of(gt.index_select, gt, 1, bad))
+  end)
+
+  it("mixing devices in one op is an error naming both; results land on their inputs' device", function()
+    if not need_device() then return end
+    local a, b = moe.randn(2, 2), moe.randn(2, 2):cuda()
+    assert.matches("add: argument #2 is on cuda while an earlier tensor argument is on cpu", H.error_of(moe.add, a, b))
+    assert.matches("matmul: argument #2 is on cpu", H.error_of(moe.matmul, b, a))
+    assert.matches("cat: entry 2 of the list is on cpu", H.error_of(moe.cat, { b, a }))
+    assert.equal("cuda", (b * 2):sum():device())
+    assert.equal("cuda", moe.zeros_like(b):device())
+    local prev = moe.get_default_device()
+    moe.set_default_device("cuda")
+    local ok, made = pcall(moe.randn, 3)
+    moe.set_default_device(prev)
+    assert.is_true(ok)
+    assert.equal("cuda", made:device())
+    assert.equal("cpu", moe.randn(3):device())
+    assert.matches("set_default_device: expected", H.error_of(moe.set_default_device, "tpu"))
+  end)
+
+  it("bf16 and tf32 matmuls stay within their precision of fp32", function()
+    if not need_device() then return end
+    moe.manual_seed(12)
+    local a, b = moe.randn(64, 96), moe.randn(96, 32)
+    local exact = a:matmul(b)
+    local prev = moe.cuda.set_precision("bf16")
+    local ok, r = pcall(function() return a:cuda():matmul(b:cuda()):cpu() end)
+    moe.cuda.set_precision("tf32")
+    local ok2, r2 = pcall(function() return a:cuda():matmul(b:cuda()):cpu() end)
+    moe.cuda.set_precision(prev)
+    assert.is_true(ok, r); assert.is_true(ok2, r2)
+    local err = (r - exact):abs():max():item()
+    assert.is_true(err < 0.15, "bf16 error " .. err)          -- 8-bit mantissas over K = 96
+    assert.is_true((r2 - exact):abs():max():item() < 0.05)
+    assert.equal("fp32", moe.cuda.get_precision())
+  end)
+
+  it("a model trained a step on the device saves weights that load on the CPU", function()
+    if not need_device() then return end
+    moe.manual_seed(13)
+    local m = moe.Sequential { nn.Dense { units = 4, activation = "relu" }, nn.Dense { units = 1 }, input_shape = { 3 } }
+    local x = moe.randn(8, 3)
+    local ref = m:forward(x)
+    m:cuda()
+    close(ref:detach(), m:forward(x:cuda()), 1e-5)
+    local path = os.tmpname()
+    m:save(path)
+    local back = moe.load(path)
+    os.remove(path)
+    close(ref:detach(), back:forward(x):detach():cuda(), 1e-5)
+    assert.equal("cpu", back:parameters()[1]:device())
   end)
 end)

@@ -6,9 +6,17 @@
 --   moe.cuda.empty_cache()       -- frees the cached device blocks, returns their bytes
 --   t:cuda(), t:cpu(), t:to("cuda"), model:cuda(), model:cpu()
 --
--- The backend's kernels are the next step of the CUDA issue: tensors move to
--- and from the device (through a caching allocator), and any op given a CUDA
--- tensor says it has no CUDA kernel yet.
+--   moe.cuda.set_precision(p)   -- float32 GEMMs on the device: "fp32" (default), "tf32"
+--                               -- or "bf16" (operands rounded, fp32 accumulate); returns the old one
+--   moe.set_default_device("cuda")  -- creation functions make CUDA tensors
+--
+-- Ops run on the device of their tensor arguments and put their results there;
+-- arguments on two devices are an error. The ops with CUDA kernels so far:
+-- elementwise math and comparisons, casts and copies, reductions, softmax,
+-- cumsum, matmul (cuBLAS), linear, binary cross-entropy, sort/topk, gather,
+-- scatter_add, index_select, index_add, cat/stack, where, and autograd through
+-- them. The rest (mixture, gate_scale, route_plan, grouped_matmul, bincount,
+-- the fused optimizers) say "has no CUDA kernel yet".
 local moe = require "moe"
 local core = moe.core
 
@@ -23,5 +31,7 @@ function cuda.memory_stats()
   return { live = i.live, peak = i.peak, cached = i.cached, free = i.free, total = i.total }
 end
 function cuda.empty_cache() return core.cuda_empty_cache() end
+function cuda.set_precision(p) return core.cuda_precision(p) end
+function cuda.get_precision() return core.cuda_precision() end
 
 return cuda

@@ -107,12 +107,40 @@ for _, name in ipairs { "split", "chunk", "argsort", "expand_as", "view_as", "fl
   Tensor[name] = moe[name]
 end
 
--- *_like creation: same shape (and dtype unless opts.dtype says otherwise)
+-- The default device of creation functions (zeros, randn, tensor, ...):
+-- moe.set_default_device("cuda") puts new tensors on the GPU; ops put their
+-- results on the device of their inputs whatever the default.
+do
+  local default_device = "cpu"
+  function moe.set_default_device(d)
+    if d ~= "cpu" and d ~= "cuda" then
+      error(("set_default_device: expected \"cpu\" or \"cuda\", got %s"):format(tostring(d)), 2)
+    end
+    if d == "cuda" and core.cuda_info().device_count == 0 then
+      error("set_default_device: no CUDA device is available (" .. tostring(core.cuda_info().reason) .. ")", 2)
+    end
+    default_device = d
+  end
+  function moe.get_default_device() return default_device end
+  for _, name in ipairs { "tensor", "zeros", "ones", "full", "empty", "rand", "randn", "randint", "randperm",
+                          "arange", "linspace", "eye" } do
+    local make = moe[name]
+    moe[name] = function(...)
+      local t = make(...)
+      if default_device == "cuda" then return core.cuda(t) end
+      return t
+    end
+  end
+end
+
+-- *_like creation: same shape, device (and dtype unless opts.dtype says otherwise)
 local function like(fn)
   return function(t, opts)
     local o = { dtype = t:dtype() }
     for k, v in pairs(opts or {}) do o[k] = v end
-    return fn(t:shape(), o)
+    local r = fn(t:shape(), o)
+    if r:device() ~= t:device() then r = moe.to(r, t:device()) end
+    return r
   end
 end
 moe.zeros_like = like(moe.zeros)
@@ -123,6 +151,7 @@ moe.randn_like = like(moe.randn)
 function moe.full_like(t, value, opts)
   local o = { dtype = t:dtype() }
   for k, v in pairs(opts or {}) do o[k] = v end
+  if t:device() == "cuda" then return moe.to(moe.full(t:shape(), value, o), "cuda") end
   return moe.full(t:shape(), value, o)
 end
 

@@ -50,7 +50,10 @@ function io_.write(path, names, tensors, metadata)
     end
     parts[#parts + 1] = '"__metadata__":' .. cjson.encode(metadata)
   end
-  core.st_save(path, "{" .. table.concat(parts, ",") .. "}", tensors)
+  -- CUDA tensors are written from host copies: the file loads on any machine
+  local host = {}
+  for i, t in ipairs(tensors) do host[i] = t:device() == "cuda" and core.cpu(t:detach()) or t end
+  core.st_save(path, "{" .. table.concat(parts, ",") .. "}", host)
 end
 
 -- save_tensors(path, {name = tensor, ...}[, metadata]): names are written sorted

@@ -11,7 +11,14 @@ void *moe_cuda_malloc(size_t n, size_t *got);  /* NULL: see moe_cuda_last_error(
 void moe_cuda_free(void *p, size_t bytes);
 size_t moe_cuda_empty_cache(void);
 void moe_cuda_memory_stats(size_t *live, size_t *peak, size_t *cached);
-int moe_cuda_copy(void *dst, const void *src, size_t n, int kind); /* 0 h2d, 1 d2h, 2 d2d */
+int moe_cuda_memcpy(void *dst, const void *src, size_t n, int kind); /* 0 h2d, 1 d2h, 2 d2d */
+int moe_cuda_memset(void *p, int v, size_t n);
+int moe_cuda_synchronize(void);
+/* a kernel's failure since the last call (copied into buf, then cleared); 0 if none */
+int moe_cuda_take_error(char *buf, size_t len);
+/* matmul precision of float32 GEMMs: 0 fp32, 1 tf32, 2 bf16 operands; returns the old one */
+int moe_cuda_set_precision(int p);
+int moe_cuda_get_precision(void);
 const char *moe_cuda_last_error(void);
 int moe_cuda_built(void);                      /* 1 when built with MOE_WITH_CUDA */
 #endif

@@ -1,7 +1,7 @@
 /* index.c -- checking and dispatch of sort, topk, gather, scatter_add,
  * index_select, index_add, bincount, cat and stack. */
 #include "moe.h"
-#include "../cpu/cpu.h"
+#include "dispatch.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -25,8 +25,16 @@ static const int64_t *checked_index(const char *op, const moe_tensor *index, int
   const int64_t *p = (const int64_t *)moe_data(*hold);
   int64_t n = moe_numel(*hold);
   for (int64_t i = 0; i < n; i++) {
-    if (p[i] < ibase || p[i] >= ibase + size) {
-      moe_error("%s: index %lld out of range [%lld, %lld] (dim size %lld)", op, (long long)p[i],
+    int64_t v = 0;
+#ifdef MOE_WITH_CUDA
+    if ((*hold)->device == MOE_CUDA) { /* checked on the device: one flag comes back */
+      if (moe_cuda_index_check(p, n, ibase, ibase + size - 1, &v) == 0) break;
+      i = n;
+    } else
+#endif
+      v = p[i];
+    if (v < ibase || v >= ibase + size) {
+      moe_error("%s: index %lld out of range [%lld, %lld] (dim size %lld)", op, (long long)v,
                 (long long)ibase, (long long)(ibase + size - 1), (long long)size);
       moe_tensor_release(*hold);
       *hold = NULL;
@@ -65,17 +73,17 @@ static int topk_impl(const moe_tensor *t, int64_t k, int dim, int largest,
   moe_dtype wdt = t->dtype == MOE_BOOL ? MOE_I32 : t->dtype;
   moe_tensor *p = moe_permute(t, perm);
   moe_tensor *x = NULL, *vals = NULL, *idx = NULL;
-  int64_t *order = NULL;
+  moe_tensor *order = NULL;
   int rc = -1;
   if (!p) return -1;
   if (wdt == t->dtype) x = moe_contiguous(p);
-  else if ((x = moe_empty(p->ndim, p->shape, wdt))) moe_cpu_copy(x, p);
+  else if ((x = moe_empty(p->ndim, p->shape, wdt))) MOE_K(copy, x->device, x, p);
   if (!x) goto done;
   int64_t K = t->shape[dim], M = 1;
   for (int d = 0; d < t->ndim; d++) if (d != dim) M *= t->shape[d];
-  order = malloc(sizeof(int64_t) * (size_t)(M * K + 1));
-  if (!order) { moe_error("topk: out of memory"); goto done; }
-  moe_cpu_argsort_rows(x, M, K, largest != 0, order);
+  int64_t on = M * K;
+  if (!(order = moe_empty(1, &on, MOE_I64))) goto done;
+  MOE_K(argsort_rows, x->device, x, M, K, largest != 0, (int64_t *)moe_data(order));
   /* outputs in [rest..., k] layout, then permuted back */
   int64_t oshape[MOE_MAX_DIMS];
   memcpy(oshape, x->shape, sizeof oshape);
@@ -83,21 +91,11 @@ static int topk_impl(const moe_tensor *t, int64_t k, int dim, int largest,
   vals = moe_empty(t->ndim, oshape, t->dtype);
   idx = moe_empty(t->ndim, oshape, MOE_I64);
   if (!vals || !idx) goto done;
-  size_t es = moe_dtype_size(t->dtype);
-  const char *xs = moe_data(x);
-  char *vs = moe_data(vals);
-  int64_t *is = (int64_t *)moe_data(idx);
   if (wdt != t->dtype) { /* bool was sorted as int32: take values from the original */
     moe_tensor_release(x);
     if (!(x = moe_contiguous(p))) goto done;
-    xs = moe_data(x);
   }
-  for (int64_t m = 0; m < M; m++)
-    for (int64_t j = 0; j < k; j++) {
-      int64_t o = order[m * K + j];
-      memcpy(vs + (size_t)(m * k + j) * es, xs + (size_t)(m * K + o) * es, es);
-      is[m * k + j] = o + ibase;
-    }
+  MOE_K(take_rows, x->device, x, M, K, (const int64_t *)moe_data(order), k, vals, idx, ibase);
   int inv[MOE_MAX_DIMS];
   for (int d = 0; d < t->ndim; d++) inv[perm[d]] = d;
   moe_tensor *pv = moe_permute(vals, inv), *pi = moe_permute(idx, inv);
@@ -110,7 +108,7 @@ static int topk_impl(const moe_tensor *t, int64_t k, int dim, int largest,
   moe_tensor_release(pv);
   moe_tensor_release(pi);
 done:
-  free(order);
+  moe_tensor_release(order);
   moe_tensor_release(p);
   moe_tensor_release(x);
   moe_tensor_release(vals);
@@ -145,7 +143,7 @@ static moe_tensor *gather_impl(const moe_tensor *t, int dim, const moe_tensor *i
   const int64_t *ix = checked_index("gather", index, t->shape[dim], ibase, &hold);
   if (!ix) return NULL;
   moe_tensor *out = moe_empty(index->ndim, index->shape, t->dtype);
-  if (out) moe_cpu_gather(out, t, dim, ix, index, ibase);
+  if (out) MOE_K(gather, out->device, out, t, dim, ix, index, ibase);
   moe_tensor_release(hold);
   return out;
 }
@@ -165,7 +163,7 @@ static moe_tensor *scatter_add_impl(const moe_tensor *t, int dim, const moe_tens
   }
   if (inplace) { out = (moe_tensor *)t; moe_tensor_retain(out); }
   else if (!(out = moe_clone(t))) goto done;
-  moe_cpu_scatter_add(out, dim, ix, index, s, ibase);
+  MOE_K(scatter_add, out->device, out, dim, ix, index, s, ibase);
 done:
   moe_tensor_release(s);
   moe_tensor_release(hold);
@@ -190,29 +188,7 @@ static moe_tensor *index_select_impl(const moe_tensor *t, int dim, const moe_ten
   memcpy(shape, t->shape, sizeof shape);
   shape[dim] = n;
   moe_tensor *out = moe_empty(t->ndim, shape, t->dtype);
-  if (out && moe_is_contiguous(t)) {
-    /* contiguous input: blocks of the dims after `dim` are memcpy'd (a batch of
-     * 32 rows of 499 floats took 50 us through the strided copy, 3 us this way) */
-    int64_t inner = 1, outer = 1, m = t->shape[dim];
-    for (int d = dim + 1; d < t->ndim; d++) inner *= t->shape[d];
-    for (int d = 0; d < dim; d++) outer *= t->shape[d];
-    size_t es = moe_dtype_size(t->dtype), blk = (size_t)inner * es;
-    const char *src = moe_data(t);
-    char *dst = moe_data(out);
-    for (int64_t o = 0; o < outer; o++)
-      for (int64_t i = 0; i < n; i++)
-        memcpy(dst + (size_t)(o * n + i) * blk, src + (size_t)(o * m + ix[i] - ibase) * blk, blk);
-  } else if (out) {
-    /* row copies: one strided copy of the slice t[.., ix[i], ..] per index */
-    moe_tensor so = *t, oo = *out;
-    so.shape[dim] = 1;
-    oo.shape[dim] = 1;
-    for (int64_t i = 0; i < n; i++) {
-      so.offset = t->offset + (ix[i] - ibase) * t->stride[dim];
-      oo.offset = out->offset + i * out->stride[dim];
-      moe_cpu_copy(&oo, &so);
-    }
-  }
+  if (out) MOE_K(index_select, out->device, out, t, dim, ix, n, ibase);
   moe_tensor_release(hold);
   return out;
 }
@@ -244,34 +220,7 @@ static moe_tensor *index_add_impl(const moe_tensor *t, int dim, const moe_tensor
   else if (inplace) { moe_error("index_add_: cannot add in place into a bool tensor"); goto done; }
   else if (!(out = cdt == t->dtype ? moe_clone(t) : moe_to_dtype(t, cdt)))
     goto done;
-  if (moe_is_contiguous(out) && moe_is_contiguous(s) && (cdt == MOE_F32 || cdt == MOE_F64)) {
-    /* contiguous float tensors: blocks after `dim` added in one loop each */
-    int64_t inner = 1, outer = 1, m = out->shape[dim];
-    for (int d = dim + 1; d < out->ndim; d++) inner *= out->shape[d];
-    for (int d = 0; d < dim; d++) outer *= out->shape[d];
-    for (int64_t o = 0; o < outer; o++)
-      for (int64_t i = 0; i < n; i++) {
-        int64_t a = (o * m + ix[i] - ibase) * inner, b = (o * n + i) * inner;
-        if (cdt == MOE_F32) {
-          float *dst = (float *)moe_data(out) + a;
-          const float *sp = (const float *)moe_data(s) + b;
-          for (int64_t k = 0; k < inner; k++) dst[k] += sp[k];
-        } else {
-          double *dst = (double *)moe_data(out) + a;
-          const double *sp = (const double *)moe_data(s) + b;
-          for (int64_t k = 0; k < inner; k++) dst[k] += sp[k];
-        }
-      }
-    goto done;
-  }
-  moe_tensor so = *s, oo = *out;
-  so.shape[dim] = 1;
-  oo.shape[dim] = 1;
-  for (int64_t i = 0; i < n; i++) {
-    so.offset = s->offset + i * s->stride[dim];
-    oo.offset = out->offset + (ix[i] - ibase) * out->stride[dim];
-    moe_cpu_binary(MOE_ADD, &oo, &oo, &so);
-  }
+  MOE_K(index_add, out->device, out, dim, ix, n, s, ibase);
 done:
   moe_tensor_release(s);
   moe_tensor_release(hold);
@@ -358,7 +307,7 @@ static moe_tensor *cat_impl(int n, moe_tensor *const *ts, int dim) {
     moe_tensor part = *out;
     part.offset = out->offset + at * out->stride[dim];
     part.shape[dim] = ts[i]->shape[dim];
-    moe_cpu_copy(&part, ts[i]);
+    MOE_K(copy, part.device, &part, ts[i]);
     at += ts[i]->shape[dim];
   }
   return out;

@@ -2,7 +2,7 @@
  * scans and matmul: arguments are checked once here, outputs allocated, and the
  * device's kernel called. Kernels live in src/cpu/ (and src/cuda/). */
 #include "moe.h"
-#include "../cpu/cpu.h"
+#include "dispatch.h"
 
 #include <math.h>
 #include <string.h>
@@ -65,7 +65,7 @@ static moe_tensor *binary_impl(moe_binop op, const moe_tensor *a, const moe_tens
   moe_tensor va, vb, *ca, *cb, *out = NULL;
   if (prepare_operands(a, b, dt, ndim, shape, &va, &vb, &ca, &cb) == 0) {
     out = moe_empty(ndim, shape, is_compare(op) ? MOE_BOOL : dt);
-    if (out) moe_cpu_binary(op, out, &va, &vb);
+    if (out) MOE_K(binary, out->device, op, out, &va, &vb);
   }
   moe_tensor_release(ca);
   moe_tensor_release(cb);
@@ -121,12 +121,12 @@ int moe_binary_(moe_binop op, moe_tensor *a, const moe_tensor *b) {
                      binop_names[op], moe_shape_str(b, b1), moe_shape_str(a, b2));
   moe_dtype dt = compute_dtype(op, moe_promote(a->dtype, b->dtype));
   if (dt == a->dtype && !is_compare(op) && b->dtype == dt && b->storage != a->storage) {
-    moe_cpu_binary(op, a, a, &vb);
+    MOE_K(binary, a->device, op, a, a, &vb);
     return 0;
   }
   moe_tensor *r = binary_impl(op, a, &vb);
   if (!r) return -1;
-  moe_cpu_copy(a, r);
+  MOE_K(copy, a->device, a, r);
   moe_tensor_release(r);
   return 0;
 }
@@ -153,7 +153,7 @@ static moe_tensor *unary_impl(moe_unop op, const moe_tensor *a, double p0, doubl
     p1 = p1 < lo ? lo : p1 > hi ? hi : p1;
   }
   moe_tensor *out = moe_empty_like(ca);
-  if (out) moe_cpu_unary(op, out, ca, p0, p1);
+  if (out) MOE_K(unary, out->device, op, out, ca, p0, p1);
   moe_tensor_release(ca);
   return out;
 }
@@ -171,7 +171,7 @@ static moe_tensor *where_impl(const moe_tensor *cond, const moe_tensor *a, const
       (cc = moe_to_dtype(cond, MOE_BOOL))) {
     moe_broadcast_to(cc, ndim, shape, &vc);
     out = moe_empty(ndim, shape, dt);
-    if (out) moe_cpu_where(out, &vc, &va, &vb);
+    if (out) MOE_K(where, out->device, out, &vc, &va, &vb);
   }
   moe_tensor_release(ca);
   moe_tensor_release(cb);
@@ -195,7 +195,7 @@ static moe_tensor *rows_view(const moe_tensor *t, unsigned mask, moe_dtype dt, i
   if (!p) return NULL;
   moe_tensor *c = NULL;
   if (p->dtype == dt) c = moe_contiguous(p);
-  else if ((c = moe_empty(p->ndim, p->shape, dt))) moe_cpu_copy(c, p);
+  else if ((c = moe_empty(p->ndim, p->shape, dt))) MOE_K(copy, c->device, c, p);
   moe_tensor_release(p);
   return c;
 }
@@ -252,7 +252,7 @@ static moe_tensor *reduce_impl(moe_redop op, const moe_tensor *t, unsigned dims,
     for (int d = 0; d < first; d++) O *= t->shape[d];
     for (int d = last + 1; d < t->ndim; d++) N *= t->shape[d];
     moe_tensor *out = moe_empty(keepdim ? t->ndim : on, keepdim ? kshape : oshape, t->dtype);
-    if (out) moe_cpu_sum_middle(t, out, O, K0, N, op == MOE_RMEAN);
+    if (out) MOE_K(sum_middle, out->device, t, out, O, K0, N, op == MOE_RMEAN);
     return out;
   }
   moe_tensor *x = rows_view(t, dims, in_dt, &M, &K);
@@ -265,7 +265,7 @@ static moe_tensor *reduce_impl(moe_redop op, const moe_tensor *t, unsigned dims,
     moe_tensor_release(x); moe_tensor_release(out);
     return NULL;
   }
-  moe_cpu_reduce_rows(op, x, out, idx, M, K, correction, ibase);
+  MOE_K(reduce_rows, out->device, op, x, out, idx, M, K, correction, ibase);
   moe_tensor_release(x);
   if (out->dtype != out_dt) { /* max/min of a bool tensor */
     moe_tensor *o2 = moe_to_dtype(out, out_dt);
@@ -290,7 +290,7 @@ static moe_tensor *scan_impl(moe_scanop op, const moe_tensor *t, int dim) {
   moe_tensor *x = rows_view(t, 1u << dim, dt, &M, &K);
   if (!x) return NULL;
   moe_tensor *y = moe_empty_like(x);
-  if (y) moe_cpu_scan_rows(op, x, y, M, K);
+  if (y) MOE_K(scan_rows, y->device, op, x, y, M, K);
   moe_tensor_release(x);
   if (!y || dim == t->ndim - 1) return y;
   /* y is laid out [.., dims except dim.., dim]: move dim back and make it contiguous */
@@ -354,7 +354,7 @@ int moe_matmul_out(moe_tensor *out, const moe_tensor *a, const moe_tensor *b) {
     if (!(cb = moe_clone(&vb))) { moe_tensor_release(ca); return -1; }
     vb = *cb; sBb = K * N;
   }
-  moe_cpu_gemm_batched(out->dtype, batch, M, N, K, moe_data(&va), sAb, va.stride[nb], va.stride[nb + 1],
+  MOE_K(gemm_batched, out->device, out->dtype, batch, M, N, K, moe_data(&va), sAb, va.stride[nb], va.stride[nb + 1],
                        moe_data(&vb), sBb, vb.stride[nb], vb.stride[nb + 1], moe_data(out), M * N);
   moe_tensor_release(ca);
   moe_tensor_release(cb);
@@ -597,7 +597,7 @@ static int unary_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
   if (!x || !y) return -1;
   moe_tensor *xc = moe_to_dtype(x, y->dtype);
   moe_tensor *gx = xc ? moe_empty(y->ndim, y->shape, y->dtype) : NULL;
-  if (gx) moe_cpu_unary_backward((moe_unop)n->iarg[0], gx, g, xc, y, n->darg[0], n->darg[1]);
+  if (gx) MOE_K(unary_backward, gx->device, (moe_unop)n->iarg[0], gx, g, xc, y, n->darg[0], n->darg[1]);
   moe_tensor_release(xc);
   return (gin[0] = gx) ? 0 : -1;
 }

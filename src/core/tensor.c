@@ -1,7 +1,6 @@
 /* tensor.c -- errors, dtypes, refcounted 64-byte aligned storage, and views. */
 #include "moe.h"
-#include "../cpu/cpu.h"
-#include "device.h"
+#include "dispatch.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -316,10 +315,51 @@ static void set_contiguous_strides(moe_tensor *t) {
   }
 }
 
+/* ---------------------------------------------------------------- devices */
+
+static moe_device alloc_device = MOE_CPU;
+moe_device moe_alloc_device(void) { return alloc_device; }
+moe_device moe_set_alloc_device(moe_device d) {
+  moe_device old = alloc_device;
+  alloc_device = d;
+  return old;
+}
+
+int moe_same_device(const char *op, int n, const moe_tensor *const *ts) {
+  const moe_tensor *first = NULL;
+  for (int i = 0; i < n; i++) {
+    if (!ts[i]) continue;
+    if (!first) { first = ts[i]; continue; }
+    if (ts[i]->device != first->device)
+      return moe_error("%s: expected all tensors on one device, got one on %s and one on %s; move them "
+                       "with :cuda() or :cpu()", op, first->device == MOE_CUDA ? "cuda" : "cpu",
+                       ts[i]->device == MOE_CUDA ? "cuda" : "cpu");
+  }
+  return 0;
+}
+
+/* a host header over nbytes of device memory (block_bytes: what the cache gave) */
+static moe_storage *device_storage_new(size_t nbytes) {
+  moe_storage *s = calloc(1, sizeof *s);
+  if (!s) { moe_error("out of memory"); return NULL; }
+  s->refcount = 1;
+  s->pool_class = -1;
+  s->nbytes = nbytes;
+  s->device = MOE_CUDA;
+  s->data = moe_cuda_malloc(nbytes, &s->block_bytes);
+  if (!s->data) {
+    free(s);
+    moe_error("cuda: %s", moe_cuda_last_error());
+    return NULL;
+  }
+  return s;
+}
+
 moe_tensor *moe_empty(int ndim, const int64_t *shape, moe_dtype dt) {
   int64_t n = 0;
   if (check_shape("empty", ndim, shape, &n)) return NULL;
-  moe_storage *s = storage_new((size_t)n * moe_dtype_size(dt));
+  moe_storage *s = alloc_device == MOE_CUDA ? device_storage_new((size_t)n * moe_dtype_size(dt))
+                                            : storage_new((size_t)n * moe_dtype_size(dt));
   if (!s) return NULL;
   moe_tensor *t = tensor_alloc();
   if (!t) { storage_release(s); return NULL; }
@@ -328,7 +368,7 @@ moe_tensor *moe_empty(int ndim, const int64_t *shape, moe_dtype dt) {
   if (ndim) memcpy(t->shape, shape, sizeof(int64_t) * (size_t)ndim);
   set_contiguous_strides(t);
   t->dtype = dt;
-  t->device = MOE_CPU;
+  t->device = s->device;
   return t;
 }
 
@@ -350,58 +390,35 @@ moe_tensor *moe_to_device(const moe_tensor *t, moe_device dev) {
   }
   size_t es = moe_dtype_size(t->dtype);
   int64_t n = moe_numel(t);
-  moe_tensor *src = NULL;
-  if (t->device == MOE_CPU) { /* host -> device: from a contiguous host copy */
-    int prev = moe_set_grad_enabled(0);
-    src = moe_contiguous(t);
-    moe_set_grad_enabled(prev);
-    if (!src) return NULL;
-  } else if (!moe_is_contiguous(t)) {
-    moe_error("cpu: strided CUDA tensors cannot be copied yet (no CUDA kernels in this build)");
-    return NULL;
-  }
-  moe_tensor *out = tensor_alloc();
-  moe_storage *s = out ? calloc(1, sizeof *s) : NULL;
-  if (!s) {
-    if (out) { live_tensors--; free(out); }
-    moe_tensor_release(src);
-    moe_error("to: out of memory");
-    return NULL;
-  }
-  s->refcount = 1;
-  s->pool_class = -1;
-  s->nbytes = (size_t)n * es;
-  int rc = 0;
-  if (dev == MOE_CUDA) {
-    s->device = MOE_CUDA;
-    s->data = moe_cuda_malloc(s->nbytes, &s->block_bytes);
-    if (!s->data) rc = moe_error("cuda: %s", moe_cuda_last_error());
-    else if (n && moe_cuda_copy(s->data, moe_data(src), s->nbytes, 0)) rc = moe_error("cuda: %s", moe_cuda_last_error());
-  } else {
-    moe_storage *h = storage_new(s->nbytes);
-    free(s);
-    s = h;
-    if (!s) rc = -1;
-    else if (n && moe_cuda_copy(s->data, moe_data(t), s->nbytes, 1)) rc = moe_error("cpu: %s", moe_cuda_last_error());
+  /* a contiguous copy on t's own device first, then one transfer */
+  int prev = moe_set_grad_enabled(0);
+  moe_device pd = moe_set_alloc_device(t->device);
+  moe_tensor *src = moe_contiguous(t);
+  moe_set_alloc_device(dev);
+  moe_tensor *out = src ? moe_empty(t->ndim, t->shape, t->dtype) : NULL;
+  moe_set_alloc_device(pd);
+  moe_set_grad_enabled(prev);
+  if (out && n && moe_cuda_memcpy(moe_data(out), moe_data(src), (size_t)n * es, dev == MOE_CUDA ? 0 : 1)) {
+    moe_error("%s: %s", dev == MOE_CUDA ? "cuda" : "cpu", moe_cuda_last_error());
+    moe_tensor_release(out);
+    out = NULL;
   }
   moe_tensor_release(src);
-  if (!s) { live_tensors--; free(out); return NULL; }
-  out->storage = s;
-  out->ndim = t->ndim;
-  memcpy(out->shape, t->shape, sizeof out->shape);
-  set_contiguous_strides(out);
-  out->dtype = t->dtype;
-  out->device = dev;
-  out->refcount = 1;
-  if (rc) { moe_tensor_release(out); return NULL; }
   return out;
 }
 
 moe_tensor *moe_full(int ndim, const int64_t *shape, moe_dtype dt, double value) {
   moe_tensor *t = moe_empty(ndim, shape, dt);
   if (!t) return NULL;
-  if (value == 0.0 && !signbit(value)) memset(t->storage->data, 0, t->storage->nbytes);
-  else moe_fill_(t, value);
+  if (value == 0.0 && !signbit(value)) {
+    if (t->device == MOE_CUDA) {
+      if (moe_cuda_memset(t->storage->data, 0, t->storage->nbytes)) {
+        moe_error("zeros: %s", moe_cuda_last_error());
+        moe_tensor_release(t);
+        return NULL;
+      }
+    } else memset(t->storage->data, 0, t->storage->nbytes);
+  } else moe_fill_(t, value);
   return t;
 }
 
@@ -465,7 +482,9 @@ void moe_set(moe_tensor *t, const int64_t *idx, double v) {
 }
 
 moe_tensor *moe_from_doubles(int ndim, const int64_t *shape, moe_dtype dt, const double *v) {
+  moe_device pd = moe_set_alloc_device(MOE_CPU); /* filled from host memory: on the host */
   moe_tensor *t = moe_empty(ndim, shape, dt);
+  moe_set_alloc_device(pd);
   if (!t) return NULL;
   moe_tensor src = {0};
   moe_storage st = {.data = (void *)v, .nbytes = 0, .refcount = 1};
@@ -480,14 +499,7 @@ moe_tensor *moe_from_doubles(int ndim, const int64_t *shape, moe_dtype dt, const
 
 int moe_fill_(moe_tensor *t, double v) {
   if (moe_mark_write("fill", t)) return -1;
-  double vv = v;
-  moe_tensor src = {0};
-  moe_storage st = {.data = &vv, .refcount = 1};
-  src.storage = &st;
-  src.dtype = MOE_F64;
-  src.ndim = t->ndim;
-  memcpy(src.shape, t->shape, sizeof(int64_t) * (size_t)t->ndim); /* strides 0: broadcast */
-  moe_cpu_copy(t, &src);
+  MOE_K(fill, t->device, t, v);
   return 0;
 }
 
@@ -733,14 +745,14 @@ static moe_tensor *unsqueeze_impl(const moe_tensor *t, int dim) {
 
 static moe_tensor *clone_impl(const moe_tensor *t) {
   moe_tensor *c = moe_empty_like(t);
-  if (c) moe_cpu_copy(c, t);
+  if (c) MOE_K(copy, c->device, c, t);
   return c;
 }
 
 static moe_tensor *to_dtype_impl(const moe_tensor *t, moe_dtype dt) {
   if (t->dtype == dt) { moe_tensor_retain((moe_tensor *)t); return (moe_tensor *)t; }
   moe_tensor *c = moe_empty(t->ndim, t->shape, dt);
-  if (c) moe_cpu_copy(c, t);
+  if (c) MOE_K(copy, c->device, c, t);
   return c;
 }
 
@@ -791,15 +803,19 @@ int moe_copy_(moe_tensor *dst, const moe_tensor *src) {
   if (moe_broadcast_to(src, dst->ndim, dst->shape, &b))
     return moe_error("copy_: source of shape %s does not broadcast to destination shape %s",
                      moe_shape_str(src, b1), moe_shape_str(dst, b2));
-  /* overlapping storage: go through a temporary so the result is well defined */
-  if (src->storage == dst->storage) {
-    moe_tensor *tmp = moe_clone(&b);
+  /* overlapping storage, or another device: through a temporary on dst's device */
+  if (src->storage == dst->storage || src->device != dst->device) {
+    moe_device pd = moe_set_alloc_device(src->device);
+    moe_tensor *tmp = src->device != dst->device ? moe_to_device(&b, dst->device) : moe_clone(&b);
+    moe_set_alloc_device(pd);
     if (!tmp) return -1;
-    moe_cpu_copy(dst, tmp);
+    moe_tensor bt;
+    moe_broadcast_to(tmp, dst->ndim, dst->shape, &bt);
+    MOE_K(copy, dst->device, dst, &bt);
     moe_tensor_release(tmp);
     return 0;
   }
-  moe_cpu_copy(dst, &b);
+  MOE_K(copy, dst->device, dst, &b);
   return 0;
 }
 

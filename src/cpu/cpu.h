@@ -12,6 +12,17 @@
 #define MOE_VEC_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define MOE_VEC_CLONES
+/* out [.., n, ..] = t[.., index[i] - ibase, ..] along dim (index contiguous int64, in range) */
+void moe_cpu_index_select(moe_tensor *out, const moe_tensor *t, int dim, const int64_t *index, int64_t n,
+                          int64_t ibase);
+/* out[.., index[i] - ibase, ..] += s[.., i, ..] along dim; one dtype, not bool */
+void moe_cpu_index_add(moe_tensor *out, int dim, const int64_t *index, int64_t n, const moe_tensor *s,
+                       int64_t ibase);
+
+/* binary cross-entropy (src/nn/losses.c): l = bce(y, p), gp = g * dl/dp; one shape, float */
+void moe_cpu_bce(moe_tensor *l, const moe_tensor *y, const moe_tensor *p, int logits);
+void moe_cpu_bce_backward(moe_tensor *gp, const moe_tensor *g, const moe_tensor *y, const moe_tensor *p, int logits);
+
 #endif
 
 /* Strided N-d iteration over up to 4 operands of one shape (broadcast operands
@@ -31,6 +42,8 @@ int moe_broadcast_to(const moe_tensor *src, int ndim, const int64_t *shape, moe_
 
 /* dst and src have one shape; dtype cast as needed */
 void moe_cpu_copy(moe_tensor *dst, const moe_tensor *src);
+/* every element of t (any strides) = v, cast to t's dtype */
+void moe_cpu_fill(moe_tensor *t, double v);
 /* out = a (op) b; a, b, out of one shape (broadcast views) and a's dtype == b's dtype;
  * out has a's dtype, or bool for comparisons */
 void moe_cpu_binary(moe_binop op, moe_tensor *out, const moe_tensor *a, const moe_tensor *b);
@@ -67,11 +80,26 @@ void moe_cpu_gemm_add(moe_dtype dt, int64_t M, int64_t N, int64_t K, const char 
 /* stable argsort of each contiguous row of x [M,K] into idx (0-based int64) */
 void moe_cpu_argsort_rows(const moe_tensor *x, int64_t M, int64_t K, int descending, int64_t *idx);
 
+/* vals [M,k] = x [M,K] at the first k positions of each row of order [M,K]; idx = positions + ibase */
+void moe_cpu_take_rows(const moe_tensor *x, int64_t M, int64_t K, const int64_t *order, int64_t k,
+                       moe_tensor *vals, moe_tensor *idx, int64_t ibase);
+
 /* out [index shape] = t[pos with dim replaced by index[pos] - ibase]; index contiguous int64, in range */
 void moe_cpu_gather(moe_tensor *out, const moe_tensor *t, int dim, const int64_t *index,
                     const moe_tensor *ishape, int64_t ibase);
 /* out[pos with dim replaced by index[pos] - ibase] += src[pos] for pos over index's shape */
 void moe_cpu_scatter_add(moe_tensor *out, int dim, const int64_t *index, const moe_tensor *ishape,
                          const moe_tensor *src, int64_t ibase);
+
+/* out [.., n, ..] = t[.., index[i] - ibase, ..] along dim (index contiguous int64, in range) */
+void moe_cpu_index_select(moe_tensor *out, const moe_tensor *t, int dim, const int64_t *index, int64_t n,
+                          int64_t ibase);
+/* out[.., index[i] - ibase, ..] += s[.., i, ..] along dim; one dtype, not bool */
+void moe_cpu_index_add(moe_tensor *out, int dim, const int64_t *index, int64_t n, const moe_tensor *s,
+                       int64_t ibase);
+
+/* binary cross-entropy (src/nn/losses.c): l = bce(y, p), gp = g * dl/dp; one shape, float */
+void moe_cpu_bce(moe_tensor *l, const moe_tensor *y, const moe_tensor *p, int logits);
+void moe_cpu_bce_backward(moe_tensor *gp, const moe_tensor *g, const moe_tensor *y, const moe_tensor *p, int logits);
 
 #endif

@@ -166,6 +166,15 @@ void moe_cpu_copy(moe_tensor *dst, const moe_tensor *src) {
     moe_cpu_foreach(2, ops, cast_table[dst->dtype][src->dtype], NULL);
 }
 
+/* every element of t = v (cast to t's dtype): a broadcast copy of one double */
+void moe_cpu_fill(moe_tensor *t, double v) {
+  double vv = v;
+  moe_storage st = {.data = &vv, .refcount = 1};
+  moe_tensor src = {.storage = &st, .dtype = MOE_F64, .ndim = t->ndim, .refcount = 1};
+  memcpy(src.shape, t->shape, sizeof(int64_t) * (size_t)t->ndim); /* strides 0: broadcast */
+  moe_cpu_copy(t, &src);
+}
+
 /* ---------------------------------------------------------------- binary */
 
 /* three loop shapes: all contiguous, b a broadcast scalar, general strides */

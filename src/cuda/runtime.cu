@@ -2,13 +2,48 @@
 // (through a caching allocator: freed blocks wait for the next request of their
 // size, as host blocks do in src/core/tensor.c) and copies. C linkage; the
 // engine reaches it only through src/core/device.c.
-#include <cuda_runtime.h>
+#include "common.cuh"
 
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
 static char last_error[256];
+
+/* ---------------------------------------------------------------- kernel errors
+ * Kernels return nothing (as their CPU twins); a launch or cuBLAS failure is
+ * kept here as the pending error, and the binding raises it after the op. */
+static char pending[320];
+
+cudaStream_t moe_cuda_stream(void) { return 0; } /* the default stream: ordered with cudaMemcpy */
+
+void moe_cuda_fail(const char *op, const char *what) {
+  if (!pending[0]) snprintf(pending, sizeof pending, "%s: CUDA error: %s", op, what);
+}
+
+void moe_cuda_launched(const char *op) {
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) moe_cuda_fail(op, cudaGetErrorString(e));
+}
+
+/* the pending error (copied into buf), cleared; 0 when there is none */
+extern "C" int moe_cuda_take_error(char *buf, size_t len) {
+  if (!pending[0]) return 0;
+  snprintf(buf, len, "%s", pending);
+  pending[0] = '\0';
+  return 1;
+}
+
+extern "C" int moe_cuda_memset(void *p, int v, size_t n) {
+  cudaError_t e = cudaMemsetAsync(p, v, n, moe_cuda_stream());
+  return e == cudaSuccess ? 0 : (snprintf(last_error, sizeof last_error, "cudaMemset: %s", cudaGetErrorString(e)), -1);
+}
+
+extern "C" int moe_cuda_synchronize(void) {
+  cudaError_t e = cudaDeviceSynchronize();
+  if (e != cudaSuccess) { moe_cuda_fail("synchronize", cudaGetErrorString(e)); return -1; }
+  return 0;
+}
 
 static int fail(const char *what, cudaError_t e) {
   snprintf(last_error, sizeof last_error, "%s: %s", what, cudaGetErrorString(e));
@@ -117,7 +152,7 @@ extern "C" void moe_cuda_memory_stats(size_t *live, size_t *peak, size_t *cached
 }
 
 /* kind: 0 host->device, 1 device->host, 2 device->device */
-extern "C" int moe_cuda_copy(void *dst, const void *src, size_t n, int kind) {
+extern "C" int moe_cuda_memcpy(void *dst, const void *src, size_t n, int kind) {
   static const cudaMemcpyKind kinds[3] = {cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice};
   cudaError_t e = cudaMemcpy(dst, src, n, kinds[kind]);
   return e == cudaSuccess ? 0 : fail("cudaMemcpy", e);

@@ -19,6 +19,7 @@
 
 #include "../core/moe.h"
 #include "../core/device.h"
+#include "../core/dispatch.h"
 #include "binding.h"
 #include "../train/optim.h"
 #include "../data/safetensors.h"
@@ -65,13 +66,48 @@ static moe_tensor *check_tensor_any(lua_State *L, int idx, const char *op) {
   return t;
 }
 
-/* a tensor the op's kernels can read: every kernel runs on the CPU so far */
+/* ---- the device of an op
+ * Every function of this module runs through `tramp` (below), which resets
+ * op_dev before the call. The first tensor argument fixes the op's device and
+ * the engine allocates the op's outputs there (moe_set_alloc_device); a later
+ * argument on another device is an error. After the call, a CUDA kernel's
+ * failure is raised, named by its op. */
+static int op_dev = -1;
+
+static const char *dev_name(int d) { return d == MOE_CUDA ? "cuda" : "cpu"; }
+
+/* a tensor argument of an op that runs on any device */
 static moe_tensor *check_tensor(lua_State *L, int idx, const char *op) {
+  moe_tensor *t = check_tensor_any(L, idx, op);
+  if (op_dev < 0) {
+    op_dev = t->device;
+    moe_set_alloc_device(t->device);
+  } else if ((int)t->device != op_dev) {
+    luaL_error(L, "%s: argument #%d is on %s while an earlier tensor argument is on %s; "
+               "move one of them with :cuda() or :cpu()", op, idx, dev_name(t->device), dev_name(op_dev));
+  }
+  return t;
+}
+
+/* an optional tensor argument (NULL if the value is not a tensor), device-checked */
+static moe_tensor *opt_tensor(lua_State *L, int idx, const char *op) {
+  return moe_lua_totensor(L, idx) ? check_tensor(L, idx, op) : NULL;
+}
+
+/* a tensor argument of an op with no CUDA kernel */
+static moe_tensor *check_host(lua_State *L, int idx, const char *op) {
   moe_tensor *t = check_tensor_any(L, idx, op);
   if (t->device != MOE_CPU)
     luaL_error(L, "%s: argument #%d is a CUDA tensor, and this op has no CUDA kernel yet; "
                "bring it back with t:cpu()", op, idx);
   return t;
+}
+
+/* a host copy of t for reading its values (t itself, retained, on the CPU) */
+static moe_tensor *host_values(lua_State *L, moe_tensor *t) {
+  moe_tensor *h = moe_to_device(t, MOE_CPU);
+  if (!h) luaL_error(L, "%s", moe_last_error());
+  return h;
 }
 
 static int raise_engine(lua_State *L) { return luaL_error(L, "%s", moe_last_error()); }
@@ -506,7 +542,9 @@ static int l_item(lua_State *L) {
   if (moe_numel(t) != 1)
     luaL_error(L, "item: tensor of shape %s has %d elements, item needs exactly one", moe_shape_str(t, b), (int)moe_numel(t));
   int64_t idx[MOE_MAX_DIMS] = {0};
-  push_elem(L, t, idx);
+  moe_tensor *h = host_values(L, t);
+  push_elem(L, h, idx);
+  moe_tensor_release(h);
   return 1;
 }
 
@@ -523,7 +561,9 @@ static int l_totable(lua_State *L) {
   moe_tensor *t = check_tensor(L, 1, "totable");
   int64_t idx[MOE_MAX_DIMS] = {0};
   luaL_checkstack(L, t->ndim + 4, "totable");
-  totable_rec(L, t, 0, idx);
+  moe_tensor *h = host_values(L, t);
+  box_tensor(L, h); /* owned by the GC if a table allocation fails */
+  totable_rec(L, h, 0, idx);
   return 1;
 }
 
@@ -628,7 +668,7 @@ static int l_copy_(lua_State *L) {
     lua_settop(L, 1);
     return 1;
   }
-  moe_tensor *src = check_tensor(L, 2, "copy_");
+  moe_tensor *src = check_tensor_any(L, 2, "copy_"); /* from any device */
   if (moe_copy_(dst, src)) return raise_engine(L);
   lua_settop(L, 1);
   return 1;
@@ -749,8 +789,11 @@ static int t_index(lua_State *L) {
   moe_tensor *v = index_view(L, t, 2, &scalar);
   if (scalar) {
     int64_t idx[1] = {0};
-    push_elem(L, v, idx);
+    moe_tensor *h = moe_to_device(v, MOE_CPU);
     moe_tensor_release(v);
+    if (!h) return raise_engine(L);
+    push_elem(L, h, idx);
+    moe_tensor_release(h);
     return 1;
   }
   return moe_lua_push(L, v);
@@ -807,7 +850,7 @@ static int t_len(lua_State *L) {
 /* binary ops: upvalue 1 is the moe_binop */
 static int l_binary(lua_State *L) {
   moe_binop op = (moe_binop)lua_tointeger(L, lua_upvalueindex(1));
-  moe_tensor *a = moe_lua_totensor(L, 1), *b = moe_lua_totensor(L, 2);
+  moe_tensor *a = opt_tensor(L, 1, moe_binop_name(op)), *b = opt_tensor(L, 2, moe_binop_name(op));
   if (a && b) return moe_lua_push(L, moe_binary(op, a, b));
   if (a && lua_type(L, 2) == LUA_TNUMBER) return moe_lua_push(L, moe_binary_scalar(op, a, lua_tonumber(L, 2), 0));
   if (b && lua_type(L, 1) == LUA_TNUMBER) return moe_lua_push(L, moe_binary_scalar(op, b, lua_tonumber(L, 1), 1));
@@ -817,11 +860,10 @@ static int l_binary(lua_State *L) {
 /* in-place binary ops: a:add_(b) */
 static int l_binary_(lua_State *L) {
   moe_binop op = (moe_binop)lua_tointeger(L, lua_upvalueindex(1));
-  moe_tensor *a = moe_lua_totensor(L, 1);
   char name[32];
   snprintf(name, sizeof name, "%s_", moe_binop_name(op));
-  if (!a) check_tensor(L, 1, name);
-  moe_tensor *b = moe_lua_totensor(L, 2);
+  moe_tensor *a = check_tensor(L, 1, name);
+  moe_tensor *b = opt_tensor(L, 2, name);
   int rc;
   if (b) rc = moe_binary_(op, a, b);
   else if (lua_type(L, 2) == LUA_TNUMBER) {
@@ -834,8 +876,7 @@ static int l_binary_(lua_State *L) {
 
 static int l_unary(lua_State *L) {
   moe_unop op = (moe_unop)lua_tointeger(L, lua_upvalueindex(1));
-  moe_tensor *a = moe_lua_totensor(L, 1);
-  if (!a) check_tensor(L, 1, moe_unop_name(op));
+  moe_tensor *a = check_tensor(L, 1, moe_unop_name(op));
   return moe_lua_push(L, moe_unary(op, a, 0, 0));
 }
 
@@ -856,7 +897,7 @@ static int l_clamp(lua_State *L) {
 
 static int l_where(lua_State *L) {
   moe_tensor *c = check_tensor(L, 1, "where");
-  moe_tensor *a = moe_lua_totensor(L, 2), *b = moe_lua_totensor(L, 3);
+  moe_tensor *a = opt_tensor(L, 2, "where"), *b = opt_tensor(L, 3, "where");
   int ty2 = lua_type(L, 2), ty3 = lua_type(L, 3);
   if (!a && ty2 != LUA_TNUMBER) luaL_error(L, "where: argument #2 must be a tensor or number, got %s", type_of(L, 2));
   if (!b && ty3 != LUA_TNUMBER) luaL_error(L, "where: argument #3 must be a tensor or number, got %s", type_of(L, 3));
@@ -866,6 +907,11 @@ static int l_where(lua_State *L) {
   if (!moe_dtype_is_float(dt) && ((!a && va != floor(va)) || (!b && vb != floor(vb)))) dt = MOE_F32;
   moe_tensor *ta = a ? a : moe_from_doubles(0, NULL, dt, &va);
   moe_tensor *tb = b ? b : moe_from_doubles(0, NULL, dt, &vb);
+  if (c->device != MOE_CPU) { /* a number becomes a one-element tensor on the condition's device */
+    moe_tensor *t;
+    if (!a && ta) { t = moe_to_device(ta, c->device); moe_tensor_release(ta); ta = t; }
+    if (!b && tb) { t = moe_to_device(tb, c->device); moe_tensor_release(tb); tb = t; }
+  }
   moe_tensor *out = ta && tb ? moe_where(c, ta, tb) : NULL;
   if (!a) moe_tensor_release(ta);
   if (!b) moe_tensor_release(tb);
@@ -910,7 +956,7 @@ static int l_reduce(lua_State *L) {
   moe_tensor *t = check_tensor(L, 1, name);
   /* max(a, b) / min(a, b) with a tensor or number second argument: elementwise */
   if ((op == MOE_RMAX || op == MOE_RMIN) && (moe_lua_totensor(L, 2))) {
-    return moe_lua_push(L, moe_binary(op == MOE_RMAX ? MOE_MAXIMUM : MOE_MINIMUM, t, moe_lua_totensor(L, 2)));
+    return moe_lua_push(L, moe_binary(op == MOE_RMAX ? MOE_MAXIMUM : MOE_MINIMUM, t, opt_tensor(L, 2, name)));
   }
   unsigned dims = parse_dims(L, 2, t, name);
   int correction = 1;
@@ -991,17 +1037,17 @@ static int l_index_select(lua_State *L) {
 }
 
 static int l_bincount(lua_State *L) {
-  moe_tensor *t = check_tensor(L, 1, "bincount");
+  moe_tensor *t = check_host(L, 1, "bincount");
   moe_tensor *w = NULL;
   int64_t minlength = 0;
   if (lua_istable(L, 2) && !moe_lua_totensor(L, 2)) {
     lua_getfield(L, 2, "weights");
-    if (!lua_isnil(L, -1)) w = check_tensor(L, -1, "bincount");
+    if (!lua_isnil(L, -1)) w = check_host(L, -1, "bincount");
     lua_getfield(L, 2, "minlength");
     if (!lua_isnil(L, -1)) minlength = check_int(L, -1, "bincount", "minlength");
     lua_pop(L, 2);
   } else {
-    if (!lua_isnoneornil(L, 2)) w = check_tensor(L, 2, "bincount");
+    if (!lua_isnoneornil(L, 2)) w = check_host(L, 2, "bincount");
     if (!lua_isnoneornil(L, 3)) minlength = check_int(L, 3, "bincount", "minlength");
   }
   return moe_lua_push(L, moe_bincount(t, w, minlength, IBASE));
@@ -1018,6 +1064,9 @@ static int l_catstack(lua_State *L, int stack) {
     lua_rawgeti(L, 1, i + 1);
     ts[i] = moe_lua_totensor(L, -1);
     if (!ts[i]) luaL_error(L, "%s: entry %d of the list is a %s, not a tensor", op, i + 1, type_of(L, -1));
+    if (op_dev < 0) { op_dev = ts[i]->device; moe_set_alloc_device(ts[i]->device); }
+    else if ((int)ts[i]->device != op_dev)
+      luaL_error(L, "%s: entry %d of the list is on %s while entry 1 is on %s", op, i + 1, dev_name(ts[i]->device), dev_name(op_dev));
     lua_pop(L, 1);
   }
   int d = 0;
@@ -1034,7 +1083,7 @@ static int l_backward(lua_State *L) {
   moe_tensor *g = NULL;
   int retain = 0, opts = 2;
   if (!lua_isnoneornil(L, 2) && !lua_istable(L, 2)) {
-    g = moe_lua_totensor(L, 2);
+    g = opt_tensor(L, 2, "backward");
     if (!g) luaL_error(L, "backward: grad must be a tensor, got %s", type_of(L, 2));
     opts = 3;
   }
@@ -1077,14 +1126,14 @@ static void flat_index(lua_State *L, const moe_tensor *t, int64_t i, int64_t *id
   for (int d = t->ndim - 1; d >= 0; d--) { idx[d] = i % t->shape[d]; i /= t->shape[d]; }
 }
 static int l_get_flat(lua_State *L) {
-  moe_tensor *t = check_tensor(L, 1, "get_flat");
+  moe_tensor *t = check_host(L, 1, "get_flat");
   int64_t idx[MOE_MAX_DIMS];
   flat_index(L, t, check_int(L, 2, "get_flat", "index"), idx);
   lua_pushnumber(L, moe_get(t, idx));
   return 1;
 }
 static int l_set_flat(lua_State *L) {
-  moe_tensor *t = check_tensor(L, 1, "set_flat");
+  moe_tensor *t = check_host(L, 1, "set_flat");
   int64_t idx[MOE_MAX_DIMS];
   flat_index(L, t, check_int(L, 2, "set_flat", "index"), idx);
   if (moe_mark_write("set_flat", t)) return raise_engine(L);
@@ -1122,6 +1171,10 @@ static int l_optim_step(lua_State *L) {
     if (steps[i] < 1) return luaL_error(L, "optim_step: step counts start at 1");
     if (!P[i]) return luaL_error(L, "optim_step: entry %d is not a tensor", i + 1);
     if (!P[i]->grad) return luaL_error(L, "optim_step: parameter %d has no gradient", i + 1);
+    if ((int)P[i]->device != (int)P[0]->device || P[i]->grad->device != P[i]->device ||
+        (S1[i] && S1[i]->device != P[i]->device) || (S2[i] && S2[i]->device != P[i]->device))
+      return luaL_error(L, "optim_step: parameter %d, its gradient and its state must be on the device of "
+                           "parameter 1 (%s)", i + 1, dev_name(P[0]->device));
   }
   moe_optim_hparams h = {
       .lr = opt_num(L, 6, "lr", 1e-3), .weight_decay = opt_num(L, 6, "weight_decay", 0),
@@ -1135,6 +1188,7 @@ static int l_optim_step(lua_State *L) {
   lua_pop(L, 1);
   /* strided gradients (set by hand) go in as contiguous copies */
   int rc = 0;
+  if (n) moe_set_alloc_device(P[0]->device);
   for (int i = 0; i < n && !rc; i++) {
     G[i] = moe_contiguous(P[i]->grad);
     if (!G[i]) { for (int j = 0; j < i; j++) moe_tensor_release(G[j]); return raise_engine(L); }
@@ -1194,6 +1248,14 @@ static int l_cuda_info(lua_State *L) {
   }
   return 1;
 }
+/* cuda_precision([name]) -> the previous name: "fp32", "tf32" or "bf16" (float32 GEMMs on the device) */
+static int l_cuda_precision(lua_State *L) {
+  static const char *names[] = {"fp32", "tf32", "bf16", NULL};
+  int old = moe_cuda_get_precision();
+  if (!lua_isnoneornil(L, 1)) moe_cuda_set_precision(luaL_checkoption(L, 1, NULL, names));
+  lua_pushstring(L, names[old]);
+  return 1;
+}
 static int l_cuda_empty_cache(lua_State *L) { lua_pushnumber(L, (lua_Number)moe_cuda_empty_cache()); return 1; }
 
 /* defer_interrupts(on) -> previous: while on, a first Ctrl-C is only recorded */
@@ -1212,8 +1274,8 @@ static int l_take_interrupt(lua_State *L) {
 
 /* roc_auc(y, scores[, weights]) -> number */
 static int l_roc_auc(lua_State *L) {
-  moe_tensor *y = check_tensor(L, 1, "roc_auc"), *sc = check_tensor(L, 2, "roc_auc");
-  moe_tensor *w = lua_isnoneornil(L, 3) ? NULL : check_tensor(L, 3, "roc_auc");
+  moe_tensor *y = check_host(L, 1, "roc_auc"), *sc = check_host(L, 2, "roc_auc");
+  moe_tensor *w = lua_isnoneornil(L, 3) ? NULL : check_host(L, 3, "roc_auc");
   double auc;
   if (moe_roc_auc(y, sc, w, &auc)) return raise_engine(L);
   lua_pushnumber(L, auc);
@@ -1324,6 +1386,7 @@ static int l_st_save(lua_State *L) {
     ts[i] = moe_lua_totensor(L, -1);
     lua_pop(L, 1);
     if (!ts[i]) return luaL_error(L, "save: entry %d is not a tensor", i + 1);
+    if (ts[i]->device != MOE_CPU) return luaL_error(L, "save: entry %d is a CUDA tensor (save copies to the host first)", i + 1);
   }
   if (moe_st_save(path, header, hlen, n, ts)) return raise_engine(L);
   return 0;
@@ -1385,13 +1448,13 @@ static int l_linear(lua_State *L) {
 
 /* mixture(h [B,U,E], g [B,E]) -> [B,U]: the gate-weighted sum of expert outputs */
 static int l_mixture(lua_State *L) {
-  moe_tensor *h = check_tensor(L, 1, "mixture"), *g = check_tensor(L, 2, "mixture");
+  moe_tensor *h = check_host(L, 1, "mixture"), *g = check_host(L, 2, "mixture");
   return moe_lua_push(L, moe_mixture(h, g));
 }
 
 /* gate_scale(h [B, E*U], g [B, E], {relu=bool, append_gate=bool}) */
 static int l_gate_scale(lua_State *L) {
-  moe_tensor *h = check_tensor(L, 1, "gate_scale"), *g = check_tensor(L, 2, "gate_scale");
+  moe_tensor *h = check_host(L, 1, "gate_scale"), *g = check_host(L, 2, "gate_scale");
   int relu = 0, append = 0;
   if (!lua_isnoneornil(L, 3)) {
     luaL_checktype(L, 3, LUA_TTABLE);
@@ -1406,9 +1469,9 @@ static int l_gate_scale(lua_State *L) {
 
 /* route_plan(expert_index [G,T,k], order|nil, valid|nil, E, capacity) -> token, expert, rank, counts */
 static int l_route_plan(lua_State *L) {
-  moe_tensor *ix = check_tensor(L, 1, "route_plan");
-  moe_tensor *od = lua_isnoneornil(L, 2) ? NULL : check_tensor(L, 2, "route_plan");
-  moe_tensor *vd = lua_isnoneornil(L, 3) ? NULL : check_tensor(L, 3, "route_plan");
+  moe_tensor *ix = check_host(L, 1, "route_plan");
+  moe_tensor *od = lua_isnoneornil(L, 2) ? NULL : check_host(L, 2, "route_plan");
+  moe_tensor *vd = lua_isnoneornil(L, 3) ? NULL : check_host(L, 3, "route_plan");
   int64_t E = check_int(L, 4, "route_plan", "number of experts");
   int64_t C = check_int(L, 5, "route_plan", "capacity");
   moe_tensor *t, *e, *r, *c;
@@ -1422,10 +1485,10 @@ static int l_route_plan(lua_State *L) {
 
 /* grouped_matmul(x [A,K], w [E,K,N], counts [E]) or (x, w, bias [E,N], counts) */
 static int l_grouped_matmul(lua_State *L) {
-  moe_tensor *x = check_tensor(L, 1, "grouped_matmul"), *w = check_tensor(L, 2, "grouped_matmul");
+  moe_tensor *x = check_host(L, 1, "grouped_matmul"), *w = check_host(L, 2, "grouped_matmul");
   moe_tensor *b = NULL, *c;
-  if (lua_isnoneornil(L, 4)) c = check_tensor(L, 3, "grouped_matmul");
-  else { b = check_tensor(L, 3, "grouped_matmul"); c = check_tensor(L, 4, "grouped_matmul"); }
+  if (lua_isnoneornil(L, 4)) c = check_host(L, 3, "grouped_matmul");
+  else { b = check_host(L, 3, "grouped_matmul"); c = check_host(L, 4, "grouped_matmul"); }
   return moe_lua_push(L, moe_grouped_matmul(x, w, b, c));
 }
 
@@ -1456,7 +1519,7 @@ static const luaL_Reg funcs[] = {
     {"is_tensor", l_is_tensor}, {"live", l_live}, {"cat", l_cat}, {"stack", l_stack},
     {"set_grad_enabled", l_set_grad_enabled}, {"is_grad_enabled", l_is_grad_enabled},
     {"peak_bytes", l_peak_bytes}, {"empty_cache", l_empty_cache}, {"linear", l_linear}, {"bce", l_bce}, {"mixture", l_mixture}, {"gate_scale", l_gate_scale}, {"route_plan", l_route_plan}, {"grouped_matmul", l_grouped_matmul}, {"get_flat", l_get_flat}, {"set_flat", l_set_flat}, {"optim_step", l_optim_step},
-    {"st_save", l_st_save}, {"read_csv", l_read_csv}, {"roc_auc", l_roc_auc}, {"cuda_info", l_cuda_info}, {"cuda_empty_cache", l_cuda_empty_cache}, {"defer_interrupts", l_defer_interrupts}, {"take_interrupt", l_take_interrupt}, {"st_read_header", l_st_read_header}, {"st_read_tensor", l_st_read_tensor},
+    {"st_save", l_st_save}, {"read_csv", l_read_csv}, {"roc_auc", l_roc_auc}, {"cuda_info", l_cuda_info}, {"cuda_empty_cache", l_cuda_empty_cache}, {"cuda_precision", l_cuda_precision}, {"defer_interrupts", l_defer_interrupts}, {"take_interrupt", l_take_interrupt}, {"st_read_header", l_st_read_header}, {"st_read_tensor", l_st_read_tensor},
     {NULL, NULL}};
 
 /* functions that are also tensor methods */
@@ -1474,9 +1537,31 @@ static const luaL_Reg methods[] = {
     {"index_add_", l_index_add_}, {"bincount", l_bincount}, {"backward", l_backward},
     {"detach", l_detach}, {"requires_grad_", l_requires_grad_}, {"has_grad", l_has_grad}, {NULL, NULL}};
 
+/* every function of the module runs through here: upvalue 1 is the function's
+ * own (an op code, or nil), upvalue 2 the function */
+static int tramp(lua_State *L) {
+  lua_CFunction f = (lua_CFunction)(uintptr_t)lua_touserdata(L, lua_upvalueindex(2));
+  op_dev = -1;
+  moe_set_alloc_device(MOE_CPU);
+  int r = f(L);
+  moe_set_alloc_device(MOE_CPU);
+  if (op_dev == MOE_CUDA) {
+    char msg[320];
+    if (moe_cuda_take_error(msg, sizeof msg)) return luaL_error(L, "%s", msg);
+  }
+  return r;
+}
+
+/* f as a closure over (upvalue or nil) through tramp */
+static void push_wrapped(lua_State *L, lua_CFunction f, int has_upvalue) {
+  if (!has_upvalue) lua_pushnil(L);
+  lua_pushlightuserdata(L, (void *)(uintptr_t)f);
+  lua_pushcclosure(L, tramp, 2);
+}
+
 static void set_closure(lua_State *L, int methods_idx, int funcs_idx, const char *name, lua_CFunction f, int op) {
   lua_pushinteger(L, op);
-  lua_pushcclosure(L, f, 1);
+  push_wrapped(L, f, 1);
   lua_pushvalue(L, -1);
   lua_setfield(L, methods_idx, name);
   lua_setfield(L, funcs_idx, name);
@@ -1497,13 +1582,16 @@ int luaopen_moe_core(lua_State *L) {
 
   lua_newtable(L); /* module */
   int mod = lua_gettop(L);
-  luaL_register(L, NULL, funcs);
+  for (const luaL_Reg *r = funcs; r->name; r++) {
+    push_wrapped(L, r->func, 0);
+    lua_setfield(L, mod, r->name);
+  }
   lua_pushboolean(L, moe_allocator_caches());
   lua_setfield(L, mod, "allocator_caches");
   lua_newtable(L); /* methods */
   int meth = lua_gettop(L);
   for (const luaL_Reg *r = methods; r->name; r++) {
-    lua_pushcfunction(L, r->func);
+    push_wrapped(L, r->func, 0);
     lua_pushvalue(L, -1);
     lua_setfield(L, meth, r->name);
     lua_setfield(L, mod, r->name);
@@ -1529,21 +1617,21 @@ int luaopen_moe_core(lua_State *L) {
   lua_pushcfunction(L, t_gc);
   lua_setfield(L, mt, "__gc");
   lua_pushvalue(L, meth);
-  lua_pushcclosure(L, t_index, 1);
+  push_wrapped(L, t_index, 1);
   lua_setfield(L, mt, "__index");
-  lua_pushcfunction(L, t_newindex);
+  push_wrapped(L, t_newindex, 0);
   lua_setfield(L, mt, "__newindex");
-  lua_pushcfunction(L, t_len);
+  push_wrapped(L, t_len, 0);
   lua_setfield(L, mt, "__len");
   static const struct { const char *mm; int op; } arith[] = {
       {"__add", MOE_ADD}, {"__sub", MOE_SUB}, {"__mul", MOE_MUL}, {"__div", MOE_DIV}, {"__pow", MOE_POW}};
   for (size_t i = 0; i < sizeof arith / sizeof *arith; i++) {
     lua_pushinteger(L, arith[i].op);
-    lua_pushcclosure(L, l_binary, 1);
+    push_wrapped(L, l_binary, 1);
     lua_setfield(L, mt, arith[i].mm);
   }
   lua_pushinteger(L, MOE_NEG);
-  lua_pushcclosure(L, l_unary, 1);
+  push_wrapped(L, l_unary, 1);
   lua_setfield(L, mt, "__unm");
   lua_pushstring(L, MT_NAME);
   lua_setfield(L, mt, "__name");

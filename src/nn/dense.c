@@ -8,7 +8,7 @@
  * tanh: 1-y^2) gives gz, then gx = gz W^T, gW = x^T gz over all leading dims,
  * gb = column sums of gz. */
 #include "../core/moe.h"
-#include "../cpu/cpu.h"
+#include "../core/dispatch.h"
 
 #include <string.h>
 
@@ -21,7 +21,7 @@ static int linear_backward(moe_node *n, const moe_tensor *g0, moe_tensor **gin) 
     const moe_tensor *y = moe_node_saved(n, 2);
     moe_tensor *gc = y ? moe_contiguous(g0) : NULL;
     gz = gc ? moe_empty(y->ndim, y->shape, y->dtype) : NULL;
-    if (gz) moe_cpu_unary_backward((moe_unop)n->iarg[0], gz, gc, y, y, 0, 0);
+    if (gz) MOE_K(unary_backward, gz->device, (moe_unop)n->iarg[0], gz, gc, y, y, 0, 0);
     moe_tensor_release(gc);
     if (!gz) return -1;
     g = gz;
@@ -83,12 +83,21 @@ moe_tensor *moe_linear(const moe_tensor *x, const moe_tensor *w, const moe_tenso
   if (y) {
     size_t es = moe_dtype_size(x->dtype);
     char *yd = moe_data(y);
-    if (bc) for (int64_t r = 0; r < M; r++) memcpy(yd + (size_t)(r * N) * es, moe_data(bc), (size_t)N * es);
-    else memset(yd, 0, (size_t)(M * N) * es);
+    if (y->device == MOE_CUDA) { /* rows of the bias: a broadcast copy */
+      moe_tensor y2 = *y, bv = bc ? *bc : *y;
+      int64_t ys[2] = {M, N};
+      y2.ndim = 2; y2.shape[0] = M; y2.shape[1] = N; y2.stride[0] = N; y2.stride[1] = 1;
+      if (bc && moe_broadcast_to(bc, 2, ys, &bv) == 0) MOE_K(copy, y->device, &y2, &bv);
+      else MOE_K(fill, y->device, &y2, 0.0);
+    } else if (bc) {
+      for (int64_t r = 0; r < M; r++) memcpy(yd + (size_t)(r * N) * es, moe_data(bc), (size_t)N * es);
+    } else {
+      memset(yd, 0, (size_t)(M * N) * es);
+    }
     /* x2 and w may be transposed views: the GEMM reads their strides */
-    moe_cpu_gemm_add(x->dtype, M, N, K, moe_data(x2), x2->stride[0], x2->stride[1], moe_data(w), w->stride[0],
-                     w->stride[1], yd);
-    if (act >= 0) moe_cpu_unary((moe_unop)act, y, y, 0, 0);
+    MOE_K(gemm_add, y->device, x->dtype, M, N, K, moe_data(x2), x2->stride[0], x2->stride[1], moe_data(w), w->stride[0],
+          w->stride[1], yd);
+    if (act >= 0) MOE_K(unary, y->device, (moe_unop)act, y, y, 0, 0);
   }
   moe_tensor_release(x2);
   moe_tensor_release(bc);

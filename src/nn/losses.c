@@ -6,7 +6,7 @@
  *   logits:        l = softplus(z) - z y (exact for any z), dl/dz = sigmoid(z) - y.
  * Only p gets a gradient (targets are data). */
 #include "../core/moe.h"
-#include "../cpu/cpu.h"
+#include "../core/dispatch.h"
 
 #include <math.h>
 #include <string.h>
@@ -50,14 +50,26 @@ BCE_FWD(bce_f64, double, log, log1p, exp)
 BCE_BWD(bce_bwd_f32, float, expf)
 BCE_BWD(bce_bwd_f64, double, exp)
 
+/* l = bce(y, p) elementwise; one shape and float dtype (any strides) */
+void moe_cpu_bce(moe_tensor *l, const moe_tensor *y, const moe_tensor *p, int logits) {
+  bce_ctx c = {logits};
+  const moe_tensor *ops[3] = {l, y, p};
+  moe_cpu_foreach(3, ops, p->dtype == MOE_F32 ? bce_f32 : bce_f64, &c);
+}
+
+/* gp = g * dl/dp */
+void moe_cpu_bce_backward(moe_tensor *gp, const moe_tensor *g, const moe_tensor *y, const moe_tensor *p, int logits) {
+  bce_ctx c = {logits};
+  const moe_tensor *ops[4] = {gp, g, y, p};
+  moe_cpu_foreach(4, ops, p->dtype == MOE_F32 ? bce_bwd_f32 : bce_bwd_f64, &c);
+}
+
 static int bce_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
   const moe_tensor *y = moe_node_saved(n, 0), *pr = moe_node_saved(n, 1);
   if (!y || !pr) return -1;
   moe_tensor *gp = moe_empty(pr->ndim, pr->shape, pr->dtype);
   if (!gp) return -1;
-  bce_ctx c = {(int)n->iarg[0]};
-  const moe_tensor *ops[4] = {gp, g, y, pr};
-  moe_cpu_foreach(4, ops, pr->dtype == MOE_F32 ? bce_bwd_f32 : bce_bwd_f64, &c);
+  MOE_K(bce_backward, gp->device, gp, g, y, pr, (int)n->iarg[0]);
   gin[1] = gp;
   return 0;
 }
@@ -76,9 +88,7 @@ moe_tensor *moe_bce(const moe_tensor *y, const moe_tensor *p, int from_logits) {
   }
   moe_tensor *l = moe_empty(p->ndim, p->shape, p->dtype);
   if (!l) return NULL;
-  bce_ctx c = {from_logits};
-  const moe_tensor *ops[3] = {l, y, p};
-  moe_cpu_foreach(3, ops, p->dtype == MOE_F32 ? bce_f32 : bce_f64, &c);
+  MOE_K(bce, l->device, l, y, p, from_logits);
   const moe_tensor *ins[2] = {y, p};
   if (!moe_ag_wants(2, ins)) return l;
   moe_node *n = moe_node_new("binary_crossentropy", bce_backward, 2, ins);

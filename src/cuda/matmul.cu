@@ -1,0 +1,180 @@
+// matmul.cu -- batched GEMM on cuBLAS, with src/cpu/matmul.c's contract:
+// C[b] [M,N] (contiguous, row-major) = A[b] [M,K] @ B[b] [K,N], where A and B
+// have a unit column stride (row-major) or a unit row stride (a transposed view).
+// cuBLAS is column-major: row-major C = A B is column-major C^T = B^T A^T, so B
+// goes first, and a row-major matrix is cuBLAS's transposed one for free.
+//
+// Precision (moe_cuda_set_precision): "fp32" (default), "tf32" (tensor cores,
+// fp32 in and out), "bf16" (operands rounded to bfloat16, fp32 accumulate and
+// output). float64 always runs in fp64.
+#include "common.cuh"
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+// cuBLAS is opened at the first GEMM (dlopen), so that the binary starts, and
+// reports no device, on machines without the CUDA libraries; MOE_CUBLAS names
+// the library file when it is not on the loader's path (e.g. a PyTorch wheel's).
+#ifdef MOE_CUDA_EMU
+#define BLAS(f) f
+static const char *load_blas(void) { return NULL; }
+#else
+#include <dlfcn.h>
+static struct {
+  decltype(&cublasCreate_v2) create;
+  decltype(&cublasSetStream_v2) set_stream;
+  decltype(&cublasDgemm_v2) dgemm;
+  decltype(&cublasGemmStridedBatchedEx) gemm_ex;
+  decltype(&cublasGetStatusString) status;
+} B;
+#define BLAS(f) BLAS_##f
+#define BLAS_cublasCreate B.create
+#define BLAS_cublasSetStream B.set_stream
+#define BLAS_cublasDgemm B.dgemm
+#define BLAS_cublasGemmStridedBatchedEx B.gemm_ex
+#define BLAS_cublasGetStatusString B.status
+static const char *load_blas(void) {
+  static int tried;
+  static char why[200];
+  if (B.create) return NULL;
+  if (tried) return why;
+  tried = 1;
+  const char *names[] = {getenv("MOE_CUBLAS"), "libcublas.so.13", "libcublas.so.12", "libcublas.so",
+                         "/usr/local/cuda/lib64/libcublas.so"};
+  void *h = NULL;
+  for (const char *n : names)
+    if (n && (h = dlopen(n, RTLD_NOW | RTLD_LOCAL))) break;
+  if (!h) { snprintf(why, sizeof why, "cuBLAS not found (set MOE_CUBLAS to libcublas.so's path)"); return why; }
+  B.create = (decltype(B.create))dlsym(h, "cublasCreate_v2");
+  B.set_stream = (decltype(B.set_stream))dlsym(h, "cublasSetStream_v2");
+  B.dgemm = (decltype(B.dgemm))dlsym(h, "cublasDgemm_v2");
+  B.gemm_ex = (decltype(B.gemm_ex))dlsym(h, "cublasGemmStridedBatchedEx");
+  B.status = (decltype(B.status))dlsym(h, "cublasGetStatusString");
+  if (!B.create || !B.set_stream || !B.dgemm || !B.gemm_ex || !B.status) {
+    B.create = NULL;
+    snprintf(why, sizeof why, "the cuBLAS library found lacks a function moelua needs");
+    return why;
+  }
+  return NULL;
+}
+#endif
+
+static cublasHandle_t handle;
+static int precision;  // 0 fp32, 1 tf32, 2 bf16
+
+static cublasHandle_t get_handle(void) {
+  if (!handle) {
+    const char *why = load_blas();
+    if (why) { moe_cuda_fail("matmul", why); return NULL; }
+    if (BLAS(cublasCreate)(&handle) != CUBLAS_STATUS_SUCCESS) {
+      handle = NULL;
+      moe_cuda_fail("matmul", "cublasCreate failed");
+      return NULL;
+    }
+    BLAS(cublasSetStream)(handle, moe_cuda_stream());
+  }
+  return handle;
+}
+
+extern "C" int moe_cuda_set_precision(int p) { int old = precision; precision = p; return old; }
+extern "C" int moe_cuda_get_precision(void) { return precision; }
+
+// a row-major [rows, cols] operand with strides (rs, cs): cuBLAS's op and leading dim
+static void layout(int64_t rows, int64_t cols, int64_t rs, int64_t cs, cublasOperation_t *op, int64_t *ld) {
+  if (cs == 1 && (rs >= cols || rows == 1)) {
+    *op = CUBLAS_OP_N;
+    *ld = rows == 1 ? (cols > 1 ? cols : 1) : rs;
+  } else {
+    *op = CUBLAS_OP_T;
+    *ld = cols == 1 ? (rows > 1 ? rows : 1) : cs;
+  }
+  if (*ld < 1) *ld = 1;
+}
+
+namespace {
+// src [batch][rows, cols] with strides (sb, rs, cs) -> dst contiguous bf16 [batch, rows, cols]
+__global__ void k_to_bf16(const float *src, int64_t batch, int64_t rows, int64_t cols, int64_t sb, int64_t rs,
+                          int64_t cs, __nv_bfloat16 *dst) {
+  MOE_GRID_STRIDE(i, batch * rows * cols) {
+    int64_t b = i / (rows * cols), r = i / cols % rows, c = i % cols;
+    dst[i] = __float2bfloat16(src[b * sb + r * rs + c * cs]);
+  }
+}
+}  // namespace
+
+static void fail_blas(cublasStatus_t st) {
+  if (st != CUBLAS_STATUS_SUCCESS) moe_cuda_fail("matmul", BLAS(cublasGetStatusString)(st));
+}
+
+static void gemm(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t K, const char *A, int64_t sAb,
+                 int64_t sAm, int64_t sAk, const char *B, int64_t sBb, int64_t sBk, int64_t sBn, char *C,
+                 int64_t sCb, int accumulate) {
+  size_t es = moe_dtype_size(dt);
+  if (M == 0 || N == 0 || batch == 0) return;
+  cudaStream_t s = moe_cuda_stream();
+  if (K == 0) {
+    if (!accumulate) cudaMemsetAsync(C, 0, (size_t)(batch * M * N) * es, s);
+    return;
+  }
+  cublasHandle_t h = get_handle();
+  if (!h) return;
+  if (M > INT32_MAX || N > INT32_MAX || K > INT32_MAX || batch > INT32_MAX) {
+    moe_cuda_fail("matmul", "a dimension exceeds cuBLAS's 32-bit sizes");
+    return;
+  }
+  cublasOperation_t ta, tb;
+  int64_t lda, ldb;
+  layout(M, K, sAm, sAk, &ta, &lda);
+  layout(K, N, sBk, sBn, &tb, &ldb);
+  if (dt == MOE_F64) {
+    const double one = 1, zero = 0;
+    for (int64_t i = 0; i < batch; i++) {
+      cublasStatus_t st = BLAS(cublasDgemm)(h, tb, ta, (int)N, (int)M, (int)K, &one, (const double *)B + i * sBb, (int)ldb,
+                                      (const double *)A + i * sAb, (int)lda, accumulate ? &one : &zero,
+                                      (double *)C + i * sCb, (int)N);
+      if (st != CUBLAS_STATUS_SUCCESS) { fail_blas(st); return; }
+    }
+    return;
+  }
+  const float one = 1, zero = 0;
+  if (precision == 2) {  // bf16 operands: rounded into contiguous copies first
+    size_t ga = 0, gb = 0;
+    int64_t na = (sAb ? batch : 1) * M * K, nb = (sBb ? batch : 1) * K * N;
+    __nv_bfloat16 *a16 = (__nv_bfloat16 *)moe_cuda_malloc(2 * (size_t)na, &ga);
+    __nv_bfloat16 *b16 = a16 ? (__nv_bfloat16 *)moe_cuda_malloc(2 * (size_t)nb, &gb) : NULL;
+    if (!b16) {
+      if (a16) moe_cuda_free(a16, ga);
+      moe_cuda_fail("matmul", moe_cuda_last_error());
+      return;
+    }
+    MOE_LAUNCH(k_to_bf16, moe_blocks(na, 256), 256, 0, s, (const float *)A, sAb ? batch : 1, M, K, sAb, sAm, sAk, a16);
+    MOE_LAUNCH(k_to_bf16, moe_blocks(nb, 256), 256, 0, s, (const float *)B, sBb ? batch : 1, K, N, sBb, sBk, sBn, b16);
+    moe_cuda_launched("matmul");
+    cublasStatus_t st = BLAS(cublasGemmStridedBatchedEx)(
+        h, CUBLAS_OP_N, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one, b16, CUDA_R_16BF, (int)N, sBb ? K * N : 0, a16,
+        CUDA_R_16BF, (int)K, sAb ? M * K : 0, accumulate ? &one : &zero, C, CUDA_R_32F, (int)N, sCb, (int)batch,
+        CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    fail_blas(st);
+    moe_cuda_free(a16, ga);  // stream-ordered reuse (runtime.cu)
+    moe_cuda_free(b16, gb);
+    return;
+  }
+  cublasStatus_t st = BLAS(cublasGemmStridedBatchedEx)(
+      h, tb, ta, (int)N, (int)M, (int)K, &one, B, CUDA_R_32F, (int)ldb, sBb, A, CUDA_R_32F, (int)lda, sAb,
+      accumulate ? &one : &zero, C, CUDA_R_32F, (int)N, sCb, (int)batch,
+      precision == 1 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  fail_blas(st);
+}
+
+extern "C" void moe_cuda_gemm_batched(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t K, const char *A,
+                                      int64_t sAb, int64_t sAm, int64_t sAk, const char *B, int64_t sBb,
+                                      int64_t sBk, int64_t sBn, char *C, int64_t sCb) {
+  gemm(dt, batch, M, N, K, A, sAb, sAm, sAk, B, sBb, sBk, sBn, C, sCb, 0);
+}
+
+extern "C" void moe_cuda_gemm_add(moe_dtype dt, int64_t M, int64_t N, int64_t K, const char *A, int64_t sAm,
+                                  int64_t sAk, const char *B, int64_t sBk, int64_t sBn, char *C) {
+  gemm(dt, 1, M, N, K, A, 0, sAm, sAk, B, 0, sBk, sBn, C, 0, 1);
+}
