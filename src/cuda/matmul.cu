@@ -22,23 +22,28 @@
 static const char *load_blas(void) { return NULL; }
 #else
 #include <dlfcn.h>
+// the C entry point's type (cuBLAS 13's C++ header also overloads the name)
+typedef cublasStatus_t (*gemm_ex_fn)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
+                                     const void *, const void *, cudaDataType, int, long long, const void *,
+                                     cudaDataType, int, long long, const void *, void *, cudaDataType, int,
+                                     long long, int, cublasComputeType_t, cublasGemmAlgo_t);
 static struct {
   decltype(&cublasCreate_v2) create;
   decltype(&cublasSetStream_v2) set_stream;
   decltype(&cublasDgemm_v2) dgemm;
-  decltype(&cublasGemmStridedBatchedEx) gemm_ex;
+  gemm_ex_fn gemm_ex;
   decltype(&cublasGetStatusString) status;
-} B;
+} blas_fns;
 #define BLAS(f) BLAS_##f
-#define BLAS_cublasCreate B.create
-#define BLAS_cublasSetStream B.set_stream
-#define BLAS_cublasDgemm B.dgemm
-#define BLAS_cublasGemmStridedBatchedEx B.gemm_ex
-#define BLAS_cublasGetStatusString B.status
+#define BLAS_cublasCreate blas_fns.create
+#define BLAS_cublasSetStream blas_fns.set_stream
+#define BLAS_cublasDgemm blas_fns.dgemm
+#define BLAS_cublasGemmStridedBatchedEx blas_fns.gemm_ex
+#define BLAS_cublasGetStatusString blas_fns.status
 static const char *load_blas(void) {
   static int tried;
   static char why[200];
-  if (B.create) return NULL;
+  if (blas_fns.create) return NULL;
   if (tried) return why;
   tried = 1;
   const char *names[] = {getenv("MOE_CUBLAS"), "libcublas.so.13", "libcublas.so.12", "libcublas.so",
@@ -47,13 +52,13 @@ static const char *load_blas(void) {
   for (const char *n : names)
     if (n && (h = dlopen(n, RTLD_NOW | RTLD_LOCAL))) break;
   if (!h) { snprintf(why, sizeof why, "cuBLAS not found (set MOE_CUBLAS to libcublas.so's path)"); return why; }
-  B.create = (decltype(B.create))dlsym(h, "cublasCreate_v2");
-  B.set_stream = (decltype(B.set_stream))dlsym(h, "cublasSetStream_v2");
-  B.dgemm = (decltype(B.dgemm))dlsym(h, "cublasDgemm_v2");
-  B.gemm_ex = (decltype(B.gemm_ex))dlsym(h, "cublasGemmStridedBatchedEx");
-  B.status = (decltype(B.status))dlsym(h, "cublasGetStatusString");
-  if (!B.create || !B.set_stream || !B.dgemm || !B.gemm_ex || !B.status) {
-    B.create = NULL;
+  blas_fns.create = (decltype(blas_fns.create))dlsym(h, "cublasCreate_v2");
+  blas_fns.set_stream = (decltype(blas_fns.set_stream))dlsym(h, "cublasSetStream_v2");
+  blas_fns.dgemm = (decltype(blas_fns.dgemm))dlsym(h, "cublasDgemm_v2");
+  blas_fns.gemm_ex = (decltype(blas_fns.gemm_ex))dlsym(h, "cublasGemmStridedBatchedEx");
+  blas_fns.status = (decltype(blas_fns.status))dlsym(h, "cublasGetStatusString");
+  if (!blas_fns.create || !blas_fns.set_stream || !blas_fns.dgemm || !blas_fns.gemm_ex || !blas_fns.status) {
+    blas_fns.create = NULL;
     snprintf(why, sizeof why, "the cuBLAS library found lacks a function moelua needs");
     return why;
   }
