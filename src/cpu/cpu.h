@@ -12,17 +12,6 @@
 #define MOE_VEC_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define MOE_VEC_CLONES
-/* out [.., n, ..] = t[.., index[i] - ibase, ..] along dim (index contiguous int64, in range) */
-void moe_cpu_index_select(moe_tensor *out, const moe_tensor *t, int dim, const int64_t *index, int64_t n,
-                          int64_t ibase);
-/* out[.., index[i] - ibase, ..] += s[.., i, ..] along dim; one dtype, not bool */
-void moe_cpu_index_add(moe_tensor *out, int dim, const int64_t *index, int64_t n, const moe_tensor *s,
-                       int64_t ibase);
-
-/* binary cross-entropy (src/nn/losses.c): l = bce(y, p), gp = g * dl/dp; one shape, float */
-void moe_cpu_bce(moe_tensor *l, const moe_tensor *y, const moe_tensor *p, int logits);
-void moe_cpu_bce_backward(moe_tensor *gp, const moe_tensor *g, const moe_tensor *y, const moe_tensor *p, int logits);
-
 #endif
 
 /* Strided N-d iteration over up to 4 operands of one shape (broadcast operands
