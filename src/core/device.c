@@ -16,7 +16,6 @@ size_t moe_cuda_empty_cache(void) { return 0; }
 void moe_cuda_memory_stats(size_t *live, size_t *peak, size_t *cached) { *live = *peak = *cached = 0; }
 int moe_cuda_memcpy(void *dst, const void *src, size_t n, int kind) { (void)dst; (void)src; (void)n; (void)kind; return -1; }
 int moe_cuda_memset(void *p, int v, size_t n) { (void)p; (void)v; (void)n; return -1; }
-int moe_cuda_synchronize(void) { return 0; }
 int moe_cuda_take_error(char *buf, size_t len) { (void)buf; (void)len; return 0; }
 int moe_cuda_set_precision(int p) { (void)p; return 0; }
 int moe_cuda_get_precision(void) { return 0; }

@@ -13,7 +13,6 @@ size_t moe_cuda_empty_cache(void);
 void moe_cuda_memory_stats(size_t *live, size_t *peak, size_t *cached);
 int moe_cuda_memcpy(void *dst, const void *src, size_t n, int kind); /* 0 h2d, 1 d2h, 2 d2d */
 int moe_cuda_memset(void *p, int v, size_t n);
-int moe_cuda_synchronize(void);
 /* a kernel's failure since the last call (copied into buf, then cleared); 0 if none */
 int moe_cuda_take_error(char *buf, size_t len);
 /* matmul precision of float32 GEMMs: 0 fp32, 1 tf32, 2 bf16 operands; returns the old one */

@@ -23,23 +23,13 @@ static const int64_t *checked_index(const char *op, const moe_tensor *index, int
   moe_tensor_release(i64);
   if (!*hold) return NULL;
   const int64_t *p = (const int64_t *)moe_data(*hold);
-  int64_t n = moe_numel(*hold);
-  for (int64_t i = 0; i < n; i++) {
-    int64_t v = 0;
-#ifdef MOE_WITH_CUDA
-    if ((*hold)->device == MOE_CUDA) { /* checked on the device: one flag comes back */
-      if (moe_cuda_index_check(p, n, ibase, ibase + size - 1, &v) == 0) break;
-      i = n;
-    } else
-#endif
-      v = p[i];
-    if (v < ibase || v >= ibase + size) {
-      moe_error("%s: index %lld out of range [%lld, %lld] (dim size %lld)", op, (long long)v,
-                (long long)ibase, (long long)(ibase + size - 1), (long long)size);
-      moe_tensor_release(*hold);
-      *hold = NULL;
-      return NULL;
-    }
+  int64_t v = 0;
+  if (MOE_K(index_check, (*hold)->device, p, moe_numel(*hold), ibase, ibase + size - 1, &v)) {
+    moe_error("%s: index %lld out of range [%lld, %lld] (dim size %lld)", op, (long long)v,
+              (long long)ibase, (long long)(ibase + size - 1), (long long)size);
+    moe_tensor_release(*hold);
+    *hold = NULL;
+    return NULL;
   }
   return p;
 }

@@ -318,24 +318,10 @@ static void set_contiguous_strides(moe_tensor *t) {
 /* ---------------------------------------------------------------- devices */
 
 static moe_device alloc_device = MOE_CPU;
-moe_device moe_alloc_device(void) { return alloc_device; }
 moe_device moe_set_alloc_device(moe_device d) {
   moe_device old = alloc_device;
   alloc_device = d;
   return old;
-}
-
-int moe_same_device(const char *op, int n, const moe_tensor *const *ts) {
-  const moe_tensor *first = NULL;
-  for (int i = 0; i < n; i++) {
-    if (!ts[i]) continue;
-    if (!first) { first = ts[i]; continue; }
-    if (ts[i]->device != first->device)
-      return moe_error("%s: expected all tensors on one device, got one on %s and one on %s; move them "
-                       "with :cuda() or :cpu()", op, first->device == MOE_CUDA ? "cuda" : "cpu",
-                       ts[i]->device == MOE_CUDA ? "cuda" : "cpu");
-  }
-  return 0;
 }
 
 /* a host header over nbytes of device memory (block_bytes: what the cache gave) */

@@ -80,6 +80,8 @@ void moe_cpu_gather(moe_tensor *out, const moe_tensor *t, int dim, const int64_t
 void moe_cpu_scatter_add(moe_tensor *out, int dim, const int64_t *index, const moe_tensor *ishape,
                          const moe_tensor *src, int64_t ibase);
 
+/* 0 when every p[i] (n of them) lies in [lo, hi]; else 1 and *bad = one that does not */
+int moe_cpu_index_check(const int64_t *p, int64_t n, int64_t lo, int64_t hi, int64_t *bad);
 /* out [.., n, ..] = t[.., index[i] - ibase, ..] along dim (index contiguous int64, in range) */
 void moe_cpu_index_select(moe_tensor *out, const moe_tensor *t, int dim, const int64_t *index, int64_t n,
                           int64_t ibase);

@@ -107,6 +107,13 @@ void moe_cpu_scatter_add(moe_tensor *out, int dim, const int64_t *index, const m
   }
 }
 
+/* 0 when every p[i] lies in [lo, hi]; else 1 and *bad = the first that does not */
+int moe_cpu_index_check(const int64_t *p, int64_t n, int64_t lo, int64_t hi, int64_t *bad) {
+  for (int64_t i = 0; i < n; i++)
+    if (p[i] < lo || p[i] > hi) { *bad = p[i]; return 1; }
+  return 0;
+}
+
 /* ---------------------------------------------------------------- index_select / index_add */
 
 /* out [.., n, ..] = t[.., index[i] - ibase, ..] along dim (index contiguous int64, in range) */

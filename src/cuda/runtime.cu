@@ -39,12 +39,6 @@ extern "C" int moe_cuda_memset(void *p, int v, size_t n) {
   return e == cudaSuccess ? 0 : (snprintf(last_error, sizeof last_error, "cudaMemset: %s", cudaGetErrorString(e)), -1);
 }
 
-extern "C" int moe_cuda_synchronize(void) {
-  cudaError_t e = cudaDeviceSynchronize();
-  if (e != cudaSuccess) { moe_cuda_fail("synchronize", cudaGetErrorString(e)); return -1; }
-  return 0;
-}
-
 static int fail(const char *what, cudaError_t e) {
   snprintf(last_error, sizeof last_error, "%s: %s", what, cudaGetErrorString(e));
   cudaGetLastError(); /* clear the sticky non-fatal error */
