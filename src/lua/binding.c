@@ -76,16 +76,21 @@ static int op_dev = -1;
 
 static const char *dev_name(int d) { return d == MOE_CUDA ? "cuda" : "cpu"; }
 
-/* a tensor argument of an op that runs on any device */
-static moe_tensor *check_tensor(lua_State *L, int idx, const char *op) {
-  moe_tensor *t = check_tensor_any(L, idx, op);
+/* t joins the op: the first tensor fixes the op's device; 0 if t is on it */
+static int join_device(const moe_tensor *t) {
   if (op_dev < 0) {
     op_dev = t->device;
     moe_set_alloc_device(t->device);
-  } else if ((int)t->device != op_dev) {
+  }
+  return (int)t->device == op_dev ? 0 : -1;
+}
+
+/* a tensor argument of an op that runs on any device */
+static moe_tensor *check_tensor(lua_State *L, int idx, const char *op) {
+  moe_tensor *t = check_tensor_any(L, idx, op);
+  if (join_device(t))
     luaL_error(L, "%s: argument #%d is on %s while an earlier tensor argument is on %s; "
                "move one of them with :cuda() or :cpu()", op, idx, dev_name(t->device), dev_name(op_dev));
-  }
   return t;
 }
 
@@ -1064,8 +1069,7 @@ static int l_catstack(lua_State *L, int stack) {
     lua_rawgeti(L, 1, i + 1);
     ts[i] = moe_lua_totensor(L, -1);
     if (!ts[i]) luaL_error(L, "%s: entry %d of the list is a %s, not a tensor", op, i + 1, type_of(L, -1));
-    if (op_dev < 0) { op_dev = ts[i]->device; moe_set_alloc_device(ts[i]->device); }
-    else if ((int)ts[i]->device != op_dev)
+    if (join_device(ts[i]))
       luaL_error(L, "%s: entry %d of the list is on %s while entry 1 is on %s", op, i + 1, dev_name(ts[i]->device), dev_name(op_dev));
     lua_pop(L, 1);
   }

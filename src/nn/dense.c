@@ -81,18 +81,17 @@ moe_tensor *moe_linear(const moe_tensor *x, const moe_tensor *w, const moe_tenso
   oshape[x->ndim - 1] = N;
   moe_tensor *y = x2 && (!b || bc) ? moe_empty(x->ndim, oshape, x->dtype) : NULL;
   if (y) {
-    size_t es = moe_dtype_size(x->dtype);
     char *yd = moe_data(y);
-    if (y->device == MOE_CUDA) { /* rows of the bias: a broadcast copy */
-      moe_tensor y2 = *y, bv = bc ? *bc : *y;
-      int64_t ys[2] = {M, N};
-      y2.ndim = 2; y2.shape[0] = M; y2.shape[1] = N; y2.stride[0] = N; y2.stride[1] = 1;
-      if (bc && moe_broadcast_to(bc, 2, ys, &bv) == 0) MOE_K(copy, y->device, &y2, &bv);
-      else MOE_K(fill, y->device, &y2, 0.0);
-    } else if (bc) {
-      for (int64_t r = 0; r < M; r++) memcpy(yd + (size_t)(r * N) * es, moe_data(bc), (size_t)N * es);
+    /* y as [M,N] starts as the bias rows (a broadcast copy) or zeros */
+    moe_tensor rows = *y, bv;
+    rows.ndim = 2;
+    rows.shape[0] = M; rows.shape[1] = N;
+    rows.stride[0] = N; rows.stride[1] = 1;
+    if (bc) {
+      moe_broadcast_to(bc, 2, rows.shape, &bv); /* bc is [N]: checked above */
+      MOE_K(copy, y->device, &rows, &bv);
     } else {
-      memset(yd, 0, (size_t)(M * N) * es);
+      MOE_K(fill, y->device, &rows, 0.0);
     }
     /* x2 and w may be transposed views: the GEMM reads their strides */
     MOE_K(gemm_add, y->device, x->dtype, M, N, K, moe_data(x2), x2->stride[0], x2->stride[1], moe_data(w), w->stride[0],
