@@ -7,18 +7,27 @@ namespace {
 struct walk {
   int nd, dim;
   int64_t n, shape[MOE_MAX_DIMS];
-  int64_t tst[MOE_MAX_DIMS], toff;  // the indexed tensor
-  int64_t sst[MOE_MAX_DIMS], soff;  // gather: unused; scatter: src
+  int64_t tst[MOE_MAX_DIMS];  // the indexed tensor's strides
+  int64_t sst[MOE_MAX_DIMS];  // gather: unused; scatter: src's strides
 };
+
+// position pos of the index's shape: offset o in the indexed tensor (dim left
+// out) and so in src
+__device__ __forceinline__ void walk_at(const walk &w, int64_t pos, int64_t *o, int64_t *so) {
+  int64_t rem = pos;
+  *o = *so = 0;
+  for (int d = w.nd - 1; d >= 0; d--) {
+    int64_t c = rem % w.shape[d];
+    rem /= w.shape[d];
+    if (d != w.dim) *o += c * w.tst[d];
+    *so += c * w.sst[d];
+  }
+}
 
 template <class T> __global__ void k_gather(walk w, const int64_t *index, int64_t ibase, const T *t, T *out) {
   MOE_GRID_STRIDE(pos, w.n) {
-    int64_t rem = pos, o = w.toff;
-    for (int d = w.nd - 1; d >= 0; d--) {
-      int64_t c = rem % w.shape[d];
-      rem /= w.shape[d];
-      if (d != w.dim) o += c * w.tst[d];
-    }
+    int64_t o, so;
+    walk_at(w, pos, &o, &so);
     out[pos] = t[o + (index[pos] - ibase) * w.tst[w.dim]];
   }
 }
@@ -41,13 +50,8 @@ template <class T> __device__ __forceinline__ void add_at(T *p, T v) {
 template <class T>
 __global__ void k_scatter_add(walk w, const int64_t *index, int64_t ibase, const T *src, T *out) {
   MOE_GRID_STRIDE(pos, w.n) {
-    int64_t rem = pos, o = w.toff, so = w.soff;
-    for (int d = w.nd - 1; d >= 0; d--) {
-      int64_t c = rem % w.shape[d];
-      rem /= w.shape[d];
-      if (d != w.dim) o += c * w.tst[d];
-      so += c * w.sst[d];
-    }
+    int64_t o, so;
+    walk_at(w, pos, &o, &so);
     add_at(out + o + (index[pos] - ibase) * w.tst[w.dim], src[so]);
   }
 }
@@ -63,8 +67,7 @@ walk make_walk(const moe_tensor *ishape, const moe_tensor *t, int dim, const moe
     w.tst[d] = t->stride[d];
     if (src) w.sst[d] = src->stride[d];
   }
-  w.toff = 0;  // pointers below are already at the tensors' offsets
-  return w;
+  return w;  // (the kernels get pointers already at the tensors' offsets)
 }
 }  // namespace
 
@@ -108,29 +111,32 @@ sel make_sel(const moe_tensor *pos, const moe_tensor *a, const moe_tensor *b, in
   return w;
 }
 
+// position p: offset o1 (st1, [.., i, ..]) and o2 (st2, [.., ix[i], ..])
+__device__ __forceinline__ void sel_at(const sel &w, const int64_t *ix, int64_t ibase, int64_t p, int64_t *o1,
+                                       int64_t *o2) {
+  int64_t rem = p;
+  *o1 = *o2 = 0;
+  for (int d = w.nd - 1; d >= 0; d--) {
+    int64_t c = rem % w.shape[d];
+    rem /= w.shape[d];
+    *o1 += c * w.st1[d];
+    *o2 += (d == w.dim ? ix[c] - ibase : c) * w.st2[d];
+  }
+}
+
 // out (st1) [.., i, ..] = t (st2) [.., ix[i], ..]
 template <class T> __global__ void k_index_select(sel w, const int64_t *ix, int64_t ibase, const T *t, T *out) {
   MOE_GRID_STRIDE(p, w.n) {
-    int64_t rem = p, o1 = 0, o2 = 0;
-    for (int d = w.nd - 1; d >= 0; d--) {
-      int64_t c = rem % w.shape[d];
-      rem /= w.shape[d];
-      o1 += c * w.st1[d];
-      o2 += (d == w.dim ? ix[c] - ibase : c) * w.st2[d];
-    }
+    int64_t o1, o2;
+    sel_at(w, ix, ibase, p, &o1, &o2);
     out[o1] = t[o2];
   }
 }
 // out (st2) [.., ix[i], ..] += s (st1) [.., i, ..]
 template <class T> __global__ void k_index_add(sel w, const int64_t *ix, int64_t ibase, const T *s, T *out) {
   MOE_GRID_STRIDE(p, w.n) {
-    int64_t rem = p, o1 = 0, o2 = 0;
-    for (int d = w.nd - 1; d >= 0; d--) {
-      int64_t c = rem % w.shape[d];
-      rem /= w.shape[d];
-      o1 += c * w.st1[d];
-      o2 += (d == w.dim ? ix[c] - ibase : c) * w.st2[d];
-    }
+    int64_t o1, o2;
+    sel_at(w, ix, ibase, p, &o1, &o2);
     add_at(out + o2, s[o1]);
   }
 }

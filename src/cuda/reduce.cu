@@ -23,6 +23,22 @@ __device__ double block_sum(double v, double *sh) {
   return r;
 }
 
+// block-wide max of v with NaN winning (every thread gets it); sh holds RT doubles
+__device__ double block_max(double v, double *sh) {
+  sh[threadIdx.x] = v;
+  __syncthreads();
+  for (int w = RT / 2; w > 0; w >>= 1) {
+    if ((int)threadIdx.x < w) {
+      double a = sh[threadIdx.x], b = sh[threadIdx.x + w];
+      sh[threadIdx.x] = (a != a || b != b) ? NAN : (a > b ? a : b);
+    }
+    __syncthreads();
+  }
+  double r = sh[0];
+  __syncthreads();
+  return r;
+}
+
 // (value, index) pairs: does b beat a? (the first NaN, else the larger/smaller, else the first index)
 template <class T> __device__ __forceinline__ bool beats(T b, int64_t bi, T a, int64_t ai, bool max) {
   if (bi < 0) return false;
@@ -87,17 +103,7 @@ template <class T> __global__ void k_moment_rows(const T *x, int64_t K, int op, 
     if (op == MOE_RLOGSUMEXP) {
       double mx = -INFINITY;
       for (int64_t k = threadIdx.x; k < K; k += RT) if (r[k] > mx || r[k] != r[k]) mx = (double)r[k];
-      sh[threadIdx.x] = mx;
-      __syncthreads();
-      for (int w = RT / 2; w > 0; w >>= 1) {
-        if ((int)threadIdx.x < w) {
-          double a = sh[threadIdx.x], b = sh[threadIdx.x + w];
-          sh[threadIdx.x] = (a != a || b != b) ? NAN : (a > b ? a : b);
-        }
-        __syncthreads();
-      }
-      mx = sh[0];
-      __syncthreads();
+      mx = block_max(mx, sh);
       if (isinf(mx) || mx != mx) { if (threadIdx.x == 0) out[blockIdx.x] = (T)mx; return; }
       double s = 0;
       for (int64_t k = threadIdx.x; k < K; k += RT) s += exp((double)r[k] - mx);
@@ -138,17 +144,7 @@ template <class T> __global__ void k_softmax_rows(const T *x, int64_t K, int log
   T *o = y + (int64_t)blockIdx.x * K;
   double mx = -INFINITY;
   for (int64_t k = threadIdx.x; k < K; k += RT) if (r[k] > mx || r[k] != r[k]) mx = (double)r[k];
-  sh[threadIdx.x] = mx;
-  __syncthreads();
-  for (int w = RT / 2; w > 0; w >>= 1) {
-    if ((int)threadIdx.x < w) {
-      double a = sh[threadIdx.x], b = sh[threadIdx.x + w];
-      sh[threadIdx.x] = (a != a || b != b) ? NAN : (a > b ? a : b);
-    }
-    __syncthreads();
-  }
-  T m = (T)sh[0];
-  __syncthreads();
+  T m = (T)block_max(mx, sh);
   if (isinf((double)m) && m < 0) m = 0;  // a row of -inf: NaN, as the CPU and torch
   double s = 0;
   for (int64_t k = threadIdx.x; k < K; k += RT) s += (double)exp(r[k] - m);

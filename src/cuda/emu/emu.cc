@@ -271,29 +271,28 @@ static int bad_ld(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int 
 }
 static void need_device(const void *p) { if (!moe_emu_is_device(p)) die("cuBLAS given a host pointer for a matrix"); }
 
-cublasStatus_t cublasSgemm(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
-                           const float *alpha, const float *A, int lda, const float *B, int ldb,
-                           const float *beta, float *C, int ldc) {
+template <class T, class F>
+static cublasStatus_t gemm_shim(F cblas, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                                const T *alpha, const T *A, int lda, const T *B, int ldb, const T *beta, T *C,
+                                int ldc) {
   if (bad_ld(ta, tb, m, n, k, lda, ldb, ldc)) return CUBLAS_STATUS_INVALID_VALUE;
   if (!m || !n) return CUBLAS_STATUS_SUCCESS;
   need_device(C);
   if (k) { need_device(A); need_device(B); }
   moe_emu_unlock();
-  cblas_sgemm(CblasColMajor, tr(ta), tr(tb), m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
+  cblas(CblasColMajor, tr(ta), tr(tb), m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
   moe_emu_lock();
   return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSgemm(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                           const float *alpha, const float *A, int lda, const float *B, int ldb,
+                           const float *beta, float *C, int ldc) {
+  return gemm_shim(cblas_sgemm, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 cublasStatus_t cublasDgemm(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
                            const double *alpha, const double *A, int lda, const double *B, int ldb,
                            const double *beta, double *C, int ldc) {
-  if (bad_ld(ta, tb, m, n, k, lda, ldb, ldc)) return CUBLAS_STATUS_INVALID_VALUE;
-  if (!m || !n) return CUBLAS_STATUS_SUCCESS;
-  need_device(C);
-  if (k) { need_device(A); need_device(B); }
-  moe_emu_unlock();
-  cblas_dgemm(CblasColMajor, tr(ta), tr(tb), m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
-  moe_emu_lock();
-  return CUBLAS_STATUS_SUCCESS;
+  return gemm_shim(cblas_dgemm, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 // one matrix of a batch as float (bf16 widened), column-major rows x cols with leading dim ld
