@@ -134,26 +134,24 @@ do
 end
 
 -- *_like creation: same shape, device (and dtype unless opts.dtype says otherwise)
+local function like_opts(t, opts)
+  local o = { dtype = t:dtype() }
+  for k, v in pairs(opts or {}) do o[k] = v end
+  return o
+end
+local function on_device_of(t, r)
+  if r:device() ~= t:device() then return moe.to(r, t:device()) end
+  return r
+end
 local function like(fn)
-  return function(t, opts)
-    local o = { dtype = t:dtype() }
-    for k, v in pairs(opts or {}) do o[k] = v end
-    local r = fn(t:shape(), o)
-    if r:device() ~= t:device() then r = moe.to(r, t:device()) end
-    return r
-  end
+  return function(t, opts) return on_device_of(t, fn(t:shape(), like_opts(t, opts))) end
 end
 moe.zeros_like = like(moe.zeros)
 moe.ones_like = like(moe.ones)
 moe.empty_like = like(moe.empty)
 moe.rand_like = like(moe.rand)
 moe.randn_like = like(moe.randn)
-function moe.full_like(t, value, opts)
-  local o = { dtype = t:dtype() }
-  for k, v in pairs(opts or {}) do o[k] = v end
-  if t:device() == "cuda" then return moe.to(moe.full(t:shape(), value, o), "cuda") end
-  return moe.full(t:shape(), value, o)
-end
+function moe.full_like(t, value, opts) return on_device_of(t, moe.full(t:shape(), value, like_opts(t, opts))) end
 
 -- autograd -----------------------------------------------------------------------
 
