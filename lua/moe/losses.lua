@@ -72,10 +72,22 @@ function losses.huber(y, p, opts)
   opts = opts or {}
   check_pair("huber", y, p); same_shape("huber", y, p)
   local d = opts.delta or 1.0
+  if type(d) ~= "number" or not (d > 0 and d < math.huge) then
+    error(("huber: delta must be a finite number > 0, got %s"):format(tostring(d)), 2)
+  end
   local e = (p - float_of(y, p)):abs()
   local quad = e:clamp(0, d)          -- min(|e|, delta)
   local lin = e - quad
   return reduce("huber", last_mean(quad:square() * 0.5 + lin * d), opts)
+end
+
+-- label_smoothing is a fraction in [0, 1] (Keras)
+local function smoothing(fn, opts)
+  local ls = opts.label_smoothing or 0
+  if type(ls) ~= "number" or not (ls >= 0 and ls <= 1) then
+    error(("%s: label_smoothing must be a number in [0, 1], got %s"):format(fn, tostring(ls)), 3)
+  end
+  return ls
 end
 
 -- binary cross-entropy from probabilities (clipped to [eps, 1-eps], as Keras) or
@@ -84,7 +96,7 @@ function losses.binary_crossentropy(y, p, opts)
   opts = opts or {}
   check_pair("binary_crossentropy", y, p); same_shape("binary_crossentropy", y, p)
   local yt = float_of(y, p)
-  local ls = opts.label_smoothing or 0
+  local ls = smoothing("binary_crossentropy", opts)
   if ls > 0 then yt = yt * (1 - ls) + 0.5 * ls end
   local per
   if yt.requires_grad then -- composed, so that y_true gets a gradient too
@@ -117,7 +129,7 @@ function losses.categorical_crossentropy(y, p, opts)
   end
   same_shape("categorical_crossentropy", y, p)
   local yt = float_of(y, p)
-  local ls = opts.label_smoothing or 0
+  local ls = smoothing("categorical_crossentropy", opts)
   if ls > 0 then yt = yt * (1 - ls) + ls / p:size(-1) end
   local per = -(yt * log_probs(p, opts.from_logits)):sum(-1)
   return reduce("categorical_crossentropy", per, opts)
@@ -132,6 +144,20 @@ function losses.sparse_categorical_crossentropy(y, p, opts)
     error(("sparse_categorical_crossentropy: labels of shape %s do not fit predictions of shape %s")
       :format(shape_s(y), shape_s(p)), 2)
   end
+  if y:dtype():match("^float") and y:numel() > 0 then
+    -- a fractional or NaN class id is refused, not truncated
+    local flat = y:reshape(-1)
+    local bad = (flat - flat:floor()):ne(0)
+    if bad:any():item() then
+      local v = flat:totable()
+      for i, b in ipairs(bad:totable()) do
+        if b then
+          error(("sparse_categorical_crossentropy: labels must be integer class ids, got %s at position %d")
+            :format(tostring(v[i]), i), 2)
+        end
+      end
+    end
+  end
   local ids = y:to("int64")
   local lo, hi = ids:numel() > 0 and ids:min():item() or 1, ids:numel() > 0 and ids:max():item() or 1
   if lo < 1 or hi > c then
@@ -139,7 +165,7 @@ function losses.sparse_categorical_crossentropy(y, p, opts)
       :format(c, lo, hi), 2)
   end
   local lp = log_probs(p, opts.from_logits)
-  local ls = opts.label_smoothing or 0
+  local ls = smoothing("sparse_categorical_crossentropy", opts)
   local picked = lp:gather(lp:dim(), ids:unsqueeze(-1)):squeeze(-1)
   local per = -picked
   if ls > 0 then per = per * (1 - ls) - lp:mean(-1) * ls end

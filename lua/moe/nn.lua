@@ -702,7 +702,7 @@ function Dropout:init(opts)
   if type(opts) == "number" then opts = { rate = opts } end
   Module.init(self, opts)
   self:_options(opts, { rate = REQUIRED, seed = false, noise_shape = false })
-  if type(self.rate) ~= "number" or self.rate < 0 or self.rate >= 1 then
+  if type(self.rate) ~= "number" or not (self.rate >= 0 and self.rate < 1) then
     error(("Dropout: rate must be in [0, 1), got %s"):format(tostring(self.rate)), 3)
   end
 end
@@ -930,10 +930,11 @@ end
 
 -- Sequential, Model, compile/train_on_batch/predict and save live in moe.model,
 -- which needs this module first
+-- (whichever of them a script requires first loads this module, which then loads
+-- the rest; the one being loaded is skipped, so they load in any order)
 package.loaded["moe.nn"] = nn
-require "moe.model"
-require "moe.trainer"
-require "moe.mixtures"
-require "moe.sparse"
+for _, m in ipairs { "moe.model", "moe.trainer", "moe.mixtures", "moe.sparse" } do
+  if package.loaded[m] == nil then require(m) end
+end
 
 return nn

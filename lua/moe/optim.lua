@@ -20,6 +20,23 @@ optim.Optimizer = Optimizer
 local aliases = { learning_rate = "lr", beta_1 = "beta1", beta_2 = "beta2", epsilon = "eps", rho = "alpha",
   clipnorm = "clip_norm", global_clipnorm = "clip_norm", clipvalue = "clip_value" }
 
+local function finite_nonneg(v) return type(v) == "number" and v >= 0 and v < math.huge end
+local function in_unit(v) return type(v) == "number" and v >= 0 and v < 1 end
+-- the valid values of each hyperparameter (PyTorch's checks, and NaN/inf refused)
+local hp_range = {
+  beta1 = { ok = in_unit, what = "in [0, 1)" }, beta2 = { ok = in_unit, what = "in [0, 1)" },
+  alpha = { ok = function(v) return type(v) == "number" and v >= 0 and v <= 1 end, what = "in [0, 1]" },
+  momentum = { ok = finite_nonneg, what = "a finite number >= 0" },
+  dampening = { ok = function(v) return type(v) == "number" and v >= 0 and v <= 1 end, what = "in [0, 1]" },
+  weight_decay = { ok = finite_nonneg, what = "a finite number >= 0" },
+  eps = { ok = finite_nonneg, what = "a finite number >= 0" },
+  lr_decay = { ok = finite_nonneg, what = "a finite number >= 0" },
+  initial_accumulator_value = { ok = finite_nonneg, what = "a finite number >= 0" },
+  nesterov = { ok = function(v) return type(v) == "boolean" end, what = "true or false" },
+  clip_norm = { ok = function(v) return type(v) == "number" and v > 0 and v < math.huge end, what = "a finite number > 0" },
+  clip_value = { ok = function(v) return type(v) == "number" and v > 0 and v < math.huge end, what = "a finite number > 0" },
+}
+
 local function define(name, kind, defaults, state_names)
   local cls = setmetatable({ class_name = name }, { __index = Optimizer })
   cls.__index = cls
@@ -44,12 +61,16 @@ local function define(name, kind, defaults, state_names)
     if type(lr) == "table" or type(lr) == "function" then
       o.schedule = lr
       o.hp.lr = o.schedule(0)
-    elseif type(lr) ~= "number" or lr < 0 then
-      error(("%s: lr must be a non-negative number or a schedule, got %s"):format(name, tostring(lr)), 2)
+      if not finite_nonneg(o.hp.lr) then
+        error(("%s: the lr schedule gives %s at step 0 (a finite number >= 0 is needed)"):format(name, tostring(o.hp.lr)), 2)
+      end
+    elseif not finite_nonneg(lr) then
+      error(("%s: lr must be a finite number >= 0 or a schedule, got %s"):format(name, tostring(lr)), 2)
     end
-    for _, k in ipairs { "momentum", "weight_decay", "eps" } do
-      if o.hp[k] ~= nil and (type(o.hp[k]) ~= "number" or o.hp[k] < 0) then
-        error(("%s: %s must be a non-negative number, got %s"):format(name, k, tostring(o.hp[k])), 2)
+    for k, v in pairs(o.hp) do
+      local range = hp_range[k]
+      if range and not range.ok(v) then
+        error(("%s: %s must be %s, got %s"):format(name, k, range.what, tostring(v)), 2)
       end
     end
     if o.hp.nesterov and (o.hp.momentum <= 0 or (o.hp.dampening or 0) ~= 0) then
@@ -68,7 +89,7 @@ define("Adagrad", "adagrad", { lr = 1e-2, lr_decay = 0, eps = 1e-10, weight_deca
 
 function Optimizer:get_lr() return self.hp.lr end
 function Optimizer:set_lr(lr)
-  if type(lr) ~= "number" or lr < 0 then error("set_lr: expected a non-negative number", 2) end
+  if not finite_nonneg(lr) then error(("set_lr: expected a finite number >= 0, got %s"):format(tostring(lr)), 2) end
   self.hp.lr = lr
 end
 
@@ -92,7 +113,18 @@ function Optimizer:step(params)
   if type(params) ~= "table" then
     error(("%s.step: expected a list of parameters (model:parameters()), got %s"):format(self.class_name, type(params)), 2)
   end
-  if self.schedule then self.hp.lr = self.schedule(self.iterations) end
+  if #params == 0 then
+    error(("%s.step: the list of parameters is empty (a model's parameters exist once it is built: call it on a batch or model:build(input_shape) before model:parameters())")
+      :format(self.class_name), 2)
+  end
+  if self.schedule then
+    local lr = self.schedule(self.iterations)
+    if not finite_nonneg(lr) then
+      error(("%s.step: the lr schedule gives %s at step %d (a finite number >= 0 is needed)"):format(self.class_name,
+        tostring(lr), self.iterations), 2)
+    end
+    self.hp.lr = lr
+  end
   -- the argument lists are reused from step to step (no garbage per step)
   local P, S1, S2, steps = self._P, self._S1, self._S2, self._steps
   if not P then

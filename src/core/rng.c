@@ -130,11 +130,23 @@ static uint64_t bounded(uint64_t base, uint64_t i, uint64_t range) {
   return (uint64_t)(m >> 64);
 }
 
+/* 0 when every integer in [lo, hi] is exactly representable in dt, else an error */
+static int ints_fit(const char *op, int64_t lo, int64_t hi, moe_dtype dt) {
+  double max = dt == MOE_BOOL ? 1 : dt == MOE_I32 ? 2147483647.0 : dt == MOE_F32 ? 16777216.0
+             : dt == MOE_F64 ? 9007199254740992.0 : 9223372036854775807.0;
+  double min = dt == MOE_BOOL ? 0 : dt == MOE_I32 ? -2147483648.0 : -max;
+  if ((double)lo < min || (double)hi > max)
+    return moe_error("%s: values up to %lld do not fit dtype %s (it holds integers in [%.0f, %.0f] exactly)", op,
+                     (long long)((double)hi > max ? hi : lo), moe_dtype_name(dt), min, max);
+  return 0;
+}
+
 moe_tensor *moe_randint(int64_t low, int64_t high, int ndim, const int64_t *shape, moe_dtype dt) {
   if (high < low) {
     moe_error("randint: low %lld is greater than high %lld", (long long)low, (long long)high);
     return NULL;
   }
+  if (ints_fit("randint", low, high, dt)) return NULL;
   moe_tensor *t = moe_empty(ndim, shape, MOE_I64);
   if (!t) return NULL;
   int64_t n = moe_numel(t);
@@ -149,6 +161,7 @@ moe_tensor *moe_randint(int64_t low, int64_t high, int ndim, const int64_t *shap
 
 moe_tensor *moe_randperm(int64_t n, moe_dtype dt, int64_t ibase) {
   if (n < 0) { moe_error("randperm: negative n %lld", (long long)n); return NULL; }
+  if (n > 0 && ints_fit("randperm", ibase, n - 1 + ibase, dt)) return NULL;
   moe_tensor *t = moe_empty(1, &n, MOE_I64);
   if (!t) return NULL;
   int64_t *p = (int64_t *)t->storage->data;

@@ -14,6 +14,7 @@
 #include <malloc.h>
 #include <math.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -28,6 +29,75 @@
 
 #define IBASE 1
 #define MT_NAME "moe.Tensor"
+
+/* ---------------------------------------------------------------- errors
+ * Every error raised here carries the user's own file and line (the first Lua
+ * frame outside the moe library, not the C function or a library wrapper) and
+ * names the function the user called: `tramp` (below) keeps the name of the
+ * running function in cur_op, and the argument checks use it instead of Lua's
+ * "bad argument #1 to '?'". luaL_error and the luaL_check* helpers are
+ * redefined below, so every check in this file goes through them. */
+static const char *cur_op = "moe";
+static char lib_dir[1024]; /* the library's directory as its chunks name it ("lua/moe/") */
+
+static void push_user_where(lua_State *L) {
+  lua_Debug ar;
+  size_t nlib = strlen(lib_dir);
+  for (int level = 1; lua_getstack(L, level, &ar); level++) {
+    if (!lua_getinfo(L, "Sl", &ar)) break;
+    if (ar.currentline <= 0) continue; /* a C function */
+    if (ar.source[0] == '@' && nlib && !strncmp(ar.source + 1, lib_dir, nlib)) continue; /* the library */
+    lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.currentline);
+    return;
+  }
+  lua_pushliteral(L, "");
+}
+
+static int moe_lua_errorf(lua_State *L, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  push_user_where(L);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  lua_concat(L, 2);
+  return lua_error(L);
+}
+#define luaL_error moe_lua_errorf
+
+static const char *type_of(lua_State *L, int idx);
+
+static int arg_error(lua_State *L, int i, const char *expected) {
+  return luaL_error(L, "%s: argument #%d must be %s, got %s", cur_op, i, expected, type_of(L, i));
+}
+static lua_Number chk_number(lua_State *L, int i) {
+  if (!lua_isnumber(L, i)) arg_error(L, i, "a number");
+  return lua_tonumber(L, i);
+}
+/* strings only: a number is not silently turned into a string (a path "1") */
+static const char *chk_lstring(lua_State *L, int i, size_t *len) {
+  if (lua_type(L, i) != LUA_TSTRING) arg_error(L, i, "a string");
+  return lua_tolstring(L, i, len);
+}
+static void chk_type(lua_State *L, int i, int t) {
+  if (lua_type(L, i) != t) arg_error(L, i, t == LUA_TTABLE ? "a table" : lua_typename(L, t));
+}
+static int chk_option(lua_State *L, int i, const char *def, const char *const lst[]) {
+  const char *name = def && lua_isnoneornil(L, i) ? def : chk_lstring(L, i, NULL);
+  for (int k = 0; lst[k]; k++)
+    if (!strcmp(lst[k], name)) return k;
+  char known[256] = "";
+  for (int k = 0; lst[k]; k++) {
+    if (k) strncat(known, ", ", sizeof known - strlen(known) - 1);
+    strncat(known, lst[k], sizeof known - strlen(known) - 1);
+  }
+  return luaL_error(L, "%s: argument #%d: unknown value '%s' (one of: %s)", cur_op, i, name, known);
+}
+#define luaL_checknumber(L, i) chk_number(L, i)
+#undef luaL_checkstring
+#define luaL_checkstring(L, i) chk_lstring(L, i, NULL)
+#define luaL_checklstring(L, i, n) chk_lstring(L, i, n)
+#define luaL_checktype(L, i, t) chk_type(L, i, t)
+#define luaL_checkoption(L, i, d, l) chk_option(L, i, d, l)
 
 typedef struct { moe_tensor *t; } box;
 
@@ -397,7 +467,8 @@ static int l_eye(lua_State *L) {
 
 static int l_manual_seed(lua_State *L) {
   double v = luaL_checknumber(L, 1);
-  if (v < 0 || v != floor(v)) luaL_error(L, "manual_seed: seed must be a non-negative integer, got %g", v);
+  if (!(v >= 0 && v < 18446744073709551616.0) || v != floor(v))
+    luaL_error(L, "manual_seed: seed must be an integer in [0, 2^64), got %s", lua_tostring(L, 1));
   moe_manual_seed((uint64_t)v);
   return 0;
 }
@@ -416,6 +487,21 @@ static void walk_table(lua_State *L, int idx, int depth, int64_t *path, walk_sta
   char p[200];
   int64_t len = (int64_t)lua_objlen(L, idx);
   if (depth >= MOE_MAX_DIMS) luaL_error(L, "tensor: nested deeper than %d levels", MOE_MAX_DIMS);
+  /* a nil inside the list ({1, nil, 3}) or a key that is not a list position
+   * would be silently dropped: name it instead */
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_pop(L, 1);
+    double k = lua_type(L, -1) == LUA_TNUMBER ? lua_tonumber(L, -1) : 0;
+    if (!(k >= 1 && k <= (double)len && k == floor(k))) {
+      path_str(depth, path, p);
+      if (lua_type(L, -1) == LUA_TNUMBER && k == floor(k) && k > (double)len)
+        luaL_error(L, "tensor: %s has a nil before entry [%.0f] (a hole in the list: use 0/0 for a missing value)",
+                   p, k);
+      luaL_error(L, "tensor: %s has the key %s, which is not a list position (options go in the second argument)",
+                 p, lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1));
+    }
+  }
   if (depth >= w->ndim) { /* first visit at this depth fixes the size */
     w->ndim = depth + 1;
     w->shape[depth] = len;
@@ -1545,9 +1631,12 @@ static const luaL_Reg methods[] = {
  * own (an op code, or nil), upvalue 2 the function */
 static int tramp(lua_State *L) {
   lua_CFunction f = (lua_CFunction)(uintptr_t)lua_touserdata(L, lua_upvalueindex(2));
+  const char *prev_op = cur_op;
+  cur_op = lua_tostring(L, lua_upvalueindex(3));
   op_dev = -1;
   moe_set_alloc_device(MOE_CPU);
   int r = f(L);
+  cur_op = prev_op;
   moe_set_alloc_device(MOE_CPU);
   if (op_dev == MOE_CUDA) {
     char msg[320];
@@ -1556,16 +1645,17 @@ static int tramp(lua_State *L) {
   return r;
 }
 
-/* f as a closure over (upvalue or nil) through tramp */
-static void push_wrapped(lua_State *L, lua_CFunction f, int has_upvalue) {
+/* f as a closure over (upvalue or nil, f, the name errors give it) through tramp */
+static void push_wrapped(lua_State *L, lua_CFunction f, int has_upvalue, const char *name) {
   if (!has_upvalue) lua_pushnil(L);
   lua_pushlightuserdata(L, (void *)(uintptr_t)f);
-  lua_pushcclosure(L, tramp, 2);
+  lua_pushstring(L, name);
+  lua_pushcclosure(L, tramp, 3);
 }
 
 static void set_closure(lua_State *L, int methods_idx, int funcs_idx, const char *name, lua_CFunction f, int op) {
   lua_pushinteger(L, op);
-  push_wrapped(L, f, 1);
+  push_wrapped(L, f, 1, name);
   lua_pushvalue(L, -1);
   lua_setfield(L, methods_idx, name);
   lua_setfield(L, funcs_idx, name);
@@ -1577,6 +1667,12 @@ int luaopen_moe_core(lua_State *L) {
     return luaL_error(L, "moe: this LuaJIT is not a GC64 build; moelua needs LuaJIT 2.1 built with "
                          "LUAJIT_ENABLE_GC64 (Debian's luajit on amd64 is)");
   lua_pop(L, 1);
+  /* the library's directory, as its chunks' names spell it: errors point past its frames */
+  if (!luaL_dostring(L, "local ok, p = pcall(package.searchpath, 'moe', package.path) "
+                        "return ok and p and p:match('^(.*/)init%.lua$')") &&
+      lua_isstring(L, -1))
+    snprintf(lib_dir, sizeof lib_dir, "%s", lua_tostring(L, -1));
+  lua_pop(L, 1);
 
   /* Tensor outputs are freed by the Lua GC, in batches: keep freed memory in the
    * heap instead of returning it to the OS, so reallocating it does not page-fault
@@ -1587,7 +1683,7 @@ int luaopen_moe_core(lua_State *L) {
   lua_newtable(L); /* module */
   int mod = lua_gettop(L);
   for (const luaL_Reg *r = funcs; r->name; r++) {
-    push_wrapped(L, r->func, 0);
+    push_wrapped(L, r->func, 0, r->name);
     lua_setfield(L, mod, r->name);
   }
   lua_pushboolean(L, moe_allocator_caches());
@@ -1595,7 +1691,7 @@ int luaopen_moe_core(lua_State *L) {
   lua_newtable(L); /* methods */
   int meth = lua_gettop(L);
   for (const luaL_Reg *r = methods; r->name; r++) {
-    push_wrapped(L, r->func, 0);
+    push_wrapped(L, r->func, 0, r->name);
     lua_pushvalue(L, -1);
     lua_setfield(L, meth, r->name);
     lua_setfield(L, mod, r->name);
@@ -1621,21 +1717,21 @@ int luaopen_moe_core(lua_State *L) {
   lua_pushcfunction(L, t_gc);
   lua_setfield(L, mt, "__gc");
   lua_pushvalue(L, meth);
-  push_wrapped(L, t_index, 1);
+  push_wrapped(L, t_index, 1, "index");
   lua_setfield(L, mt, "__index");
-  push_wrapped(L, t_newindex, 0);
+  push_wrapped(L, t_newindex, 0, "newindex");
   lua_setfield(L, mt, "__newindex");
-  push_wrapped(L, t_len, 0);
+  push_wrapped(L, t_len, 0, "len");
   lua_setfield(L, mt, "__len");
   static const struct { const char *mm; int op; } arith[] = {
       {"__add", MOE_ADD}, {"__sub", MOE_SUB}, {"__mul", MOE_MUL}, {"__div", MOE_DIV}, {"__pow", MOE_POW}};
   for (size_t i = 0; i < sizeof arith / sizeof *arith; i++) {
     lua_pushinteger(L, arith[i].op);
-    push_wrapped(L, l_binary, 1);
+    push_wrapped(L, l_binary, 1, arith[i].mm + 2);
     lua_setfield(L, mt, arith[i].mm);
   }
   lua_pushinteger(L, MOE_NEG);
-  push_wrapped(L, l_unary, 1);
+  push_wrapped(L, l_unary, 1, "neg");
   lua_setfield(L, mt, "__unm");
   lua_pushstring(L, MT_NAME);
   lua_setfield(L, mt, "__name");

@@ -28,8 +28,14 @@ int moe_roc_auc(const moe_tensor *y, const moe_tensor *s, const moe_tensor *w, d
     v[i].s = value_at(s, i);
     v[i].y = value_at(y, i) != 0;
     v[i].w = w ? value_at(w, i) : 1.0;
-    if (isnan(v[i].s)) { free(v); return moe_error("roc_auc: score %lld is NaN", (long long)i + 1); }
-    if (!(v[i].w >= 0)) { free(v); return moe_error("roc_auc: weight %lld is %g (must be >= 0)", (long long)i + 1, v[i].w); }
+    /* the message's values are copied out of v before v is freed */
+    double si = v[i].s, wi = v[i].w, yi = value_at(y, i);
+    if (isnan(yi)) { free(v); return moe_error("roc_auc: label %lld is NaN", (long long)i + 1); }
+    if (isnan(si)) { free(v); return moe_error("roc_auc: score %lld is NaN", (long long)i + 1); }
+    if (!(wi >= 0) || isinf(wi)) {
+      free(v);
+      return moe_error("roc_auc: weight %lld is %g (must be finite and >= 0)", (long long)i + 1, wi);
+    }
     if (v[i].y) P += v[i].w;
     else N += v[i].w;
   }
