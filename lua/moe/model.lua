@@ -151,18 +151,32 @@ function Sequential:build_for(input_shape)
   local modes = {}
   for _, e in ipairs(self:modules()) do modes[e[2]] = e[2]._training end
   self:evaluate()
-  local ok, err = pcall(moe.no_grad, self.__call__, self, moe.zeros(shape))
+  local ok, err = pcall(moe.no_grad, self.__call__, self, moe.zeros(shape, { dtype = self.dtype or "float32" }))
   for m, flag in pairs(modes) do rawset(m, "_training", flag) end
   for _, e in ipairs(self:modules()) do rawset(e[2], "_losses", {}); rawset(e[2], "_metrics", {}) end
   if not ok then error(err, 0) end
 end
 
+-- build(shape): shape with its batch dim first (any number, as Keras's None);
+-- called by the user, it builds every layer (Keras's model.build)
 function Sequential:build(shape)
-  if not rawget(self, "_input_shape") and type(shape) == "table" and type(shape[1]) == "number" then
-    local s = {}
-    for i = 2, #shape do s[#s + 1] = shape[i] end
-    rawset(self, "_input_shape", s)
+  local numeric = type(shape) == "table" and #shape > 0
+  if numeric then for i = 2, table.maxn(shape) do numeric = numeric and type(shape[i]) == "number" end end
+  if not numeric then
+    if nn.in_call() then return end -- several inputs: the layers build on the first call
+    error(("build: %s \"%s\": expected an input shape {batch, features...} (the batch size may be -1), got %s")
+      :format(self.class_name, self.name, type(shape) == "table" and "a table that is not a list of sizes" or tostring(shape)), 3)
   end
+  local s = {}
+  for i = 2, table.maxn(shape) do s[#s + 1] = shape[i] end
+  if not rawget(self, "_input_shape") then rawset(self, "_input_shape", s) end
+  if not nn.in_call() then self:build_for(s) end
+end
+
+-- a Sequential makes no weights of its own: it still has to build while a layer does
+function Sequential:_needs_build()
+  for _, c in ipairs(self:children()) do if c:_needs_build() then return true end end
+  return false
 end
 
 function Sequential:forward(x)

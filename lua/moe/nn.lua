@@ -90,6 +90,12 @@ local function class(name, parent)
       o:init(opts or {}, ...)
       return o
     end,
+    -- a class's build(), however it is called (by the first call, or by the
+    -- user before set_weights), marks the layer built
+    __newindex = function(c, k, v)
+      if k == "build" and type(v) == "function" then v = nn.wrap_build(v) end
+      rawset(c, k, v)
+    end,
   })
   registry[name] = cls
   return cls
@@ -121,6 +127,7 @@ function Module:init(opts)
   rawset(self, "_metrics", {})
   rawset(self, "_training", true)
   rawset(self, "built", false)
+  rawset(self, "_dtype_explicit", opts and opts.dtype ~= nil or false)
   rawset(self, "name", opts and opts.name or auto_name(self.class_name))
   rawset(self, "_config", {})
 end
@@ -267,8 +274,27 @@ local function weights_in_order(self)
   end)
 end
 
+-- Does this module still have to build weights it has not made yet? A layer
+-- with its own build() does until it is built; containers override this.
+function Module:_needs_build() return not self.built and self.build ~= Module.build end
+
+local function check_built(self, fn)
+  local first
+  for _, e in ipairs(self:modules()) do
+    if e[2]:_needs_build() and (first == nil or first == self) then first = e[2] end
+  end
+  if first then
+    local which = first == self and "" or (" (its layer %s \"%s\" is not)"):format(first.class_name, first.name)
+    error(("%s: %s \"%s\" is not built yet%s, so it has no parameters to list; build it first: call it on a batch "
+      .. "(model(x)), or model:build{batch, features...}, or give the first layer input_shape"):format(fn,
+      self.class_name, self.name, which), 3)
+  end
+end
+nn.check_built = check_built
+
 function Module:parameters()
   local cache = rawget(self, "_params_cache")
+  if not (cache and cache.version == structure_version) then check_built(self, "parameters") end
   if cache and cache.version == structure_version then
     local copy = {}
     for i, t in ipairs(cache.list) do copy[i] = t end
@@ -283,6 +309,7 @@ end
 
 -- iterator: for name, tensor in m:named_parameters() do ... end
 function Module:named_parameters()
+  check_built(self, "named_parameters")
   local names, ts = collect(self, true, false)
   local i = 0
   return function()
@@ -331,7 +358,16 @@ function Module:set_weights(list)
 end
 
 function Module:zero_grad()
-  self:parameters()
+  local cache = rawget(self, "_params_cache")
+  if not (cache and cache.version == structure_version) then
+    if pcall(check_built, self, "zero_grad") then
+      self:parameters() -- fills the cache (train_on_batch reads it)
+    else -- before the first call (PyTorch's loop starts with zero_grad): the weights made so far
+      local _, ps = collect(self, true, false)
+      for _, p in ipairs(ps) do p.grad = nil end
+      return
+    end
+  end
   for _, p in ipairs(self._params_cache.list) do p.grad = nil end
 end
 
@@ -369,7 +405,11 @@ end
 -- to(dtype) converts every weight ("float64" for gradchecks); to("cuda" | "cpu") moves them
 function Module:to(what)
   if what == "cuda" or what == "cpu" then return move(self, what) end
-  for _, e in ipairs(self:modules()) do rawset(e[2], "dtype", what) end
+  if what ~= "float32" and what ~= "float64" then
+    error(("to: %s \"%s\": a module converts to \"float32\", \"float64\", \"cuda\" or \"cpu\", got %s")
+      :format(self.class_name, self.name, tostring(what)), 2)
+  end
+  for _, e in ipairs(self:modules()) do rawset(e[2], "dtype", what); rawset(e[2], "_dtype_explicit", true) end
   return each_weight(self, function(_, t) return t:dtype() ~= what and t:detach():to(what) or nil end)
 end
 function Module:double() return self:to("float64") end
@@ -430,20 +470,104 @@ nn.shapes_of = shapes_of
 
 function Module:build(input_shape) end
 
+-- same input shape, the batch dims (first entries) aside
+local function same_build_shape(a, b)
+  if type(a) ~= "table" or type(b) ~= "table" then return a == b end
+  local numeric = type(a[1]) == "number" or type(a[2]) == "number"
+  for k, v in pairs(a) do if not (numeric and k == 1) and not same_build_shape(v, b[k]) then return false end end
+  for k in pairs(b) do if not (numeric and k == 1) and a[k] == nil then return false end end
+  return true
+end
+
+function nn.wrap_build(fn)
+  return function(self, shape, ...)
+    if rawget(self, "built") then
+      local had = rawget(self, "_build_input_shape")
+      if had ~= nil and shape ~= nil and not same_build_shape(had, shape) then
+        error(("build: %s \"%s\" is already built for input shape %s, not %s"):format(self.class_name, self.name,
+          shape_str(type(had[1]) == "number" and had or {}), shape_str(type(shape[1]) == "number" and shape or {})), 2)
+      end
+      return
+    end
+    -- marked first: a container's build may run a pass through itself
+    rawset(self, "built", true)
+    rawset(self, "_build_input_shape", shape)
+    local ok, err = pcall(fn, self, shape, ...)
+    if not ok then
+      rawset(self, "built", false)
+      rawset(self, "_build_input_shape", nil)
+      error(err, 0)
+    end
+  end
+end
+
+-- inside a layer call (a build there leaves the layer's children to their own first call)
+function nn.in_call() return call_depth > 0 end
+
+local function is_float_tensor(v) return core.is_tensor(v) and (v:dtype() == "float32" or v:dtype() == "float64") end
+
+-- the dtype a lazily built layer takes: its dtype option, else its first float input's
+local function first_float_dtype(...)
+  for i = 1, select("#", ...) do
+    local v = select(i, ...)
+    if is_float_tensor(v) then return v:dtype() end
+    if type(v) == "table" and not core.is_tensor(v) then
+      for _, x in ipairs(v) do if is_float_tensor(x) then return x:dtype() end end
+    end
+  end
+end
+
+-- Keras's autocast: float inputs of another float dtype are cast to the layer's
+local function autocast1(v, dt)
+  if core.is_tensor(v) then
+    local d = v:dtype()
+    if d ~= dt and (d == "float32" or d == "float64") then return v:to(dt) end
+    return v
+  end
+  if type(v) == "table" and not getmetatable(v) then
+    local out
+    for i, x in ipairs(v) do
+      local c = autocast1(x, dt)
+      if c ~= x then out = out or { unpack(v) }; out[i] = c end
+    end
+    return out or v
+  end
+  return v
+end
+local function autocast(dt, ...)
+  local n = select("#", ...)
+  if n == 1 then return autocast1((...), dt) end
+  local args = { ... }
+  for i = 1, n do args[i] = autocast1(args[i], dt) end
+  return unpack(args, 1, n)
+end
+
 function Module:forward(...)
   if self.call then return self:call(...) end
   error(("%s \"%s\": forward is not defined"):format(self.class_name, self.name), 2)
 end
 
 -- the body of a call (no closure is made per call: pcall takes this function)
-local function call_body(self, ...)
+local function forward_body(self, ...)
   if not self.built then
     local shape = shapes_of((...))
-    rawset(self, "_build_input_shape", shape)
     self:build(shape)
     rawset(self, "built", true)
+    rawset(self, "_build_input_shape", shape)
   end
-  local y = self:forward(...)
+  return self:forward(...)
+end
+
+local function call_body(self, ...)
+  local y
+  local d = first_float_dtype(...)
+  if not self.built and d and not rawget(self, "_dtype_explicit") then rawset(self, "dtype", d) end
+  local dt = self.dtype
+  if d and d ~= dt and (dt == "float32" or dt == "float64") then
+    y = forward_body(self, autocast(dt, ...))
+  else
+    y = forward_body(self, ...)
+  end
   local ar = rawget(self, "_activity_regularizer")
   if ar and core.is_tensor(y) then self:add_loss(ar(y)) end
   return y

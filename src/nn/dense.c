@@ -64,9 +64,14 @@ moe_tensor *moe_linear(const moe_tensor *x, const moe_tensor *w, const moe_tenso
     moe_error("linear: the fused activation must be relu, sigmoid or tanh");
     return NULL;
   }
-  if (x->ndim < 1 || w->ndim != 2 || x->shape[x->ndim - 1] != w->shape[0] || x->dtype != w->dtype ||
-      !moe_dtype_is_float(x->dtype) || (b && (b->ndim != 1 || b->shape[0] != w->shape[1] || b->dtype != w->dtype))) {
-    moe_error("linear: input %s, kernel [K,N] %s and bias [N] %s do not fit (one float dtype)",
+  if (!moe_dtype_is_float(x->dtype) || x->dtype != w->dtype || (b && b->dtype != w->dtype)) {
+    moe_error("linear: input, kernel and bias must have one float dtype, got input %s, kernel %s, bias %s",
+              moe_dtype_name(x->dtype), moe_dtype_name(w->dtype), b ? moe_dtype_name(b->dtype) : "(none)");
+    return NULL;
+  }
+  if (x->ndim < 1 || w->ndim != 2 || x->shape[x->ndim - 1] != w->shape[0] ||
+      (b && (b->ndim != 1 || b->shape[0] != w->shape[1]))) {
+    moe_error("linear: input %s, kernel [K,N] %s and bias [N] %s do not fit",
               moe_shape_str(x, b1), moe_shape_str(w, b2), b ? moe_shape_str(b, b3) : "(none)");
     return NULL;
   }
