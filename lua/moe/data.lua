@@ -237,7 +237,12 @@ end
 local KINDS = { numeric = true, number = true, float = true, float64 = true, float32 = true,
                 categorical = false, category = false, string = false }
 
--- read_csv(path, {header=true, columns=names, sep=",", skip=0, na_values={...}, dtypes={name=kind}})
+-- the fields pandas.read_csv reads as missing by default
+data.DEFAULT_NA_VALUES = { "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+  "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null" }
+
+-- read_csv(path, {header=true, columns=names, sep=",", skip=0, na_values={...}, keep_default_na=true,
+--                 dtypes={name=kind}})
 function data.read_csv(path, opts)
   if type(path) ~= "string" then error(("read_csv: path must be a string, got %s"):format(type(path)), 2) end
   opts = opts or {}
@@ -248,8 +253,16 @@ function data.read_csv(path, opts)
   if header and opts.columns then
     error("read_csv: columns names the columns of a file without a header: pass header = false", 2)
   end
-  local na = opts.na_values or {}
-  if type(na) == "string" then na = { na } end
+  local user_na = opts.na_values or {}
+  if type(user_na) == "string" then user_na = { user_na } end
+  if type(user_na) ~= "table" then error(("read_csv: na_values must be a string or a list of strings, got %s"):format(type(user_na)), 2) end
+  -- pandas's default missing-value spellings, unless keep_default_na = false; "" is always missing
+  local na = {}
+  if opts.keep_default_na ~= false then for i, v in ipairs(data.DEFAULT_NA_VALUES) do na[i] = v end end
+  for _, v in ipairs(user_na) do
+    if type(v) ~= "string" then error(("read_csv: na_values must be strings, got %s"):format(type(v)), 2) end
+    na[#na + 1] = v
+  end
   local tnames, tflags = {}, {}
   for name, kind in pairs(opts.dtypes or {}) do
     local k = KINDS[kind]

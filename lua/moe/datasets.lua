@@ -87,7 +87,9 @@ function datasets.census_income(opts)
     end
     drop[spec.column] = true
   end
-  local frame = data.read_csv(path, { header = false, columns = datasets.CENSUS_COLUMNS,
+  -- "NA" is a level of hisp_origin (not available), not a missing value: the
+  -- reference reads the file with pandas, whose fields keep their leading space
+  local frame = data.read_csv(path, { header = false, columns = datasets.CENSUS_COLUMNS, keep_default_na = false,
     dtypes = { det_ind_code = "categorical", det_occ_code = "categorical" } })
   local cat, num = {}, {}
   for _, c in ipairs(datasets.CENSUS_CATEGORICAL) do if not drop[c] then cat[#cat + 1] = c end end

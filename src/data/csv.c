@@ -241,8 +241,55 @@ void moe_csv_free(moe_csv_frame *f) {
   f->nrows = 0;
 }
 
+/* a set of names (open addressing over indices into `names`): the duplicate
+ * column check and the typed-column lookup stay linear in the number of columns */
+typedef struct {
+  int32_t *slot; /* index + 1, 0 = empty */
+  uint64_t mask;
+} name_set;
+
+static int name_set_init(name_set *h, int64_t n) {
+  uint64_t cap = 16;
+  while (cap < (uint64_t)n * 2) cap *= 2;
+  h->slot = calloc(cap, sizeof *h->slot);
+  h->mask = cap - 1;
+  return h->slot ? 0 : -1;
+}
+
+/* the index of name in the set, or -1; with add, name (as index i) goes in when absent */
+static int32_t name_set_find(name_set *h, const char *const *names, const char *name, int32_t add) {
+  int32_t n = (int32_t)strlen(name);
+  uint64_t j = hash(name, n) & h->mask;
+  while (h->slot[j]) {
+    if (strcmp(names[h->slot[j] - 1], name) == 0) return h->slot[j] - 1;
+    j = (j + 1) & h->mask;
+  }
+  if (add >= 0) h->slot[j] = add + 1;
+  return -1;
+}
+
+static int build_columns(parse *p, const char *path, const moe_csv_options *o, moe_csv_frame *out,
+                         name_set *seen, const char **col_names, name_set *typed);
+
 static int build(parse *p, const char *path, const moe_csv_options *o, moe_csv_frame *out) {
   if (p->nrec == 0) return moe_error("read_csv: %s has no rows%s", path, o->header ? " (not even a header)" : "");
+  name_set seen = {0}, typed = {0};
+  const char **col_names = calloc((size_t)p->count[0] + 1, sizeof *col_names);
+  int rc;
+  if (!col_names || name_set_init(&seen, p->count[0]) || name_set_init(&typed, o->ntyped)) {
+    rc = moe_error("read_csv: out of memory");
+  } else {
+    for (int t = 0; t < o->ntyped; t++) name_set_find(&typed, o->typed, o->typed[t], t);
+    rc = build_columns(p, path, o, out, &seen, col_names, &typed);
+  }
+  free(col_names);
+  free(seen.slot);
+  free(typed.slot);
+  return rc;
+}
+
+static int build_columns(parse *p, const char *path, const moe_csv_options *o, moe_csv_frame *out,
+                         name_set *seen, const char **col_names, name_set *typed) {
   int ncols = p->count[0];
   for (int64_t r = 1; r < p->nrec; r++)
     if (p->count[r] != ncols)
@@ -266,12 +313,11 @@ static int build(parse *p, const char *path, const moe_csv_options *o, moe_csv_f
     }
     if (!col->name) return moe_error("read_csv: out of memory");
     if (!col->name[0]) return moe_error("read_csv: %s: column %d has an empty name", path, c + 1);
-    for (int d = 0; d < c; d++)
-      if (strcmp(out->cols[d].name, col->name) == 0)
-        return moe_error("read_csv: %s: columns %d and %d are both named '%s'", path, d + 1, c + 1, col->name);
-    int forced = -1;
-    for (int t = 0; t < o->ntyped; t++)
-      if (strcmp(o->typed[t], col->name) == 0) forced = o->typed_numeric[t];
+    col_names[c] = col->name;
+    int32_t d = name_set_find(seen, col_names, col->name, c);
+    if (d >= 0) return moe_error("read_csv: %s: columns %d and %d are both named '%s'", path, d + 1, c + 1, col->name);
+    int32_t ti = name_set_find(typed, o->typed, col->name, -1);
+    int forced = ti >= 0 ? o->typed_numeric[ti] : -1;
     /* numeric unless forced otherwise or some field is not a number: one pass
      * parses the values, and gives up at the first field that is not one */
     int numeric = forced != 0;
