@@ -6,8 +6,10 @@ OPT     ?= -O3 -g
 SAN     ?=
 # recursive (=) so pkg-config runs at build time, after `deps` has installed it
 # -fwrapv: integer tensor arithmetic wraps around (two's complement), as in NumPy/PyTorch
+# memory-safety warnings are errors (gcc 12's -Wuse-after-free caught one in roc_auc)
+WERROR  ?= $(if $(findstring clang,$(CC)),,-Werror=use-after-free -Werror=free-nonheap-object -Werror=return-type)
 CFLAGS   = $(OPT) $(SAN) -std=gnu11 -fPIC -fwrapv -fno-math-errno -fno-trapping-math -fopenmp-simd -Wall -Wextra -Wno-unused-parameter -Wshadow \
-           $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+           $(WERROR) $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS   = $(SAN) $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread $(CUDA_LIBS)
 VERSION := 0.1.0
 CFLAGS  += -DMOE_VERSION=\"$(VERSION)\"

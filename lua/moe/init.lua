@@ -186,6 +186,14 @@ local lazy_fields = {
   Input = { "moe.model", "Input" }, load = { "moe.model", "load" },
   save_tensors = { "moe.io", "save_tensors" }, load_tensors = { "moe.io", "load_tensors" },
 }
+-- the names that load on first use (the lazy-loading spec touches each one first)
+function moe._lazy_names()
+  local out = {}
+  for k in pairs(lazy) do out[#out + 1] = k end
+  for k in pairs(lazy_fields) do out[#out + 1] = k end
+  table.sort(out)
+  return out
+end
 setmetatable(moe, { __index = function(t, k)
   local v
   if lazy[k] then
