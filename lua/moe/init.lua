@@ -173,6 +173,28 @@ function moe.enable_grad(fn, ...)
   return unpack(res, 2, table.maxn(res))
 end
 
+-- where(msg): msg located at the user's own code -- the first frame outside
+-- this library -- in place of a library file's "file:line: " (errors that
+-- reach the user through a layer call or a wrapper carry the user's line)
+do
+  local lib = debug.getinfo(1, "S").source:match("^@(.*/)[^/]+$")
+  local function in_lib(src) return lib and src:sub(1, 1) == "@" and src:sub(2, #lib + 1) == lib end
+  function moe._where(msg)
+    msg = tostring(msg)
+    local src = msg:match("^([^\n]-):%d+: ")
+    if src and not in_lib("@" .. src) then return msg end -- already at the user's line
+    if src then msg = msg:gsub("^[^\n]-:%d+: ", "", 1) end
+    for level = 2, 50 do
+      local info = debug.getinfo(level, "Sl")
+      if not info then break end
+      if info.currentline > 0 and not in_lib(info.source) then
+        return ("%s:%d: %s"):format(info.short_src, info.currentline, msg)
+      end
+    end
+    return msg
+  end
+end
+
 -- the library's submodules load on first use: moe.nn, moe.optim, moe.losses, ...
 local lazy = {
   nn = "moe.nn", optim = "moe.optim", losses = "moe.losses", testing = "moe.testing",

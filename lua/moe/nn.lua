@@ -575,7 +575,7 @@ end
 
 local function call_done(self, ok, out)
   call_depth = call_depth - 1
-  if not ok then error(out, 0) end
+  if not ok then error(call_depth == 0 and type(out) == "string" and moe._where(out) or out, 0) end
   -- output shapes for summary(): recorded once (the batch dim prints as None)
   if not rawget(self, "_output_shape") then rawset(self, "_output_shape", shapes_of(out)) end
   return out
