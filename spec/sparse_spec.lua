@@ -51,25 +51,39 @@ describe("routing against the numpy reference", function()
   local cases = cjson.decode(read("spec/fixtures/routing_cases.json"))
   for _, c in ipairs(cases) do
     it(c.name, function()
-      local logits = moe.tensor(c.logits, { dtype = "float64" })
-      local G, T, E = logits:size(1), logits:size(2), logits:size(3)
-      local r
-      if c.router == "tokens" then
-        r = identity_router(nn.TokensChooseMaskedRouter, E, { num_selected_experts = c.k,
-          batch_prioritized_routing = c.batch_prioritized })
+      local x, r, E
+      if c.inputs then -- ignore_padding_tokens: a router with kernel and bias; padding rows are zero
+        x = moe.tensor(c.inputs, { dtype = "float64" })
+        E = #c.bias
+        r = nn.TokensChooseMaskedRouter { num_experts = E, num_selected_experts = c.k,
+          batch_prioritized_routing = c.batch_prioritized, ignore_padding_tokens = true }
+        r(moe.zeros(1, 1, x:size(3), { dtype = "float64" }), 1)
+        r:double()
+        r:set_weights { moe.tensor(c.kernel, { dtype = "float64" }), moe.tensor(c.bias, { dtype = "float64" }) }
+        -- the fixture tells masked from unmasked: the padding's logits are the bias
+        assert.is_true(math.abs(c.z_loss - c.z_loss_unmasked) > 1e-3)
       else
-        r = identity_router(nn.ExpertsChooseMaskedRouter, E)
+        x = moe.tensor(c.logits, { dtype = "float64" })
+        E = x:size(3)
+        if c.router == "tokens" then
+          r = identity_router(nn.TokensChooseMaskedRouter, E, { num_selected_experts = c.k,
+            batch_prioritized_routing = c.batch_prioritized })
+        else
+          r = identity_router(nn.ExpertsChooseMaskedRouter, E)
+        end
       end
+      local G, T = x:size(1), x:size(2)
       r:evaluate()
-      local plan = r(logits, c.capacity)
+      local plan = r(x, c.capacity)
       local got = dense_combine(plan, G * T, E)
       local want = moe.tensor(c.combine, { dtype = "float64" }):view(G * T, E)
       assert.is_true((got - want):abs():max():item() < 1e-12, "combine weights differ")
       local m = r:metrics()
       assert.is_near(c.z_loss, m.unscaled_router_z_loss, 1e-9)
+      -- tokens choose: the Switch loss over all k choices; experts choose: 0, still exported
+      assert.is_near(c.load_balancing_loss, m.load_balancing_loss, 1e-9)
       if c.router == "tokens" then
         assert.equal(c.dispatched, plan.token:numel())
-        assert.is_near(c.load_balancing_loss, m.load_balancing_loss, 1e-9)
         -- sorted by expert, counts agree
         local e = plan.expert:totable()
         for i = 2, #e do assert.is_true(e[i - 1] <= e[i]) end
@@ -92,15 +106,68 @@ describe("routing against the numpy reference", function()
     local p1, p3 = 1 / (1 + math.exp(-2)), 1 / (1 + math.exp(-3))
     assert.is_near((p1 + p3) / 2, m.router_confidence, 1e-12)
     assert.equal(1, m.expert_1_tokens)
-    -- Switch load balancing: f = (2/3, 1/3), P = mean probs
-    local P1 = (p1 + 1 / (1 + math.exp(-1)) + (1 - p3)) / 3
-    assert.is_near(2 * (2 / 3 * P1 + 1 / 3 * (1 - P1)), m.load_balancing_loss, 1e-12)
+    -- Switch load balancing over both choices: every token selects both experts,
+    -- f = (1, 1), so E * sum_e f_e P_e = 2 (P1 + P2) = 2 whatever the probabilities
+    assert.is_near(2, m.load_balancing_loss, 1e-12)
     -- batch-prioritized: t3 (prob .95) first, then t1 (.88), then t2 (.73): same kept set here;
     -- renormalised gates: t1 keeps only e1, so its gate becomes 1
     local r2 = identity_router(nn.TokensChooseMaskedRouter, 2, { num_selected_experts = 2,
       batch_prioritized_routing = true, renormalize_gates = true })
     local plan2 = r2(logits, 1)
     assert.same({ 1, 1 }, plan2.gate:totable())
+  end)
+end)
+
+describe("load-balancing loss and padding, as the reference computes them", function()
+  it("is k when every expert is chosen equally often, whatever the probabilities", function()
+    -- 4 tokens, top-2 of 4 experts: {1,2}, {3,4}, {1,3}, {2,4}: f_e = 1/2 for every e
+    local logits = moe.tensor({ { { 3, 2, 0, -1 }, { -1, 0, 4, 1 }, { 2, -2, 1, 0 }, { 0, 5, -1, 3 } } }, { dtype = "float64" })
+    local r = identity_router(nn.TokensChooseMaskedRouter, 4, { num_selected_experts = 2 })
+    r(logits, -1)
+    assert.is_near(2, r:metrics().load_balancing_loss, 1e-12)
+    -- top-1 alone is not balanced here (f = 1/2, 1/4, 1/4, 0): k = 1 gives E * sum_e f_e P_e
+    local r1 = identity_router(nn.TokensChooseMaskedRouter, 4)
+    r1(logits, -1)
+    local P = logits:view(4, 4):softmax(-1):mean(1):totable()
+    assert.is_near(4 * (P[1] / 2 + P[2] / 4 + P[3] / 4), r1:metrics().load_balancing_loss, 1e-12)
+    -- uniform probabilities: k for k = 1, 2, 3
+    for k = 1, 3 do
+      local rk = identity_router(nn.TokensChooseMaskedRouter, 4, { num_selected_experts = k })
+      rk(moe.zeros(2, 5, 4, { dtype = "float64" }), -1)
+      assert.is_near(k, rk:metrics().load_balancing_loss, 1e-12)
+    end
+  end)
+
+  it("joins the training loss with its weight; padding gets no gradient from either loss", function()
+    moe.manual_seed(4)
+    local r = nn.TokensChooseMaskedRouter { num_experts = 3, num_selected_experts = 2, ignore_padding_tokens = true,
+      router_z_loss_weight = 0.5, load_balancing_loss_weight = 0.25 }
+    local x = moe.randn(1, 5, 4, { dtype = "float64" })
+    x:narrow(2, 2, 1):zero_()
+    r(x:narrow(2, 1, 1), 1)
+    r:double()
+    local xr = x:clone()
+    xr.requires_grad = true
+    r(xr, 2)
+    local m = r:metrics()
+    local total = r:losses()[1] + r:losses()[2]
+    assert.is_near(0.5 * m.unscaled_router_z_loss + 0.25 * m.load_balancing_loss, total:item(), 1e-12)
+    total:backward()
+    assert.equal(0, xr.grad:narrow(2, 2, 1):abs():max():item())   -- the padding row
+    assert.is_true(xr.grad:narrow(2, 1, 1):abs():max():item() > 0)
+  end)
+
+  it("a MoeLayer with ignore_padding_tokens outputs zeros for padding and dispatches only real tokens", function()
+    moe.manual_seed(5)
+    local layer = nn.MoeLayer { experts = nn.FeedForwardExperts { num_experts = 4, d_ff = 6 },
+      router = nn.TokensChooseMaskedRouter { num_experts = 4, num_selected_experts = 2, ignore_padding_tokens = true },
+      dropless = true }
+    local x = moe.randn(2, 6, 5)
+    x:narrow(2, 5, 2):zero_()   -- the last two tokens of each sequence are padding
+    local y = layer(x)
+    assert.equal(2 * 4 * 2, layer.last_plan.token:numel())
+    assert.equal(0, y:narrow(2, 5, 2):abs():max():item())
+    assert.is_near(4 / 12, layer:metrics().fraction_tokens_left_behind, 1e-12)
   end)
 end)
 

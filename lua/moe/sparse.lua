@@ -177,28 +177,38 @@ function TCR:forward(x, capacity)
   local N = G * T
   local x2 = x:reshape(N, H)
   local logits, probs = nn.router_logits(self, x2)
-  z_loss(self, logits)
+  -- padding tokens (ignore_padding_tokens): inputs that are all zeros. As the
+  -- reference does, they are not dispatched, they count for no expert in the
+  -- load-balancing loss, their probabilities are zeroed in it, and their logits
+  -- are zeroed before the z-loss (the means still divide by all tokens)
+  local valid, keep
+  if self.ignore_padding_tokens then
+    valid = x2:ne(0):any(2)                                 -- [N] bool
+    keep = valid:to(probs:dtype()):unsqueeze(2)             -- [N,1]
+  end
+  z_loss(self, keep and logits * keep or logits)
   local vals, idx = probs:detach():topk(k, 2)               -- [N,k]: choices by descending probability
-  local valid
-  if self.ignore_padding_tokens then valid = x2:ne(0):any(2):view(G, T) end
   local order
   if self.batch_prioritized_routing then
     order = moe.argsort(vals:select(2, 1):view(G, T), 2, true) -- by descending top-1 probability
   end
-  local token, expert, rank, counts = moe.route_plan(idx:view(G, T, k), order, valid, E, capacity)
+  local token, expert, rank, counts = moe.route_plan(idx:view(G, T, k), order, valid and valid:view(G, T), E, capacity)
   local flat = (token - 1) * E + expert
   local gate = probs:reshape(-1):index_select(1, flat)    -- combine weight = router probability
   if self.renormalize_gates and token:numel() > 0 then   -- option: kept gates of a token sum to 1
     local denom = moe.zeros(N, { dtype = gate:dtype() }):index_add(1, token, gate)
     gate = gate / denom:index_select(1, token)
   end
-  -- load-balancing loss (Switch): E * sum_e f_e P_e per group, averaged over groups;
-  -- f_e: fraction of the group's tokens whose top-1 is e, P_e: mean probability of e
-  local top1 = idx:select(2, 1):view(G, T)
-  local gid = moe.arange(0, G, { dtype = "int64" }):view(G, 1):expand(G, T)
-  local f = moe.bincount((gid * E + top1):reshape(-1), nil, G * E):view(G, E):to(probs:dtype()) / T
-  local P = probs:view(G, T, E):mean(2)
-  local lb = (f * P):sum(2):mean() * E
+  -- load-balancing loss (Switch, as flaxformer computes it): per group
+  -- E^2 * mean_e f_e P_e, averaged over groups; f_e: fraction of the group's
+  -- tokens with e among their top-k choices (before capacity; sum_e f_e = k),
+  -- P_e: mean router probability of e. k when balanced (1 for top-1).
+  local gid = moe.arange(0, G, { dtype = "int64" }):view(G, 1, 1):expand(G, T, k)
+  local bins = (gid * E + idx:view(G, T, k)):reshape(-1)
+  local w = keep and keep:expand(N, k):reshape(-1) or nil
+  local f = moe.bincount(bins, w, G * E):view(G, E):to(probs:dtype()) / T
+  local P = (keep and probs * keep or probs):view(G, T, E):mean(2)
+  local lb = (f * P):mean() * (E * E)
   if self.load_balancing_loss_weight > 0 then self:add_loss(lb * self.load_balancing_loss_weight) end
   if self.export_metrics ~= false then self:add_metric("load_balancing_loss", lb:item()) end
   local plan = { token = token, expert = expert, rank = rank, counts = counts, gate = gate, probs = probs }
@@ -228,6 +238,9 @@ function ECR:forward(x, capacity)
   local expert = moe.arange(1, E + 1, { dtype = "int64" }):view(E, 1):expand(E, G * C):reshape(-1)
   local counts = moe.full({ E }, G * C, { dtype = "int64" })
   local plan = { token = token, expert = expert, counts = counts, gate = gate, probs = probs }
+  -- every expert fills its buffer: no load-balancing loss, but the metric is
+  -- exported as 0, as TF Model Garden does
+  if self.export_metrics ~= false then self:add_metric("load_balancing_loss", 0.0) end
   report(self, plan, N, E, E * C * G)
   return plan
 end
