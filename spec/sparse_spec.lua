@@ -171,6 +171,50 @@ describe("load-balancing loss and padding, as the reference computes them", func
   end)
 end)
 
+describe("the MoeLayer family's defaults, as TF Model Garden's", function()
+  -- the standard deviation of a unit normal truncated at +-2 (Simpson's rule on
+  -- the density), which Keras's TruncatedNormal does not rescale
+  local function truncated_std()
+    local n, a, b = 2000, -2, 2
+    local h = (b - a) / n
+    local m0, m2 = 0, 0
+    for i = 0, n do
+      local x = a + i * h
+      local wgt = (i == 0 or i == n) and 1 or (i % 2 == 1 and 4 or 2)
+      local p = math.exp(-x * x / 2)
+      m0, m2 = m0 + wgt * p, m2 + wgt * p * x * x
+    end
+    return math.sqrt(m2 / m0)
+  end
+
+  it("kernels start as TruncatedNormal(stddev = 0.02): std 0.02 * 0.88, |w| <= 0.04, biases zero", function()
+    moe.manual_seed(11)
+    local want = 0.02 * truncated_std()
+    assert.is_near(0.8796, want / 0.02, 1e-4)
+    local wb = nn.MoeLayerWithBackbone { backbone_d_ff = 96, moe_layer = nn.MoeLayer {
+      experts = nn.FeedForwardExperts { num_experts = 8, d_ff = 96 },
+      router = nn.TokensChooseMaskedRouter { num_experts = 8 } } }
+    local ec = nn.ExpertsChooseMaskedRouter { num_experts = 64 }
+    wb(moe.zeros(1, 4, 512))
+    ec(moe.zeros(1, 4, 512), 1)
+    local moel = wb.moe_layer
+    for _, w in ipairs { moel.experts.intermediate_kernel, moel.experts.output_kernel, moel.router.kernel,
+      ec.kernel, wb.backbone_kernel_1, wb.backbone_kernel_2 } do
+      local n = w:numel()
+      local std = w:double():std():item()
+      assert.is_true(w:abs():max():item() <= 0.04)
+      assert.is_true(math.abs(std - want) < 4 * want / math.sqrt(2 * n) + 1e-4, ("std %g, want %g (%d values)"):format(std, want, n))
+      assert.is_true(math.abs(w:double():mean():item()) < 4 * want / math.sqrt(n))
+    end
+    for _, b in ipairs { moel.experts.intermediate_bias, moel.experts.output_bias, moel.router.bias, wb.backbone_bias_1 } do
+      assert.equal(0, b:abs():max():item())
+    end
+    -- written to checkpoints as an initializer config
+    assert.same({ class_name = "truncated_normal", config = { stddev = 0.02 } }, moel.router:get_config().kernel_initializer)
+    assert.same({ class_name = "truncated_normal", config = { stddev = 0.02 } }, moel.experts:get_config().kernel_initializer)
+  end)
+end)
+
 -- the layer against a dense loop: y_t = sum over kept (t, e) of gate * FFN_e(x_t)
 local function dense_reference(layer, x)
   local plan = layer.last_plan

@@ -25,6 +25,11 @@ nn.round_half_even = round_half_even
 
 local stacked = inits.stacked
 
+-- TF Model Garden's default kernel initializer for the whole MoeLayer family
+-- (experts, routers, backbone): Keras's TruncatedNormal(stddev=0.02), redrawn
+-- beyond two standard deviations (so |w| <= 0.04). A fresh table per layer.
+local function tf_kernel_initializer() return { class_name = "truncated_normal", config = { stddev = 0.02 } } end
+
 -- ------------------------------------------------------------------ FeedForwardExperts
 
 -- num_experts independent FFNs: intermediate_kernel [E, H, d_ff] (+ bias [E, d_ff]),
@@ -35,7 +40,7 @@ nn.FeedForwardExperts = FFE
 function FFE:init(opts)
   Module.init(self, opts)
   self:_options(opts, { num_experts = REQUIRED, d_ff = REQUIRED, inner_dropout = 0.0, output_dropout = 0.0,
-    activation = "gelu", kernel_initializer = "glorot_uniform", bias_initializer = "zeros" })
+    activation = "gelu", kernel_initializer = tf_kernel_initializer(), bias_initializer = "zeros" })
   nn.positive_int(self, "num_experts")
   nn.positive_int(self, "d_ff")
   for _, k in ipairs { "inner_dropout", "output_dropout" } do
@@ -80,14 +85,14 @@ end
 
 local router_defaults = {
   num_experts = REQUIRED, jitter_noise = 0.0, use_bias = true, router_z_loss_weight = 0.0,
-  kernel_initializer = "glorot_uniform", bias_initializer = "zeros", export_metrics = true,
-  noisy_gating = false,
+  bias_initializer = "zeros", export_metrics = true, noisy_gating = false,
 }
 
 local function router_init(self, opts, extra)
   Module.init(self, opts)
   local d = {}
   for k, v in pairs(router_defaults) do d[k] = v end
+  d.kernel_initializer = tf_kernel_initializer()
   for k, v in pairs(extra or {}) do d[k] = v end
   self:_options(opts, d)
   nn.positive_int(self, "num_experts")
@@ -337,7 +342,7 @@ function MLB:init(opts)
   local o = {}
   for k, v in pairs(opts) do if k ~= "moe_layer" then o[k] = v end end
   self:_options(o, { backbone_d_ff = REQUIRED, dropout_rate = 0.0, activation = "gelu",
-    kernel_initializer = "glorot_uniform" })
+    kernel_initializer = tf_kernel_initializer() })
   nn.positive_int(self, "backbone_d_ff")
   self:add_module("moe_layer", opts.moe_layer)
   rawset(self, "_act", nn.get_activation(self.activation, "MoeLayerWithBackbone"))
