@@ -171,7 +171,7 @@ describe("load-balancing loss and padding, as the reference computes them", func
   end)
 end)
 
-describe("the MoeLayer family's defaults, as TF Model Garden's", function()
+describe("the MoeLayer family's defaults and weight lists, as TF Model Garden's", function()
   -- the standard deviation of a unit normal truncated at +-2 (Simpson's rule on
   -- the density), which Keras's TruncatedNormal does not rescale
   local function truncated_std()
@@ -213,6 +213,58 @@ describe("the MoeLayer family's defaults, as TF Model Garden's", function()
     assert.same({ class_name = "truncated_normal", config = { stddev = 0.02 } }, moel.router:get_config().kernel_initializer)
     assert.same({ class_name = "truncated_normal", config = { stddev = 0.02 } }, moel.experts:get_config().kernel_initializer)
   end)
+
+  local cjson_ = require "cjson"
+  local cases = cjson_.decode(read("spec/fixtures/weights_cases.json"))
+  for _, c in ipairs(cases) do
+    if c.name:match("^MoeLayer") then
+      it(c.name .. ": the experts' weights (biases [E, 1, F]), then the router's" ..
+        (c.config.backbone_d_ff and ", then the backbone's" or ""), function()
+        local function make(dtype)
+          local layer = nn.MoeLayer { experts = nn.FeedForwardExperts { num_experts = c.config.num_experts, d_ff = c.config.d_ff },
+            router = nn.TokensChooseMaskedRouter { num_experts = c.config.num_experts,
+              num_selected_experts = c.config.num_selected_experts },
+            eval_capacity_factor = c.config.eval_capacity_factor }
+          if c.config.backbone_d_ff then
+            layer = nn.MoeLayerWithBackbone { moe_layer = layer, backbone_d_ff = c.config.backbone_d_ff }
+          end
+          layer(moe.zeros(#c.input, #c.input[1], #c.input[1][1]))
+          layer:to(dtype)
+          layer:evaluate()
+          local list = {}
+          for i, w in ipairs(c.weights) do list[i] = moe.tensor(w, { dtype = dtype }) end
+          layer:set_weights(list)
+          return layer, list, moe.tensor(c.input, { dtype = dtype })
+        end
+        local layer, list, x = make("float64")
+        local y = layer(x)
+        assert.is_true((y - moe.tensor(c.output[1], { dtype = "float64" })):abs():max():item() < 1e-12)
+        local got = layer:get_weights()
+        assert.equal(#c.weights, #got)
+        for i, w in ipairs(got) do
+          assert.same(c.shapes[i], w:shape(), c.names[i])
+          assert.equal(0, (w - list[i]):abs():max():item(), c.names[i])
+        end
+        -- the experts alone list what TF's FeedForwardExperts does
+        local ex = c.config.backbone_d_ff and layer.moe_layer.experts or layer.experts
+        local ew = ex:get_weights()
+        for i = 1, 4 do assert.same(c.shapes[i], ew[i]:shape()) end
+        -- storage (and checkpoints) keep the biases [E, F]; a float32 layer set
+        -- from the list round-trips through save / load
+        assert.same({ c.config.num_experts, c.config.d_ff }, ex.intermediate_bias:shape())
+        local l32, _, x32 = make("float32")
+        local y32 = l32(x32)
+        assert.is_true((y32:double() - y):abs():max():item() < 1e-5)
+        local p = os.tmpname()
+        l32:save(p)
+        local back = moe.load(p)
+        os.remove(p)
+        back:evaluate()
+        assert.equal(0, (back(x32) - y32):abs():max():item())
+        for i, w in ipairs(back:get_weights()) do assert.equal(0, (w - moe.tensor(c.weights[i])):abs():max():item()) end
+      end)
+    end
+  end
 end)
 
 -- the layer against a dense loop: y_t = sum over kept (t, e) of gate * FFN_e(x_t)

@@ -61,6 +61,15 @@ function FFE:build(shape)
   self:add_weight("output_kernel", { E, D, H }, { initializer = st { D, H } })
   self:add_weight("output_bias", { E, H }, { initializer = self.bias_initializer })
 end
+-- get_weights()/set_weights() list, as TF's FeedForwardExperts.get_weights():
+-- intermediate kernel [E, H, d_ff], bias [E, 1, d_ff], output kernel [E, d_ff, H],
+-- bias [E, 1, H] (the biases are stored [E, F]; these are views onto them)
+function FFE:_keras_weights()
+  if not rawget(self, "intermediate_kernel") then return {}, {} end
+  return { "intermediate_kernel", "intermediate_bias", "output_kernel", "output_bias" },
+    { self.intermediate_kernel:detach(), self.intermediate_bias:detach():unsqueeze(2),
+      self.output_kernel:detach(), self.output_bias:detach():unsqueeze(2) }
+end
 local function dropout(self, x, rate) return nn.dropout(x, rate, self._training) end
 function FFE:forward(x, counts, expert)
   if counts then return self:grouped(x, counts, expert) end
@@ -295,6 +304,20 @@ function MoeLayer:get_config()
   return c
 end
 
+-- get_weights()/set_weights(): TF's MoeLayer order, the experts' weights
+-- (FeedForwardExperts: [E,H,d_ff], [E,1,d_ff], [E,d_ff,H], [E,1,H]), then the
+-- router's (kernel [H, E], bias [E])
+local function prefixed(m, out_n, out_t)
+  local n, t = nn.keras_weights(m)
+  for i = 1, #n do out_n[#out_n + 1] = m.name .. "/" .. n[i]; out_t[#out_t + 1] = t[i] end
+end
+function MoeLayer:_keras_weights()
+  local names, ts = {}, {}
+  prefixed(self.experts, names, ts)
+  prefixed(self.router, names, ts)
+  return names, ts
+end
+
 function MoeLayer:capacity(tokens_per_group)
   if self.dropless then return -1 end
   local cf = self._training and self.train_capacity_factor or self.eval_capacity_factor
@@ -358,6 +381,16 @@ function MLB:build(shape)
   self:add_weight("backbone_bias_1", { self.backbone_d_ff }, { initializer = "zeros" })
   self:add_weight("backbone_kernel_2", { self.backbone_d_ff, H }, { initializer = self.kernel_initializer })
   self:add_weight("backbone_bias_2", { H }, { initializer = "zeros" })
+end
+-- get_weights()/set_weights(): TF's order, the sparse layer's weights, then the
+-- backbone's (intermediate kernel [H, d_ff], bias [d_ff], output kernel [d_ff, H], bias [H])
+function MLB:_keras_weights()
+  local names, ts = {}, {}
+  prefixed(self.moe_layer, names, ts)
+  for _, k in ipairs { "backbone_kernel_1", "backbone_bias_1", "backbone_kernel_2", "backbone_bias_2" } do
+    if rawget(self, k) then names[#names + 1] = k; ts[#ts + 1] = rawget(self, k):detach() end
+  end
+  return names, ts
 end
 function MLB:forward(x)
   local h = self._act(x:matmul(self.backbone_kernel_1) + self.backbone_bias_1)
