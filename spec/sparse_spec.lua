@@ -51,25 +51,39 @@ describe("routing against the numpy reference", function()
   local cases = cjson.decode(read("spec/fixtures/routing_cases.json"))
   for _, c in ipairs(cases) do
     it(c.name, function()
-      local logits = moe.tensor(c.logits, { dtype = "float64" })
-      local G, T, E = logits:size(1), logits:size(2), logits:size(3)
-      local r
-      if c.router == "tokens" then
-        r = identity_router(nn.TokensChooseMaskedRouter, E, { num_selected_experts = c.k,
-          batch_prioritized_routing = c.batch_prioritized })
+      local x, r, E
+      if c.inputs then -- ignore_padding_tokens: a router with kernel and bias; padding rows are zero
+        x = moe.tensor(c.inputs, { dtype = "float64" })
+        E = #c.bias
+        r = nn.TokensChooseMaskedRouter { num_experts = E, num_selected_experts = c.k,
+          batch_prioritized_routing = c.batch_prioritized, ignore_padding_tokens = true }
+        r(moe.zeros(1, 1, x:size(3), { dtype = "float64" }), 1)
+        r:double()
+        r:set_weights { moe.tensor(c.kernel, { dtype = "float64" }), moe.tensor(c.bias, { dtype = "float64" }) }
+        -- the fixture tells masked from unmasked: the padding's logits are the bias
+        assert.is_true(math.abs(c.z_loss - c.z_loss_unmasked) > 1e-3)
       else
-        r = identity_router(nn.ExpertsChooseMaskedRouter, E)
+        x = moe.tensor(c.logits, { dtype = "float64" })
+        E = x:size(3)
+        if c.router == "tokens" then
+          r = identity_router(nn.TokensChooseMaskedRouter, E, { num_selected_experts = c.k,
+            batch_prioritized_routing = c.batch_prioritized })
+        else
+          r = identity_router(nn.ExpertsChooseMaskedRouter, E)
+        end
       end
+      local G, T = x:size(1), x:size(2)
       r:evaluate()
-      local plan = r(logits, c.capacity)
+      local plan = r(x, c.capacity)
       local got = dense_combine(plan, G * T, E)
       local want = moe.tensor(c.combine, { dtype = "float64" }):view(G * T, E)
       assert.is_true((got - want):abs():max():item() < 1e-12, "combine weights differ")
       local m = r:metrics()
       assert.is_near(c.z_loss, m.unscaled_router_z_loss, 1e-9)
+      -- tokens choose: the Switch loss over all k choices; experts choose: 0, still exported
+      assert.is_near(c.load_balancing_loss, m.load_balancing_loss, 1e-9)
       if c.router == "tokens" then
         assert.equal(c.dispatched, plan.token:numel())
-        assert.is_near(c.load_balancing_loss, m.load_balancing_loss, 1e-9)
         -- sorted by expert, counts agree
         local e = plan.expert:totable()
         for i = 2, #e do assert.is_true(e[i - 1] <= e[i]) end
@@ -92,9 +106,9 @@ describe("routing against the numpy reference", function()
     local p1, p3 = 1 / (1 + math.exp(-2)), 1 / (1 + math.exp(-3))
     assert.is_near((p1 + p3) / 2, m.router_confidence, 1e-12)
     assert.equal(1, m.expert_1_tokens)
-    -- Switch load balancing: f = (2/3, 1/3), P = mean probs
-    local P1 = (p1 + 1 / (1 + math.exp(-1)) + (1 - p3)) / 3
-    assert.is_near(2 * (2 / 3 * P1 + 1 / 3 * (1 - P1)), m.load_balancing_loss, 1e-12)
+    -- Switch load balancing over both choices: every token selects both experts,
+    -- f = (1, 1), so E * sum_e f_e P_e = 2 (P1 + P2) = 2 whatever the probabilities
+    assert.is_near(2, m.load_balancing_loss, 1e-12)
     -- batch-prioritized: t3 (prob .95) first, then t1 (.88), then t2 (.73): same kept set here;
     -- renormalised gates: t1 keeps only e1, so its gate becomes 1
     local r2 = identity_router(nn.TokensChooseMaskedRouter, 2, { num_selected_experts = 2,
@@ -102,6 +116,155 @@ describe("routing against the numpy reference", function()
     local plan2 = r2(logits, 1)
     assert.same({ 1, 1 }, plan2.gate:totable())
   end)
+end)
+
+describe("load-balancing loss and padding, as the reference computes them", function()
+  it("is k when every expert is chosen equally often, whatever the probabilities", function()
+    -- 4 tokens, top-2 of 4 experts: {1,2}, {3,4}, {1,3}, {2,4}: f_e = 1/2 for every e
+    local logits = moe.tensor({ { { 3, 2, 0, -1 }, { -1, 0, 4, 1 }, { 2, -2, 1, 0 }, { 0, 5, -1, 3 } } }, { dtype = "float64" })
+    local r = identity_router(nn.TokensChooseMaskedRouter, 4, { num_selected_experts = 2 })
+    r(logits, -1)
+    assert.is_near(2, r:metrics().load_balancing_loss, 1e-12)
+    -- top-1 alone is not balanced here (f = 1/2, 1/4, 1/4, 0): k = 1 gives E * sum_e f_e P_e
+    local r1 = identity_router(nn.TokensChooseMaskedRouter, 4)
+    r1(logits, -1)
+    local P = logits:view(4, 4):softmax(-1):mean(1):totable()
+    assert.is_near(4 * (P[1] / 2 + P[2] / 4 + P[3] / 4), r1:metrics().load_balancing_loss, 1e-12)
+    -- uniform probabilities: k for k = 1, 2, 3
+    for k = 1, 3 do
+      local rk = identity_router(nn.TokensChooseMaskedRouter, 4, { num_selected_experts = k })
+      rk(moe.zeros(2, 5, 4, { dtype = "float64" }), -1)
+      assert.is_near(k, rk:metrics().load_balancing_loss, 1e-12)
+    end
+  end)
+
+  it("joins the training loss with its weight; padding gets no gradient from either loss", function()
+    moe.manual_seed(4)
+    local r = nn.TokensChooseMaskedRouter { num_experts = 3, num_selected_experts = 2, ignore_padding_tokens = true,
+      router_z_loss_weight = 0.5, load_balancing_loss_weight = 0.25 }
+    local x = moe.randn(1, 5, 4, { dtype = "float64" })
+    x:narrow(2, 2, 1):zero_()
+    r(x:narrow(2, 1, 1), 1)
+    r:double()
+    local xr = x:clone()
+    xr.requires_grad = true
+    r(xr, 2)
+    local m = r:metrics()
+    local total = r:losses()[1] + r:losses()[2]
+    assert.is_near(0.5 * m.unscaled_router_z_loss + 0.25 * m.load_balancing_loss, total:item(), 1e-12)
+    total:backward()
+    assert.equal(0, xr.grad:narrow(2, 2, 1):abs():max():item())   -- the padding row
+    assert.is_true(xr.grad:narrow(2, 1, 1):abs():max():item() > 0)
+  end)
+
+  it("a MoeLayer with ignore_padding_tokens outputs zeros for padding and dispatches only real tokens", function()
+    moe.manual_seed(5)
+    local layer = nn.MoeLayer { experts = nn.FeedForwardExperts { num_experts = 4, d_ff = 6 },
+      router = nn.TokensChooseMaskedRouter { num_experts = 4, num_selected_experts = 2, ignore_padding_tokens = true },
+      dropless = true }
+    local x = moe.randn(2, 6, 5)
+    x:narrow(2, 5, 2):zero_()   -- the last two tokens of each sequence are padding
+    local y = layer(x)
+    assert.equal(2 * 4 * 2, layer.last_plan.token:numel())
+    assert.equal(0, y:narrow(2, 5, 2):abs():max():item())
+    assert.is_near(4 / 12, layer:metrics().fraction_tokens_left_behind, 1e-12)
+  end)
+end)
+
+describe("the MoeLayer family's defaults and weight lists, as TF Model Garden's", function()
+  -- the standard deviation of a unit normal truncated at +-2 (Simpson's rule on
+  -- the density), which Keras's TruncatedNormal does not rescale
+  local function truncated_std()
+    local n, a, b = 2000, -2, 2
+    local h = (b - a) / n
+    local m0, m2 = 0, 0
+    for i = 0, n do
+      local x = a + i * h
+      local wgt = (i == 0 or i == n) and 1 or (i % 2 == 1 and 4 or 2)
+      local p = math.exp(-x * x / 2)
+      m0, m2 = m0 + wgt * p, m2 + wgt * p * x * x
+    end
+    return math.sqrt(m2 / m0)
+  end
+
+  it("kernels start as TruncatedNormal(stddev = 0.02): std 0.02 * 0.88, |w| <= 0.04, biases zero", function()
+    moe.manual_seed(11)
+    local want = 0.02 * truncated_std()
+    assert.is_near(0.8796, want / 0.02, 1e-4)
+    local wb = nn.MoeLayerWithBackbone { backbone_d_ff = 96, moe_layer = nn.MoeLayer {
+      experts = nn.FeedForwardExperts { num_experts = 8, d_ff = 96 },
+      router = nn.TokensChooseMaskedRouter { num_experts = 8 } } }
+    local ec = nn.ExpertsChooseMaskedRouter { num_experts = 64 }
+    wb(moe.zeros(1, 4, 512))
+    ec(moe.zeros(1, 4, 512), 1)
+    local moel = wb.moe_layer
+    for _, w in ipairs { moel.experts.intermediate_kernel, moel.experts.output_kernel, moel.router.kernel,
+      ec.kernel, wb.backbone_kernel_1, wb.backbone_kernel_2 } do
+      local n = w:numel()
+      local std = w:double():std():item()
+      assert.is_true(w:abs():max():item() <= 0.04)
+      assert.is_true(math.abs(std - want) < 4 * want / math.sqrt(2 * n) + 1e-4, ("std %g, want %g (%d values)"):format(std, want, n))
+      assert.is_true(math.abs(w:double():mean():item()) < 4 * want / math.sqrt(n))
+    end
+    for _, b in ipairs { moel.experts.intermediate_bias, moel.experts.output_bias, moel.router.bias, wb.backbone_bias_1 } do
+      assert.equal(0, b:abs():max():item())
+    end
+    -- written to checkpoints as an initializer config
+    assert.same({ class_name = "truncated_normal", config = { stddev = 0.02 } }, moel.router:get_config().kernel_initializer)
+    assert.same({ class_name = "truncated_normal", config = { stddev = 0.02 } }, moel.experts:get_config().kernel_initializer)
+  end)
+
+  local cjson_ = require "cjson"
+  local cases = cjson_.decode(read("spec/fixtures/weights_cases.json"))
+  for _, c in ipairs(cases) do
+    if c.name:match("^MoeLayer") then
+      it(c.name .. ": the experts' weights (biases [E, 1, F]), then the router's" ..
+        (c.config.backbone_d_ff and ", then the backbone's" or ""), function()
+        local function make(dtype)
+          local layer = nn.MoeLayer { experts = nn.FeedForwardExperts { num_experts = c.config.num_experts, d_ff = c.config.d_ff },
+            router = nn.TokensChooseMaskedRouter { num_experts = c.config.num_experts,
+              num_selected_experts = c.config.num_selected_experts },
+            eval_capacity_factor = c.config.eval_capacity_factor }
+          if c.config.backbone_d_ff then
+            layer = nn.MoeLayerWithBackbone { moe_layer = layer, backbone_d_ff = c.config.backbone_d_ff }
+          end
+          layer(moe.zeros(#c.input, #c.input[1], #c.input[1][1]))
+          layer:to(dtype)
+          layer:evaluate()
+          local list = {}
+          for i, w in ipairs(c.weights) do list[i] = moe.tensor(w, { dtype = dtype }) end
+          layer:set_weights(list)
+          return layer, list, moe.tensor(c.input, { dtype = dtype })
+        end
+        local layer, list, x = make("float64")
+        local y = layer(x)
+        assert.is_true((y - moe.tensor(c.output[1], { dtype = "float64" })):abs():max():item() < 1e-12)
+        local got = layer:get_weights()
+        assert.equal(#c.weights, #got)
+        for i, w in ipairs(got) do
+          assert.same(c.shapes[i], w:shape(), c.names[i])
+          assert.equal(0, (w - list[i]):abs():max():item(), c.names[i])
+        end
+        -- the experts alone list what TF's FeedForwardExperts does
+        local ex = c.config.backbone_d_ff and layer.moe_layer.experts or layer.experts
+        local ew = ex:get_weights()
+        for i = 1, 4 do assert.same(c.shapes[i], ew[i]:shape()) end
+        -- storage (and checkpoints) keep the biases [E, F]; a float32 layer set
+        -- from the list round-trips through save / load
+        assert.same({ c.config.num_experts, c.config.d_ff }, ex.intermediate_bias:shape())
+        local l32, _, x32 = make("float32")
+        local y32 = l32(x32)
+        assert.is_true((y32:double() - y):abs():max():item() < 1e-5)
+        local p = os.tmpname()
+        l32:save(p)
+        local back = moe.load(p)
+        os.remove(p)
+        back:evaluate()
+        assert.equal(0, (back(x32) - y32):abs():max():item())
+        for i, w in ipairs(back:get_weights()) do assert.equal(0, (w - moe.tensor(c.weights[i])):abs():max():item()) end
+      end)
+    end
+  end
 end)
 
 -- the layer against a dense loop: y_t = sum over kept (t, e) of gate * FFN_e(x_t)

@@ -74,6 +74,29 @@ function TabularMoE:build(shape)
   self:add_weight("gate_kernel", { F, E }, { initializer = "glorot_uniform" })
   self:add_weight("gate_bias", { E }, { initializer = "zeros" })
 end
+-- get_weights()/set_weights(): kerasfactory's list, 4E + 2 arrays (18 for the
+-- seed's 4 experts): every expert's first Dense (kernel [F, U], bias [U]), then
+-- every expert's output Dense (kernel [U, F], bias [F]), then the gate (kernel
+-- [F, E], bias [E]) -- Keras lists the sub-layers in the order the layer
+-- created them. Views onto the stacked storage.
+function TabularMoE:_keras_weights()
+  if not rawget(self, "expert_kernel") then return {}, {} end
+  local names, ts = {}, {}
+  local function put(n, t) names[#names + 1] = n; ts[#ts + 1] = t end
+  local ek, eb = self.expert_kernel:detach(), self.expert_bias:detach()
+  local ok, ob = self.output_kernel:detach(), self.output_bias:detach()
+  for e = 1, self.num_experts do
+    put("expert_" .. e .. "/kernel", ek:select(2, e))
+    put("expert_" .. e .. "/bias", eb:select(1, e))
+  end
+  for e = 1, self.num_experts do
+    put("expert_out_" .. e .. "/kernel", ok:select(1, e))
+    put("expert_out_" .. e .. "/bias", ob:select(1, e))
+  end
+  put("gate/kernel", self.gate_kernel:detach())
+  put("gate/bias", self.gate_bias:detach())
+  return names, ts
+end
 function TabularMoE:gate_weights(x)
   return on_rows(x, function(x2) return moe.linear(x2, self.gate_kernel, self.gate_bias):softmax(-1) end)
 end
@@ -149,8 +172,9 @@ local mmoe_defaults = {
 }
 
 -- MMoE (Ma et al., KDD 2018), with the seed's weights and defaults:
--- expert_kernel [F, units, E], expert_bias [units, E], per task gate_kernel_t
--- [F, E] and gate_bias_t [E]; returns a list of num_tasks tensors [B, units].
+-- expert_kernel [F, units, E], expert_bias [units, E], then every task's
+-- gate_kernel_t [F, E], then every gate_bias_t [E] (the seed's get_weights()
+-- order); returns a list of num_tasks tensors [B, units].
 -- expert_hidden_units = {h1, ...} makes each expert an MLP (hidden layers with
 -- expert_hidden_activation, then `units` with expert_activation). num_gates = 1
 -- is the one-gate MoE (OMoE): every task receives the same mixture.
@@ -220,13 +244,18 @@ function MMoE:build(shape)
         regularizer = self.expert_bias_regularizer, constraint = self.expert_bias_constraint }); track("expert_bias")
     end
   end
+  -- the seed's order: every gate kernel, then every gate bias (created here
+  -- kernel and bias per gate, so that seeded initial values stay as they were)
   for t = 1, self:gates_count() do
     self:add_weight("gate_kernel_" .. t, { F, E }, { initializer = self.gate_kernel_initializer,
       regularizer = self.gate_kernel_regularizer, constraint = self.gate_kernel_constraint }); track("gate_kernel_" .. t)
     if self.use_gate_bias then
       self:add_weight("gate_bias_" .. t, { E }, { initializer = self.gate_bias_initializer,
-        regularizer = self.gate_bias_regularizer, constraint = self.gate_bias_constraint }); track("gate_bias_" .. t)
+        regularizer = self.gate_bias_regularizer, constraint = self.gate_bias_constraint })
     end
+  end
+  if self.use_gate_bias then
+    for t = 1, self:gates_count() do track("gate_bias_" .. t) end
   end
 end
 

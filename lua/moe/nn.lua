@@ -263,16 +263,44 @@ end
 
 -- Keras's order: per layer, the weights as the layer created them (a layer may
 -- set _weight_order), else trainable then non-trainable
-local function weights_in_order(self)
-  return gather_named(self, function(m)
-    local order = rawget(m, "_weight_order")
-    if order then return order end
-    local list = {}
-    for _, k in ipairs(m._params) do list[#list + 1] = k end
-    for _, k in ipairs(m._buffers) do list[#list + 1] = k end
-    return list
-  end)
+local function own_order(m)
+  local order = rawget(m, "_weight_order")
+  if order then return order end
+  local list = {}
+  for _, k in ipairs(m._params) do list[#list + 1] = k end
+  for _, k in ipairs(m._buffers) do list[#list + 1] = k end
+  return list
 end
+local function weights_in_order(self) return gather_named(self, own_order) end
+
+-- the list get_weights/set_weights use: weights_in_order, except that a layer
+-- with a _keras_weights() method lists its whole subtree itself (names and
+-- views onto its storage, in its reference layer's get_weights() order and
+-- shapes), so weights port from Keras while the storage stays stacked
+local function keras_weights(self)
+  local names, ts, skip, seen = {}, {}, {}, {}
+  for _, e in ipairs(self:modules()) do
+    local path, m = e[1], e[2]
+    if not skip[m] then
+      local ks, vs = {}, {}
+      if m._keras_weights then
+        for _, d in ipairs(m:modules()) do if d[2] ~= m then skip[d[2]] = true end end
+        ks, vs = m:_keras_weights()
+      else
+        for _, k in ipairs(own_order(m)) do
+          local t = rawget(m, k)
+          if t and not seen[t] then seen[t] = true; ks[#ks + 1] = k; vs[#vs + 1] = t end
+        end
+      end
+      for i, k in ipairs(ks) do
+        names[#names + 1] = path == "" and k or (path .. "/" .. k)
+        ts[#ts + 1] = vs[i]
+      end
+    end
+  end
+  return names, ts
+end
+nn.keras_weights = keras_weights
 
 -- Does this module still have to build weights it has not made yet? A layer
 -- with its own build() does until it is built; containers override this.
@@ -332,14 +360,14 @@ end
 
 -- get_weights(): copies of every weight, Keras's order (Dense: kernel [in,out], bias)
 function Module:get_weights()
-  local _, ts = weights_in_order(self)
+  local _, ts = keras_weights(self)
   local out = {}
   for i, t in ipairs(ts) do out[i] = t:detach():clone() end
   return out
 end
 
 function Module:set_weights(list)
-  local names, ts = weights_in_order(self)
+  local names, ts = keras_weights(self)
   if type(list) ~= "table" or #list ~= #ts then
     error(("set_weights: %s \"%s\" has %d weights, got a list of %s"):format(self.class_name, self.name,
       #ts, type(list) == "table" and tostring(#list) or type(list)), 2)

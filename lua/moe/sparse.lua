@@ -25,6 +25,11 @@ nn.round_half_even = round_half_even
 
 local stacked = inits.stacked
 
+-- TF Model Garden's default kernel initializer for the whole MoeLayer family
+-- (experts, routers, backbone): Keras's TruncatedNormal(stddev=0.02), redrawn
+-- beyond two standard deviations (so |w| <= 0.04). A fresh table per layer.
+local function tf_kernel_initializer() return { class_name = "truncated_normal", config = { stddev = 0.02 } } end
+
 -- ------------------------------------------------------------------ FeedForwardExperts
 
 -- num_experts independent FFNs: intermediate_kernel [E, H, d_ff] (+ bias [E, d_ff]),
@@ -35,7 +40,7 @@ nn.FeedForwardExperts = FFE
 function FFE:init(opts)
   Module.init(self, opts)
   self:_options(opts, { num_experts = REQUIRED, d_ff = REQUIRED, inner_dropout = 0.0, output_dropout = 0.0,
-    activation = "gelu", kernel_initializer = "glorot_uniform", bias_initializer = "zeros" })
+    activation = "gelu", kernel_initializer = tf_kernel_initializer(), bias_initializer = "zeros" })
   nn.positive_int(self, "num_experts")
   nn.positive_int(self, "d_ff")
   for _, k in ipairs { "inner_dropout", "output_dropout" } do
@@ -55,6 +60,15 @@ function FFE:build(shape)
   self:add_weight("intermediate_bias", { E, D }, { initializer = self.bias_initializer })
   self:add_weight("output_kernel", { E, D, H }, { initializer = st { D, H } })
   self:add_weight("output_bias", { E, H }, { initializer = self.bias_initializer })
+end
+-- get_weights()/set_weights() list, as TF's FeedForwardExperts.get_weights():
+-- intermediate kernel [E, H, d_ff], bias [E, 1, d_ff], output kernel [E, d_ff, H],
+-- bias [E, 1, H] (the biases are stored [E, F]; these are views onto them)
+function FFE:_keras_weights()
+  if not rawget(self, "intermediate_kernel") then return {}, {} end
+  return { "intermediate_kernel", "intermediate_bias", "output_kernel", "output_bias" },
+    { self.intermediate_kernel:detach(), self.intermediate_bias:detach():unsqueeze(2),
+      self.output_kernel:detach(), self.output_bias:detach():unsqueeze(2) }
 end
 local function dropout(self, x, rate) return nn.dropout(x, rate, self._training) end
 function FFE:forward(x, counts, expert)
@@ -80,14 +94,14 @@ end
 
 local router_defaults = {
   num_experts = REQUIRED, jitter_noise = 0.0, use_bias = true, router_z_loss_weight = 0.0,
-  kernel_initializer = "glorot_uniform", bias_initializer = "zeros", export_metrics = true,
-  noisy_gating = false,
+  bias_initializer = "zeros", export_metrics = true, noisy_gating = false,
 }
 
 local function router_init(self, opts, extra)
   Module.init(self, opts)
   local d = {}
   for k, v in pairs(router_defaults) do d[k] = v end
+  d.kernel_initializer = tf_kernel_initializer()
   for k, v in pairs(extra or {}) do d[k] = v end
   self:_options(opts, d)
   nn.positive_int(self, "num_experts")
@@ -177,28 +191,38 @@ function TCR:forward(x, capacity)
   local N = G * T
   local x2 = x:reshape(N, H)
   local logits, probs = nn.router_logits(self, x2)
-  z_loss(self, logits)
+  -- padding tokens (ignore_padding_tokens): inputs that are all zeros. As the
+  -- reference does, they are not dispatched, they count for no expert in the
+  -- load-balancing loss, their probabilities are zeroed in it, and their logits
+  -- are zeroed before the z-loss (the means still divide by all tokens)
+  local valid, keep
+  if self.ignore_padding_tokens then
+    valid = x2:ne(0):any(2)                                 -- [N] bool
+    keep = valid:to(probs:dtype()):unsqueeze(2)             -- [N,1]
+  end
+  z_loss(self, keep and logits * keep or logits)
   local vals, idx = probs:detach():topk(k, 2)               -- [N,k]: choices by descending probability
-  local valid
-  if self.ignore_padding_tokens then valid = x2:ne(0):any(2):view(G, T) end
   local order
   if self.batch_prioritized_routing then
     order = moe.argsort(vals:select(2, 1):view(G, T), 2, true) -- by descending top-1 probability
   end
-  local token, expert, rank, counts = moe.route_plan(idx:view(G, T, k), order, valid, E, capacity)
+  local token, expert, rank, counts = moe.route_plan(idx:view(G, T, k), order, valid and valid:view(G, T), E, capacity)
   local flat = (token - 1) * E + expert
   local gate = probs:reshape(-1):index_select(1, flat)    -- combine weight = router probability
   if self.renormalize_gates and token:numel() > 0 then   -- option: kept gates of a token sum to 1
     local denom = moe.zeros(N, { dtype = gate:dtype() }):index_add(1, token, gate)
     gate = gate / denom:index_select(1, token)
   end
-  -- load-balancing loss (Switch): E * sum_e f_e P_e per group, averaged over groups;
-  -- f_e: fraction of the group's tokens whose top-1 is e, P_e: mean probability of e
-  local top1 = idx:select(2, 1):view(G, T)
-  local gid = moe.arange(0, G, { dtype = "int64" }):view(G, 1):expand(G, T)
-  local f = moe.bincount((gid * E + top1):reshape(-1), nil, G * E):view(G, E):to(probs:dtype()) / T
-  local P = probs:view(G, T, E):mean(2)
-  local lb = (f * P):sum(2):mean() * E
+  -- load-balancing loss (Switch, as flaxformer computes it): per group
+  -- E^2 * mean_e f_e P_e, averaged over groups; f_e: fraction of the group's
+  -- tokens with e among their top-k choices (before capacity; sum_e f_e = k),
+  -- P_e: mean router probability of e. k when balanced (1 for top-1).
+  local gid = moe.arange(0, G, { dtype = "int64" }):view(G, 1, 1):expand(G, T, k)
+  local bins = (gid * E + idx:view(G, T, k)):reshape(-1)
+  local w = keep and keep:expand(N, k):reshape(-1) or nil
+  local f = moe.bincount(bins, w, G * E):view(G, E):to(probs:dtype()) / T
+  local P = (keep and probs * keep or probs):view(G, T, E):mean(2)
+  local lb = (f * P):mean() * (E * E)
   if self.load_balancing_loss_weight > 0 then self:add_loss(lb * self.load_balancing_loss_weight) end
   if self.export_metrics ~= false then self:add_metric("load_balancing_loss", lb:item()) end
   local plan = { token = token, expert = expert, rank = rank, counts = counts, gate = gate, probs = probs }
@@ -228,6 +252,9 @@ function ECR:forward(x, capacity)
   local expert = moe.arange(1, E + 1, { dtype = "int64" }):view(E, 1):expand(E, G * C):reshape(-1)
   local counts = moe.full({ E }, G * C, { dtype = "int64" })
   local plan = { token = token, expert = expert, counts = counts, gate = gate, probs = probs }
+  -- every expert fills its buffer: no load-balancing loss, but the metric is
+  -- exported as 0, as TF Model Garden does
+  if self.export_metrics ~= false then self:add_metric("load_balancing_loss", 0.0) end
   report(self, plan, N, E, E * C * G)
   return plan
 end
@@ -277,6 +304,20 @@ function MoeLayer:get_config()
   return c
 end
 
+-- get_weights()/set_weights(): TF's MoeLayer order, the experts' weights
+-- (FeedForwardExperts: [E,H,d_ff], [E,1,d_ff], [E,d_ff,H], [E,1,H]), then the
+-- router's (kernel [H, E], bias [E])
+local function prefixed(m, out_n, out_t)
+  local n, t = nn.keras_weights(m)
+  for i = 1, #n do out_n[#out_n + 1] = m.name .. "/" .. n[i]; out_t[#out_t + 1] = t[i] end
+end
+function MoeLayer:_keras_weights()
+  local names, ts = {}, {}
+  prefixed(self.experts, names, ts)
+  prefixed(self.router, names, ts)
+  return names, ts
+end
+
 function MoeLayer:capacity(tokens_per_group)
   if self.dropless then return -1 end
   local cf = self._training and self.train_capacity_factor or self.eval_capacity_factor
@@ -324,7 +365,7 @@ function MLB:init(opts)
   local o = {}
   for k, v in pairs(opts) do if k ~= "moe_layer" then o[k] = v end end
   self:_options(o, { backbone_d_ff = REQUIRED, dropout_rate = 0.0, activation = "gelu",
-    kernel_initializer = "glorot_uniform" })
+    kernel_initializer = tf_kernel_initializer() })
   nn.positive_int(self, "backbone_d_ff")
   self:add_module("moe_layer", opts.moe_layer)
   rawset(self, "_act", nn.get_activation(self.activation, "MoeLayerWithBackbone"))
@@ -340,6 +381,16 @@ function MLB:build(shape)
   self:add_weight("backbone_bias_1", { self.backbone_d_ff }, { initializer = "zeros" })
   self:add_weight("backbone_kernel_2", { self.backbone_d_ff, H }, { initializer = self.kernel_initializer })
   self:add_weight("backbone_bias_2", { H }, { initializer = "zeros" })
+end
+-- get_weights()/set_weights(): TF's order, the sparse layer's weights, then the
+-- backbone's (intermediate kernel [H, d_ff], bias [d_ff], output kernel [d_ff, H], bias [H])
+function MLB:_keras_weights()
+  local names, ts = {}, {}
+  prefixed(self.moe_layer, names, ts)
+  for _, k in ipairs { "backbone_kernel_1", "backbone_bias_1", "backbone_kernel_2", "backbone_bias_2" } do
+    if rawget(self, k) then names[#names + 1] = k; ts[#ts + 1] = rawget(self, k):detach() end
+  end
+  return names, ts
 end
 function MLB:forward(x)
   local h = self._act(x:matmul(self.backbone_kernel_1) + self.backbone_bias_1)
