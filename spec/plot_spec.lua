@@ -36,6 +36,15 @@ describe("moe.plot", function()
     assert.equal("h.png\nh.svg\n", io.popen("ls " .. dir):read("*a")) -- no temporary files left
   end)
 
+  it("draws a quantity missing from some epochs (a layer metric, a stopped epoch) with gaps", function()
+    local h = { epoch = { 1, 2, 3 }, history = { loss = { 0.5, 0.3, 0.2 }, router_z_loss = { [2] = 0.1, [3] = 0.05 },
+      val_router_z_loss = { [3] = 0.07 } } }
+    local w = png_size(read(moe.plot.history(h, dir .. "/gaps.png")))
+    assert.equal(720, w)           -- loss and router_z_loss
+    assert.matches("no values for 'nope'", H.error_of(moe.plot.history, h, dir .. "/x.png", { metrics = { "loss", "nope" } }))
+    assert.equal("gaps.png\n", io.popen("ls " .. dir):read("*a")) -- the failed one left no file behind
+  end)
+
   it("draws expert utilisation, bars and lines", function()
     local g = { moe.rand(20, 4):softmax(-1), moe.rand(20, 4):softmax(-1) }
     assert.equal("\137PNG", read(moe.plot.expert_utilisation(g, dir .. "/e.png", { task_names = { "a", "b" } })):sub(1, 4))

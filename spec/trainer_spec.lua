@@ -325,3 +325,374 @@ print("usable:", m:predict(x):size(1))
     assert.matches("usable:%s+400", out)
   end)
 end)
+
+-- ------------------------------------------------------------------ issue 12
+
+-- a layer that passes its input on (times factor) and reports metrics of what it saw
+local Probe = nn.Module:extend("TrainerSpecProbe")
+function Probe:init(opts)
+  nn.Module.init(self, opts)
+  rawset(self, "factor", opts.factor or 1)
+  rawset(self, "extra", opts.extra)
+end
+function Probe:forward(x)
+  local y = self.factor == 1 and x or x * self.factor
+  self:add_metric("input_max", y:max())     -- a tensor
+  self:add_metric("rows", y:size(1))        -- a number
+  if self.extra then self:add_metric(self.extra[1], self.extra[2]) end
+  return y
+end
+
+-- the naive max of rows [first, first + len) of a [n, f] tensor
+local function rows_max(x, first, len)
+  local m = -math.huge
+  local t = x:totable()
+  for i = first, first + len - 1 do for _, v in ipairs(t[i]) do if v > m then m = v end end end
+  return m
+end
+-- means over batches of `size` rows (the last one shorter) of f(first, len)
+local function batch_mean(n, size, f)
+  local s, k = 0, 0
+  for first = 1, n, size do s = s + f(first, math.min(size, n - first + 1)); k = k + 1 end
+  return s / k
+end
+
+local function probe_model(opts)
+  opts = opts or {}
+  moe.manual_seed(11)
+  local layers = opts.layers or { Probe { name = "probe" } }
+  layers[#layers + 1] = nn.Dense { units = 1, activation = "sigmoid", name = "out" }
+  layers.input_shape = { 5 }
+  local m = moe.Sequential(layers)
+  m:compile { optimizer = moe.optim.Adam { lr = 1e-2 }, loss = "binary_crossentropy", metrics = opts.metrics }
+  return m
+end
+
+local function read_lines(path)
+  local lines = {}
+  for l in io.lines(path) do lines[#lines + 1] = l end
+  return lines
+end
+
+describe("layer metrics in fit and evaluate", function()
+  it("add_metric values are epoch means over the batches (Keras's Mean), with val_ from the validation data", function()
+    local x, y = task(100, 21)
+    local xv, yv = task(300, 22)
+    local m = probe_model()
+    local h = m:fit { x = x, y = y, batch_size = 32, epochs = 2, shuffle = false, verbose = 0, validation_data = { xv, yv } }
+    -- batches of 32, 32, 32, 4: each counts once
+    local want_max = batch_mean(100, 32, function(f, l) return rows_max(x, f, l) end)
+    assert.is_near(want_max, h.history.input_max[1], 1e-6)
+    assert.is_near(want_max, h.history.input_max[2], 1e-6)
+    assert.equal(25, h.history.rows[1])        -- (32 + 32 + 32 + 4) / 4, not weighted by rows
+    -- validation in batches of max(32, 256): 256 and 44 rows
+    assert.equal(150, h.history.val_rows[2])
+    assert.is_near(batch_mean(300, 256, function(f, l) return rows_max(xv, f, l) end), h.history.val_input_max[2], 1e-6)
+    -- the loss is still the loss
+    assert.is_near(m:evaluate { x = xv, y = yv }.loss, h.history.val_loss[2], 1e-6)
+    -- evaluate reports them too, over its own batches
+    local e = m:evaluate { x = xv, y = yv, batch_size = 100 }
+    assert.equal(100, e.rows)
+    assert.is_near(batch_mean(300, 100, function(f, l) return rows_max(xv, f, l) end), e.input_max, 1e-6)
+  end)
+
+  it("router metrics of a sparse layer reach the History as means of the layer's own per-batch values", function()
+    moe.manual_seed(5)
+    local inp = moe.Input { shape = { 4, 6 } }
+    local hid = nn.Dense { units = 6 }(inp)
+    local router = nn.TokensChooseMaskedRouter { num_experts = 4, name = "router", load_balancing_loss_weight = 0.01,
+      router_z_loss_weight = 1e-3 }
+    local layer = nn.MoeLayer { experts = nn.FeedForwardExperts { num_experts = 4, d_ff = 8 }, router = router,
+      train_capacity_factor = 1.0, eval_capacity_factor = 1.0, name = "moe" }
+    local out = nn.Dense { units = 1 }(nn.Lambda { fn = function(t) return t:mean(2) end }(layer(hid)))
+    local m = moe.Model { inputs = inp, outputs = out }
+    m:compile { optimizer = moe.optim.Adam { lr = 1e-2 }, loss = "mse" }
+    local x, y = moe.randn(90, 4, 6), moe.randn(90, 1)
+    local xv, yv = moe.randn(300, 4, 6), moe.randn(300, 1)
+    local sums, count = {}, 0
+    local probe = { on_batch_end = function()
+      count = count + 1
+      for k, v in pairs(router:metrics()) do sums[k] = (sums[k] or 0) + v end
+    end }
+    local h = m:fit { x = x, y = y, batch_size = 20, epochs = 1, verbose = 0, callbacks = { probe }, validation_data = { xv, yv } }
+    assert.equal(5, count)
+    local names = { "load_balancing_loss", "router_z_loss", "unscaled_router_z_loss", "fraction_tokens_left_behind",
+      "router_confidence", "expert_usage", "expert_1_tokens", "expert_4_tokens" }
+    for _, k in ipairs(names) do
+      assert.is_number(h.history[k] and h.history[k][1], k)
+      assert.is_near(sums[k] / count, h.history[k][1], 1e-9 * math.max(1, math.abs(h.history[k][1])))
+    end
+    assert.is_true(h.history.fraction_tokens_left_behind[1] > 0) -- capacity 1.0 drops tokens: not a trivial 0
+    -- val_: the layer's metrics on the validation batches (256 and 44 rows), in evaluation mode
+    local vs = {}
+    m:evaluate()
+    moe.no_grad(function()
+      for _, r in ipairs { { 1, 256 }, { 257, 44 } } do
+        m(xv:narrow(1, r[1], r[2]))
+        for k, v in pairs(router:metrics()) do vs[k] = (vs[k] or 0) + v / 2 end
+      end
+    end)
+    m:training()
+    for _, k in ipairs(names) do
+      assert.is_near(vs[k], h.history["val_" .. k][1], 1e-6 * math.max(1, math.abs(vs[k])), k)
+    end
+    local e = m:evaluate { x = xv, y = yv }
+    assert.is_near(vs.load_balancing_loss, e.load_balancing_loss, 1e-6)
+  end)
+
+  it("disambiguates a name reported by several layers (or a taken one) with the layer's name", function()
+    local x, y = task(64, 23)
+    local m = probe_model { layers = { Probe { name = "p1" }, Probe { name = "p2", factor = 2, extra = { "loss", 7 } } } }
+    local h = m:fit { x = x, y = y, batch_size = 64, epochs = 1, shuffle = false, verbose = 0 }
+    assert.is_nil(h.history.input_max)
+    local mx = rows_max(x, 1, 64)
+    assert.is_near(mx, h.history.p1_input_max[1], 1e-6)
+    assert.is_near(2 * mx, h.history.p2_input_max[1], 1e-6)
+    assert.equal(64, h.history.p1_rows[1])
+    assert.equal(7, h.history.p2_loss[1])      -- "loss" is the training loss's name
+    assert.is_true(h.history.loss[1] ~= 7)
+    -- a compiled metric's name is taken too
+    local m2 = probe_model { layers = { Probe { name = "p", extra = { "accuracy", 3 } } }, metrics = { "accuracy" } }
+    local h2 = m2:fit { x = x, y = y, batch_size = 64, epochs = 1, verbose = 0 }
+    assert.equal(3, h2.history.p_accuracy[1])
+    assert.is_true(h2.history.accuracy[1] >= 0 and h2.history.accuracy[1] <= 1)
+  end)
+
+  it("a value add_metric cannot average is an error naming fit, the layer and the metric", function()
+    local x, y = task(10, 24)
+    local m = probe_model { layers = { Probe { name = "bad", extra = { "label", "hello" } } } }
+    local err = H.error_of(function() m:fit { x = x, y = y, verbose = 0 } end)
+    assert.matches("fit: TrainerSpecProbe \"bad\" added metric 'label' as a string", err)
+  end)
+
+  it("reach CSVLogger, the plain progress line and the plots", function()
+    local x, y = task(100, 25)
+    local m = probe_model()
+    local dir = os.tmpname()
+    os.remove(dir)
+    os.execute("mkdir -p " .. dir)
+    local h = m:fit { x = x, y = y, batch_size = 32, epochs = 2, verbose = 0, validation_split = 0.3,
+      callbacks = { callbacks.CSVLogger { filename = dir .. "/log.csv" } } }
+    local lines = read_lines(dir .. "/log.csv")
+    local cols = {}
+    for c in lines[1]:gmatch("[^,]+") do cols[#cols + 1] = c end
+    local row = {}
+    for v in lines[3]:gmatch("[^,]+") do row[#row + 1] = tonumber(v) end
+    local at = {}
+    for i, c in ipairs(cols) do at[c] = row[i] end
+    for _, k in ipairs { "input_max", "rows", "val_input_max", "val_rows", "loss" } do
+      assert.is_near(h.history[k][2], at[k], 1e-9 * math.max(1, math.abs(at[k])), k)
+    end
+    -- one panel each for loss, input_max and rows: three columns of 360 pixels, one row
+    local png = moe.plot.history(h, dir .. "/h.png")
+    local f = assert(io.open(png, "rb"))
+    local s = f:read("*a")
+    f:close()
+    local function u32(i) local a, b, c, d = s:byte(i, i + 3); return ((a * 256 + b) * 256 + c) * 256 + d end
+    assert.equal(3 * 360, u32(17))
+    assert.equal(260 + 30, u32(21))
+    os.execute("rm -rf " .. dir)
+    local out, script = run_child([[
+local moe = require "moe"
+local nn = moe.nn
+local P = nn.Module:extend("ChildProbe")
+function P:forward(x) self:add_metric("input_rows", x:size(1)); return x end
+moe.manual_seed(1)
+local x, y = moe.randn(40, 5), moe.rand(40, 1):gt(0.5):float()
+local m = moe.Sequential { P {}, nn.Dense { units = 1, activation = "sigmoid" } }
+m:compile { optimizer = "adam", loss = "binary_crossentropy" }
+m:fit { x = x, y = y, batch_size = 10, epochs = 1, verbose = 1, validation_data = { x, y } }
+]])
+    os.remove(script)
+    assert.matches("^Epoch 1/1  [%d.]+s  %d+ samples/s  loss [%d.]+  input_rows 10%.0000  val_input_rows 40%.0000  val_loss", out)
+  end)
+end)
+
+describe("compile checks its options", function()
+  it("an unknown metric, loss or optimizer fails in compile, naming it and the known ones", function()
+    local m = moe.Sequential { nn.Dense { units = 1 }, input_shape = { 3 } }
+    local err = H.error_of(function() m:compile { loss = "mse", metrics = { "auc", "nope" } } end)
+    assert.matches("^[^\n]*trainer_spec%.lua:%d+: compile: unknown metric 'nope' %(known: [^)]*auc", err)
+    assert.is_nil(rawget(m, "_loss_fns"))     -- nothing half-set: fit still asks for compile
+    assert.matches("call compile", H.error_of(m.fit, m, { x = moe.randn(4, 3), y = moe.randn(4, 1) }))
+    assert.matches("trainer_spec%.lua:%d+: compile: unknown loss 'nope' %(mean_squared_error",
+      H.error_of(function() m:compile { loss = "nope" } end))
+    assert.matches("trainer_spec%.lua:%d+: compile: unknown optimizer 'nope' %(sgd, adam",
+      H.error_of(function() m:compile { optimizer = "nope" } end))
+    assert.matches("compile: unknown option 'optimiser'", H.error_of(m.compile, m, { optimiser = "adam" }))
+    assert.matches("compile: metrics must be a list", H.error_of(m.compile, m, { metrics = "auc" }))
+    assert.matches("compile: loss_weights.output must be a number", H.error_of(m.compile, m, { loss_weights = { output = "x" } }))
+  end)
+  it("names for outputs must be the model's outputs", function()
+    local inp = moe.Input { shape = { 3 } }
+    local m = moe.Model { inputs = inp, outputs = { income = nn.Dense { units = 1 }(inp), marital = nn.Dense { units = 1 }(inp) } }
+    assert.matches("compile: metrics names output 'incme', but the model's outputs are income, marital",
+      H.error_of(m.compile, m, { metrics = { incme = { "auc" } } }))
+    assert.matches("compile: unknown metric 'aucc' %(known: .*%) %(for output 'income'%)",
+      H.error_of(m.compile, m, { metrics = { income = { "aucc" } } }))
+    assert.matches("compile: loss_weights names output 'x'", H.error_of(m.compile, m, { loss_weights = { x = 1 } }))
+    assert.matches("compile: loss for output 'income': unknown loss 'bce2'", H.error_of(m.compile, m, { loss = { income = "bce2", marital = "mse" } }))
+    assert.matches("mixes a list with output names", H.error_of(m.compile, m, { metrics = { "auc", income = { "auc" } } }))
+    m:compile { loss = "mse", metrics = { income = { "mae" } }, loss_weights = { income = 1, marital = 0.5 } }
+  end)
+end)
+
+describe("0 rows", function()
+  it("predict returns empty outputs of the right shape and dtype, per output name", function()
+    local m = model_for()
+    local p = m:predict(moe.zeros(0, 5))
+    assert.same({ 0, 1 }, p:shape())
+    assert.equal("float32", p:dtype())
+    local inp = moe.Input { shape = { 5 } }
+    local two = moe.Model { inputs = inp, outputs = { a = nn.Dense { units = 3 }(inp), b = nn.Dense { units = 2 }(inp) } }
+    local q = two:predict(moe.zeros(0, 5))
+    assert.same({ 0, 3 }, q.a:shape())
+    assert.same({ 0, 2 }, q.b:shape())
+    -- integer ids through an Embedding: [0, 4] -> [0, 4, 3]
+    local ids = moe.Input { shape = { 4 }, dtype = "int64" }
+    local emb = moe.Model { inputs = ids, outputs = nn.Embedding { input_dim = 6, output_dim = 3 }(ids) }
+    assert.same({ 0, 4, 3 }, emb:predict(moe.zeros({ 0, 4 }, { dtype = "int64" })):shape())
+    -- a model that cannot run on 0 rows: its shape from one placeholder row
+    local picky = moe.Sequential { nn.Lambda { fn = function(t)
+      if t:size(1) == 0 then error("no rows") end
+      return t:reshape(t:size(1), -1) * 2
+    end }, input_shape = { 2, 3 } }
+    assert.same({ 0, 6 }, picky:predict(moe.zeros(0, 2, 3)):shape())
+    assert.matches("predict: x is an empty table", H.error_of(m.predict, m, {}))
+  end)
+  it("fit, evaluate and validation_data with 0 rows are errors that say so", function()
+    local m = model_for()
+    local x0, y0 = moe.zeros(0, 5), moe.zeros(0, 1)
+    local x, y = task(20)
+    assert.matches("trainer_spec%.lua:%d+: fit: x and y have 0 rows: there is no data to train on",
+      H.error_of(function() m:fit { x = x0, y = y0, verbose = 0 } end))
+    assert.matches("evaluate: x and y have 0 rows", H.error_of(m.evaluate, m, { x = x0, y = y0 }))
+    assert.matches("fit: validation_data has 0 rows", H.error_of(m.fit, m, { x = x, y = y, validation_data = { x0, y0 } }))
+    assert.matches("fit: validation_data x has 20 rows but y has 0", H.error_of(m.fit, m, { x = x, y = y, validation_data = { x, y0 } }))
+  end)
+end)
+
+describe("a NaN stop keeps finite weights", function()
+  local function all_finite(ws)
+    for _, w in ipairs(ws) do
+      for _, v in ipairs(H.flat(w)) do if v ~= v or v == math.huge or v == -math.huge then return false end end
+    end
+    return true
+  end
+  local function same_weights(a, b)
+    assert.equal(#a, #b)
+    for i = 1, #a do assert.equal(0, H.maxdiff(a[i], H.flat(b[i]), b[i]:shape())) end
+  end
+
+  it("an input that makes the loss NaN: the update of that batch is not applied", function()
+    local x, y = task(100)
+    local m = model_for()
+    local bad = x:clone()
+    bad[{ 70, 1 }] = math.huge
+    local after2
+    local probe = { on_batch_end = function(self, b) if b == 2 then after2 = self.model:get_weights() end end }
+    local h = m:fit { x = bad, y = y, batch_size = 25, epochs = 3, shuffle = false, verbose = 0, callbacks = { probe } }
+    assert.matches("loss is %-?%a+ at epoch 1, batch 3: training stopped; weights restored to those before batch 3", h.stopped)
+    assert.is_true(all_finite(m:get_weights()))
+    same_weights(m:get_weights(), after2)
+  end)
+
+  it("an update that overflows: back to the weights and optimizer state of the epoch's start", function()
+    moe.manual_seed(8)
+    local x = moe.randn(40, 5) * 10
+    local y = moe.randn(40, 1)
+    local m = moe.Sequential { nn.Dense { units = 1 }, input_shape = { 5 } }
+    m:compile { optimizer = moe.optim.SGD { lr = 1e-3, momentum = 0.9 }, loss = "mse" }
+    local at_start, opt_start = {}, {}
+    local function opt_state(model)
+      local names, params = {}, {}
+      for k, p in model:named_parameters() do names[#names + 1] = k; params[#params + 1] = p end
+      local st = model.optimizer:state_tensors(names, params)
+      local out = {}
+      for k, t in pairs(st) do out[k] = t:clone() end
+      return out
+    end
+    local probe = { on_epoch_begin = function(self, e) at_start[e] = self.model:get_weights(); opt_start[e] = opt_state(self.model) end }
+    local sched = callbacks.LearningRateScheduler { schedule = function(e) return e == 1 and 1e-3 or 3e38 end }
+    local h = m:fit { x = x, y = y, batch_size = 10, epochs = 3, shuffle = false, verbose = 0, callbacks = { probe, sched } }
+    assert.matches("at epoch 2, batch 2: training stopped; the weights were not finite: weights restored to those at the start of epoch 2", h.stopped)
+    assert.same({ 1, 2 }, h.epoch)
+    assert.is_true(all_finite(m:get_weights()))
+    same_weights(m:get_weights(), at_start[2])
+    local now = opt_state(m)
+    for k, t in pairs(opt_start[2]) do assert.equal(0, H.maxdiff(now[k], H.flat(t), t:shape()), k) end
+    -- training goes on from there
+    m.optimizer:set_lr(1e-3)
+    local h2 = m:fit { x = x, y = y, batch_size = 10, epochs = 1, verbose = 0 }
+    assert.is_nil(h2.stopped)
+    assert.is_true(h2.history.loss[1] == h2.history.loss[1] and h2.history.loss[1] < math.huge)
+
+    -- one batch per epoch: the overflow shows in the weights at the epoch's end
+    m:compile { optimizer = moe.optim.SGD { lr = 3e38 }, loss = "mse" }
+    local before = m:get_weights()
+    local h3 = m:fit { x = x, y = y, batch_size = 40, epochs = 2, verbose = 0 }
+    assert.matches("the weights are not finite after epoch 1, batch 1: training stopped; .*weights restored to those at the start of epoch 1", h3.stopped)
+    same_weights(m:get_weights(), before)
+  end)
+
+  it("a model whose layers build in fit: the snapshot is taken after the first forward pass", function()
+    moe.manual_seed(9)
+    local x = moe.randn(20, 5) * 10
+    local y = moe.randn(20, 1)
+    local function fresh()
+      local m = moe.Sequential { nn.Dense { units = 1 } }
+      m:compile { optimizer = moe.optim.SGD { lr = 3e38 }, loss = "mse" }
+      return m
+    end
+    moe.manual_seed(10)
+    local ref = fresh()
+    ref(x:narrow(1, 1, 10))             -- the same initialisation, built on the same first batch
+    moe.manual_seed(10)
+    local m = fresh()
+    assert.equal(0, #m:get_weights())
+    local h = m:fit { x = x, y = y, batch_size = 10, epochs = 1, shuffle = false, verbose = 0 }
+    assert.matches("weights restored to those at the start of epoch 1", h.stopped)
+    same_weights(m:get_weights(), ref:get_weights())
+  end)
+end)
+
+describe("layer metrics of layers that did not run", function()
+  it("count only for the passes they ran in, under the same names in train and val_", function()
+    local Branchy = nn.Module:extend("TrainerSpecBranchy")
+    function Branchy:init(opts)
+      nn.Module.init(self, opts)
+      self.always = Probe { name = "always" }
+      self.train_only = Probe { name = "train_only", factor = 3 }
+    end
+    function Branchy:forward(x)
+      if self._training then self.train_only(x) end
+      return self.always(x)
+    end
+    local x, y = task(64, 26)
+    local xv, yv = task(50, 27)
+    local m = probe_model { layers = { Branchy { name = "branchy" } } }
+    local h = m:fit { x = x, y = y, batch_size = 64, epochs = 1, verbose = 0, validation_data = { xv, yv } }
+    assert.is_near(rows_max(x, 1, 64), h.history.always_input_max[1], 1e-6)
+    assert.is_near(3 * rows_max(x, 1, 64), h.history.train_only_input_max[1], 1e-6)
+    assert.is_near(rows_max(xv, 1, 50), h.history.val_always_input_max[1], 1e-6)
+    assert.is_nil(h.history.val_train_only_input_max) -- it did not run on the validation data
+    assert.is_nil(h.history.val_input_max)
+  end)
+end)
+
+describe("a metric object given to compile", function()
+  it("starts each pass afresh", function()
+    local x, y = task(200, 28)
+    local xv, yv = task(100, 29)
+    local m = model_for { metrics = { metrics.BinaryAccuracy() } }
+    m.optimizer:set_lr(0)                  -- the weights stay: every pass sees the same model
+    local h = m:fit { x = x, y = y, batch_size = 50, epochs = 2, verbose = 0, validation_data = { xv, yv } }
+    local want_train = metrics.binary_accuracy(y, m:predict(x))
+    local want_val = metrics.binary_accuracy(yv, m:predict(xv))
+    assert.is_true(math.abs(want_train - want_val) > 0.01) -- so that a mix of the two would show
+    for e = 1, 2 do
+      assert.is_near(want_train, h.history.binary_accuracy[e], 1e-12)
+      assert.is_near(want_val, h.history.val_binary_accuracy[e], 1e-12)
+    end
+  end)
+end)

@@ -397,20 +397,100 @@ local function as_list(v)
 end
 
 -- compile{optimizer, loss, loss_weights, metrics}: the trainer of a later issue
--- builds on this; train_on_batch is the one-step core
+-- builds on this; train_on_batch is the one-step core. Every name is checked
+-- here (not on the first fit): an unknown optimizer, loss or metric, or an
+-- output name the model does not have, is an error naming compile.
+local COMPILE_OPTS = { optimizer = true, loss = true, loss_weights = true, metrics = true }
+
+-- the message of a pcall'd error without its "file:line: where: " prefix
+local function reason(msg)
+  return (tostring(msg):gsub("^[^\n]-%.lua:%d+: ", ""):gsub("^[%w_%.]+: ", ""))
+end
+
+-- output names of the model (nil where it does not name them)
+local function compile_output_names(self)
+  if not self.output_names then return nil end
+  local ok, names = pcall(self.output_names, self)
+  if not ok or type(names) ~= "table" then return nil end
+  local set, list = {}, {}
+  for _, v in pairs(names) do set[v] = true; list[#list + 1] = tostring(v) end
+  table.sort(list)
+  return set, table.concat(list, ", ")
+end
+
+local function check_output_key(self, what, k)
+  if type(k) ~= "string" then return end
+  local set, list = compile_output_names(self)
+  if set and not set[k] then
+    error(("compile: %s names output '%s', but the model's outputs are %s"):format(what, k, list), 3)
+  end
+end
+
 function Module:compile(opts)
   opts = opts or {}
+  if type(opts) ~= "table" then error(("compile: expected one table of options, got %s"):format(type(opts)), 2) end
+  for k in pairs(opts) do
+    if not COMPILE_OPTS[k] then
+      error(("compile: unknown option '%s' (options: loss, loss_weights, metrics, optimizer)"):format(tostring(k)), 2)
+    end
+  end
   local optim = require "moe.optim"
   local losses = require "moe.losses"
-  rawset(self, "optimizer", optim.get(opts.optimizer or "adam"))
+  local metrics = require "moe.metrics"
+  local ok, opt = pcall(optim.get, opts.optimizer or "adam")
+  if not ok then error("compile: " .. reason(opt), 2) end
   local loss = opts.loss or "mean_squared_error"
   local lf
   if type(loss) == "table" and type(loss[1]) ~= "string" then
     lf = {}
-    for k, v in pairs(loss) do lf[k] = losses.get(v) end
+    for k, v in pairs(loss) do
+      check_output_key(self, "loss", k)
+      local okl, f = pcall(losses.get, v)
+      if not okl then error(("compile: loss for output '%s': %s"):format(tostring(k), reason(f)), 2) end
+      lf[k] = f
+    end
   else
-    lf = losses.get(loss)
+    local okl, f = pcall(losses.get, loss)
+    if not okl then error("compile: " .. reason(f), 2) end
+    lf = f
   end
+  if opts.loss_weights ~= nil then
+    if type(opts.loss_weights) ~= "table" then
+      error(("compile: loss_weights must be a table of numbers by output name, got %s"):format(type(opts.loss_weights)), 2)
+    end
+    for k, w in pairs(opts.loss_weights) do
+      check_output_key(self, "loss_weights", k)
+      if type(w) ~= "number" or w ~= w then
+        error(("compile: loss_weights.%s must be a number, got %s"):format(tostring(k), tostring(w)), 2)
+      end
+    end
+  end
+  -- metrics: a list of names or metric objects for every output, or a table of such lists by output name
+  local ms = opts.metrics
+  if ms ~= nil then
+    if type(ms) ~= "table" or (ms.update and ms.result) then
+      error(("compile: metrics must be a list of metric names (or objects), or a table of lists by output name, got %s")
+        :format(type(ms) == "table" and "a metric object (put it in a list)" or type(ms)), 2)
+    end
+    local keyed, listed = false, false
+    for k in pairs(ms) do if type(k) == "string" then keyed = true else listed = true end end
+    if keyed and listed then error("compile: metrics mixes a list with output names; give one or the other", 2) end
+    local function check(spec, where)
+      local okm, err = pcall(metrics.get, spec)
+      if not okm then error(("compile: %s%s"):format(reason(err), where), 3) end
+    end
+    if keyed then
+      for k, list in pairs(ms) do
+        check_output_key(self, "metrics", k)
+        if type(list) == "string" or (type(list) == "table" and list.update) then list = { list } end
+        if type(list) ~= "table" then error(("compile: metrics.%s must be a list of metric names, got %s"):format(k, type(list)), 2) end
+        for _, spec in ipairs(list) do check(spec, (" (for output '%s')"):format(k)) end
+      end
+    else
+      for _, spec in ipairs(ms) do check(spec, "") end
+    end
+  end
+  rawset(self, "optimizer", opt)
   rawset(self, "_loss_fns", lf)
   rawset(self, "_loss_weights", opts.loss_weights)
   rawset(self, "_compile_config", { loss = type(loss) ~= "function" and loss or nil, loss_weights = opts.loss_weights,

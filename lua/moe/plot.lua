@@ -260,6 +260,26 @@ function plot.history(history, path, opts)
     table.sort(names, function(a, b) if a == "loss" then return true elseif b == "loss" then return false end return a < b end)
   end
   if #names == 0 then error("plot.history: the history has no epochs", 2) end
+  -- one value per epoch: a quantity missing from some epochs' logs (a layer
+  -- metric reported in some epochs only, a stop mid-epoch) is a gap (NaN)
+  local ne = #(history.epoch or {})
+  local function per_epoch(vals)
+    if type(vals) ~= "table" then return nil end
+    local out, any = {}, false
+    for j = 1, ne do
+      local v = vals[j]
+      if type(v) == "number" then out[j] = v; any = true else out[j] = 0 / 0 end
+    end
+    return any and out or nil
+  end
+  local panels = {}
+  for i, name in ipairs(names) do
+    local train = per_epoch(history.history[name])
+    if not train then error(("plot.history: no values for '%s'"):format(tostring(name)), 2) end
+    panels[i] = { { name = "train", x = history.epoch, y = train } }
+    local val = per_epoch(history.history["val_" .. name])
+    if val then panels[i][2] = { name = "validation", x = history.epoch, y = val } end
+  end
   local cols = math.min(#names, 3)
   local rows = math.ceil(#names / cols)
   local pw, ph = 360, 260
@@ -267,11 +287,7 @@ function plot.history(history, path, opts)
   if opts.title then text(cv, opts.title, cols * pw / 2, 20, { align = "center", size = 14 }) end
   for i, name in ipairs(names) do
     local col, row = (i - 1) % cols, math.floor((i - 1) / cols)
-    local series = { { name = "train", x = history.epoch, y = history.history[name] or {} } }
-    if history.history["val_" .. name] then
-      series[2] = { name = "validation", x = history.epoch, y = history.history["val_" .. name] }
-    end
-    if #series[1].y == 0 then error(("plot.history: no values for '%s'"):format(name), 2) end
+    local series = panels[i]
     draw_lines(cv, { col * pw + 60, row * ph + 60, pw - 60 - 90, ph - 60 - 50 }, series,
       { title = name, xlabel = "epoch", xticks = 5 })
   end

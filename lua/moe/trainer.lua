@@ -9,8 +9,11 @@
 --   local p = model:predict(xt, { batch_size = 256 })   -- a tensor, or a table by output name
 --
 -- Names follow Keras: "loss", then per output (when there are several)
--- "<output>_loss" and "<output>_<metric>", else "<metric>"; validation values
--- get a "val_" prefix. Inputs and targets are tensors or tables of named tensors
+-- "<output>_loss" and "<output>_<metric>", else "<metric>"; then the metrics
+-- layers report with add_metric (a sparse router's load_balancing_loss, ...),
+-- as means over the pass's batches, under their own names ("<layer>_<name>"
+-- where two layers report one name or a name is taken); validation values get
+-- a "val_" prefix. Inputs and targets are tensors or tables of named tensors
 -- (all with the same number of rows).
 local moe = require "moe"
 local nn = require "moe.nn"
@@ -28,21 +31,26 @@ M.now = now
 
 local function is_tensor(v) return core.is_tensor(v) end
 
-local function rows_of(v, what)
+-- the number of rows of a tensor or of a table of tensors (errors name `where`,
+-- the public function, at its caller's line)
+local function rows_of(v, what, where)
+  where = where or "fit"
   if is_tensor(v) then
-    if v:dim() == 0 then error(("fit: %s is a scalar tensor; expected rows"):format(what), 4) end
+    if v:dim() == 0 then error(("%s: %s is a scalar tensor; expected rows"):format(where, what), 3) end
     return v:size(1)
   end
-  if type(v) ~= "table" then error(("fit: %s must be a tensor or a table of tensors, got %s"):format(what, type(v)), 4) end
+  if type(v) ~= "table" then error(("%s: %s must be a tensor or a table of tensors, got %s"):format(where, what, type(v)), 3) end
   local n
   for k, t in pairs(v) do
-    if not is_tensor(t) then error(("fit: %s.%s must be a tensor, got %s"):format(what, tostring(k), type(t)), 4) end
+    if not is_tensor(t) then error(("%s: %s.%s must be a tensor, got %s"):format(where, what, tostring(k), type(t)), 3) end
+    if t:dim() == 0 then error(("%s: %s.%s is a scalar tensor; expected rows"):format(where, what, tostring(k)), 3) end
     local r = t:size(1)
     if n and r ~= n then
-      error(("fit: %s.%s has %d rows, other entries %d"):format(what, tostring(k), r, n), 4)
+      error(("%s: %s.%s has %d rows, other entries %d"):format(where, what, tostring(k), r, n), 3)
     end
     n = r
   end
+  if n == nil then error(("%s: %s is an empty table; expected a tensor or a table of tensors"):format(where, what), 3) end
   return n
 end
 
@@ -84,7 +92,8 @@ end
 
 -- ------------------------------------------------------------------ compiled metrics
 
--- per output, a list of fresh metric objects from compile's metrics option
+-- per output, a list of fresh metric objects from compile's metrics option (a
+-- metric object given to compile is reset: each pass starts from nothing)
 local function build_metrics(self, outs)
   local spec = self._compile_config and self._compile_config.metrics or {}
   local metrics = require "moe.metrics"
@@ -95,7 +104,10 @@ local function build_metrics(self, outs)
     local list = keyed and (spec[name] or {}) or spec
     if type(list) == "string" or (type(list) == "table" and list.update) then list = { list } end
     local ms = {}
-    for i, s in ipairs(list) do ms[i] = metrics.get(s) end
+    for i, s in ipairs(list) do
+      ms[i] = metrics.get(s)
+      if ms[i] == s then s:reset() end
+    end
     by_out[name] = ms
   end
   return by_out
@@ -108,12 +120,88 @@ local function sorted_keys(t)
   return ks
 end
 
--- running state of one pass (train or evaluate) over batches
-local function new_pass()
-  return { loss_sum = 0, out_loss = {}, n = 0, metrics = nil }
+-- ------------------------------------------------------------------ layer metrics (add_metric)
+
+-- a value given to add_metric, as a number: a tensor counts as the mean of its
+-- elements (Keras's Mean metric reduces it so)
+local function metric_value(m, k, v, where)
+  if type(v) == "number" then return v end
+  if is_tensor(v) then
+    local t = v:detach()
+    if t:numel() == 1 and t:dtype():match("^float") then return t:item() end
+    return t:cpu():to("float64"):mean():item()
+  end
+  error(("%s: %s \"%s\" added metric '%s' as a %s; add_metric takes a number or a tensor")
+    :format(where, m.class_name, m.name, tostring(k), type(v)), 0)
 end
 
-local function pass_update(self, st, logits_named, single, y, sw, total, parts, nb)
+-- add the metrics of the last forward pass of `self` (those of the modules that
+-- ran in it: a module's _epoch is the call it last ran in) to the pass's sums
+local function layer_update(self, st, where)
+  local ep = rawget(self, "_epoch")
+  local mods = self:modules()
+  for i = 1, #mods do
+    local m = mods[i][2]
+    local ms = m._metrics
+    if next(ms) ~= nil and rawget(m, "_epoch") == ep then
+      local acc = st.layer[m]
+      if not acc then acc = {}; st.layer[m] = acc end
+      for k, v in pairs(ms) do
+        local a = acc[k]
+        if not a then a = { 0, 0 }; acc[k] = a end
+        a[1] = a[1] + metric_value(m, k, v, where)
+        a[2] = a[2] + 1
+      end
+    end
+  end
+end
+
+-- the log names of the layer metrics seen in a pass, as a list of
+-- {name, module, metric}: the metric's own name; "<layer name>_<metric>" when
+-- several layers of the model have reported the name (in this pass or an
+-- earlier one, so that train and val_ names agree) or it is taken (by "loss",
+-- a compiled metric); then, if that still clashes, "<layer path>_<metric>"
+-- (the path from the model, "_" for "/")
+local function layer_names(self, st, taken)
+  local rep = rawget(self, "_metric_reporters")
+  if not rep then rep = {}; rawset(self, "_metric_reporters", rep) end
+  local list, reporters, present = {}, {}, {}
+  for _, e in ipairs(self:modules()) do
+    present[e[2]] = true
+    local acc = st.layer[e[2]]
+    if acc then
+      for _, k in ipairs(sorted_keys(acc)) do
+        list[#list + 1] = { k, e[2], k, e[1] }
+        local s = rep[k]
+        if not s then s = setmetatable({}, { __mode = "k" }); rep[k] = s end
+        s[e[2]] = true
+      end
+    end
+  end
+  for k, s in pairs(rep) do
+    local c = 0
+    for m in pairs(s) do if present[m] then c = c + 1 end end
+    reporters[k] = c
+  end
+  for _, r in ipairs(list) do
+    if reporters[r[3]] > 1 or taken[r[3]] then r[1] = r[2].name .. "_" .. r[3] end
+  end
+  local seen = {}
+  for _, r in ipairs(list) do seen[r[1]] = (seen[r[1]] or 0) + 1 end
+  for _, r in ipairs(list) do
+    if seen[r[1]] > 1 or (r[1] ~= r[3] and taken[r[1]]) then
+      r[1] = (r[4] == "" and self.name or r[4]:gsub("/", "_")) .. "_" .. r[3]
+    end
+  end
+  return list
+end
+
+-- running state of one pass (train or evaluate) over batches
+local function new_pass()
+  return { loss_sum = 0, out_loss = {}, n = 0, metrics = nil, layer = {} }
+end
+
+local function pass_update(self, st, logits_named, single, y, sw, total, parts, nb, where)
   st.loss_sum = st.loss_sum + total * nb
   st.n = st.n + nb
   for name, l in pairs(parts) do
@@ -126,9 +214,29 @@ local function pass_update(self, st, logits_named, single, y, sw, total, parts, 
     if type(w) == "table" and not is_tensor(w) then w = w[name] end
     for _, m in ipairs(ms) do m:update(yt, logits_named[name], w) end
   end
+  layer_update(self, st, where)
 end
 
-local function pass_logs(st, single, prefix, logs)
+-- the names of the loss and compiled metrics a pass logs (without their values)
+local function compiled_names(st, single)
+  local taken = { loss = true }
+  for name in pairs(st.out_loss) do if not single then taken[name .. "_loss"] = true end end
+  for name, ms in pairs(st.metrics or {}) do
+    for _, m in ipairs(ms) do taken[(single and "" or (name .. "_")) .. m.name] = true end
+  end
+  return taken
+end
+
+-- the layer metrics' means so far, into logs
+local function layer_logs(self, st, single, prefix, logs)
+  for _, r in ipairs(layer_names(self, st, compiled_names(st, single))) do
+    local a = st.layer[r[2]][r[3]]
+    logs[prefix .. r[1]] = a[1] / a[2]
+  end
+  return logs
+end
+
+local function pass_logs(self, st, single, prefix, logs)
   logs = logs or {}
   prefix = prefix or ""
   logs[prefix .. "loss"] = st.n > 0 and st.loss_sum / st.n or 0 / 0
@@ -141,7 +249,7 @@ local function pass_logs(st, single, prefix, logs)
       logs[prefix .. (multi and (name .. "_") or "") .. m.name] = m:result()
     end
   end
-  return logs
+  return layer_logs(self, st, single, prefix, logs)
 end
 
 -- ------------------------------------------------------------------ progress display
@@ -168,10 +276,12 @@ end
 local function progress(verbose)
   local tty = verbose == 1 and ffi.C.isatty(1) == 1
   local p = { verbose = verbose, tty = tty, last = 0 }
+  -- logs: a function giving the running logs (called only when the line is drawn)
   function p:batch(epoch, epochs, b, nb, seen, t0, logs)
     if not self.tty then return end
     local t = now()
     if t - self.last < 0.1 and b < nb then return end
+    logs = logs()
     self.last = t
     local el = t - t0
     local eta = b > 0 and el / b * (nb - b) or 0
@@ -228,7 +338,7 @@ end
 -- [n] / [n, 1] target (0 and 1 for binary labels, 1-based ids for sparse ones),
 -- the 1-based class of a one-hot target; classes not listed weigh 1
 local function class_weights(cw, y, where)
-  if not is_tensor(y) then error(("%s: class_weight needs a tensor target"):format(where), 4) end
+  if not is_tensor(y) then error(("%s: class_weight needs a tensor target"):format(where), 3) end
   local idx
   if y:dim() == 2 and y:size(2) > 1 then idx = y:argmax(2):reshape(-1)
   else idx = y:reshape(-1):round():to("int64") end
@@ -261,18 +371,88 @@ local FIT_OPTS = { x = true, y = true, batch_size = true, epochs = true, validat
 
 local function positive_int(v, name, where)
   if type(v) ~= "number" or v < 1 or v ~= math.floor(v) then
-    error(("%s: %s must be a positive integer, got %s"):format(where, name, tostring(v)), 4)
+    error(("%s: %s must be a positive integer, got %s"):format(where, name, tostring(v)), 3)
   end
 end
 
--- one forward/backward/update on a batch; returns loss number, parts, named outputs
-local function train_step(self, xb, yb, swb)
+local function finite(v) return v == v and v ~= math.huge and v ~= -math.huge end
+
+-- every float weight (trainable or not) holds only finite values
+local function weights_finite(self)
+  local _, ts = self:named_weights()
+  return moe.no_grad(function()
+    for _, t in ipairs(ts) do
+      if t:dtype():match("^float") and t:numel() > 0 and (t - t):ne(0):any():item() then return false end
+    end
+    return true
+  end)
+end
+
+-- a copy of every weight and of the optimizer's state (its per-parameter
+-- moments and step counts), to go back to when training ends in non-finite weights
+local function snapshot(self, epoch)
+  if not weights_finite(self) then return nil end
+  return moe.no_grad(function()
+    local _, ts = self:named_weights()
+    local snap = { epoch = epoch, weights = {}, opt = {} }
+    for i, t in ipairs(ts) do snap.weights[i] = { t, t:detach():clone() } end
+    local opt = rawget(self, "optimizer")
+    if type(opt) == "table" and type(opt.state) == "table" then
+      snap.iterations = opt.iterations
+      for _, p in ipairs(self:parameters()) do
+        local s = opt.state[p]
+        if s then
+          local c = { step = s.step }
+          for j = 1, 2 do if s[j] then c[j] = s[j]:clone() end end
+          snap.opt[p] = c
+        end
+      end
+    end
+    return snap
+  end)
+end
+
+local function restore(self, snap)
+  moe.no_grad(function()
+    for _, e in ipairs(snap.weights) do e[1]:copy_(e[2]) end
+  end)
+  local opt = rawget(self, "optimizer")
+  if snap.iterations then
+    for _, p in ipairs(self:parameters()) do opt.state[p] = snap.opt[p] end
+    opt.iterations = snap.iterations
+  end
+end
+
+-- one forward/backward/update on a batch; returns loss number, parts, named
+-- outputs. A non-finite loss makes no update (the weights stay as they were);
+-- before_update (if given) runs once the weights exist, before they change.
+local function train_step(self, xb, yb, swb, before_update)
   local p = self(xb)
   local total, parts = self:compute_loss(yb, p, swb)
+  local loss = total:item()
+  if not finite(loss) then return loss, parts, p end
+  if before_update then before_update() end
   self:zero_grad()
   total:backward()
   self.optimizer:step(self._params_cache.list)
-  return total:item(), parts, p
+  return loss, parts, p
+end
+
+-- when training stopped with non-finite weights: back to the last finite state.
+-- Returns the words for the stop message.
+local function recover(self, snap, batch_kept)
+  if weights_finite(self) then
+    return batch_kept and ("weights restored to those before batch %d (its update was not applied)"):format(batch_kept)
+      or "the weights are finite"
+  end
+  if snap then
+    restore(self, snap)
+    if weights_finite(self) then
+      return ("the weights were not finite: weights restored to those at the start of epoch %d (the last finite ones)")
+        :format(snap.epoch)
+    end
+  end
+  return "the weights are not finite, and no finite state of this fit could be restored"
 end
 
 function Module:fit(opts)
@@ -280,16 +460,17 @@ function Module:fit(opts)
   if not rawget(self, "_loss_fns") then error(("fit: %s \"%s\": call compile{...} first"):format(self.class_name, self.name), 2) end
   local x, y = opts.x, opts.y
   if x == nil or y == nil then error("fit: x and y are required", 2) end
-  local n = rows_of(x, "x")
-  local ny = rows_of(y, "y")
+  local n = rows_of(x, "x", "fit")
+  local ny = rows_of(y, "y", "fit")
   if ny ~= n then error(("fit: x has %d rows but y has %d"):format(n, ny), 2) end
+  if n == 0 then error("fit: x and y have 0 rows: there is no data to train on", 2) end
   local batch = opts.batch_size or 32
   positive_int(batch, "batch_size", "fit")
   local epochs = opts.epochs or 1
   positive_int(epochs, "epochs", "fit")
   local initial = opts.initial_epoch or 0
   local sw = opts.sample_weight
-  if sw ~= nil and rows_of(sw, "sample_weight") ~= n then error("fit: sample_weight must have one value per row", 2) end
+  if sw ~= nil and rows_of(sw, "sample_weight", "fit") ~= n then error("fit: sample_weight must have one value per row", 2) end
   if opts.class_weight then
     local cwsw
     if is_tensor(y) then cwsw = class_weights(opts.class_weight, y, "fit")
@@ -305,8 +486,17 @@ function Module:fit(opts)
   local vx, vy, vsw
   if opts.validation_data then
     local v = opts.validation_data
+    if type(v) ~= "table" or is_tensor(v) then
+      error(("fit: validation_data must be {x, y} (or {x = ..., y = ...}), got %s"):format(is_tensor(v) and "a tensor" or type(v)), 2)
+    end
     vx, vy, vsw = v[1] or v.x, v[2] or v.y, v[3] or v.sample_weight
     if vx == nil or vy == nil then error("fit: validation_data must be {x, y} (or {x = ..., y = ...})", 2) end
+    local nvx, nvy = rows_of(vx, "validation_data x", "fit"), rows_of(vy, "validation_data y", "fit")
+    if nvx ~= nvy then error(("fit: validation_data x has %d rows but y has %d"):format(nvx, nvy), 2) end
+    if nvx == 0 then error("fit: validation_data has 0 rows: there is no data to validate on", 2) end
+    if vsw ~= nil and rows_of(vsw, "validation_data sample_weight", "fit") ~= nvx then
+      error("fit: validation_data's sample_weight must have one value per row", 2)
+    end
   elseif opts.validation_split then
     local f = opts.validation_split
     if type(f) ~= "number" or f <= 0 or f >= 1 then error("fit: validation_split must be in (0, 1)", 2) end
@@ -335,35 +525,46 @@ function Module:fit(opts)
   if opts.steps_per_epoch then positive_int(opts.steps_per_epoch, "steps_per_epoch", "fit"); nb = math.min(nb, opts.steps_per_epoch) end
   local was_deferred = core.defer_interrupts(true)
   local stop_reason
+  local snap -- the last finite weights (and optimizer state), from the start of an epoch
   local ok, err = pcall(function()
     call_hooks(cbs, "on_train_begin", {})
     for epoch = initial + 1, initial + epochs do
       local epoch_logs = {}
       call_hooks(cbs, "on_epoch_begin", epoch, epoch_logs)
       self:training()
+      -- the snapshot: now, or (for a model whose layers build on their first
+      -- call) after the first forward pass, before the first update
+      local take_snapshot
+      if #self:named_weights() > 0 then snap = snapshot(self, epoch) or snap
+      else take_snapshot = function() snap = snapshot(self, epoch) or snap; take_snapshot = nil end end
       local st = new_pass()
       local t0 = now()
       local b = 0
       local single
+      local function running()
+        local logs = { loss = st.loss_sum / st.n }
+        return layer_logs(self, st, single, "", logs)
+      end
       for idx in data.batches(n, batch, { shuffle = opts.shuffle ~= false, seed = opts.seed and (opts.seed * 100003 + epoch) or nil }) do
         b = b + 1
         if b > nb then break end
         local batch_logs = { batch = b, size = idx:numel() }
         call_hooks(cbs, "on_batch_begin", b, batch_logs)
         local xb, yb, swb = take(x, idx), take(y, idx), take(sw, idx)
-        local loss, parts, p = train_step(self, xb, yb, swb)
-        if loss ~= loss or loss == math.huge or loss == -math.huge then
-          stop_reason = ("fit: the loss is %s at epoch %d, batch %d: training stopped"):format(tostring(loss), epoch, b)
+        local loss, parts, p = train_step(self, xb, yb, swb, take_snapshot)
+        if not finite(loss) then
+          stop_reason = ("fit: the loss is %s at epoch %d, batch %d: training stopped; %s"):format(tostring(loss),
+            epoch, b, recover(self, snap, b))
           rawset(self, "stop_training", true)
           io.stderr:write(stop_reason .. "\n")
           break
         end
         local named
         named, single = named_outputs(self, p)
-        pass_update(self, st, named, single, yb, swb, loss, parts, idx:numel()) -- metrics see detached outputs
+        pass_update(self, st, named, single, yb, swb, loss, parts, idx:numel(), "fit") -- metrics see detached outputs
         batch_logs.loss = loss
         call_hooks(cbs, "on_batch_end", b, batch_logs)
-        show:batch(epoch, initial + epochs, b, nb, st.n, t0, { loss = st.loss_sum / st.n })
+        show:batch(epoch, initial + epochs, b, nb, st.n, t0, running)
         if core.take_interrupt() then
           stop_reason = ("fit: interrupted at epoch %d, batch %d: training stopped"):format(epoch, b)
           io.stderr:write("\n" .. stop_reason .. "\n")
@@ -372,7 +573,15 @@ function Module:fit(opts)
         end
         if self.stop_training then break end
       end
-      pass_logs(st, single, "", epoch_logs)
+      -- a step with a finite loss can still leave non-finite weights (an
+      -- overflowing update): stop, back to the last finite ones
+      if not stop_reason and not weights_finite(self) then
+        stop_reason = ("fit: the weights are not finite after epoch %d, batch %d: training stopped; %s")
+          :format(epoch, b > nb and nb or b, recover(self, snap))
+        rawset(self, "stop_training", true)
+        io.stderr:write(stop_reason .. "\n")
+      end
+      pass_logs(self, st, single, "", epoch_logs)
       if vx ~= nil and not stop_reason then
         local vl = self:evaluate { x = vx, y = vy, sample_weight = vsw, batch_size = math.max(batch, 256), verbose = 0 }
         for k, v in pairs(vl) do epoch_logs["val_" .. k] = v end
@@ -398,15 +607,21 @@ local EVAL_OPTS = { x = true, y = true, batch_size = true, sample_weight = true,
 local set_mode_eval = Module.evaluate -- evaluate() with no arguments: evaluation mode, as before
 
 -- evaluate{x, y, batch_size=256, sample_weight} -> { loss = ..., <metric> = ... } (Keras's
--- names); evaluate() with no arguments switches to evaluation mode (like eval())
+-- names, the layers' add_metric values among them); evaluate() with no arguments
+-- switches to evaluation mode (like eval())
 function Module:evaluate(opts)
   if opts == nil then return set_mode_eval(self) end
   check_opts(opts, EVAL_OPTS, "evaluate")
   if not rawget(self, "_loss_fns") then error(("evaluate: %s \"%s\": call compile{...} first"):format(self.class_name, self.name), 2) end
   local x, y = opts.x, opts.y
   if x == nil or y == nil then error("evaluate: x and y are required", 2) end
-  local n = rows_of(x, "x")
-  if rows_of(y, "y") ~= n then error("evaluate: x and y have different numbers of rows", 2) end
+  local n = rows_of(x, "x", "evaluate")
+  local ny = rows_of(y, "y", "evaluate")
+  if ny ~= n then error(("evaluate: x has %d rows but y has %d"):format(n, ny), 2) end
+  if n == 0 then error("evaluate: x and y have 0 rows: there is no data to evaluate on", 2) end
+  if opts.sample_weight ~= nil and rows_of(opts.sample_weight, "sample_weight", "evaluate") ~= n then
+    error("evaluate: sample_weight must have one value per row", 2)
+  end
   local batch = opts.batch_size or 256
   positive_int(batch, "batch_size", "evaluate")
   local was = self._training
@@ -422,37 +637,80 @@ function Module:evaluate(opts)
       local total, parts = self:compute_loss(yb, p, swb)
       local named
       named, single = named_outputs(self, p)
-      pass_update(self, st, named, single, yb, swb, total:item(), parts, len)
+      pass_update(self, st, named, single, yb, swb, total:item(), parts, len, "evaluate")
     end
   end)
   if was then self:training() end
   if not ok then error(err, 0) end
-  local logs = pass_logs(st, single, "")
+  local logs = pass_logs(self, st, single, "")
   call_hooks(cbs, "on_test_end", logs)
   return logs
 end
 function Module:eval() return set_mode_eval(self) end
 
+-- apply fn to every tensor of a (nested) table of outputs
+local function map_tensors(v, fn)
+  if is_tensor(v) then return fn(v) end
+  if type(v) ~= "table" then return v end
+  local out = {}
+  for k, t in pairs(v) do out[k] = map_tensors(t, fn) end
+  return out
+end
+
+local function all_rows(v, n)
+  if is_tensor(v) then return v:dim() > 0 and v:size(1) == n end
+  if type(v) ~= "table" or next(v) == nil then return false end
+  for _, t in pairs(v) do if not all_rows(t, n) then return false end end
+  return true
+end
+
+-- the outputs for 0 rows, as Keras gives them: empty, with the outputs' other
+-- dims and dtypes. The model runs on the 0 rows; where it cannot, on one
+-- placeholder row (zeros; ones for integer inputs such as ids) cut to 0 rows.
+local function empty_outputs(self, x)
+  local ok, out = pcall(self.__call__, self, x)
+  if ok and all_rows(out, 0) then return out end
+  local first = out
+  local dummy = map_tensors(x, function(t)
+    local shape = t:shape()
+    shape[1] = 1
+    local o = { dtype = t:dtype(), device = t:device() }
+    return t:dtype():match("^float") and moe.zeros(shape, o) or moe.ones(shape, o)
+  end)
+  local ok2, out2 = pcall(self.__call__, self, dummy)
+  if not ok2 or not all_rows(out2, 1) then
+    error(("predict: x has 0 rows, and the model cannot run on them to learn its output shape: %s")
+      :format(tostring(ok and "its outputs do not have 0 rows" or first):gsub("^[^\n]-%.lua:%d+: ", "")), 0)
+  end
+  return map_tensors(out2, function(t) return t:narrow(1, 1, 0) end)
+end
+
 -- predict(x[, {batch_size = 256}]): outputs in evaluation mode, without recording;
--- a tensor, or (several outputs) a table keyed by output name
+-- a tensor, or (several outputs) a table keyed by output name. For 0 rows: empty
+-- outputs of shape [0, ...] (Keras's)
 function Module:predict(x, opts)
   opts = opts or {}
-  local n = rows_of(x, "x")
+  if type(opts) ~= "table" then error(("predict: options must be a table ({batch_size = 256}), got %s"):format(type(opts)), 2) end
+  for k in pairs(opts) do
+    if k ~= "batch_size" and k ~= "verbose" then
+      error(("predict: unknown option '%s' (options: batch_size, verbose)"):format(tostring(k)), 2)
+    end
+  end
+  local n = rows_of(x, "x", "predict")
   local batch = opts.batch_size or 256
   positive_int(batch, "batch_size", "predict")
   local was = self._training
   set_mode_eval(self)
   local chunks = {}
   local ok, err = pcall(moe.no_grad, function()
-    for start = 1, math.max(n, 1), batch do
+    if n == 0 then chunks[1] = empty_outputs(self, x); return end
+    for start = 1, n, batch do
       local len = math.min(batch, n - start + 1)
-      if len <= 0 then break end
       chunks[#chunks + 1] = self(narrow(x, start, len))
     end
   end)
   if was then self:training() end
   if not ok then error(err, 0) end
-  if #chunks == 0 then return nil end
   if is_tensor(chunks[1]) then
     return #chunks == 1 and chunks[1] or moe.cat(chunks, 1)
   end
