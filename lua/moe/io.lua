@@ -209,7 +209,8 @@ local function check_header_sum(path, header)
   end
   local stored = header:sub(e + 1, e + 16)
   if not stored:match(HEX16) or header:sub(e + 17, e + 17) ~= '"' then
-    error(("load: '%s' is corrupted: the header checksum '%s' is not 16 hex digits"):format(path, stored), 0)
+    error(("load: '%s' is corrupted: the header checksum '%s' is not 16 hex digits"):format(path,
+      (stored:gsub("[^%w]", "?"))), 0)
   end
   local blanked = header:sub(1, e) .. PLACEHOLDER .. header:sub(e + 17)
   local sum = core.st_checksum(le64(#header) .. blanked)
