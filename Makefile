@@ -1,7 +1,7 @@
 # moelua -- build, test and benchmark. `make help` lists the targets.
 CC      ?= gcc
 BUILD   ?= build
-PKGS    := luajit libedit openblas zlib
+PKGS    := luajit libedit openblas zlib libxxhash
 OPT     ?= -O3 -g
 SAN     ?=
 # recursive (=) so pkg-config runs at build time, after `deps` has installed it
@@ -72,7 +72,7 @@ $(BUILD)/libmoe.a: $(ENGINE_OBJ)
 
 $(BUILD)/moe/core.so: $(ENGINE_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) -shared -o $@ $^ $(SAN) $(shell pkg-config --libs openblas zlib) -lm -lpthread $(CUDA_LIBS)
+	$(CC) -shared -o $@ $^ $(SAN) $(shell pkg-config --libs openblas zlib libxxhash) -lm -lpthread $(CUDA_LIBS)
 
 $(BUILD)/moelua: src/main.c $(BUILD)/libmoe.a $(HEADERS) Makefile | deps
 	$(CC) $(CFLAGS) -Wl,-E -o $@ src/main.c $(BUILD)/libmoe.a $(LDLIBS)

@@ -3,7 +3,7 @@
 # Quiet when everything is present; says what it installs otherwise.
 set -euo pipefail
 pkgs=(build-essential pkg-config luajit libluajit-5.1-dev libopenblas-dev lua-busted
-      libedit-dev zlib1g-dev tmux lua-cjson libcairo2 fonts-dejavu-core)
+      libedit-dev zlib1g-dev libxxhash-dev tmux lua-cjson libcairo2 fonts-dejavu-core)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -553,8 +553,49 @@ end
 
 local FORMAT = "moelua.model.v1"
 
+-- the names of a module and of its sub-modules, by child key in the order of
+-- modules() (a module reached twice is listed once): {n = name, c = {{key, tree}, ...}}
+local function name_tree(m, seen)
+  seen[m] = true
+  local kids = {}
+  for _, k in ipairs(m._children) do
+    local c = rawget(m, k)
+    if not seen[c] then kids[#kids + 1] = { k, name_tree(c, seen) } end
+  end
+  return { n = m.name, c = kids }
+end
+
+-- give a rebuilt model the names it was saved with: sub-layers that a layer
+-- creates in init or build are named by a per-process counter, which differs
+-- from process to process
+local function restore_names(m, node, seen, where)
+  seen[m] = true
+  if type(node) ~= "table" or type(node.n) ~= "string" or type(node.c) ~= "table" then
+    error(("the layer names recorded for %s are malformed"):format(where), 0)
+  end
+  rawset(m, "name", node.n)
+  local i = 0
+  for _, k in ipairs(m._children) do
+    local c = rawget(m, k)
+    if not seen[c] then
+      i = i + 1
+      local e = node.c[i]
+      if type(e) ~= "table" or e[1] ~= k then
+        error(("the rebuilt %s has a sub-layer '%s' (%s) where the file has %s: did the class change since the save?")
+          :format(where, tostring(k), c.class_name, type(e) == "table" and ("'" .. tostring(e[1]) .. "'") or "none"), 0)
+      end
+      restore_names(c, e[2], seen, ("layer '%s'"):format(node.n .. "/" .. tostring(k)))
+    end
+  end
+  if node.c[i + 1] ~= nil then
+    error(("the file has a sub-layer '%s' under %s that the rebuilt model lacks: did the class change since the save?")
+      :format(tostring(type(node.c[i + 1]) == "table" and node.c[i + 1][1]), where), 0)
+  end
+end
+
 -- save(path): weights (and optimizer state) as safetensors tensors, the
--- architecture and optimizer settings as JSON in the header's __metadata__
+-- architecture, the layer names and optimizer settings as JSON in the header's
+-- __metadata__, every tensor and the header under a checksum
 function Module:save(path)
   if type(path) ~= "string" then error("save: path must be a string", 2) end
   if not self.built and #self._children == 0 then
@@ -564,16 +605,23 @@ function Module:save(path)
     return { class_name = self.class_name, config = self:get_config(), build_input_shape = rawget(self, "_build_input_shape") }
   end)
   if not ok then error("save: " .. tostring(cfg):gsub("^[^\n]-%.lua:%d+: ", ""), 2) end
+  local function json(v, what)
+    local s, err = mio.json_encode(v)
+    if not s then error(("save: %s \"%s\": the %s: %s"):format(self.class_name, self.name, what, err), 3) end
+    return s
+  end
   local names, ts = self:named_weights()
   local tensors = {}
   for i, n in ipairs(names) do tensors[n] = ts[i] end
-  local meta = { format = FORMAT, model = assert(cjson.encode(cfg)) }
+  local meta = { format = FORMAT, model = json(cfg, "model config"), layers = json(name_tree(self, {}), "layer names") }
   if rawget(self, "optimizer") then
     local pnames, params = {}, {}
     for n, p in self:named_parameters() do pnames[#pnames + 1] = n; params[#params + 1] = p end
-    for k, v in pairs(self.optimizer:state_tensors(pnames, params)) do tensors[k] = v end
-    meta.optimizer = assert(cjson.encode(self.optimizer:get_config()))
-    meta.compile = cjson.encode(self._compile_config or {})
+    local st, with_state = self.optimizer:state_tensors(pnames, params)
+    for k, v in pairs(st) do tensors[k] = v end
+    meta.optimizer = json(self.optimizer:get_config(), "optimizer config")
+    meta.optimizer_state = json(with_state, "optimizer state list")
+    meta.compile = json(self._compile_config or {}, "compile options")
   end
   mio.save_tensors(path, tensors, meta)
 end
@@ -612,23 +660,45 @@ local function from_config(entry, where, custom)
   return m
 end
 
+-- a structure of symbolic tensors only (the inputs or outputs of a model)
+local function all_symbolic(v)
+  if is_symbolic(v) then return true end
+  if type(v) ~= "table" or is_module(v) or core.is_tensor(v) or next(v) == nil then return false end
+  for _, x in pairs(v) do
+    if not all_symbolic(x) then return false end
+  end
+  return true
+end
+
 function M.model_from_config(cfg, custom)
+  local function need(cond, fmt, ...) if not cond then error(("load: " .. fmt):format(...), 0) end end
+  local function list(v, what)
+    need(v == nil or type(v) == "table", "the model's %s is not a list", what)
+    return v or {}
+  end
   local inputs = {}
-  for i, spec in ipairs(cfg.input_layers or {}) do
+  for i, spec in ipairs(list(cfg.input_layers, "input_layers")) do
+    need(type(spec) == "table", "input %d is not an object", i)
     inputs[i] = M.Input { shape = spec.shape, name = spec.name, dtype = spec.dtype }
   end
   local layers = {}
-  for i, l in ipairs(cfg.layers or {}) do layers[i] = from_config(l, "layer " .. i, custom) end
+  for i, l in ipairs(list(cfg.layers, "layers")) do layers[i] = from_config(l, "layer " .. i, custom) end
   local outs = {}
   local function deref(v)
-    if type(v) == "table" and v.__ref then
-      local ni, path = v.__ref[1], v.__ref[2]
+    if type(v) == "table" and v.__ref ~= nil then
+      local r = v.__ref
+      need(type(r) == "table" and type(r[1]) == "number" and r[1] == math.floor(r[1]) and r[1] ~= 0
+        and (r[2] == nil or type(r[2]) == "table") and next(v, next(v)) == nil,
+        "the graph holds a malformed reference to a layer output")
+      local ni, path = r[1], r[2]
       local base = ni < 0 and inputs[-ni] or outs[ni]
-      if base == nil then error(("load: the graph refers to node %s before it exists"):format(tostring(ni)), 0) end
+      need(base ~= nil, "the graph refers to node %s before it exists", tostring(ni))
       for _, k in ipairs(path or {}) do
+        need(type(base) == "table" and not is_symbolic(base) and base[k] ~= nil,
+          "the graph refers to output %s of node %d, which it does not have", tostring(k), ni)
         base = base[k]
-        if base == nil then error("load: the graph refers to a missing output", 0) end
       end
+      need(is_symbolic(base), "the graph refers to node %d's output, which is not a tensor", ni)
       return base
     elseif type(v) == "table" then
       local out = {}
@@ -640,14 +710,18 @@ function M.model_from_config(cfg, custom)
     end
     return v
   end
-  for i, nd in ipairs(cfg.nodes or {}) do
+  for i, nd in ipairs(list(cfg.nodes, "nodes")) do
+    need(type(nd) == "table", "node %d is not an object", i)
     local layer = layers[nd.layer]
-    if not layer then error(("load: node %d uses layer %s, which is not defined"):format(i, tostring(nd.layer)), 0) end
+    need(layer, "node %d uses layer %s, which is not defined", i, tostring(nd.layer))
     local args = {}
-    for j, a in ipairs(nd.args or {}) do args[j] = deref(a) end
+    for j, a in ipairs(list(nd.args, "node arguments")) do args[j] = deref(a) end
     outs[i] = layer(unpack(args, 1, #(nd.args or {})))
   end
-  return Model { inputs = deref(cfg.inputs), outputs = deref(cfg.outputs), name = cfg.name }
+  local ins, outputs = deref(cfg.inputs), deref(cfg.outputs)
+  need(all_symbolic(ins), "the model's inputs do not resolve to its Input layers")
+  need(all_symbolic(outputs), "the model's outputs do not resolve to layer outputs")
+  return Model { inputs = ins, outputs = outputs, name = cfg.name }
 end
 
 -- moe.load(path[, {custom_objects = {...}, compile = true}]): the model, bit for bit
@@ -662,50 +736,84 @@ function M.load(path, opts)
   return res
 end
 
+local known_meta = { format = true, model = true, layers = true, optimizer = true, optimizer_state = true, compile = true }
+
 function load_impl(path, opts)
   opts = opts or {}
-  local tensors, meta = mio.read(path)
+  local tensors, meta, _, checked = mio.read(path)
+  local function fail(fmt, ...) error(("load: '%s': " .. fmt):format(path, ...), 0) end
   if type(meta) ~= "table" or meta.format ~= FORMAT or type(meta.model) ~= "string" then
     error(("load: '%s' is a safetensors file but not a moelua model (use moe.load_tensors for plain tensors)")
-      :format(path), 2)
+      :format(path), 0)
   end
-  local cfg = cjson.decode(meta.model)
-  if type(cfg) ~= "table" then error(("load: '%s': the model config is not valid JSON"):format(path), 2) end
+  if not checked then
+    fail("the file has no checksums, so damage to it could not be detected (moelua writes them in every file; "
+      .. "this one was written by an older version or altered): moe.load_tensors still reads its tensors")
+  end
+  for k in pairs(meta) do
+    if not known_meta[k] then fail("unknown metadata entry '%s'", k) end
+  end
+  local function decode(key)
+    local v = meta[key] and cjson.decode(meta[key])
+    if type(v) ~= "table" then fail("the %s entry of the metadata is not a JSON object", key) end
+    return v
+  end
+  local cfg = decode("model")
+  local layer_names = decode("layers")
   local model = from_config(cfg, "the model", opts.custom_objects)
   if not model.built and type(cfg.build_input_shape) == "table" then
     -- a plain layer or user module: build it by calling it on placeholder input
     local shape = {}
     for i, d in ipairs(cfg.build_input_shape) do
-      if type(d) ~= "number" then error(("load: '%s': bad build_input_shape"):format(path), 2) end
+      if type(d) ~= "number" then fail("bad build_input_shape") end
       shape[i] = d
     end
     model:predict(moe.zeros(shape))
   end
+  local ok, err = pcall(restore_names, model, layer_names, {}, "model")
+  if not ok then fail("%s", tostring(err)) end
+  nn.structure_changed()
   local names, ts = model:named_weights()
-  local used = 0
+  local used = {}
   moe.no_grad(function()
     for i, n in ipairs(names) do
       local t = tensors[n]
-      if not t then error(("load: '%s' has no tensor for weight '%s'"):format(path, n), 0) end
+      if not t then fail("the file has no tensor for weight '%s'", n) end
       if not moe.is_same_size(t, ts[i]) or t:dtype() ~= ts[i]:dtype() then
-        error(("load: '%s': weight '%s' is %s %s in the file, the model needs %s %s"):format(path, n, t:dtype(),
-          nn.shape_str(t:shape()), ts[i]:dtype(), nn.shape_str(ts[i]:shape())), 0)
+        fail("weight '%s' is %s %s in the file, the model needs %s %s", n, t:dtype(),
+          nn.shape_str(t:shape()), ts[i]:dtype(), nn.shape_str(ts[i]:shape()))
       end
       ts[i]:copy_(t)
-      used = used + 1
+      used[n] = true
     end
   end)
-  if meta.optimizer and opts.compile ~= false then
-    local oc = cjson.decode(meta.optimizer)
-    local cc = cjson.decode(meta.compile or "{}") or {}
-    local optim = require "moe.optim"
-    if type(oc) ~= "table" then error(("load: '%s': bad optimizer config"):format(path), 2) end
-    local ok, opt = pcall(optim.from_config, oc)
-    if not ok then error(tostring(opt), 2) end
-    model:compile { optimizer = opt, loss = cc.loss, loss_weights = cc.loss_weights, metrics = cc.metrics }
-    local pnames, params = {}, {}
-    for n, p in model:named_parameters() do pnames[#pnames + 1] = n; params[#params + 1] = p end
-    opt:load_state_tensors(pnames, params, tensors)
+  -- every other tensor must be optimizer state that the metadata announces
+  local state = {}
+  for k, t in pairs(tensors) do
+    if not used[k] then
+      if not (meta.optimizer and k:sub(1, 10) == "optimizer/") then
+        fail("tensor '%s' is not a weight of the model%s", k,
+          meta.optimizer and "" or " (and the file has no optimizer)")
+      end
+      state[k] = t
+    end
+  end
+  if meta.optimizer then
+    local oc = decode("optimizer")
+    local with_state = decode("optimizer_state")
+    local cc = decode("compile")
+    if opts.compile ~= false then
+      local optim = require "moe.optim"
+      local okc, opt = pcall(optim.from_config, oc)
+      if not okc then fail("%s", (tostring(opt):gsub("^load: ", ""))) end
+      model:compile { optimizer = opt, loss = cc.loss, loss_weights = cc.loss_weights, metrics = cc.metrics }
+      local pnames, params = {}, {}
+      for n, p in model:named_parameters() do pnames[#pnames + 1] = n; params[#params + 1] = p end
+      local oks, e2 = pcall(opt.load_state_tensors, opt, pnames, params, state, with_state)
+      if not oks then fail("%s", (tostring(e2):gsub("^load: ", ""))) end
+    end
+  elseif meta.optimizer_state or meta.compile then
+    fail("the metadata has optimizer state or compile options but no optimizer")
   end
   return model
 end

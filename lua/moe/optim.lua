@@ -93,12 +93,18 @@ function Optimizer:set_lr(lr)
   self.hp.lr = lr
 end
 
+-- which of state_names[1], [2] this optimizer keeps per parameter
+local function slots(self)
+  local need1 = self.kind ~= "sgd" or self.hp.momentum ~= 0
+  local need2 = self.kind == "adam" or self.kind == "adamw" or (self.kind == "rmsprop" and self.hp.momentum ~= 0)
+  return need1, need2
+end
+
 local function state_for(self, p)
   local s = self.state[p]
   if not s then
     s = { step = 0 }
-    local need1 = self.kind ~= "sgd" or self.hp.momentum ~= 0
-    local need2 = self.kind == "adam" or self.kind == "adamw" or (self.kind == "rmsprop" and self.hp.momentum ~= 0)
+    local need1, need2 = slots(self)
     local init = self.hp.initial_accumulator_value or 0
     if need1 then s[1] = moe.full(p:shape(), init, { dtype = p:dtype() }) end
     if need2 then s[2] = moe.zeros(p:shape(), { dtype = p:dtype() }) end
@@ -166,38 +172,63 @@ function Optimizer:get_config()
   return c
 end
 
--- state of the given (named) parameters as tensors for a checkpoint
+-- state of the given (named) parameters as tensors for a checkpoint, and the
+-- names of the parameters that have state (in the order given)
 function Optimizer:state_tensors(names, params)
-  local out = {}
+  local out, with_state = {}, {}
   for i, p in ipairs(params) do
     local s = self.state[p]
     if s then
+      with_state[#with_state + 1] = names[i]
       for j, sn in ipairs(self.state_names) do
         if s[j] then out["optimizer/" .. names[i] .. "/" .. sn] = s[j] end
       end
       out["optimizer/" .. names[i] .. "/step"] = moe.tensor(s.step, { dtype = "int64" })
     end
   end
-  return out
+  return out, with_state
 end
 
-function Optimizer:load_state_tensors(names, params, tensors)
-  for i, p in ipairs(params) do
-    local st = tensors["optimizer/" .. names[i] .. "/step"]
-    if st then
-      local s = { step = st:item() }
-      for j, sn in ipairs(self.state_names) do
-        local t = tensors["optimizer/" .. names[i] .. "/" .. sn]
-        if t then
-          if not moe.is_same_size(t, p) or t:dtype() ~= p:dtype() then
-            error(("load: optimizer state %s does not match its parameter's shape"):format(names[i] .. "/" .. sn), 0)
-          end
-          s[j] = t
+-- load_state_tensors(names, params, tensors, with_state): the state of each
+-- parameter named in with_state, from tensors (the file's optimizer/... ones).
+-- Strict: a listed parameter the model lacks, a missing or misshapen slot, and
+-- a tensor left unused are errors.
+function Optimizer:load_state_tensors(names, params, tensors, with_state)
+  local function fail(fmt, ...) error(("load: optimizer state: " .. fmt):format(...), 0) end
+  if type(with_state) ~= "table" then fail("the list of parameters with state is missing") end
+  local param_of = {}
+  for i, n in ipairs(names) do param_of[n] = params[i] end
+  local need = { slots(self) }
+  local used, loaded = {}, {}
+  for i, n in pairs(with_state) do
+    if type(i) ~= "number" or type(n) ~= "string" then fail("the list of parameters with state is malformed") end
+    local p = param_of[n]
+    if not p then fail("it is recorded for '%s', which is not a trainable weight of the model", n) end
+    if loaded[p] then fail("'%s' is listed twice", n) end
+    local key = "optimizer/" .. n .. "/step"
+    local st = tensors[key]
+    if not st then fail("tensor '%s' is missing", key) end
+    if st:dim() ~= 0 or st:dtype() ~= "int64" or st:item() < 0 then fail("'%s' is not a non-negative int64 scalar", key) end
+    used[key] = true
+    local s = { step = st:item() }
+    for j, sn in ipairs(self.state_names) do
+      if need[j] then
+        local k = "optimizer/" .. n .. "/" .. sn
+        local t = tensors[k]
+        if not t then fail("tensor '%s' is missing (%s keeps %s for every parameter)", k, self.class_name, sn) end
+        if not moe.is_same_size(t, p) or t:dtype() ~= p:dtype() then
+          fail("'%s' does not match its parameter's shape and dtype", k)
         end
+        used[k] = true
+        s[j] = t
       end
-      self.state[p] = s
     end
+    loaded[p] = s
   end
+  for k in pairs(tensors) do
+    if not used[k] then fail("tensor '%s' belongs to no parameter with state (%s)", k, self.class_name) end
+  end
+  for p, s in pairs(loaded) do self.state[p] = s end
 end
 
 function optim.from_config(c)

@@ -11,6 +11,7 @@
 #include <lua.h>
 #include <lualib.h>
 
+#include <errno.h>
 #include <malloc.h>
 #include <math.h>
 #include <signal.h>
@@ -1464,8 +1465,16 @@ static int l_read_csv(lua_State *L) {
 
 /* ---------------------------------------------------------------- safetensors bytes */
 
+/* a file path: a string only (a number would silently become a file name) */
+static const char *check_st_path(lua_State *L, int i, const char *fn) {
+  if (lua_type(L, i) != LUA_TSTRING)
+    luaL_error(L, "%s: the path must be a string, got %s", fn, luaL_typename(L, i));
+  return lua_tostring(L, i);
+}
+
+/* st_save(path, header, tensors[, named_temp]): named_temp skips O_TMPFILE (the fallback, for tests) */
 static int l_st_save(lua_State *L) {
-  const char *path = luaL_checkstring(L, 1);
+  const char *path = check_st_path(L, 1, "save");
   size_t hlen;
   const char *header = luaL_checklstring(L, 2, &hlen);
   luaL_checktype(L, 3, LUA_TTABLE);
@@ -1478,12 +1487,30 @@ static int l_st_save(lua_State *L) {
     if (!ts[i]) return luaL_error(L, "save: entry %d is not a tensor", i + 1);
     if (ts[i]->device != MOE_CPU) return luaL_error(L, "save: entry %d is a CUDA tensor (save copies to the host first)", i + 1);
   }
-  if (moe_st_save(path, header, hlen, n, ts)) return raise_engine(L);
+  if (moe_st_save_ex(path, header, hlen, n, ts, lua_toboolean(L, 4) ? MOE_ST_NAMED_TEMP : 0)) return raise_engine(L);
   return 0;
 }
 
+/* st_checksum(string or host tensor) -> 16 hex digits of its XXH3-64 (a tensor's bytes as saved) */
+static int l_st_checksum(lua_State *L) {
+  uint64_t h;
+  char hex[17];
+  if (lua_type(L, 1) == LUA_TSTRING) {
+    size_t n;
+    const char *s = lua_tolstring(L, 1, &n);
+    h = moe_st_hash(s, n);
+  } else {
+    moe_tensor *t = moe_lua_totensor(L, 1);
+    if (!t) return luaL_error(L, "st_checksum: expected a string or a tensor, got %s", luaL_typename(L, 1));
+    if (moe_st_tensor_hash(t, &h)) return raise_engine(L);
+  }
+  snprintf(hex, sizeof hex, "%016llx", (unsigned long long)h);
+  lua_pushstring(L, hex);
+  return 1;
+}
+
 static int l_st_read_header(lua_State *L) {
-  const char *path = luaL_checkstring(L, 1);
+  const char *path = check_st_path(L, 1, "load");
   char *h;
   size_t hlen;
   uint64_t start, size;
@@ -1495,13 +1522,26 @@ static int l_st_read_header(lua_State *L) {
   return 3;
 }
 
-/* st_read_tensor(path, offset, nbytes, dtype, shape) */
+/* st_read_tensor(path, offset, nbytes, dtype, shape[, name, checksum]): with checksum
+ * (16 hex digits), the bytes read must hash to it */
 static int l_st_read_tensor(lua_State *L) {
-  const char *path = luaL_checkstring(L, 1);
+  const char *path = check_st_path(L, 1, "load");
   double off = luaL_checknumber(L, 2), nb = luaL_checknumber(L, 3);
   moe_dtype dt;
   if (moe_dtype_from_name(luaL_checkstring(L, 4), &dt)) return luaL_error(L, "load: bad dtype");
   luaL_checktype(L, 5, LUA_TTABLE);
+  const char *name = luaL_optstring(L, 6, "?");
+  uint64_t expect = 0;
+  int have = !lua_isnoneornil(L, 7);
+  if (have) {
+    size_t hl;
+    const char *hex = luaL_checklstring(L, 7, &hl);
+    char *end;
+    errno = 0;
+    expect = strtoull(hex, &end, 16);
+    if (hl != 16 || errno || end != hex + 16 || hex[0] == '-' || hex[0] == '+' || hex[0] == ' ')
+      return luaL_error(L, "load: '%s': tensor '%s' has a malformed checksum '%s'", path, name, hex);
+  }
   int ndim = (int)lua_objlen(L, 5);
   if (ndim > MOE_MAX_DIMS) return luaL_error(L, "load: '%s': a tensor has %d dims (at most %d)", path, ndim, MOE_MAX_DIMS);
   int64_t shape[MOE_MAX_DIMS];
@@ -1511,7 +1551,8 @@ static int l_st_read_tensor(lua_State *L) {
     lua_pop(L, 1);
   }
   if (off < 0 || nb < 0 || off > 9e15 || nb > 9e15) return luaL_error(L, "load: '%s': bad offsets", path);
-  return moe_lua_push(L, moe_st_read_tensor(path, (uint64_t)off, (uint64_t)nb, dt, ndim, shape));
+  return moe_lua_push(L, moe_st_read_tensor_checked(path, name, (uint64_t)off, (uint64_t)nb, dt, ndim, shape,
+                                                    have ? &expect : NULL));
 }
 
 /* bce(y, p, from_logits) -> elementwise binary cross-entropy */
@@ -1609,7 +1650,7 @@ static const luaL_Reg funcs[] = {
     {"is_tensor", l_is_tensor}, {"live", l_live}, {"cat", l_cat}, {"stack", l_stack},
     {"set_grad_enabled", l_set_grad_enabled}, {"is_grad_enabled", l_is_grad_enabled},
     {"peak_bytes", l_peak_bytes}, {"empty_cache", l_empty_cache}, {"linear", l_linear}, {"bce", l_bce}, {"mixture", l_mixture}, {"gate_scale", l_gate_scale}, {"route_plan", l_route_plan}, {"grouped_matmul", l_grouped_matmul}, {"get_flat", l_get_flat}, {"set_flat", l_set_flat}, {"optim_step", l_optim_step},
-    {"st_save", l_st_save}, {"read_csv", l_read_csv}, {"roc_auc", l_roc_auc}, {"cuda_info", l_cuda_info}, {"cuda_empty_cache", l_cuda_empty_cache}, {"cuda_precision", l_cuda_precision}, {"defer_interrupts", l_defer_interrupts}, {"take_interrupt", l_take_interrupt}, {"st_read_header", l_st_read_header}, {"st_read_tensor", l_st_read_tensor},
+    {"st_save", l_st_save}, {"read_csv", l_read_csv}, {"roc_auc", l_roc_auc}, {"cuda_info", l_cuda_info}, {"cuda_empty_cache", l_cuda_empty_cache}, {"cuda_precision", l_cuda_precision}, {"defer_interrupts", l_defer_interrupts}, {"take_interrupt", l_take_interrupt}, {"st_read_header", l_st_read_header}, {"st_read_tensor", l_st_read_tensor}, {"st_checksum", l_st_checksum},
     {NULL, NULL}};
 
 /* functions that are also tensor methods */
