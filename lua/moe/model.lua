@@ -574,6 +574,7 @@ local function restore_names(m, node, seen, where)
     error(("the layer names recorded for %s are malformed"):format(where), 0)
   end
   rawset(m, "name", node.n)
+  nn.note_name(node.n)
   local i = 0
   for _, k in ipairs(m._children) do
     local c = rawget(m, k)

@@ -56,6 +56,13 @@ local function auto_name(class_name)
   name_counts[base] = (name_counts[base] or 0) + 1
   return base .. "_" .. name_counts[base]
 end
+-- a name given or restored ("dense_7") moves its counter past it, so a layer
+-- made later is not given the same name
+function nn.note_name(name)
+  local base, n = tostring(name):match("^(.-)_(%d+)$")
+  n = tonumber(n)
+  if base and n and n > (name_counts[base] or 0) and n < 2 ^ 31 then name_counts[base] = n end
+end
 
 -- bumped whenever a module gains a child or a weight: caches of module and
 -- parameter lists are valid while it stays the same
@@ -128,6 +135,7 @@ function Module:init(opts)
   rawset(self, "_training", true)
   rawset(self, "built", false)
   rawset(self, "_dtype_explicit", opts and opts.dtype ~= nil or false)
+  if opts and opts.name then nn.note_name(opts.name) end
   rawset(self, "name", opts and opts.name or auto_name(self.class_name))
   rawset(self, "_config", {})
 end
