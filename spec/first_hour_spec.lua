@@ -169,6 +169,13 @@ describe("layer lifecycle", function()
     assert.is_true(ok, err)
   end)
 
+  it("a given (or restored) name moves the automatic names past it", function()
+    nn.Dense { units = 1, name = "dense_90000" }
+    assert.are.equal("dense_90001", nn.Dense { units = 1 }.name)
+    nn.Dense { units = 1, name = "my_layer" } -- not of the base_N form: no effect
+    assert.are.equal("dense_90002", nn.Dense { units = 1 }.name)
+  end)
+
   it("a Sequential built by build{} runs in its dtype option", function()
     local m = moe.Sequential { nn.Dense { units = 2, dtype = "float64" } }
     m:build { -1, 3 }
