@@ -176,6 +176,19 @@ describe("layer lifecycle", function()
     assert.are.equal("dense_90002", nn.Dense { units = 1 }.name)
   end)
 
+  it("a model built lazily in float64 saves and loads bit for bit in float64", function()
+    local m = moe.Sequential { nn.Dense { units = 3, activation = "tanh" }, nn.Dense { units = 1 } }
+    local x = moe.randn(5, 4, { dtype = "float64" })
+    local y = m(x)
+    local path = tmpname(".safetensors")
+    m:save(path)
+    local again = moe.load(path)
+    os.remove(path)
+    local y2 = again(x)
+    assert.are.equal("float64", y2:dtype())
+    assert.are.same(y:totable(), y2:totable())
+  end)
+
   it("a Sequential built by build{} runs in its dtype option", function()
     local m = moe.Sequential { nn.Dense { units = 2, dtype = "float64" } }
     m:build { -1, 3 }

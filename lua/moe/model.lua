@@ -108,6 +108,8 @@ end
 local Sequential = nn.class("Sequential", Module)
 M.Sequential = Sequential
 nn.Sequential = Sequential
+-- containers pass their inputs on as they are: their layers cast to their own dtypes
+Sequential._no_autocast = true
 
 function Sequential:init(opts)
   Module.init(self, opts)
@@ -196,6 +198,7 @@ end
 
 local Model = nn.class("Model", Module)
 M.Model = Model
+Model._no_autocast = true
 nn.Model = Model
 
 local function collect_symbolic(v, out)

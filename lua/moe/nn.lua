@@ -596,7 +596,7 @@ end
 
 local function call_body(self, ...)
   local y
-  local d = first_float_dtype(...)
+  local d = not self._no_autocast and first_float_dtype(...)
   if not self.built and d and not rawget(self, "_dtype_explicit") then rawset(self, "dtype", d) end
   local dt = self.dtype
   if d and d ~= dt and (dt == "float32" or dt == "float64") then
