@@ -161,6 +161,11 @@ describe("layer lifecycle", function()
     d32(xg):sum():backward()
     assert.are.equal("float64", xg.grad:dtype())
     assert.is_true(all_close(xg.grad, d32.kernel:sum(2):reshape(1, 5):expand(2, 5):double(), 1e-6))
+    -- a layer without weights passes either float dtype through, unless given one
+    local act = nn.Activation "tanh"
+    assert.are.equal("float64", act(x64):dtype())
+    assert.are.equal("float32", act(x64:float()):dtype())
+    assert.are.equal("float32", nn.Activation { activation = "tanh", dtype = "float32" }(x64):dtype())
     -- a dtype problem says so (it used to be reported as a shape problem)
     assert.matches(here .. "linear: input, kernel and bias must have one float dtype, got input float64, kernel float32",
       E(function() local _ = moe.linear(x64, moe.ones(5, 3), moe.ones(3)) end))

@@ -599,7 +599,9 @@ local function call_body(self, ...)
   local d = not self._no_autocast and first_float_dtype(...)
   if not self.built and d and not rawget(self, "_dtype_explicit") then rawset(self, "dtype", d) end
   local dt = self.dtype
-  if d and d ~= dt and (dt == "float32" or dt == "float64") then
+  if d and d ~= dt and (dt == "float32" or dt == "float64")
+     and (rawget(self, "_dtype_explicit") or #self._params + #self._buffers + #self._children > 0) then
+    -- (a layer without weights of its own, such as Activation, takes any float input as it is)
     y = forward_body(self, autocast(dt, ...))
   else
     y = forward_body(self, ...)
