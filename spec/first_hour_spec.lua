@@ -228,7 +228,7 @@ describe("bad input is refused, naming the function and the value", function()
   end)
 
   it("layer and loss options", function()
-    assert.matches(here .. "Dropout: rate must be in %[0, 1%), got %-?nan", E(function() local _ = nn.Dropout { rate = 0 / 0 } end))
+    assert.matches(here .. "Dropout: option 'rate' must be a finite number, got %-?nan", E(function() local _ = nn.Dropout { rate = 0 / 0 } end))
     local L = moe.losses
     assert.matches(here .. "binary_crossentropy: label_smoothing must be a number in %[0, 1%], got 2",
       E(function() local _ = L.binary_crossentropy(moe.tensor { 1, 0 }, moe.tensor { 0.5, 0.5 }, { label_smoothing = 2 }) end))
@@ -245,7 +245,66 @@ describe("bad input is refused, naming the function and the value", function()
     assert.is_true(math.abs(got - (-(math.log(0.5) + math.log(0.8)) / 2)) < 1e-6)
   end)
 
+  it("layer, regularizer and callback options: NaN, out-of-range and wrong dtypes", function()
+    local cases = {
+      { function() local _ = nn.BatchNormalization { momentum = 0 / 0 } end, "BatchNormalization: option 'momentum' must be in %[0, 1%], got %-?nan" },
+      { function() local _ = nn.BatchNormalization { momentum = 5 } end, "option 'momentum' must be in %[0, 1%], got 5" },
+      { function() local _ = nn.BatchNormalization { epsilon = -1 } end, "option 'epsilon' must be a finite number >= 0, got %-1" },
+      { function() local _ = nn.LayerNormalization { epsilon = 0 / 0 } end, "LayerNormalization: option 'epsilon' must be a finite number >= 0" },
+      { function() local _ = nn.TokensChooseMaskedRouter { num_experts = 2, load_balancing_loss_weight = -1 } end,
+        "TokensChooseMaskedRouter: option 'load_balancing_loss_weight' must be a finite number >= 0, got %-1" },
+      { function() local _ = nn.TokensChooseMaskedRouter { num_experts = 2, router_z_loss_weight = 0 / 0 } end,
+        "option 'router_z_loss_weight' must be a finite number >= 0" },
+      { function() local _ = nn.Dense { units = 2, dtype = "int32" } end, "Dense: option 'dtype' must be \"float32\" or \"float64\", got int32" },
+      { function() local _ = moe.regularizers.l2 { l2 = 0 / 0 } end, "l2: l2 must be a finite number >= 0, got %-?nan" },
+      { function() local _ = moe.callbacks.EarlyStopping { patience = -1 } end, "EarlyStopping: patience must be an integer >= 0, got %-1" },
+      { function() local _ = moe.callbacks.ReduceLROnPlateau { factor = 2 } end, "ReduceLROnPlateau: factor must be in %(0, 1%), got 2" },
+    }
+    for _, c in ipairs(cases) do assert.matches(here .. ".*" .. c[2], E(c[1])) end
+    local sl = E(function()
+      local _ = nn.MoeLayer { experts = nn.FeedForwardExperts { num_experts = 2, d_ff = 4 },
+        router = nn.TokensChooseMaskedRouter { num_experts = 2 }, train_capacity_factor = 0 / 0 }
+    end)
+    assert.matches("MoeLayer: option 'train_capacity_factor' must be a finite number > 0", sl)
+    -- Keras's positional forms
+    assert.are.equal(0.01, moe.regularizers.l2(0.01).l2)
+    assert.are.equal(3, moe.constraints.max_norm(3).max_value)
+  end)
+
+  it("errors inside fit, evaluate and predict name them, at the caller's line", function()
+    local m = moe.Sequential { nn.Dense { units = 3, activation = "softmax" }, input_shape = { 4 } }
+    m:compile { optimizer = "sgd", loss = "categorical_crossentropy" }
+    local x = moe.randn(8, 4)
+    assert.matches(here .. "fit: sparse_categorical_crossentropy: labels must be class ids in 1..3, got values in 1..5",
+      E(function() local _ = m:fit { x = x, y = moe.tensor { 1, 2, 3, 5, 1, 2, 3, 1 }, verbose = 0 } end))
+    assert.matches(here .. "evaluate: sparse_categorical_crossentropy: labels must be class ids",
+      E(function() local _ = m:evaluate { x = x, y = moe.tensor { 1, 2, 3, 5, 1, 2, 3, 1 }, verbose = 0 } end))
+    assert.matches(here .. "predict: .*input has 7 features", E(function() local _ = m:predict(moe.randn(2, 7)) end))
+  end)
+
+  it("the stateful AUC reports bad labels and weights; an undefined AUC is NaN", function()
+    local a = moe.metrics.get("auc")
+    a:update(moe.tensor { 0, 1, 1 }, moe.tensor { 0.1, 0.5, 0.9 }, moe.tensor { 1, -1, 1 })
+    assert.matches(here .. "auc: weight 2 is %-1", E(function() local _ = a:result() end))
+    local b = moe.metrics.get("auc")
+    b:update(moe.tensor { 1, 1 }, moe.tensor { 0.1, 0.5 })
+    local v = b:result()
+    assert.is_true(v ~= v)
+    local m = moe.Sequential { nn.Dense { units = 1, activation = "sigmoid" }, input_shape = { 3 } }
+    m:compile { optimizer = "sgd", loss = "binary_crossentropy", metrics = { "auc" } }
+    assert.matches(here .. "fit: auc: weight %d+ is %-1", E(function()
+      local _ = m:fit { x = moe.randn(4, 3), y = moe.tensor { { 0 }, { 1 }, { 1 }, { 0 } },
+        sample_weight = moe.tensor { 1, -1, 1, 1 }, verbose = 0 }
+    end))
+  end)
+
   it("creation functions: holes, stray keys, values a dtype cannot hold, seeds", function()
+    assert.matches(here .. "tensor: entry 1, 1099511627776, does not fit dtype int32",
+      E(function() local _ = moe.tensor({ 2 ^ 40 }, { dtype = "int32" }) end))
+    assert.matches(here .. "full: the value 1099511627776 does not fit dtype int32",
+      E(function() local _ = moe.full({ 2 }, 2 ^ 40, { dtype = "int32" }) end))
+    assert.matches("tensor: the value nan does not fit dtype int64", E(function() local _ = moe.tensor(0 / 0, { dtype = "int64" }) end))
+    assert.are.same({ 2147483647, -2147483648 }, moe.tensor({ 2 ^ 31 - 1, -2 ^ 31 }, { dtype = "int32" }):totable())
     assert.matches(here .. "tensor: %(top%) has a nil before entry %[3%]", E(function() local _ = moe.tensor { 1, nil, 3 } end))
     assert.matches(here .. "tensor: %[2%] has a nil before entry %[3%]", E(function() local _ = moe.tensor { { 1, 2, 3 }, { 4, nil, 6 } } end))
     assert.matches(here .. "tensor: %(top%) has the key dtype", E(function() local _ = moe.tensor { 1, 2, dtype = "int32" } end))

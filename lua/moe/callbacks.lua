@@ -25,6 +25,21 @@ local function class(name, defaults, init)
       end
       o[k] = v
     end
+    -- counts are integers >= 0; other numbers finite (min_lr >= 0)
+    for k, d in pairs(defaults) do
+      local v = o[k]
+      if type(d) == "number" and v ~= nil then
+        local count = k == "patience" or k == "cooldown" or k == "verbose" or k == "start_from_epoch"
+        local ok = type(v) == "number" and v == v and v > -math.huge and v < math.huge
+        if ok and count then ok = v >= 0 and v == math.floor(v) end
+        if ok and k == "min_lr" then ok = v >= 0 end -- (min_delta: its size counts, as Keras)
+        if not ok then
+          error(moe._where(("%s: %s must be %s, got %s"):format(name, k,
+            count and "an integer >= 0" or k == "min_lr" and "a finite number >= 0"
+            or "a finite number", tostring(v))), 0)
+        end
+      end
+    end
     if init then init(o) end
     return o
   end })
@@ -128,7 +143,7 @@ end
 -- patience epochs without improvement
 local RL = class("ReduceLROnPlateau", { monitor = "val_loss", factor = 0.1, patience = 10, mode = "auto",
   min_delta = 1e-4, cooldown = 0, min_lr = 0, verbose = 0 }, function(o)
-  if o.factor <= 0 or o.factor >= 1 then error("ReduceLROnPlateau: factor must be in (0, 1)", 3) end
+  if not (o.factor > 0 and o.factor < 1) then error(moe._where(("ReduceLROnPlateau: factor must be in (0, 1), got %s"):format(tostring(o.factor))), 0) end
   resolve_mode(o, "ReduceLROnPlateau")
 end)
 function RL:on_train_begin() self.wait, self.cooldown_counter = 0, 0 end

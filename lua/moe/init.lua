@@ -179,11 +179,19 @@ end
 do
   local lib = debug.getinfo(1, "S").source:match("^@(.*/)[^/]+$")
   local function in_lib(src) return lib and src:sub(1, 1) == "@" and src:sub(2, #lib + 1) == lib end
-  function moe._where(msg)
+  -- with fn ("fit"), the message also names the function the user called
+  function moe._where(msg, fn)
     msg = tostring(msg)
     local src = msg:match("^([^\n]-):%d+: ")
-    if src and not in_lib("@" .. src) then return msg end -- already at the user's line
+    if src and not in_lib("@" .. src) then
+      if fn and msg:sub(#msg:match("^[^\n]-:%d+: ") + 1, #msg:match("^[^\n]-:%d+: ") + #fn + 1) ~= fn .. ":" then
+        local loc = msg:match("^[^\n]-:%d+: ")
+        return loc .. fn .. ": " .. msg:sub(#loc + 1)
+      end
+      return msg -- already at the user's line
+    end
     if src then msg = msg:gsub("^[^\n]-:%d+: ", "", 1) end
+    if fn and msg:sub(1, #fn + 1) ~= fn .. ":" then msg = fn .. ": " .. msg end
     for level = 2, 50 do
       local info = debug.getinfo(level, "Sl")
       if not info then break end

@@ -23,20 +23,33 @@ local function kind(registry, name, defaults, fn)
   end
   setmetatable(cls, { __call = function(_, opts)
     opts = opts or {}
+    if type(opts) == "number" then -- Keras's positional form: l2(0.01), max_norm(3)
+      local first = ({ l1 = "l1", l2 = "l2", l1_l2 = "l1", max_norm = "max_value", constant = "value",
+        truncated_normal = "stddev", random_normal = "stddev" })[name]
+      if not first then error(moe._where(("%s: expected an options table, got the number %s"):format(name, tostring(opts))), 0) end
+      opts = { [first] = opts }
+    end
+    if type(opts) ~= "table" then error(moe._where(("%s: expected an options table, got %s"):format(name, type(opts))), 0) end
     local o = setmetatable({}, cls)
     for k, v in pairs(opts) do
       if defaults[k] == nil then
         local known = {}
         for d in pairs(defaults) do known[#known + 1] = d end
         table.sort(known)
-        error(("%s: unknown option '%s' (options: %s)"):format(name, tostring(k),
-          #known > 0 and table.concat(known, ", ") or "none"), 3)
+        error(moe._where(("%s: unknown option '%s' (options: %s)"):format(name, tostring(k),
+          #known > 0 and table.concat(known, ", ") or "none")), 0)
       end
     end
     for k, d in pairs(defaults) do
       local v = opts[k]
       if v == nil then v = d end
       if v == false and d ~= false then v = nil end
+      -- numbers stay numbers, finite (a regularizer's factor is also >= 0)
+      if type(d) == "number" and v ~= nil and (type(v) ~= "number" or v ~= v or v == math.huge or v == -math.huge
+          or (registry == R and v < 0)) then
+        error(moe._where(("%s: %s must be a finite number%s, got %s"):format(name, k, registry == R and " >= 0" or "",
+          tostring(v))), 0)
+      end
       o[k] = v
     end
     if o.validate then o:validate() end

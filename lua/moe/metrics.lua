@@ -157,7 +157,10 @@ end, function(self)
   local y, p = moe.cat(self.ys, 1):to("float64"), moe.cat(self.ps, 1):to("float64")
   local w = #self.ws == #self.ys and moe.cat(self.ws, 1) or nil
   local ok, v = pcall(core.roc_auc, y, p, w)
-  return ok and v or 0 / 0
+  if ok then return v end
+  -- undefined (one class so far) or a diverged model's NaN scores: NaN; bad labels or weights: an error
+  if tostring(v):find("only one class present", 1, true) or tostring(v):find("score %d+ is NaN") then return 0 / 0 end
+  error(moe._where((tostring(v):gsub("^[^\n]-:%d+: ", ""):gsub("^roc_auc:", "auc:"))), 0)
 end)
 
 local registry = {

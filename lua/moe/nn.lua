@@ -142,6 +142,16 @@ end
 
 -- declare the options of a layer: defaults (REQUIRED for mandatory ones);
 -- unknown options are an error that lists the known ones
+-- ranges of numeric options that several layers share (any other number must be finite)
+local option_ranges = {
+  momentum = { function(v) return v >= 0 and v <= 1 end, "in [0, 1]" },
+  epsilon = { function(v) return v >= 0 end, "a finite number >= 0" },
+  loss_weight = { function(v) return v >= 0 end, "a finite number >= 0" },
+  train_capacity_factor = { function(v) return v > 0 end, "a finite number > 0" },
+  eval_capacity_factor = { function(v) return v > 0 end, "a finite number > 0" },
+  examples_per_group = { function(v) return v > 0 end, "a finite number > 0" },
+}
+
 function Module:_options(opts, defaults)
   for k in pairs(opts) do
     if defaults[k] == nil and k ~= "name" and k ~= "input_shape" and k ~= "dtype" and k ~= "trainable" then
@@ -159,8 +169,19 @@ function Module:_options(opts, defaults)
       v = d
     end
     if v == false and d ~= false and d ~= true then v = nil end -- false means "none" for objects
+    if type(v) == "number" then
+      local range = option_ranges[k] or (k:match("_loss_weight$") and option_ranges.loss_weight)
+      if v ~= v or v == math.huge or v == -math.huge or (range and not range[1](v)) then
+        error(moe._where(("%s: option '%s' must be %s, got %s"):format(self.class_name, k,
+          range and range[2] or "a finite number", tostring(v))), 0)
+      end
+    end
     self._config[k] = v
     rawset(self, k, v)
+  end
+  if opts.dtype ~= nil and opts.dtype ~= "float32" and opts.dtype ~= "float64" then
+    error(moe._where(("%s: option 'dtype' must be \"float32\" or \"float64\", got %s"):format(self.class_name,
+      tostring(opts.dtype))), 0)
   end
   rawset(self, "dtype", opts.dtype or "float32")
   if opts.trainable == false then rawset(self, "trainable", false) end

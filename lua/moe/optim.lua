@@ -327,7 +327,9 @@ optim.ReduceLROnPlateau = setmetatable({}, { __call = function(_, opts)
   local o = setmetatable({ optimizer = opts.optimizer, mode = opts.mode or "min", factor = opts.factor or 0.1,
     patience = opts.patience or 10, min_delta = opts.min_delta or 1e-4, cooldown = opts.cooldown or 0,
     min_lr = opts.min_lr or 0, wait = 0, cooldown_counter = 0 }, Plateau)
-  if o.factor >= 1 or o.factor <= 0 then error("ReduceLROnPlateau: factor must be in (0, 1)", 2) end
+  if type(o.factor) ~= "number" or not (o.factor > 0 and o.factor < 1) then
+    error(("ReduceLROnPlateau: factor must be in (0, 1), got %s"):format(tostring(o.factor)), 2)
+  end
   if o.mode ~= "min" and o.mode ~= "max" then error("ReduceLROnPlateau: mode must be min or max", 2) end
   o.best = o.mode == "min" and math.huge or -math.huge
   return o

@@ -31,6 +31,13 @@ M.now = now
 
 local function is_tensor(v) return core.is_tensor(v) end
 
+-- an error from inside fit/evaluate/predict (a loss, a metric, a layer), raised
+-- again at the user's line and naming the function the user called
+local function reraise(err, fn)
+  if type(err) ~= "string" then error(err, 0) end
+  error(moe._where(err, fn), 0)
+end
+
 -- the number of rows of a tensor or of a table of tensors (errors name `where`,
 -- the public function, at its caller's line)
 local function rows_of(v, what, where)
@@ -595,7 +602,7 @@ function Module:fit(opts)
   end)
   core.defer_interrupts(was_deferred)
   self:training()
-  if not ok then error(err, 0) end
+  if not ok then reraise(err, "fit") end
   history.stopped = stop_reason
   return history
 end
@@ -641,7 +648,7 @@ function Module:evaluate(opts)
     end
   end)
   if was then self:training() end
-  if not ok then error(err, 0) end
+  if not ok then reraise(err, "evaluate") end
   local logs = pass_logs(self, st, single, "")
   call_hooks(cbs, "on_test_end", logs)
   return logs
@@ -710,7 +717,7 @@ function Module:predict(x, opts)
     end
   end)
   if was then self:training() end
-  if not ok then error(err, 0) end
+  if not ok then reraise(err, "predict") end
   if is_tensor(chunks[1]) then
     return #chunks == 1 and chunks[1] or moe.cat(chunks, 1)
   end

@@ -375,6 +375,21 @@ static int push_created(lua_State *L, moe_tensor *t, const create_opts *o, const
   return moe_lua_push(L, t);
 }
 
+/* a Lua number stored into an integer dtype must fit it (a cast of a tensor
+ * saturates, as documented; a value the user wrote is not changed silently) */
+static void check_value_fits(lua_State *L, const char *op, double v, moe_dtype dt) {
+  double lo, hi;
+  if (dt == MOE_I32) { lo = -2147483648.0; hi = 2147483647.0; }
+  else if (dt == MOE_I64) { lo = -9223372036854775808.0; hi = 9223372036854775807.0; }
+  else return;
+  if (!(v >= lo && v < hi + 1)) {
+    char num[48];
+    snprintf(num, sizeof num, v != v ? "nan" : "%.17g", v);
+    luaL_error(L, "%s: the value %s does not fit dtype %s (integers in [%.0f, %.0f])", op, num,
+               moe_dtype_name(dt), lo, hi);
+  }
+}
+
 static int l_full_impl(lua_State *L, const char *op, double value, int has_value_arg) {
   int ndim;
   int64_t shape[MOE_MAX_DIMS];
@@ -398,6 +413,7 @@ static int l_full_impl(lua_State *L, const char *op, double value, int has_value
     }
   }
   create_opts o = parse_opts(L, next, op, MOE_F32);
+  check_value_fits(L, op, value, o.dtype);
   return push_created(L, moe_full(ndim, shape, o.dtype, value), &o, op);
 }
 static int l_zeros(lua_State *L) { return l_full_impl(L, "zeros", 0, 0); }
@@ -561,6 +577,7 @@ static int l_tensor(lua_State *L) {
   if (ty == LUA_TNUMBER || ty == LUA_TBOOLEAN) {
     create_opts o = parse_opts(L, 2, "tensor", ty == LUA_TBOOLEAN ? MOE_BOOL : MOE_F32);
     double v = ty == LUA_TBOOLEAN ? lua_toboolean(L, 1) : lua_tonumber(L, 1);
+    check_value_fits(L, "tensor", v, o.dtype);
     return push_created(L, moe_from_doubles(0, NULL, o.dtype, &v), &o, "tensor");
   }
   if (ty != LUA_TTABLE) luaL_error(L, "tensor: expected a (nested) table, number or tensor, got %s", type_of(L, 1));
@@ -581,6 +598,18 @@ static int l_tensor(lua_State *L) {
     return luaL_error(L, "tensor: table mixes booleans and numbers");
   }
   if (!o.has_dtype) o.dtype = w.saw_bool ? MOE_BOOL : MOE_F32;
+  if (o.dtype == MOE_I32 || o.dtype == MOE_I64) {
+    double lo = o.dtype == MOE_I32 ? -2147483648.0 : -9223372036854775808.0;
+    double hi = o.dtype == MOE_I32 ? 2147483648.0 : 9223372036854775808.0;
+    for (int64_t i = 0; i < w.n; i++)
+      if (!(w.buf[i] >= lo && w.buf[i] < hi)) {
+        double v = w.buf[i];
+        free(w.buf);
+        char num[48];
+        snprintf(num, sizeof num, v != v ? "nan" : "%.17g", v);
+        return luaL_error(L, "tensor: entry %d, %s, does not fit dtype %s", (int)i + 1, num, moe_dtype_name(o.dtype));
+      }
+  }
   moe_tensor *t = moe_from_doubles(w.ndim, w.shape, o.dtype, w.buf);
   free(w.buf);
   return push_created(L, t, &o, "tensor");
