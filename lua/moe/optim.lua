@@ -240,7 +240,11 @@ function optim.from_config(c)
   for k, v in pairs(c.config or {}) do cfg[k] = v end
   if type(cfg.lr) == "table" then cfg.lr = optim.schedules.from_config(cfg.lr) end
   local o = cls(cfg)
-  o.iterations = tonumber(c.iterations) or 0
+  local it = c.iterations == nil and 0 or c.iterations
+  if type(it) ~= "number" or it < 0 or it ~= math.floor(it) or it >= 2 ^ 53 then
+    error(("load: the optimizer's iterations must be an integer >= 0, got %s"):format(tostring(c.iterations)), 0)
+  end
+  o.iterations = it
   return o
 end
 
