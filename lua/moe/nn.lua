@@ -561,15 +561,30 @@ end
 -- inside a layer call (a build there leaves the layer's children to their own first call)
 function nn.in_call() return call_depth > 0 end
 
-local function is_float_tensor(v) return core.is_tensor(v) and (v:dtype() == "float32" or v:dtype() == "float64") end
+local is_tensor, dtype_of = core.is_tensor, core.dtype
+
+local function float_dtype(v)
+  if is_tensor(v) then
+    local d = dtype_of(v)
+    if d == "float32" or d == "float64" then return d end
+  end
+end
 
 -- the dtype a lazily built layer takes: its dtype option, else its first float input's
-local function first_float_dtype(...)
-  for i = 1, select("#", ...) do
-    local v = select(i, ...)
-    if is_float_tensor(v) then return v:dtype() end
-    if type(v) == "table" and not core.is_tensor(v) then
-      for _, x in ipairs(v) do if is_float_tensor(x) then return x:dtype() end end
+local function first_float_dtype(x, ...)
+  local d = float_dtype(x)
+  if d then return d end
+  local n = select("#", ...)
+  if n == 0 and is_tensor(x) then return nil end -- the common case: one tensor, not a float one
+  for i = 0, n do
+    local v = i == 0 and x or select(i, ...)
+    d = float_dtype(v)
+    if d then return d end
+    if type(v) == "table" and not is_tensor(v) then
+      for _, e in ipairs(v) do
+        d = float_dtype(e)
+        if d then return d end
+      end
     end
   end
 end
