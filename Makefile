@@ -92,7 +92,8 @@ test: all $(BUILD)/test_engine
 	@$(MAKE) --no-print-directory BUILD=build-emu CUDA=emu OPT="-O1 -g" build-emu/moelua
 	@if spec/fuzz/run.sh --can-build; then rm -f build-fuzz/*_fuzz; $(MAKE) --no-print-directory fuzz-build; \
 	  MOE_FUZZ_TIME=$(FUZZ_TEST_TIME) FUZZ_LUA_ERRORS=$(FUZZ_TEST_LUA_ERRORS) scripts/test.sh $(BUILD); \
-	  else scripts/test.sh $(BUILD); fi
+	  else echo "(clang with libFuzzer is not installed: no fuzzing; make fuzz-deps installs it)"; \
+	  scripts/test.sh $(BUILD); fi
 
 # the same suite under AddressSanitizer and UBSan
 asan-test: deps
