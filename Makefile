@@ -47,7 +47,7 @@ CU_COMPILE  = $(EMU_CXX) -x c++ -c $< -o $@
 endif
 
 
-.PHONY: all deps run test check-c specs asan-test bench clean help
+.PHONY: all deps run test check-c specs asan-test bench clean help fuzz fuzz-deps fuzz-build
 
 all: deps $(BUILD)/moelua $(BUILD)/moe/core.so
 
@@ -84,10 +84,18 @@ $(BUILD)/test_engine: spec/c/test_engine.c $(BUILD)/libmoe.a $(HEADERS) | deps
 run: all
 	$(BUILD)/moelua run models/mmoe_census.lua
 
-# C checks, then every busted spec; the last line is "N passed, N failed"
+# C checks, then every busted spec; the last line is "N passed, N failed".
+# Where clang can build the libFuzzer harnesses, each also runs for FUZZ_TEST_TIME s;
+# Lua runtime errors from moe.load on damaged files are listed, not failures, until
+# the loader checks every config field (FUZZ_TEST_LUA_ERRORS=fail makes them fail).
+FUZZ_TEST_TIME ?= 30
+FUZZ_TEST_LUA_ERRORS ?= log
 test: all $(BUILD)/test_engine
 	@$(MAKE) --no-print-directory BUILD=build-emu CUDA=emu OPT="-O1 -g" build-emu/moelua
-	@scripts/test.sh $(BUILD)
+	@if spec/fuzz/run.sh --can-build; then rm -f build-fuzz/*_fuzz; $(MAKE) --no-print-directory fuzz-build; \
+	  MOE_FUZZ_TIME=$(FUZZ_TEST_TIME) FUZZ_LUA_ERRORS=$(FUZZ_TEST_LUA_ERRORS) scripts/test.sh $(BUILD); \
+	  else echo "(clang with libFuzzer is not installed: no fuzzing; make fuzz-deps installs it)"; \
+	  scripts/test.sh $(BUILD); fi
 
 # the same suite under AddressSanitizer and UBSan
 asan-test: deps
@@ -102,15 +110,35 @@ emu-test: deps
 	@$(MAKE) --no-print-directory BUILD=build-emu CUDA=emu OPT="-O1 -g" build-emu/moelua build-emu/moe/core.so build-emu/test_engine
 	@MOE_CUDA_EMU=1 scripts/test.sh build-emu
 
+# libFuzzer harnesses for the CSV reader and the checkpoint loader (spec/fuzz/README.md):
+# clang builds the engine with -fsanitize=fuzzer-no-link,address,undefined in build-fuzz
+FUZZ_TIME ?= 30
+# (clang 14 does not define gcc's __SANITIZE_ADDRESS__, by which the engine turns its pools off for ASan)
+FUZZ_SAN  := -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer \
+             -D__SANITIZE_ADDRESS__=1
+fuzz-deps:
+	@scripts/deps.sh clang libclang-rt-dev
+
+fuzz-build: fuzz-deps
+	@$(MAKE) --no-print-directory BUILD=build-fuzz CC=clang CUDA=0 OPT="-O1 -g -Wno-pass-failed" SAN="$(FUZZ_SAN)" \
+	  build-fuzz/csv_fuzz build-fuzz/ckpt_fuzz
+
+fuzz: fuzz-build
+	@spec/fuzz/run.sh $(FUZZ_TIME)
+
+$(BUILD)/%_fuzz: spec/fuzz/%_fuzz.c $(BUILD)/libmoe.a $(HEADERS) | deps
+	$(CC) $(CFLAGS) -fsanitize=fuzzer -o $@ $< $(BUILD)/libmoe.a $(LDLIBS)
+
 bench: all
 	@$(BUILD)/moelua bench/run.lua
 
 clean:
-	rm -rf build build-asan build-emu
+	rm -rf build build-asan build-emu build-fuzz
 
 help:
 	@echo "make            build build/moelua and build/moe/core.so (installs missing Debian packages)"
 	@echo "make run        train models/mmoe_census.lua (the MMoE seed) on data/census-income.test.gz"
 	@echo "make test       C checks + busted specs, ending in 'N passed, N failed'"
 	@echo "make asan-test  the same under AddressSanitizer/UBSan"
+	@echo "make fuzz       libFuzzer on the CSV reader and the checkpoint loader, FUZZ_TIME=30 s each (spec/fuzz/README.md)"
 	@echo "make bench      benchmarks against OpenBLAS sgemm (results: bench/README.md)"

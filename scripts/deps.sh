@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Installs the Debian packages moelua needs, if any are missing.
+# Installs the Debian packages moelua needs (and any named as arguments), if any are missing.
 # Quiet when everything is present; says what it installs otherwise.
 set -euo pipefail
 pkgs=(build-essential pkg-config luajit libluajit-5.1-dev libopenblas-dev lua-busted
       libedit-dev zlib1g-dev libxxhash-dev tmux lua-cjson libcairo2 fonts-dejavu-core)
+pkgs+=("$@") # extra packages: `make fuzz-deps` asks for clang libclang-rt-dev
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -31,6 +31,15 @@ run() {
   rm -f "$part"
 }
 
+# what git sees before the tests, to check afterwards that they wrote nothing
+# into the checkout (a developer's own uncommitted edits are in both lists)
+git_state() { git -C "$root" status --porcelain --untracked-files=all 2>/dev/null | LC_ALL=C sort; }
+git_before=""
+if git -C "$root" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  git_before=$(mktemp)
+  git_state > "$git_before"
+fi
+
 echo "== C checks ($build/test_engine)"
 run "C checks" "$build/test_engine"
 
@@ -48,6 +57,30 @@ if [ -z "${MOE_CUDA_EMU:-}" ] && [ -x "$emu_root/moelua" ]; then
   emu_pass=$(grep -cE '^ok [0-9]+' "$emu_part")
   echo "CUDA specs on the emulator: $emu_pass passed"
   rm -f "$emu_part"
+fi
+
+# the libFuzzer harnesses, briefly: `make test` builds them and sets MOE_FUZZ_TIME
+# where clang is installed (spec/fuzz/README.md)
+if [ -n "${MOE_FUZZ_TIME:-}" ]; then
+  echo "== libFuzzer: each harness for ${MOE_FUZZ_TIME} s (spec/fuzz/run.sh)"
+  run "fuzz" spec/fuzz/run.sh --tap "$MOE_FUZZ_TIME"
+fi
+
+if [ -n "$git_before" ]; then
+  echo "== the checkout after the tests (git status)"
+  git_check() {
+    local new
+    new=$(git_state | LC_ALL=C comm -13 "$git_before" -)
+    echo "1..1"
+    if [ -z "$new" ]; then
+      echo "ok 1 - the tests left no new or changed file in the checkout"
+    else
+      echo "not ok 1 - the tests wrote into the checkout (git status --porcelain):"
+      printf '%s\n' "$new" | sed 's/^/#   /'
+    fi
+  }
+  run "git status" git_check
+  rm -f "$git_before"
 fi
 
 skipped=$(grep -cE '^ok [0-9]+ - # SKIP' "$log")

@@ -372,6 +372,14 @@ int moe_csv_read(const char *path, const moe_csv_options *o, moe_csv_frame *out)
   sep_char = o->sep;
   parse p = {0};
   if (read_all(path, &p.buf, &p.n)) return -1;
+  /* a NUL would cut a field's text short (two different fields, one level) */
+  const char *nul = memchr(p.buf, '\0', p.n);
+  if (nul) {
+    int64_t line = 1;
+    for (const char *s = p.buf; s < nul; s++) line += *s == '\n';
+    free(p.buf);
+    return moe_error("read_csv: %s line %lld: a NUL byte (not a text file?)", path, (long long)line);
+  }
   int rc = tokenize(&p, path, o->sep, o->skip);
   if (!rc) rc = build(&p, path, o, out);
   free(p.buf);

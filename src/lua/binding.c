@@ -1402,6 +1402,18 @@ static int l_roc_auc(lua_State *L) {
   return 1;
 }
 
+/* a file path argument: a string (a number would be coerced into a file name),
+ * non-empty and without NUL bytes (the C side would see a shorter name) */
+static const char *check_path(lua_State *L, int idx, const char *fn) {
+  if (lua_type(L, idx) != LUA_TSTRING)
+    luaL_error(L, "%s: argument #%d (the path) must be a string, got %s", fn, idx, type_of(L, idx));
+  size_t n;
+  const char *p = lua_tolstring(L, idx, &n);
+  if (n == 0) luaL_error(L, "%s: argument #%d (the path) is an empty string", fn, idx);
+  if (strlen(p) != n) luaL_error(L, "%s: argument #%d (the path) contains a NUL byte", fn, idx);
+  return p;
+}
+
 /* pointers to the strings of the list at idx (none when nil), in a userdata
  * left on the stack; the strings live in the list, which is an argument */
 static const char **string_list(lua_State *L, int idx, const char *what, int *n) {
@@ -1424,7 +1436,7 @@ static const char **string_list(lua_State *L, int idx, const char *what, int *n)
 /* read_csv(path, header, sep, skip, names|nil, na_values, typed_names, typed_numeric) ->
  * nrows, { {name=, values=float64 tensor} or {name=, codes=int32 tensor, levels={...}} ... } */
 static int l_read_csv(lua_State *L) {
-  const char *path = luaL_checkstring(L, 1);
+  const char *path = check_path(L, 1, "read_csv");
   moe_csv_options o = {0};
   o.header = lua_toboolean(L, 2);
   size_t seplen;
@@ -1494,16 +1506,9 @@ static int l_read_csv(lua_State *L) {
 
 /* ---------------------------------------------------------------- safetensors bytes */
 
-/* a file path: a string only (a number would silently become a file name) */
-static const char *check_st_path(lua_State *L, int i, const char *fn) {
-  if (lua_type(L, i) != LUA_TSTRING)
-    luaL_error(L, "%s: the path must be a string, got %s", fn, luaL_typename(L, i));
-  return lua_tostring(L, i);
-}
-
 /* st_save(path, header, tensors[, named_temp]): named_temp skips O_TMPFILE (the fallback, for tests) */
 static int l_st_save(lua_State *L) {
-  const char *path = check_st_path(L, 1, "save");
+  const char *path = check_path(L, 1, "save");
   size_t hlen;
   const char *header = luaL_checklstring(L, 2, &hlen);
   luaL_checktype(L, 3, LUA_TTABLE);
@@ -1539,7 +1544,7 @@ static int l_st_checksum(lua_State *L) {
 }
 
 static int l_st_read_header(lua_State *L) {
-  const char *path = check_st_path(L, 1, "load");
+  const char *path = check_path(L, 1, "load");
   char *h;
   size_t hlen;
   uint64_t start, size;
@@ -1554,7 +1559,7 @@ static int l_st_read_header(lua_State *L) {
 /* st_read_tensor(path, offset, nbytes, dtype, shape[, name, checksum]): with checksum
  * (16 hex digits), the bytes read must hash to it */
 static int l_st_read_tensor(lua_State *L) {
-  const char *path = check_st_path(L, 1, "load");
+  const char *path = check_path(L, 1, "load");
   double off = luaL_checknumber(L, 2), nb = luaL_checknumber(L, 3);
   moe_dtype dt;
   if (moe_dtype_from_name(luaL_checkstring(L, 4), &dt)) return luaL_error(L, "load: bad dtype");
