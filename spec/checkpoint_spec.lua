@@ -369,7 +369,7 @@ describe("checkpoints", function()
           write_all(path("sbad.moe"), good:sub(1, i - 1) .. c .. good:sub(i + 1))
           local ok, err = pcall(moe.load, path("sbad.moe"))
           if ok then loaded = loaded + 1 else
-            assert.matches("^load: '" .. path("sbad.moe"):gsub("%p", "%%%0") .. "'", err)
+            assert.matches("^[^\n]-:%d+: load: '" .. path("sbad.moe"):gsub("%p", "%%%0") .. "'", err)
             local kind = err:match("fails its checksum") or err:match("not a safetensors file") or err:match("truncated")
               or err:match("not a JSON object") or "other"
             kinds[kind] = (kinds[kind] or 0) + 1
@@ -495,6 +495,20 @@ describe("checkpoints", function()
         load_changed(function(_, md) md.model = md.model:gsub('"outputs":{"a":{"__ref":%[', '"outputs":{"a":{"x":1,"__ref":[') end))
       assert.matches("refers to output value of node",
         load_changed(function(_, md) md.model = md.model:gsub('("outputs":{"a":{"__ref":%[%d+,)(%b{})', '%1["value"]') end))
+    end)
+
+    it("a graph node without a layer output as its input is an error, not a crash inside the layer", function()
+      assert.matches("node 2's first argument is not a layer output",
+        load_changed(function(_, md) md.model = md.model:gsub('"args":%[{"__ref":%[1,{}%]}%]', '"args":[]', 1) end))
+      assert.matches("node 2's first argument is not a layer output",
+        load_changed(function(_, md) md.model = md.model:gsub('"args":%[{"__ref":%[1,{}%]}%]', '"args":[7]', 1) end))
+    end)
+
+    it("a damaged size fails before the weight is allocated", function()
+      local msg = load_changed(function(_, md)
+        md.model = md.model:gsub('"name":"hid","units":4', '"name":"hid","units":1000000000', 1)
+      end)
+      assert.matches("makes a weight 'kernel' of 3000000000 values, far more than the file's tensors hold", msg)
     end)
 
     it("with compile = false the optimizer's tensors are skipped, not unknown", function()

@@ -323,8 +323,14 @@ function io_.read(path)
   return out, user_meta, names, sums ~= nil
 end
 
+-- load_tensors(path) -> {name = tensor}, metadata; errors name load_tensors, at the caller's line
 function io_.load_tensors(path)
-  local ts, md = io_.read(path)
+  if type(path) ~= "string" then error(("load_tensors: path must be a string, got %s"):format(type(path)), 2) end
+  local ok, ts, md = pcall(io_.read, path)
+  if not ok then
+    local msg = tostring(ts):gsub("^[^\n]-:%d+: ", "", 1):gsub("^load:", "load_tensors:", 1)
+    error(moe._where(msg), 0)
+  end
   return ts, md
 end
 

@@ -720,6 +720,7 @@ function M.model_from_config(cfg, custom)
     need(layer, "node %d uses layer %s, which is not defined", i, tostring(nd.layer))
     local args = {}
     for j, a in ipairs(list(nd.args, "node arguments")) do args[j] = deref(a) end
+    need(all_symbolic(args[1]), "node %d's first argument is not a layer output or a model input", i)
     outs[i] = layer(unpack(args, 1, #(nd.args or {})))
   end
   local ins, outputs = deref(cfg.inputs), deref(cfg.outputs)
@@ -731,11 +732,12 @@ end
 -- moe.load(path[, {custom_objects = {...}, compile = true}]): the model, bit for bit
 local load_impl
 function M.load(path, opts)
+  if type(path) ~= "string" then error(("load: path must be a string, got %s"):format(type(path)), 2) end
   local ok, res = pcall(load_impl, path, opts)
   if not ok then
-    local msg = tostring(res):gsub("^[^\n]-%.lua:%d+: ", "")
-    if not msg:match("^load") then msg = ("load: '%s': %s"):format(tostring(path), msg) end
-    error(msg, 2)
+    local msg = tostring(res):gsub("^[^\n]-:%d+: ", "", 1)
+    if not msg:match("^load") then msg = ("load: '%s': %s"):format(path, msg) end
+    error(moe._where(msg), 0)
   end
   return res
 end
@@ -764,16 +766,35 @@ function load_impl(path, opts)
   end
   local cfg = decode("model")
   local layer_names = decode("layers")
-  local model = from_config(cfg, "the model", opts.custom_objects)
-  if not model.built and type(cfg.build_input_shape) == "table" then
-    -- a plain layer or user module: build it by calling it on placeholder input
-    local shape = {}
-    for i, d in ipairs(cfg.build_input_shape) do
-      if type(d) ~= "number" then fail("bad build_input_shape") end
-      shape[i] = d
+  -- the weights the config makes cannot hold far more values than the file's
+  -- tensors: a damaged size (units = 10^9) fails before it is allocated (within
+  -- the budget, the exact name and shape checks below give the precise error)
+  local budget = 0
+  for k, t in pairs(tensors) do if k:sub(1, 10) ~= "optimizer/" then budget = budget + t:numel() end end
+  budget = 2 * budget + 2 ^ 24
+  nn.set_weight_budget(budget, function(name, n, left)
+    fail("the model config makes a weight '%s' of %.0f values, far more than the file's tensors hold: "
+      .. "the config does not match the tensors", name, n)
+  end)
+  local built_ok, model = pcall(function()
+    local m = from_config(cfg, "the model", opts.custom_objects)
+    if not m.built and type(cfg.build_input_shape) == "table" then
+      -- a plain layer or user module: build it by calling it on placeholder input
+      local shape = {}
+      for i, d in ipairs(cfg.build_input_shape) do
+        if type(d) ~= "number" or d < 0 or d ~= math.floor(d) or d > 2 ^ 31 then fail("bad build_input_shape") end
+        shape[i] = d
+      end
+      local was = m._training
+      m:eval()
+      local ok, err = pcall(moe.no_grad, m.__call__, m, moe.zeros(shape))
+      if was then m:training() end
+      if not ok then error(err, 0) end
     end
-    model:predict(moe.zeros(shape))
-  end
+    return m
+  end)
+  nn.set_weight_budget(nil)
+  if not built_ok then error(model, 0) end
   local ok, err = pcall(restore_names, model, layer_names, {}, "model")
   if not ok then fail("%s", tostring(err)) end
   nn.structure_changed()

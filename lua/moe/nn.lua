@@ -195,9 +195,20 @@ function Module:add_module(name, m)
   return m
 end
 
+-- moe.load sets a budget: the values the file's tensors hold; a weight beyond it
+-- is refused before it is allocated (on_over(name, n, left) raises)
+local weight_budget, budget_over
+function nn.set_weight_budget(n, on_over) weight_budget, budget_over = n, on_over end
+
 -- add_weight(name, shape, {initializer, regularizer, constraint, trainable, dtype})
 function Module:add_weight(name, shape, opts)
   opts = opts or {}
+  if weight_budget then
+    local n = 1
+    for _, d in ipairs(shape) do n = n * (type(d) == "number" and d or 0) end
+    if n > weight_budget then budget_over(name, n, weight_budget) end
+    weight_budget = weight_budget - n
+  end
   local init = I.get(opts.initializer or "glorot_uniform", self.class_name)
   local w = init(shape, opts.dtype or self.dtype or "float32")
   structure_version = structure_version + 1
