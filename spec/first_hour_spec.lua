@@ -332,7 +332,7 @@ describe("bad input is refused, naming the function and the value", function()
       { function() local _ = moe.linspace("a", 1, 3) end, "linspace: argument #1 must be a number, got string" },
       { function() local _ = moe.ones(2):fill_({}) end, "fill_: argument #2 must be a number, got table" },
       { function() local _ = moe.core.st_save(1, "{}", {}) end, "save: argument #1 %(the path%) must be a string, got number" },
-      { function() local _ = moe.core.read_csv(2, true, ",", 0) end, "read_csv: argument #1 must be a string, got number" },
+      { function() local _ = moe.core.read_csv(2, true, ",", 0) end, "read_csv: argument #1 %(the path%) must be a string, got number" },
       { function() local _ = moe.cuda.set_precision("fp8") end, "unknown value 'fp8'" },
     }
     for _, c in ipairs(cases) do
