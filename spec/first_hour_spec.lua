@@ -116,6 +116,7 @@ describe("layer lifecycle", function()
     assert.matches(here .. "parameters: Sequential \"[%w_]+\" is not built yet %(its layer Dense \"[%w_]+\" is not%)", msg)
     assert.matches("model:build", msg)
     assert.matches("named_parameters: .* not built", E(function() local _ = m:named_parameters() end))
+    assert.matches("count_params: Sequential .* is not built yet", E(function() local _ = m:count_params() end))
     m:zero_grad() -- PyTorch's loop may start with it: fine before the first call
     m:build { -1, 5 }
     local ps = m:parameters()
@@ -271,6 +272,14 @@ describe("bad input is refused, naming the function and the value", function()
     assert.are.equal(3, moe.constraints.max_norm(3).max_value)
   end)
 
+  it("add_metric takes a number or a tensor; train_on_batch refuses 0 rows as fit does", function()
+    local d = nn.Dense { units = 1 }
+    assert.matches(here .. "add_metric: Dense .* metric 'm' must be a number or a tensor, got nil", E(function() d:add_metric("m", nil) end))
+    local m = moe.Sequential { nn.Dense { units = 1 }, input_shape = { 2 } }
+    m:compile { optimizer = "sgd", loss = "mse" }
+    assert.matches(here .. "train_on_batch: x has 0 rows", E(function() local _ = m:train_on_batch(moe.zeros(0, 2), moe.zeros(0, 1)) end))
+  end)
+
   it("errors inside fit, evaluate and predict name them, at the caller's line", function()
     local m = moe.Sequential { nn.Dense { units = 3, activation = "softmax" }, input_shape = { 4 } }
     m:compile { optimizer = "sgd", loss = "categorical_crossentropy" }
@@ -308,6 +317,8 @@ describe("bad input is refused, naming the function and the value", function()
     assert.matches(here .. "tensor: %(top%) has a nil before entry %[3%]", E(function() local _ = moe.tensor { 1, nil, 3 } end))
     assert.matches(here .. "tensor: %[2%] has a nil before entry %[3%]", E(function() local _ = moe.tensor { { 1, 2, 3 }, { 4, nil, 6 } } end))
     assert.matches(here .. "tensor: %(top%) has the key dtype", E(function() local _ = moe.tensor { 1, 2, dtype = "int32" } end))
+    assert.matches(here .. "tensor: %(top%) has the key %[0%], which is not a list position", E(function() local _ = moe.tensor { [0] = 1, 2 } end))
+    assert.matches("randint: high is 1.15%d+e%+18, beyond the integers moelua takes", E(function() local _ = moe.randint(1, 2 ^ 60, { 2 }) end))
     assert.matches(here .. "randint: values up to 1099511627776 do not fit dtype int32",
       E(function() local _ = moe.randint(1, 2 ^ 40, { 3 }, { dtype = "int32" }) end))
     assert.matches(here .. "randperm: values up to 4 do not fit dtype bool", E(function() local _ = moe.randperm(4, { dtype = "bool" }) end))
@@ -353,6 +364,7 @@ describe("memory safety (run under ASan by make asan-test)", function()
     assert.matches("roc_auc: weight 1 is inf", E(function() local _ = moe.metrics.roc_auc(y, s, moe.tensor { 1 / 0, 1, 1 }) end))
     assert.matches("roc_auc: label 2 is NaN", E(function() local _ = moe.metrics.roc_auc(moe.tensor { 0, 0 / 0, 1 }, s) end))
     assert.matches("roc_auc: score 3 is NaN", E(function() local _ = moe.metrics.roc_auc(y, moe.tensor { 0.1, 0.2, 0 / 0 }) end))
+    assert.matches("roc_auc: label 2 is 2 %(binary labels are 0 or 1%)", E(function() local _ = moe.metrics.roc_auc(moe.tensor { 0, 2, 1 }, s) end))
     -- and the value itself, against the pairwise definition
     local auc = moe.metrics.roc_auc(moe.tensor { 0, 1, 0, 1 }, moe.tensor { 0.2, 0.6, 0.7, 0.9 })
     assert.are.equal(0.75, auc)

@@ -341,7 +341,7 @@ function Model:summary_rows()
     rows[#rows + 1] = { ("%s (InputLayer)"):format(s.node.name), nn.out_shape_str(sh), 0 }
   end
   for _, c in ipairs(self:children()) do
-    rows[#rows + 1] = { ("%s (%s)"):format(c.name, c.class_name), nn.out_shape_str(c:output_shape()), (c:count_params()) }
+    rows[#rows + 1] = { ("%s (%s)"):format(c.name, c.class_name), nn.out_shape_str(c:output_shape()), (c:_count_params()) }
   end
   return rows
 end
@@ -533,6 +533,9 @@ end
 
 -- one optimizer step on a batch; returns the loss as a number
 function Module:train_on_batch(x, y, sample_weight)
+  if core.is_tensor(x) and x:dim() > 0 and x:size(1) == 0 then
+    error("train_on_batch: x has 0 rows: there is no data to train on", 2)
+  end
   if not self._training then self:training() end
   local p = self(x)
   local loss = self:compute_loss(y, p, sample_weight)

@@ -390,6 +390,12 @@ end
 function Module:named_weights() return weights_in_order(self) end
 
 function Module:count_params()
+  check_built(self, "count_params")
+  return self:_count_params()
+end
+
+-- the same, for what is built so far (summary() shows unbuilt layers with 0)
+function Module:_count_params()
   local _, ps = collect(self, true, false)
   local _, all = collect(self, true, true)
   local n, t = 0, 0
@@ -496,6 +502,10 @@ end
 
 function Module:add_metric(name, value)
   if type(name) ~= "string" then error("add_metric: the metric needs a name", 2) end
+  if not (type(value) == "number" or core.is_tensor(value)) then
+    error(("add_metric: %s \"%s\": metric '%s' must be a number or a tensor, got %s"):format(self.class_name,
+      self.name, name, type(value)), 2)
+  end
   self._metrics[name] = value
 end
 
@@ -755,7 +765,7 @@ nn.out_shape_str = out_shape_str
 function Module:summary_rows()
   local rows = {}
   for _, c in ipairs(self:children()) do
-    local total = c:count_params()
+    local total = c:_count_params()
     rows[#rows + 1] = { ("%s (%s)"):format(c.name, c.class_name), out_shape_str(c:output_shape()), total }
   end
   return rows
@@ -779,7 +789,7 @@ function Module:summary(opts)
   for _, r in ipairs(rows) do
     out[#out + 1] = ("%-" .. w1 .. "s%-" .. w2 .. "s%12s"):format(r[1], r[2], commas(r[3]))
   end
-  local total, trainable = self:count_params()
+  local total, trainable = self:_count_params()
   out[#out + 1] = line
   out[#out + 1] = "Total params: " .. commas(total)
   out[#out + 1] = "Trainable params: " .. commas(trainable)

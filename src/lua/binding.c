@@ -243,7 +243,8 @@ static int64_t check_int(lua_State *L, int idx, const char *op, const char *what
   if (lua_type(L, idx) != LUA_TNUMBER)
     luaL_error(L, "%s: %s must be an integer, got %s", op, what, type_of(L, idx));
   double v = lua_tonumber(L, idx);
-  if (v != floor(v) || fabs(v) > 9.0e15) luaL_error(L, "%s: %s must be an integer, got %g", op, what, v);
+  if (v != floor(v)) luaL_error(L, "%s: %s must be an integer, got %g", op, what, v);
+  if (fabs(v) > 9.0e15) luaL_error(L, "%s: %s is %g, beyond the integers moelua takes (|n| <= 9e15)", op, what, v);
   return (int64_t)v;
 }
 
@@ -515,6 +516,9 @@ static void walk_table(lua_State *L, int idx, int depth, int64_t *path, walk_sta
       if (lua_type(L, -1) == LUA_TNUMBER && k == floor(k) && k > (double)len)
         luaL_error(L, "tensor: %s has a nil before entry [%.0f] (a hole in the list: use 0/0 for a missing value)",
                    p, k);
+      if (lua_type(L, -1) == LUA_TNUMBER)
+        luaL_error(L, "tensor: %s has the key [%s], which is not a list position (lists start at 1)", p,
+                   lua_tostring(L, -1));
       luaL_error(L, "tensor: %s has the key %s, which is not a list position (options go in the second argument)",
                  p, lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1));
     }

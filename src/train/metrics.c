@@ -31,6 +31,10 @@ int moe_roc_auc(const moe_tensor *y, const moe_tensor *s, const moe_tensor *w, d
     /* the message's values are copied out of v before v is freed */
     double si = v[i].s, wi = v[i].w, yi = value_at(y, i);
     if (isnan(yi)) { free(v); return moe_error("roc_auc: label %lld is NaN", (long long)i + 1); }
+    if (yi != 0 && yi != 1) {
+      free(v);
+      return moe_error("roc_auc: label %lld is %g (binary labels are 0 or 1)", (long long)i + 1, yi);
+    }
     if (isnan(si)) { free(v); return moe_error("roc_auc: score %lld is NaN", (long long)i + 1); }
     if (!(wi >= 0) || isinf(wi)) {
       free(v);
