@@ -240,6 +240,11 @@ describe("bad input is refused, naming the function and the value", function()
       E(function() local _ = L.sparse_categorical_crossentropy(moe.tensor { 1.5, 2 }, p) end))
     assert.matches("labels must be integer class ids, got %-?nan at position 2",
       E(function() local _ = L.sparse_categorical_crossentropy(moe.tensor { 1, 0 / 0 }, p) end))
+    assert.matches(here .. "categorical_crossentropy: labels must be integer class ids, got 1.5",
+      E(function() local _ = L.categorical_crossentropy(moe.tensor { 1.5, 2 }, p) end))
+    local emb = nn.Embedding { input_dim = 3, output_dim = 2 }
+    assert.matches(here .. "Embedding \"[%w_]+\": ids must be in 1..3 %(1%-based%)",
+      E(function() local _ = emb(moe.tensor({ 0, 1 }, { dtype = "int64" })) end))
     assert.matches("huber: delta must be a finite number > 0, got 0", E(function() local _ = L.huber(moe.ones(2), moe.ones(2), { delta = 0 }) end))
     -- integer-valued float labels still work, and give the naive value
     local got = L.sparse_categorical_crossentropy(moe.tensor { 1, 2 }, p):item()
@@ -284,9 +289,9 @@ describe("bad input is refused, naming the function and the value", function()
     local m = moe.Sequential { nn.Dense { units = 3, activation = "softmax" }, input_shape = { 4 } }
     m:compile { optimizer = "sgd", loss = "categorical_crossentropy" }
     local x = moe.randn(8, 4)
-    assert.matches(here .. "fit: sparse_categorical_crossentropy: labels must be class ids in 1..3, got values in 1..5",
+    assert.matches(here .. "fit: categorical_crossentropy: labels must be class ids in 1..3, got values in 1..5",
       E(function() local _ = m:fit { x = x, y = moe.tensor { 1, 2, 3, 5, 1, 2, 3, 1 }, verbose = 0 } end))
-    assert.matches(here .. "evaluate: sparse_categorical_crossentropy: labels must be class ids",
+    assert.matches(here .. "evaluate: categorical_crossentropy: labels must be class ids",
       E(function() local _ = m:evaluate { x = x, y = moe.tensor { 1, 2, 3, 5, 1, 2, 3, 1 }, verbose = 0 } end))
     assert.matches(here .. "predict: .*input has 7 features", E(function() local _ = m:predict(moe.randn(2, 7)) end))
   end)

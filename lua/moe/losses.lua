@@ -81,6 +81,8 @@ function losses.huber(y, p, opts)
   return reduce("huber", last_mean(quad:square() * 0.5 + lin * d), opts)
 end
 
+local sparse_cce
+
 -- label_smoothing is a fraction in [0, 1] (Keras)
 local function smoothing(fn, opts)
   local ls = opts.label_smoothing or 0
@@ -125,7 +127,7 @@ function losses.categorical_crossentropy(y, p, opts)
   opts = opts or {}
   check_pair("categorical_crossentropy", y, p)
   if not y:dtype():match("^float") or y:dim() == p:dim() - 1 then
-    return losses.sparse_categorical_crossentropy(y, p, opts)
+    return sparse_cce(y, p, opts, "categorical_crossentropy")
   end
   same_shape("categorical_crossentropy", y, p)
   local yt = float_of(y, p)
@@ -135,14 +137,15 @@ function losses.categorical_crossentropy(y, p, opts)
   return reduce("categorical_crossentropy", per, opts)
 end
 
-function losses.sparse_categorical_crossentropy(y, p, opts)
+-- (fn: the name the user called, for the messages)
+function sparse_cce(y, p, opts, fn)
   opts = opts or {}
-  check_pair("sparse_categorical_crossentropy", y, p)
+  check_pair(fn, y, p)
   local c = p:size(-1)
   if y:dim() == p:dim() and y:size(-1) == 1 then y = y:squeeze(-1) end
   if y:dim() ~= p:dim() - 1 then
-    error(("sparse_categorical_crossentropy: labels of shape %s do not fit predictions of shape %s")
-      :format(shape_s(y), shape_s(p)), 2)
+    error(("%s: labels of shape %s do not fit predictions of shape %s")
+      :format(fn, shape_s(y), shape_s(p)), 2)
   end
   if y:dtype():match("^float") and y:numel() > 0 then
     -- a fractional or NaN class id is refused, not truncated
@@ -152,8 +155,8 @@ function losses.sparse_categorical_crossentropy(y, p, opts)
       local v = flat:totable()
       for i, b in ipairs(bad:totable()) do
         if b then
-          error(("sparse_categorical_crossentropy: labels must be integer class ids, got %s at position %d")
-            :format(tostring(v[i]), i), 2)
+          error(("%s: labels must be integer class ids, got %s at position %d")
+            :format(fn, tostring(v[i]), i), 2)
         end
       end
     end
@@ -161,15 +164,19 @@ function losses.sparse_categorical_crossentropy(y, p, opts)
   local ids = y:to("int64")
   local lo, hi = ids:numel() > 0 and ids:min():item() or 1, ids:numel() > 0 and ids:max():item() or 1
   if lo < 1 or hi > c then
-    error(("sparse_categorical_crossentropy: labels must be class ids in 1..%d, got values in %d..%d")
-      :format(c, lo, hi), 2)
+    error(("%s: labels must be class ids in 1..%d, got values in %d..%d")
+      :format(fn, c, lo, hi), 2)
   end
   local lp = log_probs(p, opts.from_logits)
-  local ls = smoothing("sparse_categorical_crossentropy", opts)
+  local ls = smoothing(fn, opts)
   local picked = lp:gather(lp:dim(), ids:unsqueeze(-1)):squeeze(-1)
   local per = -picked
   if ls > 0 then per = per * (1 - ls) - lp:mean(-1) * ls end
-  return reduce("sparse_categorical_crossentropy", per, opts)
+  return reduce(fn, per, opts)
+end
+
+function losses.sparse_categorical_crossentropy(y, p, opts)
+  return sparse_cce(y, p, opts, "sparse_categorical_crossentropy")
 end
 
 -- Keras's short names

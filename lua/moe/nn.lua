@@ -1058,7 +1058,11 @@ function Embedding:forward(ids)
     error(("Embedding \"%s\": ids must be an integer tensor, got %s"):format(self.name, dt), 0)
   end
   local shape = ids:shape()
-  local rows = self.embeddings:index_select(1, ids:reshape(-1))
+  local ok, rows = pcall(self.embeddings.index_select, self.embeddings, 1, ids:reshape(-1))
+  if not ok then -- name the layer and its range (ids are 1-based) rather than index_select
+    local msg = tostring(rows):gsub("^[^\n]-:%d+: ", "", 1)
+    error(("Embedding \"%s\": ids must be in 1..%d (1-based): %s"):format(self.name, self.input_dim, msg), 0)
+  end
   shape[#shape + 1] = self.output_dim
   return rows:reshape(shape)
 end
