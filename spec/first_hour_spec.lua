@@ -175,6 +175,31 @@ describe("layer lifecycle", function()
     assert.is_true(ok, err)
   end)
 
+  it("a subclass's build may call its parent's (Keras's super().build)", function()
+    local D2 = nn.Dense:extend("FirstHourD2")
+    function D2:build(shape)
+      nn.Dense.build(self, shape)
+      self:add_weight("extra", { 1 }, { initializer = "ones" })
+    end
+    local d = D2 { units = 3 }
+    d:build { -1, 4 }
+    assert.are.same({ 4, 3 }, d.kernel:shape())
+    assert.are.equal(3, #d:parameters())
+    assert.are.same({ 2, 3 }, D2 { units = 3 }(moe.randn(2, 4)):shape())
+  end)
+
+  it("a Sequential that starts with an Embedding builds from input_shape and reloads", function()
+    local s = moe.Sequential { nn.Embedding { input_dim = 10, output_dim = 4 }, nn.Flatten {}, nn.Dense { units = 2 },
+      input_shape = { 3 } }
+    local ids = moe.tensor({ { 1, 2, 10 } }, { dtype = "int64" })
+    local y = s(ids)
+    local path = tmpname(".safetensors")
+    s:save(path)
+    local again = moe.load(path)
+    os.remove(path)
+    assert.are.same(y:totable(), again(ids):totable())
+  end)
+
   it("a given (or restored) name moves the automatic names past it", function()
     nn.Dense { units = 1, name = "dense_90000" }
     assert.are.equal("dense_90001", nn.Dense { units = 1 }.name)

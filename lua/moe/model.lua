@@ -153,7 +153,10 @@ function Sequential:build_for(input_shape)
   local modes = {}
   for _, e in ipairs(self:modules()) do modes[e[2]] = e[2]._training end
   self:evaluate()
-  local ok, err = pcall(moe.no_grad, self.__call__, self, moe.zeros(shape, { dtype = self.dtype or "float32" }))
+  local first = self._children[1] and rawget(self, self._children[1])
+  local idt = first and first._input_dtype
+  local placeholder = idt and moe.ones(shape, { dtype = idt }) or moe.zeros(shape, { dtype = self.dtype or "float32" })
+  local ok, err = pcall(moe.no_grad, self.__call__, self, placeholder)
   for m, flag in pairs(modes) do rawset(m, "_training", flag) end
   for _, e in ipairs(self:modules()) do rawset(e[2], "_losses", {}); rawset(e[2], "_metrics", {}) end
   if not ok then error(err, 0) end
@@ -790,7 +793,8 @@ function load_impl(path, opts)
       end
       local was = m._training
       m:eval()
-      local ok, err = pcall(moe.no_grad, m.__call__, m, moe.zeros(shape))
+      local placeholder = m._input_dtype and moe.ones(shape, { dtype = m._input_dtype }) or moe.zeros(shape)
+      local ok, err = pcall(moe.no_grad, m.__call__, m, placeholder)
       if was then m:training() end
       if not ok then error(err, 0) end
     end

@@ -559,6 +559,8 @@ end
 
 function nn.wrap_build(fn)
   return function(self, shape, ...)
+    -- a subclass's build calling its parent's (Keras's super().build(shape)) runs it
+    if rawget(self, "_building") then return fn(self, shape, ...) end
     if rawget(self, "built") then
       local had = rawget(self, "_build_input_shape")
       if had ~= nil and shape ~= nil and not same_build_shape(had, shape) then
@@ -570,7 +572,9 @@ function nn.wrap_build(fn)
     -- marked first: a container's build may run a pass through itself
     rawset(self, "built", true)
     rawset(self, "_build_input_shape", shape)
+    rawset(self, "_building", true)
     local ok, err = pcall(fn, self, shape, ...)
+    rawset(self, "_building", nil)
     if not ok then
       rawset(self, "built", false)
       rawset(self, "_build_input_shape", nil)
@@ -1052,6 +1056,8 @@ function Embedding:build()
   self:add_weight("embeddings", { self.input_dim, self.output_dim }, { initializer = self.embeddings_initializer,
     regularizer = self.embeddings_regularizer, constraint = self.embeddings_constraint })
 end
+Embedding._input_dtype = "int64" -- what a placeholder pass feeds it (ids are 1-based: ones)
+
 function Embedding:forward(ids)
   local dt = ids:dtype()
   if dt:match("^float") or dt == "bool" then
