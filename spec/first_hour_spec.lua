@@ -310,6 +310,20 @@ describe("bad input is refused, naming the function and the value", function()
     assert.matches(here .. "train_on_batch: x has 0 rows", E(function() local _ = m:train_on_batch(moe.zeros(0, 2), moe.zeros(0, 1)) end))
   end)
 
+  it("predict returns outputs keyed like the model's: a list for a list (as Keras); load checks its options", function()
+    local x = moe.Input { shape = { 3 } }
+    local a, b = nn.Dense { units = 1 }(x), nn.Dense { units = 2 }(x)
+    local m = moe.Model { inputs = x, outputs = { a, b } }
+    local xb = moe.randn(5, 3)
+    local p, direct = m:predict(xb, { batch_size = 2 }), m(xb)
+    assert.are.same(direct[1]:totable(), p[1]:totable())
+    assert.are.same(direct[2]:totable(), p[2]:totable())
+    local named = moe.Model { inputs = x, outputs = { first = a, second = b } }:predict(xb)
+    assert.are.same({ 5, 2 }, named.second:shape())
+    assert.matches(here .. "load: options must be a table", E(function() local _ = moe.load("x.moe", 5) end))
+    assert.matches(here .. "load: unknown option 'custom'", E(function() local _ = moe.load("x.moe", { custom = {} }) end))
+  end)
+
   it("errors inside fit, evaluate and predict name them, at the caller's line", function()
     local m = moe.Sequential { nn.Dense { units = 3, activation = "softmax" }, input_shape = { 4 } }
     m:compile { optimizer = "sgd", loss = "categorical_crossentropy" }

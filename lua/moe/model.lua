@@ -739,6 +739,14 @@ end
 local load_impl
 function M.load(path, opts)
   if type(path) ~= "string" then error(("load: path must be a string, got %s"):format(type(path)), 2) end
+  if opts ~= nil and type(opts) ~= "table" then
+    error(("load: options must be a table ({custom_objects = ..., compile = ...}), got %s"):format(type(opts)), 2)
+  end
+  for k in pairs(opts or {}) do
+    if k ~= "custom_objects" and k ~= "compile" then
+      error(("load: unknown option '%s' (options: custom_objects, compile)"):format(tostring(k)), 2)
+    end
+  end
   local ok, res = pcall(load_impl, path, opts)
   if not ok then
     local msg = tostring(res):gsub("^[^\n]-:%d+: ", "", 1)

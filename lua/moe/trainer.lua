@@ -693,7 +693,8 @@ local function empty_outputs(self, x)
 end
 
 -- predict(x[, {batch_size = 256}]): outputs in evaluation mode, without recording;
--- a tensor, or (several outputs) a table keyed by output name. For 0 rows: empty
+-- a tensor, or (several outputs) a table keyed like the model's outputs (a list
+-- for a list, names for a table of named outputs). For 0 rows: empty
 -- outputs of shape [0, ...] (Keras's)
 function Module:predict(x, opts)
   opts = opts or {}
@@ -721,12 +722,12 @@ function Module:predict(x, opts)
   if is_tensor(chunks[1]) then
     return #chunks == 1 and chunks[1] or moe.cat(chunks, 1)
   end
-  local names = self.output_names and self:output_names() or {}
+  -- keyed like the model's outputs: a list for a list of outputs (as Keras), names for a table
   local out = {}
   for k in pairs(chunks[1]) do
     local parts = {}
     for i, c in ipairs(chunks) do parts[i] = c[k] end
-    out[names[k] or k] = #parts == 1 and parts[1] or moe.cat(parts, 1)
+    out[k] = #parts == 1 and parts[1] or moe.cat(parts, 1)
   end
   return out
 end
