@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include <editline/readline.h>
@@ -21,6 +22,7 @@
 #include <lualib.h>
 
 #include "lua/binding.h"
+#include "cpu/blas_select.h"
 
 #ifndef MOE_VERSION
 #define MOE_VERSION "dev"
@@ -29,6 +31,48 @@
 static lua_State *gL;
 static const char *progname = "moelua";
 static volatile sig_atomic_t in_readline = 0, input_cancelled = 0;
+
+/* ---------------------------------------------------------------- BLAS kernels */
+
+/* The fastest correct BLAS kernels without user tuning: OpenBLAS picked its
+ * kernel set when it loaded (before main); if cpuid says the CPU supports a
+ * better one (OpenBLAS does not recognise every CPU, and falls back to SSE3),
+ * run again with OPENBLAS_CORETYPE set, once (MOELUA_BLAS_CHOSEN records the
+ * BLAS's own pick for the report). A user's OPENBLAS_CORETYPE is kept. */
+static void choose_blas_kernels(char **argv) {
+  moe_blas_status st;
+  const char *before = getenv("MOELUA_BLAS_CHOSEN"), *asked = getenv("OPENBLAS_CORETYPE");
+  if (before) {
+    /* re-executed: if this BLAS was built without the kernel set asked for, try the next one down */
+    if (!asked) return;
+    moe_blas_status_get(&st);
+    if (!strcasecmp(asked, st.kernels)) return;
+    const char *next = moe_blas_next_lower(&st.cpu, asked, moe_blas_core_rank(before));
+    if (!next) return;
+    setenv("OPENBLAS_CORETYPE", next, 1);
+    execv("/proc/self/exe", argv);
+    return;
+  }
+  moe_blas_status_get(&st);
+  const char *why;
+  /* MOELUA_BLAS_PRETEND=Prescott: act as if the BLAS had picked that (the specs'
+   * way to run this path on a machine OpenBLAS recognises) */
+  const char *pretend = getenv("MOELUA_BLAS_PRETEND");
+  const char *have = pretend && *pretend ? pretend : st.kernels;
+  const char *pick = moe_blas_choose(&st.cpu, have, getenv("OPENBLAS_CORETYPE"), &why);
+  if (!pick) return;
+  setenv("OPENBLAS_CORETYPE", pick, 1);
+  setenv("MOELUA_BLAS_CHOSEN", have, 1);
+  execv("/proc/self/exe", argv);
+  unsetenv("OPENBLAS_CORETYPE"); /* no re-execution here: the BLAS's choice stays (moe.config() says why) */
+  unsetenv("MOELUA_BLAS_CHOSEN");
+}
+
+static void print_blas_line(FILE *f) {
+  moe_blas_status st;
+  moe_blas_status_get(&st);
+  fprintf(f, "BLAS: %s kernels (%s)\n", st.kernels, st.reason);
+}
 
 /* ---------------------------------------------------------------- interrupts */
 
@@ -301,6 +345,7 @@ static int repl(lua_State *L) {
     stifle_history(2000);
     read_history(history_path);
     printf("moelua %s (%s) -- tensors and MoE layers for LuaJIT. Ctrl-D exits.\n", MOE_VERSION, LUAJIT_VERSION);
+    print_blas_line(stdout);
   }
   char *chunk = NULL;
   for (;;) {
@@ -407,6 +452,7 @@ static int gc64_ok(lua_State *L) {
 }
 
 int main(int argc, char **argv) {
+  choose_blas_kernels(argv);
   lua_State *L = luaL_newstate();
   if (!L) { fprintf(stderr, "moelua: cannot create the Lua state (out of memory)\n"); return 1; }
   gL = L;
@@ -437,6 +483,12 @@ int main(int argc, char **argv) {
     if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); lua_close(L); return 0; }
     if (!strcmp(a, "-v") || !strcmp(a, "--version")) {
       printf("moelua %s (%s, GC64)\n", MOE_VERSION, LUAJIT_VERSION);
+      moe_blas_status st;
+      moe_blas_status_get(&st);
+      char feats[200];
+      moe_cpu_features_str(st.cpu.features, feats, sizeof feats);
+      printf("BLAS: %s\nkernels: %s (%s)\nCPU: %s; best kernel set: %s\n", st.library, st.kernels, st.reason,
+             feats[0] ? feats : "no AVX", st.cpu_best);
       lua_close(L);
       return 0;
     }

@@ -216,6 +216,20 @@ local lazy_fields = {
   Input = { "moe.model", "Input" }, load = { "moe.model", "load" },
   save_tensors = { "moe.io", "save_tensors" }, load_tensors = { "moe.io", "load_tensors" },
 }
+-- config(): what this process runs on -- the version, the BLAS and its kernel
+-- set (and who chose it, and why), the CPU's features, the CUDA backend
+function moe.config()
+  local b = core.blas_info()
+  local c = core.cuda_info()
+  local cfg = { version = moe._VERSION, luajit = jit and jit.version or "?", blas = b,
+    cuda = { built = c.built, devices = c.device_count } }
+  return setmetatable(cfg, { __tostring = function(t)
+    return ("moelua %s (%s)\nBLAS: %s\nkernels: %s, chosen by %s (%s)\nCPU: %s %s; best kernel set: %s\nCUDA: %s"):format(
+      t.version, t.luajit, b.library, b.kernels, b.chosen_by, b.reason, b.cpu_vendor, b.cpu_features,
+      b.cpu_best, t.cuda.built and (t.cuda.devices .. " device(s)") or "not built")
+  end })
+end
+
 -- the names that load on first use (the lazy-loading spec touches each one first)
 function moe._lazy_names()
   local out = {}

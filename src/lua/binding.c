@@ -27,6 +27,7 @@
 #include "../data/safetensors.h"
 #include "../data/csv.h"
 #include "../train/metrics.h"
+#include "../cpu/blas_select.h"
 
 #define IBASE 1
 #define MT_NAME "moe.Tensor"
@@ -1397,6 +1398,64 @@ static int l_take_interrupt(lua_State *L) {
 }
 
 /* roc_auc(y, scores[, weights]) -> number */
+/* blas_info() -> {library, kernels, cpu_best, cpu_vendor, cpu_features, chosen_by, reason} */
+static int l_blas_info(lua_State *L) {
+  moe_blas_status st;
+  moe_blas_status_get(&st);
+  char feats[200];
+  moe_cpu_features_str(st.cpu.features, feats, sizeof feats);
+  lua_newtable(L);
+  lua_pushstring(L, st.library); lua_setfield(L, -2, "library");
+  lua_pushstring(L, st.kernels); lua_setfield(L, -2, "kernels");
+  lua_pushinteger(L, moe_blas_core_rank(st.kernels)); lua_setfield(L, -2, "kernels_rank");
+  lua_pushstring(L, st.cpu_best); lua_setfield(L, -2, "cpu_best");
+  lua_pushinteger(L, moe_blas_core_rank(st.cpu_best)); lua_setfield(L, -2, "cpu_best_rank");
+  lua_pushstring(L, st.cpu.vendor == MOE_CPU_INTEL ? "intel" : st.cpu.vendor == MOE_CPU_AMD ? "amd" : "other");
+  lua_setfield(L, -2, "cpu_vendor");
+  lua_pushstring(L, feats); lua_setfield(L, -2, "cpu_features");
+  lua_pushstring(L, st.chosen_by == MOE_BLAS_BY_USER ? "user" : st.chosen_by == MOE_BLAS_BY_MOELUA ? "moelua" : "blas");
+  lua_setfield(L, -2, "chosen_by");
+  lua_pushstring(L, st.reason); lua_setfield(L, -2, "reason");
+  return 1;
+}
+
+/* blas_choose(vendor, {features...}, blas_kernels[, user]) -> kernel set to force or nil, why
+ * (the pure decision the host applies, for the specs) */
+static int l_blas_choose(lua_State *L) {
+  static const char *const vendors[] = {"other", "intel", "amd", NULL};
+  moe_cpu_info c = {0, 0};
+  c.vendor = luaL_checkoption(L, 1, NULL, vendors);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  int n = (int)lua_objlen(L, 2);
+  for (int i = 1; i <= n; i++) {
+    lua_rawgeti(L, 2, i);
+    const char *f = lua_tostring(L, -1);
+    unsigned bit = f ? moe_cpu_feature_bit(f) : 0;
+    if (!bit) luaL_error(L, "blas_choose: unknown CPU feature %s", f ? f : luaL_typename(L, -1));
+    c.features |= bit;
+    lua_pop(L, 1);
+  }
+  const char *core = luaL_checkstring(L, 3);
+  const char *user = lua_isnoneornil(L, 4) ? NULL : luaL_checkstring(L, 4);
+  const char *why;
+  const char *pick = moe_blas_choose(&c, core, user, &why);
+  if (pick) lua_pushstring(L, pick);
+  else lua_pushnil(L);
+  lua_pushstring(L, why);
+  return 2;
+}
+
+/* blas_next_lower(vendor, kernels, floor_kernels) -> the next kernel set to try, or nil */
+static int l_blas_next_lower(lua_State *L) {
+  static const char *const vendors[] = {"other", "intel", "amd", NULL};
+  moe_cpu_info c = {0, 0};
+  c.vendor = luaL_checkoption(L, 1, NULL, vendors);
+  const char *next = moe_blas_next_lower(&c, luaL_checkstring(L, 2), moe_blas_core_rank(luaL_checkstring(L, 3)));
+  if (next) lua_pushstring(L, next);
+  else lua_pushnil(L);
+  return 1;
+}
+
 static int l_roc_auc(lua_State *L) {
   moe_tensor *y = check_host(L, 1, "roc_auc"), *sc = check_host(L, 2, "roc_auc");
   moe_tensor *w = lua_isnoneornil(L, 3) ? NULL : check_host(L, 3, "roc_auc");
@@ -1685,6 +1744,7 @@ static const luaL_Reg funcs[] = {
     {"tensor", l_tensor}, {"zeros", l_zeros}, {"ones", l_ones}, {"full", l_full}, {"empty", l_empty},
     {"rand", l_rand}, {"randn", l_randn}, {"randint", l_randint}, {"randperm", l_randperm},
     {"arange", l_arange}, {"linspace", l_linspace}, {"eye", l_eye}, {"manual_seed", l_manual_seed},
+    {"blas_info", l_blas_info}, {"blas_choose", l_blas_choose}, {"blas_next_lower", l_blas_next_lower},
     {"is_tensor", l_is_tensor}, {"live", l_live}, {"cat", l_cat}, {"stack", l_stack},
     {"set_grad_enabled", l_set_grad_enabled}, {"is_grad_enabled", l_is_grad_enabled},
     {"peak_bytes", l_peak_bytes}, {"empty_cache", l_empty_cache}, {"linear", l_linear}, {"bce", l_bce}, {"mixture", l_mixture}, {"gate_scale", l_gate_scale}, {"route_plan", l_route_plan}, {"grouped_matmul", l_grouped_matmul}, {"get_flat", l_get_flat}, {"set_flat", l_set_flat}, {"optim_step", l_optim_step},
