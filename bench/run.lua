@@ -17,6 +17,14 @@ package.path = here .. "/?.lua;" .. package.path
 local best = require("timing").best
 
 local quick = os.getenv("MOE_BENCH_QUICK") ~= nil
+-- the machine and the kernel set every figure below ran with
+do
+  local cpu = "?"
+  local f = io.open("/proc/cpuinfo")
+  if f then cpu = f:read("*a"):match("model name%s*:%s*([^\n]+)") or cpu; f:close() end
+  local b = moe.config().blas
+  print(("CPU: %s (%s); BLAS kernels: %s, chosen by %s (%s)\n"):format(cpu, b.cpu_features, b.kernels, b.chosen_by, b.reason))
+end
 print(("%-22s %12s %12s %8s"):format("matmul (float32)", "moe GFLOP/s", "sgemm GFLOP/s", "ratio"))
 local shapes = { { 256, 256, 256 }, { 1024, 1024, 1024 }, { 4096, 512, 2048 } }
 for _, s in ipairs(shapes) do
