@@ -10,17 +10,7 @@ os.remove(dir)
 os.execute("mkdir -p " .. dir)
 local function path(name) return dir .. "/" .. name end
 
-local function read_all(p)
-  local f = assert(io.open(p, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-local function write_all(p, s)
-  local f = assert(io.open(p, "wb"))
-  f:write(s)
-  f:close()
-end
+local read_all, write_all = H.read_file, H.write_file
 local function same(a, b) return (a - b):abs():max():item() == 0 end
 
 local function build_model()

@@ -1,33 +1,8 @@
 -- The moelua program: scripts, -e, -i, --version/--help, errors, piped and terminal REPL.
 local bin = os.getenv("MOELUA_BIN") or "build/moelua"
 
-local function tmpname(suffix)
-  local n = os.tmpname()
-  os.remove(n)
-  return n .. (suffix or "")
-end
-
-local function write(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-end
-
--- run a shell command; return stdout, stderr, exit code
-local function sh(cmd, input)
-  local out, err = tmpname(), tmpname()
-  local full = cmd .. " >" .. out .. " 2>" .. err
-  if input then
-    local inp = tmpname()
-    write(inp, input)
-    full = full .. " <" .. inp
-  end
-  local ok, how, code = os.execute(full)
-  local rc = type(ok) == "number" and ok or code -- LuaJIT returns the status number
-  if type(ok) == "number" then rc = math.floor(ok / 256) end
-  local function slurp(p) local f = io.open(p); local s = f and f:read("*a") or ""; if f then f:close() end; os.remove(p); return s end
-  return slurp(out), slurp(err), rc
-end
+local H = require "helpers"
+local tmpname, write, sh = H.tmpname, H.write_file, H.sh
 
 describe("moelua CLI", function()
   it("runs a script with arg set like lua, via run and directly", function()

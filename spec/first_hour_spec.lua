@@ -10,20 +10,7 @@ local E = H.error_of
 local bin = os.getenv("MOELUA_BIN") or "build/moelua"
 local here = "first_hour_spec.lua:%d+: "
 
-local function tmpname(suffix)
-  local n = os.tmpname()
-  os.remove(n)
-  return n .. (suffix or "")
-end
-
--- run a shell command; stdout, stderr, exit code
-local function sh(cmd)
-  local out, err = tmpname(), tmpname()
-  local ok, _, code = os.execute(cmd .. " >" .. out .. " 2>" .. err)
-  local rc = type(ok) == "number" and math.floor(ok / 256) or code
-  local function slurp(p) local f = io.open(p); local s = f and f:read("*a") or ""; if f then f:close() end; os.remove(p); return s end
-  return slurp(out), slurp(err), rc
-end
+local tmpname, sh = H.tmpname, H.sh
 
 local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
@@ -76,15 +63,12 @@ describe("lazy modules", function()
     local want = model(x)
     local xs = tmpname(".safetensors")
     moe.save_tensors(xs, { x = x })
-    local script = tmpname(".lua")
-    local f = assert(io.open(script, "w"))
-    f:write(([[
+    local script = H.write_file(tmpname(".lua"), ([[
 local moe = require "moe"
 local m = moe.load(%q)
 local y = m(moe.load_tensors(%q).x)
 for _, v in ipairs(y:reshape(-1):totable()) do io.write(("%%.17g "):format(v)) end
 ]]):format(path, xs))
-    f:close()
     local out, err, rc = sh(bin .. " run " .. script)
     os.remove(script); os.remove(path); os.remove(xs)
     assert.are.equal(0, rc, err)
@@ -416,13 +400,7 @@ describe("memory safety (run under ASan by make asan-test)", function()
 end)
 
 describe("read_csv", function()
-  local function write(text)
-    local p = tmpname(".csv")
-    local f = assert(io.open(p, "w"))
-    f:write(text)
-    f:close()
-    return p
-  end
+  local function write(text) return H.write_file(tmpname(".csv"), text) end
 
   it("reads pandas's default missing-value spellings as missing, unless keep_default_na = false", function()
     local p = write("a,b\n1,x\nNA,NULL\nnan,None\nN/A,<NA>\n4,y\n")

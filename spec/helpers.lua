@@ -141,6 +141,44 @@ function H.layout(shape, kind, opts)
 end
 H.layouts = { "contiguous", "transposed", "narrowed", "expanded" }
 
+-- files and processes: a fresh temporary path (nothing created), a file's bytes,
+-- bytes written to a file (returns the path), and a shell command's stdout,
+-- stderr and exit code (input: text on its stdin)
+function H.tmpname(suffix)
+  local n = os.tmpname()
+  os.remove(n)
+  return n .. (suffix or "")
+end
+
+function H.read_file(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+function H.write_file(path, text)
+  local f = assert(io.open(path, "wb"))
+  f:write(text)
+  f:close()
+  return path
+end
+
+function H.sh(cmd, input)
+  local out, err = H.tmpname(), H.tmpname()
+  local full = cmd .. " >" .. out .. " 2>" .. err
+  local inp
+  if input then
+    inp = H.write_file(H.tmpname(), input)
+    full = full .. " <" .. inp
+  end
+  local ok, _, code = os.execute(full)
+  local rc = type(ok) == "number" and math.floor(ok / 256) or code -- LuaJIT returns the status number
+  if inp then os.remove(inp) end
+  local function slurp(p) local f = io.open(p); local s = f and f:read("*a") or ""; if f then f:close() end; os.remove(p); return s end
+  return slurp(out), slurp(err), rc
+end
+
 -- the message of the error raised by f(...)
 function H.error_of(f, ...)
   local ok, err = pcall(f, ...)

@@ -2,12 +2,7 @@
 local moe = require "moe"
 local H = require "helpers"
 
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read = H.read_file
 -- width and height from a PNG's IHDR chunk
 local function png_size(s)
   local function u32(i) local a, b, c, d = s:byte(i, i + 3); return ((a * 256 + b) * 256 + c) * 256 + d end

@@ -15,12 +15,7 @@ local function files(dir)
   return out
 end
 
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read = require("helpers").read_file
 
 describe("fuzz corpora", function()
   it("every CSV input reads into a frame or fails with a read_csv error", function()
