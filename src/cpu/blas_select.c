@@ -44,8 +44,7 @@ void moe_cpu_detect(moe_cpu_info *c) {
     if (zmm && ((b >> 31) & 1)) c->features |= MOE_CPU_AVX512VL;
     if (tiles && ((d >> 24) & 1)) c->features |= MOE_CPU_AMX_TILE;
     if (tiles && ((d >> 22) & 1)) c->features |= MOE_CPU_AMX_BF16;
-    unsigned eax1 = a >= 1 ? 1 : 0;
-    if (eax1) {
+    if (a >= 1) { /* leaf 7 has a subleaf 1 */
       __cpuid_count(7, 1, a, b, cx, d);
       if (zmm && ((a >> 5) & 1)) c->features |= MOE_CPU_AVX512BF16;
     }

@@ -379,17 +379,24 @@ static int push_created(lua_State *L, moe_tensor *t, const create_opts *o, const
 
 /* a Lua number stored into an integer dtype must fit it (a cast of a tensor
  * saturates, as documented; a value the user wrote is not changed silently) */
+/* [lo, hi) of an integer dtype; 0 for the others (whose values are not range-checked) */
+static int int_range(moe_dtype dt, double *lo, double *hi) {
+  if (dt == MOE_I32) { *lo = -2147483648.0; *hi = 2147483648.0; return 1; }
+  if (dt == MOE_I64) { *lo = -9223372036854775808.0; *hi = 9223372036854775808.0; return 1; }
+  return 0;
+}
+
+static const char *number_str(double v, char *buf, size_t n) {
+  snprintf(buf, n, v != v ? "nan" : "%.17g", v);
+  return buf;
+}
+
 static void check_value_fits(lua_State *L, const char *op, double v, moe_dtype dt) {
   double lo, hi;
-  if (dt == MOE_I32) { lo = -2147483648.0; hi = 2147483647.0; }
-  else if (dt == MOE_I64) { lo = -9223372036854775808.0; hi = 9223372036854775807.0; }
-  else return;
-  if (!(v >= lo && v < hi + 1)) {
-    char num[48];
-    snprintf(num, sizeof num, v != v ? "nan" : "%.17g", v);
-    luaL_error(L, "%s: the value %s does not fit dtype %s (integers in [%.0f, %.0f])", op, num,
-               moe_dtype_name(dt), lo, hi);
-  }
+  char num[48];
+  if (int_range(dt, &lo, &hi) && !(v >= lo && v < hi))
+    luaL_error(L, "%s: the value %s does not fit dtype %s (integers in [%.0f, %.0f])", op,
+               number_str(v, num, sizeof num), moe_dtype_name(dt), lo, hi - 1);
 }
 
 static int l_full_impl(lua_State *L, const char *op, double value, int has_value_arg) {
@@ -603,18 +610,15 @@ static int l_tensor(lua_State *L) {
     return luaL_error(L, "tensor: table mixes booleans and numbers");
   }
   if (!o.has_dtype) o.dtype = w.saw_bool ? MOE_BOOL : MOE_F32;
-  if (o.dtype == MOE_I32 || o.dtype == MOE_I64) {
-    double lo = o.dtype == MOE_I32 ? -2147483648.0 : -9223372036854775808.0;
-    double hi = o.dtype == MOE_I32 ? 2147483648.0 : 9223372036854775808.0;
+  double lo, hi;
+  if (int_range(o.dtype, &lo, &hi))
     for (int64_t i = 0; i < w.n; i++)
       if (!(w.buf[i] >= lo && w.buf[i] < hi)) {
-        double v = w.buf[i];
-        free(w.buf);
         char num[48];
-        snprintf(num, sizeof num, v != v ? "nan" : "%.17g", v);
+        number_str(w.buf[i], num, sizeof num);
+        free(w.buf);
         return luaL_error(L, "tensor: entry %d, %s, does not fit dtype %s", (int)i + 1, num, moe_dtype_name(o.dtype));
       }
-  }
   moe_tensor *t = moe_from_doubles(w.ndim, w.shape, o.dtype, w.buf);
   free(w.buf);
   return push_created(L, t, &o, "tensor");
@@ -1398,6 +1402,8 @@ static int l_take_interrupt(lua_State *L) {
 }
 
 /* roc_auc(y, scores[, weights]) -> number */
+static const char *const cpu_vendors[] = {"other", "intel", "amd", NULL}; /* MOE_CPU_* order */
+
 /* blas_info() -> {library, kernels, cpu_best, cpu_vendor, cpu_features, chosen_by, reason} */
 static int l_blas_info(lua_State *L) {
   moe_blas_status st;
@@ -1410,7 +1416,7 @@ static int l_blas_info(lua_State *L) {
   lua_pushinteger(L, moe_blas_core_rank(st.kernels)); lua_setfield(L, -2, "kernels_rank");
   lua_pushstring(L, st.cpu_best); lua_setfield(L, -2, "cpu_best");
   lua_pushinteger(L, moe_blas_core_rank(st.cpu_best)); lua_setfield(L, -2, "cpu_best_rank");
-  lua_pushstring(L, st.cpu.vendor == MOE_CPU_INTEL ? "intel" : st.cpu.vendor == MOE_CPU_AMD ? "amd" : "other");
+  lua_pushstring(L, cpu_vendors[st.cpu.vendor]);
   lua_setfield(L, -2, "cpu_vendor");
   lua_pushstring(L, feats); lua_setfield(L, -2, "cpu_features");
   lua_pushstring(L, st.chosen_by == MOE_BLAS_BY_USER ? "user" : st.chosen_by == MOE_BLAS_BY_MOELUA ? "moelua" : "blas");
@@ -1422,9 +1428,8 @@ static int l_blas_info(lua_State *L) {
 /* blas_choose(vendor, {features...}, blas_kernels[, user]) -> kernel set to force or nil, why
  * (the pure decision the host applies, for the specs) */
 static int l_blas_choose(lua_State *L) {
-  static const char *const vendors[] = {"other", "intel", "amd", NULL};
   moe_cpu_info c = {0, 0};
-  c.vendor = luaL_checkoption(L, 1, NULL, vendors);
+  c.vendor = luaL_checkoption(L, 1, NULL, cpu_vendors);
   luaL_checktype(L, 2, LUA_TTABLE);
   int n = (int)lua_objlen(L, 2);
   for (int i = 1; i <= n; i++) {
@@ -1447,9 +1452,8 @@ static int l_blas_choose(lua_State *L) {
 
 /* blas_next_lower(vendor, kernels, floor_kernels) -> the next kernel set to try, or nil */
 static int l_blas_next_lower(lua_State *L) {
-  static const char *const vendors[] = {"other", "intel", "amd", NULL};
   moe_cpu_info c = {0, 0};
-  c.vendor = luaL_checkoption(L, 1, NULL, vendors);
+  c.vendor = luaL_checkoption(L, 1, NULL, cpu_vendors);
   const char *next = moe_blas_next_lower(&c, luaL_checkstring(L, 2), moe_blas_core_rank(luaL_checkstring(L, 3)));
   if (next) lua_pushstring(L, next);
   else lua_pushnil(L);
