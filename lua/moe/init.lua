@@ -182,16 +182,12 @@ do
   -- with fn ("fit"), the message also names the function the user called
   function moe._where(msg, fn)
     msg = tostring(msg)
-    local src = msg:match("^([^\n]-):%d+: ")
-    if src and not in_lib("@" .. src) then
-      if fn and msg:sub(#msg:match("^[^\n]-:%d+: ") + 1, #msg:match("^[^\n]-:%d+: ") + #fn + 1) ~= fn .. ":" then
-        local loc = msg:match("^[^\n]-:%d+: ")
-        return loc .. fn .. ": " .. msg:sub(#loc + 1)
-      end
-      return msg -- already at the user's line
-    end
-    if src then msg = msg:gsub("^[^\n]-:%d+: ", "", 1) end
-    if fn and msg:sub(1, #fn + 1) ~= fn .. ":" then msg = fn .. ": " .. msg end
+    -- split off a "file:line: " prefix; one at the user's own line is kept
+    local loc, body = msg:match("^([^\n]-:%d+: )(.*)$")
+    if not loc then body = msg end
+    if fn and body:sub(1, #fn + 1) ~= fn .. ":" then body = fn .. ": " .. body end
+    if loc and not in_lib("@" .. loc:match("^(.-):%d+: $")) then return loc .. body end
+    msg = body
     for level = 2, 50 do
       local info = debug.getinfo(level, "Sl")
       if not info then break end

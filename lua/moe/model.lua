@@ -145,21 +145,28 @@ function Sequential:add(layer)
   return self
 end
 
+-- build m by one pass over a placeholder batch of `shape` (zeros in m's float
+-- dtype, or ones of the dtype `fed` takes: an Embedding's ids), in evaluation
+-- mode and without recording; modes, losses and metrics are left as they were
+function M.build_on_placeholder(m, shape, fed)
+  local idt = fed and fed._input_dtype
+  local placeholder = idt and moe.ones(shape, { dtype = idt }) or moe.zeros(shape, { dtype = m.dtype or "float32" })
+  local modes = {}
+  for _, e in ipairs(m:modules()) do modes[e[2]] = e[2]._training end
+  m:evaluate()
+  local ok, err = pcall(moe.no_grad, m.__call__, m, placeholder)
+  for l, flag in pairs(modes) do rawset(l, "_training", flag) end
+  for _, e in ipairs(m:modules()) do rawset(e[2], "_losses", {}); rawset(e[2], "_metrics", {}) end
+  if not ok then error(err, 0) end
+end
+
 -- build every layer for inputs of shape {batch dims excluded}
 function Sequential:build_for(input_shape)
   local shape = { DUMMY_BATCH }
   for _, d in ipairs(input_shape) do shape[#shape + 1] = d end
   rawset(self, "_input_shape", input_shape)
-  local modes = {}
-  for _, e in ipairs(self:modules()) do modes[e[2]] = e[2]._training end
-  self:evaluate()
   local first = self._children[1] and rawget(self, self._children[1])
-  local idt = first and first._input_dtype
-  local placeholder = idt and moe.ones(shape, { dtype = idt }) or moe.zeros(shape, { dtype = self.dtype or "float32" })
-  local ok, err = pcall(moe.no_grad, self.__call__, self, placeholder)
-  for m, flag in pairs(modes) do rawset(m, "_training", flag) end
-  for _, e in ipairs(self:modules()) do rawset(e[2], "_losses", {}); rawset(e[2], "_metrics", {}) end
-  if not ok then error(err, 0) end
+  M.build_on_placeholder(self, shape, first)
 end
 
 -- build(shape): shape with its batch dim first (any number, as Keras's None);
@@ -799,12 +806,7 @@ function load_impl(path, opts)
         if type(d) ~= "number" or d < 0 or d ~= math.floor(d) or d > 2 ^ 31 then fail("bad build_input_shape") end
         shape[i] = d
       end
-      local was = m._training
-      m:eval()
-      local placeholder = m._input_dtype and moe.ones(shape, { dtype = m._input_dtype }) or moe.zeros(shape)
-      local ok, err = pcall(moe.no_grad, m.__call__, m, placeholder)
-      if was then m:training() end
-      if not ok then error(err, 0) end
+      M.build_on_placeholder(m, shape, m)
     end
     return m
   end)
