@@ -55,6 +55,31 @@ describe("roc_auc", function()
     local rep_y, rep_s = moe.tensor { 0, 1, 1, 0, 1, 1, 1 }, moe.tensor { 0.3, 0.2, 0.2, 0.1, 0.9, 0.3, 0.3 }
     assert.is_near(metrics.roc_auc(rep_y, rep_s), metrics.roc_auc(y, s, moe.tensor { 1, 2, 1, 1, 2 }), 1e-12)
   end)
+  it("the stateful AUC over batches equals the pairwise count over their union (dtypes, shapes, strides, weights)", function()
+    moe.manual_seed(11)
+    local a = metrics.get("auc")
+    local ys, ss, ws = {}, {}, {}
+    for b = 1, 7 do
+      local n = 5 + b * 3
+      local y, s = moe.rand(n):gt(0.5):float(), (moe.rand(n) * 6):floor()
+      local yt = y:totable()
+      for i, v in ipairs(yt) do ys[#ys + 1], ss[#ss + 1] = v, s:totable()[i] end
+      if b % 3 == 0 then y = y:to("float64"):view(n, 1) end      -- [n, 1] float64 labels
+      if b % 3 == 1 then s = moe.stack({ s, s }, 2):select(2, 1) end -- a strided column
+      a:update(y, s)
+    end
+    assert.is_near(pairs_auc(ys, ss), a:result(), 1e-12)
+    a:reset()
+    assert.is_true(a:result() ~= a:result()) -- nothing seen: NaN
+    -- an unweighted batch weighs 1 beside weighted ones: weight 2 is the row twice
+    local y1, s1 = moe.tensor { 0, 1, 1 }, moe.tensor { 0.2, 0.1, 0.7 }
+    local y2, s2 = moe.tensor { 0, 1 }, moe.tensor { 0.4, 0.3 }
+    a:update(y1, s1)
+    a:update(y2, s2, moe.tensor { 2, 1 })
+    assert.is_near(pairs_auc({ 0, 1, 1, 0, 0, 1 }, { 0.2, 0.1, 0.7, 0.4, 0.4, 0.3 }), a:result(), 1e-12)
+    assert.matches("auc: y_true has 2 values and y_pred 3", H.error_of(a.update, a, moe.tensor { 0, 1 }, moe.tensor { 1, 2, 3 }))
+    assert.matches("auc: y_pred must be %[n%] or %[n, 1%], got %[2,2%]", H.error_of(a.update, a, moe.tensor { 0, 1 }, moe.ones(2, 2)))
+  end)
   it("refuses one class, NaN scores and mismatched lengths", function()
     assert.matches("only one class", H.error_of(metrics.roc_auc, moe.tensor { 1, 1 }, moe.tensor { 0.2, 0.3 }))
     assert.matches("NaN", H.error_of(metrics.roc_auc, moe.tensor { 0, 1 }, moe.tensor { 0 / 0, 0.3 }))

@@ -60,7 +60,10 @@ end
 
 function Metric:reset() self:reset_impl() end
 -- y_true, y_pred: tensors of one batch (predictions are detached here)
-function Metric:update(y, p, w) self:update_impl(y, moe.is_tensor(p) and p:detach() or p, w) end
+function Metric:update(y, p, w)
+  if self.copies_values then return self:update_impl(y, p, w) end -- reads the values, keeps nothing
+  self:update_impl(y, moe.is_tensor(p) and p:detach() or p, w)
+end
 function Metric:result() return self:result_impl() end
 
 local function weights(w, n)
@@ -145,23 +148,28 @@ metrics.Recall = kind("recall", init_counts, count, function(self)
   return self.tp + self.fn > 0 and self.tp / (self.tp + self.fn) or 0
 end)
 
--- exact AUC over everything seen since reset (NaN while one class is missing)
--- (batches are kept as given, flattened and converted once at result time)
-metrics.AUC = kind("auc", function(self) self.ys, self.ps, self.ws = {}, {}, {} end, function(self, y, p, w)
-  y, p = flat(y, "y_true", "auc"), flat(p, "y_pred", "auc")
-  if y:numel() ~= p:numel() then error(("auc: y_true has %d values and y_pred %d"):format(y:numel(), p:numel()), 3) end
-  self.ys[#self.ys + 1], self.ps[#self.ps + 1] = y, p
-  if w then self.ws[#self.ws + 1] = weights(w, y:numel()) end
+-- exact AUC over everything seen since reset (NaN while one class is missing);
+-- batches are appended to a C accumulator (src/train/metrics.c) as doubles:
+-- no tensor is kept or made per batch
+local function host(t) return (core.is_tensor(t) and t:device() ~= "cpu") and t:cpu() or t end
+metrics.AUC = kind("auc", function(self)
+  if self.acc then self.acc:reset() else self.acc = core.auc_acc() end
+end, function(self, y, p, w)
+  if not core.is_tensor(y) then y = moe.tensor(y) end
+  if not core.is_tensor(p) then p = moe.tensor(p) end
+  if w ~= nil and not core.is_tensor(w) then w = moe.tensor(w) end
+  local ok, err = pcall(self.acc.add, self.acc, host(y), host(p), host(w))
+  if not ok then error(moe._where((tostring(err):gsub("^[^\n]-:%d+: ", ""))), 0) end
 end, function(self)
-  if #self.ys == 0 then return 0 / 0 end
-  local y, p = moe.cat(self.ys, 1):to("float64"), moe.cat(self.ps, 1):to("float64")
-  local w = #self.ws == #self.ys and moe.cat(self.ws, 1) or nil
-  local ok, v = pcall(core.roc_auc, y, p, w)
+  if self.acc:count() == 0 then return 0 / 0 end
+  local ok, v = pcall(self.acc.result, self.acc)
   if ok then return v end
   -- undefined (one class so far) or a diverged model's NaN scores: NaN; bad labels or weights: an error
   if tostring(v):find("only one class present", 1, true) or tostring(v):find("score %d+ is NaN") then return 0 / 0 end
-  error(moe._where((tostring(v):gsub("^[^\n]-:%d+: ", ""):gsub("^roc_auc:", "auc:"))), 0)
+  error(moe._where((tostring(v):gsub("^[^\n]-:%d+: ", ""))), 0)
 end)
+
+metrics.AUC.copies_values = true
 
 local registry = {
   auc = metrics.AUC, roc_auc = metrics.AUC,

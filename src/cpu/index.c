@@ -128,9 +128,19 @@ void moe_cpu_index_select(moe_tensor *out, const moe_tensor *t, int dim, const i
     size_t es = moe_dtype_size(t->dtype), blk = (size_t)inner * es;
     const char *src = moe_data(t);
     char *dst = moe_data(out);
+    /* rows spread over a big tensor (a shuffled batch) are cache misses: the
+     * rows a few indices ahead are prefetched while this one is copied, so that
+     * their misses overlap (a 32-row batch of 499 floats from a 65 MB tensor:
+     * 25 -> ? us) */
+    enum { AHEAD = 4 };
     for (int64_t o = 0; o < outer; o++)
-      for (int64_t i = 0; i < n; i++)
+      for (int64_t i = 0; i < n; i++) {
+        if (blk >= 256 && i + AHEAD < n) {
+          const char *nx = src + (size_t)(o * m + ix[i + AHEAD] - ibase) * blk;
+          for (size_t c = 0; c < blk; c += 64) __builtin_prefetch(nx + c);
+        }
         memcpy(dst + (size_t)(o * n + i) * blk, src + (size_t)(o * m + ix[i] - ibase) * blk, blk);
+      }
     return;
   }
   /* row copies: one strided copy of the slice t[.., ix[i], ..] per index */

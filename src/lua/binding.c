@@ -1469,6 +1469,43 @@ static int l_roc_auc(lua_State *L) {
   return 1;
 }
 
+/* auc_acc() -> an exact-AUC accumulator: acc:add(y, p[, w]) appends a batch
+ * (no tensor is kept), acc:result() -> the area (raises roc_auc's errors),
+ * acc:reset(), acc:count() -> values so far */
+#define AUC_MT "moe.auc_acc"
+static moe_auc_acc *check_acc(lua_State *L) { return luaL_checkudata(L, 1, AUC_MT); }
+static int l_auc_acc_gc(lua_State *L) { moe_auc_acc_clear(check_acc(L)); return 0; }
+static int l_auc_acc_add(lua_State *L) {
+  moe_auc_acc *a = check_acc(L);
+  moe_tensor *y = check_host(L, 2, "auc"), *p = check_host(L, 3, "auc");
+  moe_tensor *w = lua_isnoneornil(L, 4) ? NULL : check_host(L, 4, "auc");
+  if (moe_auc_acc_add(a, y, p, w)) return raise_engine(L);
+  return 0;
+}
+static int l_auc_acc_result(lua_State *L) {
+  double auc;
+  if (moe_auc_acc_result(check_acc(L), &auc)) return raise_engine(L);
+  lua_pushnumber(L, auc);
+  return 1;
+}
+static int l_auc_acc_reset(lua_State *L) { moe_auc_acc_clear(check_acc(L)); return 0; }
+static int l_auc_acc_count(lua_State *L) { lua_pushnumber(L, (lua_Number)check_acc(L)->n); return 1; }
+static int l_auc_acc(lua_State *L) {
+  moe_auc_acc *a = lua_newuserdata(L, sizeof *a);
+  memset(a, 0, sizeof *a);
+  if (luaL_newmetatable(L, AUC_MT)) {
+    static const luaL_Reg m[] = {{"add", l_auc_acc_add}, {"result", l_auc_acc_result},
+                                 {"reset", l_auc_acc_reset}, {"count", l_auc_acc_count}, {NULL, NULL}};
+    lua_newtable(L);
+    luaL_register(L, NULL, m);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_auc_acc_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  return 1;
+}
+
 /* a file path argument: a string (a number would be coerced into a file name),
  * non-empty and without NUL bytes (the C side would see a shorter name) */
 static const char *check_path(lua_State *L, int idx, const char *fn) {
@@ -1752,7 +1789,7 @@ static const luaL_Reg funcs[] = {
     {"is_tensor", l_is_tensor}, {"live", l_live}, {"cat", l_cat}, {"stack", l_stack},
     {"set_grad_enabled", l_set_grad_enabled}, {"is_grad_enabled", l_is_grad_enabled},
     {"peak_bytes", l_peak_bytes}, {"empty_cache", l_empty_cache}, {"linear", l_linear}, {"bce", l_bce}, {"mixture", l_mixture}, {"gate_scale", l_gate_scale}, {"route_plan", l_route_plan}, {"grouped_matmul", l_grouped_matmul}, {"get_flat", l_get_flat}, {"set_flat", l_set_flat}, {"optim_step", l_optim_step},
-    {"st_save", l_st_save}, {"read_csv", l_read_csv}, {"roc_auc", l_roc_auc}, {"cuda_info", l_cuda_info}, {"cuda_empty_cache", l_cuda_empty_cache}, {"cuda_precision", l_cuda_precision}, {"defer_interrupts", l_defer_interrupts}, {"take_interrupt", l_take_interrupt}, {"st_read_header", l_st_read_header}, {"st_read_tensor", l_st_read_tensor}, {"st_checksum", l_st_checksum},
+    {"st_save", l_st_save}, {"read_csv", l_read_csv}, {"roc_auc", l_roc_auc}, {"auc_acc", l_auc_acc}, {"cuda_info", l_cuda_info}, {"cuda_empty_cache", l_cuda_empty_cache}, {"cuda_precision", l_cuda_precision}, {"defer_interrupts", l_defer_interrupts}, {"take_interrupt", l_take_interrupt}, {"st_read_header", l_st_read_header}, {"st_read_tensor", l_st_read_tensor}, {"st_checksum", l_st_checksum},
     {NULL, NULL}};
 
 /* functions that are also tensor methods */

@@ -3,8 +3,13 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
-static double value_at(const moe_tensor *t, int64_t i) { return moe_get(t, &i); }
+/* element i of a [n] or [n, 1] tensor */
+static double value_at(const moe_tensor *t, int64_t i) {
+  int64_t idx[2] = {i, 0};
+  return moe_get(t, idx);
+}
 
 typedef struct {
   double s, y, w;
@@ -15,37 +20,33 @@ static int by_score_desc(const void *a, const void *b) {
   return x < y ? 1 : x > y ? -1 : 0;
 }
 
-int moe_roc_auc(const moe_tensor *y, const moe_tensor *s, const moe_tensor *w, double *auc) {
-  char b1[160], b2[160];
-  if (y->ndim != 1 || s->ndim != 1 || y->shape[0] != s->shape[0] || (w && (w->ndim != 1 || w->shape[0] != y->shape[0])))
-    return moe_error("roc_auc: labels %s, scores %s (and weights) must be 1-D of one length",
-                     moe_shape_str(y, b1), moe_shape_str(s, b2));
-  int64_t n = y->shape[0];
+/* the area over n (label, score, weight) values; w NULL: all 1. Errors name
+ * the 1-based position of the offending value and start with `op` */
+static int auc_of(const char *op, const double *y, const double *s, const double *w, int64_t n, double *auc) {
   item *v = malloc(sizeof *v * (size_t)(n ? n : 1));
-  if (!v) return moe_error("roc_auc: out of memory");
+  if (!v) return moe_error("%s: out of memory", op);
   double P = 0, N = 0;
   for (int64_t i = 0; i < n; i++) {
-    v[i].s = value_at(s, i);
-    v[i].y = value_at(y, i) != 0;
-    v[i].w = w ? value_at(w, i) : 1.0;
-    /* the message's values are copied out of v before v is freed */
-    double si = v[i].s, wi = v[i].w, yi = value_at(y, i);
-    if (isnan(yi)) { free(v); return moe_error("roc_auc: label %lld is NaN", (long long)i + 1); }
+    double yi = y[i], si = s[i], wi = w ? w[i] : 1.0;
+    if (isnan(yi)) { free(v); return moe_error("%s: label %lld is NaN", op, (long long)i + 1); }
     if (yi != 0 && yi != 1) {
       free(v);
-      return moe_error("roc_auc: label %lld is %g (binary labels are 0 or 1)", (long long)i + 1, yi);
+      return moe_error("%s: label %lld is %g (binary labels are 0 or 1)", op, (long long)i + 1, yi);
     }
-    if (isnan(si)) { free(v); return moe_error("roc_auc: score %lld is NaN", (long long)i + 1); }
+    if (isnan(si)) { free(v); return moe_error("%s: score %lld is NaN", op, (long long)i + 1); }
     if (!(wi >= 0) || isinf(wi)) {
       free(v);
-      return moe_error("roc_auc: weight %lld is %g (must be finite and >= 0)", (long long)i + 1, wi);
+      return moe_error("%s: weight %lld is %g (must be finite and >= 0)", op, (long long)i + 1, wi);
     }
-    if (v[i].y) P += v[i].w;
-    else N += v[i].w;
+    v[i].s = si;
+    v[i].y = yi != 0;
+    v[i].w = wi;
+    if (v[i].y) P += wi;
+    else N += wi;
   }
   if (P <= 0 || N <= 0) {
     free(v);
-    return moe_error("roc_auc: only one class present in the labels (%lld samples): the area is undefined",
+    return moe_error("%s: only one class present in the labels (%lld samples): the area is undefined", op,
                      (long long)n);
   }
   qsort(v, (size_t)n, sizeof *v, by_score_desc);
@@ -66,4 +67,87 @@ int moe_roc_auc(const moe_tensor *y, const moe_tensor *s, const moe_tensor *w, d
   free(v);
   *auc = area / (P * N);
   return 0;
+}
+
+/* the n values of t as doubles into dst: contiguous float32/float64 directly */
+static void values_into(double *dst, const moe_tensor *t, int64_t n) {
+  if (moe_is_contiguous(t) && t->dtype == MOE_F32) {
+    const float *src = (const float *)moe_data(t);
+    for (int64_t i = 0; i < n; i++) dst[i] = src[i];
+  } else if (moe_is_contiguous(t) && t->dtype == MOE_F64) {
+    memcpy(dst, moe_data(t), sizeof(double) * (size_t)n);
+  } else {
+    for (int64_t i = 0; i < n; i++) dst[i] = value_at(t, i);
+  }
+}
+
+int moe_roc_auc(const moe_tensor *y, const moe_tensor *s, const moe_tensor *w, double *auc) {
+  char b1[160], b2[160];
+  if (y->ndim != 1 || s->ndim != 1 || y->shape[0] != s->shape[0] || (w && (w->ndim != 1 || w->shape[0] != y->shape[0])))
+    return moe_error("roc_auc: labels %s, scores %s (and weights) must be 1-D of one length",
+                     moe_shape_str(y, b1), moe_shape_str(s, b2));
+  int64_t n = y->shape[0];
+  double *buf = malloc(sizeof(double) * (size_t)(3 * n + 1));
+  if (!buf) return moe_error("roc_auc: out of memory");
+  values_into(buf, y, n);
+  values_into(buf + n, s, n);
+  if (w) values_into(buf + 2 * n, w, n);
+  int rc = auc_of("roc_auc", buf, buf + n, w ? buf + 2 * n : NULL, n, auc);
+  free(buf);
+  return rc;
+}
+
+/* ---------------------------------------------------------------- AUC accumulator */
+
+/* a batch's values: [n] or [n, 1] */
+static int column_len(const char *op, const char *what, const moe_tensor *t, int64_t *n) {
+  char b[160];
+  if (t->ndim == 1) *n = t->shape[0];
+  else if (t->ndim == 2 && t->shape[1] == 1) *n = t->shape[0];
+  else return moe_error("%s: %s must be [n] or [n, 1], got %s", op, what, moe_shape_str(t, b));
+  return 0;
+}
+
+int moe_auc_acc_add(moe_auc_acc *a, const moe_tensor *y, const moe_tensor *s, const moe_tensor *w) {
+  int64_t n = 0, ns = 0, nw = 0;
+  if (column_len("auc", "y_true", y, &n) || column_len("auc", "y_pred", s, &ns)) return -1;
+  if (n != ns) return moe_error("auc: y_true has %lld values and y_pred %lld", (long long)n, (long long)ns);
+  if (w) {
+    if (column_len("auc", "sample_weight", w, &nw)) return -1;
+    if (nw != n) return moe_error("auc: %lld sample weights for %lld samples", (long long)nw, (long long)n);
+  }
+  if (a->n + n > a->cap) {
+    int64_t cap = a->cap ? a->cap : 1024;
+    while (cap < a->n + n) cap *= 2;
+    double *ny = realloc(a->y, sizeof(double) * (size_t)cap);
+    if (ny) a->y = ny;
+    double *ns2 = ny ? realloc(a->s, sizeof(double) * (size_t)cap) : NULL;
+    if (ns2) a->s = ns2;
+    double *nw2 = ns2 && a->w ? realloc(a->w, sizeof(double) * (size_t)cap) : NULL;
+    if (nw2) a->w = nw2;
+    if (!ny || !ns2 || (a->w && !nw2)) return moe_error("auc: out of memory");
+    a->cap = cap;
+  }
+  if (w && !a->w) { /* the first weighted batch: the earlier ones weigh 1 */
+    if (!(a->w = malloc(sizeof(double) * (size_t)a->cap))) return moe_error("auc: out of memory");
+    for (int64_t i = 0; i < a->n; i++) a->w[i] = 1.0;
+  }
+  values_into(a->y + a->n, y, n);
+  values_into(a->s + a->n, s, n);
+  if (a->w) {
+    if (w) values_into(a->w + a->n, w, n);
+    else for (int64_t i = 0; i < n; i++) a->w[a->n + i] = 1.0;
+  }
+  a->n += n;
+  return 0;
+}
+
+int moe_auc_acc_result(const moe_auc_acc *a, double *auc) {
+  return auc_of("auc", a->y, a->s, a->w, a->n, auc);
+}
+
+void moe_auc_acc_clear(moe_auc_acc *a) {
+  free(a->y); free(a->s); free(a->w);
+  a->y = a->s = a->w = NULL;
+  a->n = a->cap = 0;
 }

@@ -11,4 +11,17 @@
  * or -1 with an error: mismatched shapes, NaN scores, negative weights, or a
  * single class present (the area is then undefined). */
 int moe_roc_auc(const moe_tensor *y, const moe_tensor *s, const moe_tensor *w, double *auc);
+
+/* An exact-AUC accumulator over batches (a metric's state during an epoch):
+ * each batch's labels, scores and optional weights ([n] or [n, 1], any
+ * numeric dtype) are appended as doubles, so an update makes no tensor; a
+ * batch without weights weighs 1. Zero-initialise; clear frees. The result's
+ * errors are moe_roc_auc's, with the value's position over all batches. */
+typedef struct {
+  double *y, *s, *w; /* w stays NULL until a weighted batch arrives */
+  int64_t n, cap;
+} moe_auc_acc;
+int moe_auc_acc_add(moe_auc_acc *a, const moe_tensor *y, const moe_tensor *s, const moe_tensor *w);
+int moe_auc_acc_result(const moe_auc_acc *a, double *auc);
+void moe_auc_acc_clear(moe_auc_acc *a);
 #endif
