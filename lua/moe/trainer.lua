@@ -61,12 +61,45 @@ local function rows_of(v, what, where)
   return n
 end
 
-local function take(v, idx)
-  if v == nil then return nil end
-  if is_tensor(v) then return v:index_select(1, idx) end
+-- fit{}'s batches are gathered one batch ahead on a helper thread
+-- (core.gather_rows, src/core/index.c) while the current one trains. The
+-- tensors of x, y and sample_weight go as one list; `plan` puts each batch's
+-- rows back into the shapes given (a tensor, or a table of named tensors).
+local function batch_plan(...)
+  local list, plan = {}, {}
+  for i = 1, select("#", ...) do
+    local v = select(i, ...)
+    if v == nil then plan[i] = false
+    elseif is_tensor(v) then list[#list + 1] = v; plan[i] = #list
+    else
+      local keys = {}
+      for k, t in pairs(v) do list[#list + 1] = t; keys[k] = #list end
+      plan[i] = keys
+    end
+  end
+  return list, plan
+end
+
+local function from_plan(p, got)
+  if p == false then return nil end
+  if type(p) == "number" then return got[p] end
   local out = {}
-  for k, t in pairs(v) do out[k] = t:index_select(1, idx) end
+  for k, j in pairs(p) do out[k] = got[j] end
   return out
+end
+
+local GATHER_MAX = 16 -- MOE_GATHER_MAX
+
+local function start_gather(list, idx)
+  if #list > GATHER_MAX then return { list = list, idx = idx } end -- gathered when finished
+  return core.gather_rows(list, idx)
+end
+
+local function finish_gather(job)
+  if job.finish then return job:finish() end
+  local got = {}
+  for i, t in ipairs(job.list) do got[i] = t:index_select(1, job.idx) end
+  return got
 end
 
 local function narrow(v, start, len)
@@ -528,6 +561,7 @@ function Module:fit(opts)
   rawset(self, "stop_training", false)
   rawset(self, "history", history)
   local data = require "moe.data"
+  local tensors, plan = batch_plan(x, y, sw)
   local nb = math.ceil(n / batch)
   if opts.steps_per_epoch then positive_int(opts.steps_per_epoch, "steps_per_epoch", "fit"); nb = math.min(nb, opts.steps_per_epoch) end
   local was_deferred = core.defer_interrupts(true)
@@ -552,12 +586,19 @@ function Module:fit(opts)
         local logs = { loss = st.loss_sum / st.n }
         return layer_logs(self, st, single, "", logs)
       end
-      for idx in data.batches(n, batch, { shuffle = opts.shuffle ~= false, seed = opts.seed and (opts.seed * 100003 + epoch) or nil }) do
+      local next_idx = data.batches(n, batch, { shuffle = opts.shuffle ~= false, seed = opts.seed and (opts.seed * 100003 + epoch) or nil })
+      local idx = next_idx()
+      local job = idx and start_gather(tensors, idx)
+      while idx do
         b = b + 1
         if b > nb then break end
-        local batch_logs = { batch = b, size = idx:numel() }
+        local got = finish_gather(job)
+        local idx_now = idx
+        idx = b < nb and next_idx() or nil
+        job = idx and start_gather(tensors, idx) -- the next batch, while this one trains
+        local batch_logs = { batch = b, size = idx_now:numel() }
         call_hooks(cbs, "on_batch_begin", b, batch_logs)
-        local xb, yb, swb = take(x, idx), take(y, idx), take(sw, idx)
+        local xb, yb, swb = from_plan(plan[1], got), from_plan(plan[2], got), from_plan(plan[3], got)
         local loss, parts, p = train_step(self, xb, yb, swb, take_snapshot)
         if not finite(loss) then
           stop_reason = ("fit: the loss is %s at epoch %d, batch %d: training stopped; %s"):format(tostring(loss),
@@ -568,7 +609,7 @@ function Module:fit(opts)
         end
         local named
         named, single = named_outputs(self, p)
-        pass_update(self, st, named, single, yb, swb, loss, parts, idx:numel(), "fit") -- metrics see detached outputs
+        pass_update(self, st, named, single, yb, swb, loss, parts, idx_now:numel(), "fit") -- metrics see detached outputs
         batch_logs.loss = loss
         call_hooks(cbs, "on_batch_end", b, batch_logs)
         show:batch(epoch, initial + epochs, b, nb, st.n, t0, running)

@@ -177,6 +177,15 @@ moe_tensor *moe_gather(const moe_tensor *t, int dim, const moe_tensor *index, in
 moe_tensor *moe_scatter_add(const moe_tensor *t, int dim, const moe_tensor *index,
                             const moe_tensor *src, int64_t ibase, int inplace);
 moe_tensor *moe_index_select(const moe_tensor *t, int dim, const moe_tensor *index, int64_t ibase);
+/* rows `index` of up to MOE_GATHER_MAX tensors (along dim 0), copied on a
+ * helper thread while the caller goes on: start returns at once (or NULL and
+ * an error: a bad index), finish waits and hands over the n outputs (new
+ * references), free releases the job (waiting for it when still running). */
+#define MOE_GATHER_MAX 16
+typedef struct moe_gather_job moe_gather_job;
+moe_gather_job *moe_gather_start(int n, moe_tensor *const *src, const moe_tensor *index, int64_t ibase);
+int moe_gather_finish(moe_gather_job *j, moe_tensor **out);
+void moe_gather_free(moe_gather_job *j);
 moe_tensor *moe_index_add(const moe_tensor *t, int dim, const moe_tensor *index,
                           const moe_tensor *src, int64_t ibase, int inplace);
 moe_tensor *moe_bincount(const moe_tensor *t, const moe_tensor *weights, int64_t minlength,

@@ -1469,6 +1469,58 @@ static int l_roc_auc(lua_State *L) {
   return 1;
 }
 
+/* gather_rows({t1, t2, ...}, index) -> a job: the rows `index` of each tensor
+ * are copied on a helper thread (moe_gather_start); job:finish() -> {rows1,
+ * rows2, ...} once they are there. For fit{}'s next batch. */
+#define GATHER_MT "moe.gather_job"
+typedef struct { moe_gather_job *j; } gather_box;
+static gather_box *check_gather(lua_State *L) { return luaL_checkudata(L, 1, GATHER_MT); }
+static int l_gather_gc(lua_State *L) {
+  gather_box *g = check_gather(L);
+  moe_gather_free(g->j);
+  g->j = NULL;
+  return 0;
+}
+static int l_gather_finish(lua_State *L) {
+  gather_box *g = check_gather(L);
+  if (!g->j) return luaL_error(L, "gather_rows: this job was finished already");
+  moe_tensor *out[MOE_GATHER_MAX];
+  int n = moe_gather_finish(g->j, out);
+  moe_gather_free(g->j);
+  g->j = NULL;
+  lua_createtable(L, n, 0);
+  for (int i = 0; i < n; i++) {
+    moe_lua_push(L, out[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  return 1;
+}
+static int l_gather_rows(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  int n = (int)lua_objlen(L, 1);
+  if (n < 1 || n > MOE_GATHER_MAX) return luaL_error(L, "gather_rows: %d tensors (1 to %d)", n, MOE_GATHER_MAX);
+  moe_tensor *src[MOE_GATHER_MAX];
+  for (int i = 0; i < n; i++) {
+    lua_rawgeti(L, 1, i + 1);
+    src[i] = check_tensor(L, -1, "gather_rows");
+    lua_pop(L, 1); /* the list keeps it alive; the job retains it */
+  }
+  moe_tensor *idx = check_tensor(L, 2, "gather_rows");
+  gather_box *g = lua_newuserdata(L, sizeof *g);
+  g->j = NULL;
+  if (luaL_newmetatable(L, GATHER_MT)) {
+    lua_newtable(L);
+    lua_pushcfunction(L, l_gather_finish);
+    lua_setfield(L, -2, "finish");
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_gather_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  if (!(g->j = moe_gather_start(n, src, idx, IBASE))) return raise_engine(L);
+  return 1;
+}
+
 /* auc_acc() -> an exact-AUC accumulator: acc:add(y, p[, w]) appends a batch
  * (no tensor is kept), acc:result() -> the area (raises roc_auc's errors),
  * acc:reset(), acc:count() -> values so far */
@@ -1789,7 +1841,7 @@ static const luaL_Reg funcs[] = {
     {"is_tensor", l_is_tensor}, {"live", l_live}, {"cat", l_cat}, {"stack", l_stack},
     {"set_grad_enabled", l_set_grad_enabled}, {"is_grad_enabled", l_is_grad_enabled},
     {"peak_bytes", l_peak_bytes}, {"empty_cache", l_empty_cache}, {"linear", l_linear}, {"bce", l_bce}, {"mixture", l_mixture}, {"gate_scale", l_gate_scale}, {"route_plan", l_route_plan}, {"grouped_matmul", l_grouped_matmul}, {"get_flat", l_get_flat}, {"set_flat", l_set_flat}, {"optim_step", l_optim_step},
-    {"st_save", l_st_save}, {"read_csv", l_read_csv}, {"roc_auc", l_roc_auc}, {"auc_acc", l_auc_acc}, {"cuda_info", l_cuda_info}, {"cuda_empty_cache", l_cuda_empty_cache}, {"cuda_precision", l_cuda_precision}, {"defer_interrupts", l_defer_interrupts}, {"take_interrupt", l_take_interrupt}, {"st_read_header", l_st_read_header}, {"st_read_tensor", l_st_read_tensor}, {"st_checksum", l_st_checksum},
+    {"st_save", l_st_save}, {"read_csv", l_read_csv}, {"roc_auc", l_roc_auc}, {"auc_acc", l_auc_acc}, {"gather_rows", l_gather_rows}, {"cuda_info", l_cuda_info}, {"cuda_empty_cache", l_cuda_empty_cache}, {"cuda_precision", l_cuda_precision}, {"defer_interrupts", l_defer_interrupts}, {"take_interrupt", l_take_interrupt}, {"st_read_header", l_st_read_header}, {"st_read_tensor", l_st_read_tensor}, {"st_checksum", l_st_checksum},
     {NULL, NULL}};
 
 /* functions that are also tensor methods */
