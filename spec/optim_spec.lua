@@ -96,6 +96,33 @@ describe("optimizers", function()
     end
   end
 
+  -- past 262,144 values the update is split across cores (a slice of each large
+  -- parameter per core, small ones whole): every element still gets its rule
+  for _, c in ipairs { cases[2], cases[6], cases[9] } do
+    it(c[1] .. " updates every element of large and small parameters alike (the update split across cores)", function()
+      moe.manual_seed(3)
+      local shapes = { { 700, 500 }, { 7 }, { 40000 }, { 3, 5 } }
+      local ps, refs, gs = {}, {}, {}
+      for i, s in ipairs(shapes) do
+        ps[i] = moe.randn(s, { requires_grad = true })
+        gs[i] = { moe.randn(s), moe.randn(s) }
+        refs[i] = { w = ps[i]:reshape(-1):totable(), st = {} }
+      end
+      local opt = moe.optim[c[1]](c[2])
+      for t = 1, 2 do
+        for i = 1, #ps do ps[i].grad = gs[i][t] end
+        opt:step(ps)
+        for i = 1, #ps do ref[c[1]](hp(c[2]), refs[i].w, gs[i][t]:reshape(-1):totable(), refs[i].st, t) end
+      end
+      for i = 1, #ps do
+        local got = ps[i]:reshape(-1):totable()
+        local n, bad = #got, 0
+        for j = 1, n do if math.abs(got[j] - refs[i].w[j]) > 2e-5 * (1 + math.abs(refs[i].w[j])) then bad = bad + 1 end end
+        assert.equal(0, bad, ("parameter %d: %d of %d elements off"):format(i, bad, n))
+      end
+    end)
+  end
+
   it("skips parameters without a gradient", function()
     local a = moe.ones(2, { requires_grad = true })
     local b = moe.ones(2, { requires_grad = true })

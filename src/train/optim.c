@@ -88,6 +88,45 @@ static int check(moe_optim_kind kind, int i, const moe_tensor *p, const moe_tens
 DEFINE_UPDATE(float, sqrtf, update_f32)
 DEFINE_UPDATE(double, sqrt, update_f64)
 
+typedef struct {
+  moe_optim_kind kind;
+  int n, parts;
+  moe_tensor *const *params, *const *grads, *const *s1s, *const *s2s;
+  const int64_t *steps;
+  const moe_optim_hparams *h;
+  double scale, cv;
+} update_job;
+
+#define OPTIM_PARALLEL 262144 /* values in all, for the update to be split across cores */
+#define OPTIM_SLICE 32768     /* a parameter at least this large is sliced; smaller ones go whole to one part */
+
+/* part `part` of `parts` of the update: a slice of each large parameter, and
+ * every parts-th small one */
+static void update_part(void *ctx, int part) {
+  const update_job *u = ctx;
+  for (int i = 0; i < u->n; i++) {
+    moe_tensor *p = u->params[i];
+    const moe_tensor *g = u->grads[i];
+    moe_tensor *s1 = u->s1s ? u->s1s[i] : NULL, *s2 = u->s2s ? u->s2s[i] : NULL;
+    int64_t m = moe_numel(p), step = u->steps[i], lo = 0, hi = m;
+    if (u->parts > 1) {
+      if (m >= OPTIM_SLICE) { lo = m * part / u->parts; hi = m * (part + 1) / u->parts; }
+      else if (i % u->parts != part) continue;
+    }
+    const moe_optim_hparams *h = u->h;
+    double bc1 = 1 - pow(h->beta1, (double)step), bc2 = 1 - pow(h->beta2, (double)step);
+    double clr = h->lr / (1 + (double)(step - 1) * h->lr_decay);
+    if (p->dtype == MOE_F32)
+      update_f32(u->kind, hi - lo, (float *)moe_data(p) + lo, (const float *)moe_data(g) + lo,
+                 s1 ? (float *)moe_data(s1) + lo : NULL, s2 ? (float *)moe_data(s2) + lo : NULL, h, step,
+                 u->scale, u->cv, bc1, bc2, clr);
+    else
+      update_f64(u->kind, hi - lo, (double *)moe_data(p) + lo, (const double *)moe_data(g) + lo,
+                 s1 ? (double *)moe_data(s1) + lo : NULL, s2 ? (double *)moe_data(s2) + lo : NULL, h, step,
+                 u->scale, u->cv, bc1, bc2, clr);
+  }
+}
+
 int moe_optim_step(moe_optim_kind kind, int n, moe_tensor *const *params, moe_tensor *const *grads,
                    moe_tensor *const *s1s, moe_tensor *const *s2s, const int64_t *steps,
                    const moe_optim_hparams *h, double *norm_out) {
@@ -114,22 +153,22 @@ int moe_optim_step(moe_optim_kind kind, int n, moe_tensor *const *params, moe_te
   }
   if (norm_out) *norm_out = norm;
   if (h->clip_norm > 0 && norm > h->clip_norm) scale = h->clip_norm / (norm + 1e-6);
+  update_job u = {.kind = kind, .n = n, .params = params, .grads = grads, .s1s = need1 ? s1s : NULL,
+                  .s2s = need2 ? s2s : NULL, .steps = steps, .h = h, .scale = scale, .cv = cv, .parts = 1};
+  int64_t total = 0;
   for (int i = 0; i < n; i++) {
-    moe_tensor *p = params[i];
-    const moe_tensor *g = grads[i];
-    moe_tensor *s1 = need1 ? s1s[i] : NULL, *s2 = need2 ? s2s[i] : NULL;
-    int64_t m = moe_numel(p), step = steps[i];
-    double bc1 = 1 - pow(h->beta1, (double)step), bc2 = 1 - pow(h->beta2, (double)step);
-    double clr = h->lr / (1 + (double)(step - 1) * h->lr_decay);
-    p->storage->version++;
-    if (p->dtype == MOE_F32)
-      update_f32(kind, m, (float *)moe_data(p), (const float *)moe_data(g),
-                 s1 ? (float *)moe_data(s1) : NULL, s2 ? (float *)moe_data(s2) : NULL, h, step, scale, cv,
-                 bc1, bc2, clr);
-    else
-      update_f64(kind, m, (double *)moe_data(p), (const double *)moe_data(g),
-                 s1 ? (double *)moe_data(s1) : NULL, s2 ? (double *)moe_data(s2) : NULL, h, step, scale,
-                 cv, bc1, bc2, clr);
+    params[i]->storage->version++;
+    total += moe_numel(params[i]);
+  }
+  /* the update is memory-bound: past a few hundred thousand values, every
+   * core takes a slice of each large parameter (1.6 M Adam values: 4.4 ms on
+   * one core of the 2-core development VM) */
+  int nth = moe_cpu_threads();
+  if (nth > 1 && total >= OPTIM_PARALLEL) {
+    u.parts = nth;
+    moe_cpu_parallel(nth, update_part, &u);
+  } else {
+    update_part(&u, 0);
   }
   return 0;
 }
