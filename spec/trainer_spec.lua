@@ -168,6 +168,45 @@ describe("fit", function()
     assert.matches("x%.[ab] has [0-9]+ rows, other entries", H.error_of(m.fit, m, { x = { a = x.a, b = x.b:narrow(1, 1, 99) }, y = y }))
   end)
 
+  it("trains on the rows data.batches gives, gathered ahead: named inputs, targets and weights stay aligned", function()
+    -- a model that records the batches it is fed; the loss records the targets and weights
+    local Rec = nn.Module:extend("TrainerSpecRecorder")
+    function Rec:build() self:add_weight("w", { 1 }, { initializer = "ones" }) end
+    function Rec:forward(x)
+      local seen = rawget(self, "seen")
+      seen[#seen + 1] = { a = x.a:clone(), b = x.b:clone() }
+      return (x.a:narrow(2, 1, 1) + x.b:narrow(2, 1, 1)) * self.w
+    end
+    local m = Rec {}
+    rawset(m, "seen", {})
+    local ys, ws = {}, {}
+    m:compile { optimizer = moe.optim.SGD { lr = 0 }, loss = function(y, p, o)
+      ys[#ys + 1], ws[#ws + 1] = y:clone(), o.sample_weight:clone()
+      return (p - y):square():mean()
+    end }
+    local n = 103
+    local x = { a = moe.arange(1, n + 1):float():view(n, 1) * moe.ones(1, 3), b = moe.randn(n, 2) }
+    local y, sw = moe.arange(1, n + 1):float():view(n, 1) * 10, moe.arange(1, n + 1):float() * 100
+    m:fit { x = x, y = y, sample_weight = sw, batch_size = 16, epochs = 2, seed = 7, verbose = 0 }
+    assert.equal(2 * 7, #m.seen)
+    local k = 0
+    for epoch = 1, 2 do
+      for idx in moe.data.batches(n, 16, { seed = 7 * 100003 + epoch }) do
+        k = k + 1
+        local got = m.seen[k]
+        assert.same(x.a:index_select(1, idx):totable(), got.a:totable())
+        assert.same(x.b:index_select(1, idx):totable(), got.b:totable())
+        assert.same(y:index_select(1, idx):totable(), ys[k]:totable())
+        assert.same(sw:index_select(1, idx):totable(), ws[k]:totable())
+      end
+    end
+    assert.equal(14, k)
+    -- rows 1..n, each exactly once per epoch
+    local count = {}
+    for i = 1, 7 do for _, r in ipairs(m.seen[i].a:totable()) do count[r[1]] = (count[r[1]] or 0) + 1 end end
+    for i = 1, n do assert.equal(1, count[i]) end
+  end)
+
   it("calls callbacks in order, and a callback can stop training", function()
     local x, y = task(100)
     local m = model_for()
