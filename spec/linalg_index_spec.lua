@@ -123,6 +123,37 @@ describe("matmul split across the thread pool", function()
       assert.is_true(maxdiff(moe.linear(a, b, bias), naive(a, b, bias:totable())) < tol)
     end
   end)
+  -- narrow float32 GEMMs (N a multiple of 8 up to 64) run on src/cpu/small_gemm.c's
+  -- register-blocked kernel where the CPU has AVX2+FMA: every row/column edge case
+  it("narrow GEMMs (N = 8..64) match a naive loop: row remainders, strided and transposed A, strided B, bias, gradients", function()
+    moe.manual_seed(12)
+    for _, M in ipairs { 1, 5, 6, 7, 8, 13, 32 } do
+      for _, N in ipairs { 8, 16, 24, 40, 64 } do
+        for _, K in ipairs { 1, 3, 37 } do
+          local a, b = moe.randn(M, K), moe.randn(K, N)
+          assert.is_true(maxdiff(moe.matmul(a, b), naive(a, b)) < 1e-4, ("%dx%dx%d"):format(M, K, N))
+        end
+      end
+    end
+    for _, s in ipairs { { 32, 499, 8 }, { 32, 499, 32 }, { 499, 32, 16 }, { 61, 200, 56 } } do
+      local M, K, N = s[1], s[2], s[3]
+      local tag = ("%dx%dx%d"):format(M, K, N)
+      local a, b = moe.randn(M, K), moe.randn(K, N)
+      assert.is_true(maxdiff(moe.matmul(a, b), naive(a, b)) < 1e-3, tag)
+      local at = moe.randn(K, M):transpose(1, 2)                     -- A transposed (the backward's x^T)
+      assert.is_true(maxdiff(moe.matmul(at, b), naive(at, b)) < 1e-3, tag .. " A^T")
+      local aw = moe.randn(M, K + 5):narrow(2, 2, K)                 -- A rows K + 5 apart
+      local bw = moe.randn(K, N + 8):narrow(2, 3, N)                 -- B rows N + 8 apart
+      assert.is_true(maxdiff(moe.matmul(aw, bw), naive(aw, bw)) < 1e-3, tag .. " strided")
+      local bias = moe.randn(N)
+      assert.is_true(maxdiff(moe.linear(a, b, bias), naive(a, b, bias:totable())) < 1e-3, tag .. " bias")
+      -- the weight gradient x^T g is a narrow GEMM with a transposed A
+      local w = b:clone():requires_grad_()
+      local g = moe.randn(M, N)
+      moe.linear(a, w, bias):backward(g)
+      assert.is_true(maxdiff(w.grad, naive(a:transpose(1, 2), g)) < 1e-3, tag .. " grad")
+    end
+  end)
   it("fuses relu, sigmoid and tanh into linear: the same values as the separate ops", function()
     local x, w, b = moe.randn(7, 5), moe.randn(5, 3), moe.randn(3)
     local z = moe.linear(x, w, b)

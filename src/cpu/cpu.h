@@ -61,6 +61,12 @@ void moe_cpu_gemm_batched(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int
 /* on: GEMMs run on one OpenBLAS thread and unsplit until off (for callers that
  * run independent GEMMs on the thread pool themselves); main thread only */
 void moe_cpu_gemm_serial(int on);
+/* small_gemm.c: C [M,N] (+= when acc) A [M,K] @ B [K,N] in float32, A with
+ * strides (sam, sak), B rows ldb apart (unit column stride), C rows ldc apart;
+ * for N a multiple of 8 up to 64 on AVX2+FMA, which _ok(N) tells */
+int moe_cpu_small_gemm_ok(int64_t N);
+void moe_cpu_small_gemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t sam, int64_t sak,
+                        const float *B, int64_t ldb, float *C, int64_t ldc, int acc);
 
 /* C [M,N] (contiguous) += A @ B, strides in elements */
 void moe_cpu_gemm_add(moe_dtype dt, int64_t M, int64_t N, int64_t K, const char *A, int64_t sAm,
