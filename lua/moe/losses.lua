@@ -46,7 +46,7 @@ local function reduce(name, per_sample, opts)
   if r == "none" then return per_sample end
   if r == "sum" then return per_sample:sum() end
   if r == "mean" or r == "sum_over_batch_size" then
-    return per_sample:numel() > 0 and per_sample:sum() / per_sample:numel() or per_sample:sum()
+    return per_sample:numel() > 0 and per_sample:mean() or per_sample:sum()
   end
   error(("%s: reduction must be mean, sum or none, got %s"):format(name, tostring(r)), 3)
   return n
@@ -55,7 +55,11 @@ end
 local function float_of(y, p) return y:dtype() == p:dtype() and y or y:to(p:dtype()) end
 
 -- the mean over the last axis (a [B] per-sample loss from [B, d])
-local function last_mean(t) return t:dim() > 1 and t:mean(-1) or t end
+-- (a last axis of one value is only squeezed: no op to record)
+local function last_mean(t)
+  if t:dim() <= 1 then return t end
+  return t:size(-1) == 1 and t:squeeze(-1) or t:mean(-1)
+end
 
 function losses.mean_squared_error(y, p, opts)
   check_pair("mean_squared_error", y, p); same_shape("mean_squared_error", y, p)
