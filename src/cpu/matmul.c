@@ -70,10 +70,12 @@ typedef struct {
   int accumulate;
 } gemm_call;
 
-/* narrow float32 GEMMs (N a multiple of 8 up to 64, B not transposed) go to
- * small_gemm.c's register-blocked kernel: 32x499x8 ran at 30-39 GFLOP/s
- * through OpenBLAS, 49-54 there; 32x499x32 at 53-63, 65 there */
-#define MOE_SMALL_GEMM_MAX_WORK 5.0e7
+/* small narrow float32 GEMMs (N a multiple of 8 up to 64, B not transposed,
+ * up to 2e6 multiply-adds) go to small_gemm.c's register-blocked kernel:
+ * 32x499x8 ran at 30-39 GFLOP/s through OpenBLAS, 49-54 there; 32x499x32 at
+ * 53-63, 65 there. (Larger ones, e.g. TabularMoELayer's 1024x264x64, were
+ * not clearly faster there on the shared development VM: OpenBLAS keeps them.) */
+#define MOE_SMALL_GEMM_MAX_WORK 2.0e6
 
 static void gemm_run(const gemm_call *g) {
   if (g->dt == MOE_F32 && g->tb == CblasNoTrans && moe_cpu_small_gemm_ok(g->N) &&
