@@ -341,6 +341,10 @@ done:
 
 /* opens libdnnl.so.2 and checks that a matmul of op_type can be created; NULL or why not */
 static const char *dnnl_open(int backend, char *why, size_t n, char *impl_out, size_t impl_n) {
+  /* OpenMP's threads spin after a parallel region (libgomp: about a millisecond) on cores
+   * that OpenBLAS's threads and moelua's pool need next: the MMoE census training ran 7x
+   * slower so on 2 cores. libgomp reads this when it loads, with libdnnl, below. */
+  setenv("OMP_WAIT_POLICY", "PASSIVE", 0);
   void *h = dlopen("libdnnl.so.2", RTLD_NOW | RTLD_LOCAL);
   if (!h) {
     snprintf(why, n, "oneDNN could not be opened (%s; Debian's package is libdnnl-dev)", dlerror());
@@ -399,12 +403,16 @@ static void choose_once(void) {
   status.backend = want;
   snprintf(status.library, sizeof status.library, "oneDNN %d.%d.%d (libdnnl.so.2, ISA %s)", v->major, v->minor,
            v->patch, isa_name(D.dnnl_get_effective_cpu_isa()));
-  snprintf(status.reason, sizeof status.reason, "%s: oneDNN's matmul primitive (%s on a 64x64x64 probe)", why, impl);
+  const char *wait = getenv("OMP_WAIT_POLICY");
+  snprintf(status.reason, sizeof status.reason, "%s: oneDNN's matmul primitive (%s on a 64x64x64 probe; "
+           "OMP_WAIT_POLICY=%s)", why, impl, wait ? wait : "?");
 #else
   snprintf(status.reason, sizeof status.reason, "%s, but moelua was built without oneDNN's header (libdnnl-dev): "
            "emulated instead (operands rounded to bf16 in fp32 buffers, then sgemm)", why);
 #endif
 }
+
+void moe_bf16_init(void) { pthread_once(&once, choose_once); }
 
 void moe_bf16_status_get(moe_bf16_status *s) {
   pthread_once(&once, choose_once);

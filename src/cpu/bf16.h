@@ -34,6 +34,10 @@ typedef struct {
   char library[160], reason[400];
 } moe_bf16_status;
 void moe_bf16_status_get(moe_bf16_status *s);
+/* makes the choice now (once): the binding calls it on the Lua thread before the first
+ * bf16 GEMM, which may otherwise run on a pool worker (loading oneDNN sets an environment
+ * variable for its OpenMP runtime) */
+void moe_bf16_init(void);
 
 /* the bit pattern of float bits u rounded to bf16 (the low 16 bits zero) */
 static inline uint32_t moe_bf16_round_bits(uint32_t u) {

@@ -1117,7 +1117,9 @@ static moe_precision opt_precision(lua_State *L, int i, const char *op) {
   static const char *const names[] = {"fp32", "bf16", NULL};
   if (lua_isnoneornil(L, i)) return MOE_PREC_FP32;
   cur_op = op;
-  return (moe_precision)chk_option(L, i, NULL, names);
+  moe_precision p = (moe_precision)chk_option(L, i, NULL, names);
+  if (p == MOE_PREC_BF16) moe_bf16_init(); /* the backend is chosen here, on the Lua thread */
+  return p;
 }
 
 /* matmul(a, b[, precision]) */
