@@ -167,7 +167,7 @@ static int broken;               /* a primitive failed at run time: emulate from
 #define FIXED_K_MAX 8
 typedef struct {
   int64_t K, N; /* K < 0: K is a runtime dim */
-  int ta, tb, acc;
+  int ta, tb, acc, nthr;
   dnnl_primitive_t p;
   size_t scratch;
 } prim;
@@ -229,12 +229,17 @@ done:
   return s;
 }
 
+/* a primitive for the calling thread's current OpenMP thread count (T.omp_threads, set
+ * before): some of oneDNN's implementations (brgemm matmul) fix their thread count when the
+ * primitive is created and ask OpenMP for that many at execution, whatever
+ * omp_set_num_threads says then; one made on the main thread for all cores must not run
+ * on a pool worker */
 static prim *find_prim(int64_t K, int64_t N, int ta, int tb, int acc) {
-  int same = 0;
+  int same = 0, nthr = T.omp_threads;
   prim *runtime_k = NULL;
   for (int i = 0; i < T.n; i++) {
     prim *p = &T.cache[i];
-    if (p->N != N || p->ta != ta || p->tb != tb || p->acc != acc) continue;
+    if (p->N != N || p->ta != ta || p->tb != tb || p->acc != acc || p->nthr != nthr) continue;
     if (p->K == K) return p;
     if (p->K < 0) runtime_k = p;
     else same++;
@@ -243,6 +248,7 @@ static prim *find_prim(int64_t K, int64_t N, int ta, int tb, int acc) {
   if (same >= FIXED_K_MAX) K = -1;
   prim np;
   if (make_prim(K, N, ta, tb, acc, &np, NULL) != dnnl_success) return NULL;
+  np.nthr = nthr;
   int at;
   if (T.n < NPRIM) {
     at = T.n++;
@@ -255,10 +261,12 @@ static prim *find_prim(int64_t K, int64_t N, int ta, int tb, int acc) {
   return &T.cache[at];
 }
 
+/* one OpenMP thread from a pool worker (moe_cpu_gemm_serial mode) or for a small GEMM,
+ * else moe_cpu_threads() (as OpenBLAS's thread policy in matmul.c) */
 static void set_omp_threads(int64_t M, int64_t N, int64_t K) {
   int want = moe_cpu_gemm_is_serial() || (double)M * (double)N * (double)K < 4.0e6 ? 1 : moe_cpu_threads();
-  if (D.omp_set_num_threads && want != T.omp_threads) {
-    D.omp_set_num_threads(want);
+  if (want != T.omp_threads) {
+    if (D.omp_set_num_threads) D.omp_set_num_threads(want);
     T.omp_threads = want;
   }
 }
@@ -292,12 +300,12 @@ static int gemm_onednn(int64_t batch, int64_t M, int64_t N, int64_t K, const flo
   for (int64_t i = 0; i < (sBb ? batch : 1); i++) tb = round_copy(K, N, B + i * sBb, sBk, sBn, b + (size_t)(i * K * N) * es, pack);
   int rc = -1;
   dnnl_status_t s = dnnl_success;
+  set_omp_threads(M, N, K); /* before the primitive is made: it is made for this many threads */
   prim *p = find_prim(K, N, ta, tb, acc);
   if (!p || !p->p) { s = dnnl_unimplemented; goto done; }
   if (!T.stream && (s = D.dnnl_stream_create(&T.stream, engine, dnnl_stream_default_flags))) { T.stream = NULL; goto done; }
   void *pad = NULL, *padtmp = NULL;
   if (p->scratch && !(pad = scratch_get(&T.pad, p->scratch, &padtmp))) goto done;
-  set_omp_threads(M, N, K);
   dnnl_dims_t ad = {M, K}, bd = {K, N}, cd = {M, N};
   dnnl_dims_t as = {ta ? 1 : K, ta ? M : 1}, bs = {tb ? 1 : N, tb ? K : 1}, cs = {N, 1};
   dnnl_memory_desc_t amd, bmd, cmd;
