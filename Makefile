@@ -10,7 +10,7 @@ SAN     ?=
 WERROR  ?= $(if $(findstring clang,$(CC)),,-Werror=use-after-free -Werror=free-nonheap-object -Werror=return-type)
 CFLAGS   = $(OPT) $(SAN) -std=gnu11 -fPIC -fwrapv -fno-math-errno -fno-trapping-math -fopenmp-simd -Wall -Wextra -Wno-unused-parameter -Wshadow \
            $(WERROR) $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-LDLIBS   = $(SAN) $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread $(CUDA_LIBS)
+LDLIBS   = $(SAN) $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread -ldl $(CUDA_LIBS)
 VERSION := 0.1.0
 CFLAGS  += -DMOE_VERSION=\"$(VERSION)\"
 
@@ -72,7 +72,7 @@ $(BUILD)/libmoe.a: $(ENGINE_OBJ)
 
 $(BUILD)/moe/core.so: $(ENGINE_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) -shared -o $@ $^ $(SAN) $(shell pkg-config --libs openblas zlib libxxhash) -lm -lpthread $(CUDA_LIBS)
+	$(CC) -shared -o $@ $^ $(SAN) $(shell pkg-config --libs openblas zlib libxxhash) -lm -lpthread -ldl $(CUDA_LIBS)
 
 $(BUILD)/moelua: src/main.c $(BUILD)/libmoe.a $(HEADERS) Makefile | deps
 	$(CC) $(CFLAGS) -Wl,-E -o $@ src/main.c $(BUILD)/libmoe.a $(LDLIBS)

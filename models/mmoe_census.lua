@@ -8,13 +8,22 @@
 --
 --   moelua run models/mmoe_census.lua [--epochs 8] [--batch-size 32] [--experts 8]
 --                                      [--units 4] [--device cpu] [--seed 1] [--plot DIR] [--smoke]
+--                                      [--precision fp32|bf16]
+--
+-- --precision bf16 runs the experts' GEMMs with bf16 operands (moe.set_precision);
+-- the gates and the towers stay fp32.
 local moe = require "moe"
 local nn = moe.nn
 local cli = require "moe.cli"
 
 local opts = cli.parse(arg, { epochs = 8, batch_size = 32, experts = 8, units = 4, device = "cpu", seed = 1,
-  lr = 1e-3, smoke = false, data = "", save = "", plot = "" }, "moelua run models/mmoe_census.lua [options]")
+  lr = 1e-3, smoke = false, data = "", save = "", plot = "", precision = "fp32" },
+  "moelua run models/mmoe_census.lua [options]")
 cli.check_device(opts.device)
+if opts.precision ~= "fp32" and opts.precision ~= "bf16" then
+  error(("--precision must be fp32 or bf16, got '%s'"):format(opts.precision), 0)
+end
+moe.set_precision(opts.precision)
 if opts.smoke then opts.epochs = 1 end
 
 local now = require("moe.trainer").now
@@ -24,6 +33,10 @@ local ds = moe.datasets.census_income { path = opts.data ~= "" and opts.data or 
 local function rows(part) return part.x:size(1) end
 print(("census-income: %d rows, %d features; train %d, validation %d, test %d (%s)"):format(ds.nrows,
   ds.num_features, rows(ds.train), rows(ds.val), rows(ds.test), ds.path))
+if opts.precision == "bf16" then
+  local h = moe.config().bf16
+  print(("experts' GEMMs in bf16 on %s (%s)"):format(h.backend, h.reason))
+end
 if opts.smoke then -- a short run for the test suite: 10,000 training rows
   local idx = moe.arange(1, 10001)
   ds.train = { x = ds.train.x:index_select(1, idx), y = { income = ds.train.y.income:index_select(1, idx),

@@ -3,7 +3,8 @@
 # Quiet when everything is present; says what it installs otherwise.
 set -euo pipefail
 pkgs=(build-essential pkg-config luajit libluajit-5.1-dev libopenblas-dev lua-busted
-      libedit-dev zlib1g-dev libxxhash-dev tmux lua-cjson libcairo2 fonts-dejavu-core)
+      libedit-dev zlib1g-dev libxxhash-dev tmux lua-cjson libcairo2 fonts-dejavu-core
+      libdnnl-dev) # oneDNN: bf16 expert GEMMs where the CPU has bf16 (opened with dlopen; optional at run time)
 pkgs+=("$@") # extra packages: `make fuzz-deps` asks for clang libclang-rt-dev
 missing=()
 for p in "${pkgs[@]}"; do

@@ -250,6 +250,28 @@ describe("moe.cuda with a device", function()
     assert.equal("fp32", moe.cuda.get_precision())
   end)
 
+  it("a per-call bf16 (moe.set_precision's) runs cuBLAS's bf16 GEMM for that call only, as the CPU's bf16 does", function()
+    if not need_device() then return end
+    moe.manual_seed(14)
+    local x = moe.randn(24, 40, { requires_grad = true })
+    local w = moe.randn(40, 12, { requires_grad = true })
+    local b, g = moe.randn(12), moe.randn(24, 12)
+    local y = moe.linear(x, w, b, "relu", "bf16")        -- the CPU's bf16 (reference for the device)
+    y:backward(g)
+    local xc, wc = x:detach():cuda(), w:detach():cuda()
+    xc.requires_grad, wc.requires_grad = true, true
+    local yc = moe.linear(xc, wc, b:cuda(), "relu", "bf16")
+    yc:backward(g:cuda())
+    local function near(a, c) return (a - c:cpu()):abs():max():item() <= 1e-4 * (1 + a:abs():max():item()) end
+    assert.is_true(near(y:detach(), yc:detach()))        -- bf16 operands, fp32 sums: the same numbers
+    assert.is_true(near(x.grad, xc.grad) and near(w.grad, wc.grad))
+    local y32 = moe.linear(xc:detach(), wc:detach(), b:cuda(), "relu"):cpu()
+    assert.is_true((y32 - y:detach()):abs():max():item() > 0) -- the fp32 call stayed fp32
+    assert.equal("fp32", moe.cuda.get_precision())
+    local m = moe.matmul(xc:detach(), wc:detach(), "bf16"):cpu()
+    assert.is_true(near(moe.matmul(x:detach(), w:detach(), "bf16"), m))
+  end)
+
   it("a model trained a step on the device saves weights that load on the CPU", function()
     if not need_device() then return end
     moe.manual_seed(13)

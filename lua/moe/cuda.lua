@@ -7,7 +7,9 @@
 --   t:cuda(), t:cpu(), t:to("cuda"), model:cuda(), model:cpu()
 --
 --   moe.cuda.set_precision(p)   -- float32 GEMMs on the device: "fp32" (default), "tf32"
---                               -- or "bf16" (operands rounded, fp32 accumulate); returns the old one
+--                               -- or "bf16" (operands rounded, fp32 accumulate); returns the old one.
+--                               -- A GEMM given "bf16" itself (moe.set_precision's expert GEMMs:
+--                               -- moe.linear/matmul(..., "bf16")) runs cuBLAS's bf16 whatever this says
 --   moe.set_default_device("cuda")  -- creation functions make CUDA tensors
 --
 -- Ops run on the device of their tensor arguments and put their results there;

@@ -212,17 +212,44 @@ local lazy_fields = {
   Input = { "moe.model", "Input" }, load = { "moe.model", "load" },
   save_tensors = { "moe.io", "save_tensors" }, load_tensors = { "moe.io", "load_tensors" },
 }
+-- The precision of the experts' GEMMs (the sparse MoeLayer's grouped GEMMs,
+-- TabularMoELayer's and MMoE/OMoE's expert kernels), forward and backward:
+-- "fp32" (the default) or "bf16" (float32 operands rounded to bfloat16, fp32
+-- sums and outputs; fp32 master weights). Routers, gates, Dense layers and
+-- towers stay fp32. The layers pass moe.get_precision() to each expert GEMM
+-- (moe.linear, moe.matmul and moe.grouped_matmul take it as an optional last
+-- argument); on CUDA tensors such a call runs cuBLAS's bf16 GEMM, while
+-- moe.cuda.set_precision keeps governing every other GEMM there.
+-- moe.config().bf16 says which CPU backend runs the bf16 GEMMs, and why.
+do
+  local precision = "fp32"
+  function moe.set_precision(p)
+    if p ~= "fp32" and p ~= "bf16" then
+      error(("moe.set_precision: expected \"fp32\" or \"bf16\", got %s"):format(
+        type(p) == "string" and ("\"" .. p .. "\"") or tostring(p)), 2)
+    end
+    local old = precision
+    precision = p
+    return old
+  end
+  function moe.get_precision() return precision end
+end
+
 -- config(): what this process runs on -- the version, the BLAS and its kernel
--- set (and who chose it, and why), the CPU's features, the CUDA backend
+-- set (and who chose it, and why), the CPU's features, the bf16 GEMMs'
+-- backend (and why), the CUDA backend
 function moe.config()
   local b = core.blas_info()
   local c = core.cuda_info()
+  local h = core.bf16_info()
   local cfg = { version = moe._VERSION, luajit = jit and jit.version or "?", blas = b,
-    cuda = { built = c.built, devices = c.device_count } }
+    bf16 = h, precision = moe.get_precision(), cuda = { built = c.built, devices = c.device_count } }
   return setmetatable(cfg, { __tostring = function(t)
-    return ("moelua %s (%s)\nBLAS: %s\nkernels: %s, chosen by %s (%s)\nCPU: %s %s; best kernel set: %s\nCUDA: %s"):format(
+    return ("moelua %s (%s)\nBLAS: %s\nkernels: %s, chosen by %s (%s)\nCPU: %s %s; best kernel set: %s\n" ..
+      "bf16 GEMMs: %s%s (%s); expert precision now %s\nCUDA: %s"):format(
       t.version, t.luajit, b.library, b.kernels, b.chosen_by, b.reason, b.cpu_vendor, b.cpu_features,
-      b.cpu_best, t.cuda.built and (t.cuda.devices .. " device(s)") or "not built")
+      b.cpu_best, h.backend, h.library ~= "none" and (" on " .. h.library) or "", h.reason, t.precision,
+      t.cuda.built and (t.cuda.devices .. " device(s)") or "not built")
   end })
 end
 

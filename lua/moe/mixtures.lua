@@ -5,6 +5,9 @@
 -- one GEMM (MMoE's first layer: x [B,F] @ W [F, U*E]) or one batched GEMM
 -- (deeper experts: [E,B,in] @ [E,in,out]); the gate-weighted sum is the fused
 -- C op moe.mixture (src/nn/mixture.c), forward and backward.
+--
+-- The experts' GEMMs take moe.get_precision() ("fp32" or "bf16", see
+-- moe.set_precision); the gates' GEMMs are always fp32.
 local moe = require "moe"
 local nn = require "moe.nn"
 local inits = require "moe.initializers"
@@ -108,14 +111,15 @@ function TabularMoE:forward(x)
       error(("TabularMoELayer \"%s\": input has %d features but the layer was built for %d")
         :format(self.name, F, self.expert_kernel:size(1)), 0)
     end
-    local h = moe.linear(x2, self.expert_kernel:view(F, E * U), self.expert_bias:view(E * U)) -- [B,E*U]
+    local prec = moe.get_precision()                                                           -- experts only
+    local h = moe.linear(x2, self.expert_kernel:view(F, E * U), self.expert_bias:view(E * U), nil, prec) -- [B,E*U]
     local g = moe.linear(x2, self.gate_kernel, self.gate_bias):softmax(-1)                     -- [B,E]
     rawset(self, "last_gates", g:detach())
     -- sum_e g_e (relu(h_e) W2_e + b2_e) = [g_1 relu(h_1), ..., g_E relu(h_E), g] [W2_1; ...; W2_E; b2]:
     -- relu, gating and the gate-weighted output biases are one fused op (moe.gate_scale),
     -- and the second layers of all experts and the mixture are one GEMM
     local hs = moe.gate_scale(h, g, GATE_SCALE_RELU)                                          -- [B,E*U+E]
-    return moe.matmul(hs, moe.cat({ self.output_kernel:view(E * U, F), self.output_bias }, 1)) -- [B,F]
+    return moe.matmul(hs, moe.cat({ self.output_kernel:view(E * U, F), self.output_bias }, 1), prec) -- [B,F]
   end)
 end
 
@@ -263,21 +267,22 @@ end
 function MMoE:expert_outputs(x)
   local U, E = self.units, self.num_experts
   local hidden = self.expert_hidden_units or {}
+  local prec = moe.get_precision() -- the experts' GEMMs (the gates' stay fp32)
   if #hidden == 0 then
     local F = x:size(2)
     local b = self.use_expert_bias and self.expert_bias:view(U * E) or nil
     if self.expert_activation == "relu" then -- fused into the linear op
-      return moe.linear(x, self.expert_kernel:view(F, U * E), b, "relu"):view(-1, U, E)
+      return moe.linear(x, self.expert_kernel:view(F, U * E), b, "relu", prec):view(-1, U, E)
     end
-    return self._expert_act(moe.linear(x, self.expert_kernel:view(F, U * E), b):view(-1, U, E))
+    return self._expert_act(moe.linear(x, self.expert_kernel:view(F, U * E), b, nil, prec):view(-1, U, E))
   end
   local h = x
   for l = 1, #hidden do
-    h = h:matmul(self["expert_hidden_kernel_" .. l])                     -- [E,B,h]
+    h = h:matmul(self["expert_hidden_kernel_" .. l], prec)               -- [E,B,h]
     if self.use_expert_bias then h = h + self["expert_hidden_bias_" .. l]:unsqueeze(2) end
     h = self._hidden_act(h)
   end
-  h = h:matmul(self.expert_kernel)                                       -- [E,B,U]
+  h = h:matmul(self.expert_kernel, prec)                                 -- [E,B,U]
   if self.use_expert_bias then h = h + self.expert_bias:unsqueeze(2) end
   return self._expert_act(h):permute(2, 3, 1)                            -- [B,U,E] view
 end

@@ -77,16 +77,18 @@ function FFE:forward(x, counts, expert)
     error(("FeedForwardExperts \"%s\": expected [num_experts=%d, tokens, hidden], got [%s]")
       :format(self.name, self.num_experts, table.concat(x:shape(), ",")), 0)
   end
-  local h = self._act(x:matmul(self.intermediate_kernel) + self.intermediate_bias:unsqueeze(2))
+  local prec = moe.get_precision() -- the experts' GEMMs (moe.set_precision)
+  local h = self._act(x:matmul(self.intermediate_kernel, prec) + self.intermediate_bias:unsqueeze(2))
   h = dropout(self, h, self.inner_dropout)
-  local y = h:matmul(self.output_kernel) + self.output_bias:unsqueeze(2)
+  local y = h:matmul(self.output_kernel, prec) + self.output_bias:unsqueeze(2)
   return dropout(self, y, self.output_dropout)
 end
 -- rows [A, H] sorted by expert, counts [E] int64, expert [A] (1-based) -> [A, H]
 function FFE:grouped(rows, counts, expert)
-  local h = moe.grouped_matmul(rows, self.intermediate_kernel, self.intermediate_bias, counts)
+  local prec = moe.get_precision() -- the experts' GEMMs, forward and backward (moe.set_precision)
+  local h = moe.grouped_matmul(rows, self.intermediate_kernel, self.intermediate_bias, counts, prec)
   h = dropout(self, self._act(h), self.inner_dropout)
-  local y = moe.grouped_matmul(h, self.output_kernel, self.output_bias, counts)
+  local y = moe.grouped_matmul(h, self.output_kernel, self.output_bias, counts, prec)
   return dropout(self, y, self.output_dropout)
 end
 

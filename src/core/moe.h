@@ -162,7 +162,13 @@ typedef enum { MOE_SOFTMAX, MOE_LOG_SOFTMAX, MOE_CUMSUM, MOE_CUMPROD } moe_scano
 moe_tensor *moe_scan(moe_scanop op, const moe_tensor *t, int dim);
 
 /* ---- matmul (src/cpu/matmul.c) ---- */
+/* The precision of a GEMM: fp32, or bf16 (float32 operands rounded to bfloat16, round to
+ * nearest even, products and sums in fp32, fp32 output; src/cpu/bf16.c). It applies to
+ * float32 GEMMs; float64 ones always run in fp64. An op's backward GEMMs run in the
+ * precision of its forward (as PyTorch's autocast). */
+typedef enum { MOE_PREC_FP32 = 0, MOE_PREC_BF16 = 1 } moe_precision;
 moe_tensor *moe_matmul(const moe_tensor *a, const moe_tensor *b);
+moe_tensor *moe_matmul_prec(const moe_tensor *a, const moe_tensor *b, moe_precision prec);
 /* out = a @ b into an existing tensor (shapes already checked by moe_matmul rules) */
 int moe_matmul_out(moe_tensor *out, const moe_tensor *a, const moe_tensor *b);
 
@@ -209,8 +215,8 @@ moe_tensor *moe_randint(int64_t low, int64_t high, int ndim, const int64_t *shap
 moe_tensor *moe_randperm(int64_t n, moe_dtype dt, int64_t ibase);
 
 /* ---- layers' fused ops (src/nn/) ---- */
-/* y [..., N] = x [..., K] @ w [K, N] (+ b [N]; b may be NULL) */
-moe_tensor *moe_linear(const moe_tensor *x, const moe_tensor *w, const moe_tensor *b, int act);
+/* y [..., N] = x [..., K] @ w [K, N] (+ b [N]; b may be NULL), the GEMMs in precision prec */
+moe_tensor *moe_linear(const moe_tensor *x, const moe_tensor *w, const moe_tensor *b, int act, moe_precision prec);
 /* elementwise binary cross-entropy of probabilities (clipped to [1e-7, 1-1e-7]) or
  * logits; y and p of one shape and float dtype; the gradient goes to p only */
 moe_tensor *moe_bce(const moe_tensor *y, const moe_tensor *p, int from_logits);
@@ -225,9 +231,9 @@ int moe_route_plan(const moe_tensor *expert_index, const moe_tensor *order, cons
                    int64_t E, int64_t capacity, int64_t ibase, moe_tensor **token, moe_tensor **expert,
                    moe_tensor **rank, moe_tensor **counts);
 /* y [A,N] = x [A,K] @ w[e] [K,N] (+ b[e] [N], b may be NULL) over consecutive row
- * groups of sizes counts [E] */
+ * groups of sizes counts [E], the GEMMs in precision prec */
 moe_tensor *moe_grouped_matmul(const moe_tensor *x, const moe_tensor *w, const moe_tensor *b,
-                               const moe_tensor *counts);
+                               const moe_tensor *counts, moe_precision prec);
 
 /* ---- autograd (src/core/autograd.c) ----
  * Every differentiable op records a node on the tape when grad mode is on and an

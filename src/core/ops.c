@@ -314,7 +314,7 @@ static int blas_ok(int64_t rows, int64_t cols, int64_t rs, int64_t cs) {
   return 0;
 }
 
-int moe_matmul_out(moe_tensor *out, const moe_tensor *a, const moe_tensor *b) {
+static int matmul_out(moe_tensor *out, const moe_tensor *a, const moe_tensor *b, moe_precision prec) {
   /* a [..., M, K], b [..., K, N] (batch dims broadcast), out [..., M, N] contiguous */
   int nb = out->ndim - 2;
   int64_t M = out->shape[nb], N = out->shape[nb + 1], K = a->shape[a->ndim - 1];
@@ -354,14 +354,22 @@ int moe_matmul_out(moe_tensor *out, const moe_tensor *a, const moe_tensor *b) {
     if (!(cb = moe_clone(&vb))) { moe_tensor_release(ca); return -1; }
     vb = *cb; sBb = K * N;
   }
-  MOE_K(gemm_batched, out->device, out->dtype, batch, M, N, K, moe_data(&va), sAb, va.stride[nb], va.stride[nb + 1],
-                       moe_data(&vb), sBb, vb.stride[nb], vb.stride[nb + 1], moe_data(out), M * N);
+  if (prec == MOE_PREC_BF16 && out->dtype == MOE_F32) /* bf16 operands, fp32 sums (float64 stays fp64) */
+    MOE_K(gemm_bf16, out->device, batch, M, N, K, moe_data(&va), sAb, va.stride[nb], va.stride[nb + 1],
+          moe_data(&vb), sBb, vb.stride[nb], vb.stride[nb + 1], moe_data(out), M * N, 0);
+  else
+    MOE_K(gemm_batched, out->device, out->dtype, batch, M, N, K, moe_data(&va), sAb, va.stride[nb], va.stride[nb + 1],
+          moe_data(&vb), sBb, vb.stride[nb], vb.stride[nb + 1], moe_data(out), M * N);
   moe_tensor_release(ca);
   moe_tensor_release(cb);
   return 0;
 }
 
-static moe_tensor *matmul_impl(const moe_tensor *a0, const moe_tensor *b0) {
+int moe_matmul_out(moe_tensor *out, const moe_tensor *a, const moe_tensor *b) {
+  return matmul_out(out, a, b, MOE_PREC_FP32);
+}
+
+static moe_tensor *matmul_impl(const moe_tensor *a0, const moe_tensor *b0, moe_precision prec) {
   char b1[160], b2[160];
   if (a0->ndim == 0 || b0->ndim == 0) {
     moe_error("matmul: both arguments need at least 1 dim, got shapes %s and %s",
@@ -403,7 +411,7 @@ static moe_tensor *matmul_impl(const moe_tensor *a0, const moe_tensor *b0) {
   }
   out = moe_empty(nb + 2, oshape, dt);
   if (!out) goto done;
-  if (moe_matmul_out(out, a2, b2t)) { moe_tensor_release(out); out = NULL; goto done; }
+  if (matmul_out(out, a2, b2t, prec)) { moe_tensor_release(out); out = NULL; goto done; }
   /* drop the dims that 1-D operands added */
   if (a0->ndim == 1 || b0->ndim == 1) {
     int64_t fs[MOE_MAX_DIMS];
@@ -850,6 +858,7 @@ static int matmul_backward(moe_node *n, const moe_tensor *g0, moe_tensor **gin) 
   const moe_tensor *a0 = SAVED(n, 0), *b0 = SAVED(n, 1);
   if ((n->saved[0] && !a0) || (n->saved[1] && !b0)) return -1;
   int a1 = n->iarg[0] == 1, b1 = n->iarg[1] == 1, rc = -1;
+  moe_precision prec = (moe_precision)n->iarg[2]; /* the backward GEMMs run in the forward's precision */
   moe_tensor *g = NULL, *u = NULL, *A = NULL, *B = NULL, *T = NULL, *P = NULL, *x2 = NULL, *g2 = NULL;
   /* G [.., M, N]: the output's gradient with the dims of 1-D operands restored */
   TRY(g = a1 ? moe_unsqueeze(g0, g0->ndim - (b1 ? 0 : 1)) : retained(g0));
@@ -857,7 +866,7 @@ static int matmul_backward(moe_node *n, const moe_tensor *g0, moe_tensor **gin) 
   if (moe_node_needs(n, 0)) { /* ga [.., M, K] = G @ B^T */
     TRY(B = b1 ? moe_unsqueeze(b0, 1) : retained(b0));
     TRY(T = moe_transpose(B, B->ndim - 2, B->ndim - 1));
-    TRY(P = moe_matmul(g, T));
+    TRY(P = moe_matmul_prec(g, T, prec));
     TRY(gin[0] = a1 ? moe_squeeze(P, P->ndim - 2) : retained(P));
     moe_tensor_release(T); moe_tensor_release(P); T = P = NULL;
   }
@@ -868,10 +877,10 @@ static int matmul_backward(moe_node *n, const moe_tensor *g0, moe_tensor **gin) 
       TRY(x2 = moe_reshape(A, 2, ash));
       TRY(g2 = moe_reshape(g, 2, gsh));
       TRY(T = moe_transpose(x2, 0, 1));
-      TRY(gin[1] = moe_matmul(T, g2));
+      TRY(gin[1] = moe_matmul_prec(T, g2, prec));
     } else {
       TRY(T = moe_transpose(A, A->ndim - 2, A->ndim - 1));
-      TRY(P = moe_matmul(T, g));
+      TRY(P = moe_matmul_prec(T, g, prec));
       TRY(gin[1] = b1 ? moe_squeeze(P, P->ndim - 1) : retained(P));
     }
   }
@@ -882,17 +891,20 @@ fail:
   return rc;
 }
 
-moe_tensor *moe_matmul(const moe_tensor *a, const moe_tensor *b) {
+moe_tensor *moe_matmul(const moe_tensor *a, const moe_tensor *b) { return moe_matmul_prec(a, b, MOE_PREC_FP32); }
+
+moe_tensor *moe_matmul_prec(const moe_tensor *a, const moe_tensor *b, moe_precision prec) {
   const moe_tensor *ins[2] = {a, b};
-  if (!moe_ag_wants(2, ins)) return matmul_impl(a, b);
+  if (!moe_ag_wants(2, ins)) return matmul_impl(a, b, prec);
   int prev = moe_set_grad_enabled(0);
-  moe_tensor *out = matmul_impl(a, b);
+  moe_tensor *out = matmul_impl(a, b, prec);
   moe_set_grad_enabled(prev);
   if (!out) return NULL;
   moe_node *n = moe_node_new("matmul", matmul_backward, 2, ins);
   if (n) {
     n->iarg[0] = a->ndim;
     n->iarg[1] = b->ndim;
+    n->iarg[2] = prec;
     int rc = 0;
     if (moe_node_needs(n, 1)) rc |= moe_node_save(n, 0, a);
     if (moe_node_needs(n, 0)) rc |= moe_node_save(n, 1, b);

@@ -68,6 +68,16 @@ int moe_cpu_small_gemm_ok(int64_t N);
 void moe_cpu_small_gemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t sam, int64_t sak,
                         const float *B, int64_t ldb, float *C, int64_t ldc, int acc);
 
+/* 1 while that serial mode is on */
+int moe_cpu_gemm_is_serial(void);
+
+/* C[b] [M,N] (contiguous; += when accumulate) = A[b] @ B[b] on float32 operands rounded to
+ * bfloat16 (nearest even), products and sums in fp32 (src/cpu/bf16.c: oneDNN's matmul or
+ * an exact emulation on sgemm); strides as moe_cpu_gemm_batched */
+void moe_cpu_gemm_bf16(int64_t batch, int64_t M, int64_t N, int64_t K, const char *A, int64_t sAb, int64_t sAm,
+                       int64_t sAk, const char *B, int64_t sBb, int64_t sBk, int64_t sBn, char *C, int64_t sCb,
+                       int accumulate);
+
 /* C [M,N] (contiguous) += A @ B, strides in elements */
 void moe_cpu_gemm_add(moe_dtype dt, int64_t M, int64_t N, int64_t K, const char *A, int64_t sAm,
                       int64_t sAk, const char *B, int64_t sBk, int64_t sBn, char *C);

@@ -46,6 +46,9 @@ void moe_cpu_gemm_serial(int on) {
   serial_mode = on;
 }
 
+/* 1 while serial mode is on (read by the bf16 GEMMs of bf16.c, whose oneDNN runs its own threads) */
+int moe_cpu_gemm_is_serial(void) { return serial_mode; }
+
 /* sets OpenBLAS's thread count for this GEMM; returns 1 when it runs on one */
 static int gemm_threads(int64_t M, int64_t N, int64_t K) {
   if (serial_mode) return 0;

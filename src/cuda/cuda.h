@@ -27,6 +27,10 @@ void moe_cuda_gemm_batched(moe_dtype dt, int64_t batch, int64_t M, int64_t N, in
 void moe_cuda_gemm_add(moe_dtype dt, int64_t M, int64_t N, int64_t K, const char *A, int64_t sAm,
                        int64_t sAk, const char *B, int64_t sBk, int64_t sBn, char *C);
 
+void moe_cuda_gemm_bf16(int64_t batch, int64_t M, int64_t N, int64_t K, const char *A, int64_t sAb, int64_t sAm,
+                        int64_t sAk, const char *B, int64_t sBb, int64_t sBk, int64_t sBn, char *C, int64_t sCb,
+                        int accumulate);
+
 void moe_cuda_argsort_rows(const moe_tensor *x, int64_t M, int64_t K, int descending, int64_t *idx);
 void moe_cuda_take_rows(const moe_tensor *x, int64_t M, int64_t K, const int64_t *order, int64_t k,
                         moe_tensor *vals, moe_tensor *idx, int64_t ibase);

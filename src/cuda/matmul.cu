@@ -6,7 +6,8 @@
 //
 // Precision (moe_cuda_set_precision): "fp32" (default), "tf32" (tensor cores,
 // fp32 in and out), "bf16" (operands rounded to bfloat16, fp32 accumulate and
-// output). float64 always runs in fp64.
+// output). float64 always runs in fp64. moe_cuda_gemm_bf16 runs one GEMM in bf16
+// whatever the global setting (the per-call precision of moe.set_precision).
 #include "common.cuh"
 
 #include <cublas_v2.h>
@@ -113,9 +114,10 @@ static void fail_blas(cublasStatus_t st) {
   if (st != CUBLAS_STATUS_SUCCESS) moe_cuda_fail("matmul", BLAS(cublasGetStatusString)(st));
 }
 
+// prec: 0 fp32, 1 tf32, 2 bf16 (the global precision, or bf16 for moe_cuda_gemm_bf16)
 static void gemm(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t K, const char *A, int64_t sAb,
                  int64_t sAm, int64_t sAk, const char *B, int64_t sBb, int64_t sBk, int64_t sBn, char *C,
-                 int64_t sCb, int accumulate) {
+                 int64_t sCb, int accumulate, int prec) {
   size_t es = moe_dtype_size(dt);
   if (M == 0 || N == 0 || batch == 0) return;
   cudaStream_t s = moe_cuda_stream();
@@ -144,7 +146,7 @@ static void gemm(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t K, c
     return;
   }
   const float one = 1, zero = 0;
-  if (precision == 2) {  // bf16 operands: rounded into contiguous copies first
+  if (prec == 2) {  // bf16 operands: rounded into contiguous copies first
     size_t ga = 0, gb = 0;
     int64_t na = (sAb ? batch : 1) * M * K, nb = (sBb ? batch : 1) * K * N;
     __nv_bfloat16 *a16 = (__nv_bfloat16 *)moe_cuda_malloc(2 * (size_t)na, &ga);
@@ -169,17 +171,25 @@ static void gemm(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t K, c
   cublasStatus_t st = BLAS(cublasGemmStridedBatchedEx)(
       h, tb, ta, (int)N, (int)M, (int)K, &one, B, CUDA_R_32F, (int)ldb, sBb, A, CUDA_R_32F, (int)lda, sAb,
       accumulate ? &one : &zero, C, CUDA_R_32F, (int)N, sCb, (int)batch,
-      precision == 1 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+      prec == 1 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   fail_blas(st);
 }
 
 extern "C" void moe_cuda_gemm_batched(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t K, const char *A,
                                       int64_t sAb, int64_t sAm, int64_t sAk, const char *B, int64_t sBb,
                                       int64_t sBk, int64_t sBn, char *C, int64_t sCb) {
-  gemm(dt, batch, M, N, K, A, sAb, sAm, sAk, B, sBb, sBk, sBn, C, sCb, 0);
+  gemm(dt, batch, M, N, K, A, sAb, sAm, sAk, B, sBb, sBk, sBn, C, sCb, 0, precision);
 }
 
 extern "C" void moe_cuda_gemm_add(moe_dtype dt, int64_t M, int64_t N, int64_t K, const char *A, int64_t sAm,
                                   int64_t sAk, const char *B, int64_t sBk, int64_t sBn, char *C) {
-  gemm(dt, 1, M, N, K, A, 0, sAm, sAk, B, 0, sBk, sBn, C, 0, 1);
+  gemm(dt, 1, M, N, K, A, 0, sAm, sAk, B, 0, sBk, sBn, C, 0, 1, precision);
+}
+
+// one GEMM in bf16 whatever the global precision: moe.set_precision("bf16")'s expert GEMMs
+// (float32 operands; the contract of src/cpu/bf16.c's moe_cpu_gemm_bf16)
+extern "C" void moe_cuda_gemm_bf16(int64_t batch, int64_t M, int64_t N, int64_t K, const char *A, int64_t sAb,
+                                   int64_t sAm, int64_t sAk, const char *B, int64_t sBb, int64_t sBk, int64_t sBn,
+                                   char *C, int64_t sCb, int accumulate) {
+  gemm(MOE_F32, batch, M, N, K, A, sAb, sAm, sAk, B, sBb, sBk, sBn, C, sCb, accumulate, 2);
 }

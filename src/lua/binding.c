@@ -28,6 +28,7 @@
 #include "../data/csv.h"
 #include "../train/metrics.h"
 #include "../cpu/blas_select.h"
+#include "../cpu/bf16.h"
 
 #define IBASE 1
 #define MT_NAME "moe.Tensor"
@@ -1111,9 +1112,21 @@ static int l_scan(lua_State *L) {
 
 /* ---------------------------------------------------------------- matmul, sort, index */
 
+/* an optional GEMM precision argument: nil or "fp32", or "bf16" (moe.set_precision's names) */
+static moe_precision opt_precision(lua_State *L, int i, const char *op) {
+  static const char *const names[] = {"fp32", "bf16", NULL};
+  if (lua_isnoneornil(L, i)) return MOE_PREC_FP32;
+  cur_op = op;
+  moe_precision p = (moe_precision)chk_option(L, i, NULL, names);
+  if (p == MOE_PREC_BF16) moe_bf16_init(); /* the backend is chosen here, on the Lua thread */
+  return p;
+}
+
+/* matmul(a, b[, precision]) */
 static int l_matmul(lua_State *L) {
   moe_tensor *a = check_tensor(L, 1, "matmul"), *b = check_tensor(L, 2, "matmul");
-  return moe_lua_push(L, moe_matmul(a, b));
+  moe_precision prec = opt_precision(L, 3, "matmul");
+  return moe_lua_push(L, moe_matmul_prec(a, b, prec));
 }
 
 static int l_topk(lua_State *L) {
@@ -1460,6 +1473,39 @@ static int l_blas_next_lower(lua_State *L) {
   return 1;
 }
 
+/* bf16_info() -> {backend, library, reason, cpu_bf16}: what runs the bf16 GEMMs and why
+ * (chosen once per process, on the first call or the first bf16 GEMM) */
+static int l_bf16_info(lua_State *L) {
+  moe_bf16_status st;
+  moe_bf16_status_get(&st);
+  lua_newtable(L);
+  lua_pushstring(L, moe_bf16_backend_name(st.backend)); lua_setfield(L, -2, "backend");
+  lua_pushstring(L, st.library); lua_setfield(L, -2, "library");
+  lua_pushstring(L, st.reason); lua_setfield(L, -2, "reason");
+  lua_pushboolean(L, st.cpu_bf16); lua_setfield(L, -2, "cpu_bf16");
+  return 1;
+}
+
+/* bf16_choose({features...}[, MOELUA_BF16]) -> the backend to try, why (the pure decision, for the specs) */
+static int l_bf16_choose(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  unsigned features = 0;
+  int n = (int)lua_objlen(L, 1);
+  for (int i = 1; i <= n; i++) {
+    lua_rawgeti(L, 1, i);
+    const char *f = lua_tostring(L, -1);
+    unsigned bit = f ? moe_cpu_feature_bit(f) : 0;
+    if (!bit) luaL_error(L, "bf16_choose: unknown CPU feature %s", f ? f : luaL_typename(L, -1));
+    features |= bit;
+    lua_pop(L, 1);
+  }
+  const char *env = lua_isnoneornil(L, 2) ? NULL : luaL_checkstring(L, 2);
+  const char *why;
+  lua_pushstring(L, moe_bf16_backend_name(moe_bf16_choose(features, env, &why)));
+  lua_pushstring(L, why);
+  return 2;
+}
+
 static int l_roc_auc(lua_State *L) {
   moe_tensor *y = check_host(L, 1, "roc_auc"), *sc = check_host(L, 2, "roc_auc");
   moe_tensor *w = lua_isnoneornil(L, 3) ? NULL : check_host(L, 3, "roc_auc");
@@ -1751,8 +1797,8 @@ static int l_bce(lua_State *L) {
   return moe_lua_push(L, moe_bce(y, p, lua_toboolean(L, 3)));
 }
 
-/* linear(x, w[, b]) -> x w + b in one GEMM */
-/* linear(x, w[, b[, activation]]): activation nil, "relu", "sigmoid" or "tanh" */
+/* linear(x, w[, b[, activation[, precision]]]) -> act(x w + b) in one GEMM: activation nil,
+ * "relu", "sigmoid" or "tanh"; precision nil, "fp32" or "bf16" (the backward GEMMs too) */
 static int l_linear(lua_State *L) {
   moe_tensor *x = check_tensor(L, 1, "linear"), *w = check_tensor(L, 2, "linear");
   moe_tensor *b = lua_isnoneornil(L, 3) ? NULL : check_tensor(L, 3, "linear");
@@ -1764,7 +1810,8 @@ static int l_linear(lua_State *L) {
     else if (!strcmp(a, "tanh")) act = MOE_TANH;
     else if (strcmp(a, "linear")) return luaL_error(L, "linear: activation must be relu, sigmoid, tanh or linear, got '%s'", a);
   }
-  return moe_lua_push(L, moe_linear(x, w, b, act));
+  moe_precision prec = opt_precision(L, 5, "linear");
+  return moe_lua_push(L, moe_linear(x, w, b, act, prec));
 }
 
 /* mixture(h [B,U,E], g [B,E]) -> [B,U]: the gate-weighted sum of expert outputs */
@@ -1804,13 +1851,15 @@ static int l_route_plan(lua_State *L) {
   return 4;
 }
 
-/* grouped_matmul(x [A,K], w [E,K,N], counts [E]) or (x, w, bias [E,N], counts) */
+/* grouped_matmul(x [A,K], w [E,K,N], counts [E][, precision]) or (x, w, bias [E,N], counts[, precision]) */
 static int l_grouped_matmul(lua_State *L) {
   moe_tensor *x = check_host(L, 1, "grouped_matmul"), *w = check_host(L, 2, "grouped_matmul");
   moe_tensor *b = NULL, *c;
-  if (lua_isnoneornil(L, 4)) c = check_host(L, 3, "grouped_matmul");
-  else { b = check_host(L, 3, "grouped_matmul"); c = check_host(L, 4, "grouped_matmul"); }
-  return moe_lua_push(L, moe_grouped_matmul(x, w, b, c));
+  int pi = 4;
+  if (lua_isnoneornil(L, 4) || lua_type(L, 4) == LUA_TSTRING) c = check_host(L, 3, "grouped_matmul");
+  else { b = check_host(L, 3, "grouped_matmul"); c = check_host(L, 4, "grouped_matmul"); pi = 5; }
+  moe_precision prec = opt_precision(L, pi, "grouped_matmul");
+  return moe_lua_push(L, moe_grouped_matmul(x, w, b, c, prec));
 }
 
 /* empty_cache() -> bytes handed back: frees the blocks kept for reuse */
@@ -1838,6 +1887,7 @@ static const luaL_Reg funcs[] = {
     {"rand", l_rand}, {"randn", l_randn}, {"randint", l_randint}, {"randperm", l_randperm},
     {"arange", l_arange}, {"linspace", l_linspace}, {"eye", l_eye}, {"manual_seed", l_manual_seed},
     {"blas_info", l_blas_info}, {"blas_choose", l_blas_choose}, {"blas_next_lower", l_blas_next_lower},
+    {"bf16_info", l_bf16_info}, {"bf16_choose", l_bf16_choose},
     {"is_tensor", l_is_tensor}, {"live", l_live}, {"cat", l_cat}, {"stack", l_stack},
     {"set_grad_enabled", l_set_grad_enabled}, {"is_grad_enabled", l_is_grad_enabled},
     {"peak_bytes", l_peak_bytes}, {"empty_cache", l_empty_cache}, {"linear", l_linear}, {"bce", l_bce}, {"mixture", l_mixture}, {"gate_scale", l_gate_scale}, {"route_plan", l_route_plan}, {"grouped_matmul", l_grouped_matmul}, {"get_flat", l_get_flat}, {"set_flat", l_set_flat}, {"optim_step", l_optim_step},

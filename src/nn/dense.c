@@ -6,7 +6,11 @@
  * PyTorch's addmm), so the bias costs no separate pass. Backward: the
  * activation's derivative from the saved output (relu: y > 0; sigmoid: y(1-y);
  * tanh: 1-y^2) gives gz, then gx = gz W^T, gW = x^T gz over all leading dims,
- * gb = column sums of gz. */
+ * gb = column sums of gz.
+ *
+ * prec MOE_PREC_BF16 (float32 only): the forward GEMM and both backward GEMMs
+ * (saved in the node, iarg[1]) run on operands rounded to bfloat16 with fp32
+ * sums; the bias, the activation and its derivative, and gb stay fp32. */
 #include "../core/moe.h"
 #include "../core/dispatch.h"
 
@@ -15,6 +19,7 @@
 static int linear_backward(moe_node *n, const moe_tensor *g0, moe_tensor **gin) {
   const moe_tensor *x = ((n)->saved[0] ? moe_node_saved(n, 0) : NULL), *w = ((n)->saved[1] ? moe_node_saved(n, 1) : NULL);
   if ((n->saved[0] && !x) || (n->saved[1] && !w)) return -1;
+  moe_precision prec = (moe_precision)n->iarg[1];
   moe_tensor *gz = NULL;
   const moe_tensor *g = g0;
   if (n->iarg[0] >= 0) { /* through the activation, from the saved output */
@@ -34,7 +39,7 @@ static int linear_backward(moe_node *n, const moe_tensor *g0, moe_tensor **gin) 
   int rc = -1;
   if (moe_node_needs(n, 0)) { /* gx [M,K] = g [M,N] @ W^T, then x's shape */
     if (!(t = moe_transpose(w, 0, 1))) goto done;
-    moe_tensor *gx = moe_matmul(g2, t);
+    moe_tensor *gx = moe_matmul_prec(g2, t, prec);
     moe_tensor_release(t);
     t = NULL;
     if (!gx) goto done;
@@ -46,7 +51,7 @@ static int linear_backward(moe_node *n, const moe_tensor *g0, moe_tensor **gin) 
     int64_t K = n->edges[1].shape[0], xs[2] = {-1, K};
     moe_tensor *x2 = moe_reshape(x, 2, xs);
     moe_tensor *xt = x2 ? moe_transpose(x2, 0, 1) : NULL;
-    gin[1] = xt ? moe_matmul(xt, g2) : NULL;
+    gin[1] = xt ? moe_matmul_prec(xt, g2, prec) : NULL;
     moe_tensor_release(x2);
     moe_tensor_release(xt);
     if (!gin[1]) goto done;
@@ -58,7 +63,7 @@ done:
   return rc;
 }
 
-moe_tensor *moe_linear(const moe_tensor *x, const moe_tensor *w, const moe_tensor *b, int act) {
+moe_tensor *moe_linear(const moe_tensor *x, const moe_tensor *w, const moe_tensor *b, int act, moe_precision prec) {
   char b1[160], b2[160], b3[160];
   if (act >= 0 && act != MOE_RELU && act != MOE_SIGMOID && act != MOE_TANH) {
     moe_error("linear: the fused activation must be relu, sigmoid or tanh");
@@ -99,8 +104,12 @@ moe_tensor *moe_linear(const moe_tensor *x, const moe_tensor *w, const moe_tenso
       MOE_K(fill, y->device, &rows, 0.0);
     }
     /* x2 and w may be transposed views: the GEMM reads their strides */
-    MOE_K(gemm_add, y->device, x->dtype, M, N, K, moe_data(x2), x2->stride[0], x2->stride[1], moe_data(w), w->stride[0],
-          w->stride[1], yd);
+    if (prec == MOE_PREC_BF16 && x->dtype == MOE_F32)
+      MOE_K(gemm_bf16, y->device, 1, M, N, K, moe_data(x2), 0, x2->stride[0], x2->stride[1], moe_data(w), 0,
+            w->stride[0], w->stride[1], yd, 0, 1);
+    else
+      MOE_K(gemm_add, y->device, x->dtype, M, N, K, moe_data(x2), x2->stride[0], x2->stride[1], moe_data(w),
+            w->stride[0], w->stride[1], yd);
     if (act >= 0) MOE_K(unary, y->device, (moe_unop)act, y, y, 0, 0);
   }
   moe_tensor_release(x2);
@@ -109,7 +118,10 @@ moe_tensor *moe_linear(const moe_tensor *x, const moe_tensor *w, const moe_tenso
   int nin = b ? 3 : 2;
   if (!y || !moe_ag_wants(nin, ins)) return y;
   moe_node *n = moe_node_new("linear", linear_backward, nin, ins);
-  if (n) n->iarg[0] = act;
+  if (n) {
+    n->iarg[0] = act;
+    n->iarg[1] = prec;
+  }
   if (n && ((moe_node_needs(n, 1) && moe_node_save(n, 0, x)) || (moe_node_needs(n, 0) && moe_node_save(n, 1, w)) ||
             (act >= 0 && moe_node_save(n, 2, y)))) {
     moe_node_release(n);

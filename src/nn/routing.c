@@ -11,7 +11,9 @@
  * is ever built.
  *
  * moe_grouped_matmul: y [A,N] = x [A,K] @ w[e] [K,N] over consecutive row
- * groups of sizes counts[e]; backward gx = g w[e]^T, gw[e] = x_e^T g_e. */
+ * groups of sizes counts[e]; backward gx = g w[e]^T, gw[e] = x_e^T g_e. With
+ * MOE_PREC_BF16 (float32) all three GEMMs run on operands rounded to bfloat16
+ * with fp32 sums (src/cpu/bf16.c); the bias and its gradient stay fp32. */
 #include "../core/moe.h"
 #include "../cpu/cpu.h"
 
@@ -106,6 +108,7 @@ typedef struct {
   int64_t K, N;
   size_t es;
   moe_dtype dt;
+  int bf16;                      /* the GEMMs in bf16 (float32 only) */
   const char *x, *w, *b, *g;     /* forward: x, w, b (or NULL); backward: x, w, g */
   char *y, *gx, *gw, *gb;        /* forward: y; backward: the gradients (or NULL) */
 } grouped_job;
@@ -128,6 +131,14 @@ static void run_experts(const grouped_job *j, int64_t E, int pool, moe_task_fn f
   }
 }
 
+/* C [M,N] (+= when acc) = A @ B for one expert, in the job's precision */
+static void expert_gemm(const grouped_job *j, int64_t M, int64_t N, int64_t K, const char *A, int64_t sAm,
+                        int64_t sAk, const char *B, int64_t sBk, int64_t sBn, char *C, int acc) {
+  if (j->bf16) moe_cpu_gemm_bf16(1, M, N, K, A, 0, sAm, sAk, B, 0, sBk, sBn, C, 0, acc);
+  else if (acc) moe_cpu_gemm_add(j->dt, M, N, K, A, sAm, sAk, B, sBk, sBn, C);
+  else moe_cpu_gemm_batched(j->dt, 1, M, N, K, A, 0, sAm, sAk, B, 0, sBk, sBn, C, 0);
+}
+
 /* rows of group e: y_e [m,N] = x_e [m,K] @ w_e [K,N] (+ b_e [N]) */
 static void grouped_fwd_expert(void *ctx, int e) {
   const grouped_job *j = ctx;
@@ -139,9 +150,9 @@ static void grouped_fwd_expert(void *ctx, int e) {
   if (j->b) { /* rows start as the bias, then C += A B */
     const char *be = j->b + (size_t)((int64_t)e * N) * es;
     for (int64_t r = 0; r < m; r++) memcpy(ye + (size_t)(r * N) * es, be, (size_t)N * es);
-    moe_cpu_gemm_add(j->dt, m, N, K, xe, K, 1, we, N, 1, ye);
+    expert_gemm(j, m, N, K, xe, K, 1, we, N, 1, ye, 1);
   } else {
-    moe_cpu_gemm_batched(j->dt, 1, m, N, K, xe, 0, K, 1, we, 0, N, 1, ye, 0);
+    expert_gemm(j, m, N, K, xe, K, 1, we, N, 1, ye, 0);
   }
 }
 
@@ -151,10 +162,9 @@ static void grouped_bwd_expert(void *ctx, int e) {
   size_t es = j->es;
   const char *ge = j->g + (size_t)(off * N) * es, *we = j->w + (size_t)((int64_t)e * K * N) * es;
   if (j->gx && m) /* gx_e [m,K] = g_e [m,N] @ w_e^T [N,K] */
-    moe_cpu_gemm_batched(j->dt, 1, m, K, N, ge, 0, N, 1, we, 0, 1, N, j->gx + (size_t)(off * K) * es, 0);
+    expert_gemm(j, m, K, N, ge, N, 1, we, 1, N, j->gx + (size_t)(off * K) * es, 0);
   if (j->gw && m) /* gw_e [K,N] = x_e^T [K,m] @ g_e [m,N] */
-    moe_cpu_gemm_batched(j->dt, 1, K, N, m, j->x + (size_t)(off * K) * es, 0, 1, K, ge, 0, N, 1,
-                         j->gw + (size_t)((int64_t)e * K * N) * es, 0);
+    expert_gemm(j, K, N, m, j->x + (size_t)(off * K) * es, 1, K, ge, N, 1, j->gw + (size_t)((int64_t)e * K * N) * es, 0);
   else if (j->gw) /* an expert without tokens gets a zero gradient */
     memset(j->gw + (size_t)((int64_t)e * K * N) * es, 0, (size_t)(K * N) * es);
   if (j->gb && m) { /* gb_e [N] = column sums of g_e */
@@ -193,7 +203,8 @@ static int grouped_backward(moe_node *n, const moe_tensor *g0, moe_tensor **gin)
   int64_t total = 0;
   for (int64_t e = 0; e < E; e++) { offs[e] = total; total += counts[e]; }
   grouped_job j = {.counts = counts, .offs = offs, .K = K, .N = N, .es = moe_dtype_size(x->dtype),
-                   .dt = x->dtype, .x = moe_data(x), .w = moe_data(w), .g = moe_data(g),
+                   .dt = x->dtype, .bf16 = n->iarg[0] == MOE_PREC_BF16 && x->dtype == MOE_F32,
+                   .x = moe_data(x), .w = moe_data(w), .g = moe_data(g),
                    .gx = gx ? moe_data(gx) : NULL, .gw = gw ? moe_data(gw) : NULL,
                    .gb = gb ? moe_data(gb) : NULL};
   run_experts(&j, E, use_pool(E, counts, total), grouped_bwd_expert);
@@ -206,7 +217,7 @@ static int grouped_backward(moe_node *n, const moe_tensor *g0, moe_tensor **gin)
 }
 
 moe_tensor *moe_grouped_matmul(const moe_tensor *x0, const moe_tensor *w0, const moe_tensor *b0,
-                               const moe_tensor *counts) {
+                               const moe_tensor *counts, moe_precision prec) {
   char b1[160], b2[160], b3[160];
   if (x0->ndim != 2 || w0->ndim != 3 || counts->ndim != 1 || counts->dtype != MOE_I64 ||
       counts->shape[0] != w0->shape[0] || x0->shape[1] != w0->shape[1] || x0->dtype != w0->dtype ||
@@ -245,7 +256,8 @@ moe_tensor *moe_grouped_matmul(const moe_tensor *x0, const moe_tensor *w0, const
     int64_t off = 0;
     for (int64_t e = 0; e < E; e++) { offs[e] = off; off += c[e]; }
     grouped_job j = {.counts = c, .offs = offs, .K = K, .N = N, .es = moe_dtype_size(x->dtype),
-                     .dt = x->dtype, .x = moe_data(x), .w = moe_data(w), .b = b ? moe_data(b) : NULL,
+                     .dt = x->dtype, .bf16 = prec == MOE_PREC_BF16 && x->dtype == MOE_F32,
+                     .x = moe_data(x), .w = moe_data(w), .b = b ? moe_data(b) : NULL,
                      .y = moe_data(y)};
     run_experts(&j, E, use_pool(E, c, total), grouped_fwd_expert);
   }
@@ -254,6 +266,7 @@ moe_tensor *moe_grouped_matmul(const moe_tensor *x0, const moe_tensor *w0, const
   int nin = b0 ? 3 : 2;
   if (y && moe_ag_wants(nin, ins)) {
     moe_node *n = moe_node_new("grouped_matmul", grouped_backward, nin, ins);
+    if (n) n->iarg[0] = prec;
     if (n && (moe_node_save(n, 0, x) || moe_node_save(n, 1, w) || moe_node_save(n, 2, cn))) {
       moe_node_release(n);
       n = NULL;
