@@ -1,5 +1,5 @@
-"""Timing helper shared by the PyTorch peer scripts (as bench/timing.lua)."""
-import time
+"""Timing helpers shared by the PyTorch peer scripts (as bench/timing.lua)."""
+import os, time
 
 
 def best(f, n, reps=5):
@@ -11,3 +11,9 @@ def best(f, n, reps=5):
             f()
         b = min(b, (time.perf_counter() - t0) / n)
     return b
+
+
+def threads():
+    """The thread count bench/run.lua measures moelua with (MOE_BENCH_THREADS)."""
+    return int(os.environ.get("MOE_BENCH_THREADS") or 2)
+

@@ -5,10 +5,10 @@ CASE: sparse | mmoe32 | mmoe1024 | tabular; the last line is the peak RSS."""
 import resource, sys, time
 import torch
 
-from timing import best
+from timing import best, threads
 import torch.nn.functional as F
 
-torch.set_num_threads(2)
+torch.set_num_threads(threads())
 torch.manual_seed(1)
 case = sys.argv[1]
 quick = len(sys.argv) > 2

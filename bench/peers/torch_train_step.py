@@ -4,9 +4,9 @@ usage: python3 bench/peers/torch_train_step.py STEPS   (pip install torch)"""
 import sys, time
 import torch
 
-from timing import best
+from timing import best, threads
 
-torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else 2)
+torch.set_num_threads(threads())
 steps = int(sys.argv[1])
 torch.manual_seed(1)
 
