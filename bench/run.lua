@@ -1,7 +1,7 @@
 -- make bench: moe.matmul against every sgemm on the machine (OpenBLAS, BLIS and
 -- oneDNN through LuaJIT's FFI on preallocated buffers, in this process, and
 -- PyTorch's torch.mm), the per-call cost of small ops, training steps, RSS,
--- the MoE layers and the trainer against PyTorch, each
+-- the MoE layers and the trainer against PyTorch (eager and torch.compile), each
 -- peer in the same run. Prints tables; bench/README.md says what each measures.
 local moe = require "moe"
 
@@ -30,6 +30,15 @@ end
 -- a PyTorch peer script of bench/peers, on the thread count moelua's BLAS uses
 local function peer(script, args)
   return lines_of(("MOE_BENCH_THREADS=%d %s %s/peers/%s %s"):format(sp.threads, python, here, script, args or ""))
+end
+-- the label and figure of a torch.compile peer's output c for key: its compile
+-- time, or why it failed; nil when torch is not there
+local function compiled(c, key)
+  if c.error then return "  torch.compile failed: " .. c.error end
+  if not c[key] then return nil end
+  local hits, graphs = tonumber(c.compile_cache_hits) or 0, tonumber(c.compile_graphs) or 0
+  local cached = hits > 0 and (", %d/%d graphs cached"):format(hits, graphs) or ""
+  return ("  torch.compile (compile %.1f s%s)"):format(c.compile_s or 0, cached), c[key]
 end
 local no_torch = ("(%s cannot import torch: the torch peers are skipped)"):format(python)
 
@@ -105,13 +114,14 @@ if not next(op_peer) then print(no_torch) end
 
 -- Training steps: forward, loss, backward (the C tape) and a fused Adam update,
 -- against the same model and step in PyTorch on the CPU (same threads, same
--- run)
+-- run), eager and, for the wide MLP, under torch.compile
 print()
 print(("%-36s %10s %10s %8s"):format("training step (Adam, BCE)", "moe us", "torch us", "ratio"))
 local nn = moe.nn
 local steps = quick and 20 or 100
 local tpeer = peer("torch_train_step.py", steps)
-local function mlp_case(name, din, hidden, batch)
+local tpeer_c = peer("torch_train_step.py", steps .. " compile")
+local function mlp_case(name, din, hidden, batch, with_compile)
   moe.manual_seed(1)
   local layers = {}
   for _, h in ipairs(hidden) do layers[#layers + 1] = nn.Dense { units = h, activation = "relu" } end
@@ -129,9 +139,11 @@ local function mlp_case(name, din, hidden, batch)
       pt and ("%.1f"):format(pt) or "-", pt and ("%.2f"):format(pt / (t * 1e6)) or "-"))
   end
   row(name, tonumber(tpeer[name]))
+  local label, pt = compiled(tpeer_c, name)
+  if with_compile and pt then row(label, pt) elseif with_compile and label then print(label) end
 end
 mlp_case("mlp 7-32-16-1, batch 256", 7, { 32, 16 }, 256)
-mlp_case("mlp 512-1024-1024-1, batch 512", 512, { 1024, 1024 }, 512)
+mlp_case("mlp 512-1024-1024-1, batch 512", 512, { 1024, 1024 }, 512, true)
 if not next(tpeer) then print(no_torch) end
 
 -- memory over a long run: RSS after 1,000 and after 10,000 more steps
@@ -168,11 +180,11 @@ local function row(label, mv, tv, ratio) -- ratio: a number, "-", or nil for non
   local line = ("%-44s %12s %12s %8s"):format(label, fmt(mv), fmt(tv), ratio and fmt(tonumber(ratio), "%.2f") or "")
   print((line:gsub("%s+$", "")))
 end
-local rows = { -- case, label, key, lower is better
+local rows = { -- case, label, key, lower is better, a torch.compile peer
   { "sparse", "sparse MoE fwd+bwd T=4096 H=512 dff=2048 E=8 k=2 (s)", "sparse_moe_s", true },
-  { "mmoe32", "MMoE census train, batch 32 (samples/s)", "mmoe_32_samples_per_s" },
-  { "mmoe1024", "MMoE census train, batch 1024 (samples/s)", "mmoe_1024_samples_per_s" },
-  { "tabular", "TabularMoELayer fwd+bwd F=64 E=8 U=32 b=1024 (samples/s)", "tabular_samples_per_s" },
+  { "mmoe32", "MMoE census train, batch 32 (samples/s)", "mmoe_32_samples_per_s", false, true },
+  { "mmoe1024", "MMoE census train, batch 1024 (samples/s)", "mmoe_1024_samples_per_s", false, true },
+  { "tabular", "TabularMoELayer fwd+bwd F=64 E=8 U=32 b=1024 (samples/s)", "tabular_samples_per_s", false, true },
 }
 for _, r in ipairs(rows) do
   local m, t = case(r[1]), peer("torch_moe.py", r[1] .. q)
@@ -194,6 +206,10 @@ for _, r in ipairs(rows) do
     row("  expert-FFN GFLOP/s", m.sparse_moe_gflops, t.sparse_moe_gflops)
     print(("%-44s %12.2f %12s"):format(("  ... as a fraction of the best sgemm (%s)"):format(bn), m.sparse_moe_gflops / bv,
       fmt(t.sparse_moe_gflops and t.sparse_moe_gflops / bv, "%.2f")))
+  end
+  if r[5] then
+    local label, tv = compiled(peer("torch_moe.py", r[1] .. q .. " compile"), r[3])
+    if tv then row(label, nil, tv, ratio(tv)) elseif label then print(label) end
   end
   row("  peak RSS (MiB)", m.peak_rss_mib, t.peak_rss_mib)
 end

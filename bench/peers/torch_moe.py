@@ -1,17 +1,20 @@
 """PyTorch CPU peers for bench/moe.lua: the same layers and steps, timed the
 same way (best of several repetitions). Prints name<TAB>value lines.
-usage: python3 bench/peers/torch_moe.py CASE [quick]   (pip install torch)
-CASE: sparse | mmoe32 | mmoe1024 | tabular; the last line is the peak RSS."""
-import resource, sys, time
+usage: python3 bench/peers/torch_moe.py CASE [quick] [compile]   (pip install torch)
+CASE: sparse | mmoe32 | mmoe1024 | tabular; the last line is the peak RSS.
+compile: the step under torch.compile (inductor; mmoe and tabular), compile
+time reported apart."""
+import resource, sys
 import torch
 
-from timing import best, threads
+from timing import best, compiler, run, steady, threads
 import torch.nn.functional as F
 
 torch.set_num_threads(threads())
 torch.manual_seed(1)
-case = sys.argv[1]
-quick = len(sys.argv) > 2
+case, flags = sys.argv[1], set(sys.argv[2:])
+quick, compiled = "quick" in flags, "compile" in flags
+jit = compiler(compiled)
 
 
 # --- sparse MoE layer, tokens-choose top-2 with capacity, gather/scatter dispatch
@@ -85,17 +88,18 @@ def mmoe(batch):
     x = torch.randn(batch, 499)
     ys = [(torch.rand(batch, 1) > 0.5).float() for _ in range(2)]
 
+    @jit
+    def loss_of(x):
+        return sum(F.binary_cross_entropy(o, y) for o, y in zip(model(x), ys))
+    opt_step = jit(opt.step)
+
     def step():
         opt.zero_grad(set_to_none=True)
-        outs = model(x)
-        loss = sum(F.binary_cross_entropy(o, y) for o, y in zip(outs, ys))
-        loss.backward()
-        opt.step()
+        loss_of(x).backward()
+        opt_step()
 
-    for _ in range(10):
-        step()
     n = 50 if batch <= 64 else 10
-    t = best(step, n // (5 if quick else 1), 3)
+    t = steady(step, n // (5 if quick else 1), compiled=compiled)
     print(f"mmoe_{batch}_samples_per_s\t{batch / t:.1f}")
 
 
@@ -110,20 +114,21 @@ def tabular(batch=1024, F_=64, E=8, U=32):
     bg = torch.nn.Parameter(torch.zeros(E))
     params = [x, w1, b1, w2, b2, wg, bg]
 
-    def step():
+    @jit
+    def forward(x):
         h = F.relu(x @ w1 + b1)                                         # [E,B,U]
         y = h @ w2 + b2                                                 # [E,B,F]
         g = F.softmax(x @ wg + bg, -1)                                  # [B,E]
-        out = (y.permute(1, 2, 0) * g.unsqueeze(1)).sum(-1)
-        out.sum().backward()
+        return (y.permute(1, 2, 0) * g.unsqueeze(1)).sum(-1)
+
+    def step():
+        forward(x).sum().backward()
         for p in params:
             p.grad = None
 
-    for _ in range(10):
-        step()
-    t = best(step, 20 if quick else 100, 3)
+    t = steady(step, 20 if quick else 100, compiled=compiled)
     print(f"tabular_samples_per_s\t{batch / t:.1f}")
 
 
-{"sparse": sparse_moe, "mmoe32": lambda: mmoe(32), "mmoe1024": lambda: mmoe(1024), "tabular": tabular}[case]()
+run({"sparse": sparse_moe, "mmoe32": lambda: mmoe(32), "mmoe1024": lambda: mmoe(1024), "tabular": tabular}[case])
 print(f"peak_rss_mib\t{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}")
