@@ -49,6 +49,26 @@ if case == "sparse" then
   print(("sparse_moe_gflops\t%.2f"):format(flops / t / 1e9))
   print(("expert_shape\t%dx%dx%d"):format(C, H, D))
   for _, g in ipairs(gemms) do print(("sgemm_gflops %s\t%.2f"):format(g.name, 2 * C * H * D / tg[g.name] / 1e9)) end
+elseif case == "sparse_bf16" then
+  -- bf16 expert GEMMs (fp32 master weights and router) against the same layer's
+  -- fp32 experts, interleaved in this process; where moe.set_precision exists
+  if not moe.set_precision then
+    print("n/a\tmoe.set_precision not in this build")
+  else
+    local _, step, flops = sparse_layer()
+    local t = { fp32 = math.huge, bf16 = math.huge }
+    for _ = 1, quick and 1 or 3 do
+      for _, p in ipairs { "fp32", "bf16" } do
+        moe.set_precision(p)
+        t[p] = math.min(t[p], best(step, 1, 2)) -- of 2: a switch may convert weights once
+      end
+    end
+    moe.set_precision("fp32")
+    for _, p in ipairs { "fp32", "bf16" } do
+      print(("sparse_%s_s\t%.6f"):format(p, t[p]))
+      print(("sparse_%s_gflops\t%.2f"):format(p, flops / t[p] / 1e9))
+    end
+  end
 elseif case == "mmoe32" or case == "mmoe1024" then
   local batch = case == "mmoe32" and 32 or 1024
   local x = moe.Input { shape = { 499 } }

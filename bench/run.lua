@@ -213,6 +213,27 @@ for _, r in ipairs(rows) do
   end
   row("  peak RSS (MiB)", m.peak_rss_mib, t.peak_rss_mib)
 end
+-- bf16 experts: moe.set_precision("bf16") against the same layer's fp32 experts
+-- (interleaved, one process) and against PyTorch under bf16 autocast
+do
+  local feats = moe.config().blas.cpu_features
+  local has_bf16 = feats:find("avx512_bf16") or feats:find("amx_bf16")
+  local label = "sparse MoE, bf16 experts (s)"
+  local m = case("sparse_bf16")
+  local t = peer("torch_moe.py", "sparse bf16" .. q)
+  row(label, m.sparse_bf16_s, t.sparse_moe_s, t.sparse_moe_s and m.sparse_bf16_s and t.sparse_moe_s / m.sparse_bf16_s or "-")
+  if m["n/a"] then
+    print("  moelua: n/a: " .. m["n/a"])
+  elseif not m.sparse_bf16_s then
+    print("  moelua: failed (`build/moelua bench/moe.lua sparse_bf16` says why)")
+  else
+    print(("%-44s %11.2fx   (target >= 3x where the CPU has bf16)"):format("  bf16 experts / fp32 experts, throughput",
+      m.sparse_fp32_s / m.sparse_bf16_s))
+    if not has_bf16 then print("  (this CPU has no AVX512-BF16/AMX: moelua's bf16 is emulated here, slower than fp32)") end
+  end
+  if t.skipped then print("  torch bf16 autocast peer skipped: " .. t.skipped) end
+  if t.error then print("  torch bf16 autocast peer failed: " .. t.error) end
+end
 print("(ratio: how many times faster moelua is; torch columns need python3 with torch)")
 
 -- the trainer (issue 5): what fit{} costs per step beyond a bare train_on_batch loop

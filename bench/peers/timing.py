@@ -52,6 +52,15 @@ def steady(step, n, reps=3, warm=10, compiled=False):
     return best(step, n, reps)
 
 
+def has_cpu_bf16():
+    """Whether the CPU has bf16 arithmetic (AVX512-BF16 or AMX-BF16)."""
+    try:
+        flags = open("/proc/cpuinfo").read().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def run(f):
     """Runs a peer case; an exception prints error<TAB>reason (for the table)."""
     try:
