@@ -37,7 +37,7 @@ local function compiled(c, key)
   if c.error then return "  torch.compile failed: " .. c.error end
   if not c[key] then return nil end
   local hits, graphs = tonumber(c.compile_cache_hits) or 0, tonumber(c.compile_graphs) or 0
-  local cached = hits > 0 and (", %d/%d graphs cached"):format(hits, graphs) or ""
+  local cached = hits > 0 and (", %d/%d cached"):format(hits, graphs) or ""
   return ("  torch.compile (compile %.1f s%s)"):format(c.compile_s or 0, cached), c[key]
 end
 local no_torch = ("(%s cannot import torch: the torch peers are skipped)"):format(python)
@@ -116,7 +116,7 @@ if not next(op_peer) then print(no_torch) end
 -- against the same model and step in PyTorch on the CPU (same threads, same
 -- run), eager and, for the wide MLP, under torch.compile
 print()
-print(("%-36s %10s %10s %8s"):format("training step (Adam, BCE)", "moe us", "torch us", "ratio"))
+print(("%-44s %10s %10s %8s"):format("training step (Adam, BCE)", "moe us", "torch us", "ratio"))
 local nn = moe.nn
 local steps = quick and 20 or 100
 local tpeer = peer("torch_train_step.py", steps)
@@ -135,7 +135,7 @@ local function mlp_case(name, din, hidden, batch, with_compile)
   local t = math.huge
   for _ = 1, 3 do t = math.min(t, best(step, steps, 1)) end
   local function row(label, pt)
-    print(("%-36s %10s %10s %8s"):format(label, label == name and ("%.1f"):format(t * 1e6) or "",
+    print(("%-44s %10s %10s %8s"):format(label, label == name and ("%.1f"):format(t * 1e6) or "",
       pt and ("%.1f"):format(pt) or "-", pt and ("%.2f"):format(pt / (t * 1e6)) or "-"))
   end
   row(name, tonumber(tpeer[name]))
