@@ -14,8 +14,9 @@ end
 local case, quick = arg[1], arg[2] ~= nil
 moe.manual_seed(1)
 
-if case == "sparse" then
-  local T, H, D, E = 4096, 512, 2048, 8
+-- the sparse layer of the "sparse" cases and its forward + backward step
+local T, H, D, E = 4096, 512, 2048, 8
+local function sparse_layer()
   local layer = nn.MoeLayer { experts = nn.FeedForwardExperts { num_experts = E, d_ff = D },
     router = nn.TokensChooseMaskedRouter { num_experts = E, num_selected_experts = 2 },
     train_capacity_factor = 1.25 }
@@ -27,22 +28,47 @@ if case == "sparse" then
     layer:zero_grad()
   end
   step()
-  local kept = layer.last_plan.token:numel()
-  -- the peer: one GEMM of an expert's shape (rows = capacity) through moe.matmul,
-  -- which issue 2's benchmark shows at cblas_sgemm's speed; timed interleaved with
-  -- the layer's steps so that both see the same state of this shared machine
+  -- expert-FFN flops of a step: 12 x kept pairs x H x d_ff (fwd 2 GEMMs, bwd 4)
+  return layer, step, 12 * layer.last_plan.token:numel() * H * D
+end
+
+if case == "sparse" then
+  local layer, step, flops = sparse_layer()
+  -- the peers: one sgemm of an expert's shape (rows = capacity) in each library
+  -- of bench/sgemm_peers.lua, timed interleaved with the layer's steps so that
+  -- all see the same state of this shared machine (torch.mm: bench/run.lua)
   local C = layer:capacity(T)
-  local A, B = moe.randn(C, H), moe.randn(H, D)
-  local function sg() return moe.matmul(A, B) end
-  sg()
-  local t, ts_ = math.huge, math.huge
+  local gemms = require("sgemm_peers").gemms(C, H, D)
+  local settled = require("timing").settled
+  local t, tg = math.huge, {}
   for _ = 1, quick and 2 or 5 do
     t = math.min(t, best(step, 1, 1))
-    ts_ = math.min(ts_, best(sg, 5, 1))
+    for _, g in ipairs(gemms) do tg[g.name] = math.min(tg[g.name] or math.huge, settled(g.f, 5, 1)) end
   end
   print(("sparse_moe_s\t%.6f"):format(t))
-  print(("sparse_moe_gflops\t%.2f"):format(12 * kept * H * D / t / 1e9))
-  print(("sgemm_gflops\t%.2f"):format(2 * C * H * D / ts_ / 1e9))
+  print(("sparse_moe_gflops\t%.2f"):format(flops / t / 1e9))
+  print(("expert_shape\t%dx%dx%d"):format(C, H, D))
+  for _, g in ipairs(gemms) do print(("sgemm_gflops %s\t%.2f"):format(g.name, 2 * C * H * D / tg[g.name] / 1e9)) end
+elseif case == "sparse_bf16" then
+  -- bf16 expert GEMMs (fp32 master weights and router) against the same layer's
+  -- fp32 experts, interleaved in this process; where moe.set_precision exists
+  if not moe.set_precision then
+    print("n/a\tmoe.set_precision not in this build")
+  else
+    local _, step, flops = sparse_layer()
+    local t = { fp32 = math.huge, bf16 = math.huge }
+    for _ = 1, quick and 1 or 3 do
+      for _, p in ipairs { "fp32", "bf16" } do
+        moe.set_precision(p)
+        t[p] = math.min(t[p], best(step, 1, 2)) -- of 2: a switch may convert weights once
+      end
+    end
+    moe.set_precision("fp32")
+    for _, p in ipairs { "fp32", "bf16" } do
+      print(("sparse_%s_s\t%.6f"):format(p, t[p]))
+      print(("sparse_%s_gflops\t%.2f"):format(p, flops / t[p] / 1e9))
+    end
+  end
 elseif case == "mmoe32" or case == "mmoe1024" then
   local batch = case == "mmoe32" and 32 or 1024
   local x = moe.Input { shape = { 499 } }

@@ -1,22 +1,47 @@
--- make bench: moe.matmul against raw cblas_sgemm (same OpenBLAS, same process,
--- called through LuaJIT's FFI on preallocated buffers), and the per-call cost
--- of small ops from a Lua loop. Prints a table; results go in bench/README.md.
+-- make bench: moe.matmul against every sgemm on the machine (OpenBLAS, BLIS and
+-- oneDNN through LuaJIT's FFI on preallocated buffers, in this process, and
+-- PyTorch's torch.mm), the per-call cost of small ops, training steps, RSS,
+-- the MoE layers and the trainer against PyTorch (eager and torch.compile), each
+-- peer in the same run. Prints tables; bench/README.md says what each measures.
 local moe = require "moe"
-local ffi = require "ffi"
-
-ffi.cdef [[
-void cblas_sgemm(int order, int ta, int tb, int M, int N, int K, float alpha,
-                 const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
-void *malloc(size_t); void free(void *);
-]]
-local ok, blas = pcall(ffi.load, "openblas")
-if not ok then blas = ffi.load("libopenblas.so.0") end
 
 local here = (arg and arg[0] or ""):match("^(.*)/[^/]*$") or "bench"
 package.path = here .. "/?.lua;" .. package.path
-local best = require("timing").best
+local timing = require "timing"
+local best, settled = timing.best, timing.settled
+local sp = require "sgemm_peers"
 
 local quick = os.getenv("MOE_BENCH_QUICK") ~= nil
+local python = os.getenv("PYTHON") or "python3"
+-- the name<TAB>value lines a command prints (numbers where they read as
+-- numbers); its stderr is dropped: a peer without torch prints nothing
+local function lines_of(cmd)
+  local out = {}
+  local h = io.popen(cmd .. " 2>/dev/null")
+  if h then
+    for line in h:lines() do
+      local k, v = line:match("^(.-)\t(.*)$")
+      if k then out[k] = tonumber(v) or v end
+    end
+    h:close()
+  end
+  return out
+end
+-- a PyTorch peer script of bench/peers, on the thread count moelua's BLAS uses
+local function peer(script, args)
+  return lines_of(("MOE_BENCH_THREADS=%d %s %s/peers/%s %s"):format(sp.threads, python, here, script, args or ""))
+end
+-- the label and figure of a torch.compile peer's output c for key: its compile
+-- time, or why it failed; nil when torch is not there
+local function compiled(c, key)
+  if c.error then return "  torch.compile failed: " .. c.error end
+  if not c[key] then return nil end
+  local hits, graphs = tonumber(c.compile_cache_hits) or 0, tonumber(c.compile_graphs) or 0
+  local cached = hits > 0 and (", %d/%d cached"):format(hits, graphs) or ""
+  return ("  torch.compile (compile %.1f s%s)"):format(c.compile_s or 0, cached), c[key]
+end
+local no_torch = ("(%s cannot import torch: the torch peers are skipped)"):format(python)
+
 -- the machine and the kernel set every figure below ran with
 do
   local cpu = "?"
@@ -25,86 +50,78 @@ do
   local b = moe.config().blas
   print(("CPU: %s (%s); BLAS kernels: %s, chosen by %s (%s)\n"):format(cpu, b.cpu_features, b.kernels, b.chosen_by, b.reason))
 end
-print(("%-22s %12s %12s %8s"):format("matmul (float32)", "moe GFLOP/s", "sgemm GFLOP/s", "ratio"))
+
+-- matmul: moe.matmul (a fresh output per call, as a user writes it) against
+-- each sgemm peer, interleaved; torch.mm from its own process in the same run
 local shapes = { { 256, 256, 256 }, { 1024, 1024, 1024 }, { 4096, 512, 2048 } }
-for _, s in ipairs(shapes) do
+local shape_names = {}
+for i, s in ipairs(shapes) do shape_names[i] = table.concat(s, "x") end
+local tmm = peer("torch_mm.py", table.concat(shape_names, " "))
+local names = { unpack(sp.names) }
+if next(tmm) then names[#names + 1] = "torch.mm" end
+local head = ("%-16s %8s"):format("matmul GFLOP/s", "moe")
+for _, n in ipairs(names) do head = head .. ("%10s"):format(n) end
+print(head .. ("%10s  %s"):format("moe/best", "best peer"))
+for i, s in ipairs(shapes) do
   local M, K, N = s[1], s[2], s[3]
   local a, b = moe.randn(M, K), moe.randn(K, N)
-  local A = ffi.cast("float *", ffi.C.malloc(M * K * 4))
-  local B = ffi.cast("float *", ffi.C.malloc(K * N * 4))
-  local C = ffi.cast("float *", ffi.C.malloc(M * N * 4))
-  for i = 0, M * K - 1 do A[i] = (i % 7) * 0.1 end
-  for i = 0, K * N - 1 do B[i] = (i % 5) * 0.1 end
+  local cands = sp.gemms(M, K, N)
+  table.insert(cands, 1, { name = "moe", f = function() return moe.matmul(a, b) end })
   local flop = 2 * M * N * K
-  local iters = math.max(1, math.floor(2e9 / flop))
-  local reps = quick and 2 or 7
-  local function raw() blas.cblas_sgemm(101, 111, 111, M, N, K, 1, A, K, B, N, 0, C, N) end
-  local function mm() return moe.matmul(a, b) end
-  raw(); mm()
-  -- interleave the two so machine noise hits both alike
-  local t_raw, t_moe = math.huge, math.huge
-  for _ = 1, 3 do
-    t_raw = math.min(t_raw, best(raw, iters, reps))
-    t_moe = math.min(t_moe, best(mm, iters, reps))
+  local iters, reps = math.max(1, math.floor(2e9 / flop)), quick and 2 or 7
+  local t = {}
+  for _ = 1, 3 do -- interleaved so that machine noise hits all alike
+    for _, c in ipairs(cands) do t[c.name] = math.min(t[c.name] or math.huge, settled(c.f, iters, reps)) end
   end
-  print(("%-22s %12.1f %12.1f %8.3f"):format(("%dx%dx%d"):format(M, K, N), flop / t_moe / 1e9,
-    flop / t_raw / 1e9, t_raw / t_moe))
-  ffi.C.free(A); ffi.C.free(B); ffi.C.free(C)
+  local gf = { ["torch.mm"] = tmm[shape_names[i]] }
+  for name, v in pairs(t) do gf[name] = flop / v / 1e9 end
+  local line = ("%-16s %8.1f"):format(shape_names[i], gf.moe)
+  for _, n in ipairs(names) do line = line .. (gf[n] and ("%10.1f"):format(gf[n]) or ("%10s"):format("-")) end
+  local mine = gf.moe
+  gf.moe = nil
+  local bn, bv = sp.best_of(gf)
+  print(line .. ("%10.3f  %s"):format(mine / bv, bn))
+  cands.free()
 end
+for _, m in ipairs(sp.missing) do print("  " .. m) end
+if not next(tmm) then print("  torch.mm: not installed " .. no_torch) end
 
 print()
 print(("%-36s %10s"):format("Lua-to-kernel overhead", "ns/call"))
 local x, y = moe.randn(8), moe.randn(8)
 local m1, m2 = moe.randn(32, 32), moe.randn(32, 32)
 local n = quick and 100000 or 1000000
-local A32 = ffi.cast("float *", ffi.C.malloc(32 * 32 * 4))
-local B32 = ffi.cast("float *", ffi.C.malloc(32 * 32 * 4))
-local C32 = ffi.cast("float *", ffi.C.malloc(32 * 32 * 4))
-for i = 0, 32 * 32 - 1 do A32[i], B32[i] = i % 3, i % 5 end
+local sgemm32 = sp.gemms(32, 32, 32)
 local cases = {
   { "a + b (8 elements)", function() return x + y end },
   { "moe.tanh(a) (8 elements)", function() return moe.tanh(x) end },
   { "a:sum() (8 elements)", function() return x:sum() end },
   { "matmul 32x32", function() return moe.matmul(m1, m2) end },
-  { "  peer: raw cblas_sgemm 32x32 (FFI)", function() blas.cblas_sgemm(101, 111, 111, 32, 32, 32, 1, A32, 32, B32, 32, 0, C32, 32) end },
+  { "  peer: raw cblas_sgemm 32x32 (FFI)", sgemm32[1].f }, -- OpenBLAS, moelua's BLAS
   { "t:view(-1) (no copy)", function() return m1:view(-1) end },
 }
 -- PyTorch on CPU as a peer, when python3 has torch (it is not a dependency)
-local peer = {}
-local p = io.popen("python3 " .. here .. "/peers/torch_overhead.py " .. math.floor(n / 5) .. " 2>/dev/null")
-if p then
-  for line in p:lines() do
-    local name, ns = line:match("^(.-)\t(%d+)$")
-    if name then peer[name] = tonumber(ns) end
-  end
-  p:close()
-end
-local have_peer = next(peer) ~= nil
+local op_peer = peer("torch_overhead.py", math.floor(n / 5))
 for _, c in ipairs(cases) do
   local t = math.huge
   for _ = 1, 3 do t = math.min(t, best(c[2], n, 1)) end
-  local extra = ""
-  if peer[c[1]] then extra = ("   torch %6d ns  (%.1fx)"):format(peer[c[1]], peer[c[1]] / (t * 1e9)) end
+  local extra, pt = "", tonumber(op_peer[c[1]])
+  if pt then extra = ("   torch %6d ns  (%.1fx)"):format(pt, pt / (t * 1e9)) end
   print(("%-36s %10.0f%s"):format(c[1], t * 1e9, extra))
 end
-if not have_peer then print("(PyTorch not installed for python3: the torch peer column is skipped)") end
+sgemm32.free()
+if not next(op_peer) then print(no_torch) end
 
 -- Training steps: forward, loss, backward (the C tape) and a fused Adam update,
--- against the same model and step in PyTorch on the CPU (same threads, same run)
+-- against the same model and step in PyTorch on the CPU (same threads, same
+-- run), eager and, for the wide MLP, under torch.compile
 print()
-print(("%-36s %10s %10s %8s"):format("training step (Adam, BCE)", "moe us", "torch us", "ratio"))
+print(("%-44s %10s %10s %8s"):format("training step (Adam, BCE)", "moe us", "torch us", "ratio"))
 local nn = moe.nn
-local tpeer = {}
 local steps = quick and 20 or 100
-local tp = io.popen("python3 " .. here .. "/peers/torch_train_step.py " .. steps .. " 2>/dev/null")
-if tp then
-  for line in tp:lines() do
-    local name, us = line:match("^(.-)\t([%d.]+)$")
-    if name then tpeer[name] = tonumber(us) end
-  end
-  tp:close()
-end
-local function mlp_case(name, din, hidden, batch)
+local tpeer = peer("torch_train_step.py", steps)
+local tpeer_c = peer("torch_train_step.py", steps .. " compile")
+local function mlp_case(name, din, hidden, batch, with_compile)
   moe.manual_seed(1)
   local layers = {}
   for _, h in ipairs(hidden) do layers[#layers + 1] = nn.Dense { units = h, activation = "relu" } end
@@ -117,13 +134,17 @@ local function mlp_case(name, din, hidden, batch)
   for _ = 1, 20 do step() end
   local t = math.huge
   for _ = 1, 3 do t = math.min(t, best(step, steps, 1)) end
-  local pt = tpeer[name]
-  print(("%-36s %10.1f %10s %8s"):format(name, t * 1e6, pt and ("%.1f"):format(pt) or "-",
-    pt and ("%.2f"):format(pt / (t * 1e6)) or "-"))
+  local function row(label, pt)
+    print(("%-44s %10s %10s %8s"):format(label, label == name and ("%.1f"):format(t * 1e6) or "",
+      pt and ("%.1f"):format(pt) or "-", pt and ("%.2f"):format(pt / (t * 1e6)) or "-"))
+  end
+  row(name, tonumber(tpeer[name]))
+  local label, pt = compiled(tpeer_c, name)
+  if with_compile and pt then row(label, pt) elseif with_compile and label then print(label) end
 end
 mlp_case("mlp 7-32-16-1, batch 256", 7, { 32, 16 }, 256)
-mlp_case("mlp 512-1024-1024-1, batch 512", 512, { 1024, 1024 }, 512)
-if not next(tpeer) then print("(PyTorch not installed for python3: the torch column is skipped)") end
+mlp_case("mlp 512-1024-1024-1, batch 512", 512, { 1024, 1024 }, 512, true)
+if not next(tpeer) then print(no_torch) end
 
 -- memory over a long run: RSS after 1,000 and after 10,000 more steps
 local function rss_mb()
@@ -151,47 +172,73 @@ end
 -- that each reports its own peak memory (VmHWM / ru_maxrss)
 print()
 print(("%-44s %12s %12s %8s"):format("MoE layers", "moelua", "torch", "ratio"))
-local function run_case(cmd)
-  local out = {}
-  local h = io.popen(cmd .. " 2>/dev/null")
-  if h then
-    for line in h:lines() do
-      local k, v = line:match("^(.-)\t([%d.]+)$")
-      if k then out[k] = tonumber(v) end
-    end
-    h:close()
-  end
-  return out
-end
 local bin = arg and arg[-1] or "build/moelua"
 local q = quick and " quick" or ""
-local rows = {
+local function case(name) return lines_of(("%s %s/moe.lua %s%s"):format(bin, here, name, q)) end
+local function fmt(v, f) return v and (f or "%.4g"):format(v) or "-" end
+local function row(label, mv, tv, ratio) -- ratio: a number, "-", or nil for none
+  local line = ("%-44s %12s %12s %8s"):format(label, fmt(mv), fmt(tv), ratio and fmt(tonumber(ratio), "%.2f") or "")
+  print((line:gsub("%s+$", "")))
+end
+local rows = { -- case, label, key, lower is better, a torch.compile peer
   { "sparse", "sparse MoE fwd+bwd T=4096 H=512 dff=2048 E=8 k=2 (s)", "sparse_moe_s", true },
-  { "mmoe32", "MMoE census train, batch 32 (samples/s)", "mmoe_32_samples_per_s" },
-  { "mmoe1024", "MMoE census train, batch 1024 (samples/s)", "mmoe_1024_samples_per_s" },
-  { "tabular", "TabularMoELayer fwd+bwd F=64 E=8 U=32 b=1024 (samples/s)", "tabular_samples_per_s" },
+  { "mmoe32", "MMoE census train, batch 32 (samples/s)", "mmoe_32_samples_per_s", false, true },
+  { "mmoe1024", "MMoE census train, batch 1024 (samples/s)", "mmoe_1024_samples_per_s", false, true },
+  { "tabular", "TabularMoELayer fwd+bwd F=64 E=8 U=32 b=1024 (samples/s)", "tabular_samples_per_s", false, true },
 }
 for _, r in ipairs(rows) do
-  local m = run_case(("%s %s/moe.lua %s%s"):format(bin, here, r[1], q))
-  local t = run_case(("python3 %s/peers/torch_moe.py %s%s"):format(here, r[1], q))
-  local mv, tv = m[r[3]], t[r[3]]
-  local ratio = (mv and tv) and (r[4] and tv / mv or mv / tv) or nil
-  print(("%-44s %12s %12s %8s"):format(r[2], mv and ("%.4g"):format(mv) or "-", tv and ("%.4g"):format(tv) or "-",
-    ratio and ("%.2f"):format(ratio) or "-"))
+  local m, t = case(r[1]), peer("torch_moe.py", r[1] .. q)
+  local mv = m[r[3]]
+  local function ratio(tv) return (mv and tv) and (r[4] and tv / mv or mv / tv) or "-" end
+  row(r[2], mv, t[r[3]], ratio(t[r[3]]))
   if r[1] == "sparse" and m.sparse_moe_gflops then
-    print(("%-44s %12.1f %12s"):format("  expert-FFN GFLOP/s", m.sparse_moe_gflops,
-      t.sparse_moe_gflops and ("%.1f"):format(t.sparse_moe_gflops) or "-"))
-    print(("%-44s %12.2f %12s"):format("  ... as a fraction of sgemm on the same shapes", m.sparse_moe_gflops / m.sgemm_gflops,
-      t.sparse_moe_gflops and ("%.2f"):format(t.sparse_moe_gflops / m.sgemm_gflops) or "-"))
+    -- the sgemm of an expert's shape in each library, the best named
+    local g = { ["torch.mm"] = peer("torch_mm.py", m.expert_shape)[m.expert_shape] }
+    for k, v in pairs(m) do
+      local lib = k:match("^sgemm_gflops (.+)$")
+      if lib then g[lib] = v end
+    end
+    local bn, bv = sp.best_of(g)
+    local each = {}
+    for lib, v in pairs(g) do each[#each + 1] = ("%s %.0f"):format(lib, v) end
+    table.sort(each)
+    print(("  sgemm of an expert's shape %s, GFLOP/s: %s"):format(m.expert_shape, table.concat(each, ", ")))
+    row("  expert-FFN GFLOP/s", m.sparse_moe_gflops, t.sparse_moe_gflops)
+    print(("%-44s %12.2f %12s"):format(("  ... as a fraction of the best sgemm (%s)"):format(bn), m.sparse_moe_gflops / bv,
+      fmt(t.sparse_moe_gflops and t.sparse_moe_gflops / bv, "%.2f")))
   end
-  print(("%-44s %12s %12s"):format("  peak RSS (MiB)", m.peak_rss_mib and ("%.1f"):format(m.peak_rss_mib) or "-",
-    t.peak_rss_mib and ("%.1f"):format(t.peak_rss_mib) or "-"))
+  if r[5] then
+    local label, tv = compiled(peer("torch_moe.py", r[1] .. q .. " compile"), r[3])
+    if tv then row(label, nil, tv, ratio(tv)) elseif label then print(label) end
+  end
+  row("  peak RSS (MiB)", m.peak_rss_mib, t.peak_rss_mib)
+end
+-- bf16 experts: moe.set_precision("bf16") against the same layer's fp32 experts
+-- (interleaved, one process) and against PyTorch under bf16 autocast
+do
+  local feats = moe.config().blas.cpu_features
+  local has_bf16 = feats:find("avx512_bf16") or feats:find("amx_bf16")
+  local label = "sparse MoE, bf16 experts (s)"
+  local m = case("sparse_bf16")
+  local t = peer("torch_moe.py", "sparse bf16" .. q)
+  row(label, m.sparse_bf16_s, t.sparse_moe_s, t.sparse_moe_s and m.sparse_bf16_s and t.sparse_moe_s / m.sparse_bf16_s or "-")
+  if m["n/a"] then
+    print("  moelua: n/a: " .. m["n/a"])
+  elseif not m.sparse_bf16_s then
+    print("  moelua: failed (`build/moelua bench/moe.lua sparse_bf16` says why)")
+  else
+    print(("%-44s %11.2fx   (target >= 3x where the CPU has bf16)"):format("  bf16 experts / fp32 experts, throughput",
+      m.sparse_fp32_s / m.sparse_bf16_s))
+    if not has_bf16 then print("  (this CPU has no AVX512-BF16/AMX: moelua's bf16 is emulated here, slower than fp32)") end
+  end
+  if t.skipped then print("  torch bf16 autocast peer skipped: " .. t.skipped) end
+  if t.error then print("  torch bf16 autocast peer failed: " .. t.error) end
 end
 print("(ratio: how many times faster moelua is; torch columns need python3 with torch)")
 
 -- the trainer (issue 5): what fit{} costs per step beyond a bare train_on_batch loop
 print()
-local fo = run_case(("%s %s/moe.lua fit_overhead%s"):format(bin, here, q))
+local fo = case("fit_overhead")
 if fo.fit_us_per_step then
   print(("%-44s %12s"):format("trainer, MMoE census at batch 32", "us/step"))
   print(("%-44s %12.1f"):format("  fit{} (gather, step, loss and AUC, logs)", fo.fit_us_per_step))

@@ -16,4 +16,14 @@ function M.best(f, iters, reps)
   return b
 end
 
+-- as best, after running f for `settle` seconds (0.1 unless given) first: on a
+-- machine of few cores, the threads of the library timed just before (OpenBLAS
+-- spins for a while after each call, OpenMP too) would otherwise share the
+-- cores with f's own
+function M.settled(f, iters, reps, settle)
+  local t0 = M.now()
+  repeat f() until M.now() - t0 >= (settle or 0.1)
+  return M.best(f, iters, reps)
+end
+
 return M

@@ -1,11 +1,12 @@
 """PyTorch (CPU, eager) peer for bench/run.lua's overhead table: ns per call of
 the same small ops, best of 3 runs of n calls. Prints "name<TAB>ns" lines."""
 import sys
-import time
 
 import torch
 
-torch.set_num_threads(2)
+from timing import best, threads
+
+torch.set_num_threads(threads())
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 200000
 x, y = torch.randn(8), torch.randn(8)
 m1, m2 = torch.randn(32, 32), torch.randn(32, 32)
@@ -17,10 +18,4 @@ cases = [
     ("t:view(-1) (no copy)", lambda: m1.view(-1)),
 ]
 for name, f in cases:
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            f()
-        best = min(best, (time.perf_counter() - t0) / n)
-    print(f"{name}\t{best * 1e9:.0f}")
+    print(f"{name}\t{best(f, n, 3) * 1e9:.0f}")
