@@ -155,6 +155,17 @@ describe("split and batches", function()
     for _ in data.batches(5, 2, { drop_last = true }) do n = n + 1 end
     assert.equal(2, n)
   end)
+  it("shuffled batches follow data.permutation's order for the seed (the C copy of the shuffle agrees)", function()
+    for _, seed in ipairs { 1, 3, 99991, 2 ^ 33 + 5 } do
+      for _, n in ipairs { 1, 2, 7, 1000 } do
+        local order = {}
+        for idx in data.batches(n, 3, { seed = seed }) do
+          for _, i in ipairs(idx:totable()) do order[#order + 1] = i end
+        end
+        assert.same(data.permutation(n, seed), order)
+      end
+    end
+  end)
 end)
 
 describe("FeatureEncoder", function()

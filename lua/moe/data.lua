@@ -33,6 +33,13 @@ local function raw(seed)
     return bit.rshift(x * 2685821657736338717ULL, 11)
   end
 end
+-- the generator's starting state for seed, as two 32-bit halves (for C's copy
+-- of the permutation below)
+local function seed_halves(seed)
+  local s = ffi.new("uint64_t[1]", (tonumber(seed) or 1) * 2654435761 + 0x9E3779B97F4A7C15ULL)
+  return tonumber(bit.rshift(s[0], 32)), tonumber(bit.band(s[0], 0xffffffffULL))
+end
+
 local function rng(seed)
   local r = raw(seed)
   return function(n) return tonumber(r() % n) + 1 end -- uniform integer in 1..n
@@ -43,7 +50,8 @@ function data.uniform(seed)
   return function() return (tonumber(r()) + 0.5) * 2 ^ -53 end
 end
 
--- 1..n in an order drawn from seed (Fisher-Yates)
+-- 1..n in an order drawn from seed (Fisher-Yates); core.shuffled_range makes
+-- the same order as an int64 tensor
 function data.permutation(n, seed)
   local p, draw = {}, rng(seed)
   for i = 1, n do p[i] = i end
@@ -114,7 +122,7 @@ function data.batches(n, batch_size, opts)
     order = moe.arange(1, n + 1)
   else
     auto_seed = auto_seed + 1
-    order = moe.tensor(data.permutation(n, opts.seed or auto_seed), { dtype = "int64" })
+    order = core.shuffled_range(n, seed_halves(opts.seed or auto_seed)) -- data.permutation's order, made in C
   end
   local i, b = 0, 0
   return function()

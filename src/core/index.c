@@ -474,34 +474,68 @@ moe_tensor *moe_cat(int n, moe_tensor *const *ts, int dim) {
  * gathered at once on the caller's thread instead, as is everything when a
  * job is already in flight. */
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <time.h>
 
 struct moe_gather_job {
-  int n, async, done;
+  int n, async;
+  atomic_int done;
   int64_t rows, ibase;
   const int64_t *ix;
   moe_tensor *hold;                      /* the index as contiguous int64 */
   moe_tensor *src[MOE_GATHER_MAX], *out[MOE_GATHER_MAX];
 };
 
+/* The hand-off spins politely (sched_yield) on both sides before it sleeps:
+ * waking a sleeping thread took tens of microseconds on the development VM,
+ * as much as the gather itself. fit{} posts a job every step, so the helper
+ * stays awake while it trains and sleeps once it stops. */
+#define GATHER_SPIN_NS 1000000 /* how long the idle helper polls before it sleeps */
+static int64_t mono_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
 static pthread_mutex_t gj_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t gj_cv = PTHREAD_COND_INITIALIZER;
-static moe_gather_job *gj_todo;          /* the job for the helper, until it is done */
-static int gj_started;
+static _Atomic(moe_gather_job *) gj_todo; /* posted, not yet taken */
+static atomic_int gj_busy;                /* a job is posted or running */
+static int gj_sleeping, gj_started;       /* under gj_mu */
 
 static void *gather_helper(void *arg) {
   (void)arg;
-  pthread_mutex_lock(&gj_mu);
   for (;;) {
-    while (!gj_todo || gj_todo->done) pthread_cond_wait(&gj_cv, &gj_mu);
-    moe_gather_job *j = gj_todo;
-    pthread_mutex_unlock(&gj_mu);
+    moe_gather_job *j = NULL;
+    int64_t until = mono_ns() + GATHER_SPIN_NS;
+    for (int spins = 1; !(j = atomic_exchange(&gj_todo, NULL)); spins++) {
+      cpu_relax();
+      if (spins % 256 == 0 && (sched_yield(), mono_ns() > until)) break;
+    }
+    if (!j) {
+      pthread_mutex_lock(&gj_mu);
+      gj_sleeping = 1;
+      while (!(j = atomic_exchange(&gj_todo, NULL))) pthread_cond_wait(&gj_cv, &gj_mu);
+      gj_sleeping = 0;
+      pthread_mutex_unlock(&gj_mu);
+    }
     for (int i = 0; i < j->n; i++) moe_cpu_index_select(j->out[i], j->src[i], 0, j->ix, j->rows, j->ibase);
-    pthread_mutex_lock(&gj_mu);
-    j->done = 1;
-    gj_todo = NULL;
-    pthread_cond_broadcast(&gj_cv);
+    atomic_store(&j->done, 1);
+    atomic_store(&gj_busy, 0);
   }
   return NULL;
+}
+
+static void gather_wait(moe_gather_job *j) {
+  for (int spins = 1; j->async && !atomic_load(&j->done); spins++) {
+    cpu_relax();
+    if (spins % 256 == 0) sched_yield();
+  }
 }
 
 static int gatherable(const moe_tensor *t) {
@@ -510,9 +544,7 @@ static int gatherable(const moe_tensor *t) {
 
 void moe_gather_free(moe_gather_job *j) {
   if (!j) return;
-  pthread_mutex_lock(&gj_mu);
-  while (j->async && !j->done) pthread_cond_wait(&gj_cv, &gj_mu);
-  pthread_mutex_unlock(&gj_mu);
+  gather_wait(j);
   for (int i = 0; i < j->n; i++) { moe_tensor_release(j->src[i]); moe_tensor_release(j->out[i]); }
   moe_tensor_release(j->hold);
   free(j);
@@ -557,32 +589,35 @@ moe_gather_job *moe_gather_start(int n, moe_tensor *const *src, const moe_tensor
     j->n = i + 1;
     if (!j->out[i]) { moe_gather_free(j); return NULL; }
   }
-  pthread_mutex_lock(&gj_mu);
-  if (!gj_started) {
-    pthread_t th;
-    pthread_attr_t at;
-    pthread_attr_init(&at);
-    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-    gj_started = pthread_create(&th, &at, gather_helper, NULL) == 0 ? 1 : -1;
-    pthread_attr_destroy(&at);
+  int expect = 0;
+  if (moe_cpu_threads() > 1 && atomic_compare_exchange_strong(&gj_busy, &expect, 1)) {
+    pthread_mutex_lock(&gj_mu);
+    if (!gj_started) {
+      pthread_t th;
+      pthread_attr_t at;
+      pthread_attr_init(&at);
+      pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+      gj_started = pthread_create(&th, &at, gather_helper, NULL) == 0 ? 1 : -1;
+      pthread_attr_destroy(&at);
+    }
+    if (gj_started == 1) {
+      j->async = 1;
+      atomic_store(&gj_todo, j);
+      if (gj_sleeping) pthread_cond_signal(&gj_cv);
+    } else {
+      atomic_store(&gj_busy, 0);
+    }
+    pthread_mutex_unlock(&gj_mu);
   }
-  if (gj_started == 1 && !gj_todo && moe_cpu_threads() > 1) {
-    j->async = 1;
-    gj_todo = j;
-    pthread_cond_broadcast(&gj_cv);
-  }
-  pthread_mutex_unlock(&gj_mu);
   if (!j->async) { /* one core, no thread, or the helper is busy: here and now */
     for (int i = 0; i < n; i++) moe_cpu_index_select(j->out[i], j->src[i], 0, j->ix, j->rows, ibase);
-    j->done = 1;
+    atomic_store(&j->done, 1);
   }
   return j;
 }
 
 int moe_gather_finish(moe_gather_job *j, moe_tensor **out) {
-  pthread_mutex_lock(&gj_mu);
-  while (j->async && !j->done) pthread_cond_wait(&gj_cv, &gj_mu);
-  pthread_mutex_unlock(&gj_mu);
+  gather_wait(j);
   for (int i = 0; i < j->n; i++) {
     out[i] = j->out[i];
     j->out[i] = NULL;

@@ -1515,6 +1515,38 @@ static int l_roc_auc(lua_State *L) {
   return 1;
 }
 
+/* shuffled_range(n, seed_hi, seed_lo) -> int64 [n]: 1..n in the order of
+ * moe.data.permutation's Fisher-Yates over its xorshift64* generator, whose
+ * 64-bit state is given in two 32-bit halves; the same order as the Lua
+ * function, without a Lua table of n numbers (3.4 ms for 32,768 rows, once
+ * per epoch of fit{}) */
+static int l_shuffled_range(lua_State *L) {
+  lua_Number nn = luaL_checknumber(L, 1);
+  if (!(nn >= 0 && nn <= 4503599627370496.0) || nn != floor(nn))
+    return luaL_error(L, "shuffled_range: n must be a count, got %f", nn);
+  int64_t n = (int64_t)nn;
+  uint64_t st = ((uint64_t)luaL_checknumber(L, 2) << 32) | (uint64_t)luaL_checknumber(L, 3);
+  if (st == 0) st = 1;
+  int64_t shape[1] = {n};
+  moe_device pd = moe_set_alloc_device(MOE_CPU);
+  moe_tensor *t = moe_empty(1, shape, MOE_I64);
+  moe_set_alloc_device(pd);
+  if (!t) return raise_engine(L);
+  int64_t *p = (int64_t *)moe_data(t);
+  for (int64_t i = 0; i < n; i++) p[i] = i + 1;
+  for (int64_t i = n; i >= 2; i--) {
+    st ^= st >> 12;
+    st ^= st << 25;
+    st ^= st >> 27;
+    uint64_t r = (st * UINT64_C(2685821657736338717)) >> 11;
+    int64_t j = (int64_t)(r % (uint64_t)i); /* 0-based: the Lua draw's 1..i, less one */
+    int64_t tmp = p[i - 1];
+    p[i - 1] = p[j];
+    p[j] = tmp;
+  }
+  return moe_lua_push(L, t);
+}
+
 /* gather_rows({t1, t2, ...}, index) -> a job: the rows `index` of each tensor
  * are copied on a helper thread (moe_gather_start); job:finish() -> {rows1,
  * rows2, ...} once they are there. For fit{}'s next batch. */
@@ -1891,7 +1923,7 @@ static const luaL_Reg funcs[] = {
     {"is_tensor", l_is_tensor}, {"live", l_live}, {"cat", l_cat}, {"stack", l_stack},
     {"set_grad_enabled", l_set_grad_enabled}, {"is_grad_enabled", l_is_grad_enabled},
     {"peak_bytes", l_peak_bytes}, {"empty_cache", l_empty_cache}, {"linear", l_linear}, {"bce", l_bce}, {"mixture", l_mixture}, {"gate_scale", l_gate_scale}, {"route_plan", l_route_plan}, {"grouped_matmul", l_grouped_matmul}, {"get_flat", l_get_flat}, {"set_flat", l_set_flat}, {"optim_step", l_optim_step},
-    {"st_save", l_st_save}, {"read_csv", l_read_csv}, {"roc_auc", l_roc_auc}, {"auc_acc", l_auc_acc}, {"gather_rows", l_gather_rows}, {"cuda_info", l_cuda_info}, {"cuda_empty_cache", l_cuda_empty_cache}, {"cuda_precision", l_cuda_precision}, {"defer_interrupts", l_defer_interrupts}, {"take_interrupt", l_take_interrupt}, {"st_read_header", l_st_read_header}, {"st_read_tensor", l_st_read_tensor}, {"st_checksum", l_st_checksum},
+    {"st_save", l_st_save}, {"read_csv", l_read_csv}, {"roc_auc", l_roc_auc}, {"auc_acc", l_auc_acc}, {"gather_rows", l_gather_rows}, {"shuffled_range", l_shuffled_range}, {"cuda_info", l_cuda_info}, {"cuda_empty_cache", l_cuda_empty_cache}, {"cuda_precision", l_cuda_precision}, {"defer_interrupts", l_defer_interrupts}, {"take_interrupt", l_take_interrupt}, {"st_read_header", l_st_read_header}, {"st_read_tensor", l_st_read_tensor}, {"st_checksum", l_st_checksum},
     {NULL, NULL}};
 
 /* functions that are also tensor methods */
