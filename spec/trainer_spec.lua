@@ -207,6 +207,27 @@ describe("fit", function()
     for i = 1, n do assert.equal(1, count[i]) end
   end)
 
+  it("gathers batches in place on one core, with the same training as the helper thread's", function()
+    local bin = os.getenv("MOELUA_BIN") or "build/moelua"
+    local script = H.write_file(H.tmpname() .. ".lua", [[
+      local moe = require "moe"
+      moe.manual_seed(3)
+      local x, y = moe.randn(300, 6), moe.rand(300, 1):gt(0.5):float()
+      local m = moe.Sequential { moe.nn.Dense { units = 4, activation = "relu" }, moe.nn.Dense { units = 1, activation = "sigmoid" }, input_shape = { 6 } }
+      m:compile { optimizer = "adam", loss = "binary_crossentropy", metrics = { "auc" } }
+      local h = m:fit { x = x, y = y, batch_size = 16, epochs = 3, seed = 5, verbose = 0 }
+      for _, v in ipairs(h.history.loss) do io.write(("%.17g "):format(v)) end
+      for _, v in ipairs(h.history.auc) do io.write(("%.17g "):format(v)) end
+    ]])
+    local one, e1, rc1 = H.sh(("MOE_NUM_THREADS=1 %s run %s"):format(bin, script))
+    local two, e2, rc2 = H.sh(("MOE_NUM_THREADS=2 %s run %s"):format(bin, script))
+    os.remove(script)
+    assert.equal(0, rc1, e1)
+    assert.equal(0, rc2, e2)
+    assert.equal(6, select(2, one:gsub("%S+", "")))
+    assert.equal(one, two)
+  end)
+
   it("calls callbacks in order, and a callback can stop training", function()
     local x, y = task(100)
     local m = model_for()
