@@ -1525,7 +1525,14 @@ static int l_shuffled_range(lua_State *L) {
   if (!(nn >= 0 && nn <= 4503599627370496.0) || nn != floor(nn))
     return luaL_error(L, "shuffled_range: n must be a count, got %f", nn);
   int64_t n = (int64_t)nn;
-  uint64_t st = ((uint64_t)luaL_checknumber(L, 2) << 32) | (uint64_t)luaL_checknumber(L, 3);
+  uint64_t half[2];
+  for (int k = 0; k < 2; k++) {
+    lua_Number h = luaL_checknumber(L, 2 + k);
+    if (!(h >= 0 && h < 4294967296.0) || h != floor(h))
+      return luaL_error(L, "shuffled_range: argument #%d must be a 32-bit half of the generator's state, got %f", 2 + k, h);
+    half[k] = (uint64_t)h;
+  }
+  uint64_t st = (half[0] << 32) | half[1];
   if (st == 0) st = 1;
   int64_t shape[1] = {n};
   moe_device pd = moe_set_alloc_device(MOE_CPU);
