@@ -151,14 +151,13 @@ end)
 -- exact AUC over everything seen since reset (NaN while one class is missing);
 -- batches are appended to a C accumulator (src/train/metrics.c) as doubles:
 -- no tensor is kept or made per batch
-local function host(t) return (core.is_tensor(t) and t:device() ~= "cpu") and t:cpu() or t end
 metrics.AUC = kind("auc", function(self)
   if self.acc then self.acc:reset() else self.acc = core.auc_acc() end
 end, function(self, y, p, w)
   if not core.is_tensor(y) then y = moe.tensor(y) end
   if not core.is_tensor(p) then p = moe.tensor(p) end
   if w ~= nil and not core.is_tensor(w) then w = moe.tensor(w) end
-  local ok, err = pcall(self.acc.add, self.acc, host(y), host(p), host(w))
+  local ok, err = pcall(self.acc.add, self.acc, y, p, w) -- (device tensors are read through host copies)
   if not ok then error(moe._where((tostring(err):gsub("^[^\n]-:%d+: ", ""))), 0) end
 end, function(self)
   if self.acc:count() == 0 then return 0 / 0 end

@@ -111,12 +111,12 @@ local function narrow(v, start, len)
 end
 
 -- outputs as a table name -> tensor (one output: its layer's name, or "output")
-local function named_outputs(self, p)
+-- (names: the model's output names when the caller has them already)
+local function named_outputs(self, p, names)
+  names = names or (self.output_names and self:output_names()) or {}
   if is_tensor(p) then
-    local names = self.output_names and self:output_names() or {}
     return { [names[1] or "output"] = p }, true
   end
-  local names = self.output_names and self:output_names() or {}
   local out = {}
   for k, t in pairs(p) do out[names[k] or k] = t end
   return out, false
@@ -562,6 +562,7 @@ function Module:fit(opts)
   rawset(self, "history", history)
   local data = require "moe.data"
   local tensors, plan = batch_plan(x, y, sw)
+  local onames -- the model's output names, once it has been called
   local nb = math.ceil(n / batch)
   if opts.steps_per_epoch then positive_int(opts.steps_per_epoch, "steps_per_epoch", "fit"); nb = math.min(nb, opts.steps_per_epoch) end
   local was_deferred = core.defer_interrupts(true)
@@ -608,7 +609,8 @@ function Module:fit(opts)
           break
         end
         local named
-        named, single = named_outputs(self, p)
+        onames = onames or (self.output_names and self:output_names()) or {}
+        named, single = named_outputs(self, p, onames)
         pass_update(self, st, named, single, yb, swb, loss, parts, idx_now:numel(), "fit") -- metrics see detached outputs
         batch_logs.loss = loss
         call_hooks(cbs, "on_batch_end", b, batch_logs)

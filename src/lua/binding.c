@@ -1614,9 +1614,16 @@ static moe_auc_acc *check_acc(lua_State *L) { return luaL_checkudata(L, 1, AUC_M
 static int l_auc_acc_gc(lua_State *L) { moe_auc_acc_clear(check_acc(L)); return 0; }
 static int l_auc_acc_add(lua_State *L) {
   moe_auc_acc *a = check_acc(L);
-  moe_tensor *y = check_host(L, 2, "auc"), *p = check_host(L, 3, "auc");
-  moe_tensor *w = lua_isnoneornil(L, 4) ? NULL : check_host(L, 4, "auc");
-  if (moe_auc_acc_add(a, y, p, w)) return raise_engine(L);
+  /* values on the device are read through host copies */
+  moe_tensor *in[3] = {check_tensor_any(L, 2, "auc"), check_tensor_any(L, 3, "auc"),
+                       lua_isnoneornil(L, 4) ? NULL : check_tensor_any(L, 4, "auc")};
+  moe_tensor *h[3] = {NULL, NULL, NULL};
+  int rc = 0;
+  for (int i = 0; i < 3 && !rc; i++)
+    if (in[i] && !(h[i] = moe_to_device(in[i], MOE_CPU))) rc = -1;
+  if (!rc) rc = moe_auc_acc_add(a, h[0], h[1], h[2]);
+  for (int i = 0; i < 3; i++) moe_tensor_release(h[i]);
+  if (rc) return raise_engine(L);
   return 0;
 }
 static int l_auc_acc_result(lua_State *L) {
