@@ -226,9 +226,18 @@ describe("moe.cuda with a device", function()
     local prev = moe.get_default_device()
     moe.set_default_device("cuda")
     local ok, made = pcall(moe.randn, 3)
+    -- data.batches' indices follow the default device, shuffled or not
+    local ok2, devs = pcall(function()
+      local d = {}
+      for idx in moe.data.batches(10, 4, { seed = 2 }) do d[#d + 1] = idx:device() end
+      for idx in moe.data.batches(10, 4, { shuffle = false }) do d[#d + 1] = idx:device() end
+      return d
+    end)
     moe.set_default_device(prev)
     assert.is_true(ok)
     assert.equal("cuda", made:device())
+    assert.is_true(ok2, devs)
+    assert.same({ "cuda", "cuda", "cuda", "cuda", "cuda", "cuda" }, devs)
     assert.equal("cpu", moe.randn(3):device())
     assert.matches("set_default_device: expected", H.error_of(moe.set_default_device, "tpu"))
   end)

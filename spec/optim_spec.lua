@@ -123,6 +123,17 @@ describe("optimizers", function()
     end)
   end
 
+  it("a parameter listed twice (or sharing storage) gets both updates, also when the update is split across cores", function()
+    local p = moe.zeros(32767, { requires_grad = true })
+    local big = moe.zeros(300000, { requires_grad = true })
+    for _ = 1, 20 do
+      moe.no_grad(function() p:fill_(0) end)
+      p.grad, big.grad = moe.ones(32767), moe.ones(300000)
+      moe.optim.SGD { lr = 1 }:step { p, p, big }
+      assert.equal(-2, p:min():item())
+      assert.equal(-2, p:max():item())
+    end
+  end)
   it("skips parameters without a gradient", function()
     local a = moe.ones(2, { requires_grad = true })
     local b = moe.ones(2, { requires_grad = true })

@@ -207,6 +207,20 @@ describe("fit", function()
     for i = 1, n do assert.equal(1, count[i]) end
   end)
 
+  it("a gather in flight keeps its own copy of the index (changing the index tensor meanwhile is harmless)", function()
+    local x = moe.arange(1, 9):float():view(8, 1) * moe.ones(1, 16)
+    local idx = moe.full({ 200000 }, 3, { dtype = "int64" })
+    local job = moe.core.gather_rows({ x }, idx)
+    idx:copy_(moe.full({ 200000 }, 1e12, { dtype = "int64" }))
+    local got = job:finish()[1]
+    assert.same({ 200000, 16 }, got:shape())
+    assert.equal(3, got:min():item())
+    assert.equal(3, got:max():item())
+    assert.matches("gather_rows: entry 2 of the list is a number, not a tensor",
+      H.error_of(moe.core.gather_rows, { x, 3 }, moe.ones({ 2 }, { dtype = "int64" })))
+    assert.matches("gather_rows: index 9 out of range", H.error_of(moe.core.gather_rows, { x }, moe.tensor({ 1, 9 }, { dtype = "int64" })))
+  end)
+
   it("gathers batches in place on one core, with the same training as the helper thread's", function()
     local bin = os.getenv("MOELUA_BIN") or "build/moelua"
     local script = H.write_file(H.tmpname() .. ".lua", [[

@@ -123,6 +123,7 @@ function data.batches(n, batch_size, opts)
   else
     auto_seed = auto_seed + 1
     order = core.shuffled_range(n, seed_halves(opts.seed or auto_seed)) -- data.permutation's order, made in C
+    if moe.get_default_device() ~= "cpu" then order = order:to(moe.get_default_device()) end -- as moe.arange's
   end
   local i, b = 0, 0
   return function()

@@ -472,7 +472,9 @@ moe_tensor *moe_cat(int n, moe_tensor *const *ts, int dim) {
  * thread; the helper only copies. Sources that are not contiguous host tensors
  * without autograd (whose copy may use the thread pool, or record a graph) are
  * gathered at once on the caller's thread instead, as is everything when a
- * job is already in flight. */
+ * job is already in flight. The sources must not change while a job is in
+ * flight (fit{} does not change them; a callback that writes into x in place
+ * would race with the copy of the next batch). */
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -482,8 +484,7 @@ struct moe_gather_job {
   int n, async;
   atomic_int done;
   int64_t rows, ibase;
-  const int64_t *ix;
-  moe_tensor *hold;                      /* the index as contiguous int64 */
+  int64_t *ix;                           /* the job's own copy of the checked index */
   moe_tensor *src[MOE_GATHER_MAX], *out[MOE_GATHER_MAX];
 };
 
@@ -525,8 +526,8 @@ static void *gather_helper(void *arg) {
       pthread_mutex_unlock(&gj_mu);
     }
     for (int i = 0; i < j->n; i++) moe_cpu_index_select(j->out[i], j->src[i], 0, j->ix, j->rows, j->ibase);
+    atomic_store(&gj_busy, 0); /* first: the caller may post the next job as soon as it sees done */
     atomic_store(&j->done, 1);
-    atomic_store(&gj_busy, 0);
   }
   return NULL;
 }
@@ -546,7 +547,7 @@ void moe_gather_free(moe_gather_job *j) {
   if (!j) return;
   gather_wait(j);
   for (int i = 0; i < j->n; i++) { moe_tensor_release(j->src[i]); moe_tensor_release(j->out[i]); }
-  moe_tensor_release(j->hold);
+  free(j->ix);
   free(j);
 }
 
@@ -578,7 +579,14 @@ moe_gather_job *moe_gather_start(int n, moe_tensor *const *src, const moe_tensor
     }
     return j;
   }
-  if (!(j->ix = checked_index("gather_rows", index, size, ibase, &j->hold))) { moe_gather_free(j); return NULL; }
+  /* the index is copied: the caller may change its tensor while the job runs */
+  moe_tensor *hold;
+  const int64_t *ix = checked_index("gather_rows", index, size, ibase, &hold);
+  if (!ix) { moe_gather_free(j); return NULL; }
+  j->ix = malloc(sizeof(int64_t) * (size_t)(j->rows ? j->rows : 1));
+  if (j->ix) memcpy(j->ix, ix, sizeof(int64_t) * (size_t)j->rows);
+  moe_tensor_release(hold);
+  if (!j->ix) { moe_error("gather_rows: out of memory"); moe_gather_free(j); return NULL; }
   for (int i = 0; i < n; i++) {
     int64_t shape[MOE_MAX_DIMS];
     memcpy(shape, src[i]->shape, sizeof shape);

@@ -139,12 +139,13 @@ TGT static void kern_1x1(int64_t K, const float *A, int64_t sam, int64_t sak, co
 }
 
 int moe_cpu_small_gemm_ok(int64_t N) {
-  static int have = -1;
-  if (have < 0) {
+  static _Atomic int have = -1; /* GEMMs run on several threads */
+  int h = have;
+  if (h < 0) {
     __builtin_cpu_init();
-    have = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    have = h = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   }
-  return have && N > 0 && N % 8 == 0 && N <= 64;
+  return h && N > 0 && N % 8 == 0 && N <= 64;
 }
 
 void moe_cpu_small_gemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t sam, int64_t sak,

@@ -1574,10 +1574,11 @@ static int l_gather_finish(lua_State *L) {
   moe_gather_free(g->j);
   g->j = NULL;
   lua_createtable(L, n, 0);
-  for (int i = 0; i < n; i++) {
-    moe_lua_push(L, out[i]);
+  for (int i = 0; i < n; i++) { /* all boxed before anything can raise (after_push) */
+    box_tensor(L, out[i]);
     lua_rawseti(L, -2, i + 1);
   }
+  after_push(L);
   return 1;
 }
 static int l_gather_rows(lua_State *L) {
@@ -1587,7 +1588,11 @@ static int l_gather_rows(lua_State *L) {
   moe_tensor *src[MOE_GATHER_MAX];
   for (int i = 0; i < n; i++) {
     lua_rawgeti(L, 1, i + 1);
-    src[i] = check_tensor(L, -1, "gather_rows");
+    if (!(src[i] = moe_lua_totensor(L, -1)))
+      return luaL_error(L, "gather_rows: entry %d of the list is a %s, not a tensor", i + 1, type_of(L, -1));
+    if (join_device(src[i]))
+      return luaL_error(L, "gather_rows: entry %d of the list is on %s while an earlier tensor is on %s", i + 1,
+                        dev_name(src[i]->device), dev_name(op_dev));
     lua_pop(L, 1); /* the list keeps it alive; the job retains it */
   }
   moe_tensor *idx = check_tensor(L, 2, "gather_rows");

@@ -5,6 +5,8 @@
 #include "../cpu/cpu.h"
 
 #include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const char *kind_name[] = {"SGD", "Adam", "AdamW", "RMSprop", "Adagrad"};
@@ -127,6 +129,25 @@ static void update_part(void *ctx, int part) {
   }
 }
 
+static int by_address(const void *a, const void *b) {
+  uintptr_t x = (uintptr_t)*(void *const *)a, y = (uintptr_t)*(void *const *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* whether two of the parameters share a storage (a tensor listed twice, or two
+ * views of one): then the update stays on one thread, in order, as the split
+ * across cores would update the shared values from two threads at once */
+static int shares_storage(int n, moe_tensor *const *params) {
+  void **st = malloc(sizeof(void *) * (size_t)(n ? n : 1));
+  if (!st) return 1;
+  for (int i = 0; i < n; i++) st[i] = params[i]->storage;
+  qsort(st, (size_t)n, sizeof *st, by_address);
+  int shared = 0;
+  for (int i = 1; i < n && !shared; i++) shared = st[i] == st[i - 1];
+  free(st);
+  return shared;
+}
+
 int moe_optim_step(moe_optim_kind kind, int n, moe_tensor *const *params, moe_tensor *const *grads,
                    moe_tensor *const *s1s, moe_tensor *const *s2s, const int64_t *steps,
                    const moe_optim_hparams *h, double *norm_out) {
@@ -164,7 +185,7 @@ int moe_optim_step(moe_optim_kind kind, int n, moe_tensor *const *params, moe_te
    * core takes a slice of each large parameter (1.6 M Adam values: 4.4 ms on
    * one core of the 2-core development VM) */
   int nth = moe_cpu_threads();
-  if (nth > 1 && total >= OPTIM_PARALLEL) {
+  if (nth > 1 && total >= OPTIM_PARALLEL && !shares_storage(n, params)) {
     u.parts = nth;
     moe_cpu_parallel(nth, update_part, &u);
   } else {
