@@ -305,7 +305,10 @@ static int gemm_onednn(int64_t batch, int64_t M, int64_t N, int64_t K, const flo
   if (!p || !p->p) { s = dnnl_unimplemented; goto done; }
   if (!T.stream && (s = D.dnnl_stream_create(&T.stream, engine, dnnl_stream_default_flags))) { T.stream = NULL; goto done; }
   void *pad = NULL, *padtmp = NULL;
-  if (p->scratch && !(pad = scratch_get(&T.pad, p->scratch, &padtmp))) goto done;
+  if (p->scratch && !(pad = scratch_get(&T.pad, p->scratch, &padtmp))) { /* out of memory now: emulate this call, */
+    free(tmp);                                                          /* without giving oneDNN up for good */
+    return -1;
+  }
   dnnl_dims_t ad = {M, K}, bd = {K, N}, cd = {M, N};
   dnnl_dims_t as = {ta ? 1 : K, ta ? M : 1}, bs = {tb ? 1 : N, tb ? K : 1}, cs = {N, 1};
   dnnl_memory_desc_t amd, bmd, cmd;
