@@ -17,126 +17,42 @@
 /* C's 8 values at o, = or += v */
 #define STORE(o, v) _mm256_storeu_ps((o), acc ? _mm256_add_ps(_mm256_loadu_ps(o), (v)) : (v))
 
-/* kern_RxV: R rows x V vectors of 8 columns of C, written out */
-TGT static void kern_6x2(int64_t K, const float *A, int64_t sam, int64_t sak, const float *B, int64_t ldb,
-                          float *C, int64_t ldc, int acc) {
-  /* named accumulators (an array of vectors was spilled to the stack every step) */
-  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
-  __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
-  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
-  __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
-  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
-  __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
-  for (int64_t p = 0; p < K; p++) {
-    __m256 b0 = _mm256_loadu_ps(B + p * ldb + 0);
-    __m256 b1 = _mm256_loadu_ps(B + p * ldb + 8);
-    const float *a = A + p * sak;
-    __m256 x;
-    x = _mm256_broadcast_ss(a + 0 * sam);
-    c00 = _mm256_fmadd_ps(x, b0, c00);
-    c01 = _mm256_fmadd_ps(x, b1, c01);
-    x = _mm256_broadcast_ss(a + 1 * sam);
-    c10 = _mm256_fmadd_ps(x, b0, c10);
-    c11 = _mm256_fmadd_ps(x, b1, c11);
-    x = _mm256_broadcast_ss(a + 2 * sam);
-    c20 = _mm256_fmadd_ps(x, b0, c20);
-    c21 = _mm256_fmadd_ps(x, b1, c21);
-    x = _mm256_broadcast_ss(a + 3 * sam);
-    c30 = _mm256_fmadd_ps(x, b0, c30);
-    c31 = _mm256_fmadd_ps(x, b1, c31);
-    x = _mm256_broadcast_ss(a + 4 * sam);
-    c40 = _mm256_fmadd_ps(x, b0, c40);
-    c41 = _mm256_fmadd_ps(x, b1, c41);
-    x = _mm256_broadcast_ss(a + 5 * sam);
-    c50 = _mm256_fmadd_ps(x, b0, c50);
-    c51 = _mm256_fmadd_ps(x, b1, c51);
-  }
-  STORE(C + 0 * ldc + 0, c00);
-  STORE(C + 0 * ldc + 8, c01);
-  STORE(C + 1 * ldc + 0, c10);
-  STORE(C + 1 * ldc + 8, c11);
-  STORE(C + 2 * ldc + 0, c20);
-  STORE(C + 2 * ldc + 8, c21);
-  STORE(C + 3 * ldc + 0, c30);
-  STORE(C + 3 * ldc + 8, c31);
-  STORE(C + 4 * ldc + 0, c40);
-  STORE(C + 4 * ldc + 8, c41);
-  STORE(C + 5 * ldc + 0, c50);
-  STORE(C + 5 * ldc + 8, c51);
-}
+/* kern_RxV: R rows x V vectors of 8 columns of C, with one named accumulator
+ * per vector (an array of vectors was spilled to the stack at every step).
+ * The per-row pieces: */
+#define DECL2(r) __m256 c##r##0 = _mm256_setzero_ps(), c##r##1 = _mm256_setzero_ps();
+#define DECL1(r) __m256 c##r##0 = _mm256_setzero_ps();
+#define LOADB2 __m256 b0 = _mm256_loadu_ps(B + p * ldb), b1 = _mm256_loadu_ps(B + p * ldb + 8);
+#define LOADB1 __m256 b0 = _mm256_loadu_ps(B + p * ldb);
+#define STEP2(r)                                \
+  x = _mm256_broadcast_ss(a + (r) * sam);       \
+  c##r##0 = _mm256_fmadd_ps(x, b0, c##r##0);    \
+  c##r##1 = _mm256_fmadd_ps(x, b1, c##r##1);
+#define STEP1(r)                                \
+  x = _mm256_broadcast_ss(a + (r) * sam);       \
+  c##r##0 = _mm256_fmadd_ps(x, b0, c##r##0);
+#define OUT2(r) STORE(C + (r) * ldc, c##r##0); STORE(C + (r) * ldc + 8, c##r##1);
+#define OUT1(r) STORE(C + (r) * ldc, c##r##0);
+#define ROWS1(M) M(0)
+#define ROWS6(M) M(0) M(1) M(2) M(3) M(4) M(5)
+#define ROWS8(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7)
 
-TGT static void kern_1x2(int64_t K, const float *A, int64_t sam, int64_t sak, const float *B, int64_t ldb,
-                          float *C, int64_t ldc, int acc) {
-  /* named accumulators (an array of vectors was spilled to the stack every step) */
-  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
-  for (int64_t p = 0; p < K; p++) {
-    __m256 b0 = _mm256_loadu_ps(B + p * ldb + 0);
-    __m256 b1 = _mm256_loadu_ps(B + p * ldb + 8);
-    const float *a = A + p * sak;
-    __m256 x;
-    x = _mm256_broadcast_ss(a + 0 * sam);
-    c00 = _mm256_fmadd_ps(x, b0, c00);
-    c01 = _mm256_fmadd_ps(x, b1, c01);
+#define KERNEL(NAME, ROWS, V)                                                                          \
+  TGT static void NAME(int64_t K, const float *A, int64_t sam, int64_t sak, const float *B, int64_t ldb, \
+                       float *C, int64_t ldc, int acc) {                                              \
+    ROWS(DECL##V)                                                                                      \
+    for (int64_t p = 0; p < K; p++) {                                                                  \
+      LOADB##V                                                                                         \
+      const float *a = A + p * sak;                                                                    \
+      __m256 x;                                                                                        \
+      ROWS(STEP##V)                                                                                    \
+    }                                                                                                  \
+    ROWS(OUT##V)                                                                                       \
   }
-  STORE(C + 0 * ldc + 0, c00);
-  STORE(C + 0 * ldc + 8, c01);
-}
-
-TGT static void kern_8x1(int64_t K, const float *A, int64_t sam, int64_t sak, const float *B, int64_t ldb,
-                          float *C, int64_t ldc, int acc) {
-  /* named accumulators (an array of vectors was spilled to the stack every step) */
-  __m256 c00 = _mm256_setzero_ps();
-  __m256 c10 = _mm256_setzero_ps();
-  __m256 c20 = _mm256_setzero_ps();
-  __m256 c30 = _mm256_setzero_ps();
-  __m256 c40 = _mm256_setzero_ps();
-  __m256 c50 = _mm256_setzero_ps();
-  __m256 c60 = _mm256_setzero_ps();
-  __m256 c70 = _mm256_setzero_ps();
-  for (int64_t p = 0; p < K; p++) {
-    __m256 b0 = _mm256_loadu_ps(B + p * ldb + 0);
-    const float *a = A + p * sak;
-    __m256 x;
-    x = _mm256_broadcast_ss(a + 0 * sam);
-    c00 = _mm256_fmadd_ps(x, b0, c00);
-    x = _mm256_broadcast_ss(a + 1 * sam);
-    c10 = _mm256_fmadd_ps(x, b0, c10);
-    x = _mm256_broadcast_ss(a + 2 * sam);
-    c20 = _mm256_fmadd_ps(x, b0, c20);
-    x = _mm256_broadcast_ss(a + 3 * sam);
-    c30 = _mm256_fmadd_ps(x, b0, c30);
-    x = _mm256_broadcast_ss(a + 4 * sam);
-    c40 = _mm256_fmadd_ps(x, b0, c40);
-    x = _mm256_broadcast_ss(a + 5 * sam);
-    c50 = _mm256_fmadd_ps(x, b0, c50);
-    x = _mm256_broadcast_ss(a + 6 * sam);
-    c60 = _mm256_fmadd_ps(x, b0, c60);
-    x = _mm256_broadcast_ss(a + 7 * sam);
-    c70 = _mm256_fmadd_ps(x, b0, c70);
-  }
-  STORE(C + 0 * ldc + 0, c00);
-  STORE(C + 1 * ldc + 0, c10);
-  STORE(C + 2 * ldc + 0, c20);
-  STORE(C + 3 * ldc + 0, c30);
-  STORE(C + 4 * ldc + 0, c40);
-  STORE(C + 5 * ldc + 0, c50);
-  STORE(C + 6 * ldc + 0, c60);
-  STORE(C + 7 * ldc + 0, c70);
-}
-
-TGT static void kern_1x1(int64_t K, const float *A, int64_t sam, int64_t sak, const float *B, int64_t ldb,
-                          float *C, int64_t ldc, int acc) {
-  /* named accumulators (an array of vectors was spilled to the stack every step) */
-  __m256 c00 = _mm256_setzero_ps();
-  for (int64_t p = 0; p < K; p++) {
-    __m256 b0 = _mm256_loadu_ps(B + p * ldb + 0);
-    const float *a = A + p * sak;
-    __m256 x;
-    x = _mm256_broadcast_ss(a + 0 * sam);
-    c00 = _mm256_fmadd_ps(x, b0, c00);
-  }
-  STORE(C + 0 * ldc + 0, c00);
-}
+KERNEL(kern_6x2, ROWS6, 2)
+KERNEL(kern_1x2, ROWS1, 2)
+KERNEL(kern_8x1, ROWS8, 1)
+KERNEL(kern_1x1, ROWS1, 1)
 
 int moe_cpu_small_gemm_ok(int64_t N) {
   static _Atomic int have = -1; /* GEMMs run on several threads */
