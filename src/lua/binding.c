@@ -1438,21 +1438,28 @@ static int l_blas_info(lua_State *L) {
   return 1;
 }
 
+/* a list of cpuid feature names at idx as the bits of moe_cpu_feature_bit */
+static unsigned feature_list(lua_State *L, int idx, const char *fn) {
+  luaL_checktype(L, idx, LUA_TTABLE);
+  unsigned features = 0;
+  int n = (int)lua_objlen(L, idx);
+  for (int i = 1; i <= n; i++) {
+    lua_rawgeti(L, idx, i);
+    const char *f = lua_tostring(L, -1);
+    unsigned bit = f ? moe_cpu_feature_bit(f) : 0;
+    if (!bit) luaL_error(L, "%s: unknown CPU feature %s", fn, f ? f : luaL_typename(L, -1));
+    features |= bit;
+    lua_pop(L, 1);
+  }
+  return features;
+}
+
 /* blas_choose(vendor, {features...}, blas_kernels[, user]) -> kernel set to force or nil, why
  * (the pure decision the host applies, for the specs) */
 static int l_blas_choose(lua_State *L) {
   moe_cpu_info c = {0, 0};
   c.vendor = luaL_checkoption(L, 1, NULL, cpu_vendors);
-  luaL_checktype(L, 2, LUA_TTABLE);
-  int n = (int)lua_objlen(L, 2);
-  for (int i = 1; i <= n; i++) {
-    lua_rawgeti(L, 2, i);
-    const char *f = lua_tostring(L, -1);
-    unsigned bit = f ? moe_cpu_feature_bit(f) : 0;
-    if (!bit) luaL_error(L, "blas_choose: unknown CPU feature %s", f ? f : luaL_typename(L, -1));
-    c.features |= bit;
-    lua_pop(L, 1);
-  }
+  c.features = feature_list(L, 2, "blas_choose");
   const char *core = luaL_checkstring(L, 3);
   const char *user = lua_isnoneornil(L, 4) ? NULL : luaL_checkstring(L, 4);
   const char *why;
@@ -1488,17 +1495,7 @@ static int l_bf16_info(lua_State *L) {
 
 /* bf16_choose({features...}[, MOELUA_BF16]) -> the backend to try, why (the pure decision, for the specs) */
 static int l_bf16_choose(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TTABLE);
-  unsigned features = 0;
-  int n = (int)lua_objlen(L, 1);
-  for (int i = 1; i <= n; i++) {
-    lua_rawgeti(L, 1, i);
-    const char *f = lua_tostring(L, -1);
-    unsigned bit = f ? moe_cpu_feature_bit(f) : 0;
-    if (!bit) luaL_error(L, "bf16_choose: unknown CPU feature %s", f ? f : luaL_typename(L, -1));
-    features |= bit;
-    lua_pop(L, 1);
-  }
+  unsigned features = feature_list(L, 1, "bf16_choose");
   const char *env = lua_isnoneornil(L, 2) ? NULL : luaL_checkstring(L, 2);
   const char *why;
   lua_pushstring(L, moe_bf16_backend_name(moe_bf16_choose(features, env, &why)));
