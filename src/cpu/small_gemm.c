@@ -8,6 +8,7 @@
  * stride; C is row-major with leading dimension ldc. Without AVX2+FMA (or
  * outside x86-64 GCC/clang) moe_cpu_small_gemm_ok says no and OpenBLAS runs. */
 #include "cpu.h"
+#include "blas_select.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -57,9 +58,10 @@ KERNEL(kern_1x1, ROWS1, 1)
 int moe_cpu_small_gemm_ok(int64_t N) {
   static _Atomic int have = -1; /* GEMMs run on several threads */
   int h = have;
-  if (h < 0) {
-    __builtin_cpu_init();
-    have = h = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (h < 0) { /* blas_select.c's cpuid reading (the OS must have enabled the AVX registers too) */
+    moe_cpu_info c;
+    moe_cpu_detect(&c);
+    have = h = (c.features & (MOE_CPU_AVX2 | MOE_CPU_FMA)) == (MOE_CPU_AVX2 | MOE_CPU_FMA);
   }
   return h && N > 0 && N % 8 == 0 && N <= 64;
 }
