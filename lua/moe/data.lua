@@ -21,8 +21,12 @@ local data = {}
 -- A small generator of its own (xorshift64*), so that splits and shuffles are
 -- reproducible from their seed without touching moe's global generator.
 local ffi = require "ffi"
+-- the generator's starting state for seed (0 becomes 1 where it is used)
+local function seed_state(seed)
+  return ffi.new("uint64_t[1]", (tonumber(seed) or 1) * 2654435761 + 0x9E3779B97F4A7C15ULL)
+end
 local function raw(seed)
-  local s = ffi.new("uint64_t[1]", (tonumber(seed) or 1) * 2654435761 + 0x9E3779B97F4A7C15ULL)
+  local s = seed_state(seed)
   if s[0] == 0 then s[0] = 1 end
   return function() -- 53 random bits
     local x = s[0]
@@ -36,7 +40,7 @@ end
 -- the generator's starting state for seed, as two 32-bit halves (for C's copy
 -- of the permutation below)
 local function seed_halves(seed)
-  local s = ffi.new("uint64_t[1]", (tonumber(seed) or 1) * 2654435761 + 0x9E3779B97F4A7C15ULL)
+  local s = seed_state(seed)
   return tonumber(bit.rshift(s[0], 32)), tonumber(bit.band(s[0], 0xffffffffULL))
 end
 
