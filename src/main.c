@@ -161,37 +161,6 @@ static int dostring(lua_State *L, const char *code, const char *name) {
   return report(L, status);
 }
 
-/* the directory holding lua/moe: $MOELUA_ROOT, or the parent of build/ next to the binary */
-static void find_root(char *root, size_t n) {
-  const char *env = getenv("MOELUA_ROOT");
-  if (env && *env) { snprintf(root, n, "%s", env); return; }
-  char exe[PATH_MAX];
-  ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
-  if (len <= 0) { snprintf(root, n, "."); return; }
-  exe[len] = 0;
-  char *slash = strrchr(exe, '/');
-  if (slash) *slash = 0; /* build dir */
-  slash = strrchr(exe, '/');
-  if (slash) *slash = 0; /* project root */
-  snprintf(root, n, "%s", exe);
-}
-
-static void setup_paths(lua_State *L) {
-  char root[PATH_MAX], buf[3 * PATH_MAX + 64];
-  find_root(root, sizeof root);
-  lua_getglobal(L, "package");
-  lua_getfield(L, -1, "path");
-  snprintf(buf, sizeof buf, "%s/lua/?.lua;%s/lua/?/init.lua;%s", root, root, lua_tostring(L, -1));
-  lua_pop(L, 1);
-  lua_pushstring(L, buf);
-  lua_setfield(L, -2, "path");
-  /* moe.core is linked into this binary */
-  lua_getfield(L, -1, "preload");
-  lua_pushcfunction(L, luaopen_moe_core);
-  lua_setfield(L, -2, "moe.core");
-  lua_pop(L, 2);
-}
-
 static int load_moe_global(lua_State *L) {
   lua_getglobal(L, "require");
   lua_pushstring(L, "moe");
@@ -463,7 +432,7 @@ int main(int argc, char **argv) {
                     "LUAJIT_ENABLE_GC64 (Debian's luajit package on amd64 is one): install it and rebuild.\n");
     return 1;
   }
-  setup_paths(L);
+  moe_lua_setup_paths(L);
   /* `arg` must exist before any -e code runs, so the script position is found first */
   int script_at = find_script(argc, argv);
   set_arg(L, argc, argv, script_at);

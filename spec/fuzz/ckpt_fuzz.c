@@ -53,21 +53,6 @@ static void line_hook(lua_State *l, lua_Debug *ar) {
   prev_line = here >> 1;
 }
 
-/* the directory holding lua/ and spec/: $MOELUA_ROOT, or the parent of the binary's dir */
-static void find_root(char *root, size_t n) {
-  const char *env = getenv("MOELUA_ROOT");
-  if (env && *env) { snprintf(root, n, "%s", env); return; }
-  char exe[PATH_MAX];
-  ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
-  if (len <= 0) die("cannot find the repository (set MOELUA_ROOT)", NULL);
-  exe[len] = 0;
-  for (int up = 0; up < 2; up++) {
-    char *slash = strrchr(exe, '/');
-    if (slash) *slash = 0;
-  }
-  snprintf(root, n, "%s", exe);
-}
-
 /* at exit, before LeakSanitizer's final check: memory that only the Lua heap
  * points to (lua-cjson's buffers, say) is invisible to LSan, so close the state */
 static void close_lua(void) {
@@ -83,19 +68,12 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
 
   char root[PATH_MAX], buf[3 * PATH_MAX + 64];
-  find_root(root, sizeof root);
+  moe_lua_find_root(root, sizeof root);
   L = luaL_newstate();
   if (!L) die("luaL_newstate", NULL);
   luaL_openlibs(L);
   luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF); /* hooks see every line */
-  lua_getglobal(L, "package");
-  snprintf(buf, sizeof buf, "%s/lua/?.lua;%s/lua/?/init.lua", root, root);
-  lua_pushstring(L, buf);
-  lua_setfield(L, -2, "path");
-  lua_getfield(L, -1, "preload");
-  lua_pushcfunction(L, luaopen_moe_core);
-  lua_setfield(L, -2, "moe.core");
-  lua_pop(L, 2);
+  moe_lua_setup_paths(L);
   snprintf(buf, sizeof buf, "%s/spec/fuzz/ckpt_driver.lua", root);
   if (luaL_loadfile(L, buf) || lua_pcall(L, 0, 1, 0)) die("loading the driver", lua_tostring(L, -1));
   if (lua_type(L, -1) != LUA_TFUNCTION) die("the driver must return a function", NULL);

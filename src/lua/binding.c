@@ -11,6 +11,9 @@
 #include <lua.h>
 #include <lualib.h>
 
+#include <limits.h>
+#include <unistd.h>
+#include <stdio.h>
 #include <errno.h>
 #include <malloc.h>
 #include <math.h>
@@ -1989,6 +1992,40 @@ static void set_closure(lua_State *L, int methods_idx, int funcs_idx, const char
   lua_pushvalue(L, -1);
   lua_setfield(L, methods_idx, name);
   lua_setfield(L, funcs_idx, name);
+}
+
+/* ---------------------------------------------------------------- the host's paths */
+
+/* the directory holding lua/moe: $MOELUA_ROOT, or the parent of build/ next to the binary */
+void moe_lua_find_root(char *root, size_t n) {
+  const char *env = getenv("MOELUA_ROOT");
+  if (env && *env) { snprintf(root, n, "%s", env); return; }
+  char exe[PATH_MAX];
+  ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (len <= 0) { snprintf(root, n, "."); return; }
+  exe[len] = 0;
+  char *slash = strrchr(exe, '/');
+  if (slash) *slash = 0; /* build dir */
+  slash = strrchr(exe, '/');
+  if (slash) *slash = 0; /* project root */
+  snprintf(root, n, "%s", exe);
+}
+
+/* package.path starts with the root's lua/ directories, and moe.core (linked
+ * into the calling binary) is preloaded */
+void moe_lua_setup_paths(lua_State *L) {
+  char root[PATH_MAX], buf[3 * PATH_MAX + 64];
+  moe_lua_find_root(root, sizeof root);
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "path");
+  snprintf(buf, sizeof buf, "%s/lua/?.lua;%s/lua/?/init.lua;%s", root, root, lua_tostring(L, -1));
+  lua_pop(L, 1);
+  lua_pushstring(L, buf);
+  lua_setfield(L, -2, "path");
+  lua_getfield(L, -1, "preload");
+  lua_pushcfunction(L, luaopen_moe_core);
+  lua_setfield(L, -2, "moe.core");
+  lua_pop(L, 2);
 }
 
 int luaopen_moe_core(lua_State *L) {

@@ -13,6 +13,12 @@ extern volatile sig_atomic_t moe_lua_interrupted;
  * Ctrl-C only sets moe_lua_deferred, which the trainer polls between batches */
 extern volatile sig_atomic_t moe_lua_defer, moe_lua_deferred;
 int luaopen_moe_core(lua_State *L);
+/* the directory holding lua/moe: $MOELUA_ROOT, or the parent of the directory
+ * of the running binary (build/moelua, build-fuzz/ckpt_fuzz, ...) */
+void moe_lua_find_root(char *root, size_t n);
+/* package.path starts with that root's lua/ directories, and moe.core (linked
+ * into the binary) is preloaded: for hosts embedding moelua */
+void moe_lua_setup_paths(lua_State *L);
 moe_tensor *moe_lua_totensor(lua_State *L, int idx);
 int moe_lua_push(lua_State *L, moe_tensor *t);
 
