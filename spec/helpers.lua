@@ -144,6 +144,20 @@ H.layouts = { "contiguous", "transposed", "narrowed", "expanded" }
 -- files and processes: a fresh temporary path (nothing created), a file's bytes,
 -- bytes written to a file (returns the path), and a shell command's stdout,
 -- stderr and exit code (input: text on its stdin)
+-- a layer's get_weights() are the weights a fixture case set, in its order,
+-- shapes and names, bit for bit (c: {weights, shapes, names}; list: the tensors
+-- set); returns them
+function H.assert_weights_as_set(layer, c, list)
+  local assert = require "luassert" -- busted's assert (specs see it as a global; this module does not)
+  local got = layer:get_weights()
+  assert.equal(#c.weights, #got)
+  for i, w in ipairs(got) do
+    assert.same(c.shapes[i], w:shape(), c.names[i])
+    assert.equal(0, (w - list[i]):abs():max():item(), c.names[i])
+  end
+  return got
+end
+
 function H.tmpname(suffix)
   local n = os.tmpname()
   os.remove(n)

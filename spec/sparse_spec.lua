@@ -239,12 +239,7 @@ describe("the MoeLayer family's defaults and weight lists, as TF Model Garden's"
         local layer, list, x = make("float64")
         local y = layer(x)
         assert.is_true((y - moe.tensor(c.output[1], { dtype = "float64" })):abs():max():item() < 1e-12)
-        local got = layer:get_weights()
-        assert.equal(#c.weights, #got)
-        for i, w in ipairs(got) do
-          assert.same(c.shapes[i], w:shape(), c.names[i])
-          assert.equal(0, (w - list[i]):abs():max():item(), c.names[i])
-        end
+        local got = H.assert_weights_as_set(layer, c, list)
         -- the experts alone list what TF's FeedForwardExperts does
         local ex = c.config.backbone_d_ff and layer.moe_layer.experts or layer.experts
         local ew = ex:get_weights()
