@@ -590,14 +590,13 @@ function Module:fit(opts)
       local next_idx = data.batches(n, batch, { shuffle = opts.shuffle ~= false, seed = opts.seed and (opts.seed * 100003 + epoch) or nil })
       local idx = next_idx()
       local job = idx and start_gather(tensors, idx)
-      while idx do
+      while idx do -- (no index is drawn past batch nb)
         b = b + 1
-        if b > nb then break end
         local got = finish_gather(job)
-        local idx_now = idx
+        local size = idx:numel()
         idx = b < nb and next_idx() or nil
         job = idx and start_gather(tensors, idx) -- the next batch, while this one trains
-        local batch_logs = { batch = b, size = idx_now:numel() }
+        local batch_logs = { batch = b, size = size }
         call_hooks(cbs, "on_batch_begin", b, batch_logs)
         local xb, yb, swb = from_plan(plan[1], got), from_plan(plan[2], got), from_plan(plan[3], got)
         local loss, parts, p = train_step(self, xb, yb, swb, take_snapshot)
@@ -611,7 +610,7 @@ function Module:fit(opts)
         local named
         onames = onames or (self.output_names and self:output_names()) or {}
         named, single = named_outputs(self, p, onames)
-        pass_update(self, st, named, single, yb, swb, loss, parts, idx_now:numel(), "fit") -- metrics see detached outputs
+        pass_update(self, st, named, single, yb, swb, loss, parts, size, "fit") -- metrics see detached outputs
         batch_logs.loss = loss
         call_hooks(cbs, "on_batch_end", b, batch_logs)
         show:batch(epoch, initial + epochs, b, nb, st.n, t0, running)
@@ -627,7 +626,7 @@ function Module:fit(opts)
       -- overflowing update): stop, back to the last finite ones
       if not stop_reason and not weights_finite(self) then
         stop_reason = ("fit: the weights are not finite after epoch %d, batch %d: training stopped; %s")
-          :format(epoch, b > nb and nb or b, recover(self, snap))
+          :format(epoch, b, recover(self, snap))
         rawset(self, "stop_training", true)
         io.stderr:write(stop_reason .. "\n")
       end
