@@ -514,6 +514,10 @@ static _Atomic(moe_gather_job *) gj_todo; /* posted, not yet taken */
 static atomic_int gj_busy;                /* a job is posted or running */
 static int gj_sleeping, gj_started;       /* under gj_mu */
 
+static void gather_copy(moe_gather_job *j) {
+  for (int i = 0; i < j->n; i++) moe_cpu_index_select(j->out[i], j->src[i], 0, j->ix, j->rows, j->ibase);
+}
+
 static void *gather_helper(void *arg) {
   (void)arg;
   for (;;) {
@@ -530,7 +534,7 @@ static void *gather_helper(void *arg) {
       gj_sleeping = 0;
       pthread_mutex_unlock(&gj_mu);
     }
-    for (int i = 0; i < j->n; i++) moe_cpu_index_select(j->out[i], j->src[i], 0, j->ix, j->rows, j->ibase);
+    gather_copy(j);
     atomic_store(&gj_busy, 0); /* first: the caller may post the next job as soon as it sees done */
     atomic_store(&j->done, 1);
   }
@@ -623,7 +627,7 @@ moe_gather_job *moe_gather_start(int n, moe_tensor *const *src, const moe_tensor
     pthread_mutex_unlock(&gj_mu);
   }
   if (!j->async) { /* one core, no thread, or the helper is busy: here and now */
-    for (int i = 0; i < n; i++) moe_cpu_index_select(j->out[i], j->src[i], 0, j->ix, j->rows, ibase);
+    gather_copy(j);
     atomic_store(&j->done, 1);
   }
   return j;

@@ -1521,15 +1521,14 @@ static int l_roc_auc(lua_State *L) {
  * function, without a Lua table of n numbers (3.4 ms for 32,768 rows, once
  * per epoch of fit{}) */
 static int l_shuffled_range(lua_State *L) {
-  lua_Number nn = luaL_checknumber(L, 1);
-  if (!(nn >= 0 && nn <= 4503599627370496.0) || nn != floor(nn))
-    return luaL_error(L, "shuffled_range: n must be a count, got %f", nn);
-  int64_t n = (int64_t)nn;
+  int64_t n = check_int(L, 1, "shuffled_range", "n");
+  if (n < 0) return luaL_error(L, "shuffled_range: n must be a count, got %f", (double)n);
   uint64_t half[2];
   for (int k = 0; k < 2; k++) {
-    lua_Number h = luaL_checknumber(L, 2 + k);
-    if (!(h >= 0 && h < 4294967296.0) || h != floor(h))
-      return luaL_error(L, "shuffled_range: argument #%d must be a 32-bit half of the generator's state, got %f", 2 + k, h);
+    int64_t h = check_int(L, 2 + k, "shuffled_range", k ? "the state's low half" : "the state's high half");
+    if (h < 0 || h > 0xffffffffLL)
+      return luaL_error(L, "shuffled_range: argument #%d must be a 32-bit half of the generator's state, got %f",
+                        2 + k, (double)h);
     half[k] = (uint64_t)h;
   }
   uint64_t st = (half[0] << 32) | half[1];
