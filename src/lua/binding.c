@@ -1266,7 +1266,7 @@ static int l_is_grad_enabled(lua_State *L) {
 /* element i (1-based, row-major over the logical shape) of any layout: gradcheck's probe */
 static void flat_index(lua_State *L, const moe_tensor *t, int64_t i, int64_t *idx) {
   int64_t n = moe_numel(t);
-  if (i < 1 || i > n) luaL_error(L, "flat index %lld out of range 1..%lld", (long long)i, (long long)n);
+  if (i < 1 || i > n) luaL_error(L, "flat index %f out of range 1..%f", (double)i, (double)n); /* (lua_pushvfstring has no %lld) */
   i -= 1;
   for (int d = t->ndim - 1; d >= 0; d--) { idx[d] = i % t->shape[d]; i /= t->shape[d]; }
 }
