@@ -36,6 +36,7 @@ describe("errors", function()
       E(function() return moe.ones(2, 3):index_select(1, moe.tensor({ 0 }, { dtype = "int64" })) end))
     assert.matches("topk: k = 5 out of range", E(function() return moe.ones(2, 3):topk(5) end))
     assert.matches("bincount: index 0 out of range", E(function() return moe.tensor({ 0, 1 }, { dtype = "int64" }):bincount() end))
+    assert.matches("flat index 9 out of range 1%.%.3", E(function() return moe.core.get_flat(moe.zeros(3), 9) end))
   end)
 
   it("wrong dtypes and argument types", function()
