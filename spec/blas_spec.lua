@@ -108,7 +108,8 @@ print(b.kernels, b.chosen_by, worst)]]
     local ran = 0
     for _, k in ipairs(candidates) do
       if rank[k] <= math.max(b.cpu_best_rank, 1) then
-        local out, ok = sh(("env -u MOELUA_BLAS_CHOSEN OPENBLAS_CORETYPE=%s %s run %s"):format(k, bin, script))
+        -- OpenBLAS pinned: in auto mode a large GEMM may run on BLIS or oneDNN
+        local out, ok = sh(("env -u MOELUA_BLAS_CHOSEN MOELUA_SGEMM=openblas OPENBLAS_CORETYPE=%s %s run %s"):format(k, bin, script))
         assert.is_true(ok, out)
         local kernels, by, err = out:match("(%S+)\t(%S+)\t(%S+)\n$")
         assert.are.equal("user", by, out)
@@ -119,5 +120,129 @@ print(b.kernels, b.chosen_by, worst)]]
     end
     os.remove(script)
     assert.is_true(ran >= 1)
+  end)
+end)
+
+describe("sgemm library choice", function()
+  -- every GEMM shape that runs on the chosen library (multi-threaded float32):
+  -- plain, A transposed, B transposed, both, a strided view, and the
+  -- accumulating GEMMs of matmul's backward; against float64 (cblas_dgemm)
+  local code = [[
+local moe = require 'moe'
+moe.manual_seed(1)
+local worst = 0
+local function check(got, want, scale)
+  worst = math.max(worst, ((got:double() - want):abs() / (scale + 1e-30)):max():item())
+end
+for _, s in ipairs { { 300, 257, 290 }, { 513, 130, 384 }, { 1024, 96, 200 } } do
+  local a0, b0 = moe.randn(s[2], s[1]), moe.randn(s[3], s[2])
+  for _, tr in ipairs { { false, false }, { true, false }, { false, true }, { true, true } } do
+    local a = tr[1] and a0:transpose(1, 2) or a0:transpose(1, 2):contiguous()
+    local b = tr[2] and b0:transpose(1, 2) or b0:transpose(1, 2):contiguous()
+    local ad, bd = a:double(), b:double()
+    check(moe.matmul(a, b), ad:matmul(bd), ad:abs():matmul(bd:abs()))
+  end
+  -- accumulating GEMMs: gradients of a matmul whose inputs are used twice
+  local a = moe.randn(s[1], s[2], { requires_grad = true })
+  local b = moe.randn(s[2], s[3], { requires_grad = true })
+  local g = moe.randn(s[1], s[3])
+  local loss = (moe.matmul(a, b) * g):sum() + (moe.matmul(a, b) * g):sum()
+  loss:backward()
+  local ad, bd, gd = a:detach():double(), b:detach():double(), g:double()
+  check(a.grad, gd:matmul(bd:transpose(1, 2)) * 2, gd:abs():matmul(bd:abs():transpose(1, 2)) * 2)
+  check(b.grad, ad:transpose(1, 2):matmul(gd) * 2, ad:abs():transpose(1, 2):matmul(gd:abs()) * 2)
+end
+local sg = moe.config().sgemm
+local used = {}
+for _, r in ipairs(sg.shapes) do used[r.library] = true end
+local u = {}
+for k in pairs(used) do u[#u + 1] = k end
+table.sort(u)
+print(sg.mode, #sg.shapes, table.concat(u, ","), worst)]]
+  local script
+  before_each(function()
+    script = os.tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write(code)
+    f:close()
+  end)
+  after_each(function() os.remove(script) end)
+
+  it("lists the libraries present, and why the others are missing", function()
+    local sg = moe.config().sgemm
+    assert.are.equal(3, #sg.libraries)
+    assert.are.same({ "OpenBLAS", "BLIS", "oneDNN" }, { sg.libraries[1].name, sg.libraries[2].name, sg.libraries[3].name })
+    assert.is_true(sg.libraries[1].available)
+    for _, l in ipairs(sg.libraries) do
+      if not l.available then assert.matches("Debian's package is", l.why) end
+    end
+    assert.matches("sgemm: ", tostring(moe.config()))
+    local v = sh(bin .. " --version")
+    assert.matches("\nsgemm: ", v)
+  end)
+
+  it("every library present is correct on every layout (against float64), when pinned", function()
+    local ran = 0
+    for _, l in ipairs(moe.config().sgemm.libraries) do
+      if l.available then
+        local out, ok = sh(("MOELUA_SGEMM=%s %s run %s"):format(l.name:lower(), bin, script))
+        assert.is_true(ok, out)
+        local mode, n, used, err = out:match("(%S+)\t(%d+)\t(%S*)\t(%S+)\n$")
+        assert.are.equal(l.name, mode, out)
+        assert.are.equal("0", n, out) -- pinned: nothing is timed
+        assert.is_true(tonumber(err) < 1e-5, l.name .. ": relative error " .. tostring(err))
+        ran = ran + 1
+      end
+    end
+    assert.is_true(ran >= 1)
+  end)
+
+  it("in auto mode times each shape class once, keeps a library present, and stays correct", function()
+    local out, ok = sh(("env -u MOELUA_SGEMM %s run %s"):format(bin, script))
+    assert.is_true(ok, out)
+    local mode, n, used, err = out:match("(%S+)\t(%d+)\t(%S*)\t(%S+)\n$")
+    assert.are.equal("auto", mode, out)
+    local avail = {}
+    for _, l in ipairs(moe.config().sgemm.libraries) do avail[l.name] = l.available end
+    local present = (avail.BLIS or avail.oneDNN) and true or false
+    if present then
+      -- 3 shapes x (4 layouts of the forward, the backward's 2) classes at most, each timed once
+      assert.is_true(tonumber(n) >= 3 and tonumber(n) <= 18, out)
+      for lib in used:gmatch("[^,]+") do assert.is_true(avail[lib], out) end
+    else
+      assert.are.equal("0", n, out)
+    end
+    assert.is_true(tonumber(err) < 1e-5, "relative error " .. tostring(err))
+  end)
+
+  it("records each class's timings, and a class is timed again only after sgemm_forget", function()
+    core.sgemm_forget()
+    local a, b = moe.randn(300, 280), moe.randn(280, 310)
+    moe.matmul(a, b)
+    local sg = moe.config().sgemm
+    if sg.mode ~= "auto" or not (sg.libraries[2].available or sg.libraries[3].available) then
+      assert.are.equal(0, #sg.shapes)
+      return
+    end
+    assert.are.equal(1, #sg.shapes)
+    local r = sg.shapes[1]
+    assert.are.same({ 300, 310, 280, false, false }, { r.m, r.n, r.k, r.ta, r.tb })
+    assert.is_true(r.gflops.OpenBLAS > 0)
+    local fastest, v = "OpenBLAS", r.gflops.OpenBLAS
+    for name, g in pairs(r.gflops) do if g > v then fastest, v = name, g end end
+    -- the pick is the fastest, or OpenBLAS within 3% of it
+    assert.is_true(r.library == fastest or (r.library == "OpenBLAS" and r.gflops.OpenBLAS >= 0.97 * v), r.library)
+    moe.matmul(moe.randn(290, 280), moe.randn(280, 300)) -- the same class: not timed again
+    assert.are.equal(1, #moe.config().sgemm.shapes)
+    core.sgemm_forget()
+    assert.are.equal(0, #moe.config().sgemm.shapes)
+    moe.matmul(a, b)
+    assert.are.equal(1, #moe.config().sgemm.shapes)
+  end)
+
+  it("refuses an unknown MOELUA_SGEMM, naming it", function()
+    local out = sh(("MOELUA_SGEMM=mkl %s -e 'print(1)' 2>&1; echo \"exit $?\""):format(bin))
+    assert.matches("MOELUA_SGEMM=mkl: expected auto, openblas, blis or onednn", out)
+    assert.matches("exit 1\n$", out)
   end)
 end)

@@ -23,6 +23,7 @@
 
 #include "lua/binding.h"
 #include "cpu/blas_select.h"
+#include "cpu/sgemm_lib.h"
 
 #ifndef MOE_VERSION
 #define MOE_VERSION "dev"
@@ -68,10 +69,15 @@ static void choose_blas_kernels(char **argv) {
   unsetenv("MOELUA_BLAS_CHOSEN");
 }
 
+extern int openblas_get_num_threads(void);
+
 static void print_blas_line(FILE *f) {
   moe_blas_status st;
   moe_blas_status_get(&st);
   fprintf(f, "BLAS: %s kernels (%s)\n", st.kernels, st.reason);
+  char desc[1200];
+  moe_sgemm_describe(desc, sizeof desc, openblas_get_num_threads());
+  fprintf(f, "sgemm: %s\n", desc);
 }
 
 /* ---------------------------------------------------------------- interrupts */
@@ -458,6 +464,9 @@ int main(int argc, char **argv) {
       moe_cpu_features_str(st.cpu.features, feats, sizeof feats);
       printf("BLAS: %s\nkernels: %s (%s)\nCPU: %s; best kernel set: %s\n", st.library, st.kernels, st.reason,
              feats[0] ? feats : "no AVX", st.cpu_best);
+      char desc[1200];
+      moe_sgemm_describe(desc, sizeof desc, openblas_get_num_threads());
+      printf("sgemm: %s\n", desc);
       lua_close(L);
       return 0;
     }

@@ -242,12 +242,13 @@ function moe.config()
   local b = core.blas_info()
   local c = core.cuda_info()
   local h = core.bf16_info()
-  local cfg = { version = moe._VERSION, luajit = jit and jit.version or "?", blas = b,
+  local sg = core.sgemm_info()
+  local cfg = { version = moe._VERSION, luajit = jit and jit.version or "?", blas = b, sgemm = sg,
     bf16 = h, precision = moe.get_precision(), cuda = { built = c.built, devices = c.device_count } }
   return setmetatable(cfg, { __tostring = function(t)
-    return ("moelua %s (%s)\nBLAS: %s\nkernels: %s, chosen by %s (%s)\nCPU: %s %s; best kernel set: %s\n" ..
+    return ("moelua %s (%s)\nBLAS: %s\nkernels: %s, chosen by %s (%s)\nsgemm: %s\nCPU: %s %s; best kernel set: %s\n" ..
       "bf16 GEMMs: %s%s (%s); expert precision now %s\nCUDA: %s"):format(
-      t.version, t.luajit, b.library, b.kernels, b.chosen_by, b.reason, b.cpu_vendor, b.cpu_features,
+      t.version, t.luajit, b.library, b.kernels, b.chosen_by, b.reason, sg.description, b.cpu_vendor, b.cpu_features,
       b.cpu_best, h.backend, h.library ~= "none" and (" on " .. h.library) or "", h.reason, t.precision,
       t.cuda.built and (t.cuda.devices .. " device(s)") or "not built")
   end })

@@ -4,6 +4,7 @@
  * views: a matrix whose column stride is 1 is passed as NoTrans with lda = row
  * stride, one whose row stride is 1 as Trans with lda = column stride. */
 #include "cpu.h"
+#include "sgemm_lib.h"
 
 #include <cblas.h>
 #include <string.h>
@@ -71,6 +72,7 @@ typedef struct {
   const char *a, *b;
   char *c;
   int accumulate;
+  int tuned; /* a multi-threaded float32 GEMM: on its shape class's library (sgemm_lib.c) */
 } gemm_call;
 
 /* small narrow float32 GEMMs (N a multiple of 8 up to 64, B not transposed,
@@ -86,6 +88,13 @@ static void gemm_run(const gemm_call *g) {
     int64_t sam = g->ta == CblasNoTrans ? g->lda : 1, sak = g->ta == CblasNoTrans ? 1 : g->lda;
     moe_cpu_small_gemm(g->M, g->N, g->K, (const float *)g->a, sam, sak, (const float *)g->b, g->ldb,
                        (float *)g->c, g->ldc, g->accumulate);
+    return;
+  }
+  if (g->tuned) {
+    moe_sgemm_args a = {.ta = g->ta != CblasNoTrans, .tb = g->tb != CblasNoTrans, .accumulate = g->accumulate,
+                        .M = g->M, .N = g->N, .K = g->K, .lda = g->lda, .ldb = g->ldb, .ldc = g->ldc,
+                        .A = (const float *)g->a, .B = (const float *)g->b, .C = (float *)g->c};
+    moe_sgemm_run(&a, max_threads);
     return;
   }
   if (g->dt == MOE_F32)
@@ -144,7 +153,8 @@ static void gemm_impl(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t
     batch = 1;
   }
   int one = gemm_threads(M, N, K); /* 0 in serial mode: no split either */
-  gemm_call g = {.dt = dt, .M = M, .N = N, .K = K, .ldc = N, .accumulate = accumulate};
+  gemm_call g = {.dt = dt, .M = M, .N = N, .K = K, .ldc = N, .accumulate = accumulate,
+                 .tuned = dt == MOE_F32 && !one && !serial_mode};
   mat_layout(M, K, sAm, sAk, &g.ta, &g.lda);
   mat_layout(K, N, sBk, sBn, &g.tb, &g.ldb);
   int nth = moe_cpu_threads();

@@ -32,6 +32,7 @@
 #include "../train/metrics.h"
 #include "../cpu/blas_select.h"
 #include "../cpu/bf16.h"
+#include "../cpu/sgemm_lib.h"
 
 #define IBASE 1
 #define MT_NAME "moe.Tensor"
@@ -1441,6 +1442,58 @@ static int l_blas_info(lua_State *L) {
   return 1;
 }
 
+extern int openblas_get_num_threads(void);
+
+/* sgemm_info() -> {mode, description, libraries = {{name, available, why}...},
+ *   shapes = {{m, n, k, ta, tb, library, gflops = {OpenBLAS = ...}}...}}: the
+ *   float32 GEMM libraries and the shape classes timed so far (sgemm_lib.c) */
+static int l_sgemm_info(lua_State *L) {
+  int threads = openblas_get_num_threads();
+  moe_sgemm_status st;
+  moe_sgemm_status_get(&st, threads);
+  char desc[1200];
+  moe_sgemm_describe(desc, sizeof desc, threads);
+  lua_newtable(L);
+  lua_pushstring(L, st.mode < 0 ? "auto" : moe_sgemm_lib_name(st.mode));
+  lua_setfield(L, -2, "mode");
+  lua_pushstring(L, desc);
+  lua_setfield(L, -2, "description");
+  lua_newtable(L);
+  for (int l = 0; l < MOE_SGEMM_NLIBS; l++) {
+    lua_newtable(L);
+    lua_pushstring(L, moe_sgemm_lib_name(l)); lua_setfield(L, -2, "name");
+    lua_pushboolean(L, st.available[l]); lua_setfield(L, -2, "available");
+    if (!st.available[l]) { lua_pushstring(L, st.why[l]); lua_setfield(L, -2, "why"); }
+    lua_rawseti(L, -2, l + 1);
+  }
+  lua_setfield(L, -2, "libraries");
+  lua_newtable(L);
+  for (int i = 0; i < st.n_records; i++) {
+    const moe_sgemm_record *r = &st.records[i];
+    lua_newtable(L);
+    lua_pushinteger(L, (lua_Integer)r->M); lua_setfield(L, -2, "m");
+    lua_pushinteger(L, (lua_Integer)r->N); lua_setfield(L, -2, "n");
+    lua_pushinteger(L, (lua_Integer)r->K); lua_setfield(L, -2, "k");
+    lua_pushboolean(L, r->ta); lua_setfield(L, -2, "ta");
+    lua_pushboolean(L, r->tb); lua_setfield(L, -2, "tb");
+    lua_pushstring(L, moe_sgemm_lib_name(r->lib)); lua_setfield(L, -2, "library");
+    lua_newtable(L);
+    for (int l = 0; l < MOE_SGEMM_NLIBS; l++)
+      if (r->gflops[l] > 0) { lua_pushnumber(L, r->gflops[l]); lua_setfield(L, -2, moe_sgemm_lib_name(l)); }
+    lua_setfield(L, -2, "gflops");
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_setfield(L, -2, "shapes");
+  return 1;
+}
+
+/* sgemm_forget(): every shape class is timed again at its next GEMM */
+static int l_sgemm_forget(lua_State *L) {
+  (void)L;
+  moe_sgemm_forget();
+  return 0;
+}
+
 /* a list of cpuid feature names at idx as the bits of moe_cpu_feature_bit */
 static unsigned feature_list(lua_State *L, int idx, const char *fn) {
   luaL_checktype(L, idx, LUA_TTABLE);
@@ -1936,7 +1989,7 @@ static const luaL_Reg funcs[] = {
     {"tensor", l_tensor}, {"zeros", l_zeros}, {"ones", l_ones}, {"full", l_full}, {"empty", l_empty},
     {"rand", l_rand}, {"randn", l_randn}, {"randint", l_randint}, {"randperm", l_randperm},
     {"arange", l_arange}, {"linspace", l_linspace}, {"eye", l_eye}, {"manual_seed", l_manual_seed},
-    {"blas_info", l_blas_info}, {"blas_choose", l_blas_choose}, {"blas_next_lower", l_blas_next_lower},
+    {"blas_info", l_blas_info}, {"sgemm_info", l_sgemm_info}, {"sgemm_forget", l_sgemm_forget}, {"blas_choose", l_blas_choose}, {"blas_next_lower", l_blas_next_lower},
     {"bf16_info", l_bf16_info}, {"bf16_choose", l_bf16_choose},
     {"is_tensor", l_is_tensor}, {"live", l_live}, {"cat", l_cat}, {"stack", l_stack},
     {"set_grad_enabled", l_set_grad_enabled}, {"is_grad_enabled", l_is_grad_enabled},
@@ -2039,6 +2092,8 @@ int luaopen_moe_core(lua_State *L) {
       lua_isstring(L, -1))
     snprintf(lib_dir, sizeof lib_dir, "%s", lua_tostring(L, -1));
   lua_pop(L, 1);
+  const char *sgemm_err = moe_sgemm_check(openblas_get_num_threads());
+  if (sgemm_err) return luaL_error(L, "moe: %s", sgemm_err);
 
   /* Tensor outputs are freed by the Lua GC, in batches: keep freed memory in the
    * heap instead of returning it to the OS, so reallocating it does not page-fault

@@ -1,0 +1,271 @@
+/* sgemm_lib.c -- the fastest float32 GEMM library on this machine, per shape.
+ *
+ * Debian packages three sgemm libraries that detect the CPU themselves:
+ * OpenBLAS (linked), BLIS and oneDNN (opened here with dlopen when present).
+ * Which one is fastest depends on the CPU and on the shape: on the 2-core AMD
+ * EPYC of the development VM, oneDNN and BLIS ran 256^3 15-20% faster than
+ * OpenBLAS while OpenBLAS and BLIS led at 1024^3; on a SapphireRapids Xeon
+ * OpenBLAS's AMX-era kernels lead the large shapes. So, as cuDNN's benchmark
+ * mode does for convolutions, the first multi-threaded float32 GEMM of each
+ * shape class (transposes, and M, N, K in half-octave buckets) is timed on
+ * every library present, on the caller's operands into a scratch output (two
+ * interleaved rounds, the best of each), and the class keeps the fastest from
+ * then on. OpenBLAS stays unless another is at least 3% faster. The choice is
+ * per process: two processes can pick differently on a noisy machine (the
+ * results then differ in the last bits); MOELUA_SGEMM=openblas|blis|onednn
+ * pins one library (bitwise reproducible across processes), MOELUA_SGEMM=auto
+ * is the default. Single-threaded GEMMs (small, or run side by side on the
+ * thread pool) stay on OpenBLAS and small_gemm.c. */
+#include "cpu.h"
+#include "sgemm_lib.h"
+
+#include <cblas.h>
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+typedef void (*bli_sgemm_fn)(int transa, int transb, int64_t m, int64_t n, int64_t k, const float *alpha,
+                             const float *a, int64_t rsa, int64_t csa, const float *b, int64_t rsb, int64_t csb,
+                             const float *beta, float *c, int64_t rsc, int64_t csc);
+typedef int (*dnnl_sgemm_fn)(char ta, char tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                             int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
+
+static const char *const names[MOE_SGEMM_NLIBS] = {"OpenBLAS", "BLIS", "oneDNN"};
+static struct {
+  int state; /* 0 not tried, 1 open, -1 missing */
+  char why[240];
+} libs[MOE_SGEMM_NLIBS];
+static bli_sgemm_fn bli_sgemm_p;
+static dnnl_sgemm_fn dnnl_sgemm_p;
+static int opened, lib_threads, mode = -2; /* mode: -2 unread, -1 auto, else the pinned library */
+static char mode_error[200];
+
+const char *moe_sgemm_lib_name(int lib) { return lib >= 0 && lib < MOE_SGEMM_NLIBS ? names[lib] : "?"; }
+
+static void read_mode(void) {
+  if (mode != -2) return;
+  const char *m = getenv("MOELUA_SGEMM");
+  mode = -1;
+  if (!m || !*m || !strcasecmp(m, "auto")) return;
+  for (int i = 0; i < MOE_SGEMM_NLIBS; i++)
+    if (!strcasecmp(m, names[i])) { mode = i; return; }
+  snprintf(mode_error, sizeof mode_error, "MOELUA_SGEMM=%s: expected auto, openblas, blis or onednn", m);
+}
+
+/* opens BLIS and oneDNN once, on `threads` threads (OpenBLAS's count) */
+static void open_libs(int threads) {
+  if (opened) return;
+  opened = 1;
+  lib_threads = threads;
+  libs[MOE_SGEMM_OPENBLAS].state = 1;
+  /* both run on libgomp, whose threads otherwise spin for about a millisecond
+   * after each call on the cores OpenBLAS and the thread pool need next (see
+   * bf16.c); libgomp reads this when it loads */
+  setenv("OMP_WAIT_POLICY", "PASSIVE", 0);
+  void *h = dlopen("libblis.so.4", RTLD_NOW | RTLD_LOCAL);
+  void (*bli_threads)(int64_t) = h ? (void (*)(int64_t))dlsym(h, "bli_thread_set_num_threads") : NULL;
+  bli_sgemm_p = h ? (bli_sgemm_fn)dlsym(h, "bli_sgemm") : NULL;
+  if (!h)
+    snprintf(libs[MOE_SGEMM_BLIS].why, sizeof libs[0].why, "not installed (%s; Debian's package is libblis4-openmp)",
+             dlerror());
+  else if (!bli_sgemm_p || !bli_threads)
+    snprintf(libs[MOE_SGEMM_BLIS].why, sizeof libs[0].why, "libblis.so.4 lacks bli_sgemm");
+  else {
+    bli_threads(threads);
+    libs[MOE_SGEMM_BLIS].state = 1;
+  }
+  if (libs[MOE_SGEMM_BLIS].state != 1) { libs[MOE_SGEMM_BLIS].state = -1; bli_sgemm_p = NULL; }
+  void *d = dlopen("libdnnl.so.2", RTLD_NOW | RTLD_LOCAL);
+  dnnl_sgemm_p = d ? (dnnl_sgemm_fn)dlsym(d, "dnnl_sgemm") : NULL;
+  void (*omp_threads)(int) = d ? (void (*)(int))dlsym(d, "omp_set_num_threads") : NULL;
+  if (!d)
+    snprintf(libs[MOE_SGEMM_ONEDNN].why, sizeof libs[0].why, "not installed (%s; Debian's package is libdnnl-dev)",
+             dlerror());
+  else if (!dnnl_sgemm_p)
+    snprintf(libs[MOE_SGEMM_ONEDNN].why, sizeof libs[0].why, "libdnnl.so.2 lacks dnnl_sgemm");
+  else {
+    if (omp_threads) omp_threads(threads);
+    libs[MOE_SGEMM_ONEDNN].state = 1;
+  }
+  if (libs[MOE_SGEMM_ONEDNN].state != 1) { libs[MOE_SGEMM_ONEDNN].state = -1; dnnl_sgemm_p = NULL; }
+}
+
+const char *moe_sgemm_check(int threads) {
+  read_mode();
+  if (mode_error[0]) return mode_error;
+  if (mode >= 0) {
+    open_libs(threads);
+    if (libs[mode].state != 1) {
+      snprintf(mode_error, sizeof mode_error, "MOELUA_SGEMM=%s, but %s is %s", names[mode], names[mode], libs[mode].why);
+      return mode_error;
+    }
+  }
+  return NULL;
+}
+
+/* C = op(A) op(B) (+ C when acc) on library lib; 0 on success */
+static int run_lib(int lib, const moe_sgemm_args *g, float *C) {
+  float one = 1.0f, beta = g->accumulate ? 1.0f : 0.0f;
+  switch (lib) {
+  case MOE_SGEMM_BLIS: {
+    /* strides carry the transposes: op(A)[i][k] is A[i*lda + k] or A[k*lda + i] */
+    int64_t rsa = g->ta ? 1 : g->lda, csa = g->ta ? g->lda : 1;
+    int64_t rsb = g->tb ? 1 : g->ldb, csb = g->tb ? g->ldb : 1;
+    bli_sgemm_p(0, 0, g->M, g->N, g->K, &one, g->A, rsa, csa, g->B, rsb, csb, &beta, C, g->ldc, 1);
+    return 0;
+  }
+  case MOE_SGEMM_ONEDNN:
+    return dnnl_sgemm_p(g->ta ? 'T' : 'N', g->tb ? 'T' : 'N', g->M, g->N, g->K, 1.0f, g->A, g->lda, g->B, g->ldb,
+                        beta, C, g->ldc) != 0;
+  default:
+    cblas_sgemm(CblasRowMajor, g->ta ? CblasTrans : CblasNoTrans, g->tb ? CblasTrans : CblasNoTrans, (int)g->M,
+                (int)g->N, (int)g->K, 1.0f, g->A, (int)g->lda, g->B, (int)g->ldb, beta, C, (int)g->ldc);
+    return 0;
+  }
+}
+
+/* ---------------------------------------------------------------- the per-shape choice */
+
+#define TUNE_SLOTS 512
+#define MAX_RECORDS 64
+static struct { uint32_t key; int8_t lib; } table[TUNE_SLOTS];
+static int table_n;
+static moe_sgemm_record records[MAX_RECORDS];
+static int n_records;
+
+/* half-octave bucket of a dimension: 2*log2(x), rounded */
+static uint32_t bucket(int64_t x) {
+  uint32_t b = 0;
+  double v = (double)x;
+  while (v >= 1.4142135623730951 && b < 127) { v /= 1.4142135623730951; b++; }
+  return b;
+}
+
+static uint32_t key_of(const moe_sgemm_args *g) {
+  return 1u | (uint32_t)g->ta << 1 | (uint32_t)g->tb << 2 | bucket(g->M) << 3 | bucket(g->N) << 10 |
+         bucket(g->K) << 17;
+}
+
+static double now_s(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+/* times every open library on g's operands into a scratch output; the fastest */
+static int calibrate(const moe_sgemm_args *g) {
+  size_t n = (size_t)(g->M - 1) * (size_t)g->ldc + (size_t)g->N;
+  float *scratch = malloc(n * sizeof(float));
+  if (!scratch) return MOE_SGEMM_OPENBLAS;
+  memset(scratch, 0, n * sizeof(float));
+  double best[MOE_SGEMM_NLIBS];
+  int broken[MOE_SGEMM_NLIBS] = {0};
+  for (int l = 0; l < MOE_SGEMM_NLIBS; l++) best[l] = 1e300;
+  /* two passes, the second in reverse order (the threads of the library run
+   * just before may still hold the cores); in each, a library runs back to
+   * back, 3 calls and 2 ms at least, and its first call (thread wake-up,
+   * packing buffers) is not counted */
+  for (int pass = 0; pass < 2; pass++)
+    for (int i = 0; i < MOE_SGEMM_NLIBS; i++) {
+      int l = pass ? MOE_SGEMM_NLIBS - 1 - i : i;
+      if (libs[l].state != 1 || broken[l]) continue;
+      double start = now_s();
+      for (int call = 0; call < 20; call++) {
+        double t0 = now_s();
+        if (run_lib(l, g, scratch)) { broken[l] = 1; break; }
+        double t1 = now_s();
+        if (call && t1 - t0 < best[l]) best[l] = t1 - t0;
+        if (call >= 2 && t1 - start >= 2e-3) break;
+      }
+    }
+  free(scratch);
+  int pick = MOE_SGEMM_OPENBLAS;
+  for (int l = 0; l < MOE_SGEMM_NLIBS; l++)
+    if (libs[l].state == 1 && !broken[l] && best[l] < best[pick] * 0.97) pick = l;
+  if (n_records < MAX_RECORDS) {
+    moe_sgemm_record *r = &records[n_records++];
+    r->M = g->M; r->N = g->N; r->K = g->K; r->ta = g->ta; r->tb = g->tb; r->lib = pick;
+    double flop = 2.0 * (double)g->M * (double)g->N * (double)g->K;
+    for (int l = 0; l < MOE_SGEMM_NLIBS; l++)
+      r->gflops[l] = libs[l].state == 1 && !broken[l] && best[l] < 1e300 ? flop / best[l] / 1e9 : 0;
+  }
+  return pick;
+}
+
+/* which library this GEMM runs on (timing the shape class at its first GEMM) */
+static int choose(const moe_sgemm_args *g, int threads) {
+  read_mode();
+  if (mode_error[0]) return MOE_SGEMM_OPENBLAS; /* raised by the binding when it loads */
+  if (mode >= 0) { open_libs(threads); return libs[mode].state == 1 ? mode : MOE_SGEMM_OPENBLAS; }
+  open_libs(threads);
+  if (libs[MOE_SGEMM_BLIS].state != 1 && libs[MOE_SGEMM_ONEDNN].state != 1) return MOE_SGEMM_OPENBLAS;
+  uint32_t k = key_of(g), h = (k * 2654435761u) % TUNE_SLOTS;
+  for (int probe = 0; probe < TUNE_SLOTS; probe++, h = (h + 1) % TUNE_SLOTS) {
+    if (table[h].key == k) return table[h].lib;
+    if (!table[h].key) {
+      if (table_n >= TUNE_SLOTS * 3 / 4) return MOE_SGEMM_OPENBLAS; /* full: no more classes timed */
+      int lib = calibrate(g);
+      table[h].key = k;
+      table[h].lib = (int8_t)lib;
+      table_n++;
+      return lib;
+    }
+  }
+  return MOE_SGEMM_OPENBLAS;
+}
+
+void moe_sgemm_run(const moe_sgemm_args *g, int threads) {
+  int lib = choose(g, threads);
+  if (lib != MOE_SGEMM_OPENBLAS && run_lib(lib, g, g->C) == 0) return;
+  run_lib(MOE_SGEMM_OPENBLAS, g, g->C);
+}
+
+void moe_sgemm_forced_run(int lib, const moe_sgemm_args *g, int threads) {
+  open_libs(threads);
+  if (lib < 0 || lib >= MOE_SGEMM_NLIBS || libs[lib].state != 1 || run_lib(lib, g, g->C))
+    run_lib(MOE_SGEMM_OPENBLAS, g, g->C);
+}
+
+void moe_sgemm_status_get(moe_sgemm_status *s, int threads) {
+  read_mode();
+  open_libs(threads);
+  memset(s, 0, sizeof *s);
+  s->mode = mode_error[0] ? -1 : mode;
+  for (int l = 0; l < MOE_SGEMM_NLIBS; l++) {
+    s->available[l] = libs[l].state == 1;
+    snprintf(s->why[l], sizeof s->why[l], "%s", libs[l].state == 1 ? "" : libs[l].why);
+  }
+  s->records = records;
+  s->n_records = n_records;
+}
+
+void moe_sgemm_describe(char *out, size_t n, int threads) {
+  moe_sgemm_status st;
+  moe_sgemm_status_get(&st, threads);
+  if (st.mode >= 0) {
+    snprintf(out, n, "%s, pinned by MOELUA_SGEMM", names[st.mode]);
+    return;
+  }
+  char have[80] = "", missing[600] = "";
+  for (int l = 0; l < MOE_SGEMM_NLIBS; l++) {
+    char *dst = st.available[l] ? have : missing;
+    size_t cap = st.available[l] ? sizeof have : sizeof missing, at = strlen(dst);
+    snprintf(dst + at, cap - at, st.available[l] ? "%s%s" : "%s%s: %s", at ? (st.available[l] ? ", " : "; ") : "",
+             names[l], st.why[l]);
+  }
+  if (!st.available[MOE_SGEMM_BLIS] && !st.available[MOE_SGEMM_ONEDNN])
+    snprintf(out, n, "OpenBLAS only (%s)", missing);
+  else
+    snprintf(out, n, "per shape class, the fastest of %s, timed at its first multi-threaded GEMM%s%s%s "
+             "(MOELUA_SGEMM=openblas|blis|onednn pins one)", have, missing[0] ? " (" : "", missing,
+             missing[0] ? ")" : "");
+}
+
+void moe_sgemm_forget(void) {
+  memset(table, 0, sizeof table);
+  table_n = 0;
+  n_records = 0;
+}

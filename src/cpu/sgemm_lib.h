@@ -1,0 +1,47 @@
+/* sgemm_lib.h -- the fastest float32 GEMM library on this machine, per shape
+ * class (OpenBLAS, BLIS, oneDNN; see sgemm_lib.c). */
+#ifndef MOE_SGEMM_LIB_H
+#define MOE_SGEMM_LIB_H
+
+#include <stdint.h>
+
+enum { MOE_SGEMM_OPENBLAS = 0, MOE_SGEMM_BLIS = 1, MOE_SGEMM_ONEDNN = 2, MOE_SGEMM_NLIBS = 3 };
+
+/* row-major C [M,N] (ldc) = op(A) [M,K] @ op(B) [K,N] (+ C when accumulate);
+ * ta/tb: 1 when the operand is stored transposed (lda/ldb its row stride as stored) */
+typedef struct {
+  int ta, tb, accumulate;
+  int64_t M, N, K, lda, ldb, ldc;
+  const float *A, *B;
+  float *C;
+} moe_sgemm_args;
+
+/* a multi-threaded float32 GEMM on `threads` threads, on its shape class's library */
+void moe_sgemm_run(const moe_sgemm_args *g, int threads);
+/* on library lib (OpenBLAS where it is missing): for the specs */
+void moe_sgemm_forced_run(int lib, const moe_sgemm_args *g, int threads);
+/* NULL, or why MOELUA_SGEMM cannot be followed (the binding raises it when it loads) */
+const char *moe_sgemm_check(int threads);
+const char *moe_sgemm_lib_name(int lib);
+
+typedef struct {
+  int64_t M, N, K;
+  int ta, tb, lib;
+  double gflops[MOE_SGEMM_NLIBS]; /* as timed at the class's first GEMM; 0: not run */
+} moe_sgemm_record;
+
+typedef struct {
+  int mode; /* -1: auto (the fastest per shape class), else the library MOELUA_SGEMM pins */
+  int available[MOE_SGEMM_NLIBS];
+  char why[MOE_SGEMM_NLIBS][240]; /* why a library is missing */
+  const moe_sgemm_record *records; /* the shape classes timed so far, in order */
+  int n_records;
+} moe_sgemm_status;
+void moe_sgemm_status_get(moe_sgemm_status *s, int threads);
+#include <stddef.h>
+/* one line for moelua --version, the REPL banner and moe.config(): which libraries, how chosen */
+void moe_sgemm_describe(char *out, size_t n, int threads);
+/* forgets every choice (the next GEMM of each class is timed again) */
+void moe_sgemm_forget(void);
+
+#endif
