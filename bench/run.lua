@@ -82,10 +82,9 @@ for i, s in ipairs(shapes) do
   local mine = gf.moe
   gf.moe = nil
   local bn, bv = sp.best_of(gf)
-  local lib = "OpenBLAS"
-  for _, r in ipairs(moe.config().sgemm.shapes) do
-    if r.m == M and r.n == N and r.k == K and not r.ta and not r.tb then lib = r.library end
-  end
+  -- the library moelua ran: the process's, or the leader while it is chosen
+  local sg = moe.config().sgemm
+  local lib = sg.library or (sg.shapes[#sg.shapes] or {}).library or "OpenBLAS"
   print(line .. ("%10.3f  %-9s  %s"):format(mine / bv, bn, lib))
   cands.free()
 end

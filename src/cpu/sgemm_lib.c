@@ -1,21 +1,26 @@
-/* sgemm_lib.c -- the fastest float32 GEMM library on this machine, per shape.
+/* sgemm_lib.c -- the fastest float32 GEMM library on this machine.
  *
  * Debian packages three sgemm libraries that detect the CPU themselves:
  * OpenBLAS (linked), BLIS and oneDNN (opened here with dlopen when present).
- * Which one is fastest depends on the CPU and on the shape: on the 2-core AMD
+ * Which one is fastest depends on the CPU and the shapes: on the 2-core AMD
  * EPYC of the development VM, oneDNN and BLIS ran 256^3 15-20% faster than
- * OpenBLAS while OpenBLAS and BLIS led at 1024^3; on a SapphireRapids Xeon
- * OpenBLAS's AMX-era kernels lead the large shapes. So, as cuDNN's benchmark
- * mode does for convolutions, the first multi-threaded float32 GEMM of each
- * shape class (transposes, and M, N, K in half-octave buckets) is timed on
- * every library present, on the caller's operands into a scratch output (two
- * interleaved rounds, the best of each), and the class keeps the fastest from
- * then on. OpenBLAS stays unless another is at least 3% faster. The choice is
- * per process: two processes can pick differently on a noisy machine (the
- * results then differ in the last bits); MOELUA_SGEMM=openblas|blis|onednn
- * pins one library (bitwise reproducible across processes), MOELUA_SGEMM=auto
- * is the default. Single-threaded GEMMs (small, or run side by side on the
- * thread pool) stay on OpenBLAS and small_gemm.c. */
+ * OpenBLAS while all three were within a few percent at 1024^3; on a
+ * SapphireRapids Xeon OpenBLAS's own kernels lead the large shapes. So, as
+ * cuDNN's benchmark mode does for convolutions, the first multi-threaded
+ * float32 GEMMs of the process's first MOE_SGEMM_CLASSES shape classes (the
+ * transposes, and M, N, K in half-octave buckets) are timed on every library
+ * present, on the caller's operands into a scratch output, and the library of
+ * least summed time runs every multi-threaded GEMM after them (OpenBLAS unless
+ * another is 3% faster). One library per process, not one per shape: mixing
+ * them cost more than it gained, since each library's idle threads spin or
+ * yield on the cores the other needs (the 512-1024-1024-1 MLP step took 1.5x
+ * the CPU time with its classes on OpenBLAS and BLIS both).
+ *
+ * Two processes on a noisy machine can choose differently (their results then
+ * differ in the last bits); MOELUA_SGEMM=openblas|blis|onednn pins one library
+ * (bitwise reproducible across processes), MOELUA_SGEMM=auto is the default.
+ * Single-threaded GEMMs (small ones, or those run side by side on the thread
+ * pool) stay on OpenBLAS and small_gemm.c. */
 #include "cpu.h"
 #include "sgemm_lib.h"
 
@@ -129,12 +134,20 @@ static int run_lib(int lib, const moe_sgemm_args *g, float *C) {
 
 /* ---------------------------------------------------------------- the per-shape choice */
 
-#define TUNE_SLOTS 512
-#define MAX_RECORDS 64
-static struct { uint32_t key; int8_t lib; } table[TUNE_SLOTS];
-static int table_n;
+static uint32_t timed_keys[MOE_SGEMM_CLASSES];
+static int n_timed, decided = -1;
+static double sum_t[MOE_SGEMM_NLIBS]; /* each library's summed best times over the classes timed */
+#define MAX_RECORDS MOE_SGEMM_CLASSES
 static moe_sgemm_record records[MAX_RECORDS];
 static int n_records;
+
+/* the library of least summed time (OpenBLAS unless another is 3% faster) */
+static int leader(void) {
+  int pick = MOE_SGEMM_OPENBLAS;
+  for (int l = 0; l < MOE_SGEMM_NLIBS; l++)
+    if (libs[l].state == 1 && sum_t[l] < sum_t[pick] * 0.97) pick = l;
+  return pick;
+}
 
 /* half-octave bucket of a dimension: 2*log2(x), rounded */
 static uint32_t bucket(int64_t x) {
@@ -182,9 +195,8 @@ static int calibrate(const moe_sgemm_args *g) {
       }
     }
   free(scratch);
-  int pick = MOE_SGEMM_OPENBLAS;
-  for (int l = 0; l < MOE_SGEMM_NLIBS; l++)
-    if (libs[l].state == 1 && !broken[l] && best[l] < best[pick] * 0.97) pick = l;
+  for (int l = 0; l < MOE_SGEMM_NLIBS; l++) sum_t[l] += broken[l] || best[l] >= 1e300 ? 1e300 : best[l];
+  int pick = leader();
   if (n_records < MAX_RECORDS) {
     moe_sgemm_record *r = &records[n_records++];
     r->M = g->M; r->N = g->N; r->K = g->K; r->ta = g->ta; r->tb = g->tb; r->lib = pick;
@@ -195,26 +207,22 @@ static int calibrate(const moe_sgemm_args *g) {
   return pick;
 }
 
-/* which library this GEMM runs on (timing the shape class at its first GEMM) */
+/* which library this GEMM runs on: the leader while the first classes are
+ * timed, then the process's library */
 static int choose(const moe_sgemm_args *g, int threads) {
   read_mode();
   if (mode_error[0]) return MOE_SGEMM_OPENBLAS; /* raised by the binding when it loads */
   if (mode >= 0) { open_libs(threads); return libs[mode].state == 1 ? mode : MOE_SGEMM_OPENBLAS; }
+  if (decided >= 0) return decided;
   open_libs(threads);
-  if (libs[MOE_SGEMM_BLIS].state != 1 && libs[MOE_SGEMM_ONEDNN].state != 1) return MOE_SGEMM_OPENBLAS;
-  uint32_t k = key_of(g), h = (k * 2654435761u) % TUNE_SLOTS;
-  for (int probe = 0; probe < TUNE_SLOTS; probe++, h = (h + 1) % TUNE_SLOTS) {
-    if (table[h].key == k) return table[h].lib;
-    if (!table[h].key) {
-      if (table_n >= TUNE_SLOTS * 3 / 4) return MOE_SGEMM_OPENBLAS; /* full: no more classes timed */
-      int lib = calibrate(g);
-      table[h].key = k;
-      table[h].lib = (int8_t)lib;
-      table_n++;
-      return lib;
-    }
-  }
-  return MOE_SGEMM_OPENBLAS;
+  if (libs[MOE_SGEMM_BLIS].state != 1 && libs[MOE_SGEMM_ONEDNN].state != 1) return decided = MOE_SGEMM_OPENBLAS;
+  uint32_t k = key_of(g);
+  for (int i = 0; i < n_timed; i++)
+    if (timed_keys[i] == k) return leader();
+  int lib = calibrate(g);
+  timed_keys[n_timed++] = k;
+  if (n_timed == MOE_SGEMM_CLASSES) decided = lib;
+  return lib;
 }
 
 void moe_sgemm_run(const moe_sgemm_args *g, int threads) {
@@ -240,6 +248,7 @@ void moe_sgemm_status_get(moe_sgemm_status *s, int threads) {
   }
   s->records = records;
   s->n_records = n_records;
+  s->library = mode >= 0 ? mode : decided;
 }
 
 void moe_sgemm_describe(char *out, size_t n, int threads) {
@@ -259,13 +268,14 @@ void moe_sgemm_describe(char *out, size_t n, int threads) {
   if (!st.available[MOE_SGEMM_BLIS] && !st.available[MOE_SGEMM_ONEDNN])
     snprintf(out, n, "OpenBLAS only (%s)", missing);
   else
-    snprintf(out, n, "per shape class, the fastest of %s, timed at its first multi-threaded GEMM%s%s%s "
-             "(MOELUA_SGEMM=openblas|blis|onednn pins one)", have, missing[0] ? " (" : "", missing,
-             missing[0] ? ")" : "");
+    snprintf(out, n, "%s%s, the fastest of %s on the process's first %d multi-threaded GEMM shapes%s%s%s "
+             "(MOELUA_SGEMM=openblas|blis|onednn pins one)", st.library >= 0 ? names[st.library] : "not chosen yet",
+             st.library >= 0 ? "" : " (at the first large GEMM)", have, MOE_SGEMM_CLASSES,
+             missing[0] ? "; " : "", missing, "");
 }
 
 void moe_sgemm_forget(void) {
-  memset(table, 0, sizeof table);
-  table_n = 0;
-  n_records = 0;
+  n_timed = n_records = 0;
+  decided = -1;
+  memset(sum_t, 0, sizeof sum_t);
 }

@@ -1,11 +1,13 @@
 /* sgemm_lib.h -- the fastest float32 GEMM library on this machine, per shape
- * class (OpenBLAS, BLIS, oneDNN; see sgemm_lib.c). */
+ * (OpenBLAS, BLIS, oneDNN), timed on the process's first shape classes (see sgemm_lib.c). */
 #ifndef MOE_SGEMM_LIB_H
 #define MOE_SGEMM_LIB_H
 
 #include <stdint.h>
 
 enum { MOE_SGEMM_OPENBLAS = 0, MOE_SGEMM_BLIS = 1, MOE_SGEMM_ONEDNN = 2, MOE_SGEMM_NLIBS = 3 };
+/* the process's library is chosen over its first this many shape classes */
+#define MOE_SGEMM_CLASSES 3
 
 /* row-major C [M,N] (ldc) = op(A) [M,K] @ op(B) [K,N] (+ C when accumulate);
  * ta/tb: 1 when the operand is stored transposed (lda/ldb its row stride as stored) */
@@ -16,7 +18,7 @@ typedef struct {
   float *C;
 } moe_sgemm_args;
 
-/* a multi-threaded float32 GEMM on `threads` threads, on its shape class's library */
+/* a multi-threaded float32 GEMM on `threads` threads, on the process's library */
 void moe_sgemm_run(const moe_sgemm_args *g, int threads);
 /* on library lib (OpenBLAS where it is missing): for the specs */
 void moe_sgemm_forced_run(int lib, const moe_sgemm_args *g, int threads);
@@ -26,7 +28,7 @@ const char *moe_sgemm_lib_name(int lib);
 
 typedef struct {
   int64_t M, N, K;
-  int ta, tb, lib;
+  int ta, tb, lib; /* lib: the leader over the classes timed up to this one */
   double gflops[MOE_SGEMM_NLIBS]; /* as timed at the class's first GEMM; 0: not run */
 } moe_sgemm_record;
 
@@ -36,6 +38,7 @@ typedef struct {
   char why[MOE_SGEMM_NLIBS][240]; /* why a library is missing */
   const moe_sgemm_record *records; /* the shape classes timed so far, in order */
   int n_records;
+  int library; /* the process's library once chosen (or pinned); -1 while the first classes are timed */
 } moe_sgemm_status;
 void moe_sgemm_status_get(moe_sgemm_status *s, int threads);
 #include <stddef.h>

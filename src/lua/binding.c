@@ -1444,9 +1444,10 @@ static int l_blas_info(lua_State *L) {
 
 extern int openblas_get_num_threads(void);
 
-/* sgemm_info() -> {mode, description, libraries = {{name, available, why}...},
+/* sgemm_info() -> {mode, library, description, libraries = {{name, available, why}...},
  *   shapes = {{m, n, k, ta, tb, library, gflops = {OpenBLAS = ...}}...}}: the
- *   float32 GEMM libraries and the shape classes timed so far (sgemm_lib.c) */
+ *   float32 GEMM libraries, the process's choice (nil until made) and the shape
+ *   classes timed for it (sgemm_lib.c) */
 static int l_sgemm_info(lua_State *L) {
   int threads = openblas_get_num_threads();
   moe_sgemm_status st;
@@ -1458,6 +1459,7 @@ static int l_sgemm_info(lua_State *L) {
   lua_setfield(L, -2, "mode");
   lua_pushstring(L, desc);
   lua_setfield(L, -2, "description");
+  if (st.library >= 0) { lua_pushstring(L, moe_sgemm_lib_name(st.library)); lua_setfield(L, -2, "library"); }
   lua_newtable(L);
   for (int l = 0; l < MOE_SGEMM_NLIBS; l++) {
     lua_newtable(L);
@@ -1487,7 +1489,7 @@ static int l_sgemm_info(lua_State *L) {
   return 1;
 }
 
-/* sgemm_forget(): every shape class is timed again at its next GEMM */
+/* sgemm_forget(): the library is chosen again, on the next shape classes */
 static int l_sgemm_forget(lua_State *L) {
   (void)L;
   moe_sgemm_forget();
