@@ -125,8 +125,8 @@ end)
 
 describe("sgemm library choice", function()
   -- every GEMM shape that runs on the chosen library (multi-threaded float32):
-  -- plain, A transposed, B transposed, both, a strided view, and the
-  -- accumulating GEMMs of matmul's backward; against float64 (cblas_dgemm)
+  -- plain, A transposed, B transposed, both, linear's accumulating GEMM, and
+  -- matmul's backward; against float64 (cblas_dgemm)
   local code = [[
 local moe = require 'moe'
 moe.manual_seed(1)
@@ -142,7 +142,12 @@ for _, s in ipairs { { 300, 257, 290 }, { 513, 130, 384 }, { 1024, 96, 200 } } d
     local ad, bd = a:double(), b:double()
     check(moe.matmul(a, b), ad:matmul(bd), ad:abs():matmul(bd:abs()))
   end
-  -- accumulating GEMMs: gradients of a matmul whose inputs are used twice
+  -- the accumulating GEMM (beta = 1): linear with a bias, the output filled
+  -- with the bias and the GEMM added onto it
+  local x, w, bias = moe.randn(s[1], s[2]), moe.randn(s[2], s[3]), moe.randn(s[3])
+  local xd, wd = x:double(), w:double()
+  check(moe.linear(x, w, bias), xd:matmul(wd) + bias:double(), xd:abs():matmul(wd:abs()) + bias:double():abs())
+  -- the backward's GEMMs
   local a = moe.randn(s[1], s[2], { requires_grad = true })
   local b = moe.randn(s[2], s[3], { requires_grad = true })
   local g = moe.randn(s[1], s[3])
@@ -174,7 +179,9 @@ print(sg.mode, #sg.shapes, table.concat(u, ","), worst)]]
     assert.are.same({ "OpenBLAS", "BLIS", "oneDNN" }, { sg.libraries[1].name, sg.libraries[2].name, sg.libraries[3].name })
     assert.is_true(sg.libraries[1].available)
     for _, l in ipairs(sg.libraries) do
-      if not l.available then assert.matches("Debian's package is", l.why) end
+      if not l.available then
+        assert.is_truthy(l.why:find("Debian's package is", 1, true) or l.why:find("AddressSanitizer", 1, true), l.why)
+      end
     end
     assert.matches("sgemm: ", tostring(moe.config()))
     local v = sh(bin .. " --version")
@@ -234,8 +241,9 @@ print(sg.mode, #sg.shapes, table.concat(u, ","), worst)]]
     end
     local fastest = "OpenBLAS"
     for name, t in pairs(sum) do if t < sum[fastest] then fastest = name end end
-    -- the pick is the least summed time, or OpenBLAS within 3% of it
-    assert.is_true(sg.library == fastest or (sg.library == "OpenBLAS" and sum.OpenBLAS * 0.97 <= sum[fastest]), sg.library)
+    -- the least summed time, unless OpenBLAS's is within 3% of it
+    local want = sum[fastest] < 0.97 * sum.OpenBLAS and fastest or "OpenBLAS"
+    assert.are.equal(want, sg.library)
     assert.are.equal(sg.library, sg.shapes[3].library)
     assert.matches("sgemm: " .. sg.library .. ", the fastest of", tostring(moe.config()))
     core.sgemm_forget()

@@ -265,10 +265,9 @@ static prim *find_prim(int64_t K, int64_t N, int ta, int tb, int acc) {
  * else moe_cpu_threads() (as OpenBLAS's thread policy in matmul.c) */
 static void set_omp_threads(int64_t M, int64_t N, int64_t K) {
   int want = moe_cpu_gemm_is_serial() || (double)M * (double)N * (double)K < 4.0e6 ? 1 : moe_cpu_threads();
-  if (want != T.omp_threads) {
-    if (D.omp_set_num_threads) D.omp_set_num_threads(want);
-    T.omp_threads = want;
-  }
+  /* set every time (a per-thread ICV, cheap): sgemm_lib.c's float32 oneDNN calls set it too */
+  if (D.omp_set_num_threads) D.omp_set_num_threads(want);
+  T.omp_threads = want;
 }
 
 static void mark_broken(dnnl_status_t s, int64_t M, int64_t N, int64_t K) {

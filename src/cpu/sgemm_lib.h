@@ -20,8 +20,6 @@ typedef struct {
 
 /* a multi-threaded float32 GEMM on `threads` threads, on the process's library */
 void moe_sgemm_run(const moe_sgemm_args *g, int threads);
-/* on library lib (OpenBLAS where it is missing): for the specs */
-void moe_sgemm_forced_run(int lib, const moe_sgemm_args *g, int threads);
 /* NULL, or why MOELUA_SGEMM cannot be followed (the binding raises it when it loads) */
 const char *moe_sgemm_check(int threads);
 const char *moe_sgemm_lib_name(int lib);
