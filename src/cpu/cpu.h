@@ -61,6 +61,10 @@ void moe_cpu_gemm_batched(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int
 /* on: GEMMs run on one OpenBLAS thread and unsplit until off (for callers that
  * run independent GEMMs on the thread pool themselves); main thread only */
 void moe_cpu_gemm_serial(int on);
+/* OpenBLAS's thread count: n, or (0) all; and that maximum (for sgemm_lib.c) */
+void moe_cpu_openblas_threads(int n);
+int moe_cpu_openblas_max_threads(void);
+void moe_cpu_openblas_threads_unknown(void);
 /* small_gemm.c: C [M,N] (+= when acc) A [M,K] @ B [K,N] in float32, A with
  * strides (sam, sak), B rows ldb apart (unit column stride), C rows ldc apart;
  * for N a multiple of 8 up to 64 on AVX2+FMA, which _ok(N) tells */

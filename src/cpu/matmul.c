@@ -50,18 +50,34 @@ void moe_cpu_gemm_serial(int on) {
 /* 1 while serial mode is on (read by the bf16 GEMMs of bf16.c, whose oneDNN runs its own threads) */
 int moe_cpu_gemm_is_serial(void) { return serial_mode; }
 
-/* sets OpenBLAS's thread count for this GEMM; returns 1 when it runs on one */
-static int gemm_threads(int64_t M, int64_t N, int64_t K) {
-  if (serial_mode) return 0;
+/* OpenBLAS's thread count: n, or (0) all of them */
+void moe_cpu_openblas_threads(int n) {
   if (!max_threads) current = max_threads = openblas_get_num_threads();
-  double work = (double)M * (double)N * (double)K;
-  int64_t lo = M < N ? (M < K ? M : K) : (N < K ? N : K);
-  int one = work < MOE_GEMM_SMALL || (lo <= MOE_GEMM_THIN_DIM && work < MOE_GEMM_THIN);
-  int want = one ? 1 : max_threads;
+  int want = n > 0 ? n : max_threads;
   if (want != current) {
     openblas_set_num_threads(want);
     current = want;
   }
+}
+
+/* after OpenBLAS's threads were stopped: set its count again at the next call */
+void moe_cpu_openblas_threads_unknown(void) { current = -1; }
+
+int moe_cpu_openblas_max_threads(void) {
+  if (!max_threads) current = max_threads = openblas_get_num_threads();
+  return max_threads;
+}
+
+/* sets OpenBLAS's thread count for this GEMM; returns 1 when it runs on one.
+ * A multi-threaded float32 GEMM (f32) leaves it to sgemm_lib.c, whose chosen
+ * library sets its own. */
+static int gemm_threads(int64_t M, int64_t N, int64_t K, int f32) {
+  if (serial_mode) return 0;
+  double work = (double)M * (double)N * (double)K;
+  int64_t lo = M < N ? (M < K ? M : K) : (N < K ? N : K);
+  int one = work < MOE_GEMM_SMALL || (lo <= MOE_GEMM_THIN_DIM && work < MOE_GEMM_THIN);
+  if (!one && f32) return 0;
+  moe_cpu_openblas_threads(one ? 1 : 0);
   return one;
 }
 
@@ -94,7 +110,7 @@ static void gemm_run(const gemm_call *g) {
     moe_sgemm_args a = {.ta = g->ta != CblasNoTrans, .tb = g->tb != CblasNoTrans, .accumulate = g->accumulate,
                         .M = g->M, .N = g->N, .K = g->K, .lda = g->lda, .ldb = g->ldb, .ldc = g->ldc,
                         .A = (const float *)g->a, .B = (const float *)g->b, .C = (float *)g->c};
-    moe_sgemm_run(&a, max_threads);
+    moe_sgemm_run(&a, moe_cpu_openblas_max_threads());
     return;
   }
   if (g->dt == MOE_F32)
@@ -140,6 +156,19 @@ static void gemm_split(const gemm_call *g, size_t es, int nth, int64_t sAm, int6
   moe_cpu_parallel(nth, gemm_part, parts);
 }
 
+/* the "OpenBLAS-split" library of sgemm_lib.c: a float32 GEMM as one
+ * single-threaded OpenBLAS call per core, on row (or column) blocks, on the
+ * thread pool (OpenBLAS's own 2-thread split of 256^3 ran 87-111 GFLOP/s on
+ * the development VM, this one 120-130, interleaved in one process) */
+void moe_cpu_sgemm_split(const moe_sgemm_args *a) {
+  gemm_call g = {.dt = MOE_F32, .ta = a->ta ? CblasTrans : CblasNoTrans, .tb = a->tb ? CblasTrans : CblasNoTrans,
+                 .M = a->M, .N = a->N, .K = a->K, .lda = a->lda, .ldb = a->ldb, .ldc = a->ldc,
+                 .a = (const char *)a->A, .b = (const char *)a->B, .c = (char *)a->C, .accumulate = a->accumulate};
+  moe_cpu_openblas_threads(1);
+  /* a row of op(A) starts lda elements on (1 when A is stored transposed); a column of op(B), 1 (or ldb) */
+  gemm_split(&g, sizeof(float), moe_cpu_threads(), a->ta ? 1 : a->lda, a->tb ? a->ldb : 1);
+}
+
 static void gemm_impl(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t K,
                       const char *A, int64_t sAb, int64_t sAm, int64_t sAk,
                       const char *B, int64_t sBb, int64_t sBk, int64_t sBn,
@@ -152,7 +181,7 @@ static void gemm_impl(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t
     M *= batch;
     batch = 1;
   }
-  int one = gemm_threads(M, N, K); /* 0 in serial mode: no split either */
+  int one = gemm_threads(M, N, K, dt == MOE_F32); /* 0 in serial mode: no split either */
   gemm_call g = {.dt = dt, .M = M, .N = N, .K = K, .ldc = N, .accumulate = accumulate,
                  .tuned = dt == MOE_F32 && !one && !serial_mode};
   mat_layout(M, K, sAm, sAk, &g.ta, &g.lda);

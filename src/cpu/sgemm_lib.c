@@ -2,7 +2,11 @@
  *
  * Debian packages three sgemm libraries that detect the CPU themselves:
  * OpenBLAS (linked), BLIS and oneDNN (opened here with dlopen when present).
- * Which one is fastest depends on the CPU and the shapes: on the 2-core AMD
+ * A fourth candidate is OpenBLAS split by moelua: one single-threaded OpenBLAS
+ * call per core on row blocks, on moelua's thread pool ("OpenBLAS-split",
+ * matmul.c), which ran 256^3 and 512^3 15-30% faster than OpenBLAS's own
+ * threading on the 2-core VM. Which one is fastest depends on the CPU and the
+ * shapes: on the 2-core AMD
  * EPYC of the development VM, oneDNN and BLIS ran 256^3 15-20% faster than
  * OpenBLAS while all three were within a few percent at 1024^3; on a
  * SapphireRapids Xeon OpenBLAS's own kernels lead the large shapes. So, as
@@ -17,10 +21,11 @@
  * the CPU time with its classes on OpenBLAS and BLIS both).
  *
  * Two processes on a noisy machine can choose differently (their results then
- * differ in the last bits); MOELUA_SGEMM=openblas|blis|onednn pins one library
+ * differ in the last bits); MOELUA_SGEMM=openblas|blis|onednn|openblas-split pins one library
  * (bitwise reproducible across processes), MOELUA_SGEMM=auto is the default.
  * Single-threaded GEMMs (small ones, or those run side by side on the thread
  * pool) stay on OpenBLAS and small_gemm.c. */
+#define _GNU_SOURCE /* RTLD_DEFAULT */
 #include "cpu.h"
 #include "sgemm_lib.h"
 
@@ -38,7 +43,7 @@ typedef void (*bli_sgemm_fn)(int transa, int transb, int64_t m, int64_t n, int64
 typedef int (*dnnl_sgemm_fn)(char ta, char tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                              int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
 
-static const char *const names[MOE_SGEMM_NLIBS] = {"OpenBLAS", "BLIS", "oneDNN"};
+static const char *const names[MOE_SGEMM_NLIBS] = {"OpenBLAS", "BLIS", "oneDNN", "OpenBLAS-split"};
 static struct {
   int state; /* 0 not tried, 1 open, -1 missing */
   char why[240];
@@ -47,6 +52,22 @@ static bli_sgemm_fn bli_sgemm_p;
 static dnnl_sgemm_fn dnnl_sgemm_p;
 static void (*bli_threads_p)(int64_t);
 static void (*omp_threads_p)(int);
+/* OpenBLAS's worker threads spin (sched_yield) for a while after each
+ * multi-threaded call, on the cores the library timed next needs: a split
+ * 256^3 GEMM timed right after OpenBLAS's own ran at half its speed. They are
+ * stopped (OpenBLAS's pthread build starts them again at its next
+ * multi-threaded call) before another library is timed, and once another
+ * library is chosen. */
+static void (*openblas_shutdown_p)(void);
+static int openblas_threads_ran;
+
+static void quiet_openblas(void) {
+  if (openblas_shutdown_p && openblas_threads_ran) {
+    openblas_shutdown_p();
+    moe_cpu_openblas_threads_unknown();
+  }
+  openblas_threads_ran = 0;
+}
 static int opened, mode = -2; /* mode: -2 unread, -1 auto, else the pinned library */
 static char mode_error[200];
 
@@ -59,13 +80,19 @@ static void read_mode(void) {
   if (!m || !*m || !strcasecmp(m, "auto")) return;
   for (int i = 0; i < MOE_SGEMM_NLIBS; i++)
     if (!strcasecmp(m, names[i])) { mode = i; return; }
-  snprintf(mode_error, sizeof mode_error, "MOELUA_SGEMM=%s: expected auto, openblas, blis or onednn", m);
+  snprintf(mode_error, sizeof mode_error, "MOELUA_SGEMM=%s: expected auto, openblas, blis, onednn or openblas-split", m);
 }
 
 /* opens BLIS and oneDNN once (their thread counts are set at each call, by run_lib) */
 static void open_libs(void) {
   if (opened) return;
   opened = 1;
+  openblas_shutdown_p = (void (*)(void))dlsym(RTLD_DEFAULT, "blas_thread_shutdown_");
+  if (moe_cpu_threads() > 1) libs[MOE_SGEMM_OPENBLAS_SPLIT].state = 1;
+  else {
+    libs[MOE_SGEMM_OPENBLAS_SPLIT].state = -1;
+    snprintf(libs[MOE_SGEMM_OPENBLAS_SPLIT].why, sizeof libs[0].why, "one core: nothing to split across");
+  }
 #if defined(__SANITIZE_ADDRESS__)
   /* LeakSanitizer's check at exit crashed ("Tracer caught signal 11") on the
    * OpenMP threads both start: under the sanitizers OpenBLAS runs alone */
@@ -136,7 +163,12 @@ static int run_lib(int lib, const moe_sgemm_args *g, float *C, int threads) {
     if (omp_threads_p) omp_threads_p(threads); /* a per-thread setting, which bf16.c's GEMMs change too */
     return dnnl_sgemm_p(g->ta ? 'T' : 'N', g->tb ? 'T' : 'N', g->M, g->N, g->K, 1.0f, g->A, g->lda, g->B, g->ldb,
                         beta, C, g->ldc) != 0;
+  case MOE_SGEMM_OPENBLAS_SPLIT:
+    moe_cpu_sgemm_split(g);
+    return 0;
   default:
+    moe_cpu_openblas_threads(0);
+    openblas_threads_ran = 1;
     cblas_sgemm(CblasRowMajor, g->ta ? CblasTrans : CblasNoTrans, g->tb ? CblasTrans : CblasNoTrans, (int)g->M,
                 (int)g->N, (int)g->K, 1.0f, g->A, (int)g->lda, g->B, (int)g->ldb, beta, C, (int)g->ldc);
     return 0;
@@ -188,22 +220,22 @@ static int calibrate(const moe_sgemm_args *g, int threads) {
   double best[MOE_SGEMM_NLIBS];
   int broken[MOE_SGEMM_NLIBS] = {0};
   for (int l = 0; l < MOE_SGEMM_NLIBS; l++) best[l] = 1e300;
-  /* two passes, the second in reverse order (the threads of the library run
-   * just before may still hold the cores); in each, a library runs back to
-   * back, 3 calls and 2 ms at least, and its first call (thread wake-up,
+  /* three passes, the second in reverse order; in each, a library runs back
+   * to back, 4 calls and 4 ms at least, and its first call (thread wake-up,
    * packing buffers) is not counted -- unless it took over 20 ms: then that
-   * one call is the pass's timing (a large GEMM costs at most 6 extra calls) */
-  for (int pass = 0; pass < 2; pass++)
+   * one call is the pass's timing (a large GEMM costs at most 12 extra calls) */
+  for (int pass = 0; pass < 3; pass++)
     for (int i = 0; i < MOE_SGEMM_NLIBS; i++) {
-      int l = pass ? MOE_SGEMM_NLIBS - 1 - i : i;
+      int l = pass == 1 ? MOE_SGEMM_NLIBS - 1 - i : i;
       if (libs[l].state != 1 || broken[l]) continue;
+      if (l != MOE_SGEMM_OPENBLAS) quiet_openblas();
       double start = now_s();
       for (int call = 0; call < 20; call++) {
         double t0 = now_s();
         if (run_lib(l, g, scratch, threads)) { broken[l] = 1; break; }
         double t1 = now_s();
         if ((call || t1 - t0 > 20e-3) && t1 - t0 < best[l]) best[l] = t1 - t0;
-        if (t1 - t0 > 20e-3 || (call >= 2 && t1 - start >= 2e-3)) break; /* a large GEMM: one call */
+        if (t1 - t0 > 20e-3 || (call >= 3 && t1 - start >= 4e-3)) break; /* a large GEMM: one call */
       }
     }
   free(scratch);
@@ -227,13 +259,16 @@ static int choose(const moe_sgemm_args *g, int threads) {
   if (mode >= 0) { open_libs(); return libs[mode].state == 1 ? mode : MOE_SGEMM_OPENBLAS; }
   if (decided >= 0) return decided;
   open_libs();
-  if (libs[MOE_SGEMM_BLIS].state != 1 && libs[MOE_SGEMM_ONEDNN].state != 1) return decided = MOE_SGEMM_OPENBLAS;
+  int others = 0;
+  for (int l = 1; l < MOE_SGEMM_NLIBS; l++) others += libs[l].state == 1;
+  if (!others) return decided = MOE_SGEMM_OPENBLAS;
   uint32_t k = key_of(g);
   for (int i = 0; i < n_timed; i++)
     if (timed_keys[i] == k) return leader();
   int lib = calibrate(g, threads);
   timed_keys[n_timed++] = k;
   if (n_timed == MOE_SGEMM_CLASSES) decided = lib;
+  if (lib != MOE_SGEMM_OPENBLAS) quiet_openblas();
   return lib;
 }
 
@@ -276,11 +311,11 @@ void moe_sgemm_describe(char *out, size_t n, int threads) {
     snprintf(dst + at, cap - at, st.available[l] ? "%s%s" : "%s%s: %s", at ? (st.available[l] ? ", " : "; ") : "",
              names[l], st.why[l]);
   }
-  if (!st.available[MOE_SGEMM_BLIS] && !st.available[MOE_SGEMM_ONEDNN])
+  if (!st.available[MOE_SGEMM_BLIS] && !st.available[MOE_SGEMM_ONEDNN] && !st.available[MOE_SGEMM_OPENBLAS_SPLIT])
     snprintf(out, n, "OpenBLAS only (%s)", missing);
   else
     snprintf(out, n, "%s%s, the fastest of %s on the process's first %d multi-threaded GEMM shapes%s%s%s "
-             "(MOELUA_SGEMM=openblas|blis|onednn pins one)", st.library >= 0 ? names[st.library] : "not chosen yet",
+             "(MOELUA_SGEMM=openblas|blis|onednn|openblas-split pins one)", st.library >= 0 ? names[st.library] : "not chosen yet",
              st.library >= 0 ? "" : " (at the first large GEMM)", have, MOE_SGEMM_CLASSES,
              missing[0] ? "; " : "", missing, "");
 }

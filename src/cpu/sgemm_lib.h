@@ -5,7 +5,10 @@
 
 #include <stdint.h>
 
-enum { MOE_SGEMM_OPENBLAS = 0, MOE_SGEMM_BLIS = 1, MOE_SGEMM_ONEDNN = 2, MOE_SGEMM_NLIBS = 3 };
+/* OPENBLAS_SPLIT: one single-threaded OpenBLAS call per core, on moelua's
+ * thread pool (matmul.c's moe_cpu_sgemm_split) */
+enum { MOE_SGEMM_OPENBLAS = 0, MOE_SGEMM_BLIS = 1, MOE_SGEMM_ONEDNN = 2, MOE_SGEMM_OPENBLAS_SPLIT = 3,
+       MOE_SGEMM_NLIBS = 4 };
 /* the process's library is chosen over its first this many shape classes */
 #define MOE_SGEMM_CLASSES 3
 
@@ -23,6 +26,8 @@ void moe_sgemm_run(const moe_sgemm_args *g, int threads);
 /* NULL, or why MOELUA_SGEMM cannot be followed (the binding raises it when it loads) */
 const char *moe_sgemm_check(int threads);
 const char *moe_sgemm_lib_name(int lib);
+
+void moe_cpu_sgemm_split(const moe_sgemm_args *a);
 
 typedef struct {
   int64_t M, N, K;
