@@ -261,7 +261,16 @@ print("(ratio: how many times faster moelua is; torch columns need python3 with 
 
 -- the trainer (issue 5): what fit{} costs per step beyond a bare train_on_batch loop
 print()
-local fo = case("fit_overhead")
+-- three runs (each the best of 7 epochs, fit{} and the bare loop interleaved);
+-- the best fit{} and the best bare loop are kept: one run's overhead moved from
+-- 1% to 27% between runs on the development VM
+local fo = {}
+for _ = 1, rounds do
+  local r = case("fit_overhead")
+  for _, k in ipairs { "fit_us_per_step", "bare_us_per_step" } do
+    if r[k] and (not fo[k] or r[k] < fo[k]) then fo[k] = r[k] end
+  end
+end
 if fo.fit_us_per_step then
   print(("%-44s %12s"):format("trainer, MMoE census at batch 32", "us/step"))
   print(("%-44s %12.1f"):format("  fit{} (gather, step, loss and AUC, logs)", fo.fit_us_per_step))
