@@ -132,7 +132,10 @@ describe("moelua REPL in a terminal", function()
   it("prints expressions, continues multi-line input and survives errors", function()
     if not have_tmux then pending("tmux not installed"); return end
     os.remove(hist)
-    start()
+    local banner = start()
+    -- the banner says which BLAS kernels and which sgemm library run
+    assert.matches("BLAS: %S+ kernels %(", banner)
+    assert.matches("\nsgemm: ", banner)
     keys("t = moe.ones(2, 2) * 3", "Enter")
     keys("t:sum():item()", "Enter")
     assert.matches("\n12\n", wait_for("\n12\n"))
