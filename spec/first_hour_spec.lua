@@ -286,12 +286,20 @@ describe("bad input is refused, naming the function and the value", function()
     assert.are.equal(3, moe.constraints.max_norm(3).max_value)
   end)
 
-  it("add_metric takes a number or a tensor; train_on_batch refuses 0 rows as fit does", function()
+  it("add_metric takes a number or a tensor; train_on_batch refuses 0 rows as fit does, and names itself", function()
     local d = nn.Dense { units = 1 }
     assert.matches(here .. "add_metric: Dense .* metric 'm' must be a number or a tensor, got nil", E(function() d:add_metric("m", nil) end))
     local m = moe.Sequential { nn.Dense { units = 1 }, input_shape = { 2 } }
     m:compile { optimizer = "sgd", loss = "mse" }
     assert.matches(here .. "train_on_batch: x has 0 rows", E(function() local _ = m:train_on_batch(moe.zeros(0, 2), moe.zeros(0, 1)) end))
+    -- errors from inside the step (the loss, a layer, compile) name train_on_batch at the caller's line
+    assert.matches(here .. "train_on_batch: mean_squared_error: .*%[5,1%].*%[4,1%]",
+      E(function() local _ = m:train_on_batch(moe.zeros(4, 2), moe.zeros(5, 1)) end))
+    assert.matches(here .. "train_on_batch: in layer 1 %(Dense .*input has 3 features",
+      E(function() local _ = m:train_on_batch(moe.zeros(4, 3), moe.zeros(4, 1)) end))
+    local raw = moe.Sequential { nn.Dense { units = 1 }, input_shape = { 2 } }
+    assert.matches(here .. "train_on_batch: Sequential .*call compile{...} first",
+      E(function() local _ = raw:train_on_batch(moe.zeros(4, 2), moe.zeros(4, 1)) end))
   end)
 
   it("predict returns outputs keyed like the model's: a list for a list (as Keras); load checks its options", function()

@@ -541,8 +541,7 @@ function Module:compute_loss(y, p, sample_weight)
   return total, parts
 end
 
--- one optimizer step on a batch; returns the loss as a number
-function Module:train_on_batch(x, y, sample_weight)
+local function train_on_batch(self, x, y, sample_weight)
   if core.is_tensor(x) and x:dim() > 0 and x:size(1) == 0 then
     error("train_on_batch: x has 0 rows: there is no data to train on", 2)
   end
@@ -553,6 +552,14 @@ function Module:train_on_batch(x, y, sample_weight)
   loss:backward()
   self.optimizer:step(self._params_cache.list)
   return loss:item()
+end
+
+-- one optimizer step on a batch; returns the loss as a number. An error names
+-- train_on_batch, at the caller's line.
+function Module:train_on_batch(x, y, sample_weight)
+  local ok, r = pcall(train_on_batch, self, x, y, sample_weight)
+  if not ok then error(type(r) == "string" and moe._where(r, "train_on_batch") or r, 0) end
+  return r
 end
 
 -- predict(x[, {batch_size}]): outputs in evaluation mode without recording
