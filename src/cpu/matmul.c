@@ -78,6 +78,7 @@ static int gemm_threads(int64_t M, int64_t N, int64_t K, int f32) {
   int one = work < MOE_GEMM_SMALL || (lo <= MOE_GEMM_THIN_DIM && work < MOE_GEMM_THIN);
   if (!one && f32) return 0;
   moe_cpu_openblas_threads(one ? 1 : 0);
+  if (!one) moe_sgemm_note_openblas_threads(); /* a float64 GEMM on OpenBLAS's threads */
   return one;
 }
 
@@ -160,13 +161,22 @@ static void gemm_split(const gemm_call *g, size_t es, int nth, int64_t sAm, int6
  * single-threaded OpenBLAS call per core, on row (or column) blocks, on the
  * thread pool (OpenBLAS's own 2-thread split of 256^3 ran 87-111 GFLOP/s on
  * the development VM, this one 120-130, interleaved in one process) */
-void moe_cpu_sgemm_split(const moe_sgemm_args *a) {
+int moe_cpu_sgemm_split(const moe_sgemm_args *a, int threads) {
+  int nth = moe_cpu_threads() < threads ? moe_cpu_threads() : threads;
+  int64_t n = a->M >= a->N ? a->M : a->N;
+  if (nth > n / 16) nth = (int)(n / 16);
   gemm_call g = {.dt = MOE_F32, .ta = a->ta ? CblasTrans : CblasNoTrans, .tb = a->tb ? CblasTrans : CblasNoTrans,
                  .M = a->M, .N = a->N, .K = a->K, .lda = a->lda, .ldb = a->ldb, .ldc = a->ldc,
                  .a = (const char *)a->A, .b = (const char *)a->B, .c = (char *)a->C, .accumulate = a->accumulate};
+  if (nth < 2) { /* too few rows and columns to split: OpenBLAS's own threads */
+    moe_cpu_openblas_threads(0);
+    gemm_run(&g);
+    return 1;
+  }
   moe_cpu_openblas_threads(1);
   /* a row of op(A) starts lda elements on (1 when A is stored transposed); a column of op(B), 1 (or ldb) */
-  gemm_split(&g, sizeof(float), moe_cpu_threads(), a->ta ? 1 : a->lda, a->tb ? a->ldb : 1);
+  gemm_split(&g, sizeof(float), nth, a->ta ? 1 : a->lda, a->tb ? a->ldb : 1);
+  return 0;
 }
 
 static void gemm_impl(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t K,

@@ -59,6 +59,7 @@ static void (*omp_threads_p)(int);
  * multi-threaded call) before another library is timed, and once another
  * library is chosen. */
 static void (*openblas_shutdown_p)(void);
+extern int openblas_get_parallel(void);
 static int openblas_threads_ran;
 
 static void quiet_openblas(void) {
@@ -87,7 +88,9 @@ static void read_mode(void) {
 static void open_libs(void) {
   if (opened) return;
   opened = 1;
-  openblas_shutdown_p = (void (*)(void))dlsym(RTLD_DEFAULT, "blas_thread_shutdown_");
+  /* (only OpenBLAS's pthread build, openblas_get_parallel() == 1, has this server) */
+  if (openblas_get_parallel() == 1)
+    openblas_shutdown_p = (void (*)(void))dlsym(RTLD_DEFAULT, "blas_thread_shutdown_");
   if (moe_cpu_threads() > 1) libs[MOE_SGEMM_OPENBLAS_SPLIT].state = 1;
   else {
     libs[MOE_SGEMM_OPENBLAS_SPLIT].state = -1;
@@ -164,7 +167,7 @@ static int run_lib(int lib, const moe_sgemm_args *g, float *C, int threads) {
     return dnnl_sgemm_p(g->ta ? 'T' : 'N', g->tb ? 'T' : 'N', g->M, g->N, g->K, 1.0f, g->A, g->lda, g->B, g->ldb,
                         beta, C, g->ldc) != 0;
   case MOE_SGEMM_OPENBLAS_SPLIT:
-    moe_cpu_sgemm_split(g);
+    if (moe_cpu_sgemm_split(g, threads)) openblas_threads_ran = 1;
     return 0;
   default:
     moe_cpu_openblas_threads(0);
@@ -272,9 +275,15 @@ static int choose(const moe_sgemm_args *g, int threads) {
   return lib;
 }
 
+void moe_sgemm_note_openblas_threads(void) { openblas_threads_ran = 1; }
+
 void moe_sgemm_run(const moe_sgemm_args *g, int threads) {
   int lib = choose(g, threads);
-  if (lib != MOE_SGEMM_OPENBLAS && run_lib(lib, g, g->C, threads) == 0) return;
+  if (lib != MOE_SGEMM_OPENBLAS) {
+    /* OpenBLAS's threads woke since (a float64 GEMM, a GEMM too small to split): stop them again */
+    if (openblas_threads_ran) quiet_openblas();
+    if (run_lib(lib, g, g->C, threads) == 0) return;
+  }
   run_lib(MOE_SGEMM_OPENBLAS, g, g->C, threads); /* oneDNN failed (it returns a status): OpenBLAS */
 }
 
@@ -292,7 +301,7 @@ void moe_sgemm_status_get(moe_sgemm_status *s, int threads) {
   s->library = mode >= 0 ? mode : decided;
 }
 
-void moe_sgemm_describe(char *out, size_t n, int threads) {
+void moe_sgemm_describe(char *out, size_t n, int threads, int brief) {
   moe_sgemm_status st;
   moe_sgemm_status_get(&st, threads);
   if (mode_error[0]) {
@@ -311,7 +320,11 @@ void moe_sgemm_describe(char *out, size_t n, int threads) {
     snprintf(dst + at, cap - at, st.available[l] ? "%s%s" : "%s%s: %s", at ? (st.available[l] ? ", " : "; ") : "",
              names[l], st.why[l]);
   }
-  if (!st.available[MOE_SGEMM_BLIS] && !st.available[MOE_SGEMM_ONEDNN] && !st.available[MOE_SGEMM_OPENBLAS_SPLIT])
+  if (brief && st.library < 0)
+    snprintf(out, n, "the fastest of %s, timed at the first large GEMMs (moe.config().sgemm)", have);
+  else if (brief)
+    snprintf(out, n, "%s, the fastest of %s (moe.config().sgemm)", names[st.library], have);
+  else if (!st.available[MOE_SGEMM_BLIS] && !st.available[MOE_SGEMM_ONEDNN] && !st.available[MOE_SGEMM_OPENBLAS_SPLIT])
     snprintf(out, n, "OpenBLAS only (%s)", missing);
   else
     snprintf(out, n, "%s%s, the fastest of %s on the process's first %d multi-threaded GEMM shapes%s%s%s "

@@ -27,7 +27,11 @@ void moe_sgemm_run(const moe_sgemm_args *g, int threads);
 const char *moe_sgemm_check(int threads);
 const char *moe_sgemm_lib_name(int lib);
 
-void moe_cpu_sgemm_split(const moe_sgemm_args *a);
+/* matmul.c: the OPENBLAS_SPLIT library on up to `threads` cores; returns 1 when
+ * the GEMM was too small to split and ran on OpenBLAS's own threads */
+int moe_cpu_sgemm_split(const moe_sgemm_args *a, int threads);
+/* a GEMM ran on OpenBLAS's worker threads (they are stopped again while another library runs) */
+void moe_sgemm_note_openblas_threads(void);
 
 typedef struct {
   int64_t M, N, K;
@@ -45,8 +49,8 @@ typedef struct {
 } moe_sgemm_status;
 void moe_sgemm_status_get(moe_sgemm_status *s, int threads);
 #include <stddef.h>
-/* one line for moelua --version, the REPL banner and moe.config(): which libraries, how chosen */
-void moe_sgemm_describe(char *out, size_t n, int threads);
+/* one line for moelua --version, the REPL banner (brief) and moe.config(): which libraries, how chosen */
+void moe_sgemm_describe(char *out, size_t n, int threads, int brief);
 /* forgets every choice (the next GEMM of each class is timed again) */
 void moe_sgemm_forget(void);
 

@@ -1453,7 +1453,7 @@ static int l_sgemm_info(lua_State *L) {
   moe_sgemm_status st;
   moe_sgemm_status_get(&st, threads);
   char desc[1200];
-  moe_sgemm_describe(desc, sizeof desc, threads);
+  moe_sgemm_describe(desc, sizeof desc, threads, 0);
   lua_newtable(L);
   lua_pushstring(L, st.mode < 0 ? "auto" : moe_sgemm_lib_name(st.mode));
   lua_setfield(L, -2, "mode");
