@@ -14,6 +14,7 @@ ffi.cdef [[
 void cblas_sgemm(int order, int ta, int tb, int M, int N, int K, float alpha,
                  const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
 int openblas_get_num_threads(void);
+void openblas_set_num_threads(int n);
 void bli_sgemm(int transa, int transb, int64_t m, int64_t n, int64_t k, const float *alpha,
                const float *a, int64_t rsa, int64_t csa, const float *b, int64_t rsb, int64_t csb,
                const float *beta, float *c, int64_t rsc, int64_t csc);
@@ -32,8 +33,13 @@ M.threads = openblas.openblas_get_num_threads()
 local one, zero = ffi.new("float[1]", 1), ffi.new("float[1]", 0)
 -- name, library, set-up once loaded, C = A[M,K] B[K,N] (row-major, contiguous)
 local libs = {
+  -- (its thread count set at each call: moelua's own GEMMs change it, e.g. to
+  -- one thread while its OpenBLAS-split runs one call per core)
   { "OpenBLAS", function() return openblas end, nil,
-    function(l, m, k, n, A, B, C) l.cblas_sgemm(101, 111, 111, m, n, k, 1, A, k, B, n, 0, C, n) end },
+    function(l, m, k, n, A, B, C)
+      l.openblas_set_num_threads(M.threads)
+      l.cblas_sgemm(101, 111, 111, m, n, k, 1, A, k, B, n, 0, C, n)
+    end },
   { "BLIS", "libblis.so.4", function(l) l.bli_thread_set_num_threads(M.threads) end,
     function(l, m, k, n, A, B, C) l.bli_sgemm(0, 0, m, n, k, one, A, k, 1, B, n, 1, zero, C, n, 1) end },
   -- oneDNN's dnnl_sgemm is row-major (dnnl.h, since v1.0); its OpenMP threads
