@@ -69,14 +69,12 @@ static void choose_blas_kernels(char **argv) {
   unsetenv("MOELUA_BLAS_CHOSEN");
 }
 
-extern int openblas_get_num_threads(void);
-
 static void print_blas_line(FILE *f) {
   moe_blas_status st;
   moe_blas_status_get(&st);
   fprintf(f, "BLAS: %s kernels (%s)\n", st.kernels, st.reason);
   char desc[1200];
-  moe_sgemm_describe(desc, sizeof desc, openblas_get_num_threads(), 1);
+  moe_sgemm_describe(desc, sizeof desc, 1);
   fprintf(f, "sgemm: %s\n", desc);
 }
 
@@ -465,7 +463,7 @@ int main(int argc, char **argv) {
       printf("BLAS: %s\nkernels: %s (%s)\nCPU: %s; best kernel set: %s\n", st.library, st.kernels, st.reason,
              feats[0] ? feats : "no AVX", st.cpu_best);
       char desc[1200];
-      moe_sgemm_describe(desc, sizeof desc, openblas_get_num_threads(), 0);
+      moe_sgemm_describe(desc, sizeof desc, 0);
       printf("sgemm: %s\n", desc);
       lua_close(L);
       return 0;

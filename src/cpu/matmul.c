@@ -39,21 +39,21 @@ static int max_threads = 0, current = 0, serial_mode = 0;
 /* on: every GEMM runs on one OpenBLAS thread, unsplit, until off again; for
  * callers that run independent GEMMs in parallel on the pool themselves */
 void moe_cpu_gemm_serial(int on) {
-  if (!max_threads) current = max_threads = openblas_get_num_threads();
-  if (on && current != 1) {
-    openblas_set_num_threads(1);
-    current = 1;
-  }
+  if (on) moe_cpu_openblas_threads(1);
   serial_mode = on;
 }
 
 /* 1 while serial mode is on (read by the bf16 GEMMs of bf16.c, whose oneDNN runs its own threads) */
 int moe_cpu_gemm_is_serial(void) { return serial_mode; }
 
+int moe_cpu_openblas_max_threads(void) {
+  if (!max_threads) current = max_threads = openblas_get_num_threads();
+  return max_threads;
+}
+
 /* OpenBLAS's thread count: n, or (0) all of them */
 void moe_cpu_openblas_threads(int n) {
-  if (!max_threads) current = max_threads = openblas_get_num_threads();
-  int want = n > 0 ? n : max_threads;
+  int want = n > 0 ? n : moe_cpu_openblas_max_threads();
   if (want != current) {
     openblas_set_num_threads(want);
     current = want;
@@ -62,11 +62,6 @@ void moe_cpu_openblas_threads(int n) {
 
 /* after OpenBLAS's threads were stopped: set its count again at the next call */
 void moe_cpu_openblas_threads_unknown(void) { current = -1; }
-
-int moe_cpu_openblas_max_threads(void) {
-  if (!max_threads) current = max_threads = openblas_get_num_threads();
-  return max_threads;
-}
 
 /* sets OpenBLAS's thread count for this GEMM; returns 1 when it runs on one.
  * A multi-threaded float32 GEMM (f32) leaves it to sgemm_lib.c, whose chosen

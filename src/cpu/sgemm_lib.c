@@ -4,11 +4,10 @@
  * OpenBLAS (linked), BLIS and oneDNN (opened here with dlopen when present).
  * A fourth candidate is OpenBLAS split by moelua: one single-threaded OpenBLAS
  * call per core on row blocks, on moelua's thread pool ("OpenBLAS-split",
- * matmul.c), which ran 256^3 and 512^3 15-30% faster than OpenBLAS's own
- * threading on the 2-core VM. Which one is fastest depends on the CPU and the
- * shapes: on the 2-core AMD
- * EPYC of the development VM, oneDNN and BLIS ran 256^3 15-20% faster than
- * OpenBLAS while all three were within a few percent at 1024^3; on a
+ * matmul.c), which ran 256^3-512^3 3-41% faster than OpenBLAS's own threading
+ * on the 2-core VM. Which one is fastest depends on the CPU and the shapes: on
+ * the 2-core AMD EPYC of the development VM, oneDNN and BLIS ran 256^3 15-20%
+ * faster than OpenBLAS while all were within a few percent at 1024^3; on a
  * SapphireRapids Xeon OpenBLAS's own kernels lead the large shapes. So, as
  * cuDNN's benchmark mode does for convolutions, the first multi-threaded
  * float32 GEMMs of the process's first MOE_SGEMM_CLASSES shape classes (the
@@ -21,8 +20,9 @@
  * the CPU time with its classes on OpenBLAS and BLIS both).
  *
  * Two processes on a noisy machine can choose differently (their results then
- * differ in the last bits); MOELUA_SGEMM=openblas|blis|onednn|openblas-split pins one library
- * (bitwise reproducible across processes), MOELUA_SGEMM=auto is the default.
+ * differ in the last bits); MOELUA_SGEMM=openblas|blis|onednn|openblas-split
+ * pins one library (bitwise reproducible across processes), MOELUA_SGEMM=auto
+ * is the default.
  * Single-threaded GEMMs (small ones, or those run side by side on the thread
  * pool) stay on OpenBLAS and small_gemm.c. */
 #define _GNU_SOURCE /* RTLD_DEFAULT */
@@ -96,10 +96,10 @@ static void open_libs(void) {
     libs[MOE_SGEMM_OPENBLAS_SPLIT].state = -1;
     snprintf(libs[MOE_SGEMM_OPENBLAS_SPLIT].why, sizeof libs[0].why, "one core: nothing to split across");
   }
+  libs[MOE_SGEMM_OPENBLAS].state = 1;
 #if defined(__SANITIZE_ADDRESS__)
   /* LeakSanitizer's check at exit crashed ("Tracer caught signal 11") on the
    * OpenMP threads both start: under the sanitizers OpenBLAS runs alone */
-  libs[MOE_SGEMM_OPENBLAS].state = 1;
   for (int l = MOE_SGEMM_BLIS; l <= MOE_SGEMM_ONEDNN; l++) {
     libs[l].state = -1;
     snprintf(libs[l].why, sizeof libs[l].why, "not opened in a build under AddressSanitizer (LeakSanitizer's exit "
@@ -107,7 +107,6 @@ static void open_libs(void) {
   }
   return;
 #endif
-  libs[MOE_SGEMM_OPENBLAS].state = 1;
   /* both run on libgomp, whose threads otherwise spin for about a millisecond
    * after each call on the cores OpenBLAS and the thread pool need next (see
    * bf16.c); libgomp reads this when it loads */
@@ -136,7 +135,7 @@ static void open_libs(void) {
   if (libs[MOE_SGEMM_ONEDNN].state != 1) { libs[MOE_SGEMM_ONEDNN].state = -1; dnnl_sgemm_p = NULL; }
 }
 
-const char *moe_sgemm_check(int threads) {
+const char *moe_sgemm_check(void) {
   read_mode();
   if (mode_error[0]) return mode_error;
   if (mode >= 0) {
@@ -178,14 +177,13 @@ static int run_lib(int lib, const moe_sgemm_args *g, float *C, int threads) {
   }
 }
 
-/* ---------------------------------------------------------------- the per-shape choice */
+/* ---------------------------------------------------------------- the process's choice */
 
+/* the classes timed so far: their keys, and what was measured */
 static uint32_t timed_keys[MOE_SGEMM_CLASSES];
+static moe_sgemm_record records[MOE_SGEMM_CLASSES];
 static int n_timed, decided = -1;
 static double sum_t[MOE_SGEMM_NLIBS]; /* each library's summed best times over the classes timed */
-#define MAX_RECORDS MOE_SGEMM_CLASSES
-static moe_sgemm_record records[MAX_RECORDS];
-static int n_records;
 
 /* the library of least summed time (OpenBLAS unless another is 3% faster) */
 static int leader(void) {
@@ -244,13 +242,11 @@ static int calibrate(const moe_sgemm_args *g, int threads) {
   free(scratch);
   for (int l = 0; l < MOE_SGEMM_NLIBS; l++) sum_t[l] += broken[l] || best[l] >= 1e300 ? 1e300 : best[l];
   int pick = leader();
-  if (n_records < MAX_RECORDS) {
-    moe_sgemm_record *r = &records[n_records++];
-    r->M = g->M; r->N = g->N; r->K = g->K; r->ta = g->ta; r->tb = g->tb; r->lib = pick;
-    double flop = 2.0 * (double)g->M * (double)g->N * (double)g->K;
-    for (int l = 0; l < MOE_SGEMM_NLIBS; l++)
-      r->gflops[l] = libs[l].state == 1 && !broken[l] && best[l] < 1e300 ? flop / best[l] / 1e9 : 0;
-  }
+  moe_sgemm_record *r = &records[n_timed]; /* choose() counts it */
+  r->M = g->M; r->N = g->N; r->K = g->K; r->ta = g->ta; r->tb = g->tb; r->lib = pick;
+  double flop = 2.0 * (double)g->M * (double)g->N * (double)g->K;
+  for (int l = 0; l < MOE_SGEMM_NLIBS; l++)
+    r->gflops[l] = libs[l].state == 1 && !broken[l] && best[l] < 1e300 ? flop / best[l] / 1e9 : 0;
   return pick;
 }
 
@@ -271,7 +267,6 @@ static int choose(const moe_sgemm_args *g, int threads) {
   int lib = calibrate(g, threads);
   timed_keys[n_timed++] = k;
   if (n_timed == MOE_SGEMM_CLASSES) decided = lib;
-  if (lib != MOE_SGEMM_OPENBLAS) quiet_openblas();
   return lib;
 }
 
@@ -280,14 +275,14 @@ void moe_sgemm_note_openblas_threads(void) { openblas_threads_ran = 1; }
 void moe_sgemm_run(const moe_sgemm_args *g, int threads) {
   int lib = choose(g, threads);
   if (lib != MOE_SGEMM_OPENBLAS) {
-    /* OpenBLAS's threads woke since (a float64 GEMM, a GEMM too small to split): stop them again */
-    if (openblas_threads_ran) quiet_openblas();
+    /* OpenBLAS's threads ran since (its timing, a float64 GEMM, a GEMM too small to split): stop them */
+    quiet_openblas();
     if (run_lib(lib, g, g->C, threads) == 0) return;
   }
   run_lib(MOE_SGEMM_OPENBLAS, g, g->C, threads); /* oneDNN failed (it returns a status): OpenBLAS */
 }
 
-void moe_sgemm_status_get(moe_sgemm_status *s, int threads) {
+void moe_sgemm_status_get(moe_sgemm_status *s) {
   read_mode();
   open_libs();
   memset(s, 0, sizeof *s);
@@ -297,13 +292,13 @@ void moe_sgemm_status_get(moe_sgemm_status *s, int threads) {
     snprintf(s->why[l], sizeof s->why[l], "%s", libs[l].state == 1 ? "" : libs[l].why);
   }
   s->records = records;
-  s->n_records = n_records;
+  s->n_records = n_timed;
   s->library = mode >= 0 ? mode : decided;
 }
 
-void moe_sgemm_describe(char *out, size_t n, int threads, int brief) {
+void moe_sgemm_describe(char *out, size_t n, int brief) {
   moe_sgemm_status st;
-  moe_sgemm_status_get(&st, threads);
+  moe_sgemm_status_get(&st);
   if (mode_error[0]) {
     snprintf(out, n, "%s", mode_error);
     return;
@@ -327,14 +322,14 @@ void moe_sgemm_describe(char *out, size_t n, int threads, int brief) {
   else if (!st.available[MOE_SGEMM_BLIS] && !st.available[MOE_SGEMM_ONEDNN] && !st.available[MOE_SGEMM_OPENBLAS_SPLIT])
     snprintf(out, n, "OpenBLAS only (%s)", missing);
   else
-    snprintf(out, n, "%s%s, the fastest of %s on the process's first %d multi-threaded GEMM shapes%s%s%s "
-             "(MOELUA_SGEMM=openblas|blis|onednn|openblas-split pins one)", st.library >= 0 ? names[st.library] : "not chosen yet",
-             st.library >= 0 ? "" : " (at the first large GEMM)", have, MOE_SGEMM_CLASSES,
-             missing[0] ? "; " : "", missing, "");
+    snprintf(out, n, "%s%s, the fastest of %s on the process's first %d multi-threaded GEMM shapes%s%s "
+             "(MOELUA_SGEMM=openblas|blis|onednn|openblas-split pins one)",
+             st.library >= 0 ? names[st.library] : "not chosen yet", st.library >= 0 ? "" : " (at the first large GEMM)",
+             have, MOE_SGEMM_CLASSES, missing[0] ? "; " : "", missing);
 }
 
 void moe_sgemm_forget(void) {
-  n_timed = n_records = 0;
+  n_timed = 0;
   decided = -1;
   memset(sum_t, 0, sizeof sum_t);
 }

@@ -1,5 +1,6 @@
-/* sgemm_lib.h -- the fastest float32 GEMM library on this machine, per shape
- * (OpenBLAS, BLIS, oneDNN), timed on the process's first shape classes (see sgemm_lib.c). */
+/* sgemm_lib.h -- the fastest float32 GEMM library on this machine (OpenBLAS,
+ * BLIS, oneDNN, OpenBLAS-split), one per process, timed on its first shape
+ * classes (see sgemm_lib.c). */
 #ifndef MOE_SGEMM_LIB_H
 #define MOE_SGEMM_LIB_H
 
@@ -24,7 +25,7 @@ typedef struct {
 /* a multi-threaded float32 GEMM on `threads` threads, on the process's library */
 void moe_sgemm_run(const moe_sgemm_args *g, int threads);
 /* NULL, or why MOELUA_SGEMM cannot be followed (the binding raises it when it loads) */
-const char *moe_sgemm_check(int threads);
+const char *moe_sgemm_check(void);
 const char *moe_sgemm_lib_name(int lib);
 
 /* matmul.c: the OPENBLAS_SPLIT library on up to `threads` cores; returns 1 when
@@ -40,18 +41,18 @@ typedef struct {
 } moe_sgemm_record;
 
 typedef struct {
-  int mode; /* -1: auto (the fastest per shape class), else the library MOELUA_SGEMM pins */
+  int mode; /* -1: auto (timed on the first shape classes), else the library MOELUA_SGEMM pins */
   int available[MOE_SGEMM_NLIBS];
   char why[MOE_SGEMM_NLIBS][240]; /* why a library is missing */
   const moe_sgemm_record *records; /* the shape classes timed so far, in order */
   int n_records;
   int library; /* the process's library once chosen (or pinned); -1 while the first classes are timed */
 } moe_sgemm_status;
-void moe_sgemm_status_get(moe_sgemm_status *s, int threads);
+void moe_sgemm_status_get(moe_sgemm_status *s);
 #include <stddef.h>
 /* one line for moelua --version, the REPL banner (brief) and moe.config(): which libraries, how chosen */
-void moe_sgemm_describe(char *out, size_t n, int threads, int brief);
-/* forgets every choice (the next GEMM of each class is timed again) */
+void moe_sgemm_describe(char *out, size_t n, int brief);
+/* forgets the choice: it is made again on the next shape classes */
 void moe_sgemm_forget(void);
 
 #endif

@@ -1442,18 +1442,15 @@ static int l_blas_info(lua_State *L) {
   return 1;
 }
 
-extern int openblas_get_num_threads(void);
-
 /* sgemm_info() -> {mode, library, description, libraries = {{name, available, why}...},
  *   shapes = {{m, n, k, ta, tb, library, gflops = {OpenBLAS = ...}}...}}: the
  *   float32 GEMM libraries, the process's choice (nil until made) and the shape
  *   classes timed for it (sgemm_lib.c) */
 static int l_sgemm_info(lua_State *L) {
-  int threads = openblas_get_num_threads();
   moe_sgemm_status st;
-  moe_sgemm_status_get(&st, threads);
+  moe_sgemm_status_get(&st);
   char desc[1200];
-  moe_sgemm_describe(desc, sizeof desc, threads, 0);
+  moe_sgemm_describe(desc, sizeof desc, 0);
   lua_newtable(L);
   lua_pushstring(L, st.mode < 0 ? "auto" : moe_sgemm_lib_name(st.mode));
   lua_setfield(L, -2, "mode");
@@ -2094,7 +2091,7 @@ int luaopen_moe_core(lua_State *L) {
       lua_isstring(L, -1))
     snprintf(lib_dir, sizeof lib_dir, "%s", lua_tostring(L, -1));
   lua_pop(L, 1);
-  const char *sgemm_err = moe_sgemm_check(openblas_get_num_threads());
+  const char *sgemm_err = moe_sgemm_check();
   if (sgemm_err) return luaL_error(L, "moe: %s", sgemm_err);
 
   /* Tensor outputs are freed by the Lua GC, in batches: keep freed memory in the
