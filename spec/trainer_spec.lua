@@ -226,6 +226,27 @@ describe("fit", function()
     assert.matches("gather_rows: index 9 out of range", H.error_of(moe.core.gather_rows, { x }, moe.tensor({ 1, 9 }, { dtype = "int64" })))
   end)
 
+  it("a gather finished at once (the caller copying what the helper has not reached) equals index_select", function()
+    -- the rows go in blocks claimed by the helper and by the caller: finished
+    -- at once, then after a pause, with two jobs in flight, and out of order
+    local x = moe.randn(5000, 37)
+    local w = moe.arange(1, 5001):float()
+    for round = 1, 40 do
+      local n = ({ 1, 7, 8, 9, 33, 1000 })[round % 6 + 1]
+      local a = moe.randint(1, 5000, { n }, { dtype = "int64" })
+      local b = moe.randint(1, 5000, { n + 3 }, { dtype = "int64" })
+      local ja = moe.core.gather_rows({ x, w }, a)
+      local jb = moe.core.gather_rows({ x }, b)
+      if round % 3 == 0 then local t0 = moe.now() while moe.now() - t0 < 0.0005 do end end
+      local gb = round % 2 == 0 and jb:finish() or nil
+      local ga = ja:finish()
+      gb = gb or jb:finish()
+      assert.equal(0, (ga[1] - x:index_select(1, a)):abs():max():item())
+      assert.equal(0, (ga[2] - w:index_select(1, a)):abs():max():item())
+      assert.equal(0, (gb[1] - x:index_select(1, b)):abs():max():item())
+    end
+  end)
+
   it("gathers batches in place on one core, with the same training as the helper thread's", function()
     local bin = os.getenv("MOELUA_BIN") or "build/moelua"
     local script = H.write_file(H.tmpname() .. ".lua", [[
