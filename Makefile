@@ -129,8 +129,13 @@ fuzz: fuzz-build
 $(BUILD)/%_fuzz: spec/fuzz/%_fuzz.c $(BUILD)/libmoe.a $(HEADERS) | deps
 	$(CC) $(CFLAGS) -fsanitize=fuzzer -o $@ $< $(BUILD)/libmoe.a $(LDLIBS)
 
-bench: all
-	@$(BUILD)/moelua bench/run.lua
+bench: all $(BUILD)/bench_peak
+	@MOE_BENCH_PEAK=$(BUILD)/bench_peak $(BUILD)/moelua bench/run.lua
+
+# the CPU's fp32 FMA and bf16 dot-product ceilings on one core (bench/peak.c)
+$(BUILD)/bench_peak: bench/peak.c
+	@mkdir -p $(BUILD)
+	$(CC) -O2 -Wall -Wextra -o $@ $<
 
 clean:
 	rm -rf build build-asan build-emu build-fuzz

@@ -209,9 +209,11 @@ local function paired(r)
   end
   return m, t
 end
+local torch_fp32_sparse_s -- for the bf16 section below
 for _, r in ipairs(rows) do
   local m, t = paired(r)
   local mv = m[r[3]]
+  if r[1] == "sparse" then torch_fp32_sparse_s = t.sparse_moe_s end
   local function ratio(tv) return (mv and tv) and (r[4] and tv / mv or mv / tv) or "-" end
   row(r[2], mv, t[r[3]], ratio(t[r[3]]))
   if r[1] == "sparse" and m.sparse_moe_gflops then
@@ -253,6 +255,24 @@ do
     print(("%-44s %11.2fx   (target >= 3x where the CPU has bf16)"):format("  bf16 experts / fp32 experts, throughput",
       m.sparse_fp32_s / m.sparse_bf16_s))
     if not has_bf16 then print("  (this CPU has no AVX512-BF16/AMX: moelua's bf16 is emulated here, slower than fp32)") end
+  end
+  if t.sparse_moe_s and torch_fp32_sparse_s then
+    print(("%-44s %11.2fx   (PyTorch fp32 above / PyTorch bf16 autocast)"):format("  PyTorch's own bf16 gain",
+      torch_fp32_sparse_s / t.sparse_moe_s))
+  end
+  -- the CPU's own ceiling: bf16 dot products against fp32 FMAs on one core
+  -- (bench/peak.c; without AMX no bf16 GEMM can gain more than this ratio)
+  local pk = os.getenv("MOE_BENCH_PEAK")
+  local c = pk and lines_of(pk) or {}
+  if c.fp32_gflops_1core then
+    local r = tonumber(c.bf16_over_fp32)
+    print(("  CPU peak, one core: fp32 FMA (%s) %s GFLOP/s, bf16 dot products %s GFLOP/s%s; AMX %s"):format(c.fp32_isa,
+      fmt(c.fp32_gflops_1core, "%.1f"), tostring(c.bf16_gflops_1core), r and (" (%.2fx)"):format(r) or "", c.amx_bf16))
+    if r and c.amx_bf16 == "no" and r < 3 then
+      print(("  (without AMX this CPU's bf16 ceiling is %.2fx its fp32 one: 3x cannot be reached here)"):format(r))
+    end
+  elseif pk then
+    print("  CPU peak: `" .. pk .. "` printed nothing")
   end
   if t.skipped then print("  torch bf16 autocast peer skipped: " .. t.skipped) end
   if t.error then print("  torch bf16 autocast peer failed: " .. t.error) end
