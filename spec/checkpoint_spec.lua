@@ -180,6 +180,11 @@ describe("checkpoints", function()
       assert.is_false(ok)
       assert.matches(c[2], err)
     end
+    -- a tensor name that looks like a Lua position ("x.lua:7: ") stays in the
+    -- message, which still names load_tensors and the file (found by spec/fuzz)
+    write_all(path("named.moe"), file('{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b/x.lua:7: y":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}', "123456789012"))
+    local err = H.error_of(moe.load_tensors, path("named.moe"))
+    assert.is_truthy(err:find("load_tensors: '" .. path("named.moe") .. "' is corrupted: tensor 'b/x.lua:7: y' starts at byte 8", 1, true), err)
     -- hostile configs behind valid checksums (save_tensors writes them)
     local L = '{"n":"dense_x","c":{}}'
     local configs = {

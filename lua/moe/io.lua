@@ -328,7 +328,11 @@ function io_.load_tensors(path)
   if type(path) ~= "string" then error(("load_tensors: path must be a string, got %s"):format(type(path)), 2) end
   local ok, ts, md = pcall(io_.read, path)
   if not ok then
-    local msg = tostring(ts):gsub("^[^\n]-:%d+: ", "", 1):gsub("^load:", "load_tensors:", 1)
+    -- a position (a Lua file's "path.lua:N: ") goes; the loader's own messages
+    -- have none, and a name inside them may look like one
+    local msg = tostring(ts)
+    if not msg:find("^load:") then msg = msg:gsub("^[^\n:]*%.lua:%d+: ", "", 1) end
+    msg = msg:gsub("^load:", "load_tensors:", 1)
     error(moe._where(msg), 0)
   end
   return ts, md

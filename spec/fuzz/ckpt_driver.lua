@@ -46,7 +46,8 @@ local raised, runtime = {}, {}
 local vm_messages = { "^attempt to %a+ ", "^bad argument #%d+ to ", "^table index is nil", "^invalid key to ",
   "^loop in gettable", "^loop in settable", "^invalid option", "^wrong number of arguments" }
 
-local function strip_position(err) return err:match("^[^\n]-%.lua:%d+: (.*)$") or err end
+-- (a path without colons: a name inside a message may itself look like "x.lua:7: ")
+local function strip_position(err) return err:match("^[^\n:]*%.lua:%d+: (.*)$") or err end
 
 local function classify(err)
   if type(err) ~= "string" or raised[err] or raised[strip_position(err)] then return end
