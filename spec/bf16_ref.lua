@@ -24,6 +24,15 @@ function R.bf16(v)
   return v < 0 and -r or r
 end
 
+-- the bf16 value an AVX512-BF16 dot product (vdpbf16ps, oneDNN's bf16 kernels)
+-- multiplies: R.bf16(v), with a subnormal result read as zero (the instruction
+-- treats denormal inputs as zero whatever MXCSR says)
+function R.bf16_daz(v)
+  local r = R.bf16(v)
+  if r ~= 0 and math.abs(r) < 2 ^ -126 then return 0 end
+  return r
+end
+
 -- a tensor's values as a Lua matrix (2-D) of doubles
 function R.mat(t)
   local v = t:to("float64"):totable()
