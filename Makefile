@@ -80,6 +80,10 @@ $(BUILD)/moelua: src/main.c $(BUILD)/libmoe.a $(HEADERS) Makefile | deps
 $(BUILD)/test_engine: spec/c/test_engine.c $(BUILD)/libmoe.a $(HEADERS) | deps
 	$(CC) $(CFLAGS) -o $@ spec/c/test_engine.c $(BUILD)/libmoe.a $(LDLIBS)
 
+# a C program that includes only src/core/moe.h (run on the CPU build and the emulator's)
+$(BUILD)/public_api: spec/c/public_api.c $(BUILD)/libmoe.a src/core/moe.h | deps
+	$(CC) $(CFLAGS) -o $@ spec/c/public_api.c $(BUILD)/libmoe.a $(LDLIBS)
+
 # the main job: a first model on the bundled census-income data
 run: all
 	$(BUILD)/moelua run models/mmoe_census.lua
@@ -90,8 +94,8 @@ run: all
 # FUZZ_TEST_LUA_ERRORS=log lists them instead).
 FUZZ_TEST_TIME ?= 30
 FUZZ_TEST_LUA_ERRORS ?= fail
-test: all $(BUILD)/test_engine
-	@$(MAKE) --no-print-directory BUILD=build-emu CUDA=emu OPT="-O1 -g" build-emu/moelua
+test: all $(BUILD)/test_engine $(BUILD)/public_api
+	@$(MAKE) --no-print-directory BUILD=build-emu CUDA=emu OPT="-O1 -g" build-emu/moelua build-emu/public_api
 	@if spec/fuzz/run.sh --can-build; then rm -f build-fuzz/*_fuzz; $(MAKE) --no-print-directory fuzz-build; \
 	  MOE_FUZZ_TIME=$(FUZZ_TEST_TIME) FUZZ_LUA_ERRORS=$(FUZZ_TEST_LUA_ERRORS) scripts/test.sh $(BUILD); \
 	  else echo "(clang with libFuzzer is not installed: no fuzzing; make fuzz-deps installs it)"; \
@@ -101,13 +105,13 @@ test: all $(BUILD)/test_engine
 asan-test: deps
 	@$(MAKE) --no-print-directory BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" \
 	  SAN="-fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=undefined,float-cast-overflow" \
-	  build-asan/moelua build-asan/moe/core.so build-asan/test_engine
+	  build-asan/moelua build-asan/moe/core.so build-asan/test_engine build-asan/public_api
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  MOELUA_ASAN=1 scripts/test.sh build-asan
 
 # the CUDA specs (and the rest) against the host emulator of src/cuda/emu
 emu-test: deps
-	@$(MAKE) --no-print-directory BUILD=build-emu CUDA=emu OPT="-O1 -g" build-emu/moelua build-emu/moe/core.so build-emu/test_engine
+	@$(MAKE) --no-print-directory BUILD=build-emu CUDA=emu OPT="-O1 -g" build-emu/moelua build-emu/moe/core.so build-emu/test_engine build-emu/public_api
 	@MOE_CUDA_EMU=1 scripts/test.sh build-emu
 
 # libFuzzer harnesses for the CSV reader and the checkpoint loader (spec/fuzz/README.md):

@@ -43,6 +43,13 @@ fi
 echo "== C checks ($build/test_engine)"
 run "C checks" "$build/test_engine"
 
+echo "== the public header alone ($build/public_api)"
+run "public API" "$build/public_api"
+if [ -z "${MOE_CUDA_EMU:-}" ] && [ -x "$root/build-emu/public_api" ]; then
+  echo "== the public header alone, on the emulator's device (build-emu/public_api)"
+  MOE_CUDA_EMU=1 run "public API on the emulator" "$root/build-emu/public_api"
+fi
+
 echo "== busted specs (interpreter: $build/moelua)"
 run "busted" "$build/moelua" /usr/bin/busted -o TAP spec
 

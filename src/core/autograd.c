@@ -302,7 +302,7 @@ int moe_backward(moe_tensor *root, const moe_tensor *grad, int retain_graph) {
     if (moe_numel(root) != 1)
       return moe_error("backward: a gradient is needed for a non-scalar output of shape %s; "
                        "call backward(grad) with a tensor of that shape", moe_shape_str(root, b1));
-    grad = ones = moe_full(root->ndim, root->shape, root->dtype, 1.0);
+    grad = ones = moe_full_on(root->device, root->ndim, root->shape, root->dtype, 1.0);
     if (!ones) return -1;
   } else if (grad->ndim != root->ndim ||
              memcmp(grad->shape, root->shape, sizeof(int64_t) * (size_t)root->ndim)) {

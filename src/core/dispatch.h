@@ -15,8 +15,7 @@
 #define MOE_K(name, dev, ...) moe_cpu_##name(__VA_ARGS__)
 #endif
 
-/* The device new tensors are allocated on (moe_empty and friends): the binding
- * sets it to the device of an op's tensor arguments for the length of the op,
- * and back to the CPU for everything else. */
-moe_device moe_set_alloc_device(moe_device d);  /* returns the previous one */
+/* 0 when every non-NULL tensor of ts is on one device; else -1 and an error
+ * naming op and both devices (src/core/tensor.c) */
+int moe_same_device(const char *op, int n, const moe_tensor *const *ts);
 #endif

@@ -67,19 +67,19 @@ static int topk_impl(const moe_tensor *t, int64_t k, int dim, int largest,
   int rc = -1;
   if (!p) return -1;
   if (wdt == t->dtype) x = moe_contiguous(p);
-  else if ((x = moe_empty(p->ndim, p->shape, wdt))) MOE_K(copy, x->device, x, p);
+  else if ((x = moe_empty_on(p->device, p->ndim, p->shape, wdt))) MOE_K(copy, x->device, x, p);
   if (!x) goto done;
   int64_t K = t->shape[dim], M = 1;
   for (int d = 0; d < t->ndim; d++) if (d != dim) M *= t->shape[d];
   int64_t on = M * K;
-  if (!(order = moe_empty(1, &on, MOE_I64))) goto done;
+  if (!(order = moe_empty_on(x->device, 1, &on, MOE_I64))) goto done;
   MOE_K(argsort_rows, x->device, x, M, K, largest != 0, (int64_t *)moe_data(order));
   /* outputs in [rest..., k] layout, then permuted back */
   int64_t oshape[MOE_MAX_DIMS];
   memcpy(oshape, x->shape, sizeof oshape);
   oshape[t->ndim - 1] = k;
-  vals = moe_empty(t->ndim, oshape, t->dtype);
-  idx = moe_empty(t->ndim, oshape, MOE_I64);
+  vals = moe_empty_on(t->device, t->ndim, oshape, t->dtype);
+  idx = moe_empty_on(t->device, t->ndim, oshape, MOE_I64);
   if (!vals || !idx) goto done;
   if (wdt != t->dtype) { /* bool was sorted as int32: take values from the original */
     moe_tensor_release(x);
@@ -111,6 +111,8 @@ done:
 static int check_index_shape(const char *op, const moe_tensor *t, int dim, const moe_tensor *index,
                              const moe_tensor *src) {
   char b1[160], b2[160], b3[160];
+  const moe_tensor *ts[3] = {t, index, src};
+  if (moe_same_device(op, 3, ts)) return -1;
   if (check_dim(op, t, dim)) return -1;
   if (index->ndim != t->ndim)
     return moe_error("%s: index of shape %s must have as many dims as the input of shape %s", op,
@@ -132,7 +134,7 @@ static moe_tensor *gather_impl(const moe_tensor *t, int dim, const moe_tensor *i
   if (check_index_shape("gather", t, dim, index, NULL)) return NULL;
   const int64_t *ix = checked_index("gather", index, t->shape[dim], ibase, &hold);
   if (!ix) return NULL;
-  moe_tensor *out = moe_empty(index->ndim, index->shape, t->dtype);
+  moe_tensor *out = moe_empty_on(t->device, index->ndim, index->shape, t->dtype);
   if (out) MOE_K(gather, out->device, out, t, dim, ix, index, ibase);
   moe_tensor_release(hold);
   return out;
@@ -171,13 +173,15 @@ static int check_vector_index(const char *op, const moe_tensor *index) {
 
 static moe_tensor *index_select_impl(const moe_tensor *t, int dim, const moe_tensor *index, int64_t ibase) {
   moe_tensor *hold;
+  const moe_tensor *ti[2] = {t, index};
+  if (moe_same_device("index_select", 2, ti)) return NULL;
   if (check_dim("index_select", t, dim) || check_vector_index("index_select", index)) return NULL;
   const int64_t *ix = checked_index("index_select", index, t->shape[dim], ibase, &hold);
   if (!ix) return NULL;
   int64_t n = moe_numel(index), shape[MOE_MAX_DIMS];
   memcpy(shape, t->shape, sizeof shape);
   shape[dim] = n;
-  moe_tensor *out = moe_empty(t->ndim, shape, t->dtype);
+  moe_tensor *out = moe_empty_on(t->device, t->ndim, shape, t->dtype);
   if (out) MOE_K(index_select, out->device, out, t, dim, ix, n, ibase);
   moe_tensor_release(hold);
   return out;
@@ -187,6 +191,8 @@ static moe_tensor *index_add_impl(const moe_tensor *t, int dim, const moe_tensor
                                   const moe_tensor *src, int64_t ibase, int inplace) {
   char b1[160], b2[160];
   moe_tensor *hold, *s = NULL, *out = NULL;
+  const moe_tensor *ts[3] = {t, index, src};
+  if (moe_same_device("index_add", 3, ts)) return NULL;
   if (check_dim("index_add", t, dim) || check_vector_index("index_add", index)) return NULL;
   int64_t n = moe_numel(index);
   int bad = src->ndim != t->ndim || src->shape[dim] != n;
@@ -290,7 +296,8 @@ static moe_tensor *cat_impl(int n, moe_tensor *const *ts, int dim) {
     shape[dim] += t->shape[dim];
     dt = moe_promote(dt, t->dtype);
   }
-  moe_tensor *out = moe_empty(ref->ndim, shape, dt);
+  if (moe_same_device("cat", n, (const moe_tensor *const *)ts)) return NULL;
+  moe_tensor *out = moe_empty_on(ref->device, ref->ndim, shape, dt);
   if (!out) return NULL;
   int64_t at = 0;
   for (int i = 0; i < n; i++) {
@@ -334,7 +341,9 @@ moe_tensor *moe_stack(int n, moe_tensor *const *ts, int dim) {
  * Index ops move gradients with their mirror op: gather <-> scatter_add,
  * index_select <-> index_add, cat -> narrow. */
 
-static moe_tensor *zeros_of(const moe_edge *e, moe_dtype dt) { return moe_full(e->ndim, e->shape, dt, 0.0); }
+static moe_tensor *zeros_of(const moe_edge *e, const moe_tensor *like) {
+  return moe_full_on(like->device, e->ndim, e->shape, like->dtype, 0.0);
+}
 
 typedef moe_tensor *(*add_into_fn)(const moe_tensor *, int, const moe_tensor *, const moe_tensor *, int64_t, int);
 typedef moe_tensor *(*pick_fn)(const moe_tensor *, int, const moe_tensor *, int64_t);
@@ -343,7 +352,7 @@ typedef moe_tensor *(*pick_fn)(const moe_tensor *, int, const moe_tensor *, int6
  * its mirror (scatter_add, index_add) */
 static int pick_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin, add_into_fn mirror) {
   const moe_tensor *ix = moe_node_saved(n, 0);
-  moe_tensor *z = ix ? zeros_of(&n->edges[0], g->dtype) : NULL;
+  moe_tensor *z = ix ? zeros_of(&n->edges[0], g) : NULL;
   if (!z) return -1;
   moe_tensor *r = mirror(z, (int)n->iarg[0], ix, g, n->iarg[1], 1);
   moe_tensor_release(z);

@@ -84,11 +84,17 @@ int64_t moe_live_tensors(void);
 int64_t moe_peak_bytes(int reset);
 /* frees the host blocks the allocator keeps for reuse; returns their bytes */
 size_t moe_empty_cache(void);
-/* t's values on device dev (src/core/tensor.c) */
+/* 1 when tensors can live on dev (the CPU always; CUDA with a device, or the emulator) */
+int moe_device_available(moe_device dev);
+/* t's values on device dev, a contiguous copy (a new ref to t when it is there) */
 moe_tensor *moe_to_device(const moe_tensor *t, moe_device dev);
 int moe_allocator_caches(void); /* 0 in sanitizer builds, which free every block at once */
+/* new tensors: moe_empty and moe_full on the host, the _on forms on dev;
+ * moe_empty_like on t's device. Ops put their outputs on their inputs' device. */
 moe_tensor *moe_empty(int ndim, const int64_t *shape, moe_dtype dt);
 moe_tensor *moe_full(int ndim, const int64_t *shape, moe_dtype dt, double value);
+moe_tensor *moe_empty_on(moe_device dev, int ndim, const int64_t *shape, moe_dtype dt);
+moe_tensor *moe_full_on(moe_device dev, int ndim, const int64_t *shape, moe_dtype dt, double value);
 moe_tensor *moe_empty_like(const moe_tensor *t);
 void moe_tensor_retain(moe_tensor *t);
 void moe_tensor_release(moe_tensor *t);

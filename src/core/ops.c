@@ -57,14 +57,21 @@ static int prepare_operands(const moe_tensor *a, const moe_tensor *b, moe_dtype 
   return 0;
 }
 
+static int host_scalar(const moe_tensor *t) { return t->ndim == 0 && t->storage->device != MOE_CUDA; }
+
 static moe_tensor *binary_impl(moe_binop op, const moe_tensor *a, const moe_tensor *b) {
   int ndim = 0;
   int64_t shape[MOE_MAX_DIMS];
+  /* a 0-dim host tensor (a Lua number's scalar, make_scalar below) joins an op
+   * on any device: the kernels read it from the host, as PyTorch allows */
+  const moe_tensor *ab[2] = {host_scalar(a) ? NULL : a, host_scalar(b) ? NULL : b};
+  if (moe_same_device(binop_names[op], 2, ab)) return NULL;
+  moe_device dev = a->device == MOE_CUDA || b->device == MOE_CUDA ? MOE_CUDA : MOE_CPU;
   if (broadcast_shapes(binop_names[op], a, b, &ndim, shape)) return NULL;
   moe_dtype dt = compute_dtype(op, moe_promote(a->dtype, b->dtype));
   moe_tensor va, vb, *ca, *cb, *out = NULL;
   if (prepare_operands(a, b, dt, ndim, shape, &va, &vb, &ca, &cb) == 0) {
-    out = moe_empty(ndim, shape, is_compare(op) ? MOE_BOOL : dt);
+    out = moe_empty_on(dev, ndim, shape, is_compare(op) ? MOE_BOOL : dt);
     if (out) MOE_K(binary, out->device, op, out, &va, &vb);
   }
   moe_tensor_release(ca);
@@ -113,6 +120,8 @@ int moe_binary_(moe_binop op, moe_tensor *a, const moe_tensor *b) {
   char b1[160], b2[160];
   moe_tensor vb;
   if (moe_check_writable(binop_names[op], a)) return -1;
+  const moe_tensor *ab[2] = {a, host_scalar(b) ? NULL : b};
+  if (moe_same_device(binop_names[op], 2, ab)) return -1;
   if (b->requires_grad && moe_grad_enabled())
     return moe_error("%s_: the operand requires grad, and in-place ops are not recorded; use %s "
                      "(not in place)", binop_names[op], binop_names[op]);
@@ -161,6 +170,8 @@ static moe_tensor *unary_impl(moe_unop op, const moe_tensor *a, double p0, doubl
 static moe_tensor *where_impl(const moe_tensor *cond, const moe_tensor *a, const moe_tensor *b) {
   int n1 = 0, ndim = 0;
   int64_t s1[MOE_MAX_DIMS] = {0}, shape[MOE_MAX_DIMS];
+  const moe_tensor *cab[3] = {cond, a, b};
+  if (moe_same_device("where", 3, cab)) return NULL;
   if (broadcast_shapes("where", a, b, &n1, s1)) return NULL;
   moe_tensor ab = {.ndim = n1};
   memcpy(ab.shape, s1, sizeof s1);
@@ -170,7 +181,7 @@ static moe_tensor *where_impl(const moe_tensor *cond, const moe_tensor *a, const
   if (prepare_operands(a, b, dt, ndim, shape, &va, &vb, &ca, &cb) == 0 &&
       (cc = moe_to_dtype(cond, MOE_BOOL))) {
     moe_broadcast_to(cc, ndim, shape, &vc);
-    out = moe_empty(ndim, shape, dt);
+    out = moe_empty_on(cond->device, ndim, shape, dt);
     if (out) MOE_K(where, out->device, out, &vc, &va, &vb);
   }
   moe_tensor_release(ca);
@@ -195,7 +206,7 @@ static moe_tensor *rows_view(const moe_tensor *t, unsigned mask, moe_dtype dt, i
   if (!p) return NULL;
   moe_tensor *c = NULL;
   if (p->dtype == dt) c = moe_contiguous(p);
-  else if ((c = moe_empty(p->ndim, p->shape, dt))) MOE_K(copy, c->device, c, p);
+  else if ((c = moe_empty_on(p->device, p->ndim, p->shape, dt))) MOE_K(copy, c->device, c, p);
   moe_tensor_release(p);
   return c;
 }
@@ -251,16 +262,16 @@ static moe_tensor *reduce_impl(moe_redop op, const moe_tensor *t, unsigned dims,
     int64_t O = 1, N = 1;
     for (int d = 0; d < first; d++) O *= t->shape[d];
     for (int d = last + 1; d < t->ndim; d++) N *= t->shape[d];
-    moe_tensor *out = moe_empty(keepdim ? t->ndim : on, keepdim ? kshape : oshape, t->dtype);
+    moe_tensor *out = moe_empty_on(t->device, keepdim ? t->ndim : on, keepdim ? kshape : oshape, t->dtype);
     if (out) MOE_K(sum_middle, out->device, t, out, O, K0, N, op == MOE_RMEAN);
     return out;
   }
   moe_tensor *x = rows_view(t, dims, in_dt, &M, &K);
   if (!x) return NULL;
-  moe_tensor *out = moe_empty(keepdim ? t->ndim : on, keepdim ? kshape : oshape,
+  moe_tensor *out = moe_empty_on(t->device, keepdim ? t->ndim : on, keepdim ? kshape : oshape,
                               out_dt == MOE_BOOL || out_dt == MOE_I64 ? out_dt : in_dt);
   moe_tensor *idx = NULL;
-  if (out && indices) idx = moe_empty(out->ndim, out->shape, MOE_I64);
+  if (out && indices) idx = moe_empty_on(out->device, out->ndim, out->shape, MOE_I64);
   if (!out || (indices && !idx)) {
     moe_tensor_release(x); moe_tensor_release(out);
     return NULL;
@@ -371,6 +382,8 @@ int moe_matmul_out(moe_tensor *out, const moe_tensor *a, const moe_tensor *b) {
 
 static moe_tensor *matmul_impl(const moe_tensor *a0, const moe_tensor *b0, moe_precision prec) {
   char b1[160], b2[160];
+  const moe_tensor *ab[2] = {a0, b0};
+  if (moe_same_device("matmul", 2, ab)) return NULL;
   if (a0->ndim == 0 || b0->ndim == 0) {
     moe_error("matmul: both arguments need at least 1 dim, got shapes %s and %s",
               moe_shape_str(a0, b1), moe_shape_str(b0, b2));
@@ -409,7 +422,7 @@ static moe_tensor *matmul_impl(const moe_tensor *a0, const moe_tensor *b0, moe_p
               moe_shape_str(a0, b1), moe_shape_str(b0, b2));
     goto done;
   }
-  out = moe_empty(nb + 2, oshape, dt);
+  out = moe_empty_on(a0->device, nb + 2, oshape, dt);
   if (!out) goto done;
   if (matmul_out(out, a2, b2t, prec)) { moe_tensor_release(out); out = NULL; goto done; }
   /* drop the dims that 1-D operands added */
@@ -604,7 +617,7 @@ static int unary_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
   const moe_tensor *x = moe_node_saved(n, 0), *y = moe_node_saved(n, 1);
   if (!x || !y) return -1;
   moe_tensor *xc = moe_to_dtype(x, y->dtype);
-  moe_tensor *gx = xc ? moe_empty(y->ndim, y->shape, y->dtype) : NULL;
+  moe_tensor *gx = xc ? moe_empty_on(y->device, y->ndim, y->shape, y->dtype) : NULL;
   if (gx) MOE_K(unary_backward, gx->device, (moe_unop)n->iarg[0], gx, g, xc, y, n->darg[0], n->darg[1]);
   moe_tensor_release(xc);
   return (gin[0] = gx) ? 0 : -1;
@@ -630,7 +643,7 @@ moe_tensor *moe_unary(moe_unop op, const moe_tensor *a, double p0, double p1) {
 static int where_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
   const moe_tensor *c = moe_node_saved(n, 0);
   if (!c) return -1;
-  moe_tensor *z = moe_full(0, NULL, g->dtype, 0.0);
+  moe_tensor *z = moe_full_on(g->device, 0, NULL, g->dtype, 0.0);
   if (!z) return -1;
   int rc = 0;
   if (moe_node_needs(n, 1) && !(gin[1] = moe_where(c, g, z))) rc = -1;
@@ -677,7 +690,7 @@ static int reduce_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
     break;
   case MOE_RPROD: { /* out/x where x != 0; where x == 0, the product of the others */
     TRY(t[0] = moe_binary_scalar(MOE_EQ, x, 0, 0));
-    TRY(t[1] = moe_full(0, NULL, x->dtype, 1.0));
+    TRY(t[1] = moe_full_on(x->device, 0, NULL, x->dtype, 1.0));
     TRY(t[2] = moe_where(t[0], t[1], x));                              /* zeros -> 1 */
     TRY(t[3] = moe_reduce(MOE_RPROD, t[2], dims, 1, 0, NULL, 0));      /* product of nonzeros */
     TRY(t[4] = as_float_of(moe_reduce(MOE_RSUM, t[0], dims, 1, 0, NULL, 0), x->dtype));

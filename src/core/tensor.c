@@ -317,13 +317,6 @@ static void set_contiguous_strides(moe_tensor *t) {
 
 /* ---------------------------------------------------------------- devices */
 
-static moe_device alloc_device = MOE_CPU;
-moe_device moe_set_alloc_device(moe_device d) {
-  moe_device old = alloc_device;
-  alloc_device = d;
-  return old;
-}
-
 /* a host header over nbytes of device memory (block_bytes: what the cache gave) */
 static moe_storage *device_storage_new(size_t nbytes) {
   moe_storage *s = calloc(1, sizeof *s);
@@ -341,11 +334,14 @@ static moe_storage *device_storage_new(size_t nbytes) {
   return s;
 }
 
-moe_tensor *moe_empty(int ndim, const int64_t *shape, moe_dtype dt) {
+/* An op's outputs go on its inputs' device: every op allocates with the
+ * device of a tensor it was given (moe_empty_like, or moe_empty_on with
+ * t->device). moe_empty and moe_full make host tensors. */
+moe_tensor *moe_empty_on(moe_device dev, int ndim, const int64_t *shape, moe_dtype dt) {
   int64_t n = 0;
   if (check_shape("empty", ndim, shape, &n)) return NULL;
-  moe_storage *s = alloc_device == MOE_CUDA ? device_storage_new((size_t)n * moe_dtype_size(dt))
-                                            : storage_new((size_t)n * moe_dtype_size(dt));
+  moe_storage *s = dev == MOE_CUDA ? device_storage_new((size_t)n * moe_dtype_size(dt))
+                                   : storage_new((size_t)n * moe_dtype_size(dt));
   if (!s) return NULL;
   moe_tensor *t = tensor_alloc();
   if (!t) { storage_release(s); return NULL; }
@@ -358,7 +354,23 @@ moe_tensor *moe_empty(int ndim, const int64_t *shape, moe_dtype dt) {
   return t;
 }
 
-moe_tensor *moe_empty_like(const moe_tensor *t) { return moe_empty(t->ndim, t->shape, t->dtype); }
+moe_tensor *moe_empty(int ndim, const int64_t *shape, moe_dtype dt) { return moe_empty_on(MOE_CPU, ndim, shape, dt); }
+
+moe_tensor *moe_empty_like(const moe_tensor *t) { return moe_empty_on(t->device, t->ndim, t->shape, t->dtype); }
+
+int moe_device_available(moe_device dev) { return dev == MOE_CPU || (dev == MOE_CUDA && moe_cuda_device_count() > 0); }
+
+int moe_same_device(const char *op, int n, const moe_tensor *const *ts) {
+  const moe_tensor *first = NULL;
+  for (int i = 0; i < n; i++) {
+    if (!ts[i]) continue;
+    if (!first) first = ts[i];
+    else if (ts[i]->device != first->device)
+      return moe_error("%s: a tensor on %s and a tensor on %s; move one of them with :cuda() or :cpu()", op,
+                       first->device == MOE_CUDA ? "cuda" : "cpu", ts[i]->device == MOE_CUDA ? "cuda" : "cpu");
+  }
+  return 0;
+}
 
 /* t's values on the device dev (a contiguous copy; t itself when already
  * there). Moves are not recorded by autograd yet: a tensor that requires grad
@@ -378,11 +390,8 @@ moe_tensor *moe_to_device(const moe_tensor *t, moe_device dev) {
   int64_t n = moe_numel(t);
   /* a contiguous copy on t's own device first, then one transfer */
   int prev = moe_set_grad_enabled(0);
-  moe_device pd = moe_set_alloc_device(t->device);
   moe_tensor *src = moe_contiguous(t);
-  moe_set_alloc_device(dev);
-  moe_tensor *out = src ? moe_empty(t->ndim, t->shape, t->dtype) : NULL;
-  moe_set_alloc_device(pd);
+  moe_tensor *out = src ? moe_empty_on(dev, t->ndim, t->shape, t->dtype) : NULL;
   moe_set_grad_enabled(prev);
   if (out && n && moe_cuda_memcpy(moe_data(out), moe_data(src), (size_t)n * es, dev == MOE_CUDA ? 0 : 1)) {
     moe_error("%s: %s", dev == MOE_CUDA ? "cuda" : "cpu", moe_cuda_last_error());
@@ -394,7 +403,11 @@ moe_tensor *moe_to_device(const moe_tensor *t, moe_device dev) {
 }
 
 moe_tensor *moe_full(int ndim, const int64_t *shape, moe_dtype dt, double value) {
-  moe_tensor *t = moe_empty(ndim, shape, dt);
+  return moe_full_on(MOE_CPU, ndim, shape, dt, value);
+}
+
+moe_tensor *moe_full_on(moe_device dev, int ndim, const int64_t *shape, moe_dtype dt, double value) {
+  moe_tensor *t = moe_empty_on(dev, ndim, shape, dt);
   if (!t) return NULL;
   if (value == 0.0 && !signbit(value)) {
     if (t->device == MOE_CUDA) {
@@ -468,9 +481,7 @@ void moe_set(moe_tensor *t, const int64_t *idx, double v) {
 }
 
 moe_tensor *moe_from_doubles(int ndim, const int64_t *shape, moe_dtype dt, const double *v) {
-  moe_device pd = moe_set_alloc_device(MOE_CPU); /* filled from host memory: on the host */
-  moe_tensor *t = moe_empty(ndim, shape, dt);
-  moe_set_alloc_device(pd);
+  moe_tensor *t = moe_empty(ndim, shape, dt); /* filled from host memory: on the host */
   if (!t) return NULL;
   moe_tensor src = {0};
   moe_storage st = {.data = (void *)v, .nbytes = 0, .refcount = 1};
@@ -737,7 +748,7 @@ static moe_tensor *clone_impl(const moe_tensor *t) {
 
 static moe_tensor *to_dtype_impl(const moe_tensor *t, moe_dtype dt) {
   if (t->dtype == dt) { moe_tensor_retain((moe_tensor *)t); return (moe_tensor *)t; }
-  moe_tensor *c = moe_empty(t->ndim, t->shape, dt);
+  moe_tensor *c = moe_empty_on(t->device, t->ndim, t->shape, dt);
   if (c) MOE_K(copy, c->device, c, t);
   return c;
 }
@@ -791,9 +802,7 @@ int moe_copy_(moe_tensor *dst, const moe_tensor *src) {
                      moe_shape_str(src, b1), moe_shape_str(dst, b2));
   /* overlapping storage, or another device: through a temporary on dst's device */
   if (src->storage == dst->storage || src->device != dst->device) {
-    moe_device pd = moe_set_alloc_device(src->device);
     moe_tensor *tmp = src->device != dst->device ? moe_to_device(&b, dst->device) : moe_clone(&b);
-    moe_set_alloc_device(pd);
     if (!tmp) return -1;
     moe_tensor bt;
     moe_broadcast_to(tmp, dst->ndim, dst->shape, &bt);
@@ -844,7 +853,7 @@ static int permute_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) 
 /* narrow(dim, start, len) and select(dim, index): g scattered into zeros [in shape] */
 static int slice_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
   const moe_edge *e = &n->edges[0];
-  moe_tensor *z = moe_full(e->ndim, e->shape, g->dtype, 0.0);
+  moe_tensor *z = moe_full_on(g->device, e->ndim, e->shape, g->dtype, 0.0);
   if (!z) return -1;
   int dim = (int)n->iarg[0];
   moe_tensor *part = n->iarg[2] < 0 ? moe_select(z, dim, n->iarg[1])

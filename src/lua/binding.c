@@ -145,9 +145,9 @@ static moe_tensor *check_tensor_any(lua_State *L, int idx, const char *op) {
 
 /* ---- the device of an op
  * Every function of this module runs through `tramp` (below), which resets
- * op_dev before the call. The first tensor argument fixes the op's device and
- * the engine allocates the op's outputs there (moe_set_alloc_device); a later
- * argument on another device is an error. After the call, a CUDA kernel's
+ * op_dev before the call. The first tensor argument fixes the op's device (the
+ * engine puts the op's outputs on its inputs' device); a later argument on
+ * another device is an error. After the call, a CUDA kernel's
  * failure is raised, named by its op. */
 static int op_dev = -1;
 
@@ -155,10 +155,7 @@ static const char *dev_name(int d) { return d == MOE_CUDA ? "cuda" : "cpu"; }
 
 /* t joins the op: the first tensor fixes the op's device; 0 if t is on it */
 static int join_device(const moe_tensor *t) {
-  if (op_dev < 0) {
-    op_dev = t->device;
-    moe_set_alloc_device(t->device);
-  }
+  if (op_dev < 0) op_dev = t->device;
   return (int)t->device == op_dev ? 0 : -1;
 }
 
@@ -1334,7 +1331,6 @@ static int l_optim_step(lua_State *L) {
   lua_pop(L, 1);
   /* strided gradients (set by hand) go in as contiguous copies */
   int rc = 0;
-  if (n) moe_set_alloc_device(P[0]->device);
   for (int i = 0; i < n && !rc; i++) {
     G[i] = moe_contiguous(P[i]->grad);
     if (!G[i]) { for (int j = 0; j < i; j++) moe_tensor_release(G[j]); return raise_engine(L); }
@@ -1586,9 +1582,7 @@ static int l_shuffled_range(lua_State *L) {
   uint64_t st = (half[0] << 32) | half[1];
   if (st == 0) st = 1;
   int64_t shape[1] = {n};
-  moe_device pd = moe_set_alloc_device(MOE_CPU);
   moe_tensor *t = moe_empty(1, shape, MOE_I64);
-  moe_set_alloc_device(pd);
   if (!t) return raise_engine(L);
   int64_t *p = (int64_t *)moe_data(t);
   for (int64_t i = 0; i < n; i++) p[i] = i + 1;
@@ -2018,10 +2012,8 @@ static int tramp(lua_State *L) {
   const char *prev_op = cur_op;
   cur_op = lua_tostring(L, lua_upvalueindex(3));
   op_dev = -1;
-  moe_set_alloc_device(MOE_CPU);
   int r = f(L);
   cur_op = prev_op;
-  moe_set_alloc_device(MOE_CPU);
   if (op_dev == MOE_CUDA) {
     char msg[320];
     if (moe_cuda_take_error(msg, sizeof msg)) return luaL_error(L, "%s", msg);

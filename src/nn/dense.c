@@ -25,7 +25,7 @@ static int linear_backward(moe_node *n, const moe_tensor *g0, moe_tensor **gin) 
   if (n->iarg[0] >= 0) { /* through the activation, from the saved output */
     const moe_tensor *y = moe_node_saved(n, 2);
     moe_tensor *gc = y ? moe_contiguous(g0) : NULL;
-    gz = gc ? moe_empty(y->ndim, y->shape, y->dtype) : NULL;
+    gz = gc ? moe_empty_on(y->device, y->ndim, y->shape, y->dtype) : NULL;
     if (gz) MOE_K(unary_backward, gz->device, (moe_unop)n->iarg[0], gz, gc, y, y, 0, 0);
     moe_tensor_release(gc);
     if (!gz) return -1;
@@ -89,7 +89,7 @@ moe_tensor *moe_linear(const moe_tensor *x, const moe_tensor *w, const moe_tenso
   int64_t oshape[MOE_MAX_DIMS];
   memcpy(oshape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
   oshape[x->ndim - 1] = N;
-  moe_tensor *y = x2 && (!b || bc) ? moe_empty(x->ndim, oshape, x->dtype) : NULL;
+  moe_tensor *y = x2 && (!b || bc) ? moe_empty_on(x->device, x->ndim, oshape, x->dtype) : NULL;
   if (y) {
     char *yd = moe_data(y);
     /* y as [M,N] starts as the bias rows (a broadcast copy) or zeros */

@@ -67,7 +67,7 @@ void moe_cpu_bce_backward(moe_tensor *gp, const moe_tensor *g, const moe_tensor 
 static int bce_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
   const moe_tensor *y = moe_node_saved(n, 0), *pr = moe_node_saved(n, 1);
   if (!y || !pr) return -1;
-  moe_tensor *gp = moe_empty(pr->ndim, pr->shape, pr->dtype);
+  moe_tensor *gp = moe_empty_on(pr->device, pr->ndim, pr->shape, pr->dtype);
   if (!gp) return -1;
   MOE_K(bce_backward, gp->device, gp, g, y, pr, (int)n->iarg[0]);
   gin[1] = gp;
@@ -82,11 +82,13 @@ moe_tensor *moe_bce(const moe_tensor *y, const moe_tensor *p, int from_logits) {
               moe_shape_str(y, b1), moe_dtype_name(y->dtype), moe_shape_str(p, b2), moe_dtype_name(p->dtype));
     return NULL;
   }
+  const moe_tensor *yp[2] = {y, p};
+  if (moe_same_device("binary_crossentropy", 2, yp)) return NULL;
   if (y->requires_grad && moe_grad_enabled()) {
     moe_error("binary_crossentropy: the fused op gives no gradient to y_true (it requires grad)");
     return NULL;
   }
-  moe_tensor *l = moe_empty(p->ndim, p->shape, p->dtype);
+  moe_tensor *l = moe_empty_on(p->device, p->ndim, p->shape, p->dtype);
   if (!l) return NULL;
   MOE_K(bce, l->device, l, y, p, from_logits);
   const moe_tensor *ins[2] = {y, p};

@@ -68,17 +68,17 @@ static int mixture_backward(moe_node *n, const moe_tensor *go, moe_tensor **gin)
     if (dense && B * U * E > 0) {
       int64_t pshape[3];
       for (int i = 0; i < 3; i++) pshape[i] = h->shape[order[i]];
-      moe_tensor *base = moe_empty(3, pshape, h->dtype);
+      moe_tensor *base = moe_empty_on(h->device, 3, pshape, h->dtype);
       int inv[3];
       for (int i = 0; i < 3; i++) inv[order[i]] = i;
       gh = base ? moe_permute(base, inv) : NULL;
       moe_tensor_release(base);
       if (gh) memcpy(ghs, gh->stride, sizeof ghs);
     } else {
-      gh = moe_empty(3, h->shape, h->dtype);
+      gh = moe_empty_on(h->device, 3, h->shape, h->dtype);
     }
   }
-  moe_tensor *gg = moe_node_needs(n, 1) ? moe_empty(2, g->shape, g->dtype) : NULL;
+  moe_tensor *gg = moe_node_needs(n, 1) ? moe_empty_on(g->device, 2, g->shape, g->dtype) : NULL;
   if ((moe_node_needs(n, 0) && !gh) || (moe_node_needs(n, 1) && !gg)) {
     moe_tensor_release(gh);
     moe_tensor_release(gg);
@@ -102,7 +102,7 @@ moe_tensor *moe_mixture(const moe_tensor *h, const moe_tensor *g) {
   int64_t B = h->shape[0], U = h->shape[1], E = h->shape[2];
   const int64_t *hs = h->stride, *gs = g->stride;
   int64_t oshape[2] = {B, U};
-  moe_tensor *out = moe_empty(2, oshape, h->dtype);
+  moe_tensor *out = moe_empty_on(h->device, 2, oshape, h->dtype);
   if (!out) return NULL;
   if (h->dtype == MOE_F32) MIX_FWD(float);
   else MIX_FWD(double);
@@ -220,8 +220,8 @@ static int gate_scale_backward(moe_node *n, const moe_tensor *go, moe_tensor **g
   int relu = (int)n->iarg[0], append = (int)n->iarg[1];
   int64_t B = h->shape[0], E = g->shape[1], U = h->shape[1] / E, W = E * U + (append ? E : 0);
   moe_tensor *goc = moe_contiguous(go);
-  moe_tensor *gh = goc && moe_node_needs(n, 0) ? moe_empty(2, h->shape, h->dtype) : NULL;
-  moe_tensor *gg = goc && moe_node_needs(n, 1) ? moe_empty(2, g->shape, g->dtype) : NULL;
+  moe_tensor *gh = goc && moe_node_needs(n, 0) ? moe_empty_on(h->device, 2, h->shape, h->dtype) : NULL;
+  moe_tensor *gg = goc && moe_node_needs(n, 1) ? moe_empty_on(g->device, 2, g->shape, g->dtype) : NULL;
   if (!goc || (moe_node_needs(n, 0) && !gh) || (moe_node_needs(n, 1) && !gg)) {
     moe_tensor_release(goc);
     moe_tensor_release(gh);
@@ -251,7 +251,7 @@ moe_tensor *moe_gate_scale(const moe_tensor *h, const moe_tensor *g, int relu, i
   moe_tensor *hc = moe_contiguous(h), *gc = hc ? moe_contiguous(g) : NULL;
   moe_set_grad_enabled(prev);
   int64_t oshape[2] = {B, W};
-  moe_tensor *out = gc ? moe_empty(2, oshape, h->dtype) : NULL;
+  moe_tensor *out = gc ? moe_empty_on(h->device, 2, oshape, h->dtype) : NULL;
   if (out) {
     gs_job j = {.B = B, .E = E, .U = U, .W = W, .relu = relu, .append = append, .dt = h->dtype,
                 .h = moe_data(hc), .g = moe_data(gc), .out = moe_data(out)};

@@ -190,9 +190,9 @@ static int grouped_backward(moe_node *n, const moe_tensor *g0, moe_tensor **gin)
   int64_t E = w->shape[0], K = w->shape[1], N = w->shape[2];
   const int64_t *counts = (const int64_t *)moe_data(cn);
   int64_t bshape[2] = {E, N};
-  moe_tensor *gx = moe_node_needs(n, 0) ? moe_empty(2, x->shape, x->dtype) : NULL;
-  moe_tensor *gw = moe_node_needs(n, 1) ? moe_empty(3, w->shape, w->dtype) : NULL; /* each slice written below */
-  moe_tensor *gb = n->nin > 2 && moe_node_needs(n, 2) ? moe_full(2, bshape, w->dtype, 0.0) : NULL;
+  moe_tensor *gx = moe_node_needs(n, 0) ? moe_empty_on(x->device, 2, x->shape, x->dtype) : NULL;
+  moe_tensor *gw = moe_node_needs(n, 1) ? moe_empty_on(w->device, 3, w->shape, w->dtype) : NULL; /* each slice written below */
+  moe_tensor *gb = n->nin > 2 && moe_node_needs(n, 2) ? moe_full_on(w->device, 2, bshape, w->dtype, 0.0) : NULL;
   int64_t *offs = malloc(sizeof(int64_t) * (size_t)(E ? E : 1));
   if ((moe_node_needs(n, 0) && !gx) || (moe_node_needs(n, 1) && !gw) ||
       (n->nin > 2 && moe_node_needs(n, 2) && !gb) || !offs) {
@@ -245,7 +245,7 @@ moe_tensor *moe_grouped_matmul(const moe_tensor *x0, const moe_tensor *w0, const
   moe_tensor *b = w && b0 ? moe_contiguous(b0) : NULL;
   moe_set_grad_enabled(prev);
   int64_t oshape[2] = {total, N};
-  moe_tensor *y = w && (!b0 || b) ? moe_empty(2, oshape, x0->dtype) : NULL;
+  moe_tensor *y = w && (!b0 || b) ? moe_empty_on(x0->device, 2, oshape, x0->dtype) : NULL;
   int64_t *offs = y ? malloc(sizeof(int64_t) * (size_t)(E ? E : 1)) : NULL;
   if (y && !offs) {
     moe_error("grouped_matmul: out of memory");
