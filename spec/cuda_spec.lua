@@ -61,7 +61,7 @@ describe("moe.cuda with a device", function()
   it("ops without a CUDA kernel say so; a model moves its weights and back", function()
     if not need_device() then return end
     local h, g = moe.randn(2, 3, 4):cuda(), moe.randn(2, 4):cuda()
-    assert.matches("mixture: argument #1 is a CUDA tensor, and this op has no CUDA kernel yet", H.error_of(moe.mixture, h, g))
+    assert.matches("mixture: not on this backend %(cuda%): its kernel .mixture. has no CUDA version yet", H.error_of(moe.mixture, h, g))
     local m = moe.Sequential { nn.Dense { units = 2 }, input_shape = { 3 } }
     local w = m:get_weights()
     m:cuda()
@@ -295,5 +295,17 @@ describe("moe.cuda with a device", function()
     os.remove(path)
     close(ref:detach(), back:forward(x):detach():cuda(), 1e-5)
     assert.equal("cpu", back:parameters()[1]:device())
+  end)
+
+  it("an op without a CUDA kernel is a clean error naming it, not a host loop over device memory", function()
+    if not need_device() then return end
+    local x = moe.randn(3, 4):cuda()
+    x:requires_grad_()
+    assert.matches("cumprod backward: not on this backend %(cuda%)", H.error_of(function() x:cumprod(2):sum():backward() end))
+    local w = moe.randn(3):cuda()
+    w:requires_grad_()
+    w.grad = moe.ones(3):cuda()
+    assert.matches("SGD.step: not on this backend %(cuda%)", H.error_of(function() moe.optim.SGD { lr = 0.1 }:step { w } end))
+    assert.same({ 1, 1, 1 }, (w.grad:cpu() * 1):totable()) -- nothing was written
   end)
 end)

@@ -18,7 +18,8 @@
 -- cumsum, matmul (cuBLAS), linear, binary cross-entropy, sort/topk, gather,
 -- scatter_add, index_select, index_add, cat/stack, where, and autograd through
 -- them. The rest (mixture, gate_scale, route_plan, grouped_matmul, bincount,
--- the fused optimizers) say "has no CUDA kernel yet".
+-- ROC-AUC, cumprod's backward, the fused optimizers) say "not on this backend
+-- (cuda)", from the engine's kernel table (src/core/dispatch.h).
 local moe = require "moe"
 local core = moe.core
 

@@ -21,3 +21,28 @@ int moe_cuda_set_precision(int p) { (void)p; return 0; }
 int moe_cuda_get_precision(void) { return 0; }
 const char *moe_cuda_last_error(void) { return "moelua was built without the CUDA backend (no nvcc at build time)"; }
 #endif
+
+/* ---------------------------------------------------------------- the backends' kernels */
+#include "dispatch.h"
+#include "moe.h"
+
+static const struct { const char *name; int cuda; } kernels[MOE_NKERNELS] = {
+#define MOE_KERNEL_ROW(n, c) {#n, c},
+    MOE_KERNELS(MOE_KERNEL_ROW)
+#undef MOE_KERNEL_ROW
+};
+
+int moe_backend_supports(moe_device dev, moe_kernel k) {
+  if (k < 0 || k >= MOE_NKERNELS) return 0;
+  if (dev == MOE_CPU) return 1;
+  return dev == MOE_CUDA && moe_cuda_built() && kernels[k].cuda;
+}
+
+int moe_backend_require(const char *op, moe_device dev, moe_kernel k) {
+  if (moe_backend_supports(dev, k)) return 0;
+  return moe_error("%s: not on this backend (%s): its kernel '%s' has no %s version yet; move the tensors "
+                   "with :cpu() to run it there", op, dev == MOE_CUDA ? "cuda" : "cpu", moe_kernel_name(k),
+                   dev == MOE_CUDA ? "CUDA" : "CPU");
+}
+
+const char *moe_kernel_name(moe_kernel k) { return k >= 0 && k < MOE_NKERNELS ? kernels[k].name : "?"; }

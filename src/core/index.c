@@ -228,6 +228,8 @@ done:
 moe_tensor *moe_bincount(const moe_tensor *t, const moe_tensor *weights, int64_t minlength,
                          int64_t ibase) {
   char b1[160], b2[160];
+  const moe_tensor *tw[2] = {t, weights};
+  if (moe_same_device("bincount", 2, tw) || moe_backend_require("bincount", t->device, MOE_KERNEL_bincount)) return NULL;
   if (t->ndim != 1) { moe_error("bincount: input must be 1-D, got shape %s", moe_shape_str(t, b1)); return NULL; }
   if (t->dtype != MOE_I32 && t->dtype != MOE_I64) {
     moe_error("bincount: input must be an int32 or int64 tensor, got %s", moe_dtype_name(t->dtype));

@@ -765,29 +765,6 @@ moe_tensor *moe_reduce(moe_redop op, const moe_tensor *t, unsigned dims, int kee
   return moe_ag_attach(out, n);
 }
 
-/* cumprod backward for rows x, y, g, gx [M,K] contiguous float64:
- * gx_i = sum_{j>=i} g_j prod_{k<=j, k!=i} x_k (exact with zeros) */
-static void cumprod_backward_rows(const double *x, const double *y, const double *g, double *gx,
-                                  int64_t M, int64_t K) {
-  for (int64_t m = 0; m < M; m++, x += K, y += K, g += K, gx += K) {
-    int zero = 0;
-    for (int64_t k = 0; k < K; k++) zero |= x[k] == 0;
-    if (!zero) { /* sum_{j>=i} g_j y_j / x_i */
-      double acc = 0;
-      for (int64_t i = K - 1; i >= 0; i--) { acc += g[i] * y[i]; gx[i] = acc / x[i]; }
-      continue;
-    }
-    for (int64_t i = 0; i < K; i++) {
-      double pre = i ? y[i - 1] : 1, acc = 0, run = pre;
-      for (int64_t j = i; j < K; j++) {
-        if (j > i) run *= x[j];
-        acc += g[j] * run;
-      }
-      gx[i] = acc;
-    }
-  }
-}
-
 static int scan_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
   moe_scanop op = (moe_scanop)n->iarg[0];
   int dim = (int)n->iarg[1];
@@ -815,6 +792,7 @@ static int scan_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
     TRY(gin[0] = moe_binary(MOE_ADD, t[2], g));
     break;
   case MOE_CUMPROD: {
+    if (moe_backend_require("cumprod backward", g->device, MOE_KERNEL_cumprod_backward)) goto fail;
     int last = x->ndim - 1;
     moe_tensor *r[4] = {0};
     const moe_tensor *src[3] = {x, y, g};
@@ -830,8 +808,8 @@ static int scan_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
     if (ok) ok = (r[3] = moe_empty_like(r[0])) != NULL;
     if (ok) {
       int64_t K = x->ndim ? x->shape[dim] : 1, M = K ? moe_numel(x) / K : 0;
-      cumprod_backward_rows((double *)moe_data(r[0]), (double *)moe_data(r[1]),
-                            (double *)moe_data(r[2]), (double *)moe_data(r[3]), M, K);
+      MOE_KH(cumprod_backward, g->device, (const double *)moe_data(r[0]), (const double *)moe_data(r[1]),
+             (const double *)moe_data(r[2]), (double *)moe_data(r[3]), M, K);
       gin[0] = moe_transpose(r[3], dim, last);
       ok = gin[0] != NULL;
     }

@@ -51,6 +51,9 @@ void moe_cpu_reduce_rows(moe_redop op, const moe_tensor *x, moe_tensor *out, moe
 void moe_cpu_sum_middle(const moe_tensor *x, moe_tensor *out, int64_t O, int64_t K, int64_t N, int mean);
 /* rows: x, out contiguous [M,K] float (cumsum: any numeric) */
 void moe_cpu_scan_rows(moe_scanop op, const moe_tensor *x, moe_tensor *out, int64_t M, int64_t K);
+/* cumprod's gradient over rows [M,K] of contiguous float64 x, y = cumprod(x), g; into gx */
+void moe_cpu_cumprod_backward(const double *x, const double *y, const double *g, double *gx, int64_t M,
+                              int64_t K);
 
 /* C[b] = A[b] @ B[b]: float32/float64, batch strides in elements (0 = broadcast) */
 void moe_cpu_gemm_batched(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t K,

@@ -195,3 +195,26 @@ void moe_cpu_sum_middle(const moe_tensor *xt, moe_tensor *out, int64_t O, int64_
   }
   free(acc);
 }
+
+/* cumprod backward for rows x, y, g, gx [M,K] contiguous float64:
+ * gx_i = sum_{j>=i} g_j prod_{k<=j, k!=i} x_k (exact with zeros) */
+void moe_cpu_cumprod_backward(const double *x, const double *y, const double *g, double *gx, int64_t M,
+                              int64_t K) {
+  for (int64_t m = 0; m < M; m++, x += K, y += K, g += K, gx += K) {
+    int zero = 0;
+    for (int64_t k = 0; k < K; k++) zero |= x[k] == 0;
+    if (!zero) { /* sum_{j>=i} g_j y_j / x_i */
+      double acc = 0;
+      for (int64_t i = K - 1; i >= 0; i--) { acc += g[i] * y[i]; gx[i] = acc / x[i]; }
+      continue;
+    }
+    for (int64_t i = 0; i < K; i++) {
+      double pre = i ? y[i - 1] : 1, acc = 0, run = pre;
+      for (int64_t j = i; j < K; j++) {
+        if (j > i) run *= x[j];
+        acc += g[j] * run;
+      }
+      gx[i] = acc;
+    }
+  }
+}

@@ -1181,17 +1181,17 @@ static int l_index_select(lua_State *L) {
 }
 
 static int l_bincount(lua_State *L) {
-  moe_tensor *t = check_host(L, 1, "bincount");
+  moe_tensor *t = check_tensor(L, 1, "bincount");
   moe_tensor *w = NULL;
   int64_t minlength = 0;
   if (lua_istable(L, 2) && !moe_lua_totensor(L, 2)) {
     lua_getfield(L, 2, "weights");
-    if (!lua_isnil(L, -1)) w = check_host(L, -1, "bincount");
+    if (!lua_isnil(L, -1)) w = check_tensor(L, -1, "bincount");
     lua_getfield(L, 2, "minlength");
     if (!lua_isnil(L, -1)) minlength = check_int(L, -1, "bincount", "minlength");
     lua_pop(L, 2);
   } else {
-    if (!lua_isnoneornil(L, 2)) w = check_host(L, 2, "bincount");
+    if (!lua_isnoneornil(L, 2)) w = check_tensor(L, 2, "bincount");
     if (!lua_isnoneornil(L, 3)) minlength = check_int(L, 3, "bincount", "minlength");
   }
   return moe_lua_push(L, moe_bincount(t, w, minlength, IBASE));
@@ -1314,10 +1314,6 @@ static int l_optim_step(lua_State *L) {
     if (steps[i] < 1) return luaL_error(L, "optim_step: step counts start at 1");
     if (!P[i]) return luaL_error(L, "optim_step: entry %d is not a tensor", i + 1);
     if (!P[i]->grad) return luaL_error(L, "optim_step: parameter %d has no gradient", i + 1);
-    if ((int)P[i]->device != (int)P[0]->device || P[i]->grad->device != P[i]->device ||
-        (S1[i] && S1[i]->device != P[i]->device) || (S2[i] && S2[i]->device != P[i]->device))
-      return luaL_error(L, "optim_step: parameter %d, its gradient and its state must be on the device of "
-                           "parameter 1 (%s)", i + 1, dev_name(P[0]->device));
   }
   moe_optim_hparams h = {
       .lr = opt_num(L, 6, "lr", 1e-3), .weight_decay = opt_num(L, 6, "weight_decay", 0),
@@ -1355,6 +1351,23 @@ static int l_cuda(lua_State *L) { return moe_lua_push(L, moe_to_device(check_ten
 static int l_cpu(lua_State *L) { return moe_lua_push(L, moe_to_device(check_tensor_any(L, 1, "cpu"), MOE_CPU)); }
 
 /* cuda_info() -> {built, device_count, devices = {names}, free, total, live, peak, cached} */
+/* backend_kernels() -> { {name =, cpu = true, cuda = bool}, ... }: the dispatch's
+ * kernel table (src/core/dispatch.h), in its order */
+static int l_backend_kernels(lua_State *L) {
+  lua_createtable(L, MOE_NKERNELS, 0);
+  for (int k = 0; k < MOE_NKERNELS; k++) {
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, moe_kernel_name((moe_kernel)k));
+    lua_setfield(L, -2, "name");
+    lua_pushboolean(L, moe_backend_supports(MOE_CPU, (moe_kernel)k));
+    lua_setfield(L, -2, "cpu");
+    lua_pushboolean(L, moe_backend_supports(MOE_CUDA, (moe_kernel)k));
+    lua_setfield(L, -2, "cuda");
+    lua_rawseti(L, -2, k + 1);
+  }
+  return 1;
+}
+
 static int l_cuda_info(lua_State *L) {
   int n = moe_cuda_device_count();
   lua_createtable(L, 0, 8);
@@ -1555,8 +1568,8 @@ static int l_bf16_choose(lua_State *L) {
 }
 
 static int l_roc_auc(lua_State *L) {
-  moe_tensor *y = check_host(L, 1, "roc_auc"), *sc = check_host(L, 2, "roc_auc");
-  moe_tensor *w = lua_isnoneornil(L, 3) ? NULL : check_host(L, 3, "roc_auc");
+  moe_tensor *y = check_tensor(L, 1, "roc_auc"), *sc = check_tensor(L, 2, "roc_auc");
+  moe_tensor *w = lua_isnoneornil(L, 3) ? NULL : check_tensor(L, 3, "roc_auc");
   double auc;
   if (moe_roc_auc(y, sc, w, &auc)) return raise_engine(L);
   lua_pushnumber(L, auc);
@@ -1912,13 +1925,13 @@ static int l_linear(lua_State *L) {
 
 /* mixture(h [B,U,E], g [B,E]) -> [B,U]: the gate-weighted sum of expert outputs */
 static int l_mixture(lua_State *L) {
-  moe_tensor *h = check_host(L, 1, "mixture"), *g = check_host(L, 2, "mixture");
+  moe_tensor *h = check_tensor(L, 1, "mixture"), *g = check_tensor(L, 2, "mixture");
   return moe_lua_push(L, moe_mixture(h, g));
 }
 
 /* gate_scale(h [B, E*U], g [B, E], {relu=bool, append_gate=bool}) */
 static int l_gate_scale(lua_State *L) {
-  moe_tensor *h = check_host(L, 1, "gate_scale"), *g = check_host(L, 2, "gate_scale");
+  moe_tensor *h = check_tensor(L, 1, "gate_scale"), *g = check_tensor(L, 2, "gate_scale");
   int relu = 0, append = 0;
   if (!lua_isnoneornil(L, 3)) {
     luaL_checktype(L, 3, LUA_TTABLE);
@@ -1933,9 +1946,9 @@ static int l_gate_scale(lua_State *L) {
 
 /* route_plan(expert_index [G,T,k], order|nil, valid|nil, E, capacity) -> token, expert, rank, counts */
 static int l_route_plan(lua_State *L) {
-  moe_tensor *ix = check_host(L, 1, "route_plan");
-  moe_tensor *od = lua_isnoneornil(L, 2) ? NULL : check_host(L, 2, "route_plan");
-  moe_tensor *vd = lua_isnoneornil(L, 3) ? NULL : check_host(L, 3, "route_plan");
+  moe_tensor *ix = check_tensor(L, 1, "route_plan");
+  moe_tensor *od = lua_isnoneornil(L, 2) ? NULL : check_tensor(L, 2, "route_plan");
+  moe_tensor *vd = lua_isnoneornil(L, 3) ? NULL : check_tensor(L, 3, "route_plan");
   int64_t E = check_int(L, 4, "route_plan", "number of experts");
   int64_t C = check_int(L, 5, "route_plan", "capacity");
   moe_tensor *t, *e, *r, *c;
@@ -1949,11 +1962,11 @@ static int l_route_plan(lua_State *L) {
 
 /* grouped_matmul(x [A,K], w [E,K,N], counts [E][, precision]) or (x, w, bias [E,N], counts[, precision]) */
 static int l_grouped_matmul(lua_State *L) {
-  moe_tensor *x = check_host(L, 1, "grouped_matmul"), *w = check_host(L, 2, "grouped_matmul");
+  moe_tensor *x = check_tensor(L, 1, "grouped_matmul"), *w = check_tensor(L, 2, "grouped_matmul");
   moe_tensor *b = NULL, *c;
   int pi = 4;
-  if (lua_isnoneornil(L, 4) || lua_type(L, 4) == LUA_TSTRING) c = check_host(L, 3, "grouped_matmul");
-  else { b = check_host(L, 3, "grouped_matmul"); c = check_host(L, 4, "grouped_matmul"); pi = 5; }
+  if (lua_isnoneornil(L, 4) || lua_type(L, 4) == LUA_TSTRING) c = check_tensor(L, 3, "grouped_matmul");
+  else { b = check_tensor(L, 3, "grouped_matmul"); c = check_tensor(L, 4, "grouped_matmul"); pi = 5; }
   moe_precision prec = opt_precision(L, pi, "grouped_matmul");
   return moe_lua_push(L, moe_grouped_matmul(x, w, b, c, prec));
 }
@@ -1987,7 +2000,7 @@ static const luaL_Reg funcs[] = {
     {"is_tensor", l_is_tensor}, {"live", l_live}, {"cat", l_cat}, {"stack", l_stack},
     {"set_grad_enabled", l_set_grad_enabled}, {"is_grad_enabled", l_is_grad_enabled},
     {"peak_bytes", l_peak_bytes}, {"empty_cache", l_empty_cache}, {"linear", l_linear}, {"bce", l_bce}, {"mixture", l_mixture}, {"gate_scale", l_gate_scale}, {"route_plan", l_route_plan}, {"grouped_matmul", l_grouped_matmul}, {"get_flat", l_get_flat}, {"set_flat", l_set_flat}, {"optim_step", l_optim_step},
-    {"st_save", l_st_save}, {"read_csv", l_read_csv}, {"roc_auc", l_roc_auc}, {"auc_acc", l_auc_acc}, {"gather_rows", l_gather_rows}, {"shuffled_range", l_shuffled_range}, {"cuda_info", l_cuda_info}, {"cuda_empty_cache", l_cuda_empty_cache}, {"cuda_precision", l_cuda_precision}, {"defer_interrupts", l_defer_interrupts}, {"take_interrupt", l_take_interrupt}, {"st_read_header", l_st_read_header}, {"st_read_tensor", l_st_read_tensor}, {"st_checksum", l_st_checksum},
+    {"st_save", l_st_save}, {"read_csv", l_read_csv}, {"roc_auc", l_roc_auc}, {"auc_acc", l_auc_acc}, {"gather_rows", l_gather_rows}, {"shuffled_range", l_shuffled_range}, {"cuda_info", l_cuda_info}, {"backend_kernels", l_backend_kernels}, {"cuda_empty_cache", l_cuda_empty_cache}, {"cuda_precision", l_cuda_precision}, {"defer_interrupts", l_defer_interrupts}, {"take_interrupt", l_take_interrupt}, {"st_read_header", l_st_read_header}, {"st_read_tensor", l_st_read_tensor}, {"st_checksum", l_st_checksum},
     {NULL, NULL}};
 
 /* functions that are also tensor methods */

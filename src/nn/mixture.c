@@ -6,6 +6,7 @@
  *   g [B,E] gate weights -> out [B,U] contiguous.
  * Backward: gh[b,u,e] = g[b,e] gout[b,u];  gg[b,e] = sum_u h[b,u,e] gout[b,u]. */
 #include "../core/moe.h"
+#include "../core/dispatch.h"
 #include "../cpu/cpu.h"
 
 #include <string.h>
@@ -47,7 +48,7 @@
 
 static int mixture_backward(moe_node *n, const moe_tensor *go, moe_tensor **gin) {
   const moe_tensor *h = moe_node_saved(n, 0), *g = moe_node_saved(n, 1);
-  if (!h || !g) return -1;
+  if (!h || !g || moe_backend_require("mixture backward", go->device, MOE_KERNEL_mixture_backward)) return -1;
   int64_t B = h->shape[0], U = h->shape[1], E = h->shape[2];
   const int64_t *hs = h->stride, *gs = g->stride, *os = go->stride;
   /* gh takes h's memory order when h is a permuted dense tensor (the [E,B,U]
@@ -93,6 +94,8 @@ static int mixture_backward(moe_node *n, const moe_tensor *go, moe_tensor **gin)
 
 moe_tensor *moe_mixture(const moe_tensor *h, const moe_tensor *g) {
   char b1[160], b2[160];
+  const moe_tensor *hg[2] = {h, g};
+  if (moe_same_device("mixture", 2, hg) || moe_backend_require("mixture", h->device, MOE_KERNEL_mixture)) return NULL;
   if (h->ndim != 3 || g->ndim != 2 || h->shape[0] != g->shape[0] || h->shape[2] != g->shape[1] ||
       h->dtype != g->dtype || !moe_dtype_is_float(h->dtype)) {
     moe_error("mixture: expert outputs [B,U,E] %s and gates [B,E] %s do not match (one float dtype)",
@@ -216,7 +219,7 @@ static void gs_run(gs_job *j, moe_task_fn fn) {
 
 static int gate_scale_backward(moe_node *n, const moe_tensor *go, moe_tensor **gin) {
   const moe_tensor *h = moe_node_saved(n, 0), *g = moe_node_saved(n, 1);
-  if (!h || !g) return -1;
+  if (!h || !g || moe_backend_require("gate_scale backward", go->device, MOE_KERNEL_gate_scale_backward)) return -1;
   int relu = (int)n->iarg[0], append = (int)n->iarg[1];
   int64_t B = h->shape[0], E = g->shape[1], U = h->shape[1] / E, W = E * U + (append ? E : 0);
   moe_tensor *goc = moe_contiguous(go);
@@ -240,6 +243,9 @@ static int gate_scale_backward(moe_node *n, const moe_tensor *go, moe_tensor **g
 
 moe_tensor *moe_gate_scale(const moe_tensor *h, const moe_tensor *g, int relu, int append) {
   char b1[160], b2[160];
+  const moe_tensor *hg[2] = {h, g};
+  if (moe_same_device("gate_scale", 2, hg) || moe_backend_require("gate_scale", h->device, MOE_KERNEL_gate_scale))
+    return NULL;
   if (h->ndim != 2 || g->ndim != 2 || h->shape[0] != g->shape[0] || g->shape[1] < 1 ||
       h->shape[1] % g->shape[1] != 0 || h->dtype != g->dtype || !moe_dtype_is_float(h->dtype)) {
     moe_error("gate_scale: hidden units [B, E*U] %s and gates [B,E] %s do not match (one float dtype, "

@@ -15,6 +15,7 @@
  * MOE_PREC_BF16 (float32) all three GEMMs run on operands rounded to bfloat16
  * with fp32 sums (src/cpu/bf16.c); the bias and its gradient stay fp32. */
 #include "../core/moe.h"
+#include "../core/dispatch.h"
 #include "../cpu/cpu.h"
 
 #include <stdlib.h>
@@ -24,6 +25,10 @@ int moe_route_plan(const moe_tensor *expert_index, const moe_tensor *order, cons
                    int64_t E, int64_t capacity, int64_t ibase, moe_tensor **token, moe_tensor **expert,
                    moe_tensor **rank, moe_tensor **counts) {
   char b1[160], b2[160];
+  const moe_tensor *ins[3] = {expert_index, order, valid};
+  if (moe_same_device("route_plan", 3, ins) ||
+      moe_backend_require("route_plan", expert_index->device, MOE_KERNEL_route_plan))
+    return -1;
   if (expert_index->ndim != 3 || expert_index->dtype != MOE_I64)
     return moe_error("route_plan: expert_index must be int64 [groups, tokens, k], got %s %s",
                      moe_dtype_name(expert_index->dtype), moe_shape_str(expert_index, b1));
@@ -183,6 +188,7 @@ static void grouped_bwd_expert(void *ctx, int e) {
 }
 
 static int grouped_backward(moe_node *n, const moe_tensor *g0, moe_tensor **gin) {
+  if (moe_backend_require("grouped_matmul backward", g0->device, MOE_KERNEL_grouped_gemm_backward)) return -1;
   const moe_tensor *x = moe_node_saved(n, 0), *w = moe_node_saved(n, 1), *cn = moe_node_saved(n, 2);
   if (!x || !w || !cn) return -1;
   moe_tensor *g = moe_contiguous(g0);
@@ -219,6 +225,10 @@ static int grouped_backward(moe_node *n, const moe_tensor *g0, moe_tensor **gin)
 moe_tensor *moe_grouped_matmul(const moe_tensor *x0, const moe_tensor *w0, const moe_tensor *b0,
                                const moe_tensor *counts, moe_precision prec) {
   char b1[160], b2[160], b3[160];
+  const moe_tensor *all[4] = {x0, w0, b0, counts};
+  if (moe_same_device("grouped_matmul", 4, all) ||
+      moe_backend_require("grouped_matmul", x0->device, MOE_KERNEL_grouped_gemm))
+    return NULL;
   if (x0->ndim != 2 || w0->ndim != 3 || counts->ndim != 1 || counts->dtype != MOE_I64 ||
       counts->shape[0] != w0->shape[0] || x0->shape[1] != w0->shape[1] || x0->dtype != w0->dtype ||
       !moe_dtype_is_float(x0->dtype) ||

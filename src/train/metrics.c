@@ -1,5 +1,6 @@
 /* metrics.c -- see metrics.h. */
 #include "metrics.h"
+#include "../core/dispatch.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -105,6 +106,8 @@ static void values_into(double *dst, const moe_tensor *t, int64_t n) {
 
 int moe_roc_auc(const moe_tensor *y, const moe_tensor *s, const moe_tensor *w, double *auc) {
   char b1[160], b2[160];
+  const moe_tensor *ys[3] = {y, s, w};
+  if (moe_same_device("roc_auc", 3, ys) || moe_backend_require("roc_auc", y->device, MOE_KERNEL_roc_auc)) return -1;
   if (y->ndim != 1 || s->ndim != 1 || y->shape[0] != s->shape[0] || (w && (w->ndim != 1 || w->shape[0] != y->shape[0])))
     return moe_error("roc_auc: labels %s, scores %s (and weights) must be 1-D of one length",
                      moe_shape_str(y, b1), moe_shape_str(s, b2));
@@ -132,6 +135,8 @@ static int column_len(const char *op, const char *what, const moe_tensor *t, int
 
 int moe_auc_acc_add(moe_auc_acc *a, const moe_tensor *y, const moe_tensor *s, const moe_tensor *w) {
   int64_t n = 0, ns = 0, nw = 0;
+  const moe_tensor *ys[3] = {y, s, w};
+  if (moe_same_device("auc", 3, ys) || moe_backend_require("auc", y->device, MOE_KERNEL_roc_auc)) return -1;
   if (column_len("auc", "y_true", y, &n) || column_len("auc", "y_pred", s, &ns)) return -1;
   if (n != ns) return moe_error("auc: y_true has %lld values and y_pred %lld", (long long)n, (long long)ns);
   if (w) {

@@ -2,9 +2,11 @@
  * parameters, with gradient clipping by global norm and by value.
  * Update rules follow PyTorch's torch.optim (documented in README.md). */
 #include "optim.h"
+#include "../core/dispatch.h"
 #include "../cpu/cpu.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -153,7 +155,12 @@ int moe_optim_step(moe_optim_kind kind, int n, moe_tensor *const *params, moe_te
                    const moe_optim_hparams *h, double *norm_out) {
   int need1 = kind != MOE_OPT_SGD || h->momentum != 0;
   int need2 = kind == MOE_OPT_ADAM || kind == MOE_OPT_ADAMW || (kind == MOE_OPT_RMSPROP && h->momentum);
+  char what[48];
+  snprintf(what, sizeof what, "%s.step", kind_name[kind]);
   for (int i = 0; i < n; i++) {
+    const moe_tensor *ts[5] = {params[0], params[i], grads[i], s1s[i], s2s[i]};
+    if (moe_backend_require(what, params[i]->device, MOE_KERNEL_optim_update) || moe_same_device(what, 5, ts))
+      return -1;
     if ((need1 && !s1s[i]) || (need2 && !s2s[i]))
       return moe_error("%s.step: missing optimizer state for parameter %d", kind_name[kind], i + 1);
     if (check(kind, i, params[i], grads[i], need1 ? s1s[i] : NULL, need2 ? s2s[i] : NULL)) return -1;

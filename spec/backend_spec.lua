@@ -1,0 +1,219 @@
+-- The backends' kernels, one table row per kernel of the dispatch
+-- (src/core/dispatch.h, exported as moe.core.backend_kernels()). Each row runs
+-- ops that reach its kernel on float64 inputs made on the host:
+--   on the CPU: the gradients of `loss` against central finite differences;
+--   on every other backend present (the host emulator's "cuda" in make test, a
+--   real GPU where there is one): the same outputs and gradients as the CPU,
+--   or, for a kernel the backend does not have, the clean error naming the op
+--   ("not on this backend (cuda)") -- never a host loop over device memory.
+-- A kernel without a row, or a row without a kernel, fails the spec: a new
+-- kernel cannot go untested. Adding a kernel means adding one row here.
+local moe = require "moe"
+
+local function f64(t) return t:to("float64") end
+local function ix(v) return moe.tensor(v, { dtype = "int64" }) end
+
+-- the inputs of every row, fixed (the same on each backend)
+moe.manual_seed(7)
+local A = f64(moe.randn(3, 4))
+local B = f64(moe.randn(3, 4))
+local P = f64(moe.rand(3, 4) * 0.8 + 0.1)      -- probabilities, away from 0 and 1
+local Y = f64(moe.rand(3, 4):gt(0.5))          -- labels
+local C3 = f64(moe.randn(2, 3, 4))
+local W = f64(moe.randn(4, 5))
+local BIAS = f64(moe.randn(5))
+local H3 = f64(moe.randn(4, 2, 3))             -- mixture: [B,U,E]
+local G2 = f64(moe.rand(4, 3))                 -- gates [B,E]
+local H2 = f64(moe.randn(4, 6))                -- gate_scale: [B, E*U], E = 3
+local XG = f64(moe.randn(5, 4))                -- grouped: rows [A,K]
+local WG = f64(moe.randn(2, 4, 3))             -- [E,K,N]
+local BG = f64(moe.randn(2, 3))
+
+-- a row: kernel, the differentiable inputs (host tensors), and run(dev, inputs...)
+-- returning a list of output tensors; loss (optional) reduces them to a scalar.
+-- cpu_only: the kernel exists only on the CPU (other backends must refuse it).
+local rows = {
+  { "binary", { A, B }, function(a, b) return { a + b, a * b, a / (b:abs() + 1), a:maximum(b), (a - b):pow(2) } end },
+  { "unary", { A }, function(a) return { a:tanh(), a:exp(), a:sigmoid(), a:abs(), a:clamp(-0.5, 0.5) } end },
+  { "unary_backward", { A }, function(a) return { (a:tanh() + a:sigmoid() + a:exp()):sum() } end },
+  { "where", { A, B }, function(a, b) return { moe.where(a:gt(b), a, b), moe.where(a:gt(0), a, 0) } end },
+  { "copy", { A }, function(a) return { a:transpose(1, 2):contiguous(), a:detach():to("float32"), a:clone() } end },
+  { "fill", {}, function(dev) return { moe.zeros(2, 3):to(dev):fill_(2.5), moe.ones(3):to(dev) * 1 } end, no_inputs = true },
+  { "reduce_rows", { A }, function(a) return { a:sum(2), a:mean(), a:max(2), a:var(2), a:logsumexp(2) } end },
+  { "sum_middle", { C3 }, function(c) return { c:sum(2), c:mean(2) } end },
+  { "scan_rows", { A }, function(a) return { a:softmax(2), a:cumsum(2), a:log_softmax(1) } end },
+  { "cumprod_backward", { A }, function(a) return { a:cumprod(2) } end, cpu_only = true },
+  { "gemm_batched", { A, W, C3 }, function(a, w, c) return { moe.matmul(a, w), moe.matmul(c, w) } end },
+  { "gemm_add", { A, W, BIAS }, function(a, w, b) return { moe.linear(a, w, b), moe.linear(a, w, b, "tanh") } end },
+  { "gemm_bf16", { A, W }, function(a, w) return { moe.matmul(a:to("float32"), w:to("float32"), "bf16"):to("float64") } end,
+    tol = 1e-6, no_fd = true },
+  { "argsort_rows", { A }, function(a) local v, i = a:sort(2); return { v, i } end },
+  { "take_rows", { A }, function(a) local v, i = a:topk(2, 2); return { v, i } end },
+  { "gather", { A }, function(a, dev) return { a:gather(2, ix({ { 1, 4 }, { 2, 2 }, { 3, 1 } }):to(dev)) } end, dev_arg = true },
+  { "scatter_add", { A, B }, function(a, b, dev)
+    return { a:scatter_add(2, ix({ { 1, 4, 1, 2 }, { 2, 2, 3, 3 }, { 4, 1, 1, 1 } }):to(dev), b) }
+  end, dev_arg = true },
+  { "index_select", { A }, function(a, dev) return { a:index_select(1, ix({ 3, 1, 3 }):to(dev)) } end, dev_arg = true },
+  { "index_add", { A, B }, function(a, b, dev) return { a:index_add(1, ix({ 2, 1, 2 }):to(dev), b) } end, dev_arg = true },
+  { "index_check", {}, function(dev)
+    local ok, err = pcall(function() return A:to(dev):index_select(1, ix({ 4 }):to(dev)) end)
+    assert.is_false(ok)
+    assert.matches("index_select: index 4 out of range", err)
+    return {}
+  end, no_inputs = true },
+  { "bincount", {}, function(dev) return { moe.bincount(ix({ 1, 3, 3, 5 }):to(dev)) } end, no_inputs = true, cpu_only = true,
+    check = function(out) assert.same({ 1, 0, 2, 0, 1 }, out[1]:totable()) end },
+  { "bce", { P }, function(p, dev) return { moe.core.bce(Y:to(dev), p), moe.core.bce(Y:to(dev), p - 0.5, true) } end, dev_arg = true },
+  { "bce_backward", { P }, function(p, dev) return { moe.core.bce(Y:to(dev), p):sum() } end, dev_arg = true },
+  { "roc_auc", {}, function(dev)
+    return { moe.tensor { moe.core.roc_auc(ix({ 0, 1, 1, 0 }):to("float64"):to(dev), moe.tensor({ 0.1, 0.4, 0.35, 0.8 }):to(dev)) } }
+  end, no_inputs = true, cpu_only = true,
+    check = function(out) assert.near(0.5, out[1]:item(), 1e-12) end }, -- pairs (0.4>0.1, 0.35>0.1, 0.4<0.8, 0.35<0.8)
+  { "mixture", { H3, G2 }, function(h, g) return { moe.core.mixture(h, g) } end, cpu_only = true },
+  { "mixture_backward", { H3, G2 }, function(h, g) return { moe.core.mixture(h, g):pow(2):sum() } end, cpu_only = true },
+  { "gate_scale", { H2, G2 }, function(h, g) return { moe.core.gate_scale(h, g, { relu = true, append_gate = true }) } end,
+    cpu_only = true },
+  { "gate_scale_backward", { H2, G2 }, function(h, g) return { moe.core.gate_scale(h, g):pow(2):sum() } end, cpu_only = true },
+  { "route_plan", {}, function(dev)
+    local t, e, r, c = moe.core.route_plan(ix({ { { 1, 2 }, { 1, 3 }, { 1, 2 } } }):to(dev), nil, nil, 3, 2)
+    return { t, e, r, c }
+  end, no_inputs = true, cpu_only = true,
+    -- each token's first choice before any second one; expert 1 is full after two
+    check = function(out) assert.same({ 2, 2, 1 }, out[4]:totable()) end },
+  { "grouped_gemm", { XG, WG, BG }, function(x, w, b, dev) return { moe.core.grouped_matmul(x, w, b, ix({ 2, 3 }):to(dev)) } end,
+    dev_arg = true, cpu_only = true },
+  { "grouped_gemm_backward", { XG, WG }, function(x, w, dev)
+    return { moe.core.grouped_matmul(x, w, ix({ 3, 2 }):to(dev)):pow(2):sum() }
+  end, dev_arg = true, cpu_only = true },
+  { "optim_update", {}, function(dev)
+    local w = f64(moe.tensor { 1, -2, 3 }):to(dev)
+    w:requires_grad_()
+    w.grad = f64(moe.tensor { 0.5, 0.5, -1 }):to(dev)
+    moe.optim.SGD { lr = 0.1, momentum = 0.9 }:step { w }
+    return { w:detach() }
+  end, no_inputs = true, cpu_only = true,
+    check = function(out) -- the first step of momentum SGD is w - lr g
+      local v = out[1]:totable()
+      assert.near(0.95, v[1], 1e-12); assert.near(-2.05, v[2], 1e-12); assert.near(3.1, v[3], 1e-12)
+    end },
+}
+
+local kernels = moe.core.backend_kernels()
+
+-- the outputs of row r on dev (inputs moved there, marked as leaves) and the gradients of their sum of squares
+local function run(r, dev, want_grad)
+  local ins, outs = {}, nil
+  if r.no_inputs then
+    outs = r[3](dev)
+    for i, o in ipairs(outs) do outs[i] = o:cpu() end
+    return outs, {}, {}
+  end
+  for i, t in ipairs(r[2]) do
+    ins[i] = t:clone():to(dev) -- a fresh leaf (to("cpu") of a host tensor is the tensor itself)
+    if want_grad then ins[i]:requires_grad_() end
+  end
+  local args = { unpack(ins) }
+  if r.dev_arg then args[#args + 1] = dev end
+  outs = r[3](unpack(args))
+  local grads, used = {}, {}
+  if want_grad then
+    local loss
+    for i, o in ipairs(outs) do
+      if o.requires_grad then
+        used[i] = true
+        local s = (o * o):sum()
+        loss = loss and loss + s or s
+      end
+    end
+    if loss then
+      loss:backward()
+      for i, t in ipairs(ins) do grads[i] = t.grad and t.grad:cpu() or false end
+    end
+  end
+  local host = {}
+  for i, o in ipairs(outs) do host[i] = o:detach():cpu() end
+  return host, grads, used
+end
+
+local function maxdiff(a, b)
+  assert.same(a:shape(), b:shape())
+  if a:numel() == 0 then return 0 end
+  return (f64(a) - f64(b)):abs():max():item()
+end
+
+describe("the backends' kernels #backend", function()
+  it("every kernel of the dispatch has a row here, and every row a kernel", function()
+    local listed, have = {}, {}
+    for _, k in ipairs(kernels) do listed[#listed + 1] = k.name end
+    for _, r in ipairs(rows) do have[#have + 1] = r[1] end
+    table.sort(listed); table.sort(have)
+    assert.same(listed, have)
+    for _, k in ipairs(kernels) do assert.is_true(k.cpu, k.name .. " has no CPU kernel") end
+  end)
+
+  local cuda_of = {}
+  for _, k in ipairs(kernels) do cuda_of[k.name] = k.cuda end
+
+  for _, r in ipairs(rows) do
+    it(r[1] .. " on the CPU: outputs, and gradients against central differences", function()
+      local outs, grads, used = run(r, "cpu", not r.no_inputs)
+      if r.check then r.check(outs) end
+      if r.no_inputs or r.no_fd then return end
+      -- d/dx of sum over outputs of out^2, by central differences on each input element
+      local eps = 1e-6
+      local function loss_at(inputs)
+        local rr = { r[1], inputs, r[3], dev_arg = r.dev_arg }
+        local o = run(rr, "cpu", false)
+        local s = 0 -- the outputs the autograd loss summed
+        for i in pairs(used) do s = s + (o[i] * o[i]):sum():item() end
+        return s
+      end
+      local checked = 0
+      for i, x in ipairs(r[2]) do
+        local g = grads[i]
+        if g then
+          local flat = x:reshape(-1):totable()
+          local gf = g:reshape(-1):totable()
+          for j = 1, #flat do
+            local function with(d)
+              local v = { unpack(flat) }
+              v[j] = v[j] + d
+              local inputs = { unpack(r[2]) }
+              inputs[i] = moe.tensor(v, { dtype = "float64" }):view(unpack(x:shape()))
+              return loss_at(inputs)
+            end
+            local fd = (with(eps) - with(-eps)) / (2 * eps)
+            assert.is_true(math.abs(fd - gf[j]) <= 1e-5 * (1 + math.abs(fd)),
+              ("%s: d/d input %d [%d]: autograd %.9g, finite differences %.9g"):format(r[1], i, j, gf[j], fd))
+            checked = checked + 1
+          end
+        end
+      end
+      assert.is_true(checked > 0, r[1] .. ": no gradient reached the inputs")
+    end)
+
+    it(r[1] .. " on the CUDA backend (the emulator in make test): as the CPU, or refused by name", function()
+      if not moe.cuda.is_available() then
+        pending("skipped: no CUDA device or emulator (the CPU rows run)")
+        return
+      end
+      if r.cpu_only then assert.is_false(cuda_of[r[1]], r[1] .. " has a CUDA kernel now: give its row a CUDA check") end
+      if not cuda_of[r[1]] then
+        local ok, err = pcall(run, r, "cuda", not r.no_inputs)
+        assert.is_false(ok, r[1] .. " ran on the device without a CUDA kernel")
+        assert.matches("not on this backend %(cuda%)", tostring(err))
+        return
+      end
+      local co, cg = run(r, "cpu", not r.no_inputs)
+      local go, gg = run(r, "cuda", not r.no_inputs)
+      assert.equal(#co, #go)
+      for i = 1, #co do
+        assert.is_true(maxdiff(co[i], go[i]) <= (r.tol or 1e-9), ("%s: output %d differs from the CPU's"):format(r[1], i))
+      end
+      for i, g in pairs(cg) do
+        if g then assert.is_true(maxdiff(g, gg[i]) <= (r.tol or 1e-9), ("%s: gradient %d differs"):format(r[1], i)) end
+      end
+      if r.check then r.check(go) end
+    end)
+  end
+end)
