@@ -246,7 +246,7 @@ moe_tensor *moe_bincount(const moe_tensor *t, const moe_tensor *weights, int64_t
   /* every value >= ibase (bins are 1-based); there is no upper bound but memory */
   const int64_t *v = checked_index("bincount", t, INT64_MAX - ibase, ibase, &hold);
   if (!v) return NULL;
-  for (int64_t i = 0; i < n; i++) if (v[i] - ibase + 1 > len) len = v[i] - ibase + 1;
+  for (int64_t i = 0; i < n; i++) if (v[i] - ibase + 1 > len) len = v[i] - ibase + 1; /* (the index is on the host here) */
   moe_tensor *w = NULL, *out = NULL;
   if (weights) {
     moe_dtype wdt = moe_dtype_is_float(weights->dtype) ? weights->dtype : MOE_F64;
@@ -255,20 +255,9 @@ moe_tensor *moe_bincount(const moe_tensor *t, const moe_tensor *weights, int64_t
     moe_tensor_release(w1);
     if (!w) goto done;
   }
-  out = moe_full(1, &len, w ? w->dtype : MOE_I64, 0);
+  out = moe_full_on(t->device, 1, &len, w ? w->dtype : MOE_I64, 0);
   if (!out) goto done;
-  if (!w) {
-    int64_t *o = (int64_t *)moe_data(out);
-    for (int64_t i = 0; i < n; i++) o[v[i] - ibase]++;
-  } else if (w->dtype == MOE_F32) {
-    float *o = (float *)moe_data(out);
-    const float *ww = (const float *)moe_data(w);
-    for (int64_t i = 0; i < n; i++) o[v[i] - ibase] += ww[i];
-  } else {
-    double *o = (double *)moe_data(out);
-    const double *ww = (const double *)moe_data(w);
-    for (int64_t i = 0; i < n; i++) o[v[i] - ibase] += ww[i];
-  }
+  MOE_KH(bincount, t->device, out, v, n, w, ibase);
 done:
   moe_tensor_release(w);
   moe_tensor_release(hold);

@@ -112,7 +112,25 @@ void moe_cpu_index_select(moe_tensor *out, const moe_tensor *t, int dim, const i
 void moe_cpu_index_add(moe_tensor *out, int dim, const int64_t *index, int64_t n, const moe_tensor *s,
                        int64_t ibase);
 
-/* binary cross-entropy (src/nn/losses.c): l = bce(y, p), gp = g * dl/dp; one shape, float */
+/* dense mixtures (src/cpu/moe.c; the ops and formulas: src/nn/mixture.c) */
+void moe_cpu_mixture(moe_tensor *out, const moe_tensor *h, const moe_tensor *g);
+void moe_cpu_mixture_backward(moe_tensor *gh, moe_tensor *gg, const moe_tensor *go, const moe_tensor *h,
+                              const moe_tensor *g);
+void moe_cpu_gate_scale(moe_tensor *out, const moe_tensor *h, const moe_tensor *g, int relu, int append);
+void moe_cpu_gate_scale_backward(moe_tensor *gh, moe_tensor *gg, const moe_tensor *go, const moe_tensor *h,
+                                 const moe_tensor *g, int relu, int append);
+/* the sparse layer (src/cpu/moe.c; the ops: src/nn/routing.c) */
+int moe_cpu_route_plan(const moe_tensor *ei, const moe_tensor *od, const moe_tensor *vd, int64_t E, int64_t capacity,
+                       int64_t ibase, moe_tensor **token, moe_tensor **expert, moe_tensor **rank,
+                       moe_tensor **counts);
+void moe_cpu_grouped_gemm(moe_tensor *y, const moe_tensor *x, const moe_tensor *w, const moe_tensor *b,
+                          const int64_t *counts, const int64_t *offs, int bf16);
+void moe_cpu_grouped_gemm_backward(moe_tensor *gx, moe_tensor *gw, moe_tensor *gb, const moe_tensor *g,
+                                   const moe_tensor *x, const moe_tensor *w, const int64_t *counts,
+                                   const int64_t *offs, int bf16);
+/* bincount (src/cpu/index.c): out[v[i] - ibase] += 1, or w[i] (w contiguous, out's dtype) */
+void moe_cpu_bincount(moe_tensor *out, const int64_t *v, int64_t n, const moe_tensor *w, int64_t ibase);
+/* binary cross-entropy (src/cpu/losses.c): l = bce(y, p), gp = g * dl/dp; one shape, float */
 void moe_cpu_bce(moe_tensor *l, const moe_tensor *y, const moe_tensor *p, int logits);
 void moe_cpu_bce_backward(moe_tensor *gp, const moe_tensor *g, const moe_tensor *y, const moe_tensor *p, int logits);
 

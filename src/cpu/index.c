@@ -203,3 +203,20 @@ void moe_cpu_take_rows(const moe_tensor *x, int64_t M, int64_t K, const int64_t 
       is[m * k + j] = o + ibase;
     }
 }
+
+/* out[v[i] - ibase] += 1 (int64 out), or += w[i] (float32/float64 out, w contiguous
+ * of out's dtype); v holds n checked values */
+void moe_cpu_bincount(moe_tensor *out, const int64_t *v, int64_t n, const moe_tensor *w, int64_t ibase) {
+  if (!w) {
+    int64_t *o = (int64_t *)moe_data(out);
+    for (int64_t i = 0; i < n; i++) o[v[i] - ibase]++;
+  } else if (w->dtype == MOE_F32) {
+    float *o = (float *)moe_data(out);
+    const float *ww = (const float *)moe_data(w);
+    for (int64_t i = 0; i < n; i++) o[v[i] - ibase] += ww[i];
+  } else {
+    double *o = (double *)moe_data(out);
+    const double *ww = (const double *)moe_data(w);
+    for (int64_t i = 0; i < n; i++) o[v[i] - ibase] += ww[i];
+  }
+}

@@ -4,57 +4,23 @@
  *   h [B,U,E] expert outputs, any strides (MMoE's single GEMM gives [B,U,E]
  *   contiguous; per-expert batched GEMMs give [E,B,U], viewed as [B,U,E]),
  *   g [B,E] gate weights -> out [B,U] contiguous.
- * Backward: gh[b,u,e] = g[b,e] gout[b,u];  gg[b,e] = sum_u h[b,u,e] gout[b,u]. */
+ * Backward: gh[b,u,e] = g[b,e] gout[b,u];  gg[b,e] = sum_u h[b,u,e] gout[b,u].
+ * This file checks, allocates, dispatches and records; the kernels are in
+ * src/cpu/moe.c (no CUDA twin yet: src/core/dispatch.h). */
 #include "../core/moe.h"
 #include "../core/dispatch.h"
 #include "../cpu/cpu.h"
 
 #include <string.h>
 
-#define MIX_FWD(T)                                                                        \
-  do {                                                                                    \
-    const T *H = (const T *)moe_data(h), *G = (const T *)moe_data(g);                    \
-    T *O = (T *)moe_data(out);                                                            \
-    for (int64_t b = 0; b < B; b++)                                                       \
-      for (int64_t u = 0; u < U; u++) {                                                   \
-        const T *hp = H + b * hs[0] + u * hs[1];                                          \
-        const T *gp = G + b * gs[0];                                                      \
-        T acc = 0;                                                                        \
-        for (int64_t e = 0; e < E; e++) acc += gp[e * gs[1]] * hp[e * hs[2]];             \
-        O[b * U + u] = acc;                                                               \
-      }                                                                                   \
-  } while (0)
-
-#define MIX_BWD(T)                                                                        \
-  do {                                                                                    \
-    const T *H = (const T *)moe_data(h), *G = (const T *)moe_data(g);                    \
-    const T *GO = (const T *)moe_data(go);                                                \
-    T *GH = gh ? (T *)moe_data(gh) : NULL, *GG = gg ? (T *)moe_data(gg) : NULL;          \
-    for (int64_t b = 0; b < B; b++) {                                                     \
-      const T *gp = G + b * gs[0];                                                        \
-      const T *op = GO + b * os[0];                                                       \
-      if (GH)                                                                             \
-        for (int64_t u = 0; u < U; u++)                                                   \
-          for (int64_t e = 0; e < E; e++) GH[b * ghs[0] + u * ghs[1] + e * ghs[2]] = gp[e * gs[1]] * op[u * os[1]]; \
-      if (GG)                                                                             \
-        for (int64_t e = 0; e < E; e++) {                                                 \
-          const T *hp = H + b * hs[0] + e * hs[2];                                        \
-          T acc = 0;                                                                      \
-          for (int64_t u = 0; u < U; u++) acc += hp[u * hs[1]] * op[u * os[1]];           \
-          GG[b * E + e] = acc;                                                            \
-        }                                                                                 \
-    }                                                                                     \
-  } while (0)
-
 static int mixture_backward(moe_node *n, const moe_tensor *go, moe_tensor **gin) {
   const moe_tensor *h = moe_node_saved(n, 0), *g = moe_node_saved(n, 1);
   if (!h || !g || moe_backend_require("mixture backward", go->device, MOE_KERNEL_mixture_backward)) return -1;
   int64_t B = h->shape[0], U = h->shape[1], E = h->shape[2];
-  const int64_t *hs = h->stride, *gs = g->stride, *os = go->stride;
+  const int64_t *hs = h->stride;
   /* gh takes h's memory order when h is a permuted dense tensor (the [E,B,U]
    * outputs of per-expert GEMMs): the gradient then flows back contiguous */
   moe_tensor *gh = NULL;
-  int64_t ghs[3] = {U * E, E, 1};
   if (moe_node_needs(n, 0)) {
     int dense = 0, order[3] = {0, 1, 2};
     for (int i = 0; i < 3; i++) /* dims sorted by stride, largest first */
@@ -74,7 +40,6 @@ static int mixture_backward(moe_node *n, const moe_tensor *go, moe_tensor **gin)
       for (int i = 0; i < 3; i++) inv[order[i]] = i;
       gh = base ? moe_permute(base, inv) : NULL;
       moe_tensor_release(base);
-      if (gh) memcpy(ghs, gh->stride, sizeof ghs);
     } else {
       gh = moe_empty_on(h->device, 3, h->shape, h->dtype);
     }
@@ -85,8 +50,7 @@ static int mixture_backward(moe_node *n, const moe_tensor *go, moe_tensor **gin)
     moe_tensor_release(gg);
     return -1;
   }
-  if (h->dtype == MOE_F32) MIX_BWD(float);
-  else MIX_BWD(double);
+  MOE_KH(mixture_backward, go->device, gh, gg, go, h, g);
   gin[0] = gh;
   gin[1] = gg;
   return 0;
@@ -102,13 +66,10 @@ moe_tensor *moe_mixture(const moe_tensor *h, const moe_tensor *g) {
               moe_shape_str(h, b1), moe_shape_str(g, b2));
     return NULL;
   }
-  int64_t B = h->shape[0], U = h->shape[1], E = h->shape[2];
-  const int64_t *hs = h->stride, *gs = g->stride;
-  int64_t oshape[2] = {B, U};
+  int64_t oshape[2] = {h->shape[0], h->shape[1]};
   moe_tensor *out = moe_empty_on(h->device, 2, oshape, h->dtype);
   if (!out) return NULL;
-  if (h->dtype == MOE_F32) MIX_FWD(float);
-  else MIX_FWD(double);
+  MOE_KH(mixture, h->device, out, h, g);
   const moe_tensor *ins[2] = {h, g};
   if (!moe_ag_wants(2, ins)) return out;
   moe_node *n = moe_node_new("mixture", mixture_backward, 2, ins);
@@ -123,105 +84,10 @@ moe_tensor *moe_mixture(const moe_tensor *h, const moe_tensor *g) {
  *   append: out gets E more columns, out[b, E*U+e] = g[b, e], so that one GEMM
  *   against [W2; b2] gives sum_e g_e (a_e W2_e + b2_e).
  * Backward: gh = act'(h) * go * g;  gg[b,e] = sum_u go[b,e*U+u] act(h[b,e*U+u]) (+ go[b,E*U+e]). */
-/* Rows are split across the thread pool from GS_PAR_MIN elements on. */
-#define GS_PAR_MIN 65536
-typedef struct {
-  int64_t B, E, U, W, parts;
-  int relu, append;
-  moe_dtype dt;
-  const char *h, *g, *go;
-  char *out, *gh, *gg;
-} gs_job;
-
-#define GS_FWD(T)                                                                         \
-  do {                                                                                    \
-    const T *H = (const T *)j->h, *G = (const T *)j->g;                                  \
-    T *O = (T *)j->out;                                                                   \
-    for (int64_t b = b0; b < b1; b++) {                                                   \
-      const T *hp = H + b * E * U, *gp = G + b * E;                                       \
-      T *op = O + b * W;                                                                  \
-      for (int64_t e = 0; e < E; e++) {                                                   \
-        T ge = gp[e];                                                                     \
-        if (j->relu) {                                                                    \
-          _Pragma("omp simd")                                                             \
-          for (int64_t u = 0; u < U; u++) {                                               \
-            T v = hp[e * U + u];                                                          \
-            op[e * U + u] = (v > 0 ? v : 0) * ge;                                         \
-          }                                                                               \
-        } else {                                                                          \
-          _Pragma("omp simd")                                                             \
-          for (int64_t u = 0; u < U; u++) op[e * U + u] = hp[e * U + u] * ge;             \
-        }                                                                                 \
-      }                                                                                   \
-      if (j->append)                                                                      \
-        for (int64_t e = 0; e < E; e++) op[E * U + e] = gp[e];                            \
-    }                                                                                     \
-  } while (0)
-
-/* branch-free inner loops (relu's mask is a select, the gate's sum a SIMD reduction):
- * with random signs a branch per element mispredicts half the time */
-#define GS_BWD(T)                                                                         \
-  do {                                                                                    \
-    const T *H = (const T *)j->h, *G = (const T *)j->g, *GO = (const T *)j->go;         \
-    T *GH = (T *)j->gh, *GG = (T *)j->gg;                                                 \
-    for (int64_t b = b0; b < b1; b++) {                                                   \
-      const T *gp = G + b * E;                                                            \
-      for (int64_t e = 0; e < E; e++) {                                                   \
-        const T *hp = H + b * E * U + e * U, *op = GO + b * W + e * U;                    \
-        T ge = gp[e];                                                                     \
-        if (GH) {                                                                         \
-          T *ghp = GH + b * E * U + e * U;                                                \
-          if (j->relu) {                                                                  \
-            _Pragma("omp simd")                                                           \
-            for (int64_t u = 0; u < U; u++) {                                             \
-              T d = op[u] * ge;                                                           \
-              ghp[u] = hp[u] > 0 ? d : 0;                                                 \
-            }                                                                             \
-          } else {                                                                        \
-            _Pragma("omp simd")                                                           \
-            for (int64_t u = 0; u < U; u++) ghp[u] = op[u] * ge;                          \
-          }                                                                               \
-        }                                                                                 \
-        if (GG) {                                                                         \
-          T acc = 0;                                                                      \
-          if (j->relu) {                                                                  \
-            _Pragma("omp simd reduction(+ : acc)")                                        \
-            for (int64_t u = 0; u < U; u++) acc += op[u] * (hp[u] > 0 ? hp[u] : 0);       \
-          } else {                                                                        \
-            _Pragma("omp simd reduction(+ : acc)")                                        \
-            for (int64_t u = 0; u < U; u++) acc += op[u] * hp[u];                         \
-          }                                                                               \
-          GG[b * E + e] = acc + (j->append ? GO[b * W + E * U + e] : 0);                  \
-        }                                                                                 \
-      }                                                                                   \
-    }                                                                                     \
-  } while (0)
-
-static void gs_fwd_part(void *ctx, int p) {
-  const gs_job *j = ctx;
-  int64_t E = j->E, U = j->U, W = j->W, b0 = j->B * p / j->parts, b1 = j->B * (p + 1) / j->parts;
-  if (j->dt == MOE_F32) GS_FWD(float);
-  else GS_FWD(double);
-}
-
-static void gs_bwd_part(void *ctx, int p) {
-  const gs_job *j = ctx;
-  int64_t E = j->E, U = j->U, W = j->W, b0 = j->B * p / j->parts, b1 = j->B * (p + 1) / j->parts;
-  if (j->dt == MOE_F32) GS_BWD(float);
-  else GS_BWD(double);
-}
-
-static void gs_run(gs_job *j, moe_task_fn fn) {
-  int nth = moe_cpu_threads();
-  j->parts = j->B * j->W >= GS_PAR_MIN && nth > 1 && j->B >= nth ? nth : 1;
-  moe_cpu_parallel((int)j->parts, fn, j);
-}
-
 static int gate_scale_backward(moe_node *n, const moe_tensor *go, moe_tensor **gin) {
   const moe_tensor *h = moe_node_saved(n, 0), *g = moe_node_saved(n, 1);
   if (!h || !g || moe_backend_require("gate_scale backward", go->device, MOE_KERNEL_gate_scale_backward)) return -1;
   int relu = (int)n->iarg[0], append = (int)n->iarg[1];
-  int64_t B = h->shape[0], E = g->shape[1], U = h->shape[1] / E, W = E * U + (append ? E : 0);
   moe_tensor *goc = moe_contiguous(go);
   moe_tensor *gh = goc && moe_node_needs(n, 0) ? moe_empty_on(h->device, 2, h->shape, h->dtype) : NULL;
   moe_tensor *gg = goc && moe_node_needs(n, 1) ? moe_empty_on(g->device, 2, g->shape, g->dtype) : NULL;
@@ -231,10 +97,7 @@ static int gate_scale_backward(moe_node *n, const moe_tensor *go, moe_tensor **g
     moe_tensor_release(gg);
     return -1;
   }
-  gs_job j = {.B = B, .E = E, .U = U, .W = W, .relu = relu, .append = append, .dt = h->dtype,
-              .h = moe_data(h), .g = moe_data(g), .go = moe_data(goc),
-              .gh = gh ? moe_data(gh) : NULL, .gg = gg ? moe_data(gg) : NULL};
-  gs_run(&j, gs_bwd_part);
+  MOE_KH(gate_scale_backward, go->device, gh, gg, goc, h, g, relu, append);
   moe_tensor_release(goc);
   gin[0] = gh;
   gin[1] = gg;
@@ -252,17 +115,13 @@ moe_tensor *moe_gate_scale(const moe_tensor *h, const moe_tensor *g, int relu, i
               "E dividing the hidden width)", moe_shape_str(h, b1), moe_shape_str(g, b2));
     return NULL;
   }
-  int64_t B = h->shape[0], E = g->shape[1], U = h->shape[1] / E, W = E * U + (append ? E : 0);
+  int64_t B = h->shape[0], E = g->shape[1], W = h->shape[1] + (append ? E : 0);
   int prev = moe_set_grad_enabled(0);
   moe_tensor *hc = moe_contiguous(h), *gc = hc ? moe_contiguous(g) : NULL;
   moe_set_grad_enabled(prev);
   int64_t oshape[2] = {B, W};
   moe_tensor *out = gc ? moe_empty_on(h->device, 2, oshape, h->dtype) : NULL;
-  if (out) {
-    gs_job j = {.B = B, .E = E, .U = U, .W = W, .relu = relu, .append = append, .dt = h->dtype,
-                .h = moe_data(hc), .g = moe_data(gc), .out = moe_data(out)};
-    gs_run(&j, gs_fwd_part);
-  }
+  if (out) MOE_KH(gate_scale, h->device, out, hc, gc, relu, append);
   const moe_tensor *ins[2] = {h, g};
   if (out && moe_ag_wants(2, ins)) {
     moe_node *n = moe_node_new("gate_scale", gate_scale_backward, 2, ins);
