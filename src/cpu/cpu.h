@@ -4,6 +4,7 @@
 #define MOE_CPU_H
 
 #include "../core/moe.h"
+#include "../train/optim.h"
 
 /* Compute-bound loops (transcendentals, the optimizer update): on x86-64 GCC
  * also builds an AVX2+FMA copy of the function and picks it at load time when
@@ -128,6 +129,10 @@ void moe_cpu_grouped_gemm(moe_tensor *y, const moe_tensor *x, const moe_tensor *
 void moe_cpu_grouped_gemm_backward(moe_tensor *gx, moe_tensor *gw, moe_tensor *gb, const moe_tensor *g,
                                    const moe_tensor *x, const moe_tensor *w, const int64_t *counts,
                                    const int64_t *offs, int bf16);
+/* the fused optimizer update (src/cpu/optim.c; the checks: src/train/optim.c) */
+void moe_cpu_optim_update(moe_optim_kind kind, int n, moe_tensor *const *params, moe_tensor *const *grads,
+                          moe_tensor *const *s1s, moe_tensor *const *s2s, const int64_t *steps,
+                          const moe_optim_hparams *h, double *norm_out);
 /* bincount (src/cpu/index.c): out[v[i] - ibase] += 1, or w[i] (w contiguous, out's dtype) */
 void moe_cpu_bincount(moe_tensor *out, const int64_t *v, int64_t n, const moe_tensor *w, int64_t ibase);
 /* binary cross-entropy (src/cpu/losses.c): l = bce(y, p), gp = g * dl/dp; one shape, float */
