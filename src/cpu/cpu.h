@@ -133,6 +133,9 @@ void moe_cpu_grouped_gemm_backward(moe_tensor *gx, moe_tensor *gw, moe_tensor *g
 void moe_cpu_optim_update(moe_optim_kind kind, int n, moe_tensor *const *params, moe_tensor *const *grads,
                           moe_tensor *const *s1s, moe_tensor *const *s2s, const int64_t *steps,
                           const moe_optim_hparams *h, double *norm_out);
+/* the exact ROC-AUC of n (label, score, weight) doubles, w NULL: all 1 (src/cpu/metrics.c);
+ * errors start with op */
+int moe_cpu_roc_auc(const char *op, const double *y, const double *s, const double *w, int64_t n, double *auc);
 /* bincount (src/cpu/index.c): out[v[i] - ibase] += 1, or w[i] (w contiguous, out's dtype) */
 void moe_cpu_bincount(moe_tensor *out, const int64_t *v, int64_t n, const moe_tensor *w, int64_t ibase);
 /* binary cross-entropy (src/cpu/losses.c): l = bce(y, p), gp = g * dl/dp; one shape, float */
