@@ -2,7 +2,6 @@
 #include "metrics.h"
 #include "../core/dispatch.h"
 
-#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
