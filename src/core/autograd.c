@@ -8,6 +8,7 @@
  * edges as soon as the node has run. Releases are iterative, so a chain of a
  * million ops does not overflow the C stack. */
 #include "moe.h"
+#include "autograd_impl.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -320,3 +321,5 @@ int moe_backward(moe_tensor *root, const moe_tensor *grad, int retain_graph) {
   moe_tensor_release(ones);
   return rc;
 }
+
+const char *moe_grad_fn_name(const moe_tensor *t) { return t->grad_fn ? t->grad_fn->name : NULL; }

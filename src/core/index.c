@@ -1,6 +1,7 @@
 /* index.c -- checking and dispatch of sort, topk, gather, scatter_add,
  * index_select, index_add, bincount, cat and stack. */
 #include "moe.h"
+#include "autograd_impl.h"
 #include "dispatch.h"
 
 #include <stdlib.h>
@@ -389,8 +390,6 @@ static int cat_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
   return 0;
 }
 
-#define RUN_NOGRAD(OUT, CALL) do { int p_ = moe_set_grad_enabled(0); OUT = CALL; moe_set_grad_enabled(p_); } while (0)
-
 static moe_tensor *record_index(moe_tensor *out, const char *name, moe_backward_fn bw, int nin,
                                 const moe_tensor *const *ins, int dim, const moe_tensor *index,
                                 int64_t ibase) {
@@ -409,7 +408,7 @@ int moe_topk(const moe_tensor *t, int64_t k, int dim, int largest,
   if (!values || !moe_ag_wants(1, &t)) return topk_impl(t, k, dim, largest, values, indices, ibase);
   moe_tensor *idx = NULL;
   int rc;
-  RUN_NOGRAD(rc, topk_impl(t, k, dim, largest, values, &idx, ibase));
+  MOE_NOGRAD(rc, topk_impl(t, k, dim, largest, values, &idx, ibase));
   if (rc) return rc;
   *values = record_index(*values, "topk", gather_backward, 1, &t, dim, idx, ibase);
   if (indices) *indices = idx;
@@ -424,7 +423,7 @@ int moe_topk(const moe_tensor *t, int64_t k, int dim, int largest,
 moe_tensor *moe_gather(const moe_tensor *t, int dim, const moe_tensor *index, int64_t ibase) {
   if (!moe_ag_wants(1, &t)) return gather_impl(t, dim, index, ibase);
   moe_tensor *out;
-  RUN_NOGRAD(out, gather_impl(t, dim, index, ibase));
+  MOE_NOGRAD(out, gather_impl(t, dim, index, ibase));
   return record_index(out, "gather", gather_backward, 1, &t, dim, index, ibase);
 }
 
@@ -433,14 +432,14 @@ moe_tensor *moe_scatter_add(const moe_tensor *t, int dim, const moe_tensor *inde
   const moe_tensor *ins[2] = {t, src};
   if (inplace || !moe_ag_wants(2, ins)) return scatter_add_impl(t, dim, index, src, ibase, inplace);
   moe_tensor *out;
-  RUN_NOGRAD(out, scatter_add_impl(t, dim, index, src, ibase, 0));
+  MOE_NOGRAD(out, scatter_add_impl(t, dim, index, src, ibase, 0));
   return record_index(out, "scatter_add", scatter_add_backward, 2, ins, dim, index, ibase);
 }
 
 moe_tensor *moe_index_select(const moe_tensor *t, int dim, const moe_tensor *index, int64_t ibase) {
   if (!moe_ag_wants(1, &t)) return index_select_impl(t, dim, index, ibase);
   moe_tensor *out;
-  RUN_NOGRAD(out, index_select_impl(t, dim, index, ibase));
+  MOE_NOGRAD(out, index_select_impl(t, dim, index, ibase));
   return record_index(out, "index_select", index_select_backward, 1, &t, dim, index, ibase);
 }
 
@@ -449,14 +448,14 @@ moe_tensor *moe_index_add(const moe_tensor *t, int dim, const moe_tensor *index,
   const moe_tensor *ins[2] = {t, src};
   if (inplace || !moe_ag_wants(2, ins)) return index_add_impl(t, dim, index, src, ibase, inplace);
   moe_tensor *out;
-  RUN_NOGRAD(out, index_add_impl(t, dim, index, src, ibase, 0));
+  MOE_NOGRAD(out, index_add_impl(t, dim, index, src, ibase, 0));
   return record_index(out, "index_add", index_add_backward, 2, ins, dim, index, ibase);
 }
 
 moe_tensor *moe_cat(int n, moe_tensor *const *ts, int dim) {
   if (n < 1 || !moe_ag_wants(n, (const moe_tensor *const *)ts)) return cat_impl(n, ts, dim);
   moe_tensor *out;
-  RUN_NOGRAD(out, cat_impl(n, ts, dim));
+  MOE_NOGRAD(out, cat_impl(n, ts, dim));
   if (!out) return NULL;
   moe_node *nd = moe_node_new("cat", cat_backward, n, (const moe_tensor *const *)ts);
   if (nd) nd->iarg[0] = dim;

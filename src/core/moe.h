@@ -35,7 +35,9 @@ typedef struct moe_storage {
   size_t block_bytes;             /* bytes of the host block (header included) */
 } moe_storage;
 
-struct moe_node;
+/* an autograd node (the op that computed a tensor): its layout is private,
+ * src/core/autograd_impl.h */
+typedef struct moe_node moe_node;
 
 typedef struct moe_tensor {
   moe_storage *storage;
@@ -242,57 +244,19 @@ moe_tensor *moe_grouped_matmul(const moe_tensor *x, const moe_tensor *w, const m
                                const moe_tensor *counts, moe_precision prec);
 
 /* ---- autograd (src/core/autograd.c) ----
- * Every differentiable op records a node on the tape when grad mode is on and an
- * input requires grad. A node holds edges to its inputs' nodes (or to leaf
- * tensors) and the tensors its backward needs; backward() walks the nodes in
- * reverse topological order and frees each node's buffers as it goes. */
-typedef struct moe_node moe_node;
-/* g: gradient of the node's output; gin[i] receives a new ref for each input i
- * with moe_node_needs(n, i) (shape may be the broadcast shape: the engine sums
- * it down to the input's shape and casts it to the input's dtype) */
-typedef int (*moe_backward_fn)(moe_node *n, const moe_tensor *g, moe_tensor **gin);
-typedef struct {
-  moe_node *fn;          /* the input's node, or NULL */
-  moe_tensor *leaf;      /* or a leaf tensor that requires grad (retained), or NULL */
-  int ndim;
-  int64_t shape[MOE_MAX_DIMS];
-  moe_dtype dtype;
-} moe_edge;
-#define MOE_NODE_SAVED 4
-struct moe_node {
-  const char *name;               /* the op, for error messages and t.grad_fn */
-  moe_backward_fn backward;
-  int refcount, freed;
-  int nin;
-  moe_edge *edges;
-  moe_tensor *saved[MOE_NODE_SAVED];   /* detached aliases */
-  uint32_t saved_version[MOE_NODE_SAVED];
-  int64_t iarg[MOE_MAX_DIMS + 2];      /* op parameters */
-  double darg[2];
-  /* backward pass state */
-  moe_tensor *grad;
-  int deps, mark;
-  moe_node *next;
-  moe_edge inline_edges[3];            /* edges of ops with up to 3 inputs live here */
-};
-
+ * Every differentiable op records a node on the tape when grad mode is on and
+ * an input requires grad (t->requires_grad, set on a leaf by the caller).
+ * moe_backward walks the tape from a root and accumulates d(root)/d(leaf)
+ * into each leaf's `grad`. How an op records itself: src/core/autograd_impl.h. */
 int moe_grad_enabled(void);
 int moe_set_grad_enabled(int on);          /* returns the previous mode */
-/* 1 when grad mode is on and one of the n tensors requires grad */
-int moe_ag_wants(int n, const moe_tensor *const *ts);
-/* a node for an op over n inputs (edges to those that require grad); NULL on failure */
-moe_node *moe_node_new(const char *name, moe_backward_fn fn, int n, const moe_tensor *const *ins);
-int moe_node_needs(const moe_node *n, int i);
-/* keep t (as a detached alias) for backward; -1 on failure */
-int moe_node_save(moe_node *n, int slot, const moe_tensor *t);
-/* a saved tensor, or NULL with an error if it was modified in place since */
-const moe_tensor *moe_node_saved(moe_node *n, int slot);
-/* out->grad_fn = n (takes n's reference); releases both and returns NULL when n is NULL */
-moe_tensor *moe_ag_attach(moe_tensor *out, moe_node *n);
-void moe_node_release(moe_node *n);
-/* accumulate d(root)/d(leaves) into their .grad; grad NULL means ones (scalar root) */
+/* accumulate d(root)/d(leaves) into their .grad; grad NULL means ones (a one-element
+ * root); retain_graph keeps the tape for another backward */
 int moe_backward(moe_tensor *root, const moe_tensor *grad, int retain_graph);
+/* the same values, off the tape [OUT: a new view] */
 moe_tensor *moe_detach(const moe_tensor *t);
+/* the op that computed t ("add", "matmul", ...), or NULL for a leaf */
+const char *moe_grad_fn_name(const moe_tensor *t);
 /* g summed over the dims broadcast from shape (ndim, shape); new ref */
 moe_tensor *moe_sum_to_shape(const moe_tensor *g, int ndim, const int64_t *shape);
 

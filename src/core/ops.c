@@ -2,6 +2,7 @@
  * scans and matmul: arguments are checked once here, outputs allocated, and the
  * device's kernel called. Kernels live in src/cpu/ (and src/cuda/). */
 #include "moe.h"
+#include "autograd_impl.h"
 #include "dispatch.h"
 
 #include <math.h>
@@ -445,12 +446,10 @@ done:
 }
 
 /* ================================================================ autograd
- * Backward functions run with grad mode off and compose the engine's own ops,
- * so they work on every layout, dtype and (later) device. Each returns the
- * gradient of every input that needs one; broadcast dims are summed away by the
- * engine (moe_sum_to_shape). */
+ * Each op records itself as src/core/autograd_impl.h describes (MOE_NOGRAD
+ * around its _impl, then one node); each backward returns the gradient of
+ * every input that needs one, composed of the engine's own ops. */
 
-#define SAVED(n, i) ((n)->saved[i] ? moe_node_saved(n, i) : NULL)
 #define TRY(x) do { if (!(x)) goto fail; } while (0)
 
 static moe_tensor *retained(const moe_tensor *t) { moe_tensor_retain((moe_tensor *)t); return (moe_tensor *)t; }
@@ -466,7 +465,7 @@ static void drop(int n, moe_tensor **ts) { for (int i = 0; i < n; i++) moe_tenso
 /* out = a (op) b: [broadcast shape] */
 static int binary_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
   moe_binop op = (moe_binop)n->iarg[0];
-  const moe_tensor *a = SAVED(n, 0), *b = SAVED(n, 1), *out = SAVED(n, 2);
+  const moe_tensor *a = MOE_SAVED(n, 0), *b = MOE_SAVED(n, 1), *out = MOE_SAVED(n, 2);
   int na = moe_node_needs(n, 0), nb = moe_node_needs(n, 1);
   moe_tensor *t[4] = {0};
   if ((n->saved[0] && !a) || (n->saved[1] && !b) || (n->saved[2] && !out)) return -1;
@@ -532,9 +531,8 @@ static int is_differentiable(const moe_tensor *out) { return moe_dtype_is_float(
 moe_tensor *moe_binary(moe_binop op, const moe_tensor *a, const moe_tensor *b) {
   const moe_tensor *ins[2] = {a, b};
   if (is_compare(op) || !moe_ag_wants(2, ins)) return binary_impl(op, a, b);
-  int prev = moe_set_grad_enabled(0);
-  moe_tensor *out = binary_impl(op, a, b);
-  moe_set_grad_enabled(prev);
+  moe_tensor *out;
+  MOE_NOGRAD(out, binary_impl(op, a, b));
   if (!out || !is_differentiable(out)) return out;
   moe_node *n = moe_node_new(binop_names[op], binary_backward, 2, ins);
   if (n) {
@@ -554,7 +552,7 @@ static int binary_scalar_backward(moe_node *n, const moe_tensor *g, moe_tensor *
   moe_binop op = (moe_binop)n->iarg[0];
   int left = (int)n->iarg[1];
   double s = n->darg[0];
-  const moe_tensor *a = SAVED(n, 0), *out = SAVED(n, 1);
+  const moe_tensor *a = MOE_SAVED(n, 0), *out = MOE_SAVED(n, 1);
   moe_tensor *t[4] = {0};
   if ((n->saved[0] && !a) || (n->saved[1] && !out)) return -1;
   switch (op) {
@@ -593,9 +591,8 @@ fail:
 
 moe_tensor *moe_binary_scalar(moe_binop op, const moe_tensor *a, double s, int scalar_left) {
   if (is_compare(op) || !moe_ag_wants(1, &a)) return binary_scalar_impl(op, a, s, scalar_left);
-  int prev = moe_set_grad_enabled(0);
-  moe_tensor *out = binary_scalar_impl(op, a, s, scalar_left);
-  moe_set_grad_enabled(prev);
+  moe_tensor *out;
+  MOE_NOGRAD(out, binary_scalar_impl(op, a, s, scalar_left));
   if (!out || !is_differentiable(out)) return out;
   moe_node *n = moe_node_new(binop_names[op], binary_scalar_backward, 1, &a);
   if (n) {
@@ -625,9 +622,8 @@ static int unary_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
 
 moe_tensor *moe_unary(moe_unop op, const moe_tensor *a, double p0, double p1) {
   if (!moe_ag_wants(1, &a)) return unary_impl(op, a, p0, p1);
-  int prev = moe_set_grad_enabled(0);
-  moe_tensor *out = unary_impl(op, a, p0, p1);
-  moe_set_grad_enabled(prev);
+  moe_tensor *out;
+  MOE_NOGRAD(out, unary_impl(op, a, p0, p1));
   if (!out || !is_differentiable(out)) return out;
   moe_node *n = moe_node_new(unop_names[op], unary_backward, 1, &a);
   if (n) {
@@ -655,9 +651,8 @@ static int where_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
 moe_tensor *moe_where(const moe_tensor *cond, const moe_tensor *a, const moe_tensor *b) {
   const moe_tensor *ins[3] = {cond, a, b};
   if (!moe_ag_wants(3, ins)) return where_impl(cond, a, b);
-  int prev = moe_set_grad_enabled(0);
-  moe_tensor *out = where_impl(cond, a, b);
-  moe_set_grad_enabled(prev);
+  moe_tensor *out;
+  MOE_NOGRAD(out, where_impl(cond, a, b));
   if (!out || !is_differentiable(out)) return out;
   ins[0] = NULL; /* the condition gets no gradient */
   moe_node *n = moe_node_new("where", where_backward, 3, ins);
@@ -671,7 +666,7 @@ static int reduce_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
   moe_redop op = (moe_redop)n->iarg[0];
   unsigned dims = (unsigned)n->iarg[1];
   int correction = (int)n->iarg[3];
-  const moe_tensor *x = moe_node_saved(n, 0), *out = SAVED(n, 1);
+  const moe_tensor *x = moe_node_saved(n, 0), *out = MOE_SAVED(n, 1);
   if (!x || (n->saved[1] && !out)) return -1;
   int64_t kshape[MOE_MAX_DIMS], K = 1;
   for (int d = 0; d < x->ndim; d++) {
@@ -748,9 +743,8 @@ moe_tensor *moe_reduce(moe_redop op, const moe_tensor *t, unsigned dims, int kee
                        int correction, moe_tensor **indices, int64_t ibase) {
   int diff = op != MOE_RARGMAX && op != MOE_RARGMIN && op != MOE_RALL && op != MOE_RANY;
   if (!diff || !moe_ag_wants(1, &t)) return reduce_impl(op, t, dims, keepdim, correction, indices, ibase);
-  int prev = moe_set_grad_enabled(0);
-  moe_tensor *out = reduce_impl(op, t, dims, keepdim, correction, indices, ibase);
-  moe_set_grad_enabled(prev);
+  moe_tensor *out;
+  MOE_NOGRAD(out, reduce_impl(op, t, dims, keepdim, correction, indices, ibase));
   if (!out || !is_differentiable(out)) return out;
   moe_node *n = moe_node_new(redop_names[op], reduce_backward, 1, &t);
   if (n) {
@@ -768,7 +762,7 @@ moe_tensor *moe_reduce(moe_redop op, const moe_tensor *t, unsigned dims, int kee
 static int scan_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
   moe_scanop op = (moe_scanop)n->iarg[0];
   int dim = (int)n->iarg[1];
-  const moe_tensor *x = SAVED(n, 0), *y = SAVED(n, 1);
+  const moe_tensor *x = MOE_SAVED(n, 0), *y = MOE_SAVED(n, 1);
   if ((n->saved[0] && !x) || (n->saved[1] && !y)) return -1;
   unsigned m = 1u << dim;
   moe_tensor *t[4] = {0};
@@ -827,9 +821,8 @@ fail:
 
 moe_tensor *moe_scan(moe_scanop op, const moe_tensor *t, int dim) {
   if (!moe_ag_wants(1, &t)) return scan_impl(op, t, dim);
-  int prev = moe_set_grad_enabled(0);
-  moe_tensor *out = scan_impl(op, t, dim);
-  moe_set_grad_enabled(prev);
+  moe_tensor *out;
+  MOE_NOGRAD(out, scan_impl(op, t, dim));
   if (!out || !is_differentiable(out)) return out;
   static const char *names[] = {"softmax", "log_softmax", "cumsum", "cumprod"};
   moe_node *n = moe_node_new(names[op], scan_backward, 1, &t);
@@ -846,7 +839,7 @@ moe_tensor *moe_scan(moe_scanop op, const moe_tensor *t, int dim) {
 /* out [..,M,N] = a [..,M,K] @ b [..,K,N]: ga = g b^T, gb = a^T g (1-D operands
  * get their unit dim back first) */
 static int matmul_backward(moe_node *n, const moe_tensor *g0, moe_tensor **gin) {
-  const moe_tensor *a0 = SAVED(n, 0), *b0 = SAVED(n, 1);
+  const moe_tensor *a0 = MOE_SAVED(n, 0), *b0 = MOE_SAVED(n, 1);
   if ((n->saved[0] && !a0) || (n->saved[1] && !b0)) return -1;
   int a1 = n->iarg[0] == 1, b1 = n->iarg[1] == 1, rc = -1;
   moe_precision prec = (moe_precision)n->iarg[2]; /* the backward GEMMs run in the forward's precision */
@@ -887,9 +880,8 @@ moe_tensor *moe_matmul(const moe_tensor *a, const moe_tensor *b) { return moe_ma
 moe_tensor *moe_matmul_prec(const moe_tensor *a, const moe_tensor *b, moe_precision prec) {
   const moe_tensor *ins[2] = {a, b};
   if (!moe_ag_wants(2, ins)) return matmul_impl(a, b, prec);
-  int prev = moe_set_grad_enabled(0);
-  moe_tensor *out = matmul_impl(a, b, prec);
-  moe_set_grad_enabled(prev);
+  moe_tensor *out;
+  MOE_NOGRAD(out, matmul_impl(a, b, prec));
   if (!out) return NULL;
   moe_node *n = moe_node_new("matmul", matmul_backward, 2, ins);
   if (n) {

@@ -1,5 +1,6 @@
 /* tensor.c -- errors, dtypes, refcounted 64-byte aligned storage, and views. */
 #include "moe.h"
+#include "autograd_impl.h"
 #include "dispatch.h"
 
 #include <math.h>
@@ -389,10 +390,9 @@ moe_tensor *moe_to_device(const moe_tensor *t, moe_device dev) {
   size_t es = moe_dtype_size(t->dtype);
   int64_t n = moe_numel(t);
   /* a contiguous copy on t's own device first, then one transfer */
-  int prev = moe_set_grad_enabled(0);
-  moe_tensor *src = moe_contiguous(t);
-  moe_tensor *out = src ? moe_empty_on(dev, t->ndim, t->shape, t->dtype) : NULL;
-  moe_set_grad_enabled(prev);
+  moe_tensor *src, *out;
+  MOE_NOGRAD(src, moe_contiguous(t));
+  out = src ? moe_empty_on(dev, t->ndim, t->shape, t->dtype) : NULL;
   if (out && n && moe_cuda_memcpy(moe_data(out), moe_data(src), (size_t)n * es, dev == MOE_CUDA ? 0 : 1)) {
     moe_error("%s: %s", dev == MOE_CUDA ? "cuda" : "cpu", moe_cuda_last_error());
     moe_tensor_release(out);
@@ -821,9 +821,8 @@ int moe_copy_(moe_tensor *dst, const moe_tensor *src) {
 #define RECORD1(NAME, BW, CALL, SETUP)                                               \
   do {                                                                               \
     if (!moe_ag_wants(1, &t)) return CALL;                                           \
-    int prev_ = moe_set_grad_enabled(0);                                             \
-    moe_tensor *out_ = CALL;                                                         \
-    moe_set_grad_enabled(prev_);                                                     \
+    moe_tensor *out_;                                                                \
+    MOE_NOGRAD(out_, CALL);                                                          \
     if (!out_) return NULL;                                                          \
     moe_node *n = moe_node_new(NAME, BW, 1, &t);                                     \
     if (n) { SETUP; }                                                                \

@@ -885,7 +885,7 @@ static int grad_field(lua_State *L, moe_tensor *t, const char *k) {
   }
   if (!strcmp(k, "requires_grad")) { lua_pushboolean(L, t->requires_grad); return 1; }
   if (!strcmp(k, "grad_fn")) {
-    if (t->grad_fn) lua_pushstring(L, t->grad_fn->name);
+    if (t->grad_fn) lua_pushstring(L, moe_grad_fn_name(t));
     else lua_pushnil(L);
     return 1;
   }
@@ -898,7 +898,7 @@ static int set_requires_grad(lua_State *L, moe_tensor *t, int on) {
     luaL_error(L, "requires_grad: only float tensors can require grad, got dtype %s", moe_dtype_name(t->dtype));
   if (t->grad_fn) {
     if (on) return 0;
-    luaL_error(L, "requires_grad: cannot turn it off on a tensor computed by %s (use detach())", t->grad_fn->name);
+    luaL_error(L, "requires_grad: cannot turn it off on a tensor computed by %s (use detach())", moe_grad_fn_name(t));
   }
   t->requires_grad = on;
   return 0;

@@ -12,12 +12,13 @@
  * (saved in the node, iarg[1]) run on operands rounded to bfloat16 with fp32
  * sums; the bias, the activation and its derivative, and gb stay fp32. */
 #include "../core/moe.h"
+#include "../core/autograd_impl.h"
 #include "../core/dispatch.h"
 
 #include <string.h>
 
 static int linear_backward(moe_node *n, const moe_tensor *g0, moe_tensor **gin) {
-  const moe_tensor *x = ((n)->saved[0] ? moe_node_saved(n, 0) : NULL), *w = ((n)->saved[1] ? moe_node_saved(n, 1) : NULL);
+  const moe_tensor *x = MOE_SAVED(n, 0), *w = MOE_SAVED(n, 1);
   if ((n->saved[0] && !x) || (n->saved[1] && !w)) return -1;
   moe_precision prec = (moe_precision)n->iarg[1];
   moe_tensor *gz = NULL;
@@ -82,10 +83,10 @@ moe_tensor *moe_linear(const moe_tensor *x, const moe_tensor *w, const moe_tenso
   }
   int64_t K = w->shape[0], N = w->shape[1], M = K ? moe_numel(x) / K : 0;
   if (!K) { M = 1; for (int d = 0; d < x->ndim - 1; d++) M *= x->shape[d]; }
-  int prev = moe_set_grad_enabled(0);
   int64_t xs[2] = {M, K};
-  moe_tensor *x2 = moe_reshape(x, 2, xs), *bc = b ? moe_contiguous(b) : NULL;
-  moe_set_grad_enabled(prev);
+  moe_tensor *x2, *bc;
+  MOE_NOGRAD(x2, moe_reshape(x, 2, xs));
+  MOE_NOGRAD(bc, b ? moe_contiguous(b) : NULL);
   int64_t oshape[MOE_MAX_DIMS];
   memcpy(oshape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
   oshape[x->ndim - 1] = N;

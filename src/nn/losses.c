@@ -7,6 +7,7 @@
  * Only p gets a gradient (targets are data). The kernels: src/cpu/losses.c and
  * src/cuda/losses.cu. */
 #include "../core/moe.h"
+#include "../core/autograd_impl.h"
 #include "../core/dispatch.h"
 
 #include <string.h>

@@ -8,6 +8,7 @@
  * This file checks, allocates, dispatches and records; the kernels are in
  * src/cpu/moe.c (no CUDA twin yet: src/core/dispatch.h). */
 #include "../core/moe.h"
+#include "../core/autograd_impl.h"
 #include "../core/dispatch.h"
 #include "../cpu/cpu.h"
 
@@ -116,9 +117,9 @@ moe_tensor *moe_gate_scale(const moe_tensor *h, const moe_tensor *g, int relu, i
     return NULL;
   }
   int64_t B = h->shape[0], E = g->shape[1], W = h->shape[1] + (append ? E : 0);
-  int prev = moe_set_grad_enabled(0);
-  moe_tensor *hc = moe_contiguous(h), *gc = hc ? moe_contiguous(g) : NULL;
-  moe_set_grad_enabled(prev);
+  moe_tensor *hc, *gc;
+  MOE_NOGRAD(hc, moe_contiguous(h));
+  MOE_NOGRAD(gc, hc ? moe_contiguous(g) : NULL);
   int64_t oshape[2] = {B, W};
   moe_tensor *out = gc ? moe_empty_on(h->device, 2, oshape, h->dtype) : NULL;
   if (out) MOE_KH(gate_scale, h->device, out, hc, gc, relu, append);

@@ -15,6 +15,7 @@
  * MOE_PREC_BF16 (float32) all three GEMMs run on operands rounded to bfloat16
  * with fp32 sums (src/cpu/bf16.c); the bias and its gradient stay fp32. */
 #include "../core/moe.h"
+#include "../core/autograd_impl.h"
 #include "../core/dispatch.h"
 #include "../cpu/cpu.h"
 
@@ -111,10 +112,10 @@ moe_tensor *moe_grouped_matmul(const moe_tensor *x0, const moe_tensor *w0, const
     moe_tensor_release(cn);
     return NULL;
   }
-  int prev = moe_set_grad_enabled(0);
-  moe_tensor *x = moe_contiguous(x0), *w = x ? moe_contiguous(w0) : NULL;
-  moe_tensor *b = w && b0 ? moe_contiguous(b0) : NULL;
-  moe_set_grad_enabled(prev);
+  moe_tensor *x, *w, *b;
+  MOE_NOGRAD(x, moe_contiguous(x0));
+  MOE_NOGRAD(w, x ? moe_contiguous(w0) : NULL);
+  MOE_NOGRAD(b, w && b0 ? moe_contiguous(b0) : NULL);
   int64_t oshape[2] = {total, N};
   moe_tensor *y = w && (!b0 || b) ? moe_empty_on(x0->device, 2, oshape, x0->dtype) : NULL;
   int64_t *offs = y ? malloc(sizeof(int64_t) * (size_t)(E ? E : 1)) : NULL;
