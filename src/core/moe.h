@@ -135,7 +135,7 @@ int moe_check_writable(const char *op, const moe_tensor *t);
  * an expanded tensor */
 int moe_mark_write(const char *op, const moe_tensor *t);
 
-/* ---- elementwise (src/core/ops.c -> src/cpu/elementwise.c) ---- */
+/* ---- elementwise (src/core/ops_elementwise.c -> src/cpu/elementwise.c) ---- */
 typedef enum {
   MOE_ADD, MOE_SUB, MOE_MUL, MOE_DIV, MOE_POW, MOE_MAXIMUM, MOE_MINIMUM,
   MOE_EQ, MOE_NE, MOE_LT, MOE_LE, MOE_GT, MOE_GE, MOE_NBINOPS

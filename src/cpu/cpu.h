@@ -1,4 +1,4 @@
-/* cpu.h -- CPU kernels. Kernels never check user input: src/core/ops.c has
+/* cpu.h -- CPU kernels. Kernels never check user input: src/core/ops_*.c have
  * already checked shapes and dtypes and allocated the outputs. */
 #ifndef MOE_CPU_H
 #define MOE_CPU_H

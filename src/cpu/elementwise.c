@@ -215,7 +215,7 @@ BIN_SET(f32, float)
 BIN_SET(f64, double)
 BIN_SET(i32, int32_t)
 BIN_SET(i64, int64_t)
-/* division and pow exist in float only: src/core/ops.c computes them for integers in float32 */
+/* division and pow exist in float only: src/core/ops_elementwise.c computes them for integers in float32 */
 BIN_FN(div_f32, float, float, x / y)
 BIN_FN(div_f64, double, double, x / y)
 BIN_FN(pow_f32, float, float, powf(x, y))

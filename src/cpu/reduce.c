@@ -1,5 +1,5 @@
 /* reduce.c -- reductions and scans over the rows of a contiguous [M,K] matrix.
- * src/core/ops.c moves the reduced dims last, so one row is one output element.
+ * src/core/ops_reduce.c moves the reduced dims last, so one row is one output element.
  * float32 sums accumulate in double. */
 #include "cpu.h"
 

@@ -67,7 +67,7 @@ template <class T> __device__ __forceinline__ uint8_t compare(int op, T x, T y) 
   }
 }
 
-// an operand that is a host scalar (a Lua number: src/core/ops.c's make_scalar)
+// an operand that is a host scalar (a Lua number: src/core/ops_elementwise.c's make_scalar)
 // comes by value: sc bit 1 for a, bit 2 for b
 template <class T> __global__ void k_binary(moe_iter it, int op, T *o, const T *a, const T *b, int sc, T av, T bv) {
   MOE_GRID_STRIDE(i, it.n) {

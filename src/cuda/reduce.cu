@@ -1,5 +1,5 @@
 // reduce.cu -- reductions and scans over the rows of a contiguous [M,K] matrix
-// (src/core/ops.c has moved the reduced dims last), as src/cpu/reduce.c:
+// (src/core/ops_reduce.c has moved the reduced dims last), as src/cpu/reduce.c:
 // float sums accumulate in double, max/min let the first NaN win and break
 // ties by the first index, var/std take two passes.
 #include "common.cuh"
