@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "../../src/core/moe.h"
+#include "../../src/core/tensor_impl.h"
 #include "../../src/cpu/cpu.h"
 #include "../../src/cpu/bf16.h"
 

@@ -3,6 +3,7 @@
  * storage headers over the CUDA runtime's cache, pooled tensor headers, and the
  * live/peak byte counts the Lua GC nudge reads. Private interface: alloc.h. */
 #include "moe.h"
+#include "tensor_impl.h"
 #include "alloc.h"
 #include "device.h"
 

@@ -8,6 +8,7 @@
  * edges as soon as the node has run. Releases are iterative, so a chain of a
  * million ops does not overflow the C stack. */
 #include "moe.h"
+#include "tensor_impl.h"
 #include "autograd_impl.h"
 
 #include <stdlib.h>

@@ -12,6 +12,29 @@
  * Indices: C is 0-based. Ops that read or write index tensors take an `ibase`
  * argument: the value that denotes the first element (the Lua binding passes 1).
  * Dims passed to engine functions are always 0-based and already normalised.
+ *
+ * Devices: a tensor lives on the host (MOE_CPU) or on a CUDA device. An op
+ * runs where its tensor arguments are and puts its outputs there; arguments on
+ * different devices are an error naming both (a 0-dim host tensor may join an
+ * op on any device, as a scalar). An op the device's backend has no kernel for
+ * is an error naming the op ("not on this backend"), never a crash.
+ *
+ * Example (spec/c/public_api.c is a complete program):
+ *
+ *   int64_t shape[2] = {2, 3};
+ *   double v[6] = {1, 2, 3, 4, 5, 6};
+ *   moe_tensor *h = moe_from_doubles(2, shape, MOE_F32, v);    // on the host
+ *   moe_tensor *x = moe_to_device(h, MOE_CUDA);                // or stay on MOE_CPU
+ *   x->requires_grad = 1;                                      // a leaf
+ *   moe_tensor *y = moe_binary(MOE_MUL, x, x);                 // on x's device
+ *   moe_tensor *s = moe_reduce(MOE_RSUM, y, 0, 0, 0, NULL, 0); // 0-dim
+ *   if (!s || moe_backward(s, NULL, 0)) fprintf(stderr, "%s\n", moe_last_error());
+ *   // x->grad = 2 x; release every new reference:
+ *   moe_tensor_release(s); moe_tensor_release(y); moe_tensor_release(x); moe_tensor_release(h);
+ *
+ * Private headers (the engine's own code, not for users): autograd_impl.h (how
+ * an op records itself), tensor_impl.h (the storage layout), dispatch.h (the
+ * backends' kernel table), ops_impl.h, alloc.h.
  */
 #ifndef MOE_H
 #define MOE_H
@@ -25,15 +48,9 @@
 typedef enum { MOE_F32 = 0, MOE_F64, MOE_I32, MOE_I64, MOE_BOOL, MOE_NDTYPES } moe_dtype;
 typedef enum { MOE_CPU = 0, MOE_CUDA = 1 } moe_device;
 
-typedef struct moe_storage {
-  void *data;
-  size_t nbytes;
-  int refcount;
-  moe_device device;
-  uint32_t version;               /* bumped by every in-place write (autograd checks it) */
-  int8_t pool_class;              /* size class of a recycled host block, -1 if none */
-  size_t block_bytes;             /* bytes of the host block (header included) */
-} moe_storage;
+/* the reference-counted block a tensor views (its layout is private:
+ * src/core/tensor_impl.h); moe_data(t) is the address of t's first element */
+typedef struct moe_storage moe_storage;
 
 /* an autograd node (the op that computed a tensor): its layout is private,
  * src/core/autograd_impl.h */
@@ -55,14 +72,14 @@ typedef struct moe_tensor {
   struct moe_tensor *grad;
 } moe_tensor;
 
-/* ---- errors (src/core/error.c) ---- */
+/* ---- errors (src/core/tensor.c) ---- */
 int moe_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 const char *moe_last_error(void);
 /* "[2,3]" into buf (at least 160 bytes); returns buf */
 const char *moe_shape_str(const moe_tensor *t, char *buf);
 const char *moe_dims_str(int ndim, const int64_t *shape, char *buf);
 
-/* ---- dtypes ---- */
+/* ---- dtypes (src/core/tensor.c) ---- */
 size_t moe_dtype_size(moe_dtype dt);
 const char *moe_dtype_name(moe_dtype dt);
 int moe_dtype_from_name(const char *name, moe_dtype *out); /* 0 ok, -1 unknown */
@@ -78,7 +95,7 @@ static inline int64_t moe_sat_i64(double x) {
                     : x >= 9223372036854775807.0 ? INT64_MAX : (int64_t)x;
 }
 
-/* ---- storage and tensors (src/core/tensor.c) ---- */
+/* ---- tensors (src/core/tensor.c; memory: src/core/alloc.c) ---- */
 /* Bytes currently held by live host storages (for the GC nudge and for specs). */
 int64_t moe_live_bytes(void);
 int64_t moe_live_tensors(void);
@@ -93,7 +110,7 @@ moe_tensor *moe_to_device(const moe_tensor *t, moe_device dev);
 int moe_allocator_caches(void); /* 0 in sanitizer builds, which free every block at once */
 /* new tensors: moe_empty and moe_full on the host, the _on forms on dev;
  * moe_empty_like on t's device. Ops put their outputs on their inputs' device. */
-moe_tensor *moe_empty(int ndim, const int64_t *shape, moe_dtype dt);
+moe_tensor *moe_empty(int ndim, const int64_t *shape, moe_dtype dt);               /* [OUT] values undefined */
 moe_tensor *moe_full(int ndim, const int64_t *shape, moe_dtype dt, double value);
 moe_tensor *moe_empty_on(moe_device dev, int ndim, const int64_t *shape, moe_dtype dt);
 moe_tensor *moe_full_on(moe_device dev, int ndim, const int64_t *shape, moe_dtype dt, double value);
@@ -102,9 +119,10 @@ void moe_tensor_retain(moe_tensor *t);
 void moe_tensor_release(moe_tensor *t);
 int64_t moe_numel(const moe_tensor *t);
 int moe_is_contiguous(const moe_tensor *t);
-static inline char *moe_data(const moe_tensor *t) {
-  return (char *)t->storage->data + (size_t)t->offset * moe_dtype_size(t->dtype);
-}
+/* the address of t's first element (device memory for a CUDA tensor) */
+char *moe_data(const moe_tensor *t);
+/* 1 when a and b view the same storage */
+int moe_same_storage(const moe_tensor *a, const moe_tensor *b);
 /* element access by 0-based multi-index (slow path: printing, item, totable) */
 double moe_get(const moe_tensor *t, const int64_t *idx);
 void moe_set(moe_tensor *t, const int64_t *idx, double v);
@@ -112,7 +130,7 @@ void moe_set(moe_tensor *t, const int64_t *idx, double v);
 moe_tensor *moe_from_doubles(int ndim, const int64_t *shape, moe_dtype dt, const double *v);
 int moe_fill_(moe_tensor *t, double v);
 
-/* ---- views (no copies) ---- */
+/* ---- views (no copies) and copies (src/core/tensor.c) ---- */
 moe_tensor *moe_view(const moe_tensor *t, int ndim, const int64_t *shape);     /* one -1 allowed */
 moe_tensor *moe_reshape(const moe_tensor *t, int ndim, const int64_t *shape);  /* copies if needed */
 moe_tensor *moe_transpose(const moe_tensor *t, int d0, int d1);
@@ -156,7 +174,7 @@ int moe_binary_scalar_(moe_binop op, moe_tensor *a, double s);
 moe_tensor *moe_unary(moe_unop op, const moe_tensor *a, double p0, double p1);
 moe_tensor *moe_where(const moe_tensor *cond, const moe_tensor *a, const moe_tensor *b);
 
-/* ---- reductions and scans (src/cpu/reduce.c) ---- */
+/* ---- reductions and scans (src/core/ops_reduce.c -> src/cpu/reduce.c) ---- */
 typedef enum {
   MOE_RSUM, MOE_RMEAN, MOE_RPROD, MOE_RVAR, MOE_RSTD, MOE_RMAX, MOE_RMIN,
   MOE_RARGMAX, MOE_RARGMIN, MOE_RLOGSUMEXP, MOE_RALL, MOE_RANY, MOE_NREDOPS
@@ -165,11 +183,11 @@ const char *moe_redop_name(moe_redop op);
 /* dims: mask of reduced dims (bit d), 0 = all. For MAX/MIN `indices` (if non-NULL)
  * receives the argmax over a single dim. `correction` is used by VAR/STD. */
 moe_tensor *moe_reduce(moe_redop op, const moe_tensor *t, unsigned dims, int keepdim,
-                       int correction, moe_tensor **indices, int64_t ibase);
+                       int correction, moe_tensor **indices /* [OUT] [OPTIONAL] */, int64_t ibase);
 typedef enum { MOE_SOFTMAX, MOE_LOG_SOFTMAX, MOE_CUMSUM, MOE_CUMPROD } moe_scanop;
 moe_tensor *moe_scan(moe_scanop op, const moe_tensor *t, int dim);
 
-/* ---- matmul (src/cpu/matmul.c) ---- */
+/* ---- matmul (src/core/ops_matmul.c -> src/cpu/matmul.c, src/cpu/bf16.c) ---- */
 /* The precision of a GEMM: fp32, or bf16 (float32 operands rounded to bfloat16, round to
  * nearest even, products and sums in fp32, fp32 output; src/cpu/bf16.c). It applies to
  * float32 GEMMs; float64 ones always run in fp64. An op's backward GEMMs run in the
@@ -180,7 +198,8 @@ moe_tensor *moe_matmul_prec(const moe_tensor *a, const moe_tensor *b, moe_precis
 /* out = a @ b into an existing tensor (shapes already checked by moe_matmul rules) */
 int moe_matmul_out(moe_tensor *out, const moe_tensor *a, const moe_tensor *b);
 
-/* ---- sorting and indexing (src/cpu/index.c) ---- */
+/* ---- sorting and indexing (src/core/index.c -> src/cpu/index.c) ---- */
+/* values [OUT] and indices [OUT] (int64, starting at ibase) along dim; 0 or -1 */
 int moe_sort(const moe_tensor *t, int dim, int descending, moe_tensor **values,
              moe_tensor **indices, int64_t ibase);
 /* topk: the k largest (or smallest) along dim, sorted, ties in index order */
@@ -222,7 +241,7 @@ moe_tensor *moe_randn(int ndim, const int64_t *shape, moe_dtype dt, double mean,
 moe_tensor *moe_randint(int64_t low, int64_t high, int ndim, const int64_t *shape, moe_dtype dt);
 moe_tensor *moe_randperm(int64_t n, moe_dtype dt, int64_t ibase);
 
-/* ---- layers' fused ops (src/nn/) ---- */
+/* ---- layers' fused ops (src/nn/dense.c, losses.c, mixture.c, routing.c -> src/cpu/) ---- */
 /* y [..., N] = x [..., K] @ w [K, N] (+ b [N]; b may be NULL), the GEMMs in precision prec */
 moe_tensor *moe_linear(const moe_tensor *x, const moe_tensor *w, const moe_tensor *b, int act, moe_precision prec);
 /* elementwise binary cross-entropy of probabilities (clipped to [1e-7, 1-1e-7]) or
@@ -235,9 +254,10 @@ moe_tensor *moe_mixture(const moe_tensor *h, const moe_tensor *g);
 moe_tensor *moe_gate_scale(const moe_tensor *h, const moe_tensor *g, int relu, int append);
 /* tokens-choose plan (src/nn/routing.c): kept (token, expert, rank) pairs sorted by
  * expert, and per-expert counts; capacity < 0 means no limit (dropless) */
-int moe_route_plan(const moe_tensor *expert_index, const moe_tensor *order, const moe_tensor *valid,
-                   int64_t E, int64_t capacity, int64_t ibase, moe_tensor **token, moe_tensor **expert,
-                   moe_tensor **rank, moe_tensor **counts);
+int moe_route_plan(const moe_tensor *expert_index /* int64 [G,T,k] */, const moe_tensor *order /* [OPTIONAL] int64 [G,T] */,
+                   const moe_tensor *valid /* [OPTIONAL] bool [G,T] */, int64_t E, int64_t capacity, int64_t ibase,
+                   moe_tensor **token /* [OUT] */, moe_tensor **expert /* [OUT] */, moe_tensor **rank /* [OUT] */,
+                   moe_tensor **counts /* [OUT] int64 [E] */);
 /* y [A,N] = x [A,K] @ w[e] [K,N] (+ b[e] [N], b may be NULL) over consecutive row
  * groups of sizes counts [E], the GEMMs in precision prec */
 moe_tensor *moe_grouped_matmul(const moe_tensor *x, const moe_tensor *w, const moe_tensor *b,

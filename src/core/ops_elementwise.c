@@ -3,6 +3,7 @@
  * kernel (src/cpu/elementwise.c, src/cuda/elementwise.cu), its recording and
  * its backward. */
 #include "ops_impl.h"
+#include "tensor_impl.h"
 
 #include <math.h>
 #include <string.h>

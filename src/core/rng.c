@@ -7,6 +7,7 @@
  * depend on threads or on how the work is split. moe_manual_seed(n) resets the
  * key to n and the op counter to 0. */
 #include "moe.h"
+#include "tensor_impl.h"
 #include "../cpu/cpu.h"
 
 #include <math.h>

@@ -4,6 +4,7 @@
 #include "autograd_impl.h"
 #include "dispatch.h"
 #include "alloc.h"
+#include "tensor_impl.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -113,6 +114,9 @@ moe_tensor *moe_empty_on(moe_device dev, int ndim, const int64_t *shape, moe_dty
 moe_tensor *moe_empty(int ndim, const int64_t *shape, moe_dtype dt) { return moe_empty_on(MOE_CPU, ndim, shape, dt); }
 
 moe_tensor *moe_empty_like(const moe_tensor *t) { return moe_empty_on(t->device, t->ndim, t->shape, t->dtype); }
+
+char *moe_data(const moe_tensor *t) { return moe_data_(t); }
+int moe_same_storage(const moe_tensor *a, const moe_tensor *b) { return a->storage == b->storage; }
 
 int moe_device_available(moe_device dev) { return dev == MOE_CPU || (dev == MOE_CUDA && moe_cuda_device_count() > 0); }
 

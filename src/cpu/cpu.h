@@ -4,6 +4,7 @@
 #define MOE_CPU_H
 
 #include "../core/moe.h"
+#include "../core/tensor_impl.h"
 #include "../train/optim.h"
 
 /* Compute-bound loops (transcendentals, the optimizer update): on x86-64 GCC

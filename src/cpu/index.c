@@ -1,6 +1,7 @@
 /* index.c -- stable argsort, gather and scatter_add kernels. Index values were
  * range-checked by src/core/index.c. */
 #include "cpu.h"
+#include "../core/tensor_impl.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -9,6 +9,7 @@
 
 extern "C" {
 #include "../core/moe.h"
+#include "../core/tensor_impl.h"
 #include "cuda.h"
 #include "../core/device.h"
 }

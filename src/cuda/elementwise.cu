@@ -4,6 +4,7 @@
 // src/cpu/elementwise.c: NaN propagates through maximum/minimum/clamp/relu,
 // float -> integer casts saturate, bool is 0/1.
 #include "common.cuh"
+#include "../core/tensor_impl.h"
 
 #include <math.h>
 

@@ -658,7 +658,7 @@ static int l_is_contiguous(lua_State *L) { lua_pushboolean(L, moe_is_contiguous(
 static int l_storage_offset(lua_State *L) { lua_pushnumber(L, (lua_Number)check_tensor_any(L, 1, "storage_offset")->offset); return 1; }
 static int l_is_tensor(lua_State *L) { lua_pushboolean(L, moe_lua_totensor(L, 1) != NULL); return 1; }
 static int l_same_storage(lua_State *L) {
-  lua_pushboolean(L, check_tensor_any(L, 1, "same_storage")->storage == check_tensor_any(L, 2, "same_storage")->storage);
+  lua_pushboolean(L, moe_same_storage(check_tensor_any(L, 1, "same_storage"), check_tensor_any(L, 2, "same_storage")));
   return 1;
 }
 

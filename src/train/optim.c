@@ -3,6 +3,7 @@
  * (every tensor before any is written), then the update kernel (src/cpu/optim.c;
  * no CUDA twin yet). Update rules follow PyTorch's torch.optim (README.md). */
 #include "optim.h"
+#include "../core/tensor_impl.h"
 #include "../core/dispatch.h"
 #include "../cpu/cpu.h"
 
