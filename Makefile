@@ -47,7 +47,7 @@ CU_COMPILE  = $(EMU_CXX) -x c++ -c $< -o $@
 endif
 
 
-.PHONY: all deps run test check-c specs asan-test bench clean help fuzz fuzz-deps fuzz-build
+.PHONY: all deps run test asan-test emu-test bench clean help fuzz fuzz-deps fuzz-build format format-check
 
 all: deps $(BUILD)/moelua $(BUILD)/moe/core.so
 
@@ -144,10 +144,23 @@ $(BUILD)/bench_peak: bench/peak.c
 clean:
 	rm -rf build build-asan build-emu build-fuzz
 
+# the C, C++ and CUDA sources follow .clang-format (make format-check is part of make test)
+FORMAT_SRC = $(wildcard src/*.c src/*/*.c src/*/*.h src/cuda/*.cu src/cuda/*.cuh src/cuda/emu/*.cc src/cuda/emu/*.h spec/c/*.c spec/fuzz/*.c bench/*.c)
+format:
+	clang-format -i $(FORMAT_SRC)
+format-check:
+	@clang-format --dry-run --Werror $(FORMAT_SRC) && echo "the sources follow .clang-format"
+
 help:
-	@echo "make            build build/moelua and build/moe/core.so (installs missing Debian packages)"
-	@echo "make run        train models/mmoe_census.lua (the MMoE seed) on data/census-income.test.gz"
-	@echo "make test       C checks + busted specs, ending in 'N passed, N failed'"
-	@echo "make asan-test  the same under AddressSanitizer/UBSan"
-	@echo "make fuzz       libFuzzer on the CSV reader and the checkpoint loader, FUZZ_TIME=30 s each (spec/fuzz/README.md)"
-	@echo "make bench      benchmarks against OpenBLAS sgemm (results: bench/README.md)"
+	@echo "make              build build/moelua and build/moe/core.so (installs missing Debian packages)"
+	@echo "make run          train models/mmoe_census.lua (the MMoE seed) on data/census-income.test.gz"
+	@echo "make test         C checks + busted specs (CPU, and the CUDA specs on the host emulator), fuzzing"
+	@echo "                  for FUZZ_TEST_TIME s each where clang has libFuzzer; ends in 'N passed, N failed'"
+	@echo "make asan-test    the same under AddressSanitizer/UBSan (build-asan/)"
+	@echo "make emu-test     the whole suite on the CUDA host emulator build (build-emu/)"
+	@echo "make bench        benchmarks against OpenBLAS/BLIS/oneDNN sgemm and PyTorch (results: bench/README.md)"
+	@echo "make fuzz         libFuzzer on the CSV reader and the checkpoint loader, FUZZ_TIME=30 s each (spec/fuzz/README.md)"
+	@echo "make fuzz-deps    install clang and libFuzzer's runtime; make fuzz-build builds the harnesses"
+	@echo "make format       reformat the sources with .clang-format; make format-check only checks"
+	@echo "make clean        remove build/, build-asan/, build-emu/, build-fuzz/"
+	@echo "make help         this list"

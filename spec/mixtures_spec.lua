@@ -270,7 +270,7 @@ describe("MMoE", function()
     assert.equal(2, #m.last_gates)
   end)
 
-  it("validates options, and builds the census model of DESIGN.md in the functional API", function()
+  it("validates options, and builds the census MMoE model in the functional API", function()
     assert.matches("option 'units' is required", H.error_of(nn.MMoE, { num_experts = 2, num_tasks = 2 }))
     assert.matches("num_gates must be 1", H.error_of(nn.MMoE, { units = 2, num_experts = 2, num_tasks = 3, num_gates = 2 }))
     assert.matches("expert_hidden_units%[2%]", H.error_of(nn.MMoE, { units = 2, num_experts = 2, num_tasks = 2, expert_hidden_units = { 3, 0 } }))
