@@ -169,7 +169,7 @@ describe("moe.cuda with a device", function()
         X.requires_grad, W.requires_grad, B.requires_grad = true, true, true
         local y = moe.linear(X, W, B, act ~= "none" and act or nil)
         local p = y:sigmoid()
-        local loss = moe.bce(target:to(dev), p):mean()
+        local loss = moe.core.bce(target:to(dev), p):mean()
         loss:backward()
         grads[k] = { y, X.grad, W.grad, B.grad }
       end

@@ -73,7 +73,7 @@ describe("routing against the numpy reference", function()
         end
       end
       local G, T = x:size(1), x:size(2)
-      r:evaluate()
+      r:eval()
       local plan = r(x, c.capacity)
       local got = dense_combine(plan, G * T, E)
       local want = moe.tensor(c.combine, { dtype = "float64" }):view(G * T, E)
@@ -230,7 +230,7 @@ describe("the MoeLayer family's defaults and weight lists, as TF Model Garden's"
           end
           layer(moe.zeros(#c.input, #c.input[1], #c.input[1][1]))
           layer:to(dtype)
-          layer:evaluate()
+          layer:eval()
           local list = {}
           for i, w in ipairs(c.weights) do list[i] = moe.tensor(w, { dtype = dtype }) end
           layer:set_weights(list)
@@ -254,7 +254,7 @@ describe("the MoeLayer family's defaults and weight lists, as TF Model Garden's"
         l32:save(p)
         local back = moe.load(p)
         os.remove(p)
-        back:evaluate()
+        back:eval()
         assert.equal(0, (back(x32) - y32):abs():max():item())
         for i, w in ipairs(back:get_weights()) do assert.equal(0, (w - moe.tensor(c.weights[i])):abs():max():item()) end
       end)
@@ -363,11 +363,11 @@ describe("MoeLayer", function()
   it("jitter and noisy gating act in training only", function()
     local r = identity_router(nn.TokensChooseMaskedRouter, 3, { jitter_noise = 0.5 })
     local x = moe.randn(1, 4, 3, { dtype = "float64" })
-    r:evaluate()
+    r:eval()
     local a = r(x, -1).gate:clone()
     local b = r(x, -1).gate
     assert.equal(0, (a - b):abs():max():item())
-    r:training()
+    r:train()
     local c = r(x, -1).gate
     assert.is_true((a - c):abs():max():item() > 0)
     local noisy = nn.TokensChooseMaskedRouter { num_experts = 3, noisy_gating = true }

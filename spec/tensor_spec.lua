@@ -212,7 +212,7 @@ describe("allocator cache", function()
     b = nil
     collectgarbage(); collectgarbage()
     local freed = moe.empty_cache()
-    if moe.allocator_caches then
+    if moe.core.allocator_caches then
       assert.is_true(freed >= 8 * 2 ^ 20, "empty_cache returned " .. freed)
     else
       assert.are.equal(0, freed)
@@ -220,7 +220,7 @@ describe("allocator cache", function()
     assert.are.equal(0, moe.empty_cache())
   end)
   it("holds a fresh process under its own high-water mark when sizes change", function()
-    if not moe.allocator_caches then return end -- sanitizer build: nothing is cached
+    if not moe.core.allocator_caches then return end -- sanitizer build: nothing is cached
     -- a fresh process, so that earlier specs' peaks do not set the bound
     local bin = os.getenv("MOELUA_BIN") or "build/moelua"
     local script = os.tmpname()

@@ -550,14 +550,14 @@ describe("layer metrics in fit and evaluate", function()
     assert.is_true(h.history.fraction_tokens_left_behind[1] > 0) -- capacity 1.0 drops tokens: not a trivial 0
     -- val_: the layer's metrics on the validation batches (256 and 44 rows), in evaluation mode
     local vs = {}
-    m:evaluate()
+    m:eval()
     moe.no_grad(function()
       for _, r in ipairs { { 1, 256 }, { 257, 44 } } do
         m(xv:narrow(1, r[1], r[2]))
         for k, v in pairs(router:metrics()) do vs[k] = (vs[k] or 0) + v / 2 end
       end
     end)
-    m:training()
+    m:train()
     for _, k in ipairs(names) do
       assert.is_near(vs[k], h.history["val_" .. k][1], 1e-6 * math.max(1, math.abs(vs[k])), k)
     end

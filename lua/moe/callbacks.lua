@@ -78,17 +78,17 @@ end
 
 -- EarlyStopping{monitor="val_loss", mode="auto", patience=0, min_delta=0, baseline,
 -- restore_best_weights=false}
-local ES = class("EarlyStopping", { monitor = "val_loss", mode = "auto", patience = 0, min_delta = 0,
+local EarlyStopping = class("EarlyStopping", { monitor = "val_loss", mode = "auto", patience = 0, min_delta = 0,
   baseline = false, restore_best_weights = false, verbose = 0 }, function(o)
   resolve_mode(o, "EarlyStopping")
   o.min_delta = math.abs(o.min_delta)
 end)
-function ES:on_train_begin()
+function EarlyStopping:on_train_begin()
   self.wait, self.stopped_epoch, self.best_weights, self.best_epoch = 0, 0, nil, nil
   self.best = self._mode == "min" and math.huge or -math.huge
   if self.baseline then self.best = self.baseline end
 end
-function ES:on_epoch_end(epoch, logs)
+function EarlyStopping:on_epoch_end(epoch, logs)
   local v = monitored(self, logs, "EarlyStopping")
   if v == nil then return end
   if improved(self, v) then
@@ -102,7 +102,7 @@ function ES:on_epoch_end(epoch, logs)
     self.model.stop_training = true
   end
 end
-function ES:on_train_end()
+function EarlyStopping:on_train_end()
   if self.restore_best_weights and self.best_weights and self.stopped_epoch > 0 then
     self.model:set_weights(self.best_weights)
     if self.verbose > 0 then print(("EarlyStopping: restored the weights of epoch %d"):format(self.best_epoch)) end
@@ -113,7 +113,7 @@ end
 -- model:save (atomic: a temporary file renamed over the target) after each epoch,
 -- or when the monitored value improves. filepath may hold {epoch} and log names,
 -- with a format: "ckpt-{epoch}-{val_loss:.4f}.moe".
-local MC = class("ModelCheckpoint", { filepath = false, monitor = "val_loss", mode = "auto", save_best_only = false,
+local ModelCheckpoint = class("ModelCheckpoint", { filepath = false, monitor = "val_loss", mode = "auto", save_best_only = false,
   min_delta = 0, verbose = 0 }, function(o)
   if type(o.filepath) ~= "string" then error("ModelCheckpoint: filepath (a string) is required", 3) end
   resolve_mode(o, "ModelCheckpoint")
@@ -126,7 +126,7 @@ local function expand(path, epoch, logs)
     return tostring(v)
   end))
 end
-function MC:on_epoch_end(epoch, logs)
+function ModelCheckpoint:on_epoch_end(epoch, logs)
   if self.save_best_only then
     local v = monitored(self, logs, "ModelCheckpoint")
     if v == nil or not improved(self, v) then return end
@@ -141,13 +141,13 @@ end
 -- ReduceLROnPlateau{monitor="val_loss", factor=0.1, patience=10, mode="auto",
 -- min_delta=1e-4, cooldown=0, min_lr=0}: the optimizer's lr times factor after
 -- patience epochs without improvement
-local RL = class("ReduceLROnPlateau", { monitor = "val_loss", factor = 0.1, patience = 10, mode = "auto",
+local ReduceLROnPlateau = class("ReduceLROnPlateau", { monitor = "val_loss", factor = 0.1, patience = 10, mode = "auto",
   min_delta = 1e-4, cooldown = 0, min_lr = 0, verbose = 0 }, function(o)
   if not (o.factor > 0 and o.factor < 1) then error(moe._where(("ReduceLROnPlateau: factor must be in (0, 1), got %s"):format(tostring(o.factor))), 0) end
   resolve_mode(o, "ReduceLROnPlateau")
 end)
-function RL:on_train_begin() self.wait, self.cooldown_counter = 0, 0 end
-function RL:on_epoch_end(epoch, logs)
+function ReduceLROnPlateau:on_train_begin() self.wait, self.cooldown_counter = 0, 0 end
+function ReduceLROnPlateau:on_epoch_end(epoch, logs)
   local v = monitored(self, logs, "ReduceLROnPlateau")
   if v == nil then return end
   local opt = self.model.optimizer
@@ -169,10 +169,10 @@ end
 
 -- CSVLogger{filename, separator=",", append=false}: one row per epoch; the file is
 -- written whole after each epoch (atomic rename), so it is never half-written
-local CL = class("CSVLogger", { filename = false, separator = ",", append = false }, function(o)
+local CSVLogger = class("CSVLogger", { filename = false, separator = ",", append = false }, function(o)
   if type(o.filename) ~= "string" then error("CSVLogger: filename (a string) is required", 3) end
 end)
-function CL:on_train_begin()
+function CSVLogger:on_train_begin()
   self.rows, self.keys = {}, nil
   if self.append then
     local f = io.open(self.filename, "r")
@@ -182,7 +182,7 @@ function CL:on_train_begin()
     end
   end
 end
-function CL:on_epoch_end(epoch, logs)
+function CSVLogger:on_epoch_end(epoch, logs)
   if not self.keys then
     local ks = {}
     for k in pairs(logs) do ks[#ks + 1] = k end
@@ -204,10 +204,10 @@ function CL:on_epoch_end(epoch, logs)
 end
 
 -- LearningRateScheduler{schedule = function(epoch, lr) return new_lr end}
-local LS = class("LearningRateScheduler", { schedule = false, verbose = 0 }, function(o)
+local LearningRateScheduler = class("LearningRateScheduler", { schedule = false, verbose = 0 }, function(o)
   if type(o.schedule) ~= "function" then error("LearningRateScheduler: schedule (a function of epoch, lr) is required", 3) end
 end)
-function LS:on_epoch_begin(epoch)
+function LearningRateScheduler:on_epoch_begin(epoch)
   local opt = self.model.optimizer
   local lr = self.schedule(epoch, opt:get_lr())
   if type(lr) ~= "number" or lr ~= lr or lr < 0 then
@@ -215,11 +215,11 @@ function LS:on_epoch_begin(epoch)
   end
   opt:set_lr(lr)
 end
-function LS:on_epoch_end(epoch, logs) logs.lr = self.model.optimizer:get_lr() end
+function LearningRateScheduler:on_epoch_end(epoch, logs) logs.lr = self.model.optimizer:get_lr() end
 
 -- TerminateOnNaN{}: stops at the first batch whose loss is NaN or infinite
-local TN = class("TerminateOnNaN", {})
-function TN:on_batch_end(batch, logs)
+local TerminateOnNaN = class("TerminateOnNaN", {})
+function TerminateOnNaN:on_batch_end(batch, logs)
   local l = logs.loss
   if l and (l ~= l or l == math.huge or l == -math.huge) then
     print(("TerminateOnNaN: batch %d has loss %s"):format(batch, tostring(l)))
@@ -231,9 +231,9 @@ end
 -- (not methods) for any hook
 local LAMBDA_HOOKS = { "on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end", "on_batch_begin",
   "on_batch_end" }
-local LC = { class_name = "LambdaCallback" }
-LC.__index = LC
-callbacks.LambdaCallback = setmetatable(LC, { __call = function(c, opts)
+local LambdaCallback = { class_name = "LambdaCallback" }
+LambdaCallback.__index = LambdaCallback
+callbacks.LambdaCallback = setmetatable(LambdaCallback, { __call = function(c, opts)
   local o = setmetatable({ fns = {} }, c)
   for k, v in pairs(opts or {}) do
     local ok = false
@@ -246,7 +246,7 @@ callbacks.LambdaCallback = setmetatable(LC, { __call = function(c, opts)
   return o
 end })
 for _, hook in ipairs(LAMBDA_HOOKS) do
-  LC[hook] = function(self, ...) local f = self.fns[hook]; if f then return f(...) end end
+  LambdaCallback[hook] = function(self, ...) local f = self.fns[hook]; if f then return f(...) end end
 end
 
 return callbacks

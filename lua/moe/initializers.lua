@@ -89,7 +89,7 @@ local function positive(self, field)
   end
 end
 
-local VS = kind(I, "variance_scaling", { scale = 1.0, mode = "fan_in", distribution = "truncated_normal", seed = false },
+local VarianceScaling = kind(I, "variance_scaling", { scale = 1.0, mode = "fan_in", distribution = "truncated_normal", seed = false },
   function(self, shape, dtype)
     local fan_in, fan_out = fans(shape)
     local n = self.mode == "fan_in" and fan_in or self.mode == "fan_out" and fan_out or (fan_in + fan_out) / 2
@@ -105,7 +105,7 @@ local VS = kind(I, "variance_scaling", { scale = 1.0, mode = "fan_in", distribut
       return moe.rand(shape, { dtype = dtype }) * (2 * limit) - limit
     end
   end)
-function VS:validate()
+function VarianceScaling:validate()
   positive(self, "scale")
   local modes = { fan_in = true, fan_out = true, fan_avg = true }
   if not modes[self.mode] then
@@ -121,7 +121,7 @@ end
 -- the named variance-scaling family
 local function preset(name, scale, mode, distribution)
   local cls = kind(I, name, { seed = false }, function(self, shape, dtype)
-    return VS { scale = scale, mode = mode, distribution = distribution, seed = self.seed }(shape, dtype)
+    return VarianceScaling { scale = scale, mode = mode, distribution = distribution, seed = self.seed }(shape, dtype)
   end)
   return cls
 end
@@ -132,16 +132,16 @@ preset("he_uniform", 2, "fan_in", "uniform")
 preset("lecun_normal", 1, "fan_in", "truncated_normal")
 preset("lecun_uniform", 1, "fan_in", "uniform")
 
-local TN = kind(I, "truncated_normal", { mean = 0.0, stddev = 0.05, seed = false }, function(self, shape, dtype)
+local TruncatedNormal = kind(I, "truncated_normal", { mean = 0.0, stddev = 0.05, seed = false }, function(self, shape, dtype)
   if self.seed then moe.manual_seed(self.seed) end
   return truncated(shape, dtype, self.mean, self.stddev)
 end)
-function TN:validate() positive(self, "stddev") end
-local RN = kind(I, "random_normal", { mean = 0.0, stddev = 0.05, seed = false }, function(self, shape, dtype)
+function TruncatedNormal:validate() positive(self, "stddev") end
+local RandomNormal = kind(I, "random_normal", { mean = 0.0, stddev = 0.05, seed = false }, function(self, shape, dtype)
   if self.seed then moe.manual_seed(self.seed) end
   return moe.randn(shape, { dtype = dtype }) * self.stddev + self.mean
 end)
-function RN:validate() positive(self, "stddev") end
+function RandomNormal:validate() positive(self, "stddev") end
 kind(I, "random_uniform", { minval = -0.05, maxval = 0.05, seed = false }, function(self, shape, dtype)
   if self.seed then moe.manual_seed(self.seed) end
   return moe.rand(shape, { dtype = dtype }) * (self.maxval - self.minval) + self.minval

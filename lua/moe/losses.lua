@@ -113,7 +113,7 @@ function losses.binary_crossentropy(y, p, opts)
       per = -(yt * q:log() + (1 - yt) * (1 - q):log())
     end
   else -- one fused op (src/nn/losses.c)
-    per = moe.bce(yt, p, opts.from_logits)
+    per = moe.core.bce(yt, p, opts.from_logits)
   end
   return reduce("binary_crossentropy", last_mean(per), opts)
 end

@@ -126,9 +126,9 @@ end
 -- ------------------------------------------------------------------ GatedFeatureFusion
 
 -- called on {a, b}: g = activation([a; b] W + c), W [2F, F]; out = g a + (1 - g) b
-local GFF = class("GatedFeatureFusion", Module)
-nn.GatedFeatureFusion = GFF
-function GFF:init(opts)
+local GatedFeatureFusion = class("GatedFeatureFusion", Module)
+nn.GatedFeatureFusion = GatedFeatureFusion
+function GatedFeatureFusion:init(opts)
   Module.init(self, opts)
   self:_options(opts, { activation = "sigmoid" })
   rawset(self, "_act", nn.get_activation(self.activation, "GatedFeatureFusion"))
@@ -144,7 +144,7 @@ local function two_inputs(self, xs)
       :format(self.name, shp(xs[1]), shp(xs[2])), 0)
   end
 end
-function GFF:build(shapes)
+function GatedFeatureFusion:build(shapes)
   if type(shapes) ~= "table" or type(shapes[1]) ~= "table" or #shapes ~= 2 then
     error(("GatedFeatureFusion \"%s\": expected exactly two inputs {a, b}"):format(self.name), 0)
   end
@@ -152,7 +152,7 @@ function GFF:build(shapes)
   self:add_weight("kernel", { 2 * F, F }, { initializer = "glorot_uniform" })
   self:add_weight("bias", { F }, { initializer = "zeros" })
 end
-function GFF:forward(xs)
+function GatedFeatureFusion:forward(xs)
   two_inputs(self, xs)
   local a, b = xs[1], xs[2]
   local g = self._act(moe.linear(moe.cat({ a, b }, a:dim()), self.kernel, self.bias))

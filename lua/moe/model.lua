@@ -91,7 +91,7 @@ function M.symbolic_call(layer, ...)
   local values = map(args, function(s) return is_symbolic(s) and s.value or s end)
   local modes = {}
   for _, e in ipairs(layer:modules()) do modes[e[2]] = e[2]._training end
-  layer:evaluate()
+  layer:eval()
   local ok, out = pcall(function() return moe.no_grad(layer.__call__, layer, unpack(values, 1, n)) end)
   for m, flag in pairs(modes) do rawset(m, "_training", flag) end
   for _, e in ipairs(layer:modules()) do rawset(e[2], "_losses", {}); rawset(e[2], "_metrics", {}) end
@@ -153,7 +153,7 @@ function M.build_on_placeholder(m, shape, fed)
   local placeholder = idt and moe.ones(shape, { dtype = idt }) or moe.zeros(shape, { dtype = m.dtype or "float32" })
   local modes = {}
   for _, e in ipairs(m:modules()) do modes[e[2]] = e[2]._training end
-  m:evaluate()
+  m:eval()
   local ok, err = pcall(moe.no_grad, m.__call__, m, placeholder)
   for l, flag in pairs(modes) do rawset(l, "_training", flag) end
   for _, e in ipairs(m:modules()) do rawset(e[2], "_losses", {}); rawset(e[2], "_metrics", {}) end
@@ -400,176 +400,6 @@ function Model:get_config()
   end
   return { name = self.name, layers = layers, input_layers = inputs, inputs = ref(self._inputs),
     nodes = nodes, outputs = ref(self._outputs) }
-end
-
--- ------------------------------------------------------------------ compile / train_on_batch / predict
-
-local function as_list(v)
-  if core.is_tensor(v) then return { v } end
-  return v
-end
-
--- compile{optimizer, loss, loss_weights, metrics}: the trainer of a later issue
--- builds on this; train_on_batch is the one-step core. Every name is checked
--- here (not on the first fit): an unknown optimizer, loss or metric, or an
--- output name the model does not have, is an error naming compile.
-local COMPILE_OPTS = { optimizer = true, loss = true, loss_weights = true, metrics = true }
-
--- the message of a pcall'd error without its "file:line: where: " prefix
-local function reason(msg)
-  return (tostring(msg):gsub("^[^\n]-%.lua:%d+: ", ""):gsub("^[%w_%.]+: ", ""))
-end
-
--- output names of the model (nil where it does not name them)
-local function compile_output_names(self)
-  if not self.output_names then return nil end
-  local ok, names = pcall(self.output_names, self)
-  if not ok or type(names) ~= "table" then return nil end
-  local set, list = {}, {}
-  for _, v in pairs(names) do set[v] = true; list[#list + 1] = tostring(v) end
-  table.sort(list)
-  return set, table.concat(list, ", ")
-end
-
-local function check_output_key(self, what, k)
-  if type(k) ~= "string" then return end
-  local set, list = compile_output_names(self)
-  if set and not set[k] then
-    error(("compile: %s names output '%s', but the model's outputs are %s"):format(what, k, list), 3)
-  end
-end
-
-function Module:compile(opts)
-  opts = opts or {}
-  if type(opts) ~= "table" then error(("compile: expected one table of options, got %s"):format(type(opts)), 2) end
-  for k in pairs(opts) do
-    if not COMPILE_OPTS[k] then
-      error(("compile: unknown option '%s' (options: loss, loss_weights, metrics, optimizer)"):format(tostring(k)), 2)
-    end
-  end
-  local optim = require "moe.optim"
-  local losses = require "moe.losses"
-  local metrics = require "moe.metrics"
-  local ok, opt = pcall(optim.get, opts.optimizer or "adam")
-  if not ok then error("compile: " .. reason(opt), 2) end
-  local loss = opts.loss or "mean_squared_error"
-  local lf
-  if type(loss) == "table" and type(loss[1]) ~= "string" then
-    lf = {}
-    for k, v in pairs(loss) do
-      check_output_key(self, "loss", k)
-      local okl, f = pcall(losses.get, v)
-      if not okl then error(("compile: loss for output '%s': %s"):format(tostring(k), reason(f)), 2) end
-      lf[k] = f
-    end
-  else
-    local okl, f = pcall(losses.get, loss)
-    if not okl then error("compile: " .. reason(f), 2) end
-    lf = f
-  end
-  if opts.loss_weights ~= nil then
-    if type(opts.loss_weights) ~= "table" then
-      error(("compile: loss_weights must be a table of numbers by output name, got %s"):format(type(opts.loss_weights)), 2)
-    end
-    for k, w in pairs(opts.loss_weights) do
-      check_output_key(self, "loss_weights", k)
-      if type(w) ~= "number" or w ~= w then
-        error(("compile: loss_weights.%s must be a number, got %s"):format(tostring(k), tostring(w)), 2)
-      end
-    end
-  end
-  -- metrics: a list of names or metric objects for every output, or a table of such lists by output name
-  local ms = opts.metrics
-  if ms ~= nil then
-    if type(ms) ~= "table" or (ms.update and ms.result) then
-      error(("compile: metrics must be a list of metric names (or objects), or a table of lists by output name, got %s")
-        :format(type(ms) == "table" and "a metric object (put it in a list)" or type(ms)), 2)
-    end
-    local keyed, listed = false, false
-    for k in pairs(ms) do if type(k) == "string" then keyed = true else listed = true end end
-    if keyed and listed then error("compile: metrics mixes a list with output names; give one or the other", 2) end
-    local function check(spec, where)
-      local okm, err = pcall(metrics.get, spec)
-      if not okm then error(("compile: %s%s"):format(reason(err), where), 3) end
-    end
-    if keyed then
-      for k, list in pairs(ms) do
-        check_output_key(self, "metrics", k)
-        if type(list) == "string" or (type(list) == "table" and list.update) then list = { list } end
-        if type(list) ~= "table" then error(("compile: metrics.%s must be a list of metric names, got %s"):format(k, type(list)), 2) end
-        for _, spec in ipairs(list) do check(spec, (" (for output '%s')"):format(k)) end
-      end
-    else
-      for _, spec in ipairs(ms) do check(spec, "") end
-    end
-  end
-  rawset(self, "optimizer", opt)
-  rawset(self, "_loss_fns", lf)
-  rawset(self, "_loss_weights", opts.loss_weights)
-  rawset(self, "_compile_config", { loss = type(loss) ~= "function" and loss or nil, loss_weights = opts.loss_weights,
-    metrics = opts.metrics })
-  return self
-end
-
--- the total loss of outputs y_pred against y_true (tensors or tables keyed alike)
-function Module:compute_loss(y, p, sample_weight)
-  local lf = rawget(self, "_loss_fns")
-  if not lf then error(("%s \"%s\": call compile{...} first"):format(self.class_name, self.name), 2) end
-  local total
-  local parts = {}
-  if core.is_tensor(p) then
-    local f = type(lf) == "function" and lf or select(2, next(lf))
-    total = f(y, p, { sample_weight = sample_weight })
-  else
-    local onames = self.output_names and self:output_names() or {}
-    for k, pk in pairs(p) do
-      local name = onames[k] or k
-      local f = type(lf) == "function" and lf or lf[name] or lf[k]
-      local yk = y[name] or y[k]
-      if not f then error(("compute_loss: no loss for output '%s'"):format(tostring(k)), 2) end
-      if yk == nil then error(("compute_loss: no target for output '%s'"):format(tostring(name)), 2) end
-      local sw = sample_weight
-      if type(sw) == "table" and not moe.is_tensor(sw) then sw = sw[name] or sw[k] end
-      local l = f(yk, pk, { sample_weight = sw })
-      parts[name] = l
-      local w = self._loss_weights and (self._loss_weights[name] or self._loss_weights[k]) or 1
-      l = w == 1 and l or l * w
-      total = total and total + l or l
-    end
-  end
-  for _, aux in ipairs(self:losses()) do total = total + aux end
-  return total, parts
-end
-
-local function train_on_batch(self, x, y, sample_weight)
-  if core.is_tensor(x) and x:dim() > 0 and x:size(1) == 0 then
-    error("train_on_batch: x has 0 rows: there is no data to train on", 2)
-  end
-  if not self._training then self:training() end
-  local p = self(x)
-  local loss = self:compute_loss(y, p, sample_weight)
-  self:zero_grad()
-  loss:backward()
-  self.optimizer:step(self._params_cache.list)
-  return loss:item()
-end
-
--- one optimizer step on a batch; returns the loss as a number. An error names
--- train_on_batch, at the caller's line.
-function Module:train_on_batch(x, y, sample_weight)
-  local ok, r = pcall(train_on_batch, self, x, y, sample_weight)
-  if not ok then error(type(r) == "string" and moe._where(r, "train_on_batch") or r, 0) end
-  return r
-end
-
--- predict(x[, {batch_size}]): outputs in evaluation mode without recording
-function Module:predict(x, opts)
-  local was = self._training
-  self:evaluate()
-  local ok, out = pcall(moe.no_grad, self.__call__, self, x)
-  if was then self:training() end
-  if not ok then error(out, 0) end
-  return out
 end
 
 -- ------------------------------------------------------------------ save / load

@@ -449,8 +449,15 @@ local function set_mode(self, on)
   for _, e in ipairs(self:modules()) do rawset(e[2], "_training", on) end
   return self
 end
-function Module:training() return set_mode(self, true) end
-function Module:evaluate() return set_mode(self, false) end
+-- the mode switch, as Torch7 and PyTorch: train() (or train(false)) and eval();
+-- evaluate{x = ..., y = ...} is Keras-style evaluation (lua/moe/trainer.lua)
+function Module:train(on)
+  if on ~= nil and type(on) ~= "boolean" then
+    error(moe._where(("train: expected a boolean (or nothing), got %s; fit{...} trains on data"):format(type(on))), 0)
+  end
+  return set_mode(self, on ~= false)
+end
+function Module:eval() return set_mode(self, false) end
 function Module:is_training() return self._training end
 
 -- replace(m, name, t) -> new tensor or nil, for every weight and buffer of every module
@@ -986,16 +993,16 @@ end
 
 -- BatchNormalization (Keras semantics): batch statistics in training, with
 -- moving = moving * momentum + batch * (1 - momentum); moving statistics in evaluation
-local BN = class("BatchNormalization", Module)
-nn.BatchNormalization = BN
-function BN:init(opts)
+local BatchNormalization = class("BatchNormalization", Module)
+nn.BatchNormalization = BatchNormalization
+function BatchNormalization:init(opts)
   Module.init(self, opts)
   self:_options(opts, { axis = -1, momentum = 0.99, epsilon = 1e-3, center = true, scale = true,
     beta_initializer = "zeros", gamma_initializer = "ones", moving_mean_initializer = "zeros",
     moving_variance_initializer = "ones", beta_regularizer = false, gamma_regularizer = false,
     beta_constraint = false, gamma_constraint = false })
 end
-function BN:build(shape)
+function BatchNormalization:build(shape)
   local f = shape[norm_axis(self, shape)]
   build_affine(self, f)
   local order = self._weight_order
@@ -1003,7 +1010,7 @@ function BN:build(shape)
   self:add_weight("moving_variance", { f }, { initializer = self.moving_variance_initializer, trainable = false })
   order[#order + 1] = "moving_mean"; order[#order + 1] = "moving_variance"
 end
-function BN:forward(x)
+function BatchNormalization:forward(x)
   local n = x:dim()
   local a = norm_axis(self, x:shape())
   local mean, var
@@ -1024,16 +1031,16 @@ function BN:forward(x)
 end
 
 -- LayerNormalization over the last axis (Keras's default), gamma and beta [F]
-local LN = class("LayerNormalization", Module)
-nn.LayerNormalization = LN
-function LN:init(opts)
+local LayerNormalization = class("LayerNormalization", Module)
+nn.LayerNormalization = LayerNormalization
+function LayerNormalization:init(opts)
   Module.init(self, opts)
   self:_options(opts, { axis = -1, epsilon = 1e-3, center = true, scale = true,
     beta_initializer = "zeros", gamma_initializer = "ones", beta_regularizer = false,
     gamma_regularizer = false, beta_constraint = false, gamma_constraint = false })
 end
-function LN:build(shape) build_affine(self, shape[norm_axis(self, shape)]) end
-function LN:forward(x)
+function LayerNormalization:build(shape) build_affine(self, shape[norm_axis(self, shape)]) end
+function LayerNormalization:forward(x)
   local n = x:dim()
   local a = norm_axis(self, x:shape())
   local mean = x:mean(a, { keepdim = true })

@@ -35,9 +35,9 @@ local function tf_kernel_initializer() return { class_name = "truncated_normal",
 -- num_experts independent FFNs: intermediate_kernel [E, H, d_ff] (+ bias [E, d_ff]),
 -- activation, inner dropout, output_kernel [E, d_ff, H] (+ bias [E, H]), output dropout.
 -- Called on [E, n, H] (each expert its own rows, as in TF); MoeLayer uses :grouped.
-local FFE = class("FeedForwardExperts", Module)
-nn.FeedForwardExperts = FFE
-function FFE:init(opts)
+local FeedForwardExperts = class("FeedForwardExperts", Module)
+nn.FeedForwardExperts = FeedForwardExperts
+function FeedForwardExperts:init(opts)
   Module.init(self, opts)
   self:_options(opts, { num_experts = REQUIRED, d_ff = REQUIRED, inner_dropout = 0.0, output_dropout = 0.0,
     activation = "gelu", kernel_initializer = tf_kernel_initializer(), bias_initializer = "zeros" })
@@ -51,7 +51,7 @@ function FFE:init(opts)
   rawset(self, "_act", nn.get_activation(self.activation, "FeedForwardExperts"))
   I.get(self.kernel_initializer, "FeedForwardExperts")
 end
-function FFE:build(shape)
+function FeedForwardExperts:build(shape)
   local H = shape[#shape]
   local E, D = self.num_experts, self.d_ff
   local init = I.get(self.kernel_initializer)
@@ -64,14 +64,14 @@ end
 -- get_weights()/set_weights() list, as TF's FeedForwardExperts.get_weights():
 -- intermediate kernel [E, H, d_ff], bias [E, 1, d_ff], output kernel [E, d_ff, H],
 -- bias [E, 1, H] (the biases are stored [E, F]; these are views onto them)
-function FFE:_keras_weights()
+function FeedForwardExperts:_keras_weights()
   if not rawget(self, "intermediate_kernel") then return {}, {} end
   return { "intermediate_kernel", "intermediate_bias", "output_kernel", "output_bias" },
     { self.intermediate_kernel:detach(), self.intermediate_bias:detach():unsqueeze(2),
       self.output_kernel:detach(), self.output_bias:detach():unsqueeze(2) }
 end
 local function dropout(self, x, rate) return nn.dropout(x, rate, self._training) end
-function FFE:forward(x, counts, expert)
+function FeedForwardExperts:forward(x, counts, expert)
   if counts then return self:grouped(x, counts, expert) end
   if x:dim() ~= 3 or x:size(1) ~= self.num_experts then
     error(("FeedForwardExperts \"%s\": expected [num_experts=%d, tokens, hidden], got [%s]")
@@ -84,7 +84,7 @@ function FFE:forward(x, counts, expert)
   return dropout(self, y, self.output_dropout)
 end
 -- rows [A, H] sorted by expert, counts [E] int64, expert [A] (1-based) -> [A, H]
-function FFE:grouped(rows, counts, expert)
+function FeedForwardExperts:grouped(rows, counts, expert)
   local prec = moe.get_precision() -- the experts' GEMMs, forward and backward (moe.set_precision)
   local h = moe.grouped_matmul(rows, self.intermediate_kernel, self.intermediate_bias, counts, prec)
   h = dropout(self, self._act(h), self.inner_dropout)
@@ -172,9 +172,9 @@ local function z_loss(self, logits)
 end
 
 -- TokensChooseMaskedRouter: every token picks its top-k experts
-local TCR = class("TokensChooseMaskedRouter", Module)
-nn.TokensChooseMaskedRouter = TCR
-function TCR:init(opts)
+local TokensChooseMaskedRouter = class("TokensChooseMaskedRouter", Module)
+nn.TokensChooseMaskedRouter = TokensChooseMaskedRouter
+function TokensChooseMaskedRouter:init(opts)
   router_init(self, opts, { num_selected_experts = 1, batch_prioritized_routing = false,
     ignore_padding_tokens = false, load_balancing_loss_weight = 0.0, renormalize_gates = false })
   nn.positive_int(self, "num_selected_experts")
@@ -183,11 +183,11 @@ function TCR:init(opts)
       :format(self.num_selected_experts, self.num_experts), 3)
   end
 end
-TCR.build = router_build
+TokensChooseMaskedRouter.build = router_build
 
 -- route(x [G, T, H], capacity) -> plan {token, expert, rank, counts, gate}
 -- (token is the 1-based index into the G*T flattened tokens; capacity < 0: dropless)
-function TCR:forward(x, capacity)
+function TokensChooseMaskedRouter:forward(x, capacity)
   local G, T, H = x:size(1), x:size(2), x:size(3)
   local E, k = self.num_experts, self.num_selected_experts
   local N = G * T
@@ -208,7 +208,7 @@ function TCR:forward(x, capacity)
   if self.batch_prioritized_routing then
     order = moe.argsort(vals:select(2, 1):view(G, T), 2, true) -- by descending top-1 probability
   end
-  local token, expert, rank, counts = moe.route_plan(idx:view(G, T, k), order, valid and valid:view(G, T), E, capacity)
+  local token, expert, rank, counts = moe.core.route_plan(idx:view(G, T, k), order, valid and valid:view(G, T), E, capacity)
   local flat = (token - 1) * E + expert
   local gate = probs:reshape(-1):index_select(1, flat)    -- combine weight = router probability
   if self.renormalize_gates and token:numel() > 0 then   -- option: kept gates of a token sum to 1
@@ -234,11 +234,11 @@ function TCR:forward(x, capacity)
 end
 
 -- ExpertsChooseMaskedRouter: every expert picks its top-`capacity` tokens of each group
-local ECR = class("ExpertsChooseMaskedRouter", Module)
-nn.ExpertsChooseMaskedRouter = ECR
-function ECR:init(opts) router_init(self, opts) end
-ECR.build = router_build
-function ECR:forward(x, capacity)
+local ExpertsChooseMaskedRouter = class("ExpertsChooseMaskedRouter", Module)
+nn.ExpertsChooseMaskedRouter = ExpertsChooseMaskedRouter
+function ExpertsChooseMaskedRouter:init(opts) router_init(self, opts) end
+ExpertsChooseMaskedRouter.build = router_build
+function ExpertsChooseMaskedRouter:forward(x, capacity)
   local G, T, H = x:size(1), x:size(2), x:size(3)
   local E = self.num_experts
   local N = G * T
@@ -356,9 +356,9 @@ end
 
 -- MoeLayerWithBackbone: the sparse layer plus a dense FFN on every token
 -- (Dense(backbone_d_ff, activation) -> Dense(H)); output = moe(x) + backbone(x)
-local MLB = class("MoeLayerWithBackbone", Module)
-nn.MoeLayerWithBackbone = MLB
-function MLB:init(opts)
+local MoeLayerWithBackbone = class("MoeLayerWithBackbone", Module)
+nn.MoeLayerWithBackbone = MoeLayerWithBackbone
+function MoeLayerWithBackbone:init(opts)
   Module.init(self, opts)
   opts.moe_layer = as_module(opts.moe_layer)
   if not nn.is_module(opts.moe_layer) or opts.moe_layer.class_name ~= "MoeLayer" then
@@ -372,12 +372,12 @@ function MLB:init(opts)
   self:add_module("moe_layer", opts.moe_layer)
   rawset(self, "_act", nn.get_activation(self.activation, "MoeLayerWithBackbone"))
 end
-function MLB:get_config()
+function MoeLayerWithBackbone:get_config()
   local c = Module.get_config(self)
   c.moe_layer = { class_name = "MoeLayer", config = self.moe_layer:get_config() }
   return c
 end
-function MLB:build(shape)
+function MoeLayerWithBackbone:build(shape)
   local H = shape[#shape]
   self:add_weight("backbone_kernel_1", { H, self.backbone_d_ff }, { initializer = self.kernel_initializer })
   self:add_weight("backbone_bias_1", { self.backbone_d_ff }, { initializer = "zeros" })
@@ -386,7 +386,7 @@ function MLB:build(shape)
 end
 -- get_weights()/set_weights(): TF's order, the sparse layer's weights, then the
 -- backbone's (intermediate kernel [H, d_ff], bias [d_ff], output kernel [d_ff, H], bias [H])
-function MLB:_keras_weights()
+function MoeLayerWithBackbone:_keras_weights()
   local names, ts = {}, {}
   prefixed(self.moe_layer, names, ts)
   for _, k in ipairs { "backbone_kernel_1", "backbone_bias_1", "backbone_kernel_2", "backbone_bias_2" } do
@@ -394,7 +394,7 @@ function MLB:_keras_weights()
   end
   return names, ts
 end
-function MLB:forward(x)
+function MoeLayerWithBackbone:forward(x)
   local h = self._act(x:matmul(self.backbone_kernel_1) + self.backbone_bias_1)
   h = dropout(self, h, self.dropout_rate)
   local dense = h:matmul(self.backbone_kernel_2) + self.backbone_bias_2

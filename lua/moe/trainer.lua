@@ -1,4 +1,6 @@
--- The trainer: model:fit, model:evaluate, model:predict (Keras's vocabulary).
+-- The trainer, every method of it: model:compile, compute_loss, train_on_batch,
+-- fit, evaluate and predict (Keras's vocabulary; Keras 3 composes Model from
+-- Trainer + Layer likewise).
 --
 --   model:compile{ optimizer = moe.optim.Adam{ lr = 1e-3 }, loss = "binary_crossentropy",
 --                  loss_weights = { income = 1 }, metrics = { "auc" } }
@@ -26,6 +28,166 @@ local M = {}
 pcall(ffi.cdef, "int isatty(int fd);")
 local now = moe.now
 M.now = now
+
+-- ------------------------------------------------------------------ compile / compute_loss / train_on_batch
+
+local function as_list(v)
+  if core.is_tensor(v) then return { v } end
+  return v
+end
+
+-- compile{optimizer, loss, loss_weights, metrics}: the trainer of a later issue
+-- builds on this; train_on_batch is the one-step core. Every name is checked
+-- here (not on the first fit): an unknown optimizer, loss or metric, or an
+-- output name the model does not have, is an error naming compile.
+local COMPILE_OPTS = { optimizer = true, loss = true, loss_weights = true, metrics = true }
+
+-- the message of a pcall'd error without its "file:line: where: " prefix
+local function reason(msg)
+  return (tostring(msg):gsub("^[^\n]-%.lua:%d+: ", ""):gsub("^[%w_%.]+: ", ""))
+end
+
+-- output names of the model (nil where it does not name them)
+local function compile_output_names(self)
+  if not self.output_names then return nil end
+  local ok, names = pcall(self.output_names, self)
+  if not ok or type(names) ~= "table" then return nil end
+  local set, list = {}, {}
+  for _, v in pairs(names) do set[v] = true; list[#list + 1] = tostring(v) end
+  table.sort(list)
+  return set, table.concat(list, ", ")
+end
+
+local function check_output_key(self, what, k)
+  if type(k) ~= "string" then return end
+  local set, list = compile_output_names(self)
+  if set and not set[k] then
+    error(("compile: %s names output '%s', but the model's outputs are %s"):format(what, k, list), 3)
+  end
+end
+
+function Module:compile(opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then error(("compile: expected one table of options, got %s"):format(type(opts)), 2) end
+  for k in pairs(opts) do
+    if not COMPILE_OPTS[k] then
+      error(("compile: unknown option '%s' (options: loss, loss_weights, metrics, optimizer)"):format(tostring(k)), 2)
+    end
+  end
+  local optim = require "moe.optim"
+  local losses = require "moe.losses"
+  local metrics = require "moe.metrics"
+  local ok, opt = pcall(optim.get, opts.optimizer or "adam")
+  if not ok then error("compile: " .. reason(opt), 2) end
+  local loss = opts.loss or "mean_squared_error"
+  local lf
+  if type(loss) == "table" and type(loss[1]) ~= "string" then
+    lf = {}
+    for k, v in pairs(loss) do
+      check_output_key(self, "loss", k)
+      local okl, f = pcall(losses.get, v)
+      if not okl then error(("compile: loss for output '%s': %s"):format(tostring(k), reason(f)), 2) end
+      lf[k] = f
+    end
+  else
+    local okl, f = pcall(losses.get, loss)
+    if not okl then error("compile: " .. reason(f), 2) end
+    lf = f
+  end
+  if opts.loss_weights ~= nil then
+    if type(opts.loss_weights) ~= "table" then
+      error(("compile: loss_weights must be a table of numbers by output name, got %s"):format(type(opts.loss_weights)), 2)
+    end
+    for k, w in pairs(opts.loss_weights) do
+      check_output_key(self, "loss_weights", k)
+      if type(w) ~= "number" or w ~= w then
+        error(("compile: loss_weights.%s must be a number, got %s"):format(tostring(k), tostring(w)), 2)
+      end
+    end
+  end
+  -- metrics: a list of names or metric objects for every output, or a table of such lists by output name
+  local ms = opts.metrics
+  if ms ~= nil then
+    if type(ms) ~= "table" or (ms.update and ms.result) then
+      error(("compile: metrics must be a list of metric names (or objects), or a table of lists by output name, got %s")
+        :format(type(ms) == "table" and "a metric object (put it in a list)" or type(ms)), 2)
+    end
+    local keyed, listed = false, false
+    for k in pairs(ms) do if type(k) == "string" then keyed = true else listed = true end end
+    if keyed and listed then error("compile: metrics mixes a list with output names; give one or the other", 2) end
+    local function check(spec, where)
+      local okm, err = pcall(metrics.get, spec)
+      if not okm then error(("compile: %s%s"):format(reason(err), where), 3) end
+    end
+    if keyed then
+      for k, list in pairs(ms) do
+        check_output_key(self, "metrics", k)
+        if type(list) == "string" or (type(list) == "table" and list.update) then list = { list } end
+        if type(list) ~= "table" then error(("compile: metrics.%s must be a list of metric names, got %s"):format(k, type(list)), 2) end
+        for _, spec in ipairs(list) do check(spec, (" (for output '%s')"):format(k)) end
+      end
+    else
+      for _, spec in ipairs(ms) do check(spec, "") end
+    end
+  end
+  rawset(self, "optimizer", opt)
+  rawset(self, "_loss_fns", lf)
+  rawset(self, "_loss_weights", opts.loss_weights)
+  rawset(self, "_compile_config", { loss = type(loss) ~= "function" and loss or nil, loss_weights = opts.loss_weights,
+    metrics = opts.metrics })
+  return self
+end
+
+-- the total loss of outputs y_pred against y_true (tensors or tables keyed alike)
+function Module:compute_loss(y, p, sample_weight)
+  local lf = rawget(self, "_loss_fns")
+  if not lf then error(("%s \"%s\": call compile{...} first"):format(self.class_name, self.name), 2) end
+  local total
+  local parts = {}
+  if core.is_tensor(p) then
+    local f = type(lf) == "function" and lf or select(2, next(lf))
+    total = f(y, p, { sample_weight = sample_weight })
+  else
+    local onames = self.output_names and self:output_names() or {}
+    for k, pk in pairs(p) do
+      local name = onames[k] or k
+      local f = type(lf) == "function" and lf or lf[name] or lf[k]
+      local yk = y[name] or y[k]
+      if not f then error(("compute_loss: no loss for output '%s'"):format(tostring(k)), 2) end
+      if yk == nil then error(("compute_loss: no target for output '%s'"):format(tostring(name)), 2) end
+      local sw = sample_weight
+      if type(sw) == "table" and not moe.is_tensor(sw) then sw = sw[name] or sw[k] end
+      local l = f(yk, pk, { sample_weight = sw })
+      parts[name] = l
+      local w = self._loss_weights and (self._loss_weights[name] or self._loss_weights[k]) or 1
+      l = w == 1 and l or l * w
+      total = total and total + l or l
+    end
+  end
+  for _, aux in ipairs(self:losses()) do total = total + aux end
+  return total, parts
+end
+
+local function train_on_batch(self, x, y, sample_weight)
+  if core.is_tensor(x) and x:dim() > 0 and x:size(1) == 0 then
+    error("train_on_batch: x has 0 rows: there is no data to train on", 2)
+  end
+  if not self._training then self:train() end
+  local p = self(x)
+  local loss = self:compute_loss(y, p, sample_weight)
+  self:zero_grad()
+  loss:backward()
+  self.optimizer:step(self._params_cache.list)
+  return loss:item()
+end
+
+-- one optimizer step on a batch; returns the loss as a number. An error names
+-- train_on_batch, at the caller's line.
+function Module:train_on_batch(x, y, sample_weight)
+  local ok, r = pcall(train_on_batch, self, x, y, sample_weight)
+  if not ok then error(type(r) == "string" and moe._where(r, "train_on_batch") or r, 0) end
+  return r
+end
 
 -- ------------------------------------------------------------------ data helpers
 
@@ -573,7 +735,7 @@ function Module:fit(opts)
     for epoch = initial + 1, initial + epochs do
       local epoch_logs = {}
       call_hooks(cbs, "on_epoch_begin", epoch, epoch_logs)
-      self:training()
+      self:train()
       -- the snapshot: now, or (for a model whose layers build on their first
       -- call) after the first forward pass, before the first update
       local take_snapshot
@@ -643,7 +805,7 @@ function Module:fit(opts)
     call_hooks(cbs, "on_train_end", {})
   end)
   core.defer_interrupts(was_deferred)
-  self:training()
+  self:train()
   if not ok then reraise(err, "fit") end
   history.stopped = stop_reason
   return history
@@ -653,13 +815,13 @@ end
 
 local EVAL_OPTS = { x = true, y = true, batch_size = true, sample_weight = true, verbose = true, callbacks = true }
 
-local set_mode_eval = Module.evaluate -- evaluate() with no arguments: evaluation mode, as before
-
 -- evaluate{x, y, batch_size=256, sample_weight} -> { loss = ..., <metric> = ... } (Keras's
--- names, the layers' add_metric values among them); evaluate() with no arguments
--- switches to evaluation mode (like eval())
+-- names, the layers' add_metric values among them); the evaluation mode is eval()
 function Module:evaluate(opts)
-  if opts == nil then return set_mode_eval(self) end
+  if opts == nil then
+    error(moe._where(("evaluate: expected {x = ..., y = ...} (Keras's evaluation); for the evaluation mode call %s:eval()")
+      :format(self.class_name or "model")), 0)
+  end
   check_opts(opts, EVAL_OPTS, "evaluate")
   if not rawget(self, "_loss_fns") then error(("evaluate: %s \"%s\": call compile{...} first"):format(self.class_name, self.name), 2) end
   local x, y = opts.x, opts.y
@@ -674,7 +836,7 @@ function Module:evaluate(opts)
   local batch = opts.batch_size or 256
   positive_int(batch, "batch_size", "evaluate")
   local was = self._training
-  set_mode_eval(self)
+  self:eval()
   local cbs = opts.callbacks or {}
   call_hooks(cbs, "on_test_begin", {})
   local st, single = new_pass(), true
@@ -689,13 +851,12 @@ function Module:evaluate(opts)
       pass_update(self, st, named, single, yb, swb, total:item(), parts, len, "evaluate")
     end
   end)
-  if was then self:training() end
+  if was then self:train() end
   if not ok then reraise(err, "evaluate") end
   local logs = pass_logs(self, st, single, "")
   call_hooks(cbs, "on_test_end", logs)
   return logs
 end
-function Module:eval() return set_mode_eval(self) end
 
 -- apply fn to every tensor of a (nested) table of outputs
 local function map_tensors(v, fn)
@@ -750,7 +911,7 @@ function Module:predict(x, opts)
   local batch = opts.batch_size or 256
   positive_int(batch, "batch_size", "predict")
   local was = self._training
-  set_mode_eval(self)
+  self:eval()
   local chunks = {}
   local ok, err = pcall(moe.no_grad, function()
     if n == 0 then chunks[1] = empty_outputs(self, x); return end
@@ -759,7 +920,7 @@ function Module:predict(x, opts)
       chunks[#chunks + 1] = self(narrow(x, start, len))
     end
   end)
-  if was then self:training() end
+  if was then self:train() end
   if not ok then reraise(err, "predict") end
   if is_tensor(chunks[1]) then
     return #chunks == 1 and chunks[1] or moe.cat(chunks, 1)
