@@ -14,7 +14,7 @@ LDLIBS   = $(SAN) $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread -
 VERSION := 0.1.0
 CFLAGS  += -DMOE_VERSION=\"$(VERSION)\"
 
-ENGINE_SRC := $(wildcard src/core/*.c src/cpu/*.c src/nn/*.c src/train/*.c src/data/*.c) src/lua/binding.c
+ENGINE_SRC := $(wildcard src/core/*.c src/cpu/*.c src/nn/*.c src/train/*.c src/data/*.c src/lua/*.c)
 ENGINE_OBJ := $(ENGINE_SRC:%.c=$(BUILD)/obj/%.o)
 HEADERS    := $(wildcard src/core/*.h src/cpu/*.h src/lua/*.h src/train/*.h src/data/*.h src/nn/*.h)
 

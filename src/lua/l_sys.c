@@ -1,0 +1,252 @@
+/* l_sys.c -- the process and its backends: which BLAS, sgemm library and bf16
+ * backend run (and the pure decisions, for the specs), the CUDA device and its
+ * memory, the dispatch's kernel table, tensor memory, and deferred Ctrl-C. */
+#include "binding_impl.h"
+#include "../core/device.h"
+#include "../core/dispatch.h"
+#include "../cpu/blas_select.h"
+#include "../cpu/bf16.h"
+#include "../cpu/sgemm_lib.h"
+
+/* backend_kernels() -> { {name =, cpu = true, cuda = bool}, ... }: the dispatch's
+ * kernel table (src/core/dispatch.h), in its order */
+static int l_backend_kernels(lua_State *L) {
+  lua_createtable(L, MOE_NKERNELS, 0);
+  for (int k = 0; k < MOE_NKERNELS; k++) {
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, moe_kernel_name((moe_kernel)k));
+    lua_setfield(L, -2, "name");
+    lua_pushboolean(L, moe_backend_supports(MOE_CPU, (moe_kernel)k));
+    lua_setfield(L, -2, "cpu");
+    lua_pushboolean(L, moe_backend_supports(MOE_CUDA, (moe_kernel)k));
+    lua_setfield(L, -2, "cuda");
+    lua_rawseti(L, -2, k + 1);
+  }
+  return 1;
+}
+
+/* cuda_info() -> {built, device_count, devices = {names}, free, total, live, peak, cached} */
+static int l_cuda_info(lua_State *L) {
+  int n = moe_cuda_device_count();
+  lua_createtable(L, 0, 8);
+  lua_pushboolean(L, moe_cuda_built());
+  lua_setfield(L, -2, "built");
+  lua_pushinteger(L, n);
+  lua_setfield(L, -2, "device_count");
+  lua_createtable(L, n, 0);
+  for (int d = 0; d < n; d++) {
+    char name[256];
+    if (moe_cuda_device_name(d, name, sizeof name)) name[0] = '\0';
+    lua_pushstring(L, name);
+    lua_rawseti(L, -2, d + 1);
+  }
+  lua_setfield(L, -2, "devices");
+  size_t fr = 0, tot = 0, live = 0, peak = 0, cached = 0;
+  if (n > 0 && moe_cuda_mem_info(&fr, &tot) == 0) {
+    lua_pushnumber(L, (lua_Number)fr);
+    lua_setfield(L, -2, "free");
+    lua_pushnumber(L, (lua_Number)tot);
+    lua_setfield(L, -2, "total");
+  }
+  moe_cuda_memory_stats(&live, &peak, &cached);
+  lua_pushnumber(L, (lua_Number)live);
+  lua_setfield(L, -2, "live");
+  lua_pushnumber(L, (lua_Number)peak);
+  lua_setfield(L, -2, "peak");
+  lua_pushnumber(L, (lua_Number)cached);
+  lua_setfield(L, -2, "cached");
+  if (n == 0) {
+    lua_pushstring(L, moe_cuda_last_error());
+    lua_setfield(L, -2, "reason");
+  }
+  return 1;
+}
+/* cuda_precision([name]) -> the previous name: "fp32", "tf32" or "bf16" (float32 GEMMs on the device) */
+static int l_cuda_precision(lua_State *L) {
+  static const char *names[] = {"fp32", "tf32", "bf16", NULL};
+  int old = moe_cuda_get_precision();
+  if (!lua_isnoneornil(L, 1)) moe_cuda_set_precision(luaL_checkoption(L, 1, NULL, names));
+  lua_pushstring(L, names[old]);
+  return 1;
+}
+static int l_cuda_empty_cache(lua_State *L) { lua_pushnumber(L, (lua_Number)moe_cuda_empty_cache()); return 1; }
+
+/* defer_interrupts(on) -> previous: while on, a first Ctrl-C is only recorded */
+static int l_defer_interrupts(lua_State *L) {
+  lua_pushboolean(L, moe_lua_defer);
+  moe_lua_defer = lua_toboolean(L, 1);
+  if (!moe_lua_defer) moe_lua_deferred = 0;
+  return 1;
+}
+/* take_interrupt() -> whether a deferred Ctrl-C came (and clears it) */
+static int l_take_interrupt(lua_State *L) {
+  lua_pushboolean(L, moe_lua_deferred);
+  moe_lua_deferred = 0;
+  return 1;
+}
+
+static const char *const cpu_vendors[] = {"other", "intel", "amd", NULL}; /* MOE_CPU_* order */
+
+/* blas_info() -> {library, kernels, cpu_best, cpu_vendor, cpu_features, chosen_by, reason} */
+static int l_blas_info(lua_State *L) {
+  moe_blas_status st;
+  moe_blas_status_get(&st);
+  char feats[200];
+  moe_cpu_features_str(st.cpu.features, feats, sizeof feats);
+  lua_newtable(L);
+  lua_pushstring(L, st.library); lua_setfield(L, -2, "library");
+  lua_pushstring(L, st.kernels); lua_setfield(L, -2, "kernels");
+  lua_pushinteger(L, moe_blas_core_rank(st.kernels)); lua_setfield(L, -2, "kernels_rank");
+  lua_pushstring(L, st.cpu_best); lua_setfield(L, -2, "cpu_best");
+  lua_pushinteger(L, moe_blas_core_rank(st.cpu_best)); lua_setfield(L, -2, "cpu_best_rank");
+  lua_pushstring(L, cpu_vendors[st.cpu.vendor]);
+  lua_setfield(L, -2, "cpu_vendor");
+  lua_pushstring(L, feats); lua_setfield(L, -2, "cpu_features");
+  lua_pushstring(L, st.chosen_by == MOE_BLAS_BY_USER ? "user" : st.chosen_by == MOE_BLAS_BY_MOELUA ? "moelua" : "blas");
+  lua_setfield(L, -2, "chosen_by");
+  lua_pushstring(L, st.reason); lua_setfield(L, -2, "reason");
+  return 1;
+}
+
+/* sgemm_info() -> {mode, library, description, libraries = {{name, available, why}...},
+ *   shapes = {{m, n, k, ta, tb, library, gflops = {OpenBLAS = ...}}...}}: the
+ *   float32 GEMM libraries, the process's choice (nil until made) and the shape
+ *   classes timed for it (sgemm_lib.c) */
+static int l_sgemm_info(lua_State *L) {
+  moe_sgemm_status st;
+  moe_sgemm_status_get(&st);
+  char desc[1200];
+  moe_sgemm_describe(desc, sizeof desc, 0);
+  lua_newtable(L);
+  lua_pushstring(L, st.mode < 0 ? "auto" : moe_sgemm_lib_name(st.mode));
+  lua_setfield(L, -2, "mode");
+  lua_pushstring(L, desc);
+  lua_setfield(L, -2, "description");
+  if (st.library >= 0) { lua_pushstring(L, moe_sgemm_lib_name(st.library)); lua_setfield(L, -2, "library"); }
+  lua_newtable(L);
+  for (int l = 0; l < MOE_SGEMM_NLIBS; l++) {
+    lua_newtable(L);
+    lua_pushstring(L, moe_sgemm_lib_name(l)); lua_setfield(L, -2, "name");
+    lua_pushboolean(L, st.available[l]); lua_setfield(L, -2, "available");
+    if (!st.available[l]) { lua_pushstring(L, st.why[l]); lua_setfield(L, -2, "why"); }
+    lua_rawseti(L, -2, l + 1);
+  }
+  lua_setfield(L, -2, "libraries");
+  lua_newtable(L);
+  for (int i = 0; i < st.n_records; i++) {
+    const moe_sgemm_record *r = &st.records[i];
+    lua_newtable(L);
+    lua_pushinteger(L, (lua_Integer)r->M); lua_setfield(L, -2, "m");
+    lua_pushinteger(L, (lua_Integer)r->N); lua_setfield(L, -2, "n");
+    lua_pushinteger(L, (lua_Integer)r->K); lua_setfield(L, -2, "k");
+    lua_pushboolean(L, r->ta); lua_setfield(L, -2, "ta");
+    lua_pushboolean(L, r->tb); lua_setfield(L, -2, "tb");
+    lua_pushstring(L, moe_sgemm_lib_name(r->lib)); lua_setfield(L, -2, "library");
+    lua_newtable(L);
+    for (int l = 0; l < MOE_SGEMM_NLIBS; l++)
+      if (r->gflops[l] > 0) { lua_pushnumber(L, r->gflops[l]); lua_setfield(L, -2, moe_sgemm_lib_name(l)); }
+    lua_setfield(L, -2, "gflops");
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_setfield(L, -2, "shapes");
+  return 1;
+}
+
+/* sgemm_forget(): the library is chosen again, on the next shape classes */
+static int l_sgemm_forget(lua_State *L) {
+  (void)L;
+  moe_sgemm_forget();
+  return 0;
+}
+
+/* a list of cpuid feature names at idx as the bits of moe_cpu_feature_bit */
+static unsigned feature_list(lua_State *L, int idx, const char *fn) {
+  luaL_checktype(L, idx, LUA_TTABLE);
+  unsigned features = 0;
+  int n = (int)lua_objlen(L, idx);
+  for (int i = 1; i <= n; i++) {
+    lua_rawgeti(L, idx, i);
+    const char *f = lua_tostring(L, -1);
+    unsigned bit = f ? moe_cpu_feature_bit(f) : 0;
+    if (!bit) luaL_error(L, "%s: unknown CPU feature %s", fn, f ? f : luaL_typename(L, -1));
+    features |= bit;
+    lua_pop(L, 1);
+  }
+  return features;
+}
+
+/* blas_choose(vendor, {features...}, blas_kernels[, user]) -> kernel set to force or nil, why
+ * (the pure decision the host applies, for the specs) */
+static int l_blas_choose(lua_State *L) {
+  moe_cpu_info c = {0, 0};
+  c.vendor = luaL_checkoption(L, 1, NULL, cpu_vendors);
+  c.features = feature_list(L, 2, "blas_choose");
+  const char *core = luaL_checkstring(L, 3);
+  const char *user = lua_isnoneornil(L, 4) ? NULL : luaL_checkstring(L, 4);
+  const char *why;
+  const char *pick = moe_blas_choose(&c, core, user, &why);
+  if (pick) lua_pushstring(L, pick);
+  else lua_pushnil(L);
+  lua_pushstring(L, why);
+  return 2;
+}
+
+/* blas_next_lower(vendor, kernels, floor_kernels) -> the next kernel set to try, or nil */
+static int l_blas_next_lower(lua_State *L) {
+  moe_cpu_info c = {0, 0};
+  c.vendor = luaL_checkoption(L, 1, NULL, cpu_vendors);
+  const char *next = moe_blas_next_lower(&c, luaL_checkstring(L, 2), moe_blas_core_rank(luaL_checkstring(L, 3)));
+  if (next) lua_pushstring(L, next);
+  else lua_pushnil(L);
+  return 1;
+}
+
+/* bf16_info() -> {backend, library, reason, cpu_bf16}: what runs the bf16 GEMMs and why
+ * (chosen once per process, on the first call or the first bf16 GEMM) */
+static int l_bf16_info(lua_State *L) {
+  moe_bf16_status st;
+  moe_bf16_status_get(&st);
+  lua_newtable(L);
+  lua_pushstring(L, moe_bf16_backend_name(st.backend)); lua_setfield(L, -2, "backend");
+  lua_pushstring(L, st.library); lua_setfield(L, -2, "library");
+  lua_pushstring(L, st.reason); lua_setfield(L, -2, "reason");
+  lua_pushboolean(L, st.cpu_bf16); lua_setfield(L, -2, "cpu_bf16");
+  return 1;
+}
+
+/* bf16_choose({features...}[, MOELUA_BF16]) -> the backend to try, why (the pure decision, for the specs) */
+static int l_bf16_choose(lua_State *L) {
+  unsigned features = feature_list(L, 1, "bf16_choose");
+  const char *env = lua_isnoneornil(L, 2) ? NULL : luaL_checkstring(L, 2);
+  const char *why;
+  lua_pushstring(L, moe_bf16_backend_name(moe_bf16_choose(features, env, &why)));
+  lua_pushstring(L, why);
+  return 2;
+}
+
+/* empty_cache() -> bytes handed back: frees the blocks kept for reuse */
+static int l_empty_cache(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)moe_empty_cache());
+  return 1;
+}
+
+/* peak_bytes([reset]) -> the most tensor bytes live at once since the last reset */
+static int l_peak_bytes(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)moe_peak_bytes(lua_toboolean(L, 1)));
+  return 1;
+}
+
+static int l_live(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)moe_live_tensors());
+  lua_pushnumber(L, (lua_Number)moe_live_bytes());
+  return 2;
+}
+
+const luaL_Reg moe_l_sys_funcs[] = {
+    {"blas_info", l_blas_info}, {"sgemm_info", l_sgemm_info}, {"sgemm_forget", l_sgemm_forget},
+    {"blas_choose", l_blas_choose}, {"blas_next_lower", l_blas_next_lower},
+    {"bf16_info", l_bf16_info}, {"bf16_choose", l_bf16_choose},
+    {"live", l_live}, {"peak_bytes", l_peak_bytes}, {"empty_cache", l_empty_cache},
+    {"cuda_info", l_cuda_info}, {"backend_kernels", l_backend_kernels}, {"cuda_empty_cache", l_cuda_empty_cache},
+    {"cuda_precision", l_cuda_precision}, {"defer_interrupts", l_defer_interrupts}, {"take_interrupt", l_take_interrupt},
+    {NULL, NULL}};
