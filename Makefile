@@ -95,6 +95,7 @@ run: all
 FUZZ_TEST_TIME ?= 30
 FUZZ_TEST_LUA_ERRORS ?= fail
 test: all $(BUILD)/test_engine $(BUILD)/public_api
+	@scripts/deps.sh clang-format
 	@$(MAKE) --no-print-directory BUILD=build-emu CUDA=emu OPT="-O1 -g" build-emu/moelua build-emu/public_api
 	@if spec/fuzz/run.sh --can-build; then rm -f build-fuzz/*_fuzz; $(MAKE) --no-print-directory fuzz-build; \
 	  MOE_FUZZ_TIME=$(FUZZ_TEST_TIME) FUZZ_LUA_ERRORS=$(FUZZ_TEST_LUA_ERRORS) scripts/test.sh $(BUILD); \

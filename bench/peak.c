@@ -11,15 +11,26 @@
 #include <stdio.h>
 #include <time.h>
 
-#define ACC 12         /* independent accumulators: more than latency x issue width */
+#define ACC 12 /* independent accumulators: more than latency x issue width */
 /* the loop body on ACC accumulators held in registers (named, not an array) */
-#define BODY(op)                                                                                                    \
-  do {                                                                                                              \
-    c0 = op(c0); c1 = op(c1); c2 = op(c2); c3 = op(c3); c4 = op(c4); c5 = op(c5);                                    \
-    c6 = op(c6); c7 = op(c7); c8 = op(c8); c9 = op(c9); c10 = op(c10); c11 = op(c11);                                \
+#define BODY(op)   \
+  do {             \
+    c0 = op(c0);   \
+    c1 = op(c1);   \
+    c2 = op(c2);   \
+    c3 = op(c3);   \
+    c4 = op(c4);   \
+    c5 = op(c5);   \
+    c6 = op(c6);   \
+    c7 = op(c7);   \
+    c8 = op(c8);   \
+    c9 = op(c9);   \
+    c10 = op(c10); \
+    c11 = op(c11); \
   } while (0)
-#define DECL(T, init) T c0 = init(0), c1 = init(1), c2 = init(2), c3 = init(3), c4 = init(4), c5 = init(5), c6 = init(6), \
-                        c7 = init(7), c8 = init(8), c9 = init(9), c10 = init(10), c11 = init(11)
+#define DECL(T, init)                                                                                               \
+  T c0 = init(0), c1 = init(1), c2 = init(2), c3 = init(3), c4 = init(4), c5 = init(5), c6 = init(6), c7 = init(7), \
+    c8 = init(8), c9 = init(9), c10 = init(10), c11 = init(11)
 #define SUM(f) (f(c0) + f(c1) + f(c2) + f(c3) + f(c4) + f(c5) + f(c6) + f(c7) + f(c8) + f(c9) + f(c10) + f(c11))
 #define ITERS 20000000 /* of the loop body: about 0.1-0.3 s a run */
 

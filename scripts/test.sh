@@ -50,6 +50,24 @@ if [ -z "${MOE_CUDA_EMU:-}" ] && [ -x "$root/build-emu/public_api" ]; then
   MOE_CUDA_EMU=1 run "public API on the emulator" "$root/build-emu/public_api"
 fi
 
+# the sources follow .clang-format (one TAP line; `make format` fixes the tree)
+format_check() {
+  local files
+  files=$(cd "$root" && ls src/*.c src/*/*.c src/*/*.h src/cuda/*.cu src/cuda/*.cuh src/cuda/emu/*.cc src/cuda/emu/*.h \
+    spec/c/*.c spec/fuzz/*.c bench/*.c 2>/dev/null)
+  if ! command -v clang-format >/dev/null; then
+    echo "not ok 1 - the C/CUDA sources follow .clang-format (clang-format is not installed: scripts/deps.sh clang-format)"
+  elif out=$(cd "$root" && clang-format --dry-run --Werror $files 2>&1); then
+    echo "ok 1 - the C/CUDA sources follow .clang-format ($(echo "$files" | wc -l) files)"
+  else
+    echo "not ok 1 - the C/CUDA sources follow .clang-format (make format fixes them)"
+    echo "$out" | grep -E "error:" | head -5 | sed 's/^/# /'
+  fi
+  echo "1..1"
+}
+echo "== format ($root/.clang-format)"
+run "format" format_check
+
 echo "== busted specs (interpreter: $build/moelua)"
 run "busted" "$build/moelua" /usr/bin/busted -o TAP spec
 

@@ -88,7 +88,10 @@ static void stop_hook(lua_State *L, lua_Debug *ar) {
 
 static void on_sigint(int sig) {
   (void)sig;
-  if (in_readline) { input_cancelled = 1; return; }
+  if (in_readline) {
+    input_cancelled = 1;
+    return;
+  }
   if (moe_lua_defer && !moe_lua_deferred) { /* fit stops after the current batch */
     moe_lua_deferred = 1;
     return;
@@ -185,10 +188,16 @@ static char *complete_gen(const char *text, int state) {
     lua_settop(L, 0);
     lua_getglobal(L, "require");
     lua_pushstring(L, "moe.repl");
-    if (lua_pcall(L, 1, 1, 0)) { lua_settop(L, 0); return NULL; }
+    if (lua_pcall(L, 1, 1, 0)) {
+      lua_settop(L, 0);
+      return NULL;
+    }
     lua_getfield(L, -1, "complete");
     lua_pushstring(L, text);
-    if (lua_pcall(L, 1, 1, 0) || !lua_istable(L, -1)) { lua_settop(L, 0); return NULL; }
+    if (lua_pcall(L, 1, 1, 0) || !lua_istable(L, -1)) {
+      lua_settop(L, 0);
+      return NULL;
+    }
     lua_replace(L, 1);
     lua_settop(L, 1);
     idx = 0;
@@ -206,7 +215,8 @@ static char *complete_gen(const char *text, int state) {
 }
 
 static char **complete(const char *text, int start, int end) {
-  (void)start; (void)end;
+  (void)start;
+  (void)end;
   rl_attempted_completion_over = 1; /* never fall back to file names */
   return rl_completion_matches(text, complete_gen);
 }
@@ -242,7 +252,10 @@ static char *read_line(int tty, const char *prompt) {
     if (len + 1 >= cap) buf = realloc(buf, cap *= 2);
     buf[len++] = (char)c;
   }
-  if (c == EOF && len == 0) { free(buf); return NULL; }
+  if (c == EOF && len == 0) {
+    free(buf);
+    return NULL;
+  }
   buf[len] = 0;
   return buf;
 }
@@ -276,11 +289,17 @@ static int compile_chunk(lua_State *L, const char *chunk) {
   memcpy(ret + 7, chunk, n + 1);
   int status = luaL_loadbuffer(L, ret, n + 7, "=stdin");
   free(ret);
-  if (status == 0) { jit_off(L); return 0; }
+  if (status == 0) {
+    jit_off(L);
+    return 0;
+  }
   int ret_eof = at_eof(L, status);
   lua_pop(L, 1);
   status = luaL_loadbuffer(L, chunk, n, "=stdin");
-  if (status == 0) { jit_off(L); return 0; }
+  if (status == 0) {
+    jit_off(L);
+    return 0;
+  }
   if (ret_eof || at_eof(L, status)) {
     lua_pop(L, 1);
     return 1;
@@ -340,7 +359,11 @@ static int repl(lua_State *L) {
       memcpy(chunk + a + 1, line, b + 1);
       free(line);
     }
-    if (chunk[strspn(chunk, " \t")] == 0) { free(chunk); chunk = NULL; continue; }
+    if (chunk[strspn(chunk, " \t")] == 0) {
+      free(chunk);
+      chunk = NULL;
+      continue;
+    }
     lua_settop(L, 0);
     int c = compile_chunk(L, chunk);
     if (c == 1) continue; /* incomplete: read another line */
@@ -350,9 +373,17 @@ static int repl(lua_State *L) {
     }
     free(chunk);
     chunk = NULL;
-    if (c == 2) { report(L, 1); errors++; continue; }
+    if (c == 2) {
+      report(L, 1);
+      errors++;
+      continue;
+    }
     int status = docall(L, 0, LUA_MULTRET);
-    if (status) { report(L, status); errors++; continue; }
+    if (status) {
+      report(L, status);
+      errors++;
+      continue;
+    }
     print_results(L, lua_gettop(L));
     fflush(stdout);
   }
@@ -384,7 +415,10 @@ static void set_arg(lua_State *L, int argc, char **argv, int script_at) {
 static int find_script(int argc, char **argv) {
   if (argc > 2 && !strcmp(argv[1], "run")) return 2;
   for (int i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "-e")) { i++; continue; }
+    if (!strcmp(argv[i], "-e")) {
+      i++;
+      continue;
+    }
     if (!strcmp(argv[i], "--")) return i + 1 < argc ? i + 1 : 0;
     if (argv[i][0] != '-' || !argv[i][1]) return (i == 1 && !strcmp(argv[i], "repl")) ? 0 : i;
   }
@@ -427,13 +461,17 @@ static int gc64_ok(lua_State *L) {
 int main(int argc, char **argv) {
   choose_blas_kernels(argv);
   lua_State *L = luaL_newstate();
-  if (!L) { fprintf(stderr, "moelua: cannot create the Lua state (out of memory)\n"); return 1; }
+  if (!L) {
+    fprintf(stderr, "moelua: cannot create the Lua state (out of memory)\n");
+    return 1;
+  }
   gL = L;
   progname = strrchr(argv[0], '/') ? strrchr(argv[0], '/') + 1 : argv[0];
   luaL_openlibs(L);
   if (!gc64_ok(L)) {
-    fprintf(stderr, "moelua: the LuaJIT library is not a GC64 build. moelua needs LuaJIT 2.1 built with\n"
-                    "LUAJIT_ENABLE_GC64 (Debian's luajit package on amd64 is one): install it and rebuild.\n");
+    fprintf(stderr,
+            "moelua: the LuaJIT library is not a GC64 build. moelua needs LuaJIT 2.1 built with\n"
+            "LUAJIT_ENABLE_GC64 (Debian's luajit package on amd64 is one): install it and rebuild.\n");
     return 1;
   }
   moe_lua_setup_paths(L);
@@ -444,7 +482,11 @@ int main(int argc, char **argv) {
   int status = 0, interactive = 0, ran = 0;
   int i = 1;
   if (argc > 1 && !strcmp(argv[1], "run")) {
-    if (argc < 3) { fprintf(stderr, "moelua run: missing script name\n"); usage(stderr); return 1; }
+    if (argc < 3) {
+      fprintf(stderr, "moelua run: missing script name\n");
+      usage(stderr);
+      return 1;
+    }
     i = 2;
   } else if (argc > 1 && !strcmp(argv[1], "repl")) {
     i = 2;
@@ -453,7 +495,11 @@ int main(int argc, char **argv) {
   int end = script_at ? script_at : argc; /* options are what comes before the script */
   for (; i < end; i++) {
     const char *a = argv[i];
-    if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); lua_close(L); return 0; }
+    if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+      usage(stdout);
+      lua_close(L);
+      return 0;
+    }
     if (!strcmp(a, "-v") || !strcmp(a, "--version")) {
       printf("moelua %s (%s, GC64)\n", MOE_VERSION, LUAJIT_VERSION);
       moe_blas_status st;
@@ -468,10 +514,19 @@ int main(int argc, char **argv) {
       lua_close(L);
       return 0;
     }
-    if (!strcmp(a, "-i")) { interactive = 1; continue; }
+    if (!strcmp(a, "-i")) {
+      interactive = 1;
+      continue;
+    }
     if (!strcmp(a, "-e")) {
-      if (++i >= argc) { fprintf(stderr, "moelua: -e needs an argument\n"); return 1; }
-      if (!ran && load_moe_global(L)) { lua_close(L); return 1; }
+      if (++i >= argc) {
+        fprintf(stderr, "moelua: -e needs an argument\n");
+        return 1;
+      }
+      if (!ran && load_moe_global(L)) {
+        lua_close(L);
+        return 1;
+      }
       ran = 1;
       if ((status = dostring(L, argv[i], "=(command line)"))) break;
       continue;
@@ -481,12 +536,18 @@ int main(int argc, char **argv) {
     usage(stderr);
     return 1;
   }
-  if (!status && script_at) { status = run_script(L, argc, argv, script_at); ran = 1; }
+  if (!status && script_at) {
+    status = run_script(L, argc, argv, script_at);
+    ran = 1;
+  }
   if (!status && (interactive || !ran)) {
     lua_getglobal(L, "moe"); /* -e already loaded it; a script may have set its own */
     int have = !lua_isnil(L, -1);
     lua_pop(L, 1);
-    if (!have && load_moe_global(L)) { lua_close(L); return 1; }
+    if (!have && load_moe_global(L)) {
+      lua_close(L);
+      return 1;
+    }
     status = repl(L);
   }
   lua_close(L);

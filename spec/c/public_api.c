@@ -10,11 +10,14 @@
 #include "../../src/core/moe.h"
 
 static int n_test = 0, n_fail = 0;
-#define CHECK(cond, name)                                                                        \
-  do {                                                                                           \
-    n_test++;                                                                                    \
-    if (cond) printf("ok %d - %s\n", n_test, name);                                              \
-    else { n_fail++; printf("not ok %d - %s (%s:%d: %s)\n", n_test, name, __FILE__, __LINE__, moe_last_error()); } \
+#define CHECK(cond, name)                                                                         \
+  do {                                                                                            \
+    n_test++;                                                                                     \
+    if (cond) printf("ok %d - %s\n", n_test, name);                                               \
+    else {                                                                                        \
+      n_fail++;                                                                                   \
+      printf("not ok %d - %s (%s:%d: %s)\n", n_test, name, __FILE__, __LINE__, moe_last_error()); \
+    }                                                                                             \
   } while (0)
 
 /* t's values as doubles, read on the host */
@@ -22,11 +25,17 @@ static int host_values(const moe_tensor *t, double *out, int n) {
   moe_tensor *det = moe_detach(t); /* (a move is not recorded by autograd) */
   moe_tensor *h = det ? moe_to_device(det, MOE_CPU) : NULL;
   moe_tensor_release(det);
-  if (!h || moe_numel(h) != n) { moe_tensor_release(h); return -1; }
+  if (!h || moe_numel(h) != n) {
+    moe_tensor_release(h);
+    return -1;
+  }
   for (int i = 0; i < n; i++) {
     int64_t idx[MOE_MAX_DIMS] = {0};
     int64_t r = i;
-    for (int d = h->ndim - 1; d >= 0; d--) { idx[d] = r % h->shape[d]; r /= h->shape[d]; }
+    for (int d = h->ndim - 1; d >= 0; d--) {
+      idx[d] = r % h->shape[d];
+      r /= h->shape[d];
+    }
     out[i] = moe_get(h, idx);
   }
   moe_tensor_release(h);
@@ -42,7 +51,10 @@ int main(void) {
   moe_tensor *xh = moe_from_doubles(2, shape, MOE_F32, xv), *yh = moe_from_doubles(2, shape, MOE_F32, yv);
   moe_tensor *x = xh ? moe_to_device(xh, dev) : NULL, *y = yh ? moe_to_device(yh, dev) : NULL;
   CHECK(x && y && x->device == dev && y->device == dev, "moe_to_device moves host tensors to the device");
-  if (!x || !y) { printf("1..%d\n", n_test); return 1; }
+  if (!x || !y) {
+    printf("1..%d\n", n_test);
+    return 1;
+  }
   x->requires_grad = 1; /* a leaf on the device */
 
   moe_tensor *z = moe_binary(MOE_ADD, x, y);

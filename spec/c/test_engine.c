@@ -13,11 +13,14 @@
 #include <stdatomic.h>
 
 static int n_test = 0, n_fail = 0;
-#define CHECK(cond, name)                                                       \
-  do {                                                                          \
-    n_test++;                                                                   \
-    if (cond) printf("ok %d - %s\n", n_test, name);                             \
-    else { n_fail++; printf("not ok %d - %s (%s:%d)\n", n_test, name, __FILE__, __LINE__); } \
+#define CHECK(cond, name)                                                   \
+  do {                                                                      \
+    n_test++;                                                               \
+    if (cond) printf("ok %d - %s\n", n_test, name);                         \
+    else {                                                                  \
+      n_fail++;                                                             \
+      printf("not ok %d - %s (%s:%d)\n", n_test, name, __FILE__, __LINE__); \
+    }                                                                       \
   } while (0)
 
 static void test_philox(void) {
@@ -45,7 +48,8 @@ static void test_views(void) {
   CHECK(((uintptr_t)t->storage->data % MOE_ALIGN) == 0, "storage is 64-byte aligned");
   int64_t s2[2] = {6, -1};
   moe_tensor *v = moe_view(t, 2, s2);
-  CHECK(v && v->shape[1] == 4 && v->storage == t->storage && t->storage->refcount == 2, "view infers -1 and shares storage");
+  CHECK(v && v->shape[1] == 4 && v->storage == t->storage && t->storage->refcount == 2,
+        "view infers -1 and shares storage");
   moe_tensor *tr = moe_transpose(t, 0, 2);
   int64_t s3[1] = {24};
   moe_tensor *bad = moe_view(tr, 1, s3);
@@ -103,8 +107,12 @@ static void test_kernels(void) {
       err = fmax(err, fabs(moe_get(p, ij) - ref));
     }
   CHECK(p && err < 1e-12, "matmul of a transposed view matches a naive loop");
-  moe_tensor_release(a); moe_tensor_release(b); moe_tensor_release(c);
-  moe_tensor_release(m); moe_tensor_release(mt); moe_tensor_release(p);
+  moe_tensor_release(a);
+  moe_tensor_release(b);
+  moe_tensor_release(c);
+  moe_tensor_release(m);
+  moe_tensor_release(mt);
+  moe_tensor_release(p);
 }
 
 /* the thread pool runs every part of every job exactly once, back to back */

@@ -113,8 +113,7 @@ static void same_frame(const moe_csv_frame *a, const moe_csv_frame *b) {
     if (strcmp(x->name, y->name) || x->numeric != y->numeric || x->nlevels != y->nlevels)
       fail("plain and gzip differ in a column", x->name);
     size_t n = (size_t)a->nrows;
-    if (x->numeric ? memcmp(x->values, y->values, n * sizeof(double))
-                   : memcmp(x->codes, y->codes, n * sizeof(int32_t)))
+    if (x->numeric ? memcmp(x->values, y->values, n * sizeof(double)) : memcmp(x->codes, y->codes, n * sizeof(int32_t)))
       fail("plain and gzip differ in values", x->name);
     for (int64_t l = 0; l < x->nlevels; l++)
       if (strcmp(x->levels[l], y->levels[l])) fail("plain and gzip differ in levels", x->name);
@@ -171,13 +170,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     put_file(gz, gz_size);
     moe_csv_frame second;
     int rc1 = read_one(&sets[0], &second, m1, sizeof m1);
-    if (rc0 != rc1) fail(rc0 ? "the gzip file reads but the plain one fails" : "the plain file reads but the gzip one fails",
-                         rc0 ? m0 : m1);
+    if (rc0 != rc1)
+      fail(rc0 ? "the gzip file reads but the plain one fails" : "the plain file reads but the gzip one fails",
+           rc0 ? m0 : m1);
     if (rc0 && strcmp(m0, m1)) {
       fprintf(stderr, "plain: %s\ngzip:  %s\n", m0, m1);
       fail("plain and gzip fail differently", NULL);
     }
-    if (!rc0) { same_frame(&first, &second); moe_csv_free(&second); }
+    if (!rc0) {
+      same_frame(&first, &second);
+      moe_csv_free(&second);
+    }
     /* and a truncated gzip file is an error, never a shorter frame */
     if (gz_size > 20) {
       put_file(gz, gz_size - 9);

@@ -71,7 +71,10 @@ static int size_class(size_t total) {
  * moe_empty_cache() gives everything back. */
 #define LARGE_SLOTS 64
 #define HUGE_MIN ((size_t)4 << 20)
-static struct { void *block; size_t bytes; } large_cache[LARGE_SLOTS];
+static struct {
+  void *block;
+  size_t bytes;
+} large_cache[LARGE_SLOTS];
 static int large_n;
 static size_t large_cached, large_live, large_peak;
 
@@ -250,7 +253,10 @@ void tensor_free(moe_tensor *t) {
 /* a host header over nbytes of device memory (block_bytes: what the cache gave) */
 moe_storage *device_storage_new(size_t nbytes) {
   moe_storage *s = calloc(1, sizeof *s);
-  if (!s) { moe_error("out of memory"); return NULL; }
+  if (!s) {
+    moe_error("out of memory");
+    return NULL;
+  }
   s->refcount = 1;
   s->pool_class = -1;
   s->nbytes = nbytes;

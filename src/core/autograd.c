@@ -74,8 +74,13 @@ moe_node *moe_node_new(const char *name, moe_backward_fn fn, int n, const moe_te
     memcpy(e[i].shape, t->shape, sizeof t->shape);
     e[i].dtype = t->dtype;
     if (!t->requires_grad) continue;
-    if (t->grad_fn) { e[i].fn = t->grad_fn; e[i].fn->refcount++; }
-    else { e[i].leaf = (moe_tensor *)t; moe_tensor_retain(e[i].leaf); }
+    if (t->grad_fn) {
+      e[i].fn = t->grad_fn;
+      e[i].fn->refcount++;
+    } else {
+      e[i].leaf = (moe_tensor *)t;
+      moe_tensor_retain(e[i].leaf);
+    }
   }
   return nd;
 }
@@ -97,15 +102,22 @@ const moe_tensor *moe_node_saved(moe_node *n, int slot) {
   moe_tensor *t = n->saved[slot];
   if (t && t->storage->version != n->saved_version[slot]) {
     moe_error("backward of %s: a tensor it saved was modified in place after the forward pass "
-              "(clone() it before writing into it)", n->name);
+              "(clone() it before writing into it)",
+              n->name);
     return NULL;
   }
   return t;
 }
 
 moe_tensor *moe_ag_attach(moe_tensor *out, moe_node *n) {
-  if (!n) { moe_tensor_release(out); return NULL; }
-  if (!moe_dtype_is_float(out->dtype)) { moe_node_release(n); return out; } /* not differentiable */
+  if (!n) {
+    moe_tensor_release(out);
+    return NULL;
+  }
+  if (!moe_dtype_is_float(out->dtype)) {
+    moe_node_release(n);
+    return out;
+  } /* not differentiable */
   out->grad_fn = n;
   out->requires_grad = 1;
   return out;
@@ -113,10 +125,16 @@ moe_tensor *moe_ag_attach(moe_tensor *out, moe_node *n) {
 
 /* drop a node's buffers and edges; nodes whose count falls to 0 go on *stack */
 static void node_clear(moe_node *n, moe_node **stack) {
-  for (int i = 0; i < MOE_NODE_SAVED; i++) { moe_tensor_release(n->saved[i]); n->saved[i] = NULL; }
+  for (int i = 0; i < MOE_NODE_SAVED; i++) {
+    moe_tensor_release(n->saved[i]);
+    n->saved[i] = NULL;
+  }
   for (int i = 0; i < n->nin; i++) {
     moe_edge *e = &n->edges[i];
-    if (e->fn && --e->fn->refcount == 0) { e->fn->next = *stack; *stack = e->fn; }
+    if (e->fn && --e->fn->refcount == 0) {
+      e->fn->next = *stack;
+      *stack = e->fn;
+    }
     moe_tensor_release(e->leaf);
     e->fn = NULL;
     e->leaf = NULL;
@@ -144,7 +162,10 @@ void moe_node_release(moe_node *n) {
 moe_tensor *moe_sum_to_shape(const moe_tensor *g, int ndim, const int64_t *shape) {
   int lead = g->ndim - ndim;
   unsigned mask = 0;
-  if (lead < 0) { moe_error("autograd: gradient has fewer dims than its input"); return NULL; }
+  if (lead < 0) {
+    moe_error("autograd: gradient has fewer dims than its input");
+    return NULL;
+  }
   for (int d = 0; d < g->ndim; d++)
     if (d < lead || (shape[d - lead] == 1 && g->shape[d] != 1)) mask |= 1u << d;
   if (!mask) {
@@ -166,8 +187,8 @@ static moe_tensor *fit_grad(moe_tensor *g, const moe_edge *e, const char *op) {
   char b1[160], b2[160];
   moe_tensor *s = moe_sum_to_shape(g, e->ndim, e->shape);
   if (!s) {
-    moe_error("backward of %s: gradient of shape %s does not fit its input's shape %s", op,
-              moe_shape_str(g, b1), moe_dims_str(e->ndim, e->shape, b2));
+    moe_error("backward of %s: gradient of shape %s does not fit its input's shape %s", op, moe_shape_str(g, b1),
+              moe_dims_str(e->ndim, e->shape, b2));
     return NULL;
   }
   moe_tensor *c = moe_to_dtype(s, e->dtype);
@@ -191,7 +212,11 @@ static int accumulate_leaf(moe_tensor *leaf, moe_tensor *g) {
 }
 
 static int accumulate_node(moe_node *n, moe_tensor *g) {
-  if (!n->grad) { moe_tensor_retain(g); n->grad = g; return 0; }
+  if (!n->grad) {
+    moe_tensor_retain(g);
+    n->grad = g;
+    return 0;
+  }
   moe_tensor *s = moe_binary(MOE_ADD, n->grad, g);
   if (!s) return -1;
   moe_tensor_release(n->grad);
@@ -207,7 +232,10 @@ static int run_backward(moe_tensor *root, const moe_tensor *grad, int retain) {
   int rc = -1;
   order = malloc(cap * sizeof *order);
   ready = malloc(cap * sizeof *ready);
-  if (!order || !ready) { moe_error("backward: out of memory"); goto done; }
+  if (!order || !ready) {
+    moe_error("backward: out of memory");
+    goto done;
+  }
   /* 1. collect the nodes reachable from the root, counting each node's consumers */
   moe_node *r = root->grad_fn;
   r->mark = mark;
@@ -225,7 +253,10 @@ static int run_backward(moe_tensor *root, const moe_tensor *grad, int retain) {
           moe_node **r2 = o2 ? realloc(ready, 2 * cap * sizeof *ready) : NULL;
           if (o2) order = o2;
           if (r2) ready = r2;
-          if (!o2 || !r2) { moe_error("backward: out of memory"); goto done; }
+          if (!o2 || !r2) {
+            moe_error("backward: out of memory");
+            goto done;
+          }
           cap *= 2;
         }
         c->mark = mark;
@@ -239,7 +270,8 @@ static int run_backward(moe_tensor *root, const moe_tensor *grad, int retain) {
   for (size_t i = 0; i < norder; i++)
     if (order[i]->freed) {
       moe_error("backward: the graph through %s was already freed by an earlier backward() "
-                "(run the forward pass again, or pass {retain_graph=true})", order[i]->name);
+                "(run the forward pass again, or pass {retain_graph=true})",
+                order[i]->name);
       goto done;
     }
   /* 2. run the nodes in reverse topological order (Kahn) */
@@ -252,7 +284,10 @@ static int run_backward(moe_tensor *root, const moe_tensor *grad, int retain) {
     moe_node *n = ready[--nready];
     int nin = n->nin;
     moe_tensor **g_in = nin > 8 ? calloc((size_t)nin, sizeof *g_in) : gin_small;
-    if (!g_in) { moe_error("backward: out of memory"); goto done; }
+    if (!g_in) {
+      moe_error("backward: out of memory");
+      goto done;
+    }
     if (nin <= 8) memset(g_in, 0, sizeof gin_small);
     int err = 0;
     if (n->grad && n->backward(n, n->grad, g_in)) err = 1;
@@ -262,7 +297,10 @@ static int run_backward(moe_tensor *root, const moe_tensor *grad, int retain) {
       moe_tensor *g = fit_grad(g_in[k], e, n->name);
       moe_tensor_release(g_in[k]);
       g_in[k] = NULL;
-      if (!g) { err = 1; break; }
+      if (!g) {
+        err = 1;
+        break;
+      }
       err = e->fn ? accumulate_node(e->fn, g) : accumulate_leaf(e->leaf, g);
       moe_tensor_release(g);
     }
@@ -303,13 +341,13 @@ int moe_backward(moe_tensor *root, const moe_tensor *grad, int retain_graph) {
   if (!grad) {
     if (moe_numel(root) != 1)
       return moe_error("backward: a gradient is needed for a non-scalar output of shape %s; "
-                       "call backward(grad) with a tensor of that shape", moe_shape_str(root, b1));
+                       "call backward(grad) with a tensor of that shape",
+                       moe_shape_str(root, b1));
     grad = ones = moe_full_on(root->device, root->ndim, root->shape, root->dtype, 1.0);
     if (!ones) return -1;
-  } else if (grad->ndim != root->ndim ||
-             memcmp(grad->shape, root->shape, sizeof(int64_t) * (size_t)root->ndim)) {
-    return moe_error("backward: grad of shape %s does not match the output's shape %s",
-                     moe_shape_str(grad, b1), moe_shape_str(root, b2));
+  } else if (grad->ndim != root->ndim || memcmp(grad->shape, root->shape, sizeof(int64_t) * (size_t)root->ndim)) {
+    return moe_error("backward: grad of shape %s does not match the output's shape %s", moe_shape_str(grad, b1),
+                     moe_shape_str(root, b2));
   }
   int prev = moe_set_grad_enabled(0);
   int rc;

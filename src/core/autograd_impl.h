@@ -32,8 +32,8 @@
 typedef int (*moe_backward_fn)(moe_node *n, const moe_tensor *g, moe_tensor **gin);
 
 typedef struct {
-  moe_node *fn;          /* the input's node, or NULL */
-  moe_tensor *leaf;      /* or a leaf tensor that requires grad (retained), or NULL */
+  moe_node *fn;     /* the input's node, or NULL */
+  moe_tensor *leaf; /* or a leaf tensor that requires grad (retained), or NULL */
   int ndim;
   int64_t shape[MOE_MAX_DIMS];
   moe_dtype dtype;
@@ -41,20 +41,20 @@ typedef struct {
 
 #define MOE_NODE_SAVED 4
 struct moe_node {
-  const char *name;               /* the op, for error messages and t.grad_fn */
+  const char *name; /* the op, for error messages and t.grad_fn */
   moe_backward_fn backward;
   int refcount, freed;
   int nin;
   moe_edge *edges;
-  moe_tensor *saved[MOE_NODE_SAVED];   /* detached aliases */
+  moe_tensor *saved[MOE_NODE_SAVED]; /* detached aliases */
   uint32_t saved_version[MOE_NODE_SAVED];
-  int64_t iarg[MOE_MAX_DIMS + 2];      /* op parameters */
+  int64_t iarg[MOE_MAX_DIMS + 2]; /* op parameters */
   double darg[2];
   /* backward pass state */
   moe_tensor *grad;
   int deps, mark;
   moe_node *next;
-  moe_edge inline_edges[3];            /* edges of ops with up to 3 inputs live here */
+  moe_edge inline_edges[3]; /* edges of ops with up to 3 inputs live here */
 };
 
 /* 1 when grad mode is on and one of the n tensors requires grad */
@@ -72,11 +72,11 @@ moe_tensor *moe_ag_attach(moe_tensor *out, moe_node *n);
 void moe_node_release(moe_node *n);
 
 /* OUT = CALL with grad mode off (the ops inside an op's _impl do not record) */
-#define MOE_NOGRAD(OUT, CALL)                  \
-  do {                                         \
-    int prev_grad_ = moe_set_grad_enabled(0);  \
-    OUT = (CALL);                              \
-    moe_set_grad_enabled(prev_grad_);          \
+#define MOE_NOGRAD(OUT, CALL)                 \
+  do {                                        \
+    int prev_grad_ = moe_set_grad_enabled(0); \
+    OUT = (CALL);                             \
+    moe_set_grad_enabled(prev_grad_);         \
   } while (0)
 /* saved slot i, or NULL when nothing was saved there (no error) */
 #define MOE_SAVED(n, i) ((n)->saved[i] ? moe_node_saved(n, i) : NULL)

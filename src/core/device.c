@@ -8,16 +8,48 @@ int moe_cuda_built(void) { return 1; }
 #include <string.h>
 int moe_cuda_built(void) { return 0; }
 int moe_cuda_device_count(void) { return 0; }
-int moe_cuda_device_name(int dev, char *out, size_t len) { (void)dev; if (len) out[0] = '\0'; return -1; }
-int moe_cuda_mem_info(size_t *f, size_t *t) { *f = *t = 0; return -1; }
-void *moe_cuda_malloc(size_t n, size_t *got) { (void)n; *got = 0; return NULL; }
-void moe_cuda_free(void *p, size_t bytes) { (void)p; (void)bytes; }
+int moe_cuda_device_name(int dev, char *out, size_t len) {
+  (void)dev;
+  if (len) out[0] = '\0';
+  return -1;
+}
+int moe_cuda_mem_info(size_t *f, size_t *t) {
+  *f = *t = 0;
+  return -1;
+}
+void *moe_cuda_malloc(size_t n, size_t *got) {
+  (void)n;
+  *got = 0;
+  return NULL;
+}
+void moe_cuda_free(void *p, size_t bytes) {
+  (void)p;
+  (void)bytes;
+}
 size_t moe_cuda_empty_cache(void) { return 0; }
 void moe_cuda_memory_stats(size_t *live, size_t *peak, size_t *cached) { *live = *peak = *cached = 0; }
-int moe_cuda_memcpy(void *dst, const void *src, size_t n, int kind) { (void)dst; (void)src; (void)n; (void)kind; return -1; }
-int moe_cuda_memset(void *p, int v, size_t n) { (void)p; (void)v; (void)n; return -1; }
-int moe_cuda_take_error(char *buf, size_t len) { (void)buf; (void)len; return 0; }
-int moe_cuda_set_precision(int p) { (void)p; return 0; }
+int moe_cuda_memcpy(void *dst, const void *src, size_t n, int kind) {
+  (void)dst;
+  (void)src;
+  (void)n;
+  (void)kind;
+  return -1;
+}
+int moe_cuda_memset(void *p, int v, size_t n) {
+  (void)p;
+  (void)v;
+  (void)n;
+  return -1;
+}
+int moe_cuda_take_error(char *buf, size_t len) {
+  (void)buf;
+  (void)len;
+  return 0;
+}
+int moe_cuda_set_precision(int p) {
+  (void)p;
+  return 0;
+}
 int moe_cuda_get_precision(void) { return 0; }
 const char *moe_cuda_last_error(void) { return "moelua was built without the CUDA backend (no nvcc at build time)"; }
 #endif
@@ -26,7 +58,10 @@ const char *moe_cuda_last_error(void) { return "moelua was built without the CUD
 #include "dispatch.h"
 #include "moe.h"
 
-static const struct { const char *name; int cuda; } kernels[MOE_NKERNELS] = {
+static const struct {
+  const char *name;
+  int cuda;
+} kernels[MOE_NKERNELS] = {
 #define MOE_KERNEL_ROW(n, c) {#n, c},
     MOE_KERNELS(MOE_KERNEL_ROW)
 #undef MOE_KERNEL_ROW
@@ -41,8 +76,8 @@ int moe_backend_supports(moe_device dev, moe_kernel k) {
 int moe_backend_require(const char *op, moe_device dev, moe_kernel k) {
   if (moe_backend_supports(dev, k)) return 0;
   return moe_error("%s: not on this backend (%s): its kernel '%s' has no %s version yet; move the tensors "
-                   "with :cpu() to run it there", op, dev == MOE_CUDA ? "cuda" : "cpu", moe_kernel_name(k),
-                   dev == MOE_CUDA ? "CUDA" : "CPU");
+                   "with :cpu() to run it there",
+                   op, dev == MOE_CUDA ? "cuda" : "cpu", moe_kernel_name(k), dev == MOE_CUDA ? "CUDA" : "CPU");
 }
 
 const char *moe_kernel_name(moe_kernel k) { return k >= 0 && k < MOE_NKERNELS ? kernels[k].name : "?"; }

@@ -20,6 +20,7 @@
 #include "../cpu/cpu.h"
 #include "device.h"
 
+// clang-format off
 #define MOE_KERNELS(X)                                                                            \
   /* elementwise (src/cpu/elementwise.c, src/cuda/elementwise.cu) */                              \
   X(binary, 1) X(unary, 1) X(unary_backward, 1) X(where, 1) X(copy, 1) X(fill, 1)                 \
@@ -37,6 +38,7 @@
   X(route_plan, 0) X(grouped_gemm, 0) X(grouped_gemm_backward, 0)                                 \
   /* optimizers (src/cpu/optim.c) */                                                              \
   X(optim_update, 0)
+// clang-format on
 
 typedef enum {
 #define MOE_KERNEL_ENUM(name, cuda) MOE_KERNEL_##name,
@@ -53,8 +55,7 @@ const char *moe_kernel_name(moe_kernel k);
 
 #ifdef MOE_WITH_CUDA
 #include "../cuda/cuda.h"
-#define MOE_K(name, dev, ...) \
-  ((dev) == MOE_CUDA ? moe_cuda_##name(__VA_ARGS__) : moe_cpu_##name(__VA_ARGS__))
+#define MOE_K(name, dev, ...) ((dev) == MOE_CUDA ? moe_cuda_##name(__VA_ARGS__) : moe_cpu_##name(__VA_ARGS__))
 #else
 #define MOE_K(name, dev, ...) moe_cpu_##name(__VA_ARGS__)
 #endif

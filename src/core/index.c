@@ -9,13 +9,13 @@
 
 /* Index tensor as contiguous int64 with every value checked to lie in
  * [ibase, ibase + size - 1]. Returns the data; *hold keeps it alive. */
-static const int64_t *checked_index(const char *op, const moe_tensor *index, int64_t size,
-                                    int64_t ibase, moe_tensor **hold) {
+static const int64_t *checked_index(const char *op, const moe_tensor *index, int64_t size, int64_t ibase,
+                                    moe_tensor **hold) {
   char b[160];
   *hold = NULL;
   if (index->dtype != MOE_I64 && index->dtype != MOE_I32) {
-    moe_error("%s: index must be an int32 or int64 tensor, got %s (shape %s)", op,
-              moe_dtype_name(index->dtype), moe_shape_str(index, b));
+    moe_error("%s: index must be an int32 or int64 tensor, got %s (shape %s)", op, moe_dtype_name(index->dtype),
+              moe_shape_str(index, b));
     return NULL;
   }
   moe_tensor *i64 = moe_to_dtype(index, MOE_I64);
@@ -26,8 +26,8 @@ static const int64_t *checked_index(const char *op, const moe_tensor *index, int
   const int64_t *p = (const int64_t *)moe_data(*hold);
   int64_t v = 0;
   if (MOE_K(index_check, (*hold)->device, p, moe_numel(*hold), ibase, ibase + size - 1, &v)) {
-    moe_error("%s: index %lld out of range [%lld, %lld] (dim size %lld)", op, (long long)v,
-              (long long)ibase, (long long)(ibase + size - 1), (long long)size);
+    moe_error("%s: index %lld out of range [%lld, %lld] (dim size %lld)", op, (long long)v, (long long)ibase,
+              (long long)(ibase + size - 1), (long long)size);
     moe_tensor_release(*hold);
     *hold = NULL;
     return NULL;
@@ -44,22 +44,22 @@ static int check_dim(const char *op, const moe_tensor *t, int dim) {
 
 /* ---------------------------------------------------------------- sort, topk */
 
-int moe_sort(const moe_tensor *t, int dim, int descending, moe_tensor **values,
-             moe_tensor **indices, int64_t ibase) {
+int moe_sort(const moe_tensor *t, int dim, int descending, moe_tensor **values, moe_tensor **indices, int64_t ibase) {
   if (check_dim("sort", t, dim)) return -1;
   return moe_topk(t, t->shape[dim], dim, descending, values, indices, ibase);
 }
 
-static int topk_impl(const moe_tensor *t, int64_t k, int dim, int largest,
-                     moe_tensor **values, moe_tensor **indices, int64_t ibase) {
+static int topk_impl(const moe_tensor *t, int64_t k, int dim, int largest, moe_tensor **values, moe_tensor **indices,
+                     int64_t ibase) {
   char b[160];
   if (check_dim("topk", t, dim)) return -1;
   if (k < 0 || k > t->shape[dim])
-    return moe_error("topk: k = %lld out of range for dim %d of size %lld (shape %s)", (long long)k,
-                     dim + 1, (long long)t->shape[dim], moe_shape_str(t, b));
+    return moe_error("topk: k = %lld out of range for dim %d of size %lld (shape %s)", (long long)k, dim + 1,
+                     (long long)t->shape[dim], moe_shape_str(t, b));
   /* rows along dim */
   int perm[MOE_MAX_DIMS], n = 0;
-  for (int d = 0; d < t->ndim; d++) if (d != dim) perm[n++] = d;
+  for (int d = 0; d < t->ndim; d++)
+    if (d != dim) perm[n++] = d;
   perm[n] = dim;
   moe_dtype wdt = t->dtype == MOE_BOOL ? MOE_I32 : t->dtype;
   moe_tensor *p = moe_permute(t, perm);
@@ -71,7 +71,8 @@ static int topk_impl(const moe_tensor *t, int64_t k, int dim, int largest,
   else if ((x = moe_empty_on(p->device, p->ndim, p->shape, wdt))) MOE_K(copy, x->device, x, p);
   if (!x) goto done;
   int64_t K = t->shape[dim], M = 1;
-  for (int d = 0; d < t->ndim; d++) if (d != dim) M *= t->shape[d];
+  for (int d = 0; d < t->ndim; d++)
+    if (d != dim) M *= t->shape[d];
   int64_t on = M * K;
   if (!(order = moe_empty_on(x->device, 1, &on, MOE_I64))) goto done;
   MOE_K(argsort_rows, x->device, x, M, K, largest != 0, (int64_t *)moe_data(order));
@@ -94,7 +95,10 @@ static int topk_impl(const moe_tensor *t, int64_t k, int dim, int largest,
     *values = moe_contiguous(pv);
     *indices = moe_contiguous(pi);
     if (*values && *indices) rc = 0;
-    else { moe_tensor_release(*values); moe_tensor_release(*indices); }
+    else {
+      moe_tensor_release(*values);
+      moe_tensor_release(*indices);
+    }
   }
   moe_tensor_release(pv);
   moe_tensor_release(pi);
@@ -141,8 +145,8 @@ static moe_tensor *gather_impl(const moe_tensor *t, int dim, const moe_tensor *i
   return out;
 }
 
-static moe_tensor *scatter_add_impl(const moe_tensor *t, int dim, const moe_tensor *index,
-                                    const moe_tensor *src, int64_t ibase, int inplace) {
+static moe_tensor *scatter_add_impl(const moe_tensor *t, int dim, const moe_tensor *index, const moe_tensor *src,
+                                    int64_t ibase, int inplace) {
   moe_tensor *hold, *s = NULL, *out = NULL;
   if (check_index_shape("scatter_add", t, dim, index, src)) return NULL;
   const int64_t *ix = checked_index("scatter_add", index, t->shape[dim], ibase, &hold);
@@ -154,8 +158,10 @@ static moe_tensor *scatter_add_impl(const moe_tensor *t, int dim, const moe_tens
               "use scatter_add (not in place)");
     goto done;
   }
-  if (inplace) { out = (moe_tensor *)t; moe_tensor_retain(out); }
-  else if (!(out = moe_clone(t))) goto done;
+  if (inplace) {
+    out = (moe_tensor *)t;
+    moe_tensor_retain(out);
+  } else if (!(out = moe_clone(t))) goto done;
   MOE_K(scatter_add, out->device, out, dim, ix, index, s, ibase);
 done:
   moe_tensor_release(s);
@@ -167,8 +173,7 @@ done:
 
 static int check_vector_index(const char *op, const moe_tensor *index) {
   char b[160];
-  if (index->ndim > 1)
-    return moe_error("%s: index must be 1-D, got shape %s", op, moe_shape_str(index, b));
+  if (index->ndim > 1) return moe_error("%s: index must be 1-D, got shape %s", op, moe_shape_str(index, b));
   return 0;
 }
 
@@ -188,8 +193,8 @@ static moe_tensor *index_select_impl(const moe_tensor *t, int dim, const moe_ten
   return out;
 }
 
-static moe_tensor *index_add_impl(const moe_tensor *t, int dim, const moe_tensor *index,
-                                  const moe_tensor *src, int64_t ibase, int inplace) {
+static moe_tensor *index_add_impl(const moe_tensor *t, int dim, const moe_tensor *index, const moe_tensor *src,
+                                  int64_t ibase, int inplace) {
   char b1[160], b2[160];
   moe_tensor *hold, *s = NULL, *out = NULL;
   const moe_tensor *ts[3] = {t, index, src};
@@ -213,10 +218,13 @@ static moe_tensor *index_add_impl(const moe_tensor *t, int dim, const moe_tensor
               "use index_add (not in place)");
     goto done;
   }
-  if (inplace && cdt == t->dtype) { out = (moe_tensor *)t; moe_tensor_retain(out); }
-  else if (inplace) { moe_error("index_add_: cannot add in place into a bool tensor"); goto done; }
-  else if (!(out = cdt == t->dtype ? moe_clone(t) : moe_to_dtype(t, cdt)))
+  if (inplace && cdt == t->dtype) {
+    out = (moe_tensor *)t;
+    moe_tensor_retain(out);
+  } else if (inplace) {
+    moe_error("index_add_: cannot add in place into a bool tensor");
     goto done;
+  } else if (!(out = cdt == t->dtype ? moe_clone(t) : moe_to_dtype(t, cdt))) goto done;
   MOE_K(index_add, out->device, out, dim, ix, n, s, ibase);
 done:
   moe_tensor_release(s);
@@ -226,17 +234,23 @@ done:
 
 /* ---------------------------------------------------------------- bincount */
 
-moe_tensor *moe_bincount(const moe_tensor *t, const moe_tensor *weights, int64_t minlength,
-                         int64_t ibase) {
+moe_tensor *moe_bincount(const moe_tensor *t, const moe_tensor *weights, int64_t minlength, int64_t ibase) {
   char b1[160], b2[160];
   const moe_tensor *tw[2] = {t, weights};
-  if (moe_same_device("bincount", 2, tw) || moe_backend_require("bincount", t->device, MOE_KERNEL_bincount)) return NULL;
-  if (t->ndim != 1) { moe_error("bincount: input must be 1-D, got shape %s", moe_shape_str(t, b1)); return NULL; }
+  if (moe_same_device("bincount", 2, tw) || moe_backend_require("bincount", t->device, MOE_KERNEL_bincount))
+    return NULL;
+  if (t->ndim != 1) {
+    moe_error("bincount: input must be 1-D, got shape %s", moe_shape_str(t, b1));
+    return NULL;
+  }
   if (t->dtype != MOE_I32 && t->dtype != MOE_I64) {
     moe_error("bincount: input must be an int32 or int64 tensor, got %s", moe_dtype_name(t->dtype));
     return NULL;
   }
-  if (minlength < 0) { moe_error("bincount: minlength must be >= 0, got %lld", (long long)minlength); return NULL; }
+  if (minlength < 0) {
+    moe_error("bincount: minlength must be >= 0, got %lld", (long long)minlength);
+    return NULL;
+  }
   if (weights && (weights->ndim != 1 || weights->shape[0] != t->shape[0])) {
     moe_error("bincount: weights of shape %s do not match input of shape %s", moe_shape_str(weights, b1),
               moe_shape_str(t, b2));
@@ -247,7 +261,8 @@ moe_tensor *moe_bincount(const moe_tensor *t, const moe_tensor *weights, int64_t
   /* every value >= ibase (bins are 1-based); there is no upper bound but memory */
   const int64_t *v = checked_index("bincount", t, INT64_MAX - ibase, ibase, &hold);
   if (!v) return NULL;
-  for (int64_t i = 0; i < n; i++) if (v[i] - ibase + 1 > len) len = v[i] - ibase + 1; /* (the index is on the host here) */
+  for (int64_t i = 0; i < n; i++)
+    if (v[i] - ibase + 1 > len) len = v[i] - ibase + 1; /* (the index is on the host here) */
   moe_tensor *w = NULL, *out = NULL;
   if (weights) {
     moe_dtype wdt = moe_dtype_is_float(weights->dtype) ? weights->dtype : MOE_F64;
@@ -269,7 +284,10 @@ done:
 
 static moe_tensor *cat_impl(int n, moe_tensor *const *ts, int dim) {
   char b1[160], b2[160];
-  if (n < 1) { moe_error("cat: expected a non-empty list of tensors"); return NULL; }
+  if (n < 1) {
+    moe_error("cat: expected a non-empty list of tensors");
+    return NULL;
+  }
   const moe_tensor *ref = ts[0];
   if (check_dim("cat", ref, dim)) return NULL;
   moe_dtype dt = ref->dtype;
@@ -304,13 +322,16 @@ static moe_tensor *cat_impl(int n, moe_tensor *const *ts, int dim) {
 
 moe_tensor *moe_stack(int n, moe_tensor *const *ts, int dim) {
   char b1[160], b2[160];
-  if (n < 1) { moe_error("stack: expected a non-empty list of tensors"); return NULL; }
+  if (n < 1) {
+    moe_error("stack: expected a non-empty list of tensors");
+    return NULL;
+  }
   for (int i = 1; i < n; i++) {
     int bad = ts[i]->ndim != ts[0]->ndim;
     for (int d = 0; !bad && d < ts[0]->ndim; d++) bad = ts[i]->shape[d] != ts[0]->shape[d];
     if (bad) {
-      moe_error("stack: tensor %d of shape %s differs from tensor 1 of shape %s", i + 1,
-                moe_shape_str(ts[i], b1), moe_shape_str(ts[0], b2));
+      moe_error("stack: tensor %d of shape %s differs from tensor 1 of shape %s", i + 1, moe_shape_str(ts[i], b1),
+                moe_shape_str(ts[0], b2));
       return NULL;
     }
   }
@@ -320,7 +341,10 @@ moe_tensor *moe_stack(int n, moe_tensor *const *ts, int dim) {
   }
   moe_tensor **us = calloc((size_t)n, sizeof *us);
   moe_tensor *out = NULL;
-  if (!us) { moe_error("stack: out of memory"); return NULL; }
+  if (!us) {
+    moe_error("stack: out of memory");
+    return NULL;
+  }
   int ok = 1;
   for (int i = 0; i < n && ok; i++) ok = (us[i] = moe_unsqueeze(ts[i], dim)) != NULL;
   if (ok) out = moe_cat(n, us, dim);
@@ -356,7 +380,10 @@ static int pick_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin, add
 static int add_into_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin, pick_fn mirror) {
   const moe_tensor *ix = moe_node_saved(n, 0);
   if (!ix) return -1;
-  if (moe_node_needs(n, 0)) { moe_tensor_retain((moe_tensor *)g); gin[0] = (moe_tensor *)g; }
+  if (moe_node_needs(n, 0)) {
+    moe_tensor_retain((moe_tensor *)g);
+    gin[0] = (moe_tensor *)g;
+  }
   if (moe_node_needs(n, 1) && !(gin[1] = mirror(g, (int)n->iarg[0], ix, n->iarg[1]))) return -1;
   return 0;
 }
@@ -391,20 +418,22 @@ static int cat_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
 }
 
 static moe_tensor *record_index(moe_tensor *out, const char *name, moe_backward_fn bw, int nin,
-                                const moe_tensor *const *ins, int dim, const moe_tensor *index,
-                                int64_t ibase) {
+                                const moe_tensor *const *ins, int dim, const moe_tensor *index, int64_t ibase) {
   if (!out || !moe_dtype_is_float(out->dtype)) return out;
   moe_node *n = moe_node_new(name, bw, nin, ins);
   if (n) {
     n->iarg[0] = dim;
     n->iarg[1] = ibase;
-    if (moe_node_save(n, 0, index)) { moe_node_release(n); n = NULL; }
+    if (moe_node_save(n, 0, index)) {
+      moe_node_release(n);
+      n = NULL;
+    }
   }
   return moe_ag_attach(out, n);
 }
 
-int moe_topk(const moe_tensor *t, int64_t k, int dim, int largest,
-             moe_tensor **values, moe_tensor **indices, int64_t ibase) {
+int moe_topk(const moe_tensor *t, int64_t k, int dim, int largest, moe_tensor **values, moe_tensor **indices,
+             int64_t ibase) {
   if (!values || !moe_ag_wants(1, &t)) return topk_impl(t, k, dim, largest, values, indices, ibase);
   moe_tensor *idx = NULL;
   int rc;
@@ -414,7 +443,10 @@ int moe_topk(const moe_tensor *t, int64_t k, int dim, int largest,
   if (indices) *indices = idx;
   else moe_tensor_release(idx);
   if (!*values) {
-    if (indices) { moe_tensor_release(*indices); *indices = NULL; }
+    if (indices) {
+      moe_tensor_release(*indices);
+      *indices = NULL;
+    }
     return -1;
   }
   return 0;
@@ -427,8 +459,8 @@ moe_tensor *moe_gather(const moe_tensor *t, int dim, const moe_tensor *index, in
   return record_index(out, "gather", gather_backward, 1, &t, dim, index, ibase);
 }
 
-moe_tensor *moe_scatter_add(const moe_tensor *t, int dim, const moe_tensor *index,
-                            const moe_tensor *src, int64_t ibase, int inplace) {
+moe_tensor *moe_scatter_add(const moe_tensor *t, int dim, const moe_tensor *index, const moe_tensor *src, int64_t ibase,
+                            int inplace) {
   const moe_tensor *ins[2] = {t, src};
   if (inplace || !moe_ag_wants(2, ins)) return scatter_add_impl(t, dim, index, src, ibase, inplace);
   moe_tensor *out;
@@ -443,8 +475,8 @@ moe_tensor *moe_index_select(const moe_tensor *t, int dim, const moe_tensor *ind
   return record_index(out, "index_select", index_select_backward, 1, &t, dim, index, ibase);
 }
 
-moe_tensor *moe_index_add(const moe_tensor *t, int dim, const moe_tensor *index,
-                          const moe_tensor *src, int64_t ibase, int inplace) {
+moe_tensor *moe_index_add(const moe_tensor *t, int dim, const moe_tensor *index, const moe_tensor *src, int64_t ibase,
+                          int inplace) {
   const moe_tensor *ins[2] = {t, src};
   if (inplace || !moe_ag_wants(2, ins)) return index_add_impl(t, dim, index, src, ibase, inplace);
   moe_tensor *out;
@@ -483,7 +515,7 @@ moe_tensor *moe_cat(int n, moe_tensor *const *ts, int dim) {
 struct moe_gather_job {
   int n, async;
   int64_t rows, ibase, blocks;
-  int64_t *ix;                           /* the job's own copy of the checked index */
+  int64_t *ix; /* the job's own copy of the checked index */
   moe_tensor *src[MOE_GATHER_MAX], *out[MOE_GATHER_MAX];
   /* what the copy touches, so that the helper never reads a tensor struct */
   const char *sp[MOE_GATHER_MAX];
@@ -598,15 +630,24 @@ static int gatherable(const moe_tensor *t) {
 void moe_gather_free(moe_gather_job *j) {
   if (!j) return;
   gather_wait(j);
-  for (int i = 0; i < j->n; i++) { moe_tensor_release(j->src[i]); moe_tensor_release(j->out[i]); }
+  for (int i = 0; i < j->n; i++) {
+    moe_tensor_release(j->src[i]);
+    moe_tensor_release(j->out[i]);
+  }
   gather_unref(j);
 }
 
 moe_gather_job *moe_gather_start(int n, moe_tensor *const *src, const moe_tensor *index, int64_t ibase) {
-  if (n < 1 || n > MOE_GATHER_MAX) { moe_error("gather_rows: %d tensors (1 to %d)", n, MOE_GATHER_MAX); return NULL; }
+  if (n < 1 || n > MOE_GATHER_MAX) {
+    moe_error("gather_rows: %d tensors (1 to %d)", n, MOE_GATHER_MAX);
+    return NULL;
+  }
   if (check_vector_index("gather_rows", index)) return NULL;
   moe_gather_job *j = calloc(1, sizeof *j);
-  if (!j) { moe_error("gather_rows: out of memory"); return NULL; }
+  if (!j) {
+    moe_error("gather_rows: out of memory");
+    return NULL;
+  }
   atomic_init(&j->refs, 1);
   j->ibase = ibase;
   j->rows = moe_numel(index);
@@ -614,7 +655,8 @@ moe_gather_job *moe_gather_start(int n, moe_tensor *const *src, const moe_tensor
   for (int i = 0; i < n; i++) {
     char b[160];
     if (src[i]->ndim < 1) {
-      moe_error("gather_rows: tensor %d is a scalar %s (rows are along the first dim)", i + 1, moe_shape_str(src[i], b));
+      moe_error("gather_rows: tensor %d is a scalar %s (rows are along the first dim)", i + 1,
+                moe_shape_str(src[i], b));
       moe_gather_free(j);
       return NULL;
     }
@@ -627,18 +669,28 @@ moe_gather_job *moe_gather_start(int n, moe_tensor *const *src, const moe_tensor
     for (int i = 0; i < n; i++) {
       j->out[i] = moe_index_select(src[i], 0, index, ibase);
       j->n = i + 1;
-      if (!j->out[i]) { moe_gather_free(j); return NULL; }
+      if (!j->out[i]) {
+        moe_gather_free(j);
+        return NULL;
+      }
     }
     return j;
   }
   /* the index is copied: the caller may change its tensor while the job runs */
   moe_tensor *hold;
   const int64_t *ix = checked_index("gather_rows", index, size, ibase, &hold);
-  if (!ix) { moe_gather_free(j); return NULL; }
+  if (!ix) {
+    moe_gather_free(j);
+    return NULL;
+  }
   j->ix = malloc(sizeof(int64_t) * (size_t)(j->rows ? j->rows : 1));
   if (j->ix) memcpy(j->ix, ix, sizeof(int64_t) * (size_t)j->rows);
   moe_tensor_release(hold);
-  if (!j->ix) { moe_error("gather_rows: out of memory"); moe_gather_free(j); return NULL; }
+  if (!j->ix) {
+    moe_error("gather_rows: out of memory");
+    moe_gather_free(j);
+    return NULL;
+  }
   for (int i = 0; i < n; i++) {
     int64_t shape[MOE_MAX_DIMS];
     memcpy(shape, src[i]->shape, sizeof shape);
@@ -647,7 +699,10 @@ moe_gather_job *moe_gather_start(int n, moe_tensor *const *src, const moe_tensor
     j->src[i] = src[i];
     j->out[i] = moe_empty(src[i]->ndim, shape, src[i]->dtype);
     j->n = i + 1;
-    if (!j->out[i]) { moe_gather_free(j); return NULL; }
+    if (!j->out[i]) {
+      moe_gather_free(j);
+      return NULL;
+    }
     int64_t inner = 1;
     for (int d = 1; d < src[i]->ndim; d++) inner *= src[i]->shape[d];
     j->blk[i] = (size_t)inner * moe_dtype_size(src[i]->dtype);

@@ -58,10 +58,10 @@ typedef struct moe_node moe_node;
 
 typedef struct moe_tensor {
   moe_storage *storage;
-  int64_t offset;                 /* in elements */
+  int64_t offset; /* in elements */
   int ndim;
   int64_t shape[MOE_MAX_DIMS];
-  int64_t stride[MOE_MAX_DIMS];   /* in elements; 0 for broadcast dims */
+  int64_t stride[MOE_MAX_DIMS]; /* in elements; 0 for broadcast dims */
   moe_dtype dtype;
   moe_device device;
   int refcount;
@@ -91,8 +91,7 @@ static inline int32_t moe_sat_i32(double x) {
   return x != x ? 0 : x <= -2147483648.0 ? INT32_MIN : x >= 2147483647.0 ? INT32_MAX : (int32_t)x;
 }
 static inline int64_t moe_sat_i64(double x) {
-  return x != x ? 0 : x <= -9223372036854775808.0 ? INT64_MIN
-                    : x >= 9223372036854775807.0 ? INT64_MAX : (int64_t)x;
+  return x != x ? 0 : x <= -9223372036854775808.0 ? INT64_MIN : x >= 9223372036854775807.0 ? INT64_MAX : (int64_t)x;
 }
 
 /* ---- tensors (src/core/tensor.c; memory: src/core/alloc.c) ---- */
@@ -110,7 +109,7 @@ moe_tensor *moe_to_device(const moe_tensor *t, moe_device dev);
 int moe_allocator_caches(void); /* 0 in sanitizer builds, which free every block at once */
 /* new tensors: moe_empty and moe_full on the host, the _on forms on dev;
  * moe_empty_like on t's device. Ops put their outputs on their inputs' device. */
-moe_tensor *moe_empty(int ndim, const int64_t *shape, moe_dtype dt);               /* [OUT] values undefined */
+moe_tensor *moe_empty(int ndim, const int64_t *shape, moe_dtype dt); /* [OUT] values undefined */
 moe_tensor *moe_full(int ndim, const int64_t *shape, moe_dtype dt, double value);
 moe_tensor *moe_empty_on(moe_device dev, int ndim, const int64_t *shape, moe_dtype dt);
 moe_tensor *moe_full_on(moe_device dev, int ndim, const int64_t *shape, moe_dtype dt, double value);
@@ -131,19 +130,19 @@ moe_tensor *moe_from_doubles(int ndim, const int64_t *shape, moe_dtype dt, const
 int moe_fill_(moe_tensor *t, double v);
 
 /* ---- views (no copies) and copies (src/core/tensor.c) ---- */
-moe_tensor *moe_view(const moe_tensor *t, int ndim, const int64_t *shape);     /* one -1 allowed */
-moe_tensor *moe_reshape(const moe_tensor *t, int ndim, const int64_t *shape);  /* copies if needed */
+moe_tensor *moe_view(const moe_tensor *t, int ndim, const int64_t *shape);    /* one -1 allowed */
+moe_tensor *moe_reshape(const moe_tensor *t, int ndim, const int64_t *shape); /* copies if needed */
 moe_tensor *moe_transpose(const moe_tensor *t, int d0, int d1);
 moe_tensor *moe_permute(const moe_tensor *t, const int *perm);
 moe_tensor *moe_narrow(const moe_tensor *t, int dim, int64_t start, int64_t len);
 moe_tensor *moe_select(const moe_tensor *t, int dim, int64_t index);
-moe_tensor *moe_expand(const moe_tensor *t, int ndim, const int64_t *shape);    /* -1 keeps */
-moe_tensor *moe_squeeze(const moe_tensor *t, int dim);                          /* dim<0: all */
+moe_tensor *moe_expand(const moe_tensor *t, int ndim, const int64_t *shape); /* -1 keeps */
+moe_tensor *moe_squeeze(const moe_tensor *t, int dim);                       /* dim<0: all */
 moe_tensor *moe_unsqueeze(const moe_tensor *t, int dim);
-moe_tensor *moe_contiguous(const moe_tensor *t);  /* new ref to t itself when already contiguous */
+moe_tensor *moe_contiguous(const moe_tensor *t); /* new ref to t itself when already contiguous */
 moe_tensor *moe_clone(const moe_tensor *t);
 moe_tensor *moe_to_dtype(const moe_tensor *t, moe_dtype dt); /* new ref to t when same dtype */
-int moe_copy_(moe_tensor *dst, const moe_tensor *src);        /* broadcasts src, casts dtype */
+int moe_copy_(moe_tensor *dst, const moe_tensor *src);       /* broadcasts src, casts dtype */
 /* 0 if t may be written in place; else -1 with an error naming the in-place op
  * `op`_ (pass "add" for add_): an expanded
  * tensor (stride 0 over a dim of size > 1) has several elements in one place */
@@ -155,13 +154,42 @@ int moe_mark_write(const char *op, const moe_tensor *t);
 
 /* ---- elementwise (src/core/ops_elementwise.c -> src/cpu/elementwise.c) ---- */
 typedef enum {
-  MOE_ADD, MOE_SUB, MOE_MUL, MOE_DIV, MOE_POW, MOE_MAXIMUM, MOE_MINIMUM,
-  MOE_EQ, MOE_NE, MOE_LT, MOE_LE, MOE_GT, MOE_GE, MOE_NBINOPS
+  MOE_ADD,
+  MOE_SUB,
+  MOE_MUL,
+  MOE_DIV,
+  MOE_POW,
+  MOE_MAXIMUM,
+  MOE_MINIMUM,
+  MOE_EQ,
+  MOE_NE,
+  MOE_LT,
+  MOE_LE,
+  MOE_GT,
+  MOE_GE,
+  MOE_NBINOPS
 } moe_binop;
 typedef enum {
-  MOE_NEG, MOE_ABS, MOE_RELU, MOE_SIGN, MOE_SQUARE, MOE_CLAMP,   /* keep integer dtypes */
-  MOE_EXP, MOE_LOG, MOE_SQRT, MOE_TANH, MOE_SIGMOID, MOE_GELU, MOE_SOFTPLUS,
-  MOE_LOG1P, MOE_EXPM1, MOE_FLOOR, MOE_CEIL, MOE_ROUND, MOE_RSQRT, MOE_NUNOPS
+  MOE_NEG,
+  MOE_ABS,
+  MOE_RELU,
+  MOE_SIGN,
+  MOE_SQUARE,
+  MOE_CLAMP, /* keep integer dtypes */
+  MOE_EXP,
+  MOE_LOG,
+  MOE_SQRT,
+  MOE_TANH,
+  MOE_SIGMOID,
+  MOE_GELU,
+  MOE_SOFTPLUS,
+  MOE_LOG1P,
+  MOE_EXPM1,
+  MOE_FLOOR,
+  MOE_CEIL,
+  MOE_ROUND,
+  MOE_RSQRT,
+  MOE_NUNOPS
 } moe_unop;
 const char *moe_binop_name(moe_binop op);
 const char *moe_unop_name(moe_unop op);
@@ -176,14 +204,25 @@ moe_tensor *moe_where(const moe_tensor *cond, const moe_tensor *a, const moe_ten
 
 /* ---- reductions and scans (src/core/ops_reduce.c -> src/cpu/reduce.c) ---- */
 typedef enum {
-  MOE_RSUM, MOE_RMEAN, MOE_RPROD, MOE_RVAR, MOE_RSTD, MOE_RMAX, MOE_RMIN,
-  MOE_RARGMAX, MOE_RARGMIN, MOE_RLOGSUMEXP, MOE_RALL, MOE_RANY, MOE_NREDOPS
+  MOE_RSUM,
+  MOE_RMEAN,
+  MOE_RPROD,
+  MOE_RVAR,
+  MOE_RSTD,
+  MOE_RMAX,
+  MOE_RMIN,
+  MOE_RARGMAX,
+  MOE_RARGMIN,
+  MOE_RLOGSUMEXP,
+  MOE_RALL,
+  MOE_RANY,
+  MOE_NREDOPS
 } moe_redop;
 const char *moe_redop_name(moe_redop op);
 /* dims: mask of reduced dims (bit d), 0 = all. For MAX/MIN `indices` (if non-NULL)
  * receives the argmax over a single dim. `correction` is used by VAR/STD. */
-moe_tensor *moe_reduce(moe_redop op, const moe_tensor *t, unsigned dims, int keepdim,
-                       int correction, moe_tensor **indices /* [OUT] [OPTIONAL] */, int64_t ibase);
+moe_tensor *moe_reduce(moe_redop op, const moe_tensor *t, unsigned dims, int keepdim, int correction,
+                       moe_tensor **indices /* [OUT] [OPTIONAL] */, int64_t ibase);
 typedef enum { MOE_SOFTMAX, MOE_LOG_SOFTMAX, MOE_CUMSUM, MOE_CUMPROD } moe_scanop;
 moe_tensor *moe_scan(moe_scanop op, const moe_tensor *t, int dim);
 
@@ -200,15 +239,14 @@ int moe_matmul_out(moe_tensor *out, const moe_tensor *a, const moe_tensor *b);
 
 /* ---- sorting and indexing (src/core/index.c -> src/cpu/index.c) ---- */
 /* values [OUT] and indices [OUT] (int64, starting at ibase) along dim; 0 or -1 */
-int moe_sort(const moe_tensor *t, int dim, int descending, moe_tensor **values,
-             moe_tensor **indices, int64_t ibase);
+int moe_sort(const moe_tensor *t, int dim, int descending, moe_tensor **values, moe_tensor **indices, int64_t ibase);
 /* topk: the k largest (or smallest) along dim, sorted, ties in index order */
-int moe_topk(const moe_tensor *t, int64_t k, int dim, int largest,
-             moe_tensor **values, moe_tensor **indices, int64_t ibase);
+int moe_topk(const moe_tensor *t, int64_t k, int dim, int largest, moe_tensor **values, moe_tensor **indices,
+             int64_t ibase);
 moe_tensor *moe_gather(const moe_tensor *t, int dim, const moe_tensor *index, int64_t ibase);
 /* out = t with out[... index ...] += src; inplace modifies t */
-moe_tensor *moe_scatter_add(const moe_tensor *t, int dim, const moe_tensor *index,
-                            const moe_tensor *src, int64_t ibase, int inplace);
+moe_tensor *moe_scatter_add(const moe_tensor *t, int dim, const moe_tensor *index, const moe_tensor *src, int64_t ibase,
+                            int inplace);
 moe_tensor *moe_index_select(const moe_tensor *t, int dim, const moe_tensor *index, int64_t ibase);
 /* rows `index` of up to MOE_GATHER_MAX tensors (along dim 0), copied on a
  * helper thread while the caller goes on: start returns at once (or NULL and
@@ -219,10 +257,9 @@ typedef struct moe_gather_job moe_gather_job;
 moe_gather_job *moe_gather_start(int n, moe_tensor *const *src, const moe_tensor *index, int64_t ibase);
 int moe_gather_finish(moe_gather_job *j, moe_tensor **out);
 void moe_gather_free(moe_gather_job *j);
-moe_tensor *moe_index_add(const moe_tensor *t, int dim, const moe_tensor *index,
-                          const moe_tensor *src, int64_t ibase, int inplace);
-moe_tensor *moe_bincount(const moe_tensor *t, const moe_tensor *weights, int64_t minlength,
-                         int64_t ibase);
+moe_tensor *moe_index_add(const moe_tensor *t, int dim, const moe_tensor *index, const moe_tensor *src, int64_t ibase,
+                          int inplace);
+moe_tensor *moe_bincount(const moe_tensor *t, const moe_tensor *weights, int64_t minlength, int64_t ibase);
 moe_tensor *moe_cat(int n, moe_tensor *const *ts, int dim);
 moe_tensor *moe_stack(int n, moe_tensor *const *ts, int dim);
 
@@ -254,14 +291,15 @@ moe_tensor *moe_mixture(const moe_tensor *h, const moe_tensor *g);
 moe_tensor *moe_gate_scale(const moe_tensor *h, const moe_tensor *g, int relu, int append);
 /* tokens-choose plan (src/nn/routing.c): kept (token, expert, rank) pairs sorted by
  * expert, and per-expert counts; capacity < 0 means no limit (dropless) */
-int moe_route_plan(const moe_tensor *expert_index /* int64 [G,T,k] */, const moe_tensor *order /* [OPTIONAL] int64 [G,T] */,
+int moe_route_plan(const moe_tensor *expert_index /* int64 [G,T,k] */,
+                   const moe_tensor *order /* [OPTIONAL] int64 [G,T] */,
                    const moe_tensor *valid /* [OPTIONAL] bool [G,T] */, int64_t E, int64_t capacity, int64_t ibase,
                    moe_tensor **token /* [OUT] */, moe_tensor **expert /* [OUT] */, moe_tensor **rank /* [OUT] */,
                    moe_tensor **counts /* [OUT] int64 [E] */);
 /* y [A,N] = x [A,K] @ w[e] [K,N] (+ b[e] [N], b may be NULL) over consecutive row
  * groups of sizes counts [E], the GEMMs in precision prec */
-moe_tensor *moe_grouped_matmul(const moe_tensor *x, const moe_tensor *w, const moe_tensor *b,
-                               const moe_tensor *counts, moe_precision prec);
+moe_tensor *moe_grouped_matmul(const moe_tensor *x, const moe_tensor *w, const moe_tensor *b, const moe_tensor *counts,
+                               moe_precision prec);
 
 /* ---- autograd (src/core/autograd.c) ----
  * Every differentiable op records a node on the tape when grad mode is on and
@@ -269,7 +307,7 @@ moe_tensor *moe_grouped_matmul(const moe_tensor *x, const moe_tensor *w, const m
  * moe_backward walks the tape from a root and accumulates d(root)/d(leaf)
  * into each leaf's `grad`. How an op records itself: src/core/autograd_impl.h. */
 int moe_grad_enabled(void);
-int moe_set_grad_enabled(int on);          /* returns the previous mode */
+int moe_set_grad_enabled(int on); /* returns the previous mode */
 /* accumulate d(root)/d(leaves) into their .grad; grad NULL means ones (a one-element
  * root); retain_graph keeps the tape for another backward */
 int moe_backward(moe_tensor *root, const moe_tensor *grad, int retain_graph);

@@ -8,11 +8,11 @@
 #include <math.h>
 #include <string.h>
 
-static const char *binop_names[MOE_NBINOPS] = {"add", "sub", "mul", "div", "pow", "maximum",
-                                               "minimum", "eq", "ne", "lt", "le", "gt", "ge"};
-static const char *unop_names[MOE_NUNOPS] = {
-    "neg", "abs", "relu", "sign", "square", "clamp", "exp", "log", "sqrt", "tanh",
-    "sigmoid", "gelu", "softplus", "log1p", "expm1", "floor", "ceil", "round", "rsqrt"};
+static const char *binop_names[MOE_NBINOPS] = {"add", "sub", "mul", "div", "pow", "maximum", "minimum",
+                                               "eq",  "ne",  "lt",  "le",  "gt",  "ge"};
+static const char *unop_names[MOE_NUNOPS] = {"neg",   "abs",   "relu", "sign",    "square", "clamp",    "exp",
+                                             "log",   "sqrt",  "tanh", "sigmoid", "gelu",   "softplus", "log1p",
+                                             "expm1", "floor", "ceil", "round",   "rsqrt"};
 const char *moe_binop_name(moe_binop op) { return binop_names[op]; }
 const char *moe_unop_name(moe_unop op) { return unop_names[op]; }
 
@@ -33,9 +33,8 @@ int moe_broadcast_shapes(const char *op, const moe_tensor *a, const moe_tensor *
 
 /* Broadcast views of a and b on shape, both converted to dtype dt. The
  * converted tensors (if any) are returned in *ca, *cb for the caller to release. */
-static int prepare_operands(const moe_tensor *a, const moe_tensor *b, moe_dtype dt, int ndim,
-                            const int64_t *shape, moe_tensor *va, moe_tensor *vb, moe_tensor **ca,
-                            moe_tensor **cb) {
+static int prepare_operands(const moe_tensor *a, const moe_tensor *b, moe_dtype dt, int ndim, const int64_t *shape,
+                            moe_tensor *va, moe_tensor *vb, moe_tensor **ca, moe_tensor **cb) {
   *ca = moe_to_dtype(a, dt);
   *cb = *ca ? moe_to_dtype(b, dt) : NULL;
   if (!*ca || !*cb) return -1;
@@ -70,10 +69,14 @@ static moe_tensor *binary_impl(moe_binop op, const moe_tensor *a, const moe_tens
  * integral and the scalar is not, in which case the op computes in float32.
  * The scalar lives in `buf`, viewed as a 0-dim tensor `sc` on the caller's stack
  * (refcount 1, so a retain/release pair never frees it). */
-typedef union { float f; double d; int32_t i; int64_t l; } scalar_buf;
+typedef union {
+  float f;
+  double d;
+  int32_t i;
+  int64_t l;
+} scalar_buf;
 
-static void make_scalar(moe_binop op, moe_dtype tensor_dt, double s, scalar_buf *buf, moe_storage *st,
-                        moe_tensor *sc) {
+static void make_scalar(moe_binop op, moe_dtype tensor_dt, double s, scalar_buf *buf, moe_storage *st, moe_tensor *sc) {
   moe_dtype dt = tensor_dt;
   if (!moe_dtype_is_float(dt) && s != floor(s)) dt = MOE_F32;
   dt = compute_dtype(op, dt);
@@ -111,10 +114,11 @@ int moe_binary_(moe_binop op, moe_tensor *a, const moe_tensor *b) {
   if (moe_same_device(binop_names[op], 2, ab)) return -1;
   if (b->requires_grad && moe_grad_enabled())
     return moe_error("%s_: the operand requires grad, and in-place ops are not recorded; use %s "
-                     "(not in place)", binop_names[op], binop_names[op]);
+                     "(not in place)",
+                     binop_names[op], binop_names[op]);
   if (moe_broadcast_to(b, a->ndim, a->shape, &vb))
-    return moe_error("%s_: shape %s cannot be broadcast to the in-place target's shape %s",
-                     binop_names[op], moe_shape_str(b, b1), moe_shape_str(a, b2));
+    return moe_error("%s_: shape %s cannot be broadcast to the in-place target's shape %s", binop_names[op],
+                     moe_shape_str(b, b1), moe_shape_str(a, b2));
   moe_dtype dt = compute_dtype(op, moe_promote(a->dtype, b->dtype));
   if (dt == a->dtype && !is_compare(op) && b->dtype == dt && b->storage != a->storage) {
     MOE_K(binary, a->device, op, a, a, &vb);
@@ -138,8 +142,7 @@ static moe_tensor *unary_impl(moe_unop op, const moe_tensor *a, double p0, doubl
     moe_error("clamp: min %g is greater than max %g", p0, p1);
     return NULL;
   }
-  if (op == MOE_CLAMP && !moe_dtype_is_float(dt) && (p0 != floor(p0) || p1 != floor(p1)) &&
-      !(isinf(p0) || isinf(p1)))
+  if (op == MOE_CLAMP && !moe_dtype_is_float(dt) && (p0 != floor(p0) || p1 != floor(p1)) && !(isinf(p0) || isinf(p1)))
     dt = MOE_F32;
   moe_tensor *ca = moe_to_dtype(a, dt);
   if (!ca) return NULL;
@@ -165,8 +168,7 @@ static moe_tensor *where_impl(const moe_tensor *cond, const moe_tensor *a, const
   if (moe_broadcast_shapes("where", cond, &ab, &ndim, shape)) return NULL;
   moe_dtype dt = moe_promote(a->dtype, b->dtype);
   moe_tensor va, vb, vc, *ca, *cb, *cc = NULL, *out = NULL;
-  if (prepare_operands(a, b, dt, ndim, shape, &va, &vb, &ca, &cb) == 0 &&
-      (cc = moe_to_dtype(cond, MOE_BOOL))) {
+  if (prepare_operands(a, b, dt, ndim, shape, &va, &vb, &ca, &cb) == 0 && (cc = moe_to_dtype(cond, MOE_BOOL))) {
     moe_broadcast_to(cc, ndim, shape, &vc);
     out = moe_empty_on(cond->device, ndim, shape, dt);
     if (out) MOE_K(where, out->device, out, &vc, &va, &vb);
@@ -214,7 +216,8 @@ static int binary_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
       moe_tensor_release(t[0]);
       TRY(t[0] = mul(t[1], b));
       TRY(gin[0] = mul(g, t[0]));
-      drop(2, t); t[0] = t[1] = NULL;
+      drop(2, t);
+      t[0] = t[1] = NULL;
     }
     if (nb) {
       TRY(t[0] = moe_unary(MOE_LOG, a, 0, 0));
@@ -233,7 +236,10 @@ static int binary_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
     TRY(t[3] = moe_binary(MOE_ADD, t[0], t[2]));
     TRY(gin[0] = mul(g, t[3]));
     if (nb) TRY(gin[1] = moe_binary(MOE_SUB, g, gin[0]));
-    if (!na) { moe_tensor_release(gin[0]); gin[0] = NULL; }
+    if (!na) {
+      moe_tensor_release(gin[0]);
+      gin[0] = NULL;
+    }
   }
   }
   drop(4, t);
@@ -242,7 +248,6 @@ fail:
   drop(4, t);
   return -1;
 }
-
 
 moe_tensor *moe_binary(moe_binop op, const moe_tensor *a, const moe_tensor *b) {
   const moe_tensor *ins[2] = {a, b};
@@ -254,11 +259,13 @@ moe_tensor *moe_binary(moe_binop op, const moe_tensor *a, const moe_tensor *b) {
   if (n) {
     n->iarg[0] = op;
     int na = moe_node_needs(n, 0), nb = moe_node_needs(n, 1), rc = 0;
-    if ((op == MOE_MUL && nb) || op == MOE_POW || op == MOE_MAXIMUM || op == MOE_MINIMUM)
-      rc |= moe_node_save(n, 0, a);
+    if ((op == MOE_MUL && nb) || op == MOE_POW || op == MOE_MAXIMUM || op == MOE_MINIMUM) rc |= moe_node_save(n, 0, a);
     if ((op == MOE_MUL && na) || op == MOE_DIV || op >= MOE_POW) rc |= moe_node_save(n, 1, b);
     if ((op == MOE_DIV && nb) || (op == MOE_POW && nb)) rc |= moe_node_save(n, 2, out);
-    if (rc) { moe_node_release(n); n = NULL; }
+    if (rc) {
+      moe_node_release(n);
+      n = NULL;
+    }
   }
   return moe_ag_attach(out, n);
 }
@@ -276,7 +283,10 @@ static int binary_scalar_backward(moe_node *n, const moe_tensor *g, moe_tensor *
   case MOE_SUB: TRY(gin[0] = left ? moe_unary(MOE_NEG, g, 0, 0) : retained(g)); return 0;
   case MOE_MUL: TRY(gin[0] = moe_binary_scalar(MOE_MUL, g, s, 0)); return 0;
   case MOE_DIV:
-    if (!left) { TRY(gin[0] = moe_binary_scalar(MOE_DIV, g, s, 0)); return 0; }
+    if (!left) {
+      TRY(gin[0] = moe_binary_scalar(MOE_DIV, g, s, 0));
+      return 0;
+    }
     TRY(t[0] = mul(g, out)); /* d(s/a)/da = -out/a */
     TRY(t[1] = moe_binary(MOE_DIV, t[0], a));
     TRY(gin[0] = moe_unary(MOE_NEG, t[1], 0, 0));
@@ -316,11 +326,13 @@ moe_tensor *moe_binary_scalar(moe_binop op, const moe_tensor *a, double s, int s
     n->iarg[1] = scalar_left;
     n->darg[0] = s;
     int rc = 0;
-    if ((op == MOE_DIV && scalar_left) || (op == MOE_POW && !scalar_left) || op == MOE_MAXIMUM ||
-        op == MOE_MINIMUM)
+    if ((op == MOE_DIV && scalar_left) || (op == MOE_POW && !scalar_left) || op == MOE_MAXIMUM || op == MOE_MINIMUM)
       rc |= moe_node_save(n, 0, a);
     if ((op == MOE_DIV || op == MOE_POW) && scalar_left) rc |= moe_node_save(n, 1, out);
-    if (rc) { moe_node_release(n); n = NULL; }
+    if (rc) {
+      moe_node_release(n);
+      n = NULL;
+    }
   }
   return moe_ag_attach(out, n);
 }
@@ -346,7 +358,10 @@ moe_tensor *moe_unary(moe_unop op, const moe_tensor *a, double p0, double p1) {
     n->iarg[0] = op;
     n->darg[0] = p0;
     n->darg[1] = p1;
-    if (moe_node_save(n, 0, a) || moe_node_save(n, 1, out)) { moe_node_release(n); n = NULL; }
+    if (moe_node_save(n, 0, a) || moe_node_save(n, 1, out)) {
+      moe_node_release(n);
+      n = NULL;
+    }
   }
   return moe_ag_attach(out, n);
 }
@@ -372,6 +387,9 @@ moe_tensor *moe_where(const moe_tensor *cond, const moe_tensor *a, const moe_ten
   if (!out || !is_differentiable(out)) return out;
   ins[0] = NULL; /* the condition gets no gradient */
   moe_node *n = moe_node_new("where", where_backward, 3, ins);
-  if (n && moe_node_save(n, 0, cond)) { moe_node_release(n); n = NULL; }
+  if (n && moe_node_save(n, 0, cond)) {
+    moe_node_release(n);
+    n = NULL;
+  }
   return moe_ag_attach(out, n);
 }

@@ -19,9 +19,15 @@ static inline moe_dtype compute_dtype(moe_binop op, moe_dtype dt) {
 int moe_broadcast_shapes(const char *op, const moe_tensor *a, const moe_tensor *b, int *ndim, int64_t *shape);
 
 /* ---- for backward functions */
-#define TRY(x) do { if (!(x)) goto fail; } while (0)
+#define TRY(x)           \
+  do {                   \
+    if (!(x)) goto fail; \
+  } while (0)
 static inline int is_differentiable(const moe_tensor *out) { return moe_dtype_is_float(out->dtype); }
-static inline moe_tensor *retained(const moe_tensor *t) { moe_tensor_retain((moe_tensor *)t); return (moe_tensor *)t; }
+static inline moe_tensor *retained(const moe_tensor *t) {
+  moe_tensor_retain((moe_tensor *)t);
+  return (moe_tensor *)t;
+}
 static inline moe_tensor *mul(const moe_tensor *a, const moe_tensor *b) { return moe_binary(MOE_MUL, a, b); }
 static inline moe_tensor *as_float_of(moe_tensor *mask, moe_dtype dt) { /* consumes mask */
   moe_tensor *f = mask ? moe_to_dtype(mask, dt) : NULL;
@@ -29,5 +35,7 @@ static inline moe_tensor *as_float_of(moe_tensor *mask, moe_dtype dt) { /* consu
   return f;
 }
 /* release a list of temporaries */
-static inline void drop(int n, moe_tensor **ts) { for (int i = 0; i < n; i++) moe_tensor_release(ts[i]); }
+static inline void drop(int n, moe_tensor **ts) {
+  for (int i = 0; i < n; i++) moe_tensor_release(ts[i]);
+}
 #endif

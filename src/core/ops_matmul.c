@@ -24,8 +24,10 @@ static int matmul_out(moe_tensor *out, const moe_tensor *a, const moe_tensor *b,
   int64_t bshape_a[MOE_MAX_DIMS], bshape_b[MOE_MAX_DIMS];
   memcpy(bshape_a, out->shape, sizeof(int64_t) * (size_t)nb);
   memcpy(bshape_b, out->shape, sizeof(int64_t) * (size_t)nb);
-  bshape_a[nb] = M; bshape_a[nb + 1] = K;
-  bshape_b[nb] = K; bshape_b[nb + 1] = N;
+  bshape_a[nb] = M;
+  bshape_a[nb + 1] = K;
+  bshape_b[nb] = K;
+  bshape_b[nb + 1] = N;
   moe_broadcast_to(a, nb + 2, bshape_a, &va);
   moe_broadcast_to(b, nb + 2, bshape_b, &vb);
   moe_tensor *ca = NULL, *cb = NULL;
@@ -41,24 +43,39 @@ static int matmul_out(moe_tensor *out, const moe_tensor *a, const moe_tensor *b,
     int ok = 1;
     for (int d = nb - 1; d >= 0; d--) {
       if (v->shape[d] == 1) continue;
-      if (expect < 0) { st = v->stride[d]; expect = st * v->shape[d]; }
-      else if (v->stride[d] == 0 && st == 0) {}
-      else if (v->stride[d] != expect) { ok = 0; break; }
-      else expect *= v->shape[d];
+      if (expect < 0) {
+        st = v->stride[d];
+        expect = st * v->shape[d];
+      } else if (v->stride[d] == 0 && st == 0) {
+      } else if (v->stride[d] != expect) {
+        ok = 0;
+        break;
+      } else expect *= v->shape[d];
     }
-    if (pass) { ok_b &= ok; sBb = st; } else { ok_a &= ok; sAb = st; }
+    if (pass) {
+      ok_b &= ok;
+      sBb = st;
+    } else {
+      ok_a &= ok;
+      sAb = st;
+    }
   }
   if (!ok_a) {
     if (!(ca = moe_clone(&va))) return -1;
-    va = *ca; sAb = M * K;
+    va = *ca;
+    sAb = M * K;
   }
   if (!ok_b) {
-    if (!(cb = moe_clone(&vb))) { moe_tensor_release(ca); return -1; }
-    vb = *cb; sBb = K * N;
+    if (!(cb = moe_clone(&vb))) {
+      moe_tensor_release(ca);
+      return -1;
+    }
+    vb = *cb;
+    sBb = K * N;
   }
   if (prec == MOE_PREC_BF16 && out->dtype == MOE_F32) /* bf16 operands, fp32 sums (float64 stays fp64) */
-    MOE_K(gemm_bf16, out->device, batch, M, N, K, moe_data(&va), sAb, va.stride[nb], va.stride[nb + 1],
-          moe_data(&vb), sBb, vb.stride[nb], vb.stride[nb + 1], moe_data(out), M * N, 0);
+    MOE_K(gemm_bf16, out->device, batch, M, N, K, moe_data(&va), sAb, va.stride[nb], va.stride[nb + 1], moe_data(&vb),
+          sBb, vb.stride[nb], vb.stride[nb + 1], moe_data(out), M * N, 0);
   else
     MOE_K(gemm_batched, out->device, out->dtype, batch, M, N, K, moe_data(&va), sAb, va.stride[nb], va.stride[nb + 1],
           moe_data(&vb), sBb, vb.stride[nb], vb.stride[nb + 1], moe_data(out), M * N);
@@ -76,8 +93,8 @@ static moe_tensor *matmul_impl(const moe_tensor *a0, const moe_tensor *b0, moe_p
   const moe_tensor *ab[2] = {a0, b0};
   if (moe_same_device("matmul", 2, ab)) return NULL;
   if (a0->ndim == 0 || b0->ndim == 0) {
-    moe_error("matmul: both arguments need at least 1 dim, got shapes %s and %s",
-              moe_shape_str(a0, b1), moe_shape_str(b0, b2));
+    moe_error("matmul: both arguments need at least 1 dim, got shapes %s and %s", moe_shape_str(a0, b1),
+              moe_shape_str(b0, b2));
     return NULL;
   }
   moe_dtype dt = moe_promote(a0->dtype, b0->dtype);
@@ -91,8 +108,8 @@ static moe_tensor *matmul_impl(const moe_tensor *a0, const moe_tensor *b0, moe_p
   if (!a2 || !b2t) goto done;
   int64_t K = a2->shape[a2->ndim - 1];
   if (b2t->shape[b2t->ndim - 2] != K) {
-    moe_error("matmul: shapes %s and %s do not align (%lld != %lld)", moe_shape_str(a0, b1),
-              moe_shape_str(b0, b2), (long long)K, (long long)b2t->shape[b2t->ndim - 2]);
+    moe_error("matmul: shapes %s and %s do not align (%lld != %lld)", moe_shape_str(a0, b1), moe_shape_str(b0, b2),
+              (long long)K, (long long)b2t->shape[b2t->ndim - 2]);
     goto done;
   }
   moe_tensor ba = {.ndim = a2->ndim - 2}, bb = {.ndim = b2t->ndim - 2};
@@ -101,21 +118,28 @@ static moe_tensor *matmul_impl(const moe_tensor *a0, const moe_tensor *b0, moe_p
   int nb = 0;
   int64_t oshape[MOE_MAX_DIMS];
   if (moe_broadcast_shapes("matmul", &ba, &bb, &nb, oshape)) {
-    moe_error("matmul: batch dims of shapes %s and %s cannot be broadcast together",
-              moe_shape_str(a0, b1), moe_shape_str(b0, b2));
+    moe_error("matmul: batch dims of shapes %s and %s cannot be broadcast together", moe_shape_str(a0, b1),
+              moe_shape_str(b0, b2));
     goto done;
   }
-  if (nb + 2 > MOE_MAX_DIMS) { moe_error("matmul: too many dims"); goto done; }
+  if (nb + 2 > MOE_MAX_DIMS) {
+    moe_error("matmul: too many dims");
+    goto done;
+  }
   oshape[nb] = a2->shape[a2->ndim - 2];
   oshape[nb + 1] = b2t->shape[b2t->ndim - 1];
   if (oshape[nb] > INT32_MAX || oshape[nb + 1] > INT32_MAX || K > INT32_MAX) {
-    moe_error("matmul: shapes %s and %s exceed the BLAS limit of 2^31-1 per matrix dim",
-              moe_shape_str(a0, b1), moe_shape_str(b0, b2));
+    moe_error("matmul: shapes %s and %s exceed the BLAS limit of 2^31-1 per matrix dim", moe_shape_str(a0, b1),
+              moe_shape_str(b0, b2));
     goto done;
   }
   out = moe_empty_on(a0->device, nb + 2, oshape, dt);
   if (!out) goto done;
-  if (matmul_out(out, a2, b2t, prec)) { moe_tensor_release(out); out = NULL; goto done; }
+  if (matmul_out(out, a2, b2t, prec)) {
+    moe_tensor_release(out);
+    out = NULL;
+    goto done;
+  }
   /* drop the dims that 1-D operands added */
   if (a0->ndim == 1 || b0->ndim == 1) {
     int64_t fs[MOE_MAX_DIMS];
@@ -147,13 +171,20 @@ static int matmul_backward(moe_node *n, const moe_tensor *g0, moe_tensor **gin) 
   moe_tensor *g = NULL, *u = NULL, *A = NULL, *B = NULL, *T = NULL, *P = NULL, *x2 = NULL, *g2 = NULL;
   /* G [.., M, N]: the output's gradient with the dims of 1-D operands restored */
   TRY(g = a1 ? moe_unsqueeze(g0, g0->ndim - (b1 ? 0 : 1)) : retained(g0));
-  if (b1) { TRY(u = moe_unsqueeze(g, g->ndim)); moe_tensor_release(g); g = u; u = NULL; }
+  if (b1) {
+    TRY(u = moe_unsqueeze(g, g->ndim));
+    moe_tensor_release(g);
+    g = u;
+    u = NULL;
+  }
   if (moe_node_needs(n, 0)) { /* ga [.., M, K] = G @ B^T */
     TRY(B = b1 ? moe_unsqueeze(b0, 1) : retained(b0));
     TRY(T = moe_transpose(B, B->ndim - 2, B->ndim - 1));
     TRY(P = moe_matmul_prec(g, T, prec));
     TRY(gin[0] = a1 ? moe_squeeze(P, P->ndim - 2) : retained(P));
-    moe_tensor_release(T); moe_tensor_release(P); T = P = NULL;
+    moe_tensor_release(T);
+    moe_tensor_release(P);
+    T = P = NULL;
   }
   if (moe_node_needs(n, 1)) { /* gb [.., K, N] = A^T @ G */
     TRY(A = a1 ? moe_unsqueeze(a0, 0) : retained(a0));
@@ -171,8 +202,13 @@ static int matmul_backward(moe_node *n, const moe_tensor *g0, moe_tensor **gin) 
   }
   rc = 0;
 fail:
-  moe_tensor_release(g); moe_tensor_release(A); moe_tensor_release(B); moe_tensor_release(T);
-  moe_tensor_release(P); moe_tensor_release(x2); moe_tensor_release(g2);
+  moe_tensor_release(g);
+  moe_tensor_release(A);
+  moe_tensor_release(B);
+  moe_tensor_release(T);
+  moe_tensor_release(P);
+  moe_tensor_release(x2);
+  moe_tensor_release(g2);
   return rc;
 }
 
@@ -192,7 +228,10 @@ moe_tensor *moe_matmul_prec(const moe_tensor *a, const moe_tensor *b, moe_precis
     int rc = 0;
     if (moe_node_needs(n, 1)) rc |= moe_node_save(n, 0, a);
     if (moe_node_needs(n, 0)) rc |= moe_node_save(n, 1, b);
-    if (rc) { moe_node_release(n); n = NULL; }
+    if (rc) {
+      moe_node_release(n);
+      n = NULL;
+    }
   }
   return moe_ag_attach(out, n);
 }

@@ -6,8 +6,8 @@
 #include <math.h>
 #include <string.h>
 
-static const char *redop_names[MOE_NREDOPS] = {"sum", "mean", "prod", "var", "std", "max", "min",
-                                               "argmax", "argmin", "logsumexp", "all", "any"};
+static const char *redop_names[MOE_NREDOPS] = {"sum", "mean",   "prod",   "var",       "std", "max",
+                                               "min", "argmax", "argmin", "logsumexp", "all", "any"};
 const char *moe_redop_name(moe_redop op) { return redop_names[op]; }
 
 /* ---------------------------------------------------------------- reductions */
@@ -19,9 +19,15 @@ static moe_tensor *rows_view(const moe_tensor *t, unsigned mask, moe_dtype dt, i
   *M = 1;
   *K = 1;
   for (int d = 0; d < t->ndim; d++)
-    if (!(mask >> d & 1)) { perm[n++] = d; *M *= t->shape[d]; }
+    if (!(mask >> d & 1)) {
+      perm[n++] = d;
+      *M *= t->shape[d];
+    }
   for (int d = 0; d < t->ndim; d++)
-    if (mask >> d & 1) { perm[n++] = d; *K *= t->shape[d]; }
+    if (mask >> d & 1) {
+      perm[n++] = d;
+      *K *= t->shape[d];
+    }
   moe_tensor *p = moe_permute(t, perm);
   if (!p) return NULL;
   moe_tensor *c = NULL;
@@ -31,8 +37,8 @@ static moe_tensor *rows_view(const moe_tensor *t, unsigned mask, moe_dtype dt, i
   return c;
 }
 
-static moe_tensor *reduce_impl(moe_redop op, const moe_tensor *t, unsigned dims, int keepdim,
-                               int correction, moe_tensor **indices, int64_t ibase) {
+static moe_tensor *reduce_impl(moe_redop op, const moe_tensor *t, unsigned dims, int keepdim, int correction,
+                               moe_tensor **indices, int64_t ibase) {
   char b[160];
   unsigned all = t->ndim ? (1u << t->ndim) - 1 : 0;
   if (dims == 0) dims = all;
@@ -51,15 +57,20 @@ static moe_tensor *reduce_impl(moe_redop op, const moe_tensor *t, unsigned dims,
   /* the dtype reductions compute in, and the output dtype */
   moe_dtype in_dt = t->dtype, out_dt;
   switch (op) {
-  case MOE_RSUM: case MOE_RPROD:
+  case MOE_RSUM:
+  case MOE_RPROD:
     if (!moe_dtype_is_float(in_dt)) in_dt = MOE_I64;
     out_dt = in_dt;
     break;
-  case MOE_RMAX: case MOE_RMIN: case MOE_RARGMAX: case MOE_RARGMIN:
+  case MOE_RMAX:
+  case MOE_RMIN:
+  case MOE_RARGMAX:
+  case MOE_RARGMIN:
     if (in_dt == MOE_BOOL) in_dt = MOE_I32;
     out_dt = (op == MOE_RARGMAX || op == MOE_RARGMIN) ? MOE_I64 : t->dtype;
     break;
-  case MOE_RALL: case MOE_RANY:
+  case MOE_RALL:
+  case MOE_RANY:
     in_dt = MOE_BOOL;
     out_dt = MOE_BOOL;
     break;
@@ -68,7 +79,8 @@ static moe_tensor *reduce_impl(moe_redop op, const moe_tensor *t, unsigned dims,
     out_dt = in_dt;
   }
   int64_t K0 = 1;
-  for (int d = 0; d < t->ndim; d++) if (dims >> d & 1) K0 *= t->shape[d];
+  for (int d = 0; d < t->ndim; d++)
+    if (dims >> d & 1) K0 *= t->shape[d];
   if (K0 == 0 && (op == MOE_RMAX || op == MOE_RMIN || op == MOE_RARGMAX || op == MOE_RARGMIN)) {
     moe_error("%s: cannot reduce over an empty dim (shape %s)", redop_names[op], moe_shape_str(t, b));
     return NULL;
@@ -76,8 +88,8 @@ static moe_tensor *reduce_impl(moe_redop op, const moe_tensor *t, unsigned dims,
   /* sum/mean of a contiguous float tensor over a block of consecutive dims that
    * are not the last: strided column sums in place, no transposed copy */
   unsigned low = dims & -dims, block = dims + low; /* block is a power of two iff dims is one run */
-  if ((op == MOE_RSUM || op == MOE_RMEAN) && moe_dtype_is_float(t->dtype) && !indices &&
-      moe_is_contiguous(t) && K0 > 0 && dims && !(dims >> (t->ndim - 1) & 1) && (block & (block - 1)) == 0) {
+  if ((op == MOE_RSUM || op == MOE_RMEAN) && moe_dtype_is_float(t->dtype) && !indices && moe_is_contiguous(t) &&
+      K0 > 0 && dims && !(dims >> (t->ndim - 1) & 1) && (block & (block - 1)) == 0) {
     int first = __builtin_ctz(dims), last = 31 - __builtin_clz(dims);
     int64_t O = 1, N = 1;
     for (int d = 0; d < first; d++) O *= t->shape[d];
@@ -89,11 +101,12 @@ static moe_tensor *reduce_impl(moe_redop op, const moe_tensor *t, unsigned dims,
   moe_tensor *x = rows_view(t, dims, in_dt, &M, &K);
   if (!x) return NULL;
   moe_tensor *out = moe_empty_on(t->device, keepdim ? t->ndim : on, keepdim ? kshape : oshape,
-                              out_dt == MOE_BOOL || out_dt == MOE_I64 ? out_dt : in_dt);
+                                 out_dt == MOE_BOOL || out_dt == MOE_I64 ? out_dt : in_dt);
   moe_tensor *idx = NULL;
   if (out && indices) idx = moe_empty_on(out->device, out->ndim, out->shape, MOE_I64);
   if (!out || (indices && !idx)) {
-    moe_tensor_release(x); moe_tensor_release(out);
+    moe_tensor_release(x);
+    moe_tensor_release(out);
     return NULL;
   }
   MOE_K(reduce_rows, out->device, op, x, out, idx, M, K, correction, ibase);
@@ -163,23 +176,24 @@ static int reduce_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
   case MOE_RPROD: { /* out/x where x != 0; where x == 0, the product of the others */
     TRY(t[0] = moe_binary_scalar(MOE_EQ, x, 0, 0));
     TRY(t[1] = moe_full_on(x->device, 0, NULL, x->dtype, 1.0));
-    TRY(t[2] = moe_where(t[0], t[1], x));                              /* zeros -> 1 */
-    TRY(t[3] = moe_reduce(MOE_RPROD, t[2], dims, 1, 0, NULL, 0));      /* product of nonzeros */
+    TRY(t[2] = moe_where(t[0], t[1], x));                         /* zeros -> 1 */
+    TRY(t[3] = moe_reduce(MOE_RPROD, t[2], dims, 1, 0, NULL, 0)); /* product of nonzeros */
     TRY(t[4] = as_float_of(moe_reduce(MOE_RSUM, t[0], dims, 1, 0, NULL, 0), x->dtype));
     moe_tensor_release(t[1]);
-    TRY(t[1] = moe_binary_scalar(MOE_EQ, t[4], 1, 0));                 /* exactly one zero */
+    TRY(t[1] = moe_binary_scalar(MOE_EQ, t[4], 1, 0)); /* exactly one zero */
     moe_tensor_release(t[4]);
     TRY(t[4] = as_float_of(retained(t[1]), x->dtype));
     moe_tensor_release(t[1]);
-    TRY(t[1] = mul(t[3], t[4]));                                       /* grad at a zero */
+    TRY(t[1] = mul(t[3], t[4])); /* grad at a zero */
     moe_tensor_release(t[3]);
-    TRY(t[3] = moe_binary(MOE_DIV, ok, t[2]));                         /* grad elsewhere */
+    TRY(t[3] = moe_binary(MOE_DIV, ok, t[2])); /* grad elsewhere */
     moe_tensor_release(t[4]);
     TRY(t[4] = moe_where(t[0], t[1], t[3]));
     TRY(gin[0] = mul(gk, t[4]));
     break;
   }
-  case MOE_RVAR: case MOE_RSTD: { /* var: 2 (x - mean) / (K - c); std: (x - mean) / ((K - c) std) */
+  case MOE_RVAR:
+  case MOE_RSTD: { /* var: 2 (x - mean) / (K - c); std: (x - mean) / ((K - c) std) */
     TRY(t[0] = moe_reduce(MOE_RMEAN, x, dims, 1, 0, NULL, 0));
     TRY(t[1] = moe_binary(MOE_SUB, x, t[0]));
     double den = (double)(K - correction);
@@ -192,7 +206,8 @@ static int reduce_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
     }
     break;
   }
-  case MOE_RMAX: case MOE_RMIN: /* split evenly between tied extremes */
+  case MOE_RMAX:
+  case MOE_RMIN: /* split evenly between tied extremes */
     TRY(t[0] = as_float_of(moe_binary(MOE_EQ, x, ok), g->dtype));
     TRY(t[1] = moe_reduce(MOE_RSUM, t[0], dims, 1, 0, NULL, 0));
     TRY(t[2] = moe_binary(MOE_DIV, gk, t[1]));
@@ -216,8 +231,8 @@ fail:
   return -1;
 }
 
-moe_tensor *moe_reduce(moe_redop op, const moe_tensor *t, unsigned dims, int keepdim,
-                       int correction, moe_tensor **indices, int64_t ibase) {
+moe_tensor *moe_reduce(moe_redop op, const moe_tensor *t, unsigned dims, int keepdim, int correction,
+                       moe_tensor **indices, int64_t ibase) {
   int diff = op != MOE_RARGMAX && op != MOE_RARGMIN && op != MOE_RALL && op != MOE_RANY;
   if (!diff || !moe_ag_wants(1, &t)) return reduce_impl(op, t, dims, keepdim, correction, indices, ibase);
   moe_tensor *out;
@@ -231,7 +246,10 @@ moe_tensor *moe_reduce(moe_redop op, const moe_tensor *t, unsigned dims, int kee
     n->iarg[3] = correction;
     int rc = moe_node_save(n, 0, t);
     if (op != MOE_RSUM && op != MOE_RMEAN && op != MOE_RVAR) rc |= moe_node_save(n, 1, out);
-    if (rc) { moe_node_release(n); n = NULL; }
+    if (rc) {
+      moe_node_release(n);
+      n = NULL;
+    }
   }
   return moe_ag_attach(out, n);
 }
@@ -308,7 +326,10 @@ moe_tensor *moe_scan(moe_scanop op, const moe_tensor *t, int dim) {
     n->iarg[1] = dim;
     int rc = op != MOE_CUMSUM ? moe_node_save(n, 1, out) : 0;
     if (op == MOE_CUMPROD) rc |= moe_node_save(n, 0, t);
-    if (rc) { moe_node_release(n); n = NULL; }
+    if (rc) {
+      moe_node_release(n);
+      n = NULL;
+    }
   }
   return moe_ag_attach(out, n);
 }

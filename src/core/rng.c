@@ -16,7 +16,10 @@
 
 static uint64_t rng_seed = 0x853c49e6748fea9bULL, rng_offset = 0;
 
-void moe_manual_seed(uint64_t seed) { rng_seed = seed; rng_offset = 0; }
+void moe_manual_seed(uint64_t seed) {
+  rng_seed = seed;
+  rng_offset = 0;
+}
 uint64_t moe_rng_seed(void) { return rng_seed; }
 
 static inline uint32_t mulhilo(uint32_t a, uint32_t b, uint32_t *hi) {
@@ -33,11 +36,17 @@ void moe_philox4x32(const uint32_t ctr[4], uint64_t key, uint32_t out[4]) {
     uint32_t hi0, hi1;
     uint32_t lo0 = mulhilo(0xD2511F53u, c0, &hi0), lo1 = mulhilo(0xCD9E8D57u, c2, &hi1);
     uint32_t n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
-    c0 = n0; c1 = lo1; c2 = n2; c3 = lo0;
+    c0 = n0;
+    c1 = lo1;
+    c2 = n2;
+    c3 = lo0;
     k0 += 0x9E3779B9u;
     k1 += 0xBB67AE85u;
   }
-  out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
+  out[0] = c0;
+  out[1] = c1;
+  out[2] = c2;
+  out[3] = c3;
 }
 
 /* 128 random bits for element i of the op whose counter base is `base` */
@@ -61,8 +70,7 @@ static inline double u01_53(uint32_t a, uint32_t b) { /* [0,1) with 53 bits */
  * 128 bits: float64 elements take a block each; float32 elements share them
  * (uniform: 4 elements of 32 bits per block, normal: 2 elements of 2 x 32 bits),
  * so element i still depends only on (seed, op, i). */
-static moe_tensor *random_float(int ndim, const int64_t *shape, moe_dtype dt, int normal, double p0,
-                                double p1) {
+static moe_tensor *random_float(int ndim, const int64_t *shape, moe_dtype dt, int normal, double p0, double p1) {
   moe_tensor *t = moe_empty(ndim, shape, dt);
   if (!t) return NULL;
   int64_t n = moe_numel(t);
@@ -121,8 +129,12 @@ static uint64_t bounded(uint64_t base, uint64_t i, uint64_t range) {
     uint64_t k = 1;
     while (l < th) { /* rare: draw again from the spare words, then further counters */
       x = k == 1 ? (((uint64_t)r[2] << 32) | r[3]) : 0;
-      if (k > 1) { uint32_t r2[4]; uint32_t ctr[4] = {(uint32_t)(base + i), (uint32_t)((base + i) >> 32), 0x6d6f656cu, (uint32_t)k};
-                   moe_philox4x32(ctr, rng_seed, r2); x = ((uint64_t)r2[0] << 32) | r2[1]; }
+      if (k > 1) {
+        uint32_t r2[4];
+        uint32_t ctr[4] = {(uint32_t)(base + i), (uint32_t)((base + i) >> 32), 0x6d6f656cu, (uint32_t)k};
+        moe_philox4x32(ctr, rng_seed, r2);
+        x = ((uint64_t)r2[0] << 32) | r2[1];
+      }
       m = (unsigned __int128)x * range;
       l = (uint64_t)m;
       k++;
@@ -133,8 +145,11 @@ static uint64_t bounded(uint64_t base, uint64_t i, uint64_t range) {
 
 /* 0 when every integer in [lo, hi] is exactly representable in dt, else an error */
 static int ints_fit(const char *op, int64_t lo, int64_t hi, moe_dtype dt) {
-  double max = dt == MOE_BOOL ? 1 : dt == MOE_I32 ? 2147483647.0 : dt == MOE_F32 ? 16777216.0
-             : dt == MOE_F64 ? 9007199254740992.0 : 9223372036854775807.0;
+  double max = dt == MOE_BOOL ? 1
+      : dt == MOE_I32         ? 2147483647.0
+      : dt == MOE_F32         ? 16777216.0
+      : dt == MOE_F64         ? 9007199254740992.0
+                              : 9223372036854775807.0;
   double min = dt == MOE_BOOL ? 0 : dt == MOE_I32 ? -2147483648.0 : -max;
   if ((double)lo < min || (double)hi > max)
     return moe_error("%s: values up to %lld do not fit dtype %s (it holds integers in [%.0f, %.0f] exactly)", op,
@@ -161,7 +176,10 @@ moe_tensor *moe_randint(int64_t low, int64_t high, int ndim, const int64_t *shap
 }
 
 moe_tensor *moe_randperm(int64_t n, moe_dtype dt, int64_t ibase) {
-  if (n < 0) { moe_error("randperm: negative n %lld", (long long)n); return NULL; }
+  if (n < 0) {
+    moe_error("randperm: negative n %lld", (long long)n);
+    return NULL;
+  }
   if (n > 0 && ints_fit("randperm", ibase, n - 1 + ibase, dt)) return NULL;
   moe_tensor *t = moe_empty(1, &n, MOE_I64);
   if (!t) return NULL;
@@ -170,7 +188,9 @@ moe_tensor *moe_randperm(int64_t n, moe_dtype dt, int64_t ibase) {
   uint64_t base = take_counters((uint64_t)n);
   for (int64_t i = n - 1; i > 0; i--) { /* Fisher-Yates */
     int64_t j = (int64_t)bounded(base, (uint64_t)i, (uint64_t)i + 1);
-    int64_t tmp = p[i]; p[i] = p[j]; p[j] = tmp;
+    int64_t tmp = p[i];
+    p[i] = p[j];
+    p[j] = tmp;
   }
   if (dt == MOE_I64) return t;
   moe_tensor *c = moe_to_dtype(t, dt);
@@ -185,7 +205,10 @@ moe_tensor *moe_arange(double start, double end, double step, moe_dtype dt) {
   }
   double len = ceil((end - start) / step);
   if (len < 0) len = 0;
-  if (len > 1e12) { moe_error("arange: range start=%g end=%g step=%g is too long", start, end, step); return NULL; }
+  if (len > 1e12) {
+    moe_error("arange: range start=%g end=%g step=%g is too long", start, end, step);
+    return NULL;
+  }
   int64_t n = (int64_t)len;
   moe_tensor *t = moe_empty(1, &n, MOE_F64);
   if (!t) return NULL;
@@ -198,13 +221,17 @@ moe_tensor *moe_arange(double start, double end, double step, moe_dtype dt) {
 }
 
 moe_tensor *moe_linspace(double start, double end, int64_t n, moe_dtype dt) {
-  if (n < 0) { moe_error("linspace: negative number of steps %lld", (long long)n); return NULL; }
+  if (n < 0) {
+    moe_error("linspace: negative number of steps %lld", (long long)n);
+    return NULL;
+  }
   moe_tensor *t = moe_empty(1, &n, MOE_F64);
   if (!t) return NULL;
   double *p = t->storage->data;
   for (int64_t i = 0; i < n; i++)
-    p[i] = n == 1 ? start : (i < n / 2 ? start + (end - start) * (double)i / (double)(n - 1)
-                                       : end - (end - start) * (double)(n - 1 - i) / (double)(n - 1));
+    p[i] = n == 1 ? start
+                  : (i < n / 2 ? start + (end - start) * (double)i / (double)(n - 1)
+                               : end - (end - start) * (double)(n - 1 - i) / (double)(n - 1));
   if (dt == MOE_F64) return t;
   moe_tensor *c = moe_to_dtype(t, dt);
   moe_tensor_release(t);

@@ -33,13 +33,14 @@ const char *moe_dims_str(int ndim, const int64_t *shape, char *buf) {
   return buf;
 }
 
-const char *moe_shape_str(const moe_tensor *t, char *buf) {
-  return moe_dims_str(t->ndim, t->shape, buf);
-}
+const char *moe_shape_str(const moe_tensor *t, char *buf) { return moe_dims_str(t->ndim, t->shape, buf); }
 
 /* ---------------------------------------------------------------- dtypes */
 
-static const struct { const char *name; size_t size; } dtypes[MOE_NDTYPES] = {
+static const struct {
+  const char *name;
+  size_t size;
+} dtypes[MOE_NDTYPES] = {
     [MOE_F32] = {"float32", 4}, [MOE_F64] = {"float64", 8}, [MOE_I32] = {"int32", 4},
     [MOE_I64] = {"int64", 8},   [MOE_BOOL] = {"bool", 1},
 };
@@ -49,20 +50,24 @@ const char *moe_dtype_name(moe_dtype dt) { return dtypes[dt].name; }
 int moe_dtype_is_float(moe_dtype dt) { return dt == MOE_F32 || dt == MOE_F64; }
 
 int moe_dtype_from_name(const char *s, moe_dtype *out) {
-  static const struct { const char *alias; moe_dtype dt; } aliases[] = {
-      {"float32", MOE_F32}, {"float", MOE_F32}, {"float64", MOE_F64}, {"double", MOE_F64},
-      {"int32", MOE_I32},   {"int", MOE_I32},   {"int64", MOE_I64},   {"long", MOE_I64},
-      {"bool", MOE_BOOL},
+  static const struct {
+    const char *alias;
+    moe_dtype dt;
+  } aliases[] = {
+      {"float32", MOE_F32}, {"float", MOE_F32}, {"float64", MOE_F64}, {"double", MOE_F64}, {"int32", MOE_I32},
+      {"int", MOE_I32},     {"int64", MOE_I64}, {"long", MOE_I64},    {"bool", MOE_BOOL},
   };
   for (size_t i = 0; i < sizeof aliases / sizeof *aliases; i++)
-    if (!strcmp(s, aliases[i].alias)) { *out = aliases[i].dt; return 0; }
+    if (!strcmp(s, aliases[i].alias)) {
+      *out = aliases[i].dt;
+      return 0;
+    }
   return -1;
 }
 
 /* bool < int32 < int64 < float32 < float64 */
 moe_dtype moe_promote(moe_dtype a, moe_dtype b) {
-  static const int rank[MOE_NDTYPES] = {[MOE_BOOL] = 0, [MOE_I32] = 1, [MOE_I64] = 2,
-                                        [MOE_F32] = 3, [MOE_F64] = 4};
+  static const int rank[MOE_NDTYPES] = {[MOE_BOOL] = 0, [MOE_I32] = 1, [MOE_I64] = 2, [MOE_F32] = 3, [MOE_F64] = 4};
   return rank[a] >= rank[b] ? a : b;
 }
 
@@ -73,8 +78,7 @@ static int check_shape(const char *op, int ndim, const int64_t *shape, int64_t *
   int64_t n = 1;
   for (int i = 0; i < ndim; i++) {
     if (shape[i] < 0)
-      return moe_error("%s: negative size %lld in shape %s", op, (long long)shape[i],
-                       moe_dims_str(ndim, shape, b));
+      return moe_error("%s: negative size %lld in shape %s", op, (long long)shape[i], moe_dims_str(ndim, shape, b));
     if (shape[i] && n > INT64_MAX / 16 / shape[i])
       return moe_error("%s: shape %s is too large", op, moe_dims_str(ndim, shape, b));
     n *= shape[i];
@@ -101,7 +105,10 @@ moe_tensor *moe_empty_on(moe_device dev, int ndim, const int64_t *shape, moe_dty
                                    : storage_new((size_t)n * moe_dtype_size(dt));
   if (!s) return NULL;
   moe_tensor *t = tensor_alloc();
-  if (!t) { storage_release(s); return NULL; }
+  if (!t) {
+    storage_release(s);
+    return NULL;
+  }
   t->storage = s;
   t->ndim = ndim;
   if (ndim) memcpy(t->shape, shape, sizeof(int64_t) * (size_t)ndim);
@@ -136,14 +143,18 @@ int moe_same_device(const char *op, int n, const moe_tensor *const *ts) {
  * there). Moves are not recorded by autograd yet: a tensor that requires grad
  * is refused while grad mode is on. */
 moe_tensor *moe_to_device(const moe_tensor *t, moe_device dev) {
-  if (t->device == dev) { moe_tensor_retain((moe_tensor *)t); return (moe_tensor *)t; }
+  if (t->device == dev) {
+    moe_tensor_retain((moe_tensor *)t);
+    return (moe_tensor *)t;
+  }
   if (dev == MOE_CUDA && moe_cuda_device_count() == 0) {
     moe_error("cuda: no CUDA device is available (%s)", moe_cuda_last_error());
     return NULL;
   }
   if (t->requires_grad && moe_grad_enabled()) {
     moe_error("%s: moving a tensor that requires grad between devices is not recorded by autograd yet; "
-              "detach() it or move it under no_grad", dev == MOE_CUDA ? "cuda" : "cpu");
+              "detach() it or move it under no_grad",
+              dev == MOE_CUDA ? "cuda" : "cpu");
     return NULL;
   }
   size_t es = moe_dtype_size(t->dtype);
@@ -275,8 +286,7 @@ static moe_tensor *alias(const moe_tensor *t) {
 
 moe_tensor *moe_detach(const moe_tensor *t) { return alias(t); }
 
-static int infer_shape(const char *op, const moe_tensor *t, int ndim, const int64_t *in,
-                       int64_t *out) {
+static int infer_shape(const char *op, const moe_tensor *t, int ndim, const int64_t *in, int64_t *out) {
   char b1[160], b2[160];
   int64_t numel = moe_numel(t), known = 1;
   int infer = -1;
@@ -300,8 +310,8 @@ static int infer_shape(const char *op, const moe_tensor *t, int ndim, const int6
     known *= out[infer];
   }
   if (known != numel)
-    return moe_error("%s: shape %s is invalid for tensor of shape %s (%lld elements)", op,
-                     moe_dims_str(ndim, in, b1), moe_shape_str(t, b2), (long long)numel);
+    return moe_error("%s: shape %s is invalid for tensor of shape %s (%lld elements)", op, moe_dims_str(ndim, in, b1),
+                     moe_shape_str(t, b2), (long long)numel);
   return 0;
 }
 
@@ -311,7 +321,10 @@ static int view_strides(const moe_tensor *t, int ndim, const int64_t *shape, int
   int64_t numel = moe_numel(t);
   if (numel == 0 || t->ndim == 0) {
     int64_t s = 1;
-    for (int i = ndim - 1; i >= 0; i--) { stride[i] = s; s *= shape[i] ? shape[i] : 1; }
+    for (int i = ndim - 1; i >= 0; i--) {
+      stride[i] = s;
+      s *= shape[i] ? shape[i] : 1;
+    }
     return 0;
   }
   int view_d = ndim - 1;
@@ -341,8 +354,8 @@ static moe_tensor *view_impl(const moe_tensor *t, int ndim, const int64_t *in) {
   if (infer_shape("view", t, ndim, in, shape)) return NULL;
   if (view_strides(t, ndim, shape, stride)) {
     moe_error("view: tensor of shape %s with strides %s cannot be viewed as %s without a copy "
-              "(use reshape or contiguous)", moe_shape_str(t, b1), moe_dims_str(t->ndim, t->stride, b2),
-              moe_dims_str(ndim, shape, b1 + 80));
+              "(use reshape or contiguous)",
+              moe_shape_str(t, b1), moe_dims_str(t->ndim, t->stride, b2), moe_dims_str(ndim, shape, b1 + 80));
     return NULL;
   }
   moe_tensor *v = alias(t);
@@ -375,8 +388,12 @@ static moe_tensor *transpose_impl(const moe_tensor *t, int d0, int d1) {
   if (check_dim("transpose", t, d0, 0) || check_dim("transpose", t, d1, 0)) return NULL;
   moe_tensor *v = alias(t);
   if (!v) return NULL;
-  int64_t s = v->shape[d0]; v->shape[d0] = v->shape[d1]; v->shape[d1] = s;
-  s = v->stride[d0]; v->stride[d0] = v->stride[d1]; v->stride[d1] = s;
+  int64_t s = v->shape[d0];
+  v->shape[d0] = v->shape[d1];
+  v->shape[d1] = s;
+  s = v->stride[d0];
+  v->stride[d0] = v->stride[d1];
+  v->stride[d1] = s;
   return v;
 }
 
@@ -385,8 +402,7 @@ static moe_tensor *permute_impl(const moe_tensor *t, const int *perm) {
   char b[160];
   for (int i = 0; i < t->ndim; i++) {
     if (perm[i] < 0 || perm[i] >= t->ndim || seen[perm[i]]++) {
-      moe_error("permute: dims are not a permutation of 1..%d for tensor of shape %s", t->ndim,
-                moe_shape_str(t, b));
+      moe_error("permute: dims are not a permutation of 1..%d for tensor of shape %s", t->ndim, moe_shape_str(t, b));
       return NULL;
     }
   }
@@ -403,9 +419,8 @@ static moe_tensor *narrow_impl(const moe_tensor *t, int dim, int64_t start, int6
   char b[160];
   if (check_dim("narrow", t, dim, 0)) return NULL;
   if (start < 0 || len < 0 || start + len > t->shape[dim]) {
-    moe_error("narrow: range [%lld, %lld] out of bounds for dim %d of size %lld (shape %s)",
-              (long long)start + 1, (long long)(start + len), dim + 1, (long long)t->shape[dim],
-              moe_shape_str(t, b));
+    moe_error("narrow: range [%lld, %lld] out of bounds for dim %d of size %lld (shape %s)", (long long)start + 1,
+              (long long)(start + len), dim + 1, (long long)t->shape[dim], moe_shape_str(t, b));
     return NULL;
   }
   moe_tensor *v = alias(t);
@@ -419,8 +434,8 @@ static moe_tensor *select_impl(const moe_tensor *t, int dim, int64_t index) {
   char b[160];
   if (check_dim("select", t, dim, 0)) return NULL;
   if (index < 0 || index >= t->shape[dim]) {
-    moe_error("select: index %lld out of range for dim %d of size %lld (shape %s)",
-              (long long)index + 1, dim + 1, (long long)t->shape[dim], moe_shape_str(t, b));
+    moe_error("select: index %lld out of range for dim %d of size %lld (shape %s)", (long long)index + 1, dim + 1,
+              (long long)t->shape[dim], moe_shape_str(t, b));
     return NULL;
   }
   moe_tensor *v = alias(t);
@@ -454,13 +469,22 @@ static moe_tensor *expand_impl(const moe_tensor *t, int ndim, const int64_t *sha
     int64_t want = shape[i];
     if (j >= 0) {
       if (want == -1) want = t->shape[j];
-      if (t->shape[j] == want) { v->shape[i] = want; v->stride[i] = t->stride[j]; continue; }
-      if (t->shape[j] == 1 && want >= 0) { v->shape[i] = want; v->stride[i] = 0; continue; }
+      if (t->shape[j] == want) {
+        v->shape[i] = want;
+        v->stride[i] = t->stride[j];
+        continue;
+      }
+      if (t->shape[j] == 1 && want >= 0) {
+        v->shape[i] = want;
+        v->stride[i] = 0;
+        continue;
+      }
     } else if (want >= 0) {
-      v->shape[i] = want; v->stride[i] = 0; continue;
+      v->shape[i] = want;
+      v->stride[i] = 0;
+      continue;
     }
-    moe_error("expand: cannot expand tensor of shape %s to %s", moe_shape_str(t, b1),
-              moe_dims_str(ndim, shape, b2));
+    moe_error("expand: cannot expand tensor of shape %s to %s", moe_shape_str(t, b1), moe_dims_str(ndim, shape, b2));
     moe_tensor_release(v);
     return NULL;
   }
@@ -475,7 +499,11 @@ static moe_tensor *squeeze_impl(const moe_tensor *t, int dim) {
   int n = 0;
   for (int i = 0; i < t->ndim; i++) {
     int drop = t->shape[i] == 1 && (dim < 0 || dim == i);
-    if (!drop) { v->shape[n] = t->shape[i]; v->stride[n] = t->stride[i]; n++; }
+    if (!drop) {
+      v->shape[n] = t->shape[i];
+      v->stride[n] = t->stride[i];
+      n++;
+    }
   }
   v->ndim = n;
   return v;
@@ -490,7 +518,10 @@ static moe_tensor *unsqueeze_impl(const moe_tensor *t, int dim) {
   }
   moe_tensor *v = alias(t);
   if (!v) return NULL;
-  for (int i = t->ndim; i > dim; i--) { v->shape[i] = t->shape[i - 1]; v->stride[i] = t->stride[i - 1]; }
+  for (int i = t->ndim; i > dim; i--) {
+    v->shape[i] = t->shape[i - 1];
+    v->stride[i] = t->stride[i - 1];
+  }
   v->shape[dim] = 1;
   v->stride[dim] = dim < t->ndim ? t->shape[dim] * t->stride[dim] : 1;
   v->ndim++;
@@ -504,7 +535,10 @@ static moe_tensor *clone_impl(const moe_tensor *t) {
 }
 
 static moe_tensor *to_dtype_impl(const moe_tensor *t, moe_dtype dt) {
-  if (t->dtype == dt) { moe_tensor_retain((moe_tensor *)t); return (moe_tensor *)t; }
+  if (t->dtype == dt) {
+    moe_tensor_retain((moe_tensor *)t);
+    return (moe_tensor *)t;
+  }
   moe_tensor *c = moe_empty_on(t->device, t->ndim, t->shape, dt);
   if (c) MOE_K(copy, c->device, c, t);
   return c;
@@ -531,7 +565,8 @@ int moe_mark_write(const char *op, const moe_tensor *t) {
   char b1[160];
   if (t->requires_grad && moe_grad_enabled())
     return moe_error("%s_: in-place operation on a tensor that requires grad (shape %s); "
-                     "run it inside moe.no_grad(...) or write into a clone()", op, moe_shape_str(t, b1));
+                     "run it inside moe.no_grad(...) or write into a clone()",
+                     op, moe_shape_str(t, b1));
   t->storage->version++;
   return 0;
 }
@@ -555,8 +590,8 @@ int moe_copy_(moe_tensor *dst, const moe_tensor *src) {
     return moe_error("copy_: the source requires grad, and in-place copies are not recorded; "
                      "use clone() or detach() the source");
   if (moe_broadcast_to(src, dst->ndim, dst->shape, &b))
-    return moe_error("copy_: source of shape %s does not broadcast to destination shape %s",
-                     moe_shape_str(src, b1), moe_shape_str(dst, b2));
+    return moe_error("copy_: source of shape %s does not broadcast to destination shape %s", moe_shape_str(src, b1),
+                     moe_shape_str(dst, b2));
   /* overlapping storage, or another device: through a temporary on dst's device */
   if (src->storage == dst->storage || src->device != dst->device) {
     moe_tensor *tmp = src->device != dst->device ? moe_to_device(&b, dst->device) : moe_clone(&b);
@@ -575,15 +610,15 @@ int moe_copy_(moe_tensor *dst, const moe_tensor *src) {
  * Each public op runs its _impl with grad mode off (so ops it calls inside do not
  * record) and then records one node. */
 
-#define RECORD1(NAME, BW, CALL, SETUP)                                               \
-  do {                                                                               \
-    if (!moe_ag_wants(1, &t)) return CALL;                                           \
-    moe_tensor *out_;                                                                \
-    MOE_NOGRAD(out_, CALL);                                                          \
-    if (!out_) return NULL;                                                          \
-    moe_node *n = moe_node_new(NAME, BW, 1, &t);                                     \
-    if (n) { SETUP; }                                                                \
-    return moe_ag_attach(out_, n);                                                   \
+#define RECORD1(NAME, BW, CALL, SETUP)           \
+  do {                                           \
+    if (!moe_ag_wants(1, &t)) return CALL;       \
+    moe_tensor *out_;                            \
+    MOE_NOGRAD(out_, CALL);                      \
+    if (!out_) return NULL;                      \
+    moe_node *n = moe_node_new(NAME, BW, 1, &t); \
+    if (n) { SETUP; }                            \
+    return moe_ag_attach(out_, n);               \
   } while (0)
 
 /* view, reshape, squeeze, unsqueeze: g [out shape] -> [in shape] */
@@ -612,11 +647,13 @@ static int slice_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
   moe_tensor *z = moe_full_on(g->device, e->ndim, e->shape, g->dtype, 0.0);
   if (!z) return -1;
   int dim = (int)n->iarg[0];
-  moe_tensor *part = n->iarg[2] < 0 ? moe_select(z, dim, n->iarg[1])
-                                    : moe_narrow(z, dim, n->iarg[1], n->iarg[2]);
+  moe_tensor *part = n->iarg[2] < 0 ? moe_select(z, dim, n->iarg[1]) : moe_narrow(z, dim, n->iarg[1], n->iarg[2]);
   int rc = part ? moe_copy_(part, g) : -1;
   moe_tensor_release(part);
-  if (rc) { moe_tensor_release(z); return -1; }
+  if (rc) {
+    moe_tensor_release(z);
+    return -1;
+  }
   gin[0] = z;
   return 0;
 }
@@ -627,39 +664,38 @@ moe_tensor *moe_view(const moe_tensor *t, int ndim, const int64_t *in) {
 moe_tensor *moe_reshape(const moe_tensor *t, int ndim, const int64_t *in) {
   RECORD1("reshape", reshape_backward, reshape_impl(t, ndim, in), );
 }
-moe_tensor *moe_squeeze(const moe_tensor *t, int dim) {
-  RECORD1("squeeze", reshape_backward, squeeze_impl(t, dim), );
-}
+moe_tensor *moe_squeeze(const moe_tensor *t, int dim) { RECORD1("squeeze", reshape_backward, squeeze_impl(t, dim), ); }
 moe_tensor *moe_unsqueeze(const moe_tensor *t, int dim) {
   RECORD1("unsqueeze", reshape_backward, unsqueeze_impl(t, dim), );
 }
 moe_tensor *moe_transpose(const moe_tensor *t, int d0, int d1) {
-  RECORD1("transpose", transpose_backward, transpose_impl(t, d0, d1),
-          n->iarg[0] = d0; n->iarg[1] = d1);
+  RECORD1("transpose", transpose_backward, transpose_impl(t, d0, d1), n->iarg[0] = d0; n->iarg[1] = d1);
 }
 moe_tensor *moe_permute(const moe_tensor *t, const int *perm) {
-  RECORD1("permute", permute_backward, permute_impl(t, perm),
-          for (int i = 0; i < t->ndim; i++) n->iarg[i] = perm[i]);
+  RECORD1("permute", permute_backward, permute_impl(t, perm), for (int i = 0; i < t->ndim; i++) n->iarg[i] = perm[i]);
 }
 moe_tensor *moe_narrow(const moe_tensor *t, int dim, int64_t start, int64_t len) {
-  RECORD1("narrow", slice_backward, narrow_impl(t, dim, start, len),
-          n->iarg[0] = dim; n->iarg[1] = start; n->iarg[2] = len);
+  RECORD1("narrow", slice_backward, narrow_impl(t, dim, start, len), n->iarg[0] = dim; n->iarg[1] = start;
+          n->iarg[2] = len);
 }
 moe_tensor *moe_select(const moe_tensor *t, int dim, int64_t index) {
-  RECORD1("select", slice_backward, select_impl(t, dim, index),
-          n->iarg[0] = dim; n->iarg[1] = index; n->iarg[2] = -1);
+  RECORD1("select", slice_backward, select_impl(t, dim, index), n->iarg[0] = dim; n->iarg[1] = index; n->iarg[2] = -1);
 }
 moe_tensor *moe_expand(const moe_tensor *t, int ndim, const int64_t *shape) {
   RECORD1("expand", identity_backward, expand_impl(t, ndim, shape), );
 }
-moe_tensor *moe_clone(const moe_tensor *t) {
-  RECORD1("clone", identity_backward, clone_impl(t), );
-}
+moe_tensor *moe_clone(const moe_tensor *t) { RECORD1("clone", identity_backward, clone_impl(t), ); }
 moe_tensor *moe_contiguous(const moe_tensor *t) {
-  if (moe_is_contiguous(t)) { moe_tensor_retain((moe_tensor *)t); return (moe_tensor *)t; }
+  if (moe_is_contiguous(t)) {
+    moe_tensor_retain((moe_tensor *)t);
+    return (moe_tensor *)t;
+  }
   return moe_clone(t);
 }
 moe_tensor *moe_to_dtype(const moe_tensor *t, moe_dtype dt) {
-  if (t->dtype == dt) { moe_tensor_retain((moe_tensor *)t); return (moe_tensor *)t; }
+  if (t->dtype == dt) {
+    moe_tensor_retain((moe_tensor *)t);
+    return (moe_tensor *)t;
+  }
   RECORD1("to", identity_backward, to_dtype_impl(t, dt), );
 }

@@ -9,9 +9,9 @@ struct moe_storage {
   size_t nbytes;
   int refcount;
   moe_device device;
-  uint32_t version;               /* bumped by every in-place write (autograd checks it) */
-  int8_t pool_class;              /* size class of a recycled host block, -1 if none */
-  size_t block_bytes;             /* bytes of the host block (header included) */
+  uint32_t version;   /* bumped by every in-place write (autograd checks it) */
+  int8_t pool_class;  /* size class of a recycled host block, -1 if none */
+  size_t block_bytes; /* bytes of the host block (header included) */
 };
 
 /* moe_data, inlined for the engine's own loops */

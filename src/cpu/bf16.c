@@ -114,11 +114,17 @@ static __thread scratch operands; /* the rounded copies of A and B */
 int moe_bf16_choose(unsigned features, const char *env, const char **why) {
   int hw = (features & (MOE_CPU_AVX512BF16 | MOE_CPU_AMX_BF16)) != 0;
   const char *hw_why = (features & MOE_CPU_AMX_BF16) ? "the CPU has AMX-BF16 (cpuid)"
-                     : hw ? "the CPU has AVX512-BF16 (cpuid)"
-                          : "the CPU has neither AVX512-BF16 nor AMX-BF16 (cpuid)";
+      : hw                                           ? "the CPU has AVX512-BF16 (cpuid)"
+                                                     : "the CPU has neither AVX512-BF16 nor AMX-BF16 (cpuid)";
   if (env && *env) {
-    if (!strcmp(env, "emulate")) { *why = "MOELUA_BF16=emulate"; return MOE_BF16_EMULATE; }
-    if (!strcmp(env, "onednn")) { *why = "MOELUA_BF16=onednn"; return MOE_BF16_ONEDNN; }
+    if (!strcmp(env, "emulate")) {
+      *why = "MOELUA_BF16=emulate";
+      return MOE_BF16_EMULATE;
+    }
+    if (!strcmp(env, "onednn")) {
+      *why = "MOELUA_BF16=onednn";
+      return MOE_BF16_ONEDNN;
+    }
     if (!strcmp(env, "onednn-f32")) {
       *why = "MOELUA_BF16=onednn-f32 (oneDNN's f32 matmul on operands rounded to bf16: a check of the oneDNN path)";
       return MOE_BF16_ONEDNN_F32;
@@ -143,6 +149,7 @@ static pthread_mutex_t status_mu = PTHREAD_MUTEX_INITIALIZER;
 /* ---------------------------------------------------------------- oneDNN */
 
 #ifdef MOE_HAVE_DNNL
+// clang-format off
 #define DNNL_FNS(X)                                                                                           \
   X(dnnl_engine_create) X(dnnl_stream_create) X(dnnl_stream_wait) X(dnnl_memory_desc_init_by_strides)        \
   X(dnnl_matmul_desc_init) X(dnnl_primitive_attr_create) X(dnnl_primitive_attr_destroy)                     \
@@ -151,6 +158,7 @@ static pthread_mutex_t status_mu = PTHREAD_MUTEX_INITIALIZER;
   X(dnnl_primitive_desc_destroy) X(dnnl_primitive_desc_query) X(dnnl_primitive_desc_query_md)               \
   X(dnnl_memory_desc_get_size) X(dnnl_primitive_create) X(dnnl_primitive_destroy) X(dnnl_primitive_execute) \
   X(dnnl_memory_create) X(dnnl_memory_destroy) X(dnnl_version) X(dnnl_get_effective_cpu_isa)
+// clang-format on
 static struct {
 #define X(f) __typeof__(&f) f;
   DNNL_FNS(X)
@@ -212,8 +220,9 @@ static dnnl_status_t make_prim(int64_t K, int64_t N, int ta, int tb, int acc, pr
       (s = D.dnnl_matmul_desc_init(&md, &a, &b, NULL, &c)) || (s = D.dnnl_primitive_attr_create(&attr)) ||
       (s = D.dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user)))
     goto done;
-  if (acc && ((s = D.dnnl_post_ops_create(&po)) || (s = D.dnnl_post_ops_append_sum(po, 1.0f)) ||
-              (s = D.dnnl_primitive_attr_set_post_ops(attr, po))))
+  if (acc &&
+      ((s = D.dnnl_post_ops_create(&po)) || (s = D.dnnl_post_ops_append_sum(po, 1.0f)) ||
+       (s = D.dnnl_primitive_attr_set_post_ops(attr, po))))
     goto done;
   if ((s = D.dnnl_primitive_desc_create(&pd, &md, attr, engine, NULL))) goto done;
   if (impl && D.dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, (void *)impl)) *impl = "?";
@@ -221,7 +230,11 @@ static dnnl_status_t make_prim(int64_t K, int64_t N, int ta, int tb, int acc, pr
   out->scratch = smd ? D.dnnl_memory_desc_get_size(smd) : 0;
   if (out->scratch == DNNL_RUNTIME_SIZE_VAL) out->scratch = 0;
   if ((s = D.dnnl_primitive_create(&out->p, pd))) out->p = NULL;
-  out->K = K; out->N = N; out->ta = ta; out->tb = tb; out->acc = acc;
+  out->K = K;
+  out->N = N;
+  out->ta = ta;
+  out->tb = tb;
+  out->acc = acc;
 done:
   if (pd) D.dnnl_primitive_desc_destroy(pd);
   if (po) D.dnnl_post_ops_destroy(po);
@@ -295,17 +308,25 @@ static int gemm_onednn(int64_t batch, int64_t M, int64_t N, int64_t K, const flo
   if (!buf) return -1;
   char *a = buf, *b = buf + (((size_t)nA * es + 63) & ~(size_t)63);
   int ta = 0, tb = 0;
-  for (int64_t i = 0; i < (sAb ? batch : 1); i++) ta = round_copy(M, K, A + i * sAb, sAm, sAk, a + (size_t)(i * M * K) * es, pack);
-  for (int64_t i = 0; i < (sBb ? batch : 1); i++) tb = round_copy(K, N, B + i * sBb, sBk, sBn, b + (size_t)(i * K * N) * es, pack);
+  for (int64_t i = 0; i < (sAb ? batch : 1); i++)
+    ta = round_copy(M, K, A + i * sAb, sAm, sAk, a + (size_t)(i * M * K) * es, pack);
+  for (int64_t i = 0; i < (sBb ? batch : 1); i++)
+    tb = round_copy(K, N, B + i * sBb, sBk, sBn, b + (size_t)(i * K * N) * es, pack);
   int rc = -1;
   dnnl_status_t s = dnnl_success;
   set_omp_threads(M, N, K); /* before the primitive is made: it is made for this many threads */
   prim *p = find_prim(K, N, ta, tb, acc);
-  if (!p || !p->p) { s = dnnl_unimplemented; goto done; }
-  if (!T.stream && (s = D.dnnl_stream_create(&T.stream, engine, dnnl_stream_default_flags))) { T.stream = NULL; goto done; }
+  if (!p || !p->p) {
+    s = dnnl_unimplemented;
+    goto done;
+  }
+  if (!T.stream && (s = D.dnnl_stream_create(&T.stream, engine, dnnl_stream_default_flags))) {
+    T.stream = NULL;
+    goto done;
+  }
   void *pad = NULL, *padtmp = NULL;
   if (p->scratch && !(pad = scratch_get(&T.pad, p->scratch, &padtmp))) { /* out of memory now: emulate this call, */
-    free(tmp);                                                          /* without giving oneDNN up for good */
+    free(tmp);                                                           /* without giving oneDNN up for good */
     return -1;
   }
   dnnl_dims_t ad = {M, K}, bd = {K, N}, cd = {M, N};
@@ -330,10 +351,13 @@ static int gemm_onednn(int64_t batch, int64_t M, int64_t N, int64_t K, const flo
         (s = D.dnnl_memory_create(&mb, &bmd, engine, b + (size_t)((sBb ? i : 0) * K * N) * es)) ||
         (s = D.dnnl_memory_create(&mc, &cmd, engine, C + i * sCb)))
       goto release;
-    dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}, {DNNL_ARG_SCRATCHPAD, ms}};
+    dnnl_exec_arg_t args[4] = {
+        {DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}, {DNNL_ARG_SCRATCHPAD, ms}};
     if ((s = D.dnnl_primitive_execute(p->p, T.stream, ms ? 4 : 3, args)) || (s = D.dnnl_stream_wait(T.stream)))
       goto release;
-    D.dnnl_memory_destroy(ma); D.dnnl_memory_destroy(mb); D.dnnl_memory_destroy(mc);
+    D.dnnl_memory_destroy(ma);
+    D.dnnl_memory_destroy(mb);
+    D.dnnl_memory_destroy(mc);
     ma = mb = mc = NULL;
   }
   rc = 0;
@@ -405,8 +429,10 @@ static void choose_once(void) {
 #ifdef MOE_HAVE_DNNL
   char err[300], impl[120];
   if (dnnl_open(want, err, sizeof err, impl, sizeof impl)) {
-    snprintf(status.reason, sizeof status.reason, "%s, but %s: emulated instead (operands rounded to bf16 in fp32 "
-             "buffers, then sgemm)", why, err);
+    snprintf(status.reason, sizeof status.reason,
+             "%s, but %s: emulated instead (operands rounded to bf16 in fp32 "
+             "buffers, then sgemm)",
+             why, err);
     return;
   }
   const dnnl_version_t *v = D.dnnl_version();
@@ -414,11 +440,15 @@ static void choose_once(void) {
   snprintf(status.library, sizeof status.library, "oneDNN %d.%d.%d (libdnnl.so.2, ISA %s)", v->major, v->minor,
            v->patch, isa_name(D.dnnl_get_effective_cpu_isa()));
   const char *wait = getenv("OMP_WAIT_POLICY");
-  snprintf(status.reason, sizeof status.reason, "%s: oneDNN's matmul primitive (%s on a 64x64x64 probe; "
-           "OMP_WAIT_POLICY=%s)", why, impl, wait ? wait : "?");
+  snprintf(status.reason, sizeof status.reason,
+           "%s: oneDNN's matmul primitive (%s on a 64x64x64 probe; "
+           "OMP_WAIT_POLICY=%s)",
+           why, impl, wait ? wait : "?");
 #else
-  snprintf(status.reason, sizeof status.reason, "%s, but moelua was built without oneDNN's header (libdnnl-dev): "
-           "emulated instead (operands rounded to bf16 in fp32 buffers, then sgemm)", why);
+  snprintf(status.reason, sizeof status.reason,
+           "%s, but moelua was built without oneDNN's header (libdnnl-dev): "
+           "emulated instead (operands rounded to bf16 in fp32 buffers, then sgemm)",
+           why);
 #endif
 }
 

@@ -27,8 +27,9 @@ void moe_cpu_detect(moe_cpu_info *c) {
   memcpy(vendor + 4, &d, 4);
   memcpy(vendor + 8, &cx, 4);
   vendor[12] = '\0';
-  c->vendor = !strcmp(vendor, "GenuineIntel") ? MOE_CPU_INTEL
-            : !strcmp(vendor, "AuthenticAMD") || !strcmp(vendor, "HygonGenuine") ? MOE_CPU_AMD : MOE_CPU_OTHER;
+  c->vendor = !strcmp(vendor, "GenuineIntel")                              ? MOE_CPU_INTEL
+      : !strcmp(vendor, "AuthenticAMD") || !strcmp(vendor, "HygonGenuine") ? MOE_CPU_AMD
+                                                                           : MOE_CPU_OTHER;
   __get_cpuid(1, &a, &b, &cx, &d);
   int osxsave = (cx >> 27) & 1;
   unsigned long long xcr0 = osxsave ? xgetbv0() : 0;
@@ -53,15 +54,15 @@ void moe_cpu_detect(moe_cpu_info *c) {
 }
 
 /* OpenBLAS's x86-64 kernel sets, by the instructions their kernels use */
-static const struct { const char *name; int rank; } cores[] = {
-    {"Prescott", 1}, {"Core2", 1}, {"Penryn", 1}, {"Dunnington", 1}, {"Nehalem", 1}, {"Atom", 1},
-    {"Opteron", 1}, {"Opteron_SSE3", 1}, {"Barcelona", 1}, {"Bobcat", 1}, {"Katmai", 1}, {"Coppermine", 1},
-    {"Northwood", 1}, {"Banias", 1}, {"Athlon", 1},
-    {"Sandybridge", 2}, {"Bulldozer", 2}, {"Piledriver", 2}, {"Steamroller", 2}, {"Excavator", 2},
-    {"Haswell", 3}, {"Zen", 3},
-    {"SkylakeX", 4},
-    {"Cooperlake", 5},
-    {"SapphireRapids", 6},
+static const struct {
+  const char *name;
+  int rank;
+} cores[] = {
+    {"Prescott", 1},    {"Core2", 1},      {"Penryn", 1},       {"Dunnington", 1},  {"Nehalem", 1},
+    {"Atom", 1},        {"Opteron", 1},    {"Opteron_SSE3", 1}, {"Barcelona", 1},   {"Bobcat", 1},
+    {"Katmai", 1},      {"Coppermine", 1}, {"Northwood", 1},    {"Banias", 1},      {"Athlon", 1},
+    {"Sandybridge", 2}, {"Bulldozer", 2},  {"Piledriver", 2},   {"Steamroller", 2}, {"Excavator", 2},
+    {"Haswell", 3},     {"Zen", 3},        {"SkylakeX", 4},     {"Cooperlake", 5},  {"SapphireRapids", 6},
 };
 
 int moe_blas_core_rank(const char *name) {
@@ -134,28 +135,35 @@ void moe_blas_status_get(moe_blas_status *s) {
   if (user && *user && before && *before) { /* set by the moelua host (src/main.c), which re-executed itself */
     s->chosen_by = MOE_BLAS_BY_MOELUA;
     if (!strcasecmp(user, s->kernels))
-      snprintf(s->reason, sizeof s->reason, "the BLAS picked %s, below what the CPU supports (cpuid: %s); "
-               "moelua set OPENBLAS_CORETYPE=%s", before, s->cpu_best, user);
+      snprintf(s->reason, sizeof s->reason,
+               "the BLAS picked %s, below what the CPU supports (cpuid: %s); "
+               "moelua set OPENBLAS_CORETYPE=%s",
+               before, s->cpu_best, user);
     else
-      snprintf(s->reason, sizeof s->reason, "moelua asked for %s (the BLAS picked %s), but the BLAS runs %s",
-               user, before, s->kernels);
+      snprintf(s->reason, sizeof s->reason, "moelua asked for %s (the BLAS picked %s), but the BLAS runs %s", user,
+               before, s->kernels);
     return;
   }
   const char *why;
   const char *pick = moe_blas_choose(&s->cpu, s->kernels, user, &why);
   s->chosen_by = user && *user ? MOE_BLAS_BY_USER : MOE_BLAS_BY_BLAS;
   if (pick)
-    snprintf(s->reason, sizeof s->reason, "%s: the CPU's best is %s, the BLAS runs %s; run through the moelua "
-             "host, or set OPENBLAS_CORETYPE=%s before the BLAS loads", why, pick, s->kernels, pick);
-  else
-    snprintf(s->reason, sizeof s->reason, "%s", why);
+    snprintf(s->reason, sizeof s->reason,
+             "%s: the CPU's best is %s, the BLAS runs %s; run through the moelua "
+             "host, or set OPENBLAS_CORETYPE=%s before the BLAS loads",
+             why, pick, s->kernels, pick);
+  else snprintf(s->reason, sizeof s->reason, "%s", why);
 }
 
 void moe_cpu_features_str(unsigned f, char *out, size_t n) {
-  static const struct { unsigned bit; const char *name; } names[] = {
-      {MOE_CPU_AVX, "avx"}, {MOE_CPU_FMA, "fma"}, {MOE_CPU_AVX2, "avx2"}, {MOE_CPU_AVX512F, "avx512f"},
-      {MOE_CPU_AVX512BW, "avx512bw"}, {MOE_CPU_AVX512VL, "avx512vl"}, {MOE_CPU_AVX512DQ, "avx512dq"},
-      {MOE_CPU_AVX512BF16, "avx512_bf16"}, {MOE_CPU_AMX_TILE, "amx_tile"}, {MOE_CPU_AMX_BF16, "amx_bf16"}};
+  static const struct {
+    unsigned bit;
+    const char *name;
+  } names[] = {{MOE_CPU_AVX, "avx"},           {MOE_CPU_FMA, "fma"},
+               {MOE_CPU_AVX2, "avx2"},         {MOE_CPU_AVX512F, "avx512f"},
+               {MOE_CPU_AVX512BW, "avx512bw"}, {MOE_CPU_AVX512VL, "avx512vl"},
+               {MOE_CPU_AVX512DQ, "avx512dq"}, {MOE_CPU_AVX512BF16, "avx512_bf16"},
+               {MOE_CPU_AMX_TILE, "amx_tile"}, {MOE_CPU_AMX_BF16, "amx_bf16"}};
   size_t at = 0;
   out[0] = '\0';
   for (size_t i = 0; i < sizeof names / sizeof *names; i++)
@@ -167,8 +175,8 @@ void moe_cpu_features_str(unsigned f, char *out, size_t n) {
 }
 
 unsigned moe_cpu_feature_bit(const char *name) {
-  static const char *names[] = {"avx", "fma", "avx2", "avx512f", "avx512bw", "avx512vl", "avx512dq",
-                                "avx512_bf16", "amx_tile", "amx_bf16"};
+  static const char *names[] = {"avx",      "fma",      "avx2",        "avx512f",  "avx512bw",
+                                "avx512vl", "avx512dq", "avx512_bf16", "amx_tile", "amx_bf16"};
   for (unsigned i = 0; i < sizeof names / sizeof *names; i++)
     if (!strcmp(names[i], name)) return 1u << i;
   return 0;

@@ -61,6 +61,6 @@ void moe_blas_status_get(moe_blas_status *s);
 
 #include <stddef.h>
 void moe_cpu_features_str(unsigned features, char *out, size_t n); /* "avx fma avx2 ..." */
-unsigned moe_cpu_feature_bit(const char *name);                   /* 0 if unknown */
+unsigned moe_cpu_feature_bit(const char *name);                    /* 0 if unknown */
 
 #endif

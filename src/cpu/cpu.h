@@ -41,27 +41,25 @@ void moe_cpu_binary(moe_binop op, moe_tensor *out, const moe_tensor *a, const mo
 /* out = op(a); same dtype */
 void moe_cpu_unary(moe_unop op, moe_tensor *out, const moe_tensor *a, double p0, double p1);
 /* gx = g * op'(x) (y = op(x) given too); all one float dtype and shape */
-void moe_cpu_unary_backward(moe_unop op, moe_tensor *gx, const moe_tensor *g, const moe_tensor *x,
-                            const moe_tensor *y, double p0, double p1);
+void moe_cpu_unary_backward(moe_unop op, moe_tensor *gx, const moe_tensor *g, const moe_tensor *x, const moe_tensor *y,
+                            double p0, double p1);
 /* out = cond ? a : b; cond bool, a/b/out one dtype */
 void moe_cpu_where(moe_tensor *out, const moe_tensor *cond, const moe_tensor *a, const moe_tensor *b);
 
 /* rows: x contiguous [M,K] of a numeric dtype -> out [M] (and idx [M] int64) */
-void moe_cpu_reduce_rows(moe_redop op, const moe_tensor *x, moe_tensor *out, moe_tensor *idx,
-                         int64_t M, int64_t K, int correction, int64_t ibase);
+void moe_cpu_reduce_rows(moe_redop op, const moe_tensor *x, moe_tensor *out, moe_tensor *idx, int64_t M, int64_t K,
+                         int correction, int64_t ibase);
 /* x contiguous [O,K,N] float -> out [O,N]: sum (or mean) over the middle K */
 void moe_cpu_sum_middle(const moe_tensor *x, moe_tensor *out, int64_t O, int64_t K, int64_t N, int mean);
 /* rows: x, out contiguous [M,K] float (cumsum: any numeric) */
 void moe_cpu_scan_rows(moe_scanop op, const moe_tensor *x, moe_tensor *out, int64_t M, int64_t K);
 /* cumprod's gradient over rows [M,K] of contiguous float64 x, y = cumprod(x), g; into gx */
-void moe_cpu_cumprod_backward(const double *x, const double *y, const double *g, double *gx, int64_t M,
-                              int64_t K);
+void moe_cpu_cumprod_backward(const double *x, const double *y, const double *g, double *gx, int64_t M, int64_t K);
 
 /* C[b] = A[b] @ B[b]: float32/float64, batch strides in elements (0 = broadcast) */
-void moe_cpu_gemm_batched(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t K,
-                          const char *A, int64_t sAb, int64_t sAm, int64_t sAk,
-                          const char *B, int64_t sBb, int64_t sBk, int64_t sBn,
-                          char *C, int64_t sCb);
+void moe_cpu_gemm_batched(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t K, const char *A, int64_t sAb,
+                          int64_t sAm, int64_t sAk, const char *B, int64_t sBb, int64_t sBk, int64_t sBn, char *C,
+                          int64_t sCb);
 
 /* on: GEMMs run on one OpenBLAS thread and unsplit until off (for callers that
  * run independent GEMMs on the thread pool themselves); main thread only */
@@ -74,8 +72,8 @@ void moe_cpu_openblas_threads_unknown(void);
  * strides (sam, sak), B rows ldb apart (unit column stride), C rows ldc apart;
  * for N a multiple of 8 up to 64 on AVX2+FMA, which _ok(N) tells */
 int moe_cpu_small_gemm_ok(int64_t N);
-void moe_cpu_small_gemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t sam, int64_t sak,
-                        const float *B, int64_t ldb, float *C, int64_t ldc, int acc);
+void moe_cpu_small_gemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t sam, int64_t sak, const float *B,
+                        int64_t ldb, float *C, int64_t ldc, int acc);
 
 /* 1 while that serial mode is on */
 int moe_cpu_gemm_is_serial(void);
@@ -88,19 +86,19 @@ void moe_cpu_gemm_bf16(int64_t batch, int64_t M, int64_t N, int64_t K, const cha
                        int accumulate);
 
 /* C [M,N] (contiguous) += A @ B, strides in elements */
-void moe_cpu_gemm_add(moe_dtype dt, int64_t M, int64_t N, int64_t K, const char *A, int64_t sAm,
-                      int64_t sAk, const char *B, int64_t sBk, int64_t sBn, char *C);
+void moe_cpu_gemm_add(moe_dtype dt, int64_t M, int64_t N, int64_t K, const char *A, int64_t sAm, int64_t sAk,
+                      const char *B, int64_t sBk, int64_t sBn, char *C);
 
 /* stable argsort of each contiguous row of x [M,K] into idx (0-based int64) */
 void moe_cpu_argsort_rows(const moe_tensor *x, int64_t M, int64_t K, int descending, int64_t *idx);
 
 /* vals [M,k] = x [M,K] at the first k positions of each row of order [M,K]; idx = positions + ibase */
-void moe_cpu_take_rows(const moe_tensor *x, int64_t M, int64_t K, const int64_t *order, int64_t k,
-                       moe_tensor *vals, moe_tensor *idx, int64_t ibase);
+void moe_cpu_take_rows(const moe_tensor *x, int64_t M, int64_t K, const int64_t *order, int64_t k, moe_tensor *vals,
+                       moe_tensor *idx, int64_t ibase);
 
 /* out [index shape] = t[pos with dim replaced by index[pos] - ibase]; index contiguous int64, in range */
-void moe_cpu_gather(moe_tensor *out, const moe_tensor *t, int dim, const int64_t *index,
-                    const moe_tensor *ishape, int64_t ibase);
+void moe_cpu_gather(moe_tensor *out, const moe_tensor *t, int dim, const int64_t *index, const moe_tensor *ishape,
+                    int64_t ibase);
 /* out[pos with dim replaced by index[pos] - ibase] += src[pos] for pos over index's shape */
 void moe_cpu_scatter_add(moe_tensor *out, int dim, const int64_t *index, const moe_tensor *ishape,
                          const moe_tensor *src, int64_t ibase);
@@ -111,8 +109,7 @@ int moe_cpu_index_check(const int64_t *p, int64_t n, int64_t lo, int64_t hi, int
 void moe_cpu_index_select(moe_tensor *out, const moe_tensor *t, int dim, const int64_t *index, int64_t n,
                           int64_t ibase);
 /* out[.., index[i] - ibase, ..] += s[.., i, ..] along dim; one dtype, not bool */
-void moe_cpu_index_add(moe_tensor *out, int dim, const int64_t *index, int64_t n, const moe_tensor *s,
-                       int64_t ibase);
+void moe_cpu_index_add(moe_tensor *out, int dim, const int64_t *index, int64_t n, const moe_tensor *s, int64_t ibase);
 
 /* dense mixtures (src/cpu/moe.c; the ops and formulas: src/nn/mixture.c) */
 void moe_cpu_mixture(moe_tensor *out, const moe_tensor *h, const moe_tensor *g);
@@ -123,13 +120,12 @@ void moe_cpu_gate_scale_backward(moe_tensor *gh, moe_tensor *gg, const moe_tenso
                                  const moe_tensor *g, int relu, int append);
 /* the sparse layer (src/cpu/moe.c; the ops: src/nn/routing.c) */
 int moe_cpu_route_plan(const moe_tensor *ei, const moe_tensor *od, const moe_tensor *vd, int64_t E, int64_t capacity,
-                       int64_t ibase, moe_tensor **token, moe_tensor **expert, moe_tensor **rank,
-                       moe_tensor **counts);
+                       int64_t ibase, moe_tensor **token, moe_tensor **expert, moe_tensor **rank, moe_tensor **counts);
 void moe_cpu_grouped_gemm(moe_tensor *y, const moe_tensor *x, const moe_tensor *w, const moe_tensor *b,
                           const int64_t *counts, const int64_t *offs, int bf16);
 void moe_cpu_grouped_gemm_backward(moe_tensor *gx, moe_tensor *gw, moe_tensor *gb, const moe_tensor *g,
-                                   const moe_tensor *x, const moe_tensor *w, const int64_t *counts,
-                                   const int64_t *offs, int bf16);
+                                   const moe_tensor *x, const moe_tensor *w, const int64_t *counts, const int64_t *offs,
+                                   int bf16);
 /* the fused optimizer update (src/cpu/optim.c; the checks: src/train/optim.c) */
 void moe_cpu_optim_update(moe_optim_kind kind, int n, moe_tensor *const *params, moe_tensor *const *grads,
                           moe_tensor *const *s1s, moe_tensor *const *s2s, const int64_t *steps,

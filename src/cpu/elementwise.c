@@ -65,8 +65,7 @@ void moe_cpu_foreach(int nops, const moe_tensor *const *ops, moe_loop_fn fn, voi
     if (t0->shape[i] == 0) return;
     if (t0->shape[i] == 1) continue; /* size-1 dims never move the pointer */
     shape[nd] = t0->shape[i];
-    for (int k = 0; k < nops; k++)
-      st[k][nd] = ops[k]->stride[i] * (int64_t)moe_dtype_size(ops[k]->dtype);
+    for (int k = 0; k < nops; k++) st[k][nd] = ops[k]->stride[i] * (int64_t)moe_dtype_size(ops[k]->dtype);
     nd++;
   }
   /* coalesce dim d-1 into d when every operand steps contiguously across both */
@@ -75,7 +74,10 @@ void moe_cpu_foreach(int nops, const moe_tensor *const *ops, moe_loop_fn fn, voi
     if (m > 0) {
       int ok = 1;
       for (int k = 0; k < nops; k++)
-        if (st[k][m - 1] != st[k][d] * shape[d]) { ok = 0; break; }
+        if (st[k][m - 1] != st[k][d] * shape[d]) {
+          ok = 0;
+          break;
+        }
       if (ok) {
         shape[m - 1] *= shape[d];
         for (int k = 0; k < nops; k++) st[k][m - 1] = st[k][d];
@@ -116,25 +118,24 @@ void moe_cpu_foreach(int nops, const moe_tensor *const *ops, moe_loop_fn fn, voi
 
 /* ---------------------------------------------------------------- casts */
 
-#define CAST_FN(NAME, TO, FROM, CONV)                                              \
-  static void NAME(int64_t n, char **p, const int64_t *s, void *ctx) {            \
-    (void)ctx;                                                                      \
-    if (s[0] == sizeof(TO) && s[1] == sizeof(FROM)) {                              \
-      TO *o = (TO *)p[0];                                                           \
-      const FROM *a = (const FROM *)p[1];                                           \
-      for (int64_t i = 0; i < n; i++) o[i] = CONV(a[i]);                            \
-    } else {                                                                        \
-      for (int64_t i = 0; i < n; i++)                                               \
-        *(TO *)(p[0] + i * s[0]) = CONV(*(const FROM *)(p[1] + i * s[1]));          \
-    }                                                                               \
+#define CAST_FN(NAME, TO, FROM, CONV)                                                                    \
+  static void NAME(int64_t n, char **p, const int64_t *s, void *ctx) {                                   \
+    (void)ctx;                                                                                           \
+    if (s[0] == sizeof(TO) && s[1] == sizeof(FROM)) {                                                    \
+      TO *o = (TO *)p[0];                                                                                \
+      const FROM *a = (const FROM *)p[1];                                                                \
+      for (int64_t i = 0; i < n; i++) o[i] = CONV(a[i]);                                                 \
+    } else {                                                                                             \
+      for (int64_t i = 0; i < n; i++) *(TO *)(p[0] + i * s[0]) = CONV(*(const FROM *)(p[1] + i * s[1])); \
+    }                                                                                                    \
   }
 #define TOBOOL(x) ((uint8_t)((x) != 0))
 
-#define CAST_ROW(TO, TN, CONV, FCONV)                                                \
-  CAST_FN(cast_##TN##_f32, TO, float, FCONV)                                         \
-  CAST_FN(cast_##TN##_f64, TO, double, FCONV)                                        \
-  CAST_FN(cast_##TN##_i32, TO, int32_t, CONV)                                        \
-  CAST_FN(cast_##TN##_i64, TO, int64_t, CONV)                                        \
+#define CAST_ROW(TO, TN, CONV, FCONV)         \
+  CAST_FN(cast_##TN##_f32, TO, float, FCONV)  \
+  CAST_FN(cast_##TN##_f64, TO, double, FCONV) \
+  CAST_FN(cast_##TN##_i32, TO, int32_t, CONV) \
+  CAST_FN(cast_##TN##_i64, TO, int64_t, CONV) \
   CAST_FN(cast_##TN##_bool, TO, uint8_t, CONV)
 CAST_ROW(float, f32, (float), (float))
 CAST_ROW(double, f64, (double), (double))
@@ -143,27 +144,35 @@ CAST_ROW(int64_t, i64, (int64_t), moe_sat_i64)
 CAST_ROW(uint8_t, bool, TOBOOL, TOBOOL)
 
 static const moe_loop_fn cast_table[MOE_NDTYPES][MOE_NDTYPES] = {
-#define ROW(TN) {cast_##TN##_f32, cast_##TN##_f64, cast_##TN##_i32, cast_##TN##_i64, cast_##TN##_bool}
+#define ROW(TN) \
+  { cast_##TN##_f32, cast_##TN##_f64, cast_##TN##_i32, cast_##TN##_i64, cast_##TN##_bool }
     ROW(f32), ROW(f64), ROW(i32), ROW(i64), ROW(bool)
 #undef ROW
 };
 
 static void copy_run(int64_t n, char **p, const int64_t *s, void *ctx) {
   size_t es = (size_t)(intptr_t)ctx;
-  if (s[0] == (int64_t)es && s[1] == (int64_t)es) { memcpy(p[0], p[1], (size_t)n * es); return; }
+  if (s[0] == (int64_t)es && s[1] == (int64_t)es) {
+    memcpy(p[0], p[1], (size_t)n * es);
+    return;
+  }
   switch (es) {
-  case 1: for (int64_t i = 0; i < n; i++) *(uint8_t *)(p[0] + i * s[0]) = *(uint8_t *)(p[1] + i * s[1]); break;
-  case 4: for (int64_t i = 0; i < n; i++) *(uint32_t *)(p[0] + i * s[0]) = *(uint32_t *)(p[1] + i * s[1]); break;
-  default: for (int64_t i = 0; i < n; i++) *(uint64_t *)(p[0] + i * s[0]) = *(uint64_t *)(p[1] + i * s[1]); break;
+  case 1:
+    for (int64_t i = 0; i < n; i++) *(uint8_t *)(p[0] + i * s[0]) = *(uint8_t *)(p[1] + i * s[1]);
+    break;
+  case 4:
+    for (int64_t i = 0; i < n; i++) *(uint32_t *)(p[0] + i * s[0]) = *(uint32_t *)(p[1] + i * s[1]);
+    break;
+  default:
+    for (int64_t i = 0; i < n; i++) *(uint64_t *)(p[0] + i * s[0]) = *(uint64_t *)(p[1] + i * s[1]);
+    break;
   }
 }
 
 void moe_cpu_copy(moe_tensor *dst, const moe_tensor *src) {
   const moe_tensor *ops[2] = {dst, src};
-  if (dst->dtype == src->dtype)
-    moe_cpu_foreach(2, ops, copy_run, (void *)(intptr_t)moe_dtype_size(dst->dtype));
-  else
-    moe_cpu_foreach(2, ops, cast_table[dst->dtype][src->dtype], NULL);
+  if (dst->dtype == src->dtype) moe_cpu_foreach(2, ops, copy_run, (void *)(intptr_t)moe_dtype_size(dst->dtype));
+  else moe_cpu_foreach(2, ops, cast_table[dst->dtype][src->dtype], NULL);
 }
 
 /* every element of t = v (cast to t's dtype): a broadcast copy of one double */
@@ -178,38 +187,44 @@ void moe_cpu_fill(moe_tensor *t, double v) {
 /* ---------------------------------------------------------------- binary */
 
 /* three loop shapes: all contiguous, b a broadcast scalar, general strides */
-#define BIN_FN(NAME, T, TO, EXPR)                                                   \
-  static void NAME(int64_t n, char **p, const int64_t *s, void *ctx) {            \
-    (void)ctx;                                                                      \
-    TO *o = (TO *)p[0];                                                             \
-    const T *pa = (const T *)p[1], *pb = (const T *)p[2];                           \
-    if (s[0] == sizeof(TO) && s[1] == sizeof(T) && s[2] == sizeof(T)) {            \
-      for (int64_t i = 0; i < n; i++) { T x = pa[i], y = pb[i]; o[i] = (TO)(EXPR); } \
-    } else if (s[0] == sizeof(TO) && s[1] == sizeof(T) && s[2] == 0) {             \
-      const T y = *pb;                                                              \
-      for (int64_t i = 0; i < n; i++) { T x = pa[i]; o[i] = (TO)(EXPR); }           \
-    } else {                                                                        \
-      for (int64_t i = 0; i < n; i++) {                                             \
-        T x = *(const T *)(p[1] + i * s[1]), y = *(const T *)(p[2] + i * s[2]);     \
-        *(TO *)(p[0] + i * s[0]) = (TO)(EXPR);                                      \
-      }                                                                             \
-    }                                                                               \
+#define BIN_FN(NAME, T, TO, EXPR)                                               \
+  static void NAME(int64_t n, char **p, const int64_t *s, void *ctx) {          \
+    (void)ctx;                                                                  \
+    TO *o = (TO *)p[0];                                                         \
+    const T *pa = (const T *)p[1], *pb = (const T *)p[2];                       \
+    if (s[0] == sizeof(TO) && s[1] == sizeof(T) && s[2] == sizeof(T)) {         \
+      for (int64_t i = 0; i < n; i++) {                                         \
+        T x = pa[i], y = pb[i];                                                 \
+        o[i] = (TO)(EXPR);                                                      \
+      }                                                                         \
+    } else if (s[0] == sizeof(TO) && s[1] == sizeof(T) && s[2] == 0) {          \
+      const T y = *pb;                                                          \
+      for (int64_t i = 0; i < n; i++) {                                         \
+        T x = pa[i];                                                            \
+        o[i] = (TO)(EXPR);                                                      \
+      }                                                                         \
+    } else {                                                                    \
+      for (int64_t i = 0; i < n; i++) {                                         \
+        T x = *(const T *)(p[1] + i * s[1]), y = *(const T *)(p[2] + i * s[2]); \
+        *(TO *)(p[0] + i * s[0]) = (TO)(EXPR);                                  \
+      }                                                                         \
+    }                                                                           \
   }
 
 #define MAXV(x, y) ((x) != (x) ? (x) : ((y) != (y) ? (y) : ((x) > (y) ? (x) : (y))))
 #define MINV(x, y) ((x) != (x) ? (x) : ((y) != (y) ? (y) : ((x) < (y) ? (x) : (y))))
 
-#define BIN_SET(TN, T)                                                               \
-  BIN_FN(add_##TN, T, T, x + y)                                                      \
-  BIN_FN(sub_##TN, T, T, x - y)                                                      \
-  BIN_FN(mul_##TN, T, T, x * y)                                                      \
-  BIN_FN(max_##TN, T, T, MAXV(x, y))                                                 \
-  BIN_FN(min_##TN, T, T, MINV(x, y))                                                 \
-  BIN_FN(eq_##TN, T, uint8_t, x == y)                                                \
-  BIN_FN(ne_##TN, T, uint8_t, x != y)                                                \
-  BIN_FN(lt_##TN, T, uint8_t, x < y)                                                 \
-  BIN_FN(le_##TN, T, uint8_t, x <= y)                                                \
-  BIN_FN(gt_##TN, T, uint8_t, x > y)                                                 \
+#define BIN_SET(TN, T)                \
+  BIN_FN(add_##TN, T, T, x + y)       \
+  BIN_FN(sub_##TN, T, T, x - y)       \
+  BIN_FN(mul_##TN, T, T, x *y)        \
+  BIN_FN(max_##TN, T, T, MAXV(x, y))  \
+  BIN_FN(min_##TN, T, T, MINV(x, y))  \
+  BIN_FN(eq_##TN, T, uint8_t, x == y) \
+  BIN_FN(ne_##TN, T, uint8_t, x != y) \
+  BIN_FN(lt_##TN, T, uint8_t, x < y)  \
+  BIN_FN(le_##TN, T, uint8_t, x <= y) \
+  BIN_FN(gt_##TN, T, uint8_t, x > y)  \
   BIN_FN(ge_##TN, T, uint8_t, x >= y)
 BIN_SET(f32, float)
 BIN_SET(f64, double)
@@ -221,11 +236,10 @@ BIN_FN(div_f64, double, double, x / y)
 BIN_FN(pow_f32, float, float, powf(x, y))
 BIN_FN(pow_f64, double, double, pow(x, y))
 
-#define BIN_ROW(TN, DIV, POW) {add_##TN, sub_##TN, mul_##TN, DIV, POW, max_##TN, min_##TN, \
-                               eq_##TN, ne_##TN, lt_##TN, le_##TN, gt_##TN, ge_##TN}
-static const moe_loop_fn bin_table[4][MOE_NBINOPS] = {
-    BIN_ROW(f32, div_f32, pow_f32), BIN_ROW(f64, div_f64, pow_f64),
-    BIN_ROW(i32, NULL, NULL), BIN_ROW(i64, NULL, NULL)};
+#define BIN_ROW(TN, DIV, POW) \
+  { add_##TN, sub_##TN, mul_##TN, DIV, POW, max_##TN, min_##TN, eq_##TN, ne_##TN, lt_##TN, le_##TN, gt_##TN, ge_##TN }
+static const moe_loop_fn bin_table[4][MOE_NBINOPS] = {BIN_ROW(f32, div_f32, pow_f32), BIN_ROW(f64, div_f64, pow_f64),
+                                                      BIN_ROW(i32, NULL, NULL), BIN_ROW(i64, NULL, NULL)};
 
 void moe_cpu_binary(moe_binop op, moe_tensor *out, const moe_tensor *a, const moe_tensor *b) {
   const moe_tensor *ops[3] = {out, a, b};
@@ -234,34 +248,39 @@ void moe_cpu_binary(moe_binop op, moe_tensor *out, const moe_tensor *a, const mo
 
 /* ---------------------------------------------------------------- unary */
 
-typedef struct { double p0, p1; } unary_ctx;
+typedef struct {
+  double p0, p1;
+} unary_ctx;
 
-#define UN_FN(NAME, T, EXPR)                                                        \
-  MOE_VEC_CLONES static void NAME(int64_t n, char **p, const int64_t *s, void *ctx) {            \
-    const unary_ctx *c = ctx;                                                       \
-    (void)c;                                                                        \
-    if (s[0] == sizeof(T) && s[1] == sizeof(T)) {                                  \
-      T *o = (T *)p[0];                                                             \
-      const T *a = (const T *)p[1];                                                 \
-      for (int64_t i = 0; i < n; i++) { T x = a[i]; o[i] = (T)(EXPR); }             \
-    } else {                                                                        \
-      for (int64_t i = 0; i < n; i++) {                                             \
-        T x = *(const T *)(p[1] + i * s[1]);                                        \
-        *(T *)(p[0] + i * s[0]) = (T)(EXPR);                                        \
-      }                                                                             \
-    }                                                                               \
+#define UN_FN(NAME, T, EXPR)                                                          \
+  MOE_VEC_CLONES static void NAME(int64_t n, char **p, const int64_t *s, void *ctx) { \
+    const unary_ctx *c = ctx;                                                         \
+    (void)c;                                                                          \
+    if (s[0] == sizeof(T) && s[1] == sizeof(T)) {                                     \
+      T *o = (T *)p[0];                                                               \
+      const T *a = (const T *)p[1];                                                   \
+      for (int64_t i = 0; i < n; i++) {                                               \
+        T x = a[i];                                                                   \
+        o[i] = (T)(EXPR);                                                             \
+      }                                                                               \
+    } else {                                                                          \
+      for (int64_t i = 0; i < n; i++) {                                               \
+        T x = *(const T *)(p[1] + i * s[1]);                                          \
+        *(T *)(p[0] + i * s[0]) = (T)(EXPR);                                          \
+      }                                                                               \
+    }                                                                                 \
   }
 
 #define SIGNV(x) (((x) > 0) - ((x) < 0))
 #define CLAMPV(x, lo, hi) ((x) != (x) ? (x) : ((x) < (lo) ? (lo) : ((x) > (hi) ? (hi) : (x))))
 
 /* integer-safe ops for every numeric dtype */
-#define UN_INT_SET(TN, T)                                                            \
-  UN_FN(neg_##TN, T, -x)                                                             \
-  UN_FN(abs_##TN, T, x < 0 ? -x : x)                                                 \
-  UN_FN(relu_##TN, T, x > 0 ? x : (x != x ? x : 0))                                  \
-  UN_FN(sign_##TN, T, SIGNV(x))                                                      \
-  UN_FN(square_##TN, T, x * x)                                                       \
+#define UN_INT_SET(TN, T)                           \
+  UN_FN(neg_##TN, T, -x)                            \
+  UN_FN(abs_##TN, T, x < 0 ? -x : x)                \
+  UN_FN(relu_##TN, T, x > 0 ? x : (x != x ? x : 0)) \
+  UN_FN(sign_##TN, T, SIGNV(x))                     \
+  UN_FN(square_##TN, T, x *x)                       \
   UN_FN(clamp_##TN, T, CLAMPV(x, (T)c->p0, (T)c->p1))
 UN_INT_SET(f32, float)
 UN_INT_SET(f64, double)
@@ -298,7 +317,10 @@ static inline float moe_expf(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  union { int32_t i; float f; } sc = {.i = (n + 127) << 23};
+  union {
+    int32_t i;
+    float f;
+  } sc = {.i = (n + 127) << 23};
   return p * sc.f;
 }
 /* erf as a rational function of x (odd polynomial over an even one, x clamped to
@@ -322,30 +344,31 @@ static inline float moe_erff(float x) {
 #define moe_erf erf
 #define moe_exp exp
 
-#define UN_FLOAT_SET(TN, T, F, SIG, SP, HALF, RT2)                                   \
-  UN_FN(exp_##TN, T, exp##F(x))                                                      \
-  UN_FN(log_##TN, T, log##F(x))                                                      \
-  UN_FN(sqrt_##TN, T, sqrt##F(x))                                                    \
-  UN_FN(tanh_##TN, T, tanh##F(x))                                                    \
-  UN_FN(sigmoid_##TN, T, SIG(x))                                                     \
-  UN_FN(gelu_##TN, T, HALF * x * (1 + moe_erf##F(x / RT2)))                          \
-  UN_FN(softplus_##TN, T, SP(x))                                                     \
-  UN_FN(log1p_##TN, T, log1p##F(x))                                                  \
-  UN_FN(expm1_##TN, T, expm1##F(x))                                                  \
-  UN_FN(floor_##TN, T, floor##F(x))                                                  \
-  UN_FN(ceil_##TN, T, ceil##F(x))                                                    \
-  UN_FN(round_##TN, T, nearbyint##F(x))                                              \
+#define UN_FLOAT_SET(TN, T, F, SIG, SP, HALF, RT2)        \
+  UN_FN(exp_##TN, T, exp##F(x))                           \
+  UN_FN(log_##TN, T, log##F(x))                           \
+  UN_FN(sqrt_##TN, T, sqrt##F(x))                         \
+  UN_FN(tanh_##TN, T, tanh##F(x))                         \
+  UN_FN(sigmoid_##TN, T, SIG(x))                          \
+  UN_FN(gelu_##TN, T, HALF *x *(1 + moe_erf##F(x / RT2))) \
+  UN_FN(softplus_##TN, T, SP(x))                          \
+  UN_FN(log1p_##TN, T, log1p##F(x))                       \
+  UN_FN(expm1_##TN, T, expm1##F(x))                       \
+  UN_FN(floor_##TN, T, floor##F(x))                       \
+  UN_FN(ceil_##TN, T, ceil##F(x))                         \
+  UN_FN(round_##TN, T, nearbyint##F(x))                   \
   UN_FN(rsqrt_##TN, T, 1 / sqrt##F(x))
 UN_FLOAT_SET(f32, float, f, sigmoidf_, softplusf_, 0.5f, 1.41421356237309504880f)
 UN_FLOAT_SET(f64, double, , sigmoid_, softplus_, 0.5, 1.41421356237309504880)
 
-#define UN_ROW_F(TN) {neg_##TN, abs_##TN, relu_##TN, sign_##TN, square_##TN, clamp_##TN, \
-                      exp_##TN, log_##TN, sqrt_##TN, tanh_##TN, sigmoid_##TN, gelu_##TN,    \
-                      softplus_##TN, log1p_##TN, expm1_##TN, floor_##TN, ceil_##TN,         \
-                      round_##TN, rsqrt_##TN}
-#define UN_ROW_I(TN) {neg_##TN, abs_##TN, relu_##TN, sign_##TN, square_##TN, clamp_##TN}
-static const moe_loop_fn un_table[4][MOE_NUNOPS] = {UN_ROW_F(f32), UN_ROW_F(f64), UN_ROW_I(i32),
-                                                    UN_ROW_I(i64)};
+#define UN_ROW_F(TN)                                                                                                  \
+  {                                                                                                                   \
+    neg_##TN, abs_##TN, relu_##TN, sign_##TN, square_##TN, clamp_##TN, exp_##TN, log_##TN, sqrt_##TN, tanh_##TN,      \
+        sigmoid_##TN, gelu_##TN, softplus_##TN, log1p_##TN, expm1_##TN, floor_##TN, ceil_##TN, round_##TN, rsqrt_##TN \
+  }
+#define UN_ROW_I(TN) \
+  { neg_##TN, abs_##TN, relu_##TN, sign_##TN, square_##TN, clamp_##TN }
+static const moe_loop_fn un_table[4][MOE_NUNOPS] = {UN_ROW_F(f32), UN_ROW_F(f64), UN_ROW_I(i32), UN_ROW_I(i64)};
 
 void moe_cpu_unary(moe_unop op, moe_tensor *out, const moe_tensor *a, double p0, double p1) {
   unary_ctx c = {p0, p1};
@@ -355,13 +378,12 @@ void moe_cpu_unary(moe_unop op, moe_tensor *out, const moe_tensor *a, double p0,
 
 /* ---------------------------------------------------------------- where */
 
-#define WHERE_FN(NAME, T)                                                           \
-  static void NAME(int64_t n, char **p, const int64_t *s, void *ctx) {            \
-    (void)ctx;                                                                      \
-    for (int64_t i = 0; i < n; i++)                                                 \
-      *(T *)(p[0] + i * s[0]) = *(const uint8_t *)(p[1] + i * s[1])                 \
-                                    ? *(const T *)(p[2] + i * s[2])                 \
-                                    : *(const T *)(p[3] + i * s[3]);                \
+#define WHERE_FN(NAME, T)                                                                                      \
+  static void NAME(int64_t n, char **p, const int64_t *s, void *ctx) {                                         \
+    (void)ctx;                                                                                                 \
+    for (int64_t i = 0; i < n; i++)                                                                            \
+      *(T *)(p[0] + i * s[0]) =                                                                                \
+          *(const uint8_t *)(p[1] + i * s[1]) ? *(const T *)(p[2] + i * s[2]) : *(const T *)(p[3] + i * s[3]); \
   }
 WHERE_FN(where1, uint8_t)
 WHERE_FN(where4, uint32_t)
@@ -377,57 +399,63 @@ void moe_cpu_where(moe_tensor *out, const moe_tensor *cond, const moe_tensor *a,
 
 /* gx = g * d op(x)/dx, written with x and/or y = op(x), whichever is cheaper.
  * p[0] gx, p[1] g, p[2] x, p[3] y; one float dtype, one shape. */
-#define UNB_FN(NAME, T, EXPR)                                                       \
-  MOE_VEC_CLONES static void NAME(int64_t n, char **p, const int64_t *s, void *ctx) {            \
-    const unary_ctx *c = ctx;                                                       \
-    (void)c;                                                                        \
+#define UNB_FN(NAME, T, EXPR)                                                               \
+  MOE_VEC_CLONES static void NAME(int64_t n, char **p, const int64_t *s, void *ctx) {       \
+    const unary_ctx *c = ctx;                                                               \
+    (void)c;                                                                                \
     if (s[0] == sizeof(T) && s[1] == sizeof(T) && s[2] == sizeof(T) && s[3] == sizeof(T)) { \
-      T *o = (T *)p[0];                                                             \
-      const T *gp = (const T *)p[1], *xp = (const T *)p[2], *yp = (const T *)p[3]; \
-      for (int64_t i = 0; i < n; i++) { /* branch-free: vectorizes */              \
-        T g = gp[i], x = xp[i], y = yp[i];                                          \
-        (void)g; (void)x; (void)y;                                                  \
-        o[i] = (T)(EXPR);                                                           \
-      }                                                                             \
-      return;                                                                       \
-    }                                                                               \
-    for (int64_t i = 0; i < n; i++) {                                               \
-      T g = *(const T *)(p[1] + i * s[1]);                                          \
-      T x = *(const T *)(p[2] + i * s[2]);                                          \
-      T y = *(const T *)(p[3] + i * s[3]);                                          \
-      (void)g; (void)x; (void)y;                                                    \
-      *(T *)(p[0] + i * s[0]) = (T)(EXPR);                                          \
-    }                                                                               \
+      T *o = (T *)p[0];                                                                     \
+      const T *gp = (const T *)p[1], *xp = (const T *)p[2], *yp = (const T *)p[3];          \
+      for (int64_t i = 0; i < n; i++) { /* branch-free: vectorizes */                       \
+        T g = gp[i], x = xp[i], y = yp[i];                                                  \
+        (void)g;                                                                            \
+        (void)x;                                                                            \
+        (void)y;                                                                            \
+        o[i] = (T)(EXPR);                                                                   \
+      }                                                                                     \
+      return;                                                                               \
+    }                                                                                       \
+    for (int64_t i = 0; i < n; i++) {                                                       \
+      T g = *(const T *)(p[1] + i * s[1]);                                                  \
+      T x = *(const T *)(p[2] + i * s[2]);                                                  \
+      T y = *(const T *)(p[3] + i * s[3]);                                                  \
+      (void)g;                                                                              \
+      (void)x;                                                                              \
+      (void)y;                                                                              \
+      *(T *)(p[0] + i * s[0]) = (T)(EXPR);                                                  \
+    }                                                                                       \
   }
 
-#define UNB_SET(TN, T, F, SIG, HALF, RT2, RT2PI)                                     \
-  UNB_FN(bneg_##TN, T, -g)                                                           \
-  UNB_FN(babs_##TN, T, g * (T)SIGNV(x))                                              \
-  UNB_FN(brelu_##TN, T, x > 0 ? g : 0)                                               \
-  UNB_FN(bzero_##TN, T, 0)                                                           \
-  UNB_FN(bsquare_##TN, T, 2 * x * g)                                                 \
-  UNB_FN(bclamp_##TN, T, x >= (T)c->p0 && x <= (T)c->p1 ? g : 0)                     \
-  UNB_FN(bexp_##TN, T, g * y)                                                        \
-  UNB_FN(blog_##TN, T, g / x)                                                        \
-  UNB_FN(bsqrt_##TN, T, g * HALF / y)                                                \
-  UNB_FN(btanh_##TN, T, g * (1 - y * y))                                             \
-  UNB_FN(bsigmoid_##TN, T, g * y * (1 - y))                                          \
-  UNB_FN(bgelu_##TN, T, g * (HALF * (1 + moe_erf##F(x / RT2)) + x * moe_exp##F(-HALF * x * x) / RT2PI)) \
-  UNB_FN(bsoftplus_##TN, T, g * SIG(x))                                              \
-  UNB_FN(blog1p_##TN, T, g / (1 + x))                                                \
-  UNB_FN(bexpm1_##TN, T, g * (y + 1))                                                \
-  UNB_FN(brsqrt_##TN, T, -HALF * g * y * y * y)
+#define UNB_SET(TN, T, F, SIG, HALF, RT2, RT2PI)                                                       \
+  UNB_FN(bneg_##TN, T, -g)                                                                             \
+  UNB_FN(babs_##TN, T, g *(T)SIGNV(x))                                                                 \
+  UNB_FN(brelu_##TN, T, x > 0 ? g : 0)                                                                 \
+  UNB_FN(bzero_##TN, T, 0)                                                                             \
+  UNB_FN(bsquare_##TN, T, 2 * x * g)                                                                   \
+  UNB_FN(bclamp_##TN, T, x >= (T)c->p0 && x <= (T)c->p1 ? g : 0)                                       \
+  UNB_FN(bexp_##TN, T, g *y)                                                                           \
+  UNB_FN(blog_##TN, T, g / x)                                                                          \
+  UNB_FN(bsqrt_##TN, T, g *HALF / y)                                                                   \
+  UNB_FN(btanh_##TN, T, g *(1 - y * y))                                                                \
+  UNB_FN(bsigmoid_##TN, T, g *y *(1 - y))                                                              \
+  UNB_FN(bgelu_##TN, T, g *(HALF * (1 + moe_erf##F(x / RT2)) + x * moe_exp##F(-HALF * x * x) / RT2PI)) \
+  UNB_FN(bsoftplus_##TN, T, g *SIG(x))                                                                 \
+  UNB_FN(blog1p_##TN, T, g / (1 + x))                                                                  \
+  UNB_FN(bexpm1_##TN, T, g *(y + 1))                                                                   \
+  UNB_FN(brsqrt_##TN, T, -HALF *g *y *y *y)
 UNB_SET(f32, float, f, sigmoidf_, 0.5f, 1.41421356237309504880f, 2.50662827463100050242f)
 UNB_SET(f64, double, , sigmoid_, 0.5, 1.41421356237309504880, 2.50662827463100050242)
 
-#define UNB_ROW(TN) {bneg_##TN, babs_##TN, brelu_##TN, bzero_##TN, bsquare_##TN, bclamp_##TN,   \
-                     bexp_##TN, blog_##TN, bsqrt_##TN, btanh_##TN, bsigmoid_##TN, bgelu_##TN,  \
-                     bsoftplus_##TN, blog1p_##TN, bexpm1_##TN, bzero_##TN, bzero_##TN,         \
-                     bzero_##TN, brsqrt_##TN}
+#define UNB_ROW(TN)                                                                                              \
+  {                                                                                                              \
+    bneg_##TN, babs_##TN, brelu_##TN, bzero_##TN, bsquare_##TN, bclamp_##TN, bexp_##TN, blog_##TN, bsqrt_##TN,   \
+        btanh_##TN, bsigmoid_##TN, bgelu_##TN, bsoftplus_##TN, blog1p_##TN, bexpm1_##TN, bzero_##TN, bzero_##TN, \
+        bzero_##TN, brsqrt_##TN                                                                                  \
+  }
 static const moe_loop_fn unb_table[2][MOE_NUNOPS] = {UNB_ROW(f32), UNB_ROW(f64)};
 
-void moe_cpu_unary_backward(moe_unop op, moe_tensor *gx, const moe_tensor *g, const moe_tensor *x,
-                            const moe_tensor *y, double p0, double p1) {
+void moe_cpu_unary_backward(moe_unop op, moe_tensor *gx, const moe_tensor *g, const moe_tensor *x, const moe_tensor *y,
+                            double p0, double p1) {
   unary_ctx c = {p0, p1};
   const moe_tensor *ops[4] = {gx, g, x, y};
   moe_cpu_foreach(4, ops, unb_table[gx->dtype == MOE_F64][op], &c);

@@ -9,29 +9,32 @@
 /* ---------------------------------------------------------------- argsort
  * Merge sort of positions by value (stable: ties keep their order). NaN sorts
  * above every number, so it comes last ascending and first descending. */
-#define SORT_IMPL(TN, T)                                                              \
-  static int before_##TN(T a, T b, int desc) {                                        \
-    if (a != a) return desc && b == b;                                                \
-    if (b != b) return !desc;                                                         \
-    return desc ? a > b : a < b;                                                      \
-  }                                                                                   \
-  static void msort_##TN(const T *v, int64_t *ix, int64_t *tmp, int64_t n, int desc) { \
-    if (n < 2) return;                                                                \
-    if (n <= 16) { /* insertion sort: stable */                                       \
-      for (int64_t i = 1; i < n; i++) {                                               \
-        int64_t cur = ix[i], j = i;                                                   \
-        while (j > 0 && before_##TN(v[cur], v[ix[j - 1]], desc)) { ix[j] = ix[j - 1]; j--; } \
-        ix[j] = cur;                                                                  \
-      }                                                                               \
-      return;                                                                         \
-    }                                                                                 \
-    int64_t h = n / 2;                                                                \
-    msort_##TN(v, ix, tmp, h, desc);                                                  \
-    msort_##TN(v, ix + h, tmp, n - h, desc);                                          \
-    memcpy(tmp, ix, sizeof(int64_t) * (size_t)h);                                     \
-    int64_t i = 0, j = h, k = 0;                                                      \
+#define SORT_IMPL(TN, T)                                                                          \
+  static int before_##TN(T a, T b, int desc) {                                                    \
+    if (a != a) return desc && b == b;                                                            \
+    if (b != b) return !desc;                                                                     \
+    return desc ? a > b : a < b;                                                                  \
+  }                                                                                               \
+  static void msort_##TN(const T *v, int64_t *ix, int64_t *tmp, int64_t n, int desc) {            \
+    if (n < 2) return;                                                                            \
+    if (n <= 16) { /* insertion sort: stable */                                                   \
+      for (int64_t i = 1; i < n; i++) {                                                           \
+        int64_t cur = ix[i], j = i;                                                               \
+        while (j > 0 && before_##TN(v[cur], v[ix[j - 1]], desc)) {                                \
+          ix[j] = ix[j - 1];                                                                      \
+          j--;                                                                                    \
+        }                                                                                         \
+        ix[j] = cur;                                                                              \
+      }                                                                                           \
+      return;                                                                                     \
+    }                                                                                             \
+    int64_t h = n / 2;                                                                            \
+    msort_##TN(v, ix, tmp, h, desc);                                                              \
+    msort_##TN(v, ix + h, tmp, n - h, desc);                                                      \
+    memcpy(tmp, ix, sizeof(int64_t) * (size_t)h);                                                 \
+    int64_t i = 0, j = h, k = 0;                                                                  \
     while (i < h && j < n) ix[k++] = before_##TN(v[ix[j]], v[tmp[i]], desc) ? ix[j++] : tmp[i++]; \
-    while (i < h) ix[k++] = tmp[i++];                                                 \
+    while (i < h) ix[k++] = tmp[i++];                                                             \
   }
 SORT_IMPL(f32, float)
 SORT_IMPL(f64, double)
@@ -60,23 +63,24 @@ void moe_cpu_argsort_rows(const moe_tensor *x, int64_t M, int64_t K, int descend
 
 /* Walk the positions of `shape` (row-major); call BODY with the element offset
  * `o` of tensor t (dim contributes nothing) and the running position `pos`. */
-#define WALK(shape_t, t, dim, BODY)                                                   \
-  do {                                                                                \
-    int nd_ = (shape_t)->ndim;                                                        \
-    int64_t c_[MOE_MAX_DIMS] = {0}, n_ = moe_numel(shape_t);                          \
-    for (int64_t pos = 0; pos < n_; pos++) {                                          \
-      int64_t o = (t)->offset;                                                        \
-      for (int d_ = 0; d_ < nd_; d_++) if (d_ != (dim)) o += c_[d_] * (t)->stride[d_]; \
-      BODY;                                                                           \
-      for (int d_ = nd_ - 1; d_ >= 0; d_--) {                                         \
-        if (++c_[d_] < (shape_t)->shape[d_]) break;                                   \
-        c_[d_] = 0;                                                                   \
-      }                                                                               \
-    }                                                                                 \
+#define WALK(shape_t, t, dim, BODY)                          \
+  do {                                                       \
+    int nd_ = (shape_t)->ndim;                               \
+    int64_t c_[MOE_MAX_DIMS] = {0}, n_ = moe_numel(shape_t); \
+    for (int64_t pos = 0; pos < n_; pos++) {                 \
+      int64_t o = (t)->offset;                               \
+      for (int d_ = 0; d_ < nd_; d_++)                       \
+        if (d_ != (dim)) o += c_[d_] * (t)->stride[d_];      \
+      BODY;                                                  \
+      for (int d_ = nd_ - 1; d_ >= 0; d_--) {                \
+        if (++c_[d_] < (shape_t)->shape[d_]) break;          \
+        c_[d_] = 0;                                          \
+      }                                                      \
+    }                                                        \
   } while (0)
 
-void moe_cpu_gather(moe_tensor *out, const moe_tensor *t, int dim, const int64_t *index,
-                    const moe_tensor *ishape, int64_t ibase) {
+void moe_cpu_gather(moe_tensor *out, const moe_tensor *t, int dim, const int64_t *index, const moe_tensor *ishape,
+                    int64_t ibase) {
   size_t es = moe_dtype_size(t->dtype);
   const char *src = t->storage->data;
   char *dst = moe_data(out); /* out is contiguous with the index's shape */
@@ -86,15 +90,15 @@ void moe_cpu_gather(moe_tensor *out, const moe_tensor *t, int dim, const int64_t
   });
 }
 
-#define SCATTER_ADD(T)                                                                \
-  do {                                                                                \
-    T *dst = (T *)out->storage->data;                                                 \
-    const T *sp = (const T *)src->storage->data;                                      \
-    WALK(ishape, out, dim, {                                                          \
-      int64_t so = src->offset;                                                       \
-      for (int d = 0; d < ishape->ndim; d++) so += c_[d] * src->stride[d];            \
-      dst[o + (index[pos] - ibase) * out->stride[dim]] += sp[so];                     \
-    });                                                                               \
+#define SCATTER_ADD(T)                                                     \
+  do {                                                                     \
+    T *dst = (T *)out->storage->data;                                      \
+    const T *sp = (const T *)src->storage->data;                           \
+    WALK(ishape, out, dim, {                                               \
+      int64_t so = src->offset;                                            \
+      for (int d = 0; d < ishape->ndim; d++) so += c_[d] * src->stride[d]; \
+      dst[o + (index[pos] - ibase) * out->stride[dim]] += sp[so];          \
+    });                                                                    \
   } while (0)
 
 void moe_cpu_scatter_add(moe_tensor *out, int dim, const int64_t *index, const moe_tensor *ishape,
@@ -111,15 +115,17 @@ void moe_cpu_scatter_add(moe_tensor *out, int dim, const int64_t *index, const m
 /* 0 when every p[i] lies in [lo, hi]; else 1 and *bad = the first that does not */
 int moe_cpu_index_check(const int64_t *p, int64_t n, int64_t lo, int64_t hi, int64_t *bad) {
   for (int64_t i = 0; i < n; i++)
-    if (p[i] < lo || p[i] > hi) { *bad = p[i]; return 1; }
+    if (p[i] < lo || p[i] > hi) {
+      *bad = p[i];
+      return 1;
+    }
   return 0;
 }
 
 /* ---------------------------------------------------------------- index_select / index_add */
 
 /* out [.., n, ..] = t[.., index[i] - ibase, ..] along dim (index contiguous int64, in range) */
-void moe_cpu_index_select(moe_tensor *out, const moe_tensor *t, int dim, const int64_t *ix, int64_t n,
-                          int64_t ibase) {
+void moe_cpu_index_select(moe_tensor *out, const moe_tensor *t, int dim, const int64_t *ix, int64_t n, int64_t ibase) {
   if (moe_is_contiguous(t)) {
     /* contiguous input: blocks of the dims after `dim` are memcpy'd (a batch of
      * 32 rows of 499 floats took 50 us through the strided copy, 3 us this way) */
@@ -156,8 +162,7 @@ void moe_cpu_index_select(moe_tensor *out, const moe_tensor *t, int dim, const i
 }
 
 /* out[.., index[i] - ibase, ..] += s[.., i, ..] along dim; out and s of one dtype (not bool) */
-void moe_cpu_index_add(moe_tensor *out, int dim, const int64_t *ix, int64_t n, const moe_tensor *s,
-                       int64_t ibase) {
+void moe_cpu_index_add(moe_tensor *out, int dim, const int64_t *ix, int64_t n, const moe_tensor *s, int64_t ibase) {
   moe_dtype cdt = out->dtype;
   if (moe_is_contiguous(out) && moe_is_contiguous(s) && (cdt == MOE_F32 || cdt == MOE_F64)) {
     /* contiguous float tensors: blocks after `dim` added in one loop each */
@@ -191,8 +196,8 @@ void moe_cpu_index_add(moe_tensor *out, int dim, const int64_t *ix, int64_t n, c
 
 /* vals [M,k] = x [M,K] at the first k positions of each row of order [M,K]
  * (from argsort_rows); idx [M,k] = those positions + ibase */
-void moe_cpu_take_rows(const moe_tensor *x, int64_t M, int64_t K, const int64_t *order, int64_t k,
-                       moe_tensor *vals, moe_tensor *idx, int64_t ibase) {
+void moe_cpu_take_rows(const moe_tensor *x, int64_t M, int64_t K, const int64_t *order, int64_t k, moe_tensor *vals,
+                       moe_tensor *idx, int64_t ibase) {
   size_t es = moe_dtype_size(x->dtype);
   const char *xs = moe_data(x);
   char *vs = moe_data(vals);

@@ -9,8 +9,7 @@
 #include <cblas.h>
 #include <string.h>
 
-static void mat_layout(int64_t rows, int64_t cols, int64_t rs, int64_t cs, CBLAS_TRANSPOSE *tr,
-                       int64_t *ld) {
+static void mat_layout(int64_t rows, int64_t cols, int64_t rs, int64_t cs, CBLAS_TRANSPOSE *tr, int64_t *ld) {
   if (cs == 1 && (rs >= cols || rows == 1)) {
     *tr = CblasNoTrans;
     *ld = rows == 1 ? (cols > 1 ? cols : 1) : rs;
@@ -98,25 +97,32 @@ static void gemm_run(const gemm_call *g) {
   if (g->dt == MOE_F32 && g->tb == CblasNoTrans && moe_cpu_small_gemm_ok(g->N) &&
       (double)g->M * (double)g->N * (double)g->K <= MOE_SMALL_GEMM_MAX_WORK) {
     int64_t sam = g->ta == CblasNoTrans ? g->lda : 1, sak = g->ta == CblasNoTrans ? 1 : g->lda;
-    moe_cpu_small_gemm(g->M, g->N, g->K, (const float *)g->a, sam, sak, (const float *)g->b, g->ldb,
-                       (float *)g->c, g->ldc, g->accumulate);
+    moe_cpu_small_gemm(g->M, g->N, g->K, (const float *)g->a, sam, sak, (const float *)g->b, g->ldb, (float *)g->c,
+                       g->ldc, g->accumulate);
     return;
   }
   if (g->tuned) {
-    moe_sgemm_args a = {.ta = g->ta != CblasNoTrans, .tb = g->tb != CblasNoTrans, .accumulate = g->accumulate,
-                        .M = g->M, .N = g->N, .K = g->K, .lda = g->lda, .ldb = g->ldb, .ldc = g->ldc,
-                        .A = (const float *)g->a, .B = (const float *)g->b, .C = (float *)g->c};
+    moe_sgemm_args a = {.ta = g->ta != CblasNoTrans,
+                        .tb = g->tb != CblasNoTrans,
+                        .accumulate = g->accumulate,
+                        .M = g->M,
+                        .N = g->N,
+                        .K = g->K,
+                        .lda = g->lda,
+                        .ldb = g->ldb,
+                        .ldc = g->ldc,
+                        .A = (const float *)g->a,
+                        .B = (const float *)g->b,
+                        .C = (float *)g->c};
     moe_sgemm_run(&a, moe_cpu_openblas_max_threads());
     return;
   }
   if (g->dt == MOE_F32)
-    cblas_sgemm(CblasRowMajor, g->ta, g->tb, (int)g->M, (int)g->N, (int)g->K, 1.0f, (const float *)g->a,
-                (int)g->lda, (const float *)g->b, (int)g->ldb, g->accumulate ? 1.0f : 0.0f, (float *)g->c,
-                (int)g->ldc);
+    cblas_sgemm(CblasRowMajor, g->ta, g->tb, (int)g->M, (int)g->N, (int)g->K, 1.0f, (const float *)g->a, (int)g->lda,
+                (const float *)g->b, (int)g->ldb, g->accumulate ? 1.0f : 0.0f, (float *)g->c, (int)g->ldc);
   else
-    cblas_dgemm(CblasRowMajor, g->ta, g->tb, (int)g->M, (int)g->N, (int)g->K, 1.0, (const double *)g->a,
-                (int)g->lda, (const double *)g->b, (int)g->ldb, g->accumulate ? 1.0 : 0.0, (double *)g->c,
-                (int)g->ldc);
+    cblas_dgemm(CblasRowMajor, g->ta, g->tb, (int)g->M, (int)g->N, (int)g->K, 1.0, (const double *)g->a, (int)g->lda,
+                (const double *)g->b, (int)g->ldb, g->accumulate ? 1.0 : 0.0, (double *)g->c, (int)g->ldc);
 }
 
 static void gemm_part(void *parts, int i) { gemm_run((const gemm_call *)parts + i); }
@@ -134,7 +140,10 @@ static void gemm_split(const gemm_call *g, size_t es, int nth, int64_t sAm, int6
   int by_rows = g->M >= g->N;
   int64_t n = by_rows ? g->M : g->N;
   if (nth > MOE_GEMM_MAX_PARTS) nth = MOE_GEMM_MAX_PARTS;
-  if (n < 16 * (int64_t)nth) { gemm_run(g); return; }
+  if (n < 16 * (int64_t)nth) {
+    gemm_run(g);
+    return;
+  }
   gemm_call parts[MOE_GEMM_MAX_PARTS];
   for (int t = 0; t < nth; t++) {
     int64_t lo = n * t / nth, hi = n * (t + 1) / nth;
@@ -160,9 +169,19 @@ int moe_cpu_sgemm_split(const moe_sgemm_args *a, int threads) {
   int nth = moe_cpu_threads() < threads ? moe_cpu_threads() : threads;
   int64_t n = a->M >= a->N ? a->M : a->N;
   if (nth > n / 16) nth = (int)(n / 16);
-  gemm_call g = {.dt = MOE_F32, .ta = a->ta ? CblasTrans : CblasNoTrans, .tb = a->tb ? CblasTrans : CblasNoTrans,
-                 .M = a->M, .N = a->N, .K = a->K, .lda = a->lda, .ldb = a->ldb, .ldc = a->ldc,
-                 .a = (const char *)a->A, .b = (const char *)a->B, .c = (char *)a->C, .accumulate = a->accumulate};
+  gemm_call g = {.dt = MOE_F32,
+                 .ta = a->ta ? CblasTrans : CblasNoTrans,
+                 .tb = a->tb ? CblasTrans : CblasNoTrans,
+                 .M = a->M,
+                 .N = a->N,
+                 .K = a->K,
+                 .lda = a->lda,
+                 .ldb = a->ldb,
+                 .ldc = a->ldc,
+                 .a = (const char *)a->A,
+                 .b = (const char *)a->B,
+                 .c = (char *)a->C,
+                 .accumulate = a->accumulate};
   if (nth < 2) { /* too few rows and columns to split: OpenBLAS's own threads */
     moe_cpu_openblas_threads(0);
     gemm_run(&g);
@@ -174,20 +193,27 @@ int moe_cpu_sgemm_split(const moe_sgemm_args *a, int threads) {
   return 0;
 }
 
-static void gemm_impl(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t K,
-                      const char *A, int64_t sAb, int64_t sAm, int64_t sAk,
-                      const char *B, int64_t sBb, int64_t sBk, int64_t sBn,
-                      char *C, int64_t sCb, int accumulate) {
+static void gemm_impl(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t K, const char *A, int64_t sAb,
+                      int64_t sAm, int64_t sAk, const char *B, int64_t sBb, int64_t sBk, int64_t sBn, char *C,
+                      int64_t sCb, int accumulate) {
   size_t es = moe_dtype_size(dt);
   if (M == 0 || N == 0 || batch == 0) return;
-  if (K == 0) { if (!accumulate) memset(C, 0, (size_t)(batch * M * N) * es); return; }
+  if (K == 0) {
+    if (!accumulate) memset(C, 0, (size_t)(batch * M * N) * es);
+    return;
+  }
   /* A is row-major across the whole batch and B is shared: one tall GEMM */
   if (batch > 1 && sBb == 0 && sAk == 1 && sAb == M * sAm && sAm >= K) {
     M *= batch;
     batch = 1;
   }
   int one = gemm_threads(M, N, K, dt == MOE_F32); /* 0 in serial mode: no split either */
-  gemm_call g = {.dt = dt, .M = M, .N = N, .K = K, .ldc = N, .accumulate = accumulate,
+  gemm_call g = {.dt = dt,
+                 .M = M,
+                 .N = N,
+                 .K = K,
+                 .ldc = N,
+                 .accumulate = accumulate,
                  .tuned = dt == MOE_F32 && !one && !serial_mode};
   mat_layout(M, K, sAm, sAk, &g.ta, &g.lda);
   mat_layout(K, N, sBk, sBn, &g.tb, &g.ldb);
@@ -202,14 +228,13 @@ static void gemm_impl(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t
   }
 }
 
-void moe_cpu_gemm_batched(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t K,
-                          const char *A, int64_t sAb, int64_t sAm, int64_t sAk,
-                          const char *B, int64_t sBb, int64_t sBk, int64_t sBn,
-                          char *C, int64_t sCb) {
+void moe_cpu_gemm_batched(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t K, const char *A, int64_t sAb,
+                          int64_t sAm, int64_t sAk, const char *B, int64_t sBb, int64_t sBk, int64_t sBn, char *C,
+                          int64_t sCb) {
   gemm_impl(dt, batch, M, N, K, A, sAb, sAm, sAk, B, sBb, sBk, sBn, C, sCb, 0);
 }
 
-void moe_cpu_gemm_add(moe_dtype dt, int64_t M, int64_t N, int64_t K, const char *A, int64_t sAm,
-                      int64_t sAk, const char *B, int64_t sBk, int64_t sBn, char *C) {
+void moe_cpu_gemm_add(moe_dtype dt, int64_t M, int64_t N, int64_t K, const char *A, int64_t sAm, int64_t sAk,
+                      const char *B, int64_t sBk, int64_t sBn, char *C) {
   gemm_impl(dt, 1, M, N, K, A, 0, sAm, sAk, B, 0, sBk, sBn, C, 0, 1);
 }

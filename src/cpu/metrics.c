@@ -31,7 +31,8 @@ static void radix_sort(keyed *v, keyed *tmp, int64_t n) {
     int64_t count[257] = {0};
     for (int64_t i = 0; i < n; i++) count[((v[i].key >> shift) & 0xff) + 1]++;
     int skip = 0;
-    for (int d = 1; d <= 256; d++) if (count[d] == n) skip = 1;
+    for (int d = 1; d <= 256; d++)
+      if (count[d] == n) skip = 1;
     if (skip) continue;
     for (int d = 1; d <= 256; d++) count[d] += count[d - 1];
     for (int64_t i = 0; i < n; i++) tmp[count[(v[i].key >> shift) & 0xff]++] = v[i];

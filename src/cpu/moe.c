@@ -8,39 +8,39 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MIX_FWD(T)                                                                        \
-  do {                                                                                    \
-    const T *H = (const T *)moe_data(h), *G = (const T *)moe_data(g);                    \
-    T *O = (T *)moe_data(out);                                                            \
-    for (int64_t b = 0; b < B; b++)                                                       \
-      for (int64_t u = 0; u < U; u++) {                                                   \
-        const T *hp = H + b * hs[0] + u * hs[1];                                          \
-        const T *gp = G + b * gs[0];                                                      \
-        T acc = 0;                                                                        \
-        for (int64_t e = 0; e < E; e++) acc += gp[e * gs[1]] * hp[e * hs[2]];             \
-        O[b * U + u] = acc;                                                               \
-      }                                                                                   \
+#define MIX_FWD(T)                                                            \
+  do {                                                                        \
+    const T *H = (const T *)moe_data(h), *G = (const T *)moe_data(g);         \
+    T *O = (T *)moe_data(out);                                                \
+    for (int64_t b = 0; b < B; b++)                                           \
+      for (int64_t u = 0; u < U; u++) {                                       \
+        const T *hp = H + b * hs[0] + u * hs[1];                              \
+        const T *gp = G + b * gs[0];                                          \
+        T acc = 0;                                                            \
+        for (int64_t e = 0; e < E; e++) acc += gp[e * gs[1]] * hp[e * hs[2]]; \
+        O[b * U + u] = acc;                                                   \
+      }                                                                       \
   } while (0)
 
-#define MIX_BWD(T)                                                                        \
-  do {                                                                                    \
-    const T *H = (const T *)moe_data(h), *G = (const T *)moe_data(g);                    \
-    const T *GO = (const T *)moe_data(go);                                                \
-    T *GH = gh ? (T *)moe_data(gh) : NULL, *GG = gg ? (T *)moe_data(gg) : NULL;          \
-    for (int64_t b = 0; b < B; b++) {                                                     \
-      const T *gp = G + b * gs[0];                                                        \
-      const T *op = GO + b * os[0];                                                       \
-      if (GH)                                                                             \
-        for (int64_t u = 0; u < U; u++)                                                   \
+#define MIX_BWD(T)                                                                                                  \
+  do {                                                                                                              \
+    const T *H = (const T *)moe_data(h), *G = (const T *)moe_data(g);                                               \
+    const T *GO = (const T *)moe_data(go);                                                                          \
+    T *GH = gh ? (T *)moe_data(gh) : NULL, *GG = gg ? (T *)moe_data(gg) : NULL;                                     \
+    for (int64_t b = 0; b < B; b++) {                                                                               \
+      const T *gp = G + b * gs[0];                                                                                  \
+      const T *op = GO + b * os[0];                                                                                 \
+      if (GH)                                                                                                       \
+        for (int64_t u = 0; u < U; u++)                                                                             \
           for (int64_t e = 0; e < E; e++) GH[b * ghs[0] + u * ghs[1] + e * ghs[2]] = gp[e * gs[1]] * op[u * os[1]]; \
-      if (GG)                                                                             \
-        for (int64_t e = 0; e < E; e++) {                                                 \
-          const T *hp = H + b * hs[0] + e * hs[2];                                        \
-          T acc = 0;                                                                      \
-          for (int64_t u = 0; u < U; u++) acc += hp[u * hs[1]] * op[u * os[1]];           \
-          GG[b * E + e] = acc;                                                            \
-        }                                                                                 \
-    }                                                                                     \
+      if (GG)                                                                                                       \
+        for (int64_t e = 0; e < E; e++) {                                                                           \
+          const T *hp = H + b * hs[0] + e * hs[2];                                                                  \
+          T acc = 0;                                                                                                \
+          for (int64_t u = 0; u < U; u++) acc += hp[u * hs[1]] * op[u * os[1]];                                     \
+          GG[b * E + e] = acc;                                                                                      \
+        }                                                                                                           \
+    }                                                                                                               \
   } while (0)
 
 /* out [B,U] contiguous = sum_e g[b,e] h[b,u,e]; h, g with any strides */
@@ -72,68 +72,63 @@ typedef struct {
   char *out, *gh, *gg;
 } gs_job;
 
-#define GS_FWD(T)                                                                         \
-  do {                                                                                    \
-    const T *H = (const T *)j->h, *G = (const T *)j->g;                                  \
-    T *O = (T *)j->out;                                                                   \
-    for (int64_t b = b0; b < b1; b++) {                                                   \
-      const T *hp = H + b * E * U, *gp = G + b * E;                                       \
-      T *op = O + b * W;                                                                  \
-      for (int64_t e = 0; e < E; e++) {                                                   \
-        T ge = gp[e];                                                                     \
-        if (j->relu) {                                                                    \
-          _Pragma("omp simd")                                                             \
-          for (int64_t u = 0; u < U; u++) {                                               \
-            T v = hp[e * U + u];                                                          \
-            op[e * U + u] = (v > 0 ? v : 0) * ge;                                         \
-          }                                                                               \
-        } else {                                                                          \
-          _Pragma("omp simd")                                                             \
-          for (int64_t u = 0; u < U; u++) op[e * U + u] = hp[e * U + u] * ge;             \
-        }                                                                                 \
-      }                                                                                   \
-      if (j->append)                                                                      \
-        for (int64_t e = 0; e < E; e++) op[E * U + e] = gp[e];                            \
-    }                                                                                     \
+#define GS_FWD(T)                                                                                 \
+  do {                                                                                            \
+    const T *H = (const T *)j->h, *G = (const T *)j->g;                                           \
+    T *O = (T *)j->out;                                                                           \
+    for (int64_t b = b0; b < b1; b++) {                                                           \
+      const T *hp = H + b * E * U, *gp = G + b * E;                                               \
+      T *op = O + b * W;                                                                          \
+      for (int64_t e = 0; e < E; e++) {                                                           \
+        T ge = gp[e];                                                                             \
+        if (j->relu) {                                                                            \
+          _Pragma("omp simd") for (int64_t u = 0; u < U; u++) {                                   \
+            T v = hp[e * U + u];                                                                  \
+            op[e * U + u] = (v > 0 ? v : 0) * ge;                                                 \
+          }                                                                                       \
+        } else {                                                                                  \
+          _Pragma("omp simd") for (int64_t u = 0; u < U; u++) op[e * U + u] = hp[e * U + u] * ge; \
+        }                                                                                         \
+      }                                                                                           \
+      if (j->append)                                                                              \
+        for (int64_t e = 0; e < E; e++) op[E * U + e] = gp[e];                                    \
+    }                                                                                             \
   } while (0)
 
 /* branch-free inner loops (relu's mask is a select, the gate's sum a SIMD reduction):
  * with random signs a branch per element mispredicts half the time */
-#define GS_BWD(T)                                                                         \
-  do {                                                                                    \
-    const T *H = (const T *)j->h, *G = (const T *)j->g, *GO = (const T *)j->go;         \
-    T *GH = (T *)j->gh, *GG = (T *)j->gg;                                                 \
-    for (int64_t b = b0; b < b1; b++) {                                                   \
-      const T *gp = G + b * E;                                                            \
-      for (int64_t e = 0; e < E; e++) {                                                   \
-        const T *hp = H + b * E * U + e * U, *op = GO + b * W + e * U;                    \
-        T ge = gp[e];                                                                     \
-        if (GH) {                                                                         \
-          T *ghp = GH + b * E * U + e * U;                                                \
-          if (j->relu) {                                                                  \
-            _Pragma("omp simd")                                                           \
-            for (int64_t u = 0; u < U; u++) {                                             \
-              T d = op[u] * ge;                                                           \
-              ghp[u] = hp[u] > 0 ? d : 0;                                                 \
-            }                                                                             \
-          } else {                                                                        \
-            _Pragma("omp simd")                                                           \
-            for (int64_t u = 0; u < U; u++) ghp[u] = op[u] * ge;                          \
-          }                                                                               \
-        }                                                                                 \
-        if (GG) {                                                                         \
-          T acc = 0;                                                                      \
-          if (j->relu) {                                                                  \
-            _Pragma("omp simd reduction(+ : acc)")                                        \
-            for (int64_t u = 0; u < U; u++) acc += op[u] * (hp[u] > 0 ? hp[u] : 0);       \
-          } else {                                                                        \
-            _Pragma("omp simd reduction(+ : acc)")                                        \
-            for (int64_t u = 0; u < U; u++) acc += op[u] * hp[u];                         \
-          }                                                                               \
-          GG[b * E + e] = acc + (j->append ? GO[b * W + E * U + e] : 0);                  \
-        }                                                                                 \
-      }                                                                                   \
-    }                                                                                     \
+#define GS_BWD(T)                                                                                        \
+  do {                                                                                                   \
+    const T *H = (const T *)j->h, *G = (const T *)j->g, *GO = (const T *)j->go;                          \
+    T *GH = (T *)j->gh, *GG = (T *)j->gg;                                                                \
+    for (int64_t b = b0; b < b1; b++) {                                                                  \
+      const T *gp = G + b * E;                                                                           \
+      for (int64_t e = 0; e < E; e++) {                                                                  \
+        const T *hp = H + b * E * U + e * U, *op = GO + b * W + e * U;                                   \
+        T ge = gp[e];                                                                                    \
+        if (GH) {                                                                                        \
+          T *ghp = GH + b * E * U + e * U;                                                               \
+          if (j->relu) {                                                                                 \
+            _Pragma("omp simd") for (int64_t u = 0; u < U; u++) {                                        \
+              T d = op[u] * ge;                                                                          \
+              ghp[u] = hp[u] > 0 ? d : 0;                                                                \
+            }                                                                                            \
+          } else {                                                                                       \
+            _Pragma("omp simd") for (int64_t u = 0; u < U; u++) ghp[u] = op[u] * ge;                     \
+          }                                                                                              \
+        }                                                                                                \
+        if (GG) {                                                                                        \
+          T acc = 0;                                                                                     \
+          if (j->relu) {                                                                                 \
+            _Pragma("omp simd reduction(+ : acc)") for (int64_t u = 0; u < U; u++) acc +=                \
+                op[u] * (hp[u] > 0 ? hp[u] : 0);                                                         \
+          } else {                                                                                       \
+            _Pragma("omp simd reduction(+ : acc)") for (int64_t u = 0; u < U; u++) acc += op[u] * hp[u]; \
+          }                                                                                              \
+          GG[b * E + e] = acc + (j->append ? GO[b * W + E * U + e] : 0);                                 \
+        }                                                                                                \
+      }                                                                                                  \
+    }                                                                                                    \
   } while (0)
 
 static void gs_fwd_part(void *ctx, int p) {
@@ -159,8 +154,16 @@ static void gs_run(gs_job *j, moe_task_fn fn) {
 /* out [B, E*U (+E)] of contiguous h [B, E*U] and g [B,E] */
 void moe_cpu_gate_scale(moe_tensor *out, const moe_tensor *h, const moe_tensor *g, int relu, int append) {
   int64_t B = h->shape[0], E = g->shape[1], U = h->shape[1] / E, W = E * U + (append ? E : 0);
-  gs_job j = {.B = B, .E = E, .U = U, .W = W, .relu = relu, .append = append, .dt = h->dtype,
-              .h = moe_data(h), .g = moe_data(g), .out = moe_data(out)};
+  gs_job j = {.B = B,
+              .E = E,
+              .U = U,
+              .W = W,
+              .relu = relu,
+              .append = append,
+              .dt = h->dtype,
+              .h = moe_data(h),
+              .g = moe_data(g),
+              .out = moe_data(out)};
   gs_run(&j, gs_fwd_part);
 }
 
@@ -168,9 +171,18 @@ void moe_cpu_gate_scale(moe_tensor *out, const moe_tensor *h, const moe_tensor *
 void moe_cpu_gate_scale_backward(moe_tensor *gh, moe_tensor *gg, const moe_tensor *go, const moe_tensor *h,
                                  const moe_tensor *g, int relu, int append) {
   int64_t B = h->shape[0], E = g->shape[1], U = h->shape[1] / E, W = E * U + (append ? E : 0);
-  gs_job j = {.B = B, .E = E, .U = U, .W = W, .relu = relu, .append = append, .dt = h->dtype,
-              .h = moe_data(h), .g = moe_data(g), .go = moe_data(go),
-              .gh = gh ? moe_data(gh) : NULL, .gg = gg ? moe_data(gg) : NULL};
+  gs_job j = {.B = B,
+              .E = E,
+              .U = U,
+              .W = W,
+              .relu = relu,
+              .append = append,
+              .dt = h->dtype,
+              .h = moe_data(h),
+              .g = moe_data(g),
+              .go = moe_data(go),
+              .gh = gh ? moe_data(gh) : NULL,
+              .gg = gg ? moe_data(gg) : NULL};
   gs_run(&j, gs_bwd_part);
 }
 
@@ -181,8 +193,7 @@ void moe_cpu_gate_scale_backward(moe_tensor *gh, moe_tensor *gg, const moe_tenso
  * in placement order, then a stable counting sort by expert. The outputs are
  * made here (their length is the kept count). 0, or -1 with an error. */
 int moe_cpu_route_plan(const moe_tensor *ei, const moe_tensor *od, const moe_tensor *vd, int64_t E, int64_t capacity,
-                       int64_t ibase, moe_tensor **token, moe_tensor **expert, moe_tensor **rank,
-                       moe_tensor **counts) {
+                       int64_t ibase, moe_tensor **token, moe_tensor **expert, moe_tensor **rank, moe_tensor **counts) {
   int64_t G = ei->shape[0], T = ei->shape[1], K = ei->shape[2];
   int64_t n = G * T * K;
   int64_t *pair_e = malloc(sizeof(int64_t) * (size_t)(n ? n : 1) * 3);
@@ -203,10 +214,16 @@ int moe_cpu_route_plan(const moe_tensor *ei, const moe_tensor *od, const moe_ten
     for (int64_t r = 0; r < K; r++)
       for (int64_t p = 0; p < T; p++) {
         int64_t t = ord ? ord[g * T + p] - ibase : p;
-        if (t < 0 || t >= T) { moe_error("route_plan: order holds %lld, outside 1..%lld", (long long)(t + ibase), (long long)T); goto done; }
+        if (t < 0 || t >= T) {
+          moe_error("route_plan: order holds %lld, outside 1..%lld", (long long)(t + ibase), (long long)T);
+          goto done;
+        }
         if (ok && !ok[g * T + t]) continue;
         int64_t e = ix[(g * T + t) * K + r] - ibase;
-        if (e < 0 || e >= E) { moe_error("route_plan: expert index %lld outside 1..%lld", (long long)(e + ibase), (long long)E); goto done; }
+        if (e < 0 || e >= E) {
+          moe_error("route_plan: expert index %lld outside 1..%lld", (long long)(e + ibase), (long long)E);
+          goto done;
+        }
         if (capacity >= 0 && fill[e] >= capacity) continue; /* dropped */
         fill[e]++;
         pair_e[kept] = e;
@@ -236,10 +253,16 @@ int moe_cpu_route_plan(const moe_tensor *ei, const moe_tensor *od, const moe_ten
   rc = 0;
 done:
   if (rc) {
-    moe_tensor_release(*token); moe_tensor_release(*expert); moe_tensor_release(*rank); moe_tensor_release(*counts);
+    moe_tensor_release(*token);
+    moe_tensor_release(*expert);
+    moe_tensor_release(*rank);
+    moe_tensor_release(*counts);
     *token = *expert = *rank = *counts = NULL;
   }
-  free(pair_e); free(cnt); free(fill); free(start);
+  free(pair_e);
+  free(cnt);
+  free(fill);
+  free(start);
   return rc;
 }
 
@@ -254,9 +277,9 @@ typedef struct {
   int64_t K, N;
   size_t es;
   moe_dtype dt;
-  int bf16;                      /* the GEMMs in bf16 (float32 only) */
-  const char *x, *w, *b, *g;     /* forward: x, w, b (or NULL); backward: x, w, g */
-  char *y, *gx, *gw, *gb;        /* forward: y; backward: the gradients (or NULL) */
+  int bf16;                  /* the GEMMs in bf16 (float32 only) */
+  const char *x, *w, *b, *g; /* forward: x, w, b (or NULL); backward: x, w, g */
+  char *y, *gx, *gw, *gb;    /* forward: y; backward: the gradients (or NULL) */
 } grouped_job;
 
 static int use_pool(int64_t E, const int64_t *counts, int64_t total) {
@@ -278,8 +301,8 @@ static void run_experts(const grouped_job *j, int64_t E, int pool, moe_task_fn f
 }
 
 /* C [M,N] (+= when acc) = A @ B for one expert, in the job's precision */
-static void expert_gemm(const grouped_job *j, int64_t M, int64_t N, int64_t K, const char *A, int64_t sAm,
-                        int64_t sAk, const char *B, int64_t sBk, int64_t sBn, char *C, int acc) {
+static void expert_gemm(const grouped_job *j, int64_t M, int64_t N, int64_t K, const char *A, int64_t sAm, int64_t sAk,
+                        const char *B, int64_t sBk, int64_t sBn, char *C, int acc) {
   if (j->bf16) moe_cpu_gemm_bf16(1, M, N, K, A, 0, sAm, sAk, B, 0, sBk, sBn, C, 0, acc);
   else if (acc) moe_cpu_gemm_add(j->dt, M, N, K, A, sAm, sAk, B, sBk, sBn, C);
   else moe_cpu_gemm_batched(j->dt, 1, M, N, K, A, 0, sAm, sAk, B, 0, sBk, sBn, C, 0);
@@ -310,7 +333,8 @@ static void grouped_bwd_expert(void *ctx, int e) {
   if (j->gx && m) /* gx_e [m,K] = g_e [m,N] @ w_e^T [N,K] */
     expert_gemm(j, m, K, N, ge, N, 1, we, 1, N, j->gx + (size_t)(off * K) * es, 0);
   if (j->gw && m) /* gw_e [K,N] = x_e^T [K,m] @ g_e [m,N] */
-    expert_gemm(j, K, N, m, j->x + (size_t)(off * K) * es, 1, K, ge, N, 1, j->gw + (size_t)((int64_t)e * K * N) * es, 0);
+    expert_gemm(j, K, N, m, j->x + (size_t)(off * K) * es, 1, K, ge, N, 1, j->gw + (size_t)((int64_t)e * K * N) * es,
+                0);
   else if (j->gw) /* an expert without tokens gets a zero gradient */
     memset(j->gw + (size_t)((int64_t)e * K * N) * es, 0, (size_t)(K * N) * es);
   if (j->gb && m) { /* gb_e [N] = column sums of g_e */
@@ -332,20 +356,37 @@ static void grouped_bwd_expert(void *ctx, int e) {
 void moe_cpu_grouped_gemm(moe_tensor *y, const moe_tensor *x, const moe_tensor *w, const moe_tensor *b,
                           const int64_t *counts, const int64_t *offs, int bf16) {
   int64_t E = w->shape[0], total = x->shape[0];
-  grouped_job j = {.counts = counts, .offs = offs, .K = w->shape[1], .N = w->shape[2],
-                   .es = moe_dtype_size(x->dtype), .dt = x->dtype, .bf16 = bf16,
-                   .x = moe_data(x), .w = moe_data(w), .b = b ? moe_data(b) : NULL, .y = moe_data(y)};
+  grouped_job j = {.counts = counts,
+                   .offs = offs,
+                   .K = w->shape[1],
+                   .N = w->shape[2],
+                   .es = moe_dtype_size(x->dtype),
+                   .dt = x->dtype,
+                   .bf16 = bf16,
+                   .x = moe_data(x),
+                   .w = moe_data(w),
+                   .b = b ? moe_data(b) : NULL,
+                   .y = moe_data(y)};
   run_experts(&j, E, use_pool(E, counts, total), grouped_fwd_expert);
 }
 
 /* gx = g w[e]^T, gw[e] = x_e^T g_e, gb[e] += column sums of g_e (each may be NULL; gb starts at 0) */
 void moe_cpu_grouped_gemm_backward(moe_tensor *gx, moe_tensor *gw, moe_tensor *gb, const moe_tensor *g,
-                                   const moe_tensor *x, const moe_tensor *w, const int64_t *counts,
-                                   const int64_t *offs, int bf16) {
+                                   const moe_tensor *x, const moe_tensor *w, const int64_t *counts, const int64_t *offs,
+                                   int bf16) {
   int64_t E = w->shape[0], total = x->shape[0];
-  grouped_job j = {.counts = counts, .offs = offs, .K = w->shape[1], .N = w->shape[2],
-                   .es = moe_dtype_size(x->dtype), .dt = x->dtype, .bf16 = bf16,
-                   .x = moe_data(x), .w = moe_data(w), .g = moe_data(g),
-                   .gx = gx ? moe_data(gx) : NULL, .gw = gw ? moe_data(gw) : NULL, .gb = gb ? moe_data(gb) : NULL};
+  grouped_job j = {.counts = counts,
+                   .offs = offs,
+                   .K = w->shape[1],
+                   .N = w->shape[2],
+                   .es = moe_dtype_size(x->dtype),
+                   .dt = x->dtype,
+                   .bf16 = bf16,
+                   .x = moe_data(x),
+                   .w = moe_data(w),
+                   .g = moe_data(g),
+                   .gx = gx ? moe_data(gx) : NULL,
+                   .gw = gw ? moe_data(gw) : NULL,
+                   .gb = gb ? moe_data(gb) : NULL};
   run_experts(&j, E, use_pool(E, counts, total), grouped_bwd_expert);
 }

@@ -17,8 +17,8 @@
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t job_cv = PTHREAD_COND_INITIALIZER, done_cv = PTHREAD_COND_INITIALIZER;
-static int nworkers = -1;          /* -1: not started yet */
-static _Atomic unsigned generation;  /* bumped per job: wakes the workers */
+static int nworkers = -1;           /* -1: not started yet */
+static _Atomic unsigned generation; /* bumped per job: wakes the workers */
 /* Parts are claimed from one 64-bit ticket holding the job number (24 bits),
  * its part count (20) and the next part (20), so that the check and the claim
  * are one compare-and-swap: a worker late from the previous job can never claim
@@ -28,7 +28,7 @@ static _Atomic int parts_done, sleepers, busy;
 static moe_task_fn job_fn;
 static void *job_ctx;
 #define T_PARTS(t) ((int)(((t) >> 20) & 0xfffff))
-#define T_NEXT(t) ((int)((t) & 0xfffff))
+#define T_NEXT(t) ((int)((t)&0xfffff))
 
 static void run_parts(void) {
   for (;;) {

@@ -80,8 +80,12 @@ static void read_mode(void) {
   mode = -1;
   if (!m || !*m || !strcasecmp(m, "auto")) return;
   for (int i = 0; i < MOE_SGEMM_NLIBS; i++)
-    if (!strcasecmp(m, names[i])) { mode = i; return; }
-  snprintf(mode_error, sizeof mode_error, "MOELUA_SGEMM=%s: expected auto, openblas, blis, onednn or openblas-split", m);
+    if (!strcasecmp(m, names[i])) {
+      mode = i;
+      return;
+    }
+  snprintf(mode_error, sizeof mode_error, "MOELUA_SGEMM=%s: expected auto, openblas, blis, onednn or openblas-split",
+           m);
 }
 
 /* opens BLIS and oneDNN once (their thread counts are set at each call, by run_lib) */
@@ -89,8 +93,7 @@ static void open_libs(void) {
   if (opened) return;
   opened = 1;
   /* (only OpenBLAS's pthread build, openblas_get_parallel() == 1, has this server) */
-  if (openblas_get_parallel() == 1)
-    openblas_shutdown_p = (void (*)(void))dlsym(RTLD_DEFAULT, "blas_thread_shutdown_");
+  if (openblas_get_parallel() == 1) openblas_shutdown_p = (void (*)(void))dlsym(RTLD_DEFAULT, "blas_thread_shutdown_");
   if (moe_cpu_threads() > 1) libs[MOE_SGEMM_OPENBLAS_SPLIT].state = 1;
   else {
     libs[MOE_SGEMM_OPENBLAS_SPLIT].state = -1;
@@ -102,7 +105,8 @@ static void open_libs(void) {
    * OpenMP threads both start: under the sanitizers OpenBLAS runs alone */
   for (int l = MOE_SGEMM_BLIS; l <= MOE_SGEMM_ONEDNN; l++) {
     libs[l].state = -1;
-    snprintf(libs[l].why, sizeof libs[l].why, "not opened in a build under AddressSanitizer (LeakSanitizer's exit "
+    snprintf(libs[l].why, sizeof libs[l].why,
+             "not opened in a build under AddressSanitizer (LeakSanitizer's exit "
              "check crashes on its OpenMP threads)");
   }
   return;
@@ -119,20 +123,23 @@ static void open_libs(void) {
              dlerror());
   else if (!bli_sgemm_p || !bli_threads_p)
     snprintf(libs[MOE_SGEMM_BLIS].why, sizeof libs[0].why, "libblis.so.4 lacks bli_sgemm");
-  else
-    libs[MOE_SGEMM_BLIS].state = 1;
-  if (libs[MOE_SGEMM_BLIS].state != 1) { libs[MOE_SGEMM_BLIS].state = -1; bli_sgemm_p = NULL; }
+  else libs[MOE_SGEMM_BLIS].state = 1;
+  if (libs[MOE_SGEMM_BLIS].state != 1) {
+    libs[MOE_SGEMM_BLIS].state = -1;
+    bli_sgemm_p = NULL;
+  }
   void *d = dlopen("libdnnl.so.2", RTLD_NOW | RTLD_LOCAL);
   dnnl_sgemm_p = d ? (dnnl_sgemm_fn)dlsym(d, "dnnl_sgemm") : NULL;
   omp_threads_p = d ? (void (*)(int))dlsym(d, "omp_set_num_threads") : NULL;
   if (!d)
     snprintf(libs[MOE_SGEMM_ONEDNN].why, sizeof libs[0].why, "not installed (%s; Debian's package is libdnnl-dev)",
              dlerror());
-  else if (!dnnl_sgemm_p)
-    snprintf(libs[MOE_SGEMM_ONEDNN].why, sizeof libs[0].why, "libdnnl.so.2 lacks dnnl_sgemm");
-  else
-    libs[MOE_SGEMM_ONEDNN].state = 1;
-  if (libs[MOE_SGEMM_ONEDNN].state != 1) { libs[MOE_SGEMM_ONEDNN].state = -1; dnnl_sgemm_p = NULL; }
+  else if (!dnnl_sgemm_p) snprintf(libs[MOE_SGEMM_ONEDNN].why, sizeof libs[0].why, "libdnnl.so.2 lacks dnnl_sgemm");
+  else libs[MOE_SGEMM_ONEDNN].state = 1;
+  if (libs[MOE_SGEMM_ONEDNN].state != 1) {
+    libs[MOE_SGEMM_ONEDNN].state = -1;
+    dnnl_sgemm_p = NULL;
+  }
 }
 
 const char *moe_sgemm_check(void) {
@@ -141,7 +148,8 @@ const char *moe_sgemm_check(void) {
   if (mode >= 0) {
     open_libs();
     if (libs[mode].state != 1) {
-      snprintf(mode_error, sizeof mode_error, "MOELUA_SGEMM=%s, but %s is %s", names[mode], names[mode], libs[mode].why);
+      snprintf(mode_error, sizeof mode_error, "MOELUA_SGEMM=%s, but %s is %s", names[mode], names[mode],
+               libs[mode].why);
       return mode_error;
     }
   }
@@ -163,8 +171,8 @@ static int run_lib(int lib, const moe_sgemm_args *g, float *C, int threads) {
   }
   case MOE_SGEMM_ONEDNN:
     if (omp_threads_p) omp_threads_p(threads); /* a per-thread setting, which bf16.c's GEMMs change too */
-    return dnnl_sgemm_p(g->ta ? 'T' : 'N', g->tb ? 'T' : 'N', g->M, g->N, g->K, 1.0f, g->A, g->lda, g->B, g->ldb,
-                        beta, C, g->ldc) != 0;
+    return dnnl_sgemm_p(g->ta ? 'T' : 'N', g->tb ? 'T' : 'N', g->M, g->N, g->K, 1.0f, g->A, g->lda, g->B, g->ldb, beta,
+                        C, g->ldc) != 0;
   case MOE_SGEMM_OPENBLAS_SPLIT:
     if (moe_cpu_sgemm_split(g, threads)) openblas_threads_ran = 1;
     return 0;
@@ -197,13 +205,15 @@ static int leader(void) {
 static uint32_t bucket(int64_t x) {
   uint32_t b = 0;
   double v = (double)x;
-  while (v >= 1.4142135623730951 && b < 127) { v /= 1.4142135623730951; b++; }
+  while (v >= 1.4142135623730951 && b < 127) {
+    v /= 1.4142135623730951;
+    b++;
+  }
   return b;
 }
 
 static uint32_t key_of(const moe_sgemm_args *g) {
-  return 1u | (uint32_t)g->ta << 1 | (uint32_t)g->tb << 2 | bucket(g->M) << 3 | bucket(g->N) << 10 |
-         bucket(g->K) << 17;
+  return 1u | (uint32_t)g->ta << 1 | (uint32_t)g->tb << 2 | bucket(g->M) << 3 | bucket(g->N) << 10 | bucket(g->K) << 17;
 }
 
 static double now_s(void) {
@@ -233,7 +243,10 @@ static int calibrate(const moe_sgemm_args *g, int threads) {
       double start = now_s();
       for (int call = 0; call < 20; call++) {
         double t0 = now_s();
-        if (run_lib(l, g, scratch, threads)) { broken[l] = 1; break; }
+        if (run_lib(l, g, scratch, threads)) {
+          broken[l] = 1;
+          break;
+        }
         double t1 = now_s();
         if ((call || t1 - t0 > 20e-3) && t1 - t0 < best[l]) best[l] = t1 - t0;
         if (t1 - t0 > 20e-3 || (call >= 3 && t1 - start >= 4e-3)) break; /* a large GEMM: one call */
@@ -243,7 +256,12 @@ static int calibrate(const moe_sgemm_args *g, int threads) {
   for (int l = 0; l < MOE_SGEMM_NLIBS; l++) sum_t[l] += broken[l] || best[l] >= 1e300 ? 1e300 : best[l];
   int pick = leader();
   moe_sgemm_record *r = &records[n_timed]; /* choose() counts it */
-  r->M = g->M; r->N = g->N; r->K = g->K; r->ta = g->ta; r->tb = g->tb; r->lib = pick;
+  r->M = g->M;
+  r->N = g->N;
+  r->K = g->K;
+  r->ta = g->ta;
+  r->tb = g->tb;
+  r->lib = pick;
   double flop = 2.0 * (double)g->M * (double)g->N * (double)g->K;
   for (int l = 0; l < MOE_SGEMM_NLIBS; l++)
     r->gflops[l] = libs[l].state == 1 && !broken[l] && best[l] < 1e300 ? flop / best[l] / 1e9 : 0;
@@ -255,7 +273,10 @@ static int calibrate(const moe_sgemm_args *g, int threads) {
 static int choose(const moe_sgemm_args *g, int threads) {
   read_mode();
   if (mode_error[0]) return MOE_SGEMM_OPENBLAS; /* raised by the binding when it loads */
-  if (mode >= 0) { open_libs(); return libs[mode].state == 1 ? mode : MOE_SGEMM_OPENBLAS; }
+  if (mode >= 0) {
+    open_libs();
+    return libs[mode].state == 1 ? mode : MOE_SGEMM_OPENBLAS;
+  }
   if (decided >= 0) return decided;
   open_libs();
   int others = 0;
@@ -317,15 +338,16 @@ void moe_sgemm_describe(char *out, size_t n, int brief) {
   }
   if (brief && st.library < 0)
     snprintf(out, n, "the fastest of %s, timed at the first large GEMMs (moe.config().sgemm)", have);
-  else if (brief)
-    snprintf(out, n, "%s, the fastest of %s (moe.config().sgemm)", names[st.library], have);
+  else if (brief) snprintf(out, n, "%s, the fastest of %s (moe.config().sgemm)", names[st.library], have);
   else if (!st.available[MOE_SGEMM_BLIS] && !st.available[MOE_SGEMM_ONEDNN] && !st.available[MOE_SGEMM_OPENBLAS_SPLIT])
     snprintf(out, n, "OpenBLAS only (%s)", missing);
   else
-    snprintf(out, n, "%s%s, the fastest of %s on the process's first %d multi-threaded GEMM shapes%s%s "
+    snprintf(out, n,
+             "%s%s, the fastest of %s on the process's first %d multi-threaded GEMM shapes%s%s "
              "(MOELUA_SGEMM=openblas|blis|onednn|openblas-split pins one)",
-             st.library >= 0 ? names[st.library] : "not chosen yet", st.library >= 0 ? "" : " (at the first large GEMM)",
-             have, MOE_SGEMM_CLASSES, missing[0] ? "; " : "", missing);
+             st.library >= 0 ? names[st.library] : "not chosen yet",
+             st.library >= 0 ? "" : " (at the first large GEMM)", have, MOE_SGEMM_CLASSES, missing[0] ? "; " : "",
+             missing);
 }
 
 void moe_sgemm_forget(void) {

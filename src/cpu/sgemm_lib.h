@@ -8,8 +8,13 @@
 
 /* OPENBLAS_SPLIT: one single-threaded OpenBLAS call per core, on moelua's
  * thread pool (matmul.c's moe_cpu_sgemm_split) */
-enum { MOE_SGEMM_OPENBLAS = 0, MOE_SGEMM_BLIS = 1, MOE_SGEMM_ONEDNN = 2, MOE_SGEMM_OPENBLAS_SPLIT = 3,
-       MOE_SGEMM_NLIBS = 4 };
+enum {
+  MOE_SGEMM_OPENBLAS = 0,
+  MOE_SGEMM_BLIS = 1,
+  MOE_SGEMM_ONEDNN = 2,
+  MOE_SGEMM_OPENBLAS_SPLIT = 3,
+  MOE_SGEMM_NLIBS = 4
+};
 /* the process's library is chosen over its first this many shape classes */
 #define MOE_SGEMM_CLASSES 3
 
@@ -36,14 +41,14 @@ void moe_sgemm_note_openblas_threads(void);
 
 typedef struct {
   int64_t M, N, K;
-  int ta, tb, lib; /* lib: the leader over the classes timed up to this one */
+  int ta, tb, lib;                /* lib: the leader over the classes timed up to this one */
   double gflops[MOE_SGEMM_NLIBS]; /* as timed at the class's first GEMM; 0: not run */
 } moe_sgemm_record;
 
 typedef struct {
   int mode; /* -1: auto (timed on the first shape classes), else the library MOELUA_SGEMM pins */
   int available[MOE_SGEMM_NLIBS];
-  char why[MOE_SGEMM_NLIBS][240]; /* why a library is missing */
+  char why[MOE_SGEMM_NLIBS][240];  /* why a library is missing */
   const moe_sgemm_record *records; /* the shape classes timed so far, in order */
   int n_records;
   int library; /* the process's library once chosen (or pinned); -1 while the first classes are timed */

@@ -25,30 +25,31 @@
 #define DECL1(r) __m256 c##r##0 = _mm256_setzero_ps();
 #define LOADB2 __m256 b0 = _mm256_loadu_ps(B + p * ldb), b1 = _mm256_loadu_ps(B + p * ldb + 8);
 #define LOADB1 __m256 b0 = _mm256_loadu_ps(B + p * ldb);
-#define STEP2(r)                                \
-  x = _mm256_broadcast_ss(a + (r) * sam);       \
-  c##r##0 = _mm256_fmadd_ps(x, b0, c##r##0);    \
+#define STEP2(r)                             \
+  x = _mm256_broadcast_ss(a + (r)*sam);      \
+  c##r##0 = _mm256_fmadd_ps(x, b0, c##r##0); \
   c##r##1 = _mm256_fmadd_ps(x, b1, c##r##1);
-#define STEP1(r)                                \
-  x = _mm256_broadcast_ss(a + (r) * sam);       \
+#define STEP1(r)                        \
+  x = _mm256_broadcast_ss(a + (r)*sam); \
   c##r##0 = _mm256_fmadd_ps(x, b0, c##r##0);
-#define OUT2(r) STORE(C + (r) * ldc, c##r##0); STORE(C + (r) * ldc + 8, c##r##1);
-#define OUT1(r) STORE(C + (r) * ldc, c##r##0);
+#define OUT2(r)                \
+  STORE(C + (r)*ldc, c##r##0); \
+  STORE(C + (r)*ldc + 8, c##r##1);
+#define OUT1(r) STORE(C + (r)*ldc, c##r##0);
 #define ROWS1(M) M(0)
 #define ROWS6(M) M(0) M(1) M(2) M(3) M(4) M(5)
 #define ROWS8(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7)
 
-#define KERNEL(NAME, ROWS, V)                                                                          \
-  TGT static void NAME(int64_t K, const float *A, int64_t sam, int64_t sak, const float *B, int64_t ldb, \
-                       float *C, int64_t ldc, int acc) {                                              \
-    ROWS(DECL##V)                                                                                      \
-    for (int64_t p = 0; p < K; p++) {                                                                  \
-      LOADB##V                                                                                         \
-      const float *a = A + p * sak;                                                                    \
-      __m256 x;                                                                                        \
-      ROWS(STEP##V)                                                                                    \
-    }                                                                                                  \
-    ROWS(OUT##V)                                                                                       \
+#define KERNEL(NAME, ROWS, V)                                                                                      \
+  TGT static void NAME(int64_t K, const float *A, int64_t sam, int64_t sak, const float *B, int64_t ldb, float *C, \
+                       int64_t ldc, int acc) {                                                                     \
+    ROWS(DECL##V)                                                                                                  \
+    for (int64_t p = 0; p < K; p++) {                                                                              \
+      LOADB##V const float *a = A + p * sak;                                                                       \
+      __m256 x;                                                                                                    \
+      ROWS(STEP##V)                                                                                                \
+    }                                                                                                              \
+    ROWS(OUT##V)                                                                                                   \
   }
 KERNEL(kern_6x2, ROWS6, 2)
 KERNEL(kern_1x2, ROWS1, 2)
@@ -66,8 +67,8 @@ int moe_cpu_small_gemm_ok(int64_t N) {
   return h && N > 0 && N % 8 == 0 && N <= 64;
 }
 
-void moe_cpu_small_gemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t sam, int64_t sak,
-                        const float *B, int64_t ldb, float *C, int64_t ldc, int acc) {
+void moe_cpu_small_gemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t sam, int64_t sak, const float *B,
+                        int64_t ldb, float *C, int64_t ldc, int acc) {
   int64_t j = 0;
   for (; j + 16 <= N; j += 16) {
     int64_t i = 0;
@@ -81,7 +82,10 @@ void moe_cpu_small_gemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t
   }
 }
 #else
-int moe_cpu_small_gemm_ok(int64_t N) { (void)N; return 0; }
-void moe_cpu_small_gemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t sam, int64_t sak,
-                        const float *B, int64_t ldb, float *C, int64_t ldc, int acc) {}
+int moe_cpu_small_gemm_ok(int64_t N) {
+  (void)N;
+  return 0;
+}
+void moe_cpu_small_gemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t sam, int64_t sak, const float *B,
+                        int64_t ldb, float *C, int64_t ldc, int acc) {}
 #endif

@@ -21,13 +21,13 @@ extern "C" {
 #define MOE_LAUNCH_SYNC(k, g, b, sm, st, ...) k<<<(g), (b), (sm), (st)>>>(__VA_ARGS__)
 #define MOE_DYN_SMEM(type, name) extern __shared__ type name[]
 // the same, for use inside a MOE_DTYPE_SWITCH (a macro does not expand inside itself)
-#define MOE_DTYPE_SWITCH2(dt, F)         \
-  switch (dt) {                          \
-  case MOE_F32: F(float); break;         \
-  case MOE_F64: F(double); break;        \
-  case MOE_I32: F(int32_t); break;       \
-  case MOE_I64: F(int64_t); break;       \
-  default: F(uint8_t); break;            \
+#define MOE_DTYPE_SWITCH2(dt, F)   \
+  switch (dt) {                    \
+  case MOE_F32: F(float); break;   \
+  case MOE_F64: F(double); break;  \
+  case MOE_I32: F(int32_t); break; \
+  case MOE_I64: F(int64_t); break; \
+  default: F(uint8_t); break;      \
   }
 
 #endif
@@ -51,7 +51,7 @@ struct moe_iter {
   int64_t n;
   int64_t shape[MOE_MAX_DIMS];
   int64_t st[4][MOE_MAX_DIMS];
-  int contiguous;  // every operand steps by 1 over a single dim
+  int contiguous; // every operand steps by 1 over a single dim
 };
 
 static inline moe_iter moe_iter_make(int nops, const moe_tensor *const *ops) {
@@ -73,7 +73,10 @@ static inline moe_iter moe_iter_make(int nops, const moe_tensor *const *ops) {
     if (m > 0) {
       int ok = 1;
       for (int k = 0; k < nops; k++)
-        if (it.st[k][m - 1] != it.st[k][d] * it.shape[d]) { ok = 0; break; }
+        if (it.st[k][m - 1] != it.st[k][d] * it.shape[d]) {
+          ok = 0;
+          break;
+        }
       if (ok) {
         it.shape[m - 1] *= it.shape[d];
         for (int k = 0; k < nops; k++) it.st[k][m - 1] = it.st[k][d];
@@ -104,23 +107,23 @@ __device__ __forceinline__ void moe_iter_offsets(const moe_iter &it, int64_t i, 
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
 
 // a call per dtype: F(T) for float, double, int32_t, int64_t, uint8_t
-#define MOE_DTYPE_SWITCH(dt, F)          \
-  switch (dt) {                          \
-  case MOE_F32: F(float); break;         \
-  case MOE_F64: F(double); break;        \
-  case MOE_I32: F(int32_t); break;       \
-  case MOE_I64: F(int64_t); break;       \
-  default: F(uint8_t); break;            \
+#define MOE_DTYPE_SWITCH(dt, F)    \
+  switch (dt) {                    \
+  case MOE_F32: F(float); break;   \
+  case MOE_F64: F(double); break;  \
+  case MOE_I32: F(int32_t); break; \
+  case MOE_I64: F(int64_t); break; \
+  default: F(uint8_t); break;      \
   }
 
 // the same, for use inside a MOE_DTYPE_SWITCH (a macro does not expand inside itself)
-#define MOE_DTYPE_SWITCH2(dt, F)         \
-  switch (dt) {                          \
-  case MOE_F32: F(float); break;         \
-  case MOE_F64: F(double); break;        \
-  case MOE_I32: F(int32_t); break;       \
-  case MOE_I64: F(int64_t); break;       \
-  default: F(uint8_t); break;            \
+#define MOE_DTYPE_SWITCH2(dt, F)   \
+  switch (dt) {                    \
+  case MOE_F32: F(float); break;   \
+  case MOE_F64: F(double); break;  \
+  case MOE_I32: F(int32_t); break; \
+  case MOE_I64: F(int64_t); break; \
+  default: F(uint8_t); break;      \
   }
 
 #endif

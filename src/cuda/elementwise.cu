@@ -20,10 +20,12 @@ template <class TO, class FROM> __device__ __forceinline__ TO conv(FROM x) {
   } else return (TO)x;
 }
 
-template <class TO, class FROM>
-__global__ void k_copy(moe_iter it, TO *o, const FROM *a) {
+template <class TO, class FROM> __global__ void k_copy(moe_iter it, TO *o, const FROM *a) {
   MOE_GRID_STRIDE(i, it.n) {
-    if (it.contiguous) { o[i] = conv<TO>(a[i]); continue; }
+    if (it.contiguous) {
+      o[i] = conv<TO>(a[i]);
+      continue;
+    }
     int64_t off[4];
     moe_iter_offsets(it, i, off);
     o[off[0]] = conv<TO>(a[off[1]]);
@@ -32,7 +34,10 @@ __global__ void k_copy(moe_iter it, TO *o, const FROM *a) {
 
 template <class T> __global__ void k_fill(moe_iter it, T *o, T v) {
   MOE_GRID_STRIDE(i, it.n) {
-    if (it.contiguous) { o[i] = v; continue; }
+    if (it.contiguous) {
+      o[i] = v;
+      continue;
+    }
     int64_t off[4];
     moe_iter_offsets(it, i, off);
     o[off[0]] = v;
@@ -52,7 +57,8 @@ template <class T> __device__ __forceinline__ T bin(int op, T x, T y) {
   default:
     if constexpr (std::is_floating_point<T>::value) {
       if (op == MOE_DIV) return x / y;
-      if (op == MOE_POW) return std::is_same<T, float>::value ? (T)powf((float)x, (float)y) : (T)pow((double)x, (double)y);
+      if (op == MOE_POW)
+        return std::is_same<T, float>::value ? (T)powf((float)x, (float)y) : (T)pow((double)x, (double)y);
     }
     return 0;
   }
@@ -72,13 +78,17 @@ template <class T> __device__ __forceinline__ uint8_t compare(int op, T x, T y) 
 // comes by value: sc bit 1 for a, bit 2 for b
 template <class T> __global__ void k_binary(moe_iter it, int op, T *o, const T *a, const T *b, int sc, T av, T bv) {
   MOE_GRID_STRIDE(i, it.n) {
-    if (it.contiguous && !sc) { o[i] = bin(op, a[i], b[i]); continue; }
+    if (it.contiguous && !sc) {
+      o[i] = bin(op, a[i], b[i]);
+      continue;
+    }
     int64_t off[4];
     moe_iter_offsets(it, i, off);
     o[off[0]] = bin(op, sc & 1 ? av : a[off[1]], sc & 2 ? bv : b[off[2]]);
   }
 }
-template <class T> __global__ void k_compare(moe_iter it, int op, uint8_t *o, const T *a, const T *b, int sc, T av, T bv) {
+template <class T>
+__global__ void k_compare(moe_iter it, int op, uint8_t *o, const T *a, const T *b, int sc, T av, T bv) {
   MOE_GRID_STRIDE(i, it.n) {
     int64_t off[4];
     moe_iter_offsets(it, i, off);
@@ -99,7 +109,10 @@ template <class T> __device__ __forceinline__ T un(int op, T x, double p0, doubl
   case MOE_RELU: return x > 0 ? x : (x != x ? x : 0);
   case MOE_SIGN: return (T)((x > 0) - (x < 0));
   case MOE_SQUARE: return x * x;
-  case MOE_CLAMP: { T lo = (T)p0, hi = (T)p1; return x != x ? x : x < lo ? lo : x > hi ? hi : x; }
+  case MOE_CLAMP: {
+    T lo = (T)p0, hi = (T)p1;
+    return x != x ? x : x < lo ? lo : x > hi ? hi : x;
+  }
   default: break;
   }
   if constexpr (std::is_floating_point<T>::value) {
@@ -126,7 +139,10 @@ template <class T> __device__ __forceinline__ T un(int op, T x, double p0, doubl
 
 template <class T> __global__ void k_unary(moe_iter it, int op, T *o, const T *a, double p0, double p1) {
   MOE_GRID_STRIDE(i, it.n) {
-    if (it.contiguous) { o[i] = un(op, a[i], p0, p1); continue; }
+    if (it.contiguous) {
+      o[i] = un(op, a[i], p0, p1);
+      continue;
+    }
     int64_t off[4];
     moe_iter_offsets(it, i, off);
     o[off[0]] = un(op, a[off[1]], p0, p1);
@@ -152,7 +168,7 @@ template <class T> __device__ __forceinline__ T unb(int op, T g, T x, T y, doubl
   case MOE_LOG1P: return g / ((T)1 + x);
   case MOE_EXPM1: return g * (y + (T)1);
   case MOE_RSQRT: return -half * g * y * y * y;
-  default: return 0;  // sign, floor, ceil, round
+  default: return 0; // sign, floor, ceil, round
   }
 }
 
@@ -175,7 +191,7 @@ template <class T> __global__ void k_where(moe_iter it, T *o, const uint8_t *c, 
 
 template <class T> T *dptr(const moe_tensor *t) { return (T *)moe_data(t); }
 
-}  // namespace
+} // namespace
 
 static const int THREADS = 256;
 
@@ -185,8 +201,16 @@ extern "C" void moe_cuda_copy(moe_tensor *dst, const moe_tensor *src) {
   if (!it.n) return;
   unsigned g = moe_blocks(it.n, THREADS);
   cudaStream_t s = moe_cuda_stream();
-#define INNER(FROM) { auto kf = k_copy<TO, FROM>; MOE_LAUNCH(kf, g, THREADS, 0, s, it, dptr<TO>(dst), dptr<FROM>(src)); }
-#define OUTER(T) { typedef T TO; MOE_DTYPE_SWITCH2(src->dtype, INNER) }
+#define INNER(FROM)                                                       \
+  {                                                                       \
+    auto kf = k_copy<TO, FROM>;                                           \
+    MOE_LAUNCH(kf, g, THREADS, 0, s, it, dptr<TO>(dst), dptr<FROM>(src)); \
+  }
+#define OUTER(T)                         \
+  {                                      \
+    typedef T TO;                        \
+    MOE_DTYPE_SWITCH2(src->dtype, INNER) \
+  }
   MOE_DTYPE_SWITCH(dst->dtype, OUTER)
 #undef INNER
 #undef OUTER
@@ -218,11 +242,15 @@ extern "C" void moe_cuda_binary(moe_binop op, moe_tensor *out, const moe_tensor 
   int sc = (a->storage->device != MOE_CUDA) | (b->storage->device != MOE_CUDA) << 1;
 #define SCAL(T, t) (t->storage->device != MOE_CUDA ? *(const T *)moe_data(t) : (T)0)
   if (op >= MOE_EQ) {
-#define CMP(T) MOE_LAUNCH(k_compare<T>, g, THREADS, 0, s, it, (int)op, dptr<uint8_t>(out), dptr<T>(a), dptr<T>(b), sc, SCAL(T, a), SCAL(T, b))
+#define CMP(T)                                                                                                        \
+  MOE_LAUNCH(k_compare<T>, g, THREADS, 0, s, it, (int)op, dptr<uint8_t>(out), dptr<T>(a), dptr<T>(b), sc, SCAL(T, a), \
+             SCAL(T, b))
     MOE_DTYPE_SWITCH(a->dtype, CMP)
 #undef CMP
   } else {
-#define BIN(T) MOE_LAUNCH(k_binary<T>, g, THREADS, 0, s, it, (int)op, dptr<T>(out), dptr<T>(a), dptr<T>(b), sc, SCAL(T, a), SCAL(T, b))
+#define BIN(T)                                                                                                 \
+  MOE_LAUNCH(k_binary<T>, g, THREADS, 0, s, it, (int)op, dptr<T>(out), dptr<T>(a), dptr<T>(b), sc, SCAL(T, a), \
+             SCAL(T, b))
     MOE_DTYPE_SWITCH(a->dtype, BIN)
 #undef BIN
   }
@@ -252,8 +280,8 @@ extern "C" void moe_cuda_unary_backward(moe_unop op, moe_tensor *gx, const moe_t
     MOE_LAUNCH(k_unary_backward<double>, nb, THREADS, 0, s, it, (int)op, dptr<double>(gx), dptr<double>(g),
                dptr<double>(x), dptr<double>(y), p0, p1);
   else
-    MOE_LAUNCH(k_unary_backward<float>, nb, THREADS, 0, s, it, (int)op, dptr<float>(gx), dptr<float>(g),
-               dptr<float>(x), dptr<float>(y), p0, p1);
+    MOE_LAUNCH(k_unary_backward<float>, nb, THREADS, 0, s, it, (int)op, dptr<float>(gx), dptr<float>(g), dptr<float>(x),
+               dptr<float>(y), p0, p1);
   moe_cuda_launched(moe_unop_name(op));
 }
 

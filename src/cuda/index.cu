@@ -7,8 +7,8 @@ namespace {
 struct walk {
   int nd, dim;
   int64_t n, shape[MOE_MAX_DIMS];
-  int64_t tst[MOE_MAX_DIMS];  // the indexed tensor's strides
-  int64_t sst[MOE_MAX_DIMS];  // gather: unused; scatter: src's strides
+  int64_t tst[MOE_MAX_DIMS]; // the indexed tensor's strides
+  int64_t sst[MOE_MAX_DIMS]; // gather: unused; scatter: src's strides
 };
 
 // position pos of the index's shape: offset o in the indexed tensor (dim left
@@ -33,8 +33,7 @@ template <class T> __global__ void k_gather(walk w, const int64_t *index, int64_
 }
 
 template <class T> __device__ __forceinline__ void add_at(T *p, T v) {
-  if constexpr (std::is_same<T, int64_t>::value)
-    atomicAdd((unsigned long long *)p, (unsigned long long)v);
+  if constexpr (std::is_same<T, int64_t>::value) atomicAdd((unsigned long long *)p, (unsigned long long)v);
   else if constexpr (std::is_same<T, uint8_t>::value) {
     // bytes: a CAS on the aligned word around it
     unsigned *w = (unsigned *)((uintptr_t)p & ~(uintptr_t)3);
@@ -47,8 +46,7 @@ template <class T> __device__ __forceinline__ void add_at(T *p, T v) {
   } else atomicAdd(p, v);
 }
 
-template <class T>
-__global__ void k_scatter_add(walk w, const int64_t *index, int64_t ibase, const T *src, T *out) {
+template <class T> __global__ void k_scatter_add(walk w, const int64_t *index, int64_t ibase, const T *src, T *out) {
   MOE_GRID_STRIDE(pos, w.n) {
     int64_t o, so;
     walk_at(w, pos, &o, &so);
@@ -67,16 +65,17 @@ walk make_walk(const moe_tensor *ishape, const moe_tensor *t, int dim, const moe
     w.tst[d] = t->stride[d];
     if (src) w.sst[d] = src->stride[d];
   }
-  return w;  // (the kernels get pointers already at the tensors' offsets)
+  return w; // (the kernels get pointers already at the tensors' offsets)
 }
-}  // namespace
+} // namespace
 
 extern "C" void moe_cuda_gather(moe_tensor *out, const moe_tensor *t, int dim, const int64_t *index,
                                 const moe_tensor *ishape, int64_t ibase) {
   walk w = make_walk(ishape, t, dim, NULL);
   if (!w.n) return;
   cudaStream_t s = moe_cuda_stream();
-#define G(T) MOE_LAUNCH(k_gather<T>, moe_blocks(w.n, 256), 256, 0, s, w, index, ibase, (const T *)moe_data(t), (T *)moe_data(out))
+#define G(T) \
+  MOE_LAUNCH(k_gather<T>, moe_blocks(w.n, 256), 256, 0, s, w, index, ibase, (const T *)moe_data(t), (T *)moe_data(out))
   MOE_DTYPE_SWITCH(t->dtype, G)
 #undef G
   moe_cuda_launched("gather");
@@ -87,7 +86,9 @@ extern "C" void moe_cuda_scatter_add(moe_tensor *out, int dim, const int64_t *in
   walk w = make_walk(ishape, out, dim, src);
   if (!w.n) return;
   cudaStream_t s = moe_cuda_stream();
-#define S(T) MOE_LAUNCH(k_scatter_add<T>, moe_blocks(w.n, 256), 256, 0, s, w, index, ibase, (const T *)moe_data(src), (T *)moe_data(out))
+#define S(T)                                                                                               \
+  MOE_LAUNCH(k_scatter_add<T>, moe_blocks(w.n, 256), 256, 0, s, w, index, ibase, (const T *)moe_data(src), \
+             (T *)moe_data(out))
   MOE_DTYPE_SWITCH(out->dtype, S)
 #undef S
   moe_cuda_launched("scatter_add");
@@ -107,7 +108,11 @@ sel make_sel(const moe_tensor *pos, const moe_tensor *a, const moe_tensor *b, in
   w.nd = pos->ndim;
   w.dim = dim;
   w.n = moe_numel(pos);
-  for (int d = 0; d < w.nd; d++) { w.shape[d] = pos->shape[d]; w.st1[d] = a->stride[d]; w.st2[d] = b->stride[d]; }
+  for (int d = 0; d < w.nd; d++) {
+    w.shape[d] = pos->shape[d];
+    w.st1[d] = a->stride[d];
+    w.st2[d] = b->stride[d];
+  }
   return w;
 }
 
@@ -150,14 +155,16 @@ __global__ void k_index_check(const int64_t *p, int64_t n, int64_t lo, int64_t h
     }
   }
 }
-}  // namespace
+} // namespace
 
 extern "C" void moe_cuda_index_select(moe_tensor *out, const moe_tensor *t, int dim, const int64_t *ix, int64_t n,
                                       int64_t ibase) {
   sel w = make_sel(out, out, t, dim);
   if (!w.n) return;
   cudaStream_t s = moe_cuda_stream();
-#define IS(T) MOE_LAUNCH(k_index_select<T>, moe_blocks(w.n, 256), 256, 0, s, w, ix, ibase, (const T *)moe_data(t), (T *)moe_data(out))
+#define IS(T)                                                                                          \
+  MOE_LAUNCH(k_index_select<T>, moe_blocks(w.n, 256), 256, 0, s, w, ix, ibase, (const T *)moe_data(t), \
+             (T *)moe_data(out))
   MOE_DTYPE_SWITCH(t->dtype, IS)
 #undef IS
   moe_cuda_launched("index_select");
@@ -168,7 +175,9 @@ extern "C" void moe_cuda_index_add(moe_tensor *out, int dim, const int64_t *ix, 
   sel w = make_sel(src, src, out, dim);
   if (!w.n) return;
   cudaStream_t s = moe_cuda_stream();
-#define IA(T) MOE_LAUNCH(k_index_add<T>, moe_blocks(w.n, 256), 256, 0, s, w, ix, ibase, (const T *)moe_data(src), (T *)moe_data(out))
+#define IA(T)                                                                                         \
+  MOE_LAUNCH(k_index_add<T>, moe_blocks(w.n, 256), 256, 0, s, w, ix, ibase, (const T *)moe_data(src), \
+             (T *)moe_data(out))
   MOE_DTYPE_SWITCH(out->dtype, IA)
 #undef IA
   moe_cuda_launched("index_add");
@@ -179,10 +188,14 @@ extern "C" int moe_cuda_index_check(const int64_t *p, int64_t n, int64_t lo, int
   if (n == 0) return 0;
   size_t got = 0;
   char *buf = (char *)moe_cuda_malloc(16, &got);
-  if (!buf) { moe_cuda_fail("index", moe_cuda_last_error()); return 0; }
+  if (!buf) {
+    moe_cuda_fail("index", moe_cuda_last_error());
+    return 0;
+  }
   cudaStream_t s = moe_cuda_stream();
   cudaMemsetAsync(buf, 0, 16, s);
-  MOE_LAUNCH(k_index_check, moe_blocks(n, 256), 256, 0, s, p, n, lo, hi, (unsigned long long *)buf, (int64_t *)(buf + 8));
+  MOE_LAUNCH(k_index_check, moe_blocks(n, 256), 256, 0, s, p, n, lo, hi, (unsigned long long *)buf,
+             (int64_t *)(buf + 8));
   moe_cuda_launched("index");
   int64_t host[2] = {0, 0};
   if (moe_cuda_memcpy(host, buf, 16, 1)) moe_cuda_fail("index", moe_cuda_last_error());
@@ -215,20 +228,21 @@ template <class T> __global__ void k_rank_sort(const T *x, int64_t M, int64_t K,
     idx[m * K + rank] = i;
   }
 }
-template <class T> __global__ void k_take_rows(const T *x, int64_t M, int64_t K, const int64_t *order, int64_t k,
-                                               T *vals, int64_t *idx, int64_t ibase) {
+template <class T>
+__global__ void k_take_rows(const T *x, int64_t M, int64_t K, const int64_t *order, int64_t k, T *vals, int64_t *idx,
+                            int64_t ibase) {
   MOE_GRID_STRIDE(p, M * k) {
     int64_t m = p / k, j = p % k, o = order[m * K + j];
     vals[p] = x[m * K + o];
     idx[p] = o + ibase;
   }
 }
-}  // namespace
+} // namespace
 
 extern "C" void moe_cuda_argsort_rows(const moe_tensor *x, int64_t M, int64_t K, int desc, int64_t *idx) {
   if (M * K == 0) return;
   cudaStream_t s = moe_cuda_stream();
-#define RS(T) MOE_LAUNCH(k_rank_sort<T>, moe_blocks(M * K, 256), 256, 0, s, (const T *)moe_data(x), M, K, desc, idx)
+#define RS(T) MOE_LAUNCH(k_rank_sort<T>, moe_blocks(M *K, 256), 256, 0, s, (const T *)moe_data(x), M, K, desc, idx)
   MOE_DTYPE_SWITCH(x->dtype, RS)
 #undef RS
   moe_cuda_launched("sort");
@@ -238,7 +252,9 @@ extern "C" void moe_cuda_take_rows(const moe_tensor *x, int64_t M, int64_t K, co
                                    moe_tensor *vals, moe_tensor *idx, int64_t ibase) {
   if (M * k == 0) return;
   cudaStream_t s = moe_cuda_stream();
-#define TR(T) MOE_LAUNCH(k_take_rows<T>, moe_blocks(M * k, 256), 256, 0, s, (const T *)moe_data(x), M, K, order, k, (T *)moe_data(vals), (int64_t *)moe_data(idx), ibase)
+#define TR(T)                                                                                          \
+  MOE_LAUNCH(k_take_rows<T>, moe_blocks(M *k, 256), 256, 0, s, (const T *)moe_data(x), M, K, order, k, \
+             (T *)moe_data(vals), (int64_t *)moe_data(idx), ibase)
   MOE_DTYPE_SWITCH(x->dtype, TR)
 #undef TR
   moe_cuda_launched("topk");

@@ -30,7 +30,7 @@ template <class T> __global__ void k_bce_backward(moe_iter it, T *gp, const T *g
     gp[off[0]] = gg * d;
   }
 }
-}  // namespace
+} // namespace
 
 extern "C" void moe_cuda_bce(moe_tensor *l, const moe_tensor *y, const moe_tensor *p, int logits) {
   const moe_tensor *ops[3] = {l, y, p};
@@ -53,8 +53,8 @@ extern "C" void moe_cuda_bce_backward(moe_tensor *gp, const moe_tensor *g, const
   if (!it.n) return;
   unsigned nb = moe_blocks(it.n, 256);
   if (p->dtype == MOE_F32)
-    MOE_LAUNCH(k_bce_backward<float>, nb, 256, 0, moe_cuda_stream(), it, (float *)moe_data(gp), (const float *)moe_data(g),
-               (const float *)moe_data(y), (const float *)moe_data(p), logits);
+    MOE_LAUNCH(k_bce_backward<float>, nb, 256, 0, moe_cuda_stream(), it, (float *)moe_data(gp),
+               (const float *)moe_data(g), (const float *)moe_data(y), (const float *)moe_data(p), logits);
   else
     MOE_LAUNCH(k_bce_backward<double>, nb, 256, 0, moe_cuda_stream(), it, (double *)moe_data(gp),
                (const double *)moe_data(g), (const double *)moe_data(y), (const double *)moe_data(p), logits);

@@ -24,10 +24,10 @@ static const char *load_blas(void) { return NULL; }
 #else
 #include <dlfcn.h>
 // the C entry point's type (cuBLAS 13's C++ header also overloads the name)
-typedef cublasStatus_t (*gemm_ex_fn)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
-                                     const void *, const void *, cudaDataType, int, long long, const void *,
-                                     cudaDataType, int, long long, const void *, void *, cudaDataType, int,
-                                     long long, int, cublasComputeType_t, cublasGemmAlgo_t);
+typedef cublasStatus_t (*gemm_ex_fn)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const void *,
+                                     const void *, cudaDataType, int, long long, const void *, cudaDataType, int,
+                                     long long, const void *, void *, cudaDataType, int, long long, int,
+                                     cublasComputeType_t, cublasGemmAlgo_t);
 static struct {
   decltype(&cublasCreate_v2) create;
   decltype(&cublasSetStream_v2) set_stream;
@@ -52,7 +52,10 @@ static const char *load_blas(void) {
   void *h = NULL;
   for (const char *n : names)
     if (n && (h = dlopen(n, RTLD_NOW | RTLD_LOCAL))) break;
-  if (!h) { snprintf(why, sizeof why, "cuBLAS not found (set MOE_CUBLAS to libcublas.so's path)"); return why; }
+  if (!h) {
+    snprintf(why, sizeof why, "cuBLAS not found (set MOE_CUBLAS to libcublas.so's path)");
+    return why;
+  }
   blas_fns.create = (decltype(blas_fns.create))dlsym(h, "cublasCreate_v2");
   blas_fns.set_stream = (decltype(blas_fns.set_stream))dlsym(h, "cublasSetStream_v2");
   blas_fns.dgemm = (decltype(blas_fns.dgemm))dlsym(h, "cublasDgemm_v2");
@@ -68,12 +71,15 @@ static const char *load_blas(void) {
 #endif
 
 static cublasHandle_t handle;
-static int precision;  // 0 fp32, 1 tf32, 2 bf16
+static int precision; // 0 fp32, 1 tf32, 2 bf16
 
 static cublasHandle_t get_handle(void) {
   if (!handle) {
     const char *why = load_blas();
-    if (why) { moe_cuda_fail("matmul", why); return NULL; }
+    if (why) {
+      moe_cuda_fail("matmul", why);
+      return NULL;
+    }
     if (BLAS(cublasCreate)(&handle) != CUBLAS_STATUS_SUCCESS) {
       handle = NULL;
       moe_cuda_fail("matmul", "cublasCreate failed");
@@ -84,7 +90,11 @@ static cublasHandle_t get_handle(void) {
   return handle;
 }
 
-extern "C" int moe_cuda_set_precision(int p) { int old = precision; precision = p; return old; }
+extern "C" int moe_cuda_set_precision(int p) {
+  int old = precision;
+  precision = p;
+  return old;
+}
 extern "C" int moe_cuda_get_precision(void) { return precision; }
 
 // a row-major [rows, cols] operand with strides (rs, cs): cuBLAS's op and leading dim
@@ -108,16 +118,16 @@ __global__ void k_to_bf16(const float *src, int64_t batch, int64_t rows, int64_t
     dst[i] = __float2bfloat16(src[b * sb + r * rs + c * cs]);
   }
 }
-}  // namespace
+} // namespace
 
 static void fail_blas(cublasStatus_t st) {
   if (st != CUBLAS_STATUS_SUCCESS) moe_cuda_fail("matmul", BLAS(cublasGetStatusString)(st));
 }
 
 // prec: 0 fp32, 1 tf32, 2 bf16 (the global precision, or bf16 for moe_cuda_gemm_bf16)
-static void gemm(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t K, const char *A, int64_t sAb,
-                 int64_t sAm, int64_t sAk, const char *B, int64_t sBb, int64_t sBk, int64_t sBn, char *C,
-                 int64_t sCb, int accumulate, int prec) {
+static void gemm(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t K, const char *A, int64_t sAb, int64_t sAm,
+                 int64_t sAk, const char *B, int64_t sBb, int64_t sBk, int64_t sBn, char *C, int64_t sCb,
+                 int accumulate, int prec) {
   size_t es = moe_dtype_size(dt);
   if (M == 0 || N == 0 || batch == 0) return;
   cudaStream_t s = moe_cuda_stream();
@@ -138,15 +148,18 @@ static void gemm(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t K, c
   if (dt == MOE_F64) {
     const double one = 1, zero = 0;
     for (int64_t i = 0; i < batch; i++) {
-      cublasStatus_t st = BLAS(cublasDgemm)(h, tb, ta, (int)N, (int)M, (int)K, &one, (const double *)B + i * sBb, (int)ldb,
-                                      (const double *)A + i * sAb, (int)lda, accumulate ? &one : &zero,
-                                      (double *)C + i * sCb, (int)N);
-      if (st != CUBLAS_STATUS_SUCCESS) { fail_blas(st); return; }
+      cublasStatus_t st = BLAS(cublasDgemm)(h, tb, ta, (int)N, (int)M, (int)K, &one, (const double *)B + i * sBb,
+                                            (int)ldb, (const double *)A + i * sAb, (int)lda, accumulate ? &one : &zero,
+                                            (double *)C + i * sCb, (int)N);
+      if (st != CUBLAS_STATUS_SUCCESS) {
+        fail_blas(st);
+        return;
+      }
     }
     return;
   }
   const float one = 1, zero = 0;
-  if (prec == 2) {  // bf16 operands: rounded into contiguous copies first
+  if (prec == 2) { // bf16 operands: rounded into contiguous copies first
     size_t ga = 0, gb = 0;
     int64_t na = (sAb ? batch : 1) * M * K, nb = (sBb ? batch : 1) * K * N;
     __nv_bfloat16 *a16 = (__nv_bfloat16 *)moe_cuda_malloc(2 * (size_t)na, &ga);
@@ -164,7 +177,7 @@ static void gemm(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t K, c
         CUDA_R_16BF, (int)K, sAb ? M * K : 0, accumulate ? &one : &zero, C, CUDA_R_32F, (int)N, sCb, (int)batch,
         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     fail_blas(st);
-    moe_cuda_free(a16, ga);  // stream-ordered reuse (runtime.cu)
+    moe_cuda_free(a16, ga); // stream-ordered reuse (runtime.cu)
     moe_cuda_free(b16, gb);
     return;
   }
@@ -176,8 +189,8 @@ static void gemm(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t K, c
 }
 
 extern "C" void moe_cuda_gemm_batched(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t K, const char *A,
-                                      int64_t sAb, int64_t sAm, int64_t sAk, const char *B, int64_t sBb,
-                                      int64_t sBk, int64_t sBn, char *C, int64_t sCb) {
+                                      int64_t sAb, int64_t sAm, int64_t sAk, const char *B, int64_t sBb, int64_t sBk,
+                                      int64_t sBn, char *C, int64_t sCb) {
   gemm(dt, batch, M, N, K, A, sAb, sAm, sAk, B, sBb, sBk, sBn, C, sCb, 0, precision);
 }
 

@@ -8,7 +8,7 @@
 
 namespace {
 
-const int RT = 256;  // threads per row block
+const int RT = 256; // threads per row block
 
 // block-wide sum of v (every thread gets it); sh holds RT doubles
 __device__ double block_sum(double v, double *sh) {
@@ -49,20 +49,25 @@ template <class T> __device__ __forceinline__ bool beats(T b, int64_t bi, T a, i
   return max ? b > a : b < a;
 }
 
-template <class T> __global__ void k_minmax_rows(const T *x, int64_t K, bool max, int arg, T *out,
-                                                 int64_t *argout, int64_t *idx, int64_t ibase) {
+template <class T>
+__global__ void k_minmax_rows(const T *x, int64_t K, bool max, int arg, T *out, int64_t *argout, int64_t *idx,
+                              int64_t ibase) {
   __shared__ T sv[RT];
   __shared__ int64_t si[RT];
   const T *r = x + (int64_t)blockIdx.x * K;
   T best = 0;
   int64_t bi = -1;
   for (int64_t k = threadIdx.x; k < K; k += RT)
-    if (beats(r[k], k, best, bi, max)) { best = r[k]; bi = k; }
+    if (beats(r[k], k, best, bi, max)) {
+      best = r[k];
+      bi = k;
+    }
   sv[threadIdx.x] = best;
   si[threadIdx.x] = bi;
   __syncthreads();
   for (int w = RT / 2; w > 0; w >>= 1) {
-    if ((int)threadIdx.x < w && beats(sv[threadIdx.x + w], si[threadIdx.x + w], sv[threadIdx.x], si[threadIdx.x], max)) {
+    if ((int)threadIdx.x < w &&
+        beats(sv[threadIdx.x + w], si[threadIdx.x + w], sv[threadIdx.x], si[threadIdx.x], max)) {
       sv[threadIdx.x] = sv[threadIdx.x + w];
       si[threadIdx.x] = si[threadIdx.x + w];
     }
@@ -86,13 +91,16 @@ template <class T> __global__ void k_moment_rows(const T *x, int64_t K, int op, 
     si[threadIdx.x] = acc;
     __syncthreads();
     for (int w = RT / 2; w > 0; w >>= 1) {
-      if ((int)threadIdx.x < w) si[threadIdx.x] = op == MOE_RPROD ? si[threadIdx.x] * si[threadIdx.x + w] : si[threadIdx.x] + si[threadIdx.x + w];
+      if ((int)threadIdx.x < w)
+        si[threadIdx.x] =
+            op == MOE_RPROD ? si[threadIdx.x] * si[threadIdx.x + w] : si[threadIdx.x] + si[threadIdx.x + w];
       __syncthreads();
     }
     if (threadIdx.x == 0) out[blockIdx.x] = (T)(op == MOE_RMEAN ? si[0] / K : si[0]);
-    (void)sh; (void)correction;
+    (void)sh;
+    (void)correction;
   } else {
-    if (op == MOE_RPROD) {  // products in a tree: one row per thread 0 keeps the CPU's order
+    if (op == MOE_RPROD) { // products in a tree: one row per thread 0 keeps the CPU's order
       if (threadIdx.x == 0) {
         double acc = 1;
         for (int64_t k = 0; k < K; k++) acc *= r[k];
@@ -102,9 +110,13 @@ template <class T> __global__ void k_moment_rows(const T *x, int64_t K, int op, 
     }
     if (op == MOE_RLOGSUMEXP) {
       double mx = -INFINITY;
-      for (int64_t k = threadIdx.x; k < K; k += RT) if (r[k] > mx || r[k] != r[k]) mx = (double)r[k];
+      for (int64_t k = threadIdx.x; k < K; k += RT)
+        if (r[k] > mx || r[k] != r[k]) mx = (double)r[k];
       mx = block_max(mx, sh);
-      if (isinf(mx) || mx != mx) { if (threadIdx.x == 0) out[blockIdx.x] = (T)mx; return; }
+      if (isinf(mx) || mx != mx) {
+        if (threadIdx.x == 0) out[blockIdx.x] = (T)mx;
+        return;
+      }
       double s = 0;
       for (int64_t k = threadIdx.x; k < K; k += RT) s += exp((double)r[k] - mx);
       s = block_sum(s, sh);
@@ -119,7 +131,10 @@ template <class T> __global__ void k_moment_rows(const T *x, int64_t K, int op, 
       return;
     }
     double mean = s / (double)K, ss = 0;
-    for (int64_t k = threadIdx.x; k < K; k += RT) { double d = (double)r[k] - mean; ss += d * d; }
+    for (int64_t k = threadIdx.x; k < K; k += RT) {
+      double d = (double)r[k] - mean;
+      ss += d * d;
+    }
     ss = block_sum(ss, sh);
     if (threadIdx.x == 0) {
       int64_t dof = K - correction;
@@ -131,7 +146,7 @@ template <class T> __global__ void k_moment_rows(const T *x, int64_t K, int op, 
 
 __global__ void k_allany_rows(const uint8_t *x, int64_t K, int all, uint8_t *out) {
   __shared__ double sh[RT];
-  double hits = 0;  // elements that decide the row (a zero for all, a non-zero for any)
+  double hits = 0; // elements that decide the row (a zero for all, a non-zero for any)
   for (int64_t k = threadIdx.x; k < K; k += RT) hits += (x[(int64_t)blockIdx.x * K + k] != 0) != all;
   hits = block_sum(hits, sh);
   if (threadIdx.x == 0) out[blockIdx.x] = all ? hits == 0 : hits > 0;
@@ -143,9 +158,10 @@ template <class T> __global__ void k_softmax_rows(const T *x, int64_t K, int log
   const T *r = x + (int64_t)blockIdx.x * K;
   T *o = y + (int64_t)blockIdx.x * K;
   double mx = -INFINITY;
-  for (int64_t k = threadIdx.x; k < K; k += RT) if (r[k] > mx || r[k] != r[k]) mx = (double)r[k];
+  for (int64_t k = threadIdx.x; k < K; k += RT)
+    if (r[k] > mx || r[k] != r[k]) mx = (double)r[k];
   T m = (T)block_max(mx, sh);
-  if (isinf((double)m) && m < 0) m = 0;  // a row of -inf: NaN, as the CPU and torch
+  if (isinf((double)m) && m < 0) m = 0; // a row of -inf: NaN, as the CPU and torch
   double s = 0;
   for (int64_t k = threadIdx.x; k < K; k += RT) s += (double)exp(r[k] - m);
   s = block_sum(s, sh);
@@ -170,8 +186,8 @@ template <class T, class ACC> __global__ void k_cum_rows(const T *x, int64_t M, 
 }
 
 // x [O,K,N] -> part [C,O,N]: chunk c of K summed per (o, n), in double
-template <class T> __global__ void k_sum_middle_part(const T *x, int64_t O, int64_t K, int64_t N, int64_t chunk,
-                                                     double *part) {
+template <class T>
+__global__ void k_sum_middle_part(const T *x, int64_t O, int64_t K, int64_t N, int64_t chunk, double *part) {
   int64_t c = blockIdx.y;
   MOE_GRID_STRIDE(i, O * N) {
     int64_t o = i / N, n = i % N, k0 = c * chunk, k1 = k0 + chunk < K ? k0 + chunk : K;
@@ -180,7 +196,8 @@ template <class T> __global__ void k_sum_middle_part(const T *x, int64_t O, int6
     part[c * O * N + i] = s;
   }
 }
-template <class T> __global__ void k_sum_middle_fin(const double *part, int64_t C, int64_t ON, int64_t K, int mean, T *out) {
+template <class T>
+__global__ void k_sum_middle_fin(const double *part, int64_t C, int64_t ON, int64_t K, int mean, T *out) {
   MOE_GRID_STRIDE(i, ON) {
     double s = 0;
     for (int64_t c = 0; c < C; c++) s += part[c * ON + i];
@@ -190,33 +207,45 @@ template <class T> __global__ void k_sum_middle_fin(const double *part, int64_t 
 
 template <class T> T *dptr(const moe_tensor *t) { return (T *)moe_data(t); }
 
-}  // namespace
+} // namespace
 
 // rows are blocks: grid.x holds up to 2^31-1 of them
-extern "C" void moe_cuda_reduce_rows(moe_redop op, const moe_tensor *x, moe_tensor *out, moe_tensor *idx,
-                                     int64_t M, int64_t K, int correction, int64_t ibase) {
+extern "C" void moe_cuda_reduce_rows(moe_redop op, const moe_tensor *x, moe_tensor *out, moe_tensor *idx, int64_t M,
+                                     int64_t K, int correction, int64_t ibase) {
   if (M == 0) return;
   cudaStream_t s = moe_cuda_stream();
   unsigned g = (unsigned)M;
   int arg = op == MOE_RARGMAX || op == MOE_RARGMIN;
   int64_t *ix = idx ? dptr<int64_t>(idx) : NULL;
   switch (op) {
-  case MOE_RMAX: case MOE_RMIN: case MOE_RARGMAX: case MOE_RARGMIN: {
+  case MOE_RMAX:
+  case MOE_RMIN:
+  case MOE_RARGMAX:
+  case MOE_RARGMIN: {
     bool mx = op == MOE_RMAX || op == MOE_RARGMAX;
     int64_t *ao = arg ? dptr<int64_t>(out) : NULL;
-#define MM(T) MOE_LAUNCH_SYNC(k_minmax_rows<T>, g, RT, 0, s, dptr<T>(x), K, mx, arg, arg ? NULL : dptr<T>(out), ao, ix, ibase)
+#define MM(T) \
+  MOE_LAUNCH_SYNC(k_minmax_rows<T>, g, RT, 0, s, dptr<T>(x), K, mx, arg, arg ? NULL : dptr<T>(out), ao, ix, ibase)
     MOE_DTYPE_SWITCH(x->dtype, MM)
 #undef MM
     break;
   }
-  case MOE_RALL: case MOE_RANY:
+  case MOE_RALL:
+  case MOE_RANY:
     MOE_LAUNCH_SYNC(k_allany_rows, g, RT, 0, s, dptr<uint8_t>(x), K, op == MOE_RALL, dptr<uint8_t>(out));
     break;
   default:
     switch (x->dtype) {
-    case MOE_F32: MOE_LAUNCH_SYNC(k_moment_rows<float>, g, RT, 0, s, dptr<float>(x), K, (int)op, correction, dptr<float>(out)); break;
-    case MOE_F64: MOE_LAUNCH_SYNC(k_moment_rows<double>, g, RT, 0, s, dptr<double>(x), K, (int)op, correction, dptr<double>(out)); break;
-    default: MOE_LAUNCH_SYNC(k_moment_rows<int64_t>, g, RT, 0, s, dptr<int64_t>(x), K, (int)op, correction, dptr<int64_t>(out)); break;
+    case MOE_F32:
+      MOE_LAUNCH_SYNC(k_moment_rows<float>, g, RT, 0, s, dptr<float>(x), K, (int)op, correction, dptr<float>(out));
+      break;
+    case MOE_F64:
+      MOE_LAUNCH_SYNC(k_moment_rows<double>, g, RT, 0, s, dptr<double>(x), K, (int)op, correction, dptr<double>(out));
+      break;
+    default:
+      MOE_LAUNCH_SYNC(k_moment_rows<int64_t>, g, RT, 0, s, dptr<int64_t>(x), K, (int)op, correction,
+                      dptr<int64_t>(out));
+      break;
     }
   }
   moe_cuda_launched(moe_redop_name(op));
@@ -227,7 +256,8 @@ extern "C" void moe_cuda_scan_rows(moe_scanop op, const moe_tensor *x, moe_tenso
   cudaStream_t s = moe_cuda_stream();
   if (op == MOE_SOFTMAX || op == MOE_LOG_SOFTMAX) {
     int lg = op == MOE_LOG_SOFTMAX;
-    if (x->dtype == MOE_F32) MOE_LAUNCH_SYNC(k_softmax_rows<float>, (unsigned)M, RT, 0, s, dptr<float>(x), K, lg, dptr<float>(out));
+    if (x->dtype == MOE_F32)
+      MOE_LAUNCH_SYNC(k_softmax_rows<float>, (unsigned)M, RT, 0, s, dptr<float>(x), K, lg, dptr<float>(out));
     else MOE_LAUNCH_SYNC(k_softmax_rows<double>, (unsigned)M, RT, 0, s, dptr<double>(x), K, lg, dptr<double>(out));
     moe_cuda_launched(op == MOE_SOFTMAX ? "softmax" : "log_softmax");
     return;
@@ -254,7 +284,10 @@ extern "C" void moe_cuda_sum_middle(const moe_tensor *x, moe_tensor *out, int64_
   int64_t chunk = K > 0 ? (K + C - 1) / C : 0;
   size_t got = 0;
   double *part = (double *)moe_cuda_malloc(sizeof(double) * (size_t)(C * ON), &got);
-  if (!part) { moe_cuda_fail("sum", moe_cuda_last_error()); return; }
+  if (!part) {
+    moe_cuda_fail("sum", moe_cuda_last_error());
+    return;
+  }
   dim3 g(moe_blocks(ON, 256), (unsigned)C);
   if (x->dtype == MOE_F32) {
     MOE_LAUNCH(k_sum_middle_part<float>, g, 256, 0, s, dptr<float>(x), O, K, N, chunk, part);
@@ -264,5 +297,5 @@ extern "C" void moe_cuda_sum_middle(const moe_tensor *x, moe_tensor *out, int64_
     MOE_LAUNCH(k_sum_middle_fin<double>, moe_blocks(ON, 256), 256, 0, s, part, C, ON, K, mean, dptr<double>(out));
   }
   moe_cuda_launched("sum");
-  moe_cuda_free(part, got);  // stream-ordered: the cache hands it out again only to later work on this stream
+  moe_cuda_free(part, got); // stream-ordered: the cache hands it out again only to later work on this stream
 }

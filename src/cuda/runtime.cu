@@ -73,7 +73,10 @@ extern "C" int moe_cuda_mem_info(size_t *free_bytes, size_t *total_bytes) {
 /* ---------------------------------------------------------------- caching allocator */
 
 #define SLOTS 256
-static struct { void *p; size_t bytes; } cache[SLOTS];
+static struct {
+  void *p;
+  size_t bytes;
+} cache[SLOTS];
 static int ncached;
 static size_t cached_bytes, live_bytes, peak_bytes;
 

@@ -20,11 +20,11 @@ typedef struct {
 typedef struct {
   char *buf;
   size_t n;
-  field *f;              /* every field of every record, row-major */
+  field *f; /* every field of every record, row-major */
   int64_t nf, capf;
-  int64_t *line;         /* physical line where each record starts */
+  int64_t *line; /* physical line where each record starts */
   int64_t nrec, capline, capcount;
-  int *count;            /* fields per record */
+  int *count; /* fields per record */
 } parse;
 
 static int grow(void **p, int64_t *cap, int64_t need, size_t size) {
@@ -46,10 +46,17 @@ static int read_all(const char *path, char **out, size_t *n) {
   size_t cap = 1 << 20, len = 0;
   char *b = malloc(cap);
   for (;;) {
-    if (!b) { gzclose(f); return moe_error("read_csv: out of memory reading %s", path); }
+    if (!b) {
+      gzclose(f);
+      return moe_error("read_csv: out of memory reading %s", path);
+    }
     if (cap - len < (1 << 16)) {
       char *nb = realloc(b, cap * 2);
-      if (!nb) { free(b); b = NULL; continue; }
+      if (!nb) {
+        free(b);
+        b = NULL;
+        continue;
+      }
       b = nb;
       cap *= 2;
     }
@@ -89,14 +96,21 @@ static int tokenize(parse *p, const char *path, char sep, int64_t skip) {
   char *s = p->buf, *end = p->buf + p->n;
   int64_t line = 1;
   while (skip > 0 && s < end) {
-    if (*s++ == '\n') { line++; skip--; }
+    if (*s++ == '\n') {
+      line++;
+      skip--;
+    }
   }
   while (s < end) {
     /* a blank line is no record */
     char *t = s;
     while (t < end && (is_blank(*t) || *t == '\r')) t++;
     if (t == end) break;
-    if (*t == '\n') { s = t + 1; line++; continue; }
+    if (*t == '\n') {
+      s = t + 1;
+      line++;
+      continue;
+    }
     if (grow((void **)&p->line, &p->capline, p->nrec + 1, sizeof *p->line) ||
         grow((void **)&p->count, &p->capcount, p->nrec + 1, sizeof *p->count))
       return moe_error("read_csv: out of memory");
@@ -113,7 +127,11 @@ static int tokenize(parse *p, const char *path, char sep, int64_t skip) {
             return moe_error("read_csv: %s line %lld, column %lld: unterminated quoted field", path,
                              (long long)start_line, (long long)col);
           if (*s == '"') {
-            if (s + 1 < end && s[1] == '"') { *w++ = '"'; s += 2; continue; }
+            if (s + 1 < end && s[1] == '"') {
+              *w++ = '"';
+              s += 2;
+              continue;
+            }
             s++;
             break;
           }
@@ -122,25 +140,31 @@ static int tokenize(parse *p, const char *path, char sep, int64_t skip) {
         }
         while (s < end && (is_blank(*s) || *s == '\r')) s++;
         if (s < end && *s != sep && *s != '\n')
-          return moe_error("read_csv: %s line %lld, column %lld: text after a closing quote", path,
-                           (long long)line, (long long)col);
+          return moe_error("read_csv: %s line %lld, column %lld: text after a closing quote", path, (long long)line,
+                           (long long)col);
       } else {
         while (s < end && *s != sep && *s != '\n') s++;
         w = s;
         while (w > fstart && (is_blank(w[-1]) || w[-1] == '\r')) w--;
       }
       if ((int64_t)(w - fstart) > INT32_MAX)
-        return moe_error("read_csv: %s line %lld, column %lld: a field of over 2 GiB", path,
-                         (long long)line, (long long)col);
+        return moe_error("read_csv: %s line %lld, column %lld: a field of over 2 GiB", path, (long long)line,
+                         (long long)col);
       if (grow((void **)&p->f, &p->capf, p->nf + 1, sizeof *p->f)) return moe_error("read_csv: out of memory");
       p->f[p->nf].off = fstart - p->buf;
       p->f[p->nf].len = (int32_t)(w - fstart);
       p->nf++;
       nfields++;
-      if (s < end && *s == sep) { s++; continue; }
+      if (s < end && *s == sep) {
+        s++;
+        continue;
+      }
       break; /* newline or end */
     }
-    if (s < end) { s++; line++; } /* the newline */
+    if (s < end) {
+      s++;
+      line++;
+    } /* the newline */
     p->line[p->nrec] = start_line;
     p->count[p->nrec] = nfields;
     p->nrec++;
@@ -151,7 +175,7 @@ static int tokenize(parse *p, const char *path, char sep, int64_t skip) {
 /* ---------------------------------------------------------------- interning */
 
 typedef struct {
-  int64_t *slot;   /* level index + 1, 0 = empty */
+  int64_t *slot; /* level index + 1, 0 = empty */
   int64_t cap;
 } table;
 
@@ -163,7 +187,10 @@ static uint64_t hash(const char *s, int32_t n) {
 
 static char *dup_n(const char *s, int32_t n) {
   char *d = malloc((size_t)n + 1);
-  if (d) { memcpy(d, s, (size_t)n); d[n] = '\0'; }
+  if (d) {
+    memcpy(d, s, (size_t)n);
+    d[n] = '\0';
+  }
   return d;
 }
 
@@ -268,8 +295,8 @@ static int32_t name_set_find(name_set *h, const char *const *names, const char *
   return -1;
 }
 
-static int build_columns(parse *p, const char *path, const moe_csv_options *o, moe_csv_frame *out,
-                         name_set *seen, const char **col_names, name_set *typed);
+static int build_columns(parse *p, const char *path, const moe_csv_options *o, moe_csv_frame *out, name_set *seen,
+                         const char **col_names, name_set *typed);
 
 static int build(parse *p, const char *path, const moe_csv_options *o, moe_csv_frame *out) {
   if (p->nrec == 0) return moe_error("read_csv: %s has no rows%s", path, o->header ? " (not even a header)" : "");
@@ -288,8 +315,8 @@ static int build(parse *p, const char *path, const moe_csv_options *o, moe_csv_f
   return rc;
 }
 
-static int build_columns(parse *p, const char *path, const moe_csv_options *o, moe_csv_frame *out,
-                         name_set *seen, const char **col_names, name_set *typed) {
+static int build_columns(parse *p, const char *path, const moe_csv_options *o, moe_csv_frame *out, name_set *seen,
+                         const char **col_names, name_set *typed) {
   int ncols = p->count[0];
   for (int64_t r = 1; r < p->nrec; r++)
     if (p->count[r] != ncols)
@@ -338,7 +365,10 @@ static int build_columns(parse *p, const char *path, const moe_csv_options *o, m
         }
         col->values[r] = v;
       }
-      if (!numeric) { free(col->values); col->values = NULL; }
+      if (!numeric) {
+        free(col->values);
+        col->values = NULL;
+      }
     }
     col->numeric = numeric;
     if (!numeric) {

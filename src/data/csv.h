@@ -15,8 +15,8 @@
 typedef struct {
   char *name;
   int numeric;
-  double *values;   /* numeric: nrows values, NaN where missing */
-  int32_t *codes;   /* categorical: nrows codes, 1-based into levels, 0 where missing */
+  double *values; /* numeric: nrows values, NaN where missing */
+  int32_t *codes; /* categorical: nrows codes, 1-based into levels, 0 where missing */
   char **levels;
   int64_t nlevels;
 } moe_csv_column;
@@ -28,15 +28,15 @@ typedef struct {
 } moe_csv_frame;
 
 typedef struct {
-  int header;              /* first (non-skipped) line holds the column names */
+  int header; /* first (non-skipped) line holds the column names */
   char sep;
-  int64_t skip;            /* lines skipped before anything else */
-  const char *const *names;  /* ncols names (header = 0), or NULL: "1", "2", ... */
+  int64_t skip;             /* lines skipped before anything else */
+  const char *const *names; /* ncols names (header = 0), or NULL: "1", "2", ... */
   int nnames;
-  const char *const *na;   /* fields that mean "missing" (after trimming); "" always does */
+  const char *const *na; /* fields that mean "missing" (after trimming); "" always does */
   int nna;
-  const char *const *typed;  /* columns whose kind the caller fixes ... */
-  const int *typed_numeric;  /* ... 1 numeric, 0 categorical */
+  const char *const *typed; /* columns whose kind the caller fixes ... */
+  const int *typed_numeric; /* ... 1 numeric, 0 categorical */
   int ntyped;
 } moe_csv_options;
 

@@ -30,7 +30,10 @@ static int write_all(int fd, const void *buf, size_t len) {
   const char *p = buf;
   while (len) {
     ssize_t w = write(fd, p, len);
-    if (w < 0) { if (errno == EINTR) continue; return -1; }
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
     p += w;
     len -= (size_t)w;
   }
@@ -67,7 +70,10 @@ static void sweep_stale(const char *path) {
   free(dir);
   if (dfd < 0) return;
   DIR *d = fdopendir(dfd);
-  if (!d) { close(dfd); return; }
+  if (!d) {
+    close(dfd);
+    return;
+  }
   pid_t self = getpid();
   size_t taglen = strlen(MOE_ST_TMP_TAG);
   struct dirent *e;
@@ -79,8 +85,7 @@ static void sweep_stale(const char *path) {
     char *end;
     errno = 0;
     long pid = strtol(q, &end, 10);
-    if (errno || *q < '0' || *q > '9' || *end != '-' || strlen(end + 1) != 6 || pid <= 0 ||
-        (pid_t)pid == self)
+    if (errno || *q < '0' || *q > '9' || *end != '-' || strlen(end + 1) != 6 || pid <= 0 || (pid_t)pid == self)
       continue;
     if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue; /* alive, or not ours to judge */
     struct stat st;
@@ -100,11 +105,17 @@ static int write_payload(int fd, const char *header, size_t hlen, int n, moe_ten
     if (write_all(fd, " ", 1)) return -1;
   for (int i = 0; i < n; i++) {
     moe_tensor *c = moe_contiguous(ts[i]);
-    if (!c) { *engine_err = 1; return -1; }
+    if (!c) {
+      *engine_err = 1;
+      return -1;
+    }
     int err = write_all(fd, moe_data(c), (size_t)moe_numel(c) * moe_dtype_size(c->dtype));
     int e = errno;
     moe_tensor_release(c);
-    if (err) { errno = e; return -1; }
+    if (err) {
+      errno = e;
+      return -1;
+    }
   }
   return fsync(fd);
 }
@@ -121,7 +132,10 @@ static char *temp_name(const char *path, int random) {
     clock_gettime(CLOCK_REALTIME, &ts);
     unsigned long x = (unsigned long)ts.tv_nsec * 2654435761u ^ (unsigned long)ts.tv_sec ^ (++counter << 20);
     const char *abc = "abcdefghijklmnopqrstuvwxyz0123456789";
-    for (int i = 0; i < 6; i++) { tmp[k - 6 + i] = abc[x % 36]; x /= 36; }
+    for (int i = 0; i < 6; i++) {
+      tmp[k - 6 + i] = abc[x % 36];
+      x /= 36;
+    }
   }
   return tmp;
 }
@@ -176,7 +190,10 @@ int moe_st_save_ex(const char *path, const char *header, size_t hlen, int n, moe
     fchmod(fd, 0644);
     int err = write_payload(fd, header, hlen, n, ts, &engine_err);
     e = errno;
-    if (close(fd) && !err) { err = 1; e = errno; }
+    if (close(fd) && !err) {
+      err = 1;
+      e = errno;
+    }
     if (err) {
       unlink(tmp);
       free(tmp);
@@ -199,8 +216,7 @@ int moe_st_save(const char *path, const char *header, size_t hlen, int n, moe_te
   return moe_st_save_ex(path, header, hlen, n, ts, 0);
 }
 
-int moe_st_read_header(const char *path, char **header, size_t *hlen, uint64_t *data_start,
-                       uint64_t *file_size) {
+int moe_st_read_header(const char *path, char **header, size_t *hlen, uint64_t *data_start, uint64_t *file_size) {
   int fd = open(path, O_RDONLY);
   if (fd < 0) return moe_error("load: cannot open '%s': %s", path, strerror(errno));
   struct stat st;
@@ -222,15 +238,20 @@ int moe_st_read_header(const char *path, char **header, size_t *hlen, uint64_t *
   if (n > MOE_ST_MAX_HEADER || n < 2 || (have_first && first != '{')) {
     close(fd);
     return moe_error("load: '%s' is not a safetensors file (its first 8 bytes do not give the length of a "
-                     "JSON header)", path);
+                     "JSON header)",
+                     path);
   }
   if (n > size - 8) {
     close(fd);
     return moe_error("load: '%s' is truncated: its header claims %llu bytes but the file has %llu "
-                     "after the length field", path, (unsigned long long)n, (unsigned long long)(size - 8));
+                     "after the length field",
+                     path, (unsigned long long)n, (unsigned long long)(size - 8));
   }
   char *h = malloc((size_t)n + 1);
-  if (!h) { close(fd); return moe_error("load: out of memory reading the header of '%s'", path); }
+  if (!h) {
+    close(fd);
+    return moe_error("load: out of memory reading the header of '%s'", path);
+  }
   ssize_t r = pread(fd, h, (size_t)n, 8);
   close(fd);
   if (r != (ssize_t)n) {
@@ -245,13 +266,15 @@ int moe_st_read_header(const char *path, char **header, size_t *hlen, uint64_t *
   return 0;
 }
 
-moe_tensor *moe_st_read_tensor_checked(const char *path, const char *name, uint64_t offset,
-                                       uint64_t nbytes, moe_dtype dt, int ndim, const int64_t *shape,
-                                       const uint64_t *expect) {
+moe_tensor *moe_st_read_tensor_checked(const char *path, const char *name, uint64_t offset, uint64_t nbytes,
+                                       moe_dtype dt, int ndim, const int64_t *shape, const uint64_t *expect) {
   char b[160];
   moe_tensor probe = {.ndim = ndim};
   if (!name) name = "?";
-  if (ndim < 0 || ndim > MOE_MAX_DIMS) { moe_error("load: '%s': too many dims", path); return NULL; }
+  if (ndim < 0 || ndim > MOE_MAX_DIMS) {
+    moe_error("load: '%s': too many dims", path);
+    return NULL;
+  }
   memcpy(probe.shape, shape, sizeof(int64_t) * (size_t)ndim);
   uint64_t want = (uint64_t)moe_dtype_size(dt);
   for (int i = 0; i < ndim; i++) {
@@ -263,21 +286,26 @@ moe_tensor *moe_st_read_tensor_checked(const char *path, const char *name, uint6
   }
   if (want != nbytes) {
     moe_error("load: '%s': tensor '%s' (%s, shape %s) needs %llu bytes but its offsets span %llu", path, name,
-              moe_dtype_name(dt), moe_shape_str(&probe, b), (unsigned long long)want,
-              (unsigned long long)nbytes);
+              moe_dtype_name(dt), moe_shape_str(&probe, b), (unsigned long long)want, (unsigned long long)nbytes);
     return NULL;
   }
   int fd = open(path, O_RDONLY);
-  if (fd < 0) { moe_error("load: cannot open '%s': %s", path, strerror(errno)); return NULL; }
+  if (fd < 0) {
+    moe_error("load: cannot open '%s': %s", path, strerror(errno));
+    return NULL;
+  }
   struct stat st;
   if (fstat(fd, &st) || offset > (uint64_t)st.st_size || nbytes > (uint64_t)st.st_size - offset) {
     close(fd);
-    moe_error("load: '%s' is truncated: tensor '%s' (bytes %llu..%llu) lies past its end (%lld bytes)", path,
-              name, (unsigned long long)offset, (unsigned long long)(offset + nbytes), (long long)st.st_size);
+    moe_error("load: '%s' is truncated: tensor '%s' (bytes %llu..%llu) lies past its end (%lld bytes)", path, name,
+              (unsigned long long)offset, (unsigned long long)(offset + nbytes), (long long)st.st_size);
     return NULL;
   }
   moe_tensor *t = moe_empty(ndim, shape, dt);
-  if (!t) { close(fd); return NULL; }
+  if (!t) {
+    close(fd);
+    return NULL;
+  }
   char *p = moe_data(t);
   uint64_t done = 0;
   while (done < nbytes) {
@@ -296,7 +324,8 @@ moe_tensor *moe_st_read_tensor_checked(const char *path, const char *name, uint6
     uint64_t h = moe_st_hash(p, (size_t)nbytes);
     if (h != *expect) {
       moe_error("load: '%s' is corrupted: tensor '%s' fails its checksum (XXH3-64 %016llx, the header "
-                "records %016llx)", path, name, (unsigned long long)h, (unsigned long long)*expect);
+                "records %016llx)",
+                path, name, (unsigned long long)h, (unsigned long long)*expect);
       moe_tensor_release(t);
       return NULL;
     }
@@ -313,7 +342,7 @@ moe_tensor *moe_st_read_tensor_checked(const char *path, const char *name, uint6
   return t;
 }
 
-moe_tensor *moe_st_read_tensor(const char *path, uint64_t offset, uint64_t nbytes, moe_dtype dt,
-                               int ndim, const int64_t *shape) {
+moe_tensor *moe_st_read_tensor(const char *path, uint64_t offset, uint64_t nbytes, moe_dtype dt, int ndim,
+                               const int64_t *shape) {
   return moe_st_read_tensor_checked(path, NULL, offset, nbytes, dt, ndim, shape, NULL);
 }

@@ -33,9 +33,8 @@
 /* the module's functions, and the functions that are also tensor methods, by domain */
 static const luaL_Reg *const func_tables[] = {
     moe_l_create_funcs, moe_l_tensor_funcs, moe_l_ops_funcs, moe_l_autograd_funcs, moe_l_optim_funcs,
-    moe_l_nn_funcs, moe_l_train_funcs, moe_l_io_funcs, moe_l_sys_funcs, NULL};
-static const luaL_Reg *const method_tables[] = {moe_l_tensor_methods, moe_l_ops_methods, moe_l_autograd_methods,
-                                                NULL};
+    moe_l_nn_funcs,     moe_l_train_funcs,  moe_l_io_funcs,  moe_l_sys_funcs,      NULL};
+static const luaL_Reg *const method_tables[] = {moe_l_tensor_methods, moe_l_ops_methods, moe_l_autograd_methods, NULL};
 
 /* every function of the module runs through here: upvalue 1 is the function's
  * own (an op code, or nil), upvalue 2 the function */
@@ -74,10 +73,16 @@ static void set_closure(lua_State *L, int methods_idx, int funcs_idx, const char
 /* the directory holding lua/moe: $MOELUA_ROOT, or the parent of build/ next to the binary */
 void moe_lua_find_root(char *root, size_t n) {
   const char *env = getenv("MOELUA_ROOT");
-  if (env && *env) { snprintf(root, n, "%s", env); return; }
+  if (env && *env) {
+    snprintf(root, n, "%s", env);
+    return;
+  }
   char exe[PATH_MAX];
   ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
-  if (len <= 0) { snprintf(root, n, "."); return; }
+  if (len <= 0) {
+    snprintf(root, n, ".");
+    return;
+  }
   exe[len] = 0;
   char *slash = strrchr(exe, '/');
   if (slash) *slash = 0; /* build dir */
@@ -106,12 +111,14 @@ void moe_lua_setup_paths(lua_State *L) {
 int luaopen_moe_core(lua_State *L) {
   /* refuse a LuaJIT built without GC64: 64-bit pointers in userdata and large heaps need it */
   if (luaL_dostring(L, "local ok, ffi = pcall(require, 'ffi') return ok and ffi.abi('gc64')") || !lua_toboolean(L, -1))
-    return luaL_error(L, "moe: this LuaJIT is not a GC64 build; moelua needs LuaJIT 2.1 built with "
-                         "LUAJIT_ENABLE_GC64 (Debian's luajit on amd64 is)");
+    return luaL_error(L,
+                      "moe: this LuaJIT is not a GC64 build; moelua needs LuaJIT 2.1 built with "
+                      "LUAJIT_ENABLE_GC64 (Debian's luajit on amd64 is)");
   lua_pop(L, 1);
   /* the library's directory, as its chunks' names spell it: errors point past its frames */
-  if (!luaL_dostring(L, "local ok, p = pcall(package.searchpath, 'moe', package.path) "
-                        "return ok and p and p:match('^(.*/)init%.lua$')") &&
+  if (!luaL_dostring(L,
+                     "local ok, p = pcall(package.searchpath, 'moe', package.path) "
+                     "return ok and p and p:match('^(.*/)init%.lua$')") &&
       lua_isstring(L, -1))
     snprintf(moe_l_lib_dir, sizeof moe_l_lib_dir, "%s", lua_tostring(L, -1));
   lua_pop(L, 1);
@@ -169,8 +176,10 @@ int luaopen_moe_core(lua_State *L) {
   lua_setfield(L, mt, "__newindex");
   push_wrapped(L, moe_l_t_len, 0, "len");
   lua_setfield(L, mt, "__len");
-  static const struct { const char *mm; int op; } arith[] = {
-      {"__add", MOE_ADD}, {"__sub", MOE_SUB}, {"__mul", MOE_MUL}, {"__div", MOE_DIV}, {"__pow", MOE_POW}};
+  static const struct {
+    const char *mm;
+    int op;
+  } arith[] = {{"__add", MOE_ADD}, {"__sub", MOE_SUB}, {"__mul", MOE_MUL}, {"__div", MOE_DIV}, {"__pow", MOE_POW}};
   for (size_t i = 0; i < sizeof arith / sizeof *arith; i++) {
     lua_pushinteger(L, arith[i].op);
     push_wrapped(L, moe_l_binary, 1, arith[i].mm + 2);

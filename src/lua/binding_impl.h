@@ -61,13 +61,15 @@ int moe_l_raise_engine(lua_State *L); /* raises moe_last_error() */
 /* ---------------------------------------------------------------- boxes (common.c)
  * A Lua tensor is a userdata box holding one reference to a moe_tensor,
  * released in __gc (moe_l_t_gc). moe_lua_push and moe_lua_totensor are in binding.h. */
-typedef struct { moe_tensor *t; } box;
+typedef struct {
+  moe_tensor *t;
+} box;
 
 extern int moe_l_mt_ref;         /* the tensor metatable, in the registry */
 extern const void *moe_l_mt_ptr; /* ... and its address, for a fast identity check */
 
-void moe_l_box_tensor(lua_State *L, moe_tensor *t);  /* boxes t (owned by the GC from here) */
-void moe_l_after_push(lua_State *L);                 /* after boxing: a pending Ctrl-C, the GC nudge */
+void moe_l_box_tensor(lua_State *L, moe_tensor *t); /* boxes t (owned by the GC from here) */
+void moe_l_after_push(lua_State *L);                /* after boxing: a pending Ctrl-C, the GC nudge */
 int moe_l_push_pair(lua_State *L, int rc, moe_tensor *v, moe_tensor *i); /* (values, indices) */
 int moe_l_t_gc(lua_State *L);
 
@@ -76,7 +78,7 @@ int moe_l_t_gc(lua_State *L);
  * fixes the op's device and a later argument on another device is an error. */
 extern int moe_l_op_dev;
 const char *moe_l_dev_name(int d);
-int moe_l_join_device(const moe_tensor *t); /* 0 if t is on the op's device */
+int moe_l_join_device(const moe_tensor *t);                                /* 0 if t is on the op's device */
 moe_tensor *moe_l_check_tensor_any(lua_State *L, int idx, const char *op); /* any device */
 moe_tensor *moe_l_check_tensor(lua_State *L, int idx, const char *op);     /* on the op's device */
 moe_tensor *moe_l_opt_tensor(lua_State *L, int idx, const char *op);       /* NULL if not a tensor */
@@ -89,7 +91,11 @@ int moe_l_norm_dim(lua_State *L, moe_tensor *t, int64_t d, const char *op, int e
 int moe_l_check_dim_arg(lua_State *L, int idx, moe_tensor *t, const char *op, int extra);
 int moe_l_opt_dim_arg(lua_State *L, int idx, moe_tensor *t, const char *op, int dflt);
 
-typedef struct { moe_dtype dtype; int has_dtype; int requires_grad; } create_opts;
+typedef struct {
+  moe_dtype dtype;
+  int has_dtype;
+  int requires_grad;
+} create_opts;
 create_opts moe_l_parse_opts(lua_State *L, int idx, const char *op, moe_dtype dflt);
 moe_precision moe_l_opt_precision(lua_State *L, int i, const char *op);
 

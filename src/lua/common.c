@@ -19,7 +19,7 @@ static void push_user_where(lua_State *L) {
   size_t nlib = strlen(moe_l_lib_dir);
   for (int level = 1; lua_getstack(L, level, &ar); level++) {
     if (!lua_getinfo(L, "Sl", &ar)) break;
-    if (ar.currentline <= 0) continue; /* a C function */
+    if (ar.currentline <= 0) continue;                                                         /* a C function */
     if (ar.source[0] == '@' && nlib && !strncmp(ar.source + 1, moe_l_lib_dir, nlib)) continue; /* the library */
     lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.currentline);
     return;
@@ -75,8 +75,8 @@ static int64_t gc_baseline = 0, gc_step = 4 << 20;
 
 /* ---------------------------------------------------------------- boxes */
 
-int moe_l_mt_ref = LUA_NOREF;  /* the tensor metatable, in the registry */
-const void *moe_l_mt_ptr;      /* ... and its address, for a fast identity check */
+int moe_l_mt_ref = LUA_NOREF; /* the tensor metatable, in the registry */
+const void *moe_l_mt_ptr;     /* ... and its address, for a fast identity check */
 
 static void push_mt(lua_State *L) { lua_rawgeti(L, LUA_REGISTRYINDEX, moe_l_mt_ref); }
 
@@ -88,9 +88,7 @@ moe_tensor *moe_lua_totensor(lua_State *L, int idx) {
   return same ? b->t : NULL;
 }
 
-const char *moe_l_type_of(lua_State *L, int idx) {
-  return moe_lua_totensor(L, idx) ? "tensor" : luaL_typename(L, idx);
-}
+const char *moe_l_type_of(lua_State *L, int idx) { return moe_lua_totensor(L, idx) ? "tensor" : luaL_typename(L, idx); }
 
 /* any tensor, on any device: for what reads only its metadata, or moves it */
 moe_tensor *moe_l_check_tensor_any(lua_State *L, int idx, const char *op) {
@@ -119,8 +117,10 @@ int moe_l_join_device(const moe_tensor *t) {
 moe_tensor *moe_l_check_tensor(lua_State *L, int idx, const char *op) {
   moe_tensor *t = moe_l_check_tensor_any(L, idx, op);
   if (moe_l_join_device(t))
-    luaL_error(L, "%s: argument #%d is on %s while an earlier tensor argument is on %s; "
-               "move one of them with :cuda() or :cpu()", op, idx, moe_l_dev_name(t->device), moe_l_dev_name(moe_l_op_dev));
+    luaL_error(L,
+               "%s: argument #%d is on %s while an earlier tensor argument is on %s; "
+               "move one of them with :cuda() or :cpu()",
+               op, idx, moe_l_dev_name(t->device), moe_l_dev_name(moe_l_op_dev));
   return t;
 }
 
@@ -133,8 +133,10 @@ moe_tensor *moe_l_opt_tensor(lua_State *L, int idx, const char *op) {
 moe_tensor *moe_l_check_host(lua_State *L, int idx, const char *op) {
   moe_tensor *t = moe_l_check_tensor_any(L, idx, op);
   if (t->device != MOE_CPU)
-    luaL_error(L, "%s: argument #%d is a CUDA tensor, and this op has no CUDA kernel yet; "
-               "bring it back with t:cpu()", op, idx);
+    luaL_error(L,
+               "%s: argument #%d is a CUDA tensor, and this op has no CUDA kernel yet; "
+               "bring it back with t:cpu()",
+               op, idx);
   return t;
 }
 
@@ -192,7 +194,10 @@ int moe_l_push_pair(lua_State *L, int rc, moe_tensor *v, moe_tensor *i) {
 
 int moe_l_t_gc(lua_State *L) {
   box *b = lua_touserdata(L, 1);
-  if (b && b->t) { moe_tensor_release(b->t); b->t = NULL; }
+  if (b && b->t) {
+    moe_tensor_release(b->t);
+    b->t = NULL;
+  }
   return 0;
 }
 
@@ -213,8 +218,8 @@ int moe_l_norm_dim(lua_State *L, moe_tensor *t, int64_t d, const char *op, int e
   int64_t z = d > 0 ? d - 1 : nd + d;
   if (d == 0 || z < 0 || z >= nd) {
     char b[160];
-    luaL_error(L, "%s: dim %d out of range for tensor of shape %s (dims are 1..%d, or -1 for the last)",
-               op, (int)d, moe_shape_str(t, b), nd);
+    luaL_error(L, "%s: dim %d out of range for tensor of shape %s (dims are 1..%d, or -1 for the last)", op, (int)d,
+               moe_shape_str(t, b), nd);
   }
   return (int)z;
 }

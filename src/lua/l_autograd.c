@@ -45,9 +45,13 @@ static int l_is_grad_enabled(lua_State *L) {
 /* element i (1-based, row-major over the logical shape) of any layout: gradcheck's probe */
 static void flat_index(lua_State *L, const moe_tensor *t, int64_t i, int64_t *idx) {
   int64_t n = moe_numel(t);
-  if (i < 1 || i > n) luaL_error(L, "flat index %f out of range 1..%f", (double)i, (double)n); /* (lua_pushvfstring has no %lld) */
+  if (i < 1 || i > n)
+    luaL_error(L, "flat index %f out of range 1..%f", (double)i, (double)n); /* (lua_pushvfstring has no %lld) */
   i -= 1;
-  for (int d = t->ndim - 1; d >= 0; d--) { idx[d] = i % t->shape[d]; i /= t->shape[d]; }
+  for (int d = t->ndim - 1; d >= 0; d--) {
+    idx[d] = i % t->shape[d];
+    i /= t->shape[d];
+  }
 }
 static int l_get_flat(lua_State *L) {
   moe_tensor *t = moe_l_check_host(L, 1, "get_flat");
@@ -72,10 +76,14 @@ static int l_has_grad(lua_State *L) {
   return 1;
 }
 
-const luaL_Reg moe_l_autograd_funcs[] = {
-    {"set_grad_enabled", l_set_grad_enabled}, {"is_grad_enabled", l_is_grad_enabled},
-    {"get_flat", l_get_flat}, {"set_flat", l_set_flat}, {NULL, NULL}};
+const luaL_Reg moe_l_autograd_funcs[] = {{"set_grad_enabled", l_set_grad_enabled},
+                                         {"is_grad_enabled", l_is_grad_enabled},
+                                         {"get_flat", l_get_flat},
+                                         {"set_flat", l_set_flat},
+                                         {NULL, NULL}};
 
-const luaL_Reg moe_l_autograd_methods[] = {
-    {"backward", l_backward}, {"detach", l_detach}, {"requires_grad_", l_requires_grad_}, {"has_grad", l_has_grad},
-    {NULL, NULL}};
+const luaL_Reg moe_l_autograd_methods[] = {{"backward", l_backward},
+                                           {"detach", l_detach},
+                                           {"requires_grad_", l_requires_grad_},
+                                           {"has_grad", l_has_grad},
+                                           {NULL, NULL}};

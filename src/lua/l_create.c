@@ -18,7 +18,10 @@ static int parse_sizes(lua_State *L, int start, const char *op, int *ndim, int64
     if (is_sizes) {
       /* an empty table with string keys is an options table, not sizes */
       lua_pushnil(L);
-      if (lua_objlen(L, start) == 0 && lua_next(L, start)) { lua_pop(L, 2); return start; }
+      if (lua_objlen(L, start) == 0 && lua_next(L, start)) {
+        lua_pop(L, 2);
+        return start;
+      }
       n = (int)lua_objlen(L, start);
       if (n > MOE_MAX_DIMS) luaL_error(L, "%s: %d sizes given, at most %d dims", op, n, MOE_MAX_DIMS);
       for (int k = 1; k <= n; k++) {
@@ -69,8 +72,16 @@ static int push_created(lua_State *L, moe_tensor *t, const create_opts *o, const
  * saturates, as documented; a value the user wrote is not changed silently) */
 /* [lo, hi) of an integer dtype; 0 for the others (whose values are not range-checked) */
 static int int_range(moe_dtype dt, double *lo, double *hi) {
-  if (dt == MOE_I32) { *lo = -2147483648.0; *hi = 2147483648.0; return 1; }
-  if (dt == MOE_I64) { *lo = -9223372036854775808.0; *hi = 9223372036854775808.0; return 1; }
+  if (dt == MOE_I32) {
+    *lo = -2147483648.0;
+    *hi = 2147483648.0;
+    return 1;
+  }
+  if (dt == MOE_I64) {
+    *lo = -9223372036854775808.0;
+    *hi = 9223372036854775808.0;
+    return 1;
+  }
   return 0;
 }
 
@@ -157,7 +168,10 @@ static int l_arange(lua_State *L) {
   while (lua_type(L, nnum + 1) == LUA_TNUMBER) nnum++;
   if (nnum < 1 || nnum > 3) luaL_error(L, "arange: expected (end), (start, end) or (start, end, step)");
   double a = lua_tonumber(L, 1), b = nnum > 1 ? lua_tonumber(L, 2) : 0, s = nnum > 2 ? lua_tonumber(L, 3) : 1;
-  if (nnum == 1) { b = a; a = 0; }
+  if (nnum == 1) {
+    b = a;
+    a = 0;
+  }
   int all_int = a == floor(a) && b == floor(b) && s == floor(s);
   create_opts o = moe_l_parse_opts(L, nnum + 1, "arange", all_int ? MOE_I64 : MOE_F32);
   return push_created(L, moe_arange(a, b, s, o.dtype), &o, "arange");
@@ -173,7 +187,10 @@ static int l_linspace(lua_State *L) {
 static int l_eye(lua_State *L) {
   int64_t n = moe_l_check_int(L, 1, "eye", "n"), m = n;
   int next = 2;
-  if (lua_type(L, 2) == LUA_TNUMBER) { m = moe_l_check_int(L, 2, "eye", "m"); next = 3; }
+  if (lua_type(L, 2) == LUA_TNUMBER) {
+    m = moe_l_check_int(L, 2, "eye", "m");
+    next = 3;
+  }
   if (n < 0 || m < 0) luaL_error(L, "eye: negative size (%d, %d)", (int)n, (int)m);
   create_opts o = moe_l_parse_opts(L, next, "eye", MOE_F32);
   return push_created(L, moe_eye(n, m, o.dtype), &o, "eye");
@@ -189,7 +206,12 @@ static int l_manual_seed(lua_State *L) {
 
 /* ---- from nested tables */
 
-typedef struct { double *buf; int64_t n, cap; int ndim, saw_bool, saw_num; int64_t shape[MOE_MAX_DIMS]; } walk_state;
+typedef struct {
+  double *buf;
+  int64_t n, cap;
+  int ndim, saw_bool, saw_num;
+  int64_t shape[MOE_MAX_DIMS];
+} walk_state;
 
 static void path_str(int depth, const int64_t *path, char *out) {
   int n = 0;
@@ -210,13 +232,13 @@ static void walk_table(lua_State *L, int idx, int depth, int64_t *path, walk_sta
     if (!(k >= 1 && k <= (double)len && k == floor(k))) {
       path_str(depth, path, p);
       if (lua_type(L, -1) == LUA_TNUMBER && k == floor(k) && k > (double)len)
-        luaL_error(L, "tensor: %s has a nil before entry [%.0f] (a hole in the list: use 0/0 for a missing value)",
-                   p, k);
+        luaL_error(L, "tensor: %s has a nil before entry [%.0f] (a hole in the list: use 0/0 for a missing value)", p,
+                   k);
       if (lua_type(L, -1) == LUA_TNUMBER)
         luaL_error(L, "tensor: %s has the key [%s], which is not a list position (lists start at 1)", p,
                    lua_tostring(L, -1));
-      luaL_error(L, "tensor: %s has the key %s, which is not a list position (options go in the second argument)",
-                 p, lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1));
+      luaL_error(L, "tensor: %s has the key %s, which is not a list position (options go in the second argument)", p,
+                 lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1));
     }
   }
   if (depth >= w->ndim) { /* first visit at this depth fixes the size */
@@ -247,8 +269,13 @@ static void walk_table(lua_State *L, int idx, int depth, int64_t *path, walk_sta
         if (!nb) luaL_error(L, "tensor: out of memory");
         w->buf = nb;
       }
-      if (ty == LUA_TBOOLEAN) { w->saw_bool = 1; w->buf[w->n++] = lua_toboolean(L, -1); }
-      else { w->saw_num = 1; w->buf[w->n++] = lua_tonumber(L, -1); }
+      if (ty == LUA_TBOOLEAN) {
+        w->saw_bool = 1;
+        w->buf[w->n++] = lua_toboolean(L, -1);
+      } else {
+        w->saw_num = 1;
+        w->buf[w->n++] = lua_tonumber(L, -1);
+      }
     } else {
       path_str(depth + 1, path, p);
       luaL_error(L, "tensor: non-numeric entry at %s (a %s)", p, moe_l_type_of(L, -1));
@@ -270,8 +297,15 @@ static int l_tensor(lua_State *L) {
   if (src) {
     create_opts o = moe_l_parse_opts(L, 2, "tensor", src->dtype);
     moe_tensor *c = moe_to_dtype(src, o.dtype);
-    if (c == src) { moe_tensor_release(c); c = moe_clone(src); }
-    if (c && c->grad_fn) { moe_tensor *d = moe_detach(c); moe_tensor_release(c); c = d; } /* a copy is a new leaf */
+    if (c == src) {
+      moe_tensor_release(c);
+      c = moe_clone(src);
+    }
+    if (c && c->grad_fn) {
+      moe_tensor *d = moe_detach(c);
+      moe_tensor_release(c);
+      c = d;
+    } /* a copy is a new leaf */
     return push_created(L, c, &o, "tensor");
   }
   if (ty == LUA_TNUMBER || ty == LUA_TBOOLEAN) {
@@ -280,7 +314,8 @@ static int l_tensor(lua_State *L) {
     check_value_fits(L, "tensor", v, o.dtype);
     return push_created(L, moe_from_doubles(0, NULL, o.dtype, &v), &o, "tensor");
   }
-  if (ty != LUA_TTABLE) luaL_error(L, "tensor: expected a (nested) table, number or tensor, got %s", moe_l_type_of(L, 1));
+  if (ty != LUA_TTABLE)
+    luaL_error(L, "tensor: expected a (nested) table, number or tensor, got %s", moe_l_type_of(L, 1));
   create_opts o = moe_l_parse_opts(L, 2, "tensor", MOE_F32); /* before anything is allocated */
   lua_settop(L, 2);
   /* walk under pcall so the buffer is freed on every error */
@@ -312,8 +347,17 @@ static int l_tensor(lua_State *L) {
   return push_created(L, t, &o, "tensor");
 }
 
-const luaL_Reg moe_l_create_funcs[] = {
-    {"tensor", l_tensor}, {"zeros", l_zeros}, {"ones", l_ones}, {"full", l_full}, {"empty", l_empty},
-    {"rand", l_rand}, {"randn", l_randn}, {"randint", l_randint}, {"randperm", l_randperm},
-    {"arange", l_arange}, {"linspace", l_linspace}, {"eye", l_eye}, {"manual_seed", l_manual_seed},
-    {NULL, NULL}};
+const luaL_Reg moe_l_create_funcs[] = {{"tensor", l_tensor},
+                                       {"zeros", l_zeros},
+                                       {"ones", l_ones},
+                                       {"full", l_full},
+                                       {"empty", l_empty},
+                                       {"rand", l_rand},
+                                       {"randn", l_randn},
+                                       {"randint", l_randint},
+                                       {"randperm", l_randperm},
+                                       {"arange", l_arange},
+                                       {"linspace", l_linspace},
+                                       {"eye", l_eye},
+                                       {"manual_seed", l_manual_seed},
+                                       {NULL, NULL}};

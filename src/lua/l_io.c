@@ -75,7 +75,10 @@ static int l_read_csv(lua_State *L) {
     int64_t shape[1] = {f.nrows};
     moe_csv_column *col = &f.cols[c];
     ts[c] = moe_empty(1, shape, col->numeric ? MOE_F64 : MOE_I32);
-    if (!ts[c]) { ok = 0; break; }
+    if (!ts[c]) {
+      ok = 0;
+      break;
+    }
     if (f.nrows)
       memcpy(moe_data(ts[c]), col->numeric ? (void *)col->values : (void *)col->codes,
              (size_t)f.nrows * (col->numeric ? sizeof(double) : sizeof(int32_t)));
@@ -126,9 +129,11 @@ static int l_st_save(lua_State *L) {
     ts[i] = moe_lua_totensor(L, -1);
     lua_pop(L, 1);
     if (!ts[i]) return luaL_error(L, "save: entry %d is not a tensor", i + 1);
-    if (ts[i]->device != MOE_CPU) return luaL_error(L, "save: entry %d is a CUDA tensor (save copies to the host first)", i + 1);
+    if (ts[i]->device != MOE_CPU)
+      return luaL_error(L, "save: entry %d is a CUDA tensor (save copies to the host first)", i + 1);
   }
-  if (moe_st_save_ex(path, header, hlen, n, ts, lua_toboolean(L, 4) ? MOE_ST_NAMED_TEMP : 0)) return moe_l_raise_engine(L);
+  if (moe_st_save_ex(path, header, hlen, n, ts, lua_toboolean(L, 4) ? MOE_ST_NAMED_TEMP : 0))
+    return moe_l_raise_engine(L);
   return 0;
 }
 
@@ -184,7 +189,8 @@ static int l_st_read_tensor(lua_State *L) {
       return luaL_error(L, "load: '%s': tensor '%s' has a malformed checksum '%s'", path, name, hex);
   }
   int ndim = (int)lua_objlen(L, 5);
-  if (ndim > MOE_MAX_DIMS) return luaL_error(L, "load: '%s': a tensor has %d dims (at most %d)", path, ndim, MOE_MAX_DIMS);
+  if (ndim > MOE_MAX_DIMS)
+    return luaL_error(L, "load: '%s': a tensor has %d dims (at most %d)", path, ndim, MOE_MAX_DIMS);
   int64_t shape[MOE_MAX_DIMS];
   for (int i = 0; i < ndim; i++) {
     lua_rawgeti(L, 5, i + 1);
@@ -192,10 +198,13 @@ static int l_st_read_tensor(lua_State *L) {
     lua_pop(L, 1);
   }
   if (off < 0 || nb < 0 || off > 9e15 || nb > 9e15) return luaL_error(L, "load: '%s': bad offsets", path);
-  return moe_lua_push(L, moe_st_read_tensor_checked(path, name, (uint64_t)off, (uint64_t)nb, dt, ndim, shape,
-                                                    have ? &expect : NULL));
+  return moe_lua_push(
+      L, moe_st_read_tensor_checked(path, name, (uint64_t)off, (uint64_t)nb, dt, ndim, shape, have ? &expect : NULL));
 }
 
-const luaL_Reg moe_l_io_funcs[] = {
-    {"st_save", l_st_save}, {"read_csv", l_read_csv}, {"st_read_header", l_st_read_header},
-    {"st_read_tensor", l_st_read_tensor}, {"st_checksum", l_st_checksum}, {NULL, NULL}};
+const luaL_Reg moe_l_io_funcs[] = {{"st_save", l_st_save},
+                                   {"read_csv", l_read_csv},
+                                   {"st_read_header", l_st_read_header},
+                                   {"st_read_tensor", l_st_read_tensor},
+                                   {"st_checksum", l_st_checksum},
+                                   {NULL, NULL}};

@@ -21,7 +21,8 @@ static int l_linear(lua_State *L) {
     if (!strcmp(a, "relu")) act = MOE_RELU;
     else if (!strcmp(a, "sigmoid")) act = MOE_SIGMOID;
     else if (!strcmp(a, "tanh")) act = MOE_TANH;
-    else if (strcmp(a, "linear")) return luaL_error(L, "linear: activation must be relu, sigmoid, tanh or linear, got '%s'", a);
+    else if (strcmp(a, "linear"))
+      return luaL_error(L, "linear: activation must be relu, sigmoid, tanh or linear, got '%s'", a);
   }
   moe_precision prec = moe_l_opt_precision(L, 5, "linear");
   return moe_lua_push(L, moe_linear(x, w, b, act, prec));
@@ -70,11 +71,19 @@ static int l_grouped_matmul(lua_State *L) {
   moe_tensor *b = NULL, *c;
   int pi = 4;
   if (lua_isnoneornil(L, 4) || lua_type(L, 4) == LUA_TSTRING) c = moe_l_check_tensor(L, 3, "grouped_matmul");
-  else { b = moe_l_check_tensor(L, 3, "grouped_matmul"); c = moe_l_check_tensor(L, 4, "grouped_matmul"); pi = 5; }
+  else {
+    b = moe_l_check_tensor(L, 3, "grouped_matmul");
+    c = moe_l_check_tensor(L, 4, "grouped_matmul");
+    pi = 5;
+  }
   moe_precision prec = moe_l_opt_precision(L, pi, "grouped_matmul");
   return moe_lua_push(L, moe_grouped_matmul(x, w, b, c, prec));
 }
 
-const luaL_Reg moe_l_nn_funcs[] = {
-    {"linear", l_linear}, {"bce", l_bce}, {"mixture", l_mixture}, {"gate_scale", l_gate_scale},
-    {"route_plan", l_route_plan}, {"grouped_matmul", l_grouped_matmul}, {NULL, NULL}};
+const luaL_Reg moe_l_nn_funcs[] = {{"linear", l_linear},
+                                   {"bce", l_bce},
+                                   {"mixture", l_mixture},
+                                   {"gate_scale", l_gate_scale},
+                                   {"route_plan", l_route_plan},
+                                   {"grouped_matmul", l_grouped_matmul},
+                                   {NULL, NULL}};

@@ -16,7 +16,8 @@ int moe_l_binary(lua_State *L) {
   if (a && b) return moe_lua_push(L, moe_binary(op, a, b));
   if (a && lua_type(L, 2) == LUA_TNUMBER) return moe_lua_push(L, moe_binary_scalar(op, a, lua_tonumber(L, 2), 0));
   if (b && lua_type(L, 1) == LUA_TNUMBER) return moe_lua_push(L, moe_binary_scalar(op, b, lua_tonumber(L, 1), 1));
-  return luaL_error(L, "%s: expected tensors or numbers, got %s and %s", moe_binop_name(op), moe_l_type_of(L, 1), moe_l_type_of(L, 2));
+  return luaL_error(L, "%s: expected tensors or numbers, got %s and %s", moe_binop_name(op), moe_l_type_of(L, 1),
+                    moe_l_type_of(L, 2));
 }
 
 /* in-place binary ops: a:add_(b) */
@@ -50,8 +51,10 @@ static int l_clamp(lua_State *L) {
     lua_getfield(L, 2, "max");
     lua_remove(L, 2); /* -> x, min, max */
   }
-  if (!lua_isnil(L, 2) && lua_type(L, 2) != LUA_TNUMBER) luaL_error(L, "clamp: min must be a number or nil, got %s", moe_l_type_of(L, 2));
-  if (!lua_isnoneornil(L, 3) && lua_type(L, 3) != LUA_TNUMBER) luaL_error(L, "clamp: max must be a number or nil, got %s", moe_l_type_of(L, 3));
+  if (!lua_isnil(L, 2) && lua_type(L, 2) != LUA_TNUMBER)
+    luaL_error(L, "clamp: min must be a number or nil, got %s", moe_l_type_of(L, 2));
+  if (!lua_isnoneornil(L, 3) && lua_type(L, 3) != LUA_TNUMBER)
+    luaL_error(L, "clamp: max must be a number or nil, got %s", moe_l_type_of(L, 3));
   double lo = lua_isnoneornil(L, 2) ? -INFINITY : lua_tonumber(L, 2);
   double hi = lua_isnoneornil(L, 3) ? INFINITY : lua_tonumber(L, 3);
   return moe_lua_push(L, moe_unary(MOE_CLAMP, a, lo, hi));
@@ -61,8 +64,10 @@ static int l_where(lua_State *L) {
   moe_tensor *c = moe_l_check_tensor(L, 1, "where");
   moe_tensor *a = moe_l_opt_tensor(L, 2, "where"), *b = moe_l_opt_tensor(L, 3, "where");
   int ty2 = lua_type(L, 2), ty3 = lua_type(L, 3);
-  if (!a && ty2 != LUA_TNUMBER) luaL_error(L, "where: argument #2 must be a tensor or number, got %s", moe_l_type_of(L, 2));
-  if (!b && ty3 != LUA_TNUMBER) luaL_error(L, "where: argument #3 must be a tensor or number, got %s", moe_l_type_of(L, 3));
+  if (!a && ty2 != LUA_TNUMBER)
+    luaL_error(L, "where: argument #2 must be a tensor or number, got %s", moe_l_type_of(L, 2));
+  if (!b && ty3 != LUA_TNUMBER)
+    luaL_error(L, "where: argument #3 must be a tensor or number, got %s", moe_l_type_of(L, 3));
   /* a scalar branch takes the other branch's dtype (float32 if both are scalars) */
   moe_dtype dt = a ? a->dtype : (b ? b->dtype : MOE_F32);
   double va = lua_tonumber(L, 2), vb = lua_tonumber(L, 3);
@@ -71,8 +76,16 @@ static int l_where(lua_State *L) {
   moe_tensor *tb = b ? b : moe_from_doubles(0, NULL, dt, &vb);
   if (c->device != MOE_CPU) { /* a number becomes a one-element tensor on the condition's device */
     moe_tensor *t;
-    if (!a && ta) { t = moe_to_device(ta, c->device); moe_tensor_release(ta); ta = t; }
-    if (!b && tb) { t = moe_to_device(tb, c->device); moe_tensor_release(tb); tb = t; }
+    if (!a && ta) {
+      t = moe_to_device(ta, c->device);
+      moe_tensor_release(ta);
+      ta = t;
+    }
+    if (!b && tb) {
+      t = moe_to_device(tb, c->device);
+      moe_tensor_release(tb);
+      tb = t;
+    }
   }
   moe_tensor *out = ta && tb ? moe_where(c, ta, tb) : NULL;
   if (!a) moe_tensor_release(ta);
@@ -86,7 +99,8 @@ static int l_where(lua_State *L) {
 static unsigned parse_dims(lua_State *L, int idx, moe_tensor *t, const char *op) {
   if (lua_isnoneornil(L, idx)) return 0;
   if (lua_type(L, idx) == LUA_TNUMBER) return 1u << moe_l_check_dim_arg(L, idx, t, op, 0);
-  if (!lua_istable(L, idx)) luaL_error(L, "%s: dim must be a number or a table of numbers, got %s", op, moe_l_type_of(L, idx));
+  if (!lua_istable(L, idx))
+    luaL_error(L, "%s: dim must be a number or a table of numbers, got %s", op, moe_l_type_of(L, idx));
   unsigned m = 0;
   int n = (int)lua_objlen(L, idx);
   for (int i = 1; i <= n; i++) {
@@ -177,8 +191,7 @@ static int l_gather(lua_State *L) {
 }
 
 /* scatter_add / index_add and their in-place forms: (t, dim, index, src) */
-typedef moe_tensor *(*accumulate_fn)(const moe_tensor *, int, const moe_tensor *, const moe_tensor *,
-                                     int64_t, int);
+typedef moe_tensor *(*accumulate_fn)(const moe_tensor *, int, const moe_tensor *, const moe_tensor *, int64_t, int);
 static int accumulate(lua_State *L, const char *op, accumulate_fn fn, int inplace) {
   moe_tensor *t = moe_l_check_tensor(L, 1, op);
   int d = moe_l_check_dim_arg(L, 2, t, op, 0);
@@ -219,7 +232,8 @@ static int l_bincount(lua_State *L) {
 
 static int l_catstack(lua_State *L, int stack) {
   const char *op = stack ? "stack" : "cat";
-  if (!lua_istable(L, 1) || moe_lua_totensor(L, 1)) luaL_error(L, "%s: argument #1 must be a list of tensors, got %s", op, moe_l_type_of(L, 1));
+  if (!lua_istable(L, 1) || moe_lua_totensor(L, 1))
+    luaL_error(L, "%s: argument #1 must be a list of tensors, got %s", op, moe_l_type_of(L, 1));
   int n = (int)lua_objlen(L, 1);
   if (n < 1) luaL_error(L, "%s: expected a non-empty list of tensors", op);
   lua_settop(L, 2); /* the scratch below must not look like a dim argument */
@@ -229,7 +243,8 @@ static int l_catstack(lua_State *L, int stack) {
     ts[i] = moe_lua_totensor(L, -1);
     if (!ts[i]) luaL_error(L, "%s: entry %d of the list is a %s, not a tensor", op, i + 1, moe_l_type_of(L, -1));
     if (moe_l_join_device(ts[i]))
-      luaL_error(L, "%s: entry %d of the list is on %s while entry 1 is on %s", op, i + 1, moe_l_dev_name(ts[i]->device), moe_l_dev_name(moe_l_op_dev));
+      luaL_error(L, "%s: entry %d of the list is on %s while entry 1 is on %s", op, i + 1,
+                 moe_l_dev_name(ts[i]->device), moe_l_dev_name(moe_l_op_dev));
     lua_pop(L, 1);
   }
   int d = 0;
@@ -241,8 +256,16 @@ static int l_stack(lua_State *L) { return l_catstack(L, 1); }
 
 const luaL_Reg moe_l_ops_funcs[] = {{"cat", l_cat}, {"stack", l_stack}, {NULL, NULL}};
 
-const luaL_Reg moe_l_ops_methods[] = {
-    {"clamp", l_clamp}, {"where", l_where}, {"matmul", l_matmul}, {"topk", l_topk}, {"sort", l_sort},
-    {"gather", l_gather}, {"scatter_add", l_scatter_add},
-    {"scatter_add_", l_scatter_add_}, {"index_select", l_index_select}, {"index_add", l_index_add},
-    {"index_add_", l_index_add_}, {"bincount", l_bincount}, {NULL, NULL}};
+const luaL_Reg moe_l_ops_methods[] = {{"clamp", l_clamp},
+                                      {"where", l_where},
+                                      {"matmul", l_matmul},
+                                      {"topk", l_topk},
+                                      {"sort", l_sort},
+                                      {"gather", l_gather},
+                                      {"scatter_add", l_scatter_add},
+                                      {"scatter_add_", l_scatter_add_},
+                                      {"index_select", l_index_select},
+                                      {"index_add", l_index_add},
+                                      {"index_add_", l_index_add_},
+                                      {"bincount", l_bincount},
+                                      {NULL, NULL}};

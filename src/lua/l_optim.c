@@ -24,21 +24,33 @@ static int l_optim_step(lua_State *L) {
   int64_t *steps = lua_newuserdata(L, sizeof(int64_t) * (size_t)(n ? n : 1));
   moe_tensor **P = buf, **G = buf + n, **S1 = buf + 2 * n, **S2 = buf + 3 * n;
   for (int i = 0; i < n; i++) {
-    lua_rawgeti(L, 2, i + 1); P[i] = moe_lua_totensor(L, -1); lua_pop(L, 1);
-    lua_rawgeti(L, 3, i + 1); S1[i] = moe_lua_totensor(L, -1); lua_pop(L, 1);
-    lua_rawgeti(L, 4, i + 1); S2[i] = moe_lua_totensor(L, -1); lua_pop(L, 1);
-    lua_rawgeti(L, 5, i + 1); steps[i] = moe_l_check_int(L, -1, "optim_step", "a step count"); lua_pop(L, 1);
+    lua_rawgeti(L, 2, i + 1);
+    P[i] = moe_lua_totensor(L, -1);
+    lua_pop(L, 1);
+    lua_rawgeti(L, 3, i + 1);
+    S1[i] = moe_lua_totensor(L, -1);
+    lua_pop(L, 1);
+    lua_rawgeti(L, 4, i + 1);
+    S2[i] = moe_lua_totensor(L, -1);
+    lua_pop(L, 1);
+    lua_rawgeti(L, 5, i + 1);
+    steps[i] = moe_l_check_int(L, -1, "optim_step", "a step count");
+    lua_pop(L, 1);
     if (steps[i] < 1) return luaL_error(L, "optim_step: step counts start at 1");
     if (!P[i]) return luaL_error(L, "optim_step: entry %d is not a tensor", i + 1);
     if (!P[i]->grad) return luaL_error(L, "optim_step: parameter %d has no gradient", i + 1);
   }
-  moe_optim_hparams h = {
-      .lr = opt_num(L, 6, "lr", 1e-3), .weight_decay = opt_num(L, 6, "weight_decay", 0),
-      .momentum = opt_num(L, 6, "momentum", 0), .dampening = opt_num(L, 6, "dampening", 0),
-      .beta1 = opt_num(L, 6, "beta1", 0.9), .beta2 = opt_num(L, 6, "beta2", 0.999),
-      .eps = opt_num(L, 6, "eps", 1e-8), .alpha = opt_num(L, 6, "alpha", 0.99),
-      .lr_decay = opt_num(L, 6, "lr_decay", 0), .clip_norm = opt_num(L, 6, "clip_norm", 0),
-      .clip_value = opt_num(L, 6, "clip_value", 0)};
+  moe_optim_hparams h = {.lr = opt_num(L, 6, "lr", 1e-3),
+                         .weight_decay = opt_num(L, 6, "weight_decay", 0),
+                         .momentum = opt_num(L, 6, "momentum", 0),
+                         .dampening = opt_num(L, 6, "dampening", 0),
+                         .beta1 = opt_num(L, 6, "beta1", 0.9),
+                         .beta2 = opt_num(L, 6, "beta2", 0.999),
+                         .eps = opt_num(L, 6, "eps", 1e-8),
+                         .alpha = opt_num(L, 6, "alpha", 0.99),
+                         .lr_decay = opt_num(L, 6, "lr_decay", 0),
+                         .clip_norm = opt_num(L, 6, "clip_norm", 0),
+                         .clip_value = opt_num(L, 6, "clip_value", 0)};
   lua_getfield(L, 6, "nesterov");
   h.nesterov = lua_toboolean(L, -1);
   lua_pop(L, 1);
@@ -46,7 +58,10 @@ static int l_optim_step(lua_State *L) {
   int rc = 0;
   for (int i = 0; i < n && !rc; i++) {
     G[i] = moe_contiguous(P[i]->grad);
-    if (!G[i]) { for (int j = 0; j < i; j++) moe_tensor_release(G[j]); return moe_l_raise_engine(L); }
+    if (!G[i]) {
+      for (int j = 0; j < i; j++) moe_tensor_release(G[j]);
+      return moe_l_raise_engine(L);
+    }
   }
   double norm = 0;
   rc = moe_optim_step((moe_optim_kind)kind, n, P, G, S1, S2, steps, &h, &norm);

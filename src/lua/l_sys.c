@@ -69,7 +69,10 @@ static int l_cuda_precision(lua_State *L) {
   lua_pushstring(L, names[old]);
   return 1;
 }
-static int l_cuda_empty_cache(lua_State *L) { lua_pushnumber(L, (lua_Number)moe_cuda_empty_cache()); return 1; }
+static int l_cuda_empty_cache(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)moe_cuda_empty_cache());
+  return 1;
+}
 
 /* defer_interrupts(on) -> previous: while on, a first Ctrl-C is only recorded */
 static int l_defer_interrupts(lua_State *L) {
@@ -94,17 +97,24 @@ static int l_blas_info(lua_State *L) {
   char feats[200];
   moe_cpu_features_str(st.cpu.features, feats, sizeof feats);
   lua_newtable(L);
-  lua_pushstring(L, st.library); lua_setfield(L, -2, "library");
-  lua_pushstring(L, st.kernels); lua_setfield(L, -2, "kernels");
-  lua_pushinteger(L, moe_blas_core_rank(st.kernels)); lua_setfield(L, -2, "kernels_rank");
-  lua_pushstring(L, st.cpu_best); lua_setfield(L, -2, "cpu_best");
-  lua_pushinteger(L, moe_blas_core_rank(st.cpu_best)); lua_setfield(L, -2, "cpu_best_rank");
+  lua_pushstring(L, st.library);
+  lua_setfield(L, -2, "library");
+  lua_pushstring(L, st.kernels);
+  lua_setfield(L, -2, "kernels");
+  lua_pushinteger(L, moe_blas_core_rank(st.kernels));
+  lua_setfield(L, -2, "kernels_rank");
+  lua_pushstring(L, st.cpu_best);
+  lua_setfield(L, -2, "cpu_best");
+  lua_pushinteger(L, moe_blas_core_rank(st.cpu_best));
+  lua_setfield(L, -2, "cpu_best_rank");
   lua_pushstring(L, cpu_vendors[st.cpu.vendor]);
   lua_setfield(L, -2, "cpu_vendor");
-  lua_pushstring(L, feats); lua_setfield(L, -2, "cpu_features");
+  lua_pushstring(L, feats);
+  lua_setfield(L, -2, "cpu_features");
   lua_pushstring(L, st.chosen_by == MOE_BLAS_BY_USER ? "user" : st.chosen_by == MOE_BLAS_BY_MOELUA ? "moelua" : "blas");
   lua_setfield(L, -2, "chosen_by");
-  lua_pushstring(L, st.reason); lua_setfield(L, -2, "reason");
+  lua_pushstring(L, st.reason);
+  lua_setfield(L, -2, "reason");
   return 1;
 }
 
@@ -122,13 +132,21 @@ static int l_sgemm_info(lua_State *L) {
   lua_setfield(L, -2, "mode");
   lua_pushstring(L, desc);
   lua_setfield(L, -2, "description");
-  if (st.library >= 0) { lua_pushstring(L, moe_sgemm_lib_name(st.library)); lua_setfield(L, -2, "library"); }
+  if (st.library >= 0) {
+    lua_pushstring(L, moe_sgemm_lib_name(st.library));
+    lua_setfield(L, -2, "library");
+  }
   lua_newtable(L);
   for (int l = 0; l < MOE_SGEMM_NLIBS; l++) {
     lua_newtable(L);
-    lua_pushstring(L, moe_sgemm_lib_name(l)); lua_setfield(L, -2, "name");
-    lua_pushboolean(L, st.available[l]); lua_setfield(L, -2, "available");
-    if (!st.available[l]) { lua_pushstring(L, st.why[l]); lua_setfield(L, -2, "why"); }
+    lua_pushstring(L, moe_sgemm_lib_name(l));
+    lua_setfield(L, -2, "name");
+    lua_pushboolean(L, st.available[l]);
+    lua_setfield(L, -2, "available");
+    if (!st.available[l]) {
+      lua_pushstring(L, st.why[l]);
+      lua_setfield(L, -2, "why");
+    }
     lua_rawseti(L, -2, l + 1);
   }
   lua_setfield(L, -2, "libraries");
@@ -136,15 +154,24 @@ static int l_sgemm_info(lua_State *L) {
   for (int i = 0; i < st.n_records; i++) {
     const moe_sgemm_record *r = &st.records[i];
     lua_newtable(L);
-    lua_pushinteger(L, (lua_Integer)r->M); lua_setfield(L, -2, "m");
-    lua_pushinteger(L, (lua_Integer)r->N); lua_setfield(L, -2, "n");
-    lua_pushinteger(L, (lua_Integer)r->K); lua_setfield(L, -2, "k");
-    lua_pushboolean(L, r->ta); lua_setfield(L, -2, "ta");
-    lua_pushboolean(L, r->tb); lua_setfield(L, -2, "tb");
-    lua_pushstring(L, moe_sgemm_lib_name(r->lib)); lua_setfield(L, -2, "library");
+    lua_pushinteger(L, (lua_Integer)r->M);
+    lua_setfield(L, -2, "m");
+    lua_pushinteger(L, (lua_Integer)r->N);
+    lua_setfield(L, -2, "n");
+    lua_pushinteger(L, (lua_Integer)r->K);
+    lua_setfield(L, -2, "k");
+    lua_pushboolean(L, r->ta);
+    lua_setfield(L, -2, "ta");
+    lua_pushboolean(L, r->tb);
+    lua_setfield(L, -2, "tb");
+    lua_pushstring(L, moe_sgemm_lib_name(r->lib));
+    lua_setfield(L, -2, "library");
     lua_newtable(L);
     for (int l = 0; l < MOE_SGEMM_NLIBS; l++)
-      if (r->gflops[l] > 0) { lua_pushnumber(L, r->gflops[l]); lua_setfield(L, -2, moe_sgemm_lib_name(l)); }
+      if (r->gflops[l] > 0) {
+        lua_pushnumber(L, r->gflops[l]);
+        lua_setfield(L, -2, moe_sgemm_lib_name(l));
+      }
     lua_setfield(L, -2, "gflops");
     lua_rawseti(L, -2, i + 1);
   }
@@ -207,10 +234,14 @@ static int l_bf16_info(lua_State *L) {
   moe_bf16_status st;
   moe_bf16_status_get(&st);
   lua_newtable(L);
-  lua_pushstring(L, moe_bf16_backend_name(st.backend)); lua_setfield(L, -2, "backend");
-  lua_pushstring(L, st.library); lua_setfield(L, -2, "library");
-  lua_pushstring(L, st.reason); lua_setfield(L, -2, "reason");
-  lua_pushboolean(L, st.cpu_bf16); lua_setfield(L, -2, "cpu_bf16");
+  lua_pushstring(L, moe_bf16_backend_name(st.backend));
+  lua_setfield(L, -2, "backend");
+  lua_pushstring(L, st.library);
+  lua_setfield(L, -2, "library");
+  lua_pushstring(L, st.reason);
+  lua_setfield(L, -2, "reason");
+  lua_pushboolean(L, st.cpu_bf16);
+  lua_setfield(L, -2, "cpu_bf16");
   return 1;
 }
 
@@ -242,11 +273,20 @@ static int l_live(lua_State *L) {
   return 2;
 }
 
-const luaL_Reg moe_l_sys_funcs[] = {
-    {"blas_info", l_blas_info}, {"sgemm_info", l_sgemm_info}, {"sgemm_forget", l_sgemm_forget},
-    {"blas_choose", l_blas_choose}, {"blas_next_lower", l_blas_next_lower},
-    {"bf16_info", l_bf16_info}, {"bf16_choose", l_bf16_choose},
-    {"live", l_live}, {"peak_bytes", l_peak_bytes}, {"empty_cache", l_empty_cache},
-    {"cuda_info", l_cuda_info}, {"backend_kernels", l_backend_kernels}, {"cuda_empty_cache", l_cuda_empty_cache},
-    {"cuda_precision", l_cuda_precision}, {"defer_interrupts", l_defer_interrupts}, {"take_interrupt", l_take_interrupt},
-    {NULL, NULL}};
+const luaL_Reg moe_l_sys_funcs[] = {{"blas_info", l_blas_info},
+                                    {"sgemm_info", l_sgemm_info},
+                                    {"sgemm_forget", l_sgemm_forget},
+                                    {"blas_choose", l_blas_choose},
+                                    {"blas_next_lower", l_blas_next_lower},
+                                    {"bf16_info", l_bf16_info},
+                                    {"bf16_choose", l_bf16_choose},
+                                    {"live", l_live},
+                                    {"peak_bytes", l_peak_bytes},
+                                    {"empty_cache", l_empty_cache},
+                                    {"cuda_info", l_cuda_info},
+                                    {"backend_kernels", l_backend_kernels},
+                                    {"cuda_empty_cache", l_cuda_empty_cache},
+                                    {"cuda_precision", l_cuda_precision},
+                                    {"defer_interrupts", l_defer_interrupts},
+                                    {"take_interrupt", l_take_interrupt},
+                                    {NULL, NULL}};

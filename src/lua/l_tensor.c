@@ -31,14 +31,23 @@ static int parse_view_sizes(lua_State *L, int start, const char *op, int *ndim, 
 static int l_shape(lua_State *L) {
   moe_tensor *t = moe_l_check_tensor_any(L, 1, "shape");
   lua_createtable(L, t->ndim, 0);
-  for (int i = 0; i < t->ndim; i++) { lua_pushnumber(L, (lua_Number)t->shape[i]); lua_rawseti(L, -2, i + 1); }
+  for (int i = 0; i < t->ndim; i++) {
+    lua_pushnumber(L, (lua_Number)t->shape[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
   return 1;
 }
 static int l_stride(lua_State *L) {
   moe_tensor *t = moe_l_check_tensor_any(L, 1, "stride");
-  if (!lua_isnoneornil(L, 2)) { lua_pushnumber(L, (lua_Number)t->stride[moe_l_check_dim_arg(L, 2, t, "stride", 0)]); return 1; }
+  if (!lua_isnoneornil(L, 2)) {
+    lua_pushnumber(L, (lua_Number)t->stride[moe_l_check_dim_arg(L, 2, t, "stride", 0)]);
+    return 1;
+  }
   lua_createtable(L, t->ndim, 0);
-  for (int i = 0; i < t->ndim; i++) { lua_pushnumber(L, (lua_Number)t->stride[i]); lua_rawseti(L, -2, i + 1); }
+  for (int i = 0; i < t->ndim; i++) {
+    lua_pushnumber(L, (lua_Number)t->stride[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
   return 1;
 }
 static int l_size(lua_State *L) {
@@ -47,18 +56,37 @@ static int l_size(lua_State *L) {
   lua_pushnumber(L, (lua_Number)t->shape[moe_l_check_dim_arg(L, 2, t, "size", 0)]);
   return 1;
 }
-static int l_dim(lua_State *L) { lua_pushinteger(L, moe_l_check_tensor_any(L, 1, "dim")->ndim); return 1; }
-static int l_numel(lua_State *L) { lua_pushnumber(L, (lua_Number)moe_numel(moe_l_check_tensor_any(L, 1, "numel"))); return 1; }
-static int l_dtype(lua_State *L) { lua_pushstring(L, moe_dtype_name(moe_l_check_tensor_any(L, 1, "dtype")->dtype)); return 1; }
+static int l_dim(lua_State *L) {
+  lua_pushinteger(L, moe_l_check_tensor_any(L, 1, "dim")->ndim);
+  return 1;
+}
+static int l_numel(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)moe_numel(moe_l_check_tensor_any(L, 1, "numel")));
+  return 1;
+}
+static int l_dtype(lua_State *L) {
+  lua_pushstring(L, moe_dtype_name(moe_l_check_tensor_any(L, 1, "dtype")->dtype));
+  return 1;
+}
 static int l_device(lua_State *L) {
   lua_pushstring(L, moe_l_check_tensor_any(L, 1, "device")->device == MOE_CUDA ? "cuda" : "cpu");
   return 1;
 }
-static int l_is_contiguous(lua_State *L) { lua_pushboolean(L, moe_is_contiguous(moe_l_check_tensor_any(L, 1, "is_contiguous"))); return 1; }
-static int l_storage_offset(lua_State *L) { lua_pushnumber(L, (lua_Number)moe_l_check_tensor_any(L, 1, "storage_offset")->offset); return 1; }
-static int l_is_tensor(lua_State *L) { lua_pushboolean(L, moe_lua_totensor(L, 1) != NULL); return 1; }
+static int l_is_contiguous(lua_State *L) {
+  lua_pushboolean(L, moe_is_contiguous(moe_l_check_tensor_any(L, 1, "is_contiguous")));
+  return 1;
+}
+static int l_storage_offset(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)moe_l_check_tensor_any(L, 1, "storage_offset")->offset);
+  return 1;
+}
+static int l_is_tensor(lua_State *L) {
+  lua_pushboolean(L, moe_lua_totensor(L, 1) != NULL);
+  return 1;
+}
 static int l_same_storage(lua_State *L) {
-  lua_pushboolean(L, moe_same_storage(moe_l_check_tensor_any(L, 1, "same_storage"), moe_l_check_tensor_any(L, 2, "same_storage")));
+  lua_pushboolean(
+      L, moe_same_storage(moe_l_check_tensor_any(L, 1, "same_storage"), moe_l_check_tensor_any(L, 2, "same_storage")));
   return 1;
 }
 
@@ -72,7 +100,8 @@ static int l_item(lua_State *L) {
   moe_tensor *t = moe_l_check_tensor(L, 1, "item");
   char b[160];
   if (moe_numel(t) != 1)
-    luaL_error(L, "item: tensor of shape %s has %d elements, item needs exactly one", moe_shape_str(t, b), (int)moe_numel(t));
+    luaL_error(L, "item: tensor of shape %s has %d elements, item needs exactly one", moe_shape_str(t, b),
+               (int)moe_numel(t));
   int64_t idx[MOE_MAX_DIMS] = {0};
   moe_tensor *h = moe_l_host_values(L, t);
   push_elem(L, h, idx);
@@ -81,7 +110,10 @@ static int l_item(lua_State *L) {
 }
 
 static void totable_rec(lua_State *L, moe_tensor *t, int d, int64_t *idx) {
-  if (d == t->ndim) { push_elem(L, t, idx); return; }
+  if (d == t->ndim) {
+    push_elem(L, t, idx);
+    return;
+  }
   lua_createtable(L, (int)t->shape[d], 0);
   for (int64_t i = 0; i < t->shape[d]; i++) {
     idx[d] = i;
@@ -116,8 +148,10 @@ static int l_expand(lua_State *L) {
   int ndim;
   int64_t shape[MOE_MAX_DIMS];
   moe_tensor *other = moe_lua_totensor(L, 2);
-  if (other) { ndim = other->ndim; memcpy(shape, other->shape, sizeof shape); }
-  else parse_view_sizes(L, 2, "expand", &ndim, shape);
+  if (other) {
+    ndim = other->ndim;
+    memcpy(shape, other->shape, sizeof shape);
+  } else parse_view_sizes(L, 2, "expand", &ndim, shape);
   return moe_lua_push(L, moe_expand(t, ndim, shape));
 }
 
@@ -134,10 +168,10 @@ static int l_permute(lua_State *L) {
   int tbl = lua_istable(L, 2);
   int cnt = tbl ? (int)lua_objlen(L, 2) : lua_gettop(L) - 1;
   char b[160];
-  if (cnt != t->ndim)
-    luaL_error(L, "permute: %d dims given for tensor of shape %s", cnt, moe_shape_str(t, b));
+  if (cnt != t->ndim) luaL_error(L, "permute: %d dims given for tensor of shape %s", cnt, moe_shape_str(t, b));
   for (int i = 0; i < cnt; i++) {
-    if (tbl) lua_rawgeti(L, 2, i + 1); else lua_pushvalue(L, i + 2);
+    if (tbl) lua_rawgeti(L, 2, i + 1);
+    else lua_pushvalue(L, i + 2);
     perm[n++] = moe_l_norm_dim(L, t, moe_l_check_int(L, -1, "permute", "dim"), "permute", 0);
     lua_pop(L, 1);
   }
@@ -173,7 +207,10 @@ static int l_unsqueeze(lua_State *L) {
 
 static int l_contiguous(lua_State *L) {
   moe_tensor *t = moe_l_check_tensor(L, 1, "contiguous");
-  if (moe_is_contiguous(t)) { lua_settop(L, 1); return 1; }
+  if (moe_is_contiguous(t)) {
+    lua_settop(L, 1);
+    return 1;
+  }
   return moe_lua_push(L, moe_clone(t));
 }
 static int l_clone(lua_State *L) { return moe_lua_push(L, moe_clone(moe_l_check_tensor(L, 1, "clone"))); }
@@ -186,10 +223,16 @@ static int l_to(lua_State *L) {
     create_opts o = moe_l_parse_opts(L, 2, "to", t->dtype);
     dt = o.dtype;
   } else if (!name || moe_dtype_from_name(name, &dt)) {
-    if (name && !strcmp(name, "cpu")) { lua_settop(L, 1); return 1; }
+    if (name && !strcmp(name, "cpu")) {
+      lua_settop(L, 1);
+      return 1;
+    }
     luaL_error(L, "to: unknown dtype '%s' (float32, float64, int32, int64, bool)", name ? name : luaL_typename(L, 2));
   }
-  if (t->dtype == dt) { lua_settop(L, 1); return 1; }
+  if (t->dtype == dt) {
+    lua_settop(L, 1);
+    return 1;
+  }
   return moe_lua_push(L, moe_to_dtype(t, dt));
 }
 
@@ -215,7 +258,9 @@ static int l_fill_(lua_State *L) {
 }
 
 /* cuda(t) / cpu(t): t's values on that device (t itself when already there) */
-static int l_cuda(lua_State *L) { return moe_lua_push(L, moe_to_device(moe_l_check_tensor_any(L, 1, "cuda"), MOE_CUDA)); }
+static int l_cuda(lua_State *L) {
+  return moe_lua_push(L, moe_to_device(moe_l_check_tensor_any(L, 1, "cuda"), MOE_CUDA));
+}
 static int l_cpu(lua_State *L) { return moe_lua_push(L, moe_to_device(moe_l_check_tensor_any(L, 1, "cpu"), MOE_CPU)); }
 
 /* ---------------------------------------------------------------- indexing */
@@ -230,7 +275,8 @@ static moe_tensor *index_view(lua_State *L, moe_tensor *t, int kidx, int *scalar
     if (t->ndim == 0) luaL_error(L, "index: cannot index a 0-dim tensor");
     if (i < 0) i = t->shape[0] + i + 1;
     if (i < 1 || i > t->shape[0])
-      luaL_error(L, "index: index %d out of range for dim 1 of size %d (shape %s)", (int)i, (int)t->shape[0], moe_shape_str(t, b));
+      luaL_error(L, "index: index %d out of range for dim 1 of size %d (shape %s)", (int)i, (int)t->shape[0],
+                 moe_shape_str(t, b));
     *scalar = t->ndim == 1;
     moe_tensor *v = moe_select(t, 0, i - 1);
     if (!v) moe_l_raise_engine(L);
@@ -250,19 +296,31 @@ static moe_tensor *index_view(lua_State *L, moe_tensor *t, int kidx, int *scalar
       int64_t i = moe_l_check_int(L, -1, "index", "index");
       if (i < 0) i = size + i + 1;
       if (i < 1 || i > size)
-        luaL_error(L, "index: index %d out of range for dim %d of size %d (shape %s)", (int)i, d + 1, (int)size, moe_shape_str(t, b));
-      kind[k] = 0; lo[k] = i;
+        luaL_error(L, "index: index %d out of range for dim %d of size %d (shape %s)", (int)i, d + 1, (int)size,
+                   moe_shape_str(t, b));
+      kind[k] = 0;
+      lo[k] = i;
     } else if (lua_istable(L, -1)) {
       int m = (int)lua_objlen(L, -1);
       int64_t a = 1, e = size;
-      if (m >= 1) { lua_rawgeti(L, -1, 1); a = moe_l_check_int(L, -1, "index", "range start"); lua_pop(L, 1); }
-      if (m >= 2) { lua_rawgeti(L, -1, 2); e = moe_l_check_int(L, -1, "index", "range end"); lua_pop(L, 1); }
-      else if (m == 1) e = a < 0 ? size + a + 1 : a;
+      if (m >= 1) {
+        lua_rawgeti(L, -1, 1);
+        a = moe_l_check_int(L, -1, "index", "range start");
+        lua_pop(L, 1);
+      }
+      if (m >= 2) {
+        lua_rawgeti(L, -1, 2);
+        e = moe_l_check_int(L, -1, "index", "range end");
+        lua_pop(L, 1);
+      } else if (m == 1) e = a < 0 ? size + a + 1 : a;
       if (a < 0) a = size + a + 1;
       if (e < 0) e = size + e + 1;
       if (a < 1 || e > size || e < a - 1)
-        luaL_error(L, "index: range {%d, %d} out of bounds for dim %d of size %d (shape %s)", (int)a, (int)e, d + 1, (int)size, moe_shape_str(t, b));
-      kind[k] = 1; lo[k] = a; hi[k] = e;
+        luaL_error(L, "index: range {%d, %d} out of bounds for dim %d of size %d (shape %s)", (int)a, (int)e, d + 1,
+                   (int)size, moe_shape_str(t, b));
+      kind[k] = 1;
+      lo[k] = a;
+      hi[k] = e;
     } else {
       luaL_error(L, "index: entry %d must be a number or a range table, got %s", k + 1, moe_l_type_of(L, -1));
     }
@@ -283,17 +341,26 @@ static moe_tensor *index_view(lua_State *L, moe_tensor *t, int kidx, int *scalar
 /* autograd fields: t.grad, t.requires_grad, t.grad_fn (the op's name), t.is_leaf */
 static int grad_field(lua_State *L, moe_tensor *t, const char *k) {
   if (!strcmp(k, "grad")) {
-    if (!t->grad) { lua_pushnil(L); return 1; }
+    if (!t->grad) {
+      lua_pushnil(L);
+      return 1;
+    }
     moe_tensor_retain(t->grad);
     return moe_lua_push(L, t->grad);
   }
-  if (!strcmp(k, "requires_grad")) { lua_pushboolean(L, t->requires_grad); return 1; }
+  if (!strcmp(k, "requires_grad")) {
+    lua_pushboolean(L, t->requires_grad);
+    return 1;
+  }
   if (!strcmp(k, "grad_fn")) {
     if (t->grad_fn) lua_pushstring(L, moe_grad_fn_name(t));
     else lua_pushnil(L);
     return 1;
   }
-  if (!strcmp(k, "is_leaf")) { lua_pushboolean(L, t->grad_fn == NULL); return 1; }
+  if (!strcmp(k, "is_leaf")) {
+    lua_pushboolean(L, t->grad_fn == NULL);
+    return 1;
+  }
   return 0;
 }
 
@@ -348,11 +415,9 @@ int moe_l_t_newindex(lua_State *L) {
         char b1[160], b2[160];
         g = moe_lua_totensor(L, 3);
         if (!g) luaL_error(L, "grad: expected a tensor or nil, got %s", moe_l_type_of(L, 3));
-        if (g->ndim != t->ndim || memcmp(g->shape, t->shape, sizeof(int64_t) * (size_t)t->ndim) ||
-            g->dtype != t->dtype)
+        if (g->ndim != t->ndim || memcmp(g->shape, t->shape, sizeof(int64_t) * (size_t)t->ndim) || g->dtype != t->dtype)
           luaL_error(L, "grad: a gradient of shape %s (%s) does not fit a tensor of shape %s (%s)",
-                     moe_shape_str(g, b1), moe_dtype_name(g->dtype), moe_shape_str(t, b2),
-                     moe_dtype_name(t->dtype));
+                     moe_shape_str(g, b1), moe_dtype_name(g->dtype), moe_shape_str(t, b2), moe_dtype_name(t->dtype));
         moe_tensor_retain(g);
       }
       moe_tensor_release(t->grad);
@@ -383,11 +448,32 @@ int moe_l_t_len(lua_State *L) {
 
 const luaL_Reg moe_l_tensor_funcs[] = {{"is_tensor", l_is_tensor}, {NULL, NULL}};
 
-const luaL_Reg moe_l_tensor_methods[] = {
-    {"shape", l_shape}, {"cuda", l_cuda}, {"cpu", l_cpu}, {"size", l_size}, {"stride", l_stride}, {"dim", l_dim}, {"numel", l_numel},
-    {"dtype", l_dtype}, {"device", l_device}, {"is_contiguous", l_is_contiguous},
-    {"storage_offset", l_storage_offset}, {"same_storage", l_same_storage}, {"item", l_item},
-    {"totable", l_totable}, {"view", l_view}, {"reshape", l_reshape}, {"expand", l_expand},
-    {"transpose", l_transpose}, {"permute", l_permute}, {"narrow", l_narrow}, {"select", l_select},
-    {"squeeze", l_squeeze}, {"unsqueeze", l_unsqueeze}, {"contiguous", l_contiguous},
-    {"clone", l_clone}, {"to", l_to}, {"copy_", l_copy_}, {"fill_", l_fill_}, {NULL, NULL}};
+const luaL_Reg moe_l_tensor_methods[] = {{"shape", l_shape},
+                                         {"cuda", l_cuda},
+                                         {"cpu", l_cpu},
+                                         {"size", l_size},
+                                         {"stride", l_stride},
+                                         {"dim", l_dim},
+                                         {"numel", l_numel},
+                                         {"dtype", l_dtype},
+                                         {"device", l_device},
+                                         {"is_contiguous", l_is_contiguous},
+                                         {"storage_offset", l_storage_offset},
+                                         {"same_storage", l_same_storage},
+                                         {"item", l_item},
+                                         {"totable", l_totable},
+                                         {"view", l_view},
+                                         {"reshape", l_reshape},
+                                         {"expand", l_expand},
+                                         {"transpose", l_transpose},
+                                         {"permute", l_permute},
+                                         {"narrow", l_narrow},
+                                         {"select", l_select},
+                                         {"squeeze", l_squeeze},
+                                         {"unsqueeze", l_unsqueeze},
+                                         {"contiguous", l_contiguous},
+                                         {"clone", l_clone},
+                                         {"to", l_to},
+                                         {"copy_", l_copy_},
+                                         {"fill_", l_fill_},
+                                         {NULL, NULL}};

@@ -28,8 +28,8 @@ static int l_shuffled_range(lua_State *L) {
   for (int k = 0; k < 2; k++) {
     int64_t h = moe_l_check_int(L, 2 + k, "shuffled_range", k ? "the state's low half" : "the state's high half");
     if (h < 0 || h > 0xffffffffLL)
-      return luaL_error(L, "shuffled_range: argument #%d must be a 32-bit half of the generator's state, got %f",
-                        2 + k, (double)h);
+      return luaL_error(L, "shuffled_range: argument #%d must be a 32-bit half of the generator's state, got %f", 2 + k,
+                        (double)h);
     half[k] = (uint64_t)h;
   }
   uint64_t st = (half[0] << 32) | half[1];
@@ -56,7 +56,9 @@ static int l_shuffled_range(lua_State *L) {
  * are copied on a helper thread (moe_gather_start); job:finish() -> {rows1,
  * rows2, ...} once they are there. For fit{}'s next batch. */
 #define GATHER_MT "moe.gather_job"
-typedef struct { moe_gather_job *j; } gather_box;
+typedef struct {
+  moe_gather_job *j;
+} gather_box;
 static gather_box *check_gather(lua_State *L) { return luaL_checkudata(L, 1, GATHER_MT); }
 static int l_gather_gc(lua_State *L) {
   gather_box *g = check_gather(L);
@@ -114,7 +116,10 @@ static int l_gather_rows(lua_State *L) {
  * acc:reset(), acc:count() -> values so far */
 #define AUC_MT "moe.auc_acc"
 static moe_auc_acc *check_acc(lua_State *L) { return luaL_checkudata(L, 1, AUC_MT); }
-static int l_auc_acc_gc(lua_State *L) { moe_auc_acc_clear(check_acc(L)); return 0; }
+static int l_auc_acc_gc(lua_State *L) {
+  moe_auc_acc_clear(check_acc(L));
+  return 0;
+}
 static int l_auc_acc_add(lua_State *L) {
   moe_auc_acc *a = check_acc(L);
   /* values on the device are read through host copies */
@@ -135,14 +140,23 @@ static int l_auc_acc_result(lua_State *L) {
   lua_pushnumber(L, auc);
   return 1;
 }
-static int l_auc_acc_reset(lua_State *L) { moe_auc_acc_clear(check_acc(L)); return 0; }
-static int l_auc_acc_count(lua_State *L) { lua_pushnumber(L, (lua_Number)check_acc(L)->n); return 1; }
+static int l_auc_acc_reset(lua_State *L) {
+  moe_auc_acc_clear(check_acc(L));
+  return 0;
+}
+static int l_auc_acc_count(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)check_acc(L)->n);
+  return 1;
+}
 static int l_auc_acc(lua_State *L) {
   moe_auc_acc *a = lua_newuserdata(L, sizeof *a);
   memset(a, 0, sizeof *a);
   if (luaL_newmetatable(L, AUC_MT)) {
-    static const luaL_Reg m[] = {{"add", l_auc_acc_add}, {"result", l_auc_acc_result},
-                                 {"reset", l_auc_acc_reset}, {"count", l_auc_acc_count}, {NULL, NULL}};
+    static const luaL_Reg m[] = {{"add", l_auc_acc_add},
+                                 {"result", l_auc_acc_result},
+                                 {"reset", l_auc_acc_reset},
+                                 {"count", l_auc_acc_count},
+                                 {NULL, NULL}};
     lua_newtable(L);
     luaL_register(L, NULL, m);
     lua_setfield(L, -2, "__index");
@@ -153,6 +167,8 @@ static int l_auc_acc(lua_State *L) {
   return 1;
 }
 
-const luaL_Reg moe_l_train_funcs[] = {
-    {"roc_auc", l_roc_auc}, {"auc_acc", l_auc_acc}, {"gather_rows", l_gather_rows},
-    {"shuffled_range", l_shuffled_range}, {NULL, NULL}};
+const luaL_Reg moe_l_train_funcs[] = {{"roc_auc", l_roc_auc},
+                                      {"auc_acc", l_auc_acc},
+                                      {"gather_rows", l_gather_rows},
+                                      {"shuffled_range", l_shuffled_range},
+                                      {NULL, NULL}};

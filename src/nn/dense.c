@@ -77,12 +77,15 @@ moe_tensor *moe_linear(const moe_tensor *x, const moe_tensor *w, const moe_tenso
   }
   if (x->ndim < 1 || w->ndim != 2 || x->shape[x->ndim - 1] != w->shape[0] ||
       (b && (b->ndim != 1 || b->shape[0] != w->shape[1]))) {
-    moe_error("linear: input %s, kernel [K,N] %s and bias [N] %s do not fit",
-              moe_shape_str(x, b1), moe_shape_str(w, b2), b ? moe_shape_str(b, b3) : "(none)");
+    moe_error("linear: input %s, kernel [K,N] %s and bias [N] %s do not fit", moe_shape_str(x, b1),
+              moe_shape_str(w, b2), b ? moe_shape_str(b, b3) : "(none)");
     return NULL;
   }
   int64_t K = w->shape[0], N = w->shape[1], M = K ? moe_numel(x) / K : 0;
-  if (!K) { M = 1; for (int d = 0; d < x->ndim - 1; d++) M *= x->shape[d]; }
+  if (!K) {
+    M = 1;
+    for (int d = 0; d < x->ndim - 1; d++) M *= x->shape[d];
+  }
   int64_t xs[2] = {M, K};
   moe_tensor *x2, *bc;
   MOE_NOGRAD(x2, moe_reshape(x, 2, xs));
@@ -96,8 +99,10 @@ moe_tensor *moe_linear(const moe_tensor *x, const moe_tensor *w, const moe_tenso
     /* y as [M,N] starts as the bias rows (a broadcast copy) or zeros */
     moe_tensor rows = *y, bv;
     rows.ndim = 2;
-    rows.shape[0] = M; rows.shape[1] = N;
-    rows.stride[0] = N; rows.stride[1] = 1;
+    rows.shape[0] = M;
+    rows.shape[1] = N;
+    rows.stride[0] = N;
+    rows.stride[1] = 1;
     if (bc) {
       moe_broadcast_to(bc, 2, rows.shape, &bv); /* bc is [N]: checked above */
       MOE_K(copy, y->device, &rows, &bv);
@@ -123,8 +128,9 @@ moe_tensor *moe_linear(const moe_tensor *x, const moe_tensor *w, const moe_tenso
     n->iarg[0] = act;
     n->iarg[1] = prec;
   }
-  if (n && ((moe_node_needs(n, 1) && moe_node_save(n, 0, x)) || (moe_node_needs(n, 0) && moe_node_save(n, 1, w)) ||
-            (act >= 0 && moe_node_save(n, 2, y)))) {
+  if (n &&
+      ((moe_node_needs(n, 1) && moe_node_save(n, 0, x)) || (moe_node_needs(n, 0) && moe_node_save(n, 1, w)) ||
+       (act >= 0 && moe_node_save(n, 2, y)))) {
     moe_node_release(n);
     n = NULL;
   }

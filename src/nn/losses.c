@@ -24,8 +24,8 @@ static int bce_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
 
 moe_tensor *moe_bce(const moe_tensor *y, const moe_tensor *p, int from_logits) {
   char b1[160], b2[160];
-  if (y->ndim != p->ndim || memcmp(y->shape, p->shape, sizeof(int64_t) * (size_t)p->ndim) ||
-      y->dtype != p->dtype || !moe_dtype_is_float(p->dtype)) {
+  if (y->ndim != p->ndim || memcmp(y->shape, p->shape, sizeof(int64_t) * (size_t)p->ndim) || y->dtype != p->dtype ||
+      !moe_dtype_is_float(p->dtype)) {
     moe_error("binary_crossentropy: y_true %s (%s) and y_pred %s (%s) need one shape and float dtype",
               moe_shape_str(y, b1), moe_dtype_name(y->dtype), moe_shape_str(p, b2), moe_dtype_name(p->dtype));
     return NULL;
@@ -44,7 +44,10 @@ moe_tensor *moe_bce(const moe_tensor *y, const moe_tensor *p, int from_logits) {
   moe_node *n = moe_node_new("binary_crossentropy", bce_backward, 2, ins);
   if (n) {
     n->iarg[0] = from_logits;
-    if (moe_node_save(n, 0, y) || moe_node_save(n, 1, p)) { moe_node_release(n); n = NULL; }
+    if (moe_node_save(n, 0, y) || moe_node_save(n, 1, p)) {
+      moe_node_release(n);
+      n = NULL;
+    }
   }
   return moe_ag_attach(l, n);
 }

@@ -26,7 +26,11 @@ static int mixture_backward(moe_node *n, const moe_tensor *go, moe_tensor **gin)
     int dense = 0, order[3] = {0, 1, 2};
     for (int i = 0; i < 3; i++) /* dims sorted by stride, largest first */
       for (int j = i + 1; j < 3; j++)
-        if (hs[order[j]] > hs[order[i]]) { int tmp = order[i]; order[i] = order[j]; order[j] = tmp; }
+        if (hs[order[j]] > hs[order[i]]) {
+          int tmp = order[i];
+          order[i] = order[j];
+          order[j] = tmp;
+        }
     int64_t expect = 1;
     dense = 1;
     for (int i = 2; i >= 0; i--) {
@@ -74,7 +78,10 @@ moe_tensor *moe_mixture(const moe_tensor *h, const moe_tensor *g) {
   const moe_tensor *ins[2] = {h, g};
   if (!moe_ag_wants(2, ins)) return out;
   moe_node *n = moe_node_new("mixture", mixture_backward, 2, ins);
-  if (n && (moe_node_save(n, 0, h) || moe_node_save(n, 1, g))) { moe_node_release(n); n = NULL; }
+  if (n && (moe_node_save(n, 0, h) || moe_node_save(n, 1, g))) {
+    moe_node_release(n);
+    n = NULL;
+  }
   return moe_ag_attach(out, n);
 }
 
@@ -110,10 +117,11 @@ moe_tensor *moe_gate_scale(const moe_tensor *h, const moe_tensor *g, int relu, i
   const moe_tensor *hg[2] = {h, g};
   if (moe_same_device("gate_scale", 2, hg) || moe_backend_require("gate_scale", h->device, MOE_KERNEL_gate_scale))
     return NULL;
-  if (h->ndim != 2 || g->ndim != 2 || h->shape[0] != g->shape[0] || g->shape[1] < 1 ||
-      h->shape[1] % g->shape[1] != 0 || h->dtype != g->dtype || !moe_dtype_is_float(h->dtype)) {
+  if (h->ndim != 2 || g->ndim != 2 || h->shape[0] != g->shape[0] || g->shape[1] < 1 || h->shape[1] % g->shape[1] != 0 ||
+      h->dtype != g->dtype || !moe_dtype_is_float(h->dtype)) {
     moe_error("gate_scale: hidden units [B, E*U] %s and gates [B,E] %s do not match (one float dtype, "
-              "E dividing the hidden width)", moe_shape_str(h, b1), moe_shape_str(g, b2));
+              "E dividing the hidden width)",
+              moe_shape_str(h, b1), moe_shape_str(g, b2));
     return NULL;
   }
   int64_t B = h->shape[0], E = g->shape[1], W = h->shape[1] + (append ? E : 0);
@@ -129,7 +137,10 @@ moe_tensor *moe_gate_scale(const moe_tensor *h, const moe_tensor *g, int relu, i
     if (n) {
       n->iarg[0] = relu;
       n->iarg[1] = append;
-      if (moe_node_save(n, 0, hc) || moe_node_save(n, 1, gc)) { moe_node_release(n); n = NULL; }
+      if (moe_node_save(n, 0, hc) || moe_node_save(n, 1, gc)) {
+        moe_node_release(n);
+        n = NULL;
+      }
     }
     out = moe_ag_attach(out, n);
   }

@@ -22,9 +22,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-int moe_route_plan(const moe_tensor *expert_index, const moe_tensor *order, const moe_tensor *valid,
-                   int64_t E, int64_t capacity, int64_t ibase, moe_tensor **token, moe_tensor **expert,
-                   moe_tensor **rank, moe_tensor **counts) {
+int moe_route_plan(const moe_tensor *expert_index, const moe_tensor *order, const moe_tensor *valid, int64_t E,
+                   int64_t capacity, int64_t ibase, moe_tensor **token, moe_tensor **expert, moe_tensor **rank,
+                   moe_tensor **counts) {
   char b1[160], b2[160];
   const moe_tensor *ins[3] = {expert_index, order, valid};
   if (moe_same_device("route_plan", 3, ins) ||
@@ -47,7 +47,9 @@ int moe_route_plan(const moe_tensor *expert_index, const moe_tensor *order, cons
   int rc = -1;
   if (!ei || (order && !od) || (valid && !vd)) moe_error("route_plan: out of memory");
   else rc = MOE_KH(route_plan, ei->device, ei, od, vd, E, capacity, ibase, token, expert, rank, counts);
-  moe_tensor_release(ei); moe_tensor_release(od); moe_tensor_release(vd);
+  moe_tensor_release(ei);
+  moe_tensor_release(od);
+  moe_tensor_release(vd);
   return rc;
 }
 
@@ -63,17 +65,24 @@ static int grouped_backward(moe_node *n, const moe_tensor *g0, moe_tensor **gin)
   const int64_t *counts = (const int64_t *)moe_data(cn);
   int64_t bshape[2] = {E, N};
   moe_tensor *gx = moe_node_needs(n, 0) ? moe_empty_on(x->device, 2, x->shape, x->dtype) : NULL;
-  moe_tensor *gw = moe_node_needs(n, 1) ? moe_empty_on(w->device, 3, w->shape, w->dtype) : NULL; /* each slice written below */
+  moe_tensor *gw =
+      moe_node_needs(n, 1) ? moe_empty_on(w->device, 3, w->shape, w->dtype) : NULL; /* each slice written below */
   moe_tensor *gb = n->nin > 2 && moe_node_needs(n, 2) ? moe_full_on(w->device, 2, bshape, w->dtype, 0.0) : NULL;
   int64_t *offs = malloc(sizeof(int64_t) * (size_t)(E ? E : 1));
-  if ((moe_node_needs(n, 0) && !gx) || (moe_node_needs(n, 1) && !gw) ||
-      (n->nin > 2 && moe_node_needs(n, 2) && !gb) || !offs) {
-    moe_tensor_release(g); moe_tensor_release(gx); moe_tensor_release(gw); moe_tensor_release(gb);
+  if ((moe_node_needs(n, 0) && !gx) || (moe_node_needs(n, 1) && !gw) || (n->nin > 2 && moe_node_needs(n, 2) && !gb) ||
+      !offs) {
+    moe_tensor_release(g);
+    moe_tensor_release(gx);
+    moe_tensor_release(gw);
+    moe_tensor_release(gb);
     free(offs);
     return -1;
   }
   int64_t total = 0;
-  for (int64_t e = 0; e < E; e++) { offs[e] = total; total += counts[e]; }
+  for (int64_t e = 0; e < E; e++) {
+    offs[e] = total;
+    total += counts[e];
+  }
   MOE_KH(grouped_gemm_backward, g->device, gx, gw, gb, g, x, w, counts, offs,
          n->iarg[0] == MOE_PREC_BF16 && x->dtype == MOE_F32);
   free(offs);
@@ -94,9 +103,11 @@ moe_tensor *moe_grouped_matmul(const moe_tensor *x0, const moe_tensor *w0, const
   if (x0->ndim != 2 || w0->ndim != 3 || counts->ndim != 1 || counts->dtype != MOE_I64 ||
       counts->shape[0] != w0->shape[0] || x0->shape[1] != w0->shape[1] || x0->dtype != w0->dtype ||
       !moe_dtype_is_float(x0->dtype) ||
-      (b0 && (b0->ndim != 2 || b0->shape[0] != w0->shape[0] || b0->shape[1] != w0->shape[2] || b0->dtype != w0->dtype))) {
+      (b0 &&
+       (b0->ndim != 2 || b0->shape[0] != w0->shape[0] || b0->shape[1] != w0->shape[2] || b0->dtype != w0->dtype))) {
     moe_error("grouped_matmul: rows [A,K] %s, weights [E,K,N] %s, bias [E,N] and int64 counts [E] %s do "
-              "not fit (one float dtype)", moe_shape_str(x0, b1), moe_shape_str(w0, b2), moe_shape_str(counts, b3));
+              "not fit (one float dtype)",
+              moe_shape_str(x0, b1), moe_shape_str(w0, b2), moe_shape_str(counts, b3));
     return NULL;
   }
   moe_tensor *cn = moe_contiguous(counts);
@@ -104,7 +115,11 @@ moe_tensor *moe_grouped_matmul(const moe_tensor *x0, const moe_tensor *w0, const
   const int64_t *c = (const int64_t *)moe_data(cn);
   int64_t total = 0, E = w0->shape[0], N = w0->shape[2];
   for (int64_t e = 0; e < E; e++) {
-    if (c[e] < 0) { moe_error("grouped_matmul: negative count %lld for expert %lld", (long long)c[e], (long long)e + 1); moe_tensor_release(cn); return NULL; }
+    if (c[e] < 0) {
+      moe_error("grouped_matmul: negative count %lld for expert %lld", (long long)c[e], (long long)e + 1);
+      moe_tensor_release(cn);
+      return NULL;
+    }
     total += c[e];
   }
   if (total != x0->shape[0]) {
@@ -126,7 +141,10 @@ moe_tensor *moe_grouped_matmul(const moe_tensor *x0, const moe_tensor *w0, const
   }
   if (y) {
     int64_t off = 0;
-    for (int64_t e = 0; e < E; e++) { offs[e] = off; off += c[e]; }
+    for (int64_t e = 0; e < E; e++) {
+      offs[e] = off;
+      off += c[e];
+    }
     MOE_KH(grouped_gemm, x->device, y, x, w, b, c, offs, prec == MOE_PREC_BF16 && x->dtype == MOE_F32);
   }
   free(offs);

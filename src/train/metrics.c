@@ -29,8 +29,8 @@ int moe_roc_auc(const moe_tensor *y, const moe_tensor *s, const moe_tensor *w, d
   const moe_tensor *ys[3] = {y, s, w};
   if (moe_same_device("roc_auc", 3, ys) || moe_backend_require("roc_auc", y->device, MOE_KERNEL_roc_auc)) return -1;
   if (y->ndim != 1 || s->ndim != 1 || y->shape[0] != s->shape[0] || (w && (w->ndim != 1 || w->shape[0] != y->shape[0])))
-    return moe_error("roc_auc: labels %s, scores %s (and weights) must be 1-D of one length",
-                     moe_shape_str(y, b1), moe_shape_str(s, b2));
+    return moe_error("roc_auc: labels %s, scores %s (and weights) must be 1-D of one length", moe_shape_str(y, b1),
+                     moe_shape_str(s, b2));
   int64_t n = y->shape[0];
   double *buf = malloc(sizeof(double) * (size_t)(3 * n + 1));
   if (!buf) return moe_error("roc_auc: out of memory");
@@ -83,7 +83,8 @@ int moe_auc_acc_add(moe_auc_acc *a, const moe_tensor *y, const moe_tensor *s, co
   values_into(a->s + a->n, s, n);
   if (a->w) {
     if (w) values_into(a->w + a->n, w, n);
-    else for (int64_t i = 0; i < n; i++) a->w[a->n + i] = 1.0;
+    else
+      for (int64_t i = 0; i < n; i++) a->w[a->n + i] = 1.0;
   }
   a->n += n;
   return 0;
@@ -94,7 +95,9 @@ int moe_auc_acc_result(const moe_auc_acc *a, double *auc) {
 }
 
 void moe_auc_acc_clear(moe_auc_acc *a) {
-  free(a->y); free(a->s); free(a->w);
+  free(a->y);
+  free(a->s);
+  free(a->w);
   a->y = a->s = a->w = NULL;
   a->n = a->cap = 0;
 }

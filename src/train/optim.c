@@ -16,30 +16,30 @@
 static const char *kind_name[] = {"SGD", "Adam", "AdamW", "RMSprop", "Adagrad"};
 
 static int same_layout(const moe_tensor *a, const moe_tensor *b) {
-  return a->ndim == b->ndim && a->dtype == b->dtype &&
-         !memcmp(a->shape, b->shape, sizeof(int64_t) * (size_t)a->ndim) && moe_is_contiguous(b);
+  return a->ndim == b->ndim && a->dtype == b->dtype && !memcmp(a->shape, b->shape, sizeof(int64_t) * (size_t)a->ndim) &&
+      moe_is_contiguous(b);
 }
 
-static int check(moe_optim_kind kind, int i, const moe_tensor *p, const moe_tensor *g,
-                 const moe_tensor *s1, const moe_tensor *s2) {
+static int check(moe_optim_kind kind, int i, const moe_tensor *p, const moe_tensor *g, const moe_tensor *s1,
+                 const moe_tensor *s2) {
   char b1[160], b2[160];
   const char *op = kind_name[kind];
   if (!moe_dtype_is_float(p->dtype) || !moe_is_contiguous(p))
-    return moe_error("%s.step: parameter %d must be a contiguous float tensor (got %s, shape %s)", op,
-                     i + 1, moe_dtype_name(p->dtype), moe_shape_str(p, b1));
+    return moe_error("%s.step: parameter %d must be a contiguous float tensor (got %s, shape %s)", op, i + 1,
+                     moe_dtype_name(p->dtype), moe_shape_str(p, b1));
   if (!same_layout(p, g))
-    return moe_error("%s.step: gradient of parameter %d has shape %s (%s), the parameter %s (%s)", op,
-                     i + 1, moe_shape_str(g, b1), moe_dtype_name(g->dtype), moe_shape_str(p, b2),
-                     moe_dtype_name(p->dtype));
+    return moe_error("%s.step: gradient of parameter %d has shape %s (%s), the parameter %s (%s)", op, i + 1,
+                     moe_shape_str(g, b1), moe_dtype_name(g->dtype), moe_shape_str(p, b2), moe_dtype_name(p->dtype));
   if ((s1 && !same_layout(p, s1)) || (s2 && !same_layout(p, s2)))
     return moe_error("%s.step: optimizer state of parameter %d does not match its shape %s "
-                     "(was the state loaded for another model?)", op, i + 1, moe_shape_str(p, b1));
+                     "(was the state loaded for another model?)",
+                     op, i + 1, moe_shape_str(p, b1));
   return 0;
 }
 
 int moe_optim_step(moe_optim_kind kind, int n, moe_tensor *const *params, moe_tensor *const *grads,
-                   moe_tensor *const *s1s, moe_tensor *const *s2s, const int64_t *steps,
-                   const moe_optim_hparams *h, double *norm_out) {
+                   moe_tensor *const *s1s, moe_tensor *const *s2s, const int64_t *steps, const moe_optim_hparams *h,
+                   double *norm_out) {
   int need1 = kind != MOE_OPT_SGD || h->momentum != 0;
   int need2 = kind == MOE_OPT_ADAM || kind == MOE_OPT_ADAMW || (kind == MOE_OPT_RMSPROP && h->momentum);
   char what[48];

@@ -7,11 +7,12 @@ typedef enum { MOE_OPT_SGD, MOE_OPT_ADAM, MOE_OPT_ADAMW, MOE_OPT_RMSPROP, MOE_OP
 
 typedef struct {
   double lr, weight_decay;
-  double momentum, dampening; int nesterov;   /* SGD (and RMSprop's momentum) */
-  double beta1, beta2, eps;                   /* Adam, AdamW; eps also RMSprop, Adagrad */
-  double alpha;                               /* RMSprop's smoothing constant */
-  double lr_decay;                            /* Adagrad */
-  double clip_norm, clip_value;               /* <= 0: off. clip_norm is over all grads together */
+  double momentum, dampening;
+  int nesterov;                 /* SGD (and RMSprop's momentum) */
+  double beta1, beta2, eps;     /* Adam, AdamW; eps also RMSprop, Adagrad */
+  double alpha;                 /* RMSprop's smoothing constant */
+  double lr_decay;              /* Adagrad */
+  double clip_norm, clip_value; /* <= 0: off. clip_norm is over all grads together */
 } moe_optim_hparams;
 
 /* Updates params[i] in place from grads[i] (PyTorch's update rules). s1/s2 are the
@@ -21,6 +22,6 @@ typedef struct {
  * is written. *norm_out (if non-NULL) receives the global gradient norm before clipping
  * when h->clip_norm > 0, else -1. */
 int moe_optim_step(moe_optim_kind kind, int n, moe_tensor *const *params, moe_tensor *const *grads,
-                   moe_tensor *const *s1, moe_tensor *const *s2, const int64_t *steps,
-                   const moe_optim_hparams *h, double *norm_out);
+                   moe_tensor *const *s1, moe_tensor *const *s2, const int64_t *steps, const moe_optim_hparams *h,
+                   double *norm_out);
 #endif

@@ -23,8 +23,18 @@
 
 #define MOE_CUDA_EMU 1
 // device code calls the float overloads unqualified, as CUDA's math headers allow
-using std::exp; using std::log; using std::sqrt; using std::tanh; using std::erf; using std::log1p;
-using std::expm1; using std::floor; using std::ceil; using std::rint; using std::fabs; using std::pow;
+using std::ceil;
+using std::erf;
+using std::exp;
+using std::expm1;
+using std::fabs;
+using std::floor;
+using std::log;
+using std::log1p;
+using std::pow;
+using std::rint;
+using std::sqrt;
+using std::tanh;
 #define __global__
 #define __device__
 #define __host__
@@ -42,8 +52,12 @@ extern dim3 threadIdx, blockIdx, blockDim, gridDim;
 #define warpSize 32
 
 typedef enum {
-  cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2,
-  cudaErrorInvalidConfiguration = 9, cudaErrorNoDevice = 100, cudaErrorLaunchFailure = 719
+  cudaSuccess = 0,
+  cudaErrorInvalidValue = 1,
+  cudaErrorMemoryAllocation = 2,
+  cudaErrorInvalidConfiguration = 9,
+  cudaErrorNoDevice = 100,
+  cudaErrorLaunchFailure = 719
 } cudaError_t;
 typedef enum { cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2, cudaMemcpyDeviceToDevice = 3 } cudaMemcpyKind;
 typedef struct moe_emu_stream *cudaStream_t;
@@ -71,12 +85,36 @@ const char *cudaGetErrorString(cudaError_t e);
 
 // ---- device-side builtins
 void __syncthreads(void);
-template <class T> static inline T atomicAdd(T *p, T v) { T old = *p; *p = old + v; return old; }
-template <class T> static inline T atomicMax(T *p, T v) { T old = *p; if (v > old) *p = v; return old; }
-template <class T> static inline T atomicMin(T *p, T v) { T old = *p; if (v < old) *p = v; return old; }
-template <class T> static inline T atomicCAS(T *p, T cmp, T v) { T old = *p; if (old == cmp) *p = v; return old; }
-static inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
-static inline int __float_as_int(float f) { int i; memcpy(&i, &f, 4); return i; }
+template <class T> static inline T atomicAdd(T *p, T v) {
+  T old = *p;
+  *p = old + v;
+  return old;
+}
+template <class T> static inline T atomicMax(T *p, T v) {
+  T old = *p;
+  if (v > old) *p = v;
+  return old;
+}
+template <class T> static inline T atomicMin(T *p, T v) {
+  T old = *p;
+  if (v < old) *p = v;
+  return old;
+}
+template <class T> static inline T atomicCAS(T *p, T cmp, T v) {
+  T old = *p;
+  if (old == cmp) *p = v;
+  return old;
+}
+static inline float __int_as_float(int i) {
+  float f;
+  memcpy(&f, &i, 4);
+  return f;
+}
+static inline int __float_as_int(float f) {
+  int i;
+  memcpy(&i, &f, 4);
+  return i;
+}
 static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 static inline double rsqrt(double x) { return 1.0 / sqrt(x); }
 static inline float __fdividef(float a, float b) { return a / b; }

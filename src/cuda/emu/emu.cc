@@ -14,11 +14,14 @@
 dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 static cudaError_t sticky = cudaSuccess;
-static cudaError_t set_err(cudaError_t e) { if (e != cudaSuccess) sticky = e; return e; }
+static cudaError_t set_err(cudaError_t e) {
+  if (e != cudaSuccess) sticky = e;
+  return e;
+}
 
 [[noreturn]] static void die(const char *what) {
   fprintf(stderr, "CUDA emulator: %s\n", what);
-  abort();  // a kernel or API misuse: the spec run must stop here, loudly
+  abort(); // a kernel or API misuse: the spec run must stop here, loudly
 }
 
 // ---------------------------------------------------------------- device memory
@@ -34,21 +37,33 @@ static int unlocked;
 static void protect(int rw) {
   if (used && mprotect(arena, used, rw ? PROT_READ | PROT_WRITE : PROT_NONE)) die("mprotect failed");
 }
-void moe_emu_unlock(void) { if (unlocked++ == 0) protect(1); }
-void moe_emu_lock(void) { if (--unlocked == 0) protect(0); }
+void moe_emu_unlock(void) {
+  if (unlocked++ == 0) protect(1);
+}
+void moe_emu_lock(void) {
+  if (--unlocked == 0) protect(0);
+}
 int moe_emu_is_device(const void *p) { return arena && (const char *)p >= arena && (const char *)p < arena + ARENA; }
 
 cudaError_t cudaMalloc(void **p, size_t n) {
   if (!arena) {
     arena = (char *)mmap(NULL, ARENA, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (arena == MAP_FAILED) { arena = NULL; return set_err(cudaErrorMemoryAllocation); }
+    if (arena == MAP_FAILED) {
+      arena = NULL;
+      return set_err(cudaErrorMemoryAllocation);
+    }
   }
   n = (n + 255) & ~(size_t)255;
   auto it = spare.find(n);
-  if (it != spare.end()) { *p = it->second; spare.erase(it); live[*p] = n; return cudaSuccess; }
+  if (it != spare.end()) {
+    *p = it->second;
+    spare.erase(it);
+    live[*p] = n;
+    return cudaSuccess;
+  }
   size_t sum = 0;
   for (auto &kv : live) sum += kv.second;
-  if (sum + n > LIMIT || used + n > ARENA) return set_err(cudaErrorMemoryAllocation);  // as a device would
+  if (sum + n > LIMIT || used + n > ARENA) return set_err(cudaErrorMemoryAllocation); // as a device would
   *p = arena + used;
   used += n;
   if (unlocked) protect(1);
@@ -78,8 +93,10 @@ static void check_range(const void *p, size_t n, int device, const char *what) {
 }
 
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, cudaMemcpyKind kind) {
-  check_range(dst, n, kind != cudaMemcpyDeviceToHost, "cudaMemcpy: destination is not where its kind says, or overruns its block");
-  check_range(src, n, kind != cudaMemcpyHostToDevice, "cudaMemcpy: source is not where its kind says, or overruns its block");
+  check_range(dst, n, kind != cudaMemcpyDeviceToHost,
+              "cudaMemcpy: destination is not where its kind says, or overruns its block");
+  check_range(src, n, kind != cudaMemcpyHostToDevice,
+              "cudaMemcpy: source is not where its kind says, or overruns its block");
   moe_emu_unlock();
   memmove(dst, src, n);
   moe_emu_lock();
@@ -120,7 +137,11 @@ cudaError_t cudaMemGetInfo(size_t *f, size_t *t) {
   *f = LIMIT - sum;
   return cudaSuccess;
 }
-cudaError_t cudaGetLastError(void) { cudaError_t e = sticky; sticky = cudaSuccess; return e; }
+cudaError_t cudaGetLastError(void) {
+  cudaError_t e = sticky;
+  sticky = cudaSuccess;
+  return e;
+}
 cudaError_t cudaPeekAtLastError(void) { return sticky; }
 cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
@@ -139,9 +160,9 @@ const char *cudaGetErrorString(cudaError_t e) {
 static const size_t STACK = 64 << 10;
 static std::vector<ucontext_t> fib;
 static std::vector<char *> stacks;
-static std::vector<int> state;  // 0 running/ready, 1 at a barrier, 2 done
+static std::vector<int> state; // 0 running/ready, 1 at a barrier, 2 done
 static ucontext_t sched;
-static int cur = -1, fibers;    // fibers: this launch runs threads as fibers
+static int cur = -1, fibers; // fibers: this launch runs threads as fibers
 static const std::function<void()> *body;
 static std::vector<char> dyn;
 static std::vector<double> slots;
@@ -190,7 +211,7 @@ void moe_emu_launch(const char *name, dim3 grid, dim3 block, size_t smem, int sy
   launches++;
   blockDim = block;
   gridDim = grid;
-  dyn.assign(smem ? smem : 1, (char)0xA5);  // not zeroed on a device either
+  dyn.assign(smem ? smem : 1, (char)0xA5); // not zeroed on a device either
   body = &fn;
   fibers = sync;
   int n = (int)nthreads;
@@ -207,7 +228,11 @@ void moe_emu_launch(const char *name, dim3 grid, dim3 block, size_t smem, int sy
       for (unsigned bx = 0; bx < grid.x; bx++) {
         blockIdx = dim3(bx, by, bz);
         if (!sync) {
-          for (int i = 0; i < n; i++) { cur = i; set_thread(i); fn(); }
+          for (int i = 0; i < n; i++) {
+            cur = i;
+            set_thread(i);
+            fn();
+          }
           continue;
         }
         for (int i = 0; i < n; i++) {
@@ -225,7 +250,9 @@ void moe_emu_launch(const char *name, dim3 grid, dim3 block, size_t smem, int sy
           for (int i = n - 1; i > 0; i--) {
             seed = seed * 1664525u + 1013904223u;
             int j = (int)((seed >> 8) % (unsigned)(i + 1));
-            int t = order[i]; order[i] = order[j]; order[j] = t;
+            int t = order[i];
+            order[i] = order[j];
+            order[j] = t;
           }
           int done = 0, waiting = 0;
           for (int k = 0; k < n; k++) {
@@ -236,7 +263,10 @@ void moe_emu_launch(const char *name, dim3 grid, dim3 block, size_t smem, int sy
             set_thread(i);
             swapcontext(&sched, &fib[i]);
           }
-          for (int i = 0; i < n; i++) { done += state[i] == 2; waiting += state[i] == 1; }
+          for (int i = 0; i < n; i++) {
+            done += state[i] == 2;
+            waiting += state[i] == 1;
+          }
           if (done == n) break;
           if (done) {
             snprintf(msg, sizeof msg, "%s: %d threads wait at __syncthreads while %d have exited (divergent barrier)",
@@ -251,14 +281,26 @@ void moe_emu_launch(const char *name, dim3 grid, dim3 block, size_t smem, int sy
 }
 
 // ---------------------------------------------------------------- cuBLAS on OpenBLAS
-struct moe_emu_cublas { int math; };
-cublasStatus_t cublasCreate(cublasHandle_t *h) { *h = new moe_emu_cublas{0}; return CUBLAS_STATUS_SUCCESS; }
-cublasStatus_t cublasDestroy(cublasHandle_t h) { delete h; return CUBLAS_STATUS_SUCCESS; }
+struct moe_emu_cublas {
+  int math;
+};
+cublasStatus_t cublasCreate(cublasHandle_t *h) {
+  *h = new moe_emu_cublas{0};
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasDestroy(cublasHandle_t h) {
+  delete h;
+  return CUBLAS_STATUS_SUCCESS;
+}
 cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t) { return CUBLAS_STATUS_SUCCESS; }
-cublasStatus_t cublasSetMathMode(cublasHandle_t h, cublasMath_t m) { h->math = m; return CUBLAS_STATUS_SUCCESS; }
+cublasStatus_t cublasSetMathMode(cublasHandle_t h, cublasMath_t m) {
+  h->math = m;
+  return CUBLAS_STATUS_SUCCESS;
+}
 const char *cublasGetStatusString(cublasStatus_t s) {
-  return s == CUBLAS_STATUS_SUCCESS ? "CUBLAS_STATUS_SUCCESS" : s == CUBLAS_STATUS_INVALID_VALUE ? "CUBLAS_STATUS_INVALID_VALUE"
-                                                                                               : "CUBLAS_STATUS_NOT_SUPPORTED";
+  return s == CUBLAS_STATUS_SUCCESS      ? "CUBLAS_STATUS_SUCCESS"
+      : s == CUBLAS_STATUS_INVALID_VALUE ? "CUBLAS_STATUS_INVALID_VALUE"
+                                         : "CUBLAS_STATUS_NOT_SUPPORTED";
 }
 static CBLAS_TRANSPOSE tr(cublasOperation_t o) { return o == CUBLAS_OP_N ? CblasNoTrans : CblasTrans; }
 
@@ -269,7 +311,9 @@ static int bad_ld(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int 
   if (ldb < (tb == CUBLAS_OP_N ? k : n) || ldb < 1) return 1;
   return ldc < m || ldc < 1;
 }
-static void need_device(const void *p) { if (!moe_emu_is_device(p)) die("cuBLAS given a host pointer for a matrix"); }
+static void need_device(const void *p) {
+  if (!moe_emu_is_device(p)) die("cuBLAS given a host pointer for a matrix");
+}
 
 template <class T, class F>
 static cublasStatus_t gemm_shim(F cblas, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
@@ -278,20 +322,23 @@ static cublasStatus_t gemm_shim(F cblas, cublasOperation_t ta, cublasOperation_t
   if (bad_ld(ta, tb, m, n, k, lda, ldb, ldc)) return CUBLAS_STATUS_INVALID_VALUE;
   if (!m || !n) return CUBLAS_STATUS_SUCCESS;
   need_device(C);
-  if (k) { need_device(A); need_device(B); }
+  if (k) {
+    need_device(A);
+    need_device(B);
+  }
   moe_emu_unlock();
   cblas(CblasColMajor, tr(ta), tr(tb), m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
   moe_emu_lock();
   return CUBLAS_STATUS_SUCCESS;
 }
 cublasStatus_t cublasSgemm(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
-                           const float *alpha, const float *A, int lda, const float *B, int ldb,
-                           const float *beta, float *C, int ldc) {
+                           const float *alpha, const float *A, int lda, const float *B, int ldb, const float *beta,
+                           float *C, int ldc) {
   return gemm_shim(cblas_sgemm, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 cublasStatus_t cublasDgemm(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
-                           const double *alpha, const double *A, int lda, const double *B, int ldb,
-                           const double *beta, double *C, int ldc) {
+                           const double *alpha, const double *A, int lda, const double *B, int ldb, const double *beta,
+                           double *C, int ldc) {
   return gemm_shim(cblas_dgemm, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
@@ -306,16 +353,19 @@ static std::vector<float> widen(const void *p, cudaDataType t, int rows, int col
   return v;
 }
 
-cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m,
-                                          int n, int k, const void *alpha, const void *A, cudaDataType at, int lda,
+cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                                          int k, const void *alpha, const void *A, cudaDataType at, int lda,
                                           long long sA, const void *B, cudaDataType bt, int ldb, long long sB,
-                                          const void *beta, void *C, cudaDataType ct, int ldc, long long sC,
-                                          int batch, cublasComputeType_t ctype, cublasGemmAlgo_t) {
+                                          const void *beta, void *C, cudaDataType ct, int ldc, long long sC, int batch,
+                                          cublasComputeType_t ctype, cublasGemmAlgo_t) {
   if (bad_ld(ta, tb, m, n, k, lda, ldb, ldc) || batch < 0) return CUBLAS_STATUS_INVALID_VALUE;
   if (ctype == CUBLAS_COMPUTE_64F || at == CUDA_R_64F || ct == CUDA_R_64F) return CUBLAS_STATUS_NOT_SUPPORTED;
   if (!m || !n || !batch) return CUBLAS_STATUS_SUCCESS;
   need_device(C);
-  if (k) { need_device(A); need_device(B); }
+  if (k) {
+    need_device(A);
+    need_device(B);
+  }
   size_t ea = at == CUDA_R_16BF ? 2 : 4, eb = bt == CUDA_R_16BF ? 2 : 4, ec = ct == CUDA_R_16BF ? 2 : 4;
   float al = *(const float *)alpha, be = *(const float *)beta;
   moe_emu_unlock();
