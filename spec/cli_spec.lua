@@ -132,8 +132,10 @@ describe("moelua REPL in a terminal", function()
   it("prints expressions, continues multi-line input and survives errors", function()
     if not have_tmux then pending("tmux not installed"); return end
     os.remove(hist)
-    local banner = start()
-    -- the banner says which BLAS kernels and which sgemm library run
+    start()
+    -- the banner says which BLAS kernels and which sgemm library run (its
+    -- last line waited for: the pane may be read between two of its lines)
+    local banner = wait_for("\nsgemm: ")
     assert.matches("BLAS: %S+ kernels %(", banner)
     assert.matches("\nsgemm: ", banner)
     keys("t = moe.ones(2, 2) * 3", "Enter")
