@@ -277,6 +277,8 @@ moe_tensor *moe_rand(int ndim, const int64_t *shape, moe_dtype dt, double lo, do
 moe_tensor *moe_randn(int ndim, const int64_t *shape, moe_dtype dt, double mean, double std);
 moe_tensor *moe_randint(int64_t low, int64_t high, int ndim, const int64_t *shape, moe_dtype dt);
 moe_tensor *moe_randperm(int64_t n, moe_dtype dt, int64_t ibase);
+/* int64 1..n shuffled from a 64-bit xorshift64* state (fit{}'s batch order) */
+moe_tensor *moe_shuffled_range(int64_t n, uint64_t state);
 
 /* ---- layers' fused ops (src/nn/dense.c, losses.c, mixture.c, routing.c -> src/cpu/) ---- */
 /* y [..., N] = x [..., K] @ w [K, N] (+ b [N]; b may be NULL), the GEMMs in precision prec */

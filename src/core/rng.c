@@ -248,3 +248,29 @@ moe_tensor *moe_eye(int64_t n, int64_t m, moe_dtype dt) {
   }
   return t;
 }
+
+/* 1..n shuffled by Fisher-Yates on an xorshift64* stream from state (0 counts as 1):
+ * moe.data.batches' order, the same draws as its Lua generator */
+moe_tensor *moe_shuffled_range(int64_t n, uint64_t state) {
+  if (n < 0) {
+    moe_error("shuffled_range: n must be a count, got %lld", (long long)n);
+    return NULL;
+  }
+  uint64_t st = state ? state : 1;
+  int64_t shape[1] = {n};
+  moe_tensor *t = moe_empty(1, shape, MOE_I64);
+  if (!t) return NULL;
+  int64_t *p = (int64_t *)moe_data(t);
+  for (int64_t i = 0; i < n; i++) p[i] = i + 1;
+  for (int64_t i = n; i >= 2; i--) {
+    st ^= st >> 12;
+    st ^= st << 25;
+    st ^= st >> 27;
+    uint64_t r = (st * UINT64_C(2685821657736338717)) >> 11;
+    int64_t j = (int64_t)(r % (uint64_t)i); /* 0-based: the Lua draw's 1..i, less one */
+    int64_t tmp = p[i - 1];
+    p[i - 1] = p[j];
+    p[j] = tmp;
+  }
+  return t;
+}

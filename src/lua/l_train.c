@@ -32,23 +32,8 @@ static int l_shuffled_range(lua_State *L) {
                         (double)h);
     half[k] = (uint64_t)h;
   }
-  uint64_t st = (half[0] << 32) | half[1];
-  if (st == 0) st = 1;
-  int64_t shape[1] = {n};
-  moe_tensor *t = moe_empty(1, shape, MOE_I64);
+  moe_tensor *t = moe_shuffled_range(n, (half[0] << 32) | half[1]);
   if (!t) return moe_l_raise_engine(L);
-  int64_t *p = (int64_t *)moe_data(t);
-  for (int64_t i = 0; i < n; i++) p[i] = i + 1;
-  for (int64_t i = n; i >= 2; i--) {
-    st ^= st >> 12;
-    st ^= st << 25;
-    st ^= st >> 27;
-    uint64_t r = (st * UINT64_C(2685821657736338717)) >> 11;
-    int64_t j = (int64_t)(r % (uint64_t)i); /* 0-based: the Lua draw's 1..i, less one */
-    int64_t tmp = p[i - 1];
-    p[i - 1] = p[j];
-    p[j] = tmp;
-  }
   return moe_lua_push(L, t);
 }
 
