@@ -63,8 +63,8 @@ local rows = {
   end, no_inputs = true },
   { "bincount", {}, function(dev) return { moe.bincount(ix({ 1, 3, 3, 5 }):to(dev)) } end, no_inputs = true, cpu_only = true,
     check = function(out) assert.same({ 1, 0, 2, 0, 1 }, out[1]:totable()) end },
-  { "bce", { P }, function(p, dev) return { moe.core.bce(Y:to(dev), p), moe.core.bce(Y:to(dev), p - 0.5, true) } end, dev_arg = true },
-  { "bce_backward", { P }, function(p, dev) return { moe.core.bce(Y:to(dev), p):sum() } end, dev_arg = true },
+  { "bce", { P }, function(p, dev) return { moe.core.bce(Y:to(p:dtype()):to(dev), p), moe.core.bce(Y:to(p:dtype()):to(dev), p - 0.5, true) } end, dev_arg = true },
+  { "bce_backward", { P }, function(p, dev) return { moe.core.bce(Y:to(p:dtype()):to(dev), p):sum() } end, dev_arg = true },
   { "roc_auc", {}, function(dev)
     return { moe.tensor { moe.core.roc_auc(ix({ 0, 1, 1, 0 }):to("float64"):to(dev), moe.tensor({ 0.1, 0.4, 0.35, 0.8 }):to(dev)) } }
   end, no_inputs = true, cpu_only = true,
@@ -101,7 +101,18 @@ local rows = {
 local kernels = moe.core.backend_kernels()
 
 -- the outputs of row r on dev (inputs moved there, marked as leaves) and the gradients of their sum of squares
-local function run(r, dev, want_grad)
+-- the variants of a row's inputs: the float64 contiguous ones; the same values
+-- as a non-contiguous view (the transpose of a contiguous transpose); float32
+local function strided(t)
+  if t:dim() < 2 then return t end
+  return t:transpose(1, t:dim()):contiguous():transpose(1, t:dim())
+end
+local VARIANTS = {
+  { "strided", function(t) local v = strided(t); assert(t:dim() < 2 or not v:is_contiguous()); return v end, 1e-12 },
+  { "float32", function(t) return t:to("float32") end, 2e-5 },
+}
+
+local function run(r, dev, want_grad, variant)
   local ins, outs = {}, nil
   if r.no_inputs then
     outs = r[3](dev)
@@ -109,7 +120,9 @@ local function run(r, dev, want_grad)
     return outs, {}, {}
   end
   for i, t in ipairs(r[2]) do
-    ins[i] = t:clone():to(dev) -- a fresh leaf (to("cpu") of a host tensor is the tensor itself)
+    local v = t:clone():to(dev) -- a fresh leaf (to("cpu") of a host tensor is the tensor itself)
+    if variant then v = variant(v) end
+    ins[i] = v:detach()
     if want_grad then ins[i]:requires_grad_() end
   end
   local args = { unpack(ins) }
@@ -192,6 +205,26 @@ describe("the backends' kernels #backend", function()
       assert.is_true(checked > 0, r[1] .. ": no gradient reached the inputs")
     end)
 
+    if not r.no_inputs and not r.no_variants then
+      it(r[1] .. " on the CPU: strided and float32 inputs give the contiguous float64 results", function()
+        local ref, rg = run(r, "cpu", true)
+        for _, v in ipairs(VARIANTS) do
+          local outs, grads = run(r, "cpu", true, v[2])
+          assert.equal(#ref, #outs)
+          for i = 1, #ref do
+            local tol = ref[i]:dtype() == "int64" and 0 or v[3] * (1 + f64(ref[i]):abs():max():item())
+            assert.is_true(maxdiff(ref[i], outs[i]) <= tol, ("%s, %s inputs: output %d"):format(r[1], v[1], i))
+          end
+          for i, g in pairs(rg) do
+            if g then
+              local tol = v[3] * (1 + f64(g):abs():max():item())
+              assert.is_true(maxdiff(g, grads[i]) <= tol, ("%s, %s inputs: gradient %d"):format(r[1], v[1], i))
+            end
+          end
+        end
+      end)
+    end
+
     it(r[1] .. " on the CUDA backend (the emulator in make test): as the CPU, or refused by name", function()
       if not moe.cuda.is_available() then
         pending("skipped: no CUDA device or emulator (the CPU rows run)")
@@ -204,16 +237,26 @@ describe("the backends' kernels #backend", function()
         assert.matches("not on this backend %(cuda%)", tostring(err))
         return
       end
-      local co, cg = run(r, "cpu", not r.no_inputs)
-      local go, gg = run(r, "cuda", not r.no_inputs)
-      assert.equal(#co, #go)
-      for i = 1, #co do
-        assert.is_true(maxdiff(co[i], go[i]) <= (r.tol or 1e-9), ("%s: output %d differs from the CPU's"):format(r[1], i))
+      local cases = { { "float64", nil, r.tol or 1e-9 } }
+      if not r.no_inputs and not r.no_variants then
+        for _, v in ipairs(VARIANTS) do cases[#cases + 1] = { v[1], v[2], math.max(r.tol or 1e-9, v[1] == "float32" and 1e-5 or 1e-9) } end
       end
-      for i, g in pairs(cg) do
-        if g then assert.is_true(maxdiff(g, gg[i]) <= (r.tol or 1e-9), ("%s: gradient %d differs"):format(r[1], i)) end
+      for _, c in ipairs(cases) do
+        local co, cg = run(r, "cpu", not r.no_inputs, c[2])
+        local go, gg = run(r, "cuda", not r.no_inputs, c[2])
+        assert.equal(#co, #go)
+        for i = 1, #co do
+          local tol = c[3] * (1 + (co[i]:numel() > 0 and f64(co[i]):abs():max():item() or 0))
+          assert.is_true(maxdiff(co[i], go[i]) <= tol, ("%s, %s: output %d differs from the CPU's"):format(r[1], c[1], i))
+        end
+        for i, g in pairs(cg) do
+          if g then
+            local tol = c[3] * (1 + f64(g):abs():max():item())
+            assert.is_true(maxdiff(g, gg[i]) <= tol, ("%s, %s: gradient %d differs"):format(r[1], c[1], i))
+          end
+        end
+        if r.check then r.check(go) end
       end
-      if r.check then r.check(go) end
     end)
   end
 end)
