@@ -151,38 +151,30 @@ static void gs_run(gs_job *j, moe_task_fn fn) {
   moe_cpu_parallel((int)j->parts, fn, j);
 }
 
+/* the job over contiguous h [B, E*U] and g [B,E] (its outputs set by the caller) */
+static gs_job gs_job_of(const moe_tensor *h, const moe_tensor *g, int relu, int append) {
+  int64_t E = g->shape[1], U = h->shape[1] / E;
+  gs_job j = {.B = h->shape[0], .E = E, .U = U, .W = E * U + (append ? E : 0), .relu = relu, .append = append};
+  j.dt = h->dtype;
+  j.h = moe_data(h);
+  j.g = moe_data(g);
+  return j;
+}
+
 /* out [B, E*U (+E)] of contiguous h [B, E*U] and g [B,E] */
 void moe_cpu_gate_scale(moe_tensor *out, const moe_tensor *h, const moe_tensor *g, int relu, int append) {
-  int64_t B = h->shape[0], E = g->shape[1], U = h->shape[1] / E, W = E * U + (append ? E : 0);
-  gs_job j = {.B = B,
-              .E = E,
-              .U = U,
-              .W = W,
-              .relu = relu,
-              .append = append,
-              .dt = h->dtype,
-              .h = moe_data(h),
-              .g = moe_data(g),
-              .out = moe_data(out)};
+  gs_job j = gs_job_of(h, g, relu, append);
+  j.out = moe_data(out);
   gs_run(&j, gs_fwd_part);
 }
 
 /* gh [B, E*U] and gg [B,E] (either may be NULL) of contiguous go, h, g */
 void moe_cpu_gate_scale_backward(moe_tensor *gh, moe_tensor *gg, const moe_tensor *go, const moe_tensor *h,
                                  const moe_tensor *g, int relu, int append) {
-  int64_t B = h->shape[0], E = g->shape[1], U = h->shape[1] / E, W = E * U + (append ? E : 0);
-  gs_job j = {.B = B,
-              .E = E,
-              .U = U,
-              .W = W,
-              .relu = relu,
-              .append = append,
-              .dt = h->dtype,
-              .h = moe_data(h),
-              .g = moe_data(g),
-              .go = moe_data(go),
-              .gh = gh ? moe_data(gh) : NULL,
-              .gg = gg ? moe_data(gg) : NULL};
+  gs_job j = gs_job_of(h, g, relu, append);
+  j.go = moe_data(go);
+  j.gh = gh ? moe_data(gh) : NULL;
+  j.gg = gg ? moe_data(gg) : NULL;
   gs_run(&j, gs_bwd_part);
 }
 
