@@ -163,5 +163,6 @@ help:
 	@echo "make fuzz         libFuzzer on the CSV reader and the checkpoint loader, FUZZ_TIME=30 s each (spec/fuzz/README.md)"
 	@echo "make fuzz-deps    install clang and libFuzzer's runtime; make fuzz-build builds the harnesses"
 	@echo "make format       reformat the sources with .clang-format; make format-check only checks"
+	@echo "make deps         install the missing Debian packages (scripts/deps.sh; every target runs it)"
 	@echo "make clean        remove build/, build-asan/, build-emu/, build-fuzz/"
 	@echo "make help         this list"

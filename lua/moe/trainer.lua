@@ -31,11 +31,6 @@ M.now = now
 
 -- ------------------------------------------------------------------ compile / compute_loss / train_on_batch
 
-local function as_list(v)
-  if core.is_tensor(v) then return { v } end
-  return v
-end
-
 -- compile{optimizer, loss, loss_weights, metrics}: the trainer of a later issue
 -- builds on this; train_on_batch is the one-step core. Every name is checked
 -- here (not on the first fit): an unknown optimizer, loss or metric, or an

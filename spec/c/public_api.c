@@ -89,9 +89,25 @@ int main(void) {
     moe_tensor *mm = moe_matmul(x, yh);
     CHECK(!mm && strstr(moe_last_error(), "matmul"), "matmul of a device and a host tensor is refused");
     moe_tensor_release(mm);
+    int64_t wshape[2] = {3, 2};
+    moe_tensor *wh = moe_full(2, wshape, MOE_F32, 0.5);
+    moe_tensor *lin = wh ? moe_linear(x, wh, NULL, -1, MOE_PREC_FP32) : NULL;
+    CHECK(wh && !lin && strstr(moe_last_error(), "linear"), "linear of a device input and a host kernel is refused");
+    moe_tensor *out = moe_empty(2, shape, MOE_F32);
+    CHECK(out && moe_matmul_out(out, y, yh) == -1 && strstr(moe_last_error(), "matmul"),
+          "matmul_out into a host tensor from a device one is refused");
+    int64_t at[2] = {1, 2};
+    CHECK(moe_get(y, at) == (double)(float)yv[5], "moe_get reads a device tensor's element");
+    moe_tensor *idx = NULL, *idh = moe_full(1, (int64_t[]){1}, MOE_I64, 0);
+    idx = idh ? moe_to_device(idh, MOE_CUDA) : NULL;
+    moe_tensor *srcs[1] = {xh};
+    moe_gather_job *job = idx ? moe_gather_start(1, srcs, idx, 0) : NULL;
+    CHECK(idx && !job && strstr(moe_last_error(), "index_select"), "a host gather with a device index is refused");
+    moe_tensor *olds[] = {lin, wh, out, idx, idh};
+    for (size_t i = 0; i < sizeof olds / sizeof olds[0]; i++) moe_tensor_release(olds[i]);
   } else {
     printf("ok %d - # SKIP no CUDA device or emulator: the mixing checks need two devices\n", ++n_test);
-    printf("ok %d - # SKIP no CUDA device or emulator\n", ++n_test);
+    for (int k = 0; k < 5; k++) printf("ok %d - # SKIP no CUDA device or emulator\n", ++n_test);
   }
 
   moe_tensor *ts[] = {xh, yh, x, y, z, zz, s, two, x2};

@@ -2,6 +2,9 @@
  * answers "no device" (so that CPU-only builds run everything else). */
 #include "device.h"
 
+#include <stdio.h>
+#include <stdlib.h>
+
 #ifdef MOE_WITH_CUDA
 int moe_cuda_built(void) { return 1; }
 #else
@@ -81,3 +84,12 @@ int moe_backend_require(const char *op, moe_device dev, moe_kernel k) {
 }
 
 const char *moe_kernel_name(moe_kernel k) { return k >= 0 && k < MOE_NKERNELS ? kernels[k].name : "?"; }
+
+void moe_kh_cpu_only(moe_device dev, const char *kernel) {
+  if (dev == MOE_CPU) return;
+  fprintf(stderr,
+          "moelua: engine bug: the CPU-only kernel '%s' was called on a device tensor without "
+          "moe_backend_require (src/core/dispatch.h)\n",
+          kernel);
+  abort();
+}

@@ -59,7 +59,10 @@ const char *moe_kernel_name(moe_kernel k);
 #else
 #define MOE_K(name, dev, ...) moe_cpu_##name(__VA_ARGS__)
 #endif
-#define MOE_KH(name, dev, ...) moe_cpu_##name(__VA_ARGS__)
+/* (dev must be the CPU here: the op asked moe_backend_require first; a caller
+ * that did not is an engine bug, stopped before host code reads device memory) */
+#define MOE_KH(name, dev, ...) (moe_kh_cpu_only((dev), #name), moe_cpu_##name(__VA_ARGS__))
+void moe_kh_cpu_only(moe_device dev, const char *kernel);
 
 /* 0 when every non-NULL tensor of ts is on one device; else -1 and an error
  * naming op and both devices (src/core/tensor.c) */

@@ -177,6 +177,7 @@ moe_gather_job *moe_gather_start(int n, moe_tensor *const *src, const moe_tensor
     }
     if (!gatherable(src[i])) all = 0;
   }
+  if (index->device != MOE_CPU) all = 0; /* a device index: through index_select, which checks the devices */
   int64_t size = src[0]->shape[0];
   for (int i = 1; i < n; i++)
     if (src[i]->shape[0] < size) size = src[i]->shape[0];

@@ -34,7 +34,7 @@
  *
  * Private headers (the engine's own code, not for users): autograd_impl.h (how
  * an op records itself), tensor_impl.h (the storage layout), dispatch.h (the
- * backends' kernel table), ops_impl.h, alloc.h.
+ * backends' kernel table), ops_impl.h, index_impl.h, alloc.h.
  */
 #ifndef MOE_H
 #define MOE_H
@@ -122,7 +122,8 @@ int moe_is_contiguous(const moe_tensor *t);
 char *moe_data(const moe_tensor *t);
 /* 1 when a and b view the same storage */
 int moe_same_storage(const moe_tensor *a, const moe_tensor *b);
-/* element access by 0-based multi-index (slow path: printing, item, totable) */
+/* element access by 0-based multi-index (slow path: printing, item, totable; a
+ * device tensor's element is copied each way) */
 double moe_get(const moe_tensor *t, const int64_t *idx);
 void moe_set(moe_tensor *t, const int64_t *idx, double v);
 /* row-major fill from a double buffer (table conversion) */
@@ -248,7 +249,7 @@ moe_tensor *moe_gather(const moe_tensor *t, int dim, const moe_tensor *index, in
 moe_tensor *moe_scatter_add(const moe_tensor *t, int dim, const moe_tensor *index, const moe_tensor *src, int64_t ibase,
                             int inplace);
 moe_tensor *moe_index_select(const moe_tensor *t, int dim, const moe_tensor *index, int64_t ibase);
-/* rows `index` of up to MOE_GATHER_MAX tensors (along dim 0), copied on a
+/* (src/core/gather.c) rows `index` of up to MOE_GATHER_MAX tensors (along dim 0), copied on a
  * helper thread while the caller goes on: start returns at once (or NULL and
  * an error: a bad index), finish waits and hands over the n outputs (new
  * references), free releases the job (waiting for it when still running). */
@@ -303,7 +304,7 @@ int moe_route_plan(const moe_tensor *expert_index /* int64 [G,T,k] */,
 moe_tensor *moe_grouped_matmul(const moe_tensor *x, const moe_tensor *w, const moe_tensor *b, const moe_tensor *counts,
                                moe_precision prec);
 
-/* ---- autograd (src/core/autograd.c) ----
+/* ---- autograd (src/core/autograd.c; moe_detach: src/core/tensor.c) ----
  * Every differentiable op records a node on the tape when grad mode is on and
  * an input requires grad (t->requires_grad, set on a leaf by the caller).
  * moe_backward walks the tape from a root and accumulates d(root)/d(leaf)

@@ -85,6 +85,8 @@ static int matmul_out(moe_tensor *out, const moe_tensor *a, const moe_tensor *b,
 }
 
 int moe_matmul_out(moe_tensor *out, const moe_tensor *a, const moe_tensor *b) {
+  const moe_tensor *oab[3] = {out, a, b};
+  if (moe_same_device("matmul", 3, oab)) return -1;
   return matmul_out(out, a, b, MOE_PREC_FP32);
 }
 

@@ -225,8 +225,15 @@ static int64_t elem_offset(const moe_tensor *t, const int64_t *idx) {
   return off;
 }
 
+/* (a device tensor's element travels through one small copy each way) */
 double moe_get(const moe_tensor *t, const int64_t *idx) {
-  const char *p = (const char *)t->storage->data + elem_offset(t, idx) * (int64_t)moe_dtype_size(t->dtype);
+  size_t es = moe_dtype_size(t->dtype);
+  const char *p = (const char *)t->storage->data + elem_offset(t, idx) * (int64_t)es;
+  char host[8];
+  if (t->device == MOE_CUDA) {
+    if (moe_cuda_memcpy(host, p, es, 1)) return NAN;
+    p = host;
+  }
   switch (t->dtype) {
   case MOE_F32: return *(const float *)p;
   case MOE_F64: return *(const double *)p;
@@ -238,7 +245,9 @@ double moe_get(const moe_tensor *t, const int64_t *idx) {
 
 void moe_set(moe_tensor *t, const int64_t *idx, double v) {
   t->storage->version++;
-  char *p = (char *)t->storage->data + elem_offset(t, idx) * (int64_t)moe_dtype_size(t->dtype);
+  size_t es = moe_dtype_size(t->dtype);
+  char *dst = (char *)t->storage->data + elem_offset(t, idx) * (int64_t)es, host[8];
+  char *p = t->device == MOE_CUDA ? host : dst;
   switch (t->dtype) {
   case MOE_F32: *(float *)p = (float)v; break;
   case MOE_F64: *(double *)p = v; break;
@@ -246,6 +255,7 @@ void moe_set(moe_tensor *t, const int64_t *idx, double v) {
   case MOE_I64: *(int64_t *)p = moe_sat_i64(v); break;
   default: *(uint8_t *)p = v != 0; break;
   }
+  if (t->device == MOE_CUDA) moe_cuda_memcpy(dst, host, es, 0);
 }
 
 moe_tensor *moe_from_doubles(int ndim, const int64_t *shape, moe_dtype dt, const double *v) {

@@ -157,6 +157,9 @@ static char *link_tmpfile(int fd, const char *path) {
 }
 
 int moe_st_save_ex(const char *path, const char *header, size_t hlen, int n, moe_tensor *const *ts, int flags) {
+  for (int i = 0; i < n; i++)
+    if (ts[i]->device != MOE_CPU)
+      return moe_error("save_tensors: tensor %d is on the device; bring it to the host first", i + 1);
   sweep_stale(path);
   int engine_err = 0, e = 0;
   char *tmp = NULL;

@@ -107,8 +107,11 @@ int moe_l_op_dev = -1;
 
 const char *moe_l_dev_name(int d) { return d == MOE_CUDA ? "cuda" : "cpu"; }
 
-/* t joins the op: the first tensor fixes the op's device; 0 if t is on it */
+/* t joins the op: the first tensor fixes the op's device; 0 if t is on it. A
+ * 0-dim host tensor joins any device (the engine's rule for scalars, moe.h);
+ * an op that cannot take one says so itself. */
 int moe_l_join_device(const moe_tensor *t) {
+  if (t->ndim == 0 && t->device == MOE_CPU) return 0;
   if (moe_l_op_dev < 0) moe_l_op_dev = t->device;
   return (int)t->device == moe_l_op_dev ? 0 : -1;
 }

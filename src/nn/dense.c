@@ -66,6 +66,8 @@ done:
 
 moe_tensor *moe_linear(const moe_tensor *x, const moe_tensor *w, const moe_tensor *b, int act, moe_precision prec) {
   char b1[160], b2[160], b3[160];
+  const moe_tensor *xwb[3] = {x, w, b};
+  if (moe_same_device("linear", 3, xwb)) return NULL;
   if (act >= 0 && act != MOE_RELU && act != MOE_SIGMOID && act != MOE_TANH) {
     moe_error("linear: the fused activation must be relu, sigmoid or tanh");
     return NULL;

@@ -40,6 +40,10 @@ static int check(moe_optim_kind kind, int i, const moe_tensor *p, const moe_tens
 int moe_optim_step(moe_optim_kind kind, int n, moe_tensor *const *params, moe_tensor *const *grads,
                    moe_tensor *const *s1s, moe_tensor *const *s2s, const int64_t *steps, const moe_optim_hparams *h,
                    double *norm_out) {
+  if (n <= 0) {
+    if (norm_out) *norm_out = -1;
+    return 0; /* nothing to update */
+  }
   int need1 = kind != MOE_OPT_SGD || h->momentum != 0;
   int need2 = kind == MOE_OPT_ADAM || kind == MOE_OPT_ADAMW || (kind == MOE_OPT_RMSPROP && h->momentum);
   char what[48];
