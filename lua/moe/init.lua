@@ -14,7 +14,7 @@ for _, name in ipairs { "allocator_caches", "auc_acc", "backend_kernels", "bf16_
                         "defer_interrupts", "gather_rows", "get_flat", "set_flat", "live", "metatable", "optim_step",
                         "read_csv", "roc_auc", "sgemm_forget", "sgemm_info", "shuffled_range", "st_checksum",
                         "st_read_header", "st_read_tensor", "st_save", "take_interrupt", "has_grad", "route_plan",
-                        "bce", "same_storage", "storage_offset" } do
+                        "bce", "same_storage", "storage_offset", "op_names" } do
   PLUMBING[name] = true
 end
 local moe = {}

@@ -10,6 +10,32 @@
 
 /* backend_kernels() -> { {name =, cpu = true, cuda = bool}, ... }: the dispatch's
  * kernel table (src/core/dispatch.h), in its order */
+/* op_names() -> {binary = {...}, unary = {...}, reduce = {...}, scan = {...}}: every
+ * value of the engine's op enums, by name (the backend spec covers each) */
+static void push_names(lua_State *L, const char *field, int n, const char *(*name)(int)) {
+  lua_createtable(L, n, 0);
+  for (int i = 0; i < n; i++) {
+    lua_pushstring(L, name(i));
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_setfield(L, -2, field);
+}
+static const char *binop_name(int i) { return moe_binop_name((moe_binop)i); }
+static const char *unop_name(int i) { return moe_unop_name((moe_unop)i); }
+static const char *redop_name(int i) { return moe_redop_name((moe_redop)i); }
+static const char *scan_name(int i) {
+  static const char *names[] = {"softmax", "log_softmax", "cumsum", "cumprod"};
+  return names[i];
+}
+static int l_op_names(lua_State *L) {
+  lua_createtable(L, 0, 4);
+  push_names(L, "binary", MOE_NBINOPS, binop_name);
+  push_names(L, "unary", MOE_NUNOPS, unop_name);
+  push_names(L, "reduce", MOE_NREDOPS, redop_name);
+  push_names(L, "scan", MOE_CUMPROD + 1, scan_name);
+  return 1;
+}
+
 static int l_backend_kernels(lua_State *L) {
   lua_createtable(L, MOE_NKERNELS, 0);
   for (int k = 0; k < MOE_NKERNELS; k++) {
@@ -285,6 +311,7 @@ const luaL_Reg moe_l_sys_funcs[] = {{"blas_info", l_blas_info},
                                     {"empty_cache", l_empty_cache},
                                     {"cuda_info", l_cuda_info},
                                     {"backend_kernels", l_backend_kernels},
+                                    {"op_names", l_op_names},
                                     {"cuda_empty_cache", l_cuda_empty_cache},
                                     {"cuda_precision", l_cuda_precision},
                                     {"defer_interrupts", l_defer_interrupts},
