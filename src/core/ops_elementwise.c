@@ -45,6 +45,8 @@ static int prepare_operands(const moe_tensor *a, const moe_tensor *b, moe_dtype 
 
 static int host_scalar(const moe_tensor *t) { return t->ndim == 0 && t->storage->device != MOE_CUDA; }
 
+/* ---------------------------------------------------------------- binary: forward, backward, recorder; in place */
+
 static moe_tensor *binary_impl(moe_binop op, const moe_tensor *a, const moe_tensor *b) {
   int ndim = 0;
   int64_t shape[MOE_MAX_DIMS];
@@ -64,122 +66,6 @@ static moe_tensor *binary_impl(moe_binop op, const moe_tensor *a, const moe_tens
   moe_tensor_release(cb);
   return out;
 }
-
-/* A scalar is weakly typed: it takes the tensor's dtype unless the tensor is
- * integral and the scalar is not, in which case the op computes in float32.
- * The scalar lives in `buf`, viewed as a 0-dim tensor `sc` on the caller's stack
- * (refcount 1, so a retain/release pair never frees it). */
-typedef union {
-  float f;
-  double d;
-  int32_t i;
-  int64_t l;
-} scalar_buf;
-
-static void make_scalar(moe_binop op, moe_dtype tensor_dt, double s, scalar_buf *buf, moe_storage *st, moe_tensor *sc) {
-  moe_dtype dt = tensor_dt;
-  if (!moe_dtype_is_float(dt) && s != floor(s)) dt = MOE_F32;
-  dt = compute_dtype(op, dt);
-  switch (dt) {
-  case MOE_F32: buf->f = (float)s; break;
-  case MOE_F64: buf->d = s; break;
-  case MOE_I32: buf->i = moe_sat_i32(s); break;
-  default: buf->l = moe_sat_i64(s); break;
-  }
-  *st = (moe_storage){.data = buf, .refcount = 1};
-  *sc = (moe_tensor){.storage = st, .dtype = dt, .ndim = 0, .refcount = 1};
-}
-
-static moe_tensor *binary_scalar_impl(moe_binop op, const moe_tensor *a, double s, int scalar_left) {
-  scalar_buf buf;
-  moe_storage st;
-  moe_tensor sc;
-  make_scalar(op, a->dtype, s, &buf, &st, &sc);
-  return scalar_left ? binary_impl(op, &sc, a) : binary_impl(op, a, &sc);
-}
-
-int moe_binary_scalar_(moe_binop op, moe_tensor *a, double s) {
-  scalar_buf buf;
-  moe_storage st;
-  moe_tensor sc;
-  make_scalar(op, a->dtype, s, &buf, &st, &sc);
-  return moe_binary_(op, a, &sc);
-}
-
-int moe_binary_(moe_binop op, moe_tensor *a, const moe_tensor *b) {
-  char b1[160], b2[160];
-  moe_tensor vb;
-  if (moe_check_writable(binop_names[op], a)) return -1;
-  const moe_tensor *ab[2] = {a, host_scalar(b) ? NULL : b};
-  if (moe_same_device(binop_names[op], 2, ab)) return -1;
-  if (b->requires_grad && moe_grad_enabled())
-    return moe_error("%s_: the operand requires grad, and in-place ops are not recorded; use %s "
-                     "(not in place)",
-                     binop_names[op], binop_names[op]);
-  if (moe_broadcast_to(b, a->ndim, a->shape, &vb))
-    return moe_error("%s_: shape %s cannot be broadcast to the in-place target's shape %s", binop_names[op],
-                     moe_shape_str(b, b1), moe_shape_str(a, b2));
-  moe_dtype dt = compute_dtype(op, moe_promote(a->dtype, b->dtype));
-  if (dt == a->dtype && !is_compare(op) && b->dtype == dt && b->storage != a->storage) {
-    MOE_K(binary, a->device, op, a, a, &vb);
-    return 0;
-  }
-  moe_tensor *r = binary_impl(op, a, &vb);
-  if (!r) return -1;
-  MOE_K(copy, a->device, a, r);
-  moe_tensor_release(r);
-  return 0;
-}
-
-static moe_tensor *unary_impl(moe_unop op, const moe_tensor *a, double p0, double p1) {
-  moe_dtype dt = a->dtype == MOE_BOOL ? MOE_I64 : a->dtype;
-  if (op >= MOE_EXP && !moe_dtype_is_float(dt)) dt = MOE_F32;
-  if (op == MOE_CLAMP && (isnan(p0) || isnan(p1))) {
-    moe_error("clamp: bounds must be numbers, got min %g and max %g", p0, p1);
-    return NULL;
-  }
-  if (op == MOE_CLAMP && p0 > p1) {
-    moe_error("clamp: min %g is greater than max %g", p0, p1);
-    return NULL;
-  }
-  if (op == MOE_CLAMP && !moe_dtype_is_float(dt) && (p0 != floor(p0) || p1 != floor(p1)) && !(isinf(p0) || isinf(p1)))
-    dt = MOE_F32;
-  moe_tensor *ca = moe_to_dtype(a, dt);
-  if (!ca) return NULL;
-  if (op == MOE_CLAMP && !moe_dtype_is_float(dt)) { /* bounds beyond the type's range: clip them to it */
-    double lo = dt == MOE_I32 ? -2147483648.0 : -9.2e18, hi = dt == MOE_I32 ? 2147483647.0 : 9.2e18;
-    p0 = p0 < lo ? lo : p0 > hi ? hi : p0;
-    p1 = p1 < lo ? lo : p1 > hi ? hi : p1;
-  }
-  moe_tensor *out = moe_empty_like(ca);
-  if (out) MOE_K(unary, out->device, op, out, ca, p0, p1);
-  moe_tensor_release(ca);
-  return out;
-}
-
-static moe_tensor *where_impl(const moe_tensor *cond, const moe_tensor *a, const moe_tensor *b) {
-  int n1 = 0, ndim = 0;
-  int64_t s1[MOE_MAX_DIMS] = {0}, shape[MOE_MAX_DIMS];
-  const moe_tensor *cab[3] = {cond, a, b};
-  if (moe_same_device("where", 3, cab)) return NULL;
-  if (moe_broadcast_shapes("where", a, b, &n1, s1)) return NULL;
-  moe_tensor ab = {.ndim = n1};
-  memcpy(ab.shape, s1, sizeof s1);
-  if (moe_broadcast_shapes("where", cond, &ab, &ndim, shape)) return NULL;
-  moe_dtype dt = moe_promote(a->dtype, b->dtype);
-  moe_tensor va, vb, vc, *ca, *cb, *cc = NULL, *out = NULL;
-  if (prepare_operands(a, b, dt, ndim, shape, &va, &vb, &ca, &cb) == 0 && (cc = moe_to_dtype(cond, MOE_BOOL))) {
-    moe_broadcast_to(cc, ndim, shape, &vc);
-    out = moe_empty_on(cond->device, ndim, shape, dt);
-    if (out) MOE_K(where, out->device, out, &vc, &va, &vb);
-  }
-  moe_tensor_release(ca);
-  moe_tensor_release(cb);
-  moe_tensor_release(cc);
-  return out;
-}
-
-/* ---------------------------------------------------------------- autograd */
 
 /* out = a (op) b: [broadcast shape] */
 static int binary_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
@@ -270,6 +156,66 @@ moe_tensor *moe_binary(moe_binop op, const moe_tensor *a, const moe_tensor *b) {
   return moe_ag_attach(out, n);
 }
 
+int moe_binary_(moe_binop op, moe_tensor *a, const moe_tensor *b) {
+  char b1[160], b2[160];
+  moe_tensor vb;
+  if (moe_check_writable(binop_names[op], a)) return -1;
+  const moe_tensor *ab[2] = {a, host_scalar(b) ? NULL : b};
+  if (moe_same_device(binop_names[op], 2, ab)) return -1;
+  if (b->requires_grad && moe_grad_enabled())
+    return moe_error("%s_: the operand requires grad, and in-place ops are not recorded; use %s "
+                     "(not in place)",
+                     binop_names[op], binop_names[op]);
+  if (moe_broadcast_to(b, a->ndim, a->shape, &vb))
+    return moe_error("%s_: shape %s cannot be broadcast to the in-place target's shape %s", binop_names[op],
+                     moe_shape_str(b, b1), moe_shape_str(a, b2));
+  moe_dtype dt = compute_dtype(op, moe_promote(a->dtype, b->dtype));
+  if (dt == a->dtype && !is_compare(op) && b->dtype == dt && b->storage != a->storage) {
+    MOE_K(binary, a->device, op, a, a, &vb);
+    return 0;
+  }
+  moe_tensor *r = binary_impl(op, a, &vb);
+  if (!r) return -1;
+  MOE_K(copy, a->device, a, r);
+  moe_tensor_release(r);
+  return 0;
+}
+
+/* ---------------------------------------------------------------- with a scalar */
+
+/* A scalar is weakly typed: it takes the tensor's dtype unless the tensor is
+ * integral and the scalar is not, in which case the op computes in float32.
+ * The scalar lives in `buf`, viewed as a 0-dim tensor `sc` on the caller's stack
+ * (refcount 1, so a retain/release pair never frees it). */
+typedef union {
+  float f;
+  double d;
+  int32_t i;
+  int64_t l;
+} scalar_buf;
+
+static void make_scalar(moe_binop op, moe_dtype tensor_dt, double s, scalar_buf *buf, moe_storage *st, moe_tensor *sc) {
+  moe_dtype dt = tensor_dt;
+  if (!moe_dtype_is_float(dt) && s != floor(s)) dt = MOE_F32;
+  dt = compute_dtype(op, dt);
+  switch (dt) {
+  case MOE_F32: buf->f = (float)s; break;
+  case MOE_F64: buf->d = s; break;
+  case MOE_I32: buf->i = moe_sat_i32(s); break;
+  default: buf->l = moe_sat_i64(s); break;
+  }
+  *st = (moe_storage){.data = buf, .refcount = 1};
+  *sc = (moe_tensor){.storage = st, .dtype = dt, .ndim = 0, .refcount = 1};
+}
+
+static moe_tensor *binary_scalar_impl(moe_binop op, const moe_tensor *a, double s, int scalar_left) {
+  scalar_buf buf;
+  moe_storage st;
+  moe_tensor sc;
+  make_scalar(op, a->dtype, s, &buf, &st, &sc);
+  return scalar_left ? binary_impl(op, &sc, a) : binary_impl(op, a, &sc);
+}
+
 /* out = a (op) s, or s (op) a when iarg[1]: [a's shape] */
 static int binary_scalar_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
   moe_binop op = (moe_binop)n->iarg[0];
@@ -337,6 +283,42 @@ moe_tensor *moe_binary_scalar(moe_binop op, const moe_tensor *a, double s, int s
   return moe_ag_attach(out, n);
 }
 
+int moe_binary_scalar_(moe_binop op, moe_tensor *a, double s) {
+  scalar_buf buf;
+  moe_storage st;
+  moe_tensor sc;
+  make_scalar(op, a->dtype, s, &buf, &st, &sc);
+  return moe_binary_(op, a, &sc);
+}
+
+/* ---------------------------------------------------------------- unary */
+
+static moe_tensor *unary_impl(moe_unop op, const moe_tensor *a, double p0, double p1) {
+  moe_dtype dt = a->dtype == MOE_BOOL ? MOE_I64 : a->dtype;
+  if (op >= MOE_EXP && !moe_dtype_is_float(dt)) dt = MOE_F32;
+  if (op == MOE_CLAMP && (isnan(p0) || isnan(p1))) {
+    moe_error("clamp: bounds must be numbers, got min %g and max %g", p0, p1);
+    return NULL;
+  }
+  if (op == MOE_CLAMP && p0 > p1) {
+    moe_error("clamp: min %g is greater than max %g", p0, p1);
+    return NULL;
+  }
+  if (op == MOE_CLAMP && !moe_dtype_is_float(dt) && (p0 != floor(p0) || p1 != floor(p1)) && !(isinf(p0) || isinf(p1)))
+    dt = MOE_F32;
+  moe_tensor *ca = moe_to_dtype(a, dt);
+  if (!ca) return NULL;
+  if (op == MOE_CLAMP && !moe_dtype_is_float(dt)) { /* bounds beyond the type's range: clip them to it */
+    double lo = dt == MOE_I32 ? -2147483648.0 : -9.2e18, hi = dt == MOE_I32 ? 2147483647.0 : 9.2e18;
+    p0 = p0 < lo ? lo : p0 > hi ? hi : p0;
+    p1 = p1 < lo ? lo : p1 > hi ? hi : p1;
+  }
+  moe_tensor *out = moe_empty_like(ca);
+  if (out) MOE_K(unary, out->device, op, out, ca, p0, p1);
+  moe_tensor_release(ca);
+  return out;
+}
+
 /* y = op(x): gx = g op'(x), one fused kernel */
 static int unary_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
   const moe_tensor *x = moe_node_saved(n, 0), *y = moe_node_saved(n, 1);
@@ -364,6 +346,30 @@ moe_tensor *moe_unary(moe_unop op, const moe_tensor *a, double p0, double p1) {
     }
   }
   return moe_ag_attach(out, n);
+}
+
+/* ---------------------------------------------------------------- where */
+
+static moe_tensor *where_impl(const moe_tensor *cond, const moe_tensor *a, const moe_tensor *b) {
+  int n1 = 0, ndim = 0;
+  int64_t s1[MOE_MAX_DIMS] = {0}, shape[MOE_MAX_DIMS];
+  const moe_tensor *cab[3] = {cond, a, b};
+  if (moe_same_device("where", 3, cab)) return NULL;
+  if (moe_broadcast_shapes("where", a, b, &n1, s1)) return NULL;
+  moe_tensor ab = {.ndim = n1};
+  memcpy(ab.shape, s1, sizeof s1);
+  if (moe_broadcast_shapes("where", cond, &ab, &ndim, shape)) return NULL;
+  moe_dtype dt = moe_promote(a->dtype, b->dtype);
+  moe_tensor va, vb, vc, *ca, *cb, *cc = NULL, *out = NULL;
+  if (prepare_operands(a, b, dt, ndim, shape, &va, &vb, &ca, &cb) == 0 && (cc = moe_to_dtype(cond, MOE_BOOL))) {
+    moe_broadcast_to(cc, ndim, shape, &vc);
+    out = moe_empty_on(cond->device, ndim, shape, dt);
+    if (out) MOE_K(where, out->device, out, &vc, &va, &vb);
+  }
+  moe_tensor_release(ca);
+  moe_tensor_release(cb);
+  moe_tensor_release(cc);
+  return out;
 }
 
 /* out = cond ? a : b: g flows to a where cond holds, to b elsewhere */

@@ -90,6 +90,8 @@ int moe_matmul_out(moe_tensor *out, const moe_tensor *a, const moe_tensor *b) {
   return matmul_out(out, a, b, MOE_PREC_FP32);
 }
 
+/* ---------------------------------------------------------------- matmul: forward, backward, recorder */
+
 static moe_tensor *matmul_impl(const moe_tensor *a0, const moe_tensor *b0, moe_precision prec) {
   char b1[160], b2[160];
   const moe_tensor *ab[2] = {a0, b0};
@@ -160,8 +162,6 @@ done:
   moe_tensor_release(b2t);
   return out;
 }
-
-/* ---------------------------------------------------------------- autograd */
 
 /* out [..,M,N] = a [..,M,K] @ b [..,K,N]: ga = g b^T, gb = a^T g (1-D operands
  * get their unit dim back first) */

@@ -37,6 +37,8 @@ static moe_tensor *rows_view(const moe_tensor *t, unsigned mask, moe_dtype dt, i
   return c;
 }
 
+/* ---------------------------------------------------------------- reductions: forward, backward, recorder */
+
 static moe_tensor *reduce_impl(moe_redop op, const moe_tensor *t, unsigned dims, int keepdim, int correction,
                                moe_tensor **indices, int64_t ibase) {
   char b[160];
@@ -119,36 +121,6 @@ static moe_tensor *reduce_impl(moe_redop op, const moe_tensor *t, unsigned dims,
   if (indices) *indices = idx;
   return out;
 }
-
-static moe_tensor *scan_impl(moe_scanop op, const moe_tensor *t, int dim) {
-  static const char *names[] = {"softmax", "log_softmax", "cumsum", "cumprod"};
-  char b[160];
-  if (dim < 0 || dim >= t->ndim) {
-    moe_error("%s: dim %d out of range for tensor of shape %s", names[op], dim + 1, moe_shape_str(t, b));
-    return NULL;
-  }
-  moe_dtype dt = t->dtype;
-  if (op <= MOE_LOG_SOFTMAX && !moe_dtype_is_float(dt)) dt = MOE_F32;
-  if (op >= MOE_CUMSUM && !moe_dtype_is_float(dt)) dt = MOE_I64;
-  int64_t M, K;
-  moe_tensor *x = rows_view(t, 1u << dim, dt, &M, &K);
-  if (!x) return NULL;
-  moe_tensor *y = moe_empty_like(x);
-  if (y) MOE_K(scan_rows, y->device, op, x, y, M, K);
-  moe_tensor_release(x);
-  if (!y || dim == t->ndim - 1) return y;
-  /* y is laid out [.., dims except dim.., dim]: move dim back and make it contiguous */
-  int perm[MOE_MAX_DIMS];
-  for (int d = 0, j = 0; d < t->ndim; d++) perm[d] = d == dim ? t->ndim - 1 : j++;
-  moe_tensor *p = moe_permute(y, perm);
-  moe_tensor_release(y);
-  if (!p) return NULL;
-  moe_tensor *c = moe_clone(p);
-  moe_tensor_release(p);
-  return c;
-}
-
-/* ---------------------------------------------------------------- autograd */
 
 /* out = reduce(x over dims): g [out shape] is viewed with the reduced dims kept
  * (size 1) and broadcast back over x [in shape] */
@@ -252,6 +224,36 @@ moe_tensor *moe_reduce(moe_redop op, const moe_tensor *t, unsigned dims, int kee
     }
   }
   return moe_ag_attach(out, n);
+}
+
+/* ---------------------------------------------------------------- scans */
+
+static moe_tensor *scan_impl(moe_scanop op, const moe_tensor *t, int dim) {
+  static const char *names[] = {"softmax", "log_softmax", "cumsum", "cumprod"};
+  char b[160];
+  if (dim < 0 || dim >= t->ndim) {
+    moe_error("%s: dim %d out of range for tensor of shape %s", names[op], dim + 1, moe_shape_str(t, b));
+    return NULL;
+  }
+  moe_dtype dt = t->dtype;
+  if (op <= MOE_LOG_SOFTMAX && !moe_dtype_is_float(dt)) dt = MOE_F32;
+  if (op >= MOE_CUMSUM && !moe_dtype_is_float(dt)) dt = MOE_I64;
+  int64_t M, K;
+  moe_tensor *x = rows_view(t, 1u << dim, dt, &M, &K);
+  if (!x) return NULL;
+  moe_tensor *y = moe_empty_like(x);
+  if (y) MOE_K(scan_rows, y->device, op, x, y, M, K);
+  moe_tensor_release(x);
+  if (!y || dim == t->ndim - 1) return y;
+  /* y is laid out [.., dims except dim.., dim]: move dim back and make it contiguous */
+  int perm[MOE_MAX_DIMS];
+  for (int d = 0, j = 0; d < t->ndim; d++) perm[d] = d == dim ? t->ndim - 1 : j++;
+  moe_tensor *p = moe_permute(y, perm);
+  moe_tensor_release(y);
+  if (!p) return NULL;
+  moe_tensor *c = moe_clone(p);
+  moe_tensor_release(p);
+  return c;
 }
 
 static int scan_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
