@@ -43,7 +43,140 @@ static int check_dim(const char *op, const moe_tensor *t, int dim) {
   return 0;
 }
 
-/* ---------------------------------------------------------------- sort, topk */
+/* ---------------------------------------------------------------- the backward helpers the index ops share */
+
+static moe_tensor *zeros_of(const moe_edge *e, const moe_tensor *like) {
+  return moe_full_on(like->device, e->ndim, e->shape, like->dtype, 0.0);
+}
+
+typedef moe_tensor *(*add_into_fn)(const moe_tensor *, int, const moe_tensor *, const moe_tensor *, int64_t, int);
+
+typedef moe_tensor *(*pick_fn)(const moe_tensor *, int, const moe_tensor *, int64_t);
+
+/* a pick (gather, index_select) sends g back into zeros of the input's shape with
+ * its mirror (scatter_add, index_add) */
+static int pick_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin, add_into_fn mirror) {
+  const moe_tensor *ix = moe_node_saved(n, 0);
+  moe_tensor *z = ix ? zeros_of(&n->edges[0], g) : NULL;
+  if (!z) return -1;
+  moe_tensor *r = mirror(z, (int)n->iarg[0], ix, g, n->iarg[1], 1);
+  moe_tensor_release(z);
+  return (gin[0] = r) ? 0 : -1;
+}
+
+/* an add-into (scatter_add, index_add): g passes to the target, and its mirror pick
+ * (gather, index_select) of g goes to the source */
+static int add_into_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin, pick_fn mirror) {
+  const moe_tensor *ix = moe_node_saved(n, 0);
+  if (!ix) return -1;
+  if (moe_node_needs(n, 0)) {
+    moe_tensor_retain((moe_tensor *)g);
+    gin[0] = (moe_tensor *)g;
+  }
+  if (moe_node_needs(n, 1) && !(gin[1] = mirror(g, (int)n->iarg[0], ix, n->iarg[1]))) return -1;
+  return 0;
+}
+
+static moe_tensor *record_index(moe_tensor *out, const char *name, moe_backward_fn bw, int nin,
+                                const moe_tensor *const *ins, int dim, const moe_tensor *index, int64_t ibase) {
+  if (!out || !moe_dtype_is_float(out->dtype)) return out;
+  moe_node *n = moe_node_new(name, bw, nin, ins);
+  if (n) {
+    n->iarg[0] = dim;
+    n->iarg[1] = ibase;
+    if (moe_node_save(n, 0, index)) {
+      moe_node_release(n);
+      n = NULL;
+    }
+  }
+  return moe_ag_attach(out, n);
+}
+
+/* ---------------------------------------------------------------- gather and scatter_add: forward, backward, recorder */
+
+static int check_index_shape(const char *op, const moe_tensor *t, int dim, const moe_tensor *index,
+                             const moe_tensor *src) {
+  char b1[160], b2[160], b3[160];
+  const moe_tensor *ts[3] = {t, index, src};
+  if (moe_same_device(op, 3, ts)) return -1;
+  if (check_dim(op, t, dim)) return -1;
+  if (index->ndim != t->ndim)
+    return moe_error("%s: index of shape %s must have as many dims as the input of shape %s", op,
+                     moe_shape_str(index, b1), moe_shape_str(t, b2));
+  for (int d = 0; d < t->ndim; d++) {
+    if ((d != dim && index->shape[d] > t->shape[d]) || (src && index->shape[d] > src->shape[d]))
+      return moe_error("%s: index of shape %s does not fit input of shape %s%s%s in dim %d", op,
+                       moe_shape_str(index, b1), moe_shape_str(t, b2), src ? " and source of shape " : "",
+                       src ? moe_shape_str(src, b3) : "", d + 1);
+  }
+  if (src && src->ndim != t->ndim)
+    return moe_error("%s: source of shape %s must have as many dims as the input of shape %s", op,
+                     moe_shape_str(src, b1), moe_shape_str(t, b2));
+  return 0;
+}
+
+static moe_tensor *gather_impl(const moe_tensor *t, int dim, const moe_tensor *index, int64_t ibase) {
+  moe_tensor *hold;
+  if (check_index_shape("gather", t, dim, index, NULL)) return NULL;
+  const int64_t *ix = moe_checked_index("gather", index, t->shape[dim], ibase, &hold);
+  if (!ix) return NULL;
+  moe_tensor *out = moe_empty_on(t->device, index->ndim, index->shape, t->dtype);
+  if (out) MOE_K(gather, out->device, out, t, dim, ix, index, ibase);
+  moe_tensor_release(hold);
+  return out;
+}
+
+/* out = gather(t, dim, index) (also topk/sort values) */
+static int gather_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
+  return pick_backward(n, g, gin, moe_scatter_add);
+}
+
+moe_tensor *moe_gather(const moe_tensor *t, int dim, const moe_tensor *index, int64_t ibase) {
+  if (!moe_ag_wants(1, &t)) return gather_impl(t, dim, index, ibase);
+  moe_tensor *out;
+  MOE_NOGRAD(out, gather_impl(t, dim, index, ibase));
+  return record_index(out, "gather", gather_backward, 1, &t, dim, index, ibase);
+}
+
+static moe_tensor *scatter_add_impl(const moe_tensor *t, int dim, const moe_tensor *index, const moe_tensor *src,
+                                    int64_t ibase, int inplace) {
+  moe_tensor *hold, *s = NULL, *out = NULL;
+  if (check_index_shape("scatter_add", t, dim, index, src)) return NULL;
+  const int64_t *ix = moe_checked_index("scatter_add", index, t->shape[dim], ibase, &hold);
+  if (!ix) return NULL;
+  if (!(s = moe_to_dtype(src, t->dtype))) goto done;
+  if (inplace && moe_check_writable("scatter_add", t)) goto done;
+  if (inplace && src->requires_grad && moe_grad_enabled()) {
+    moe_error("scatter_add_: the source requires grad, and in-place ops are not recorded; "
+              "use scatter_add (not in place)");
+    goto done;
+  }
+  if (inplace) {
+    out = (moe_tensor *)t;
+    moe_tensor_retain(out);
+  } else if (!(out = moe_clone(t))) goto done;
+  MOE_K(scatter_add, out->device, out, dim, ix, index, s, ibase);
+done:
+  moe_tensor_release(s);
+  moe_tensor_release(hold);
+  return out;
+}
+
+/* out = t with out[index] += src (along dim) */
+static int scatter_add_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
+  return add_into_backward(n, g, gin, moe_gather);
+}
+
+moe_tensor *moe_scatter_add(const moe_tensor *t, int dim, const moe_tensor *index, const moe_tensor *src, int64_t ibase,
+                            int inplace) {
+  const moe_tensor *ins[2] = {t, src};
+  if (inplace || !moe_ag_wants(2, ins)) return scatter_add_impl(t, dim, index, src, ibase, inplace);
+  moe_tensor *out;
+  MOE_NOGRAD(out, scatter_add_impl(t, dim, index, src, ibase, 0));
+  return record_index(out, "scatter_add", scatter_add_backward, 2, ins, dim, index, ibase);
+}
+
+/* ---------------------------------------------------------------- sort and topk */
 
 int moe_sort(const moe_tensor *t, int dim, int descending, moe_tensor **values, moe_tensor **indices, int64_t ibase) {
   if (check_dim("sort", t, dim)) return -1;
@@ -112,65 +245,27 @@ done:
   return rc;
 }
 
-/* ---------------------------------------------------------------- gather, scatter_add */
-
-static int check_index_shape(const char *op, const moe_tensor *t, int dim, const moe_tensor *index,
-                             const moe_tensor *src) {
-  char b1[160], b2[160], b3[160];
-  const moe_tensor *ts[3] = {t, index, src};
-  if (moe_same_device(op, 3, ts)) return -1;
-  if (check_dim(op, t, dim)) return -1;
-  if (index->ndim != t->ndim)
-    return moe_error("%s: index of shape %s must have as many dims as the input of shape %s", op,
-                     moe_shape_str(index, b1), moe_shape_str(t, b2));
-  for (int d = 0; d < t->ndim; d++) {
-    if ((d != dim && index->shape[d] > t->shape[d]) || (src && index->shape[d] > src->shape[d]))
-      return moe_error("%s: index of shape %s does not fit input of shape %s%s%s in dim %d", op,
-                       moe_shape_str(index, b1), moe_shape_str(t, b2), src ? " and source of shape " : "",
-                       src ? moe_shape_str(src, b3) : "", d + 1);
+int moe_topk(const moe_tensor *t, int64_t k, int dim, int largest, moe_tensor **values, moe_tensor **indices,
+             int64_t ibase) {
+  if (!values || !moe_ag_wants(1, &t)) return topk_impl(t, k, dim, largest, values, indices, ibase);
+  moe_tensor *idx = NULL;
+  int rc;
+  MOE_NOGRAD(rc, topk_impl(t, k, dim, largest, values, &idx, ibase));
+  if (rc) return rc;
+  *values = record_index(*values, "topk", gather_backward, 1, &t, dim, idx, ibase);
+  if (indices) *indices = idx;
+  else moe_tensor_release(idx);
+  if (!*values) {
+    if (indices) {
+      moe_tensor_release(*indices);
+      *indices = NULL;
+    }
+    return -1;
   }
-  if (src && src->ndim != t->ndim)
-    return moe_error("%s: source of shape %s must have as many dims as the input of shape %s", op,
-                     moe_shape_str(src, b1), moe_shape_str(t, b2));
   return 0;
 }
 
-static moe_tensor *gather_impl(const moe_tensor *t, int dim, const moe_tensor *index, int64_t ibase) {
-  moe_tensor *hold;
-  if (check_index_shape("gather", t, dim, index, NULL)) return NULL;
-  const int64_t *ix = moe_checked_index("gather", index, t->shape[dim], ibase, &hold);
-  if (!ix) return NULL;
-  moe_tensor *out = moe_empty_on(t->device, index->ndim, index->shape, t->dtype);
-  if (out) MOE_K(gather, out->device, out, t, dim, ix, index, ibase);
-  moe_tensor_release(hold);
-  return out;
-}
-
-static moe_tensor *scatter_add_impl(const moe_tensor *t, int dim, const moe_tensor *index, const moe_tensor *src,
-                                    int64_t ibase, int inplace) {
-  moe_tensor *hold, *s = NULL, *out = NULL;
-  if (check_index_shape("scatter_add", t, dim, index, src)) return NULL;
-  const int64_t *ix = moe_checked_index("scatter_add", index, t->shape[dim], ibase, &hold);
-  if (!ix) return NULL;
-  if (!(s = moe_to_dtype(src, t->dtype))) goto done;
-  if (inplace && moe_check_writable("scatter_add", t)) goto done;
-  if (inplace && src->requires_grad && moe_grad_enabled()) {
-    moe_error("scatter_add_: the source requires grad, and in-place ops are not recorded; "
-              "use scatter_add (not in place)");
-    goto done;
-  }
-  if (inplace) {
-    out = (moe_tensor *)t;
-    moe_tensor_retain(out);
-  } else if (!(out = moe_clone(t))) goto done;
-  MOE_K(scatter_add, out->device, out, dim, ix, index, s, ibase);
-done:
-  moe_tensor_release(s);
-  moe_tensor_release(hold);
-  return out;
-}
-
-/* ---------------------------------------------------------------- index_select, index_add */
+/* ---------------------------------------------------------------- index_select and index_add */
 
 int moe_check_vector_index(const char *op, const moe_tensor *index) {
   char b[160];
@@ -192,6 +287,18 @@ static moe_tensor *index_select_impl(const moe_tensor *t, int dim, const moe_ten
   if (out) MOE_K(index_select, out->device, out, t, dim, ix, n, ibase);
   moe_tensor_release(hold);
   return out;
+}
+
+/* out = index_select(t, dim, index) */
+static int index_select_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
+  return pick_backward(n, g, gin, moe_index_add);
+}
+
+moe_tensor *moe_index_select(const moe_tensor *t, int dim, const moe_tensor *index, int64_t ibase) {
+  if (!moe_ag_wants(1, &t)) return index_select_impl(t, dim, index, ibase);
+  moe_tensor *out;
+  MOE_NOGRAD(out, index_select_impl(t, dim, index, ibase));
+  return record_index(out, "index_select", index_select_backward, 1, &t, dim, index, ibase);
 }
 
 static moe_tensor *index_add_impl(const moe_tensor *t, int dim, const moe_tensor *index, const moe_tensor *src,
@@ -231,6 +338,20 @@ done:
   moe_tensor_release(s);
   moe_tensor_release(hold);
   return out;
+}
+
+/* out = t with out[.., index[i], ..] += src[.., i, ..] */
+static int index_add_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
+  return add_into_backward(n, g, gin, moe_index_select);
+}
+
+moe_tensor *moe_index_add(const moe_tensor *t, int dim, const moe_tensor *index, const moe_tensor *src, int64_t ibase,
+                          int inplace) {
+  const moe_tensor *ins[2] = {t, src};
+  if (inplace || !moe_ag_wants(2, ins)) return index_add_impl(t, dim, index, src, ibase, inplace);
+  moe_tensor *out;
+  MOE_NOGRAD(out, index_add_impl(t, dim, index, src, ibase, 0));
+  return record_index(out, "index_add", index_add_backward, 2, ins, dim, index, ibase);
 }
 
 /* ---------------------------------------------------------------- bincount */
@@ -281,7 +402,7 @@ done:
   return out;
 }
 
-/* ---------------------------------------------------------------- cat, stack */
+/* ---------------------------------------------------------------- cat and stack */
 
 static moe_tensor *cat_impl(int n, moe_tensor *const *ts, int dim) {
   char b1[160], b2[160];
@@ -321,6 +442,28 @@ static moe_tensor *cat_impl(int n, moe_tensor *const *ts, int dim) {
   return out;
 }
 
+/* out = cat(ts, dim): each input takes its slice of g */
+static int cat_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
+  int dim = (int)n->iarg[0];
+  int64_t at = 0;
+  for (int i = 0; i < n->nin; i++) {
+    int64_t len = n->edges[i].shape[dim];
+    if (moe_node_needs(n, i) && !(gin[i] = moe_narrow(g, dim, at, len))) return -1;
+    at += len;
+  }
+  return 0;
+}
+
+moe_tensor *moe_cat(int n, moe_tensor *const *ts, int dim) {
+  if (n < 1 || !moe_ag_wants(n, (const moe_tensor *const *)ts)) return cat_impl(n, ts, dim);
+  moe_tensor *out;
+  MOE_NOGRAD(out, cat_impl(n, ts, dim));
+  if (!out) return NULL;
+  moe_node *nd = moe_node_new("cat", cat_backward, n, (const moe_tensor *const *)ts);
+  if (nd) nd->iarg[0] = dim;
+  return moe_ag_attach(out, nd);
+}
+
 moe_tensor *moe_stack(int n, moe_tensor *const *ts, int dim) {
   char b1[160], b2[160];
   if (n < 1) {
@@ -357,140 +500,3 @@ moe_tensor *moe_stack(int n, moe_tensor *const *ts, int dim) {
 /* ================================================================ autograd
  * Index ops move gradients with their mirror op: gather <-> scatter_add,
  * index_select <-> index_add, cat -> narrow. */
-
-static moe_tensor *zeros_of(const moe_edge *e, const moe_tensor *like) {
-  return moe_full_on(like->device, e->ndim, e->shape, like->dtype, 0.0);
-}
-
-typedef moe_tensor *(*add_into_fn)(const moe_tensor *, int, const moe_tensor *, const moe_tensor *, int64_t, int);
-typedef moe_tensor *(*pick_fn)(const moe_tensor *, int, const moe_tensor *, int64_t);
-
-/* a pick (gather, index_select) sends g back into zeros of the input's shape with
- * its mirror (scatter_add, index_add) */
-static int pick_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin, add_into_fn mirror) {
-  const moe_tensor *ix = moe_node_saved(n, 0);
-  moe_tensor *z = ix ? zeros_of(&n->edges[0], g) : NULL;
-  if (!z) return -1;
-  moe_tensor *r = mirror(z, (int)n->iarg[0], ix, g, n->iarg[1], 1);
-  moe_tensor_release(z);
-  return (gin[0] = r) ? 0 : -1;
-}
-
-/* an add-into (scatter_add, index_add): g passes to the target, and its mirror pick
- * (gather, index_select) of g goes to the source */
-static int add_into_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin, pick_fn mirror) {
-  const moe_tensor *ix = moe_node_saved(n, 0);
-  if (!ix) return -1;
-  if (moe_node_needs(n, 0)) {
-    moe_tensor_retain((moe_tensor *)g);
-    gin[0] = (moe_tensor *)g;
-  }
-  if (moe_node_needs(n, 1) && !(gin[1] = mirror(g, (int)n->iarg[0], ix, n->iarg[1]))) return -1;
-  return 0;
-}
-
-/* out = gather(t, dim, index) (also topk/sort values) */
-static int gather_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
-  return pick_backward(n, g, gin, moe_scatter_add);
-}
-/* out = index_select(t, dim, index) */
-static int index_select_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
-  return pick_backward(n, g, gin, moe_index_add);
-}
-/* out = t with out[index] += src (along dim) */
-static int scatter_add_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
-  return add_into_backward(n, g, gin, moe_gather);
-}
-/* out = t with out[.., index[i], ..] += src[.., i, ..] */
-static int index_add_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
-  return add_into_backward(n, g, gin, moe_index_select);
-}
-
-/* out = cat(ts, dim): each input takes its slice of g */
-static int cat_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
-  int dim = (int)n->iarg[0];
-  int64_t at = 0;
-  for (int i = 0; i < n->nin; i++) {
-    int64_t len = n->edges[i].shape[dim];
-    if (moe_node_needs(n, i) && !(gin[i] = moe_narrow(g, dim, at, len))) return -1;
-    at += len;
-  }
-  return 0;
-}
-
-static moe_tensor *record_index(moe_tensor *out, const char *name, moe_backward_fn bw, int nin,
-                                const moe_tensor *const *ins, int dim, const moe_tensor *index, int64_t ibase) {
-  if (!out || !moe_dtype_is_float(out->dtype)) return out;
-  moe_node *n = moe_node_new(name, bw, nin, ins);
-  if (n) {
-    n->iarg[0] = dim;
-    n->iarg[1] = ibase;
-    if (moe_node_save(n, 0, index)) {
-      moe_node_release(n);
-      n = NULL;
-    }
-  }
-  return moe_ag_attach(out, n);
-}
-
-int moe_topk(const moe_tensor *t, int64_t k, int dim, int largest, moe_tensor **values, moe_tensor **indices,
-             int64_t ibase) {
-  if (!values || !moe_ag_wants(1, &t)) return topk_impl(t, k, dim, largest, values, indices, ibase);
-  moe_tensor *idx = NULL;
-  int rc;
-  MOE_NOGRAD(rc, topk_impl(t, k, dim, largest, values, &idx, ibase));
-  if (rc) return rc;
-  *values = record_index(*values, "topk", gather_backward, 1, &t, dim, idx, ibase);
-  if (indices) *indices = idx;
-  else moe_tensor_release(idx);
-  if (!*values) {
-    if (indices) {
-      moe_tensor_release(*indices);
-      *indices = NULL;
-    }
-    return -1;
-  }
-  return 0;
-}
-
-moe_tensor *moe_gather(const moe_tensor *t, int dim, const moe_tensor *index, int64_t ibase) {
-  if (!moe_ag_wants(1, &t)) return gather_impl(t, dim, index, ibase);
-  moe_tensor *out;
-  MOE_NOGRAD(out, gather_impl(t, dim, index, ibase));
-  return record_index(out, "gather", gather_backward, 1, &t, dim, index, ibase);
-}
-
-moe_tensor *moe_scatter_add(const moe_tensor *t, int dim, const moe_tensor *index, const moe_tensor *src, int64_t ibase,
-                            int inplace) {
-  const moe_tensor *ins[2] = {t, src};
-  if (inplace || !moe_ag_wants(2, ins)) return scatter_add_impl(t, dim, index, src, ibase, inplace);
-  moe_tensor *out;
-  MOE_NOGRAD(out, scatter_add_impl(t, dim, index, src, ibase, 0));
-  return record_index(out, "scatter_add", scatter_add_backward, 2, ins, dim, index, ibase);
-}
-
-moe_tensor *moe_index_select(const moe_tensor *t, int dim, const moe_tensor *index, int64_t ibase) {
-  if (!moe_ag_wants(1, &t)) return index_select_impl(t, dim, index, ibase);
-  moe_tensor *out;
-  MOE_NOGRAD(out, index_select_impl(t, dim, index, ibase));
-  return record_index(out, "index_select", index_select_backward, 1, &t, dim, index, ibase);
-}
-
-moe_tensor *moe_index_add(const moe_tensor *t, int dim, const moe_tensor *index, const moe_tensor *src, int64_t ibase,
-                          int inplace) {
-  const moe_tensor *ins[2] = {t, src};
-  if (inplace || !moe_ag_wants(2, ins)) return index_add_impl(t, dim, index, src, ibase, inplace);
-  moe_tensor *out;
-  MOE_NOGRAD(out, index_add_impl(t, dim, index, src, ibase, 0));
-  return record_index(out, "index_add", index_add_backward, 2, ins, dim, index, ibase);
-}
-
-moe_tensor *moe_cat(int n, moe_tensor *const *ts, int dim) {
-  if (n < 1 || !moe_ag_wants(n, (const moe_tensor *const *)ts)) return cat_impl(n, ts, dim);
-  moe_tensor *out;
-  MOE_NOGRAD(out, cat_impl(n, ts, dim));
-  if (!out) return NULL;
-  moe_node *nd = moe_node_new("cat", cat_backward, n, (const moe_tensor *const *)ts);
-  if (nd) nd->iarg[0] = dim;
-  return moe_ag_attach(out, nd);
-}
