@@ -5,21 +5,22 @@
 -- varargs or one table; creation functions take an options table last.
 local core = require "moe.core"
 
--- The public table holds what users call; the binding's plumbing (the
--- trainer's, the optimizers', the checkpoint reader's and moe.config()'s
--- helpers) stays in moe.core only.
-local PLUMBING = {}
-for _, name in ipairs { "allocator_caches", "auc_acc", "backend_kernels", "bf16_choose", "bf16_info", "blas_choose",
-                        "blas_info", "blas_next_lower", "cuda_empty_cache", "cuda_info", "cuda_precision",
-                        "defer_interrupts", "gather_rows", "get_flat", "set_flat", "live", "metatable", "optim_step",
-                        "read_csv", "roc_auc", "sgemm_forget", "sgemm_info", "shuffled_range", "st_checksum",
-                        "st_read_header", "st_read_tensor", "st_save", "take_interrupt", "has_grad", "route_plan",
-                        "bce", "same_storage", "storage_offset", "op_names" } do
-  PLUMBING[name] = true
+-- The public table holds what users call: every tensor method (ops, views,
+-- accessors) as a function too (moe.sum(t, 2) == t:sum(2)), and the module
+-- functions below. Everything else the binding exports -- the trainer's, the
+-- optimizers', the checkpoint reader's and moe.config()'s helpers -- stays in
+-- moe.core only, and so does anything the binding gains until it is listed here.
+local PUBLIC = {}
+for _, name in ipairs { "tensor", "zeros", "ones", "full", "empty", "rand", "randn", "randint", "randperm", "arange",
+                        "linspace", "eye", "manual_seed", "cat", "stack", "is_tensor", "set_grad_enabled",
+                        "is_grad_enabled", "peak_bytes", "empty_cache", "linear", "mixture", "gate_scale",
+                        "grouped_matmul" } do
+  PUBLIC[name] = true
 end
+local METHOD_ONLY = { has_grad = true, same_storage = true, storage_offset = true } -- t:has_grad(), not moe.has_grad
 local moe = {}
 for k, v in pairs(core) do
-  if not PLUMBING[k] then moe[k] = v end
+  if PUBLIC[k] or (rawget(core.Tensor, k) ~= nil and not METHOD_ONLY[k]) then moe[k] = v end
 end
 moe.cuda = nil -- moe.cuda is the device module (lua/moe/cuda.lua); t:cuda() stays a method
 moe._VERSION = "0.1.0"
