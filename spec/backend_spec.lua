@@ -194,6 +194,22 @@ local function maxdiff(a, b)
   return (f64(a) - f64(b)):abs():max():item()
 end
 
+-- outputs and gradients against reference ones, each within tol relative to its
+-- largest magnitude (int64 outputs exactly when exact_ints); what names the case
+local function assert_close(ref, refg, outs, grads, tol, exact_ints, what)
+  assert.equal(#ref, #outs)
+  for i = 1, #ref do
+    local t = ((exact_ints and ref[i]:dtype() == "int64") or ref[i]:numel() == 0) and 0
+      or tol * (1 + f64(ref[i]):abs():max():item())
+    assert.is_true(maxdiff(ref[i], outs[i]) <= t, ("%s: output %d"):format(what, i))
+  end
+  for i, g in pairs(refg) do
+    if g then
+      assert.is_true(maxdiff(g, grads[i]) <= tol * (1 + f64(g):abs():max():item()), ("%s: gradient %d"):format(what, i))
+    end
+  end
+end
+
 describe("the backends' kernels #backend", function()
   it("every kernel of the dispatch has a row here, and every row a kernel", function()
     local listed, have = {}, {}
@@ -266,18 +282,7 @@ describe("the backends' kernels #backend", function()
         local ref, rg = run(r, "cpu", true)
         for _, v in ipairs(VARIANTS) do
           local outs, grads = run(r, "cpu", true, v[2])
-          assert.equal(#ref, #outs)
-          for i = 1, #ref do
-            local tol = (ref[i]:dtype() == "int64" or ref[i]:numel() == 0) and 0
-              or v[3] * (1 + f64(ref[i]):abs():max():item())
-            assert.is_true(maxdiff(ref[i], outs[i]) <= tol, ("%s, %s inputs: output %d"):format(r[1], v[1], i))
-          end
-          for i, g in pairs(rg) do
-            if g then
-              local tol = v[3] * (1 + f64(g):abs():max():item())
-              assert.is_true(maxdiff(g, grads[i]) <= tol, ("%s, %s inputs: gradient %d"):format(r[1], v[1], i))
-            end
-          end
+          assert_close(ref, rg, outs, grads, v[3], true, ("%s, %s inputs"):format(r[1], v[1]))
         end
       end)
     end
@@ -301,17 +306,7 @@ describe("the backends' kernels #backend", function()
       for _, c in ipairs(cases) do
         local co, cg = run(r, "cpu", not r.no_inputs, c[2])
         local go, gg = run(r, "cuda", not r.no_inputs, c[2])
-        assert.equal(#co, #go)
-        for i = 1, #co do
-          local tol = c[3] * (1 + (co[i]:numel() > 0 and f64(co[i]):abs():max():item() or 0))
-          assert.is_true(maxdiff(co[i], go[i]) <= tol, ("%s, %s: output %d differs from the CPU's"):format(r[1], c[1], i))
-        end
-        for i, g in pairs(cg) do
-          if g then
-            local tol = c[3] * (1 + f64(g):abs():max():item())
-            assert.is_true(maxdiff(g, gg[i]) <= tol, ("%s, %s: gradient %d differs"):format(r[1], c[1], i))
-          end
-        end
+        assert_close(co, cg, go, gg, c[3], false, ("%s, %s, against the CPU"):format(r[1], c[1]))
         if r.check then r.check(go) end
       end
     end)

@@ -122,7 +122,7 @@ moe_tensor *moe_empty(int ndim, const int64_t *shape, moe_dtype dt) { return moe
 
 moe_tensor *moe_empty_like(const moe_tensor *t) { return moe_empty_on(t->device, t->ndim, t->shape, t->dtype); }
 
-char *moe_data(const moe_tensor *t) { return moe_data_(t); }
+char *moe_data(const moe_tensor *t) { return (char *)t->storage->data + (size_t)t->offset * moe_dtype_size(t->dtype); }
 int moe_same_storage(const moe_tensor *a, const moe_tensor *b) { return a->storage == b->storage; }
 
 int moe_device_available(moe_device dev) { return dev == MOE_CPU || (dev == MOE_CUDA && moe_cuda_device_count() > 0); }

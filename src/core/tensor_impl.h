@@ -13,9 +13,4 @@ struct moe_storage {
   int8_t pool_class;  /* size class of a recycled host block, -1 if none */
   size_t block_bytes; /* bytes of the host block (header included) */
 };
-
-/* moe_data, inlined for the engine's own loops */
-static inline char *moe_data_(const moe_tensor *t) {
-  return (char *)t->storage->data + (size_t)t->offset * moe_dtype_size(t->dtype);
-}
 #endif

@@ -344,41 +344,34 @@ static void grouped_bwd_expert(void *ctx, int e) {
   }
 }
 
+/* the job over contiguous x [A,K] and w [E,K,N] (the rest set by the caller) */
+static grouped_job grouped_job_of(const moe_tensor *x, const moe_tensor *w, const int64_t *counts, const int64_t *offs,
+                                  int bf16) {
+  grouped_job j = {.counts = counts, .offs = offs, .K = w->shape[1], .N = w->shape[2], .bf16 = bf16};
+  j.es = moe_dtype_size(x->dtype);
+  j.dt = x->dtype;
+  j.x = moe_data(x);
+  j.w = moe_data(w);
+  return j;
+}
+
 /* y [A,N] = x_e @ w[e] (+ b[e]) over the row groups of counts/offs; x, w, b contiguous */
 void moe_cpu_grouped_gemm(moe_tensor *y, const moe_tensor *x, const moe_tensor *w, const moe_tensor *b,
                           const int64_t *counts, const int64_t *offs, int bf16) {
-  int64_t E = w->shape[0], total = x->shape[0];
-  grouped_job j = {.counts = counts,
-                   .offs = offs,
-                   .K = w->shape[1],
-                   .N = w->shape[2],
-                   .es = moe_dtype_size(x->dtype),
-                   .dt = x->dtype,
-                   .bf16 = bf16,
-                   .x = moe_data(x),
-                   .w = moe_data(w),
-                   .b = b ? moe_data(b) : NULL,
-                   .y = moe_data(y)};
-  run_experts(&j, E, use_pool(E, counts, total), grouped_fwd_expert);
+  grouped_job j = grouped_job_of(x, w, counts, offs, bf16);
+  j.b = b ? moe_data(b) : NULL;
+  j.y = moe_data(y);
+  run_experts(&j, w->shape[0], use_pool(w->shape[0], counts, x->shape[0]), grouped_fwd_expert);
 }
 
 /* gx = g w[e]^T, gw[e] = x_e^T g_e, gb[e] += column sums of g_e (each may be NULL; gb starts at 0) */
 void moe_cpu_grouped_gemm_backward(moe_tensor *gx, moe_tensor *gw, moe_tensor *gb, const moe_tensor *g,
                                    const moe_tensor *x, const moe_tensor *w, const int64_t *counts, const int64_t *offs,
                                    int bf16) {
-  int64_t E = w->shape[0], total = x->shape[0];
-  grouped_job j = {.counts = counts,
-                   .offs = offs,
-                   .K = w->shape[1],
-                   .N = w->shape[2],
-                   .es = moe_dtype_size(x->dtype),
-                   .dt = x->dtype,
-                   .bf16 = bf16,
-                   .x = moe_data(x),
-                   .w = moe_data(w),
-                   .g = moe_data(g),
-                   .gx = gx ? moe_data(gx) : NULL,
-                   .gw = gw ? moe_data(gw) : NULL,
-                   .gb = gb ? moe_data(gb) : NULL};
-  run_experts(&j, E, use_pool(E, counts, total), grouped_bwd_expert);
+  grouped_job j = grouped_job_of(x, w, counts, offs, bf16);
+  j.g = moe_data(g);
+  j.gx = gx ? moe_data(gx) : NULL;
+  j.gw = gw ? moe_data(gw) : NULL;
+  j.gb = gb ? moe_data(gb) : NULL;
+  run_experts(&j, w->shape[0], use_pool(w->shape[0], counts, x->shape[0]), grouped_bwd_expert);
 }
