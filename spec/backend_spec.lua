@@ -40,6 +40,13 @@ local rows = {
   { "where", { A, B }, function(a, b) return { moe.where(a:gt(b), a, b), moe.where(a:gt(0), a, 0) } end },
   { "copy", { A }, function(a) return { a:transpose(1, 2):contiguous(), a:detach():to("float32"), a:clone() } end },
   { "fill", {}, function(dev) return { moe.zeros(2, 3):to(dev):fill_(2.5), moe.ones(3):to(dev) * 1 } end, no_inputs = true },
+  -- drawn on the backend itself from the same Philox counters: uniform and float64 draws bitwise
+  -- the CPU's, float32 normals to rounding (checked against the CPU's at the row's tolerance)
+  { "random", {}, function(dev)
+    moe.manual_seed(21)
+    return { moe.rand(5, 3, { device = dev }), moe.randn(7, { device = dev, dtype = "float64" }),
+      moe.randn(9, { device = dev }), moe.rand(2, { device = dev, dtype = "float64" }) }
+  end, no_inputs = true },
   { "reduce_rows", { A }, function(a) return { a:sum(2), a:mean(), a:max(2), a:var(2), a:logsumexp(2) } end },
   { "sum_middle", { C3 }, function(c) return { c:sum(2), c:mean(2) } end },
   { "scan_rows", { A }, function(a) return { a:softmax(2), a:cumsum(2), a:log_softmax(1) } end },

@@ -123,8 +123,10 @@ for _, name in ipairs { "split", "chunk", "argsort", "expand_as", "view_as", "fl
 end
 
 -- The default device of creation functions (zeros, randn, tensor, ...):
--- moe.set_default_device("cuda") puts new tensors on the GPU; ops put their
--- results on the device of their inputs whatever the default.
+-- moe.set_default_device("cuda") puts new tensors on the GPU (a `device`
+-- option overrides it per call); ops put their results on the device of their
+-- inputs whatever the default. rand/randn draw on the device itself, from the
+-- same Philox counters as on the host.
 do
   local default_device = "cpu"
   function moe.set_default_device(d)
@@ -135,22 +137,14 @@ do
       error("set_default_device: no CUDA device is available (" .. tostring(core.cuda_info().reason) .. ")", 2)
     end
     default_device = d
+    core.set_default_device(d)
   end
   function moe.get_default_device() return default_device end
-  for _, name in ipairs { "tensor", "zeros", "ones", "full", "empty", "rand", "randn", "randint", "randperm",
-                          "arange", "linspace", "eye" } do
-    local make = moe[name]
-    moe[name] = function(...)
-      local t = make(...)
-      if default_device == "cuda" then return core.cuda(t) end
-      return t
-    end
-  end
 end
 
 -- *_like creation: same shape, device (and dtype unless opts.dtype says otherwise)
 local function like_opts(t, opts)
-  local o = { dtype = t:dtype() }
+  local o = { dtype = t:dtype(), device = t:device() }
   for k, v in pairs(opts or {}) do o[k] = v end
   return o
 end

@@ -495,6 +495,19 @@ function Module:to(what)
 end
 function Module:double() return self:to("float64") end
 function Module:cuda() return move(self, "cuda") end
+-- the device of the module's weights (the default device before they are built)
+function Module:device()
+  for _, e in ipairs(self:modules()) do
+    local m = e[2]
+    for _, list in ipairs { m._params, m._buffers } do
+      for _, k in ipairs(list) do
+        local t = rawget(m, k)
+        if t then return t:device() end
+      end
+    end
+  end
+  return moe.get_default_device()
+end
 function Module:cpu() return move(self, "cpu") end
 function Module:float() return self:to("float32") end
 
@@ -939,7 +952,7 @@ end
 -- inverted dropout of x (mask of noise_shape, default x's shape); identity unless training
 function nn.dropout(x, rate, training, noise_shape)
   if not training or rate == 0 then return x end
-  local keep = moe.rand(noise_shape or x:shape(), { dtype = x:dtype() }):ge(rate)
+  local keep = moe.rand(noise_shape or x:shape(), { dtype = x:dtype(), device = x:device() }):ge(rate)
   return x * keep:to(x:dtype()) * (1 / (1 - rate))
 end
 function Dropout:forward(x) return nn.dropout(x, self.rate, self._training, self.noise_shape) end

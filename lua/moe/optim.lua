@@ -106,8 +106,8 @@ local function state_for(self, p)
     s = { step = 0 }
     local need1, need2 = slots(self)
     local init = self.hp.initial_accumulator_value or 0
-    if need1 then s[1] = moe.full(p:shape(), init, { dtype = p:dtype() }) end
-    if need2 then s[2] = moe.zeros(p:shape(), { dtype = p:dtype() }) end
+    if need1 then s[1] = moe.full(p:shape(), init, { dtype = p:dtype(), device = p:device() }) end
+    if need2 then s[2] = moe.zeros(p:shape(), { dtype = p:dtype(), device = p:device() }) end
     self.state[p] = s
   end
   return s

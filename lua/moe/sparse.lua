@@ -127,14 +127,14 @@ end
 function nn.router_logits(self, x)
   local xr = x:dtype() == "float64" and x or x:float()
   if self._training and self.jitter_noise > 0 then
-    xr = xr * (moe.rand(xr:shape(), { dtype = xr:dtype() }) * (2 * self.jitter_noise) + (1 - self.jitter_noise))
+    xr = xr * (moe.rand(xr:shape(), { dtype = xr:dtype(), device = xr:device() }) * (2 * self.jitter_noise) + (1 - self.jitter_noise))
   end
   local k = self.kernel:to(xr:dtype())
   local logits = xr:matmul(k)
   if self.use_bias then logits = logits + self.bias:to(xr:dtype()) end
   if self.noisy_gating and self._training then -- Shazeer et al. 2017: learned per-expert noise
     local std = xr:matmul(self.noise_kernel:to(xr:dtype())):softplus()
-    logits = logits + moe.randn(logits:shape(), { dtype = logits:dtype() }) * std
+    logits = logits + moe.randn(logits:shape(), { dtype = logits:dtype(), device = logits:device() }) * std
   end
   return logits, logits:softmax(-1)
 end
@@ -212,14 +212,14 @@ function TokensChooseMaskedRouter:forward(x, capacity)
   local flat = (token - 1) * E + expert
   local gate = probs:reshape(-1):index_select(1, flat)    -- combine weight = router probability
   if self.renormalize_gates and token:numel() > 0 then   -- option: kept gates of a token sum to 1
-    local denom = moe.zeros(N, { dtype = gate:dtype() }):index_add(1, token, gate)
+    local denom = moe.zeros(N, { dtype = gate:dtype(), device = gate:device() }):index_add(1, token, gate)
     gate = gate / denom:index_select(1, token)
   end
   -- load-balancing loss (Switch, as flaxformer computes it): per group
   -- E^2 * mean_e f_e P_e, averaged over groups; f_e: fraction of the group's
   -- tokens with e among their top-k choices (before capacity; sum_e f_e = k),
   -- P_e: mean router probability of e. k when balanced (1 for top-1).
-  local gid = moe.arange(0, G, { dtype = "int64" }):view(G, 1, 1):expand(G, T, k)
+  local gid = moe.arange(0, G, { dtype = "int64", device = x:device() }):view(G, 1, 1):expand(G, T, k)
   local bins = (gid * E + idx:view(G, T, k)):reshape(-1)
   local w = keep and keep:expand(N, k):reshape(-1) or nil
   local f = moe.bincount(bins, w, G * E):view(G, E):to(probs:dtype()) / T
@@ -249,10 +249,10 @@ function ExpertsChooseMaskedRouter:forward(x, capacity)
   local vals, idx = pt:topk(C, 3)                           -- each expert's C best tokens
   -- sorted by expert: [E, G, C] flattened
   local gate = vals:permute(2, 1, 3):reshape(-1)
-  local base = moe.arange(0, G, { dtype = "int64" }):view(1, G, 1) * T
+  local base = moe.arange(0, G, { dtype = "int64", device = x:device() }):view(1, G, 1) * T
   local token = (idx:permute(2, 1, 3) + base):reshape(-1)
-  local expert = moe.arange(1, E + 1, { dtype = "int64" }):view(E, 1):expand(E, G * C):reshape(-1)
-  local counts = moe.full({ E }, G * C, { dtype = "int64" })
+  local expert = moe.arange(1, E + 1, { dtype = "int64", device = x:device() }):view(E, 1):expand(E, G * C):reshape(-1)
+  local counts = moe.full({ E }, G * C, { dtype = "int64", device = "cpu" }) -- sizes: on the host, as route_plan's
   local plan = { token = token, expert = expert, counts = counts, gate = gate, probs = probs }
   -- every expert fills its buffer: no load-balancing loss, but the metric is
   -- exported as 0, as TF Model Garden does
@@ -349,7 +349,7 @@ function MoeLayer:forward(x)
   if plan.token:numel() == 0 then return x * 0 end
   local rows = x2:index_select(1, plan.token)
   local out = nn.call_child(self, "experts", self.experts, rows, plan.counts, plan.expert)
-  local y = moe.zeros(N, H, { dtype = x:dtype() }):index_add(1, plan.token, out * plan.gate:to(out:dtype()):unsqueeze(2))
+  local y = moe.zeros(N, H, { dtype = x:dtype(), device = x:device() }):index_add(1, plan.token, out * plan.gate:to(out:dtype()):unsqueeze(2))
   return y:reshape(shape)
 end
 

@@ -259,6 +259,23 @@ local function finish_gather(job)
   return got
 end
 
+-- a batch (a tensor or a table of tensors) on the model's device: fit,
+-- evaluate and predict take data where it lies and move each batch
+local function to_device(v, dev)
+  if v == nil then return nil end
+  if is_tensor(v) then return v:device() == dev and v or v:to(dev) end
+  local out = {}
+  for k, t in pairs(v) do out[k] = t:device() == dev and t or t:to(dev) end
+  return out
+end
+
+-- the device the data lies on (its first tensor's)
+local function data_device(v)
+  if is_tensor(v) then return v:device() end
+  for _, t in pairs(v) do if is_tensor(t) then return t:device() end end
+  return "cpu"
+end
+
 local function narrow(v, start, len)
   if v == nil then return nil end
   if is_tensor(v) then return v:narrow(1, start, len) end
@@ -720,6 +737,7 @@ function Module:fit(opts)
   local data = require "moe.data"
   local tensors, plan = batch_plan(x, y, sw)
   local onames -- the model's output names, once it has been called
+  local dev = self:device() -- each batch moves there
   local nb = math.ceil(n / batch)
   if opts.steps_per_epoch then positive_int(opts.steps_per_epoch, "steps_per_epoch", "fit"); nb = math.min(nb, opts.steps_per_epoch) end
   local was_deferred = core.defer_interrupts(true)
@@ -756,6 +774,7 @@ function Module:fit(opts)
         local batch_logs = { batch = b, size = size }
         call_hooks(cbs, "on_batch_begin", b, batch_logs)
         local xb, yb, swb = from_plan(plan[1], got), from_plan(plan[2], got), from_plan(plan[3], got)
+        xb, yb, swb = to_device(xb, dev), to_device(yb, dev), to_device(swb, dev)
         local loss, parts, p = train_step(self, xb, yb, swb, take_snapshot)
         if not finite(loss) then
           stop_reason = ("fit: the loss is %s at epoch %d, batch %d: training stopped; %s"):format(tostring(loss),
@@ -835,10 +854,12 @@ function Module:evaluate(opts)
   local cbs = opts.callbacks or {}
   call_hooks(cbs, "on_test_begin", {})
   local st, single = new_pass(), true
+  local dev = self:device()
   local ok, err = pcall(moe.no_grad, function()
     for start = 1, n, batch do
       local len = math.min(batch, n - start + 1)
       local xb, yb, swb = narrow(x, start, len), narrow(y, start, len), narrow(opts.sample_weight, start, len)
+      xb, yb, swb = to_device(xb, dev), to_device(yb, dev), to_device(swb, dev)
       local p = self(xb)
       local total, parts = self:compute_loss(yb, p, swb)
       local named
@@ -908,24 +929,29 @@ function Module:predict(x, opts)
   local was = self._training
   self:eval()
   local chunks = {}
+  -- batches run on the model's device; the outputs come back on x's, in one
+  -- copy per output at the end
+  local dev, xdev = self:device(), data_device(x)
   local ok, err = pcall(moe.no_grad, function()
-    if n == 0 then chunks[1] = empty_outputs(self, x); return end
+    if n == 0 then chunks[1] = empty_outputs(self, to_device(x, dev)); return end
     for start = 1, n, batch do
       local len = math.min(batch, n - start + 1)
-      chunks[#chunks + 1] = self(narrow(x, start, len))
+      chunks[#chunks + 1] = self(to_device(narrow(x, start, len), dev))
     end
   end)
   if was then self:train() end
   if not ok then reraise(err, "predict") end
-  if is_tensor(chunks[1]) then
-    return #chunks == 1 and chunks[1] or moe.cat(chunks, 1)
+  local function join(parts)
+    local t = #parts == 1 and parts[1] or moe.cat(parts, 1)
+    return t:device() == xdev and t or t:to(xdev)
   end
+  if is_tensor(chunks[1]) then return join(chunks) end
   -- keyed like the model's outputs: a list for a list of outputs (as Keras), names for a table
   local out = {}
   for k in pairs(chunks[1]) do
     local parts = {}
     for i, c in ipairs(chunks) do parts[i] = c[k] end
-    out[k] = #parts == 1 and parts[1] or moe.cat(parts, 1)
+    out[k] = join(parts)
   end
   return out
 end

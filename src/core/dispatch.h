@@ -24,6 +24,8 @@
 #define MOE_KERNELS(X)                                                                            \
   /* elementwise (src/cpu/elementwise.c, src/cuda/elementwise.cu) */                              \
   X(binary, 1) X(unary, 1) X(unary_backward, 1) X(where, 1) X(copy, 1) X(fill, 1)                 \
+  /* random draws (src/cpu/random.c, src/cuda/rng.cu) */                                          \
+  X(random, 1)                                                                                    \
   /* reductions and scans (src/cpu/reduce.c, src/cuda/reduce.cu) */                               \
   X(reduce_rows, 1) X(sum_middle, 1) X(scan_rows, 1) X(cumprod_backward, 0)                       \
   /* GEMMs (src/cpu/matmul.c, src/cpu/bf16.c, src/cuda/matmul.cu) */                              \

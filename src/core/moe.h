@@ -276,6 +276,10 @@ moe_tensor *moe_linspace(double start, double end, int64_t n, moe_dtype dt);
 moe_tensor *moe_eye(int64_t n, int64_t m, moe_dtype dt);
 moe_tensor *moe_rand(int ndim, const int64_t *shape, moe_dtype dt, double lo, double hi);
 moe_tensor *moe_randn(int ndim, const int64_t *shape, moe_dtype dt, double mean, double std);
+/* the same on the device dev: drawn there from the same counters (uniform draws are
+ * bitwise the host's; normal draws agree to the device's double log/cos rounding) */
+moe_tensor *moe_rand_on(moe_device dev, int ndim, const int64_t *shape, moe_dtype dt, double lo, double hi);
+moe_tensor *moe_randn_on(moe_device dev, int ndim, const int64_t *shape, moe_dtype dt, double mean, double std);
 moe_tensor *moe_randint(int64_t low, int64_t high, int ndim, const int64_t *shape, moe_dtype dt);
 moe_tensor *moe_randperm(int64_t n, moe_dtype dt, int64_t ibase);
 /* int64 1..n shuffled from a 64-bit xorshift64* state (fit{}'s batch order) */

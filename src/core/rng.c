@@ -9,6 +9,8 @@
 #include "moe.h"
 #include "tensor_impl.h"
 #include "../cpu/cpu.h"
+#include "dispatch.h"
+#include "philox.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -22,39 +24,13 @@ void moe_manual_seed(uint64_t seed) {
 }
 uint64_t moe_rng_seed(void) { return rng_seed; }
 
-static inline uint32_t mulhilo(uint32_t a, uint32_t b, uint32_t *hi) {
-  uint64_t p = (uint64_t)a * b;
-  *hi = (uint32_t)(p >> 32);
-  return (uint32_t)p;
-}
-
-/* one Philox4x32-10 block: ctr[4] -> out[4] */
+/* one Philox4x32-10 block: ctr[4] -> out[4] (philox.h) */
 void moe_philox4x32(const uint32_t ctr[4], uint64_t key, uint32_t out[4]) {
-  uint32_t c0 = ctr[0], c1 = ctr[1], c2 = ctr[2], c3 = ctr[3];
-  uint32_t k0 = (uint32_t)key, k1 = (uint32_t)(key >> 32);
-  for (int r = 0; r < 10; r++) {
-    uint32_t hi0, hi1;
-    uint32_t lo0 = mulhilo(0xD2511F53u, c0, &hi0), lo1 = mulhilo(0xCD9E8D57u, c2, &hi1);
-    uint32_t n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
-    c0 = n0;
-    c1 = lo1;
-    c2 = n2;
-    c3 = lo0;
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
-  }
-  out[0] = c0;
-  out[1] = c1;
-  out[2] = c2;
-  out[3] = c3;
+  moe_philox_block(ctr[0], ctr[1], ctr[2], ctr[3], key, out);
 }
 
 /* 128 random bits for element i of the op whose counter base is `base` */
-static void bits_at(uint64_t base, uint64_t i, uint32_t out[4]) {
-  uint64_t c = base + i;
-  uint32_t ctr[4] = {(uint32_t)c, (uint32_t)(c >> 32), 0x6d6f656cu /* "moel" */, 0};
-  moe_philox4x32(ctr, rng_seed, out);
-}
+static void bits_at(uint64_t base, uint64_t i, uint32_t out[4]) { moe_philox_bits(rng_seed, base, i, out); }
 
 static uint64_t take_counters(uint64_t n) {
   uint64_t base = rng_offset;
@@ -62,59 +38,35 @@ static uint64_t take_counters(uint64_t n) {
   return base;
 }
 
-static inline double u01_53(uint32_t a, uint32_t b) { /* [0,1) with 53 bits */
-  return (double)(((uint64_t)a << 21) ^ (b >> 11)) * 0x1.0p-53;
-}
-
-/* uniform on [p0, p1) or normal with mean p0 and std p1. One Philox block gives
- * 128 bits: float64 elements take a block each; float32 elements share them
- * (uniform: 4 elements of 32 bits per block, normal: 2 elements of 2 x 32 bits),
- * so element i still depends only on (seed, op, i). */
-static moe_tensor *random_float(int ndim, const int64_t *shape, moe_dtype dt, int normal, double p0, double p1) {
-  moe_tensor *t = moe_empty(ndim, shape, dt);
+/* uniform on [p0, p1) or normal with mean p0 and std p1, on the device dev: the
+ * kernel (moe_cpu_random, src/cpu/random.c; moe_cuda_random, src/cuda/rng.cu)
+ * draws element i from the counters base.. of this op, so a host and a device
+ * draw of the same seed and op number agree. */
+static moe_tensor *random_float(moe_device dev, int ndim, const int64_t *shape, moe_dtype dt, int normal, double p0,
+                                double p1) {
+  moe_tensor *t = moe_empty_on(dev, ndim, shape, dt);
   if (!t) return NULL;
   int64_t n = moe_numel(t);
   int per = dt == MOE_F64 ? 1 : normal ? 2 : 4;
   uint64_t base = take_counters((uint64_t)((n + per - 1) / per));
-  if (dt == MOE_F32) {
-    float *o = (float *)t->storage->data;
-    for (int64_t b = 0; b * per < n; b++) {
-      uint32_t r[4];
-      bits_at(base, (uint64_t)b, r);
-      for (int k = 0; k < per && b * per + k < n; k++) {
-        double v;
-        if (normal) { /* Box-Muller on two 32-bit uniforms, u1 in (0,1] */
-          double u1 = ((double)r[2 * k] + 1.0) * 0x1.0p-32, u2 = (double)r[2 * k + 1] * 0x1.0p-32;
-          v = p0 + p1 * sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
-        } else { /* 24 bits, and never the upper bound after rounding */
-          float f = (float)(p0 + (p1 - p0) * ((double)(r[k] >> 8) * 0x1.0p-24));
-          v = f < (float)p1 ? f : (float)p0;
-        }
-        o[b * per + k] = (float)v;
-      }
-    }
-    return t;
-  }
-  double *o = (double *)t->storage->data;
-  for (int64_t i = 0; i < n; i++) {
-    uint32_t r[4];
-    bits_at(base, (uint64_t)i, r);
-    if (normal) { /* Box-Muller, u1 in (0,1] */
-      double u1 = 1.0 - u01_53(r[0], r[1]), u2 = u01_53(r[2], r[3]);
-      o[i] = p0 + p1 * sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
-    } else {
-      o[i] = p0 + (p1 - p0) * u01_53(r[0], r[1]);
-    }
-  }
+  if (n) MOE_K(random, dev, t, rng_seed, base, normal, p0, p1);
   return t;
 }
 
 moe_tensor *moe_rand(int ndim, const int64_t *shape, moe_dtype dt, double lo, double hi) {
-  return random_float(ndim, shape, dt, 0, lo, hi);
+  return random_float(MOE_CPU, ndim, shape, dt, 0, lo, hi);
 }
 
 moe_tensor *moe_randn(int ndim, const int64_t *shape, moe_dtype dt, double mean, double std) {
-  return random_float(ndim, shape, dt, 1, mean, std);
+  return random_float(MOE_CPU, ndim, shape, dt, 1, mean, std);
+}
+
+moe_tensor *moe_rand_on(moe_device dev, int ndim, const int64_t *shape, moe_dtype dt, double lo, double hi) {
+  return random_float(dev, ndim, shape, dt, 0, lo, hi);
+}
+
+moe_tensor *moe_randn_on(moe_device dev, int ndim, const int64_t *shape, moe_dtype dt, double mean, double std) {
+  return random_float(dev, ndim, shape, dt, 1, mean, std);
 }
 
 /* uniform integer in [0, range) without modulo bias (Lemire's method on 64 bits) */

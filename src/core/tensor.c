@@ -140,8 +140,27 @@ int moe_same_device(const char *op, int n, const moe_tensor *const *ts) {
 }
 
 /* t's values on the device dev (a contiguous copy; t itself when already
- * there). Moves are not recorded by autograd yet: a tensor that requires grad
- * is refused while grad mode is on. */
+ * there). A move is recorded by autograd (as PyTorch's .to(device)): its
+ * gradient moves back to t's device. */
+static moe_tensor *to_device_impl(const moe_tensor *t, moe_device dev) {
+  size_t es = moe_dtype_size(t->dtype);
+  int64_t n = moe_numel(t);
+  /* a contiguous copy on t's own device first, then one transfer */
+  moe_tensor *src = moe_contiguous(t), *out;
+  out = src ? moe_empty_on(dev, t->ndim, t->shape, t->dtype) : NULL;
+  if (out && n && moe_cuda_memcpy(moe_data(out), moe_data(src), (size_t)n * es, dev == MOE_CUDA ? 0 : 1)) {
+    moe_error("%s: %s", dev == MOE_CUDA ? "cuda" : "cpu", moe_cuda_last_error());
+    moe_tensor_release(out);
+    out = NULL;
+  }
+  moe_tensor_release(src);
+  return out;
+}
+
+static int to_device_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
+  return (gin[0] = moe_to_device(g, (moe_device)n->iarg[0])) ? 0 : -1;
+}
+
 moe_tensor *moe_to_device(const moe_tensor *t, moe_device dev) {
   if (t->device == dev) {
     moe_tensor_retain((moe_tensor *)t);
@@ -151,25 +170,17 @@ moe_tensor *moe_to_device(const moe_tensor *t, moe_device dev) {
     moe_error("cuda: no CUDA device is available (%s)", moe_cuda_last_error());
     return NULL;
   }
-  if (t->requires_grad && moe_grad_enabled()) {
-    moe_error("%s: moving a tensor that requires grad between devices is not recorded by autograd yet; "
-              "detach() it or move it under no_grad",
-              dev == MOE_CUDA ? "cuda" : "cpu");
-    return NULL;
+  if (!moe_ag_wants(1, &t)) {
+    moe_tensor *out;
+    MOE_NOGRAD(out, to_device_impl(t, dev));
+    return out;
   }
-  size_t es = moe_dtype_size(t->dtype);
-  int64_t n = moe_numel(t);
-  /* a contiguous copy on t's own device first, then one transfer */
-  moe_tensor *src, *out;
-  MOE_NOGRAD(src, moe_contiguous(t));
-  out = src ? moe_empty_on(dev, t->ndim, t->shape, t->dtype) : NULL;
-  if (out && n && moe_cuda_memcpy(moe_data(out), moe_data(src), (size_t)n * es, dev == MOE_CUDA ? 0 : 1)) {
-    moe_error("%s: %s", dev == MOE_CUDA ? "cuda" : "cpu", moe_cuda_last_error());
-    moe_tensor_release(out);
-    out = NULL;
-  }
-  moe_tensor_release(src);
-  return out;
+  moe_tensor *out;
+  MOE_NOGRAD(out, to_device_impl(t, dev));
+  if (!out) return NULL;
+  moe_node *n = moe_node_new(dev == MOE_CUDA ? "cuda" : "cpu", to_device_backward, 1, &t);
+  if (n) n->iarg[0] = t->device;
+  return moe_ag_attach(out, n);
 }
 
 moe_tensor *moe_full(int ndim, const int64_t *shape, moe_dtype dt, double value) {

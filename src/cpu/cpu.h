@@ -31,6 +31,9 @@ void moe_cpu_parallel(int nparts, moe_task_fn fn, void *ctx);
 /* shared helper from tensor.c: right-aligned broadcast of src onto shape */
 int moe_broadcast_to(const moe_tensor *src, int ndim, const int64_t *shape, moe_tensor *out);
 
+/* t (contiguous float32/float64) = uniform [p0, p1) or normal(p0, p1) draws from the
+ * Philox counters base.. under seed (src/core/philox.h; src/cpu/random.c) */
+void moe_cpu_random(moe_tensor *t, uint64_t seed, uint64_t base, int normal, double p0, double p1);
 /* dst and src have one shape; dtype cast as needed */
 void moe_cpu_copy(moe_tensor *dst, const moe_tensor *src);
 /* every element of t (any strides) = v, cast to t's dtype */

@@ -7,6 +7,9 @@
 #define MOE_CUDA_H
 #include "../core/moe.h"
 
+/* random draws (src/cuda/rng.cu), the values of moe_cpu_random */
+void moe_cuda_random(moe_tensor *t, uint64_t seed, uint64_t base, int normal, double p0, double p1);
+
 void moe_cuda_copy(moe_tensor *dst, const moe_tensor *src);
 void moe_cuda_fill(moe_tensor *t, double v);
 void moe_cuda_binary(moe_binop op, moe_tensor *out, const moe_tensor *a, const moe_tensor *b);

@@ -95,7 +95,11 @@ typedef struct {
   moe_dtype dtype;
   int has_dtype;
   int requires_grad;
+  moe_device device; /* the option, else the default device (moe.set_default_device) */
+  int has_device;
 } create_opts;
+/* the device creation functions put new tensors on (core.set_default_device) */
+extern moe_device moe_l_default_device;
 create_opts moe_l_parse_opts(lua_State *L, int idx, const char *op, moe_dtype dflt);
 moe_precision moe_l_opt_precision(lua_State *L, int i, const char *op);
 

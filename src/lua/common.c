@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "binding_impl.h"
+#include "../core/device.h"
 #include "../cpu/bf16.h"
 
 /* ---------------------------------------------------------------- errors (see binding_impl.h) */
@@ -145,7 +146,9 @@ moe_tensor *moe_l_check_host(lua_State *L, int idx, const char *op) {
 
 /* a host copy of t for reading its values (t itself, retained, on the CPU) */
 moe_tensor *moe_l_host_values(lua_State *L, moe_tensor *t) {
+  int prev = moe_set_grad_enabled(0); /* values only: not recorded by autograd */
   moe_tensor *h = moe_to_device(t, MOE_CPU);
+  moe_set_grad_enabled(prev);
   if (!h) luaL_error(L, "%s", moe_last_error());
   return h;
 }
@@ -236,8 +239,10 @@ int moe_l_opt_dim_arg(lua_State *L, int idx, moe_tensor *t, const char *op, int 
   return moe_l_check_dim_arg(L, idx, t, op, 0);
 }
 
+moe_device moe_l_default_device = MOE_CPU;
+
 create_opts moe_l_parse_opts(lua_State *L, int idx, const char *op, moe_dtype dflt) {
-  create_opts o = {dflt, 0, 0};
+  create_opts o = {dflt, 0, 0, moe_l_default_device, 0};
   if (lua_isnoneornil(L, idx)) return o;
   if (!lua_istable(L, idx)) luaL_error(L, "%s: options must be a table, got %s", op, moe_l_type_of(L, idx));
   lua_pushnil(L);
@@ -250,9 +255,16 @@ create_opts moe_l_parse_opts(lua_State *L, int idx, const char *op, moe_dtype df
                    name ? name : luaL_typename(L, -1));
       o.has_dtype = 1;
     } else if (!strcmp(k, "device")) {
-      const char *dev = lua_tostring(L, -1);
-      if (!dev || strcmp(dev, "cpu"))
-        luaL_error(L, "%s: device '%s' is not available (this build has: cpu)", op, dev ? dev : "?");
+      const char *dev = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+      if (dev && !strcmp(dev, "cpu")) o.device = MOE_CPU;
+      else if (dev && !strcmp(dev, "cuda")) {
+        if (!moe_device_available(MOE_CUDA))
+          luaL_error(L, "%s: device 'cuda' is not available (%s)", op, moe_cuda_last_error());
+        o.device = MOE_CUDA;
+      } else {
+        luaL_error(L, "%s: device must be \"cpu\" or \"cuda\", got %s", op, dev ? dev : luaL_typename(L, -1));
+      }
+      o.has_device = 1;
     } else if (!strcmp(k, "requires_grad")) {
       o.requires_grad = lua_toboolean(L, -1);
     } else {

@@ -57,6 +57,13 @@ static int parse_sizes(lua_State *L, int start, const char *op, int *ndim, int64
 
 /* push a freshly created tensor, a leaf that requires grad when asked to */
 static int push_created(lua_State *L, moe_tensor *t, const create_opts *o, const char *op) {
+  if (t && t->device != o->device) { /* made on the host: moved to the device asked for */
+    int prev = moe_set_grad_enabled(0);
+    moe_tensor *d = moe_to_device(t, o->device);
+    moe_set_grad_enabled(prev);
+    moe_tensor_release(t);
+    t = d;
+  }
   if (t && o->requires_grad) {
     if (!moe_dtype_is_float(t->dtype)) {
       const char *dn = moe_dtype_name(t->dtype);
@@ -122,7 +129,7 @@ static int l_full_impl(lua_State *L, const char *op, double value, int has_value
   }
   create_opts o = moe_l_parse_opts(L, next, op, MOE_F32);
   check_value_fits(L, op, value, o.dtype);
-  return push_created(L, moe_full(ndim, shape, o.dtype, value), &o, op);
+  return push_created(L, moe_full_on(o.device, ndim, shape, o.dtype, value), &o, op);
 }
 static int l_zeros(lua_State *L) { return l_full_impl(L, "zeros", 0, 0); }
 static int l_ones(lua_State *L) { return l_full_impl(L, "ones", 1, 0); }
@@ -132,7 +139,7 @@ static int l_empty(lua_State *L) {
   int64_t shape[MOE_MAX_DIMS];
   int next = parse_sizes(L, 1, "empty", &ndim, shape);
   create_opts o = moe_l_parse_opts(L, next, "empty", MOE_F32);
-  return push_created(L, moe_empty(ndim, shape, o.dtype), &o, "empty");
+  return push_created(L, moe_empty_on(o.device, ndim, shape, o.dtype), &o, "empty");
 }
 
 static int l_rand_impl(lua_State *L, int normal) {
@@ -143,7 +150,11 @@ static int l_rand_impl(lua_State *L, int normal) {
   create_opts o = moe_l_parse_opts(L, next, op, MOE_F32);
   if (!moe_dtype_is_float(o.dtype))
     luaL_error(L, "%s: dtype must be float32 or float64, got %s", op, moe_dtype_name(o.dtype));
-  return push_created(L, normal ? moe_randn(ndim, shape, o.dtype, 0, 1) : moe_rand(ndim, shape, o.dtype, 0, 1), &o, op);
+  /* drawn on the device itself, from the same Philox counters as on the host */
+  return push_created(L,
+                      normal ? moe_randn_on(o.device, ndim, shape, o.dtype, 0, 1)
+                             : moe_rand_on(o.device, ndim, shape, o.dtype, 0, 1),
+                      &o, op);
 }
 static int l_rand(lua_State *L) { return l_rand_impl(L, 0); }
 static int l_randn(lua_State *L) { return l_rand_impl(L, 1); }
@@ -296,6 +307,7 @@ static int l_tensor(lua_State *L) {
   int ty = lua_type(L, 1);
   if (src) {
     create_opts o = moe_l_parse_opts(L, 2, "tensor", src->dtype);
+    if (!o.has_device && moe_l_default_device == MOE_CPU) o.device = src->device;
     moe_tensor *c = moe_to_dtype(src, o.dtype);
     if (c == src) {
       moe_tensor_release(c);
@@ -347,7 +359,16 @@ static int l_tensor(lua_State *L) {
   return push_created(L, t, &o, "tensor");
 }
 
+/* set_default_device("cpu" | "cuda"): where creation functions put new tensors
+ * (moe.set_default_device checks the device first) */
+static int l_set_default_device(lua_State *L) {
+  const char *d = luaL_checkstring(L, 1);
+  moe_l_default_device = !strcmp(d, "cuda") ? MOE_CUDA : MOE_CPU;
+  return 0;
+}
+
 const luaL_Reg moe_l_create_funcs[] = {{"tensor", l_tensor},
+                                       {"set_default_device", l_set_default_device},
                                        {"zeros", l_zeros},
                                        {"ones", l_ones},
                                        {"full", l_full},

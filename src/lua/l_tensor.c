@@ -392,7 +392,9 @@ int moe_l_t_index(lua_State *L) {
   moe_tensor *v = index_view(L, t, 2, &scalar);
   if (scalar) {
     int64_t idx[1] = {0};
+    int prev = moe_set_grad_enabled(0); /* a value, not recorded */
     moe_tensor *h = moe_to_device(v, MOE_CPU);
+    moe_set_grad_enabled(prev);
     moe_tensor_release(v);
     if (!h) return moe_l_raise_engine(L);
     push_elem(L, h, idx);

@@ -111,9 +111,10 @@ static int l_auc_acc_add(lua_State *L) {
   moe_tensor *in[3] = {moe_l_check_tensor_any(L, 2, "auc"), moe_l_check_tensor_any(L, 3, "auc"),
                        lua_isnoneornil(L, 4) ? NULL : moe_l_check_tensor_any(L, 4, "auc")};
   moe_tensor *h[3] = {NULL, NULL, NULL};
-  int rc = 0;
+  int rc = 0, prev = moe_set_grad_enabled(0); /* values, not recorded */
   for (int i = 0; i < 3 && !rc; i++)
     if (in[i] && !(h[i] = moe_to_device(in[i], MOE_CPU))) rc = -1;
+  moe_set_grad_enabled(prev);
   if (!rc) rc = moe_auc_acc_add(a, h[0], h[1], h[2]);
   for (int i = 0; i < 3; i++) moe_tensor_release(h[i]);
   if (rc) return moe_l_raise_engine(L);
