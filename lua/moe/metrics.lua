@@ -66,6 +66,16 @@ function Metric:update(y, p, w)
 end
 function Metric:result() return self:result_impl() end
 
+-- Sums over an epoch: a host value is read at once (a number); a device value
+-- stays a device scalar, summed there, and is read once, at the result, so a
+-- training step on the GPU does not wait for its metrics.
+local function lazy_add(acc, t)
+  if t:device() == "cpu" then return (type(acc) == "number" and acc or acc:item()) + t:item() end
+  return acc + t
+end
+local function lazy_value(acc) return type(acc) == "number" and acc or acc:item() end
+metrics.lazy_add, metrics.lazy_value = lazy_add, lazy_value
+
 local function weights(w, n)
   if w == nil then return nil end
   w = flat(w, "sample_weight", "metric")
@@ -76,15 +86,18 @@ end
 -- mean of per-sample values v [n] (weighted)
 local function add_mean(self, v, w)
   if w then
-    self.sum = self.sum + (v * w):sum():item()
-    self.cnt = self.cnt + w:sum():item()
+    self.sum = lazy_add(self.sum, (v * w):sum())
+    self.cnt = lazy_add(self.cnt, w:sum())
   else
-    self.sum = self.sum + v:sum():item()
-    self.cnt = self.cnt + v:numel()
+    self.sum = lazy_add(self.sum, v:sum())
+    self.cnt = lazy_add(self.cnt, moe.tensor(v:numel(), { dtype = "float64", device = "cpu" }))
   end
 end
 local function init_mean(self) self.sum, self.cnt = 0, 0 end
-local function mean_result(self) return self.cnt > 0 and self.sum / self.cnt or 0 / 0 end
+local function mean_result(self)
+  local cnt = lazy_value(self.cnt)
+  return cnt > 0 and lazy_value(self.sum) / cnt or 0 / 0
+end
 
 -- 1 where a binary prediction (p > threshold) matches the label (y > 0.5), else 0
 local function binary_correct(y, p, threshold, where)
@@ -136,30 +149,51 @@ local function init_counts(self) self.tp, self.fp, self.fn = 0, 0, 0 end
 local function count(self, y, p, w)
   local yy, pp = pair(y, p, self.metric_name)
   local pos, truth = pp:gt(self.threshold):to("float64"), yy:gt(0.5):to("float64")
-  local ww = weights(w, yy:numel()) or moe.ones(yy:numel(), { dtype = "float64" })
-  self.tp = self.tp + (pos * truth * ww):sum():item()
-  self.fp = self.fp + (pos * (1 - truth) * ww):sum():item()
-  self.fn = self.fn + ((1 - pos) * truth * ww):sum():item()
+  local ww = weights(w, yy:numel()) or moe.ones(yy:numel(), { dtype = "float64", device = yy:device() })
+  self.tp = lazy_add(self.tp, (pos * truth * ww):sum())
+  self.fp = lazy_add(self.fp, (pos * (1 - truth) * ww):sum())
+  self.fn = lazy_add(self.fn, ((1 - pos) * truth * ww):sum())
 end
 metrics.Precision = kind("precision", init_counts, count, function(self)
-  return self.tp + self.fp > 0 and self.tp / (self.tp + self.fp) or 0
+  local tp, fp = lazy_value(self.tp), lazy_value(self.fp)
+  return tp + fp > 0 and tp / (tp + fp) or 0
 end)
 metrics.Recall = kind("recall", init_counts, count, function(self)
-  return self.tp + self.fn > 0 and self.tp / (self.tp + self.fn) or 0
+  local tp, fn = lazy_value(self.tp), lazy_value(self.fn)
+  return tp + fn > 0 and tp / (tp + fn) or 0
 end)
 
 -- exact AUC over everything seen since reset (NaN while one class is missing);
--- batches are appended to a C accumulator (src/train/metrics.c) as doubles:
--- no tensor is kept or made per batch
+-- host batches are appended to a C accumulator (src/train/metrics.c) as
+-- doubles: no tensor is kept or made per batch. Device batches stay on the
+-- device until the result, which copies them to the host once.
+local function auc_add(self, y, p, w)
+  local ok, err = pcall(self.acc.add, self.acc, y, p, w)
+  if not ok then error(moe._where((tostring(err):gsub("^[^\n]-:%d+: ", ""))), 0) end
+end
 metrics.AUC = kind("auc", function(self)
   if self.acc then self.acc:reset() else self.acc = core.auc_acc() end
+  self.pending = {}
 end, function(self, y, p, w)
   if not core.is_tensor(y) then y = moe.tensor(y) end
   if not core.is_tensor(p) then p = moe.tensor(p) end
   if w ~= nil and not core.is_tensor(w) then w = moe.tensor(w) end
-  local ok, err = pcall(self.acc.add, self.acc, y, p, w) -- (device tensors are read through host copies)
-  if not ok then error(moe._where((tostring(err):gsub("^[^\n]-:%d+: ", ""))), 0) end
+  if p:device() ~= "cpu" then
+    local yy, pp = pair(y, p, "auc")
+    local pend = self.pending
+    pend[#pend + 1] = { yy, pp:detach(), w and flat(w, "sample_weight", "auc"):to("float64") or false }
+    return
+  end
+  auc_add(self, y, p, w)
 end, function(self)
+  local pend = self.pending
+  if #pend > 0 then -- the epoch's device batches, in one copy each of labels, scores and weights
+    local ys, ps, ws = {}, {}, {}
+    for i, b in ipairs(pend) do ys[i], ps[i], ws[i] = b[1], b[2], b[3] end
+    local w = ws[1] and moe.cat(ws, 1):cpu() or nil
+    auc_add(self, moe.cat(ys, 1):cpu(), moe.cat(ps, 1):cpu(), w)
+    self.pending = {}
+  end
   if self.acc:count() == 0 then return 0 / 0 end
   local ok, v = pcall(self.acc.result, self.acc)
   if ok then return v end

@@ -338,16 +338,20 @@ end
 
 -- a value given to add_metric, as a number: a tensor counts as the mean of its
 -- elements (Keras's Mean metric reduces it so)
+-- (a device tensor stays on the device, as a scalar, until the logs read it)
 local function metric_value(m, k, v, where)
   if type(v) == "number" then return v end
   if is_tensor(v) then
     local t = v:detach()
+    if t:device() ~= "cpu" then return t:to("float64"):mean() end
     if t:numel() == 1 and t:dtype():match("^float") then return t:item() end
-    return t:cpu():to("float64"):mean():item()
+    return t:to("float64"):mean():item()
   end
   error(("%s: %s \"%s\" added metric '%s' as a %s; add_metric takes a number or a tensor")
     :format(where, m.class_name, m.name, tostring(k), type(v)), 0)
 end
+
+local function lazy_value(acc) return type(acc) == "number" and acc or acc:item() end
 
 -- add the metrics of the last forward pass of `self` (those of the modules that
 -- ran in it: a module's _epoch is the call it last ran in) to the pass's sums
@@ -363,7 +367,7 @@ local function layer_update(self, st, where)
       for k, v in pairs(ms) do
         local a = acc[k]
         if not a then a = { 0, 0 }; acc[k] = a end
-        a[1] = a[1] + metric_value(m, k, v, where)
+        a[1] = a[1] + metric_value(m, k, v, where) -- (a device scalar is summed on the device)
         a[2] = a[2] + 1
       end
     end
@@ -419,7 +423,9 @@ local function pass_update(self, st, logits_named, single, y, sw, total, parts, 
   st.loss_sum = st.loss_sum + total * nb
   st.n = st.n + nb
   for name, l in pairs(parts) do
-    st.out_loss[name] = (st.out_loss[name] or 0) + l:item() * nb
+    -- (a device loss is summed on the device and read at the end of the pass)
+    local v = l:device() == "cpu" and l:item() * nb or l:detach() * nb
+    st.out_loss[name] = (st.out_loss[name] or 0) + v
   end
   if not st.metrics then st.metrics = build_metrics(self, logits_named) end
   for name, ms in pairs(st.metrics) do
@@ -445,7 +451,7 @@ end
 local function layer_logs(self, st, single, prefix, logs)
   for _, r in ipairs(layer_names(self, st, compiled_names(st, single))) do
     local a = st.layer[r[2]][r[3]]
-    logs[prefix .. r[1]] = a[1] / a[2]
+    logs[prefix .. r[1]] = lazy_value(a[1]) / a[2]
   end
   return logs
 end
@@ -456,7 +462,7 @@ local function pass_logs(self, st, single, prefix, logs)
   logs[prefix .. "loss"] = st.n > 0 and st.loss_sum / st.n or 0 / 0
   local multi = not single
   if multi then
-    for name, s in pairs(st.out_loss) do logs[prefix .. name .. "_loss"] = s / st.n end
+    for name, s in pairs(st.out_loss) do logs[prefix .. name .. "_loss"] = lazy_value(s) / st.n end
   end
   for name, ms in pairs(st.metrics or {}) do
     for _, m in ipairs(ms) do
