@@ -2,16 +2,28 @@
 -- bundled UCI census-income (KDD) data: one Dense unit with a sigmoid, zero
 -- initial weights, full-batch SGD on binary cross-entropy through autograd.
 --
---   moelua run models/census_logreg.lua [path.gz] [epochs]
+--   moelua run models/census_logreg.lua [path.gz] [epochs] [--device cpu|cuda] [--smoke]
 local moe = require "moe"
 local nn = moe.nn
 
+-- positional arguments, and the options --device cpu|cuda and --smoke
+local pos, opts = {}, { device = "cpu", smoke = false }
+do
+  local i = 1
+  while arg and arg[i] do
+    if arg[i] == "--device" then opts.device = arg[i + 1]; i = i + 2
+    elseif arg[i] == "--smoke" then opts.smoke = true; i = i + 1
+    else pos[#pos + 1] = arg[i]; i = i + 1 end
+  end
+end
+opts.device = require("moe.cli").check_device(opts.device)
 local here = (arg and arg[0] or ""):match("^(.*)/models/[^/]*$") or "."
-local path = arg[1] or (here .. "/data/census-income.test.gz")
-local epochs = tonumber(arg[2]) or 300
+local path = pos[1] or (here .. "/data/census-income.test.gz")
+local epochs = tonumber(pos[2]) or (opts.smoke and 5 or 300)
 local d = dofile(here .. "/models/census_data.lua")(path)
 
 local model = nn.Dense { units = 1, activation = "sigmoid", kernel_initializer = "zeros" }
+model:to(opts.device) -- (--device) its weights there; train_on_batch and predict move the data
 model:compile { optimizer = moe.optim.SGD { lr = 0.5 }, loss = "binary_crossentropy" }
 local bce = moe.losses.binary_crossentropy
 local function accuracy(p, t) return p:gt(0.5):eq(t):to("float32"):mean():item() end
@@ -26,4 +38,4 @@ for epoch = 1, epochs do
 end
 local base = 1 - d.yva:mean():item()
 print(("majority-class accuracy on validation: %.4f"):format(base))
-for i, name in ipairs(d.names) do print(("  weight %-20s %+.4f"):format(name, model.kernel[i][1])) end
+for i, name in ipairs(d.names) do print(("  weight %-20s %+.4f"):format(name, model.kernel:cpu()[i][1])) end

@@ -3,14 +3,25 @@
 -- Mini-batch Adam through autograd, evaluation each epoch, then a checkpoint
 -- that is loaded back and checked to predict bit for bit the same.
 --
---   moelua run models/census_mlp.lua [path.gz] [epochs] [checkpoint]
+--   moelua run models/census_mlp.lua [path.gz] [epochs] [checkpoint] [--device cpu|cuda] [--smoke]
 local moe = require "moe"
 local nn = moe.nn
 
+-- positional arguments, and the options --device cpu|cuda and --smoke
+local pos, opts = {}, { device = "cpu", smoke = false }
+do
+  local i = 1
+  while arg and arg[i] do
+    if arg[i] == "--device" then opts.device = arg[i + 1]; i = i + 2
+    elseif arg[i] == "--smoke" then opts.smoke = true; i = i + 1
+    else pos[#pos + 1] = arg[i]; i = i + 1 end
+  end
+end
+opts.device = require("moe.cli").check_device(opts.device)
 local here = (arg and arg[0] or ""):match("^(.*)/models/[^/]*$") or "."
-local path = arg[1] or (here .. "/data/census-income.test.gz")
-local epochs = tonumber(arg[2]) or 8
-local ckpt = arg[3] or (here .. "/build/census_mlp.moe")
+local path = pos[1] or (here .. "/data/census-income.test.gz")
+local epochs = tonumber(pos[2]) or (opts.smoke and 1 or 8)
+local ckpt = pos[3] or (here .. "/build/census_mlp.moe")
 local d = dofile(here .. "/models/census_data.lua")(path)
 
 moe.manual_seed(1)
@@ -23,6 +34,7 @@ local model = moe.Sequential {
   input_shape = { d.xtr:size(2) }, name = "census_mlp",
 }
 model:summary()
+model:to(opts.device) -- (--device) its weights there; train_on_batch and predict move the data
 model:compile { optimizer = moe.optim.Adam { lr = 1e-3 }, loss = "binary_crossentropy" }
 
 local bce = moe.losses.binary_crossentropy

@@ -11,7 +11,7 @@ local cli = require "moe.cli"
 
 local opts = cli.parse(arg, { epochs = 10, n = 6000, seed = 1, batch_size = 64, device = "cpu", smoke = false },
   "moelua run models/gated_fusion.lua [options]")
-cli.check_device(opts.device)
+opts.device = cli.check_device(opts.device)
 if opts.smoke then opts.epochs, opts.n = 1, 1500 end
 
 -- 20 features; the label needs both a linear part and a saturating one
@@ -25,6 +25,7 @@ local xtr, ytr, xte, yte = x:narrow(1, 1, ntr), y:narrow(1, 1, ntr), x:narrow(1,
 print(("synthetic data: %d rows x %d features; train %d, test %d"):format(n, F, ntr, n - ntr))
 
 local function train(model, name, fusion)
+  model:to(opts.device) -- (--device) its weights there; fit moves each batch
   model:compile { optimizer = "adam", loss = "binary_crossentropy", metrics = { "accuracy", "auc" } }
   model:fit { x = xtr, y = ytr, epochs = opts.epochs, batch_size = opts.batch_size, verbose = 0, seed = opts.seed }
   local e = model:evaluate { x = xte, y = yte }

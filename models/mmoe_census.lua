@@ -19,7 +19,7 @@ local cli = require "moe.cli"
 local opts = cli.parse(arg, { epochs = 8, batch_size = 32, experts = 8, units = 4, device = "cpu", seed = 1,
   lr = 1e-3, smoke = false, data = "", save = "", plot = "", precision = "fp32" },
   "moelua run models/mmoe_census.lua [options]")
-cli.check_device(opts.device)
+opts.device = cli.check_device(opts.device)
 if opts.precision ~= "fp32" and opts.precision ~= "bf16" then
   error(("--precision must be fp32 or bf16, got '%s'"):format(opts.precision), 0)
 end
@@ -52,6 +52,7 @@ for i, name in ipairs(ds.task_names) do
   outputs[name] = nn.Dense { units = 1, activation = "sigmoid", name = name }(h)
 end
 local model = moe.Model { inputs = x, outputs = outputs, name = "mmoe_census" }
+model:to(opts.device) -- (--device) its weights there; fit moves each batch
 model:compile { optimizer = moe.optim.Adam { lr = opts.lr }, loss = "binary_crossentropy" }
 model:summary()
 

@@ -11,7 +11,7 @@ local cli = require "moe.cli"
 
 local opts = cli.parse(arg, { epochs = 20, correlation = 0.8, lr = 1e-3, batch_size = 32, seed = 1, units = 16,
   experts = 8, device = "cpu", smoke = false }, "moelua run models/mmoe_synthetic.lua [options]")
-cli.check_device(opts.device)
+opts.device = cli.check_device(opts.device)
 local n = opts.smoke and 3000 or 12000
 if opts.smoke then opts.epochs = 2 end
 
@@ -33,6 +33,7 @@ for i, name in ipairs(syn.task_names) do
   outputs[name] = nn.Dense { units = 1, kernel_initializer = "variance_scaling", name = name }(h)
 end
 local model = moe.Model { inputs = x, outputs = outputs, name = "mmoe_synthetic" }
+model:to(opts.device) -- (--device) its weights there; fit moves each batch
 model:compile { optimizer = moe.optim.Adam { lr = opts.lr }, loss = "mse", metrics = { "mae" } }
 local h = model:fit { x = train.x, y = train.y, validation_data = val, batch_size = opts.batch_size,
   epochs = opts.epochs, seed = opts.seed }

@@ -13,7 +13,7 @@ local cli = require "moe.cli"
 local opts = cli.parse(arg, { epochs = 10, seeds = 3, n = 12000, correlations = "0.5,0.7,0.9,1.0",
   out = "build/moe_vs_mmoe", lr = 1e-3, batch_size = 32, device = "cpu", smoke = false },
   "moelua run models/moe_vs_mmoe.lua [options]")
-cli.check_device(opts.device)
+opts.device = cli.check_device(opts.device)
 if opts.smoke then opts.epochs, opts.seeds, opts.n, opts.correlations = 1, 1, 2000, "0.5,1.0" end
 local corrs = {}
 for c in opts.correlations:gmatch("[^,]+") do corrs[#corrs + 1] = assert(tonumber(c), "bad correlation " .. c) end
@@ -37,6 +37,7 @@ local function run(build, syn, seed)
     outputs[name] = nn.Dense { units = 1, name = name }(nn.Dense { units = 8, activation = "relu" }(tasks[i]))
   end
   local model = moe.Model { inputs = x, outputs = outputs }
+  model:to(opts.device) -- (--device) its weights there; fit moves each batch
   model:compile { optimizer = moe.optim.Adam { lr = opts.lr }, loss = "mse" }
   local y = { y1 = syn.y.y1:narrow(1, 1, ntr), y2 = syn.y.y2:narrow(1, 1, ntr) }
   model:fit { x = syn.x:narrow(1, 1, ntr), y = y, epochs = opts.epochs, batch_size = opts.batch_size, verbose = 0,

@@ -16,7 +16,7 @@ local data = moe.data
 local opts = cli.parse(arg, { epochs = 6, router = "both", experts = 8, n = 2000, seq_len = 32, vocab = 64,
   hidden = 64, d_ff = 128, seed = 1, batch_size = 32, lr = 3e-3, device = "cpu", plot = "", smoke = false },
   "moelua run models/switch_moe.lua [options]")
-cli.check_device(opts.device)
+opts.device = cli.check_device(opts.device)
 if opts.smoke then opts.epochs, opts.n = 1, 256 end
 local V, S, E = opts.vocab, opts.seq_len, opts.experts
 
@@ -40,6 +40,7 @@ local function build(kind)
   h = nn.LayerNormalization {}(nn.Add {} { h, moe_layer(h) })
   local model = moe.Model { inputs = inp, outputs = nn.Dense { units = V, name = "logits" }(h), name = "switch_" .. kind }
   local sce = moe.losses.sparse_categorical_crossentropy
+  model:to(opts.device) -- (--device) its weights there; fit moves each batch
   model:compile { optimizer = moe.optim.Adam { lr = opts.lr },
     loss = function(y, p, o) return sce(y, p, { from_logits = true, sample_weight = o and o.sample_weight }) end }
   return model, moe_layer

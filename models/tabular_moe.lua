@@ -10,7 +10,7 @@ local cli = require "moe.cli"
 
 local opts = cli.parse(arg, { epochs = 10, n = 6000, seed = 1, batch_size = 64, device = "cpu", smoke = false },
   "moelua run models/tabular_moe.lua [options]")
-cli.check_device(opts.device)
+opts.device = cli.check_device(opts.device)
 if opts.smoke then opts.epochs, opts.n = 1, 1500 end
 
 -- 40 features; the labels depend on them in different ways, so that experts help:
@@ -51,6 +51,7 @@ local seq = moe.Sequential {
   nn.Dense { units = 1, activation = "sigmoid" },
   input_shape = { F }, name = "sequential_moe",
 }
+seq:to(opts.device) -- (--device) its weights there; fit moves each batch
 seq:compile { optimizer = "adam", loss = "binary_crossentropy", metrics = { "accuracy", "auc" } }
 seq:fit { x = tr(x), y = tr(binary), epochs = opts.epochs, batch_size = opts.batch_size, verbose = 0, seed = opts.seed }
 report("sequential", seq:evaluate { x = te(x), y = te(binary) })
@@ -63,6 +64,7 @@ h = nn.Dense { units = 32, activation = "relu" }(h)
 h = nn.TabularMoELayer { num_experts = 2, expert_units = 16 }(h)
 h = nn.Dense { units = 16, activation = "relu" }(h)
 local func = moe.Model { inputs = inp, outputs = nn.Dense { units = 1, activation = "sigmoid" }(h), name = "functional_moe" }
+func:to(opts.device) -- (--device) its weights there; fit moves each batch
 func:compile { optimizer = "adam", loss = "binary_crossentropy", metrics = { "accuracy", "auc" } }
 func:fit { x = tr(x), y = tr(binary), epochs = opts.epochs, batch_size = opts.batch_size, verbose = 0, seed = opts.seed }
 report("functional", func:evaluate { x = te(x), y = te(binary) })
@@ -82,6 +84,7 @@ local multi = moe.Model { inputs = inp, name = "multitask_moe", outputs = {
   classification = nn.Dense { units = 5, activation = "softmax", name = "classification" }(h),
   regression = nn.Dense { units = 1, name = "regression" }(h),
   anomaly = nn.Dense { units = 1, activation = "sigmoid", name = "anomaly" }(h) } }
+multi:to(opts.device) -- (--device) its weights there; fit moves each batch
 multi:compile { optimizer = "adam",
   loss = { classification = "categorical_crossentropy", regression = "mse", anomaly = "binary_crossentropy" },
   loss_weights = { classification = 1.0, regression = 0.5, anomaly = 0.3 },

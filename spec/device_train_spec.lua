@@ -93,3 +93,123 @@ describe("moves between devices under autograd", function()
     assert.same({ 3, 3 }, v.grad:cpu():totable())
   end)
 end)
+
+-- the same small model, weights and data on the host and on the device
+local function tiny_model(seed)
+  moe.manual_seed(seed)
+  local m = moe.Sequential {
+    nn.Dense { units = 8, activation = "relu" },
+    nn.Dropout { rate = 0.25 },
+    nn.Dense { units = 1, activation = "sigmoid" },
+    input_shape = { 5 },
+  }
+  return m
+end
+local function tiny_data()
+  moe.manual_seed(99)
+  local x = moe.randn(96, 5)
+  local y = (x:narrow(2, 1, 2):sum(2, true) + x:select(2, 3):view(-1, 1) * 0.5):gt(0):float()
+  return x, y
+end
+
+describe("fit, evaluate and predict with the model on the device", function()
+  it("train like the host run: the same losses, metrics and weights, batches moved from host data", function()
+    if not need_device() then return end
+    local x, y = tiny_data()
+    local runs = {}
+    for _, dev in ipairs { "cpu", "cuda" } do
+      local m = tiny_model(3)
+      m:to(dev)
+      assert.equal(dev, m:device())
+      m:compile { optimizer = moe.optim.Adam { lr = 1e-2 }, loss = "binary_crossentropy", metrics = { "accuracy", "auc" } }
+      moe.manual_seed(17) -- the dropout masks: the same counters on both
+      local h = m:fit { x = x, y = y, epochs = 3, batch_size = 16, verbose = 0, seed = 5,
+        validation_data = { x:narrow(1, 1, 32), y:narrow(1, 1, 32) } }
+      local e = m:evaluate { x = x, y = y }
+      local p = m:predict(x)
+      runs[dev] = { h = h.history, e = e, p = p, w = m:get_weights() }
+    end
+    local c, d = runs.cpu, runs.cuda
+    assert.equal("cpu", d.p:device()) -- predict answers on the data's device
+    for _, k in ipairs { "loss", "accuracy", "auc", "val_loss", "val_auc" } do
+      for ep = 1, 3 do assert.is_near(c.h[k][ep], d.h[k][ep], 1e-5) end
+    end
+    for k, v in pairs(c.e) do assert.is_near(v, d.e[k], 1e-5) end
+    assert.is_true(max_diff(c.p, d.p) < 1e-5)
+    for i, w in ipairs(c.w) do assert.is_true(max_diff(w, d.w[i]) < 1e-5) end
+  end)
+  it("a model moved before it is built builds its weights on the device", function()
+    if not need_device() then return end
+    local m = moe.Sequential { nn.Dense { units = 3 }, nn.Dense { units = 1 } }
+    m:cuda()
+    assert.equal("cuda", m:device())
+    local out = m(moe.randn(4, 6):cuda())
+    assert.equal("cuda", out:device())
+    for _, w in ipairs(m:get_weights()) do assert.equal("cuda", w:device()) end
+  end)
+  it("train_on_batch moves host data to the model", function()
+    if not need_device() then return end
+    local x, y = tiny_data()
+    local m = tiny_model(4):cuda()
+    m:compile { optimizer = moe.optim.SGD { lr = 0.1 }, loss = "binary_crossentropy" }
+    local l1 = m:train_on_batch(x, y)
+    local l2 = m:train_on_batch(x, y)
+    assert.is_number(l1)
+    assert.is_true(l2 < l1)
+  end)
+  it("checkpoints: saved on the device, loaded on the host and back, the same predictions", function()
+    if not need_device() then return end
+    local x, y = tiny_data()
+    local m = tiny_model(6):cuda()
+    m:compile { optimizer = moe.optim.Adam { lr = 1e-2 }, loss = "binary_crossentropy" }
+    local path = H.tmpname(".moe")
+    local cb = moe.callbacks.ModelCheckpoint { filepath = path, monitor = "loss", save_best_only = false }
+    m:fit { x = x, y = y, epochs = 2, batch_size = 32, verbose = 0, callbacks = { cb } }
+    local want = m:predict(x)
+    local host = moe.load(path)
+    assert.equal("cpu", host:device())
+    assert.is_true(max_diff(host:predict(x), want) < 1e-6)
+    host:cuda()
+    assert.is_true(max_diff(host:predict(x), want) < 1e-6)
+    -- and training goes on from the loaded optimizer state on the device
+    host:fit { x = x, y = y, epochs = 1, batch_size = 32, verbose = 0 }
+    os.remove(path)
+  end)
+end)
+
+describe("every models/ script with --device cuda --smoke", function()
+  local bin = os.getenv("MOELUA_BIN") or "build/moelua"
+  local function run(script, args)
+    local p = io.popen(("%s run models/%s %s 2>&1"):format(bin, script, args))
+    local out = p:read("*a")
+    return out, p:close()
+  end
+  local scripts = {
+    { "census_logreg.lua", "val accuracy" }, { "census_mlp.lua", "reloaded model's predictions differ" },
+    { "gated_fusion.lua", "test: accuracy" }, { "mmoe_synthetic.lua", "test: loss" },
+    { "moe_vs_mmoe.lua", "multi_gate_moe", "--out " .. os.tmpname() .. "_cmp" }, { "switch_moe.lua", "tokens" },
+    { "tabular_moe.lua", "multi%-task" },
+  }
+  for _, s in ipairs(scripts) do
+    it(s[1] .. " trains on the device", function()
+      if not need_device() then return end
+      local out, ok = run(s[1], "--device cuda --smoke " .. (s[3] or ""))
+      assert.is_true(ok, out)
+      assert.matches(s[2], out)
+    end)
+  end
+  it("mmoe_census.lua: the device run reaches the host run's test AUCs", function()
+    if not need_device() then return end
+    local res = {}
+    for _, dev in ipairs { "cpu", "cuda" } do
+      local out, ok = run("mmoe_census.lua", "--smoke --device " .. dev)
+      assert.is_true(ok, out)
+      local inc, nm = out:match("test AUC: income (0%.%d+)  never_married (0%.%d+)")
+      assert.is_truthy(inc, out)
+      res[dev] = { tonumber(inc), tonumber(nm) }
+    end
+    -- the same seed, weights, batches and dropout masks: equal up to float rounding
+    assert.is_near(res.cpu[1], res.cuda[1], 2e-4)
+    assert.is_near(res.cpu[2], res.cuda[2], 2e-4)
+  end)
+end)

@@ -60,15 +60,17 @@ function cli.parse(args, defaults, usage)
   return out
 end
 
--- the device option: "cpu", or "cuda" once the CUDA backend has its kernels
+-- the device option: "cpu" or "cuda" (a device must be there); returns it. The
+-- scripts move their models there (model:to(device)); fit, evaluate and
+-- predict move each batch of host data to the model's device.
 function cli.check_device(device)
-  if device == "cpu" then return end
+  if device == "cpu" then return device end
   if device ~= "cuda" then error(("--device must be cpu or cuda, got '%s'"):format(tostring(device)), 0) end
   local cuda = require("moe").cuda
   if not cuda.is_available() then
     error(("--device cuda: no CUDA device is available (%s)"):format(tostring(cuda.info().reason)), 0)
   end
-  error("--device cuda: the CUDA backend moves tensors but has no kernels yet (in progress); use --device cpu", 0)
+  return device
 end
 
 return cli

@@ -211,6 +211,8 @@ function Module:add_weight(name, shape, opts)
   end
   local init = I.get(opts.initializer or "glorot_uniform", self.class_name)
   local w = init(shape, opts.dtype or self.dtype or "float32")
+  local dev = rawget(self, "_device") -- a module moved before it was built builds there
+  if dev and w:device() ~= dev then w = moe.no_grad(function() return w:detach():to(dev) end) end
   structure_version = structure_version + 1
   local trainable = opts.trainable ~= false and rawget(self, "trainable") ~= false
   if trainable then
@@ -475,9 +477,10 @@ local function each_weight(self, replace)
   return self
 end
 
--- cuda() / cpu(): every weight and buffer moved to that device (the CUDA
--- backend's kernels are a later issue: until then, ops on CUDA tensors say so)
+-- cuda() / cpu(): every weight and buffer moved to that device; weights a
+-- module builds later (on its first call) are made there too
 local function move(self, dev)
+  for _, e in ipairs(self:modules()) do rawset(e[2], "_device", dev) end
   return moe.no_grad(function()
     return each_weight(self, function(_, t) return t:device() ~= dev and t:detach():to(dev) or nil end)
   end)
@@ -506,7 +509,7 @@ function Module:device()
       end
     end
   end
-  return moe.get_default_device()
+  return rawget(self, "_device") or moe.get_default_device()
 end
 function Module:cpu() return move(self, "cpu") end
 function Module:float() return self:to("float32") end

@@ -144,14 +144,15 @@ function nn.router_z_loss(logits)
   return logits:logsumexp(-1):square():mean()
 end
 
--- the metrics every router reports, from a plan
+-- the metrics every router reports, from a plan. Values computed from device
+-- tensors stay device scalars (read when the logs or metrics() ask), so the
+-- router does not wait for the device; the counts are on the host already.
 local function report(self, plan, N, E, total_capacity)
   local A = plan.token:numel()
-  local dispatched = A > 0 and moe.bincount(plan.token, nil, N):gt(0):sum():item() or 0
   local m = {}
-  m.fraction_tokens_left_behind = 1 - dispatched / N
+  m.fraction_tokens_left_behind = A > 0 and 1 - moe.bincount(plan.token, nil, N):gt(0):sum():to("float64") / N or 1
   m.expert_usage = total_capacity > 0 and A / total_capacity or 0
-  m.router_confidence = A > 0 and plan.gate:detach():sum():item() / A or 0
+  m.router_confidence = A > 0 and plan.gate:detach():sum():to("float64") / A or 0
   local counts = plan.counts:totable()
   for e = 1, E do m["expert_" .. e .. "_tokens"] = counts[e] end
   if self.export_metrics ~= false then
@@ -166,8 +167,8 @@ local function z_loss(self, logits)
   local scaled = unscaled * self.router_z_loss_weight
   if self.router_z_loss_weight > 0 then self:add_loss(scaled) end
   if self.export_metrics ~= false then
-    self:add_metric("router_z_loss", scaled:item())
-    self:add_metric("unscaled_router_z_loss", unscaled:item())
+    self:add_metric("router_z_loss", scaled:detach())
+    self:add_metric("unscaled_router_z_loss", unscaled:detach())
   end
 end
 
@@ -226,7 +227,7 @@ function TokensChooseMaskedRouter:forward(x, capacity)
   local P = (keep and probs * keep or probs):view(G, T, E):mean(2)
   local lb = (f * P):mean() * (E * E)
   if self.load_balancing_loss_weight > 0 then self:add_loss(lb * self.load_balancing_loss_weight) end
-  if self.export_metrics ~= false then self:add_metric("load_balancing_loss", lb:item()) end
+  if self.export_metrics ~= false then self:add_metric("load_balancing_loss", lb:detach()) end
   local plan = { token = token, expert = expert, rank = rank, counts = counts, gate = gate, probs = probs }
   local cap = capacity >= 0 and capacity or math.max(1, unpack(counts:totable()))
   report(self, plan, N, E, E * cap * G)

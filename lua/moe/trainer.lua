@@ -163,11 +163,31 @@ function Module:compute_loss(y, p, sample_weight)
   return total, parts
 end
 
+-- a batch (a tensor or a table of tensors) on the model's device: fit,
+-- evaluate and predict take data where it lies and move each batch
+local function to_device(v, dev)
+  if v == nil then return nil end
+  if core.is_tensor(v) then return v:device() == dev and v or v:to(dev) end
+  if type(v) ~= "table" then return v end
+  local out = {}
+  for k, t in pairs(v) do out[k] = core.is_tensor(t) and t:device() ~= dev and t:to(dev) or t end
+  return out
+end
+
+-- the device the data lies on (its first tensor's)
+local function data_device(v)
+  if core.is_tensor(v) then return v:device() end
+  for _, t in pairs(v) do if core.is_tensor(t) then return t:device() end end
+  return "cpu"
+end
+
 local function train_on_batch(self, x, y, sample_weight)
   if core.is_tensor(x) and x:dim() > 0 and x:size(1) == 0 then
     error("train_on_batch: x has 0 rows: there is no data to train on", 2)
   end
   if not self._training then self:train() end
+  local dev = self:device() -- the batch moves to the model's device
+  x, y, sample_weight = to_device(x, dev), to_device(y, dev), to_device(sample_weight, dev)
   local p = self(x)
   local loss = self:compute_loss(y, p, sample_weight)
   self:zero_grad()
@@ -257,23 +277,6 @@ local function finish_gather(job)
   local got = {}
   for i, t in ipairs(job.list) do got[i] = t:index_select(1, job.idx) end
   return got
-end
-
--- a batch (a tensor or a table of tensors) on the model's device: fit,
--- evaluate and predict take data where it lies and move each batch
-local function to_device(v, dev)
-  if v == nil then return nil end
-  if is_tensor(v) then return v:device() == dev and v or v:to(dev) end
-  local out = {}
-  for k, t in pairs(v) do out[k] = t:device() == dev and t or t:to(dev) end
-  return out
-end
-
--- the device the data lies on (its first tensor's)
-local function data_device(v)
-  if is_tensor(v) then return v:device() end
-  for _, t in pairs(v) do if is_tensor(t) then return t:device() end end
-  return "cpu"
 end
 
 local function narrow(v, start, len)
