@@ -333,6 +333,22 @@ describe("moe.cuda with a device", function()
     check(nn.GatedFeatureFusion {}, { x, moe.randn(12, 7) })
   end)
 
+  it("the mixtures' reductions and a weighted bincount give the same bits run to run (no float atomics)", function()
+    if not need_device() then return end
+    moe.manual_seed(22)
+    local v, w = moe.randint(1, 9, { 5000 }):cuda(), moe.randn(5000):cuda()
+    local h, g, go = moe.randn(6, 300, 4):cuda(), moe.randn(6, 4):cuda(), moe.randn(6, 300):cuda()
+    local function once()
+      local gl = g:detach()
+      gl:requires_grad_()
+      local loss = (moe.mixture(h, gl) * go):sum()
+      loss:backward()
+      return { moe.bincount(v, w):cpu():totable(), gl.grad:cpu():totable() }
+    end
+    local a = once()
+    for _ = 1, 3 do assert.same(a, once()) end
+  end)
+
   it("a model trained a step on the device saves weights that load on the CPU", function()
     if not need_device() then return end
     moe.manual_seed(13)
