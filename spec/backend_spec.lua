@@ -29,6 +29,11 @@ local H2 = f64(moe.randn(4, 6))                -- gate_scale: [B, E*U], E = 3
 local XG = f64(moe.randn(5, 4))                -- grouped: rows [A,K]
 local WG = f64(moe.randn(2, 4, 3))             -- [E,K,N]
 local BG = f64(moe.randn(2, 3))
+-- bincount: 1-based values (one bin much fuller than the others, n not a power of
+-- two), weights in float64 and in float32 eighths (whose sums are exact in any order)
+local BV = moe.cat({ moe.randint(1, 30, { 777 }):to("int64"), moe.full({ 300 }, 7):to("int64") })
+local BW = f64(moe.randn(1077))
+local BW8 = (moe.randint(-16, 16, { 1077 }):to("float32") / 8)
 
 -- a row: kernel, the differentiable inputs (host tensors), and run(dev, inputs...)
 -- returning a list of output tensors; loss (optional) reduces them to a scalar.
@@ -69,19 +74,64 @@ local rows = {
     assert.matches("index_select: index 4 out of range", err)
     return {}
   end, no_inputs = true },
-  { "bincount", {}, function(dev) return { moe.bincount(ix({ 1, 3, 3, 5 }):to(dev)) } end, no_inputs = true, cpu_only = true,
-    check = function(out) assert.same({ 1, 0, 2, 0, 1 }, out[1]:totable()) end },
+  { "bincount", {}, function(dev)
+    local v = ix({ 1, 3, 3, 5 }):to(dev)
+    return { moe.bincount(v), moe.bincount(v, f64(moe.tensor { 0.5, 1, 2, 4 }):to(dev), 7),
+      moe.bincount(v:to("int32"), moe.tensor({ 1, 2, 3, 4 }, { dtype = "int32" }):to(dev)), -- int weights: float64
+      moe.bincount(ix({}):to(dev), nil, 3), moe.bincount(ix({}):to(dev), f64(moe.tensor {}):to(dev), 2),
+      moe.bincount(BV:to(dev)), moe.bincount(BV:to(dev), BW:to(dev)), moe.bincount(BV:to(dev), BW8:to(dev), 40) }
+  end, no_inputs = true,
+    check = function(out)
+      assert.same({ 1, 0, 2, 0, 1 }, out[1]:totable())
+      assert.same({ 0.5, 0, 3, 0, 4, 0, 0 }, out[2]:totable())
+      assert.same({ 1, 0, 5, 0, 4 }, out[3]:totable())
+      assert.same({ 0, 0, 0 }, out[4]:totable()); assert.same({ 0, 0 }, out[5]:totable())
+      local n, s, s8, v, w, w8 = {}, {}, {}, BV:totable(), BW:totable(), BW8:totable()
+      for b = 1, 40 do n[b], s[b], s8[b] = 0, 0, 0 end
+      for i, b in ipairs(v) do n[b], s[b], s8[b] = n[b] + 1, s[b] + w[i], s8[b] + w8[i] end
+      local got, gs, top = out[6]:totable(), out[7]:totable(), 0
+      for _, b in ipairs(v) do top = math.max(top, b) end
+      assert.equal(top, #got); assert.equal(top, #gs)
+      for b = 1, top do
+        assert.equal(n[b], got[b]); assert.near(s[b], gs[b], 1e-12 * (1 + math.abs(s[b])))
+      end
+      assert.equal("float32", out[8]:dtype())
+      assert.same(s8, out[8]:totable()) -- eighths: exact
+    end },
   { "bce", { P }, function(p, dev) return { moe.core.bce(Y:to(p:dtype()):to(dev), p), moe.core.bce(Y:to(p:dtype()):to(dev), p - 0.5, true) } end, dev_arg = true },
   { "bce_backward", { P }, function(p, dev) return { moe.core.bce(Y:to(p:dtype()):to(dev), p):sum() } end, dev_arg = true },
   { "roc_auc", {}, function(dev)
     return { moe.tensor { moe.core.roc_auc(ix({ 0, 1, 1, 0 }):to("float64"):to(dev), moe.tensor({ 0.1, 0.4, 0.35, 0.8 }):to(dev)) } }
   end, no_inputs = true, cpu_only = true,
     check = function(out) assert.near(0.5, out[1]:item(), 1e-12) end }, -- pairs (0.4>0.1, 0.35>0.1, 0.4<0.8, 0.35<0.8)
-  { "mixture", { H3, G2 }, function(h, g) return { moe.core.mixture(h, g) } end, cpu_only = true },
-  { "mixture_backward", { H3, G2 }, function(h, g) return { moe.core.mixture(h, g):pow(2):sum() } end, cpu_only = true },
-  { "gate_scale", { H2, G2 }, function(h, g) return { moe.core.gate_scale(h, g, { relu = true, append_gate = true }) } end,
-    cpu_only = true },
-  { "gate_scale_backward", { H2, G2 }, function(h, g) return { moe.core.gate_scale(h, g):pow(2):sum() } end, cpu_only = true },
+  -- h as given, as the [E,B,U] memory of per-expert GEMMs viewed [B,U,E] (its gradient
+  -- takes that order), and as a non-dense slice; g as given and broadcast over B
+  { "mixture", { H3, G2 }, function(h, g)
+    return { moe.core.mixture(h, g), moe.core.mixture(h:permute(3, 1, 2):contiguous():permute(2, 3, 1), g),
+      moe.core.mixture(h:narrow(2, 2, 1), g), moe.core.mixture(h, g:narrow(1, 1, 1):expand(4, 3)) }
+  end },
+  { "mixture_backward", { H3, G2 }, function(h, g)
+    return { moe.core.mixture(h, g):pow(2):sum(),
+      moe.core.mixture(h:permute(3, 1, 2):contiguous():permute(2, 3, 1), g):pow(2):sum(),
+      moe.core.mixture(h:narrow(2, 2, 1), g:tanh()):pow(2):sum(), moe.core.mixture(H3:to(h:device()):to(h:dtype()), g):sum() } -- (gg alone)
+  end },
+  { "gate_scale", { H2, G2 }, function(h, g)
+    local out = {}
+    for _, o in ipairs { {}, { relu = true }, { append_gate = true }, { relu = true, append_gate = true } } do
+      out[#out + 1] = moe.core.gate_scale(h, g, o)
+    end
+    return out
+  end },
+  { "gate_scale_backward", { H2, G2 }, function(h, g)
+    local out = {}
+    for _, o in ipairs { {}, { relu = true }, { append_gate = true }, { relu = true, append_gate = true } } do
+      out[#out + 1] = moe.core.gate_scale(h, g, o):pow(2):sum()
+    end
+    local function const(t) return t:to(h:device()):to(h:dtype()) end -- (no gradient: gg alone, gh alone)
+    out[#out + 1] = moe.core.gate_scale(const(H2), g, { relu = true }):sum()
+    out[#out + 1] = moe.core.gate_scale(h, const(G2), { append_gate = true }):sum()
+    return out
+  end },
   { "route_plan", {}, function(dev)
     local t, e, r, c = moe.core.route_plan(ix({ { { 1, 2 }, { 1, 3 }, { 1, 2 } } }):to(dev), nil, nil, 3, 2)
     return { t, e, r, c }

@@ -60,8 +60,9 @@ describe("moe.cuda with a device", function()
   end)
   it("ops without a CUDA kernel say so; a model moves its weights and back", function()
     if not need_device() then return end
-    local h, g = moe.randn(2, 3, 4):cuda(), moe.randn(2, 4):cuda()
-    assert.matches("mixture: not on this backend %(cuda%): its kernel .mixture. has no CUDA version yet", H.error_of(moe.mixture, h, g))
+    local y, p = moe.tensor({ 0, 1 }):cuda(), moe.tensor({ 0.2, 0.7 }):cuda()
+    assert.matches("roc_auc: not on this backend %(cuda%): its kernel .roc_auc. has no CUDA version yet",
+      H.error_of(moe.core.roc_auc, y, p))
     local m = moe.Sequential { nn.Dense { units = 2 }, input_shape = { 3 } }
     local w = m:get_weights()
     m:cuda()
@@ -213,6 +214,8 @@ describe("moe.cuda with a device", function()
     close(moe.stack({ t, t * 2 }, 2), moe.stack({ gt, gt * 2 }, 2))
     local bad = moe.tensor({ 1, 6 }, { dtype = "int64" }):cuda()
     assert.matches("index_select: index 6 out of range %[1, 5%]", H.error_of(gt.index_select, gt, 1, bad))
+    assert.matches("bincount: index 0 out of range", H.error_of(moe.bincount, moe.tensor({ 0, 1 }, { dtype = "int64" }):cuda()))
+    assert.same({ 0, 2, 0, 1 }, moe.bincount(moe.tensor({ 2, 4, 2 }, { dtype = "int64" }):cuda()):cpu():totable())
   end)
 
   it("mixing devices in one op is an error naming both; results land on their inputs' device", function()
@@ -279,6 +282,71 @@ describe("moe.cuda with a device", function()
     assert.equal("fp32", moe.cuda.get_precision())
     local m = moe.matmul(xc:detach(), wc:detach(), "bf16"):cpu()
     assert.is_true(near(moe.matmul(x:detach(), w:detach(), "bf16"), m))
+  end)
+
+  -- the dense mixtures (src/cuda/moe.cu): each layer built on the CPU, run forward
+  -- and backward there, moved with :cuda() and run again on the same weights
+  it("the dense MoE layers (MMoE, OMoE, TabularMoELayer, GatedFeatureFusion) match the CPU, forward and backward", function()
+    if not need_device() then return end
+    local function list(o) return moe.is_tensor(o) and { o } or o end
+    local function check(layer, xs)
+      if moe.is_tensor(xs) then xs = { xs } end
+      moe.manual_seed(21)
+      local first = layer(#xs == 1 and xs[1] or xs) -- builds the weights
+      local probes = {}
+      for i, o in ipairs(list(first)) do probes[i] = moe.randn(unpack(o:shape())) end
+      local function run(dev)
+        for _, p in ipairs(layer:parameters()) do p.grad = nil end
+        local ins = {}
+        for i, x in ipairs(xs) do
+          ins[i] = x:to(dev):detach()
+          ins[i]:requires_grad_()
+        end
+        local outs = list(layer(#ins == 1 and ins[1] or ins))
+        local loss
+        for i, o in ipairs(outs) do
+          local s = (o * probes[i]:to(dev)):sum() + (o * o):sum()
+          loss = loss and loss + s or s
+        end
+        loss:backward()
+        local grads = {}
+        for i, x in ipairs(ins) do grads[#grads + 1] = x.grad end
+        for _, p in ipairs(layer:parameters()) do grads[#grads + 1] = p.grad end
+        return outs, grads
+      end
+      local co, cg = run("cpu")
+      layer:cuda()
+      local go, gg = run("cuda")
+      layer:cpu()
+      assert.equal(#co, #go); assert.equal(#cg, #gg)
+      for i = 1, #co do close(co[i]:detach(), go[i], 1e-5) end
+      for i = 1, #cg do close(cg[i], gg[i], 1e-5) end
+    end
+    moe.manual_seed(20)
+    local x = moe.randn(12, 7)
+    check(nn.MMoE { units = 5, num_experts = 4, num_tasks = 2 }, x)                             -- one [B,U,E] GEMM
+    check(nn.MMoE { units = 3, num_experts = 3, num_tasks = 2, expert_hidden_units = { 6 } }, x) -- [E,B,U] viewed [B,U,E]
+    check(nn.OMoE { units = 4, num_experts = 5, num_tasks = 3 }, x)                             -- one gate, three tasks
+    check(nn.MMoE { units = 4, num_experts = 3, num_tasks = 2, expert_activation = "tanh" }, x)
+    check(nn.TabularMoELayer { num_experts = 4, expert_units = 40 }, x)                         -- U > 32: the warps loop
+    check(nn.TabularMoELayer { num_experts = 3, expert_units = 5 }, x)
+    check(nn.GatedFeatureFusion {}, { x, moe.randn(12, 7) })
+  end)
+
+  it("the mixtures' reductions and a weighted bincount give the same bits run to run (no float atomics)", function()
+    if not need_device() then return end
+    moe.manual_seed(22)
+    local v, w = moe.randint(1, 9, { 5000 }):cuda(), moe.randn(5000):cuda()
+    local h, g, go = moe.randn(6, 300, 4):cuda(), moe.randn(6, 4):cuda(), moe.randn(6, 300):cuda()
+    local function once()
+      local gl = g:detach()
+      gl:requires_grad_()
+      local loss = (moe.mixture(h, gl) * go):sum()
+      loss:backward()
+      return { moe.bincount(v, w):cpu():totable(), gl.grad:cpu():totable() }
+    end
+    local a = once()
+    for _ = 1, 3 do assert.same(a, once()) end
   end)
 
   it("a model trained a step on the device saves weights that load on the CPU", function()

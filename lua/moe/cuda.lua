@@ -16,10 +16,11 @@
 -- arguments on two devices are an error. The ops with CUDA kernels so far:
 -- elementwise math and comparisons, casts and copies, reductions, softmax,
 -- cumsum, matmul (cuBLAS), linear, binary cross-entropy, sort/topk, gather,
--- scatter_add, index_select, index_add, cat/stack, where, and autograd through
--- them. The rest (mixture, gate_scale, route_plan, grouped_matmul, bincount,
--- ROC-AUC, cumprod's backward, the fused optimizers) say "not on this backend
--- (cuda)", from the engine's kernel table (src/core/dispatch.h).
+-- scatter_add, index_select, index_add, cat/stack, where, bincount, the dense
+-- mixtures' mixture and gate_scale (MMoE, OMoE, TabularMoELayer), and autograd
+-- through them. The rest (route_plan, grouped_matmul, ROC-AUC, cumprod's
+-- backward, the fused optimizers) say "not on this backend (cuda)", from the
+-- engine's kernel table (src/core/dispatch.h).
 local moe = require "moe"
 local core = moe.core
 

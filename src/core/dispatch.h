@@ -32,11 +32,11 @@
   X(gemm_batched, 1) X(gemm_add, 1) X(gemm_bf16, 1)                                               \
   /* sorting and indexing (src/cpu/index.c, src/cuda/index.cu) */                                 \
   X(argsort_rows, 1) X(take_rows, 1) X(gather, 1) X(scatter_add, 1) X(index_select, 1)            \
-  X(index_add, 1) X(index_check, 1) X(bincount, 0)                                                \
+  X(index_add, 1) X(index_check, 1) X(bincount, 1) /* (its CUDA twin: src/cuda/moe.cu) */        \
   /* losses and metrics (src/cpu/losses.c, src/cuda/losses.cu) */                                 \
   X(bce, 1) X(bce_backward, 1) X(roc_auc, 0)                                                      \
-  /* MoE layers (src/cpu/moe.c) */                                                                \
-  X(mixture, 0) X(mixture_backward, 0) X(gate_scale, 0) X(gate_scale_backward, 0)                 \
+  /* MoE layers (src/cpu/moe.c; the dense mixtures also src/cuda/moe.cu) */                       \
+  X(mixture, 1) X(mixture_backward, 1) X(gate_scale, 1) X(gate_scale_backward, 1)                 \
   X(route_plan, 0) X(grouped_gemm, 0) X(grouped_gemm_backward, 0)                                 \
   /* optimizers (src/cpu/optim.c) */                                                              \
   X(optim_update, 0)

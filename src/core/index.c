@@ -356,6 +356,21 @@ moe_tensor *moe_index_add(const moe_tensor *t, int dim, const moe_tensor *index,
 
 /* ---------------------------------------------------------------- bincount */
 
+/* *len = max(*len, the largest value of device index v - ibase + 1): the
+ * engine's max on the device, and one value copied back (host code never
+ * reads device memory) */
+static int bins_on_device(const moe_tensor *v, int64_t ibase, int64_t *len) {
+  moe_tensor *mx, *host = NULL;
+  MOE_NOGRAD(mx, moe_reduce(MOE_RMAX, v, 0, 0, 0, NULL, 0));
+  if (mx) host = moe_to_device(mx, MOE_CPU);
+  moe_tensor_release(mx);
+  if (!host) return -1;
+  int64_t m = *(const int64_t *)moe_data(host) - ibase + 1;
+  moe_tensor_release(host);
+  if (m > *len) *len = m;
+  return 0;
+}
+
 moe_tensor *moe_bincount(const moe_tensor *t, const moe_tensor *weights, int64_t minlength, int64_t ibase) {
   char b1[160], b2[160];
   const moe_tensor *tw[2] = {t, weights};
@@ -383,8 +398,13 @@ moe_tensor *moe_bincount(const moe_tensor *t, const moe_tensor *weights, int64_t
   /* every value >= ibase (bins are 1-based); there is no upper bound but memory */
   const int64_t *v = moe_checked_index("bincount", t, INT64_MAX - ibase, ibase, &hold);
   if (!v) return NULL;
-  for (int64_t i = 0; i < n; i++)
-    if (v[i] - ibase + 1 > len) len = v[i] - ibase + 1; /* (the index is on the host here) */
+  if (t->device == MOE_CPU) {
+    for (int64_t i = 0; i < n; i++)
+      if (v[i] - ibase + 1 > len) len = v[i] - ibase + 1;
+  } else if (n > 0 && bins_on_device(hold, ibase, &len)) {
+    moe_tensor_release(hold);
+    return NULL;
+  }
   moe_tensor *w = NULL, *out = NULL;
   if (weights) {
     moe_dtype wdt = moe_dtype_is_float(weights->dtype) ? weights->dtype : MOE_F64;
@@ -395,7 +415,7 @@ moe_tensor *moe_bincount(const moe_tensor *t, const moe_tensor *weights, int64_t
   }
   out = moe_full_on(t->device, 1, &len, w ? w->dtype : MOE_I64, 0);
   if (!out) goto done;
-  MOE_KH(bincount, t->device, out, v, n, w, ibase);
+  MOE_K(bincount, t->device, out, v, n, w, ibase);
 done:
   moe_tensor_release(w);
   moe_tensor_release(hold);

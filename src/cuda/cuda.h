@@ -50,4 +50,14 @@ int moe_cuda_index_check(const int64_t *p, int64_t n, int64_t lo, int64_t hi, in
 void moe_cuda_bce(moe_tensor *l, const moe_tensor *y, const moe_tensor *p, int logits);
 void moe_cuda_bce_backward(moe_tensor *gp, const moe_tensor *g, const moe_tensor *y, const moe_tensor *p, int logits);
 
+/* the dense mixtures and bincount (src/cuda/moe.cu; the ops: src/nn/mixture.c, src/core/index.c) */
+void moe_cuda_mixture(moe_tensor *out, const moe_tensor *h, const moe_tensor *g);
+void moe_cuda_mixture_backward(moe_tensor *gh, moe_tensor *gg, const moe_tensor *go, const moe_tensor *h,
+                               const moe_tensor *g);
+void moe_cuda_gate_scale(moe_tensor *out, const moe_tensor *h, const moe_tensor *g, int relu, int append);
+void moe_cuda_gate_scale_backward(moe_tensor *gh, moe_tensor *gg, const moe_tensor *go, const moe_tensor *h,
+                                  const moe_tensor *g, int relu, int append);
+/* v: n checked values in device memory; out zeroed by the op */
+void moe_cuda_bincount(moe_tensor *out, const int64_t *v, int64_t n, const moe_tensor *w, int64_t ibase);
+
 #endif

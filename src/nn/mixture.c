@@ -6,7 +6,7 @@
  *   g [B,E] gate weights -> out [B,U] contiguous.
  * Backward: gh[b,u,e] = g[b,e] gout[b,u];  gg[b,e] = sum_u h[b,u,e] gout[b,u].
  * This file checks, allocates, dispatches and records; the kernels are in
- * src/cpu/moe.c (no CUDA twin yet: src/core/dispatch.h). */
+ * src/cpu/moe.c and src/cuda/moe.cu. */
 #include "../core/moe.h"
 #include "../core/autograd_impl.h"
 #include "../core/dispatch.h"
@@ -55,7 +55,7 @@ static int mixture_backward(moe_node *n, const moe_tensor *go, moe_tensor **gin)
     moe_tensor_release(gg);
     return -1;
   }
-  MOE_KH(mixture_backward, go->device, gh, gg, go, h, g);
+  MOE_K(mixture_backward, go->device, gh, gg, go, h, g);
   gin[0] = gh;
   gin[1] = gg;
   return 0;
@@ -74,7 +74,7 @@ moe_tensor *moe_mixture(const moe_tensor *h, const moe_tensor *g) {
   int64_t oshape[2] = {h->shape[0], h->shape[1]};
   moe_tensor *out = moe_empty_on(h->device, 2, oshape, h->dtype);
   if (!out) return NULL;
-  MOE_KH(mixture, h->device, out, h, g);
+  MOE_K(mixture, h->device, out, h, g);
   const moe_tensor *ins[2] = {h, g};
   if (!moe_ag_wants(2, ins)) return out;
   moe_node *n = moe_node_new("mixture", mixture_backward, 2, ins);
@@ -105,7 +105,7 @@ static int gate_scale_backward(moe_node *n, const moe_tensor *go, moe_tensor **g
     moe_tensor_release(gg);
     return -1;
   }
-  MOE_KH(gate_scale_backward, go->device, gh, gg, goc, h, g, relu, append);
+  MOE_K(gate_scale_backward, go->device, gh, gg, goc, h, g, relu, append);
   moe_tensor_release(goc);
   gin[0] = gh;
   gin[1] = gg;
@@ -130,7 +130,7 @@ moe_tensor *moe_gate_scale(const moe_tensor *h, const moe_tensor *g, int relu, i
   MOE_NOGRAD(gc, hc ? moe_contiguous(g) : NULL);
   int64_t oshape[2] = {B, W};
   moe_tensor *out = gc ? moe_empty_on(h->device, 2, oshape, h->dtype) : NULL;
-  if (out) MOE_KH(gate_scale, h->device, out, hc, gc, relu, append);
+  if (out) MOE_K(gate_scale, h->device, out, hc, gc, relu, append);
   const moe_tensor *ins[2] = {h, g};
   if (out && moe_ag_wants(2, ins)) {
     moe_node *n = moe_node_new("gate_scale", gate_scale_backward, 2, ins);
