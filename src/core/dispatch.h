@@ -36,8 +36,8 @@
   /* MoE layers (src/cpu/moe.c) */                                                                \
   X(mixture, 0) X(mixture_backward, 0) X(gate_scale, 0) X(gate_scale_backward, 0)                 \
   X(route_plan, 0) X(grouped_gemm, 0) X(grouped_gemm_backward, 0)                                 \
-  /* optimizers (src/cpu/optim.c) */                                                              \
-  X(optim_update, 0)
+  /* optimizers (src/cpu/optim.c, src/cuda/optim.cu) */                                          \
+  X(optim_update, 1)
 // clang-format on
 
 typedef enum {

@@ -47,4 +47,12 @@ int moe_cuda_index_check(const int64_t *p, int64_t n, int64_t lo, int64_t hi, in
 void moe_cuda_bce(moe_tensor *l, const moe_tensor *y, const moe_tensor *p, int logits);
 void moe_cuda_bce_backward(moe_tensor *gp, const moe_tensor *g, const moe_tensor *y, const moe_tensor *p, int logits);
 
+/* ---- optimizers (src/cuda/optim.cu): the fused multi-tensor update. The global
+ * norm is reduced on the device and read by the update there; *norm_out (a wait
+ * for the device) only when non-NULL, norm_t (a 0-dim f64 device tensor) without one */
+#include "../train/optim.h"
+void moe_cuda_optim_update(moe_optim_kind kind, int n, moe_tensor *const *params, moe_tensor *const *grads,
+                           moe_tensor *const *s1s, moe_tensor *const *s2s, const int64_t *steps,
+                           const moe_optim_hparams *h, double *norm_out, moe_tensor *norm_t);
+
 #endif
