@@ -35,6 +35,92 @@ local BV = moe.cat({ moe.randint(1, 30, { 777 }):to("int64"), moe.full({ 300 }, 
 local BW = f64(moe.randn(1077))
 local BW8 = (moe.randint(-16, 16, { 1077 }):to("float32") / 8)
 
+-- optim_update: every rule (and clipping by global norm and by value) over
+-- parameters of several sizes -- one larger than the device's chunk of 4096
+-- values, one of a single value, a matrix -- in float32 and float64, for three
+-- steps; then one list with a parameter given twice (updated twice, in order).
+-- Returns the weights and the norms; on a device the float64 ones are also held
+-- to the CPU's within 1e-12 here (the row's tol, 1e-6, is float32's).
+local OPT_SIZES = { { 5000 }, { 1 }, { 37 }, { 3, 4 } }
+local OPT_W, OPT_G -- made on first use, from their own seed (the other rows' inputs stay as they were)
+local function opt_values()
+  if OPT_W then return end
+  moe.manual_seed(11)
+  OPT_W, OPT_G = {}, {}
+  for k, sz in ipairs(OPT_SIZES) do
+    OPT_W[k] = f64(moe.randn(sz))
+    OPT_G[k] = {}
+    for step = 1, 3 do OPT_G[k][step] = f64(moe.randn(sz)) * (0.5 * step) end
+  end
+end
+local OPT_CONFIGS = {
+  { "SGD", { lr = 0.1 } },
+  { "SGD", { lr = 0.1, momentum = 0.9 } },
+  { "SGD", { lr = 0.1, momentum = 0.9, nesterov = true } },
+  { "SGD", { lr = 0.1, momentum = 0.8, dampening = 0.3, weight_decay = 0.05 } },
+  { "Adam", { lr = 0.01, weight_decay = 0.05 } },
+  { "AdamW", { lr = 0.01, weight_decay = 0.1 } },
+  { "RMSprop", { lr = 0.01 } },
+  { "RMSprop", { lr = 0.01, momentum = 0.9, weight_decay = 0.05 } },
+  { "Adagrad", { lr = 0.1, lr_decay = 0.05, initial_accumulator_value = 0.1, weight_decay = 0.05 } },
+  { "Adam", { lr = 0.01, clip_norm = 1 } },                   -- the norm (~70) above the clip: scaled
+  { "Adagrad", { lr = 0.1, clip_norm = 1e6 } },               -- below it: unscaled
+  { "SGD", { lr = 0.1, momentum = 0.9, clip_value = 0.5 } },
+  { "RMSprop", { lr = 0.01, momentum = 0.5, clip_norm = 2, clip_value = 0.01 } },
+}
+local function optim_run(dev)
+  opt_values()
+  local outs = {}
+  -- the first step of momentum SGD (the row's check)
+  local w = f64(moe.tensor { 1, -2, 3 }):to(dev)
+  w:requires_grad_()
+  w.grad = f64(moe.tensor { 0.5, 0.5, -1 }):to(dev)
+  moe.optim.SGD { lr = 0.1, momentum = 0.9 }:step { w }
+  outs[1] = w:detach()
+  local function norm_of(n)
+    if n == nil then return end
+    if dev ~= "cpu" then -- on the device: a 0-dim float64 tensor there, read when wanted
+      assert.equal("cuda", n:device())
+      n = n:item()
+    end
+    outs[#outs + 1] = moe.tensor({ n }, { dtype = "float64" })
+  end
+  for _, dt in ipairs { "float64", "float32" } do
+    for _, c in ipairs(OPT_CONFIGS) do
+      local opt = moe.optim[c[1]](c[2])
+      local ps = {}
+      for k in ipairs(OPT_SIZES) do ps[k] = OPT_W[k]:to(dt):clone():to(dev):requires_grad_() end
+      for step = 1, 3 do
+        for k, p in ipairs(ps) do p.grad = OPT_G[k][step]:to(dt):to(dev) end
+        norm_of(opt:step(ps))
+      end
+      for _, p in ipairs(ps) do outs[#outs + 1] = p:detach() end
+    end
+    -- a parameter listed twice: two updates of it in one step, in order (Adam: steps 1 and 2)
+    local p = OPT_W[3]:to(dt):clone():to(dev):requires_grad_()
+    p.grad = OPT_G[3][1]:to(dt):to(dev)
+    local opt = moe.optim.Adam { lr = 0.01 }
+    opt:step { p, p }
+    opt:step { p, p }
+    outs[#outs + 1] = p:detach()
+  end
+  return outs
+end
+local function optim_trials(dev)
+  local outs = optim_run(dev)
+  if dev ~= "cpu" then
+    local ref = optim_run("cpu")
+    for i, r in ipairs(ref) do
+      if r:dtype() == "float64" then
+        local o = outs[i]:cpu()
+        local d = (r - o):abs():max():item()
+        assert.is_true(d <= 1e-12 * (1 + r:abs():max():item()), ("optim_update output %d: float64 difference %g"):format(i, d))
+      end
+    end
+  end
+  return outs
+end
+
 -- a row: kernel, the differentiable inputs (host tensors), and run(dev, inputs...)
 -- returning a list of output tensors; loss (optional) reduces them to a scalar.
 -- cpu_only: the kernel exists only on the CPU (other backends must refuse it).
@@ -143,13 +229,7 @@ local rows = {
   { "grouped_gemm_backward", { XG, WG }, function(x, w, dev)
     return { moe.core.grouped_matmul(x, w, ix({ 3, 2 }):to(dev)):pow(2):sum() }
   end, dev_arg = true, cpu_only = true },
-  { "optim_update", {}, function(dev)
-    local w = f64(moe.tensor { 1, -2, 3 }):to(dev)
-    w:requires_grad_()
-    w.grad = f64(moe.tensor { 0.5, 0.5, -1 }):to(dev)
-    moe.optim.SGD { lr = 0.1, momentum = 0.9 }:step { w }
-    return { w:detach() }
-  end, no_inputs = true, cpu_only = true,
+  { "optim_update", {}, function(dev) return optim_trials(dev) end, no_inputs = true, tol = 1e-6,
     check = function(out) -- the first step of momentum SGD is w - lr g
       local v = out[1]:totable()
       assert.near(0.95, v[1], 1e-12); assert.near(-2.05, v[2], 1e-12); assert.near(3.1, v[3], 1e-12)

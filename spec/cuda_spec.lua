@@ -370,10 +370,81 @@ describe("moe.cuda with a device", function()
     local x = moe.randn(3, 4):cuda()
     x:requires_grad_()
     assert.matches("cumprod backward: not on this backend %(cuda%)", H.error_of(function() x:cumprod(2):sum():backward() end))
-    local w = moe.randn(3):cuda()
+  end)
+
+  it("an optimizer steps device parameters on the device; a state or gradient on the CPU is an error naming both", function()
+    if not need_device() then return end
+    local w = moe.tensor({ 1, 2, 3 }):cuda()
     w:requires_grad_()
     w.grad = moe.ones(3):cuda()
-    assert.matches("SGD.step: not on this backend %(cuda%)", H.error_of(function() moe.optim.SGD { lr = 0.1 }:step { w } end))
-    assert.same({ 1, 1, 1 }, (w.grad:cpu() * 1):totable()) -- nothing was written
+    local opt = moe.optim.SGD { lr = 0.1, momentum = 0.9 }
+    assert.is_nil(opt:step { w })
+    assert.equal("cuda", w:device())
+    assert.equal("cuda", opt.state[w][1]:device()) -- the momentum buffer lives by its parameter
+    local function near_all(want, got)
+      for i = 1, #want do assert.is_true(math.abs(want[i] - got[i]) <= 1e-6, ("element %d: %g"):format(i, got[i])) end
+    end
+    near_all({ 0.9, 1.9, 2.9 }, w:detach():cpu():totable())
+    w.grad = moe.ones(3) -- a gradient on the CPU
+    local err = H.error_of(function() opt:step { w } end)
+    assert.matches("SGD.step: .*cuda.*cpu", err)
+    near_all({ 0.9, 1.9, 2.9 }, w:detach():cpu():totable()) -- nothing was written
+  end)
+
+  it("a model trained with each optimizer on the device keeps the CPU's weights; the norm stays on the device", function()
+    if not need_device() then return end
+    local configs = {
+      { "SGD", { lr = 0.1, momentum = 0.9, nesterov = true } },
+      { "SGD", { lr = 0.1, momentum = 0.5, dampening = 0.2, weight_decay = 0.01, clip_value = 0.05 } },
+      { "Adam", { lr = 0.01, clip_norm = 0.1 } },
+      { "AdamW", { lr = 0.01, weight_decay = 0.1 } },
+      { "RMSprop", { lr = 0.01, momentum = 0.5 } },
+      { "RMSprop", { lr = 0.01 } },
+      { "Adagrad", { lr = 0.1, lr_decay = 0.01, clip_norm = 0.2 } },
+    }
+    moe.manual_seed(29)
+    local x, y = moe.randn(16, 3), moe.randn(16, 1)
+    local xg, yg = x:cuda(), y:cuda()
+    for _, c in ipairs(configs) do
+      local function model()
+        moe.manual_seed(31)
+        return moe.Sequential { nn.Dense { units = 8, activation = "tanh" }, nn.Dense { units = 1 }, input_shape = { 3 } }
+      end
+      local m, g = model(), model():cuda()
+      local om, og = moe.optim[c[1]](c[2]), moe.optim[c[1]](c[2])
+      for _ = 1, 4 do
+        local norms = {}
+        for k, run in ipairs { { m, om, x, y }, { g, og, xg, yg } } do
+          local mod, opt, xx, yy = unpack(run)
+          local ps = mod:parameters()
+          opt:zero_grad(ps)
+          local loss = (mod:forward(xx) - yy):pow(2):mean()
+          loss:backward()
+          norms[k] = opt:step(ps)
+        end
+        if c[2].clip_norm then -- a number on the CPU; on the device a 0-dim float64 tensor there, read when wanted
+          assert.is_number(norms[1])
+          assert.equal("cuda", norms[2]:device())
+          assert.equal(0, norms[2]:dim())
+          assert.is_true(math.abs(norms[1] - norms[2]:item()) <= 1e-5 * norms[1], c[1] .. ": the norms differ")
+        else
+          assert.is_nil(norms[1]); assert.is_nil(norms[2])
+        end
+      end
+      local pm, pg = m:parameters(), g:parameters()
+      for i = 1, #pm do close(pm[i]:detach(), pg[i], 1e-5) end
+    end
+  end)
+
+  it("gradcheck probes device tensors (get_flat/set_flat copy one element each way)", function()
+    if not need_device() then return end
+    moe.manual_seed(37)
+    local x, w = moe.randn(3, 4):cuda(), moe.randn(3, 4):cuda()
+    assert.equal(x:cpu()[2][3], moe.core.get_flat(x, 7))
+    moe.core.set_flat(x, 7, 0.25)
+    assert.equal(0.25, x:cpu()[2][3])
+    assert.equal("cuda", x:device())
+    assert.is_true(moe.testing.gradcheck(function(a, b) return (a:tanh() * b):sum() end, { x, w }))
+    assert.matches("out of range", H.error_of(function() moe.core.get_flat(x, 13) end))
   end)
 end)

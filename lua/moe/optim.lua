@@ -106,15 +106,19 @@ local function state_for(self, p)
     s = { step = 0 }
     local need1, need2 = slots(self)
     local init = self.hp.initial_accumulator_value or 0
-    if need1 then s[1] = moe.full(p:shape(), init, { dtype = p:dtype(), device = p:device() }) end
-    if need2 then s[2] = moe.zeros(p:shape(), { dtype = p:dtype(), device = p:device() }) end
+    -- (on the parameter's device)
+    if need1 then s[1] = moe.full_like(p, init) end
+    if need2 then s[2] = moe.zeros_like(p) end
     self.state[p] = s
   end
   return s
 end
 
 -- step(params): one update of every parameter that has a gradient. With
--- clip_norm set, returns the global gradient norm before clipping.
+-- clip_norm set, returns the global gradient norm before clipping: a number for
+-- parameters on the CPU; for parameters on a CUDA device, a 0-dim float64 tensor
+-- there (the norm is reduced and used on the device; norm:item() reads it, and is
+-- the only wait for the device, paid only by a caller that wants the value).
 function Optimizer:step(params)
   if type(params) ~= "table" then
     error(("%s.step: expected a list of parameters (model:parameters()), got %s"):format(self.class_name, type(params)), 2)
@@ -149,7 +153,7 @@ function Optimizer:step(params)
   end
   for i = n + 1, #P do P[i], S1[i], S2[i], steps[i] = nil, nil, nil, nil end
   local norm = core.optim_step(self.kind, P, S1, S2, steps, self.hp)
-  if norm < 0 then norm = nil end
+  if type(norm) == "number" and norm < 0 then norm = nil end
   self.iterations = self.iterations + 1
   -- constraints of the layers that own the parameters
   local cof = nn().constraint_of
@@ -220,7 +224,7 @@ function Optimizer:load_state_tensors(names, params, tensors, with_state)
           fail("'%s' does not match its parameter's shape and dtype", k)
         end
         used[k] = true
-        s[j] = t
+        s[j] = t:device() == p:device() and t or t:to(p:device()) -- (a file's tensors are on the CPU)
       end
     end
     loaded[p] = s

@@ -38,8 +38,8 @@
   /* MoE layers (src/cpu/moe.c; the dense mixtures also src/cuda/moe.cu) */                       \
   X(mixture, 1) X(mixture_backward, 1) X(gate_scale, 1) X(gate_scale_backward, 1)                 \
   X(route_plan, 0) X(grouped_gemm, 0) X(grouped_gemm_backward, 0)                                 \
-  /* optimizers (src/cpu/optim.c) */                                                              \
-  X(optim_update, 0)
+  /* optimizers (src/cpu/optim.c, src/cuda/optim.cu) */                                          \
+  X(optim_update, 1)
 // clang-format on
 
 typedef enum {

@@ -129,10 +129,11 @@ void moe_cpu_grouped_gemm(moe_tensor *y, const moe_tensor *x, const moe_tensor *
 void moe_cpu_grouped_gemm_backward(moe_tensor *gx, moe_tensor *gw, moe_tensor *gb, const moe_tensor *g,
                                    const moe_tensor *x, const moe_tensor *w, const int64_t *counts, const int64_t *offs,
                                    int bf16);
-/* the fused optimizer update (src/cpu/optim.c; the checks: src/train/optim.c) */
+/* the fused optimizer update (src/cpu/optim.c; the checks: src/train/optim.c): the
+ * global gradient norm (-1 without clip_norm) into *norm_out and/or norm_t's one value */
 void moe_cpu_optim_update(moe_optim_kind kind, int n, moe_tensor *const *params, moe_tensor *const *grads,
                           moe_tensor *const *s1s, moe_tensor *const *s2s, const int64_t *steps,
-                          const moe_optim_hparams *h, double *norm_out);
+                          const moe_optim_hparams *h, double *norm_out, moe_tensor *norm_t);
 /* the exact ROC-AUC of n (label, score, weight) doubles, w NULL: all 1 (src/cpu/metrics.c);
  * errors start with op */
 int moe_cpu_roc_auc(const char *op, const double *y, const double *s, const double *w, int64_t n, double *auc);

@@ -132,10 +132,11 @@ static int shares_storage(int n, moe_tensor *const *params) {
 }
 
 /* the update of every params[i] from grads[i] with states s1s/s2s (NULL when the
- * rule has none); the global gradient norm into *norm_out (-1 unless clip_norm) */
+ * rule has none); the global gradient norm into *norm_out and norm_t (each when
+ * non-NULL; -1 unless clip_norm) */
 void moe_cpu_optim_update(moe_optim_kind kind, int n, moe_tensor *const *params, moe_tensor *const *grads,
                           moe_tensor *const *s1s, moe_tensor *const *s2s, const int64_t *steps,
-                          const moe_optim_hparams *h, double *norm_out) {
+                          const moe_optim_hparams *h, double *norm_out, moe_tensor *norm_t) {
   /* global gradient norm, in double: only when clipping by it (it costs a pass) */
   double norm = -1, scale = 1, cv = h->clip_value;
   if (h->clip_norm > 0) {
@@ -154,6 +155,7 @@ void moe_cpu_optim_update(moe_optim_kind kind, int n, moe_tensor *const *params,
     norm = sqrt(sq);
   }
   if (norm_out) *norm_out = norm;
+  if (norm_t) *(double *)moe_data(norm_t) = norm;
   if (h->clip_norm > 0 && norm > h->clip_norm) scale = h->clip_norm / (norm + 1e-6);
   update_job u = {.kind = kind,
                   .n = n,

@@ -60,4 +60,12 @@ void moe_cuda_gate_scale_backward(moe_tensor *gh, moe_tensor *gg, const moe_tens
 /* v: n checked values in device memory; out zeroed by the op */
 void moe_cuda_bincount(moe_tensor *out, const int64_t *v, int64_t n, const moe_tensor *w, int64_t ibase);
 
+/* ---- optimizers (src/cuda/optim.cu): the fused multi-tensor update. The global
+ * norm is reduced on the device and read by the update there; *norm_out (a wait
+ * for the device) only when non-NULL, norm_t (a 0-dim f64 device tensor) without one */
+#include "../train/optim.h"
+void moe_cuda_optim_update(moe_optim_kind kind, int n, moe_tensor *const *params, moe_tensor *const *grads,
+                           moe_tensor *const *s1s, moe_tensor *const *s2s, const int64_t *steps,
+                           const moe_optim_hparams *h, double *norm_out, moe_tensor *norm_t);
+
 #endif

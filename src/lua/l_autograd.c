@@ -42,7 +42,9 @@ static int l_is_grad_enabled(lua_State *L) {
   return 1;
 }
 
-/* element i (1-based, row-major over the logical shape) of any layout: gradcheck's probe */
+/* element i (1-based, row-major over the logical shape) of any layout, on any
+ * device: gradcheck's probe (a device tensor's element is one small copy each
+ * way, moe_get/moe_set) */
 static void flat_index(lua_State *L, const moe_tensor *t, int64_t i, int64_t *idx) {
   int64_t n = moe_numel(t);
   if (i < 1 || i > n)
@@ -54,14 +56,14 @@ static void flat_index(lua_State *L, const moe_tensor *t, int64_t i, int64_t *id
   }
 }
 static int l_get_flat(lua_State *L) {
-  moe_tensor *t = moe_l_check_host(L, 1, "get_flat");
+  moe_tensor *t = moe_l_check_tensor_any(L, 1, "get_flat");
   int64_t idx[MOE_MAX_DIMS];
   flat_index(L, t, moe_l_check_int(L, 2, "get_flat", "index"), idx);
   lua_pushnumber(L, moe_get(t, idx));
   return 1;
 }
 static int l_set_flat(lua_State *L) {
-  moe_tensor *t = moe_l_check_host(L, 1, "set_flat");
+  moe_tensor *t = moe_l_check_tensor_any(L, 1, "set_flat");
   int64_t idx[MOE_MAX_DIMS];
   flat_index(L, t, moe_l_check_int(L, 2, "set_flat", "index"), idx);
   if (moe_mark_write("set_flat", t)) return moe_l_raise_engine(L);

@@ -13,7 +13,9 @@ static double opt_num(lua_State *L, int idx, const char *k, double dflt) {
 /* optim_step(kind, params, s1, s2, steps, hparams) -> global grad norm (or -1).
  * Every parameter in `params` has a .grad (the caller checked with has_grad);
  * gradients are read here, so no Lua box is made for them. s1/s2 entries may
- * be false. */
+ * be false. On a CUDA device with clip_norm the norm comes back as a 0-dim
+ * float64 tensor on the device, written there by the step: reading it (:item())
+ * is the only wait for the device, and only a caller that wants it pays it. */
 static int l_optim_step(lua_State *L) {
   static const char *kinds[] = {"sgd", "adam", "adamw", "rmsprop", "adagrad", NULL};
   int kind = luaL_checkoption(L, 1, NULL, kinds);
@@ -64,9 +66,18 @@ static int l_optim_step(lua_State *L) {
     }
   }
   double norm = 0;
-  rc = moe_optim_step((moe_optim_kind)kind, n, P, G, S1, S2, steps, &h, &norm);
+  moe_tensor *norm_t = NULL;
+  if (n > 0 && P[0]->device != MOE_CPU && h.clip_norm > 0 && !(norm_t = moe_empty_on(P[0]->device, 0, NULL, MOE_F64))) {
+    for (int i = 0; i < n; i++) moe_tensor_release(G[i]);
+    return moe_l_raise_engine(L);
+  }
+  rc = moe_optim_step((moe_optim_kind)kind, n, P, G, S1, S2, steps, &h, norm_t ? NULL : &norm, norm_t);
   for (int i = 0; i < n; i++) moe_tensor_release(G[i]);
-  if (rc) return moe_l_raise_engine(L);
+  if (rc) {
+    if (norm_t) moe_tensor_release(norm_t);
+    return moe_l_raise_engine(L);
+  }
+  if (norm_t) return moe_lua_push(L, norm_t);
   lua_pushnumber(L, norm);
   return 1;
 }

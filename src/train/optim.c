@@ -1,7 +1,7 @@
 /* optim.c -- SGD, Adam, AdamW, RMSprop and Adagrad as one fused pass over all
  * parameters, with gradient clipping by global norm and by value: the checks
- * (every tensor before any is written), then the update kernel (src/cpu/optim.c;
- * no CUDA twin yet). Update rules follow PyTorch's torch.optim (README.md). */
+ * (every tensor before any is written), then the update kernel (src/cpu/optim.c,
+ * src/cuda/optim.cu). Update rules follow PyTorch's torch.optim (README.md). */
 #include "optim.h"
 #include "../core/tensor_impl.h"
 #include "../core/dispatch.h"
@@ -39,10 +39,13 @@ static int check(moe_optim_kind kind, int i, const moe_tensor *p, const moe_tens
 
 int moe_optim_step(moe_optim_kind kind, int n, moe_tensor *const *params, moe_tensor *const *grads,
                    moe_tensor *const *s1s, moe_tensor *const *s2s, const int64_t *steps, const moe_optim_hparams *h,
-                   double *norm_out) {
+                   double *norm_out, moe_tensor *norm_t) {
+  if (norm_t && (norm_t->ndim != 0 || norm_t->dtype != MOE_F64 || (n > 0 && norm_t->device != params[0]->device)))
+    return moe_error("%s.step: the norm's tensor must be a 0-dim float64 tensor on the parameters' device",
+                     kind_name[kind]);
   if (n <= 0) {
     if (norm_out) *norm_out = -1;
-    return 0; /* nothing to update */
+    return norm_t ? moe_fill_(norm_t, -1) : 0; /* nothing to update */
   }
   int need1 = kind != MOE_OPT_SGD || h->momentum != 0;
   int need2 = kind == MOE_OPT_ADAM || kind == MOE_OPT_ADAMW || (kind == MOE_OPT_RMSPROP && h->momentum);
@@ -59,7 +62,8 @@ int moe_optim_step(moe_optim_kind kind, int n, moe_tensor *const *params, moe_te
       return moe_error("%s.step: parameter %d and its gradient share memory", kind_name[kind], i + 1);
   }
   for (int i = 0; i < n; i++) params[i]->storage->version++;
-  MOE_KH(optim_update, params[0]->device, kind, n, params, grads, need1 ? s1s : NULL, need2 ? s2s : NULL, steps, h,
-         norm_out);
+  if (norm_t) norm_t->storage->version++;
+  MOE_K(optim_update, params[0]->device, kind, n, params, grads, need1 ? s1s : NULL, need2 ? s2s : NULL, steps, h,
+        norm_out, norm_t);
   return 0;
 }

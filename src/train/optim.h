@@ -20,8 +20,11 @@ typedef struct {
  * RMSprop's square average and momentum buffer; Adagrad's sum), steps[i] the
  * parameter's step count including this step. Every tensor is checked before any
  * is written. *norm_out (if non-NULL) receives the global gradient norm before clipping
- * when h->clip_norm > 0, else -1. */
+ * when h->clip_norm > 0, else -1; so does norm_t (if non-NULL: a 0-dim float64 tensor
+ * on the parameters' device). On a CUDA device the norm is computed and used there:
+ * *norm_out waits for the device to read it back, norm_t does not (the caller reads
+ * it later, if ever). */
 int moe_optim_step(moe_optim_kind kind, int n, moe_tensor *const *params, moe_tensor *const *grads,
                    moe_tensor *const *s1, moe_tensor *const *s2, const int64_t *steps, const moe_optim_hparams *h,
-                   double *norm_out);
+                   double *norm_out, moe_tensor *norm_t);
 #endif
