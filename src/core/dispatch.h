@@ -35,7 +35,7 @@
   X(bce, 1) X(bce_backward, 1) X(roc_auc, 0)                                                      \
   /* MoE layers (src/cpu/moe.c) */                                                                \
   X(mixture, 0) X(mixture_backward, 0) X(gate_scale, 0) X(gate_scale_backward, 0)                 \
-  X(route_plan, 0) X(grouped_gemm, 0) X(grouped_gemm_backward, 0)                                 \
+  X(route_plan, 1) X(grouped_gemm, 1) X(grouped_gemm_backward, 1)                                 \
   /* optimizers (src/cpu/optim.c) */                                                              \
   X(optim_update, 0)
 // clang-format on

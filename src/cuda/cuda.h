@@ -47,4 +47,15 @@ int moe_cuda_index_check(const int64_t *p, int64_t n, int64_t lo, int64_t hi, in
 void moe_cuda_bce(moe_tensor *l, const moe_tensor *y, const moe_tensor *p, int logits);
 void moe_cuda_bce_backward(moe_tensor *gp, const moe_tensor *g, const moe_tensor *y, const moe_tensor *p, int logits);
 
+/* the sparse MoE layer (src/nn/routing.c; src/cuda/route.cu). The plan's token,
+ * expert and rank are made on the device, its counts [E] on the HOST (they
+ * size the expert GEMMs); the grouped GEMMs take counts and offs as host arrays */
+int moe_cuda_route_plan(const moe_tensor *ei, const moe_tensor *od, const moe_tensor *vd, int64_t E, int64_t capacity,
+                        int64_t ibase, moe_tensor **token, moe_tensor **expert, moe_tensor **rank, moe_tensor **counts);
+void moe_cuda_grouped_gemm(moe_tensor *y, const moe_tensor *x, const moe_tensor *w, const moe_tensor *b,
+                           const int64_t *counts, const int64_t *offs, int bf16);
+void moe_cuda_grouped_gemm_backward(moe_tensor *gx, moe_tensor *gw, moe_tensor *gb, const moe_tensor *g,
+                                    const moe_tensor *x, const moe_tensor *w, const int64_t *counts,
+                                    const int64_t *offs, int bf16);
+
 #endif
