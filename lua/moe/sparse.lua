@@ -127,14 +127,14 @@ end
 function nn.router_logits(self, x)
   local xr = x:dtype() == "float64" and x or x:float()
   if self._training and self.jitter_noise > 0 then
-    xr = xr * (moe.rand(xr:shape(), { dtype = xr:dtype() }) * (2 * self.jitter_noise) + (1 - self.jitter_noise))
+    xr = xr * (moe.rand_like(xr) * (2 * self.jitter_noise) + (1 - self.jitter_noise))
   end
   local k = self.kernel:to(xr:dtype())
   local logits = xr:matmul(k)
   if self.use_bias then logits = logits + self.bias:to(xr:dtype()) end
   if self.noisy_gating and self._training then -- Shazeer et al. 2017: learned per-expert noise
     local std = xr:matmul(self.noise_kernel:to(xr:dtype())):softplus()
-    logits = logits + moe.randn(logits:shape(), { dtype = logits:dtype() }) * std
+    logits = logits + moe.randn_like(logits) * std
   end
   return logits, logits:softmax(-1)
 end
@@ -147,7 +147,8 @@ end
 -- the metrics every router reports, from a plan
 local function report(self, plan, N, E, total_capacity)
   local A = plan.token:numel()
-  local dispatched = A > 0 and moe.bincount(plan.token, nil, N):gt(0):sum():item() or 0
+  -- (bincount on the host until it has a CUDA kernel)
+  local dispatched = A > 0 and moe.bincount(plan.token:cpu(), nil, N):gt(0):sum():item() or 0
   local m = {}
   m.fraction_tokens_left_behind = 1 - dispatched / N
   m.expert_usage = total_capacity > 0 and A / total_capacity or 0
@@ -166,8 +167,8 @@ local function z_loss(self, logits)
   local scaled = unscaled * self.router_z_loss_weight
   if self.router_z_loss_weight > 0 then self:add_loss(scaled) end
   if self.export_metrics ~= false then
-    self:add_metric("router_z_loss", scaled:item())
-    self:add_metric("unscaled_router_z_loss", unscaled:item())
+    self:add_metric("router_z_loss", scaled:detach():item())
+    self:add_metric("unscaled_router_z_loss", unscaled:detach():item())
   end
 end
 
@@ -212,21 +213,21 @@ function TokensChooseMaskedRouter:forward(x, capacity)
   local flat = (token - 1) * E + expert
   local gate = probs:reshape(-1):index_select(1, flat)    -- combine weight = router probability
   if self.renormalize_gates and token:numel() > 0 then   -- option: kept gates of a token sum to 1
-    local denom = moe.zeros(N, { dtype = gate:dtype() }):index_add(1, token, gate)
+    local denom = moe.zeros(N, { dtype = gate:dtype() }):to(gate:device()):index_add(1, token, gate)
     gate = gate / denom:index_select(1, token)
   end
   -- load-balancing loss (Switch, as flaxformer computes it): per group
   -- E^2 * mean_e f_e P_e, averaged over groups; f_e: fraction of the group's
   -- tokens with e among their top-k choices (before capacity; sum_e f_e = k),
   -- P_e: mean router probability of e. k when balanced (1 for top-1).
-  local gid = moe.arange(0, G, { dtype = "int64" }):view(G, 1, 1):expand(G, T, k)
+  local gid = moe.arange(0, G, { dtype = "int64" }):to(idx:device()):view(G, 1, 1):expand(G, T, k)
   local bins = (gid * E + idx:view(G, T, k)):reshape(-1)
   local w = keep and keep:expand(N, k):reshape(-1) or nil
-  local f = moe.bincount(bins, w, G * E):view(G, E):to(probs:dtype()) / T
+  local f = moe.bincount(bins:cpu(), w and w:cpu(), G * E):to(probs:device()):view(G, E):to(probs:dtype()) / T
   local P = (keep and probs * keep or probs):view(G, T, E):mean(2)
   local lb = (f * P):mean() * (E * E)
   if self.load_balancing_loss_weight > 0 then self:add_loss(lb * self.load_balancing_loss_weight) end
-  if self.export_metrics ~= false then self:add_metric("load_balancing_loss", lb:item()) end
+  if self.export_metrics ~= false then self:add_metric("load_balancing_loss", lb:detach():item()) end
   local plan = { token = token, expert = expert, rank = rank, counts = counts, gate = gate, probs = probs }
   local cap = capacity >= 0 and capacity or math.max(1, unpack(counts:totable()))
   report(self, plan, N, E, E * cap * G)
@@ -249,9 +250,9 @@ function ExpertsChooseMaskedRouter:forward(x, capacity)
   local vals, idx = pt:topk(C, 3)                           -- each expert's C best tokens
   -- sorted by expert: [E, G, C] flattened
   local gate = vals:permute(2, 1, 3):reshape(-1)
-  local base = moe.arange(0, G, { dtype = "int64" }):view(1, G, 1) * T
+  local base = moe.arange(0, G, { dtype = "int64" }):to(idx:device()):view(1, G, 1) * T
   local token = (idx:permute(2, 1, 3) + base):reshape(-1)
-  local expert = moe.arange(1, E + 1, { dtype = "int64" }):view(E, 1):expand(E, G * C):reshape(-1)
+  local expert = moe.arange(1, E + 1, { dtype = "int64" }):to(idx:device()):view(E, 1):expand(E, G * C):reshape(-1)
   local counts = moe.full({ E }, G * C, { dtype = "int64" })
   local plan = { token = token, expert = expert, counts = counts, gate = gate, probs = probs }
   -- every expert fills its buffer: no load-balancing loss, but the metric is
@@ -349,7 +350,7 @@ function MoeLayer:forward(x)
   if plan.token:numel() == 0 then return x * 0 end
   local rows = x2:index_select(1, plan.token)
   local out = nn.call_child(self, "experts", self.experts, rows, plan.counts, plan.expert)
-  local y = moe.zeros(N, H, { dtype = x:dtype() }):index_add(1, plan.token, out * plan.gate:to(out:dtype()):unsqueeze(2))
+  local y = moe.zeros_like(x2):index_add(1, plan.token, out * plan.gate:to(out:dtype()):unsqueeze(2))
   return y:reshape(shape)
 end
 
