@@ -120,6 +120,12 @@ local function optim_trials(dev)
   end
   return outs
 end
+local WG3 = f64(moe.randn(3, 4, 3))            -- three experts
+local BG3 = f64(moe.randn(3, 3))
+-- route_plan: 3 groups of 300 tokens (more than a block of the device's plan), top-2 of 5 experts
+local RP_IDX = moe.randint(1, 5, { 3, 300, 2 }, { dtype = "int64" })
+local RP_ORDER = moe.stack({ moe.randperm(300), moe.randperm(300), moe.randperm(300) })
+local RP_VALID = moe.rand(3, 300):gt(0.2)
 
 -- a row: kernel, the differentiable inputs (host tensors), and run(dev, inputs...)
 -- returning a list of output tensors; loss (optional) reduces them to a scalar.
@@ -219,16 +225,57 @@ local rows = {
     return out
   end },
   { "route_plan", {}, function(dev)
-    local t, e, r, c = moe.core.route_plan(ix({ { { 1, 2 }, { 1, 3 }, { 1, 2 } } }):to(dev), nil, nil, 3, 2)
-    return { t, e, r, c }
-  end, no_inputs = true, cpu_only = true,
+    local outs = {}
+    local function plan(...)
+      local t, e, r, c = moe.core.route_plan(...)
+      assert.equal("cpu", c:device()) -- the counts size the expert GEMMs on the host, whatever the device
+      for _, o in ipairs { t, e, r, c } do outs[#outs + 1] = o end
+    end
+    local small = ix({ { { 1, 2 }, { 1, 3 }, { 1, 2 } } }):to(dev)
+    plan(small, nil, nil, 3, 2)                                         -- tokens choose, capacity 2
+    plan(small, nil, nil, 3, -1)                                        -- dropless
+    plan(small, ix({ { 3, 1, 2 } }):to(dev), nil, 3, 1)                 -- batch-prioritized order
+    plan(small, nil, moe.tensor({ { true, false, true } }):to(dev), 3, 2) -- a padding token
+    plan(RP_IDX:to(dev), nil, nil, 5, 70)                               -- 3 groups of 300 tokens, K = 2
+    plan(RP_IDX:to(dev), RP_ORDER:to(dev), RP_VALID:to(dev), 5, 45)
+    plan(RP_IDX:select(3, 1):unsqueeze(3):to(dev), nil, nil, 5, -1)     -- K = 1
+    plan(ix({}):view(0, 4, 2):to(dev), nil, nil, 3, 2)                  -- no groups
+    -- a bad value: the error names the first one in placement order (7, then 5), as the CPU does
+    local bad = { { ix({ { { 1, 5 }, { 7, 1 } } }), nil, "expert index 7 outside 1..3" },
+                  { ix({ { { 1, 2 }, { 1, 1 } } }), ix({ { 1, 3 } }), "order holds 3, outside 1..2" } }
+    for _, b in ipairs(bad) do
+      local ok, err = pcall(moe.core.route_plan, b[1]:to(dev), b[2] and b[2]:to(dev), nil, 3, 2)
+      assert.is_false(ok)
+      assert.matches("route_plan: " .. b[3], err, 1, true)
+    end
+    for i, o in ipairs(outs) do outs[i] = o:to("float64") end
+    return outs
+  end, no_inputs = true,
     -- each token's first choice before any second one; expert 1 is full after two
-    check = function(out) assert.same({ 2, 2, 1 }, out[4]:totable()) end },
-  { "grouped_gemm", { XG, WG, BG }, function(x, w, b, dev) return { moe.core.grouped_matmul(x, w, b, ix({ 2, 3 }):to(dev)) } end,
-    dev_arg = true, cpu_only = true },
-  { "grouped_gemm_backward", { XG, WG }, function(x, w, dev)
-    return { moe.core.grouped_matmul(x, w, ix({ 3, 2 }):to(dev)):pow(2):sum() }
-  end, dev_arg = true, cpu_only = true },
+    check = function(out)
+      assert.same({ 2, 2, 1 }, out[4]:totable())
+      assert.same({ 1, 2, 1, 3, 2 }, out[1]:totable())                 -- by expert, then placement
+      assert.same({ 3, 2, 1 }, out[8]:totable())                        -- dropless keeps every pair
+      assert.same({ 3, 3, 2 }, out[9]:totable())                        -- order 3,1,2, one slot each
+      assert.same({ 1, 3, 1, 3 }, out[13]:totable())                    -- token 2 is padding
+      local kept = 0
+      for _, c in ipairs(out[20]:totable()) do assert.is_true(c <= 3 * 70); kept = kept + c end
+      assert.equal(out[17]:numel(), kept)
+    end },
+  { "grouped_gemm", { XG, WG, BG, WG3, BG3 }, function(x, w, b, w3, b3, dev)
+    return { moe.core.grouped_matmul(x, w, b, ix({ 2, 3 }):to(dev)),
+      moe.core.grouped_matmul(x, w, ix({ 5, 0 })),                     -- counts on the host serve any device
+      moe.core.grouped_matmul(x, w3, b3, ix({ 2, 0, 3 }):to(dev)),       -- an expert without rows
+      moe.core.grouped_matmul(x, w3, ix({ 0, 5, 0 })),
+      moe.core.grouped_matmul(x:to("float32"), w3:to("float32"), b3:to("float32"), ix({ 1, 3, 1 }), "bf16")
+        :detach():to("float64") }                                       -- bf16 operands, fp32 sums
+  end, dev_arg = true, tol = 1e-6 }, -- (the bf16 output: fp32 sums in another order)
+  { "grouped_gemm_backward", { XG, WG, BG, WG3, BG3 }, function(x, w, b, w3, b3, dev)
+    return { moe.core.grouped_matmul(x, w, ix({ 3, 2 }):to(dev)):pow(2):sum(),
+      moe.core.grouped_matmul(x, w, b, ix({ 0, 5 })),
+      moe.core.grouped_matmul(x, w3, b3, ix({ 2, 0, 3 }):to(dev)),
+      moe.core.grouped_matmul(x:narrow(1, 1, 3), w3, ix({ 0, 0, 3 })) }
+  end, dev_arg = true },
   { "optim_update", {}, function(dev) return optim_trials(dev) end, no_inputs = true, tol = 1e-6,
     check = function(out) -- the first step of momentum SGD is w - lr g
       local v = out[1]:totable()

@@ -365,6 +365,90 @@ describe("moe.cuda with a device", function()
     assert.equal("cpu", back:parameters()[1]:device())
   end)
 
+  -- the sparse layer (src/cuda/route.cu): the same weights and inputs on the CPU and on the device
+  it("a full nn.MoeLayer matches the CPU: outputs, gradients of x and of every weight, router metrics", function()
+    if not need_device() then return end
+    local configs = {
+      { "top-2 tokens choose, capacity factor 1.0", function()
+        return nn.TokensChooseMaskedRouter { num_experts = 4, num_selected_experts = 2, router_z_loss_weight = 1e-3,
+          load_balancing_loss_weight = 1e-2 } end },
+      { "top-2 tokens choose, dropless", function()
+        return nn.TokensChooseMaskedRouter { num_experts = 4, num_selected_experts = 2, router_z_loss_weight = 1e-3,
+          load_balancing_loss_weight = 1e-2, batch_prioritized_routing = true } end, true },
+      { "experts choose", function() return nn.ExpertsChooseMaskedRouter { num_experts = 4, router_z_loss_weight = 1e-3 } end },
+    }
+    for ci, c in ipairs(configs) do
+      moe.manual_seed(20 + ci)
+      local layer = nn.MoeLayer { experts = nn.FeedForwardExperts { num_experts = 4, d_ff = 6 }, router = c[2](),
+        train_capacity_factor = 1.0, eval_capacity_factor = 1.0, dropless = c[3] or false }
+      local x0 = moe.randn(3, 8, 5):double()
+      layer(x0)                       -- built
+      layer:double()
+      -- weights large enough that the experts' outputs are far from zero
+      moe.no_grad(function() for _, p in ipairs(layer:parameters()) do p:copy_(moe.randn(p:shape()):double() * 0.5) end end)
+      local function run(dev)
+        local x = x0:to(dev):detach()
+        x:requires_grad_()
+        local y = layer(x)
+        local loss = (y * y):sum()
+        for _, l in ipairs(layer:losses()) do loss = loss + l end
+        loss:backward()
+        local grads = { x.grad }
+        for _, p in ipairs(layer:parameters()) do grads[#grads + 1] = p.grad; p.grad = nil end
+        return y:detach(), grads, layer:metrics(), layer.last_plan
+      end
+      local y1, g1, m1, plan1 = run("cpu")
+      layer:cuda()
+      local y2, g2, m2, plan2 = run("cuda")
+      layer:cpu()
+      assert.equal("cpu", plan2.counts:device())
+      assert.same(plan1.counts:totable(), plan2.counts:totable())
+      close(plan1.token, plan2.token)
+      close(y1, y2)
+      assert.is_true(y1:abs():max():item() > 0.1, c[1])
+      assert.equal(#g1, #g2)
+      for i = 1, #g1 do close(g1[i], g2[i]) end
+      local n = 0
+      for k, v in pairs(m1) do
+        assert.is_number(m2[k], k)
+        assert.is_true(math.abs(v - m2[k]) <= 1e-5 * (1 + math.abs(v)), ("%s: metric %s %g vs %g"):format(c[1], k, v, m2[k]))
+        n = n + 1
+      end
+      assert.is_true(n >= 6)
+    end
+  end)
+
+  it("the grouped GEMM: one grouped cuBLAS call and the per-expert loop agree; bf16 as the CPU's bf16", function()
+    if not need_device() then return end
+    local ffi = require "ffi"
+    pcall(ffi.cdef, "int setenv(const char *, const char *, int); int unsetenv(const char *);")
+    moe.manual_seed(15)
+    local x, w, b, g = moe.randn(9, 6), moe.randn(3, 6, 4), moe.randn(3, 4), moe.randn(9, 4)
+    local counts = moe.tensor({ 4, 0, 5 }, { dtype = "int64" })
+    local function run(dev, prec)
+      local X, W, B = x:to(dev):detach(), w:to(dev):detach(), b:to(dev):detach()
+      X:requires_grad_(); W:requires_grad_(); B:requires_grad_()
+      local y = moe.grouped_matmul(X, W, B, counts, prec)
+      y:backward(g:to(dev))
+      return { y:detach(), X.grad, W.grad, B.grad }
+    end
+    local ref = run("cpu")
+    local outs = {}
+    for _, mode in ipairs { "grouped", "loop" } do
+      ffi.C.setenv("MOE_GROUPED", mode, 1)
+      local ok, r = pcall(run, "cuda")
+      ffi.C.unsetenv("MOE_GROUPED")
+      assert.is_true(ok, r)
+      outs[mode] = r
+      for i = 1, 4 do close(ref[i], r[i], 1e-5) end
+    end
+    for i = 1, 4 do close(outs.grouped[i]:cpu(), outs.loop[i], 1e-6) end
+    assert.same({ 0 }, { outs.loop[3][2]:abs():max():item() }) -- the expert without rows: a zero gradient
+    local r16, c16 = run("cpu", "bf16"), run("cuda", "bf16")
+    for i = 1, 4 do close(r16[i], c16[i], 1e-4) end
+    assert.is_true((r16[1] - ref[1]):abs():max():item() > 0)       -- bf16 is not fp32
+  end)
+
   it("an op without a CUDA kernel is a clean error naming it, not a host loop over device memory", function()
     if not need_device() then return end
     local x = moe.randn(3, 4):cuda()

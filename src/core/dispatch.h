@@ -35,9 +35,9 @@
   X(index_add, 1) X(index_check, 1) X(bincount, 1) /* (its CUDA twin: src/cuda/moe.cu) */        \
   /* losses and metrics (src/cpu/losses.c, src/cuda/losses.cu) */                                 \
   X(bce, 1) X(bce_backward, 1) X(roc_auc, 0)                                                      \
-  /* MoE layers (src/cpu/moe.c; the dense mixtures also src/cuda/moe.cu) */                       \
+  /* MoE layers (src/cpu/moe.c; src/cuda/moe.cu: the dense mixtures, route.cu: the sparse layer) */   \
   X(mixture, 1) X(mixture_backward, 1) X(gate_scale, 1) X(gate_scale_backward, 1)                 \
-  X(route_plan, 0) X(grouped_gemm, 0) X(grouped_gemm_backward, 0)                                 \
+  X(route_plan, 1) X(grouped_gemm, 1) X(grouped_gemm_backward, 1)                                 \
   /* optimizers (src/cpu/optim.c, src/cuda/optim.cu) */                                          \
   X(optim_update, 1)
 // clang-format on

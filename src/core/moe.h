@@ -297,14 +297,15 @@ moe_tensor *moe_mixture(const moe_tensor *h, const moe_tensor *g);
  * columns appended when `append`: h [B, E*U], g [B, E] -> [B, E*U (+E)] */
 moe_tensor *moe_gate_scale(const moe_tensor *h, const moe_tensor *g, int relu, int append);
 /* tokens-choose plan (src/nn/routing.c): kept (token, expert, rank) pairs sorted by
- * expert, and per-expert counts; capacity < 0 means no limit (dropless) */
+ * expert (on expert_index's device), and per-expert counts, always a HOST tensor
+ * (they size the expert GEMMs); capacity < 0 means no limit (dropless) */
 int moe_route_plan(const moe_tensor *expert_index /* int64 [G,T,k] */,
                    const moe_tensor *order /* [OPTIONAL] int64 [G,T] */,
                    const moe_tensor *valid /* [OPTIONAL] bool [G,T] */, int64_t E, int64_t capacity, int64_t ibase,
                    moe_tensor **token /* [OUT] */, moe_tensor **expert /* [OUT] */, moe_tensor **rank /* [OUT] */,
                    moe_tensor **counts /* [OUT] int64 [E] */);
 /* y [A,N] = x [A,K] @ w[e] [K,N] (+ b[e] [N], b may be NULL) over consecutive row
- * groups of sizes counts [E], the GEMMs in precision prec */
+ * groups of sizes counts [E] (on either device: read on the host), the GEMMs in precision prec */
 moe_tensor *moe_grouped_matmul(const moe_tensor *x, const moe_tensor *w, const moe_tensor *b, const moe_tensor *counts,
                                moe_precision prec);
 

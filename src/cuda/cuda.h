@@ -68,4 +68,15 @@ void moe_cuda_optim_update(moe_optim_kind kind, int n, moe_tensor *const *params
                            moe_tensor *const *s1s, moe_tensor *const *s2s, const int64_t *steps,
                            const moe_optim_hparams *h, double *norm_out, moe_tensor *norm_t);
 
+/* the sparse MoE layer (src/nn/routing.c; src/cuda/route.cu). The plan's token,
+ * expert and rank are made on the device, its counts [E] on the HOST (they
+ * size the expert GEMMs); the grouped GEMMs take counts and offs as host arrays */
+int moe_cuda_route_plan(const moe_tensor *ei, const moe_tensor *od, const moe_tensor *vd, int64_t E, int64_t capacity,
+                        int64_t ibase, moe_tensor **token, moe_tensor **expert, moe_tensor **rank, moe_tensor **counts);
+void moe_cuda_grouped_gemm(moe_tensor *y, const moe_tensor *x, const moe_tensor *w, const moe_tensor *b,
+                           const int64_t *counts, const int64_t *offs, int bf16);
+void moe_cuda_grouped_gemm_backward(moe_tensor *gx, moe_tensor *gw, moe_tensor *gb, const moe_tensor *g,
+                                    const moe_tensor *x, const moe_tensor *w, const int64_t *counts,
+                                    const int64_t *offs, int bf16);
+
 #endif

@@ -9,6 +9,7 @@
 // output). float64 always runs in fp64. moe_cuda_gemm_bf16 runs one GEMM in bf16
 // whatever the global setting (the per-call precision of moe.set_precision).
 #include "common.cuh"
+#include "gemm.cuh"
 
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -21,6 +22,7 @@
 #ifdef MOE_CUDA_EMU
 #define BLAS(f) f
 static const char *load_blas(void) { return NULL; }
+extern "C" void *moe_cuda_blas_symbol(const char *) { return NULL; }
 #else
 #include <dlfcn.h>
 // the C entry point's type (cuBLAS 13's C++ header also overloads the name)
@@ -35,6 +37,7 @@ static struct {
   gemm_ex_fn gemm_ex;
   decltype(&cublasGetStatusString) status;
 } blas_fns;
+static void *blas_lib; // the library opened, for moe_cuda_blas_symbol
 #define BLAS(f) BLAS_##f
 #define BLAS_cublasCreate blas_fns.create
 #define BLAS_cublasSetStream blas_fns.set_stream
@@ -56,6 +59,7 @@ static const char *load_blas(void) {
     snprintf(why, sizeof why, "cuBLAS not found (set MOE_CUBLAS to libcublas.so's path)");
     return why;
   }
+  blas_lib = h;
   blas_fns.create = (decltype(blas_fns.create))dlsym(h, "cublasCreate_v2");
   blas_fns.set_stream = (decltype(blas_fns.set_stream))dlsym(h, "cublasSetStream_v2");
   blas_fns.dgemm = (decltype(blas_fns.dgemm))dlsym(h, "cublasDgemm_v2");
@@ -68,6 +72,7 @@ static const char *load_blas(void) {
   }
   return NULL;
 }
+extern "C" void *moe_cuda_blas_symbol(const char *name) { return load_blas() ? NULL : dlsym(blas_lib, name); }
 #endif
 
 static cublasHandle_t handle;
@@ -89,6 +94,8 @@ static cublasHandle_t get_handle(void) {
   }
   return handle;
 }
+
+extern "C" cublasHandle_t moe_cuda_blas_handle(void) { return get_handle(); }
 
 extern "C" int moe_cuda_set_precision(int p) {
   int old = precision;

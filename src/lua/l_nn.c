@@ -65,15 +65,16 @@ static int l_route_plan(lua_State *L) {
   return 4;
 }
 
-/* grouped_matmul(x [A,K], w [E,K,N], counts [E][, precision]) or (x, w, bias [E,N], counts[, precision]) */
+/* grouped_matmul(x [A,K], w [E,K,N], counts [E][, precision]) or (x, w, bias [E,N], counts[, precision]);
+ * counts on either device (sizes, read on the host: a plan's counts are a host tensor) */
 static int l_grouped_matmul(lua_State *L) {
   moe_tensor *x = moe_l_check_tensor(L, 1, "grouped_matmul"), *w = moe_l_check_tensor(L, 2, "grouped_matmul");
   moe_tensor *b = NULL, *c;
   int pi = 4;
-  if (lua_isnoneornil(L, 4) || lua_type(L, 4) == LUA_TSTRING) c = moe_l_check_tensor(L, 3, "grouped_matmul");
+  if (lua_isnoneornil(L, 4) || lua_type(L, 4) == LUA_TSTRING) c = moe_l_check_tensor_any(L, 3, "grouped_matmul");
   else {
     b = moe_l_check_tensor(L, 3, "grouped_matmul");
-    c = moe_l_check_tensor(L, 4, "grouped_matmul");
+    c = moe_l_check_tensor_any(L, 4, "grouped_matmul");
     pi = 5;
   }
   moe_precision prec = moe_l_opt_precision(L, pi, "grouped_matmul");

@@ -8,12 +8,16 @@
  * pair whose expert already holds `capacity` pairs of that group is dropped.
  * The kept pairs come back sorted by expert (then group, rank and priority):
  * the rows each expert's GEMM reads are contiguous. No [T,E,C] one-hot tensor
- * is ever built.
+ * is ever built. On the device (src/cuda/route.cu) token, expert and rank are
+ * made there, but counts [E] always come back as a HOST int64 tensor: they are
+ * the sizes of the expert GEMMs, which the host launches, and tiny.
  *
  * moe_grouped_matmul: y [A,N] = x [A,K] @ w[e] [K,N] over consecutive row
  * groups of sizes counts[e]; backward gx = g w[e]^T, gw[e] = x_e^T g_e. With
  * MOE_PREC_BF16 (float32) all three GEMMs run on operands rounded to bfloat16
- * with fp32 sums (src/cpu/bf16.c); the bias and its gradient stay fp32. */
+ * with fp32 sums (src/cpu/bf16.c); the bias and its gradient stay fp32.
+ * counts are sizes, not data: a host tensor serves device operands (the plan's
+ * counts are one), and device counts are read back to the host once. */
 #include "../core/moe.h"
 #include "../core/autograd_impl.h"
 #include "../core/dispatch.h"
@@ -46,7 +50,7 @@ int moe_route_plan(const moe_tensor *expert_index, const moe_tensor *order, cons
   *token = *expert = *rank = *counts = NULL;
   int rc = -1;
   if (!ei || (order && !od) || (valid && !vd)) moe_error("route_plan: out of memory");
-  else rc = MOE_KH(route_plan, ei->device, ei, od, vd, E, capacity, ibase, token, expert, rank, counts);
+  else rc = MOE_K(route_plan, ei->device, ei, od, vd, E, capacity, ibase, token, expert, rank, counts);
   moe_tensor_release(ei);
   moe_tensor_release(od);
   moe_tensor_release(vd);
@@ -57,6 +61,7 @@ int moe_route_plan(const moe_tensor *expert_index, const moe_tensor *order, cons
 
 static int grouped_backward(moe_node *n, const moe_tensor *g0, moe_tensor **gin) {
   if (moe_backend_require("grouped_matmul backward", g0->device, MOE_KERNEL_grouped_gemm_backward)) return -1;
+  /* cn: the host copy of counts the forward saved (the kernels take host sizes) */
   const moe_tensor *x = moe_node_saved(n, 0), *w = moe_node_saved(n, 1), *cn = moe_node_saved(n, 2);
   if (!x || !w || !cn) return -1;
   moe_tensor *g = moe_contiguous(g0);
@@ -83,8 +88,8 @@ static int grouped_backward(moe_node *n, const moe_tensor *g0, moe_tensor **gin)
     offs[e] = total;
     total += counts[e];
   }
-  MOE_KH(grouped_gemm_backward, g->device, gx, gw, gb, g, x, w, counts, offs,
-         n->iarg[0] == MOE_PREC_BF16 && x->dtype == MOE_F32);
+  MOE_K(grouped_gemm_backward, g->device, gx, gw, gb, g, x, w, counts, offs,
+        n->iarg[0] == MOE_PREC_BF16 && x->dtype == MOE_F32);
   free(offs);
   moe_tensor_release(g);
   gin[0] = gx;
@@ -96,8 +101,8 @@ static int grouped_backward(moe_node *n, const moe_tensor *g0, moe_tensor **gin)
 moe_tensor *moe_grouped_matmul(const moe_tensor *x0, const moe_tensor *w0, const moe_tensor *b0,
                                const moe_tensor *counts, moe_precision prec) {
   char b1[160], b2[160], b3[160];
-  const moe_tensor *all[4] = {x0, w0, b0, counts};
-  if (moe_same_device("grouped_matmul", 4, all) ||
+  const moe_tensor *all[3] = {x0, w0, b0}; /* counts: on either device (sizes, read on the host) */
+  if (moe_same_device("grouped_matmul", 3, all) ||
       moe_backend_require("grouped_matmul", x0->device, MOE_KERNEL_grouped_gemm))
     return NULL;
   if (x0->ndim != 2 || w0->ndim != 3 || counts->ndim != 1 || counts->dtype != MOE_I64 ||
@@ -110,7 +115,7 @@ moe_tensor *moe_grouped_matmul(const moe_tensor *x0, const moe_tensor *w0, const
               moe_shape_str(x0, b1), moe_shape_str(w0, b2), moe_shape_str(counts, b3));
     return NULL;
   }
-  moe_tensor *cn = moe_contiguous(counts);
+  moe_tensor *cn = counts->device == MOE_CPU ? moe_contiguous(counts) : moe_to_device(counts, MOE_CPU);
   if (!cn) return NULL;
   const int64_t *c = (const int64_t *)moe_data(cn);
   int64_t total = 0, E = w0->shape[0], N = w0->shape[2];
@@ -145,7 +150,7 @@ moe_tensor *moe_grouped_matmul(const moe_tensor *x0, const moe_tensor *w0, const
       offs[e] = off;
       off += c[e];
     }
-    MOE_KH(grouped_gemm, x->device, y, x, w, b, c, offs, prec == MOE_PREC_BF16 && x->dtype == MOE_F32);
+    MOE_K(grouped_gemm, x->device, y, x, w, b, c, offs, prec == MOE_PREC_BF16 && x->dtype == MOE_F32);
   }
   free(offs);
   const moe_tensor *ins[3] = {x0, w0, b0};

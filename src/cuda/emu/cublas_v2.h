@@ -34,4 +34,12 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t h, cublasOperation_t ta
                                           long long sA, const void *B, cudaDataType bt, int ldb, long long sB,
                                           const void *beta, void *C, cudaDataType ct, int ldc, long long sC, int batch,
                                           cublasComputeType_t ctype, cublasGemmAlgo_t algo);
+// cuBLAS 12.5's grouped GEMM (route.cu): group i runs group_size[i] GEMMs of
+// its sizes; the matrix pointer arrays live in device memory, the rest on the host
+cublasStatus_t cublasGemmGroupedBatchedEx(cublasHandle_t h, const cublasOperation_t ta[], const cublasOperation_t tb[],
+                                          const int m[], const int n[], const int k[], const void *alpha,
+                                          const void *const A[], cudaDataType at, const int lda[],
+                                          const void *const B[], cudaDataType bt, const int ldb[], const void *beta,
+                                          void *const C[], cudaDataType ct, const int ldc[], int group_count,
+                                          const int group_size[], cublasComputeType_t ctype);
 #endif

@@ -386,3 +386,43 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t, cublasOperation_t ta, 
   moe_emu_lock();
   return CUBLAS_STATUS_SUCCESS;
 }
+
+// ---------------------------------------------------------------- grouped GEMM (route.cu)
+// each GEMM through the strided-batched shim above (batch 1), after reading its
+// pointers out of device memory, as cuBLAS does; alpha and beta: one float per group
+cublasStatus_t cublasGemmGroupedBatchedEx(cublasHandle_t h, const cublasOperation_t ta[], const cublasOperation_t tb[],
+                                          const int m[], const int n[], const int k[], const void *alpha,
+                                          const void *const A[], cudaDataType at, const int lda[],
+                                          const void *const B[], cudaDataType bt, const int ldb[], const void *beta,
+                                          void *const C[], cudaDataType ct, const int ldc[], int group_count,
+                                          const int group_size[], cublasComputeType_t ctype) {
+  if (group_count < 0) return CUBLAS_STATUS_INVALID_VALUE;
+  if (at != CUDA_R_32F || bt != CUDA_R_32F || ct != CUDA_R_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
+  int total = 0;
+  for (int i = 0; i < group_count; i++) {
+    if (group_size[i] < 0) return CUBLAS_STATUS_INVALID_VALUE;
+    total += group_size[i];
+  }
+  if (!total) return CUBLAS_STATUS_SUCCESS;
+  need_device(A);
+  need_device(B);
+  need_device(C);
+  std::vector<const void *> pa(total), pb(total);
+  std::vector<void *> pc(total);
+  moe_emu_unlock();
+  for (int j = 0; j < total; j++) {
+    pa[j] = A[j];
+    pb[j] = B[j];
+    pc[j] = C[j];
+  }
+  moe_emu_lock();
+  const float *al = (const float *)alpha, *be = (const float *)beta;
+  for (int i = 0, j = 0; i < group_count; i++)
+    for (int s = 0; s < group_size[i]; s++, j++) {
+      cublasStatus_t st =
+          cublasGemmStridedBatchedEx(h, ta[i], tb[i], m[i], n[i], k[i], &al[i], pa[j], at, lda[i], 0, pb[j], bt, ldb[i],
+                                     0, &be[i], pc[j], ct, ldc[i], 0, 1, ctype, CUBLAS_GEMM_DEFAULT);
+      if (st != CUBLAS_STATUS_SUCCESS) return st;
+    }
+  return CUBLAS_STATUS_SUCCESS;
+}
