@@ -126,6 +126,21 @@ local BG3 = f64(moe.randn(3, 3))
 local RP_IDX = moe.randint(1, 5, { 3, 300, 2 }, { dtype = "int64" })
 local RP_ORDER = moe.stack({ moe.randperm(300), moe.randperm(300), moe.randperm(300) })
 local RP_VALID = moe.rand(3, 300):gt(0.2)
+-- beyond one block: rows for the device's tiled sort and merge passes (ties,
+-- NaN), mid-size rows (one block's bitonic sort), full reductions of 1e5
+-- elements (many blocks, then a second pass), scatters with many duplicates
+local SORT_LONG = f64(moe.randint(0, 9, { 2, 5000 }))
+SORT_LONG[{ 1, 7 }] = 0 / 0; SORT_LONG[{ 1, 4999 }] = 0 / 0; SORT_LONG[{ 2, 1 }] = 0 / 0
+local SORT_INT = moe.randint(0, 9, { 2, 5000 }):to("int32")
+local SORT_MID = f64(moe.randint(0, 40, { 3, 300 }))
+local TOPK_LONG = f64(moe.randn(2, 7000))
+local FULL = f64(moe.randn(100000))
+local FULL_NEAR1 = f64(moe.rand(100000) * 0.002 + 0.999) -- a product that stays finite
+local FULL_INT = moe.randint(-50, 50, { 100000 })
+local DUP_IX = moe.randint(1, 5, { 2000 })                 -- index_add: 2000 sources into 5 rows
+local DUP_SRC = f64(moe.randn(2000, 3))
+local DUP_SCATTER_IX = moe.randint(1, 7, { 4, 3000 })      -- scatter_add: 3000 per row into 7
+local DUP_SCATTER_SRC = f64(moe.randn(4, 3000))
 
 -- a row: kernel, the differentiable inputs (host tensors), and run(dev, inputs...)
 -- returning a list of output tensors; loss (optional) reduces them to a scalar.
@@ -144,7 +159,17 @@ local rows = {
     return { moe.rand(5, 3, { device = dev }), moe.randn(7, { device = dev, dtype = "float64" }),
       moe.randn(9, { device = dev }), moe.rand(2, { device = dev, dtype = "float64" }) }
   end, no_inputs = true },
-  { "reduce_rows", { A }, function(a) return { a:sum(2), a:mean(), a:max(2), a:var(2), a:logsumexp(2) } end },
+  { "reduce_rows", { A }, function(a, dev)
+    local out = { a:sum(2), a:mean(), a:max(2), a:var(2), a:logsumexp(2) }
+    local x, p, n = FULL:to(dev), FULL_NEAR1:to(dev), FULL_INT:to(dev)
+    for _, o in ipairs { x:sum(), x:mean(), x:max(), x:min(), x:argmax():to("float64"), x:argmin():to("float64"),
+                         x:var(1, { correction = 0 }), x:std(1), x:logsumexp(1), p:prod(), n:sum():to("float64"),
+                         n:prod():to("float64"), x:gt(-4):all():to("float64"), x:gt(4.5):any():to("float64"),
+                         x:view(4, 25000):sum(2), x:view(4, 25000):max(2) } do
+      out[#out + 1] = o
+    end
+    return out
+  end, dev_arg = true },
   { "sum_middle", { C3 }, function(c) return { c:sum(2), c:mean(2) } end },
   { "scan_rows", { A }, function(a) return { a:softmax(2), a:cumsum(2), a:log_softmax(1) } end },
   { "cumprod_backward", { A }, function(a) return { a:cumprod(2) } end, cpu_only = true },
@@ -152,14 +177,45 @@ local rows = {
   { "gemm_add", { A, W, BIAS }, function(a, w, b) return { moe.linear(a, w, b), moe.linear(a, w, b, "tanh") } end },
   { "gemm_bf16", { A, W }, function(a, w) return { moe.matmul(a:to("float32"), w:to("float32"), "bf16"):to("float64") } end,
     tol = 1e-6, no_fd = true },
-  { "argsort_rows", { A }, function(a) local v, i = a:sort(2); return { v, i } end },
-  { "take_rows", { A }, function(a) local v, i = a:topk(2, 2); return { v, i } end },
+  { "argsort_rows", { A }, function(a, dev)
+    local v, i = a:sort(2)
+    local out = { v, i }
+    for _, desc in ipairs { false, true } do -- (the long rows hold NaN: their indices only)
+      local _, li = SORT_LONG:to(dev):sort(2, desc)
+      local mv, mi = SORT_MID:to(dev):sort(2, desc)
+      local _, ii = SORT_INT:to(dev):sort(2, desc)
+      for _, o in ipairs { li, mv, mi, ii } do out[#out + 1] = o end
+    end
+    return out
+  end, dev_arg = true },
+  { "take_rows", { A }, function(a, dev)
+    local v, i = a:topk(2, 2)
+    local lv, li = TOPK_LONG:to(dev):topk(50, 2)
+    local sv, si = TOPK_LONG:to(dev):topk(30, 2, false)
+    local _, ti = SORT_LONG:to(dev):topk(100, 2)
+    return { v, i, lv, li, sv, si, ti }
+  end, dev_arg = true },
   { "gather", { A }, function(a, dev) return { a:gather(2, ix({ { 1, 4 }, { 2, 2 }, { 3, 1 } }):to(dev)) } end, dev_arg = true },
   { "scatter_add", { A, B }, function(a, b, dev)
-    return { a:scatter_add(2, ix({ { 1, 4, 1, 2 }, { 2, 2, 3, 3 }, { 4, 1, 1, 1 } }):to(dev), b) }
+    local out = { a:scatter_add(2, ix({ { 1, 4, 1, 2 }, { 2, 2, 3, 3 }, { 4, 1, 1, 1 } }):to(dev), b) }
+    for _, det in ipairs { false, true } do -- atomics, then sorted segment sums
+      local was = moe.set_deterministic(det)
+      out[#out + 1] = f64(moe.zeros(4, 7)):to(dev):scatter_add(2, DUP_SCATTER_IX:to(dev), DUP_SCATTER_SRC:to(dev))
+      moe.set_deterministic(was)
+    end
+    return out
   end, dev_arg = true },
   { "index_select", { A }, function(a, dev) return { a:index_select(1, ix({ 3, 1, 3 }):to(dev)) } end, dev_arg = true },
-  { "index_add", { A, B }, function(a, b, dev) return { a:index_add(1, ix({ 2, 1, 2 }):to(dev), b) } end, dev_arg = true },
+  { "index_add", { A, B }, function(a, b, dev)
+    local out = { a:index_add(1, ix({ 2, 1, 2 }):to(dev), b) }
+    for _, det in ipairs { false, true } do
+      local was = moe.set_deterministic(det)
+      out[#out + 1] = f64(moe.zeros(5, 3)):to(dev):index_add(1, DUP_IX:to(dev), DUP_SRC:to(dev))
+      out[#out + 1] = a:index_add(1, ix({ 2, 1, 2 }):to(dev), b)
+      moe.set_deterministic(was)
+    end
+    return out
+  end, dev_arg = true },
   { "index_check", {}, function(dev)
     local ok, err = pcall(function() return A:to(dev):index_select(1, ix({ 4 }):to(dev)) end)
     assert.is_false(ok)

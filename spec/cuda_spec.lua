@@ -532,3 +532,167 @@ describe("moe.cuda with a device", function()
     assert.matches("out of range", H.error_of(function() moe.core.get_flat(x, 13) end))
   end)
 end)
+
+describe("moe.cuda: sorting, full reductions, engine-made indices, deterministic scatters", function()
+  local function need_device()
+    if not moe.cuda.is_available() then
+      pending("skipped: no CUDA device")
+      return false
+    end
+    return true
+  end
+  local function ix(v) return moe.tensor(v, { dtype = "int64" }) end
+  local function bits(t) return t:cpu():totable() end -- (floats to Lua doubles: exact)
+
+  it("sorts rows of every length stably, NaN last ascending and first descending, as the CPU", function()
+    if not need_device() then return end
+    moe.manual_seed(3)
+    for _, K in ipairs { 3, 16, 17, 1000, 2048, 2049, 6000 } do
+      local x = moe.randint(0, 5, { 2, K }):float()
+      x[{ 1, 1 }] = 0 / 0; x[{ 2, K }] = 0 / 0
+      for _, desc in ipairs { false, true } do
+        local _, ci = x:sort(2, desc)
+        local _, gi = x:cuda():sort(2, desc)
+        assert.same(ci:totable(), gi:cpu():totable(), ("K = %d, descending %s"):format(K, tostring(desc)))
+        -- stable: equal values keep their order (checked on the device's result itself)
+        local v, p = x:totable(), gi:cpu():totable()
+        for j = 2, K do
+          local a, b = v[1][p[1][j - 1]], v[1][p[1][j]]
+          if a == b then assert.is_true(p[1][j - 1] < p[1][j]) end
+        end
+        assert.is_true(v[1][p[1][desc and 1 or K]] ~= v[1][p[1][desc and 1 or K]]) -- the NaN's place
+      end
+      local _, ct = x:topk(math.min(K, 7), 2)
+      local _, gt = x:cuda():topk(math.min(K, 7), 2)
+      assert.same(ct:totable(), gt:cpu():totable())
+    end
+  end)
+
+  it("full reductions of 1e5 elements run over many blocks and match the CPU", function()
+    if not need_device() then return end
+    moe.manual_seed(4)
+    local x = moe.randn(100000)
+    local xc = x:cuda()
+    for _, op in ipairs { "sum", "mean", "max", "min", "logsumexp" } do
+      assert.near(x[op](x):item(), xc[op](xc):cpu():item(), 1e-5 * (1 + math.abs(x[op](x):item())), op)
+    end
+    assert.near(x:var(1, { correction = 0 }):item(), xc:var(1, { correction = 0 }):cpu():item(), 1e-6)
+    assert.near(x:std(1):item(), xc:std(1):cpu():item(), 1e-6)
+    assert.equal(x:argmax():item(), xc:argmax():cpu():item())
+    assert.equal(x:argmin():item(), xc:argmin():cpu():item())
+    -- ties: the first index, across chunks; NaN wins
+    local t = moe.zeros(100000); t[{ 70000 }] = 5; t[{ 90000 }] = 5
+    assert.equal(70000, t:cuda():argmax():cpu():item())
+    t[{ 80000 }] = 0 / 0
+    assert.equal(80000, t:cuda():argmax():cpu():item())
+    assert.is_true(t:cuda():max():cpu():item() ~= t:cuda():max():cpu():item())
+    local n = moe.randint(-9, 9, { 100000 })
+    assert.equal(n:sum():item(), n:cuda():sum():cpu():item())
+    assert.is_true(moe.ones(100000):cuda():gt(0):all():cpu():item())
+    local one = moe.zeros(100000); one[{ 99999 }] = 1
+    assert.is_true(one:cuda():gt(0):any():cpu():item())
+    assert.is_false(one:cuda():gt(0):all():cpu():item())
+    -- the same bits every run (fixed trees, no atomics)
+    assert.equal(xc:sum():cpu():item(), xc:sum():cpu():item())
+  end)
+
+  it("an index the engine made (topk, argmax) skips the range check; a user's index is checked", function()
+    for _, dev in ipairs { "cpu", "cuda" } do
+      if dev == "cuda" and not moe.cuda.is_available() then break end
+      local x = moe.randn(50, 4):to(dev)
+      local _, idx = moe.randn(50):to(dev):topk(10)
+      local c0 = moe.core.index_checks()
+      local a = x:index_select(1, idx)
+      assert.equal(c0, moe.core.index_checks(), dev .. ": topk's index was checked")
+      assert.same(x:cpu():index_select(1, idx:cpu()):totable(), a:cpu():totable())
+      c0 = moe.core.index_checks() -- (idx:cpu() is a copy on the host, without the mark)
+      local am = moe.randn(4, 50):to(dev):argmax(2)
+      x:index_select(1, am)
+      assert.equal(c0, moe.core.index_checks(), dev .. ": argmax's index was checked")
+      -- index_select's backward (index_add) reuses the index: no check either
+      local w = moe.randn(50, 4):to(dev):requires_grad_()
+      w:index_select(1, idx):sum():backward()
+      assert.equal(c0, moe.core.index_checks())
+      -- the user's index: checked, and one out of range is the clean error
+      x:index_select(1, ix({ 3, 1, 50 }):to(dev))
+      assert.equal(c0 + 1, moe.core.index_checks())
+      assert.matches("index_select: index 51 out of range %[1, 50%]",
+        H.error_of(x.index_select, x, 1, ix({ 2, 51 }):to(dev)))
+      -- a range that does not fit the dim is checked: topk of 50 into a dim of 10
+      local small = moe.randn(10, 4):to(dev)
+      local c1 = moe.core.index_checks()
+      local ok = pcall(small.index_select, small, 1, idx)
+      assert.equal(c1 + 1, moe.core.index_checks())
+      assert.equal(idx:cpu():max():item() <= 10, ok)
+      -- a write into the engine's index drops its mark: checked again
+      idx[1] = 99
+      assert.matches("index 99 out of range", H.error_of(x.index_select, x, 1, idx))
+    end
+  end)
+
+  it("GEMMs past cuBLAS's 32-bit sizes are split, or refused with the dimension named", function()
+    if not need_device() then return end
+    moe.manual_seed(5)
+    local old = moe.core.cuda_gemm_limit(16) -- (INT32_MAX normally: lowered to reach both paths)
+    local ok, err = pcall(function()
+      local function near(c, g) return (c - g:cpu()):abs():max():item() <= 1e-4 * (1 + c:abs():max():item()) end
+      local a, b = moe.randn(40, 12), moe.randn(12, 9) -- M over the limit: pieces of 16 rows
+      assert.is_true(near(moe.matmul(a, b), moe.matmul(a:cuda(), b:cuda())))
+      -- K over the limit (A a transposed view, so its leading dim is M): pieces of K that accumulate
+      local at, bk = moe.randn(37, 9), moe.randn(37, 9)
+      assert.is_true(near(moe.matmul(at:transpose(1, 2), bk), moe.matmul(at:cuda():transpose(1, 2), bk:cuda())))
+      local a3, b3 = moe.randn(20, 3, 5), moe.randn(20, 5, 4) -- batch over the limit
+      assert.is_true(near(moe.matmul(a3, b3), moe.matmul(a3:cuda(), b3:cuda())))
+      -- N is C's leading dim too: it cannot be cut
+      assert.matches("matmul: .*dimension N = 20 exceeds cuBLAS's 32%-bit limit",
+        H.error_of(moe.matmul, moe.randn(3, 5):cuda(), moe.randn(5, 20):cuda()))
+      -- a leading dim over the limit (a narrowed view's row stride)
+      assert.matches("matmul: .*dimension ld[ab] = 30 exceeds cuBLAS's 32%-bit limit",
+        H.error_of(moe.matmul, moe.randn(3, 30):cuda():narrow(2, 1, 5), moe.randn(5, 4):cuda()))
+    end)
+    moe.core.cuda_gemm_limit(old)
+    assert(ok, err)
+    assert.equal(old, moe.core.cuda_gemm_limit())
+  end)
+
+  it("moe.set_deterministic: index_add and scatter_add with many duplicates give the CPU's bits, every run", function()
+    assert.is_false(moe.get_deterministic())
+    assert.is_false(moe.set_deterministic(true))
+    assert.is_true(moe.get_deterministic())
+    moe.set_deterministic(false)
+    if not need_device() then return end
+    moe.manual_seed(6)
+    local idx = moe.randint(1, 7, { 5000 })
+    local src = moe.randn(5000, 3) * 100 -- float32: the sum's bits depend on its order
+    local sidx = moe.randint(1, 9, { 3, 4000 })
+    local ssrc = moe.randn(3, 4000) * 100
+    local function runs()
+      return moe.zeros(7, 3):cuda():index_add(1, idx:cuda(), src:cuda()),
+        moe.zeros(3, 9):cuda():scatter_add(2, sidx:cuda(), ssrc:cuda())
+    end
+    local cpu_ia, cpu_sa = moe.zeros(7, 3):index_add(1, idx, src), moe.zeros(3, 9):scatter_add(2, sidx, ssrc)
+    moe.set_deterministic(true)
+    local ok, err = pcall(function()
+      local ia1, sa1 = runs()
+      local ia2, sa2 = runs()
+      assert.same(bits(ia1), bits(ia2))
+      assert.same(bits(sa1), bits(sa2))
+      assert.same(bits(cpu_ia), bits(ia1)) -- the CPU adds in source order too
+      assert.same(bits(cpu_sa), bits(sa1))
+      -- the backward of index_select and gather (index_add, scatter_add) too
+      local w = moe.randn(7, 3)
+      local wc = w:cuda():requires_grad_()
+      w:requires_grad_()
+      local g = moe.randn(5000, 3)
+      w:index_select(1, idx):backward(g)
+      wc:index_select(1, idx:cuda()):backward(g:cuda())
+      assert.same(bits(w.grad), bits(wc.grad))
+    end)
+    moe.set_deterministic(false)
+    assert(ok, err)
+    -- without the mode: atomics, the same sums within rounding
+    local ia, sa = runs()
+    assert.is_true((ia:cpu() - cpu_ia):abs():max():item() <= 1e-3 * cpu_ia:abs():max():item())
+    assert.is_true((sa:cpu() - cpu_sa):abs():max():item() <= 1e-3 * cpu_sa:abs():max():item())
+  end)
+end)

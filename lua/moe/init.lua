@@ -14,7 +14,7 @@ local PUBLIC = {}
 for _, name in ipairs { "tensor", "zeros", "ones", "full", "empty", "rand", "randn", "randint", "randperm", "arange",
                         "linspace", "eye", "manual_seed", "cat", "stack", "is_tensor", "set_grad_enabled",
                         "is_grad_enabled", "peak_bytes", "empty_cache", "linear", "mixture", "gate_scale",
-                        "grouped_matmul" } do
+                        "grouped_matmul", "set_deterministic", "get_deterministic" } do
   PUBLIC[name] = true
 end
 local METHOD_ONLY = { has_grad = true, same_storage = true, storage_offset = true } -- t:has_grad(), not moe.has_grad

@@ -201,6 +201,7 @@ moe_storage *storage_new(size_t nbytes) {
   s->refcount = 1;
   s->device = MOE_CPU;
   s->version = 0;
+  s->ix_marked = 0; /* (a recycled block keeps its old header) */
   s->pool_class = (int8_t)c;
   s->block_bytes = total;
   live_bytes += (int64_t)nbytes;

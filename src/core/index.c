@@ -4,9 +4,39 @@
 #include "autograd_impl.h"
 #include "dispatch.h"
 #include "index_impl.h"
+#include "tensor_impl.h"
 
 #include <stdlib.h>
 #include <string.h>
+
+/* ---------------------------------------------------------------- engine-made indices
+ * Checking a device index costs a round trip (a flag copied back, a sync). An
+ * index the engine wrote itself (topk, sort, argmax...) carries its value range
+ * on its storage; the mark lasts until the storage is written again (its
+ * version moves). */
+static int64_t checks_done;
+_Static_assert(sizeof(struct moe_storage) <= MOE_ALIGN, "the storage header fits in a host block's header bytes");
+
+void moe_mark_index_range(const moe_tensor *t, int64_t lo, int64_t hi) {
+  moe_storage *s = t ? t->storage : NULL;
+  /* the mark is for the whole storage: t must have written all of it */
+  if (!s || t->dtype != MOE_I64 || t->offset != 0 || !moe_is_contiguous(t) ||
+      (size_t)moe_numel(t) * sizeof(int64_t) != s->nbytes || s->nbytes == 0)
+    return;
+  s->ix_marked = 1;
+  s->ix_lo = lo;
+  s->ix_hi = hi;
+  s->ix_version = s->version;
+}
+
+int64_t moe_index_checks(void) { return checks_done; }
+
+/* 1 when index's values are known to lie in [lo, hi]: its storage's mark is
+ * current (an int64 view of the storage sees only values the op wrote) */
+static int marked_within(const moe_tensor *t, int64_t lo, int64_t hi) {
+  const moe_storage *s = t->storage;
+  return t->dtype == MOE_I64 && s->ix_marked && s->ix_version == s->version && s->ix_lo >= lo && s->ix_hi <= hi;
+}
 
 /* Index tensor as contiguous int64 with every value checked to lie in
  * [ibase, ibase + size - 1]. Returns the data; *hold keeps it alive. */
@@ -19,6 +49,7 @@ const int64_t *moe_checked_index(const char *op, const moe_tensor *index, int64_
               moe_shape_str(index, b));
     return NULL;
   }
+  int known = marked_within(index, ibase, ibase + size - 1);
   moe_tensor *i64 = moe_to_dtype(index, MOE_I64);
   if (!i64) return NULL;
   *hold = moe_contiguous(i64);
@@ -26,6 +57,8 @@ const int64_t *moe_checked_index(const char *op, const moe_tensor *index, int64_
   if (!*hold) return NULL;
   const int64_t *p = (const int64_t *)moe_data(*hold);
   int64_t v = 0;
+  if (known) return p;
+  checks_done++;
   if (MOE_K(index_check, (*hold)->device, p, moe_numel(*hold), ibase, ibase + size - 1, &v)) {
     moe_error("%s: index %lld out of range [%lld, %lld] (dim size %lld)", op, (long long)v, (long long)ibase,
               (long long)(ibase + size - 1), (long long)size);
@@ -228,8 +261,10 @@ static int topk_impl(const moe_tensor *t, int64_t k, int dim, int largest, moe_t
   if (pv && pi) {
     *values = moe_contiguous(pv);
     *indices = moe_contiguous(pi);
-    if (*values && *indices) rc = 0;
-    else {
+    if (*values && *indices) {
+      rc = 0;
+      moe_mark_index_range(*indices, ibase, ibase + K - 1);
+    } else {
       moe_tensor_release(*values);
       moe_tensor_release(*indices);
     }

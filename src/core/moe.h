@@ -326,4 +326,12 @@ const char *moe_grad_fn_name(const moe_tensor *t);
 /* g summed over the dims broadcast from shape (ndim, shape); new ref */
 moe_tensor *moe_sum_to_shape(const moe_tensor *g, int ndim, const int64_t *shape);
 
+/* ---- deterministic mode (src/core/determinism.c) ----
+ * On: the device's float scatter_add and index_add (and so the sparse MoE
+ * combine, gather's and index_select's backward) sum each destination's sources
+ * in source order instead of with atomics: bitwise the same every run, and the
+ * CPU's result. The CPU is deterministic either way. */
+int moe_set_deterministic(int on); /* returns the previous mode */
+int moe_get_deterministic(void);
+
 #endif

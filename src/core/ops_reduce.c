@@ -2,6 +2,7 @@
  * logsumexp, all/any) and scans (softmax, log_softmax, cumsum, cumprod): checks,
  * dispatch (src/cpu/reduce.c, src/cuda/reduce.cu), recording, backward. */
 #include "ops_impl.h"
+#include "index_impl.h"
 
 #include <math.h>
 #include <string.h>
@@ -113,6 +114,9 @@ static moe_tensor *reduce_impl(moe_redop op, const moe_tensor *t, unsigned dims,
   }
   MOE_K(reduce_rows, out->device, op, x, out, idx, M, K, correction, ibase);
   moe_tensor_release(x);
+  /* engine-made indices: index ops skip checking them (index_impl.h) */
+  if (op == MOE_RARGMAX || op == MOE_RARGMIN) moe_mark_index_range(out, ibase, ibase + K - 1);
+  moe_mark_index_range(idx, ibase, ibase + K - 1);
   if (out->dtype != out_dt) { /* max/min of a bool tensor */
     moe_tensor *o2 = moe_to_dtype(out, out_dt);
     moe_tensor_release(out);

@@ -4,13 +4,21 @@
 #define MOE_TENSOR_IMPL_H
 #include "moe.h"
 
+/* (a host block holds this header in its first MOE_ALIGN bytes: index.c asserts it) */
 struct moe_storage {
   void *data;
   size_t nbytes;
+  size_t block_bytes; /* bytes of the host block (header included) */
   int refcount;
   moe_device device;
-  uint32_t version;   /* bumped by every in-place write (autograd checks it) */
-  int8_t pool_class;  /* size class of a recycled host block, -1 if none */
-  size_t block_bytes; /* bytes of the host block (header included) */
+  uint32_t version;    /* bumped by every in-place write (autograd checks it) */
+  uint32_t ix_version; /* the index mark's version (below) */
+  int8_t pool_class;   /* size class of a recycled host block, -1 if none */
+  /* 1: an index the engine wrote (moe_mark_index_range, src/core/index.c): all
+   * its int64 elements lie in [ix_lo, ix_hi] while version == ix_version (any
+   * write bumps version, and so drops the mark) */
+  int8_t ix_marked;
+  int64_t ix_lo, ix_hi;
 };
+
 #endif

@@ -46,6 +46,11 @@ void moe_cuda_index_add(moe_tensor *out, int dim, const int64_t *index, int64_t 
 /* 0 when every p[i] (device memory, n of them) lies in [lo, hi]; else 1 and *bad = one that does not */
 int moe_cuda_index_check(const int64_t *p, int64_t n, int64_t lo, int64_t hi, int64_t *bad);
 
+/* ---- backend limits (src/cuda/matmul.cu) ----
+ * the largest size or leading dim handed to cuBLAS (INT32_MAX; lim > 0 lowers
+ * it, for the specs); returns the old one */
+int64_t moe_cuda_gemm_limit(int64_t lim);
+
 /* binary cross-entropy (src/nn/losses.c): l = bce(y, p), gp = g * dl/dp; one shape, float */
 void moe_cuda_bce(moe_tensor *l, const moe_tensor *y, const moe_tensor *p, int logits);
 void moe_cuda_bce_backward(moe_tensor *gp, const moe_tensor *g, const moe_tensor *y, const moe_tensor *p, int logits);

@@ -1,7 +1,162 @@
-// index.cu -- gather and scatter_add along one dim, as src/cpu/index.c: one
-// thread per position of the index's shape. scatter_add accumulates with
-// atomics (so float sums may differ from the CPU's in the last bits).
+// index.cu -- argsort/topk rows, gather and scatter_add along one dim,
+// index_select and index_add, as src/cpu/index.c: one thread per position of
+// the index's shape. scatter_add and index_add accumulate with atomics, so on a
+// device float sums come in any order (the last bits vary from run to run and
+// from the CPU's). Under moe_get_deterministic() their float versions sort the
+// (destination, source position) pairs stably by destination instead, and each
+// destination sums its sources in source order: bitwise the CPU's sums (which
+// add in source order), every run.
 #include "common.cuh"
+
+// ---------------------------------------------------------------- argsort / topk
+// Stable argsort with src/cpu/index.c's order (NaN above every number, so last
+// ascending and first descending). Ties are broken by position, which makes the
+// order total: any correct sort under it is the stable sort, bitonic included.
+//  - K <= RANK_MAX: one thread per element counts the elements before it (K reads
+//    each; routers' rows of a few experts);
+//  - K <= TILE: one block sorts the row in shared memory (bitonic network:
+//    O(K log^2 K) compares in O(log^2 K) barrier steps);
+//  - longer rows: blocks sort tiles of TILE, then merge passes in global memory
+//    double the sorted runs: each element's place in the merged run is its place
+//    in its own run plus a binary search in the other (O(K log K) per pass,
+//    log2(K / TILE) passes). Only positions move; values are read from x.
+// The same sort orders the destinations of the deterministic scatters below.
+namespace {
+const int RANK_MAX = 16, TILE = 2048;
+
+template <class T> __device__ __forceinline__ bool before(T a, T b, int desc) {
+  if (a != a) return desc && b == b;
+  if (b != b) return !desc;
+  return desc ? a > b : a < b;
+}
+// (a at position i) comes before (b at position j)
+template <class T> __device__ __forceinline__ bool lt(T a, int64_t i, T b, int64_t j, int desc) {
+  if (before(a, b, desc)) return true;
+  if (before(b, a, desc)) return false;
+  return i < j;
+}
+
+template <class T> __global__ void k_rank_sort(const T *x, int64_t M, int64_t K, int desc, int64_t *idx) {
+  MOE_GRID_STRIDE(p, M * K) {
+    int64_t m = p / K, i = p % K;
+    const T *r = x + m * K;
+    T v = r[i];
+    int64_t rank = 0;
+    for (int64_t j = 0; j < K; j++) rank += lt(r[j], j, v, i, desc);
+    idx[m * K + rank] = i;
+  }
+}
+
+// tile t of row m (nb = M * tiles per row blocks in all): sorted positions into idx.
+// Shared memory: P keys, then P positions within the tile (P: a power of two >=
+// the tile's length; positions >= the length are padding, after everything).
+template <class T>
+__global__ void k_tile_sort(const T *x, int64_t K, int64_t nb, int64_t tiles, int P, int desc, int64_t *idx) {
+  MOE_DYN_SMEM(double, smem);
+  T *kv = (T *)smem;
+  int *kp = (int *)(kv + P);
+  for (int64_t blk = blockIdx.x; blk < nb; blk += gridDim.x) {
+    int64_t m = blk / tiles, t0 = blk % tiles * TILE;
+    int L = (int)(K - t0 < TILE ? K - t0 : TILE);
+    const T *r = x + m * K + t0;
+    for (int i = threadIdx.x; i < P; i += blockDim.x) {
+      kp[i] = i;
+      kv[i] = i < L ? r[i] : (T)0;
+    }
+    __syncthreads();
+    for (int k = 2; k <= P; k <<= 1)
+      for (int j = k >> 1; j > 0; j >>= 1) {
+        for (int t = threadIdx.x; t < P / 2; t += blockDim.x) {
+          int a = ((t & ~(j - 1)) << 1) | (t & (j - 1)), b = a + j; // a has bit j clear
+          int pa = kp[a], pb = kp[b];
+          bool b_first = pa >= L ? (pb >= L ? pb < pa : true)
+                                 : (pb >= L ? false : lt(kv[b], (int64_t)pb, kv[a], (int64_t)pa, desc));
+          if (b_first == ((a & k) == 0)) { // ascending where bit k is clear, descending elsewhere
+            T v = kv[a];
+            kv[a] = kv[b];
+            kv[b] = v;
+            kp[a] = pb;
+            kp[b] = pa;
+          }
+        }
+        __syncthreads();
+      }
+    for (int i = threadIdx.x; i < L; i += blockDim.x) idx[m * K + t0 + i] = t0 + kp[i];
+    __syncthreads(); // before the next tile overwrites kv, kp
+  }
+}
+
+// runs of w sorted positions in src (per row) -> runs of 2w in dst
+template <class T>
+__global__ void k_merge(const T *x, int64_t M, int64_t K, int64_t w, int desc, const int64_t *src, int64_t *dst) {
+  MOE_GRID_STRIDE(p, M * K) {
+    int64_t m = p / K, i = p % K, s = i / (2 * w) * (2 * w);
+    int64_t mid = s + w < K ? s + w : K, e = s + 2 * w < K ? s + 2 * w : K;
+    const int64_t *rs = src + m * K;
+    const T *r = x + m * K;
+    int64_t me = rs[i];
+    T v = r[me];
+    bool left = i < mid;
+    int64_t lo = left ? mid : s, hi = left ? e : mid, a = lo, b = hi;
+    while (a < b) { // elements of the other run before this one
+      int64_t c = a + (b - a) / 2, q = rs[c];
+      if (lt(r[q], q, v, me, desc)) a = c + 1;
+      else b = c;
+    }
+    dst[m * K + s + (left ? i - s : i - mid) + (a - lo)] = me;
+  }
+}
+
+template <class T>
+__global__ void k_take_rows(const T *x, int64_t M, int64_t K, const int64_t *order, int64_t k, T *vals, int64_t *idx,
+                            int64_t ibase) {
+  MOE_GRID_STRIDE(p, M * k) {
+    int64_t m = p / k, j = p % k, o = order[m * K + j];
+    vals[p] = x[m * K + o];
+    idx[p] = o + ibase;
+  }
+}
+
+// idx [M,K] = the stable order of each row of x [M,K] (device memory); 0, or -1
+// with the failure recorded under op's name
+template <class T>
+int sort_rows(const char *op, const T *x, int64_t M, int64_t K, int desc, int64_t *idx, cudaStream_t s) {
+  if (M * K == 0) return 0;
+  if (K <= RANK_MAX) {
+    MOE_LAUNCH(k_rank_sort<T>, moe_blocks(M * K, 256), 256, 0, s, x, M, K, desc, idx);
+    moe_cuda_launched(op);
+    return 0;
+  }
+  int64_t tiles = (K + TILE - 1) / TILE, nb = M * tiles;
+  int P = 32;
+  while (P < K && P < TILE) P <<= 1;
+  int nt = P / 2 > 1024 ? 1024 : P / 2;
+  int passes = 0;
+  for (int64_t w = TILE; w < K; w *= 2) passes++;
+  size_t got = 0;
+  int64_t *tmp = NULL;
+  if (passes) {
+    tmp = (int64_t *)moe_cuda_malloc(sizeof(int64_t) * (size_t)(M * K), &got);
+    if (!tmp) {
+      moe_cuda_fail(op, moe_cuda_last_error());
+      return -1;
+    }
+  }
+  // the runs alternate between the buffers and end in idx
+  int64_t *a = passes % 2 ? tmp : idx, *b = passes % 2 ? idx : tmp;
+  unsigned g = (unsigned)(nb < 65535 * 32 ? nb : 65535 * 32);
+  MOE_LAUNCH_SYNC(k_tile_sort<T>, g, nt, (size_t)P * (sizeof(T) + sizeof(int)), s, x, K, nb, tiles, P, desc, a);
+  for (int64_t w = TILE; w < K; w *= 2) {
+    MOE_LAUNCH(k_merge<T>, moe_blocks(M * K, 256), 256, 0, s, x, M, K, w, desc, a, b);
+    int64_t *c = a;
+    a = b;
+    b = c;
+  }
+  moe_cuda_launched(op);
+  if (tmp) moe_cuda_free(tmp, got); // stream-ordered reuse (runtime.cu)
+  return 0;
+}
+} // namespace
 
 namespace {
 struct walk {
@@ -54,6 +209,31 @@ template <class T> __global__ void k_scatter_add(walk w, const int64_t *index, i
   }
 }
 
+// deterministic scatter_add: key[pos] = the offset in out that position pos adds into
+__global__ void k_scatter_keys(walk w, const int64_t *index, int64_t ibase, int64_t *key) {
+  MOE_GRID_STRIDE(pos, w.n) {
+    int64_t o, so;
+    walk_at(w, pos, &o, &so);
+    key[pos] = o + (index[pos] - ibase) * w.tst[w.dim];
+  }
+}
+// perm: positions sorted stably by key; the first of each run of one key sums
+// the run's sources in position order into out
+template <class T>
+__global__ void k_scatter_seg(walk w, const int64_t *key, const int64_t *perm, const T *src, T *out) {
+  MOE_GRID_STRIDE(j, w.n) {
+    int64_t k = key[perm[j]];
+    if (j > 0 && key[perm[j - 1]] == k) continue;
+    T acc = out[k];
+    for (int64_t q = j; q < w.n && key[perm[q]] == k; q++) {
+      int64_t o, so;
+      walk_at(w, perm[q], &o, &so);
+      acc = acc + src[so];
+    }
+    out[k] = acc;
+  }
+}
+
 walk make_walk(const moe_tensor *ishape, const moe_tensor *t, int dim, const moe_tensor *src) {
   walk w;
   memset(&w, 0, sizeof w);
@@ -81,11 +261,33 @@ extern "C" void moe_cuda_gather(moe_tensor *out, const moe_tensor *t, int dim, c
   moe_cuda_launched("gather");
 }
 
+// the deterministic mode's scatter_add of float T: keys, their stable order, run sums
+template <class T>
+static void scatter_add_sorted(walk w, const int64_t *index, int64_t ibase, const T *src, T *out, cudaStream_t s) {
+  size_t got = 0;
+  int64_t *key = (int64_t *)moe_cuda_malloc(2 * sizeof(int64_t) * (size_t)w.n, &got), *perm = key + w.n;
+  if (!key) {
+    moe_cuda_fail("scatter_add", moe_cuda_last_error());
+    return;
+  }
+  MOE_LAUNCH(k_scatter_keys, moe_blocks(w.n, 256), 256, 0, s, w, index, ibase, key);
+  if (!sort_rows<int64_t>("scatter_add", key, 1, w.n, 0, perm, s))
+    MOE_LAUNCH(k_scatter_seg<T>, moe_blocks(w.n, 256), 256, 0, s, w, key, perm, src, out);
+  moe_cuda_launched("scatter_add");
+  moe_cuda_free(key, got);
+}
+
 extern "C" void moe_cuda_scatter_add(moe_tensor *out, int dim, const int64_t *index, const moe_tensor *ishape,
                                      const moe_tensor *src, int64_t ibase) {
   walk w = make_walk(ishape, out, dim, src);
   if (!w.n) return;
   cudaStream_t s = moe_cuda_stream();
+  if (moe_get_deterministic() && (out->dtype == MOE_F32 || out->dtype == MOE_F64)) {
+    if (out->dtype == MOE_F32)
+      scatter_add_sorted<float>(w, index, ibase, (const float *)moe_data(src), (float *)moe_data(out), s);
+    else scatter_add_sorted<double>(w, index, ibase, (const double *)moe_data(src), (double *)moe_data(out), s);
+    return;
+  }
 #define S(T)                                                                                               \
   MOE_LAUNCH(k_scatter_add<T>, moe_blocks(w.n, 256), 256, 0, s, w, index, ibase, (const T *)moe_data(src), \
              (T *)moe_data(out))
@@ -146,6 +348,39 @@ template <class T> __global__ void k_index_add(sel w, const int64_t *ix, int64_t
   }
 }
 
+// deterministic index_add: perm = the n indices' positions sorted stably by
+// index; start[d] = the first of them whose index is d + ibase (d in [0, m])
+__global__ void k_seg_starts(const int64_t *ix, const int64_t *perm, int64_t n, int64_t m, int64_t ibase,
+                             int64_t *start) {
+  MOE_GRID_STRIDE(d, m + 1) {
+    int64_t a = 0, b = n;
+    while (a < b) {
+      int64_t c = a + (b - a) / 2;
+      if (ix[perm[c]] - ibase < d) a = c + 1;
+      else b = c;
+    }
+    start[d] = a;
+  }
+}
+// one thread per element of out (w: out's shape, st1 out's strides, st2 s's):
+// out[.., d, ..] += s[.., i, ..] for the sources i of d, in source order
+template <class T>
+__global__ void k_index_add_seg(sel w, const int64_t *start, const int64_t *perm, const T *s, T *out) {
+  MOE_GRID_STRIDE(p, w.n) {
+    int64_t rem = p, o1 = 0, so = 0, d = 0;
+    for (int k = w.nd - 1; k >= 0; k--) {
+      int64_t c = rem % w.shape[k];
+      rem /= w.shape[k];
+      o1 += c * w.st1[k];
+      if (k == w.dim) d = c;
+      else so += c * w.st2[k];
+    }
+    T acc = out[o1];
+    for (int64_t q = start[d]; q < start[d + 1]; q++) acc = acc + s[so + perm[q] * w.st2[w.dim]];
+    out[o1] = acc;
+  }
+}
+
 __global__ void k_index_check(const int64_t *p, int64_t n, int64_t lo, int64_t hi, unsigned long long *flag,
                               int64_t *bad) {
   MOE_GRID_STRIDE(i, n) {
@@ -170,11 +405,38 @@ extern "C" void moe_cuda_index_select(moe_tensor *out, const moe_tensor *t, int 
   moe_cuda_launched("index_select");
 }
 
+// the deterministic mode's index_add of float T: the indices' stable order, each
+// destination's run of sources summed in order
+template <class T>
+static void index_add_sorted(const moe_tensor *out, int dim, const int64_t *ix, int64_t n, const moe_tensor *src,
+                             int64_t ibase, cudaStream_t s) {
+  int64_t m = out->shape[dim];
+  size_t got = 0;
+  int64_t *perm = (int64_t *)moe_cuda_malloc(sizeof(int64_t) * (size_t)(n + m + 1), &got), *start = perm + n;
+  if (!perm) {
+    moe_cuda_fail("index_add", moe_cuda_last_error());
+    return;
+  }
+  sel w = make_sel(out, out, src, dim);
+  if (!sort_rows<int64_t>("index_add", ix, 1, n, 0, perm, s)) {
+    MOE_LAUNCH(k_seg_starts, moe_blocks(m + 1, 256), 256, 0, s, ix, perm, n, m, ibase, start);
+    MOE_LAUNCH(k_index_add_seg<T>, moe_blocks(w.n, 256), 256, 0, s, w, start, perm, (const T *)moe_data(src),
+               (T *)moe_data(out));
+  }
+  moe_cuda_launched("index_add");
+  moe_cuda_free(perm, got);
+}
+
 extern "C" void moe_cuda_index_add(moe_tensor *out, int dim, const int64_t *ix, int64_t n, const moe_tensor *src,
                                    int64_t ibase) {
   sel w = make_sel(src, src, out, dim);
   if (!w.n) return;
   cudaStream_t s = moe_cuda_stream();
+  if (moe_get_deterministic() && (out->dtype == MOE_F32 || out->dtype == MOE_F64)) {
+    if (out->dtype == MOE_F32) index_add_sorted<float>(out, dim, ix, n, src, ibase, s);
+    else index_add_sorted<double>(out, dim, ix, n, src, ibase, s);
+    return;
+  }
 #define IA(T)                                                                                         \
   MOE_LAUNCH(k_index_add<T>, moe_blocks(w.n, 256), 256, 0, s, w, ix, ibase, (const T *)moe_data(src), \
              (T *)moe_data(out))
@@ -204,48 +466,11 @@ extern "C" int moe_cuda_index_check(const int64_t *p, int64_t n, int64_t lo, int
   return host[0] != 0;
 }
 
-// ---------------------------------------------------------------- argsort / topk
-// Stable argsort of short rows (routers: K = experts) by ranks: the element
-// at position i of a row goes to rank = #{j : v[j] before v[i], or equal and
-// j < i}, with src/cpu/index.c's order (NaN above every number). One thread
-// per element, K reads each: O(K^2) work per row, fine up to a few thousand.
-namespace {
-template <class T> __device__ __forceinline__ bool before(T a, T b, int desc) {
-  if (a != a) return desc && b == b;
-  if (b != b) return !desc;
-  return desc ? a > b : a < b;
-}
-template <class T> __global__ void k_rank_sort(const T *x, int64_t M, int64_t K, int desc, int64_t *idx) {
-  MOE_GRID_STRIDE(p, M * K) {
-    int64_t m = p / K, i = p % K;
-    const T *r = x + m * K;
-    T v = r[i];
-    int64_t rank = 0;
-    for (int64_t j = 0; j < K; j++) {
-      T u = r[j];
-      rank += before(u, v, desc) || (j < i && !before(v, u, desc));
-    }
-    idx[m * K + rank] = i;
-  }
-}
-template <class T>
-__global__ void k_take_rows(const T *x, int64_t M, int64_t K, const int64_t *order, int64_t k, T *vals, int64_t *idx,
-                            int64_t ibase) {
-  MOE_GRID_STRIDE(p, M * k) {
-    int64_t m = p / k, j = p % k, o = order[m * K + j];
-    vals[p] = x[m * K + o];
-    idx[p] = o + ibase;
-  }
-}
-} // namespace
-
 extern "C" void moe_cuda_argsort_rows(const moe_tensor *x, int64_t M, int64_t K, int desc, int64_t *idx) {
-  if (M * K == 0) return;
   cudaStream_t s = moe_cuda_stream();
-#define RS(T) MOE_LAUNCH(k_rank_sort<T>, moe_blocks(M *K, 256), 256, 0, s, (const T *)moe_data(x), M, K, desc, idx)
+#define RS(T) sort_rows<T>("sort", (const T *)moe_data(x), M, K, desc, idx, s);
   MOE_DTYPE_SWITCH(x->dtype, RS)
 #undef RS
-  moe_cuda_launched("sort");
 }
 
 extern "C" void moe_cuda_take_rows(const moe_tensor *x, int64_t M, int64_t K, const int64_t *order, int64_t k,

@@ -131,6 +131,27 @@ static void fail_blas(cublasStatus_t st) {
   if (st != CUBLAS_STATUS_SUCCESS) moe_cuda_fail("matmul", BLAS(cublasGetStatusString)(st));
 }
 
+// cuBLAS's sizes and leading dims are ints. gemm_split cuts batch, M and K into
+// pieces that fit; what it cannot cut (N, which is also C's leading dim, and a
+// leading dim of A or B) is an error naming it. The limit is a variable so that
+// a spec can lower it (moe_cuda_gemm_limit) and reach both paths.
+static int64_t int_limit = INT32_MAX;
+
+extern "C" int64_t moe_cuda_gemm_limit(int64_t lim) {
+  int64_t old = int_limit;
+  if (lim > 0) int_limit = lim < INT32_MAX ? lim : INT32_MAX;
+  return old;
+}
+
+static int too_big(const char *what, int64_t v) {
+  if (v <= int_limit) return 0;
+  char msg[160];
+  snprintf(msg, sizeof msg, "dimension %s = %lld exceeds cuBLAS's 32-bit limit (%lld)", what, (long long)v,
+           (long long)int_limit);
+  moe_cuda_fail("matmul", msg);
+  return 1;
+}
+
 // prec: 0 fp32, 1 tf32, 2 bf16 (the global precision, or bf16 for moe_cuda_gemm_bf16)
 static void gemm(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t K, const char *A, int64_t sAb, int64_t sAm,
                  int64_t sAk, const char *B, int64_t sBb, int64_t sBk, int64_t sBn, char *C, int64_t sCb,
@@ -144,14 +165,17 @@ static void gemm(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t K, c
   }
   cublasHandle_t h = get_handle();
   if (!h) return;
-  if (M > INT32_MAX || N > INT32_MAX || K > INT32_MAX || batch > INT32_MAX) {
-    moe_cuda_fail("matmul", "a dimension exceeds cuBLAS's 32-bit sizes");
-    return;
-  }
   cublasOperation_t ta, tb;
   int64_t lda, ldb;
   layout(M, K, sAm, sAk, &ta, &lda);
   layout(K, N, sBk, sBn, &tb, &ldb);
+  if (prec == 2 && dt != MOE_F64) { // the bf16 copies are contiguous: their lds are K and N
+    lda = K;
+    ldb = N;
+  }
+  if (too_big("M", M) || too_big("N", N) || too_big("K", K) || too_big("batch", batch) || too_big("lda", lda) ||
+      too_big("ldb", ldb))
+    return;
   if (dt == MOE_F64) {
     const double one = 1, zero = 0;
     for (int64_t i = 0; i < batch; i++) {
@@ -195,15 +219,43 @@ static void gemm(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t K, c
   fail_blas(st);
 }
 
+// gemm over pieces of batch, M and K of at most int_limit each (K's later pieces
+// accumulate into the first's result)
+static void gemm_split(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t K, const char *A, int64_t sAb,
+                       int64_t sAm, int64_t sAk, const char *B, int64_t sBb, int64_t sBk, int64_t sBn, char *C,
+                       int64_t sCb, int accumulate, int prec) {
+  size_t es = moe_dtype_size(dt);
+  int64_t L = int_limit;
+  if (batch > L) {
+    for (int64_t b0 = 0; b0 < batch; b0 += L)
+      gemm_split(dt, batch - b0 < L ? batch - b0 : L, M, N, K, A + (size_t)(b0 * sAb) * es, sAb, sAm, sAk,
+                 B + (size_t)(b0 * sBb) * es, sBb, sBk, sBn, C + (size_t)(b0 * sCb) * es, sCb, accumulate, prec);
+    return;
+  }
+  if (M > L) {
+    for (int64_t m0 = 0; m0 < M; m0 += L)
+      gemm_split(dt, batch, M - m0 < L ? M - m0 : L, N, K, A + (size_t)(m0 * sAm) * es, sAb, sAm, sAk, B, sBb, sBk, sBn,
+                 C + (size_t)(m0 * N) * es, sCb, accumulate, prec);
+    return;
+  }
+  if (K > L) {
+    for (int64_t k0 = 0; k0 < K; k0 += L)
+      gemm_split(dt, batch, M, N, K - k0 < L ? K - k0 : L, A + (size_t)(k0 * sAk) * es, sAb, sAm, sAk,
+                 B + (size_t)(k0 * sBk) * es, sBb, sBk, sBn, C, sCb, k0 ? 1 : accumulate, prec);
+    return;
+  }
+  gemm(dt, batch, M, N, K, A, sAb, sAm, sAk, B, sBb, sBk, sBn, C, sCb, accumulate, prec);
+}
+
 extern "C" void moe_cuda_gemm_batched(moe_dtype dt, int64_t batch, int64_t M, int64_t N, int64_t K, const char *A,
                                       int64_t sAb, int64_t sAm, int64_t sAk, const char *B, int64_t sBb, int64_t sBk,
                                       int64_t sBn, char *C, int64_t sCb) {
-  gemm(dt, batch, M, N, K, A, sAb, sAm, sAk, B, sBb, sBk, sBn, C, sCb, 0, precision);
+  gemm_split(dt, batch, M, N, K, A, sAb, sAm, sAk, B, sBb, sBk, sBn, C, sCb, 0, precision);
 }
 
 extern "C" void moe_cuda_gemm_add(moe_dtype dt, int64_t M, int64_t N, int64_t K, const char *A, int64_t sAm,
                                   int64_t sAk, const char *B, int64_t sBk, int64_t sBn, char *C) {
-  gemm(dt, 1, M, N, K, A, 0, sAm, sAk, B, 0, sBk, sBn, C, 0, 1, precision);
+  gemm_split(dt, 1, M, N, K, A, 0, sAm, sAk, B, 0, sBk, sBn, C, 0, 1, precision);
 }
 
 // one GEMM in bf16 whatever the global precision: moe.set_precision("bf16")'s expert GEMMs
@@ -211,5 +263,5 @@ extern "C" void moe_cuda_gemm_add(moe_dtype dt, int64_t M, int64_t N, int64_t K,
 extern "C" void moe_cuda_gemm_bf16(int64_t batch, int64_t M, int64_t N, int64_t K, const char *A, int64_t sAb,
                                    int64_t sAm, int64_t sAk, const char *B, int64_t sBb, int64_t sBk, int64_t sBn,
                                    char *C, int64_t sCb, int accumulate) {
-  gemm(MOE_F32, batch, M, N, K, A, sAb, sAm, sAk, B, sBb, sBk, sBn, C, sCb, accumulate, 2);
+  gemm_split(MOE_F32, batch, M, N, K, A, sAb, sAm, sAk, B, sBb, sBk, sBn, C, sCb, accumulate, 2);
 }

@@ -1,7 +1,9 @@
 // reduce.cu -- reductions and scans over the rows of a contiguous [M,K] matrix
 // (src/core/ops_reduce.c has moved the reduced dims last), as src/cpu/reduce.c:
 // float sums accumulate in double, max/min let the first NaN win and break
-// ties by the first index, var/std take two passes.
+// ties by the first index, var/std take two passes. A block reduces a row; a
+// few long rows (a full reduction) are split over many blocks, whose partials
+// a second pass combines in a fixed order (reduce_chunked).
 #include "common.cuh"
 
 #include <math.h>
@@ -205,7 +207,239 @@ __global__ void k_sum_middle_fin(const double *part, int64_t C, int64_t ON, int6
   }
 }
 
+// ---- few long rows (a full reduction is M = 1): each row in chunks of CHUNK,
+// one block per (chunk, row) writes a partial, then one block per row combines
+// its partials. Both passes are fixed trees (no atomics): the same bits every
+// run. var/std and logsumexp take two such rounds (the mean, the max first).
+const int64_t CHUNK = 4096;
+enum { P_SUM, P_SQDEV, P_PROD, P_MAX, P_EXPSUM, P_ISUM, P_IPROD, P_HITS, P_ARG };
+enum { C_ADD, C_MUL, C_MAX };
+enum { F_STAT_MEAN, F_STAT, F_SUM, F_MEAN, F_VAR, F_STD, F_PROD, F_LSE, F_ALL, F_ANY };
+
+__device__ __forceinline__ double comb(double a, double b, int how) {
+  if (how == C_ADD) return a + b;
+  if (how == C_MUL) return a * b;
+  return (a != a || b != b) ? NAN : (a > b ? a : b);
+}
+__device__ double block_comb(double v, double *sh, int how) {
+  sh[threadIdx.x] = v;
+  __syncthreads();
+  for (int w = RT / 2; w > 0; w >>= 1) {
+    if ((int)threadIdx.x < w) sh[threadIdx.x] = comb(sh[threadIdx.x], sh[threadIdx.x + w], how);
+    __syncthreads();
+  }
+  double r = sh[0];
+  __syncthreads();
+  return r;
+}
+__device__ int64_t block_icomb(int64_t v, int64_t *sh, int mul) {
+  sh[threadIdx.x] = v;
+  __syncthreads();
+  for (int w = RT / 2; w > 0; w >>= 1) {
+    if ((int)threadIdx.x < w)
+      sh[threadIdx.x] = mul ? sh[threadIdx.x] * sh[threadIdx.x + w] : sh[threadIdx.x] + sh[threadIdx.x + w];
+    __syncthreads();
+  }
+  int64_t r = sh[0];
+  __syncthreads();
+  return r;
+}
+// (value, index) with beats(); every thread gets the winner
+template <class T> __device__ void block_arg(T *v, int64_t *i, T *sv, int64_t *si, bool max) {
+  sv[threadIdx.x] = *v;
+  si[threadIdx.x] = *i;
+  __syncthreads();
+  for (int w = RT / 2; w > 0; w >>= 1) {
+    if ((int)threadIdx.x < w &&
+        beats(sv[threadIdx.x + w], si[threadIdx.x + w], sv[threadIdx.x], si[threadIdx.x], max)) {
+      sv[threadIdx.x] = sv[threadIdx.x + w];
+      si[threadIdx.x] = si[threadIdx.x + w];
+    }
+    __syncthreads();
+  }
+  *v = sv[0];
+  *i = si[0];
+  __syncthreads();
+}
+
+// block (c, m): the partial of x[m, c*CHUNK ..] into slot m*C + c of pd (doubles),
+// pi (int64, and the arg's index) or pv (the arg's value); stat: a per-row value
+// from the round before (the mean, the max)
+template <class T>
+__global__ void k_part(const T *x, int64_t K, int64_t C, int ph, bool flag, const double *stat, double *pd, int64_t *pi,
+                       T *pv) {
+  __shared__ double sd[RT];
+  __shared__ int64_t si[RT];
+  __shared__ T sv[RT];
+  int64_t m = blockIdx.y, c = blockIdx.x, slot = m * C + c;
+  int64_t k0 = c * CHUNK, k1 = k0 + CHUNK < K ? k0 + CHUNK : K;
+  const T *r = x + m * K;
+  if (ph == P_ISUM || ph == P_IPROD) {
+    int64_t acc = ph == P_IPROD ? 1 : 0;
+    for (int64_t k = k0 + threadIdx.x; k < k1; k += RT) acc = ph == P_IPROD ? acc * (int64_t)r[k] : acc + (int64_t)r[k];
+    acc = block_icomb(acc, si, ph == P_IPROD);
+    if (threadIdx.x == 0) pi[slot] = acc;
+    return;
+  }
+  if (ph == P_ARG) {
+    T best = 0;
+    int64_t bi = -1;
+    for (int64_t k = k0 + threadIdx.x; k < k1; k += RT)
+      if (beats(r[k], k, best, bi, flag)) {
+        best = r[k];
+        bi = k;
+      }
+    block_arg(&best, &bi, sv, si, flag);
+    if (threadIdx.x == 0) {
+      pv[slot] = best;
+      pi[slot] = bi;
+    }
+    return;
+  }
+  double st = stat ? stat[m] : 0, acc = ph == P_PROD ? 1 : ph == P_MAX ? -INFINITY : 0;
+  for (int64_t k = k0 + threadIdx.x; k < k1; k += RT) {
+    double v = (double)r[k];
+    switch (ph) {
+    case P_SUM: acc += v; break;
+    case P_SQDEV: acc += (v - st) * (v - st); break;
+    case P_PROD: acc *= v; break;
+    case P_MAX: acc = acc == acc && (v > acc || v != v) ? v : acc; break; // the first NaN stays
+    case P_EXPSUM: acc += exp(v - st); break;
+    default: acc += (r[k] != 0) != flag; break; // P_HITS: the elements that decide all (flag) / any
+    }
+  }
+  acc = block_comb(acc, sd, ph == P_PROD ? C_MUL : ph == P_MAX ? C_MAX : C_ADD);
+  if (threadIdx.x == 0) pd[slot] = acc;
+}
+
+// block m: row m's C partials of pd combined (how), then finished (fin) into stat or out
+template <class T>
+__global__ void k_fin(const double *pd, int64_t C, int64_t K, int how, int fin, int correction, double *stat, T *out) {
+  __shared__ double sh[RT];
+  int64_t m = blockIdx.x;
+  double acc = how == C_MUL ? 1 : how == C_MAX ? -INFINITY : 0;
+  for (int64_t c = threadIdx.x; c < C; c += RT) acc = comb(acc, pd[m * C + c], how);
+  double v = block_comb(acc, sh, how);
+  if (threadIdx.x != 0) return;
+  switch (fin) {
+  case F_STAT_MEAN: stat[m] = v / (double)K; break;
+  case F_STAT: stat[m] = v; break;
+  case F_SUM:
+  case F_PROD: out[m] = (T)v; break;
+  case F_MEAN: out[m] = (T)(v / (double)K); break;
+  case F_VAR:
+  case F_STD: {
+    int64_t dof = K - correction;
+    double var = dof > 0 ? v / (double)dof : NAN;
+    out[m] = (T)(fin == F_STD ? sqrt(var) : var);
+    break;
+  }
+  case F_LSE: {
+    double mx = stat[m];
+    out[m] = (T)((isinf(mx) || mx != mx) ? mx : mx + log(v));
+    break;
+  }
+  case F_ALL: out[m] = (T)(v == 0); break;
+  default: out[m] = (T)(v > 0); break; // F_ANY
+  }
+}
+
+__global__ void k_fin_int(const int64_t *pi, int64_t C, int mul, int64_t *out) {
+  __shared__ int64_t sh[RT];
+  int64_t m = blockIdx.x, acc = mul ? 1 : 0;
+  for (int64_t c = threadIdx.x; c < C; c += RT) acc = mul ? acc * pi[m * C + c] : acc + pi[m * C + c];
+  acc = block_icomb(acc, sh, mul);
+  if (threadIdx.x == 0) out[m] = acc;
+}
+
+template <class T>
+__global__ void k_fin_arg(const T *pv, const int64_t *pi, int64_t C, bool max, int arg, T *out, int64_t *argout,
+                          int64_t *idx, int64_t ibase) {
+  __shared__ T sv[RT];
+  __shared__ int64_t si[RT];
+  int64_t m = blockIdx.x;
+  T best = 0;
+  int64_t bi = -1;
+  for (int64_t c = threadIdx.x; c < C; c += RT) // chunk order = index order, so ties go to the first
+    if (beats(pv[m * C + c], pi[m * C + c], best, bi, max)) {
+      best = pv[m * C + c];
+      bi = pi[m * C + c];
+    }
+  block_arg(&best, &bi, sv, si, max);
+  if (threadIdx.x == 0) {
+    if (arg) argout[m] = bi + ibase;
+    else out[m] = best;
+    if (idx) idx[m] = bi + ibase;
+  }
+}
+
 template <class T> T *dptr(const moe_tensor *t) { return (T *)moe_data(t); }
+
+// the chunked path for M rows of K (M <= 65535: rows are grid.y)
+template <class T>
+void reduce_chunked(moe_redop op, const T *x, moe_tensor *out, moe_tensor *idx, int64_t M, int64_t K, int correction,
+                    int64_t ibase, cudaStream_t s) {
+  int64_t C = (K + CHUNK - 1) / CHUNK;
+  size_t got = 0;
+  char *buf = (char *)moe_cuda_malloc((size_t)(M * C) * (2 * sizeof(double) + sizeof(T)) + sizeof(double) * M, &got);
+  if (!buf) {
+    moe_cuda_fail(moe_redop_name(op), moe_cuda_last_error());
+    return;
+  }
+  double *pd = (double *)buf, *stat = pd + M * C;
+  int64_t *pi = (int64_t *)(stat + M);
+  T *pv = (T *)(pi + M * C);
+  dim3 g((unsigned)C, (unsigned)M);
+  unsigned gm = (unsigned)M;
+  switch (op) {
+  case MOE_RMAX:
+  case MOE_RMIN:
+  case MOE_RARGMAX:
+  case MOE_RARGMIN: {
+    bool mx = op == MOE_RMAX || op == MOE_RARGMAX;
+    int arg = op == MOE_RARGMAX || op == MOE_RARGMIN;
+    MOE_LAUNCH_SYNC(k_part<T>, g, RT, 0, s, x, K, C, (int)P_ARG, mx, (const double *)NULL, pd, pi, pv);
+    MOE_LAUNCH_SYNC(k_fin_arg<T>, gm, RT, 0, s, pv, pi, C, mx, arg, arg ? NULL : dptr<T>(out),
+                    arg ? dptr<int64_t>(out) : NULL, idx ? dptr<int64_t>(idx) : NULL, ibase);
+    break;
+  }
+  case MOE_RALL:
+  case MOE_RANY:
+    MOE_LAUNCH_SYNC(k_part<T>, g, RT, 0, s, x, K, C, (int)P_HITS, op == MOE_RALL, (const double *)NULL, pd, pi, pv);
+    MOE_LAUNCH_SYNC(k_fin<T>, gm, RT, 0, s, pd, C, K, (int)C_ADD, op == MOE_RALL ? (int)F_ALL : (int)F_ANY, 0, stat,
+                    dptr<T>(out));
+    break;
+  default:
+    if (std::is_integral<T>::value) { // sum, prod of integers (in int64, as the CPU)
+      int mul = op == MOE_RPROD;
+      MOE_LAUNCH_SYNC(k_part<T>, g, RT, 0, s, x, K, C, mul ? (int)P_IPROD : (int)P_ISUM, false, (const double *)NULL,
+                      pd, pi, pv);
+      MOE_LAUNCH_SYNC(k_fin_int, gm, RT, 0, s, pi, C, mul, dptr<int64_t>(out));
+    } else if (op == MOE_RSUM || op == MOE_RMEAN || op == MOE_RPROD) {
+      int prod = op == MOE_RPROD;
+      MOE_LAUNCH_SYNC(k_part<T>, g, RT, 0, s, x, K, C, prod ? (int)P_PROD : (int)P_SUM, false, (const double *)NULL, pd,
+                      pi, pv);
+      MOE_LAUNCH_SYNC(k_fin<T>, gm, RT, 0, s, pd, C, K, prod ? (int)C_MUL : (int)C_ADD,
+                      prod                 ? (int)F_PROD
+                          : op == MOE_RSUM ? (int)F_SUM
+                                           : (int)F_MEAN,
+                      0, stat, dptr<T>(out));
+    } else if (op == MOE_RVAR || op == MOE_RSTD) {
+      MOE_LAUNCH_SYNC(k_part<T>, g, RT, 0, s, x, K, C, (int)P_SUM, false, (const double *)NULL, pd, pi, pv);
+      MOE_LAUNCH_SYNC(k_fin<T>, gm, RT, 0, s, pd, C, K, (int)C_ADD, (int)F_STAT_MEAN, 0, stat, (T *)NULL);
+      MOE_LAUNCH_SYNC(k_part<T>, g, RT, 0, s, x, K, C, (int)P_SQDEV, false, (const double *)stat, pd, pi, pv);
+      MOE_LAUNCH_SYNC(k_fin<T>, gm, RT, 0, s, pd, C, K, (int)C_ADD, op == MOE_RSTD ? (int)F_STD : (int)F_VAR,
+                      correction, stat, dptr<T>(out));
+    } else { // logsumexp
+      MOE_LAUNCH_SYNC(k_part<T>, g, RT, 0, s, x, K, C, (int)P_MAX, false, (const double *)NULL, pd, pi, pv);
+      MOE_LAUNCH_SYNC(k_fin<T>, gm, RT, 0, s, pd, C, K, (int)C_MAX, (int)F_STAT, 0, stat, (T *)NULL);
+      MOE_LAUNCH_SYNC(k_part<T>, g, RT, 0, s, x, K, C, (int)P_EXPSUM, false, (const double *)stat, pd, pi, pv);
+      MOE_LAUNCH_SYNC(k_fin<T>, gm, RT, 0, s, pd, C, K, (int)C_ADD, (int)F_LSE, 0, stat, dptr<T>(out));
+    }
+  }
+  moe_cuda_launched(moe_redop_name(op));
+  moe_cuda_free(buf, got);
+}
 
 } // namespace
 
@@ -214,6 +448,17 @@ extern "C" void moe_cuda_reduce_rows(moe_redop op, const moe_tensor *x, moe_tens
                                      int64_t K, int correction, int64_t ibase) {
   if (M == 0) return;
   cudaStream_t s = moe_cuda_stream();
+  if (M <= 256 && K >= 2 * CHUNK) { // few long rows: more blocks than rows (one row per block below)
+#define RC(T) reduce_chunked<T>(op, dptr<T>(x), out, idx, M, K, correction, ibase, s)
+    if (op == MOE_RALL || op == MOE_RANY) RC(uint8_t);
+    else if (op == MOE_RMAX || op == MOE_RMIN || op == MOE_RARGMAX || op == MOE_RARGMIN) {
+      MOE_DTYPE_SWITCH(x->dtype, RC)
+    } else if (x->dtype == MOE_F32) RC(float);
+    else if (x->dtype == MOE_F64) RC(double);
+    else RC(int64_t);
+#undef RC
+    return;
+  }
   unsigned g = (unsigned)M;
   int arg = op == MOE_RARGMAX || op == MOE_RARGMIN;
   int64_t *ix = idx ? dptr<int64_t>(idx) : NULL;

@@ -6,6 +6,10 @@
 #include <stdio.h>
 
 #include "binding_impl.h"
+#include "../core/index_impl.h"
+#ifdef MOE_WITH_CUDA
+#include "../cuda/cuda.h"
+#endif
 
 /* ---------------------------------------------------------------- math */
 
@@ -254,7 +258,42 @@ static int l_catstack(lua_State *L, int stack) {
 static int l_cat(lua_State *L) { return l_catstack(L, 0); }
 static int l_stack(lua_State *L) { return l_catstack(L, 1); }
 
-const luaL_Reg moe_l_ops_funcs[] = {{"cat", l_cat}, {"stack", l_stack}, {NULL, NULL}};
+/* moe.set_deterministic(on): the device's float scatters sum in source order (moe.h) */
+static int l_set_deterministic(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TBOOLEAN);
+  lua_pushboolean(L, moe_set_deterministic(lua_toboolean(L, 1)));
+  return 1;
+}
+static int l_get_deterministic(lua_State *L) {
+  lua_pushboolean(L, moe_get_deterministic());
+  return 1;
+}
+/* moe.core.index_checks(): how many index tensors the index ops have checked
+ * (engine-made ones skip it; a counter for the specs) */
+static int l_index_checks(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)moe_index_checks());
+  return 1;
+}
+/* moe.core.cuda_gemm_limit([n]): the old limit on cuBLAS's sizes; n > 0 sets it
+ * (the specs lower it to reach the split and the error); 0 without the backend */
+static int l_cuda_gemm_limit(lua_State *L) {
+  int64_t lim = lua_isnoneornil(L, 1) ? 0 : (int64_t)luaL_checknumber(L, 1);
+#ifdef MOE_WITH_CUDA
+  lua_pushnumber(L, (lua_Number)moe_cuda_gemm_limit(lim));
+#else
+  (void)lim;
+  lua_pushnumber(L, 0);
+#endif
+  return 1;
+}
+
+const luaL_Reg moe_l_ops_funcs[] = {{"cat", l_cat},
+                                    {"stack", l_stack},
+                                    {"set_deterministic", l_set_deterministic},
+                                    {"get_deterministic", l_get_deterministic},
+                                    {"index_checks", l_index_checks},
+                                    {"cuda_gemm_limit", l_cuda_gemm_limit},
+                                    {NULL, NULL}};
 
 const luaL_Reg moe_l_ops_methods[] = {{"clamp", l_clamp},
                                       {"where", l_where},
