@@ -5,9 +5,10 @@
 #   - bench/peers/torch_gpu_*.py (PyTorch) and bench/gpu.lua (moelua) on the same
 #     GPU, side by side (first: the figures are what a short loan is for)
 #   - every models/ script with --device cuda --smoke
-#   - the whole suite (scripts/test.sh build-gpu): the CUDA specs run on the GPU
-#   - compute-sanitizer memcheck, racecheck and synccheck on the MoE and
-#     optimizer specs of spec/cuda_spec.lua and spec/backend_spec.lua
+#   - side by side: the whole suite (scripts/test.sh build-gpu; the CUDA specs
+#     run on the GPU), and compute-sanitizer memcheck, racecheck and synccheck
+#     on the MoE and optimizer specs (spec/cuda_spec.lua, backend_spec.lua's CUDA
+#     rows, device_train_spec.lua's fit tests)
 # Each stage has a timeout and its time printed; the log and a markdown summary
 # go to $OUT (the device tool's output folder) or build/gpu-check/.
 #
@@ -172,36 +173,52 @@ if want models; then
   done
 fi
 
-# --- the whole suite; the CUDA specs run on the device
-if want suite; then
-  stage "suite (scripts/test.sh $build)" 240 scripts/test.sh "$build"
-  last=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -1 || true)
-  rows+=("| suite result | ${last:-no summary line} | |")
-fi
+# --- the correctness stages, side by side (the benchmarks are done: nothing is
+# timed now, and the machine has 16 cores): the whole suite, and compute-sanitizer
+# on the MoE and optimizer specs; each writes its own log, appended below when done
+bg=() bg_pids=()
+bg_stage() { # SLUG NAME LIMIT CMD...: stage NAME in the background, output in $out/SLUG.log
+  local slug=$1; shift
+  ( rows=(); stage "$@" > "$out/$slug.log" 2>&1; printf '%s\n' "${rows[@]}" > "$out/$slug.row" ) &
+  bg+=("$slug") bg_pids+=($!)
+}
+if want suite; then bg_stage suite "suite (scripts/test.sh $build)" 300 scripts/test.sh "$build"; fi
 
-# --- compute-sanitizer on the MoE and optimizer specs
 # (busted's --filter: Lua patterns on the test's full name, any one matching;
-# not "moe", which every "moe.cuda ..." test name has)
+# not "moe", which every "moe.cuda ..." test name has. The specs: the device
+# specs, backend_spec's CUDA rows, and the device training specs, whose steps
+# run the optimizers' kernels on the device)
 filters=("--filter=MoE" "--filter=Moe" "--filter=[Gg]rouped" "--filter=[Rr]out" "--filter=gate"
   "--filter=[Ee]xpert" "--filter=[Mm]ixture" "--filter=[Ss]parse" "--filter=[Aa]dam" "--filter=SGD"
   "--filter=[Oo]ptim" "--filter=bincount" "--filter=trained a step" "--filter=fit, evaluate and predict"
   "--filter-out=on the CPU" "--filter-out=models/ script")
-# (their rows in backend_spec, the device specs, and the device training specs,
-# whose steps run the optimizers' kernels on the device)
 sanitize_specs=(spec/cuda_spec.lua spec/backend_spec.lua spec/device_train_spec.lua)
 if want sanitize; then
   if [ -n "$dry" ]; then
-    echo "gpu_check: dry run: compute-sanitizer needs a GPU (skipped)"; rows+=("| compute-sanitizer | skipped: dry run | |")
+    # no compute-sanitizer without a GPU: the same filtered specs, plainly, on the emulator
+    bg_stage sanitize_dry "the sanitizers' specs, no compute-sanitizer (dry run)" 300 \
+      "$build/moelua" "$MOE_BUSTED" -o TAP "${filters[@]}" "${sanitize_specs[@]}"
   else
     cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
     [ -x "$cs" ] || die "no compute-sanitizer"
     for tool in memcheck racecheck synccheck; do
-      stage "compute-sanitizer $tool (MoE and optimizer specs)" 100 \
+      bg_stage "sanitize_$tool" "compute-sanitizer $tool (MoE and optimizer specs)" 300 \
         "$cs" --tool "$tool" --error-exitcode 99 --print-limit 20 \
           "$build/moelua" "$MOE_BUSTED" -o TAP "${filters[@]}" "${sanitize_specs[@]}"
     done
   fi
 fi
+# (their pids: a bare `wait` would also wait for the log's tee, which never ends)
+[ ${#bg_pids[@]} -eq 0 ] || wait "${bg_pids[@]}" || true
+for slug in "${bg[@]}"; do
+  echo "----- $slug ($out/$slug.log)"
+  cat "$out/$slug.log"
+  while IFS= read -r r; do rows+=("$r"); done < "$out/$slug.row"
+  if [ "$slug" = suite ]; then
+    last=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$out/suite.log" | tail -1 || true)
+    rows+=("| suite result | ${last:-no summary line} | |")
+  fi
+done
 
 {
   echo
