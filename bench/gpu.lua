@@ -206,7 +206,7 @@ out("| --- | --- | --- |")
 for _, p in ipairs(precisions) do
   local d = results.dense[p]
   local pd = peers.moe and peers.moe.dense and peers.moe.dense[p] or {}
-  out(("| %s %s | %s | %s |"):format(d.shape or "", p, d.error and short(d.error) or fmt(d.tflops, "%.1f"), fmt(pd.tflops, "%.1f")))
+  out(("| %s %s | %s | %s |"):format(d.shape or "", p, d.error and short(d.error) or fmt(d.tflops, "%.4g"), fmt(pd.tflops, "%.4g")))
 end
 out("")
 out(("| census MMoE, %d rows on the device | moelua s/epoch | samples/s | torch s/epoch | samples/s | moelua vs torch |"):format(rows_n))
