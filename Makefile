@@ -47,7 +47,7 @@ CU_COMPILE  = $(EMU_CXX) -x c++ -c $< -o $@
 endif
 
 
-.PHONY: all deps run test asan-test emu-test bench clean help fuzz fuzz-deps fuzz-build format format-check
+.PHONY: gpu-check all deps run test asan-test emu-test bench clean help fuzz fuzz-deps fuzz-build format format-check
 
 all: deps $(BUILD)/moelua $(BUILD)/moe/core.so
 
@@ -141,6 +141,11 @@ bench: all $(BUILD)/bench_peak
 $(BUILD)/bench_peak: bench/peak.c
 	@mkdir -p $(BUILD)
 	$(CC) -O2 -Wall -Wextra -o $@ $<
+
+# issue 15's GPU check (suite, compute-sanitizer, models, benchmarks against PyTorch) on a
+# GPU machine; scripts/gpu_bundle.sh packs what it needs first (bench/README.md, "GPU")
+gpu-check:
+	@scripts/gpu_check.sh
 
 clean:
 	rm -rf build build-asan build-emu build-fuzz

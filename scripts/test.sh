@@ -10,6 +10,8 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
 crashed=0
+# busted: the Debian one, or the bundled one of scripts/gpu_bundle.sh (MOE_BUSTED, set by its env.sh)
+busted=${MOE_BUSTED:-/usr/bin/busted}
 # a runner that dies, or prints fewer results than its plan, counts as one more failure
 run() {
   local name=$1; shift
@@ -69,7 +71,7 @@ echo "== format ($root/.clang-format)"
 run "format" format_check
 
 echo "== busted specs (interpreter: $build/moelua)"
-run "busted" "$build/moelua" /usr/bin/busted -o TAP spec
+run "busted" "$build/moelua" "$busted" -o TAP spec
 
 # the CUDA backend's kernels on the host emulator (src/cuda/emu; built by
 # `make test` as build-emu): the device specs run here even without a GPU
@@ -77,7 +79,7 @@ emu_root="$root/build-emu"
 if [ -z "${MOE_CUDA_EMU:-}" ] && [ -x "$emu_root/moelua" ]; then
   echo "== CUDA specs on the host emulator (build-emu/moelua)"
   emu_part=$(mktemp)
-  MOE_CUDA_EMU=1 run "CUDA emulator" "$emu_root/moelua" /usr/bin/busted -o TAP spec/cuda_spec.lua spec/backend_spec.lua > "$emu_part"
+  MOE_CUDA_EMU=1 run "CUDA emulator" "$emu_root/moelua" "$busted" -o TAP spec/cuda_spec.lua spec/backend_spec.lua > "$emu_part"
   cat "$emu_part"
   emu_pass=$(grep -cE '^ok [0-9]+' "$emu_part")
   echo "CUDA specs on the emulator: $emu_pass passed"
