@@ -213,3 +213,20 @@ describe("every models/ script with --device cuda --smoke", function()
     assert.is_near(res.cpu[2], res.cuda[2], 2e-4)
   end)
 end)
+
+describe("fit with the data already on the device", function()
+  it("gathers each batch there and trains as with host data", function()
+    if not need_device() then return end
+    local x, y = tiny_data()
+    local w = {}
+    for i, xs in ipairs { { x, y }, { x:cuda(), y:cuda() } } do
+      local m = tiny_model(8):cuda()
+      m:compile { optimizer = moe.optim.SGD { lr = 0.1 }, loss = "binary_crossentropy" }
+      moe.manual_seed(2)
+      m:fit { x = xs[1], y = xs[2], epochs = 2, batch_size = 16, verbose = 0, seed = 9 }
+      w[i] = m:get_weights()
+      assert.equal("cuda", m:predict(xs[1]):device() == "cuda" and "cuda" or xs[1]:device())
+    end
+    for i, t in ipairs(w[1]) do assert.equal(0, max_diff(t, w[2][i])) end
+  end)
+end)

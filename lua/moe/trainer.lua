@@ -268,6 +268,9 @@ end
 local GATHER_MAX = 16 -- MOE_GATHER_MAX
 
 local function start_gather(list, idx)
+  -- the batch's rows are taken where the data lies (data already on the device: gathered there)
+  local ddev = list[1]:device()
+  if idx:device() ~= ddev then idx = idx:to(ddev) end
   if #list > GATHER_MAX then return { list = list, idx = idx } end -- gathered when finished
   return core.gather_rows(list, idx)
 end
