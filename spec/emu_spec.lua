@@ -17,9 +17,10 @@ local probe = emulator and moe.core.emu_probe
 local JUNK = -431602080         -- 0xCDCDCDCD as a float32: what a freed block reads
 local SMEM_JUNK = -2.8735182e-16 -- 0xA5A5A5A5: a block's shared memory before it writes it
 
--- the emulator in a child process, with env set: its output, and its exit status
+-- the emulator in a child process, with env set (and no core file): its output, and its exit status
 local function child(env, code)
-  local out, err, rc = H.sh(env .. " " .. os.getenv("MOELUA_BIN") .. " -e " .. ("%q"):format(code):gsub("%$", "\\$"))
+  local quoted = ("%q"):format((code:gsub("\n", " "))):gsub("%$", "\\$")
+  local out, err, rc = H.sh("ulimit -c 0; " .. env .. " " .. os.getenv("MOELUA_BIN") .. " -e " .. quoted)
   return out .. err, rc
 end
 
