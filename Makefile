@@ -29,7 +29,10 @@ CUDA_SRC   := $(wildcard src/cuda/*.cu)
 CUDA_OBJ   := $(CUDA_SRC:%.cu=$(BUILD)/obj/%.o)
 ENGINE_OBJ += $(CUDA_OBJ)
 CFLAGS     += -DMOE_WITH_CUDA
-NVFLAGS    ?= -O3 -std=c++17 -Xcompiler -fPIC -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
+# SASS for sm_80 (A100; runs on 8.x) and sm_90 (H100), plus compute_90 PTX that
+# the driver compiles at load time for newer GPUs (a JIT on first use, cached)
+NVFLAGS    ?= -O3 -std=c++17 -Xcompiler -fPIC -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+              -gencode arch=compute_90,code=compute_90
 CUDA_LIBS  := -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lpthread -lstdc++
 CU_COMPILE  = $(NVCC) $(NVFLAGS) -c $< -o $@
 endif
@@ -40,7 +43,7 @@ ifeq ($(CUDA),emu)
 CUDA_SRC   := $(wildcard src/cuda/*.cu)
 CUDA_OBJ   := $(CUDA_SRC:%.cu=$(BUILD)/obj/%.o) $(BUILD)/obj/src/cuda/emu/emu.o
 ENGINE_OBJ += $(CUDA_OBJ)
-CFLAGS     += -DMOE_WITH_CUDA
+CFLAGS     += -DMOE_WITH_CUDA -DMOE_CUDA_EMU_BUILD
 CUDA_LIBS  := -lstdc++
 EMU_CXX     = g++ $(OPT) $(SAN) -std=c++17 -fPIC -Wall -Wno-unused-parameter -Wno-unused-function -Isrc/cuda/emu $(shell pkg-config --cflags openblas 2>/dev/null)
 CU_COMPILE  = $(EMU_CXX) -x c++ -c $< -o $@

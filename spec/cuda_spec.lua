@@ -14,6 +14,30 @@ describe("moe.cuda on any machine", function()
     assert.is_number(stats.live); assert.is_number(stats.cached)
     if n == 0 then assert.is_string(moe.cuda.info().reason) end
   end)
+  it("info() gives the CUDA versions, and says in plain words why no device is usable", function()
+    local i = moe.cuda.info()
+    assert.is_number(i.runtime_version); assert.is_number(i.driver_version)
+    assert.is_boolean(i.emulator)
+    if i.device_count > 0 then return end
+    if not i.built then assert.matches("built without the CUDA backend", i.reason)
+    else assert.is_truthy(i.reason:match("driver") or i.reason:match("GPU"), i.reason) end
+    assert.matches("no CUDA device is available %(" .. i.reason:gsub("%p", "%%%0"), H.error_of(moe.set_default_device, "cuda"))
+  end)
+  it("each way of having no usable device gives its reason (the emulator's MOE_EMU_* switches)", function()
+    if not moe.cuda.info().emulator then
+      pending("skipped: not the emulator build")
+      return
+    end
+    local function reason(env)
+      local out, err = H.sh(env .. " " .. os.getenv("MOELUA_BIN") ..
+        [[ -e "io.write(moe.cuda.device_count(), ' ', moe.cuda.info().driver_version, ' ', moe.cuda.info().reason)"]])
+      return out .. err
+    end
+    assert.matches("^0 12040 the NVIDIA driver is loaded but sees no GPU", reason("MOE_EMU_NO_DEVICE=1"))
+    assert.matches("^0 11020 the NVIDIA driver supports CUDA 11%.2, older than the CUDA 12%.4 runtime moelua was built with",
+      reason("MOE_EMU_OLD_DRIVER=1"))
+    assert.matches("^0 0 no NVIDIA driver is installed", reason("MOE_EMU_NO_DRIVER=1"))
+  end)
   it("a CPU tensor stays itself on the CPU; moving to a missing device is a clear error", function()
     local t = moe.arange(1, 7):view(2, 3)
     assert.equal("cpu", t:cpu():device())
@@ -57,6 +81,40 @@ describe("moe.cuda with a device", function()
     collectgarbage(); collectgarbage()
     assert.is_true(moe.cuda.memory_stats().cached >= 4 * 1024 * 1024)
     assert.is_true(moe.cuda.empty_cache() >= 4 * 1024 * 1024)
+  end)
+  it("dead device temporaries are collected long before the device fills (the GC nudge counts device memory)", function()
+    if not need_device() then return end
+    collectgarbage(); collectgarbage()
+    local total = moe.cuda.info().total
+    local h = moe.zeros(262144)                            -- 1 MiB
+    local base, most = moe.cuda.memory_stats().live, 0
+    for _ = 1, 3000 do                                     -- 3000 MiB: more than the emulator's 2 GiB device
+      local t = h:cuda()
+      local live = moe.cuda.memory_stats().live - base
+      if live > most then most = live end
+    end
+    -- the nudge runs every 1/32 of the device's memory; without it, only the out-of-memory path would collect
+    assert.is_true(most <= total / 8, ("%.0f MiB live at most"):format(most / 2 ^ 20))
+  end)
+  it("an out-of-memory collects dead tensors and retries once, then names the sizes", function()
+    if not need_device() then return end
+    collectgarbage(); collectgarbage()
+    local info = moe.cuda.info()
+    local one = moe.zeros(1):cuda()
+    local n = math.floor(info.total / 4) + 2 ^ 28          -- the device's memory and 1 GiB more, in floats
+    local err = H.error_of(function() return one:expand(n):contiguous() end)
+    assert.matches("out of CUDA memory: requested %d+ bytes %(%d+%.%d%d GiB%), %d+ live %(.-%), %d+ of %d+ free %(.- of .-%)", err)
+    if not info.emulator then return end                 -- below: host copies of half the device, for 2 GiB only
+    moe.cuda.empty_cache()
+    local half = math.floor(moe.cuda.info().free * 0.55 / 4)
+    local hb = moe.empty(half)                             -- made first: no GC nudge between `a = nil` and b's cudaMalloc
+    local a = moe.empty(half):cuda()
+    a = nil -- luacheck: ignore (dead, not yet collected: the nudge ran when it was made)
+    local b = hb:cuda()                                    -- fits only once `a` is collected
+    assert.equal(half, b:numel())
+    b, hb = nil, nil -- luacheck: ignore
+    collectgarbage(); collectgarbage()
+    moe.cuda.empty_cache()
   end)
   it("ops without a CUDA kernel say so; a model moves its weights and back", function()
     if not need_device() then return end

@@ -4,6 +4,9 @@
 --   moe.cuda.device_count()
 --   moe.cuda.memory_stats()      -- { live, peak, cached, free, total } in bytes
 --   moe.cuda.empty_cache()       -- frees the cached device blocks, returns their bytes
+--   moe.cuda.info()              -- the above, with devices (names), runtime_version and driver_version
+--                                -- (1000*major + 10*minor; 0: no driver), emulator, and, when no device
+--                                -- is usable, reason: why, in plain words
 --   t:cuda(), t:cpu(), t:to("cuda"), model:cuda(), model:cpu()
 --
 --   moe.cuda.set_precision(p)   -- float32 GEMMs on the device: "fp32" (default), "tf32"

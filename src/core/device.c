@@ -55,6 +55,13 @@ int moe_cuda_set_precision(int p) {
 }
 int moe_cuda_get_precision(void) { return 0; }
 const char *moe_cuda_last_error(void) { return "moelua was built without the CUDA backend (no nvcc at build time)"; }
+int moe_cuda_versions(int *runtime, int *driver) {
+  *runtime = *driver = 0;
+  return -1;
+}
+const char *moe_cuda_unavailable_reason(void) { return moe_cuda_last_error(); }
+int moe_cuda_is_emulator(void) { return 0; }
+void moe_cuda_set_oom_hook(void (*fn)(void)) { (void)fn; }
 #endif
 
 /* ---------------------------------------------------------------- the backends' kernels */

@@ -20,4 +20,17 @@ int moe_cuda_set_precision(int p);
 int moe_cuda_get_precision(void);
 const char *moe_cuda_last_error(void);
 int moe_cuda_built(void); /* 1 when built with MOE_WITH_CUDA */
+/* CUDA's version numbers (1000*major + 10*minor; the driver's is 0 without one) */
+int moe_cuda_versions(int *runtime, int *driver);
+/* why no device is usable, in plain words; "" when one is */
+const char *moe_cuda_unavailable_reason(void);
+int moe_cuda_is_emulator(void); /* 1 on the host emulator's build (src/cuda/emu) */
+/* fn runs when cudaMalloc fails, before the cache is emptied and the request
+ * retried: the binding runs a full Lua collection there (dead tensors' memory) */
+void moe_cuda_set_oom_hook(void (*fn)(void));
+#ifdef MOE_CUDA_EMU_BUILD
+/* the emulator's self-checks, for spec/emu_spec.lua (src/cuda/runtime.cu): runs
+ * the probe `what`; values it read go to out[0..n) (n returned), -1 unknown */
+int moe_cuda_emu_probe(const char *what, double *out, int nout);
+#endif
 #endif

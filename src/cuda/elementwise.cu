@@ -190,6 +190,10 @@ template <class T> __global__ void k_where(moe_iter it, T *o, const uint8_t *c, 
 }
 
 template <class T> T *dptr(const moe_tensor *t) { return (T *)moe_data(t); }
+// an operand that may be a host scalar (passed by value beside it): NULL then, never a host pointer
+template <class T> const T *dptr_or_null(const moe_tensor *t) {
+  return t->storage->device == MOE_CUDA ? (const T *)moe_data(t) : NULL;
+}
 
 } // namespace
 
@@ -243,14 +247,14 @@ extern "C" void moe_cuda_binary(moe_binop op, moe_tensor *out, const moe_tensor 
 #define SCAL(T, t) (t->storage->device != MOE_CUDA ? *(const T *)moe_data(t) : (T)0)
   if (op >= MOE_EQ) {
 #define CMP(T)                                                                                                        \
-  MOE_LAUNCH(k_compare<T>, g, THREADS, 0, s, it, (int)op, dptr<uint8_t>(out), dptr<T>(a), dptr<T>(b), sc, SCAL(T, a), \
-             SCAL(T, b))
+  MOE_LAUNCH(k_compare<T>, g, THREADS, 0, s, it, (int)op, dptr<uint8_t>(out), dptr_or_null<T>(a), dptr_or_null<T>(b), \
+             sc, SCAL(T, a), SCAL(T, b))
     MOE_DTYPE_SWITCH(a->dtype, CMP)
 #undef CMP
   } else {
-#define BIN(T)                                                                                                 \
-  MOE_LAUNCH(k_binary<T>, g, THREADS, 0, s, it, (int)op, dptr<T>(out), dptr<T>(a), dptr<T>(b), sc, SCAL(T, a), \
-             SCAL(T, b))
+#define BIN(T)                                                                                                     \
+  MOE_LAUNCH(k_binary<T>, g, THREADS, 0, s, it, (int)op, dptr<T>(out), dptr_or_null<T>(a), dptr_or_null<T>(b), sc, \
+             SCAL(T, a), SCAL(T, b))
     MOE_DTYPE_SWITCH(a->dtype, BIN)
 #undef BIN
   }

@@ -43,6 +43,7 @@ static int tramp(lua_State *L) {
   const char *prev_op = moe_l_cur_op;
   moe_l_cur_op = lua_tostring(L, lua_upvalueindex(3));
   moe_l_op_dev = -1;
+  moe_l_L = L;
   int r = f(L);
   moe_l_cur_op = prev_op;
   if (moe_l_op_dev == MOE_CUDA) {
@@ -122,6 +123,7 @@ int luaopen_moe_core(lua_State *L) {
       lua_isstring(L, -1))
     snprintf(moe_l_lib_dir, sizeof moe_l_lib_dir, "%s", lua_tostring(L, -1));
   lua_pop(L, 1);
+  moe_cuda_set_oom_hook(moe_l_oom_collect);
   const char *sgemm_err = moe_sgemm_check();
   if (sgemm_err) return luaL_error(L, "moe: %s", sgemm_err);
 

@@ -70,6 +70,8 @@ extern const void *moe_l_mt_ptr; /* ... and its address, for a fast identity che
 
 void moe_l_box_tensor(lua_State *L, moe_tensor *t); /* boxes t (owned by the GC from here) */
 void moe_l_after_push(lua_State *L);                /* after boxing: a pending Ctrl-C, the GC nudge */
+extern lua_State *moe_l_L;    /* the state of the running binding function (set by binding.c's tramp) */
+void moe_l_oom_collect(void); /* the CUDA allocator's out-of-memory hook: a full Lua collection */
 int moe_l_push_pair(lua_State *L, int rc, moe_tensor *v, moe_tensor *i); /* (values, indices) */
 int moe_l_t_gc(lua_State *L);
 

@@ -73,6 +73,18 @@ volatile sig_atomic_t moe_lua_defer = 0, moe_lua_deferred = 0;
  * heap, so the step is 4x the Lua heap (at least 4 MiB): dead outputs are freed
  * while their memory is still warm, at an amortised cost of a few percent. */
 static int64_t gc_baseline = 0, gc_step = 4 << 20;
+/* Device memory counts too, with its own step: 1/32 of the device's memory
+ * (64 MiB on the emulator's 2 GiB), so that a loop of dead device temporaries
+ * is collected long before the device fills. A cudaMalloc that fails anyway
+ * runs a full collection first (moe_l_oom_collect). */
+static int64_t gc_dev_baseline = 0, gc_dev_step = 0;
+lua_State *moe_l_L;
+
+static int64_t dev_live(void) {
+  size_t live = 0, peak = 0, cached = 0;
+  moe_cuda_memory_stats(&live, &peak, &cached);
+  return (int64_t)live;
+}
 
 /* ---------------------------------------------------------------- boxes */
 
@@ -158,6 +170,7 @@ int moe_l_raise_engine(lua_State *L) { return luaL_error(L, "%s", moe_last_error
 static void gc_nudge(lua_State *L) {
   lua_gc(L, LUA_GCCOLLECT, 0);
   gc_baseline = moe_live_bytes();
+  gc_dev_baseline = dev_live();
   int64_t heap = (int64_t)lua_gc(L, LUA_GCCOUNT, 0) << 10;
   gc_step = 4 * heap > (4 << 20) ? 4 * heap : (4 << 20);
 }
@@ -176,9 +189,25 @@ void moe_l_after_push(lua_State *L) {
     lua_sethook(L, NULL, 0, 0); /* the host's stop hook is no longer needed */
     luaL_error(L, "interrupted");
   }
-  int64_t live = moe_live_bytes();
-  if (live - gc_baseline > gc_step) gc_nudge(L);
-  else if (live < gc_baseline) gc_baseline = live;
+  int64_t live = moe_live_bytes(), dev = dev_live();
+  if (dev && !gc_dev_step) {
+    size_t fr = 0, tot = 0;
+    gc_dev_step = moe_cuda_mem_info(&fr, &tot) == 0 && tot ? (int64_t)(tot / 32) : (int64_t)64 << 20;
+  }
+  if (live - gc_baseline > gc_step || (gc_dev_step && dev - gc_dev_baseline > gc_dev_step)) gc_nudge(L);
+  else {
+    if (live < gc_baseline) gc_baseline = live;
+    if (dev < gc_dev_baseline) gc_dev_baseline = dev;
+  }
+}
+
+/* a cudaMalloc failed: dead tensors' device blocks go back to the cache (the
+ * allocator then empties it and retries) */
+void moe_l_oom_collect(void) {
+  if (!moe_l_L) return;
+  lua_gc(moe_l_L, LUA_GCCOLLECT, 0);
+  gc_baseline = moe_live_bytes();
+  gc_dev_baseline = dev_live();
 }
 
 /* Takes ownership of t (a new reference). NULL means the engine failed. */

@@ -51,7 +51,9 @@ static int l_backend_kernels(lua_State *L) {
   return 1;
 }
 
-/* cuda_info() -> {built, device_count, devices = {names}, free, total, live, peak, cached} */
+/* cuda_info() -> {built, device_count, devices = {names}, free, total, live, peak, cached,
+ *   runtime_version, driver_version (1000*major + 10*minor; 0: none), emulator, and
+ *   reason (why no device is usable, when none is)} */
 static int l_cuda_info(lua_State *L) {
   int n = moe_cuda_device_count();
   lua_createtable(L, 0, 8);
@@ -81,12 +83,38 @@ static int l_cuda_info(lua_State *L) {
   lua_setfield(L, -2, "peak");
   lua_pushnumber(L, (lua_Number)cached);
   lua_setfield(L, -2, "cached");
+  int rt = 0, drv = 0;
+  moe_cuda_versions(&rt, &drv);
+  lua_pushinteger(L, rt);
+  lua_setfield(L, -2, "runtime_version");
+  lua_pushinteger(L, drv);
+  lua_setfield(L, -2, "driver_version");
+  lua_pushboolean(L, moe_cuda_is_emulator());
+  lua_setfield(L, -2, "emulator");
   if (n == 0) {
-    lua_pushstring(L, moe_cuda_last_error());
+    lua_pushstring(L, moe_cuda_unavailable_reason());
     lua_setfield(L, -2, "reason");
   }
   return 1;
 }
+
+#ifdef MOE_CUDA_EMU_BUILD
+/* emu_probe(name) -> {values}: one of the emulator's self-checks (runtime.cu),
+ * for spec/emu_spec.lua; the error it provokes is raised as an op's */
+static int l_emu_probe(lua_State *L) {
+  double out[64];
+  const char *what = luaL_checkstring(L, 1);
+  moe_l_op_dev = MOE_CUDA; /* the trampoline raises the pending CUDA error */
+  int n = moe_cuda_emu_probe(what, out, 64);
+  if (n < 0) return luaL_error(L, "emu_probe: unknown probe '%s'", what);
+  lua_createtable(L, n, 0);
+  for (int i = 0; i < n; i++) {
+    lua_pushnumber(L, out[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  return 1;
+}
+#endif
 /* cuda_precision([name]) -> the previous name: "fp32", "tf32" or "bf16" (float32 GEMMs on the device) */
 static int l_cuda_precision(lua_State *L) {
   static const char *names[] = {"fp32", "tf32", "bf16", NULL};
@@ -316,4 +344,7 @@ const luaL_Reg moe_l_sys_funcs[] = {{"blas_info", l_blas_info},
                                     {"cuda_precision", l_cuda_precision},
                                     {"defer_interrupts", l_defer_interrupts},
                                     {"take_interrupt", l_take_interrupt},
+#ifdef MOE_CUDA_EMU_BUILD
+                                    {"emu_probe", l_emu_probe},
+#endif
                                     {NULL, NULL}};

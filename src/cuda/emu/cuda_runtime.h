@@ -11,7 +11,27 @@
 //  - device memory lies in its own arena that host code cannot read or write
 //    outside a launch or a cudaMemcpy (PROT_NONE): an engine bug that touches
 //    device memory from the host crashes the spec instead of passing silently;
-//  - cudaMemcpy checks its pointers against the copy's direction.
+//  - new and freed blocks are filled with junk (0xCD bytes), and the runtime's
+//    cache (runtime.cu) holds a freed block back for 16 frees, so a use after
+//    free reads junk rather than a newer tensor; cudaFree'd blocks stay
+//    PROT_NONE, even inside launches, for the next 64 cudaFrees (a crash);
+//  - cudaMemcpy/cudaMemset check their ranges, and every raw pointer argument
+//    of a launch must be NULL or inside a live block (not host memory, not a
+//    freed block); structs passed by value are not looked into;
+//  - dynamic shared memory is junk (0xA5) at the start of every block; static
+//    __shared__ arrays are C++ statics here: zero at first, then whatever the
+//    previous block left (MOE_EMU_TWICE's reversed block order exposes a read
+//    of those before a write);
+//  - misuse becomes the sticky error cudaGetLastError returns (the engine
+//    raises it naming the op), with a sentence saying what: an invalid launch
+//    configuration, a divergent barrier, a barrier in a MOE_LAUNCH kernel, a
+//    bad pointer argument, a bad cudaMemcpy/cudaMemset/cudaFree;
+//  - MOE_EMU_TWICE=1 runs every launch twice, the second time with blocks and
+//    threads in other orders, from the same device memory, and compares what
+//    they wrote byte for byte (a race or order dependence is a launch failure
+//    naming the kernel). Slow: opt-in;
+//  - MOE_EMU_NO_DEVICE, MOE_EMU_OLD_DRIVER, MOE_EMU_NO_DRIVER: the ways a
+//    machine has no usable device, as CUDA reports them.
 // It checks logic, index arithmetic and API use, not speed or memory ordering.
 #ifndef MOE_EMU_CUDA_RUNTIME_H
 #define MOE_EMU_CUDA_RUNTIME_H
@@ -20,8 +40,10 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <type_traits>
 
 #define MOE_CUDA_EMU 1
+#define CUDART_VERSION 12040
 // device code calls the float overloads unqualified, as CUDA's math headers allow
 using std::ceil;
 using std::erf;
@@ -56,7 +78,10 @@ typedef enum {
   cudaErrorInvalidValue = 1,
   cudaErrorMemoryAllocation = 2,
   cudaErrorInvalidConfiguration = 9,
+  cudaErrorInsufficientDriver = 35,
   cudaErrorNoDevice = 100,
+  cudaErrorNoKernelImageForDevice = 209,
+  cudaErrorIllegalAddress = 700,
   cudaErrorLaunchFailure = 719
 } cudaError_t;
 typedef enum { cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2, cudaMemcpyDeviceToDevice = 3 } cudaMemcpyKind;
@@ -68,6 +93,8 @@ struct cudaDeviceProp {
 };
 
 cudaError_t cudaGetDeviceCount(int *n);
+cudaError_t cudaDriverGetVersion(int *v);
+cudaError_t cudaRuntimeGetVersion(int *v);
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int dev);
 cudaError_t cudaSetDevice(int dev);
 cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes);
@@ -132,8 +159,30 @@ void moe_emu_launch(const char *name, dim3 grid, dim3 block, size_t smem, int sy
 void moe_emu_unlock(void);
 void moe_emu_lock(void);
 int moe_emu_is_device(const void *p);
+// moelua's caching allocator (runtime.cu) took a block back / handed it out again
+void moe_emu_retire(void *p);
+void moe_emu_revive(void *p);
 
-#define MOE_LAUNCH(k, g, b, sm, st, ...) ((void)(st), moe_emu_launch(#k, g, b, sm, 0, [=]() { k(__VA_ARGS__); }))
-#define MOE_LAUNCH_SYNC(k, g, b, sm, st, ...) ((void)(st), moe_emu_launch(#k, g, b, sm, 1, [=]() { k(__VA_ARGS__); }))
+// a launch's raw pointer arguments (T*): NULL or inside a live device block;
+// 1 (and the sticky cudaErrorIllegalAddress) for the first that is not
+int moe_emu_check_ptr(const char *kernel, int arg, const void *p);
+template <class T> static inline int moe_emu_check_arg(const char *k, int i, const T &v) {
+  typedef typename std::decay<T>::type D;
+  if constexpr (std::is_pointer<D>::value && !std::is_function<typename std::remove_pointer<D>::type>::value)
+    return moe_emu_check_ptr(k, i, (const void *)(D)v);
+  else return 0;
+}
+template <class... A> static inline int moe_emu_check_args(const char *k, const A &...a) {
+  int i = 0, bad = 0;
+  ((bad = bad ? bad : moe_emu_check_arg(k, ++i, a)), ...);
+  return bad;
+}
+
+#define MOE_LAUNCH(k, g, b, sm, st, ...) \
+  ((void)(st),                           \
+   moe_emu_check_args(#k, __VA_ARGS__) ? (void)0 : moe_emu_launch(#k, g, b, sm, 0, [=]() { k(__VA_ARGS__); }))
+#define MOE_LAUNCH_SYNC(k, g, b, sm, st, ...) \
+  ((void)(st),                                \
+   moe_emu_check_args(#k, __VA_ARGS__) ? (void)0 : moe_emu_launch(#k, g, b, sm, 1, [=]() { k(__VA_ARGS__); }))
 #define MOE_DYN_SMEM(type, name) type *name = (type *)moe_emu_dyn_smem()
 #endif

@@ -4,7 +4,10 @@
 #include "cuda_bf16.h"
 
 #include <cblas.h>
+#include <deque>
 #include <map>
+#include <setjmp.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -13,29 +16,64 @@
 
 dim3 threadIdx, blockIdx, blockDim, gridDim;
 
+// The sticky error, as the runtime's; an error the emulator found itself also
+// keeps a sentence saying what (cudaGetErrorString returns it for that code).
 static cudaError_t sticky = cudaSuccess;
+static cudaError_t detail_code = cudaSuccess;
+static char detail[512];
 static cudaError_t set_err(cudaError_t e) {
-  if (e != cudaSuccess) sticky = e;
+  if (e != cudaSuccess) {
+    sticky = e;
+    detail_code = cudaSuccess;
+  }
+  return e;
+}
+__attribute__((format(printf, 2, 3))) static cudaError_t set_errf(cudaError_t e, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(detail, sizeof detail, fmt, ap);
+  va_end(ap);
+  sticky = e;
+  detail_code = e;
   return e;
 }
 
 [[noreturn]] static void die(const char *what) {
   fprintf(stderr, "CUDA emulator: %s\n", what);
-  abort(); // a kernel or API misuse: the spec run must stop here, loudly
+  abort(); // the emulator itself cannot go on (mprotect failed)
 }
 
 // ---------------------------------------------------------------- device memory
-// One reserved range; bytes [0, used) are mapped. Blocks are reused by exact
-// size (moelua's caching allocator above rounds sizes already).
-static const size_t ARENA = (size_t)64 << 30, LIMIT = (size_t)2 << 30;
+// One reserved range; bytes [0, used) are carved into page-aligned blocks, each
+// followed by a gap page (so a pointer one past a block's end is no other
+// block's start), and a block's pages can be made inaccessible on their own.
+// A block is live, retired (freed by moelua's caching allocator, which keeps
+// it: junk-filled, refused as a kernel argument) or freed (cudaFree: its pages
+// dropped, PROT_NONE even inside launches while it waits FREE_QUARANTINE more
+// cudaFrees, then reused by exact size and junk-filled again). Retired blocks
+// stay readable in launches: guarding them too cost an mprotect per recently
+// cached block per launch. The device holds LIMIT bytes of live blocks.
+static const size_t ARENA = (size_t)64 << 30, LIMIT = (size_t)2 << 30, PAGE = 4096;
+static const size_t FREE_QUARANTINE = 64;
+static const int JUNK = 0xCD; // as float32 -4.3e8, as int32 -842150451
+enum { LIVE, RETIRED, FREED };
+struct block {
+  size_t n;
+  int state;
+};
 static char *arena;
-static size_t used;
-static std::map<void *, size_t> live;
-static std::multimap<size_t, void *> spare;
+static size_t used, live_sum;
+static std::map<char *, block> blocks;
+static std::multimap<size_t, char *> spare;
+static std::deque<char *> freed_q; // PROT_NONE while the arena is open
 static int unlocked;
 
 static void protect(int rw) {
-  if (used && mprotect(arena, used, rw ? PROT_READ | PROT_WRITE : PROT_NONE)) die("mprotect failed");
+  if (!used) return;
+  if (mprotect(arena, used, rw ? PROT_READ | PROT_WRITE : PROT_NONE)) die("mprotect failed");
+  if (rw)
+    for (char *p : freed_q)
+      if (mprotect(p, blocks[p].n, PROT_NONE)) die("mprotect failed");
 }
 void moe_emu_unlock(void) {
   if (unlocked++ == 0) protect(1);
@@ -45,6 +83,12 @@ void moe_emu_lock(void) {
 }
 int moe_emu_is_device(const void *p) { return arena && (const char *)p >= arena && (const char *)p < arena + ARENA; }
 
+static void junk(char *p, size_t n) {
+  if (mprotect(p, n, PROT_READ | PROT_WRITE)) die("mprotect failed");
+  memset(p, JUNK, n);
+  if (!unlocked && mprotect(p, n, PROT_NONE)) die("mprotect failed");
+}
+
 cudaError_t cudaMalloc(void **p, size_t n) {
   if (!arena) {
     arena = (char *)mmap(NULL, ARENA, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -52,71 +96,148 @@ cudaError_t cudaMalloc(void **p, size_t n) {
       arena = NULL;
       return set_err(cudaErrorMemoryAllocation);
     }
+#ifdef MADV_NOHUGEPAGE
+    madvise(arena, ARENA, MADV_NOHUGEPAGE); // blocks are protected page by page: huge pages would be split
+#endif
   }
-  n = (n + 255) & ~(size_t)255;
+  n = (n + PAGE - 1) & ~(PAGE - 1);
+  if (!n) n = PAGE;
+  if (live_sum + n > LIMIT) return set_err(cudaErrorMemoryAllocation); // as a device would
+  char *b;
   auto it = spare.find(n);
   if (it != spare.end()) {
-    *p = it->second;
+    b = it->second;
     spare.erase(it);
-    live[*p] = n;
-    return cudaSuccess;
+  } else {
+    if (used + n + PAGE > ARENA) return set_err(cudaErrorMemoryAllocation);
+    b = arena + used;
+    used += n + PAGE; // and a gap page, in no block
   }
-  size_t sum = 0;
-  for (auto &kv : live) sum += kv.second;
-  if (sum + n > LIMIT || used + n > ARENA) return set_err(cudaErrorMemoryAllocation); // as a device would
-  *p = arena + used;
-  used += n;
+  blocks[b] = block{n, LIVE};
+  live_sum += n;
+  junk(b, n); // not zeroed on a device either
   if (unlocked) protect(1);
-  live[*p] = n;
+  *p = b;
   return cudaSuccess;
+}
+
+static std::map<char *, block>::iterator find_block(const void *p) {
+  auto it = blocks.upper_bound((char *)p);
+  if (it == blocks.begin()) return blocks.end();
+  --it;
+  return (const char *)p < it->first + it->second.n ? it : blocks.end();
 }
 
 cudaError_t cudaFree(void *p) {
   if (!p) return cudaSuccess;
-  auto it = live.find(p);
-  if (it == live.end()) die("cudaFree of a pointer that cudaMalloc did not return");
-  spare.insert({it->second, p});
-  live.erase(it);
+  auto it = blocks.find((char *)p);
+  if (it == blocks.end() || it->second.state == FREED)
+    return set_errf(cudaErrorInvalidValue, "invalid argument (emulator: cudaFree of %p, %s)", p,
+                    it == blocks.end() ? "which cudaMalloc did not return" : "freed already");
+  it->second.state = FREED;
+  live_sum -= it->second.n;
+  madvise(it->first, it->second.n, MADV_DONTNEED); // its pages go back to the host
+  freed_q.push_back(it->first);
+  if (freed_q.size() > FREE_QUARANTINE) {
+    char *old = freed_q.front();
+    freed_q.pop_front();
+    spare.insert({blocks[old].n, old});
+  }
+  if (unlocked) protect(1);
   return cudaSuccess;
 }
 
-static void check_range(const void *p, size_t n, int device, const char *what) {
-  if (!n) return;
+// moelua's caching allocator took a block back (retire) or handed it out again (revive)
+void moe_emu_retire(void *p) {
+  auto it = blocks.find((char *)p);
+  if (it == blocks.end() || it->second.state != LIVE) return;
+  it->second.state = RETIRED;
+  junk(it->first, it->second.n);
+}
+void moe_emu_revive(void *p) {
+  auto it = blocks.find((char *)p);
+  if (it == blocks.end() || it->second.state != RETIRED) return;
+  it->second.state = LIVE;
+}
+
+// what p is, when it is not inside a live block: NULL when it is
+static const char *not_live(const void *p, size_t n) {
+  if (!moe_emu_is_device(p)) return "a host pointer";
+  auto it = find_block(p);
+  if (it == blocks.end()) return "not inside any device block";
+  if (it->second.state == RETIRED) return "inside a block moelua freed (it waits in the caching allocator)";
+  if (it->second.state == FREED) return "inside a freed block (cudaFree)";
+  if ((const char *)p + n > it->first + it->second.n) return "a range past the end of its block";
+  return NULL;
+}
+
+static cudaError_t check_range(const void *p, size_t n, int device, const char *call, const char *which) {
+  if (!n) return cudaSuccess;
   if (!device) {
-    if (moe_emu_is_device(p)) die(what);
-    return;
+    if (moe_emu_is_device(p))
+      return set_errf(cudaErrorInvalidValue, "invalid argument (emulator: %s's %s is device memory, not host)", call,
+                      which);
+    return cudaSuccess;
   }
-  auto it = live.upper_bound((void *)p);
-  if (it == live.begin()) die(what);
-  --it;
-  if ((const char *)p < (char *)it->first || (const char *)p + n > (char *)it->first + it->second) die(what);
+  const char *what = not_live(p, n);
+  if (what)
+    return set_errf(cudaErrorInvalidValue, "invalid argument (emulator: %s's %s of %zu bytes is %s)", call, which, n,
+                    what);
+  return cudaSuccess;
+}
+
+// a copy opens only the pages it touches (opening the whole arena costs a
+// page-table walk over every live block)
+static void open_pages(const void *p, size_t n, int rw) {
+  if (unlocked || !n || !moe_emu_is_device(p)) return;
+  uintptr_t a = (uintptr_t)p & ~(uintptr_t)(PAGE - 1), b = ((uintptr_t)p + n + PAGE - 1) & ~(uintptr_t)(PAGE - 1);
+  if (mprotect((void *)a, b - a, rw ? PROT_READ | PROT_WRITE : PROT_NONE)) die("mprotect failed");
 }
 
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, cudaMemcpyKind kind) {
-  check_range(dst, n, kind != cudaMemcpyDeviceToHost,
-              "cudaMemcpy: destination is not where its kind says, or overruns its block");
-  check_range(src, n, kind != cudaMemcpyHostToDevice,
-              "cudaMemcpy: source is not where its kind says, or overruns its block");
-  moe_emu_unlock();
+  cudaError_t e = check_range(dst, n, kind != cudaMemcpyDeviceToHost, "cudaMemcpy", "destination");
+  if (e == cudaSuccess) e = check_range(src, n, kind != cudaMemcpyHostToDevice, "cudaMemcpy", "source");
+  if (e != cudaSuccess) return e;
+  open_pages(dst, n, 1);
+  open_pages(src, n, 1);
   memmove(dst, src, n);
-  moe_emu_lock();
+  open_pages(dst, n, 0);
+  open_pages(src, n, 0);
   return cudaSuccess;
 }
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, cudaMemcpyKind kind, cudaStream_t) {
   return cudaMemcpy(dst, src, n, kind);
 }
 cudaError_t cudaMemset(void *p, int v, size_t n) {
-  check_range(p, n, 1, "cudaMemset: not a device block, or past its end");
-  moe_emu_unlock();
+  cudaError_t e = check_range(p, n, 1, "cudaMemset", "block");
+  if (e != cudaSuccess) return e;
+  open_pages(p, n, 1);
   memset(p, v, n);
-  moe_emu_lock();
+  open_pages(p, n, 0);
   return cudaSuccess;
 }
 cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t) { return cudaMemset(p, v, n); }
 
+// MOE_EMU_NO_DEVICE: a driver without a GPU; MOE_EMU_OLD_DRIVER: a driver older
+// than the runtime; MOE_EMU_NO_DRIVER: no driver at all (as CUDA reports each)
+static int env_on(const char *name) {
+  const char *v = getenv(name);
+  return v && *v && strcmp(v, "0") != 0;
+}
+cudaError_t cudaDriverGetVersion(int *v) {
+  *v = env_on("MOE_EMU_NO_DRIVER") ? 0 : env_on("MOE_EMU_OLD_DRIVER") ? 11020 : CUDART_VERSION;
+  return cudaSuccess;
+}
+cudaError_t cudaRuntimeGetVersion(int *v) {
+  *v = CUDART_VERSION;
+  return cudaSuccess;
+}
 cudaError_t cudaGetDeviceCount(int *n) {
-  *n = getenv("MOE_EMU_NO_DEVICE") ? 0 : 1;
-  return *n ? cudaSuccess : set_err(cudaErrorNoDevice);
+  *n = 0;
+  if (env_on("MOE_EMU_NO_DRIVER") || env_on("MOE_EMU_OLD_DRIVER")) return set_err(cudaErrorInsufficientDriver);
+  if (env_on("MOE_EMU_NO_DEVICE")) return set_err(cudaErrorNoDevice);
+  *n = 1;
+  return cudaSuccess;
 }
 cudaError_t cudaSetDevice(int) { return cudaSuccess; }
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int dev) {
@@ -131,10 +252,8 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int dev) {
   return cudaSuccess;
 }
 cudaError_t cudaMemGetInfo(size_t *f, size_t *t) {
-  size_t sum = 0;
-  for (auto &kv : live) sum += kv.second;
   *t = LIMIT;
-  *f = LIMIT - sum;
+  *f = LIMIT - live_sum;
   return cudaSuccess;
 }
 cudaError_t cudaGetLastError(void) {
@@ -146,14 +265,36 @@ cudaError_t cudaPeekAtLastError(void) { return sticky; }
 cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 const char *cudaGetErrorString(cudaError_t e) {
+  if (e != cudaSuccess && e == detail_code) return detail;
   switch (e) {
   case cudaSuccess: return "no error";
   case cudaErrorInvalidValue: return "invalid argument";
   case cudaErrorMemoryAllocation: return "out of memory";
   case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+  case cudaErrorInsufficientDriver: return "CUDA driver version is insufficient for CUDA runtime version";
   case cudaErrorNoDevice: return "no CUDA-capable device is detected";
+  case cudaErrorNoKernelImageForDevice: return "no kernel image is available for execution on the device";
+  case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
   default: return "unspecified launch failure";
   }
+}
+
+// a kernel's pointer argument: NULL, or inside (or just past the end of) a live block
+int moe_emu_check_ptr(const char *kernel, int arg, const void *p) {
+  if (!p) return 0;
+  const char *what = not_live(p, 0);
+  if (what && moe_emu_is_device(p) && find_block(p) == blocks.end()) {
+    // one past the end of a live block is fine (a gap page follows every block, so it is no other block's start)
+    auto it = blocks.upper_bound((char *)p);
+    if (it != blocks.begin() && (--it)->second.state == LIVE && it->first + it->second.n == (const char *)p)
+      what = NULL;
+  }
+  if (!what) return 0;
+  set_errf(cudaErrorIllegalAddress,
+           "an illegal memory access was encountered (emulator: %s's pointer argument %d, %p, is %s; the kernel "
+           "did not run)",
+           kernel, arg, p, what);
+  return 1;
 }
 
 // ---------------------------------------------------------------- launches
@@ -167,6 +308,8 @@ static const std::function<void()> *body;
 static std::vector<char> dyn;
 static std::vector<double> slots;
 static unsigned launches;
+static jmp_buf escape; // a barrier in a MOE_LAUNCH kernel leaves it through here
+static char escape_msg[256];
 
 void *moe_emu_dyn_smem(void) { return dyn.data(); }
 
@@ -183,7 +326,11 @@ static void trampoline(void) {
 }
 
 void __syncthreads(void) {
-  if (!fibers) die("__syncthreads in a kernel launched with MOE_LAUNCH (use MOE_LAUNCH_SYNC)");
+  if (!fibers) {
+    // threads run as a plain loop here, on the launch's own stack: leave the kernel
+    snprintf(escape_msg, sizeof escape_msg, "__syncthreads (or a warp shuffle) in a kernel launched with MOE_LAUNCH");
+    longjmp(escape, 1);
+  }
   state[cur] = 1;
   swapcontext(&fib[cur], &sched);
 }
@@ -199,14 +346,120 @@ double moe_emu_shfl_xor_d(double v, int lane) {
 }
 float moe_emu_shfl_xor(float v, int lane) { return (float)moe_emu_shfl_xor_d(v, lane); }
 
+static void shuffle(std::vector<int> &order, unsigned seed) {
+  int n = (int)order.size();
+  for (int i = 0; i < n; i++) order[i] = i;
+  for (int i = n - 1; i > 0; i--) {
+    seed = seed * 1664525u + 1013904223u;
+    int j = (int)((seed >> 8) % (unsigned)(i + 1));
+    int t = order[i];
+    order[i] = order[j];
+    order[j] = t;
+  }
+}
+
+// Runs every block; variant 1 (MOE_EMU_TWICE's second run) takes the blocks
+// in reverse, plain threads in reverse and other shuffles. 0, or -1 with
+// escape_msg set (a divergent barrier).
+static int run_blocks(dim3 grid, int n, size_t smem, int sync, unsigned variant) {
+  static std::vector<int> order; // static: a longjmp out of here skips destructors
+  order.resize(n);
+  uint64_t nblocks = (uint64_t)grid.x * grid.y * grid.z;
+  for (uint64_t k = 0; k < nblocks; k++) {
+    uint64_t lin = variant ? nblocks - 1 - k : k;
+    unsigned bx = (unsigned)(lin % grid.x), by = (unsigned)(lin / grid.x % grid.y),
+             bz = (unsigned)(lin / ((uint64_t)grid.x * grid.y));
+    blockIdx = dim3(bx, by, bz);
+    if (smem) memset(dyn.data(), 0xA5, smem); // each block's shared memory starts as junk
+    if (!sync) {
+      for (int t = 0; t < n; t++) {
+        cur = variant ? n - 1 - t : t;
+        set_thread(cur);
+        (*body)();
+      }
+      continue;
+    }
+    for (int i = 0; i < n; i++) {
+      state[i] = 0;
+      getcontext(&fib[i]);
+      fib[i].uc_stack.ss_sp = stacks[i];
+      fib[i].uc_stack.ss_size = STACK;
+      fib[i].uc_link = NULL;
+      makecontext(&fib[i], trampoline, 0);
+    }
+    // phases between barriers; threads in a shuffled order each phase
+    for (unsigned phase = 0;; phase++) {
+      shuffle(order, launches * 2654435761u + phase * 40503u + bx * 97u + by * 13u + bz + variant * 0x9e3779b9u);
+      int done = 0, waiting = 0;
+      for (int k2 = 0; k2 < n; k2++) {
+        int i = order[k2];
+        if (state[i] == 2) continue;
+        state[i] = 0;
+        cur = i;
+        set_thread(i);
+        swapcontext(&sched, &fib[i]);
+      }
+      for (int i = 0; i < n; i++) {
+        done += state[i] == 2;
+        waiting += state[i] == 1;
+      }
+      if (done == n) break;
+      if (done) { // the waiting fibers are abandoned (their stacks are reused)
+        snprintf(escape_msg, sizeof escape_msg,
+                 "block (%u,%u,%u): %d threads wait at __syncthreads while %d have exited (a divergent barrier)", bx,
+                 by, bz, waiting, done);
+        return -1;
+      }
+    }
+  }
+  return 0;
+}
+
+// MOE_EMU_TWICE=1: the device memory a launch can write (every live block)
+struct snapshot {
+  std::vector<std::pair<char *, size_t>> where;
+  std::vector<char> bytes;
+  void take() {
+    where.clear();
+    size_t total = 0;
+    for (auto &kv : blocks)
+      if (kv.second.state == LIVE) where.push_back({kv.first, kv.second.n}), total += kv.second.n;
+    bytes.resize(total);
+    size_t o = 0;
+    for (auto &w : where) memcpy(bytes.data() + o, w.first, w.second), o += w.second;
+  }
+  void restore() const {
+    size_t o = 0;
+    for (auto &w : where) memcpy(w.first, bytes.data() + o, w.second), o += w.second;
+  }
+  // the first byte where the arena differs from this snapshot: its block and offset
+  int differs(char **blk, size_t *off) const {
+    size_t o = 0;
+    for (auto &w : where) {
+      if (memcmp(w.first, bytes.data() + o, w.second))
+        for (size_t i = 0; i < w.second; i++)
+          if (w.first[i] != bytes[o + i]) {
+            *blk = w.first;
+            *off = i;
+            return 1;
+          }
+      o += w.second;
+    }
+    return 0;
+  }
+};
+
 void moe_emu_launch(const char *name, dim3 grid, dim3 block, size_t smem, int sync, const std::function<void()> &fn) {
-  char msg[256];
+  static int twice = -1;
+  if (twice < 0) twice = env_on("MOE_EMU_TWICE");
   size_t nthreads = (size_t)block.x * block.y * block.z;
   if (nthreads == 0 || nthreads > 1024 || grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 ||
       grid.z > 65535 || smem > (48 << 10)) {
-    snprintf(msg, sizeof msg, "%s: invalid launch (grid %u,%u,%u block %u,%u,%u smem %zu)", name, grid.x, grid.y,
-             grid.z, block.x, block.y, block.z, smem);
-    die(msg);
+    set_errf(cudaErrorInvalidConfiguration,
+             "invalid configuration argument (emulator: %s launched with grid %u,%u,%u, block %u,%u,%u, %zu bytes "
+             "of shared memory)",
+             name, grid.x, grid.y, grid.z, block.x, block.y, block.z, smem);
+    return;
   }
   launches++;
   blockDim = block;
@@ -221,63 +474,31 @@ void moe_emu_launch(const char *name, dim3 grid, dim3 block, size_t smem, int sy
   }
   state.assign(n, 0);
   slots.assign(n, 0.0);
-  std::vector<int> order(n);
   moe_emu_unlock();
-  for (unsigned bz = 0; bz < grid.z; bz++)
-    for (unsigned by = 0; by < grid.y; by++)
-      for (unsigned bx = 0; bx < grid.x; bx++) {
-        blockIdx = dim3(bx, by, bz);
-        if (!sync) {
-          for (int i = 0; i < n; i++) {
-            cur = i;
-            set_thread(i);
-            fn();
-          }
-          continue;
-        }
-        for (int i = 0; i < n; i++) {
-          state[i] = 0;
-          getcontext(&fib[i]);
-          fib[i].uc_stack.ss_sp = stacks[i];
-          fib[i].uc_stack.ss_size = STACK;
-          fib[i].uc_link = NULL;
-          makecontext(&fib[i], trampoline, 0);
-        }
-        // phases between barriers; threads in a shuffled order each phase
-        for (unsigned phase = 0;; phase++) {
-          unsigned seed = launches * 2654435761u + phase * 40503u + bx;
-          for (int i = 0; i < n; i++) order[i] = i;
-          for (int i = n - 1; i > 0; i--) {
-            seed = seed * 1664525u + 1013904223u;
-            int j = (int)((seed >> 8) % (unsigned)(i + 1));
-            int t = order[i];
-            order[i] = order[j];
-            order[j] = t;
-          }
-          int done = 0, waiting = 0;
-          for (int k = 0; k < n; k++) {
-            int i = order[k];
-            if (state[i] == 2) continue;
-            state[i] = 0;
-            cur = i;
-            set_thread(i);
-            swapcontext(&sched, &fib[i]);
-          }
-          for (int i = 0; i < n; i++) {
-            done += state[i] == 2;
-            waiting += state[i] == 1;
-          }
-          if (done == n) break;
-          if (done) {
-            snprintf(msg, sizeof msg, "%s: %d threads wait at __syncthreads while %d have exited (divergent barrier)",
-                     name, waiting, done);
-            die(msg);
-          }
-        }
-      }
+  snapshot before, first;
+  if (twice) before.take();
+  int rc;
+  if (setjmp(escape)) rc = -1;
+  else rc = run_blocks(grid, n, smem, sync, 0);
+  if (rc == 0 && twice) {
+    first.take();
+    before.restore();
+    if (setjmp(escape)) rc = -1;
+    else rc = run_blocks(grid, n, smem, sync, 1);
+    char *blk = NULL;
+    size_t off = 0;
+    if (rc == 0 && first.differs(&blk, &off)) {
+      snprintf(escape_msg, sizeof escape_msg,
+               "wrote different bytes when run again with its blocks and threads in another order (a race or an "
+               "order dependence; MOE_EMU_TWICE): first at byte %zu of the %zu-byte block %p",
+               off, blocks[blk].n, (void *)blk);
+      rc = -1;
+    }
+  }
   moe_emu_lock();
   cur = -1;
   fibers = 0;
+  if (rc) set_errf(cudaErrorLaunchFailure, "unspecified launch failure (emulator: %s: %s)", name, escape_msg);
 }
 
 // ---------------------------------------------------------------- cuBLAS on OpenBLAS
