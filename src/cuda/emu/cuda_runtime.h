@@ -157,6 +157,7 @@ void *moe_emu_dyn_smem(void);
 void moe_emu_launch(const char *name, dim3 grid, dim3 block, size_t smem, int sync, const std::function<void()> &body);
 // device pointers: the arena is readable inside these brackets (cuBLAS shim)
 void moe_emu_unlock(void);
+void moe_emu_unlock_all(void); // (every live block at once: the cuBLAS shims)
 void moe_emu_lock(void);
 int moe_emu_is_device(const void *p);
 // moelua's caching allocator (runtime.cu) took a block back / handed it out again

@@ -7,6 +7,7 @@
 #include <deque>
 #include <map>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,18 +69,51 @@ static std::multimap<size_t, char *> spare;
 static std::deque<char *> freed_q; // PROT_NONE while the arena is open
 static int unlocked;
 
-static void protect(int rw) {
-  if (!used) return;
-  if (mprotect(arena, used, rw ? PROT_READ | PROT_WRITE : PROT_NONE)) die("mprotect failed");
-  if (rw)
-    for (char *p : freed_q)
-      if (mprotect(p, blocks[p].n, PROT_NONE)) die("mprotect failed");
+// Inside a launch, device memory opens block by block: a kernel's first touch
+// of a block faults, and the SIGSEGV handler below makes that block readable
+// and writable; when the launch ends the opened blocks close again. So a
+// launch costs an mprotect per block it touches, not a page-table walk over the
+// whole arena (which was three quarters of a training run's time). A touch of a
+// freed block or of a gap page inside a launch is reported and stops the run;
+// outside launches the fault is left to crash, as host code must not touch
+// device memory. The cuBLAS shims open every live block at once (OpenBLAS's
+// threads would fault on their own).
+static struct {
+  char *p;
+  size_t n;
+} opened[1024];
+static int nopened, opened_all;
+static volatile int open_lock;
+
+static void watch_faults(void);
+static void open_block(char *p, size_t n) {
+  if (mprotect(p, n, PROT_READ | PROT_WRITE)) die("mprotect failed");
+  if (nopened < (int)(sizeof opened / sizeof opened[0])) opened[nopened++] = {p, n};
+  else opened_all = 1; /* closed by one mprotect over the arena */
 }
-void moe_emu_unlock(void) {
-  if (unlocked++ == 0) protect(1);
+static void open_all(void) {
+  if (!used || opened_all) return;
+  if (mprotect(arena, used, PROT_READ | PROT_WRITE)) die("mprotect failed");
+  for (char *p : freed_q)
+    if (mprotect(p, blocks[p].n, PROT_NONE)) die("mprotect failed");
+  opened_all = 1;
+}
+static void close_all(void) {
+  if (opened_all) {
+    if (used && mprotect(arena, used, PROT_NONE)) die("mprotect failed");
+  } else {
+    for (int i = 0; i < nopened; i++)
+      if (mprotect(opened[i].p, opened[i].n, PROT_NONE)) die("mprotect failed");
+  }
+  nopened = 0;
+  opened_all = 0;
+}
+void moe_emu_unlock(void) { unlocked++; }
+void moe_emu_unlock_all(void) {
+  if (unlocked++ == 0 || !opened_all) open_all();
 }
 void moe_emu_lock(void) {
-  if (--unlocked == 0) protect(0);
+  if (--unlocked == 0) close_all();
 }
 int moe_emu_is_device(const void *p) { return arena && (const char *)p >= arena && (const char *)p < arena + ARENA; }
 
@@ -87,6 +121,7 @@ static void junk(char *p, size_t n) {
   if (mprotect(p, n, PROT_READ | PROT_WRITE)) die("mprotect failed");
   memset(p, JUNK, n);
   if (!unlocked && mprotect(p, n, PROT_NONE)) die("mprotect failed");
+  if (unlocked && !opened_all) open_block(p, n); /* closed with the launch's others */
 }
 
 cudaError_t cudaMalloc(void **p, size_t n) {
@@ -96,6 +131,7 @@ cudaError_t cudaMalloc(void **p, size_t n) {
       arena = NULL;
       return set_err(cudaErrorMemoryAllocation);
     }
+    watch_faults();
 #ifdef MADV_NOHUGEPAGE
     madvise(arena, ARENA, MADV_NOHUGEPAGE); // blocks are protected page by page: huge pages would be split
 #endif
@@ -116,7 +152,6 @@ cudaError_t cudaMalloc(void **p, size_t n) {
   blocks[b] = block{n, LIVE};
   live_sum += n;
   junk(b, n); // not zeroed on a device either
-  if (unlocked) protect(1);
   *p = b;
   return cudaSuccess;
 }
@@ -128,6 +163,33 @@ static std::map<char *, block>::iterator find_block(const void *p) {
   return (const char *)p < it->first + it->second.n ? it : blocks.end();
 }
 
+// the first touch of a block inside a launch (see open_block)
+static struct sigaction prev_segv;
+static void on_segv(int sig, siginfo_t *si, void *uc) {
+  char *a = (char *)si->si_addr;
+  if (unlocked && arena && a >= arena && a < arena + ARENA) {
+    while (__atomic_exchange_n(&open_lock, 1, __ATOMIC_ACQUIRE)) {}
+    auto it = find_block(a);
+    if (it != blocks.end() && it->second.state != FREED) {
+      open_block(it->first, it->second.n);
+      __atomic_store_n(&open_lock, 0, __ATOMIC_RELEASE);
+      return; /* the access runs again, now allowed */
+    }
+    fprintf(stderr, "CUDA emulator: a kernel touched device memory at %p, %s\n", (void *)a,
+            it == blocks.end() ? "in no block (past the end of one)" : "in a freed block (a use after free)");
+    abort();
+  }
+  sigaction(SIGSEGV, &prev_segv, NULL); /* not a launch's: the fault crashes as it would without us */
+}
+static void watch_faults(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = on_segv;
+  sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGSEGV, &sa, &prev_segv);
+}
+
 cudaError_t cudaFree(void *p) {
   if (!p) return cudaSuccess;
   auto it = blocks.find((char *)p);
@@ -137,13 +199,13 @@ cudaError_t cudaFree(void *p) {
   it->second.state = FREED;
   live_sum -= it->second.n;
   madvise(it->first, it->second.n, MADV_DONTNEED); // its pages go back to the host
+  if (unlocked && mprotect(it->first, it->second.n, PROT_NONE)) die("mprotect failed");
   freed_q.push_back(it->first);
   if (freed_q.size() > FREE_QUARANTINE) {
     char *old = freed_q.front();
     freed_q.pop_front();
     spare.insert({blocks[old].n, old});
   }
-  if (unlocked) protect(1);
   return cudaSuccess;
 }
 
@@ -302,7 +364,18 @@ static const size_t STACK = 64 << 10;
 static std::vector<ucontext_t> fib;
 static std::vector<char *> stacks;
 static std::vector<int> state; // 0 running/ready, 1 at a barrier, 2 done
-static ucontext_t sched;
+// Switches between fibers: swapcontext saves and restores the signal mask, a
+// system call per switch (it was 90% of the time of a training run). A fiber is
+// entered once through its ucontext and then switched with _setjmp/_longjmp,
+// which do not touch the mask. Fibers persist across blocks and launches: one
+// that finishes its thread loops back for the next (started[i] = 1); one left
+// at a barrier (a divergent barrier's abandoned fibers) is made afresh.
+struct fiber_jb {
+  jmp_buf jb;
+};
+static std::vector<fiber_jb> fjb;
+static std::vector<char> started;
+static jmp_buf sched_jb;
 static int cur = -1, fibers; // fibers: this launch runs threads as fibers
 static const std::function<void()> *body;
 static std::vector<char> dyn;
@@ -320,9 +393,25 @@ static void set_thread(int i) {
 }
 
 static void trampoline(void) {
-  (*body)();
-  state[cur] = 2;
-  swapcontext(&fib[cur], &sched);
+  for (;;) {
+    (*body)();
+    state[cur] = 2;
+    if (!_setjmp(fjb[cur].jb)) _longjmp(sched_jb, 1);
+    // resumed by the next block (or launch): run its thread
+  }
+}
+
+// from the scheduler into fiber i, until it reaches a barrier or finishes
+static void enter(int i) {
+  if (_setjmp(sched_jb)) return;
+  if (started[i]) _longjmp(fjb[i].jb, 1);
+  started[i] = 1;
+  getcontext(&fib[i]);
+  fib[i].uc_stack.ss_sp = stacks[i];
+  fib[i].uc_stack.ss_size = STACK;
+  fib[i].uc_link = NULL;
+  makecontext(&fib[i], trampoline, 0);
+  setcontext(&fib[i]);
 }
 
 void __syncthreads(void) {
@@ -332,7 +421,7 @@ void __syncthreads(void) {
     longjmp(escape, 1);
   }
   state[cur] = 1;
-  swapcontext(&fib[cur], &sched);
+  if (!_setjmp(fjb[cur].jb)) _longjmp(sched_jb, 1);
 }
 
 double moe_emu_shfl_xor_d(double v, int lane) {
@@ -379,14 +468,7 @@ static int run_blocks(dim3 grid, int n, size_t smem, int sync, unsigned variant)
       }
       continue;
     }
-    for (int i = 0; i < n; i++) {
-      state[i] = 0;
-      getcontext(&fib[i]);
-      fib[i].uc_stack.ss_sp = stacks[i];
-      fib[i].uc_stack.ss_size = STACK;
-      fib[i].uc_link = NULL;
-      makecontext(&fib[i], trampoline, 0);
-    }
+    for (int i = 0; i < n; i++) state[i] = 0;
     // phases between barriers; threads in a shuffled order each phase
     for (unsigned phase = 0;; phase++) {
       shuffle(order, launches * 2654435761u + phase * 40503u + bx * 97u + by * 13u + bz + variant * 0x9e3779b9u);
@@ -397,14 +479,16 @@ static int run_blocks(dim3 grid, int n, size_t smem, int sync, unsigned variant)
         state[i] = 0;
         cur = i;
         set_thread(i);
-        swapcontext(&sched, &fib[i]);
+        enter(i);
       }
       for (int i = 0; i < n; i++) {
         done += state[i] == 2;
         waiting += state[i] == 1;
       }
       if (done == n) break;
-      if (done) { // the waiting fibers are abandoned (their stacks are reused)
+      if (done) { // the waiting fibers are abandoned (made afresh when next used)
+        for (int i = 0; i < n; i++)
+          if (state[i] != 2) started[i] = 0;
         snprintf(escape_msg, sizeof escape_msg,
                  "block (%u,%u,%u): %d threads wait at __syncthreads while %d have exited (a divergent barrier)", bx,
                  by, bz, waiting, done);
@@ -470,6 +554,8 @@ void moe_emu_launch(const char *name, dim3 grid, dim3 block, size_t smem, int sy
   int n = (int)nthreads;
   if (sync && (int)fib.size() < n) {
     fib.resize(n);
+    fjb.resize(n);
+    started.resize(n, 0);
     while ((int)stacks.size() < n) stacks.push_back((char *)malloc(STACK));
   }
   state.assign(n, 0);
@@ -547,7 +633,7 @@ static cublasStatus_t gemm_shim(F cblas, cublasOperation_t ta, cublasOperation_t
     need_device(A);
     need_device(B);
   }
-  moe_emu_unlock();
+  moe_emu_unlock_all();
   cblas(CblasColMajor, tr(ta), tr(tb), m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
   moe_emu_lock();
   return CUBLAS_STATUS_SUCCESS;
@@ -589,7 +675,7 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t, cublasOperation_t ta, 
   }
   size_t ea = at == CUDA_R_16BF ? 2 : 4, eb = bt == CUDA_R_16BF ? 2 : 4, ec = ct == CUDA_R_16BF ? 2 : 4;
   float al = *(const float *)alpha, be = *(const float *)beta;
-  moe_emu_unlock();
+  moe_emu_unlock_all();
   for (int i = 0; i < batch; i++) {
     const char *a = (const char *)A + (size_t)i * sA * ea, *b = (const char *)B + (size_t)i * sB * eb;
     char *c = (char *)C + (size_t)i * sC * ec;
@@ -630,7 +716,7 @@ cublasStatus_t cublasGemmGroupedBatchedEx(cublasHandle_t h, const cublasOperatio
   need_device(C);
   std::vector<const void *> pa(total), pb(total);
   std::vector<void *> pc(total);
-  moe_emu_unlock();
+  moe_emu_unlock_all();
   for (int j = 0; j < total; j++) {
     pa[j] = A[j];
     pb[j] = B[j];
