@@ -185,7 +185,8 @@ describe("every models/ script with --device cuda --smoke", function()
     return out, p:close()
   end
   local scripts = {
-    { "census_logreg.lua", "val accuracy" }, { "census_mlp.lua", "reloaded model's predictions differ" },
+    { "census_logreg.lua", "val accuracy" }, { "census_mlp.lua", "reloaded model's predictions differ by",
+      "data/census-income.test.gz 1 " .. os.tmpname() .. ".moe" }, -- (its checkpoint saved on the device, loaded on the host)
     { "gated_fusion.lua", "test: accuracy" }, { "mmoe_synthetic.lua", "test: loss" },
     { "moe_vs_mmoe.lua", "multi_gate_moe", "--out " .. os.tmpname() .. "_cmp" }, { "switch_moe.lua", "tokens" },
     { "tabular_moe.lua", "multi%-task" },
