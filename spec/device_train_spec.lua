@@ -231,3 +231,63 @@ describe("fit with the data already on the device", function()
     for i, t in ipairs(w[1]) do assert.equal(0, max_diff(t, w[2][i])) end
   end)
 end)
+
+describe("moe.set_deterministic on the device", function()
+  it("two training runs of a top-2 sparse MoE model give bitwise-equal weights", function()
+    if not need_device() then return end
+    local function run()
+      moe.manual_seed(12)
+      local inp = moe.Input { shape = { 6, 8 } }
+      local layer = nn.MoeLayer {
+        experts = nn.FeedForwardExperts { num_experts = 4, d_ff = 16 },
+        router = nn.TokensChooseMaskedRouter { num_experts = 4, num_selected_experts = 2, jitter_noise = 0.1 },
+        train_capacity_factor = 1.0,
+      }
+      local m = moe.Model { inputs = inp, outputs = nn.Dense { units = 1 }(layer(inp)) }
+      m:cuda()
+      m:compile { optimizer = moe.optim.Adam { lr = 1e-2 }, loss = "mse" }
+      moe.manual_seed(13)
+      local x, y = moe.randn(48, 6, 8), moe.randn(48, 6, 1)
+      m:fit { x = x, y = y, epochs = 2, batch_size = 8, verbose = 0, seed = 3 }
+      return m:get_weights()
+    end
+    local was = moe.get_deterministic()
+    moe.set_deterministic(true)
+    local ok, a, b = pcall(function() return run(), run() end)
+    moe.set_deterministic(was)
+    assert(ok, a)
+    assert.equal(#a, #b)
+    for i, t in ipairs(a) do
+      assert.equal("cuda", t:device())
+      assert.same(t:cpu():totable(), b[i]:cpu():totable()) -- every bit (same() compares the numbers exactly)
+    end
+  end)
+end)
+
+describe("moe.cuda.set_precision on a sparse MoE layer", function()
+  it("rounds the experts' GEMMs and keeps the router fp32", function()
+    if not need_device() then return end
+    moe.manual_seed(4)
+    local layer = nn.MoeLayer {
+      experts = nn.FeedForwardExperts { num_experts = 4, d_ff = 32 },
+      router = nn.TokensChooseMaskedRouter { num_experts = 4, num_selected_experts = 2 },
+      dropless = true,
+    }
+    local x = moe.randn(2, 16, 24)
+    layer(x)
+    layer:cuda():eval()
+    local xd = x:cuda()
+    local y32 = layer(xd)
+    local p32 = layer.last_plan.probs
+    local old = moe.cuda.set_precision("bf16")
+    local ok, err = pcall(function()
+      local y16 = layer(xd)
+      assert.equal("bf16", moe.cuda.get_precision()) -- restored after the router's fp32 GEMMs
+      assert.same(p32:cpu():totable(), layer.last_plan.probs:cpu():totable()) -- the router: fp32, bit for bit
+      local d = max_diff(y16, y32)
+      assert.is_true(d > 0 and d < 2e-2 * (y32:abs():max():item() + 1e-3), tostring(d)) -- the experts: bf16 operands
+    end)
+    moe.cuda.set_precision(old)
+    assert(ok, err)
+  end)
+end)

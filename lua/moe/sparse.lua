@@ -130,10 +130,19 @@ function nn.router_logits(self, x)
     xr = xr * (moe.rand(xr:shape(), { dtype = xr:dtype(), device = xr:device() }) * (2 * self.jitter_noise) + (1 - self.jitter_noise))
   end
   local k = self.kernel:to(xr:dtype())
-  local logits = xr:matmul(k)
+  -- the router's GEMMs stay fp32 whatever moe.cuda.set_precision gives the experts
+  local function fp32_matmul(a, b)
+    if a:device() ~= "cuda" or moe.cuda.get_precision() == "fp32" then return a:matmul(b) end
+    local old = moe.cuda.set_precision("fp32")
+    local ok, r = pcall(a.matmul, a, b)
+    moe.cuda.set_precision(old)
+    if not ok then error(r, 0) end
+    return r
+  end
+  local logits = fp32_matmul(xr, k)
   if self.use_bias then logits = logits + self.bias:to(xr:dtype()) end
   if self.noisy_gating and self._training then -- Shazeer et al. 2017: learned per-expert noise
-    local std = xr:matmul(self.noise_kernel:to(xr:dtype())):softplus()
+    local std = fp32_matmul(xr, self.noise_kernel:to(xr:dtype())):softplus()
     logits = logits + moe.randn(logits:shape(), { dtype = logits:dtype(), device = logits:device() }) * std
   end
   return logits, logits:softmax(-1)
