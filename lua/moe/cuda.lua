@@ -11,19 +11,16 @@
 --
 --   moe.cuda.set_precision(p)   -- float32 GEMMs on the device: "fp32" (default), "tf32"
 --                               -- or "bf16" (operands rounded, fp32 accumulate); returns the old one.
---                               -- A GEMM given "bf16" itself (moe.set_precision's expert GEMMs:
---                               -- moe.linear/matmul(..., "bf16")) runs cuBLAS's bf16 whatever this says
---   moe.set_default_device("cuda")  -- creation functions make CUDA tensors
+--                               -- The sparse routers' GEMMs stay fp32. A GEMM given "bf16" itself
+--                               -- (moe.set_precision's expert GEMMs) runs cuBLAS's bf16 whatever this says
+--   moe.set_default_device("cuda")  -- creation functions make CUDA tensors ({device = ...} per call)
 --
 -- Ops run on the device of their tensor arguments and put their results there;
--- arguments on two devices are an error. The ops with CUDA kernels so far:
--- elementwise math and comparisons, casts and copies, reductions, softmax,
--- cumsum, matmul (cuBLAS), linear, binary cross-entropy, sort/topk, gather,
--- scatter_add, index_select, index_add, cat/stack, where, bincount, the dense
--- mixtures' mixture and gate_scale (MMoE, OMoE, TabularMoELayer), and autograd
--- through them. The rest (route_plan, grouped_matmul, ROC-AUC, cumprod's
--- backward, the fused optimizers) say "not on this backend (cuda)", from the
--- engine's kernel table (src/core/dispatch.h).
+-- arguments on two devices are an error. Every kernel but ROC-AUC's final sort
+-- and cumprod's backward has a CUDA twin (the engine's kernel table,
+-- moe.core.backend_kernels(), says which): the MoE layers, the fused
+-- optimizers and fit/evaluate/predict (which move each batch to the model's
+-- device) all run there.
 local moe = require "moe"
 local core = moe.core
 
