@@ -291,3 +291,41 @@ describe("moe.cuda.set_precision on a sparse MoE layer", function()
     assert(ok, err)
   end)
 end)
+
+describe("a sparse MoE step on the device", function()
+  it("does no index range check: the layer's index ops run on the plan's own indices", function()
+    if not need_device() then return end
+    moe.manual_seed(9)
+    local layer = nn.MoeLayer {
+      experts = nn.FeedForwardExperts { num_experts = 4, d_ff = 8 },
+      router = nn.TokensChooseMaskedRouter { num_experts = 4, num_selected_experts = 2, renormalize_gates = true,
+        load_balancing_loss_weight = 0.01 },
+      train_capacity_factor = 1.0,
+    }
+    local x = moe.randn(2, 8, 6)
+    layer(x)
+    local host = layer:get_weights()
+    layer:cuda()
+    local xd = x:cuda():requires_grad_()
+    local c0 = moe.core.index_checks()
+    local y = layer(xd)
+    local l = (y * y):sum()
+    for _, aux in ipairs(layer:losses()) do l = l + aux end
+    l:backward()
+    assert.equal(c0, moe.core.index_checks())
+    -- and the values are the host layer's
+    local hl = nn.MoeLayer { experts = nn.FeedForwardExperts { num_experts = 4, d_ff = 8 },
+      router = nn.TokensChooseMaskedRouter { num_experts = 4, num_selected_experts = 2, renormalize_gates = true,
+        load_balancing_loss_weight = 0.01 }, train_capacity_factor = 1.0 }
+    hl(x)
+    hl:set_weights(host)
+    local xh = x:clone():requires_grad_()
+    local yh = hl(xh)
+    local lh = (yh * yh):sum()
+    for _, aux in ipairs(hl:losses()) do lh = lh + aux end
+    lh:backward()
+    assert.is_true(max_diff(y, yh) < 1e-5)
+    assert.is_true(max_diff(xd.grad, xh.grad) < 1e-5)
+    for k, v in pairs(hl:metrics()) do assert.is_near(v, layer:metrics()[k], 1e-5, k) end
+  end)
+end)

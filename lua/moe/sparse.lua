@@ -159,7 +159,14 @@ end
 local function report(self, plan, N, E, total_capacity)
   local A = plan.token:numel()
   local m = {}
-  m.fraction_tokens_left_behind = A > 0 and 1 - moe.bincount(plan.token, nil, N):gt(0):sum():to("float64") / N or 1
+  local hit -- tokens sent to at least one expert
+  if A > 0 and plan.token:device() ~= "cpu" then -- (index_add on the plan's own indices: no range-check round trip)
+    local o = { dtype = "float32", device = plan.token:device() }
+    hit = moe.zeros(N, o):index_add(1, plan.token, moe.ones(A, o)):gt(0)
+  elseif A > 0 then
+    hit = moe.bincount(plan.token, nil, N):gt(0)
+  end
+  m.fraction_tokens_left_behind = A > 0 and 1 - hit:sum():to("float64") / N or 1
   m.expert_usage = total_capacity > 0 and A / total_capacity or 0
   m.router_confidence = A > 0 and plan.gate:detach():sum():to("float64") / A or 0
   local counts = plan.counts:totable()
@@ -219,8 +226,12 @@ function TokensChooseMaskedRouter:forward(x, capacity)
     order = moe.argsort(vals:select(2, 1):view(G, T), 2, true) -- by descending top-1 probability
   end
   local token, expert, rank, counts = moe.core.route_plan(idx:view(G, T, k), order, valid and valid:view(G, T), E, capacity)
-  local flat = (token - 1) * E + expert
-  local gate = probs:reshape(-1):index_select(1, flat)    -- combine weight = router probability
+  local gate -- combine weight = router probability of each kept (token, expert)
+  if probs:device() == "cpu" then
+    gate = probs:reshape(-1):index_select(1, (token - 1) * E + expert)
+  else -- the same values through the plan's own indices, which the device does not range-check again
+    gate = probs:index_select(1, token):gather(2, expert:view(-1, 1)):view(-1)
+  end
   if self.renormalize_gates and token:numel() > 0 then   -- option: kept gates of a token sum to 1
     local denom = moe.zeros(N, { dtype = gate:dtype(), device = gate:device() }):index_add(1, token, gate)
     gate = gate / denom:index_select(1, token)
@@ -232,7 +243,15 @@ function TokensChooseMaskedRouter:forward(x, capacity)
   local gid = moe.arange(0, G, { dtype = "int64", device = x:device() }):view(G, 1, 1):expand(G, T, k)
   local bins = (gid * E + idx:view(G, T, k)):reshape(-1)
   local w = keep and keep:expand(N, k):reshape(-1) or nil
-  local f = moe.bincount(bins, w, G * E):view(G, E):to(probs:dtype()) / T
+  local f
+  if bins:device() == "cpu" then
+    f = moe.bincount(bins, w, G * E):view(G, E):to(probs:dtype()) / T
+  else -- on the device: one-hot sums (a bincount would read the values' range back)
+    local hot = idx:view(G, T, k, 1):eq(moe.arange(1, E + 1, { device = bins:device() }):view(1, 1, 1, E))
+      :to(probs:dtype())
+    if keep then hot = hot * keep:view(G, T, 1, 1) end
+    f = hot:sum(3):sum(2) / T
+  end
   local P = (keep and probs * keep or probs):view(G, T, E):mean(2)
   local lb = (f * P):mean() * (E * E)
   if self.load_balancing_loss_weight > 0 then self:add_loss(lb * self.load_balancing_loss_weight) end

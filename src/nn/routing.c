@@ -21,6 +21,7 @@
 #include "../core/moe.h"
 #include "../core/autograd_impl.h"
 #include "../core/dispatch.h"
+#include "../core/index_impl.h"
 #include "../cpu/cpu.h"
 
 #include <stdlib.h>
@@ -51,6 +52,12 @@ int moe_route_plan(const moe_tensor *expert_index, const moe_tensor *order, cons
   int rc = -1;
   if (!ei || (order && !od) || (valid && !vd)) moe_error("route_plan: out of memory");
   else rc = MOE_K(route_plan, ei->device, ei, od, vd, E, capacity, ibase, token, expert, rank, counts);
+  if (!rc) { /* engine-made indices: the layer's index ops on them skip the device range check */
+    int64_t K = expert_index->shape[2];
+    moe_mark_index_range(*token, ibase, ibase + G * T - 1);
+    moe_mark_index_range(*expert, ibase, ibase + E - 1);
+    moe_mark_index_range(*rank, ibase, ibase + K - 1);
+  }
   moe_tensor_release(ei);
   moe_tensor_release(od);
   moe_tensor_release(vd);
