@@ -7,17 +7,7 @@
 local moe = require "moe"
 local nn = moe.nn
 
--- positional arguments, and the options --device cpu|cuda and --smoke
-local pos, opts = {}, { device = "cpu", smoke = false }
-do
-  local i = 1
-  while arg and arg[i] do
-    if arg[i] == "--device" then opts.device = arg[i + 1]; i = i + 2
-    elseif arg[i] == "--smoke" then opts.smoke = true; i = i + 1
-    else pos[#pos + 1] = arg[i]; i = i + 1 end
-  end
-end
-opts.device = require("moe.cli").check_device(opts.device)
+local pos, opts = require("moe.cli").positional(arg) -- [path] [epochs] ..., --device cpu|cuda, --smoke
 local here = (arg and arg[0] or ""):match("^(.*)/models/[^/]*$") or "."
 local path = pos[1] or (here .. "/data/census-income.test.gz")
 local epochs = tonumber(pos[2]) or (opts.smoke and 1 or 8)

@@ -51,13 +51,7 @@ describe("moe.cuda on any machine", function()
 end)
 
 describe("moe.cuda with a device", function()
-  local function need_device()
-    if not moe.cuda.is_available() then
-      pending("skipped: no CUDA device")
-      return false
-    end
-    return true
-  end
+  local function need_device() return H.need_device(pending) end
   it("round-trips tensors of every dtype, contiguous or not", function()
     if not need_device() then return end
     for _, dt in ipairs { "float32", "float64", "int32", "int64", "bool" } do
@@ -592,13 +586,7 @@ describe("moe.cuda with a device", function()
 end)
 
 describe("moe.cuda: sorting, full reductions, engine-made indices, deterministic scatters", function()
-  local function need_device()
-    if not moe.cuda.is_available() then
-      pending("skipped: no CUDA device")
-      return false
-    end
-    return true
-  end
+  local function need_device() return H.need_device(pending) end
   local function ix(v) return moe.tensor(v, { dtype = "int64" }) end
   local function bits(t) return t:cpu():totable() end -- (floats to Lua doubles: exact)
 

@@ -6,13 +6,7 @@ local moe = require "moe"
 local nn = moe.nn
 local H = require "helpers"
 
-local function need_device()
-  if not moe.cuda.is_available() then
-    pending("skipped: no CUDA device")
-    return false
-  end
-  return true
-end
+local function need_device() return H.need_device(pending) end
 
 local function max_diff(a, b)
   return (a:cpu():to("float64") - b:cpu():to("float64")):abs():max():item()

@@ -200,4 +200,15 @@ function H.error_of(f, ...)
   return tostring(err)
 end
 
+-- in a spec that needs a CUDA device (or the emulator): false, and the test
+-- pending as "skipped: no CUDA device" (scripts/test.sh counts them), when there
+-- is none; `pending` is the spec file's own (busted's, not a global)
+function H.need_device(pending)
+  if not require("moe").cuda.is_available() then
+    pending("skipped: no CUDA device")
+    return false
+  end
+  return true
+end
+
 return H

@@ -73,4 +73,19 @@ function cli.check_device(device)
   return device
 end
 
+-- the older scripts' arguments: positional ones in order, and the options
+-- --device cpu|cuda (checked as check_device does) and --smoke; returns the
+-- list of positional arguments and { device = ..., smoke = ... }
+function cli.positional(args)
+  local pos, opts = {}, { device = "cpu", smoke = false }
+  local i = 1
+  while args and args[i] do
+    if args[i] == "--device" then opts.device = args[i + 1]; i = i + 2
+    elseif args[i] == "--smoke" then opts.smoke = true; i = i + 1
+    else pos[#pos + 1] = args[i]; i = i + 1 end
+  end
+  opts.device = cli.check_device(opts.device)
+  return pos, opts
+end
+
 return cli

@@ -357,7 +357,7 @@ local function metric_value(m, k, v, where)
     :format(where, m.class_name, m.name, tostring(k), type(v)), 0)
 end
 
-local function lazy_value(acc) return type(acc) == "number" and acc or acc:item() end
+local lazy_value = require("moe.metrics").lazy_value -- (a device scalar is read once, here)
 
 -- add the metrics of the last forward pass of `self` (those of the modules that
 -- ran in it: a module's _epoch is the call it last ran in) to the pass's sums
