@@ -323,3 +323,178 @@ describe("a sparse MoE step on the device", function()
     for k, v in pairs(hl:metrics()) do assert.is_near(v, layer:metrics()[k], 1e-5, k) end
   end)
 end)
+
+-- the host's waits for the device (moe.cuda.syncs): a drain waits for every
+-- queued kernel. A training step of fit drains only at the one read per sparse
+-- MoE layer (its kept-token counts); the rest is once per epoch.
+describe("host waits in a training step on the device", function()
+  local function drains() return moe.cuda.syncs().drains end
+  -- drains of one fit epoch of `steps` batches
+  local function fit_drains(m, x, y, steps)
+    local d0 = drains()
+    m:fit { x = x, y = y, batch_size = 16, epochs = 1, verbose = 0, steps_per_epoch = steps }
+    return drains() - d0
+  end
+  it("a dense model's step drains nothing: batches go pinned and asynchronous, the loss is read by an event", function()
+    if not need_device() then return end
+    moe.manual_seed(4)
+    local m = moe.Sequential { nn.Dense { units = 8, activation = "relu" }, nn.Dropout { rate = 0.1 }, nn.Dense { units = 1 } }
+    m:compile { optimizer = moe.optim.Adam { lr = 1e-2, clip_norm = 1 }, loss = "mse", metrics = { "mae" } }
+    m:cuda()
+    -- (a batch of 16 x 1100 floats is past the 64 KiB that small copies stage)
+    local x, y = moe.randn(160, 1100), moe.randn(160, 1)
+    fit_drains(m, x, y, 1) -- (builds the weights)
+    local a, b = fit_drains(m, x, y, 2), fit_drains(m, x, y, 9)
+    assert.equal(a, b) -- seven more steps, not one more drain
+    assert.is_true(a <= 4, "drains per epoch: " .. a)
+  end)
+  it("a sparse MoE model's step drains once per MoE layer", function()
+    if not need_device() then return end
+    moe.manual_seed(5)
+    local function layer()
+      return nn.MoeLayer { experts = nn.FeedForwardExperts { num_experts = 4, d_ff = 8 },
+        router = nn.TokensChooseMaskedRouter { num_experts = 4, num_selected_experts = 2, renormalize_gates = true,
+          load_balancing_loss_weight = 0.01 }, train_capacity_factor = 1.0 }
+    end
+    local inp = moe.Input { shape = { 4, 6 } }
+    local out = nn.Dense { units = 1 }(nn.Flatten {}(layer()(layer()(inp))))
+    local m = moe.Model { inputs = inp, outputs = out }
+    m:compile { optimizer = moe.optim.Adam { lr = 1e-2 }, loss = "mse" }
+    m:cuda()
+    local x, y = moe.randn(160, 4, 6), moe.randn(160, 1)
+    fit_drains(m, x, y, 1)
+    local a, b = fit_drains(m, x, y, 3), fit_drains(m, x, y, 8)
+    assert.equal(2 * 5, b - a) -- two MoE layers, five more steps
+  end)
+  it("small host values travel through the staging buffers without a drain, and arrive intact", function()
+    if not need_device() then return end
+    local d0 = drains()
+    local ts = {}
+    for i = 1, 100 do ts[i] = moe.tensor({ i, -i, i / 4 }, { device = "cuda" }) end -- past the ring's 32 buffers
+    local r = moe.arange(1, 1001, { device = "cuda" })
+    assert.equal(d0, drains())
+    for i = 1, 100 do assert.same({ i, -i, i / 4 }, ts[i]:cpu():totable()) end
+    assert.equal(500500, r:sum():item())
+  end)
+  it("read_later gives a device value without a drain; get() returns it", function()
+    if not need_device() then return end
+    local t = moe.tensor({ 2.5 }, { device = "cuda" }):sum()
+    local d0 = drains()
+    local r = moe.core.read_later(t * 2)
+    assert.equal(d0, drains())
+    assert.equal(5, r:get())
+    assert.equal(5, r:get()) -- (kept)
+    assert.is_true(r:ready())
+    assert.equal(7, moe.core.read_later(moe.tensor({ 7 })):get()) -- a host value: there at once
+    assert.matches("read_later: tensor of shape %[2%] has 2 elements", H.error_of(moe.core.read_later, moe.ones(2)))
+  end)
+  it("set_sync_debug(\"warn\") names each drain and the caller's line", function()
+    if not need_device() then return end
+    local script = H.write_file(H.tmpname(".lua"), table.concat({
+      'local moe = require "moe"',
+      'local t = moe.ones(3, { device = "cuda" })',
+      'moe.cuda.set_sync_debug("warn")',
+      'local v = t:sum():item()',
+      'moe.cuda.set_sync_debug("off")',
+      'local w = t:sum():item()',
+      'print("value", v + w)',
+    }, "\n"))
+    local out, err, rc = H.sh(("%s run %s"):format(os.getenv("MOELUA_BIN") or "build/moelua", script))
+    os.remove(script)
+    assert.equal(0, rc, err)
+    assert.matches("value\t6", out)
+    local _, n = err:gsub("the host waited for the device %(a copy to the host%)", "")
+    assert.equal(1, n, err)
+    assert.matches(script:gsub("%p", "%%%0") .. ":4", err)
+    assert.matches('set_sync_debug: mode must be "warn" or "off", got "on"', H.error_of(moe.cuda.set_sync_debug, "on"))
+  end)
+end)
+
+describe("pinned host memory", function()
+  it("pin_memory copies a host tensor into pinned memory; to_device_async moves it", function()
+    if not need_device() then return end
+    local x = moe.randn(3, 5):transpose(1, 2) -- (not contiguous)
+    local p = x:pin_memory()
+    assert.is_true(p:is_pinned())
+    assert.is_false(x:is_pinned())
+    assert.same(x:totable(), p:totable())
+    assert.is_true(p:pin_memory():is_pinned()) -- (already pinned: itself)
+    local d = moe.core.to_device_async(p)
+    assert.equal("cuda", d:device())
+    assert.same(x:totable(), d:cpu():totable())
+    assert.matches("to_device_async: the tensor must be a contiguous pinned host tensor",
+      H.error_of(moe.core.to_device_async, x))
+    assert.matches("pin_memory: the tensor is on cuda", H.error_of(function() return d:pin_memory() end))
+  end)
+  it("a freed pinned block is reused only after its copy: many batches in flight stay intact", function()
+    if not need_device() then return end
+    local got, want = {}, {}
+    for i = 1, 64 do
+      local h = moe.full({ 1000 }, i):pin_memory()
+      got[i], want[i] = moe.core.to_device_async(h), i * 1000
+      h = nil
+      if i % 8 == 0 then collectgarbage() end -- (the pinned blocks go back to the cache)
+    end
+    for i = 1, 64 do assert.equal(want[i], got[i]:sum():item()) end
+  end)
+end)
+
+describe("optimizer step{skip}", function()
+  for _, dev in ipairs { "cpu", "cuda" } do
+    it("a step called off by a true flag changes nothing; retract takes its counters back (" .. dev .. ")", function()
+      if dev == "cuda" and not need_device() then return end
+      local w0 = moe.randn(4, 3)
+      local w = w0:clone():to(dev):requires_grad_()
+      local opt = moe.optim.Adam { lr = 0.1 }
+      local function step(o, p, flag)
+        p.grad = nil
+        ;(p * p):sum():backward()
+        o:step({ p }, flag ~= nil and { skip = moe.tensor({ flag }, { dtype = "bool" }):to(dev):view() } or nil)
+      end
+      step(opt, w, false)
+      local after1 = w:detach():cpu():clone()
+      step(opt, w, true)
+      assert.same(after1:totable(), w:cpu():totable())
+      assert.equal(2, opt.iterations)
+      opt:retract()
+      assert.equal(1, opt.iterations)
+      assert.equal(1, opt.state[w].step)
+      step(opt, w, false) -- the second real step: as if the called-off one never was
+      local ref, v = moe.optim.Adam { lr = 0.1 }, w0:clone():to(dev):requires_grad_()
+      step(ref, v)
+      step(ref, v)
+      assert.is_true(max_diff(v, w) < 1e-6)
+      assert.is_true(max_diff(after1, w) > 1e-3) -- (it moved)
+      assert.matches("Adam.step: skip must be a bool tensor, got number", H.error_of(function() opt:step({ w }, { skip = 1 }) end))
+      assert.matches("optim_step: skip must be a one%-element bool tensor", H.error_of(function()
+        opt:step({ w }, { skip = moe.ones(2):to(dev) }) end))
+    end)
+  end
+end)
+
+describe("a non-finite loss on the device", function()
+  it("stops fit at the same batch as on the host, with the update called off and the same weights", function()
+    if not need_device() then return end
+    local function run(dev)
+      moe.manual_seed(8)
+      local m = moe.Sequential { nn.Dense { units = 6, activation = "tanh" }, nn.Dense { units = 1 } }
+      m:compile { optimizer = moe.optim.Adam { lr = 1e-2 }, loss = "mse" }
+      m:build { 16, 4 }
+      m:to(dev)
+      moe.manual_seed(9)
+      local x, y = moe.randn(96, 4), moe.randn(96, 1)
+      y[{ { 40, 40 }, 1 }] = 0 / 0 -- in batch 3 of 16 rows
+      local h = m:fit { x = x, y = y, batch_size = 16, epochs = 2, shuffle = false, verbose = 0 }
+      return h, m
+    end
+    local hh, mh = run("cpu")
+    local hd, md = run("cuda")
+    assert.matches("the loss is nan at epoch 1, batch 3", hh.stopped)
+    assert.equal(hh.stopped, hd.stopped)
+    assert.equal(mh.optimizer.iterations, md.optimizer.iterations)
+    assert.equal(2, md.optimizer.iterations)
+    local wh, wd = mh:get_weights(), md:get_weights()
+    for k, v in pairs(wh) do assert.is_true(max_diff(v, wd[k]) < 1e-5, k) end
+    for _, p in ipairs(md:parameters()) do assert.equal(2, md.optimizer.state[p].step) end
+  end)
+end)

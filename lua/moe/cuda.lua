@@ -15,6 +15,23 @@
 --                               -- (moe.set_precision's expert GEMMs) runs cuBLAS's bf16 whatever this says
 --   moe.set_default_device("cuda")  -- creation functions make CUDA tensors ({device = ...} per call)
 --
+--   moe.cuda.syncs()            -- { drains = n, waits = n }: the host's waits for the device so far.
+--                               -- A drain waits for every queued kernel (a read of a device value:
+--                               -- t:item(), t:cpu(); a large copy from ordinary host memory); a wait
+--                               -- waits on one event while later work keeps the device busy
+--   moe.cuda.set_sync_debug("warn" | "off")  -- "warn": each drain prints what it was and the Lua
+--                               -- stack that caused it (as torch.cuda.set_sync_debug_mode)
+--   t:pin_memory(), t:is_pinned() -- a host copy in page-locked memory (copies from it run
+--                               -- asynchronously); fit gathers its batches there for a device model
+--
+-- A training step of fit on the device drains nothing but the one read per
+-- sparse MoE layer that sizes its grouped GEMM (the kept-token counts): each
+-- batch is gathered into pinned memory and copied on a second stream, small
+-- host values (an arange, a scalar) travel through pinned staging buffers, the
+-- loss is copied back behind the forward pass and read with an event wait,
+-- after backward and the update are queued (a non-finite loss calls the update
+-- off on the device), and metrics are summed on the device until the epoch ends.
+--
 -- Ops run on the device of their tensor arguments and put their results there;
 -- arguments on two devices are an error. Every kernel but ROC-AUC's final sort
 -- and cumprod's backward has a CUDA twin (the engine's kernel table,
@@ -37,5 +54,16 @@ end
 function cuda.empty_cache() return core.cuda_empty_cache() end
 function cuda.set_precision(p) return core.cuda_precision(p) end
 function cuda.get_precision() return core.cuda_precision() end
+function cuda.syncs()
+  local d, w = core.cuda_syncs()
+  return { drains = d, waits = w }
+end
+function cuda.set_sync_debug(mode)
+  if mode ~= "warn" and mode ~= "off" then
+    error(moe._where(("moe.cuda.set_sync_debug: mode must be \"warn\" or \"off\", got %s"):format(
+      type(mode) == "string" and ("\"" .. mode .. "\"") or tostring(mode))), 0)
+  end
+  core.cuda_sync_debug(mode == "warn")
+end
 
 return cuda

@@ -119,7 +119,12 @@ end
 -- parameters on the CPU; for parameters on a CUDA device, a 0-dim float64 tensor
 -- there (the norm is reduced and used on the device; norm:item() reads it, and is
 -- the only wait for the device, paid only by a caller that wants the value).
-function Optimizer:step(params)
+--
+-- step(params, {skip = flag}): flag is a one-element bool tensor on the
+-- parameters' device; when it holds true the update changes nothing (decided
+-- on the device, without a wait), though the step counters advance as for any
+-- step: retract() takes them back once the caller knows it was called off.
+function Optimizer:step(params, opts)
   if type(params) ~= "table" then
     error(("%s.step: expected a list of parameters (model:parameters()), got %s"):format(self.class_name, type(params)), 2)
   end
@@ -152,9 +157,14 @@ function Optimizer:step(params)
     end
   end
   for i = n + 1, #P do P[i], S1[i], S2[i], steps[i] = nil, nil, nil, nil end
-  local norm = core.optim_step(self.kind, P, S1, S2, steps, self.hp)
+  local skip = opts ~= nil and opts.skip or nil
+  if skip ~= nil and not core.is_tensor(skip) then
+    error(("%s.step: skip must be a bool tensor, got %s"):format(self.class_name, type(skip)), 2)
+  end
+  local norm = core.optim_step(self.kind, P, S1, S2, steps, self.hp, skip)
   if type(norm) == "number" and norm < 0 then norm = nil end
   self.iterations = self.iterations + 1
+  self._last_n = n
   -- constraints of the layers that own the parameters
   local cof = nn().constraint_of
   for i = 1, n do
@@ -162,6 +172,19 @@ function Optimizer:step(params)
     if c then moe.no_grad(function() P[i]:copy_(c(P[i])) end) end
   end
   return norm
+end
+
+-- the counters of the last step taken back (its parameters' step counts, the
+-- iterations): for a step that step{skip} called off
+function Optimizer:retract()
+  local n = rawget(self, "_last_n")
+  if not n then error(("%s.retract: no step to take back"):format(self.class_name), 2) end
+  for i = 1, n do
+    local s = self.state[self._P[i]]
+    s.step = s.step - 1
+  end
+  self.iterations = self.iterations - 1
+  self._last_n = nil
 end
 
 function Optimizer:zero_grad(params)

@@ -164,13 +164,22 @@ function Module:compute_loss(y, p, sample_weight)
 end
 
 -- a batch (a tensor or a table of tensors) on the model's device: fit,
--- evaluate and predict take data where it lies and move each batch
+-- evaluate and predict take data where it lies and move each batch. A batch
+-- fit gathered into pinned memory goes on the copy stream (core.to_device_async):
+-- the host does not wait for the copy, and the copy overlaps the kernels still
+-- running; any other host tensor goes with an ordinary (waiting) copy.
+local function move(t, dev)
+  if not core.is_tensor(t) or t:device() == dev then return t end
+  if dev ~= "cpu" and t:is_pinned() and not t.requires_grad then return core.to_device_async(t) end
+  return t:to(dev)
+end
+
 local function to_device(v, dev)
   if v == nil then return nil end
-  if core.is_tensor(v) then return v:device() == dev and v or v:to(dev) end
+  if core.is_tensor(v) then return move(v, dev) end
   if type(v) ~= "table" then return v end
   local out = {}
-  for k, t in pairs(v) do out[k] = core.is_tensor(t) and t:device() ~= dev and t:to(dev) or t end
+  for k, t in pairs(v) do out[k] = move(t, dev) end
   return out
 end
 
@@ -267,12 +276,14 @@ end
 
 local GATHER_MAX = 16 -- MOE_GATHER_MAX
 
-local function start_gather(list, idx)
+-- pinned: gather into pinned host memory (for a model on a device: the batch
+-- then travels asynchronously, see to_device)
+local function start_gather(list, idx, pinned)
   -- the batch's rows are taken where the data lies (data already on the device: gathered there)
   local ddev = list[1]:device()
   if idx:device() ~= ddev then idx = idx:to(ddev) end
   if #list > GATHER_MAX then return { list = list, idx = idx } end -- gathered when finished
-  return core.gather_rows(list, idx)
+  return core.gather_rows(list, idx, pinned and ddev == "cpu")
 end
 
 local function finish_gather(job)
@@ -426,7 +437,9 @@ local function new_pass()
 end
 
 local function pass_update(self, st, logits_named, single, y, sw, total, parts, nb, where)
-  st.loss_sum = st.loss_sum + total * nb
+  -- (total: a number, or a device scalar summed on the device: evaluate)
+  if type(total) == "number" then st.loss_sum = st.loss_sum + total * nb
+  else st.loss_sum = total:detach() * nb + st.loss_sum end
   st.n = st.n + nb
   for name, l in pairs(parts) do
     -- (a device loss is summed on the device and read at the end of the pass)
@@ -465,7 +478,7 @@ end
 local function pass_logs(self, st, single, prefix, logs)
   logs = logs or {}
   prefix = prefix or ""
-  logs[prefix .. "loss"] = st.n > 0 and st.loss_sum / st.n or 0 / 0
+  logs[prefix .. "loss"] = st.n > 0 and lazy_value(st.loss_sum) / st.n or 0 / 0
   local multi = not single
   if multi then
     for name, s in pairs(st.out_loss) do logs[prefix .. name .. "_loss"] = lazy_value(s) / st.n end
@@ -607,9 +620,15 @@ local function finite(v) return v == v and v ~= math.huge and v ~= -math.huge en
 local function weights_finite(self)
   local _, ts = self:named_weights()
   return moe.no_grad(function()
+    local bad = {} -- per device, a count summed there: one read per device
     for _, t in ipairs(ts) do
-      if t:dtype():match("^float") and t:numel() > 0 and (t - t):ne(0):any():item() then return false end
+      if t:dtype():match("^float") and t:numel() > 0 then
+        local c = (t - t):ne(0):any():to("float32") -- NaN - NaN and inf - inf are NaN
+        local d = t:device()
+        bad[d] = bad[d] and bad[d] + c or c
+      end
     end
+    for _, c in pairs(bad) do if c:item() > 0 then return false end end
     return true
   end)
 end
@@ -652,15 +671,34 @@ end
 -- one forward/backward/update on a batch; returns loss number, parts, named
 -- outputs. A non-finite loss makes no update (the weights stay as they were);
 -- before_update (if given) runs once the weights exist, before they change.
+--
+-- On a device the loss is not read before the update (that would drain the
+-- device's queue every step): its value is copied behind the forward pass
+-- (core.read_later), backward and the update are queued, and a device flag,
+-- "the loss is not finite", calls the update off there (optimizer step{skip}).
+-- Then the host waits for the loss alone, while backward and the update run;
+-- a called-off step's counters are taken back (the optimizer's retract).
 local function train_step(self, xb, yb, swb, before_update)
   local p = self(xb)
   local total, parts = self:compute_loss(yb, p, swb)
-  local loss = total:item()
-  if not finite(loss) then return loss, parts, p end
+  local opt = self.optimizer
+  if total:device() == "cpu" or type(opt.retract) ~= "function" then -- (an optimizer of the user's own: read first)
+    local loss = total:item()
+    if not finite(loss) then return loss, parts, p end
+    if before_update then before_update() end
+    self:zero_grad()
+    total:backward()
+    opt:step(self._params_cache.list)
+    return loss, parts, p
+  end
+  local later = core.read_later(total)
+  local bad = moe.no_grad(function() return (total - total):ne(0) end) -- NaN or an infinity
   if before_update then before_update() end
   self:zero_grad()
   total:backward()
-  self.optimizer:step(self._params_cache.list)
+  opt:step(self._params_cache.list, { skip = bad })
+  local loss = later:get()
+  if not finite(loss) then opt:retract() end
   return loss, parts, p
 end
 
@@ -776,13 +814,14 @@ function Module:fit(opts)
       end
       local next_idx = data.batches(n, batch, { shuffle = opts.shuffle ~= false, seed = opts.seed and (opts.seed * 100003 + epoch) or nil })
       local idx = next_idx()
-      local job = idx and start_gather(tensors, idx)
+      local pin = dev ~= "cpu"
+      local job = idx and start_gather(tensors, idx, pin)
       while idx do -- (no index is drawn past batch nb)
         b = b + 1
         local got = finish_gather(job)
         local size = idx:numel()
         idx = b < nb and next_idx() or nil
-        job = idx and start_gather(tensors, idx) -- the next batch, while this one trains
+        job = idx and start_gather(tensors, idx, pin) -- the next batch, while this one trains
         local batch_logs = { batch = b, size = size }
         call_hooks(cbs, "on_batch_begin", b, batch_logs)
         local xb, yb, swb = from_plan(plan[1], got), from_plan(plan[2], got), from_plan(plan[3], got)
@@ -876,7 +915,8 @@ function Module:evaluate(opts)
       local total, parts = self:compute_loss(yb, p, swb)
       local named
       named, single = named_outputs(self, p)
-      pass_update(self, st, named, single, yb, swb, total:item(), parts, len, "evaluate")
+      pass_update(self, st, named, single, yb, swb, total:device() == "cpu" and total:item() or total, parts, len,
+        "evaluate")
     end
   end)
   if was then self:train() end

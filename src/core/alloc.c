@@ -202,6 +202,7 @@ moe_storage *storage_new(size_t nbytes) {
   s->device = MOE_CPU;
   s->version = 0;
   s->ix_marked = 0; /* (a recycled block keeps its old header) */
+  s->pinned = s->copy_dst = 0;
   s->pool_class = (int8_t)c;
   s->block_bytes = total;
   live_bytes += (int64_t)nbytes;
@@ -209,10 +210,37 @@ moe_storage *storage_new(size_t nbytes) {
   return s;
 }
 
+/* a host storage in pinned memory (header and data in one block, as above) */
+moe_storage *pinned_storage_new(size_t nbytes) {
+  size_t total = MOE_ALIGN + ((nbytes + MOE_ALIGN - 1) / MOE_ALIGN) * MOE_ALIGN, got = 0;
+  moe_storage *s = moe_cuda_host_alloc(total, &got);
+  if (!s) {
+    moe_error("pin_memory: %s", moe_cuda_last_error());
+    return NULL;
+  }
+  memset(s, 0, sizeof *s);
+  s->data = (char *)s + MOE_ALIGN;
+  s->nbytes = nbytes;
+  s->refcount = 1;
+  s->device = MOE_CPU;
+  s->pool_class = -1;
+  s->pinned = 1;
+  s->block_bytes = got;
+  live_bytes += (int64_t)nbytes;
+  if (live_bytes > peak_bytes) peak_bytes = live_bytes;
+  return s;
+}
+
 void storage_release(moe_storage *s) {
   if (--s->refcount == 0 && s->device == MOE_CUDA) { /* a host header over device memory */
-    moe_cuda_free(s->data, s->block_bytes);
+    if (s->copy_dst) moe_cuda_free_copy_dst(s->data, s->block_bytes);
+    else moe_cuda_free(s->data, s->block_bytes);
     free(s);
+    return;
+  }
+  if (s->refcount == 0 && s->pinned) {
+    live_bytes -= (int64_t)s->nbytes;
+    moe_cuda_host_free(s, s->block_bytes);
     return;
   }
   if (s->refcount == 0) {
@@ -252,7 +280,7 @@ void tensor_free(moe_tensor *t) {
 /* ---------------------------------------------------------------- devices */
 
 /* a host header over nbytes of device memory (block_bytes: what the cache gave) */
-moe_storage *device_storage_new(size_t nbytes) {
+moe_storage *device_storage_new_for(size_t nbytes, int copy_dst) {
   moe_storage *s = calloc(1, sizeof *s);
   if (!s) {
     moe_error("out of memory");
@@ -262,7 +290,8 @@ moe_storage *device_storage_new(size_t nbytes) {
   s->pool_class = -1;
   s->nbytes = nbytes;
   s->device = MOE_CUDA;
-  s->data = moe_cuda_malloc(nbytes, &s->block_bytes);
+  s->copy_dst = (int8_t)copy_dst;
+  s->data = copy_dst ? moe_cuda_malloc_copy_dst(nbytes, &s->block_bytes) : moe_cuda_malloc(nbytes, &s->block_bytes);
   if (!s->data) {
     free(s);
     moe_error("cuda: %s", moe_cuda_last_error());
@@ -270,3 +299,5 @@ moe_storage *device_storage_new(size_t nbytes) {
   }
   return s;
 }
+
+moe_storage *device_storage_new(size_t nbytes) { return device_storage_new_for(nbytes, 0); }

@@ -7,6 +7,10 @@
 moe_storage *storage_new(size_t nbytes);
 /* a host header over nbytes of device memory, or NULL with an error */
 moe_storage *device_storage_new(size_t nbytes);
+/* ... and one for an asynchronous copy to write (copy_dst 1: its own free lists) */
+moe_storage *device_storage_new_for(size_t nbytes, int copy_dst);
+/* nbytes of host storage in pinned memory (CUDA builds), or NULL with an error */
+moe_storage *pinned_storage_new(size_t nbytes);
 void storage_release(moe_storage *s);
 /* a zeroed tensor header (refcount 1) counted live, and its return */
 moe_tensor *tensor_alloc(void);

@@ -62,6 +62,40 @@ int moe_cuda_versions(int *runtime, int *driver) {
 const char *moe_cuda_unavailable_reason(void) { return moe_cuda_last_error(); }
 int moe_cuda_is_emulator(void) { return 0; }
 void moe_cuda_set_oom_hook(void (*fn)(void)) { (void)fn; }
+void moe_cuda_sync_counts(uint64_t *drains, uint64_t *waits) { *drains = *waits = 0; }
+void moe_cuda_set_sync_hook(void (*fn)(const char *what)) { (void)fn; }
+void *moe_cuda_host_alloc(size_t n, size_t *got) {
+  (void)n;
+  *got = 0;
+  return NULL;
+}
+void moe_cuda_host_free(void *p, size_t bytes) {
+  (void)p;
+  (void)bytes;
+}
+void *moe_cuda_malloc_copy_dst(size_t n, size_t *got) { return moe_cuda_malloc(n, got); }
+void moe_cuda_free_copy_dst(void *p, size_t bytes) { moe_cuda_free(p, bytes); }
+int moe_cuda_copy_to_device_async(void *dst, const void *src, size_t n, void *block) {
+  (void)dst;
+  (void)src;
+  (void)n;
+  (void)block;
+  return -1;
+}
+moe_cuda_read *moe_cuda_read_start(const void *src, size_t n) {
+  (void)src;
+  (void)n;
+  return NULL;
+}
+int moe_cuda_read_ready(moe_cuda_read *r) {
+  (void)r;
+  return 1;
+}
+const void *moe_cuda_read_wait(moe_cuda_read *r) {
+  (void)r;
+  return NULL;
+}
+void moe_cuda_read_free(moe_cuda_read *r) { (void)r; }
 #endif
 
 /* ---------------------------------------------------------------- the backends' kernels */

@@ -3,6 +3,7 @@
 #ifndef MOE_DEVICE_H
 #define MOE_DEVICE_H
 #include <stddef.h>
+#include <stdint.h>
 
 int moe_cuda_device_count(void); /* 0 without a driver, a device or MOE_WITH_CUDA */
 int moe_cuda_device_name(int dev, char *out, size_t len);
@@ -28,6 +29,26 @@ int moe_cuda_is_emulator(void); /* 1 on the host emulator's build (src/cuda/emu)
 /* fn runs when cudaMalloc fails, before the cache is emptied and the request
  * retried: the binding runs a full Lua collection there (dead tensors' memory) */
 void moe_cuda_set_oom_hook(void (*fn)(void));
+/* host waits so far: drains (every queued kernel had to finish: a copy to the
+ * host, a copy from pageable memory, cudaFree) and event waits */
+void moe_cuda_sync_counts(uint64_t *drains, uint64_t *waits);
+/* fn (or NULL) runs at each drain, told what it was (moe.cuda.set_sync_debug) */
+void moe_cuda_set_sync_hook(void (*fn)(const char *what));
+/* pinned (page-locked) host memory of at least n bytes; NULL: moe_cuda_last_error() */
+void *moe_cuda_host_alloc(size_t n, size_t *got);
+void moe_cuda_host_free(void *p, size_t bytes);
+/* device blocks that asynchronous copies write (their own free lists) */
+void *moe_cuda_malloc_copy_dst(size_t n, size_t *got);
+void moe_cuda_free_copy_dst(void *p, size_t bytes);
+/* n bytes from pinned memory (inside the block `block`) to dst on the copy
+ * stream: later kernels wait for it, the host does not */
+int moe_cuda_copy_to_device_async(void *dst, const void *src, size_t n, void *block);
+/* a read for later: up to 16 bytes copied to pinned memory behind the queued work */
+typedef struct moe_cuda_read moe_cuda_read;
+moe_cuda_read *moe_cuda_read_start(const void *src, size_t n);
+int moe_cuda_read_ready(moe_cuda_read *r);
+const void *moe_cuda_read_wait(moe_cuda_read *r); /* (counted as a wait when not ready) */
+void moe_cuda_read_free(moe_cuda_read *r);
 #ifdef MOE_CUDA_EMU_BUILD
 /* the emulator's self-checks, for spec/emu_spec.lua (src/cuda/runtime.cu): runs
  * the probe `what`; values it read go to out[0..n) (n returned), -1 unknown */

@@ -152,7 +152,7 @@ void moe_gather_free(moe_gather_job *j) {
   gather_unref(j);
 }
 
-moe_gather_job *moe_gather_start(int n, moe_tensor *const *src, const moe_tensor *index, int64_t ibase) {
+moe_gather_job *moe_gather_start(int n, moe_tensor *const *src, const moe_tensor *index, int64_t ibase, int pinned) {
   if (n < 1 || n > MOE_GATHER_MAX) {
     moe_error("gather_rows: %d tensors (1 to %d)", n, MOE_GATHER_MAX);
     return NULL;
@@ -213,7 +213,8 @@ moe_gather_job *moe_gather_start(int n, moe_tensor *const *src, const moe_tensor
     shape[0] = j->rows;
     moe_tensor_retain(src[i]);
     j->src[i] = src[i];
-    j->out[i] = moe_empty(src[i]->ndim, shape, src[i]->dtype);
+    j->out[i] =
+        pinned ? moe_empty_pinned(src[i]->ndim, shape, src[i]->dtype) : moe_empty(src[i]->ndim, shape, src[i]->dtype);
     j->n = i + 1;
     if (!j->out[i]) {
       moe_gather_free(j);

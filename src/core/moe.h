@@ -106,6 +106,13 @@ size_t moe_empty_cache(void);
 int moe_device_available(moe_device dev);
 /* t's values on device dev, a contiguous copy (a new ref to t when it is there) */
 moe_tensor *moe_to_device(const moe_tensor *t, moe_device dev);
+/* pinned host memory (CUDA builds with a device): an empty tensor there, a
+ * contiguous copy of t there, whether t lies there; and the asynchronous move
+ * of a pinned tensor to the device (later kernels wait for it, the host does not) */
+moe_tensor *moe_empty_pinned(int ndim, const int64_t *shape, moe_dtype dt);
+moe_tensor *moe_pin_memory(const moe_tensor *t);
+int moe_is_pinned(const moe_tensor *t);
+moe_tensor *moe_to_device_async(const moe_tensor *t);
 int moe_allocator_caches(void); /* 0 in sanitizer builds, which free every block at once */
 /* new tensors: moe_empty and moe_full on the host, the _on forms on dev;
  * moe_empty_like on t's device. Ops put their outputs on their inputs' device. */
@@ -255,7 +262,7 @@ moe_tensor *moe_index_select(const moe_tensor *t, int dim, const moe_tensor *ind
  * references), free releases the job (waiting for it when still running). */
 #define MOE_GATHER_MAX 16
 typedef struct moe_gather_job moe_gather_job;
-moe_gather_job *moe_gather_start(int n, moe_tensor *const *src, const moe_tensor *index, int64_t ibase);
+moe_gather_job *moe_gather_start(int n, moe_tensor *const *src, const moe_tensor *index, int64_t ibase, int pinned);
 int moe_gather_finish(moe_gather_job *j, moe_tensor **out);
 void moe_gather_free(moe_gather_job *j);
 moe_tensor *moe_index_add(const moe_tensor *t, int dim, const moe_tensor *index, const moe_tensor *src, int64_t ibase,

@@ -98,11 +98,14 @@ static void set_contiguous_strides(moe_tensor *t) {
 /* An op's outputs go on its inputs' device: every op allocates with the
  * device of a tensor it was given (moe_empty_like, or moe_empty_on with
  * t->device). moe_empty and moe_full make host tensors. */
-moe_tensor *moe_empty_on(moe_device dev, int ndim, const int64_t *shape, moe_dtype dt) {
+/* kind: 0 ordinary, 1 pinned host memory, 2 a device block an asynchronous copy writes */
+static moe_tensor *empty_kind(moe_device dev, int ndim, const int64_t *shape, moe_dtype dt, int kind) {
   int64_t n = 0;
   if (check_shape("empty", ndim, shape, &n)) return NULL;
-  moe_storage *s = dev == MOE_CUDA ? device_storage_new((size_t)n * moe_dtype_size(dt))
-                                   : storage_new((size_t)n * moe_dtype_size(dt));
+  size_t nb = (size_t)n * moe_dtype_size(dt);
+  moe_storage *s = dev == MOE_CUDA ? device_storage_new_for(nb, kind == 2)
+      : kind == 1                  ? pinned_storage_new(nb)
+                                   : storage_new(nb);
   if (!s) return NULL;
   moe_tensor *t = tensor_alloc();
   if (!t) {
@@ -118,7 +121,57 @@ moe_tensor *moe_empty_on(moe_device dev, int ndim, const int64_t *shape, moe_dty
   return t;
 }
 
+moe_tensor *moe_empty_on(moe_device dev, int ndim, const int64_t *shape, moe_dtype dt) {
+  return empty_kind(dev, ndim, shape, dt, 0);
+}
+
 moe_tensor *moe_empty(int ndim, const int64_t *shape, moe_dtype dt) { return moe_empty_on(MOE_CPU, ndim, shape, dt); }
+
+moe_tensor *moe_empty_pinned(int ndim, const int64_t *shape, moe_dtype dt) {
+  if (moe_cuda_device_count() == 0) {
+    moe_error("pin_memory: pinned memory needs a CUDA device (%s)", moe_cuda_last_error());
+    return NULL;
+  }
+  return empty_kind(MOE_CPU, ndim, shape, dt, 1);
+}
+
+int moe_is_pinned(const moe_tensor *t) { return t->storage->pinned; }
+
+/* a contiguous copy of the host tensor t in pinned memory (t itself when it is one) */
+moe_tensor *moe_pin_memory(const moe_tensor *t) {
+  if (t->device != MOE_CPU) {
+    moe_error("pin_memory: the tensor is on cuda: only host tensors are pinned");
+    return NULL;
+  }
+  if (t->storage->pinned && moe_is_contiguous(t)) {
+    moe_tensor_retain((moe_tensor *)t);
+    return (moe_tensor *)t;
+  }
+  moe_tensor *out = moe_empty_pinned(t->ndim, t->shape, t->dtype);
+  if (out && moe_copy_(out, t)) {
+    moe_tensor_release(out);
+    return NULL;
+  }
+  return out;
+}
+
+/* t (a contiguous pinned host tensor) on the device, through the copy stream:
+ * returns at once; the device's later kernels wait for the copy. Not recorded
+ * by autograd (batches: t must not require grad). */
+moe_tensor *moe_to_device_async(const moe_tensor *t) {
+  if (t->device != MOE_CPU || !t->storage->pinned || !moe_is_contiguous(t) || t->requires_grad) {
+    moe_error("to_device_async: the tensor must be a contiguous pinned host tensor that does not require grad");
+    return NULL;
+  }
+  moe_tensor *out = empty_kind(MOE_CUDA, t->ndim, t->shape, t->dtype, 2);
+  size_t n = (size_t)moe_numel(t) * moe_dtype_size(t->dtype);
+  if (out && n && moe_cuda_copy_to_device_async(moe_data(out), moe_data(t), n, t->storage)) {
+    moe_error("cuda: %s", moe_cuda_last_error());
+    moe_tensor_release(out);
+    return NULL;
+  }
+  return out;
+}
 
 moe_tensor *moe_empty_like(const moe_tensor *t) { return moe_empty_on(t->device, t->ndim, t->shape, t->dtype); }
 

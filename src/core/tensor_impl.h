@@ -18,6 +18,10 @@ struct moe_storage {
    * its int64 elements lie in [ix_lo, ix_hi] while version == ix_version (any
    * write bumps version, and so drops the mark) */
   int8_t ix_marked;
+  /* 1: a host block in pinned memory (moe_pin_memory); a device block that an
+   * asynchronous copy wrote (moe_to_device_async): each goes back to its own
+   * free lists (src/cuda/runtime.cu) */
+  int8_t pinned, copy_dst;
   int64_t ix_lo, ix_hi;
 };
 

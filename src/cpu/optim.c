@@ -157,6 +157,7 @@ void moe_cpu_optim_update(moe_optim_kind kind, int n, moe_tensor *const *params,
   if (norm_out) *norm_out = norm;
   if (norm_t) *(double *)moe_data(norm_t) = norm;
   if (h->clip_norm > 0 && norm > h->clip_norm) scale = h->clip_norm / (norm + 1e-6);
+  if (h->skip && *h->skip) return;
   update_job u = {.kind = kind,
                   .n = n,
                   .params = params,

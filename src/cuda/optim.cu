@@ -164,6 +164,7 @@ __device__ void update_range(moe_optim_kind kind, const entry &e, int64_t lo, in
 // the update of chunks [c0, c1) (scal: {norm, scale} from k_sq_final, or NULL: scale 1)
 __global__ void k_update(moe_optim_kind kind, const entry *tab, int n, int64_t c0, int64_t c1, moe_optim_hparams h,
                          const double *scal, double cv) {
+  if (h.skip && *h.skip) return; // (the step was called off on the device: fit's non-finite loss)
   double scale = scal ? scal[1] : 1.0;
   for (int64_t c = c0 + blockIdx.x; c < c1; c += gridDim.x) {
     const entry &e = tab[find_entry(tab, n, c)];
@@ -193,9 +194,9 @@ int shares_storage(int n, moe_tensor *const *params) {
   return shared;
 }
 
-// the host side of the table: kept from step to step. It is pageable memory,
-// so cudaMemcpyAsync has consumed it when it returns, and the next step may
-// rewrite it at once (pinned memory would need an event per step)
+// the host side of the table: kept from step to step. moe_cuda_memcpy stages
+// it (a small copy: pinned staging memory) before it returns, so the next step
+// may rewrite it at once
 entry *host_tab;
 int host_cap;
 } // namespace
@@ -245,9 +246,8 @@ extern "C" void moe_cuda_optim_update(moe_optim_kind kind, int n, moe_tensor *co
   }
   cudaStream_t s = moe_cuda_stream();
   entry *tab = (entry *)dev;
-  cudaError_t ce = cudaMemcpyAsync(tab, host_tab, sizeof(entry) * (size_t)n, cudaMemcpyHostToDevice, s);
-  if (ce != cudaSuccess) {
-    moe_cuda_fail(op, cudaGetErrorString(ce));
+  if (moe_cuda_memcpy(tab, host_tab, sizeof(entry) * (size_t)n, 0)) { // (staged when small: no wait)
+    moe_cuda_fail(op, moe_cuda_last_error());
     moe_cuda_free(dev, got);
     return;
   }

@@ -291,7 +291,7 @@ static int64_t *upload_offs(const int64_t *counts, const int64_t *offs, int64_t 
   }
   memcpy(h, offs, sizeof(int64_t) * (size_t)E);
   memcpy(h + E, counts, sizeof(int64_t) * (size_t)E);
-  cudaMemcpyAsync(d, h, n, cudaMemcpyHostToDevice, moe_cuda_stream()); // pageable: staged before it returns
+  if (moe_cuda_memcpy(d, h, n, 0)) moe_cuda_fail("grouped_matmul", moe_cuda_last_error()); // (staged: no wait)
   free(h);
   return d;
 }
@@ -365,7 +365,7 @@ static int run_grouped(const grouped_gemm_arg *gs, int n) {
       ab[i] = 1.0f;
       ab[nn + i] = g.beta;
     }
-    cudaMemcpyAsync(dptr, hp, sizeof(void *) * 3 * nn, cudaMemcpyHostToDevice, moe_cuda_stream());
+    if (moe_cuda_memcpy(dptr, hp, sizeof(void *) * 3 * nn, 0)) moe_cuda_fail("grouped_matmul", moe_cuda_last_error());
     cublasComputeType_t ct = moe_cuda_get_precision() == 1 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
     cublasStatus_t st = fn(h, ops, ops + nn, ints, ints + nn, ints + 2 * nn, ab, (const void *const *)dptr, CUDA_R_32F,
                            ints + 3 * nn, (const void *const *)(dptr + nn), CUDA_R_32F, ints + 4 * nn, ab + nn,

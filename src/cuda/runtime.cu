@@ -137,6 +137,7 @@ extern "C" int moe_cuda_mem_info(size_t *free_bytes, size_t *total_bytes) {
 static std::unordered_map<size_t, std::vector<void *>> free_lists;
 static std::deque<std::pair<void *, size_t>> quarantine;
 static size_t cached_bytes, live_bytes, peak_bytes;
+static uint64_t n_drains, n_waits; /* (below: host waits) */
 static void (*oom_hook)(void);
 
 static size_t round_up(size_t n) {
@@ -148,8 +149,14 @@ static size_t round_up(size_t n) {
 
 extern "C" void moe_cuda_set_oom_hook(void (*fn)(void)) { oom_hook = fn; }
 
+static void pinned_empty(void);
+static void side_empty(void);
+
 extern "C" size_t moe_cuda_empty_cache(void) {
   size_t freed = cached_bytes;
+  n_drains++; /* (cudaFree waits for the device) */
+  pinned_empty();
+  side_empty();
   for (auto &q : quarantine) cudaFree(q.first);
   quarantine.clear();
   for (auto &kv : free_lists)
@@ -246,11 +253,328 @@ extern "C" void moe_cuda_memory_stats(size_t *live, size_t *peak, size_t *cached
   *cached = cached_bytes;
 }
 
-/* kind: 0 host->device, 1 device->host, 2 device->device */
+/* ---------------------------------------------------------------- host waits
+ * drains: calls that wait until every queued kernel has run (a copy to the
+ * host; a copy from pageable host memory, which CUDA orders after the stream's
+ * work; cudaFree). waits: an event wait, after which the work queued behind the
+ * event keeps the device busy. moe.cuda.syncs() reads both. */
+static void (*sync_hook)(const char *what);
+extern "C" void moe_cuda_set_sync_hook(void (*fn)(const char *what)) { sync_hook = fn; }
+
+static void drained(const char *what) {
+  n_drains++;
+  if (sync_hook) sync_hook(what);
+}
+
+extern "C" void moe_cuda_sync_counts(uint64_t *drains, uint64_t *waits) {
+  *drains = n_drains;
+  *waits = n_waits;
+}
+
+static int staged_copy(void *dst, const void *src, size_t n);
+
+/* kind: 0 host->device, 1 device->host, 2 device->device. A small copy to the
+ * device goes through pinned staging memory (staged_copy): no wait */
 extern "C" int moe_cuda_memcpy(void *dst, const void *src, size_t n, int kind) {
   static const cudaMemcpyKind kinds[3] = {cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice};
+  if (kind == 0) {
+    int r = staged_copy(dst, src, n);
+    if (r <= 0) return r;
+  }
+  if (kind != 2) drained(kind == 1 ? "a copy to the host" : "a copy from pageable host memory");
   cudaError_t e = cudaMemcpy(dst, src, n, kinds[kind]);
   return e == cudaSuccess ? 0 : fail("cudaMemcpy", e);
+}
+
+/* ---------------------------------------------------------------- events, the copy stream
+ * Batches for fit travel on a second stream, so that a copy overlaps the
+ * kernels of the step before it. The stream is non-blocking (it does not wait
+ * for the default stream's work); the default stream waits for each copy's
+ * event before its next kernel. */
+static std::vector<cudaEvent_t> spare_events;
+static cudaStream_t copy_stream;
+
+static cudaEvent_t event_get(void) {
+  if (!spare_events.empty()) {
+    cudaEvent_t e = spare_events.back();
+    spare_events.pop_back();
+    return e;
+  }
+  cudaEvent_t e = NULL;
+  if (cudaEventCreateWithFlags(&e, cudaEventDisableTiming) != cudaSuccess) {
+    fail("cudaEventCreate", cudaGetLastError());
+    return NULL;
+  }
+  return e;
+}
+
+static void event_put(cudaEvent_t e) {
+  if (e) spare_events.push_back(e);
+}
+
+/* waits on the host until e has happened; counted */
+static void event_wait(cudaEvent_t e) {
+  if (!e) return;
+  if (cudaEventQuery(e) != cudaSuccess) {
+    cudaGetLastError(); /* (cudaErrorNotReady is not an error) */
+    n_waits++;
+    cudaEventSynchronize(e);
+  }
+}
+
+static cudaStream_t get_copy_stream(void) {
+  if (!copy_stream && cudaStreamCreateWithFlags(&copy_stream, cudaStreamNonBlocking) != cudaSuccess) {
+    fail("cudaStreamCreate", cudaGetLastError());
+    copy_stream = NULL;
+  }
+  return copy_stream;
+}
+
+/* ---------------------------------------------------------------- pinned host memory
+ * Page-locked blocks (cudaHostAlloc) for the host side of asynchronous copies.
+ * A block remembers the event of the last copy that read it; a freed block
+ * waits in a free list of its size and is handed out again only after that
+ * event (so a copy in flight never sees its source rewritten). At most
+ * PINNED_CACHE bytes wait; beyond that a block goes back to the driver. */
+#define PINNED_CACHE ((size_t)256 << 20)
+struct pinned_block {
+  void *p;
+  cudaEvent_t ev;
+};
+static std::unordered_map<size_t, std::vector<pinned_block>> pinned_free;
+static std::unordered_map<void *, cudaEvent_t> pinned_reads; /* live blocks: their last copy */
+static size_t pinned_cached;
+
+static size_t pinned_round(size_t n) {
+  size_t p = 4096;
+  while (p < n) p *= 2;
+  return p;
+}
+
+extern "C" void *moe_cuda_host_alloc(size_t n, size_t *got) {
+  size_t want = pinned_round(n ? n : 1);
+  auto it = pinned_free.find(want);
+  void *p = NULL;
+  if (it != pinned_free.end() && !it->second.empty()) {
+    pinned_block b = it->second.back();
+    it->second.pop_back();
+    pinned_cached -= want;
+    event_wait(b.ev);
+    event_put(b.ev);
+    p = b.p;
+  } else {
+    cudaError_t e = cudaHostAlloc(&p, want, cudaHostAllocDefault);
+    if (e != cudaSuccess) {
+      fail("cudaHostAlloc (pinned host memory)", e);
+      return NULL;
+    }
+  }
+  *got = want;
+  return p;
+}
+
+extern "C" void moe_cuda_host_free(void *p, size_t bytes) {
+  if (!p) return;
+  cudaEvent_t ev = NULL;
+  auto r = pinned_reads.find(p);
+  if (r != pinned_reads.end()) {
+    ev = r->second;
+    pinned_reads.erase(r);
+  }
+  if (pinned_cached + bytes > PINNED_CACHE) {
+    event_wait(ev);
+    event_put(ev);
+    cudaFreeHost(p);
+    return;
+  }
+  pinned_free[bytes].push_back({p, ev});
+  pinned_cached += bytes;
+}
+
+static void pinned_empty(void) {
+  for (auto &kv : pinned_free)
+    for (auto &b : kv.second) {
+      event_wait(b.ev);
+      event_put(b.ev);
+      cudaFreeHost(b.p);
+    }
+  pinned_free.clear();
+  pinned_cached = 0;
+}
+
+/* ---------------------------------------------------------------- copy destinations
+ * Device blocks that the copy stream writes come from their own free lists: a
+ * freed one carries an event recorded on the default stream when it was freed
+ * (after every kernel that used it), and the copy stream waits for that event
+ * before writing it again. (The main cache's blocks are safe only for work on
+ * the default stream.) */
+struct side_block {
+  void *p;
+  cudaEvent_t ev;
+};
+static std::unordered_map<size_t, std::vector<side_block>> side_free;
+
+extern "C" void *moe_cuda_malloc_copy_dst(size_t n, size_t *got) {
+  size_t want = round_up(n ? n : 1);
+  auto it = side_free.find(want);
+  if (it != side_free.end() && !it->second.empty()) {
+    side_block b = it->second.back();
+    it->second.pop_back();
+    cached_bytes -= want;
+    live_bytes += want;
+    if (live_bytes > peak_bytes) peak_bytes = live_bytes;
+    cudaStream_t cs = get_copy_stream();
+    if (cs && b.ev) cudaStreamWaitEvent(cs, b.ev, 0);
+    event_put(b.ev);
+#ifdef MOE_CUDA_EMU
+    moe_emu_revive(b.p);
+#endif
+    *got = want;
+    return b.p;
+  }
+  // a block from the main cache may still be read by queued default-stream
+  // kernels (its last owner's): the copy stream waits for all of them, once
+  void *p = moe_cuda_malloc(want, got);
+  cudaStream_t cs = get_copy_stream();
+  cudaEvent_t ev = p && cs ? event_get() : NULL;
+  if (ev) {
+    cudaEventRecord(ev, moe_cuda_stream());
+    cudaStreamWaitEvent(cs, ev, 0);
+    event_put(ev);
+  }
+  return p;
+}
+
+extern "C" void moe_cuda_free_copy_dst(void *p, size_t bytes) {
+  if (!p) return;
+  cudaEvent_t ev = event_get();
+  if (ev) cudaEventRecord(ev, moe_cuda_stream());
+  live_bytes -= bytes;
+  cached_bytes += bytes;
+#ifdef MOE_CUDA_EMU
+  moe_emu_retire(p);
+#endif
+  side_free[bytes].push_back({p, ev});
+}
+
+static void side_empty(void) {
+  for (auto &kv : side_free)
+    for (auto &b : kv.second) {
+      event_put(b.ev);
+      cudaFree(b.p);
+    }
+  side_free.clear();
+}
+
+/* n bytes from pinned host memory (src inside the pinned block `block`) to dst
+ * (a block from moe_cuda_malloc_copy_dst) on the copy stream; the default
+ * stream's later work waits for it, the host does not. */
+extern "C" int moe_cuda_copy_to_device_async(void *dst, const void *src, size_t n, void *block) {
+  cudaStream_t cs = get_copy_stream();
+  if (!cs) return -1;
+  cudaError_t e = cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, cs);
+  if (e != cudaSuccess) return fail("cudaMemcpyAsync", e);
+  cudaEvent_t ev = event_get();
+  if (!ev) return -1;
+  cudaEventRecord(ev, cs);
+  cudaStreamWaitEvent(moe_cuda_stream(), ev, 0);
+  cudaEvent_t &slot = pinned_reads[block];
+  event_put(slot); /* (an earlier copy of the block: before this one on the same stream) */
+  slot = ev;
+  e = cudaGetLastError();
+  return e == cudaSuccess ? 0 : fail("the asynchronous copy", e);
+}
+
+/* ---------------------------------------------------------------- staged small copies
+ * A copy to the device of at most STAGE_BYTES (an arange, a scalar, a table's
+ * values) is copied into a pinned staging buffer, then queued from there: the
+ * caller may reuse its memory at once and the host does not wait. A buffer is
+ * reused once the copy that read it has happened (its event). Returns 1 when
+ * the copy is too large to stage (the caller copies it itself). */
+#define STAGE_BYTES ((size_t)64 << 10)
+#define STAGE_BUFS 32
+struct stage_buf {
+  char *p;
+  cudaEvent_t ev;
+};
+static stage_buf stages[STAGE_BUFS];
+static int stage_next;
+
+static int staged_copy(void *dst, const void *src, size_t n) {
+  if (n > STAGE_BYTES) return 1;
+  stage_buf &b = stages[stage_next];
+  if (!b.p) {
+    void *p = NULL;
+    if (cudaHostAlloc(&p, STAGE_BYTES, cudaHostAllocDefault) != cudaSuccess) {
+      cudaGetLastError();
+      return 1; /* (no pinned memory: an ordinary copy) */
+    }
+    b.p = (char *)p;
+    if (!(b.ev = event_get())) return 1;
+  } else {
+    event_wait(b.ev); /* (32 copies ago: long done, as a rule) */
+  }
+  stage_next = (stage_next + 1) % STAGE_BUFS;
+  memcpy(b.p, src, n);
+  cudaError_t e = cudaMemcpyAsync(dst, b.p, n, cudaMemcpyHostToDevice, moe_cuda_stream());
+  if (e == cudaSuccess) e = cudaEventRecord(b.ev, moe_cuda_stream());
+  return e == cudaSuccess ? 0 : fail("cudaMemcpyAsync", e);
+}
+
+/* ---------------------------------------------------------------- reads for later
+ * A few bytes copied to pinned host memory behind the work queued so far; the
+ * host goes on and reads them later (moe_cuda_read_wait). */
+struct moe_cuda_read {
+  char bytes[16];
+  cudaEvent_t ev;
+};
+static std::vector<moe_cuda_read *> spare_reads;
+
+extern "C" moe_cuda_read *moe_cuda_read_start(const void *src, size_t n) {
+  if (n > 16) {
+    snprintf(last_error, sizeof last_error, "a read for later takes at most 16 bytes, not %zu", n);
+    return NULL;
+  }
+  moe_cuda_read *r;
+  if (!spare_reads.empty()) {
+    r = spare_reads.back();
+    spare_reads.pop_back();
+  } else {
+    void *p = NULL;
+    if (cudaHostAlloc(&p, sizeof *r, cudaHostAllocDefault) != cudaSuccess) {
+      fail("cudaHostAlloc (pinned host memory)", cudaGetLastError());
+      return NULL;
+    }
+    r = (moe_cuda_read *)p;
+    r->ev = NULL;
+  }
+  if (!r->ev && !(r->ev = event_get())) {
+    spare_reads.push_back(r);
+    return NULL;
+  }
+  cudaError_t e = cudaMemcpyAsync(r->bytes, src, n, cudaMemcpyDeviceToHost, moe_cuda_stream());
+  if (e == cudaSuccess) e = cudaEventRecord(r->ev, moe_cuda_stream());
+  if (e != cudaSuccess) {
+    spare_reads.push_back(r);
+    fail("cudaMemcpyAsync", e);
+    return NULL;
+  }
+  return r;
+}
+
+extern "C" int moe_cuda_read_ready(moe_cuda_read *r) {
+  cudaError_t e = cudaEventQuery(r->ev);
+  cudaGetLastError();
+  return e == cudaSuccess;
+}
+
+extern "C" const void *moe_cuda_read_wait(moe_cuda_read *r) {
+  event_wait(r->ev);
+  return r->bytes;
+}
+
+extern "C" void moe_cuda_read_free(moe_cuda_read *r) {
+  if (r) spare_reads.push_back(r);
 }
 
 #ifdef MOE_CUDA_EMU

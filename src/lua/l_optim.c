@@ -10,7 +10,7 @@ static double opt_num(lua_State *L, int idx, const char *k, double dflt) {
   return v;
 }
 
-/* optim_step(kind, params, s1, s2, steps, hparams) -> global grad norm (or -1).
+/* optim_step(kind, params, s1, s2, steps, hparams[, skip]) -> global grad norm (or -1).
  * Every parameter in `params` has a .grad (the caller checked with has_grad);
  * gradients are read here, so no Lua box is made for them. s1/s2 entries may
  * be false. On a CUDA device with clip_norm the norm comes back as a 0-dim
@@ -56,6 +56,13 @@ static int l_optim_step(lua_State *L) {
   lua_getfield(L, 6, "nesterov");
   h.nesterov = lua_toboolean(L, -1);
   lua_pop(L, 1);
+  /* skip (argument 7): a bool scalar on the parameters' device; true: no update */
+  if (!lua_isnoneornil(L, 7)) {
+    moe_tensor *sk = moe_lua_totensor(L, 7);
+    if (!sk || sk->dtype != MOE_BOOL || moe_numel(sk) != 1 || (n > 0 && sk->device != P[0]->device))
+      return luaL_error(L, "optim_step: skip must be a one-element bool tensor on the parameters' device");
+    h.skip = (const uint8_t *)moe_data(sk);
+  }
   /* strided gradients (set by hand) go in as contiguous copies */
   int rc = 0;
   for (int i = 0; i < n && !rc; i++) {

@@ -327,7 +327,116 @@ static int l_live(lua_State *L) {
   return 2;
 }
 
-const luaL_Reg moe_l_sys_funcs[] = {{"blas_info", l_blas_info},
+/* cuda_syncs() -> drains, waits: the host's waits for the device so far
+ * (src/cuda/runtime.cu: a drain waited for every queued kernel) */
+static int l_cuda_syncs(lua_State *L) {
+  uint64_t d = 0, w = 0;
+  moe_cuda_sync_counts(&d, &w);
+  lua_pushnumber(L, (lua_Number)d);
+  lua_pushnumber(L, (lua_Number)w);
+  return 2;
+}
+
+/* cuda_sync_debug(on): with on, every drain prints what it was and the Lua
+ * stack that caused it to stderr (moe.cuda.set_sync_debug("warn")) */
+static void sync_warn(const char *what) {
+  lua_State *L = moe_l_L;
+  if (!L) return;
+  luaL_traceback(L, L, NULL, 0);
+  fprintf(stderr, "moelua: the host waited for the device (%s)\n%s\n", what, lua_tostring(L, -1));
+  lua_pop(L, 1);
+}
+static int l_cuda_sync_debug(lua_State *L) {
+  moe_cuda_set_sync_hook(lua_toboolean(L, 1) ? sync_warn : NULL);
+  return 0;
+}
+
+/* to_device_async(t) -> t on the device: t is a contiguous pinned host tensor;
+ * the copy runs on the copy stream, and later kernels wait for it */
+static int l_to_device_async(lua_State *L) {
+  return moe_lua_push(L, moe_to_device_async(moe_l_check_tensor_any(L, 1, "to_device_async")));
+}
+
+/* read_later(t) -> r: the one value of t, read without waiting for the
+ * device now: r:ready() says whether it has arrived, r:get() waits for it
+ * (a wait on the copy's event, not a drain) and returns it. A host tensor's
+ * value is there at once. */
+#define LATER_MT "moe.read_later"
+typedef struct {
+  moe_cuda_read *r;
+  moe_dtype dt;
+  double v;
+  int done;
+} later_box;
+static double from_bytes(const void *p, moe_dtype dt) {
+  switch (dt) {
+  case MOE_F32: return *(const float *)p;
+  case MOE_F64: return *(const double *)p;
+  case MOE_I32: return *(const int32_t *)p;
+  case MOE_I64: return (double)*(const int64_t *)p;
+  default: return *(const uint8_t *)p;
+  }
+}
+static int l_later_gc(lua_State *L) {
+  later_box *b = luaL_checkudata(L, 1, LATER_MT);
+  moe_cuda_read_free(b->r);
+  b->r = NULL;
+  return 0;
+}
+static int l_later_ready(lua_State *L) {
+  later_box *b = luaL_checkudata(L, 1, LATER_MT);
+  lua_pushboolean(L, b->done || moe_cuda_read_ready(b->r));
+  return 1;
+}
+static int l_later_get(lua_State *L) {
+  later_box *b = luaL_checkudata(L, 1, LATER_MT);
+  if (!b->done) {
+    const void *p = moe_cuda_read_wait(b->r);
+    if (!p) return luaL_error(L, "read_later: the device's copy failed");
+    b->v = from_bytes(p, b->dt);
+    b->done = 1;
+    moe_cuda_read_free(b->r);
+    b->r = NULL;
+  }
+  if (b->dt == MOE_BOOL) lua_pushboolean(L, b->v != 0);
+  else lua_pushnumber(L, b->v);
+  return 1;
+}
+static int l_read_later(lua_State *L) {
+  moe_tensor *t = moe_l_check_tensor_any(L, 1, "read_later");
+  char sh[160];
+  if (moe_numel(t) != 1)
+    return luaL_error(L, "read_later: tensor of shape %s has %d elements, read_later needs exactly one",
+                      moe_shape_str(t, sh), (int)moe_numel(t));
+  later_box *b = lua_newuserdata(L, sizeof *b);
+  memset(b, 0, sizeof *b);
+  b->dt = t->dtype;
+  if (luaL_newmetatable(L, LATER_MT)) {
+    lua_newtable(L);
+    lua_pushcfunction(L, l_later_get);
+    lua_setfield(L, -2, "get");
+    lua_pushcfunction(L, l_later_ready);
+    lua_setfield(L, -2, "ready");
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_later_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  if (t->device == MOE_CPU) {
+    int64_t idx[MOE_MAX_DIMS] = {0};
+    b->v = moe_get(t, idx);
+    b->done = 1;
+  } else if (!(b->r = moe_cuda_read_start(moe_data(t), moe_dtype_size(t->dtype)))) {
+    return luaL_error(L, "read_later: %s", moe_cuda_last_error());
+  }
+  return 1;
+}
+
+const luaL_Reg moe_l_sys_funcs[] = {{"cuda_syncs", l_cuda_syncs},
+                                    {"cuda_sync_debug", l_cuda_sync_debug},
+                                    {"to_device_async", l_to_device_async},
+                                    {"read_later", l_read_later},
+                                    {"blas_info", l_blas_info},
                                     {"sgemm_info", l_sgemm_info},
                                     {"sgemm_forget", l_sgemm_forget},
                                     {"blas_choose", l_blas_choose},

@@ -263,6 +263,16 @@ static int l_cuda(lua_State *L) {
 }
 static int l_cpu(lua_State *L) { return moe_lua_push(L, moe_to_device(moe_l_check_tensor_any(L, 1, "cpu"), MOE_CPU)); }
 
+/* pin_memory(t): a contiguous copy of a host tensor in pinned (page-locked)
+ * memory, from which copies to the device run asynchronously; is_pinned(t) */
+static int l_pin_memory(lua_State *L) {
+  return moe_lua_push(L, moe_pin_memory(moe_l_check_tensor_any(L, 1, "pin_memory")));
+}
+static int l_is_pinned(lua_State *L) {
+  lua_pushboolean(L, moe_is_pinned(moe_l_check_tensor_any(L, 1, "is_pinned")));
+  return 1;
+}
+
 /* ---------------------------------------------------------------- indexing */
 
 /* t[i] or t[{...}] as a view: numbers select (dims vanish), {} keeps a dim,
@@ -453,6 +463,8 @@ const luaL_Reg moe_l_tensor_funcs[] = {{"is_tensor", l_is_tensor}, {NULL, NULL}}
 const luaL_Reg moe_l_tensor_methods[] = {{"shape", l_shape},
                                          {"cuda", l_cuda},
                                          {"cpu", l_cpu},
+                                         {"pin_memory", l_pin_memory},
+                                         {"is_pinned", l_is_pinned},
                                          {"size", l_size},
                                          {"stride", l_stride},
                                          {"dim", l_dim},

@@ -37,9 +37,10 @@ static int l_shuffled_range(lua_State *L) {
   return moe_lua_push(L, t);
 }
 
-/* gather_rows({t1, t2, ...}, index) -> a job: the rows `index` of each tensor
- * are copied on a helper thread (moe_gather_start); job:finish() -> {rows1,
- * rows2, ...} once they are there. For fit{}'s next batch. */
+/* gather_rows({t1, t2, ...}, index[, pinned]) -> a job: the rows `index` of
+ * each tensor are copied on a helper thread (moe_gather_start), into pinned
+ * memory when `pinned`; job:finish() -> {rows1, rows2, ...} once they are
+ * there. For fit{}'s next batch. */
 #define GATHER_MT "moe.gather_job"
 typedef struct {
   moe_gather_job *j;
@@ -81,6 +82,8 @@ static int l_gather_rows(lua_State *L) {
     lua_pop(L, 1); /* the list keeps it alive; the job retains it */
   }
   moe_tensor *idx = moe_l_check_tensor(L, 2, "gather_rows");
+  int pinned = lua_toboolean(L, 3);
+  lua_settop(L, 2);
   gather_box *g = lua_newuserdata(L, sizeof *g);
   g->j = NULL;
   if (luaL_newmetatable(L, GATHER_MT)) {
@@ -92,7 +95,7 @@ static int l_gather_rows(lua_State *L) {
     lua_setfield(L, -2, "__gc");
   }
   lua_setmetatable(L, -2);
-  if (!(g->j = moe_gather_start(n, src, idx, IBASE))) return moe_l_raise_engine(L);
+  if (!(g->j = moe_gather_start(n, src, idx, IBASE, pinned))) return moe_l_raise_engine(L);
   return 1;
 }
 

@@ -13,6 +13,11 @@ typedef struct {
   double alpha;                 /* RMSprop's smoothing constant */
   double lr_decay;              /* Adagrad */
   double clip_norm, clip_value; /* <= 0: off. clip_norm is over all grads together */
+  /* NULL, or one byte on the parameters' device (a bool tensor's data): when it
+   * holds nonzero, the step changes nothing (the norm is still computed). fit
+   * on a device passes "the loss is not finite" here, so that it need not read
+   * the loss back before the update. */
+  const uint8_t *skip;
 } moe_optim_hparams;
 
 /* Updates params[i] in place from grads[i] (PyTorch's update rules). s1/s2 are the

@@ -108,6 +108,21 @@ cudaError_t cudaGetLastError(void);
 cudaError_t cudaPeekAtLastError(void);
 cudaError_t cudaDeviceSynchronize(void);
 cudaError_t cudaStreamSynchronize(cudaStream_t s);
+// streams, events and pinned host memory: the emulator runs each call at once,
+// in order, so a stream never lags and an event is complete when recorded
+#define cudaStreamNonBlocking 1
+#define cudaEventDisableTiming 2
+#define cudaHostAllocDefault 0
+typedef struct moe_emu_event *cudaEvent_t;
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags);
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned flags);
+cudaError_t cudaEventDestroy(cudaEvent_t e);
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = 0);
+cudaError_t cudaEventQuery(cudaEvent_t e);
+cudaError_t cudaEventSynchronize(cudaEvent_t e);
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned flags = 0);
+cudaError_t cudaHostAlloc(void **p, size_t n, unsigned flags);
+cudaError_t cudaFreeHost(void *p);
 const char *cudaGetErrorString(cudaError_t e);
 
 // ---- device-side builtins

@@ -326,6 +326,44 @@ cudaError_t cudaGetLastError(void) {
 cudaError_t cudaPeekAtLastError(void) { return sticky; }
 cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+struct moe_emu_stream {
+  unsigned flags;
+};
+struct moe_emu_event {
+  int recorded;
+};
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags) {
+  *s = new moe_emu_stream{flags};
+  return cudaSuccess;
+}
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned) {
+  *e = new moe_emu_event{0};
+  return cudaSuccess;
+}
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+  delete e;
+  return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
+  if (!e) return set_err(cudaErrorInvalidValue);
+  e->recorded = 1;
+  return cudaSuccess;
+}
+cudaError_t cudaEventQuery(cudaEvent_t e) { return e ? cudaSuccess : set_err(cudaErrorInvalidValue); }
+cudaError_t cudaEventSynchronize(cudaEvent_t e) { return e ? cudaSuccess : set_err(cudaErrorInvalidValue); }
+cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t e, unsigned) {
+  return e ? cudaSuccess : set_err(cudaErrorInvalidValue);
+}
+// pinned host memory is host memory (a kernel may not take it: it is outside the arena)
+cudaError_t cudaHostAlloc(void **p, size_t n, unsigned) {
+  *p = NULL;
+  if (posix_memalign(p, 4096, n ? n : 1)) return set_err(cudaErrorMemoryAllocation);
+  return cudaSuccess;
+}
+cudaError_t cudaFreeHost(void *p) {
+  free(p);
+  return cudaSuccess;
+}
 const char *cudaGetErrorString(cudaError_t e) {
   if (e != cudaSuccess && e == detail_code) return detail;
   switch (e) {
