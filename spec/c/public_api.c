@@ -101,7 +101,7 @@ int main(void) {
     moe_tensor *idx = NULL, *idh = moe_full(1, (int64_t[]){1}, MOE_I64, 0);
     idx = idh ? moe_to_device(idh, MOE_CUDA) : NULL;
     moe_tensor *srcs[1] = {xh};
-    moe_gather_job *job = idx ? moe_gather_start(1, srcs, idx, 0) : NULL;
+    moe_gather_job *job = idx ? moe_gather_start(1, srcs, idx, 0, 0) : NULL;
     CHECK(idx && !job && strstr(moe_last_error(), "index_select"), "a host gather with a device index is refused");
     moe_tensor *olds[] = {lin, wh, out, idx, idh};
     for (size_t i = 0; i < sizeof olds / sizeof olds[0]; i++) moe_tensor_release(olds[i]);
