@@ -651,7 +651,7 @@ describe("moe.cuda: sorting, full reductions, engine-made indices, deterministic
       local a = x:index_select(1, idx)
       assert.equal(c0, moe.core.index_checks(), dev .. ": topk's index was checked")
       assert.same(x:cpu():index_select(1, idx:cpu()):totable(), a:cpu():totable())
-      c0 = moe.core.index_checks() -- (idx:cpu() is a copy on the host, without the mark)
+      c0 = moe.core.index_checks()
       local am = moe.randn(4, 50):to(dev):argmax(2)
       x:index_select(1, am)
       assert.equal(c0, moe.core.index_checks(), dev .. ": argmax's index was checked")
@@ -673,6 +673,35 @@ describe("moe.cuda: sorting, full reductions, engine-made indices, deterministic
       -- a write into the engine's index drops its mark: checked again
       idx[1] = 99
       assert.matches("index 99 out of range", H.error_of(x.index_select, x, 1, idx))
+    end
+  end)
+
+  it("arange's int64 ranges, values gathered from a marked index and moves between devices keep the mark", function()
+    for _, dev in ipairs { "cpu", "cuda" } do
+      if dev == "cuda" and not moe.cuda.is_available() then break end
+      local x = moe.randn(40, 3):to(dev)
+      local r = moe.arange(1, 41, { dtype = "int64", device = dev })
+      local _, pick = moe.randn(2, 20):to(dev):topk(5, 2)
+      local g = r:view(2, 20):gather(2, pick) -- values of r: in [1, 40]
+      local moved = dev == "cuda" and r:cpu() or (moe.cuda.is_available() and r:cuda() or nil)
+      local c0 = moe.core.index_checks()
+      local a, b = x:index_select(1, r), x:index_select(1, g:reshape(-1))
+      assert.equal(c0, moe.core.index_checks(), dev)
+      assert.same(x:cpu():totable(), a:cpu():totable())
+      local want = x:cpu():index_select(1, (pick:cpu() + moe.tensor({ { 0 }, { 20 } }, { dtype = "int64" })):reshape(-1))
+      assert.same(want:totable(), b:cpu():totable())
+      c0 = moe.core.index_checks() -- (want's index was the spec's own: checked)
+      if moved then
+        x:to(moved:device()):index_select(1, moved)
+        assert.equal(c0, moe.core.index_checks(), dev .. " moved")
+      end
+      -- arithmetic on a marked index drops the mark: checked
+      x:index_select(1, r - 0)
+      assert.equal(c0 + 1, moe.core.index_checks())
+      -- a fractional step is not marked (its rounding is the conversion's)
+      moe.arange(0, 3, 0.5, { dtype = "int64", device = dev })
+      x:index_select(1, moe.arange(1, 3, 0.5, { dtype = "int64", device = dev }))
+      assert.equal(c0 + 2, moe.core.index_checks())
     end
   end)
 

@@ -274,12 +274,14 @@ function ExpertsChooseMaskedRouter:forward(x, capacity)
   local logits, probs = nn.router_logits(self, x:reshape(N, H))
   z_loss(self, logits)
   local C = capacity < 0 and T or math.min(capacity, T)
-  local pt = probs:view(G, T, E):transpose(2, 3)            -- [G,E,T]
-  local vals, idx = pt:topk(C, 3)                           -- each expert's C best tokens
+  local pt = probs:view(G, T, E):permute(3, 1, 2)           -- [E,G,T]
+  local vals, idx = pt:topk(C, 3)                           -- each expert's C best tokens of each group
   -- sorted by expert: [E, G, C] flattened
-  local gate = vals:permute(2, 1, 3):reshape(-1)
-  local base = moe.arange(0, G, { dtype = "int64", device = x:device() }):view(1, G, 1) * T
-  local token = (idx:permute(2, 1, 3) + base):reshape(-1)
+  local gate = vals:reshape(-1)
+  -- each pick's token number, picked from the token numbers (so the engine
+  -- knows their range: no check of the index on the device)
+  local tokens = moe.arange(1, N + 1, { dtype = "int64", device = x:device() }):view(1, G, T):expand(E, G, T)
+  local token = tokens:gather(3, idx):reshape(-1)
   local expert = moe.arange(1, E + 1, { dtype = "int64", device = x:device() }):view(E, 1):expand(E, G * C):reshape(-1)
   local counts = moe.full({ E }, G * C, { dtype = "int64", device = "cpu" }) -- sizes: on the host, as route_plan's
   local plan = { token = token, expert = expert, counts = counts, gate = gate, probs = probs }

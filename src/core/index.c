@@ -156,6 +156,8 @@ static moe_tensor *gather_impl(const moe_tensor *t, int dim, const moe_tensor *i
   moe_tensor *out = moe_empty_on(t->device, index->ndim, index->shape, t->dtype);
   if (out) MOE_K(gather, out->device, out, t, dim, ix, index, ibase);
   moe_tensor_release(hold);
+  /* values picked from a marked index tensor keep its range */
+  if (out && marked_within(t, INT64_MIN, INT64_MAX)) moe_mark_index_range(out, t->storage->ix_lo, t->storage->ix_hi);
   return out;
 }
 

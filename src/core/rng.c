@@ -7,6 +7,7 @@
  * depend on threads or on how the work is split. moe_manual_seed(n) resets the
  * key to n and the op counter to 0. */
 #include "moe.h"
+#include "index_impl.h"
 #include "tensor_impl.h"
 #include "../cpu/cpu.h"
 #include "dispatch.h"
@@ -169,6 +170,11 @@ moe_tensor *moe_arange(double start, double end, double step, moe_dtype dt) {
   if (dt == MOE_F64) return t;
   moe_tensor *c = moe_to_dtype(t, dt);
   moe_tensor_release(t);
+  /* an int64 range's values are known: as an index it needs no check */
+  if (c && dt == MOE_I64 && n > 0 && start == floor(start) && step == floor(step)) {
+    int64_t a = (int64_t)start, b = (int64_t)(start + (double)(n - 1) * step);
+    moe_mark_index_range(c, a < b ? a : b, a < b ? b : a);
+  }
   return c;
 }
 

@@ -5,6 +5,7 @@
 #include "dispatch.h"
 #include "alloc.h"
 #include "tensor_impl.h"
+#include "index_impl.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -206,6 +207,10 @@ static moe_tensor *to_device_impl(const moe_tensor *t, moe_device dev) {
     moe_tensor_release(out);
     out = NULL;
   }
+  /* a marked index keeps its mark on the other device (the same values) */
+  const moe_storage *ms = t->storage;
+  if (out && t->dtype == MOE_I64 && ms->ix_marked && ms->ix_version == ms->version)
+    moe_mark_index_range(out, ms->ix_lo, ms->ix_hi);
   moe_tensor_release(src);
   return out;
 }
