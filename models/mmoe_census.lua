@@ -58,23 +58,30 @@ model:summary()
 
 -- the seed's callback: ROC-AUC of each task on the three sets after every epoch
 local auc = moe.metrics.roc_auc
+local bce = moe.losses.binary_crossentropy
 local best = { score = -math.huge }
 local report = { on_epoch_end = function(self, epoch, logs)
   local line = { ("epoch %2d  loss %.4f"):format(epoch, logs.loss) }
   local sets = { { "train", ds.train }, { "val", ds.val }, { "test", ds.test } }
   local val_sum, test, preds = 0, {}, {}
+  local val_loss = 0 -- (the compiled loss, binary cross-entropy summed over the tasks, on the validation set)
   for i, s in ipairs(sets) do preds[i] = self.model:predict(s[2].x, { batch_size = 4096 }) end -- both tasks at once
   for _, name in ipairs(ds.task_names) do
     local parts = {}
     for i, s in ipairs(sets) do
       local v = auc(s[2].y[name], preds[i][name])
       parts[#parts + 1] = ("%s %.4f"):format(s[1], v)
-      if s[1] == "val" then val_sum = val_sum + v end
+      if s[1] == "val" then
+        val_sum = val_sum + v
+        local l = bce(s[2].y[name], preds[i][name]):item()
+        logs["val_" .. name .. "_loss"], val_loss = l, val_loss + l
+      end
       if s[1] == "test" then test[name] = v end
       logs[s[1] .. "_" .. name .. "_auc"] = v -- recorded by the History (for --plot)
     end
     line[#line + 1] = ("%s AUC: %s"):format(name, table.concat(parts, " "))
   end
+  logs.val_loss = val_loss -- (recorded by the History, for the curves of --plot)
   print(table.concat(line, "  |  "))
   if val_sum > best.score then
     best = { score = val_sum, epoch = epoch, test = test, weights = self.model:get_weights() }
@@ -93,7 +100,7 @@ if opts.plot ~= "" then -- training curves, and how each task's gate uses the ex
     hist.history[name .. "_auc"] = history.history["train_" .. name .. "_auc"]
     hist.history["val_" .. name .. "_auc"] = history.history["val_" .. name .. "_auc"]
   end
-  hist.history.loss = history.history.loss
+  hist.history.loss, hist.history.val_loss = history.history.loss, history.history.val_loss
   print("wrote " .. moe.plot.history(hist, opts.plot .. "/mmoe_census_curves.svg", { title = "MMoE on census-income" }))
   local gates = moe.no_grad(function() return model:get_layer("mmoe"):gate_weights(ds.test.x) end)
   print("wrote " .. moe.plot.expert_utilisation(gates, opts.plot .. "/mmoe_census_experts.svg",

@@ -1,7 +1,8 @@
 -- Seed 004's comparison: a shared-bottom model, a one-gate MoE and a multi-gate
 -- MoE trained on the MMoE paper's synthetic data at several task correlations,
 -- several seeds each. Writes a table (printed, and as CSV) and a chart of test
--- loss against correlation (SVG and PNG). The paper's finding to look for: the
+-- loss against correlation (SVG and PNG: the mean over seeds, a band of one
+-- standard deviation around it). The paper's finding to look for: the
 -- gap between MMoE and the others grows as the tasks become less correlated.
 --
 --   moelua run models/moe_vs_mmoe.lua [--epochs 10] [--seeds 3] [--n 12000]
@@ -77,14 +78,16 @@ for _, c in ipairs(corrs) do head[#head + 1] = ("corr %-12.2f"):format(c) end
 print(table.concat(head, " "))
 local series = {}
 for _, b in ipairs(builders) do
-  local line, ys = { ("%-15s"):format(b[1]) }, {}
+  local line, ys, sds = { ("%-15s"):format(b[1]) }, {}, {}
   for i, c in ipairs(corrs) do
     local m, s = stats(results[b[1]][c])
     line[#line + 1] = ("%.4f +- %-7.4f"):format(m, s)
-    ys[i] = m
+    ys[i], sds[i] = m, s
   end
   print(table.concat(line, " "))
-  series[#series + 1] = { name = b[1], x = corrs, y = ys }
+  -- the mean over seeds, with a band of one standard deviation (the spread
+  -- over seeds is of the size of the gaps between the models)
+  series[#series + 1] = { name = b[1], x = corrs, y = ys, err = opts.seeds > 1 and sds or nil }
 end
 
 local f = assert(io.open(opts.out .. ".csv.tmp", "w"))
@@ -92,7 +95,9 @@ f:write(table.concat(rows, "\n"), "\n")
 f:close()
 assert(os.rename(opts.out .. ".csv.tmp", opts.out .. ".csv"))
 for _, ext in ipairs { ".svg", ".png" } do
-  moe.plot.lines(series, opts.out .. ext, { title = ("test loss against task correlation (%d seeds)"):format(opts.seeds),
+  moe.plot.lines(series, opts.out .. ext, { title = opts.seeds > 1
+      and ("test loss against task correlation (mean \194\177 sd over %d seeds)"):format(opts.seeds)
+      or "test loss against task correlation (1 seed)",
     xlabel = "task correlation", ylabel = "test loss (y1 + y2 MSE)" })
 end
 print(("wrote %s.csv, %s.svg and %s.png"):format(opts.out, opts.out, opts.out))

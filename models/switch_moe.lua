@@ -4,7 +4,9 @@
 -- the vocabulary (a per-token lookup that experts can split between them; the
 -- point is the router's behaviour, the task itself is easy).
 -- Runs the tokens-choose top-2 router and the experts-choose router, printing
--- the router's metrics after each epoch.
+-- the router's metrics after each epoch; --plot DIR draws each router's tokens
+-- per expert (after training) and its experts' share of the tokens per epoch
+-- (a heatmap).
 --
 --   moelua run models/switch_moe.lua [--epochs 6] [--router both|tokens|experts] [--experts 8]
 --                                     [--n 2000] [--seed 1] [--plot DIR] [--smoke]
@@ -65,7 +67,7 @@ for _, kind in ipairs(kinds) do
     end
     print(table.concat(parts, "  "))
   end }
-  model:fit { x = tokens:narrow(1, 1, ntr), y = targets:narrow(1, 1, ntr), epochs = opts.epochs,
+  local history = model:fit { x = tokens:narrow(1, 1, ntr), y = targets:narrow(1, 1, ntr), epochs = opts.epochs,
     batch_size = opts.batch_size, verbose = 0, callbacks = { show }, seed = opts.seed }
   local acc = token_accuracy(model, tokens:narrow(1, ntr + 1, opts.n - ntr), targets:narrow(1, ntr + 1, opts.n - ntr))
   print(("%s-choose: test token accuracy %.4f"):format(kind, acc))
@@ -74,5 +76,8 @@ for _, kind in ipairs(kinds) do
     model:predict(tokens:narrow(1, 1, 64))
     print("wrote " .. moe.plot.tokens_per_expert(layer.last_plan.counts, opts.plot .. "/tokens_" .. kind .. ".svg",
       { title = kind .. "-choose: tokens per expert" }))
+    -- the router's expert_<e>_tokens over the epochs: how the load moves between experts as it trains
+    print("wrote " .. moe.plot.expert_load(history, opts.plot .. "/experts_" .. kind .. ".svg",
+      { title = kind .. "-choose: share of the routed tokens per expert" }))
   end
 end

@@ -227,6 +227,70 @@ function TerminateOnNaN:on_batch_end(batch, logs)
   end
 end
 
+-- TensorBoard{log_dir = "logs", update_freq = "epoch"}: the logs as TensorBoard
+-- scalars, laid out as Keras does: log_dir/train and log_dir/validation each
+-- hold an event file (moe.tensorboard); every epoch writes "epoch_<name>" at
+-- step = the epoch (counted from 1, as here) -- the loss, the compiled and layer
+-- metrics (a sparse router's among them) and "epoch_learning_rate" under
+-- train, the val_ values without their prefix under validation. update_freq
+-- "batch" (or N) also writes "batch_loss" after every (N-th) batch, at step =
+-- the batch's number counted over all epochs and fits. Files close at the end
+-- of fit; each record is flushed as it is written.
+local TensorBoard = class("TensorBoard", { log_dir = "logs", update_freq = "epoch" }, function(o)
+  local tbm = require "moe.tensorboard"
+  if type(o.log_dir) ~= "string" or o.log_dir == "" then
+    error(moe._where(("TensorBoard: log_dir must be a directory name (a non-empty string), got %s")
+      :format(tbm._show(o.log_dir))), 0)
+  end
+  local u = o.update_freq
+  if u == "epoch" then o._every = nil
+  elseif u == "batch" then o._every = 1
+  elseif type(u) == "number" and u >= 1 and u == math.floor(u) and u < 2 ^ 53 then o._every = u
+  else
+    error(moe._where(('TensorBoard: update_freq must be "epoch", "batch" or an integer >= 1 (every N batches), got %s')
+      :format(tbm._show(u))), 0)
+  end
+  o._batches = 0
+end)
+function TensorBoard:_writer(which)
+  local key = "_" .. which .. "_writer"
+  if not self[key] then
+    self[key] = require("moe.tensorboard").SummaryWriter(self.log_dir .. "/" .. which, "TensorBoard")
+  end
+  return self[key]
+end
+function TensorBoard:on_train_begin()
+  self:_writer("train") -- (the validation file is made when there is something to write to it)
+end
+function TensorBoard:on_batch_end(_, logs)
+  self._batches = self._batches + 1
+  if not self._every or self._batches % self._every ~= 0 then return end
+  local vals = {}
+  for k, v in pairs(logs) do
+    if k ~= "batch" and k ~= "size" and type(v) == "number" then vals["batch_" .. k] = v end
+  end
+  self:_writer("train"):write_scalars(vals, self._batches)
+end
+function TensorBoard:on_epoch_end(epoch, logs)
+  local train, val = {}, {}
+  for k, v in pairs(logs) do
+    if type(v) == "number" then
+      if k:sub(1, 4) == "val_" then val["epoch_" .. k:sub(5)] = v else train["epoch_" .. k] = v end
+    end
+  end
+  local opt = self.model and self.model.optimizer
+  if opt and type(opt.get_lr) == "function" and type(opt:get_lr()) == "number" then
+    train.epoch_learning_rate = opt:get_lr()
+  end
+  self:_writer("train"):write_scalars(train, epoch)
+  if next(val) ~= nil then self:_writer("validation"):write_scalars(val, epoch) end
+end
+function TensorBoard:on_train_end()
+  for _, key in ipairs { "_train_writer", "_validation_writer" } do
+    if self[key] then self[key]:close(); self[key] = nil end
+  end
+end
+
 -- LambdaCallback{on_epoch_end = function(epoch, logs) ... end, ...}: plain functions
 -- (not methods) for any hook
 local LAMBDA_HOOKS = { "on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end", "on_batch_begin",

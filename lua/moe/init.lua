@@ -214,7 +214,7 @@ local lazy = {
   initializers = "moe.initializers", regularizers = "moe.initializers",
   constraints = "moe.initializers", io = "moe.io", data = "moe.data",
   metrics = "moe.metrics", callbacks = "moe.callbacks", datasets = "moe.datasets", plot = "moe.plot",
-  cuda = "moe.cuda",
+  cuda = "moe.cuda", tensorboard = "moe.tensorboard",
 }
 local lazy_fields = {
   Sequential = { "moe.model", "Sequential" }, Model = { "moe.model", "Model" },

@@ -2,13 +2,19 @@
 -- cairo (Debian's libcairo2, through LuaJIT's FFI).
 --
 --   moe.plot.history(history, "curves.svg")              -- loss and each metric, train vs val
---   moe.plot.expert_utilisation(gates, "experts.png", { task_names = {...} })
+--   moe.plot.expert_utilisation(gates, "experts.png", { task_names = {...} })  -- tasks x experts
+--   moe.plot.expert_load(history, "load.svg")            -- a sparse layer's experts x epochs
+--   moe.plot.heatmap({ { 1, 2 }, { 3, 4 } }, "m.svg", { row_labels = {...}, col_labels = {...} })
 --   moe.plot.bars({ 120, 80, ... }, "tokens.svg", { title = "tokens per expert" })
---   moe.plot.lines({ { name = "MMoE", x = {...}, y = {...} }, ... }, "corr.svg",
---                  { xlabel = "correlation", ylabel = "test loss" })
+--   moe.plot.lines({ { name = "MMoE", x = {...}, y = {...}, err = {...} }, ... }, "corr.svg",
+--                  { xlabel = "correlation", ylabel = "test loss" })  -- err: mean +- sd bands
 --
 -- Every function writes the file atomically (a temporary file renamed over the
--- target) and returns its path.
+-- target) and returns its path, then a description of what it drew (the
+-- figure: every text in drawing order, each panel's tick labels, line
+-- segments, bands, error bars and heatmap cells, in pixels), which the specs
+-- hold against the file. A NaN, infinite or missing value is a gap: lines stop
+-- there and start again after it.
 local ffi = require "ffi"
 
 local plot = {}
@@ -26,6 +32,8 @@ cairo_t *cairo_create(cairo_surface_t *target);
 int cairo_status(cairo_t *cr);
 void cairo_destroy(cairo_t *cr);
 void cairo_set_source_rgb(cairo_t *cr, double red, double green, double blue);
+void cairo_set_source_rgba(cairo_t *cr, double red, double green, double blue, double alpha);
+void cairo_close_path(cairo_t *cr);
 void cairo_set_line_width(cairo_t *cr, double width);
 void cairo_move_to(cairo_t *cr, double x, double y);
 void cairo_line_to(cairo_t *cr, double x, double y);
@@ -55,7 +63,7 @@ local function lib()
   if C then return C end
   local ok, l = pcall(ffi.load, "cairo")
   if not ok then ok, l = pcall(ffi.load, "libcairo.so.2") end
-  if not ok then error("moe.plot: libcairo2 is not installed (scripts/deps.sh installs it)", 3) end
+  if not ok then error(require("moe")._where("moe.plot: libcairo2 is not installed (scripts/deps.sh installs it)"), 0) end
   C = l
   -- pinned (never unloaded), so that a leak checker at exit can still name them
   pcall(function() ffi.C.dlopen("libcairo.so.2", 2) end)
@@ -78,10 +86,13 @@ local function color(i) return PALETTE[(i - 1) % #PALETTE + 1] end
 -- a canvas for the path's format; finish() writes the file atomically
 local function canvas(path, w, h)
   local cl = lib()
-  if type(path) ~= "string" then error("moe.plot: the output path must be a string", 3) end
+  if type(path) ~= "string" then
+    error(require("moe")._where(("moe.plot: the output path must be a file name (a string), got %s"):format(
+      type(path) == "nil" and "nil" or ("%s (a %s)"):format(tostring(path), type(path)))), 0)
+  end
   local ext = path:lower():match("%.(%w+)$")
   if ext ~= "svg" and ext ~= "png" then
-    error(("moe.plot: %s: the file name must end in .svg or .png"):format(path), 3)
+    error(require("moe")._where(("moe.plot: %s: the file name must end in .svg or .png"):format(path)), 0)
   end
   local tmp = path .. ".tmp-" .. tostring(os.time()) .. "." .. ext
   local surface = ext == "svg" and cl.cairo_svg_surface_create(tmp, w, h) or cl.cairo_image_surface_create(0, w, h)
@@ -89,7 +100,7 @@ local function canvas(path, w, h)
   cl.cairo_set_source_rgb(cr, 1, 1, 1)
   cl.cairo_paint(cr)
   cl.cairo_select_font_face(cr, "sans-serif", 0, 0)
-  local cv = { cr = cr, w = w, h = h }
+  local cv = { cr = cr, w = w, h = h, fig = { width = w, height = h, texts = {}, panels = {} } }
   function cv.finish()
     local status = cl.cairo_status(cr)
     cl.cairo_destroy(cr)
@@ -99,11 +110,11 @@ local function canvas(path, w, h)
     cl.cairo_surface_destroy(surface)
     if status ~= 0 then
       os.remove(tmp)
-      error(("moe.plot: cannot write %s: %s"):format(path, ffi.string(cl.cairo_status_to_string(status))), 3)
+      error(require("moe")._where(("moe.plot: cannot write %s: %s"):format(path, ffi.string(cl.cairo_status_to_string(status)))), 0)
     end
     local ok, err = os.rename(tmp, path)
-    if not ok then os.remove(tmp); error(("moe.plot: cannot write %s: %s"):format(path, tostring(err)), 3) end
-    return path
+    if not ok then os.remove(tmp); error(require("moe")._where(("moe.plot: cannot write %s: %s"):format(path, tostring(err))), 0) end
+    return path, cv.fig
   end
   return cv
 end
@@ -124,48 +135,84 @@ local function text(cv, s, x, y, opts)
   cl.cairo_move_to(cr, dx, dy)
   cl.cairo_show_text(cr, s)
   cl.cairo_restore(cr)
+  cv.fig.texts[#cv.fig.texts + 1] = s
   return ext.width
 end
 
--- about n "nice" ticks covering [lo, hi]
-local function ticks(lo, hi, n)
+local function finite(v) return type(v) == "number" and v == v and v > -math.huge and v < math.huge end
+
+-- the largest positive integer key of a table (a list with holes: its length)
+local function maxn(t)
+  local n = 0
+  for k in pairs(t) do if type(k) == "number" and k > n and k == math.floor(k) then n = k end end
+  return n
+end
+
+-- a value as an error message shows it: its text and its type
+local function show(v)
+  if type(v) == "string" then return ("%q (a string)"):format(v) end
+  if v == nil then return "nil" end
+  return ("%s (a %s)"):format(tostring(v), type(v))
+end
+
+-- an error at the user's own line (the first caller outside the library)
+local function fail(msg) error(require("moe")._where(msg), 0) end
+
+-- about n "nice" ticks covering [lo, hi], the step, and the axis's range.
+-- integer (epochs, counts): whole steps only, and only ticks inside the
+-- range (no 1.5 between epochs 1 and 2)
+local function ticks(lo, hi, n, integer)
   if hi - lo < 1e-12 then lo, hi = lo - 0.5, hi + 0.5 end
   local raw = (hi - lo) / (n or 5)
   local mag = 10 ^ math.floor(math.log10(raw))
   local step = mag
-  for _, m in ipairs { 1, 2, 2.5, 5, 10 } do
+  for _, m in ipairs(integer and { 1, 2, 5, 10 } or { 1, 2, 2.5, 5, 10 }) do
     if m * mag >= raw then step = m * mag; break end
   end
-  local t0 = math.floor(lo / step) * step
   local out = {}
-  for v = t0, hi + step * 0.5, step do out[#out + 1] = v end
-  return out, step
+  if integer then
+    step = math.max(1, math.floor(step + 0.5))
+    for v = math.ceil(lo / step - 1e-9) * step, hi + 1e-9, step do out[#out + 1] = v end
+    return out, step, lo, hi
+  end
+  for v = math.floor(lo / step) * step, hi + step * 0.5, step do out[#out + 1] = v end
+  return out, step, math.min(lo, out[1]), math.max(hi, out[#out])
 end
 
+-- a tick's label: as many decimals as the step has (0.25 -> 2, 0.5 -> 1, 2 -> 0)
 local function fmt_tick(v, step)
-  if step >= 1 and math.abs(v - math.floor(v + 0.5)) < 1e-9 then return ("%d"):format(math.floor(v + 0.5)) end
-  local d = math.max(0, -math.floor(math.log10(step)) + 1)
-  return ("%." .. d .. "f"):format(v)
+  local d = 0
+  while d < 8 and math.abs(step * 10 ^ d - math.floor(step * 10 ^ d + 0.5)) > 1e-6 * 10 ^ d * step do d = d + 1 end
+  if d == 0 then return ("%d"):format(math.floor(v + 0.5)) end
+  local s = ("%." .. d .. "f"):format(v)
+  return s == ("-%." .. d .. "f"):format(0) and s:sub(2) or s -- (no "-0.0")
 end
 
--- one panel: axes with ticks in the rectangle (x0, y0, w, h); returns data->pixel maps
-local function axes(cv, box, xr, yr, opts)
+-- one panel: axes with ticks in the rectangle (x0, y0, w, h); returns data->pixel
+-- maps and the panel's record in the figure
+local function axes(cv, box, xr, yr, opts, integer_x)
   local cl, cr = C, cv.cr
   local x0, y0, w, h = box[1], box[2], box[3], box[4]
-  local xt, xs = ticks(xr[1], xr[2], opts.xticks or 6)
-  local yt, ys = ticks(yr[1], yr[2], 5)
-  local xlo, xhi = math.min(xr[1], xt[1]), math.max(xr[2], xt[#xt])
-  local ylo, yhi = math.min(yr[1], yt[1]), math.max(yr[2], yt[#yt])
+  local xt, xs, xlo, xhi = ticks(xr[1], xr[2], opts.xticks or 6, integer_x)
+  local yt, ys, ylo, yhi = ticks(yr[1], yr[2], 5)
   local function X(v) return x0 + (v - xlo) / (xhi - xlo) * w end
   local function Y(v) return y0 + h - (v - ylo) / (yhi - ylo) * h end
+  local panel = { title = opts.title, box = { x0, y0, w, h }, xticks = {}, yticks = {}, lines = {} }
+  cv.fig.panels[#cv.fig.panels + 1] = panel
   cl.cairo_set_line_width(cr, 1)
   for _, v in ipairs(yt) do -- grid
     cl.cairo_set_source_rgb(cr, 0.9, 0.9, 0.9)
     cl.cairo_move_to(cr, x0, Y(v)); cl.cairo_line_to(cr, x0 + w, Y(v)); cl.cairo_stroke(cr)
-    text(cv, fmt_tick(v, ys), x0 - 6, Y(v), { align = "right", valign = "middle", size = 10 })
+    local label = fmt_tick(v, ys)
+    panel.yticks[#panel.yticks + 1] = label
+    text(cv, label, x0 - 6, Y(v), { align = "right", valign = "middle", size = 10 })
   end
   if not opts.categories then
-    for _, v in ipairs(xt) do text(cv, fmt_tick(v, xs), X(v), y0 + h + 14, { align = "center", size = 10 }) end
+    for _, v in ipairs(xt) do
+      local label = fmt_tick(v, xs)
+      panel.xticks[#panel.xticks + 1] = label
+      text(cv, label, X(v), y0 + h + 14, { align = "center", size = 10 })
+    end
   end
   cl.cairo_set_source_rgb(cr, 0.3, 0.3, 0.3)
   cl.cairo_rectangle(cr, x0, y0, w, h)
@@ -173,7 +220,7 @@ local function axes(cv, box, xr, yr, opts)
   if opts.title then text(cv, opts.title, x0 + w / 2, y0 - 8, { align = "center", size = 12 }) end
   if opts.xlabel then text(cv, opts.xlabel, x0 + w / 2, y0 + h + 30, { align = "center" }) end
   if opts.ylabel then text(cv, opts.ylabel, x0 - 44, y0 + h / 2, { align = "center", rotate = -math.pi / 2 }) end
-  return X, Y
+  return X, Y, panel
 end
 
 local function legend(cv, names, x, y)
@@ -191,7 +238,7 @@ local function range(lists)
   local lo, hi = math.huge, -math.huge
   for _, l in ipairs(lists) do
     for _, v in ipairs(l) do
-      if v == v and v ~= math.huge and v ~= -math.huge then lo, hi = math.min(lo, v), math.max(hi, v) end
+      if finite(v) then lo, hi = math.min(lo, v), math.max(hi, v) end
     end
   end
   if lo > hi then lo, hi = 0, 1 end
@@ -199,67 +246,170 @@ local function range(lists)
 end
 
 local function check_series(series, where)
-  if type(series) ~= "table" or #series == 0 then error(("%s: expected a list of series {name=, x=, y=}"):format(where), 3) end
+  if type(series) ~= "table" or #series == 0 then
+    fail(("%s: expected a list of series {name=, x=, y=}, got %s"):format(where, show(series)))
+  end
   for i, s in ipairs(series) do
-    if type(s.y) ~= "table" or #s.y == 0 then error(("%s: series %d has no y values"):format(where, i), 3) end
-    if s.x and #s.x ~= #s.y then error(("%s: series %d has %d x values and %d y values"):format(where, i, #s.x, #s.y), 3) end
+    if type(s) ~= "table" or type(s.y) ~= "table" or next(s.y) == nil then fail(("%s: series %d has no y values"):format(where, i)) end
+    local ny = maxn(s.y)
+    if s.x ~= nil then
+      if type(s.x) ~= "table" then fail(("%s: series %d: x must be a list of numbers, got %s"):format(where, i, show(s.x))) end
+      if #s.x ~= ny then fail(("%s: series %d has %d x values and %d y values"):format(where, i, #s.x, ny)) end
+    end
+    for j = 1, ny do
+      local v = s.y[j]
+      if v ~= nil and type(v) ~= "number" then fail(("%s: series %d: y[%d] must be a number, got %s"):format(where, i, j, show(v))) end
+    end
+    if s.err ~= nil then
+      if type(s.err) ~= "table" then
+        fail(("%s: series %d: err must be a list of numbers (a spread per point), got %s"):format(where, i, show(s.err)))
+      end
+      if maxn(s.err) > ny then fail(("%s: series %d has %d err values and %d y values"):format(where, i, maxn(s.err), ny)) end
+    end
   end
 end
 
+-- lines with markers; a point whose x or y is missing, NaN or infinite ends a
+-- segment (a gap, not a line across it). A series' err (a spread per point,
+-- the standard deviation over seeds, say) draws a band y +- err under the
+-- line, or error bars with opts.errors = "bars"
 local function draw_lines(cv, box, series, opts)
   local xs, ys = {}, {}
+  local integer = opts.integer_x
   for i, s in ipairs(series) do
-    if not s.x then s.x = {}; for j = 1, #s.y do s.x[j] = j end end
-    xs[i], ys[i] = s.x, s.y
+    local n = maxn(s.y)
+    local x = s.x
+    if not x then x = {}; for j = 1, n do x[j] = j end end
+    xs[i] = x
+    local ext = {}
+    for j = 1, n do
+      local v, e = s.y[j], s.err and s.err[j]
+      if finite(v) and finite(x[j]) then
+        ext[#ext + 1] = v
+        if finite(e) then ext[#ext + 1] = v - e; ext[#ext + 1] = v + e end
+      end
+      if opts.integer_x == nil and finite(x[j]) and x[j] ~= math.floor(x[j]) then integer = false end
+    end
+    ys[i] = ext
   end
-  local X, Y = axes(cv, box, range(xs), opts.ylim or range(ys), opts)
+  if integer == nil then integer = true end -- every x a whole number: epochs, counts
+  local X, Y, panel = axes(cv, box, range(xs), opts.ylim or range(ys), opts, integer)
   local cl, cr = C, cv.cr
-  cl.cairo_set_line_width(cr, 2)
+  local bars = opts.errors == "bars"
   for i, s in ipairs(series) do
-    local c = color(i)
+    local c, x = color(i), xs[i]
+    local rec = { name = s.name or ("series " .. i), segments = {}, bands = {}, errorbars = {}, markers = 0 }
+    panel.lines[i] = rec
+    local n = maxn(s.y)
+    local function ok(j) return finite(s.y[j]) and finite(x[j]) end
+    -- runs of consecutive drawable points
+    local function runs(pred)
+      local out, cur = {}, nil
+      for j = 1, n do
+        if pred(j) then
+          if not cur then cur = {}; out[#out + 1] = cur end
+          cur[#cur + 1] = j
+        else cur = nil end
+      end
+      return out
+    end
+    if s.err then
+      local with_err = function(j) return ok(j) and finite(s.err[j]) end
+      if bars then
+        cl.cairo_set_source_rgb(cr, c[1], c[2], c[3])
+        cl.cairo_set_line_width(cr, 1.5)
+        for j = 1, n do
+          if with_err(j) then
+            local px, lo, hi = X(x[j]), Y(s.y[j] - s.err[j]), Y(s.y[j] + s.err[j])
+            cl.cairo_new_path(cr)
+            cl.cairo_move_to(cr, px, lo); cl.cairo_line_to(cr, px, hi)
+            cl.cairo_move_to(cr, px - 4, lo); cl.cairo_line_to(cr, px + 4, lo)
+            cl.cairo_move_to(cr, px - 4, hi); cl.cairo_line_to(cr, px + 4, hi)
+            cl.cairo_stroke(cr)
+            rec.errorbars[#rec.errorbars + 1] = { px, lo, hi }
+          end
+        end
+      else
+        cl.cairo_set_source_rgba(cr, c[1], c[2], c[3], 0.2)
+        for _, run in ipairs(runs(with_err)) do
+          if #run >= 2 then
+            local band = {}
+            cl.cairo_new_path(cr)
+            for k, j in ipairs(run) do
+              band[k] = { X(x[j]), Y(s.y[j] - s.err[j]), Y(s.y[j] + s.err[j]) }
+              if k == 1 then cl.cairo_move_to(cr, band[k][1], band[k][3]) else cl.cairo_line_to(cr, band[k][1], band[k][3]) end
+            end
+            for k = #band, 1, -1 do cl.cairo_line_to(cr, band[k][1], band[k][2]) end
+            cl.cairo_close_path(cr)
+            cl.cairo_fill(cr)
+            rec.bands[#rec.bands + 1] = band
+          end
+        end
+      end
+    end
     cl.cairo_set_source_rgb(cr, c[1], c[2], c[3])
+    cl.cairo_set_line_width(cr, 2)
     cl.cairo_new_path(cr)
-    local started = false
-    for j = 1, #s.y do
-      local v = s.y[j]
-      if v == v then
-        if started then cl.cairo_line_to(cr, X(s.x[j]), Y(v)) else cl.cairo_move_to(cr, X(s.x[j]), Y(v)); started = true end
+    for _, run in ipairs(runs(ok)) do
+      if #run >= 2 then -- (a lone point is its marker only)
+        local seg = {}
+        for k, j in ipairs(run) do
+          seg[k] = { X(x[j]), Y(s.y[j]) }
+          if k == 1 then cl.cairo_move_to(cr, seg[k][1], seg[k][2]) else cl.cairo_line_to(cr, seg[k][1], seg[k][2]) end
+        end
+        rec.segments[#rec.segments + 1] = seg
       end
     end
     cl.cairo_stroke(cr)
-    for j = 1, #s.y do
-      if s.y[j] == s.y[j] then cl.cairo_arc(cr, X(s.x[j]), Y(s.y[j]), 2.5, 0, 2 * math.pi); cl.cairo_fill(cr) end
+    for j = 1, n do
+      if ok(j) then
+        cl.cairo_new_path(cr)
+        cl.cairo_arc(cr, X(x[j]), Y(s.y[j]), 2.5, 0, 2 * math.pi)
+        cl.cairo_fill(cr)
+        rec.markers = rec.markers + 1
+      end
     end
   end
   local names = {}
-  for i, s in ipairs(series) do names[i] = s.name or ("series " .. i) end
+  local spread = opts.err_label == nil and "\194\177 sd" or opts.err_label -- (what err is, in the legend)
+  for i, s in ipairs(series) do names[i] = (s.name or ("series " .. i)) .. (s.err and spread and (" (" .. spread .. ")") or "") end
   legend(cv, names, box[1] + box[3] + 12, box[2] + 10)
 end
 
--- lines(series, path, {title, xlabel, ylabel, width, height}): a line chart
+-- lines(series, path, {title, xlabel, ylabel, width, height, ylim, errors = "band"|"bars",
+-- err_label = "± sd", integer_x}): a line chart; series {name, x, y, err}; x ticks are
+-- whole numbers when every x is (integer_x = false to not)
 function plot.lines(series, path, opts)
   check_series(series, "plot.lines")
   opts = opts or {}
+  if opts.errors ~= nil and opts.errors ~= "band" and opts.errors ~= "bars" then
+    fail(('plot.lines: errors must be "band" or "bars", got %s'):format(show(opts.errors)))
+  end
   local w, h = opts.width or 720, opts.height or 420
   local cv = canvas(path, w, h)
   draw_lines(cv, { 70, 40, w - 70 - 160, h - 40 - 60 }, series, opts)
   return cv.finish()
 end
 
+-- the per-expert token counts of a sparse layer's router: a heatmap's
+-- (expert_load's), not a panel each
+local function per_expert(name) return name:match("expert_%d+_tokens$") ~= nil end
+
 -- history(history, path, {metrics = names, title}): one panel per quantity
 -- (loss, then each metric), training and validation curves against the epoch
+-- (whole-number ticks); an epoch without a value is a gap in its curve
 function plot.history(history, path, opts)
   opts = opts or {}
   if type(history) ~= "table" or type(history.history) ~= "table" then
-    error("plot.history: expected the History that fit returns", 2)
+    fail(("plot.history: expected the History that fit returns, got %s"):format(show(history)))
   end
   local names = opts.metrics
   if not names then
     names = {}
-    for k in pairs(history.history) do if not k:match("^val_") then names[#names + 1] = k end end
+    for k in pairs(history.history) do if not k:match("^val_") and not per_expert(k) then names[#names + 1] = k end end
     table.sort(names, function(a, b) if a == "loss" then return true elseif b == "loss" then return false end return a < b end)
   end
-  if #names == 0 then error("plot.history: the history has no epochs", 2) end
+  if #names == 0 then fail("plot.history: the history has no epochs") end
   -- one value per epoch: a quantity missing from some epochs' logs (a layer
   -- metric reported in some epochs only, a stop mid-epoch) is a gap (NaN)
   local ne = #(history.epoch or {})
@@ -275,7 +425,7 @@ function plot.history(history, path, opts)
   local panels = {}
   for i, name in ipairs(names) do
     local train = per_epoch(history.history[name])
-    if not train then error(("plot.history: no values for '%s'"):format(tostring(name)), 2) end
+    if not train then fail(("plot.history: no values for '%s'"):format(tostring(name))) end
     panels[i] = { { name = "train", x = history.epoch, y = train } }
     local val = per_epoch(history.history["val_" .. name])
     if val then panels[i][2] = { name = "validation", x = history.epoch, y = val } end
@@ -295,22 +445,26 @@ function plot.history(history, path, opts)
 end
 
 -- bars(values or {name = {values}}, path, {labels, title, xlabel, ylabel, group_names}):
--- one bar per value, or groups of bars (one color per series)
+-- one bar per value, or groups of bars (one color per series); a NaN is no bar
 function plot.bars(values, path, opts)
   opts = opts or {}
   local groups
-  if type(values) ~= "table" or next(values) == nil then error("plot.bars: expected a list of numbers or of lists", 2) end
+  if type(values) ~= "table" or next(values) == nil then
+    fail(("plot.bars: expected a list of numbers or of lists, got %s"):format(show(values)))
+  end
   if type(values[1]) == "number" then groups = { values } else groups = values end
   local n = #groups[1]
   for g, v in ipairs(groups) do
-    if #v ~= n then error(("plot.bars: series %d has %d values, series 1 has %d"):format(g, #v, n), 2) end
+    if type(v) ~= "table" then fail(("plot.bars: series %d must be a list of numbers, got %s"):format(g, show(v))) end
+    if #v ~= n then fail(("plot.bars: series %d has %d values, series 1 has %d"):format(g, #v, n)) end
   end
   local w, h = opts.width or math.max(480, 60 * n + 240), opts.height or 400
   local cv = canvas(path, w, h)
   local lo = math.min(0, range(groups)[1])
   local box = { 70, 40, w - 70 - 160, h - 40 - 60 }
-  opts.categories = true
-  local _, Y = axes(cv, box, { 0.5, n + 0.5 }, { lo, range(groups)[2] }, opts)
+  local _, Y, panel = axes(cv, box, { 0.5, n + 0.5 }, { lo, range(groups)[2] },
+    { categories = true, title = opts.title, xlabel = opts.xlabel, ylabel = opts.ylabel })
+  panel.bars = {}
   local cl, cr = C, cv.cr
   local slot = box[3] / n
   local bw = slot * 0.8 / #groups
@@ -318,14 +472,18 @@ function plot.bars(values, path, opts)
     local c = color(g)
     cl.cairo_set_source_rgb(cr, c[1], c[2], c[3])
     for i = 1, n do
-      local x = box[1] + (i - 1) * slot + slot * 0.1 + (g - 1) * bw
-      local y0, y1 = Y(0), Y(v[i])
-      cl.cairo_rectangle(cr, x, math.min(y0, y1), bw, math.abs(y1 - y0))
-      cl.cairo_fill(cr)
+      if finite(v[i]) then
+        local x = box[1] + (i - 1) * slot + slot * 0.1 + (g - 1) * bw
+        local y0, y1 = Y(0), Y(v[i])
+        cl.cairo_rectangle(cr, x, math.min(y0, y1), bw, math.abs(y1 - y0))
+        cl.cairo_fill(cr)
+        panel.bars[#panel.bars + 1] = { x, math.min(y0, y1), bw, math.abs(y1 - y0) }
+      end
     end
   end
   for i = 1, n do
     local label = opts.labels and opts.labels[i] or tostring(i)
+    panel.xticks[i] = label
     text(cv, label, box[1] + (i - 0.5) * slot, box[2] + box[4] + 14, { align = "center", size = 10 })
   end
   if #groups > 1 or opts.group_names then
@@ -336,27 +494,229 @@ function plot.bars(values, path, opts)
   return cv.finish()
 end
 
--- expert_utilisation(gates, path, {task_names, title}): the mean gate weight of
--- each expert for each task; gates: a list of [B, E] tensors (one per task or
--- gate, as MMoE:gate_weights gives) or of lists of E numbers
-function plot.expert_utilisation(gates, path, opts)
+-- a sequential colour map, light (low) to dark blue (high); every channel falls
+-- as the value grows, so darker is always more
+local CMAP = { { 0.97, 0.98, 1.0 }, { 0.78, 0.86, 0.94 }, { 0.42, 0.68, 0.84 }, { 0.13, 0.44, 0.71 },
+  { 0.03, 0.19, 0.42 } }
+local function cmap(t)
+  t = math.max(0, math.min(1, t))
+  local f = t * (#CMAP - 1)
+  local i = math.min(math.floor(f), #CMAP - 2)
+  local u, a, b = f - i, CMAP[i + 1], CMAP[i + 2]
+  return { a[1] + (b[1] - a[1]) * u, a[2] + (b[2] - a[2]) * u, a[3] + (b[3] - a[3]) * u }
+end
+local MISSING = { 0.85, 0.85, 0.85 } -- a NaN or missing cell
+
+-- heatmap(matrix, path, {row_labels, col_labels, title, xlabel, ylabel, vmin, vmax,
+-- annotate, format}): a grid of cells coloured by value (a colour bar beside
+-- it); matrix: a list of rows (lists of numbers) or a 2-D tensor. A NaN or
+-- missing value is a grey cell. Cells big enough show their value (format,
+-- "%.2f" by default) unless annotate = false.
+function plot.heatmap(matrix, path, opts)
   opts = opts or {}
-  if type(gates) ~= "table" or #gates == 0 then error("plot.expert_utilisation: expected a list of [B, E] gate tensors", 2) end
+  local where = opts._where or "plot.heatmap"
   local core = require("moe").core
-  local series, names = {}, {}
+  if core.is_tensor(matrix) then
+    if matrix:dim() ~= 2 then
+      fail(("%s: expected a 2-D tensor, got one of shape [%s]"):format(where, table.concat(matrix:shape(), ", ")))
+    end
+    matrix = matrix:to("float64"):totable()
+  end
+  if type(matrix) ~= "table" or #matrix == 0 then
+    fail(("%s: expected a list of rows (lists of numbers) or a 2-D tensor, got %s"):format(where, show(matrix)))
+  end
+  local R, Cn = #matrix, nil
+  local lo, hi = math.huge, -math.huge
+  for r, row in ipairs(matrix) do
+    if type(row) ~= "table" then fail(("%s: row %d must be a list of numbers, got %s"):format(where, r, show(row))) end
+    local n = maxn(row)
+    Cn = Cn or n
+    if n ~= Cn then fail(("%s: row %d has %d values, row 1 has %d"):format(where, r, n, Cn)) end
+    for c = 1, n do
+      local v = row[c]
+      if v ~= nil and type(v) ~= "number" then fail(("%s: row %d, column %d must be a number, got %s"):format(where, r, c, show(v))) end
+      if finite(v) then lo, hi = math.min(lo, v), math.max(hi, v) end
+    end
+  end
+  if Cn == 0 then fail(("%s: the rows have no values"):format(where)) end
+  if lo > hi then lo, hi = 0, 1 end
+  local vmin, vmax = opts.vmin or lo, opts.vmax or hi
+  for k, v in pairs { vmin = vmin, vmax = vmax } do
+    if not finite(v) then fail(("%s: %s must be a finite number, got %s"):format(where, k, show(v))) end
+  end
+  local function frac(v)
+    if vmax - vmin < 1e-300 then return 0.5 end
+    return (v - vmin) / (vmax - vmin)
+  end
+  local cw = math.max(14, math.min(64, 560 / Cn))
+  local ch = math.max(14, math.min(40, 360 / R))
+  local longest = 1 -- (the row labels' room, at about 6 pixels a character)
+  for r = 1, R do longest = math.max(longest, #tostring(opts.row_labels and opts.row_labels[r] or r)) end
+  local left, top, bottom, right = math.max(60, 40 + 6 * longest), 46, 64, 120
+  local w, h = math.floor(left + Cn * cw + right + 0.5), math.floor(top + R * ch + bottom + 0.5)
+  local cv = canvas(path, w, h)
+  local cl, cr = C, cv.cr
+  local panel = { title = opts.title, box = { left, top, Cn * cw, R * ch }, cells = {}, rows = {}, cols = {},
+    vmin = vmin, vmax = vmax }
+  cv.fig.panels[#cv.fig.panels + 1] = panel
+  local fmt = opts.format or "%.2f"
+  local annotate = opts.annotate
+  if annotate == nil then annotate = cw >= 30 and ch >= 16 end
+  for r = 1, R do
+    for c = 1, Cn do
+      local v = matrix[r][c]
+      local rgb = finite(v) and cmap(frac(v)) or MISSING
+      local x, y = left + (c - 1) * cw, top + (r - 1) * ch
+      cl.cairo_set_source_rgb(cr, rgb[1], rgb[2], rgb[3])
+      cl.cairo_rectangle(cr, x, y, cw - 1, ch - 1) -- (a white line between cells)
+      cl.cairo_fill(cr)
+      panel.cells[#panel.cells + 1] = { row = r, col = c, value = v == nil and 0 / 0 or v, rgb = rgb,
+        x = x, y = y, w = cw - 1, h = ch - 1 }
+      if annotate and finite(v) then
+        local dark = frac(v) > 0.55
+        text(cv, fmt:format(v), x + (cw - 1) / 2, y + (ch - 1) / 2,
+          { align = "center", valign = "middle", size = 9, color = dark and { 1, 1, 1 } or { 0.1, 0.1, 0.1 } })
+      end
+    end
+  end
+  for r = 1, R do
+    local label = opts.row_labels and opts.row_labels[r] and tostring(opts.row_labels[r]) or tostring(r)
+    panel.rows[r] = label
+    text(cv, label, left - 6, top + (r - 0.5) * ch, { align = "right", valign = "middle", size = 10 })
+  end
+  local every = math.max(1, math.ceil(Cn * 22 / (Cn * cw))) -- (a label every so many columns when they are narrow)
+  for c = 1, Cn do
+    local label = opts.col_labels and opts.col_labels[c] and tostring(opts.col_labels[c]) or tostring(c)
+    if (c - 1) % every == 0 then
+      panel.cols[#panel.cols + 1] = label
+      text(cv, label, left + (c - 0.5) * cw, top + R * ch + 14, { align = "center", size = 10 })
+    end
+  end
+  if opts.title then text(cv, opts.title, left + Cn * cw / 2, top - 14, { align = "center", size = 12 }) end
+  if opts.xlabel then text(cv, opts.xlabel, left + Cn * cw / 2, top + R * ch + 34, { align = "center" }) end
+  if opts.ylabel then text(cv, opts.ylabel, 18, top + R * ch / 2, { align = "center", rotate = -math.pi / 2 }) end
+  -- the colour bar: vmin at the bottom, vmax at the top
+  local bx, by, bw, bh = left + Cn * cw + 18, top, 14, math.max(R * ch, 60)
+  local steps = 32
+  for k = 1, steps do
+    local rgb = cmap((k - 0.5) / steps)
+    cl.cairo_set_source_rgb(cr, rgb[1], rgb[2], rgb[3])
+    cl.cairo_rectangle(cr, bx, by + bh - k * bh / steps, bw, bh / steps + 0.5)
+    cl.cairo_fill(cr)
+  end
+  panel.colorbar = { bx, by, bw, bh }
+  panel.colorbar_ticks = {}
+  local bt, bs = ticks(vmin, vmax, 4)
+  for _, v in ipairs(bt) do
+    if v >= vmin - 1e-12 and v <= vmax + 1e-12 and vmax > vmin then
+      local label = fmt_tick(v, bs)
+      panel.colorbar_ticks[#panel.colorbar_ticks + 1] = label
+      text(cv, label, bx + bw + 4, by + bh - frac(v) * bh, { valign = "middle", size = 9 })
+    end
+  end
+  return cv.finish()
+end
+
+-- the mean gate weight per expert of each gate: a list of [B, E] tensors (MMoE's
+-- gate_weights: one per task), one [B, E] tensor (TabularMoELayer's), or lists
+-- of E numbers
+local function mean_gates(gates, where)
+  local core = require("moe").core
+  if core.is_tensor(gates) then gates = { gates } end
+  if type(gates) ~= "table" or #gates == 0 then
+    fail(("%s: expected a list of [B, E] gate tensors, got %s"):format(where, show(gates)))
+  end
+  local rows = {}
   for t, g in ipairs(gates) do
     if core.is_tensor(g) then
-      if g:dim() ~= 2 then error(("plot.expert_utilisation: gates %d must be [B, E], got [%s]"):format(t, table.concat(g:shape(), ",")), 2) end
-      series[t] = g:to("float64"):mean(1):totable()
+      if g:dim() ~= 2 then fail(("%s: gates %d must be [B, E], got [%s]"):format(where, t, table.concat(g:shape(), ","))) end
+      rows[t] = g:to("float64"):mean(1):totable()
+    elseif type(g) == "table" then
+      rows[t] = g
     else
-      series[t] = g
+      fail(("%s: gates %d must be a [B, E] tensor or a list of numbers, got %s"):format(where, t, show(g)))
     end
-    names[t] = opts.task_names and opts.task_names[t] or ("task " .. t)
   end
-  local labels = {}
-  for e = 1, #series[1] do labels[e] = "E" .. e end
-  return plot.bars(series, path, { labels = labels, group_names = names, title = opts.title or "mean gate weight per expert",
-    xlabel = "expert", ylabel = "mean gate weight" })
+  return rows
+end
+
+-- expert_utilisation(gates, path, {task_names, title, kind = "heatmap"|"bars"}): the
+-- mean gate weight of each expert for each task, as a tasks x experts heatmap
+-- (or grouped bars); gates as MMoE:gate_weights(x) gives them
+function plot.expert_utilisation(gates, path, opts)
+  opts = opts or {}
+  local rows = mean_gates(gates, "plot.expert_utilisation")
+  local names, labels = {}, {}
+  for t = 1, #rows do names[t] = opts.task_names and opts.task_names[t] or ("task " .. t) end
+  for e = 1, #rows[1] do labels[e] = "E" .. e end
+  local title = opts.title or "mean gate weight per expert"
+  if opts.kind == "bars" then
+    return plot.bars(rows, path, { labels = labels, group_names = names, title = title, xlabel = "expert",
+      ylabel = "mean gate weight" })
+  elseif opts.kind ~= nil and opts.kind ~= "heatmap" then
+    fail(('plot.expert_utilisation: kind must be "heatmap" or "bars", got %s'):format(show(opts.kind)))
+  end
+  return plot.heatmap(rows, path, { row_labels = names, col_labels = labels, title = title, xlabel = "expert",
+    ylabel = "task", vmin = 0, _where = "plot.expert_utilisation" })
+end
+
+-- expert_load(history, path, {layer, normalize = true, title}): a sparse layer's
+-- routing over training, experts x epochs, from the History's
+-- expert_<e>_tokens (its router's metrics: the mean tokens per batch sent to
+-- expert e); each epoch's column as shares of its tokens unless normalize =
+-- false. layer: the router's name, when several layers' counts are logged
+-- (as <name>_expert_<e>_tokens)
+function plot.expert_load(history, path, opts)
+  opts = opts or {}
+  if type(history) ~= "table" or type(history.history) ~= "table" then
+    fail(("plot.expert_load: expected the History that fit returns, got %s"):format(show(history)))
+  end
+  local found = {} -- prefix -> experts
+  for k in pairs(history.history) do
+    local pre, e = k:match("^(.-)expert_(%d+)_tokens$")
+    if pre and pre:sub(1, 4) ~= "val_" then found[pre] = math.max(found[pre] or 0, tonumber(e)) end
+  end
+  local pres = {}
+  for p in pairs(found) do pres[#pres + 1] = p == "" and "(none)" or p:sub(1, -2) end
+  table.sort(pres)
+  local pre
+  if opts.layer ~= nil then
+    if type(opts.layer) ~= "string" then fail(("plot.expert_load: layer must be a layer's name, got %s"):format(show(opts.layer))) end
+    pre = opts.layer .. "_"
+    if not found[pre] then
+      fail(("plot.expert_load: the history has no %sexpert_<e>_tokens (layers with counts: %s)")
+        :format(pre, #pres > 0 and table.concat(pres, ", ") or "none"))
+    end
+  else
+    if #pres == 0 then fail("plot.expert_load: the history has no expert_<e>_tokens (a sparse MoeLayer's router metrics)") end
+    if #pres > 1 then
+      fail(("plot.expert_load: the history has several layers' expert counts (%s): choose one with {layer = name}")
+        :format(table.concat(pres, ", ")))
+    end
+    pre = next(found)
+  end
+  local E, epochs = found[pre], history.epoch or {}
+  local m = {}
+  for e = 1, E do
+    m[e] = {}
+    local vals = history.history[pre .. "expert_" .. e .. "_tokens"] or {}
+    for j = 1, #epochs do m[e][j] = type(vals[j]) == "number" and vals[j] or 0 / 0 end
+  end
+  local normalize = opts.normalize ~= false
+  if normalize then
+    for j = 1, #epochs do
+      local sum = 0
+      for e = 1, E do if finite(m[e][j]) then sum = sum + m[e][j] end end
+      for e = 1, E do m[e][j] = sum > 0 and m[e][j] / sum or 0 / 0 end
+    end
+  end
+  if #epochs == 0 then fail("plot.expert_load: the history has no epochs") end
+  local rows, cols = {}, {}
+  for e = 1, E do rows[e] = "E" .. e end
+  for j = 1, #epochs do cols[j] = tostring(epochs[j]) end
+  return plot.heatmap(m, path, { row_labels = rows, col_labels = cols, xlabel = "epoch", ylabel = "expert", vmin = 0,
+    title = opts.title or (normalize and "share of the routed tokens per expert" or "tokens per expert (mean per batch)"),
+    format = normalize and "%.2f" or "%.0f", _where = "plot.expert_load" })
 end
 
 -- tokens_per_expert(counts, path, {title}): a sparse layer's routing (last_plan.counts
