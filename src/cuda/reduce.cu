@@ -83,19 +83,26 @@ __global__ void k_minmax_rows(const T *x, int64_t K, bool max, int arg, T *out, 
 }
 
 // sum, mean, prod (integers in int64, floats in double), var, std, logsumexp
+// int64 sums and products wrap (two's complement), as on the CPU (-fwrapv):
+// through uint64, where overflow is defined
+__device__ __forceinline__ int64_t wadd(int64_t a, int64_t b) { return (int64_t)((uint64_t)a + (uint64_t)b); }
+__device__ __forceinline__ int64_t wmul(int64_t a, int64_t b) { return (int64_t)((uint64_t)a * (uint64_t)b); }
+__device__ __forceinline__ double wadd(double a, double b) { return a + b; }
+__device__ __forceinline__ double wmul(double a, double b) { return a * b; }
+
 template <class T> __global__ void k_moment_rows(const T *x, int64_t K, int op, int correction, T *out) {
   __shared__ double sh[RT];
   const T *r = x + (int64_t)blockIdx.x * K;
   if constexpr (std::is_integral<T>::value) {
     __shared__ int64_t si[RT];
     int64_t acc = op == MOE_RPROD ? 1 : 0;
-    for (int64_t k = threadIdx.x; k < K; k += RT) acc = op == MOE_RPROD ? acc * (int64_t)r[k] : acc + (int64_t)r[k];
+    for (int64_t k = threadIdx.x; k < K; k += RT) acc = op == MOE_RPROD ? wmul(acc, (int64_t)r[k]) : wadd(acc, (int64_t)r[k]);
     si[threadIdx.x] = acc;
     __syncthreads();
     for (int w = RT / 2; w > 0; w >>= 1) {
       if ((int)threadIdx.x < w)
         si[threadIdx.x] =
-            op == MOE_RPROD ? si[threadIdx.x] * si[threadIdx.x + w] : si[threadIdx.x] + si[threadIdx.x + w];
+            op == MOE_RPROD ? wmul(si[threadIdx.x], si[threadIdx.x + w]) : wadd(si[threadIdx.x], si[threadIdx.x + w]);
       __syncthreads();
     }
     if (threadIdx.x == 0) out[blockIdx.x] = (T)(op == MOE_RMEAN ? si[0] / K : si[0]);
@@ -181,7 +188,7 @@ template <class T, class ACC> __global__ void k_cum_rows(const T *x, int64_t M, 
   MOE_GRID_STRIDE(m, M) {
     ACC acc = prod ? 1 : 0;
     for (int64_t k = 0; k < K; k++) {
-      acc = prod ? acc * (ACC)x[m * K + k] : acc + (ACC)x[m * K + k];
+      acc = prod ? wmul(acc, (ACC)x[m * K + k]) : wadd(acc, (ACC)x[m * K + k]);
       y[m * K + k] = (T)acc;
     }
   }
@@ -237,7 +244,7 @@ __device__ int64_t block_icomb(int64_t v, int64_t *sh, int mul) {
   __syncthreads();
   for (int w = RT / 2; w > 0; w >>= 1) {
     if ((int)threadIdx.x < w)
-      sh[threadIdx.x] = mul ? sh[threadIdx.x] * sh[threadIdx.x + w] : sh[threadIdx.x] + sh[threadIdx.x + w];
+      sh[threadIdx.x] = mul ? wmul(sh[threadIdx.x], sh[threadIdx.x + w]) : wadd(sh[threadIdx.x], sh[threadIdx.x + w]);
     __syncthreads();
   }
   int64_t r = sh[0];
@@ -276,7 +283,7 @@ __global__ void k_part(const T *x, int64_t K, int64_t C, int ph, bool flag, cons
   const T *r = x + m * K;
   if (ph == P_ISUM || ph == P_IPROD) {
     int64_t acc = ph == P_IPROD ? 1 : 0;
-    for (int64_t k = k0 + threadIdx.x; k < k1; k += RT) acc = ph == P_IPROD ? acc * (int64_t)r[k] : acc + (int64_t)r[k];
+    for (int64_t k = k0 + threadIdx.x; k < k1; k += RT) acc = ph == P_IPROD ? wmul(acc, (int64_t)r[k]) : wadd(acc, (int64_t)r[k]);
     acc = block_icomb(acc, si, ph == P_IPROD);
     if (threadIdx.x == 0) pi[slot] = acc;
     return;
@@ -347,7 +354,7 @@ __global__ void k_fin(const double *pd, int64_t C, int64_t K, int how, int fin, 
 __global__ void k_fin_int(const int64_t *pi, int64_t C, int mul, int64_t *out) {
   __shared__ int64_t sh[RT];
   int64_t m = blockIdx.x, acc = mul ? 1 : 0;
-  for (int64_t c = threadIdx.x; c < C; c += RT) acc = mul ? acc * pi[m * C + c] : acc + pi[m * C + c];
+  for (int64_t c = threadIdx.x; c < C; c += RT) acc = mul ? wmul(acc, pi[m * C + c]) : wadd(acc, pi[m * C + c]);
   acc = block_icomb(acc, sh, mul);
   if (threadIdx.x == 0) out[m] = acc;
 }
