@@ -50,7 +50,8 @@ CU_COMPILE  = $(EMU_CXX) -x c++ -c $< -o $@
 endif
 
 
-.PHONY: gpu-check all deps run test asan-test emu-test bench clean help fuzz fuzz-deps fuzz-build format format-check
+.PHONY: gpu-check all deps run test asan-test emu-test bench clean help fuzz fuzz-deps fuzz-build format format-check \
+        install uninstall
 
 all: deps $(BUILD)/moelua $(BUILD)/moe/core.so
 
@@ -77,8 +78,9 @@ $(BUILD)/moe/core.so: $(ENGINE_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) -shared -o $@ $^ $(SAN) $(shell pkg-config --libs openblas zlib libxxhash) -lm -lpthread -ldl $(CUDA_LIBS)
 
+# the checkout's lua/ is compiled in: build/moelua (or a copy of it) runs the Lua files beside its C
 $(BUILD)/moelua: src/main.c $(BUILD)/libmoe.a $(HEADERS) Makefile | deps
-	$(CC) $(CFLAGS) -Wl,-E -o $@ src/main.c $(BUILD)/libmoe.a $(LDLIBS)
+	$(CC) $(CFLAGS) '-DMOELUA_LUADIR="$(CURDIR)/lua"' -Wl,-E -o $@ src/main.c $(BUILD)/libmoe.a $(LDLIBS)
 
 $(BUILD)/test_engine: spec/c/test_engine.c $(BUILD)/libmoe.a $(HEADERS) | deps
 	$(CC) $(CFLAGS) -o $@ spec/c/test_engine.c $(BUILD)/libmoe.a $(LDLIBS)
@@ -153,6 +155,55 @@ gpu-check:
 clean:
 	rm -rf build build-asan build-emu build-fuzz
 
+# `make install PREFIX=/usr/local DESTDIR=`: LuaJIT's standard directories under PREFIX, so that
+# plain `luajit -e 'require "moe"'` finds the library (Debian's luajit searches /usr/local's).
+# LuaRocks passes its own BINDIR, LUADIR, CMODDIR (its LIBDIR) and INSTALL_DEV=0 (moelua-*.rockspec).
+# The binary is linked again with LUADIR compiled in (src/main.c is one file: seconds); the
+# rest is copied from $(BUILD), so an up-to-date build is not rebuilt.
+PREFIX      ?= /usr/local
+BINDIR      ?= $(PREFIX)/bin
+LUADIR      ?= $(PREFIX)/share/lua/5.1
+CMODDIR     ?= $(PREFIX)/lib/lua/5.1
+LIBDIR      ?= $(PREFIX)/lib
+INCLUDEDIR  ?= $(PREFIX)/include
+MANDIR      ?= $(PREFIX)/share/man
+DATADIR     ?= $(PREFIX)/share/moelua
+# the C side: libmoe.a, moe.h and pkg-config's moelua.pc
+INSTALL_DEV ?= 1
+LUA_FILES   := $(patsubst lua/%,%,$(shell find lua -name '*.lua' | LC_ALL=C sort))
+MODEL_FILES := $(shell find models -name '*.lua' | LC_ALL=C sort)
+DATA_FILES  := $(wildcard data/*)
+# moelua.pc: libdir and includedir follow prefix, so --define-variable=prefix=... relocates it
+PC_LIBDIR   := $(patsubst $(PREFIX)%,$${prefix}%,$(LIBDIR))
+PC_INCDIR   := $(patsubst $(PREFIX)%,$${prefix}%,$(INCLUDEDIR))/moelua
+
+install: $(BUILD)/libmoe.a $(BUILD)/moe/core.so
+	install -d "$(DESTDIR)$(BINDIR)" "$(DESTDIR)$(CMODDIR)/moe" "$(DESTDIR)$(LUADIR)/moe" "$(DESTDIR)$(MANDIR)/man1"
+	$(CC) $(CFLAGS) '-DMOELUA_LUADIR="$(LUADIR)"' -Wl,-E -o "$(DESTDIR)$(BINDIR)/moelua" src/main.c $(BUILD)/libmoe.a $(LDLIBS)
+	install -m 755 $(BUILD)/moe/core.so "$(DESTDIR)$(CMODDIR)/moe/core.so"
+	@for f in $(LUA_FILES); do install -D -m 644 "lua/$$f" "$(DESTDIR)$(LUADIR)/$$f" || exit 1; done
+	@for f in $(MODEL_FILES) $(DATA_FILES); do install -D -m 644 "$$f" "$(DESTDIR)$(DATADIR)/$$f" || exit 1; done
+	sed 's/@VERSION@/$(VERSION)/g' docs/moelua.1 > "$(DESTDIR)$(MANDIR)/man1/moelua.1"
+ifeq ($(INSTALL_DEV),1)
+	install -D -m 644 $(BUILD)/libmoe.a "$(DESTDIR)$(LIBDIR)/libmoe.a"
+	install -D -m 644 src/core/moe.h "$(DESTDIR)$(INCLUDEDIR)/moelua/moe.h"
+	@mkdir -p "$(DESTDIR)$(LIBDIR)/pkgconfig"
+	@printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$(PC_LIBDIR)' 'includedir=$(PC_INCDIR)' '' \
+	  'Name: moelua' 'Description: the moelua engine: tensors, autograd and Mixture-of-Experts layers (static)' \
+	  'Version: $(VERSION)' 'Requires: openblas zlib libxxhash' 'Cflags: -I$${includedir}' \
+	  'Libs: -L$${libdir} -lmoe -lm -lpthread -ldl $(CUDA_LIBS)' > "$(DESTDIR)$(LIBDIR)/pkgconfig/moelua.pc"
+endif
+	@echo "installed moelua $(VERSION) under $(DESTDIR)$(PREFIX) (Lua modules in $(LUADIR), moe.core in $(CMODDIR))"
+
+# removes what install put there, and the directories of moelua's own that are left empty
+uninstall:
+	rm -f "$(DESTDIR)$(BINDIR)/moelua" "$(DESTDIR)$(CMODDIR)/moe/core.so" "$(DESTDIR)$(MANDIR)/man1/moelua.1" \
+	  "$(DESTDIR)$(LIBDIR)/libmoe.a" "$(DESTDIR)$(INCLUDEDIR)/moelua/moe.h" "$(DESTDIR)$(LIBDIR)/pkgconfig/moelua.pc"
+	@for f in $(LUA_FILES); do rm -f "$(DESTDIR)$(LUADIR)/$$f"; done
+	@for f in $(MODEL_FILES) $(DATA_FILES); do rm -f "$(DESTDIR)$(DATADIR)/$$f"; done
+	@for d in "$(DESTDIR)$(LUADIR)/moe" "$(DESTDIR)$(CMODDIR)/moe" "$(DESTDIR)$(DATADIR)" "$(DESTDIR)$(INCLUDEDIR)/moelua"; do \
+	  [ ! -d "$$d" ] || find "$$d" -depth -type d -empty -delete; done
+
 # the C, C++ and CUDA sources follow .clang-format (make format-check is part of make test)
 FORMAT_SRC = $(wildcard src/*.c src/*/*.c src/*/*.h src/cuda/*.cu src/cuda/*.cuh src/cuda/emu/*.cc src/cuda/emu/*.h spec/c/*.c spec/fuzz/*.c bench/*.c)
 format:
@@ -173,4 +224,6 @@ help:
 	@echo "make format       reformat the sources with .clang-format; make format-check only checks"
 	@echo "make deps         install the missing Debian packages (scripts/deps.sh; every target runs it)"
 	@echo "make clean        remove build/, build-asan/, build-emu/, build-fuzz/"
+	@echo "make install      install moelua, moe.core, the Lua modules, the man page, libmoe.a/moe.h/moelua.pc"
+	@echo "                  under PREFIX=/usr/local (DESTDIR= stages it); make uninstall removes them"
 	@echo "make help         this list"

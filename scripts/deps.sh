@@ -4,10 +4,11 @@
 set -euo pipefail
 pkgs=(build-essential pkg-config luajit libluajit-5.1-dev libopenblas-dev lua-busted
       libedit-dev zlib1g-dev libxxhash-dev tmux lua-cjson libcairo2 fonts-dejavu-core
-      libdnnl-dev libblis4-openmp)
+      libdnnl-dev libblis4-openmp luarocks groff-base)
 # oneDNN (libdnnl-dev) and BLIS (libblis4-openmp) are opened with dlopen, optional at run
 # time: oneDNN runs the bf16 expert GEMMs where the CPU has bf16, and both are timed against
-# OpenBLAS for each float32 GEMM shape class (src/cpu/sgemm_lib.c)
+# OpenBLAS for each float32 GEMM shape class (src/cpu/sgemm_lib.c). luarocks and groff-base
+# (which renders the man page) are for spec/install_spec.lua: `luarocks make`/`luarocks test`.
 pkgs+=("$@") # extra packages: `make fuzz-deps` asks for clang libclang-rt-dev
 missing=()
 for p in "${pkgs[@]}"; do

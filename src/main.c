@@ -28,6 +28,11 @@
 #ifndef MOE_VERSION
 #define MOE_VERSION "dev"
 #endif
+/* the directory holding moe/init.lua, set by the Makefile: the checkout's lua/
+ * for build/moelua, LUADIR for `make install` (src/lua/binding.c: the search order) */
+#ifndef MOELUA_LUADIR
+#define MOELUA_LUADIR ""
+#endif
 
 static lua_State *gL;
 static const char *progname = "moelua";
@@ -448,7 +453,8 @@ static void usage(FILE *f) {
           "  -v, --version  print the version\n"
           "  -h, --help     print this help\n"
           "  -           run the script read from standard input\n"
-          "Environment: MOELUA_ROOT (where lua/moe lives), MOELUA_HISTORY (REPL history file)\n");
+          "Environment: MOELUA_ROOT (a checkout or install prefix, used when the library is not\n"
+          "  where this binary was built for it), MOELUA_HISTORY (REPL history file)\n");
 }
 
 static int gc64_ok(lua_State *L) {
@@ -474,7 +480,7 @@ int main(int argc, char **argv) {
             "LUAJIT_ENABLE_GC64 (Debian's luajit package on amd64 is one): install it and rebuild.\n");
     return 1;
   }
-  moe_lua_setup_paths(L);
+  moe_lua_setup_paths_at(L, MOELUA_LUADIR);
   /* `arg` must exist before any -e code runs, so the script position is found first */
   int script_at = find_script(argc, argv);
   set_arg(L, argc, argv, script_at);
@@ -511,6 +517,8 @@ int main(int argc, char **argv) {
       char desc[1200];
       moe_sgemm_describe(desc, sizeof desc, 0);
       printf("sgemm: %s\n", desc);
+      printf("Lua library: %s\n",
+             *moe_lua_library_dir() ? moe_lua_library_dir() : "not found (see moelua -e 'require \"moe\"')");
       lua_close(L);
       return 0;
     }

@@ -49,7 +49,8 @@ datasets.CENSUS_TASKS = {
   education = { column = "education", positive = function(v) return COLLEGE[v] == true end },
 }
 
--- the bundled file, found from the working directory or from where moe is installed
+-- the bundled file, found from the working directory, the checkout moe is loaded from, or
+-- the prefix it is installed in
 function datasets.default_path(name)
   name = name or "census-income.test.gz"
   local candidates = { "data/" .. name }
@@ -57,6 +58,9 @@ function datasets.default_path(name)
   if init then
     local root = init:match("^(.*)/lua/moe/init%.lua$") or init:match("^(.*)/moe/init%.lua$")
     if root then candidates[#candidates + 1] = root .. "/data/" .. name end
+    -- `make install` puts the data in PREFIX/share/moelua/data
+    local prefix = init:match("^(.*)/share/lua/5%.1/moe/init%.lua$")
+    if prefix then candidates[#candidates + 1] = prefix .. "/share/moelua/data/" .. name end
   end
   for _, p in ipairs(candidates) do
     local f = io.open(p, "rb")

@@ -3,7 +3,7 @@
  * (binding_impl.h lists the l_*.c files) runs through `tramp`, the tensor
  * methods are module functions too, the binary/unary/reduction/scan ops get a
  * closure per op code, and the tensor metatable is set up; plus the host's
- * paths (moe_lua_find_root, moe_lua_setup_paths).
+ * paths (moe_lua_find_root, moe_lua_setup_paths_at: where the Lua library is).
  *
  * A Lua tensor is a userdata box holding one reference to a moe_tensor,
  * released in __gc. The binding turns Lua arguments into engine calls (1-based
@@ -71,43 +71,149 @@ static void set_closure(lua_State *L, int methods_idx, int funcs_idx, const char
 
 /* ---------------------------------------------------------------- the host's paths */
 
-/* the directory holding lua/moe: $MOELUA_ROOT, or the parent of build/ next to the binary */
+/* the directory of the running binary (its path without the last component), or "" */
+static void exe_dir(char *out, size_t n) {
+  char exe[PATH_MAX];
+  ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  out[0] = 0;
+  if (len <= 0) return;
+  exe[len] = 0;
+  char *slash = strrchr(exe, '/');
+  if (slash) *slash = 0;
+  snprintf(out, n, "%s", exe);
+}
+
+/* the directory holding lua/moe: $MOELUA_ROOT, or the parent of the directory
+ * of the running binary (build/moelua -> the checkout) */
 void moe_lua_find_root(char *root, size_t n) {
   const char *env = getenv("MOELUA_ROOT");
   if (env && *env) {
     snprintf(root, n, "%s", env);
     return;
   }
-  char exe[PATH_MAX];
-  ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
-  if (len <= 0) {
-    snprintf(root, n, ".");
-    return;
-  }
-  exe[len] = 0;
-  char *slash = strrchr(exe, '/');
-  if (slash) *slash = 0; /* build dir */
-  slash = strrchr(exe, '/');
+  char dir[PATH_MAX];
+  exe_dir(dir, sizeof dir);
+  char *slash = strrchr(dir, '/');
   if (slash) *slash = 0; /* project root */
-  snprintf(root, n, "%s", exe);
+  snprintf(root, n, "%s", dir[0] ? dir : ".");
 }
 
-/* package.path starts with the root's lua/ directories, and moe.core (linked
- * into the calling binary) is preloaded */
-void moe_lua_setup_paths(lua_State *L) {
-  char root[PATH_MAX], buf[3 * PATH_MAX + 64];
-  moe_lua_find_root(root, sizeof root);
+static char lib_dir[PATH_MAX]; /* where moe/init.lua was found; "" when nowhere */
+
+const char *moe_lua_library_dir(void) { return lib_dir; }
+
+/* does dir hold the Lua library? (then it goes into lib_dir; else a line of `tried`) */
+static int try_dir(const char *dir, const char *why, char *tried, size_t tn) {
+  char f[PATH_MAX + 16];
+  snprintf(f, sizeof f, "%s/moe/init.lua", dir);
+  if (access(f, R_OK) == 0) {
+    snprintf(lib_dir, sizeof lib_dir, "%s", dir);
+    return 1;
+  }
+  size_t used = strlen(tried);
+  if (used < tn) snprintf(tried + used, tn - used, "  %-28s (%s)\n", dir, why);
+  return 0;
+}
+
+/* require of moe or moe.* when no library was found: the message says where
+ * the binary looked and how to point it at one (upvalue 1) */
+static int missing_library_loader(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  if (strcmp(name, "moe") && strncmp(name, "moe.", 4)) return 0;
+  return luaL_error(L, "%s", lua_tostring(L, lua_upvalueindex(1)));
+}
+
+/* Where the Lua library (moe/init.lua) is, first found wins:
+ *   1. builtin: the directory compiled into the binary (the checkout's lua/ for
+ *      build/moelua; LUADIR, PREFIX/share/lua/5.1, for an installed one): the
+ *      binary carries moe.core, so the Lua files made with it come first
+ *   2. $MOELUA_ROOT: a checkout (ROOT/lua) or an install prefix (ROOT/share/lua/5.1)
+ *   3. next to the binary: DIR/../lua (a checkout's build dir) or
+ *      DIR/../share/lua/5.1 (PREFIX/bin of a moved prefix, a luarocks tree)
+ *   4. LuaJIT's own package.path (LUA_PATH, /usr/local/share/lua/5.1, ...)
+ * When none has it, require "moe" fails with a message listing what was tried. */
+static int find_library(lua_State *L, const char *builtin) {
+  char tried[8 * PATH_MAX], d[PATH_MAX + 32], up[PATH_MAX];
+  tried[0] = 0;
+  lib_dir[0] = 0;
+  if (builtin && *builtin && try_dir(builtin, "built in", tried, sizeof tried)) return 1;
+  const char *env = getenv("MOELUA_ROOT");
+  if (env && *env) {
+    snprintf(d, sizeof d, "%s/lua", env);
+    if (try_dir(d, "$MOELUA_ROOT as a checkout", tried, sizeof tried)) return 1;
+    snprintf(d, sizeof d, "%s/share/lua/5.1", env);
+    if (try_dir(d, "$MOELUA_ROOT as a prefix", tried, sizeof tried)) return 1;
+  } else {
+    size_t used = strlen(tried);
+    snprintf(tried + used, sizeof tried - used, "  %-28s (not set)\n", "$MOELUA_ROOT");
+  }
+  exe_dir(up, sizeof up);
+  char *slash = strrchr(up, '/');
+  if (slash) {
+    *slash = 0;
+    snprintf(d, sizeof d, "%s/lua", up);
+    if (try_dir(d, "next to the binary: a checkout", tried, sizeof tried)) return 1;
+    snprintf(d, sizeof d, "%s/share/lua/5.1", up);
+    if (try_dir(d, "next to the binary: a prefix", tried, sizeof tried)) return 1;
+  }
   lua_getglobal(L, "package");
-  lua_getfield(L, -1, "path");
-  snprintf(buf, sizeof buf, "%s/lua/?.lua;%s/lua/?/init.lua;%s", root, root, lua_tostring(L, -1));
+  lua_getfield(L, -1, "searchpath");
+  int found = 0;
+  if (lua_isfunction(L, -1)) {
+    lua_pushstring(L, "moe");
+    lua_getfield(L, -3, "path");
+    found = lua_pcall(L, 2, 1, 0) == 0 && lua_isstring(L, -1);
+    if (found) { /* recorded for moelua -v; package.path already leads there */
+      snprintf(lib_dir, sizeof lib_dir, "%s", lua_tostring(L, -1));
+      char *tail = strstr(lib_dir, "/moe/init.lua");
+      if (!tail) tail = strstr(lib_dir, "/moe.lua");
+      if (tail) *tail = 0;
+    }
+  }
   lua_pop(L, 1);
-  lua_pushstring(L, buf);
-  lua_setfield(L, -2, "path");
+  if (found) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  lua_getfield(L, -1, "loaders"); /* after package.preload (moe.core), before the file searchers */
+  int n = (int)lua_objlen(L, -1);
+  for (int i = n; i >= 2; i--) {
+    lua_rawgeti(L, -1, i);
+    lua_rawseti(L, -2, i + 1);
+  }
+  size_t used = strlen(tried);
+  snprintf(tried + used, sizeof tried - used, "  %-28s (LUA_PATH, or LuaJIT's default)\n", "package.path");
+  lua_pushfstring(L,
+                  "cannot find the moe Lua library (moe/init.lua). This moelua looked in:\n%s"
+                  "Set MOELUA_ROOT to a moelua checkout or to the PREFIX it was installed to\n"
+                  "(make install PREFIX=...), or reinstall moelua.",
+                  tried);
+  lua_pushcclosure(L, missing_library_loader, 1);
+  lua_rawseti(L, -2, 2);
+  lua_pop(L, 2);
+  return 0;
+}
+
+/* package.path starts with the Lua library's directory (find_library), and
+ * moe.core (linked into the calling binary) is preloaded */
+void moe_lua_setup_paths_at(lua_State *L, const char *builtin_dir) {
+  int prepend = find_library(L, builtin_dir);
+  lua_getglobal(L, "package");
+  if (prepend) {
+    char buf[3 * PATH_MAX + 64];
+    lua_getfield(L, -1, "path");
+    snprintf(buf, sizeof buf, "%s/?.lua;%s/?/init.lua;%s", lib_dir, lib_dir, lua_tostring(L, -1));
+    lua_pop(L, 1);
+    lua_pushstring(L, buf);
+    lua_setfield(L, -2, "path");
+  }
   lua_getfield(L, -1, "preload");
   lua_pushcfunction(L, luaopen_moe_core);
   lua_setfield(L, -2, "moe.core");
   lua_pop(L, 2);
 }
+
+void moe_lua_setup_paths(lua_State *L) { moe_lua_setup_paths_at(L, NULL); }
 
 int luaopen_moe_core(lua_State *L) {
   /* refuse a LuaJIT built without GC64: 64-bit pointers in userdata and large heaps need it */

@@ -16,9 +16,16 @@ int luaopen_moe_core(lua_State *L);
 /* the directory holding lua/moe: $MOELUA_ROOT, or the parent of the directory
  * of the running binary (build/moelua, build-fuzz/ckpt_fuzz, ...) */
 void moe_lua_find_root(char *root, size_t n);
-/* package.path starts with that root's lua/ directories, and moe.core (linked
- * into the binary) is preloaded: for hosts embedding moelua */
+/* package.path starts with the directory holding the Lua library (moe/init.lua),
+ * and moe.core (linked into the binary) is preloaded: for hosts embedding moelua.
+ * The directory is builtin_dir when it has the library, else $MOELUA_ROOT's
+ * (ROOT/lua or ROOT/share/lua/5.1), else the binary's own (DIR/../lua or
+ * DIR/../share/lua/5.1); when none has it, require "moe" says what was tried.
+ * moe_lua_setup_paths(L) is moe_lua_setup_paths_at(L, NULL). */
+void moe_lua_setup_paths_at(lua_State *L, const char *builtin_dir);
 void moe_lua_setup_paths(lua_State *L);
+/* where the library was found ("" if only LuaJIT's package.path may have it) */
+const char *moe_lua_library_dir(void);
 moe_tensor *moe_lua_totensor(lua_State *L, int idx);
 int moe_lua_push(lua_State *L, moe_tensor *t);
 
