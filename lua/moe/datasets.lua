@@ -9,6 +9,7 @@
 --   local syn = moe.datasets.synthetic{ n = 12000, correlation = 0.8, seed = 1 }
 --   syn.x [n, 100], syn.y = { y1 = [n, 1], y2 = [n, 1] }
 local moe = require "moe"
+local error = moe._error -- every error is raised at the user's line (init.lua)
 local data = require "moe.data"
 
 local datasets = {}
@@ -78,7 +79,7 @@ function datasets.census_income(opts)
   opts = opts or {}
   local path = opts.path or datasets.default_path()
   local tasks = opts.tasks or { "income", "never_married" }
-  if type(tasks) ~= "table" or #tasks == 0 then error("census_income: tasks must be a list of task names", 2) end
+  if type(tasks) ~= "table" or #tasks == 0 then error(("census_income: tasks must be a list of task names, got %s"):format(moe._show(tasks)), 2) end
   local drop = { marital_stat = true, income_50k = true, instance_weight = true }
   for _, t in ipairs(tasks) do
     local spec = datasets.CENSUS_TASKS[t]
@@ -134,9 +135,9 @@ function datasets.synthetic(opts)
   opts = opts or {}
   local n, dim = opts.n or 12000, opts.dim or 100
   local rho, c, m, noise = opts.correlation or 0.8, opts.c or 0.3, opts.m or 5, opts.noise or 0.1
-  if type(n) ~= "number" or n < 1 or n ~= math.floor(n) then error("synthetic: n must be a positive integer", 2) end
-  if type(dim) ~= "number" or dim < 2 or dim ~= math.floor(dim) then error("synthetic: dim must be an integer >= 2", 2) end
-  if type(rho) ~= "number" or rho < -1 or rho > 1 then error("synthetic: correlation must be in [-1, 1]", 2) end
+  if type(n) ~= "number" or n < 1 or n ~= math.floor(n) then error(("synthetic: n must be a positive integer, got %s"):format(moe._show(n)), 2) end
+  if type(dim) ~= "number" or dim < 2 or dim ~= math.floor(dim) then error(("synthetic: dim must be an integer >= 2, got %s"):format(moe._show(dim)), 2) end
+  if type(rho) ~= "number" or rho < -1 or rho > 1 then error(("synthetic: correlation must be in [-1, 1], got %s"):format(moe._show(rho)), 2) end
   local g = normals(opts.seed or 1)
   local u1, u2 = {}, {}
   for i = 1, dim do u1[i] = g() end

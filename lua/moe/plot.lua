@@ -9,6 +9,8 @@
 --
 -- Every function writes the file atomically (a temporary file renamed over the
 -- target) and returns its path.
+local moe = require "moe"
+local error = moe._error -- every error is raised at the user's line (init.lua)
 local ffi = require "ffi"
 
 local plot = {}
@@ -78,7 +80,7 @@ local function color(i) return PALETTE[(i - 1) % #PALETTE + 1] end
 -- a canvas for the path's format; finish() writes the file atomically
 local function canvas(path, w, h)
   local cl = lib()
-  if type(path) ~= "string" then error("moe.plot: the output path must be a string", 3) end
+  if type(path) ~= "string" then error(("moe.plot: the output path must be a string, got %s"):format(moe._show(path)), 3) end
   local ext = path:lower():match("%.(%w+)$")
   if ext ~= "svg" and ext ~= "png" then
     error(("moe.plot: %s: the file name must end in .svg or .png"):format(path), 3)
@@ -199,7 +201,7 @@ local function range(lists)
 end
 
 local function check_series(series, where)
-  if type(series) ~= "table" or #series == 0 then error(("%s: expected a list of series {name=, x=, y=}"):format(where), 3) end
+  if type(series) ~= "table" or #series == 0 then error(("%s: expected a list of series {name=, x=, y=}, got %s"):format(where, moe._show(series)), 3) end
   for i, s in ipairs(series) do
     if type(s.y) ~= "table" or #s.y == 0 then error(("%s: series %d has no y values"):format(where, i), 3) end
     if s.x and #s.x ~= #s.y then error(("%s: series %d has %d x values and %d y values"):format(where, i, #s.x, #s.y), 3) end
@@ -251,7 +253,7 @@ end
 function plot.history(history, path, opts)
   opts = opts or {}
   if type(history) ~= "table" or type(history.history) ~= "table" then
-    error("plot.history: expected the History that fit returns", 2)
+    error(("plot.history: expected the History that fit returns, got %s"):format(moe._show(history)), 2)
   end
   local names = opts.metrics
   if not names then
@@ -299,7 +301,7 @@ end
 function plot.bars(values, path, opts)
   opts = opts or {}
   local groups
-  if type(values) ~= "table" or next(values) == nil then error("plot.bars: expected a list of numbers or of lists", 2) end
+  if type(values) ~= "table" or next(values) == nil then error(("plot.bars: expected a list of numbers or of lists, got %s"):format(moe._show(values)), 2) end
   if type(values[1]) == "number" then groups = { values } else groups = values end
   local n = #groups[1]
   for g, v in ipairs(groups) do
@@ -341,7 +343,7 @@ end
 -- gate, as MMoE:gate_weights gives) or of lists of E numbers
 function plot.expert_utilisation(gates, path, opts)
   opts = opts or {}
-  if type(gates) ~= "table" or #gates == 0 then error("plot.expert_utilisation: expected a list of [B, E] gate tensors", 2) end
+  if type(gates) ~= "table" or #gates == 0 then error(("plot.expert_utilisation: expected a list of [B, E] gate tensors, got %s"):format(moe._show(gates)), 2) end
   local core = require("moe").core
   local series, names = {}, {}
   for t, g in ipairs(gates) do
