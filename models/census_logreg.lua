@@ -3,14 +3,27 @@
 -- initial weights, full-batch SGD on binary cross-entropy through autograd.
 --
 --   moelua run models/census_logreg.lua [path.gz] [epochs] [--device cpu|cuda] [--smoke]
+--   (--help lists every option)
 local moe = require "moe"
 local nn = moe.nn
+local cli = require "moe.cli"
 
-local pos, opts = require("moe.cli").positional(arg) -- [path] [epochs] ..., --device cpu|cuda, --smoke
 local here = (arg and arg[0] or ""):match("^(.*)/models/[^/]*$") or "."
-local path = pos[1] or (here .. "/data/census-income.test.gz")
-local epochs = tonumber(pos[2]) or (opts.smoke and 5 or 300)
-local d = dofile(here .. "/models/census_data.lua")(path)
+local opts = cli.parse(arg, {
+  usage = "moelua run models/census_logreg.lua [PATH] [EPOCHS] [options]",
+  about = "Logistic regression for income > 50k from the numeric columns of the census-income data\n"
+    .. "(one sigmoid unit, zero initial weights, full-batch SGD on binary cross-entropy).",
+  { "path", here .. "/data/census-income.test.gz", "the census-income file (.gz)", positional = true,
+    metavar = "FILE", check = cli.readable },
+  { "epochs", nil, "full-batch SGD epochs", positional = true, type = "int", min = 1,
+    default_text = "300; 5 with --smoke" },
+  cli.device_option(),
+  { "smoke", false, "a short run (5 epochs), for the test suite" },
+})
+local path = opts.path
+local epochs = opts.epochs or (opts.smoke and 5 or 300)
+local d = moe.datasets.census_numeric { path = path }
+print(("loaded %d rows x %d features from %s (%.2fs)"):format(d.nrows, d.xtr:size(2), path, d.seconds))
 
 local model = nn.Dense { units = 1, activation = "sigmoid", kernel_initializer = "zeros" }
 model:to(opts.device) -- (--device) its weights there; train_on_batch and predict move the data

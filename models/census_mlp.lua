@@ -4,15 +4,30 @@
 -- that is loaded back and checked to predict bit for bit the same.
 --
 --   moelua run models/census_mlp.lua [path.gz] [epochs] [checkpoint] [--device cpu|cuda] [--smoke]
+--   (--help lists every option)
 local moe = require "moe"
 local nn = moe.nn
+local cli = require "moe.cli"
 
-local pos, opts = require("moe.cli").positional(arg) -- [path] [epochs] ..., --device cpu|cuda, --smoke
 local here = (arg and arg[0] or ""):match("^(.*)/models/[^/]*$") or "."
-local path = pos[1] or (here .. "/data/census-income.test.gz")
-local epochs = tonumber(pos[2]) or (opts.smoke and 1 or 8)
-local ckpt = pos[3] or (here .. "/build/census_mlp.moe")
-local d = dofile(here .. "/models/census_data.lua")(path)
+local opts = cli.parse(arg, {
+  usage = "moelua run models/census_mlp.lua [PATH] [EPOCHS] [CHECKPOINT] [options]",
+  about = "A Keras-style MLP (Dense, BatchNormalization, Dropout) for income > 50k from the numeric columns\n"
+    .. "of the census-income data; mini-batch Adam, then a checkpoint saved and loaded back.",
+  { "path", here .. "/data/census-income.test.gz", "the census-income file (.gz)", positional = true,
+    metavar = "FILE", check = cli.readable },
+  { "epochs", nil, "training epochs", positional = true, type = "int", min = 1,
+    default_text = "8; 1 with --smoke" },
+  { "checkpoint", here .. "/build/census_mlp.moe", "where the trained model is saved (and reloaded from)",
+    positional = true, metavar = "FILE" },
+  cli.device_option(),
+  { "smoke", false, "a short run (1 epoch), for the test suite" },
+})
+local path = opts.path
+local epochs = opts.epochs or (opts.smoke and 1 or 8)
+local ckpt = opts.checkpoint
+local d = moe.datasets.census_numeric { path = path }
+print(("loaded %d rows x %d features from %s (%.2fs)"):format(d.nrows, d.xtr:size(2), path, d.seconds))
 
 moe.manual_seed(1)
 local model = moe.Sequential {

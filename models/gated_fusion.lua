@@ -9,9 +9,17 @@ local moe = require "moe"
 local nn = moe.nn
 local cli = require "moe.cli"
 
-local opts = cli.parse(arg, { epochs = 10, n = 6000, seed = 1, batch_size = 64, device = "cpu", smoke = false },
-  "moelua run models/gated_fusion.lua [options]")
-opts.device = cli.check_device(opts.device)
+local opts = cli.parse(arg, {
+  usage = "moelua run models/gated_fusion.lua [options]",
+  about = "Seed 003's GatedFeatureFusion in a Sequential model, a functional one and with a tanh gate,\n"
+    .. "trained on synthetic data; prints each model's test metrics and its mean gate value.",
+  { "epochs", 10, "training epochs", min = 1 },
+  { "n", 6000, "rows of synthetic data (80% train, 20% test)", min = 10 },
+  { "seed", 1, "the seed of the data, the weights and the batch order" },
+  { "batch_size", 64, "rows per batch", min = 1 },
+  cli.device_option(),
+  { "smoke", false, "a short run (1 epoch, 1,500 rows), for the test suite" },
+})
 if opts.smoke then opts.epochs, opts.n = 1, 1500 end
 
 -- 20 features; the label needs both a linear part and a saturating one

@@ -7,8 +7,8 @@
 -- last line gives their test AUCs.
 --
 --   moelua run models/mmoe_census.lua [--epochs 8] [--batch-size 32] [--experts 8]
---                                      [--units 4] [--device cpu] [--seed 1] [--plot DIR] [--smoke]
---                                      [--precision fp32|bf16]
+--                                      [--units 4] [--device cpu] [--seed 1] [--plot DIR|FILE.svg|FILE.png]
+--                                      [--precision fp32|bf16] [--smoke]   (--help lists every option)
 --
 -- --precision bf16 runs the experts' GEMMs with bf16 operands (moe.set_precision);
 -- the gates and the towers stay fp32.
@@ -16,14 +16,27 @@ local moe = require "moe"
 local nn = moe.nn
 local cli = require "moe.cli"
 
-local opts = cli.parse(arg, { epochs = 8, batch_size = 32, experts = 8, units = 4, device = "cpu", seed = 1,
-  lr = 1e-3, smoke = false, data = "", save = "", plot = "", precision = "fp32" },
-  "moelua run models/mmoe_census.lua [options]")
-opts.device = cli.check_device(opts.device)
-if opts.precision ~= "fp32" and opts.precision ~= "bf16" then
-  error(("--precision must be fp32 or bf16, got '%s'"):format(opts.precision), 0)
-end
+local opts = cli.parse(arg, {
+  usage = "moelua run models/mmoe_census.lua [options]",
+  about = "Seed 002's census model (the main job, `make run`): MMoE shared by two tasks, income > 50k and\n"
+    .. "never married, on a 50/25/25 split of the census-income file; ROC-AUC per task each epoch.",
+  { "epochs", 8, "training epochs", min = 1 },
+  { "batch_size", 32, "rows per batch", min = 1 },
+  { "experts", 8, "number of experts", min = 1 },
+  { "units", 4, "units of each expert", min = 1 },
+  cli.device_option(),
+  { "seed", 1, "the seed of the split, the weights and the batch order" },
+  { "lr", 1e-3, "Adam's learning rate", type = "number", min = 0 },
+  { "data", "", "the census-income file (default: the bundled data/census-income.test.gz)", metavar = "FILE",
+    check = cli.readable },
+  { "save", "", "save the best epoch's model to this file", metavar = "FILE" },
+  cli.plot_option("mmoe_census_curves: AUC and loss per epoch; mmoe_census_experts: each task's gate"),
+  { "precision", "fp32", "the experts' GEMMs: fp32, or bf16 operands with fp32 sums", choices = { "fp32", "bf16" } },
+  { "smoke", false, "a short run (1 epoch on 10,000 training rows), for the test suite" },
+})
 moe.set_precision(opts.precision)
+-- (--plot) checked and made before training
+local figures = cli.figures(opts.plot, { "mmoe_census_curves", "mmoe_census_experts" })
 if opts.smoke then opts.epochs = 1 end
 
 local now = require("moe.trainer").now
@@ -93,17 +106,16 @@ local history = model:fit { x = ds.train.x, y = ds.train.y, batch_size = opts.ba
 if history.stopped then print(history.stopped) end
 if best.weights then model:set_weights(best.weights) end
 if opts.save ~= "" then model:save(opts.save); print("saved " .. opts.save) end
-if opts.plot ~= "" then -- training curves, and how each task's gate uses the experts on the test set
-  os.execute("mkdir -p " .. opts.plot)
+if figures then -- training curves, and how each task's gate uses the experts on the test set
   local hist = { epoch = history.epoch, history = {} }
   for _, name in ipairs(ds.task_names) do
     hist.history[name .. "_auc"] = history.history["train_" .. name .. "_auc"]
     hist.history["val_" .. name .. "_auc"] = history.history["val_" .. name .. "_auc"]
   end
   hist.history.loss, hist.history.val_loss = history.history.loss, history.history.val_loss
-  print("wrote " .. moe.plot.history(hist, opts.plot .. "/mmoe_census_curves.svg", { title = "MMoE on census-income" }))
+  print("wrote " .. moe.plot.history(hist, figures.mmoe_census_curves, { title = "MMoE on census-income" }))
   local gates = moe.no_grad(function() return model:get_layer("mmoe"):gate_weights(ds.test.x) end)
-  print("wrote " .. moe.plot.expert_utilisation(gates, opts.plot .. "/mmoe_census_experts.svg",
+  print("wrote " .. moe.plot.expert_utilisation(gates, figures.mmoe_census_experts,
     { task_names = ds.task_names, title = "mean gate weight per expert (test set)" }))
 end
 local seconds = now() - t0

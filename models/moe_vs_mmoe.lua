@@ -11,14 +11,40 @@ local moe = require "moe"
 local nn = moe.nn
 local cli = require "moe.cli"
 
-local opts = cli.parse(arg, { epochs = 10, seeds = 3, n = 12000, correlations = "0.5,0.7,0.9,1.0",
-  out = "build/moe_vs_mmoe", lr = 1e-3, batch_size = 32, device = "cpu", smoke = false },
-  "moelua run models/moe_vs_mmoe.lua [options]")
-opts.device = cli.check_device(opts.device)
+local function correlation_list(s)
+  local n = 0
+  for c in s:gmatch("[^,]+") do
+    local v = tonumber(c)
+    if not v or v < -1 or v > 1 then return false, ("'%s' is not a number in [-1, 1]"):format(c) end
+    n = n + 1
+  end
+  if n == 0 then return false, "expected a comma-separated list of correlations" end
+  return true
+end
+local opts = cli.parse(arg, {
+  usage = "moelua run models/moe_vs_mmoe.lua [options]",
+  about = "Seed 004's comparison: shared-bottom, one-gate MoE and multi-gate MoE on the MMoE paper's\n"
+    .. "synthetic data at several task correlations and seeds; a table, a CSV and a chart.",
+  { "epochs", 10, "training epochs of each model", min = 1 },
+  { "seeds", 3, "seeds per correlation", min = 1 },
+  { "n", 12000, "rows of synthetic data (5/6 train, 1/6 test)", min = 12 },
+  { "correlations", "0.5,0.7,0.9,1.0", "the task correlations, comma-separated", metavar = "LIST",
+    check = correlation_list },
+  { "out", "build/moe_vs_mmoe", "where the results go: PREFIX.csv, PREFIX.svg and PREFIX.png (directories made if missing)",
+    metavar = "PREFIX" },
+  { "lr", 1e-3, "Adam's learning rate", type = "number", min = 0 },
+  { "batch_size", 32, "rows per batch", min = 1 },
+  cli.device_option(),
+  { "smoke", false, "a short run (1 epoch, 1 seed, 2,000 rows, correlations 0.5 and 1.0), for the test suite" },
+})
 if opts.smoke then opts.epochs, opts.seeds, opts.n, opts.correlations = 1, 1, 2000, "0.5,1.0" end
 local corrs = {}
-for c in opts.correlations:gmatch("[^,]+") do corrs[#corrs + 1] = assert(tonumber(c), "bad correlation " .. c) end
-os.execute("mkdir -p " .. (opts.out:match("^(.*)/[^/]*$") or "."))
+for c in opts.correlations:gmatch("[^,]+") do corrs[#corrs + 1] = tonumber(c) end
+do
+  local parent = opts.out:match("^(.*[^/])/+[^/]*$")
+  local ok, err = cli.makedirs(parent or ".")
+  if not ok then cli.fail("--out " .. opts.out .. ": " .. err) end
+end
 
 -- the three models, of comparable size: experts and the shared bottom give 16 units
 local builders = {

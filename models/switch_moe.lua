@@ -9,16 +9,39 @@
 -- (a heatmap).
 --
 --   moelua run models/switch_moe.lua [--epochs 6] [--router both|tokens|experts] [--experts 8]
---                                     [--n 2000] [--seed 1] [--plot DIR] [--smoke]
+--                                     [--n 2000] [--seed 1] [--plot DIR|FILE.svg|FILE.png] [--smoke]
+--   (--help lists every option)
 local moe = require "moe"
 local nn = moe.nn
 local cli = require "moe.cli"
 local data = moe.data
 
-local opts = cli.parse(arg, { epochs = 6, router = "both", experts = 8, n = 2000, seq_len = 32, vocab = 64,
-  hidden = 64, d_ff = 128, seed = 1, batch_size = 32, lr = 3e-3, device = "cpu", plot = "", smoke = false },
-  "moelua run models/switch_moe.lua [options]")
-opts.device = cli.check_device(opts.device)
+local opts = cli.parse(arg, {
+  usage = "moelua run models/switch_moe.lua [options]",
+  about = "A token model with the sparse MoeLayer (tokens-choose top-2 and experts-choose routers) learning a\n"
+    .. "fixed permutation of the vocabulary; prints the router's metrics after each epoch.",
+  { "epochs", 6, "training epochs", min = 1 },
+  { "router", "both", "which routers to train", choices = { "tokens", "experts", "both" } },
+  { "experts", 8, "number of experts", min = 1 },
+  { "n", 2000, "sequences of synthetic data (90% train, 10% test)", min = 10 },
+  { "seq_len", 32, "tokens per sequence", min = 1 },
+  { "vocab", 64, "vocabulary size", min = 2 },
+  { "hidden", 64, "embedding width", min = 1 },
+  { "d_ff", 128, "hidden width of each expert's feed-forward network", min = 1 },
+  { "seed", 1, "the seed of the data, the weights and the batch order" },
+  { "batch_size", 32, "sequences per batch", min = 1 },
+  { "lr", 3e-3, "Adam's learning rate", type = "number", min = 0 },
+  cli.device_option(),
+  cli.plot_option("tokens_<router>: tokens per expert; experts_<router>: each expert's share over the epochs"),
+  { "smoke", false, "a short run (1 epoch, 256 sequences), for the test suite" },
+})
+local kinds = opts.router == "both" and { "tokens", "experts" } or { opts.router }
+local figure_names = {}
+for _, kind in ipairs(kinds) do
+  figure_names[#figure_names + 1] = "tokens_" .. kind
+  figure_names[#figure_names + 1] = "experts_" .. kind
+end
+local figures = cli.figures(opts.plot, figure_names) -- (--plot) checked and made before training
 if opts.smoke then opts.epochs, opts.n = 1, 256 end
 local V, S, E = opts.vocab, opts.seq_len, opts.experts
 
@@ -53,9 +76,7 @@ local function token_accuracy(model, x, y)
   return p:argmax(3):eq(y):float():mean():item()
 end
 
-local kinds = opts.router == "both" and { "tokens", "experts" } or { opts.router }
 for _, kind in ipairs(kinds) do
-  if kind ~= "tokens" and kind ~= "experts" then error("--router must be tokens, experts or both", 0) end
   local model, layer = build(kind)
   print(("\n%s-choose routing (%d experts%s)"):format(kind, E, kind == "tokens" and ", top-2" or ""))
   local show = { on_epoch_end = function(_, epoch, logs)
@@ -71,13 +92,12 @@ for _, kind in ipairs(kinds) do
     batch_size = opts.batch_size, verbose = 0, callbacks = { show }, seed = opts.seed }
   local acc = token_accuracy(model, tokens:narrow(1, ntr + 1, opts.n - ntr), targets:narrow(1, ntr + 1, opts.n - ntr))
   print(("%s-choose: test token accuracy %.4f"):format(kind, acc))
-  if opts.plot ~= "" then
-    os.execute("mkdir -p " .. opts.plot)
+  if figures then
     model:predict(tokens:narrow(1, 1, 64))
-    print("wrote " .. moe.plot.tokens_per_expert(layer.last_plan.counts, opts.plot .. "/tokens_" .. kind .. ".svg",
+    print("wrote " .. moe.plot.tokens_per_expert(layer.last_plan.counts, figures["tokens_" .. kind],
       { title = kind .. "-choose: tokens per expert" }))
     -- the router's expert_<e>_tokens over the epochs: how the load moves between experts as it trains
-    print("wrote " .. moe.plot.expert_load(history, opts.plot .. "/experts_" .. kind .. ".svg",
+    print("wrote " .. moe.plot.expert_load(history, figures["experts_" .. kind],
       { title = kind .. "-choose: share of the routed tokens per expert" }))
   end
 end

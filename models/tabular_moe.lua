@@ -8,9 +8,17 @@ local moe = require "moe"
 local nn = moe.nn
 local cli = require "moe.cli"
 
-local opts = cli.parse(arg, { epochs = 10, n = 6000, seed = 1, batch_size = 64, device = "cpu", smoke = false },
-  "moelua run models/tabular_moe.lua [options]")
-opts.device = cli.check_device(opts.device)
+local opts = cli.parse(arg, {
+  usage = "moelua run models/tabular_moe.lua [options]",
+  about = "Seed 000's TabularMoELayer networks on synthetic tabular data: a Sequential and a functional\n"
+    .. "binary classifier, and the multi-task network (5-class + regression + anomaly heads).",
+  { "epochs", 10, "training epochs", min = 1 },
+  { "n", 6000, "rows of synthetic data (80% train, 20% test)", min = 100 },
+  { "seed", 1, "the seed of the data, the weights and the batch order" },
+  { "batch_size", 64, "rows per batch", min = 1 },
+  cli.device_option(),
+  { "smoke", false, "a short run (1 epoch, 1,500 rows), for the test suite" },
+})
 if opts.smoke then opts.epochs, opts.n = 1, 1500 end
 
 -- 40 features; the labels depend on them in different ways, so that experts help:

@@ -3,7 +3,7 @@
 # Quiet when everything is present; says what it installs otherwise.
 set -euo pipefail
 pkgs=(build-essential pkg-config luajit libluajit-5.1-dev libopenblas-dev lua-busted
-      libedit-dev zlib1g-dev libxxhash-dev tmux lua-cjson libcairo2 fonts-dejavu-core
+      libedit-dev zlib1g-dev libxxhash-dev tmux lua-cjson lua-filesystem libcairo2 fonts-dejavu-core
       libdnnl-dev libblis4-openmp luarocks groff-base)
 # oneDNN (libdnnl-dev) and BLIS (libblis4-openmp) are opened with dlopen, optional at run
 # time: oneDNN runs the bf16 expert GEMMs where the CPU has bf16, and both are timed against

@@ -168,7 +168,6 @@ fi
 # --- every model script on the device
 if want models; then
   for m in models/*.lua; do
-    [ "$m" = models/census_data.lua ] && continue # a module, not a script
     stage "$(basename "$m") --device cuda --smoke" 60 "$build/moelua" run "$m" --device cuda --smoke
   done
 fi

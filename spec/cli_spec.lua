@@ -86,6 +86,183 @@ print((moe.ones(2, 2) * 3):sum():item())
   end)
 end)
 
+-- The model scripts' options (lua/moe/cli.lua): --help, usage errors, --plot paths.
+describe("models/ scripts' command lines", function()
+  local lfs = require "lfs"
+  local root = lfs.currentdir()
+  local scripts = {}
+  for f in lfs.dir("models") do if f:match("%.lua$") then scripts[#scripts + 1] = f end end
+  table.sort(scripts)
+  local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end -- one shell word
+
+  it("every script in models/ is runnable and answers --help with a description of each option", function()
+    assert.is_true(#scripts >= 8, "models/ has " .. #scripts .. " scripts")
+    for _, f in ipairs(scripts) do
+      local out, err, rc = sh(bin .. " run models/" .. f .. " --help")
+      assert.are.equal(0, rc, f .. ": " .. err)
+      assert.are.equal("", err, f)
+      assert.matches("^usage: moelua run models/" .. f:gsub("%p", "%%%0") .. " ", out, nil, f)
+      assert.matches("\noptions:\n", out, nil, f)
+      -- each option line: "  --name [VALUE]" then its description in the second column
+      local n, pending = 0, nil
+      for line in out:gmatch("[^\n]+") do
+        if pending then -- a long option name: its description is on the next line
+          assert.truthy(line:match("^%s%s%s%s+%S"), f .. ": no description for " .. pending)
+          n, pending = n + 1, nil
+        elseif line:match("^  %-%-") then
+          if line:match("^  %-%-%S+ ?%S*%s%s+%S") then n = n + 1 else pending = line end
+        end
+      end
+      assert.is_nil(pending, f .. ": no description for " .. tostring(pending))
+      assert.is_nil(out:find("(undocumented)", 1, true), f .. ": an option without a description\n" .. out)
+      assert.is_true(n >= 3, f .. ": " .. n .. " options described\n" .. out)
+      assert.matches("\n  %-%-device cpu|cuda%s+%S", out, nil, f)
+      assert.matches("\n  %-%-smoke%s+%S", out, nil, f)
+    end
+  end)
+
+  it("a bad value or an unknown option prints the usage on stderr and exits 2, without a traceback", function()
+    for _, f in ipairs(scripts) do
+      for _, case in ipairs {
+        { "--epochs abc", "%-%-epochs needs an integer, got 'abc'" },
+        { "--epochs=2.5", "%-%-epochs needs an integer, got '2%.5'" },
+        { "--no-such-option", "unknown option %-%-no%-such%-option" },
+        { "--device tpu", "%-%-device must be cpu or cuda, got 'tpu'" },
+        { "--smoke=perhaps", "%-%-smoke is a flag" },
+        { "--epochs", "option %-%-epochs needs a value" },
+      } do
+        local out, err, rc = sh(bin .. " run models/" .. f .. " " .. case[1])
+        local what = f .. " " .. case[1] .. ": " .. err
+        assert.are.equal(2, rc, what)
+        assert.are.equal("", out, what) -- nothing ran
+        assert.matches("^models/" .. f:gsub("%p", "%%%0") .. ": " .. case[2], err, nil, what)
+        assert.matches("\nusage: moelua run models/", err, nil, what)
+        assert.matches("\n  %-%-epochs N ", err, nil, what)
+        assert.is_nil(err:find("stack traceback", 1, true), what)
+        assert.is_nil(err:find(".lua:%d+:"), what) -- no file:line of a Lua error
+      end
+    end
+    -- a script's own choices and ranges, and a mistyped option's near names
+    local _, err, rc = sh(bin .. " run models/switch_moe.lua --router both2")
+    assert.are.equal(2, rc)
+    assert.matches("%-%-router must be tokens, experts or both, got 'both2'", err)
+    _, err, rc = sh(bin .. " run models/moe_vs_mmoe.lua --correlations 0.5,x")
+    assert.are.equal(2, rc)
+    assert.matches("%-%-correlations 0%.5,x: 'x' is not a number in %[%-1, 1%]", err)
+    _, err, rc = sh(bin .. " run models/mmoe_census.lua --epoch 3")
+    assert.are.equal(2, rc)
+    assert.matches("unknown option %-%-epoch %(did you mean %-%-epochs%?%)", err)
+    _, err, rc = sh(bin .. " run models/census_logreg.lua data/census-income.test.gz 3 extra")
+    assert.are.equal(2, rc)
+    assert.matches("unexpected argument 'extra'", err)
+    _, err, rc = sh(bin .. " run models/census_mlp.lua /nonexistent/x.gz")
+    assert.are.equal(2, rc)
+    assert.matches("PATH /nonexistent/x%.gz: cannot read it %(No such file or directory%)", err)
+    _, err, rc = sh(bin .. " run models/mmoe_census.lua --data=/nonexistent/x.gz")
+    assert.are.equal(2, rc)
+    assert.matches("%-%-data /nonexistent/x%.gz: cannot read it", err)
+  end)
+
+  it("--plot takes a .svg/.png file or a directory, made without a shell (spaces, quotes, $(...))", function()
+    local tmp = tmpname("_plot")
+    assert.is_true(lfs.mkdir(tmp))
+    local odd = tmp .. "/a b;$(touch pwned) 'q'"
+    local function run(plot, extra)
+      -- run from the temporary directory: a shell would have made "pwned" there
+      return sh(("cd %s && %s run %s/models/switch_moe.lua --smoke %s --plot %s"):format(q(tmp), bin, root, extra or "",
+        q(plot)))
+    end
+    -- a directory (missing parents made): one SVG per figure
+    local out, err, rc = run(odd .. "/figs")
+    assert.are.equal(0, rc, err)
+    for _, name in ipairs { "tokens_tokens", "tokens_experts", "experts_tokens", "experts_experts" } do
+      local p = odd .. "/figs/" .. name .. ".svg"
+      assert.matches("wrote " .. p:gsub("%p", "%%%0"), out)
+      assert.matches("^<%?xml", H.read_file(p))
+    end
+    -- a file, one figure: that file, in the format of its extension (missing parents made)
+    local one = odd .. "/one/switch.png"
+    assert.same({ a = one }, require("moe.cli").figures(one, { "a" }))
+    assert.are.equal("directory", lfs.attributes(odd .. "/one", "mode"))
+    _, err, rc = run(one, "--router tokens") -- (two figures: FILE_<figure>.png)
+    assert.are.equal(0, rc, err)
+    assert.are.equal("\137PNG\r\n\26\n", H.read_file(odd .. "/one/switch_tokens_tokens.png"):sub(1, 8))
+    assert.are.equal("\137PNG\r\n\26\n", H.read_file(odd .. "/one/switch_experts_tokens.png"):sub(1, 8))
+    -- a file, several figures: FILE_<figure>.ext beside it
+    _, err, rc = run(odd .. "/two/switch.PNG")
+    assert.are.equal(0, rc, err)
+    assert.are.equal("\137PNG", H.read_file(odd .. "/two/switch_tokens_experts.PNG"):sub(1, 4))
+    assert.are.equal("\137PNG", H.read_file(odd .. "/two/switch_tokens_tokens.PNG"):sub(1, 4))
+    assert.is_nil(lfs.attributes(odd .. "/two/switch.PNG"))
+    -- a format moe.plot cannot write: a usage error before training, nothing made
+    out, err, rc = run(odd .. "/three/chart.pdf")
+    assert.are.equal(2, rc, err)
+    assert.are.equal("", out)
+    assert.matches("moe.plot writes .svg and .png files, not .pdf", err, 1, true)
+    assert.is_nil(lfs.attributes(odd .. "/three"))
+    -- a path under a file cannot be a directory
+    H.write_file(tmp .. "/plain", "x")
+    _, err, rc = run(tmp .. "/plain/figs")
+    assert.are.equal(2, rc)
+    assert.matches("'[^']*/plain' exists and is not a directory", err)
+    assert.is_nil(lfs.attributes(tmp .. "/pwned"))
+    os.execute("rm -rf " .. q(tmp))
+  end)
+
+  it("moe.cli reads options, flags, positional arguments and the old defaults table", function()
+    local cli = require "moe.cli"
+    local spec = {
+      usage = "moelua run x.lua [FILE] [options]",
+      { "file", "in.csv", "the input", positional = true },
+      { "epochs", 3, "epochs", min = 1 },
+      { "lr", 0.1, "learning rate" },
+      { "ratio", 1, "a ratio", type = "number", max = 2 },
+      { "mode", "a", "the mode", choices = { "a", "b" } },
+      { "smoke", false, "a flag" },
+    }
+    local o = cli.read({ "data.csv", "--epochs", "5", "--lr=0.5", "--ratio", "1.5", "--mode=b", "--smoke" }, spec)
+    assert.same({ file = "data.csv", epochs = 5, lr = 0.5, ratio = 1.5, mode = "b", smoke = true }, o)
+    o = cli.read({}, spec)
+    assert.same({ file = "in.csv", epochs = 3, lr = 0.1, ratio = 1, mode = "a", smoke = false }, o)
+    assert.is_true(cli.read({ "--epochs", "2", "-h" }, spec).help)
+    assert.same("f", cli.read({ "--file", "f" }, spec).file)
+    local function usage_error(args)
+      local ok, e = pcall(cli.read, args, spec)
+      assert.is_false(ok)
+      assert.is_table(e, tostring(e))
+      return e.cli_usage
+    end
+    assert.equal("--epochs must be at least 1, got 0", usage_error { "--epochs", "0" })
+    assert.equal("--ratio must be at most 2, got 3", usage_error { "--ratio", "3" })
+    assert.equal("--lr needs a number, got 'fast'", usage_error { "--lr", "fast" })
+    assert.equal("--lr needs a number, got 'nan'", usage_error { "--lr", "nan" })
+    assert.equal("--mode must be a or b, got 'c'", usage_error { "--mode", "c" })
+    assert.equal("unknown option --mod (did you mean --mode?)", usage_error { "--mod", "a" })
+    assert.equal("unknown option -x", usage_error { "-x" })
+    assert.equal("unexpected argument 'two'", usage_error { "one", "two" })
+    -- each option is in the usage, with its description and default
+    local text = cli.usage(spec)
+    assert.matches("\n  %-%-epochs N%s+epochs %(default 3%)\n", text)
+    assert.matches("\n  %-%-mode a|b%s+the mode %(default a%)\n", text)
+    assert.matches("\n  %-%-smoke%s+a flag\n", text)
+    assert.matches("arguments FILE, in this order, are the options %-%-file", text)
+  end)
+
+  it("cli.makedirs makes missing parents, accepts existing directories and refuses files", function()
+    local cli = require "moe.cli"
+    local tmp = tmpname("_mk")
+    local deep = tmp .. "/x y/'z'/$(w)/"
+    assert.is_true(cli.makedirs(deep))
+    assert.are.equal("directory", lfs.attributes(deep, "mode"))
+    assert.is_true(cli.makedirs(deep)) -- already there
+    write(tmp .. "/f", "")
+    local ok, err = cli.makedirs(tmp .. "/f/g")
+    assert.is_nil(ok)
+    assert.matches("exists and is not a directory", err)
+    os.execute("rm -rf " .. q(tmp))
+  end)
+end)
+
 describe("moelua REPL in a terminal", function()
   local have_tmux = os.execute("command -v tmux >/dev/null 2>&1")
   have_tmux = have_tmux == 0 or have_tmux == true

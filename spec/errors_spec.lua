@@ -100,6 +100,150 @@ describe("errors", function()
   end)
 end)
 
+-- Errors from the Lua library name the function the user called, at the
+-- user's own file and line (this file), and show the offending value with its
+-- type (moe._where, moe._error, moe._show in lua/moe/init.lua).
+describe("errors name the user's call", function()
+  local nn = moe.nn
+  -- the line of the caller of here(): each case calls here() on the line of the call it checks
+  local function here() return debug.getinfo(2, "l").currentline end
+  local function at(line) return ("[^\n]-errors_spec%%.lua:%d: "):format(line) end
+  local function model()
+    local m = moe.Sequential { nn.Dense { units = 1 }, input_shape = { 2 } }
+    m:compile { optimizer = "adam", loss = "mse" }
+    return m
+  end
+
+  it("predict, fit, evaluate and train_on_batch name themselves, not a helper", function()
+    local m, line = model(), nil
+    local err = E(function() line = here(); local _ = m:predict({ { 1, 2 } }) end)
+    assert.matches("^" .. at(line) .. "predict: x%.1 must be a tensor, got a table$", err)
+    err = E(function() line = here(); local _ = m:evaluate { x = "rows", y = moe.ones(2, 1) } end)
+    assert.matches("^" .. at(line) .. "evaluate: x must be a tensor or a table of tensors, got \"rows\" %(a string%)$", err)
+    err = E(function() line = here(); local _ = m:fit { x = moe.ones(4, 2), y = moe.ones(4, 1), epochs = "3", verbose = 0 } end)
+    assert.matches("^" .. at(line) .. "fit: epochs must be a positive integer, got \"3\" %(a string%)$", err)
+    err = E(function() line = here(); local _ = m:fit { x = moe.ones(4, 2), y = moe.ones(4, 1), batch_size = 0, verbose = 0 } end)
+    assert.matches("^" .. at(line) .. "fit: batch_size must be a positive integer, got 0$", err)
+    err = E(function() line = here(); local _ = m:predict(moe.ones(2, 2), { batch_size = -1 }) end)
+    assert.matches("^" .. at(line) .. "predict: batch_size must be a positive integer, got %-1$", err)
+  end)
+
+  it("a loss-shape error inside fit, evaluate or train_on_batch is at the caller's line", function()
+    local m, line = model(), nil
+    local x, bad_y = moe.ones(4, 2), moe.ones(4, 3)
+    local cases = {
+      { "fit", function() line = here(); local _ = m:fit { x = x, y = bad_y, verbose = 0 } end },
+      { "evaluate", function() line = here(); local _ = m:evaluate { x = x, y = bad_y } end },
+      { "train_on_batch", function() line = here(); local _ = m:train_on_batch(x, bad_y) end },
+    }
+    for _, c in ipairs(cases) do
+      local err = E(c[2])
+      assert.matches("^" .. at(line) .. c[1] .. ": mean_squared_error: y_true of shape %[4,3%] does not match y_pred " ..
+        "of shape %[4,1%]$", err)
+      assert.is_nil(err:find("lua/moe/", 1, true), err)
+    end
+    local err = E(function() line = here(); local _ = moe.losses.mse(moe.ones(4, 2), moe.ones(4, 3)) end)
+    assert.matches("^" .. at(line) .. "mean_squared_error: y_true of shape %[4,2%]", err)
+    err = E(function() line = here(); local _ = moe.losses.mse(moe.ones(2), "y") end)
+    assert.matches("^" .. at(line) .. "mean_squared_error: expected tensors %(y_true, y_pred%), got a float32 tensor " ..
+      "of shape %[2%] and \"y\" %(a string%)$", err)
+  end)
+
+  it("read_csv and the data helpers are at the caller's line, with the value", function()
+    local line
+    local missing = os.tmpname() .. "_none.csv"
+    local err = E(function() line = here(); local _ = moe.data.read_csv(missing) end)
+    assert.matches("^" .. at(line) .. "read_csv: cannot open " .. missing:gsub("%p", "%%%0"), err)
+    err = E(function() line = here(); local _ = moe.data.read_csv(42) end)
+    assert.matches("^" .. at(line) .. "read_csv: path must be a string, got 42$", err)
+    err = E(function() line = here(); local _ = moe.data.read_csv(missing, { columns = "a,b" }) end)
+    assert.matches("^" .. at(line) .. "read_csv: columns must be a list of names, got \"a,b\" %(a string%)$", err)
+    err = E(function() line = here(); local _ = moe.data.batches(10, "8") end)
+    assert.matches("^" .. at(line) .. "batches: batch_size must be a positive integer, got \"8\" %(a string%)$", err)
+    err = E(function() line = here(); local _ = moe.datasets.synthetic { n = "5" } end)
+    assert.matches("^" .. at(line) .. "synthetic: n must be a positive integer, got \"5\" %(a string%)$", err)
+  end)
+
+  it("layer, optimizer, callback and initializer options show the value and its type", function()
+    local line
+    local cases = {
+      { function() line = here(); local _ = nn.Dense { units = "32" } end,
+        "Dense: units must be a positive integer, got \"32\" %(a string%)" },
+      { function() line = here(); local _ = nn.Dense { units = 2.5 } end, "Dense: units must be a positive integer, got 2%.5" },
+      { function() line = here(); local _ = nn.Dense { units = 4, dtype = true } end,
+        "Dense: option 'dtype' must be \"float32\" or \"float64\", got true %(a boolean%)" },
+      { function() line = here(); local _ = nn.Dropout { rate = "0.5" } end, "Dropout: rate must be in %[0, 1%), got \"0%.5\" %(a string%)" },
+      { function() line = here(); local _ = moe.optim.Adam { lr = "fast" } end,
+        "Adam: lr must be a finite number >= 0 or a schedule, got \"fast\" %(a string%)" },
+      { function() line = here(); local _ = moe.optim.get(true) end,
+        "optimizer: expected an optimizer or its name, got true %(a boolean%)" },
+      { function() line = here(); local _ = moe.callbacks.EarlyStopping(5) end,
+        "EarlyStopping: expected a table of options, got 5" },
+      { function() line = here(); local _ = moe.callbacks.EarlyStopping { patience = "2" } end,
+        "EarlyStopping: patience must be an integer >= 0, got \"2\" %(a string%)" },
+      { function() line = here(); local _ = moe.regularizers.l2 { l2 = "big" } end,
+        "l2: l2 must be a finite number >= 0, got \"big\" %(a string%)" },
+      { function() line = here(); local _ = moe.Sequential {}:add(moe.ones(2)) end,
+        "Sequential.add: expected a layer, got a float32 tensor of shape %[2%]" },
+      { function() line = here(); local _ = moe.set_precision("fp16") end,
+        "moe.set_precision: expected \"fp32\" or \"bf16\", got \"fp16\" %(a string%)" },
+      { function() line = here(); local _ = moe.ones(4):split("2") end,
+        "split: expected a split size or a table of sizes, got \"2\" %(a string%)" },
+      { function() line = here(); local _ = moe.plot.bars({ 1, 2 }, 3) end, "moe.plot: the output path must be a file name %(a string%), got 3 %(a number%)" },
+      { function() line = here(); local _ = moe.load(7) end, "load: path must be a string, got 7" },
+      { function() line = here(); model():save(false) end, "save: path must be a string, got false %(a boolean%)" },
+    }
+    for _, c in ipairs(cases) do
+      local err = E(c[1])
+      assert.matches("^" .. at(line) .. c[2] .. "$", err)
+    end
+  end)
+
+  it("an error in a layer deep inside a model, or in a user's callback, keeps the right line", function()
+    local line
+    local m = moe.Sequential { nn.Dense { units = 3 }, nn.Dense { units = 1 }, input_shape = { 4 } }
+    local err = E(function() line = here(); local _ = m:forward(moe.ones(2, 5)) end)
+    assert.matches("^" .. at(line), err)
+    assert.is_nil(err:find("lua/moe/", 1, true), err)
+    local c = model()
+    local cb = { on_epoch_end = function() line = here(); local _ = moe.ones(2) + moe.ones(3) end }
+    err = E(function() c:fit { x = moe.ones(4, 2), y = moe.ones(4, 1), verbose = 0, callbacks = { cb } } end)
+    assert.matches(at(line) .. ".*add: shapes %[2%] and %[3%] cannot be broadcast together", err)
+  end)
+
+  it("moe._show writes each kind of value with its type", function()
+    assert.equal("32", moe._show(32))
+    assert.equal('"32" (a string)', moe._show("32"))
+    assert.equal('"a\\nb" (a string)', moe._show("a\nb"))
+    assert.equal("false (a boolean)", moe._show(false))
+    assert.equal("nil", moe._show(nil))
+    assert.equal("a table", moe._show({}))
+    assert.equal("a function", moe._show(print))
+    assert.equal("an int64 tensor of shape [2,3]", (moe._show(moe.zeros(2, 3, { dtype = "int64" })):gsub("^a int", "an int")))
+    assert.matches('^a Dense layer "dense', moe._show(nn.Dense { units = 2 }))
+    assert.equal('"' .. ("x"):rep(37) .. '..." (a string)', moe._show(("x"):rep(100))) -- long strings are cut
+  end)
+
+  it("every library module raises through moe._error (so no error carries a library line)", function()
+    local lfs = require "lfs"
+    local dir = package.searchpath("moe", package.path):match("^(.*)/init%.lua$")
+    -- tensor.lua is loaded by init.lua itself (its one check is called by the user directly);
+    -- cli.lua's usage errors end the script (exit 2), never a library line
+    local exempt = { ["init.lua"] = true, ["tensor.lua"] = true, ["cli.lua"] = true }
+    local checked = 0
+    for f in lfs.dir(dir) do
+      if f:match("%.lua$") and not exempt[f] then
+        local src = H.read_file(dir .. "/" .. f)
+        if src:find("error%(") then
+          assert.truthy(src:find("\nlocal error = moe%._error"), f .. " raises errors without moe._error")
+          checked = checked + 1
+        end
+      end
+    end
+    assert.is_true(checked >= 15, "only " .. checked .. " modules checked")
+  end)
+end)
+
 describe("memory", function()
   it("tensors are freed by the GC, including after errors", function()
     collectgarbage(); collectgarbage()

@@ -270,7 +270,7 @@ describe("bad input is refused, naming the function and the value", function()
         "TokensChooseMaskedRouter: option 'load_balancing_loss_weight' must be a finite number >= 0, got %-1" },
       { function() local _ = nn.TokensChooseMaskedRouter { num_experts = 2, router_z_loss_weight = 0 / 0 } end,
         "option 'router_z_loss_weight' must be a finite number >= 0" },
-      { function() local _ = nn.Dense { units = 2, dtype = "int32" } end, "Dense: option 'dtype' must be \"float32\" or \"float64\", got int32" },
+      { function() local _ = nn.Dense { units = 2, dtype = "int32" } end, "Dense: option 'dtype' must be \"float32\" or \"float64\", got \"int32\" %(a string%)" },
       { function() local _ = moe.regularizers.l2 { l2 = 0 / 0 } end, "l2: l2 must be a finite number >= 0, got %-?nan" },
       { function() local _ = moe.callbacks.EarlyStopping { patience = -1 } end, "EarlyStopping: patience must be an integer >= 0, got %-1" },
       { function() local _ = moe.callbacks.ReduceLROnPlateau { factor = 2 } end, "ReduceLROnPlateau: factor must be in %(0, 1%), got 2" },

@@ -586,7 +586,7 @@ describe("layer metrics in fit and evaluate", function()
   it("a value add_metric cannot average is an error naming add_metric, the layer and the metric", function()
     -- (raised by add_metric itself, here while the model is built on placeholders)
     local err = H.error_of(function() probe_model { layers = { Probe { name = "bad", extra = { "label", "hello" } } } } end)
-    assert.matches("add_metric: TrainerSpecProbe \"bad\": metric 'label' must be a number or a tensor, got string", err)
+    assert.matches("add_metric: TrainerSpecProbe \"bad\": metric 'label' must be a number or a tensor, got \"hello\" %(a string%)", err)
   end)
 
   it("reach CSVLogger, the plain progress line and the plots", function()

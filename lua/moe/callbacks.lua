@@ -5,6 +5,7 @@
 -- callback stops training with cb.model.stop_training = true. Plain Lua tables
 -- with these functions work as callbacks too.
 local moe = require "moe"
+local error = moe._error -- every error is raised at the user's line (init.lua)
 
 local callbacks = {}
 
@@ -13,7 +14,7 @@ local function class(name, defaults, init)
   cls.__index = cls
   setmetatable(cls, { __call = function(c, opts)
     opts = opts or {}
-    if type(opts) ~= "table" then error(("%s: expected a table of options"):format(name), 2) end
+    if type(opts) ~= "table" then error(("%s: expected a table of options, got %s"):format(name, moe._show(opts)), 2) end
     local o = setmetatable({}, c)
     for k, v in pairs(defaults) do o[k] = v end
     for k, v in pairs(opts) do
@@ -36,7 +37,7 @@ local function class(name, defaults, init)
         if not ok then
           error(moe._where(("%s: %s must be %s, got %s"):format(name, k,
             count and "an integer >= 0" or k == "min_lr" and "a finite number >= 0"
-            or "a finite number", tostring(v))), 0)
+            or "a finite number", moe._show(v))), 0)
         end
       end
     end
@@ -54,7 +55,7 @@ local function resolve_mode(self, where)
     local mon = self.monitor
     m = (mon:match("acc") or mon:match("auc") or mon:match("precision") or mon:match("recall")) and "max" or "min"
   end
-  if m ~= "min" and m ~= "max" then error(("%s: mode must be auto, min or max, got %s"):format(where, tostring(self.mode)), 3) end
+  if m ~= "min" and m ~= "max" then error(("%s: mode must be auto, min or max, got %s"):format(where, moe._show(self.mode)), 3) end
   self._mode = m
   self.best = m == "min" and math.huge or -math.huge
 end
@@ -143,7 +144,7 @@ end
 -- patience epochs without improvement
 local ReduceLROnPlateau = class("ReduceLROnPlateau", { monitor = "val_loss", factor = 0.1, patience = 10, mode = "auto",
   min_delta = 1e-4, cooldown = 0, min_lr = 0, verbose = 0 }, function(o)
-  if not (o.factor > 0 and o.factor < 1) then error(moe._where(("ReduceLROnPlateau: factor must be in (0, 1), got %s"):format(tostring(o.factor))), 0) end
+  if not (o.factor > 0 and o.factor < 1) then error(moe._where(("ReduceLROnPlateau: factor must be in (0, 1), got %s"):format(moe._show(o.factor))), 0) end
   resolve_mode(o, "ReduceLROnPlateau")
 end)
 function ReduceLROnPlateau:on_train_begin() self.wait, self.cooldown_counter = 0, 0 end

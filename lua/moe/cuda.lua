@@ -39,6 +39,7 @@
 -- optimizers and fit/evaluate/predict (which move each batch to the model's
 -- device) all run there.
 local moe = require "moe"
+local error = moe._error -- every error is raised at the user's line (init.lua)
 local core = moe.core
 
 local cuda = {}
@@ -61,7 +62,7 @@ end
 function cuda.set_sync_debug(mode)
   if mode ~= "warn" and mode ~= "off" then
     error(moe._where(("moe.cuda.set_sync_debug: mode must be \"warn\" or \"off\", got %s"):format(
-      type(mode) == "string" and ("\"" .. mode .. "\"") or tostring(mode))), 0)
+      moe._show(mode))), 0)
   end
   core.cuda_sync_debug(mode == "warn")
 end

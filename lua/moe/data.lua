@@ -12,6 +12,7 @@
 -- stored as codes into their levels. Malformed rows are errors that name the
 -- line and column.
 local moe = require "moe"
+local error = moe._error -- every error is raised at the user's line (init.lua)
 local core = moe.core
 
 local data = {}
@@ -68,7 +69,7 @@ end
 
 local function check_count(where, n)
   if type(n) ~= "number" or n < 0 or n ~= math.floor(n) then
-    error(("%s: expected a row count (a non-negative integer), got %s"):format(where, tostring(n)), 3)
+    error(("%s: expected a row count (a non-negative integer), got %s"):format(where, moe._show(n)), 3)
   end
 end
 
@@ -85,7 +86,7 @@ function data.split(n, opts)
   for k, v in pairs(opts) do
     if k ~= "seed" then
       if type(v) ~= "number" or v <= 0 or v > 1 then
-        error(("split: fraction '%s' must be a number in (0, 1], got %s"):format(tostring(k), tostring(v)), 2)
+        error(("split: fraction '%s' must be a number in (0, 1], got %s"):format(tostring(k), moe._show(v)), 2)
       end
       names[#names + 1] = k
       total = total + v
@@ -118,7 +119,7 @@ local auto_seed = 0
 function data.batches(n, batch_size, opts)
   check_count("batches", n)
   if type(batch_size) ~= "number" or batch_size < 1 or batch_size ~= math.floor(batch_size) then
-    error(("batches: batch_size must be a positive integer, got %s"):format(tostring(batch_size)), 2)
+    error(("batches: batch_size must be a positive integer, got %s"):format(moe._show(batch_size)), 2)
   end
   opts = opts or {}
   local order
@@ -200,7 +201,7 @@ local function as_index(where, idx, n)
   elseif type(idx) == "table" then
     idx = moe.tensor(#idx > 0 and idx or {}, { dtype = "int64" })
   else
-    error(("frame:%s: expected a list or tensor of 1-based row indices, got %s"):format(where, type(idx)), 3)
+    error(("frame:%s: expected a list or tensor of 1-based row indices, got %s"):format(where, moe._show(idx)), 3)
   end
   if idx:numel() > 0 then
     local lo, hi = idx:min():item(), idx:max():item()
@@ -257,30 +258,30 @@ data.DEFAULT_NA_VALUES = { "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-N
 -- read_csv(path, {header=true, columns=names, sep=",", skip=0, na_values={...}, keep_default_na=true,
 --                 dtypes={name=kind}})
 function data.read_csv(path, opts)
-  if type(path) ~= "string" then error(("read_csv: path must be a string, got %s"):format(type(path)), 2) end
+  if type(path) ~= "string" then error(("read_csv: path must be a string, got %s"):format(moe._show(path)), 2) end
   opts = opts or {}
   local header = opts.header ~= false
   if opts.columns ~= nil and type(opts.columns) ~= "table" then
-    error("read_csv: columns must be a list of names", 2)
+    error(("read_csv: columns must be a list of names, got %s"):format(moe._show(opts.columns)), 2)
   end
   if header and opts.columns then
     error("read_csv: columns names the columns of a file without a header: pass header = false", 2)
   end
   local user_na = opts.na_values or {}
   if type(user_na) == "string" then user_na = { user_na } end
-  if type(user_na) ~= "table" then error(("read_csv: na_values must be a string or a list of strings, got %s"):format(type(user_na)), 2) end
+  if type(user_na) ~= "table" then error(("read_csv: na_values must be a string or a list of strings, got %s"):format(moe._show(user_na)), 2) end
   -- pandas's default missing-value spellings, unless keep_default_na = false; "" is always missing
   local na = {}
   if opts.keep_default_na ~= false then for i, v in ipairs(data.DEFAULT_NA_VALUES) do na[i] = v end end
   for _, v in ipairs(user_na) do
-    if type(v) ~= "string" then error(("read_csv: na_values must be strings, got %s"):format(type(v)), 2) end
+    if type(v) ~= "string" then error(("read_csv: na_values must be strings, got %s"):format(moe._show(v)), 2) end
     na[#na + 1] = v
   end
   local tnames, tflags = {}, {}
   for name, kind in pairs(opts.dtypes or {}) do
     local k = KINDS[kind]
     if k == nil then
-      error(("read_csv: dtypes.%s must be 'numeric' or 'categorical', got '%s'"):format(tostring(name), tostring(kind)), 2)
+      error(("read_csv: dtypes.%s must be 'numeric' or 'categorical', got %s"):format(tostring(name), moe._show(kind)), 2)
     end
     tnames[#tnames + 1] = tostring(name)
     tflags[#tflags + 1] = k
@@ -313,7 +314,7 @@ setmetatable(FeatureEncoder, { __call = function(_, opts)
   opts = opts or {}
   local self = setmetatable({ categorical = opts.categorical or {}, numeric = opts.numeric or {} }, FeatureEncoder)
   for _, key in ipairs { "categorical", "numeric" } do
-    if type(self[key]) ~= "table" then error(("FeatureEncoder: %s must be a list of column names"):format(key), 2) end
+    if type(self[key]) ~= "table" then error(("FeatureEncoder: %s must be a list of column names, got %s"):format(key, moe._show(self[key])), 2) end
   end
   if #self.categorical + #self.numeric == 0 then
     error("FeatureEncoder: give categorical and/or numeric column names", 2)
@@ -322,7 +323,7 @@ setmetatable(FeatureEncoder, { __call = function(_, opts)
 end })
 
 function FeatureEncoder:fit(frame)
-  if getmetatable(frame) ~= Frame then error("FeatureEncoder:fit: expected a moe.data.Frame", 2) end
+  if getmetatable(frame) ~= Frame then error(("FeatureEncoder:fit: expected a moe.data.Frame, got %s"):format(moe._show(frame)), 2) end
   self.stats, self.vocab = {}, {}
   for _, name in ipairs(self.numeric) do
     if not frame:has(name) then error(("FeatureEncoder:fit: no column '%s'"):format(name), 2) end
@@ -372,7 +373,7 @@ end
 
 function FeatureEncoder:transform(frame)
   if not self.vocab then error("FeatureEncoder:transform: call fit first", 2) end
-  if getmetatable(frame) ~= Frame then error("FeatureEncoder:transform: expected a moe.data.Frame", 2) end
+  if getmetatable(frame) ~= Frame then error(("FeatureEncoder:transform: expected a moe.data.Frame, got %s"):format(moe._show(frame)), 2) end
   local n = frame:nrows()
   local d = #self.numeric
   for _, name in ipairs(self.categorical) do d = d + #self.vocab[name] end

@@ -8,7 +8,11 @@
 --
 --   local syn = moe.datasets.synthetic{ n = 12000, correlation = 0.8, seed = 1 }
 --   syn.x [n, 100], syn.y = { y1 = [n, 1], y2 = [n, 1] }
+--
+--   local d = moe.datasets.census_numeric{ path = "data/census-income.test.gz" }
+--   d.xtr, d.ytr, d.xva, d.yva: the numeric columns, standardized; income > 50k; 80/20
 local moe = require "moe"
+local error = moe._error -- every error is raised at the user's line (init.lua)
 local data = require "moe.data"
 
 local datasets = {}
@@ -82,7 +86,7 @@ function datasets.census_income(opts)
   opts = opts or {}
   local path = opts.path or datasets.default_path()
   local tasks = opts.tasks or { "income", "never_married" }
-  if type(tasks) ~= "table" or #tasks == 0 then error("census_income: tasks must be a list of task names", 2) end
+  if type(tasks) ~= "table" or #tasks == 0 then error(("census_income: tasks must be a list of task names, got %s"):format(moe._show(tasks)), 2) end
   local drop = { marital_stat = true, income_50k = true, instance_weight = true }
   for _, t in ipairs(tasks) do
     local spec = datasets.CENSUS_TASKS[t]
@@ -113,6 +117,68 @@ function datasets.census_income(opts)
   return ds
 end
 
+-- census_numeric{path}: the census file's seven numeric columns (age, wage per
+-- hour, capital gains and losses, dividends, persons worked for, weeks worked),
+-- standardized, and income > 50k as the label; rows split 80/20 by a
+-- permutation drawn after moe.manual_seed(0). Returns { names, xtr [n, 7],
+-- ytr [n, 1], xva, yva, nrows, path, seconds } (the census_logreg and
+-- census_mlp scripts' data). Read line by line through zlib, as the file is.
+local census_numeric_columns = { age = 0, wage_per_hour = 5, capital_gains = 16, capital_losses = 17,
+  dividends = 18, num_persons_worked = 30, weeks_worked = 39 } -- 0-based, as in the UCI description
+
+local function read_census_numeric(path, names)
+  local ffi = require "ffi"
+  pcall(ffi.cdef, [[
+typedef struct gzFile_s *gzFile;
+gzFile gzopen(const char *path, const char *mode);
+char *gzgets(gzFile file, char *buf, int len);
+int gzclose(gzFile file);
+]])
+  local z = ffi.load("z")
+  local f = z.gzopen(path, "rb")
+  if f == nil then error(("census_numeric: cannot open %s"):format(moe._show(path)), 2) end
+  local buf = ffi.new("char[8192]")
+  local rows, labels = {}, {}
+  while z.gzgets(f, buf, 8192) ~= nil do
+    local line = ffi.string(buf)
+    local fields = {}
+    for v in (line:gsub("[\r\n]+$", "") .. ","):gmatch("%s*(.-),") do fields[#fields + 1] = v end
+    if #fields >= 42 then
+      local row = {}
+      for i, name in ipairs(names) do row[i] = tonumber(fields[census_numeric_columns[name] + 1]) or 0 end
+      rows[#rows + 1] = row
+      labels[#labels + 1] = fields[42]:find("50000%+") and 1 or 0
+    end
+  end
+  z.gzclose(f)
+  return rows, labels
+end
+
+function datasets.census_numeric(opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then error(("census_numeric: expected a table of options, got %s"):format(moe._show(opts)), 2) end
+  local path = opts.path or datasets.default_path()
+  if type(path) ~= "string" then error(("census_numeric: path must be a string, got %s"):format(moe._show(path)), 2) end
+  local names = {}
+  for name in pairs(census_numeric_columns) do names[#names + 1] = name end
+  table.sort(names)
+  local t0 = os.clock()
+  local rows, labels = read_census_numeric(path, names)
+  if #rows == 0 then error(("census_numeric: no rows of 42 fields in '%s'"):format(path), 2) end
+  local x = moe.tensor(rows)                      -- [N, F] float32
+  local y = moe.tensor(labels):view(-1, 1)        -- [N, 1]
+  local n = x:size(1)
+  local mean, std = x:mean(1, true), x:std(1, true) + 1e-6
+  x = (x - mean) / std
+  moe.manual_seed(0)
+  local perm = moe.randperm(n)
+  local ntrain = math.floor(n * 0.8)
+  local tr, va = perm:narrow(1, 1, ntrain), perm:narrow(1, ntrain + 1, n - ntrain)
+  return { names = names, xtr = x:index_select(1, tr), ytr = y:index_select(1, tr),
+           xva = x:index_select(1, va), yva = y:index_select(1, va), nrows = n, path = path,
+           seconds = os.clock() - t0 }
+end
+
 -- ------------------------------------------------------------------ synthetic (MMoE paper)
 
 -- Box-Muller normals from the data module's seeded generator (moe's global
@@ -138,9 +204,9 @@ function datasets.synthetic(opts)
   opts = opts or {}
   local n, dim = opts.n or 12000, opts.dim or 100
   local rho, c, m, noise = opts.correlation or 0.8, opts.c or 0.3, opts.m or 5, opts.noise or 0.1
-  if type(n) ~= "number" or n < 1 or n ~= math.floor(n) then error("synthetic: n must be a positive integer", 2) end
-  if type(dim) ~= "number" or dim < 2 or dim ~= math.floor(dim) then error("synthetic: dim must be an integer >= 2", 2) end
-  if type(rho) ~= "number" or rho < -1 or rho > 1 then error("synthetic: correlation must be in [-1, 1]", 2) end
+  if type(n) ~= "number" or n < 1 or n ~= math.floor(n) then error(("synthetic: n must be a positive integer, got %s"):format(moe._show(n)), 2) end
+  if type(dim) ~= "number" or dim < 2 or dim ~= math.floor(dim) then error(("synthetic: dim must be an integer >= 2, got %s"):format(moe._show(dim)), 2) end
+  if type(rho) ~= "number" or rho < -1 or rho > 1 then error(("synthetic: correlation must be in [-1, 1], got %s"):format(moe._show(rho)), 2) end
   local g = normals(opts.seed or 1)
   local u1, u2 = {}, {}
   for i = 1, dim do u1[i] = g() end

@@ -39,6 +39,39 @@ do
   end
 end
 
+-- the library's error(msg, level): a string message is raised at the user's
+-- line (moe._where, below), whatever the level -- a level counts frames, and the
+-- frames between a check and the user vary (a layer call, fit's wrapper, a
+-- helper); an error object (a table) passes as it is. Each library module
+-- starts with `local error = moe._error`.
+function moe._error(msg, level)
+  if type(msg) ~= "string" then error(msg, 0) end
+  error(moe._where(msg), 0)
+end
+
+-- show(v): a value as an error message shows it, with its type where the
+-- printed form hides it: 32, "32" (a string), true (a boolean), nil, a table,
+-- a float32 tensor of shape [2,3], a Dense layer "dense_1"
+function moe._show(v)
+  local t = type(v)
+  if t == "number" or t == "nil" then return tostring(v) end
+  if t == "string" then
+    local s = #v > 40 and v:sub(1, 37) .. "..." or v
+    return (("%q"):format(s):gsub("\\\n", "\\n")) .. " (a string)"
+  end
+  if t == "boolean" then return tostring(v) .. " (a boolean)" end
+  if core.is_tensor(v) then
+    return ("a %s tensor of shape [%s]%s"):format(v:dtype(), table.concat(v:shape(), ","),
+      v:device() ~= "cpu" and (" on " .. v:device()) or "")
+  end
+  if t == "table" and rawget(v, "_params") ~= nil and type(v.class_name) == "string" then
+    return ("a %s layer \"%s\""):format(v.class_name, tostring(v.name))
+  end
+  return "a " .. t
+end
+
+local error = moe._error
+
 -- Lua-side ops ------------------------------------------------------------------
 
 -- split(t, size_or_sizes, dim): views of `size` along dim (the last may be
@@ -49,7 +82,7 @@ function moe.split(t, sizes, dim)
   local parts, start = {}, 1
   if type(sizes) == "number" then
     if sizes <= 0 or sizes ~= math.floor(sizes) then
-      error(("split: split size must be a positive integer, got %s"):format(tostring(sizes)), 2)
+      error(("split: split size must be a positive integer, got %s"):format(moe._show(sizes)), 2)
     end
     while start <= n do
       local len = math.min(sizes, n - start + 1)
@@ -67,7 +100,7 @@ function moe.split(t, sizes, dim)
       start = start + s
     end
   else
-    error("split: expected a split size or a table of sizes, got " .. type(sizes), 2)
+    error("split: expected a split size or a table of sizes, got " .. moe._show(sizes), 2)
   end
   return parts
 end
@@ -75,7 +108,7 @@ end
 -- chunk(t, n, dim): n views of (nearly) equal size, as torch.chunk
 function moe.chunk(t, n, dim)
   if type(n) ~= "number" or n < 1 or n ~= math.floor(n) then
-    error(("chunk: number of chunks must be a positive integer, got %s"):format(tostring(n)), 2)
+    error(("chunk: number of chunks must be a positive integer, got %s"):format(moe._show(n)), 2)
   end
   dim = dim or 1
   local size = math.ceil(t:size(dim) / n)
@@ -131,7 +164,7 @@ do
   local default_device = "cpu"
   function moe.set_default_device(d)
     if d ~= "cpu" and d ~= "cuda" then
-      error(("set_default_device: expected \"cpu\" or \"cuda\", got %s"):format(tostring(d)), 2)
+      error(("set_default_device: expected \"cpu\" or \"cuda\", got %s"):format(moe._show(d)), 2)
     end
     if d == "cuda" and core.cuda_info().device_count == 0 then
       error("set_default_device: no CUDA device is available (" .. tostring(core.cuda_info().reason) .. ")", 2)
@@ -234,8 +267,7 @@ do
   local precision = "fp32"
   function moe.set_precision(p)
     if p ~= "fp32" and p ~= "bf16" then
-      error(("moe.set_precision: expected \"fp32\" or \"bf16\", got %s"):format(
-        type(p) == "string" and ("\"" .. p .. "\"") or tostring(p)), 2)
+      error(("moe.set_precision: expected \"fp32\" or \"bf16\", got %s"):format(moe._show(p)), 2)
     end
     local old = precision
     precision = p

@@ -7,6 +7,7 @@
 -- can be named by a string ("glorot_uniform", "l2", "max_norm") or a table
 -- {class_name = ..., config = {...}} (what get_config writes to checkpoints).
 local moe = require "moe"
+local error = moe._error -- every error is raised at the user's line (init.lua)
 
 local M = { initializers = {}, regularizers = {}, constraints = {} }
 local I, R, C = M.initializers, M.regularizers, M.constraints
@@ -29,7 +30,7 @@ local function kind(registry, name, defaults, fn)
       if not first then error(moe._where(("%s: expected an options table, got the number %s"):format(name, tostring(opts))), 0) end
       opts = { [first] = opts }
     end
-    if type(opts) ~= "table" then error(moe._where(("%s: expected an options table, got %s"):format(name, type(opts))), 0) end
+    if type(opts) ~= "table" then error(moe._where(("%s: expected an options table, got %s"):format(name, moe._show(opts))), 0) end
     local o = setmetatable({}, cls)
     for k, v in pairs(opts) do
       if defaults[k] == nil then
@@ -48,7 +49,7 @@ local function kind(registry, name, defaults, fn)
       if type(d) == "number" and v ~= nil and (type(v) ~= "number" or v ~= v or v == math.huge or v == -math.huge
           or (registry == R and v < 0)) then
         error(moe._where(("%s: %s must be a finite number%s, got %s"):format(name, k, registry == R and " >= 0" or "",
-          tostring(v))), 0)
+          moe._show(v))), 0)
       end
       o[k] = v
     end
@@ -85,7 +86,7 @@ end
 local function positive(self, field)
   local v = self[field]
   if type(v) ~= "number" or v <= 0 then
-    error(("%s: %s must be a positive number, got %s"):format(self.class_name, field, tostring(v)), 4)
+    error(("%s: %s must be a positive number, got %s"):format(self.class_name, field, moe._show(v)), 4)
   end
 end
 
@@ -109,12 +110,12 @@ function VarianceScaling:validate()
   positive(self, "scale")
   local modes = { fan_in = true, fan_out = true, fan_avg = true }
   if not modes[self.mode] then
-    error(("variance_scaling: mode must be fan_in, fan_out or fan_avg, got %s"):format(tostring(self.mode)), 4)
+    error(("variance_scaling: mode must be fan_in, fan_out or fan_avg, got %s"):format(moe._show(self.mode)), 4)
   end
   local dists = { truncated_normal = true, untruncated_normal = true, normal = true, uniform = true }
   if not dists[self.distribution] then
     error(("variance_scaling: distribution must be truncated_normal, untruncated_normal or uniform, got %s")
-      :format(tostring(self.distribution)), 4)
+      :format(moe._show(self.distribution)), 4)
   end
 end
 
@@ -207,7 +208,7 @@ local function getter(registry, what)
       if not cls then error(("%s: unknown %s '%s'"):format(where or what, what, tostring(spec.class_name)), 3) end
       return cls(spec.config)
     end
-    error(("%s: expected a %s name, object or function, got %s"):format(where or what, what, type(spec)), 3)
+    error(("%s: expected a %s name, object or function, got %s"):format(where or what, what, moe._show(spec)), 3)
   end
 end
 I.get = getter(I, "initializer")

@@ -8,6 +8,7 @@
 -- verify them and validate every entry of the header before any tensor byte is
 -- trusted.
 local moe = require "moe"
+local error = moe._error -- every error is raised at the user's line (init.lua)
 local core = moe.core
 local cjson = require "cjson.safe"
 
@@ -128,7 +129,7 @@ end
 
 local function check_name(name, fn)
   if type(name) ~= "string" or name == "" or name == "__metadata__" then
-    error(("%s: tensor names must be non-empty strings other than __metadata__, got %s"):format(fn, tostring(name)), 3)
+    error(("%s: tensor names must be non-empty strings other than __metadata__, got %s"):format(fn, moe._show(name)), 3)
   end
 end
 
@@ -182,8 +183,8 @@ end
 
 -- save_tensors(path, {name = tensor, ...}[, metadata]): names are written sorted
 function io_.save_tensors(path, tensors, metadata)
-  if type(path) ~= "string" then error("save_tensors: path must be a string", 2) end
-  if type(tensors) ~= "table" then error("save_tensors: expected a table name -> tensor", 2) end
+  if type(path) ~= "string" then error(("save_tensors: path must be a string, got %s"):format(moe._show(path)), 2) end
+  if type(tensors) ~= "table" then error(("save_tensors: expected a table name -> tensor, got %s"):format(moe._show(tensors)), 2) end
   local names = {}
   for k in pairs(tensors) do
     check_name(k, "save_tensors")
@@ -224,7 +225,7 @@ end
 -- read(path) -> {name = tensor}, metadata (without the checksum keys), names
 -- (in file order), checked (whether the file carried checksums, all verified)
 function io_.read(path)
-  if type(path) ~= "string" then error("load_tensors: path must be a string", 2) end
+  if type(path) ~= "string" then error(("load_tensors: path must be a string, got %s"):format(moe._show(path)), 2) end
   local header_json, data_start, file_size = core.st_read_header(path)
   local bad = function(fmt, ...) error(("load: '%s' is corrupted: " .. fmt):format(path, ...), 0) end
   local header_summed = check_header_sum(path, header_json)
@@ -325,7 +326,7 @@ end
 
 -- load_tensors(path) -> {name = tensor}, metadata; errors name load_tensors, at the caller's line
 function io_.load_tensors(path)
-  if type(path) ~= "string" then error(("load_tensors: path must be a string, got %s"):format(type(path)), 2) end
+  if type(path) ~= "string" then error(("load_tensors: path must be a string, got %s"):format(moe._show(path)), 2) end
   local ok, ts, md = pcall(io_.read, path)
   if not ok then
     -- a position (a Lua file's "path.lua:N: ") goes; the loader's own messages

@@ -8,6 +8,7 @@
 -- Every loss is written in a numerically stable form: no NaN or infinity at
 -- probabilities of exactly 0 or 1, or at logits of +-100.
 local moe = require "moe"
+local error = moe._error -- every error is raised at the user's line (init.lua)
 local core = moe.core
 
 local losses = {}
@@ -17,7 +18,7 @@ local function shape_s(t) return "[" .. table.concat(t:shape(), ",") .. "]" end
 
 local function check_pair(name, y, p)
   if not core.is_tensor(y) or not core.is_tensor(p) then
-    error(("%s: expected tensors (y_true, y_pred), got %s and %s"):format(name, type(y), type(p)), 3)
+    error(("%s: expected tensors (y_true, y_pred), got %s and %s"):format(name, moe._show(y), moe._show(p)), 3)
   end
 end
 
@@ -48,7 +49,7 @@ local function reduce(name, per_sample, opts)
   if r == "mean" or r == "sum_over_batch_size" then
     return per_sample:numel() > 0 and per_sample:mean() or per_sample:sum()
   end
-  error(("%s: reduction must be mean, sum or none, got %s"):format(name, tostring(r)), 3)
+  error(("%s: reduction must be mean, sum or none, got %s"):format(name, moe._show(r)), 3)
   return n
 end
 
@@ -77,7 +78,7 @@ function losses.huber(y, p, opts)
   check_pair("huber", y, p); same_shape("huber", y, p)
   local d = opts.delta or 1.0
   if type(d) ~= "number" or not (d > 0 and d < math.huge) then
-    error(("huber: delta must be a finite number > 0, got %s"):format(tostring(d)), 2)
+    error(("huber: delta must be a finite number > 0, got %s"):format(moe._show(d)), 2)
   end
   local e = (p - float_of(y, p)):abs()
   local quad = e:clamp(0, d)          -- min(|e|, delta)
@@ -91,7 +92,7 @@ local sparse_cce
 local function smoothing(fn, opts)
   local ls = opts.label_smoothing or 0
   if type(ls) ~= "number" or not (ls >= 0 and ls <= 1) then
-    error(("%s: label_smoothing must be a number in [0, 1], got %s"):format(fn, tostring(ls)), 3)
+    error(("%s: label_smoothing must be a number in [0, 1], got %s"):format(fn, moe._show(ls)), 3)
   end
   return ls
 end
@@ -160,7 +161,7 @@ function sparse_cce(y, p, opts, fn)
       for i, b in ipairs(bad:totable()) do
         if b then
           error(("%s: labels must be integer class ids, got %s at position %d")
-            :format(fn, tostring(v[i]), i), 2)
+            :format(fn, moe._show(v[i]), i), 2)
         end
       end
     end
@@ -211,7 +212,7 @@ function losses.get(spec)
       return f(y, p, merged)
     end
   end
-  error("losses: expected a loss name, function or {name, options}", 3)
+  error(("losses: expected a loss name, function or {name, options}, got %s"):format(moe._show(spec)), 3)
 end
 
 return losses

@@ -10,6 +10,7 @@
 -- label and score, so that the epoch's value is exact rather than a mean of
 -- per-batch values.
 local moe = require "moe"
+local error = moe._error -- every error is raised at the user's line (init.lua)
 local core = moe.core
 
 local metrics = {}
@@ -228,7 +229,7 @@ function metrics.get(spec)
     return m
   end
   if type(spec) == "table" and spec.update and spec.result and spec.reset then return spec end
-  error(("metrics: expected a metric name or object, got %s"):format(type(spec)), 2)
+  error(("metrics: expected a metric name or object, got %s"):format(moe._show(spec)), 2)
 end
 
 -- whole-set functions of the stateful metrics

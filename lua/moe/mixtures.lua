@@ -9,6 +9,7 @@
 -- The experts' GEMMs take moe.get_precision() ("fp32" or "bf16", see
 -- moe.set_precision); the gates' GEMMs are always fp32.
 local moe = require "moe"
+local error = moe._error -- every error is raised at the user's line (init.lua)
 local nn = require "moe.nn"
 local inits = require "moe.initializers"
 local I, R = inits.initializers, inits.regularizers
@@ -137,7 +138,7 @@ local function two_inputs(self, xs)
   local function shp(t) return "[" .. table.concat(t:shape(), ",") .. "]" end
   if type(xs) ~= "table" or moe.is_tensor(xs) or #xs ~= 2 or not moe.is_tensor(xs[1]) or not moe.is_tensor(xs[2]) then
     error(("GatedFeatureFusion \"%s\": expected exactly two inputs {a, b}, got %s"):format(self.name,
-      moe.is_tensor(xs) and "one tensor" or type(xs) == "table" and (#xs .. " inputs") or type(xs)), 0)
+      moe.is_tensor(xs) and "one tensor" or type(xs) == "table" and (#xs .. " inputs") or moe._show(xs)), 0)
   end
   if not moe.is_same_size(xs[1], xs[2]) then
     error(("GatedFeatureFusion \"%s\": the two inputs must have equal shapes, got %s and %s")
@@ -201,7 +202,7 @@ function MMoE:init(opts)
     end
     for i, h in ipairs(self.expert_hidden_units) do
       if type(h) ~= "number" or h < 1 or h ~= math.floor(h) then
-        error(("%s: expert_hidden_units[%d] must be a positive integer, got %s"):format(self.class_name, i, tostring(h)), 3)
+        error(("%s: expert_hidden_units[%d] must be a positive integer, got %s"):format(self.class_name, i, moe._show(h)), 3)
       end
     end
   end

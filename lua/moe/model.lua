@@ -1,5 +1,6 @@
 -- moe.model: Sequential, the functional API (Input, Model), and checkpoints.
 local moe = require "moe"
+local error = moe._error -- every error is raised at the user's line (init.lua)
 local core = moe.core
 local nn = require "moe.nn"
 local mio = require "moe.io"
@@ -135,7 +136,7 @@ function Sequential:init(opts)
 end
 
 function Sequential:add(layer)
-  if not is_module(layer) then error("Sequential.add: expected a layer", 2) end
+  if not is_module(layer) then error(("Sequential.add: expected a layer, got %s"):format(moe._show(layer)), 2) end
   for _, k in ipairs(self._children) do
     if rawget(self, k) == layer then error(("Sequential.add: layer \"%s\" is already in the model"):format(layer.name), 2) end
   end
@@ -177,7 +178,7 @@ function Sequential:build(shape)
   if not numeric then
     if nn.in_call() then return end -- several inputs: the layers build on the first call
     error(("build: %s \"%s\": expected an input shape {batch, features...} (the batch size may be -1), got %s")
-      :format(self.class_name, self.name, type(shape) == "table" and "a table that is not a list of sizes" or tostring(shape)), 3)
+      :format(self.class_name, self.name, type(shape) == "table" and "a table that is not a list of sizes" or moe._show(shape)), 3)
   end
   local s = {}
   for i = 2, table.maxn(shape) do s[#s + 1] = shape[i] end
@@ -292,7 +293,7 @@ local function bind_inputs(self, args, nargs)
   local x = args[1]
   if is_symbolic(spec) then
     if not core.is_tensor(x) then
-      error(("Model \"%s\": expected one input tensor, got %s"):format(self.name, type(x)), 0)
+      error(("Model \"%s\": expected one input tensor, got %s"):format(self.name, moe._show(x)), 0)
     end
     env[spec] = x
     return env
@@ -451,7 +452,7 @@ end
 -- architecture, the layer names and optimizer settings as JSON in the header's
 -- __metadata__, every tensor and the header under a checksum
 function Module:save(path)
-  if type(path) ~= "string" then error("save: path must be a string", 2) end
+  if type(path) ~= "string" then error(("save: path must be a string, got %s"):format(moe._show(path)), 2) end
   if not self.built and #self._children == 0 then
     error(("save: %s \"%s\" is not built yet; call it on data first"):format(self.class_name, self.name), 2)
   end
@@ -582,9 +583,9 @@ end
 -- moe.load(path[, {custom_objects = {...}, compile = true}]): the model, bit for bit
 local load_impl
 function M.load(path, opts)
-  if type(path) ~= "string" then error(("load: path must be a string, got %s"):format(type(path)), 2) end
+  if type(path) ~= "string" then error(("load: path must be a string, got %s"):format(moe._show(path)), 2) end
   if opts ~= nil and type(opts) ~= "table" then
-    error(("load: options must be a table ({custom_objects = ..., compile = ...}), got %s"):format(type(opts)), 2)
+    error(("load: options must be a table ({custom_objects = ..., compile = ...}), got %s"):format(moe._show(opts)), 2)
   end
   for k in pairs(opts or {}) do
     if k ~= "custom_objects" and k ~= "compile" then

@@ -6,6 +6,7 @@
 -- as Keras layers do. Calling a layer on a tensor computes at once; calling it on
 -- a symbolic tensor from moe.Input records a node of a functional model.
 local moe = require "moe"
+local error = moe._error -- every error is raised at the user's line (init.lua)
 local core = moe.core
 local inits = require "moe.initializers"
 local I, R, C = inits.initializers, inits.regularizers, inits.constraints
@@ -173,7 +174,7 @@ function Module:_options(opts, defaults)
       local range = option_ranges[k] or (k:match("_loss_weight$") and option_ranges.loss_weight)
       if v ~= v or v == math.huge or v == -math.huge or (range and not range[1](v)) then
         error(moe._where(("%s: option '%s' must be %s, got %s"):format(self.class_name, k,
-          range and range[2] or "a finite number", tostring(v))), 0)
+          range and range[2] or "a finite number", moe._show(v))), 0)
       end
     end
     self._config[k] = v
@@ -181,7 +182,7 @@ function Module:_options(opts, defaults)
   end
   if opts.dtype ~= nil and opts.dtype ~= "float32" and opts.dtype ~= "float64" then
     error(moe._where(("%s: option 'dtype' must be \"float32\" or \"float64\", got %s"):format(self.class_name,
-      tostring(opts.dtype))), 0)
+      moe._show(opts.dtype))), 0)
   end
   rawset(self, "dtype", opts.dtype or "float32")
   if opts.trainable == false then rawset(self, "trainable", false) end
@@ -455,7 +456,7 @@ end
 -- evaluate{x = ..., y = ...} is Keras-style evaluation (lua/moe/trainer.lua)
 function Module:train(on)
   if on ~= nil and type(on) ~= "boolean" then
-    error(moe._where(("train: expected a boolean (or nothing), got %s; fit{...} trains on data"):format(type(on))), 0)
+    error(moe._where(("train: expected a boolean (or nothing), got %s; fit{...} trains on data"):format(moe._show(on))), 0)
   end
   return set_mode(self, on ~= false)
 end
@@ -491,7 +492,7 @@ function Module:to(what)
   if what == "cuda" or what == "cpu" then return move(self, what) end
   if what ~= "float32" and what ~= "float64" then
     error(("to: %s \"%s\": a module converts to \"float32\", \"float64\", \"cuda\" or \"cpu\", got %s")
-      :format(self.class_name, self.name, tostring(what)), 2)
+      :format(self.class_name, self.name, moe._show(what)), 2)
   end
   for _, e in ipairs(self:modules()) do rawset(e[2], "dtype", what); rawset(e[2], "_dtype_explicit", true) end
   return each_weight(self, function(_, t) return t:dtype() ~= what and t:detach():to(what) or nil end)
@@ -519,7 +520,7 @@ function Module:float() return self:to("float32") end
 local call_depth, call_epoch = 0, 0
 
 function Module:add_loss(t)
-  if not core.is_tensor(t) then error(("add_loss: %s \"%s\": expected a tensor, got %s"):format(self.class_name, self.name, type(t)), 2) end
+  if not core.is_tensor(t) then error(("add_loss: %s \"%s\": expected a tensor, got %s"):format(self.class_name, self.name, moe._show(t)), 2) end
   self._losses[#self._losses + 1] = t
 end
 
@@ -527,7 +528,7 @@ function Module:add_metric(name, value)
   if type(name) ~= "string" then error("add_metric: the metric needs a name", 2) end
   if not (type(value) == "number" or core.is_tensor(value)) then
     error(("add_metric: %s \"%s\": metric '%s' must be a number or a tensor, got %s"):format(self.class_name,
-      self.name, name, type(value)), 2)
+      self.name, name, moe._show(value)), 2)
   end
   self._metrics[name] = value
 end
@@ -872,7 +873,7 @@ end
 local function positive_int(self, k)
   local v = self[k]
   if type(v) ~= "number" or v < 1 or v ~= math.floor(v) then
-    error(("%s: %s must be a positive integer, got %s"):format(self.class_name, k, tostring(v)), 4)
+    error(("%s: %s must be a positive integer, got %s"):format(self.class_name, k, moe._show(v)), 4)
   end
 end
 nn.positive_int = positive_int
@@ -949,7 +950,7 @@ function Dropout:init(opts)
   Module.init(self, opts)
   self:_options(opts, { rate = REQUIRED, seed = false, noise_shape = false })
   if type(self.rate) ~= "number" or not (self.rate >= 0 and self.rate < 1) then
-    error(("Dropout: rate must be in [0, 1), got %s"):format(tostring(self.rate)), 3)
+    error(("Dropout: rate must be in [0, 1), got %s"):format(moe._show(self.rate)), 3)
   end
 end
 -- inverted dropout of x (mask of noise_shape, default x's shape); identity unless training

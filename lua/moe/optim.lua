@@ -7,6 +7,7 @@
 -- over all of them (src/train/optim.c), then the constraints of the layers that
 -- own them. Parameters without a gradient are skipped.
 local moe = require "moe"
+local error = moe._error -- every error is raised at the user's line (init.lua)
 local core = moe.core
 
 local optim = {}
@@ -65,12 +66,12 @@ local function define(name, kind, defaults, state_names)
         error(("%s: the lr schedule gives %s at step 0 (a finite number >= 0 is needed)"):format(name, tostring(o.hp.lr)), 2)
       end
     elseif not finite_nonneg(lr) then
-      error(("%s: lr must be a finite number >= 0 or a schedule, got %s"):format(name, tostring(lr)), 2)
+      error(("%s: lr must be a finite number >= 0 or a schedule, got %s"):format(name, moe._show(lr)), 2)
     end
     for k, v in pairs(o.hp) do
       local range = hp_range[k]
       if range and not range.ok(v) then
-        error(("%s: %s must be %s, got %s"):format(name, k, range.what, tostring(v)), 2)
+        error(("%s: %s must be %s, got %s"):format(name, k, range.what, moe._show(v)), 2)
       end
     end
     if o.hp.nesterov and (o.hp.momentum <= 0 or (o.hp.dampening or 0) ~= 0) then
@@ -89,7 +90,7 @@ define("Adagrad", "adagrad", { lr = 1e-2, lr_decay = 0, eps = 1e-10, weight_deca
 
 function Optimizer:get_lr() return self.hp.lr end
 function Optimizer:set_lr(lr)
-  if not finite_nonneg(lr) then error(("set_lr: expected a finite number >= 0, got %s"):format(tostring(lr)), 2) end
+  if not finite_nonneg(lr) then error(("set_lr: expected a finite number >= 0, got %s"):format(moe._show(lr)), 2) end
   self.hp.lr = lr
 end
 
@@ -126,7 +127,7 @@ end
 -- step: retract() takes them back once the caller knows it was called off.
 function Optimizer:step(params, opts)
   if type(params) ~= "table" then
-    error(("%s.step: expected a list of parameters (model:parameters()), got %s"):format(self.class_name, type(params)), 2)
+    error(("%s.step: expected a list of parameters (model:parameters()), got %s"):format(self.class_name, moe._show(params)), 2)
   end
   if #params == 0 then
     error(("%s.step: the list of parameters is empty (a model's parameters exist once it is built: call it on a batch or model:build(input_shape) before model:parameters())")
@@ -159,7 +160,7 @@ function Optimizer:step(params, opts)
   for i = n + 1, #P do P[i], S1[i], S2[i], steps[i] = nil, nil, nil, nil end
   local skip = opts ~= nil and opts.skip or nil
   if skip ~= nil and not core.is_tensor(skip) then
-    error(("%s.step: skip must be a bool tensor, got %s"):format(self.class_name, type(skip)), 2)
+    error(("%s.step: skip must be a bool tensor, got %s"):format(self.class_name, moe._show(skip)), 2)
   end
   local norm = core.optim_step(self.kind, P, S1, S2, steps, self.hp, skip)
   if type(norm) == "number" and norm < 0 then norm = nil end
@@ -269,7 +270,7 @@ function optim.from_config(c)
   local o = cls(cfg)
   local it = c.iterations == nil and 0 or c.iterations
   if type(it) ~= "number" or it < 0 or it ~= math.floor(it) or it >= 2 ^ 53 then
-    error(("load: the optimizer's iterations must be an integer >= 0, got %s"):format(tostring(c.iterations)), 0)
+    error(("load: the optimizer's iterations must be an integer >= 0, got %s"):format(moe._show(c.iterations)), 0)
   end
   o.iterations = it
   return o
@@ -283,7 +284,7 @@ function optim.get(spec)
     if not cls then error(("optimizer: unknown optimizer '%s' (sgd, adam, adamw, rmsprop, adagrad)"):format(spec), 3) end
     return cls()
   end
-  error("optimizer: expected an optimizer or its name", 3)
+  error(("optimizer: expected an optimizer or its name, got %s"):format(moe._show(spec)), 3)
 end
 
 -- ------------------------------------------------------------------ schedules
@@ -359,9 +360,9 @@ optim.ReduceLROnPlateau = setmetatable({}, { __call = function(_, opts)
     patience = opts.patience or 10, min_delta = opts.min_delta or 1e-4, cooldown = opts.cooldown or 0,
     min_lr = opts.min_lr or 0, wait = 0, cooldown_counter = 0 }, Plateau)
   if type(o.factor) ~= "number" or not (o.factor > 0 and o.factor < 1) then
-    error(("ReduceLROnPlateau: factor must be in (0, 1), got %s"):format(tostring(o.factor)), 2)
+    error(("ReduceLROnPlateau: factor must be in (0, 1), got %s"):format(moe._show(o.factor)), 2)
   end
-  if o.mode ~= "min" and o.mode ~= "max" then error("ReduceLROnPlateau: mode must be min or max", 2) end
+  if o.mode ~= "min" and o.mode ~= "max" then error(("ReduceLROnPlateau: mode must be min or max, got %s"):format(moe._show(o.mode)), 2) end
   o.best = o.mode == "min" and math.huge or -math.huge
   return o
 end })

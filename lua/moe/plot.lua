@@ -15,6 +15,8 @@
 -- segments, bands, error bars and heatmap cells, in pixels), which the specs
 -- hold against the file. A NaN, infinite or missing value is a gap: lines stop
 -- there and start again after it.
+local moe = require "moe"
+local error = moe._error -- every error is raised at the user's line (init.lua)
 local ffi = require "ffi"
 
 local plot = {}

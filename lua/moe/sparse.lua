@@ -8,6 +8,7 @@
 -- are scaled by the combine weights and scatter-added back (index_add). Every
 -- step is an autograd op, so the backward pass is index-based too.
 local moe = require "moe"
+local error = moe._error -- every error is raised at the user's line (init.lua)
 local nn = require "moe.nn"
 local inits = require "moe.initializers"
 local I = inits.initializers
@@ -45,7 +46,7 @@ function FeedForwardExperts:init(opts)
   nn.positive_int(self, "d_ff")
   for _, k in ipairs { "inner_dropout", "output_dropout" } do
     if type(self[k]) ~= "number" or self[k] < 0 or self[k] >= 1 then
-      error(("FeedForwardExperts: %s must be in [0, 1), got %s"):format(k, tostring(self[k])), 3)
+      error(("FeedForwardExperts: %s must be in [0, 1), got %s"):format(k, moe._show(self[k])), 3)
     end
   end
   rawset(self, "_act", nn.get_activation(self.activation, "FeedForwardExperts"))
@@ -108,7 +109,7 @@ local function router_init(self, opts, extra)
   self:_options(opts, d)
   nn.positive_int(self, "num_experts")
   if type(self.jitter_noise) ~= "number" or self.jitter_noise < 0 or self.jitter_noise >= 1 then
-    error(("%s: jitter_noise must be in [0, 1), got %s"):format(self.class_name, tostring(self.jitter_noise)), 4)
+    error(("%s: jitter_noise must be in [0, 1), got %s"):format(self.class_name, moe._show(self.jitter_noise)), 4)
   end
 end
 
@@ -309,10 +310,10 @@ function MoeLayer:init(opts)
   Module.init(self, opts)
   local experts, router = as_module(opts.experts), as_module(opts.router)
   if not nn.is_module(experts) or not experts.grouped then
-    error("MoeLayer: option 'experts' must be an nn.FeedForwardExperts", 3)
+    error(("MoeLayer: option 'experts' must be an nn.FeedForwardExperts, got %s"):format(moe._show(experts)), 3)
   end
   if not nn.is_module(router) or not router.num_experts or not router.forward then
-    error("MoeLayer: option 'router' must be an nn.TokensChooseMaskedRouter or nn.ExpertsChooseMaskedRouter", 3)
+    error(("MoeLayer: option 'router' must be an nn.TokensChooseMaskedRouter or nn.ExpertsChooseMaskedRouter, got %s"):format(moe._show(router)), 3)
   end
   if experts.num_experts ~= router.num_experts then
     error(("MoeLayer: the router has %d experts but experts has %d"):format(router.num_experts, experts.num_experts), 3)
@@ -323,7 +324,7 @@ function MoeLayer:init(opts)
     dropless = false })
   for _, k in ipairs { "train_capacity_factor", "eval_capacity_factor", "examples_per_group" } do
     if type(self[k]) ~= "number" or self[k] <= 0 then
-      error(("MoeLayer: %s must be a positive number, got %s"):format(k, tostring(self[k])), 3)
+      error(("MoeLayer: %s must be a positive number, got %s"):format(k, moe._show(self[k])), 3)
     end
   end
   self:add_module("router", router)
@@ -393,7 +394,7 @@ function MoeLayerWithBackbone:init(opts)
   Module.init(self, opts)
   opts.moe_layer = as_module(opts.moe_layer)
   if not nn.is_module(opts.moe_layer) or opts.moe_layer.class_name ~= "MoeLayer" then
-    error("MoeLayerWithBackbone: option 'moe_layer' must be an nn.MoeLayer", 3)
+    error(("MoeLayerWithBackbone: option 'moe_layer' must be an nn.MoeLayer, got %s"):format(moe._show(opts.moe_layer)), 3)
   end
   local o = {}
   for k, v in pairs(opts) do if k ~= "moe_layer" then o[k] = v end end

@@ -20,6 +20,7 @@
 local ffi = require "ffi"
 local bit = require "bit"
 local moe = require "moe"
+local error = moe._error -- every error is raised at the user's line (init.lua)
 
 local tb = {}
 

@@ -1,5 +1,6 @@
 -- moe.testing: gradient checks by central finite differences in float64.
 local moe = require "moe"
+local error = moe._error -- every error is raised at the user's line (init.lua)
 local core = moe.core
 
 local testing = {}

@@ -18,6 +18,7 @@
 -- a "val_" prefix. Inputs and targets are tensors or tables of named tensors
 -- (all with the same number of rows).
 local moe = require "moe"
+local error = moe._error -- every error is raised at the user's line (init.lua)
 local nn = require "moe.nn"
 local core = moe.core
 local ffi = require "ffi"
@@ -63,7 +64,7 @@ end
 
 function Module:compile(opts)
   opts = opts or {}
-  if type(opts) ~= "table" then error(("compile: expected one table of options, got %s"):format(type(opts)), 2) end
+  if type(opts) ~= "table" then error(("compile: expected one table of options, got %s"):format(moe._show(opts)), 2) end
   for k in pairs(opts) do
     if not COMPILE_OPTS[k] then
       error(("compile: unknown option '%s' (options: loss, loss_weights, metrics, optimizer)"):format(tostring(k)), 2)
@@ -91,12 +92,12 @@ function Module:compile(opts)
   end
   if opts.loss_weights ~= nil then
     if type(opts.loss_weights) ~= "table" then
-      error(("compile: loss_weights must be a table of numbers by output name, got %s"):format(type(opts.loss_weights)), 2)
+      error(("compile: loss_weights must be a table of numbers by output name, got %s"):format(moe._show(opts.loss_weights)), 2)
     end
     for k, w in pairs(opts.loss_weights) do
       check_output_key(self, "loss_weights", k)
       if type(w) ~= "number" or w ~= w then
-        error(("compile: loss_weights.%s must be a number, got %s"):format(tostring(k), tostring(w)), 2)
+        error(("compile: loss_weights.%s must be a number, got %s"):format(tostring(k), moe._show(w)), 2)
       end
     end
   end
@@ -105,7 +106,7 @@ function Module:compile(opts)
   if ms ~= nil then
     if type(ms) ~= "table" or (ms.update and ms.result) then
       error(("compile: metrics must be a list of metric names (or objects), or a table of lists by output name, got %s")
-        :format(type(ms) == "table" and "a metric object (put it in a list)" or type(ms)), 2)
+        :format(type(ms) == "table" and "a metric object (put it in a list)" or moe._show(ms)), 2)
     end
     local keyed, listed = false, false
     for k in pairs(ms) do if type(k) == "string" then keyed = true else listed = true end end
@@ -118,7 +119,7 @@ function Module:compile(opts)
       for k, list in pairs(ms) do
         check_output_key(self, "metrics", k)
         if type(list) == "string" or (type(list) == "table" and list.update) then list = { list } end
-        if type(list) ~= "table" then error(("compile: metrics.%s must be a list of metric names, got %s"):format(k, type(list)), 2) end
+        if type(list) ~= "table" then error(("compile: metrics.%s must be a list of metric names, got %s"):format(k, moe._show(list)), 2) end
         for _, spec in ipairs(list) do check(spec, (" (for output '%s')"):format(k)) end
       end
     else
@@ -232,10 +233,10 @@ local function rows_of(v, what, where)
     if v:dim() == 0 then error(("%s: %s is a scalar tensor; expected rows"):format(where, what), 3) end
     return v:size(1)
   end
-  if type(v) ~= "table" then error(("%s: %s must be a tensor or a table of tensors, got %s"):format(where, what, type(v)), 3) end
+  if type(v) ~= "table" then error(("%s: %s must be a tensor or a table of tensors, got %s"):format(where, what, moe._show(v)), 3) end
   local n
   for k, t in pairs(v) do
-    if not is_tensor(t) then error(("%s: %s.%s must be a tensor, got %s"):format(where, what, tostring(k), type(t)), 3) end
+    if not is_tensor(t) then error(("%s: %s.%s must be a tensor, got %s"):format(where, what, tostring(k), moe._show(t)), 3) end
     if t:dim() == 0 then error(("%s: %s.%s is a scalar tensor; expected rows"):format(where, what, tostring(k)), 3) end
     local r = t:size(1)
     if n and r ~= n then
@@ -595,7 +596,7 @@ end
 -- ------------------------------------------------------------------ fit
 
 local function check_opts(opts, allowed, where)
-  if type(opts) ~= "table" then error(("%s: expected one table of options"):format(where), 3) end
+  if type(opts) ~= "table" then error(("%s: expected one table of options, got %s"):format(where, moe._show(opts)), 3) end
   for k in pairs(opts) do
     if not allowed[k] then
       local names = sorted_keys(allowed)
@@ -610,7 +611,7 @@ local FIT_OPTS = { x = true, y = true, batch_size = true, epochs = true, validat
 
 local function positive_int(v, name, where)
   if type(v) ~= "number" or v < 1 or v ~= math.floor(v) then
-    error(("%s: %s must be a positive integer, got %s"):format(where, name, tostring(v)), 3)
+    error(("%s: %s must be a positive integer, got %s"):format(where, name, moe._show(v)), 3)
   end
 end
 
@@ -751,7 +752,7 @@ function Module:fit(opts)
   if opts.validation_data then
     local v = opts.validation_data
     if type(v) ~= "table" or is_tensor(v) then
-      error(("fit: validation_data must be {x, y} (or {x = ..., y = ...}), got %s"):format(is_tensor(v) and "a tensor" or type(v)), 2)
+      error(("fit: validation_data must be {x, y} (or {x = ..., y = ...}), got %s"):format(moe._show(v)), 2)
     end
     vx, vy, vsw = v[1] or v.x, v[2] or v.y, v[3] or v.sample_weight
     if vx == nil or vy == nil then error("fit: validation_data must be {x, y} (or {x = ..., y = ...})", 2) end
@@ -763,7 +764,7 @@ function Module:fit(opts)
     end
   elseif opts.validation_split then
     local f = opts.validation_split
-    if type(f) ~= "number" or f <= 0 or f >= 1 then error("fit: validation_split must be in (0, 1)", 2) end
+    if type(f) ~= "number" or f <= 0 or f >= 1 then error(("fit: validation_split must be in (0, 1), got %s"):format(moe._show(f)), 2) end
     local nv = math.floor(n * f)
     if nv < 1 or nv >= n then error(("fit: validation_split %g of %d rows leaves no data on one side"):format(f, n), 2) end
     vx, vy, vsw = narrow(x, n - nv + 1, nv), narrow(y, n - nv + 1, nv), narrow(sw, n - nv + 1, nv)
@@ -777,7 +778,7 @@ function Module:fit(opts)
   history.params = { epochs = epochs, batch_size = batch, samples = n }
   local cbs = {}
   for _, cb in ipairs(opts.callbacks or {}) do
-    if type(cb) ~= "table" then error("fit: callbacks must be a list of callback tables", 2) end
+    if type(cb) ~= "table" then error(("fit: callbacks must be a list of callback tables, got %s"):format(moe._show(cb)), 2) end
     cbs[#cbs + 1] = cb
   end
   cbs[#cbs + 1] = history -- last, as in Keras: it records what callbacks add to the logs (lr, ...)
@@ -969,7 +970,7 @@ end
 -- outputs of shape [0, ...] (Keras's)
 function Module:predict(x, opts)
   opts = opts or {}
-  if type(opts) ~= "table" then error(("predict: options must be a table ({batch_size = 256}), got %s"):format(type(opts)), 2) end
+  if type(opts) ~= "table" then error(("predict: options must be a table ({batch_size = 256}), got %s"):format(moe._show(opts)), 2) end
   for k in pairs(opts) do
     if k ~= "batch_size" and k ~= "verbose" then
       error(("predict: unknown option '%s' (options: batch_size, verbose)"):format(tostring(k)), 2)
