@@ -50,7 +50,7 @@ CU_COMPILE  = $(EMU_CXX) -x c++ -c $< -o $@
 endif
 
 
-.PHONY: gpu-check all deps run test asan-test emu-test bench clean help fuzz fuzz-deps fuzz-build format format-check
+.PHONY: gpu-check all deps run test asan-test emu-test bench clean help fuzz fuzz-deps fuzz-build format format-check docs
 
 all: deps $(BUILD)/moelua $(BUILD)/moe/core.so
 
@@ -153,6 +153,14 @@ gpu-check:
 clean:
 	rm -rf build build-asan build-emu build-fuzz
 
+# docs/api.md: the API reference, generated from the documentation registry
+# (lua/moe/doc_*.lua, read by lua/moe/doc.lua); spec/docs_spec.lua checks that
+# the committed file is what this writes now
+docs: $(BUILD)/moelua
+	@mkdir -p docs
+	@$(BUILD)/moelua doc --markdown > docs/api.md.tmp && mv docs/api.md.tmp docs/api.md
+	@echo "wrote docs/api.md"
+
 # the C, C++ and CUDA sources follow .clang-format (make format-check is part of make test)
 FORMAT_SRC = $(wildcard src/*.c src/*/*.c src/*/*.h src/cuda/*.cu src/cuda/*.cuh src/cuda/emu/*.cc src/cuda/emu/*.h spec/c/*.c spec/fuzz/*.c bench/*.c)
 format:
@@ -171,6 +179,7 @@ help:
 	@echo "make fuzz         libFuzzer on the CSV reader and the checkpoint loader, FUZZ_TIME=30 s each (spec/fuzz/README.md)"
 	@echo "make fuzz-deps    install clang and libFuzzer's runtime; make fuzz-build builds the harnesses"
 	@echo "make format       reformat the sources with .clang-format; make format-check only checks"
+	@echo "make docs         write docs/api.md, the API reference, from the documentation registry (lua/moe/doc_*.lua)"
 	@echo "make deps         install the missing Debian packages (scripts/deps.sh; every target runs it)"
 	@echo "make clean        remove build/, build-asan/, build-emu/, build-fuzz/"
 	@echo "make help         this list"
