@@ -584,10 +584,24 @@ end
 doc.kind_of = kind_of
 
 -- the entries of a section or module, by name
+-- an entry's summary up to its first sentence's end (". "), at most max characters
+local function brief(e, max)
+  local s = e.summary or ""
+  local stop = s:find("%.%s")
+  if stop then s = s:sub(1, stop) end
+  max = max or 60
+  if #s > max then s = s:sub(1, max - 3):gsub("%s+%S*$", "") .. "..." end
+  return s
+end
+doc.brief = brief
+
+-- (methods are left to their class's help: help(moe.nn) lists the layers)
 local function members(prefix)
   local out = {}
   for _, e in ipairs(doc.ordered()) do
-    if e.name:sub(1, #prefix) == prefix and e.name ~= prefix:sub(1, -2) then out[#out + 1] = e end
+    if e.name:sub(1, #prefix) == prefix and e.name ~= prefix:sub(1, -2) and not e.name:find(":", 1, true) then
+      out[#out + 1] = e
+    end
   end
   return out
 end
@@ -648,7 +662,8 @@ function doc.text(e)
       lines[#lines + 1] = ""
       lines[#lines + 1] = "Contents:"
       for _, m in ipairs(ms) do
-        lines[#lines + 1] = ("  %-30s %s"):format(m.name, (m.summary or ""):match("^[^%.]*%.?") or "")
+        local label = ("  %-30s "):format(m.name)
+        lines[#lines + 1] = label .. brief(m, math.max(20, WIDTH - #label))
       end
     end
   end
@@ -856,7 +871,7 @@ function doc.main(args)
   if a1 == "--search" then
     if not args[2] then io.stderr:write("moelua doc --search: give a word\n"); return 2 end
     local hits = doc.search(args[2])
-    for _, n in ipairs(hits) do io.write(("%-32s %s\n"):format(n, (entries[n].summary or ""):match("^[^%.]*%.?"))) end
+    for _, n in ipairs(hits) do io.write(("%-32s %s\n"):format(n, brief(entries[n], 60))) end
     return #hits > 0 and 0 or 1
   end
   if a1 == "--check" then

@@ -270,6 +270,8 @@ S[#S + 1] = { id = "testing", title = "Testing and documentation (moe.testing, m
     { "doc.search", "moe.doc.search(word)", "The names whose entry mentions word (case-insensitive).",
       returns = "a list of names.", example = "moe.doc.search(\"capacity\")" },
     { "doc.text", "moe.doc.text(entry)", "An entry as the text help prints." },
+    { "doc.brief", "moe.doc.brief(entry, [max = 60])", "An entry's summary up to the end of its first sentence, "
+      .. "cut to at most max characters (the one-line listings use it)." },
     { "doc.markdown", "moe.doc.markdown()", "The whole reference as Markdown (what `make docs` writes to docs/api.md)." },
     { "doc.main", "moe.doc.main(args)", "`moelua doc`'s command line: NAME..., --search WORD, --markdown, --check.",
       returns = "the exit status." },

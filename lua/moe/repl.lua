@@ -24,7 +24,9 @@ local function documented(v)
     local okr, s = pcall(d.class_repr, v)
     if okr then return s end
   end
-  local summary = e.summary and (": " .. e.summary:match("^[^%.]*")) or ""
+  local b = e.summary and d.brief(e, 70)
+  if b and b:sub(-3) ~= "..." then b = b:gsub("%.$", "") end
+  local summary = b and (": " .. b) or ""
   local shown = name == "moe" and "moe" or ("moe." .. name)
   return ("<%s %s%s> help(%s) for more"):format(kind, shown, summary, shown)
 end
