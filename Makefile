@@ -51,7 +51,7 @@ endif
 
 
 .PHONY: gpu-check all deps run test asan-test emu-test bench clean help fuzz fuzz-deps fuzz-build format format-check \
-        install uninstall
+        install uninstall docs
 
 all: deps $(BUILD)/moelua $(BUILD)/moe/core.so
 
@@ -204,6 +204,14 @@ uninstall:
 	@for d in "$(DESTDIR)$(LUADIR)/moe" "$(DESTDIR)$(CMODDIR)/moe" "$(DESTDIR)$(DATADIR)" "$(DESTDIR)$(INCLUDEDIR)/moelua"; do \
 	  [ ! -d "$$d" ] || find "$$d" -depth -type d -empty -delete; done
 
+# docs/api.md: the API reference, generated from the documentation registry
+# (lua/moe/doc_*.lua, read by lua/moe/doc.lua); spec/docs_spec.lua checks that
+# the committed file is what this writes now
+docs: $(BUILD)/moelua
+	@mkdir -p docs
+	@$(BUILD)/moelua doc --markdown > docs/api.md.tmp && mv docs/api.md.tmp docs/api.md
+	@echo "wrote docs/api.md"
+
 # the C, C++ and CUDA sources follow .clang-format (make format-check is part of make test)
 FORMAT_SRC = $(wildcard src/*.c src/*/*.c src/*/*.h src/cuda/*.cu src/cuda/*.cuh src/cuda/emu/*.cc src/cuda/emu/*.h spec/c/*.c spec/fuzz/*.c bench/*.c)
 format:
@@ -222,6 +230,7 @@ help:
 	@echo "make fuzz         libFuzzer on the CSV reader and the checkpoint loader, FUZZ_TIME=30 s each (spec/fuzz/README.md)"
 	@echo "make fuzz-deps    install clang and libFuzzer's runtime; make fuzz-build builds the harnesses"
 	@echo "make format       reformat the sources with .clang-format; make format-check only checks"
+	@echo "make docs         write docs/api.md, the API reference, from the documentation registry (lua/moe/doc_*.lua)"
 	@echo "make deps         install the missing Debian packages (scripts/deps.sh; every target runs it)"
 	@echo "make clean        remove build/, build-asan/, build-emu/, build-fuzz/"
 	@echo "make install      install moelua, moe.core, the Lua modules, the man page, libmoe.a/moe.h/moelua.pc"

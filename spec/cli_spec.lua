@@ -388,4 +388,29 @@ describe("moelua REPL in a terminal", function()
     os.execute(T .. " send-keys -t r Up")
     assert.matches("> remember_me = 7", wait_for("> remember_me = 7"))
   end)
+
+  it("completes modules before they load; shows models, help, several results and C errors at the caller", function()
+    if not have_tmux then pending("tmux not installed"); return end
+    start()
+    keys("moe.Sequ", "Tab")                     -- a lazily loaded name, before its first use
+    assert.matches("> moe%.Sequential", wait_for("> moe%.Sequential"))
+    keys("{moe.nn.Dense{units = 2, name = 'd'}, input_shape = {3}, name = 'tm'}", "Enter")
+    assert.matches("Sequential \"tm\" %-> %(None, 2%), 8 params %(\n  %(d%): Dense{units = 2} %-> %(None, 2%), 8 params",
+      wait_for("%(d%): Dense"))
+    keys("m = moe.Sequential{moe.nn.Dense{units = 2}, input_shape = {3}}", "Enter")
+    wait_for("{3}}\n> ")
+    keys("m:summ", "Tab")
+    assert.matches("m:summary", wait_for("> m:summary"))
+    keys("()", "Enter")
+    local s = wait_for("Non%-trainable params: 0\n%-+\n> ")
+    local _, n = s:gsub("Total params: 8", "")
+    assert.are.equal(1, n, s)                    -- printed once, not echoed back as a string
+    keys("help(m.fit)", "Enter")
+    assert.matches("model:fit{x, y, %.%.%.}", wait_for("model:fit{x, y"))
+    keys("moe.tensor{3, 1, 2}:topk(2)", "Enter")
+    assert.matches(" 2\n%[moe%.Tensor float32 of size 2%]\n 1\n 3\n%[moe%.Tensor int64 of size 2%]",
+      wait_for("int64 of size 2%]"))
+    keys("moe.zeros(-1)", "Enter")
+    assert.matches("stdin:1: zeros: negative size", wait_for("stdin:1: zeros"))
+  end)
 end)

@@ -4,6 +4,7 @@
  *   moelua run script.lua ...   run a script; `arg` is set as the lua interpreter does
  *   moelua script.lua ...       the same, so moelua can be busted's --lua interpreter
  *   moelua -e 'code'            run code (repeatable); -i: REPL afterwards; -v/--version; -h/--help
+ *   moelua doc NAME...          the documentation of NAME (lua/moe/doc.lua), as help(x) prints it
  *
  * Like lua.c, the host is a second place (besides src/lua/) that talks to Lua. */
 #include <errno.h>
@@ -123,6 +124,37 @@ static void set_sigint(void (*handler)(int)) {
 
 /* ---------------------------------------------------------------- running code */
 
+/* does msg start with a position, "file:line: "? (a ": " before one ends the search:
+ * "fit: ... 12:30: " is a message, not a position) */
+static int has_position(const char *msg) {
+  for (const char *c = strchr(msg, ':'); c; c = strchr(c + 1, ':')) {
+    const char *p = c + 1;
+    if (*p == ' ' || *p == '\n') return 0;
+    if (*p >= '0' && *p <= '9') {
+      while (*p >= '0' && *p <= '9') p++;
+      if (p[0] == ':' && p[1] == ' ') return 1;
+    }
+  }
+  return 0;
+}
+
+/* An error raised by a C function (luaL_error in the binding, a bad argument)
+ * carries no position: name the Lua code that called it, the first frame with
+ * a line outside the library's own files, as the binding's engine errors do. */
+extern char moe_l_lib_dir[];
+static const char *with_caller_position(lua_State *L, const char *msg) {
+  if (has_position(msg)) return msg;
+  lua_Debug ar;
+  size_t nlib = strlen(moe_l_lib_dir);
+  for (int level = 1; lua_getstack(L, level, &ar); level++) {
+    if (!lua_getinfo(L, "Sl", &ar)) break;
+    if (ar.currentline <= 0) continue;
+    if (ar.source[0] == '@' && nlib && !strncmp(ar.source + 1, moe_l_lib_dir, nlib)) continue;
+    return lua_pushfstring(L, "%s:%d: %s", ar.short_src, ar.currentline, msg);
+  }
+  return msg;
+}
+
 static int msghandler(lua_State *L) {
   lua_sethook(L, NULL, 0, 0); /* a pending Ctrl-C must not interrupt the handler itself */
   moe_lua_interrupted = 0;
@@ -132,6 +164,7 @@ static int msghandler(lua_State *L) {
     if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) return 1;
     msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
   }
+  msg = with_caller_position(L, msg);
   lua_getglobal(L, "debug");
   lua_getfield(L, -1, "traceback");
   lua_pushstring(L, msg);
@@ -173,13 +206,14 @@ static int dostring(lua_State *L, const char *code, const char *name) {
   return report(L, status);
 }
 
+/* moe as a global, and help(x) (moe.help, unless the code has a help of its own) */
 static int load_moe_global(lua_State *L) {
   lua_getglobal(L, "require");
   lua_pushstring(L, "moe");
   int status = docall(L, 1, 1);
   if (status) return report(L, status);
   lua_setglobal(L, "moe");
-  return 0;
+  return dostring(L, "if help == nil then help = moe.help end", "=(moelua)");
 }
 
 /* ---------------------------------------------------------------- REPL */
@@ -286,13 +320,24 @@ static int at_eof(lua_State *L, int status) {
 }
 
 /* Compile the chunk: "return <chunk>" first so expressions print, then the chunk.
+ * An expression runs as the argument of a pass-through call, not as the tail
+ * call "return f(x)" would make of it, so the REPL's own frame stays on the
+ * stack and an error in f names stdin:1.
  * Returns 0 compiled (function on stack), 1 incomplete, 2 syntax error (message on stack). */
 static int compile_chunk(lua_State *L, const char *chunk) {
+  static const char pre[] = "return (function(...) return ... end)(", post[] = "\n)";
   size_t n = strlen(chunk);
-  char *ret = malloc(n + 8);
+  char *ret = malloc(n + sizeof pre + sizeof post);
   memcpy(ret, "return ", 7);
   memcpy(ret + 7, chunk, n + 1);
   int status = luaL_loadbuffer(L, ret, n + 7, "=stdin");
+  if (status == 0) { /* an expression list: the wrapped form, where it compiles too ("x;" does not) */
+    memcpy(ret, pre, sizeof pre - 1);
+    memcpy(ret + sizeof pre - 1, chunk, n);
+    memcpy(ret + sizeof pre - 1 + n, post, sizeof post);
+    if (luaL_loadbuffer(L, ret, strlen(ret), "=stdin") == 0) lua_remove(L, -2);
+    else lua_pop(L, 1);
+  }
   free(ret);
   if (status == 0) {
     jit_off(L);
@@ -447,6 +492,7 @@ static void usage(FILE *f) {
           "usage: moelua [options] [script.lua [args...]]\n"
           "       moelua run script.lua [args...]\n"
           "       moelua repl\n"
+          "       moelua doc NAME...   the documentation of NAME (nn.Dense, randn, nn.Module:fit; --help)\n"
           "Options:\n"
           "  -e code     run code (moe is preloaded as a global); may be repeated\n"
           "  -i          enter the REPL after running the script or -e code\n"
@@ -455,6 +501,24 @@ static void usage(FILE *f) {
           "  -           run the script read from standard input\n"
           "Environment: MOELUA_ROOT (a checkout or install prefix, used when the library is not\n"
           "  where this binary was built for it), MOELUA_HISTORY (REPL history file)\n");
+}
+
+/* moelua doc NAME...: moe.doc.main(args) prints the entries; its result is the exit status */
+static int doc_main(lua_State *L, int argc, char **argv) {
+  if (load_moe_global(L)) return 1;
+  lua_getglobal(L, "require");
+  lua_pushstring(L, "moe.doc");
+  if (docall(L, 1, 1)) return report(L, 1);
+  lua_getfield(L, -1, "main");
+  lua_createtable(L, argc - 2, 0);
+  for (int i = 2; i < argc; i++) {
+    lua_pushstring(L, argv[i]);
+    lua_rawseti(L, -2, i - 1);
+  }
+  if (docall(L, 1, 1)) return report(L, 1);
+  int rc = lua_isnumber(L, -1) ? (int)lua_tointeger(L, -1) : 1;
+  fflush(stdout);
+  return rc;
 }
 
 static int gc64_ok(lua_State *L) {
@@ -481,6 +545,12 @@ int main(int argc, char **argv) {
     return 1;
   }
   moe_lua_setup_paths_at(L, MOELUA_LUADIR);
+  if (argc > 1 && !strcmp(argv[1], "doc")) {
+    set_arg(L, argc, argv, 0);
+    int rc = doc_main(L, argc, argv);
+    lua_close(L);
+    return rc;
+  }
   /* `arg` must exist before any -e code runs, so the script position is found first */
   int script_at = find_script(argc, argv);
   set_arg(L, argc, argv, script_at);

@@ -247,12 +247,13 @@ local lazy = {
   initializers = "moe.initializers", regularizers = "moe.initializers",
   constraints = "moe.initializers", io = "moe.io", data = "moe.data",
   metrics = "moe.metrics", callbacks = "moe.callbacks", datasets = "moe.datasets", plot = "moe.plot",
-  cuda = "moe.cuda", tensorboard = "moe.tensorboard",
+  cuda = "moe.cuda", tensorboard = "moe.tensorboard", doc = "moe.doc",
 }
 local lazy_fields = {
   Sequential = { "moe.model", "Sequential" }, Model = { "moe.model", "Model" },
   Input = { "moe.model", "Input" }, load = { "moe.model", "load" },
   save_tensors = { "moe.io", "save_tensors" }, load_tensors = { "moe.io", "load_tensors" },
+  help = { "moe.doc", "help" }, -- help(x): the entry of x in the documentation registry
 }
 -- The precision of the experts' GEMMs (the sparse MoeLayer's grouped GEMMs,
 -- TabularMoELayer's and MMoE/OMoE's expert kernels), forward and backward:

@@ -88,11 +88,14 @@ local function class(name, parent)
   cls.__index = cls
   cls.__newindex = module_newindex
   cls.__call = function(self, ...) return self:__call__(...) end
-  cls.__tostring = function(self) return ("%s \"%s\""):format(self.class_name, self.name) end
+  -- print(model): the layer tree with options, output shapes and parameter counts
+  cls.__tostring = function(self) return require("moe.repl").module_tree(self) end
   cls.class_name = name
   cls.super = parent
   setmetatable(cls, {
     __index = parent,
+    -- print(nn.Dense): the class as its call, with the options' defaults
+    __tostring = function(c) return require("moe.doc").class_repr(c) end,
     __call = function(c, opts, ...)
       local o = setmetatable({}, c)
       o:init(opts or {}, ...)
@@ -118,12 +121,13 @@ end
 Module.__index = Module
 Module.__newindex = module_newindex
 Module.__call = function(self, ...) return self:__call__(...) end
+Module.__tostring = function(self) return require("moe.repl").module_tree(self) end
 Module.class_name = "Module"
 setmetatable(Module, { __call = function(c, opts)
   local o = setmetatable({}, c)
   o:init(opts or {})
   return o
-end })
+end, __tostring = function(c) return require("moe.doc").class_repr(c) end })
 registry.Module = Module
 
 function Module:init(opts)
@@ -760,7 +764,8 @@ function Module:get_config()
 end
 
 -- summary(): a table of layers, output shapes and parameter counts, with totals.
--- Prints it (or passes it to opts.print_fn) and returns the string.
+-- Prints it (or passes it to opts.print_fn), as Keras's returns nothing (so the
+-- REPL shows it once); print_fn = false returns the string instead.
 local function commas(n)
   local s = tostring(math.floor(n))
   while true do
@@ -824,9 +829,9 @@ function Module:summary(opts)
   out[#out + 1] = "Non-trainable params: " .. commas(total - trainable)
   out[#out + 1] = line
   local s = table.concat(out, "\n")
+  if opts.print_fn == false then return s end
   local pf = opts.print_fn or print
-  if opts.print_fn ~= false then pf(s) end
-  return s
+  pf(s)
 end
 
 -- ------------------------------------------------------------------ activations

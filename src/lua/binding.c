@@ -98,13 +98,13 @@ void moe_lua_find_root(char *root, size_t n) {
   snprintf(root, n, "%s", dir[0] ? dir : ".");
 }
 
-static char lib_dir[PATH_MAX]; /* where moe/init.lua was found; "" when nowhere */
+static char lib_dir[2 * PATH_MAX]; /* where moe/init.lua was found; "" when nowhere */
 
 const char *moe_lua_library_dir(void) { return lib_dir; }
 
 /* does dir hold the Lua library? (then it goes into lib_dir; else a line of `tried`) */
 static int try_dir(const char *dir, const char *why, char *tried, size_t tn) {
-  char f[PATH_MAX + 16];
+  char f[2 * PATH_MAX + 16];
   snprintf(f, sizeof f, "%s/moe/init.lua", dir);
   if (access(f, R_OK) == 0) {
     snprintf(lib_dir, sizeof lib_dir, "%s", dir);

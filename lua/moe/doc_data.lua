@@ -1,0 +1,305 @@
+-- Documentation entries: data, datasets, io, plot, cuda, initializers,
+-- regularizers, constraints, testing and doc itself (read by moe.doc).
+
+local S = {}
+
+local function probe(path)
+  return function(moe)
+    local f = moe
+    for part in path:gmatch("[^%.]+") do f = f[part] end
+    return f { __doc_probe = true }
+  end
+end
+-- an initializer, regularizer or constraint: its defaults are a fresh object's fields
+local function kind(mod, name, summary, opts, extra)
+  local e = { mod .. "." .. name, ("moe.%s.%s{...}"):format(mod, name), summary, options = opts,
+    defaults_from = function(moe) return moe[mod][name]() end, probe_options = probe(mod .. "." .. name),
+    covers = { "get_config", "validate" } }
+  for k, v in pairs(extra or {}) do e[k] = v end
+  return e
+end
+local SEED = { "seed", "integer", nil, "reseeds moe's generator (moe.manual_seed) before each draw" }
+
+S[#S + 1] = { id = "data", title = "Data (moe.data)", intro =
+  "Tabular data in a few lines: a CSV reader in C (plain or gzip), frames of numeric and categorical columns, an "
+  .. "encoder fitted on training rows, and seeded splits and batches that leave moe's generator alone.",
+  entries = {
+    { "data", "moe.data", "CSV frames, feature encoding, splits and batches.",
+      example = "local f = moe.data.read_csv(\"data/census-income.test.gz\", { header = false })\n"
+        .. "local parts = moe.data.split(f:nrows(), { train = 0.8, test = 0.2, seed = 1 })" },
+    { "data.read_csv", "moe.data.read_csv(path, [opts])", "Reads a CSV file (plain or gzip) into a frame: fields "
+      .. "trimmed, double quotes (with \"\", separators and newlines inside), numeric columns detected (missing "
+      .. "numbers as NaN), the others categorical. Malformed input is an error naming the line and column.",
+      options = {
+        { "header", "boolean", "true", "the first row names the columns (else they are \"1\", \"2\", ...)" },
+        { "columns", "list of strings", "none", "names for a file without a header (needs header = false)" },
+        { "sep", "string", "\",\"", "the field separator" },
+        { "skip", "integer", "0", "lines to skip first" },
+        { "na_values", "string or list", "none", "more spellings of a missing value" },
+        { "keep_default_na", "boolean", "true", "also treat data.DEFAULT_NA_VALUES (and \"\") as missing" },
+        { "dtypes", "table", "none", "column name -> \"numeric\" or \"categorical\", overriding the detection" },
+      }, returns = "a data.Frame." },
+    { "data.DEFAULT_NA_VALUES", "moe.data.DEFAULT_NA_VALUES", "The fields read_csv reads as missing by default "
+      .. "(pandas's list: \"NA\", \"N/A\", \"NaN\", \"nan\", \"NULL\", \"null\", \"None\", \"<NA>\", \"#N/A\", ...)." },
+    { "data.Frame", "moe.data.Frame", "What read_csv returns: named columns, numeric (float64 values, NaN where "
+      .. "missing) or categorical (int32 codes into levels, 0 where missing). frame.columns lists the names.",
+      example = "print(frame)   -- rows, columns and their kinds\nlocal ages = frame:values(\"age\")" },
+    { "data.Frame:nrows", "frame:nrows()", "The number of rows." },
+    { "data.Frame:ncols", "frame:ncols()", "The number of columns." },
+    { "data.Frame:has", "frame:has(name)", "Whether the frame has that column." },
+    { "data.Frame:is_numeric", "frame:is_numeric(name)", "Whether the column is numeric." },
+    { "data.Frame:levels", "frame:levels(name)", "A categorical column's levels (strings, in order of first "
+      .. "appearance)." },
+    { "data.Frame:values", "frame:values(name)", "A numeric column as a float64 tensor (NaN where missing)." },
+    { "data.Frame:codes", "frame:codes(name)", "A categorical column as an int32 tensor of 1-based codes into "
+      .. "frame:levels(name), 0 where missing." },
+    { "data.Frame:column", "frame:column(name)", "The column as a Lua list: numbers (NaN where missing) or strings "
+      .. "(false where missing)." },
+    { "data.Frame:take", "frame:take(indices)", "A new frame of the given rows (a list or int64 tensor of 1-based "
+      .. "indices), in that order." },
+    { "data.Frame:select", "frame:select(names)", "A new frame with only these columns, in this order." },
+    { "data.Frame:drop", "frame:drop(names)", "A new frame without these columns." },
+    { "data.FeatureEncoder", "moe.data.FeatureEncoder{categorical, numeric}", "Encodes frames into a float32 matrix: "
+      .. "numerics standardised with the training rows' mean and (population) standard deviation, missing ones at "
+      .. "the mean; categoricals one-hot over the training rows' levels (sorted), an unseen or missing value all "
+      .. "zeros, so columns never shift between splits.",
+      options = { { "categorical", "list of strings", "{}", "" }, { "numeric", "list of strings", "{}", "" } },
+      example = "local enc = moe.data.FeatureEncoder { categorical = { \"education\" }, numeric = { \"age\" } }\n"
+        .. "local x = enc:fit(train):transform(test)" },
+    { "data.FeatureEncoder:fit", "enc:fit(frame)", "Learns the statistics and levels from frame. Returns enc." },
+    { "data.FeatureEncoder:transform", "enc:transform(frame)", "Encodes frame.",
+      returns = "a float32 tensor [n, #numeric + levels]." },
+    { "data.FeatureEncoder:fit_transform", "enc:fit_transform(frame)", "enc:fit(frame):transform(frame)." },
+    { "data.FeatureEncoder:feature_names", "enc:feature_names()", "The output columns' names: the numeric names, "
+      .. "then \"column=level\" for each level." },
+    { "data.split", "moe.data.split(n, [fractions])", "Splits the rows 1..n by a seeded permutation into parts of "
+      .. "the given fractions (any names; each in (0, 1], adding up to at most 1; when they add up to 1 the last "
+      .. "part takes the rest).",
+      options = { { "train, val, test, ...", "number", "{train = 0.5, val = 0.25, test = 0.25}", "the parts' fractions" },
+        { "seed", "integer", "1", "" } },
+      returns = "a table part -> list of 1-based row indices.",
+      example = "local s = moe.data.split(1000, { train = 0.8, test = 0.2, seed = 7 })" },
+    { "data.batches", "moe.data.batches(n, batch_size, [opts])", "An iterator over batches of the rows 1..n: "
+      .. "(int64 tensor of row indices, batch number).",
+      options = { { "shuffle", "boolean", "true", "a new order on every call of batches" },
+        { "seed", "integer", "a counter", "the order's seed (by default it advances each call)" },
+        { "drop_last", "boolean", "false", "skip a last, smaller batch" } },
+      example = "for idx in moe.data.batches(x:size(1), 32, { seed = 1 }) do\n  local xb = x:index_select(1, idx)\nend" },
+    { "data.permutation", "moe.data.permutation(n, seed)", "1..n in an order drawn from seed (Fisher-Yates on the "
+      .. "data module's own generator).", returns = "a Lua list." },
+    { "data.uniform", "moe.data.uniform(seed)", "A function drawing numbers uniform in (0, 1) from its own seeded "
+      .. "generator (xorshift64*)." },
+  } }
+
+S[#S + 1] = { id = "datasets", title = "Datasets (moe.datasets)", intro =
+  "The data of the MMoE paper's experiments, ready to fit.",
+  entries = {
+    { "datasets", "moe.datasets", "The UCI census-income data (bundled) and the paper's synthetic tasks." },
+    { "datasets.census_income", "moe.datasets.census_income([opts])", "The census-income (KDD) file as the MMoE "
+      .. "paper uses it: the label columns and marital_stat removed from the inputs, categoricals one-hot, numerics "
+      .. "standardised on the training rows, the census instance_weight offered as a sample weight.",
+      options = { { "path", "string", "datasets.default_path()", "" },
+        { "tasks", "list of strings", "{\"income\", \"never_married\"}", "from income, never_married, education" },
+        { "seed", "integer", "1", "the split's seed" },
+        { "split", "table", "{train = 0.5, val = 0.25, test = 0.25}", "fractions for data.split" } },
+      returns = "ds: ds.train, ds.val, ds.test (each {x [n, d] float32, y = {task = [n, 1]}, instance_weight [n], "
+        .. "rows}), ds.num_features, ds.task_names, ds.feature_names, ds.encoder, ds.path, ds.nrows.",
+      example = "local ds = moe.datasets.census_income { seed = 1 }\nprint(ds.num_features, ds.train.x:shape()[1])" },
+    { "datasets.synthetic", "moe.datasets.synthetic([opts])", "The paper's two regression tasks whose label "
+      .. "correlation is set by `correlation` (the cosine between the tasks' weight vectors): y_k = w_k.x + "
+      .. "sum_j sin(alpha_j w_k.x + beta_j) + noise, x ~ N(0, I).",
+      options = { { "n", "integer", "12000", "rows" }, { "dim", "integer", "100", "features (>= 2)" },
+        { "correlation", "number", "0.8", "in [-1, 1]" }, { "c", "number", "0.3", "the weights' scale" },
+        { "m", "integer", "5", "sine terms" }, { "noise", "number", "0.1", "the noise's standard deviation" },
+        { "seed", "integer", "1", "" } },
+      returns = "{x [n, dim], y = {y1 = [n, 1], y2 = [n, 1]}, w1, w2, correlation, task_names}." },
+    { "datasets.default_path", "moe.datasets.default_path([name])", "Where the bundled file name (default "
+      .. "census-income.test.gz) is: data/ in the working directory, else next to the installed library." },
+    { "datasets.CENSUS_COLUMNS", "moe.datasets.CENSUS_COLUMNS", "The 42 column names of the census-income files, "
+      .. "as the MMoE seed names them." },
+    { "datasets.CENSUS_CATEGORICAL", "moe.datasets.CENSUS_CATEGORICAL", "The columns census_income one-hot encodes." },
+    { "datasets.CENSUS_NUMERIC", "moe.datasets.CENSUS_NUMERIC", "The columns census_income standardises." },
+    { "datasets.CENSUS_TASKS", "moe.datasets.CENSUS_TASKS", "The tasks by name: {column, positive = function(level)}.",
+      details = "income (income_50k is 50000+.), never_married (marital_stat is Never married), education "
+        .. "(a college degree, associate's or higher).", lists = true },
+  } }
+
+S[#S + 1] = { id = "io", title = "Files (moe.io)", intro =
+  "safetensors files with XXH3-64 checksums of the header and of every tensor in `__metadata__`; writes are "
+  .. "atomic. Models use `model:save` and `moe.load`.",
+  entries = {
+    { "io", "moe.io", "safetensors files and exact JSON." },
+    { "save_tensors", "moe.save_tensors(path, tensors, [metadata])", "Writes a table name -> tensor to a "
+      .. "safetensors file (names sorted; device tensors from host copies), atomically, with checksums.",
+      details = "metadata maps strings to strings; the checksum keys are reserved.", aliases = { "io.save_tensors" },
+      example = "moe.save_tensors(\"w.safetensors\", { w = moe.randn(3, 2) })" },
+    { "load_tensors", "moe.load_tensors(path)", "Reads a safetensors file (any writer's; moelua's checksums are "
+      .. "verified when present).", aliases = { "io.load_tensors" },
+      returns = "a table name -> tensor, and the metadata (without the checksum keys)." },
+    { "io.read", "moe.io.read(path)", "The reader behind load_tensors.",
+      returns = "tensors by name, the metadata, the names in file order, and whether checksums were verified." },
+    { "io.write", "moe.io.write(path, names, tensors, [metadata])", "The writer behind save_tensors: the tensors "
+      .. "(a list) under names (a list), in that order." },
+    { "io.json_encode", "moe.io.json_encode(v)", "JSON with exact numbers (the fewest digits that read back to the "
+      .. "same double) and sorted object keys.", returns = "a string, or nil and the reason." },
+    { "io.json_decode", "moe.io.json_decode(s)", "Decodes JSON (lua-cjson).", returns = "the value, or nil and the reason." },
+    { "io.json_string", "moe.io.json_string(s)", "A JSON string literal for s." },
+    { "io.json", "moe.io.json", "The lua-cjson module (cjson.safe) moelua decodes with." },
+    { "io.checksum_keys", "moe.io.checksum_keys", "The metadata keys moelua's checksums use (reserved): checksum, "
+      .. "checksum.tensors, checksum.header." },
+  } }
+
+S[#S + 1] = { id = "plot", title = "Pictures (moe.plot)", intro =
+  "Charts as SVG or PNG files (by the file's extension), drawn with cairo and written atomically; each function "
+  .. "returns the path.",
+  entries = {
+    { "plot", "moe.plot", "Training curves, expert utilisation, bars and line charts." },
+    { "plot.history", "moe.plot.history(history, path, [opts])", "One panel per quantity (loss, then each metric), "
+      .. "training and validation curves against the epoch.",
+      options = { { "metrics", "list of strings", "every logged name without val_", "" }, { "title", "string", "none", "" } },
+      example = "moe.plot.history(model:fit { x = x, y = y, epochs = 5, validation_split = 0.2 }, \"curves.svg\")" },
+    { "plot.lines", "moe.plot.lines(series, path, [opts])", "A line chart of series {name = ..., x = {...}, y = {...}} "
+      .. "(x defaults to 1..n; NaN points are not drawn).",
+      options = { { "title", "string", "none", "" }, { "xlabel", "string", "none", "" }, { "ylabel", "string", "none", "" },
+        { "ylim", "{lo, hi}", "the data's range", "" }, { "width", "integer", "720", "" }, { "height", "integer", "420", "" } } },
+    { "plot.bars", "moe.plot.bars(values, path, [opts])", "A bar chart of a list of numbers, or groups of bars from "
+      .. "a list of lists (one color per series).",
+      options = { { "labels", "list of strings", "1..n", "under the bars" }, { "group_names", "list of strings", "none", "the legend" },
+        { "title", "string", "none", "" }, { "xlabel", "string", "none", "" }, { "ylabel", "string", "none", "" },
+        { "width", "integer", "from the count", "" }, { "height", "integer", "400", "" } } },
+    { "plot.expert_utilisation", "moe.plot.expert_utilisation(gates, path, [opts])", "The mean gate weight of each "
+      .. "expert for each task, from a list of [B, E] gate tensors (as MMoE:gate_weights gives) or lists of E numbers.",
+      options = { { "task_names", "list of strings", "task 1, task 2, ...", "" }, { "title", "string", "mean gate weight per expert", "" } } },
+    { "plot.tokens_per_expert", "moe.plot.tokens_per_expert(counts, path, [opts])", "A sparse layer's routing "
+      .. "(layer.last_plan.counts, or a list of numbers) as bars.",
+      options = { { "title", "string", "tokens per expert", "" } } },
+  } }
+
+S[#S + 1] = { id = "cuda", title = "CUDA (moe.cuda)", intro =
+  "Tensors move with `t:cuda()`, `t:to(\"cuda\")`, `model:cuda()`; ops run on the device of their tensors. "
+  .. "Without a device (or a build without CUDA) the functions below say so.",
+  entries = {
+    { "cuda", "moe.cuda", "The CUDA device, as far as this build goes." },
+    { "cuda.is_available", "moe.cuda.is_available()", "Whether a device and a driver are present (and the backend "
+      .. "was built).", returns = "a boolean." },
+    { "cuda.is_built", "moe.cuda.is_built()", "Whether this build has the CUDA backend.", returns = "a boolean." },
+    { "cuda.device_count", "moe.cuda.device_count()", "The number of usable devices.", returns = "an integer." },
+    { "cuda.info", "moe.cuda.info()", "The device facts: built, device_count, devices (names), runtime_version and "
+      .. "driver_version (1000 * major + 10 * minor; 0: no driver), emulator, the memory counts (live, peak, cached, free, "
+      .. "total, in bytes) and, when no device is usable, reason (why, in plain words).", returns = "a table." },
+    { "cuda.memory_stats", "moe.cuda.memory_stats()", "{live, peak, cached, free, total} in bytes.", returns = "a table." },
+    { "cuda.empty_cache", "moe.cuda.empty_cache()", "Frees the cached device blocks.", returns = "the bytes freed." },
+    { "cuda.set_precision", "moe.cuda.set_precision(p)", "float32 GEMMs on the device: \"fp32\" (the default), "
+      .. "\"tf32\" or \"bf16\" (operands rounded, fp32 accumulate). The sparse routers' GEMMs stay fp32; a GEMM "
+      .. "given \"bf16\" itself (moe.set_precision's expert GEMMs) runs cuBLAS's bf16 whatever this says.",
+      returns = "the previous precision." },
+    { "cuda.get_precision", "moe.cuda.get_precision()", "The device's float32 GEMM precision.", returns = "a string." },
+    { "cuda.syncs", "moe.cuda.syncs()", "The host's waits for the device so far: drains (waits for every queued "
+      .. "kernel: t:item(), t:cpu(), a large copy from ordinary host memory) and waits (on one event).",
+      returns = "{drains = n, waits = n}." },
+    { "cuda.set_sync_debug", "moe.cuda.set_sync_debug(mode)", "\"warn\": each drain prints what it was and the Lua "
+      .. "stack that caused it (as torch.cuda.set_sync_debug_mode); \"off\" stops that." },
+  } }
+
+S[#S + 1] = { id = "initializers", title = "Initializers, regularizers, constraints", intro =
+  "Keras's names and semantics. An initializer is called as `init(shape, dtype)` and returns a new tensor; a "
+  .. "regularizer is called on a weight and returns a scalar penalty (joining the training loss); a constraint is "
+  .. "called on a weight after each optimizer update and returns the projected weight. Each has `get_config()` and "
+  .. "may be named by a string or a table {class_name = ..., config = {...}} in a layer's options.",
+  entries = {
+    { "initializers", "moe.initializers", "Weight initializers (glorot_uniform is the layers' default)." },
+    kind("initializers", "variance_scaling", "Samples with variance scale / n, n the fan in, the fan out or their "
+      .. "mean (Keras's fans: [in, out]; conv-like shapes multiply in the receptive field).",
+      { { "scale", "number", nil, "> 0" }, { "mode", "string", nil, "fan_in, fan_out or fan_avg" },
+        { "distribution", "string", nil, "truncated_normal (redrawn beyond 2 standard deviations, rescaled), "
+          .. "untruncated_normal (or normal) or uniform" }, SEED }),
+    kind("initializers", "glorot_uniform", "variance_scaling{scale = 1, mode = fan_avg, distribution = uniform}.", { SEED }),
+    kind("initializers", "glorot_normal", "variance_scaling{scale = 1, mode = fan_avg, distribution = truncated_normal}.", { SEED }),
+    kind("initializers", "he_normal", "variance_scaling{scale = 2, mode = fan_in, distribution = truncated_normal}.", { SEED }),
+    kind("initializers", "he_uniform", "variance_scaling{scale = 2, mode = fan_in, distribution = uniform}.", { SEED }),
+    kind("initializers", "lecun_normal", "variance_scaling{scale = 1, mode = fan_in, distribution = truncated_normal}.", { SEED }),
+    kind("initializers", "lecun_uniform", "variance_scaling{scale = 1, mode = fan_in, distribution = uniform}.", { SEED }),
+    kind("initializers", "truncated_normal", "Normal samples redrawn until within two standard deviations, then "
+      .. "scaled (truncated_normal(0.02) gives the stddev).",
+      { { "mean", "number", nil, "" }, { "stddev", "number", nil, "> 0" }, SEED }),
+    kind("initializers", "random_normal", "Normal samples (random_normal(0.1) gives the stddev).",
+      { { "mean", "number", nil, "" }, { "stddev", "number", nil, "> 0" }, SEED }),
+    kind("initializers", "random_uniform", "Uniform samples in [minval, maxval).",
+      { { "minval", "number", nil, "" }, { "maxval", "number", nil, "" }, SEED }),
+    kind("initializers", "zeros", "Zeros.", {}),
+    kind("initializers", "ones", "Ones.", {}),
+    kind("initializers", "constant", "A constant value (constant(0.5) works too).", { { "value", "number", nil, "" } }),
+    { "initializers.get", "moe.initializers.get(spec, [where])", "An initializer from nil, a name, a {class_name, "
+      .. "config} table, an object or a function (where names the caller in errors)." },
+    { "regularizers", "moe.regularizers", "Weight penalties for the *_regularizer options." },
+    kind("regularizers", "l1", "l1 * sum(|w|) (l1(0.01) works too).", { { "l1", "number", nil, ">= 0" } }),
+    kind("regularizers", "l2", "l2 * sum(w^2) (l2(0.01) works too).", { { "l2", "number", nil, ">= 0" } }),
+    kind("regularizers", "l1_l2", "l1 * sum(|w|) + l2 * sum(w^2).",
+      { { "l1", "number", nil, ">= 0" }, { "l2", "number", nil, ">= 0" } }),
+    { "regularizers.get", "moe.regularizers.get(spec, [where])", "A regularizer from nil, a name, a table, an object "
+      .. "or a function." },
+    { "constraints", "moe.constraints", "Projections applied after each optimizer update (*_constraint options). "
+      .. "axis is 1-based: Keras's axis=0 is axis=1 here (a Dense kernel's incoming weights per unit)." },
+    kind("constraints", "max_norm", "Rescales the slices along axis whose norm exceeds max_value (max_norm(3) works "
+      .. "too).", { { "max_value", "number", nil, "" }, { "axis", "integer", nil, "" } }),
+    kind("constraints", "non_neg", "Zeroes the negative weights.", {}),
+    kind("constraints", "unit_norm", "Scales the slices along axis to norm 1.", { { "axis", "integer", nil, "" } }),
+    kind("constraints", "min_max_norm", "Moves the slices' norms into [min_value, max_value], a fraction rate of the way.",
+      { { "min_value", "number", nil, "" }, { "max_value", "number", nil, "" }, { "rate", "number", nil, "" },
+        { "axis", "integer", nil, "" } }),
+    { "constraints.get", "moe.constraints.get(spec, [where])", "A constraint from nil, a name, a table, an object "
+      .. "or a function." },
+  } }
+
+S[#S + 1] = { id = "testing", title = "Testing and documentation (moe.testing, moe.doc)", entries = {
+    { "testing", "moe.testing", "Gradient checks." },
+    { "testing.gradcheck", "moe.testing.gradcheck(f, inputs, [opts])", "Compares the analytic gradients of f (a "
+      .. "function of the inputs, or a module: its parameters are checked too, in float64) with central finite "
+      .. "differences in float64; float inputs become float64 leaves (their layout kept).",
+      options = { { "eps", "number", "1e-6", "the step" }, { "atol", "number", "1e-5", "" }, { "rtol", "number", "1e-3", "" },
+        { "seed", "integer", "1234", "reseeds before every evaluation, so dropout masks repeat" },
+        { "check", "list of booleans", "every float input", "which inputs to check" } },
+      returns = "true, or raises an error naming the worst element.",
+      example = "moe.testing.gradcheck(function(x) return x:tanh():sum() end, { moe.randn(3, 2) })" },
+    { "doc", "moe.doc", "The documentation registry behind help(x), `moelua doc NAME` and docs/api.md; its entries "
+      .. "live in lua/moe/doc_*.lua.",
+      details = "An entry is keyed by the name a user types without moe. (\"randn\", \"nn.Dense\", "
+        .. "\"nn.Module:fit\", \"Tensor:has_grad\"); a layer's option defaults are read from the layer class itself." },
+    { "doc.find", "moe.doc.find(name)", "The entry for a name as help takes it.",
+      returns = "the entry (a table: name, sig, summary, details, options, example, ...), or nil and the candidates." },
+    { "doc.search", "moe.doc.search(word)", "The names whose entry mentions word (case-insensitive).",
+      returns = "a list of names.", example = "moe.doc.search(\"capacity\")" },
+    { "doc.text", "moe.doc.text(entry)", "An entry as the text help prints." },
+    { "doc.brief", "moe.doc.brief(entry, [max = 60])", "An entry's summary up to the end of its first sentence, "
+      .. "cut to at most max characters (the one-line listings use it)." },
+    { "doc.markdown", "moe.doc.markdown()", "The whole reference as Markdown (what `make docs` writes to docs/api.md)." },
+    { "doc.main", "moe.doc.main(args)", "`moelua doc`'s command line: NAME..., --search WORD, --markdown, --check.",
+      returns = "the exit status." },
+    { "doc.entries", "moe.doc.entries", "Name -> entry, for every entry (after the registry is loaded)." },
+    { "doc.sections", "moe.doc.sections", "The sections, in the reference's order." },
+    { "doc.public_names", "moe.doc.public_names()", "Every public name: the moe table's fields, its submodules', "
+      .. "their classes' methods and the tensor methods.", returns = "a list of {name, value}." },
+    { "doc.undocumented", "moe.doc.undocumented()", "The public names without an entry (what spec/docs_spec.lua "
+      .. "requires to be empty).", returns = "a list of names." },
+    { "doc.option_problems", "moe.doc.option_problems()", "Options the code takes that their entry lacks, and "
+      .. "documented options the code does not take: every layer class, and every entry that probes its function.",
+      returns = "a list of messages." },
+    { "doc.stale", "moe.doc.stale()", "Entries whose name stands for nothing.", returns = "a list of names." },
+    { "doc.layer_options", "moe.doc.layer_options(class)", "The options a layer class declares and their defaults, "
+      .. "read from the class.", returns = "a list of {name, default}, or nil." },
+    { "doc.class_repr", "moe.doc.class_repr(class)", "A layer class as text: its call with the options' defaults "
+      .. "(what printing nn.Dense shows)." },
+    { "doc.layer_config_str", "moe.doc.layer_config_str(layer)", "A layer's options that differ from their "
+      .. "defaults (required ones always), as they would be written: {units = 8, activation = \"relu\"}." },
+  } }
+
+S.internal = {
+  { "^doc%.load$", "loads the registry" }, { "^doc%.ordered$", "the entries in order" },
+  { "^doc%.resolve$", "name -> value" }, { "^doc%.is_class$", "the walker's test" },
+  { "^doc%.entry_for$", "the coverage rule" }, { "^doc%.internal$", "this list" },
+  { "^doc%.MODULES$", "the walked submodules" }, { "^doc%.COMMON_LAYER_OPTIONS$", "nn.Module's options" },
+  { "^doc%.value_str$", "values as text" }, { "^doc%.name_of$", "value -> name" }, { "^doc%.wrap$", "text" },
+  { "^doc%.title$", "text" }, { "^doc%.options_of$", "text" }, { "^doc%.kind_of$", "text" },
+}
+
+return S
