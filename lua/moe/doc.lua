@@ -9,6 +9,7 @@
 -- entry only types and describes them. spec/docs_spec.lua walks the public
 -- tables and fails on any name or layer option without an entry.
 local moe = require "moe"
+local error = moe._error -- every error is raised at the user's line (init.lua)
 
 local doc = {}
 
@@ -60,7 +61,7 @@ local ROOTS = {
 
 -- the library's submodules whose fields are public names
 doc.MODULES = { "nn", "optim", "data", "datasets", "losses", "metrics", "callbacks", "plot", "cuda", "io",
-  "initializers", "regularizers", "constraints", "testing", "doc" }
+  "tensorboard", "cli", "initializers", "regularizers", "constraints", "testing", "doc" }
 local is_module_name = {}
 for _, m in ipairs(doc.MODULES) do is_module_name[m] = true end
 
@@ -675,7 +676,7 @@ end
 -- as a string), printed; help() lists where to start
 function doc.help(x, ...)
   load()
-  if select("#", ...) > 0 then error(moe._where("help: expected one thing to explain, got several"), 0) end
+  if select("#", ...) > 0 then error("help: expected one thing to explain, got several") end
   local e, why, also
   if x == nil then
     e = entries["moe"]
