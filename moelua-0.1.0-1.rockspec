@@ -18,6 +18,8 @@ layers, a trainer, data loading and plots; and the moelua program (scripts, a RE
 supported_platforms = { "linux" }
 dependencies = {
   "lua == 5.1", -- LuaJIT 2.1 (GC64), which moe.core checks for when it loads
+  "lua-cjson >= 2.1", -- cjson.safe: model files' and moe.io's JSON
+  "luafilesystem >= 1.6", -- lfs: moe.cli's directories (--plot DIR)
 }
 build = {
   type = "make",

@@ -321,7 +321,17 @@ describe("luarocks", function()
     local d = mktemp_d()
     made[#made + 1] = d
     tree = d .. "/tree"
-    write(d .. "/config.lua", ("rocks_trees = { %q }\nrocks_servers = {}\n"):format(tree))
+    -- the rockspec's Lua dependencies are Debian's packages (scripts/deps.sh), which LuaRocks
+    -- is told the system provides, at the versions the modules report
+    local provided = {}
+    for rock, mod in pairs { ["lua-cjson"] = "cjson", luafilesystem = "lfs" } do
+      local v = tostring(require(mod)._VERSION or ""):match("(%d+%.%d+[%.%d]*)")
+      assert(v, mod .. " does not report its version")
+      provided[#provided + 1] = ("[%q] = %q"):format(rock, v .. "-1")
+    end
+    table.sort(provided)
+    write(d .. "/config.lua", ("rocks_trees = { %q }\nrocks_servers = {}\nrocks_provided = { %s }\n")
+      :format(tree, table.concat(provided, ", ")))
     env = ("cd %s && HOME=%s LUAROCKS_CONFIG=%s CUDA=%s "):format(q(root), q(d), q(d .. "/config.lua"), cuda)
     return env
   end
@@ -360,6 +370,24 @@ describe("luarocks", function()
       assert.are.equal(v, iv[k], k)
     end
     assert.are.equal("$(CFLAGS)", spec.build.build_variables.OPT)
+    -- every module the library requires from outside LuaJIT is a dependency of the rock
+    local rock_of = { cjson = "lua-cjson", ["cjson.safe"] = "lua-cjson", lfs = "luafilesystem" }
+    local builtin = { ffi = true, bit = true, jit = true, string = true, table = true, math = true, io = true,
+      os = true, debug = true, coroutine = true, package = true }
+    local deps = {}
+    for _, d in ipairs(spec.dependencies or {}) do deps[d:match("^%S+")] = true end
+    local n = 0
+    for _, f in ipairs(source_list("lua", "*.lua")) do
+      for mod in read(root .. "/" .. f):gmatch("require%s*%(?%s*[\"']([%w_%.]+)[\"']") do
+        if not builtin[mod] and not mod:match("^moe%.?") then
+          assert.is_string(rock_of[mod], f .. " requires " .. mod .. ": name its rock here and in the rockspec")
+          assert.is_true(deps[rock_of[mod]], f .. " requires " .. mod .. ", whose rock " .. rock_of[mod]
+            .. " is not among the rockspec's dependencies")
+          n = n + 1
+        end
+      end
+    end
+    assert.is_true(n >= 2, "found only " .. n .. " requires of outside modules")
   end)
 
   it("luarocks make --tree installs moelua into the tree: luajit and the tree's moelua load it, luarocks remove takes it out", function()
