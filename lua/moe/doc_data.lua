@@ -1,4 +1,4 @@
--- Documentation entries: data, datasets, io, plot, cuda, initializers,
+-- Documentation entries: data, datasets, io, plot, cli, cuda, initializers,
 -- regularizers, constraints, testing and doc itself (read by moe.doc).
 
 local S = {}
@@ -113,6 +113,16 @@ S[#S + 1] = { id = "datasets", title = "Datasets (moe.datasets)", intro =
         { "m", "integer", "5", "sine terms" }, { "noise", "number", "0.1", "the noise's standard deviation" },
         { "seed", "integer", "1", "" } },
       returns = "{x [n, dim], y = {y1 = [n, 1], y2 = [n, 1]}, w1, w2, correlation, task_names}." },
+    { "datasets.census_numeric", "moe.datasets.census_numeric([opts])", "The census file's seven numeric "
+      .. "columns (age, wage per hour, capital gains and losses, dividends, persons worked for, weeks worked), "
+      .. "standardized over all rows, with income > 50k as the label, the rows split 80/20 by a random permutation "
+      .. "(the census_logreg and census_mlp scripts' data).",
+      details = "It calls moe.manual_seed(0) before drawing the permutation, so the split is always the same (and "
+        .. "moe's generator is reseeded). The gzip file is read line by line; rows with fewer than 42 fields are "
+        .. "skipped.",
+      options = { { "path", "string", "datasets.default_path()", "" } },
+      returns = "{names (the columns, sorted), xtr [n, 7] float32, ytr [n, 1], xva, yva, nrows, path, seconds}.",
+      example = "local d = moe.datasets.census_numeric {}\nprint(d.xtr:shape()[1], d.xva:shape()[1])" },
     { "datasets.default_path", "moe.datasets.default_path([name])", "Where the bundled file name (default "
       .. "census-income.test.gz) is: data/ in the working directory, else next to the installed library." },
     { "datasets.CENSUS_COLUMNS", "moe.datasets.CENSUS_COLUMNS", "The 42 column names of the census-income files, "
@@ -149,30 +159,127 @@ S[#S + 1] = { id = "io", title = "Files (moe.io)", intro =
       .. "checksum.tensors, checksum.header." },
   } }
 
+local TITLE = { "title", "string", "none", "" }
+local XLABEL = { "xlabel", "string", "none", "" }
+local YLABEL = { "ylabel", "string", "none", "" }
+
 S[#S + 1] = { id = "plot", title = "Pictures (moe.plot)", intro =
-  "Charts as SVG or PNG files (by the file's extension), drawn with cairo and written atomically; each function "
-  .. "returns the path.",
+  "Charts as SVG or PNG files (by the file's extension: another one is an error), drawn with cairo and written "
+  .. "atomically (a temporary file renamed over the target). Each function returns the path, then a description of "
+  .. "what it drew (every text, each panel's tick labels, line segments, bands, error bars, bars and heatmap cells, "
+  .. "in pixels). A NaN, infinite or missing value is a gap: a line stops there and starts again after it, a bar or "
+  .. "a heatmap cell is left out (grey). Axes whose values are all whole numbers (epochs, counts) get whole-number "
+  .. "ticks only.",
   entries = {
-    { "plot", "moe.plot", "Training curves, expert utilisation, bars and line charts." },
-    { "plot.history", "moe.plot.history(history, path, [opts])", "One panel per quantity (loss, then each metric), "
-      .. "training and validation curves against the epoch.",
-      options = { { "metrics", "list of strings", "every logged name without val_", "" }, { "title", "string", "none", "" } },
+    { "plot", "moe.plot", "Training curves, expert utilisation heatmaps, bars and line charts." },
+    { "plot.history", "moe.plot.history(history, path, [opts])", "One panel per quantity (loss, then each metric "
+      .. "in name order), the training curve and, where the history has val_<name>, the validation curve beside it, "
+      .. "against the epoch (whole-number ticks).",
+      details = "An epoch without a value for a quantity (a metric logged in some epochs only) is a gap in its "
+        .. "curve. A sparse router's per-expert counts (expert_<e>_tokens) get no panel of their own: "
+        .. "plot.expert_load draws them. Panels are laid out three to a row.",
+      options = { { "metrics", "list of strings", "every logged name without val_", "the quantities, in this order" },
+        TITLE },
       example = "moe.plot.history(model:fit { x = x, y = y, epochs = 5, validation_split = 0.2 }, \"curves.svg\")" },
-    { "plot.lines", "moe.plot.lines(series, path, [opts])", "A line chart of series {name = ..., x = {...}, y = {...}} "
-      .. "(x defaults to 1..n; NaN points are not drawn).",
-      options = { { "title", "string", "none", "" }, { "xlabel", "string", "none", "" }, { "ylabel", "string", "none", "" },
-        { "ylim", "{lo, hi}", "the data's range", "" }, { "width", "integer", "720", "" }, { "height", "integer", "420", "" } } },
+    { "plot.lines", "moe.plot.lines(series, path, [opts])", "A line chart with markers of series {name = ..., "
+      .. "x = {...}, y = {...}, err = {...}}: x defaults to 1..n, a missing or NaN x or y is a gap, and err (a "
+      .. "spread per point, say the standard deviation over seeds) draws a band y +- err under the line, or "
+      .. "error bars.",
+      options = { TITLE, XLABEL, YLABEL, { "ylim", "{lo, hi}", "the data's range (with the bands)", "" },
+        { "errors", "string", "\"band\"", "how err is drawn: \"band\" or \"bars\"" },
+        { "err_label", "string or false", "\"\194\177 sd\"", "what err is, added to the names of series with "
+          .. "err in the legend; false adds nothing" },
+        { "integer_x", "boolean", "every x is whole", "whole-number x ticks; false for fractional ticks anyway" },
+        { "xticks", "integer", "6", "about how many x ticks" },
+        { "width", "integer", "720", "" }, { "height", "integer", "420", "" } },
+      example = "moe.plot.lines({ { name = \"MMoE\", x = { 0.5, 0.9 }, y = { 0.045, 0.043 },\n"
+        .. "                  err = { 0.002, 0.003 } } },\n"
+        .. "  \"loss.svg\", { xlabel = \"correlation\", ylabel = \"test loss\", errors = \"bars\" })" },
     { "plot.bars", "moe.plot.bars(values, path, [opts])", "A bar chart of a list of numbers, or groups of bars from "
-      .. "a list of lists (one color per series).",
-      options = { { "labels", "list of strings", "1..n", "under the bars" }, { "group_names", "list of strings", "none", "the legend" },
-        { "title", "string", "none", "" }, { "xlabel", "string", "none", "" }, { "ylabel", "string", "none", "" },
-        { "width", "integer", "from the count", "" }, { "height", "integer", "400", "" } } },
+      .. "a list of lists of the same length (one color per series, with a legend); a NaN is no bar.",
+      options = { { "labels", "list of strings", "1..n", "under the bars" },
+        { "group_names", "list of strings", "series 1, series 2, ...", "the legend" },
+        TITLE, XLABEL, YLABEL, { "width", "integer", "from the count", "" }, { "height", "integer", "400", "" } } },
+    { "plot.heatmap", "moe.plot.heatmap(matrix, path, [opts])", "A grid of cells coloured by value, light (low) to "
+      .. "dark blue (high), with a colour bar beside it; matrix is a list of rows (lists of numbers, all of one "
+      .. "length) or a 2-D tensor. A NaN or missing value is a grey cell.",
+      options = { { "row_labels", "list of strings", "1..rows", "" }, { "col_labels", "list of strings", "1..columns",
+          "(shown every few columns when they are narrow)" },
+        TITLE, XLABEL, YLABEL, { "vmin", "number", "the smallest value", "the lightest colour" },
+        { "vmax", "number", "the largest value", "the darkest colour" },
+        { "annotate", "boolean", "when the cells are big enough", "write each cell's value in it" },
+        { "format", "string", "\"%.2f\"", "the cells' values' format" } },
+      example = "moe.plot.heatmap({ { 0.7, 0.3 }, { 0.2, 0.8 } }, \"m.svg\",\n"
+        .. "  { row_labels = { \"income\", \"marital\" }, col_labels = { \"E1\", \"E2\" } })" },
     { "plot.expert_utilisation", "moe.plot.expert_utilisation(gates, path, [opts])", "The mean gate weight of each "
-      .. "expert for each task, from a list of [B, E] gate tensors (as MMoE:gate_weights gives) or lists of E numbers.",
-      options = { { "task_names", "list of strings", "task 1, task 2, ...", "" }, { "title", "string", "mean gate weight per expert", "" } } },
+      .. "expert for each task, as a tasks x experts heatmap (or grouped bars), from a list of [B, E] gate tensors "
+      .. "(as MMoE:gate_weights gives), one [B, E] tensor (TabularMoELayer's) or lists of E numbers.",
+      options = { { "task_names", "list of strings", "task 1, task 2, ...", "" },
+        { "title", "string", "\"mean gate weight per expert\"", "" },
+        { "kind", "string", "\"heatmap\"", "\"heatmap\" or \"bars\"" } },
+      example = "moe.plot.expert_utilisation(mmoe:gate_weights(x), \"gates.svg\", { task_names = { \"income\", \"marital\" } })" },
+    { "plot.expert_load", "moe.plot.expert_load(history, path, [opts])", "A sparse layer's routing over training: "
+      .. "a heatmap of experts x epochs from the History's expert_<e>_tokens (its router's metrics: the mean "
+      .. "tokens per batch sent to expert e), each epoch's column as shares of its tokens unless normalize = false.",
+      details = "An error when the history has no expert_<e>_tokens, or several layers' (logged as "
+        .. "<name>_expert_<e>_tokens) and no layer option chooses one; an epoch without counts is a grey column.",
+      options = { { "layer", "string", "the only one", "the router layer's name, when several layers' counts are logged" },
+        { "normalize", "boolean", "true", "shares of each epoch's tokens (false: the mean counts)" },
+        { "title", "string", "from normalize", "" } },
+      example = "local h = model:fit { x = x, y = y, epochs = 5 }\nmoe.plot.expert_load(h, \"load.svg\")" },
     { "plot.tokens_per_expert", "moe.plot.tokens_per_expert(counts, path, [opts])", "A sparse layer's routing "
-      .. "(layer.last_plan.counts, or a list of numbers) as bars.",
-      options = { { "title", "string", "tokens per expert", "" } } },
+      .. "(layer.last_plan.counts as a tensor, or a list of numbers) as bars, one per expert.",
+      options = { { "title", "string", "\"tokens per expert\"", "" } } },
+  } }
+
+-- ------------------------------------------------------------------ cli
+
+S[#S + 1] = { id = "cli", title = "Command-line options (moe.cli)", intro =
+  "The parser the model scripts use, for scripts of your own: each option is `{ name, default, description, ... }`; "
+  .. "`--batch-size 64`, `--batch-size=64` and `--smoke` (a boolean default is a flag) set `opts.batch_size` "
+  .. "(dashes become underscores). A value takes the default's type: an integer default wants an integer (`type = "
+  .. "\"number\"` allows fractions), a string default any string; `min`, `max` and `choices` bound it, `check(v)` "
+  .. "may return false and a reason, and `positional = true` options are also taken, in order, from arguments that "
+  .. "are not options. `--help` prints the usage and exits 0; a bad option or value prints what is wrong and the "
+  .. "usage on stderr and exits 2, without a traceback.",
+  entries = {
+    { "cli", "moe.cli", "Command-line options for scripts: --help, usage errors, the --device and --plot options.",
+      example = "local opts = moe.cli.parse(arg, {\n  usage = \"moelua run train.lua [options]\",\n"
+        .. "  about = \"Trains a small model.\",\n  { \"epochs\", 10, \"epochs to train\", min = 1 },\n"
+        .. "  { \"lr\", 1e-3, \"Adam's learning rate\" },\n  moe.cli.device_option(),\n"
+        .. "  moe.cli.plot_option(\"the training curves\"),\n})" },
+    { "cli.parse", "moe.cli.parse(args, spec)", "The options of args (a script's arg table) by spec; --help or -h "
+      .. "prints cli.usage(spec) on stdout and exits 0, a usage error prints the message and the usage on stderr "
+      .. "and exits 2.",
+      details = "spec: usage (the usage line), about (the script's description, for --help) and the options, each "
+        .. "{ name, default, description, type = \"number\", min, max, choices = {...}, check = fn, positional = "
+        .. "true, metavar, default_text }. An unknown option names the near ones (did you mean ...?). The old "
+        .. "form parse(args, {name = default, ...}, usage) takes options without descriptions.",
+      returns = "a table option name -> value (the defaults for those not given)." },
+    { "cli.read", "moe.cli.read(args, spec)", "What parse reads, without exiting: --help sets opts.help, and a bad "
+      .. "option or value raises the table {cli_usage = message}.", returns = "a table option name -> value." },
+    { "cli.usage", "moe.cli.usage([spec], [brief])", "The usage text: the usage line, the description (unless "
+      .. "brief), then each option with its metavar, description and default. spec defaults to the one parse "
+      .. "read last.", returns = "a string." },
+    { "cli.fail", "moe.cli.fail(msg)", "A usage error found after parsing (a bad combination of options, a path "
+      .. "that cannot be made): prints the script's name and msg, then the brief usage, on stderr and exits 2." },
+    { "cli.device_option", "moe.cli.device_option()", "The --device option: cpu (the default) or cuda, which must "
+      .. "be available (else a usage error that says why).", returns = "an option for parse's spec." },
+    { "cli.check_device", "moe.cli.check_device(device)", "device when it is cpu, or cuda with a device present; "
+      .. "else a usage error (cli.fail).", returns = "device." },
+    { "cli.readable", "moe.cli.readable(path)", "An option's check that the file can be read (\"\" passes: "
+      .. "no file given).", returns = "true, or false and the reason." },
+    { "cli.plot_option", "moe.cli.plot_option([figures])", "The --plot DIR|FILE option (default \"\": no "
+      .. "figures), its description naming the figures.", returns = "an option for parse's spec." },
+    { "cli.figures", "moe.cli.figures(plot, names)", "Where each named figure goes for a --plot value: a .svg or "
+      .. ".png file (one figure: that file; several: FILE_<name>.svg|png, its directory made if missing) or a "
+      .. "directory (made with its parents if missing: DIR/<name>.svg). Another extension is a usage error, so a "
+      .. "directory named switch.png is never made.",
+      returns = "a table name -> path, or nil when plot is \"\" (no figures).",
+      example = "local paths = moe.cli.figures(opts.plot, { \"curves\", \"experts\" })\n"
+        .. "if paths then moe.plot.history(history, paths.curves) end" },
+    { "cli.makedirs", "moe.cli.makedirs(path)", "Makes path and its missing parents as directories (as mkdir -p, "
+      .. "without a shell, through LuaFileSystem).", returns = "true, or nil and a message." },
   } }
 
 S[#S + 1] = { id = "cuda", title = "CUDA (moe.cuda)", intro =
@@ -198,7 +305,9 @@ S[#S + 1] = { id = "cuda", title = "CUDA (moe.cuda)", intro =
       .. "kernel: t:item(), t:cpu(), a large copy from ordinary host memory) and waits (on one event).",
       returns = "{drains = n, waits = n}." },
     { "cuda.set_sync_debug", "moe.cuda.set_sync_debug(mode)", "\"warn\": each drain prints what it was and the Lua "
-      .. "stack that caused it (as torch.cuda.set_sync_debug_mode); \"off\" stops that." },
+      .. "stack that caused it (as torch.cuda.set_sync_debug_mode); \"off\" (the default) stops that; any other "
+      .. "mode is an error.", example = "moe.cuda.set_sync_debug(\"warn\")\nmodel:fit { x = x, y = y, epochs = 1 }\n"
+      .. "moe.cuda.set_sync_debug(\"off\")\nprint(moe.cuda.syncs().drains)" },
   } }
 
 S[#S + 1] = { id = "initializers", title = "Initializers, regularizers, constraints", intro =

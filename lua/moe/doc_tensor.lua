@@ -247,9 +247,13 @@ S[#S + 1] = { id = "views", title = "Tensors: views, copies, dtypes and devices"
     { "cpu", "t:cpu()", "t's values on the host (t itself when already there).", method = true },
     { "Tensor:cuda", "t:cuda()", "t's values on the CUDA device (t itself when already there); an error when no "
       .. "device is available. (moe.cuda is the device module.)", see = { "cuda" } },
-    { "pin_memory", "t:pin_memory()", "A contiguous copy of a host tensor in pinned (page-locked) memory, from which "
-      .. "copies to the device run asynchronously (fit gathers its batches there for a device model).", method = true },
-    { "is_pinned", "t:is_pinned()", "Whether t lies in pinned host memory.", method = true },
+    { "pin_memory", "t:pin_memory()", "A contiguous copy of a host tensor in pinned (page-locked) memory (t itself "
+      .. "when it already is one), from which copies to the device run asynchronously (fit gathers its batches there "
+      .. "for a device model).", details = "Pinned memory is the CUDA driver's: without a device (or in a build "
+      .. "without CUDA) it is an error that says so, as it is for a tensor already on the device.", method = true,
+      example = "local xb = x:index_select(1, idx):pin_memory()\nlocal xg = xb:cuda()" },
+    { "is_pinned", "t:is_pinned()", "Whether t lies in pinned host memory (false for ordinary host memory and for "
+      .. "device tensors).", method = true, returns = "a boolean." },
   } }
 
 S[#S + 1] = { id = "math", title = "Tensors: elementwise math", intro =

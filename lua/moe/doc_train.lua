@@ -60,7 +60,10 @@ S[#S + 1] = { id = "optim", title = "Optimizers (moe.optim)", intro =
         .. "device), though the step counters advance (retract takes them back).",
       returns = "the gradient norm with clip_norm, else nil.", example = "loss:backward()\nopt:step(model:parameters())" },
     { "optim.Optimizer:retract", "opt:retract()", "Takes back the counters of the last step (its parameters' step "
-      .. "counts, the iterations), for a step that step{skip} called off." },
+      .. "counts, the iterations), for a step that step{skip} called off; the weights and moments are left as they "
+      .. "are. Only the last step can be taken back: a second retract is an error.",
+      example = "local bad = moe.no_grad(function() return (loss - loss):ne(0) end) -- NaN or an infinity\n"
+        .. "loss:backward()\nopt:step(model:parameters(), { skip = bad })\nif bad:item() then opt:retract() end" },
     { "optim.Optimizer:zero_grad", "opt:zero_grad(params)", "Sets .grad of every parameter in the list to nil." },
     { "optim.Optimizer:get_lr", "opt:get_lr()", "The current learning rate.", returns = "a number." },
     { "optim.Optimizer:set_lr", "opt:set_lr(lr)", "Sets the learning rate (a finite number >= 0)." },
@@ -248,10 +251,67 @@ S[#S + 1] = { id = "callbacks", title = "Callbacks (moe.callbacks)", intro =
     { "callbacks.TerminateOnNaN", "moe.callbacks.TerminateOnNaN{}", "Stops at the first batch whose loss is NaN or "
       .. "infinite (fit also stops on its own, keeping finite weights).", options = {},
       probe_options = probe("callbacks.TerminateOnNaN") },
+    { "callbacks.TensorBoard", "moe.callbacks.TensorBoard{...}", "Writes the logs as TensorBoard scalars, laid out "
+      .. "as Keras does: log_dir/train and log_dir/validation each get an event file (moe.tensorboard), which "
+      .. "`tensorboard --logdir DIR` shows side by side.",
+      details = "Every epoch writes epoch_<name> at step = the epoch (counted from 1): the loss, the compiled "
+        .. "metrics, the layer metrics (a sparse router's router_z_loss, expert_<e>_tokens, ...) and "
+        .. "epoch_learning_rate under train; the val_ values, without their prefix, under validation (a "
+        .. "validation directory is made only when there are val_ values). update_freq \"batch\" or N also writes "
+        .. "batch_<name> (batch_loss, ...) after every (N-th) batch, at step = the batch's number counted over all "
+        .. "epochs and fits of this callback. Each record is flushed as it is written; the files close at the end "
+        .. "of fit, and another fit starts new ones.",
+      options = { { "log_dir", "string", nil, "the directory (made with its parents if missing, without a shell)" },
+        { "update_freq", "string or integer", nil, "\"epoch\", \"batch\" or N (every N batches)" } },
+      defaults_from = cb_defaults("TensorBoard"), probe_options = probe("callbacks.TensorBoard"),
+      example = "model:fit { x = x, y = y, epochs = 10, validation_split = 0.2,\n"
+        .. "  callbacks = { moe.callbacks.TensorBoard { log_dir = \"runs/exp1\" } } }\n"
+        .. "-- then: tensorboard --logdir runs/exp1",
+      see = { "tensorboard.SummaryWriter" } },
     { "callbacks.LambdaCallback", "moe.callbacks.LambdaCallback{on_epoch_end = fn, ...}", "A callback from plain "
       .. "functions (called without self) for any of the hooks on_train_begin, on_train_end, on_epoch_begin, "
       .. "on_epoch_end, on_batch_begin, on_batch_end.",
       example = "moe.callbacks.LambdaCallback { on_epoch_end = function(epoch, logs) print(epoch, logs.loss) end }" },
+  } }
+
+-- ------------------------------------------------------------------ tensorboard
+
+S[#S + 1] = { id = "tensorboard", title = "TensorBoard event files (moe.tensorboard)", intro =
+  "Scalars written as TensorBoard event files, which TensorBoard's own readers load "
+  .. "(`bench/peers/tensorboard_check.py` checks them with the tensorboard package). "
+  .. "moe.callbacks.TensorBoard uses it during fit.",
+  entries = {
+    { "tensorboard", "moe.tensorboard", "TensorBoard's event files (scalars), as PyTorch's "
+      .. "torch.utils.tensorboard writes them.",
+      example = "local w = moe.tensorboard.SummaryWriter(\"runs/exp1\")\nw:add_scalar(\"loss\", 0.25, 1)\nw:close()" },
+    { "tensorboard.SummaryWriter", "moe.tensorboard.SummaryWriter(log_dir)", "Opens a new event file for scalars "
+      .. "in log_dir, log_dir/events.out.tfevents.<time>.<host>.<pid>.<n> (PyTorch's SummaryWriter).",
+      details = "log_dir is made with its parents if missing (without a shell: any name works); each writer "
+        .. "gets a file of its own, also beside another writer's in the same directory. w.path is the file. "
+        .. "Every record is written whole and flushed, so TensorBoard can read the file while it grows.",
+      args = { { "log_dir", "string", "the directory" } }, returns = "a writer.",
+      example = "local w = moe.tensorboard.SummaryWriter(\"runs/exp1\")\n"
+        .. "for step = 1, 3 do w:add_scalar(\"loss\", 1 / step, step) end\nw:close()",
+      see = { "callbacks.TensorBoard" } },
+    { "tensorboard.SummaryWriter:add_scalar", "w:add_scalar(tag, value, step, [wall_time])", "One scalar: an Event "
+      .. "at step holding value (stored as a float32, as TensorBoard's simple_value; NaN is kept) under tag.",
+      args = { { "tag", "string", "non-empty" }, { "value", "number", "" },
+        { "step", "integer", ">= 0 (below 2^53)" },
+        { "wall_time", "number", "seconds since the epoch (default: now)" } } },
+    { "tensorboard.SummaryWriter:write_scalars", "w:write_scalars(values, step, [wall_time])", "Several scalars "
+      .. "in one Event: a simple_value for each tag of the table values whose value is a number (others are "
+      .. "left out), in sorted order; nothing is written when none is a number." },
+    { "tensorboard.SummaryWriter:flush", "w:flush()", "Flushes the file (every record already is, as it is "
+      .. "written)." },
+    { "tensorboard.SummaryWriter:close", "w:close()", "Closes the file; writing afterwards is an error." },
+    { "tensorboard.crc32c", "moe.tensorboard.crc32c(s)", "The CRC-32C (Castagnoli) of a string, as TFRecord "
+      .. "frames use.", returns = "a number in [0, 2^32)." },
+    { "tensorboard.masked_crc32c", "moe.tensorboard.masked_crc32c(s)", "TFRecord's masked CRC-32C of s (rotated "
+      .. "right by 15 bits, plus 0xa282ead8).", returns = "a number in [0, 2^32)." },
+    { "tensorboard.record", "moe.tensorboard.record(data)", "The TFRecord framing of one record: the length "
+      .. "(uint64), its masked CRC, the data, the data's masked CRC (little-endian).", returns = "a string." },
+    { "tensorboard.mkdirs", "moe.tensorboard.mkdirs(path)", "Makes path and its missing parents (as mkdir -p, "
+      .. "without a shell).", returns = "true, or nil and a message." },
   } }
 
 S.internal = {

@@ -248,6 +248,7 @@ local lazy = {
   constraints = "moe.initializers", io = "moe.io", data = "moe.data",
   metrics = "moe.metrics", callbacks = "moe.callbacks", datasets = "moe.datasets", plot = "moe.plot",
   cuda = "moe.cuda", tensorboard = "moe.tensorboard", doc = "moe.doc",
+  cli = "moe.cli", -- command-line options for scripts (the models' --help, usage errors, --plot paths)
 }
 local lazy_fields = {
   Sequential = { "moe.model", "Sequential" }, Model = { "moe.model", "Model" },

@@ -141,12 +141,13 @@ function tb.mkdirs(path)
 end
 
 local seq = 0
+-- the writers' class, called to make one (as PyTorch's SummaryWriter is), so
+-- that its methods are the class's (help(w), the REPL's completion)
 local SummaryWriter = {}
 SummaryWriter.__index = SummaryWriter
-tb.SummaryWriter_class = SummaryWriter
 
 -- SummaryWriter(log_dir): a new event file in log_dir (made if missing)
-function tb.SummaryWriter(log_dir, where)
+local function new_writer(_, log_dir, where)
   where = where or "SummaryWriter"
   if type(log_dir) ~= "string" or log_dir == "" then
     error(moe._where(("%s: log_dir must be a directory name (a non-empty string), got %s"):format(where, show(log_dir))), 0)
@@ -168,6 +169,7 @@ function tb.SummaryWriter(log_dir, where)
   w:_write(event(t, 0, bytes_field(3, "brain.Event:2")))
   return w
 end
+tb.SummaryWriter = setmetatable(SummaryWriter, { __call = new_writer })
 
 function SummaryWriter:_write(data)
   if not self.file then error(moe._where(("%s: %s is closed"):format(self.where, self.path)), 0) end
