@@ -96,7 +96,8 @@ template <class T> __global__ void k_moment_rows(const T *x, int64_t K, int op, 
   if constexpr (std::is_integral<T>::value) {
     __shared__ int64_t si[RT];
     int64_t acc = op == MOE_RPROD ? 1 : 0;
-    for (int64_t k = threadIdx.x; k < K; k += RT) acc = op == MOE_RPROD ? wmul(acc, (int64_t)r[k]) : wadd(acc, (int64_t)r[k]);
+    for (int64_t k = threadIdx.x; k < K; k += RT)
+      acc = op == MOE_RPROD ? wmul(acc, (int64_t)r[k]) : wadd(acc, (int64_t)r[k]);
     si[threadIdx.x] = acc;
     __syncthreads();
     for (int w = RT / 2; w > 0; w >>= 1) {
@@ -283,7 +284,8 @@ __global__ void k_part(const T *x, int64_t K, int64_t C, int ph, bool flag, cons
   const T *r = x + m * K;
   if (ph == P_ISUM || ph == P_IPROD) {
     int64_t acc = ph == P_IPROD ? 1 : 0;
-    for (int64_t k = k0 + threadIdx.x; k < k1; k += RT) acc = ph == P_IPROD ? wmul(acc, (int64_t)r[k]) : wadd(acc, (int64_t)r[k]);
+    for (int64_t k = k0 + threadIdx.x; k < k1; k += RT)
+      acc = ph == P_IPROD ? wmul(acc, (int64_t)r[k]) : wadd(acc, (int64_t)r[k]);
     acc = block_icomb(acc, si, ph == P_IPROD);
     if (threadIdx.x == 0) pi[slot] = acc;
     return;
