@@ -59,7 +59,7 @@ local ROOTS = {
 }
 
 -- the library's submodules whose fields are public names
-doc.MODULES = { "nn", "optim", "data", "datasets", "losses", "metrics", "callbacks", "plot", "cuda", "io",
+doc.MODULES = { "nn", "optim", "data", "datasets", "losses", "metrics", "callbacks", "plot", "cuda", "distributed", "io",
   "initializers", "regularizers", "constraints", "testing", "doc" }
 local is_module_name = {}
 for _, m in ipairs(doc.MODULES) do is_module_name[m] = true end
