@@ -427,12 +427,17 @@ say("waited", ("%.3f"):format(moe.now() - t0))
     end)
 
     mpi_it("one thread per rank when ranks share the machine, MOE_DIST_THREADS=n overrides, info() says so", function()
-      local src = PRELUDE .. "local i = d.info() say(i.threads, moe.get_num_threads(), i.threads_reason, i.local_size, i.backend)\n"
+      local src = PRELUDE .. [[
+local ffi = require "ffi"
+ffi.cdef "int openblas_get_num_threads(void);"
+local i = d.info()
+say(i.threads, moe.get_num_threads(), i.threads_reason, i.local_size, i.backend, ffi.C.openblas_get_num_threads())
+]]
       local r = mpirun(2, src, { env = "env -u MOE_NUM_THREADS -u MOE_DIST_THREADS " })
       run_ok(r, 2)
       for rank = 0, 1 do
-        local th, th2, why, ls, backend = r.lines[rank][1]:match("^(%d+)|(%d+)|(.-)|(%d+)|(%a+)$")
-        assert.are.same({ "1", "1", "2", "mpi" }, { th, th2, ls, backend }, r.lines[rank][1])
+        local th, th2, why, ls, backend, blas = r.lines[rank][1]:match("^(%d+)|(%d+)|(.-)|(%d+)|(%a+)|(%d+)$")
+        assert.are.same({ "1", "1", "2", "mpi", "1" }, { th, th2, ls, backend, blas }, r.lines[rank][1])
         assert.is_truthy(why:find("one per rank: 2 ranks share this machine", 1, true), why)
       end
       r = mpirun(2, src, { env = "env -u MOE_NUM_THREADS MOE_DIST_THREADS=2 " })
