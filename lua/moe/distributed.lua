@@ -93,7 +93,7 @@ end
 function D.broadcast(t, root)
   check_tensor("broadcast", t)
   root = root == nil and 0 or root
-  if type(root) ~= "number" or root ~= math.floor(root) then
+  if type(root) ~= "number" or root ~= math.floor(root) or math.abs(root) >= 2 ^ 31 then
     fail("broadcast", "root must be a rank (an integer from 0), got " .. moe._show(root))
   end
   return core.dist_broadcast(t, root)
@@ -121,7 +121,7 @@ function D.all_to_all(t, send_counts)
   end
   for i = 1, #counts do
     local c = counts[i]
-    if type(c) ~= "number" or c ~= math.floor(c) or c < 0 then
+    if type(c) ~= "number" or c ~= math.floor(c) or c < 0 or c >= 2 ^ 53 then
       fail("all_to_all", ("send_counts[%d] (for rank %d) must be a count of rows, got %s"):format(i, i - 1,
         moe._show(c)))
     end

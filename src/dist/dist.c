@@ -42,7 +42,8 @@ const char *moe_dist_op_name(moe_dist_op op) { return op >= 0 && op < MOE_DIST_N
 int moe_dist_launched(void) {
   const char *v = getenv("OMPI_COMM_WORLD_SIZE"); /* OpenMPI's mpirun */
   if (!v) v = getenv("PMI_SIZE");                 /* MPICH's hydra, Slurm's PMI */
-  return v && atoi(v) > 0 ? atoi(v) : 0;
+  if (v && atoi(v) > 0) return atoi(v);
+  return getenv("PMIX_RANK") ? 1 : 0; /* a PMIx launcher (srun --mpi=pmix): MPI says how many */
 }
 
 static void on_exit_end(int status, void *arg) {
@@ -81,8 +82,11 @@ static void set_threads(void) {
   }
 }
 
+static char init_error[400]; /* a failed init is not tried again (MPI_Init may be called once) */
+
 int moe_dist_init(void) {
   if (S.initialized) return 0;
+  if (init_error[0]) return moe_error("%s", init_error);
   int launched = moe_dist_launched();
   const moe_comm *c = &moe_comm_local;
   if (launched > 0 && moe_comm_mpi) c = moe_comm_mpi;
@@ -92,7 +96,10 @@ int moe_dist_init(void) {
   else if (!moe_comm_mpi) snprintf(S.reason, sizeof S.reason, "%s", moe_comm_mpi_missing);
   else if (!launched)
     snprintf(S.reason, sizeof S.reason, "not launched by mpirun (mpirun -np N moelua run script.lua)");
-  if (c->init(&S.w)) return -1;
+  if (c->init(&S.w)) {
+    snprintf(init_error, sizeof init_error, "%s", moe_last_error());
+    return -1;
+  }
   S.host = c;
   S.initialized = 1;
   set_threads();
@@ -102,8 +109,9 @@ int moe_dist_init(void) {
 #endif
     if (S.w.world_size > 1) {
       snprintf(term_msg, sizeof term_msg,
-               "moe.distributed: rank %d of %d: ended by mpirun (SIGTERM): another rank failed\n", S.w.rank,
-               S.w.world_size);
+               "moe.distributed: rank %d of %d: ended by SIGTERM (mpirun's, when another rank failed or the job was "
+               "stopped)\n",
+               S.w.rank, S.w.world_size);
       struct sigaction sa;
       memset(&sa, 0, sizeof sa);
       sa.sa_handler = on_term;
