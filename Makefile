@@ -10,13 +10,23 @@ SAN     ?=
 WERROR  ?= $(if $(findstring clang,$(CC)),,-Werror=use-after-free -Werror=free-nonheap-object -Werror=return-type)
 CFLAGS   = $(OPT) $(SAN) -std=gnu11 -fPIC -fwrapv -fno-math-errno -fno-trapping-math -fopenmp-simd -Wall -Wextra -Wno-unused-parameter -Wshadow \
            $(WERROR) $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-LDLIBS   = $(SAN) $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread -ldl $(CUDA_LIBS)
+LDLIBS   = $(SAN) $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread -ldl $(CUDA_LIBS) $(MPI_LIBS)
 VERSION := 0.1.0
 CFLAGS  += -DMOE_VERSION=\"$(VERSION)\"
 
-ENGINE_SRC := $(wildcard src/core/*.c src/cpu/*.c src/nn/*.c src/train/*.c src/data/*.c src/lua/*.c)
+ENGINE_SRC := $(wildcard src/core/*.c src/cpu/*.c src/nn/*.c src/train/*.c src/data/*.c src/dist/*.c src/lua/*.c)
 ENGINE_OBJ := $(ENGINE_SRC:%.c=$(BUILD)/obj/%.o)
-HEADERS    := $(wildcard src/core/*.h src/cpu/*.h src/lua/*.h src/train/*.h src/data/*.h src/nn/*.h)
+HEADERS    := $(wildcard src/core/*.h src/cpu/*.h src/lua/*.h src/train/*.h src/data/*.h src/nn/*.h src/dist/*.h)
+
+# The MPI backend of moe.distributed (src/dist/mpi.c) is built when OpenMPI is
+# found, by its pkg-config (ompi-c) or by mpicc --showme; MPI=0 leaves it out
+# (a 1-rank world only). Recursive (=), as CFLAGS: `deps` may just have installed it.
+MPI       ?= auto
+MPI_FOUND  = $(if $(filter 0,$(MPI)),,$(shell pkg-config --exists ompi-c 2>/dev/null && echo pc || \
+               (command -v mpicc >/dev/null 2>&1 && echo mpicc)))
+MPI_CFLAGS = $(if $(MPI_FOUND),-DMOE_WITH_MPI $(if $(filter pc,$(MPI_FOUND)),$(shell pkg-config --cflags ompi-c),$(shell mpicc --showme:compile)))
+MPI_LIBS   = $(if $(MPI_FOUND),$(if $(filter pc,$(MPI_FOUND)),$(shell pkg-config --libs ompi-c),$(shell mpicc --showme:link)))
+$(BUILD)/obj/src/dist/mpi.o: CFLAGS += $(MPI_CFLAGS)
 
 # The CUDA backend is built whenever nvcc is found (on PATH or in /usr/local/cuda),
 # or with CUDA=1; CUDA=0 leaves it out. The runtime is linked statically, so the
@@ -76,7 +86,7 @@ $(BUILD)/libmoe.a: $(ENGINE_OBJ)
 
 $(BUILD)/moe/core.so: $(ENGINE_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) -shared -o $@ $^ $(SAN) $(shell pkg-config --libs openblas zlib libxxhash) -lm -lpthread -ldl $(CUDA_LIBS)
+	$(CC) -shared -o $@ $^ $(SAN) $(shell pkg-config --libs openblas zlib libxxhash) -lm -lpthread -ldl $(CUDA_LIBS) $(MPI_LIBS)
 
 # the checkout's lua/ is compiled in: build/moelua (or a copy of it) runs the Lua files beside its C
 $(BUILD)/moelua: src/main.c $(BUILD)/libmoe.a $(HEADERS) Makefile | deps
@@ -191,7 +201,7 @@ ifeq ($(INSTALL_DEV),1)
 	@printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$(PC_LIBDIR)' 'includedir=$(PC_INCDIR)' '' \
 	  'Name: moelua' 'Description: the moelua engine: tensors, autograd and Mixture-of-Experts layers (static)' \
 	  'Version: $(VERSION)' 'Requires: openblas zlib libxxhash' 'Cflags: -I$${includedir}' \
-	  'Libs: -L$${libdir} -lmoe -lm -lpthread -ldl $(CUDA_LIBS)' > "$(DESTDIR)$(LIBDIR)/pkgconfig/moelua.pc"
+	  'Libs: -L$${libdir} -lmoe -lm -lpthread -ldl $(CUDA_LIBS) $(MPI_LIBS)' > "$(DESTDIR)$(LIBDIR)/pkgconfig/moelua.pc"
 endif
 	@echo "installed moelua $(VERSION) under $(DESTDIR)$(PREFIX) (Lua modules in $(LUADIR), moe.core in $(CMODDIR))"
 

@@ -4,11 +4,13 @@
 set -euo pipefail
 pkgs=(build-essential pkg-config luajit libluajit-5.1-dev libopenblas-dev lua-busted
       libedit-dev zlib1g-dev libxxhash-dev tmux lua-cjson lua-filesystem libcairo2 fonts-dejavu-core
-      libdnnl-dev libblis4-openmp luarocks groff-base)
+      libdnnl-dev libblis4-openmp luarocks groff-base openmpi-bin libopenmpi-dev)
 # oneDNN (libdnnl-dev) and BLIS (libblis4-openmp) are opened with dlopen, optional at run
 # time: oneDNN runs the bf16 expert GEMMs where the CPU has bf16, and both are timed against
 # OpenBLAS for each float32 GEMM shape class (src/cpu/sgemm_lib.c). luarocks and groff-base
 # (which renders the man page) are for spec/install_spec.lua: `luarocks make`/`luarocks test`.
+# OpenMPI (openmpi-bin: mpirun; libopenmpi-dev: mpi.h, libmpi and its pkg-config ompi-c) is
+# moe.distributed's backend: the Makefile builds src/dist/mpi.c when it finds it.
 pkgs+=("$@") # extra packages: `make fuzz-deps` asks for clang libclang-rt-dev
 missing=()
 for p in "${pkgs[@]}"; do

@@ -193,7 +193,9 @@ static int docall(lua_State *L, int nargs, int nres) {
 static int report(lua_State *L, int status) {
   if (status && !lua_isnil(L, -1)) {
     const char *msg = lua_tostring(L, -1);
-    fprintf(stderr, "%s: %s\n", progname, msg ? msg : "(error object is not a string)");
+    if (moe_dist_is_initialized() && moe_dist_world_size() > 1) /* under mpirun: which rank says it */
+      fprintf(stderr, "%s: rank %d: %s\n", progname, moe_dist_rank(), msg ? msg : "(error object is not a string)");
+    else fprintf(stderr, "%s: %s\n", progname, msg ? msg : "(error object is not a string)");
     fflush(stderr);
     lua_pop(L, 1);
   }
@@ -545,6 +547,9 @@ int main(int argc, char **argv) {
     return 1;
   }
   moe_lua_setup_paths_at(L, MOELUA_LUADIR);
+  /* under mpirun every rank joins the world first (moe.distributed): its errors then end the job */
+  if (moe_dist_launched() && moe_dist_init())
+    fprintf(stderr, "%s: warning: moe.distributed.%s\n", progname, moe_last_error());
   if (argc > 1 && !strcmp(argv[1], "doc")) {
     set_arg(L, argc, argv, 0);
     int rc = doc_main(L, argc, argv);
@@ -628,6 +633,8 @@ int main(int argc, char **argv) {
     }
     status = repl(L);
   }
+  /* a failed rank ends every rank now, before lua_close could wait on one of them */
+  if (status && moe_dist_is_initialized() && moe_dist_world_size() > 1) moe_dist_abort(1);
   lua_close(L);
   return status ? 1 : 0;
 }

@@ -60,8 +60,8 @@ local ROOTS = {
 }
 
 -- the library's submodules whose fields are public names
-doc.MODULES = { "nn", "optim", "data", "datasets", "losses", "metrics", "callbacks", "plot", "cuda", "io",
-  "tensorboard", "cli", "initializers", "regularizers", "constraints", "testing", "doc" }
+doc.MODULES = { "nn", "optim", "data", "datasets", "losses", "metrics", "callbacks", "plot", "cuda", "distributed",
+  "io", "tensorboard", "cli", "initializers", "regularizers", "constraints", "testing", "doc" }
 local is_module_name = {}
 for _, m in ipairs(doc.MODULES) do is_module_name[m] = true end
 

@@ -310,6 +310,57 @@ S[#S + 1] = { id = "cuda", title = "CUDA (moe.cuda)", intro =
       .. "moe.cuda.set_sync_debug(\"off\")\nprint(moe.cuda.syncs().drains)" },
   } }
 
+S[#S + 1] = { id = "distributed", title = "Processes (moe.distributed)", intro =
+  "Several processes working together, in torch.distributed's style, over MPI (Debian's OpenMPI): "
+  .. "`mpirun -np 2 build/moelua run script.lua` starts two ranks. Ranks are 0-based, as mpirun's own messages "
+  .. "number them; a list indexed by rank has rank r's entry at [r + 1]. Without mpirun (or in a build without "
+  .. "MPI) the world is one rank and every collective is a copy. Collectives take host tensors of any dtype "
+  .. "(bool reduces as logic: sum and max are or, prod and min are and); every rank must make the same calls in "
+  .. "the same order. Each call first exchanges what every rank passed, so a mismatch (shape, dtype, op, root, "
+  .. "collective) or a bad argument on any rank is an error on every rank, naming the ranks, not a hang. A rank "
+  .. "whose script fails ends the job on every rank (MPI_Abort).",
+  entries = {
+    { "distributed", "moe.distributed", "Collectives between processes (ranks) started by mpirun." },
+    { "distributed.is_available", "moe.distributed.is_available()", "Whether this build has the MPI backend "
+      .. "(without it the world is one rank).", returns = "a boolean." },
+    { "distributed.is_initialized", "moe.distributed.is_initialized()", "Whether this process has joined its "
+      .. "world (moelua does under mpirun, before the script runs).", returns = "a boolean." },
+    { "distributed.init", "moe.distributed.init()", "Joins the world: the MPI one under mpirun, else the 1-rank "
+      .. "world. Idempotent; the collectives call it. Under mpirun with a build without MPI it is an error.",
+      returns = "moe.distributed." },
+    { "distributed.rank", "moe.distributed.rank()", "This process's rank, from 0.", returns = "an integer." },
+    { "distributed.world_size", "moe.distributed.world_size()", "The number of ranks.", returns = "an integer." },
+    { "distributed.barrier", "moe.distributed.barrier()", "Returns once every rank has called it." },
+    { "distributed.info", "moe.distributed.info()", "The world as this rank sees it: initialized, rank, "
+      .. "world_size, local_rank and local_size (the ranks on this machine), launched (mpirun's process count, 0 "
+      .. "without it), built, backend (\"mpi\" or \"local\"), library (the MPI library), thread_level, threads "
+      .. "(this rank's CPU threads) and threads_reason, checks, and reason (why one rank, when so).",
+      details = "When several ranks share a machine each runs one CPU thread (the thread pool and OpenBLAS), "
+        .. "unless MOE_DIST_THREADS=n (n each) or MOE_NUM_THREADS says otherwise.",
+      returns = "a table (tostring gives one line)." },
+    { "distributed.set_checks", "moe.distributed.set_checks(on)", "false leaves out the exchange of the ranks' "
+      .. "arguments before each collective (a few microseconds each); a mismatch then hangs or corrupts, as in MPI.",
+      returns = "the previous setting." },
+    { "distributed.all_reduce", "moe.distributed.all_reduce(t, [op])", "In place: t = op over every rank's t, op "
+      .. "one of \"sum\" (the default), \"mean\" (float tensors), \"max\", \"min\", \"prod\". Every rank "
+      .. "passes the same dtype and shape.", returns = "t.", example = "moe.distributed.all_reduce(grad, \"mean\")" },
+    { "distributed.all_reduce_async", "moe.distributed.all_reduce_async(t, [op])", "all_reduce started at once "
+      .. "(MPI_Iallreduce): w:is_completed() says whether it is done (and lets MPI move the data along), w:wait() "
+      .. "waits and returns t. Leave t alone until then.", returns = "a work handle w." },
+    { "distributed.broadcast", "moe.distributed.broadcast(t, [root])", "In place: root's t (rank 0 by default) on "
+      .. "every rank.", returns = "t." },
+    { "distributed.all_gather", "moe.distributed.all_gather(t)", "Every rank's t, stacked along dim 1 in rank "
+      .. "order; the ranks' first sizes may differ (a 0-dim t counts as one row).",
+      returns = "the tensor, and the list of each rank's row count." },
+    { "distributed.reduce_scatter", "moe.distributed.reduce_scatter(t, [op])", "t's dim 1 in world_size() equal "
+      .. "blocks: rank r gets block r + 1 reduced over the ranks.", returns = "a new tensor." },
+    { "distributed.all_to_all", "moe.distributed.all_to_all(t, send_counts)", "Rows of t to every rank: the first "
+      .. "send_counts[1] to rank 0, the next send_counts[2] to rank 1, ...; the counts are exchanged first, then the "
+      .. "rows in one MPI_Alltoallv. send_counts is a list of world_size() row counts (or a 1-d integer tensor).",
+      returns = "the rows received, in rank order, and recv_counts (a list).",
+      example = "local y, recv = moe.distributed.all_to_all(tokens, { 3, 5 })" },
+  } }
+
 S[#S + 1] = { id = "initializers", title = "Initializers, regularizers, constraints", intro =
   "Keras's names and semantics. An initializer is called as `init(shape, dtype)` and returns a new tensor; a "
   .. "regularizer is called on a weight and returns a scalar penalty (joining the training loss); a constraint is "

@@ -110,6 +110,12 @@ S[#S + 1] = { id = "moe", title = "The moe module", intro =
       details = "The CPU sums in source order in either mode; reductions, sort and topk are deterministic in both.",
       returns = "the previous mode (a boolean).", example = "moe.set_deterministic(true)" },
     { "get_deterministic", "moe.get_deterministic()", "Whether deterministic mode is on.", returns = "a boolean." },
+    { "set_num_threads", "moe.set_num_threads(n)", "The CPU threads of this process from now on: the kernels' "
+      .. "thread pool and OpenBLAS's (BLIS, oneDNN and the bf16 GEMMs are given the same count), at most 8; 0 "
+      .. "restores the default (the cores, or MOE_NUM_THREADS). Under mpirun each rank starts with one when "
+      .. "several share the machine (moe.distributed.info().threads_reason says why).",
+      returns = "the previous count.", example = "moe.set_num_threads(1)" },
+    { "get_num_threads", "moe.get_num_threads()", "The CPU threads of this process.", returns = "an integer." },
     { "peak_bytes", "moe.peak_bytes([reset])", "The most tensor bytes live at once since the last reset; "
       .. "reset = true starts a new measurement.", returns = "a number of bytes.",
       example = "moe.peak_bytes(true); step(); print(moe.peak_bytes())" },

@@ -14,7 +14,8 @@ local PUBLIC = {}
 for _, name in ipairs { "tensor", "zeros", "ones", "full", "empty", "rand", "randn", "randint", "randperm", "arange",
                         "linspace", "eye", "manual_seed", "cat", "stack", "is_tensor", "set_grad_enabled",
                         "is_grad_enabled", "peak_bytes", "empty_cache", "linear", "mixture", "gate_scale",
-                        "grouped_matmul", "set_deterministic", "get_deterministic" } do
+                        "grouped_matmul", "set_deterministic", "get_deterministic", "set_num_threads",
+                        "get_num_threads" } do
   PUBLIC[name] = true
 end
 local METHOD_ONLY = { has_grad = true, same_storage = true, storage_offset = true } -- t:has_grad(), not moe.has_grad
@@ -247,7 +248,7 @@ local lazy = {
   initializers = "moe.initializers", regularizers = "moe.initializers",
   constraints = "moe.initializers", io = "moe.io", data = "moe.data",
   metrics = "moe.metrics", callbacks = "moe.callbacks", datasets = "moe.datasets", plot = "moe.plot",
-  cuda = "moe.cuda", tensorboard = "moe.tensorboard", doc = "moe.doc",
+  cuda = "moe.cuda", tensorboard = "moe.tensorboard", doc = "moe.doc", distributed = "moe.distributed",
   cli = "moe.cli", -- command-line options for scripts (the models' --help, usage errors, --plot paths)
 }
 local lazy_fields = {

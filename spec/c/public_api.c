@@ -110,6 +110,25 @@ int main(void) {
     for (int k = 0; k < 5; k++) printf("ok %d - # SKIP no CUDA device or emulator\n", ++n_test);
   }
 
+  /* processes: this program is not started by mpirun, so its world is one rank */
+  CHECK(moe_dist_init() == 0 && moe_dist_world_size() == 1 && moe_dist_rank() == 0, "moe_dist_init: a 1-rank world");
+  double hv[6];
+  CHECK(moe_dist_all_reduce_(yh, MOE_DIST_SUM) == 0 && host_values(yh, hv, 6) == 0 && hv[4] == -3,
+        "moe_dist_all_reduce_ of one rank leaves the values");
+  int64_t rows[1] = {0}, send[2] = {1, 1}, recv[1] = {0};
+  moe_tensor *gath = moe_dist_all_gather(yh, rows);
+  CHECK(gath && gath->ndim == 2 && gath->shape[0] == 2 && rows[0] == 2,
+        "moe_dist_all_gather of one rank: a copy, its row count");
+  moe_tensor_release(gath);
+  moe_tensor *a = moe_dist_all_to_all(yh, send, 2, recv);
+  CHECK(!a && strstr(moe_last_error(), "all_to_all: 2 send counts for a world of 1 rank"),
+        "moe_dist_all_to_all refuses a count per rank too many");
+  moe_tensor_release(a);
+  if (dev == MOE_CUDA) {
+    CHECK(moe_dist_all_reduce_(y, MOE_DIST_MAX) == -1 && strstr(moe_last_error(), "not on this backend (cuda)"),
+          "a collective on a device tensor names the device (no NCCL backend yet)");
+  }
+
   moe_tensor *ts[] = {xh, yh, x, y, z, zz, s, two, x2};
   for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) moe_tensor_release(ts[i]);
   CHECK(moe_live_tensors() == base, "every tensor released");

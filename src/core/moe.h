@@ -333,6 +333,77 @@ const char *moe_grad_fn_name(const moe_tensor *t);
 /* g summed over the dims broadcast from shape (ndim, shape); new ref */
 moe_tensor *moe_sum_to_shape(const moe_tensor *g, int ndim, const int64_t *shape);
 
+/* ---- threads (src/core/threads.c) ----
+ * The CPU kernels' thread pool and OpenBLAS's threads: n of each (capped at 8,
+ * as MOE_NUM_THREADS); 0 restores the default (the cores, or MOE_NUM_THREADS).
+ * moe_dist_init sets 1 when several ranks share the machine. */
+int moe_set_num_threads(int n); /* returns the previous count */
+int moe_get_num_threads(void);
+
+/* ---- processes (src/dist/: the communicator interface, MPI backend) ----
+ * Ranks are 0-based, as MPI's, mpirun's and torch.distributed's. Without
+ * mpirun (or in a build without MPI) the world is one rank, and every
+ * collective is a copy. Collectives run on host tensors of any dtype (bool
+ * reduces as logical: sum and max are or, prod and min are and); every rank
+ * must call the same collectives in the same order. With the checks on (the
+ * default) each call first exchanges a small description of every rank's
+ * arguments (the collective, dtype, shape, op or root, and any argument error
+ * of its own), so that a mismatch is an error naming the ranks on every rank
+ * instead of a hang or a wrong answer. */
+typedef enum { MOE_DIST_SUM, MOE_DIST_MEAN, MOE_DIST_MAX, MOE_DIST_MIN, MOE_DIST_PROD, MOE_DIST_NOPS } moe_dist_op;
+const char *moe_dist_op_name(moe_dist_op op);
+typedef struct {
+  int initialized, rank, world_size, local_rank, local_size;
+  int launched;               /* the launcher's world size (mpirun's environment), 0 when not launched */
+  int built;                  /* 1 when built with an MPI backend */
+  int thread_level;           /* MPI's thread support: 0 single .. 3 multiple (-1: no MPI) */
+  int threads;                /* the CPU threads of this rank (moe_get_num_threads) */
+  int checks;                 /* moe_dist_set_checks */
+  const char *backend;        /* "mpi" or "local" (the 1-rank world) */
+  const char *library;        /* the MPI library's version line, or "" */
+  const char *threads_reason; /* why `threads` */
+  const char *reason;         /* why a 1-rank world, when it is one */
+} moe_dist_info;
+/* idempotent; MPI_Init_thread when launched by mpirun, else the 1-rank world.
+ * When it initialises MPI it also ends it at exit: MPI_Finalize when the
+ * process exits with status 0, MPI_Abort (every rank ends) otherwise. */
+int moe_dist_init(void);
+int moe_dist_is_initialized(void);
+int moe_dist_launched(void); /* the launcher's world size from the environment, 0 if none */
+void moe_dist_get_info(moe_dist_info *out);
+int moe_dist_rank(void);         /* (initialises) */
+int moe_dist_world_size(void);   /* (initialises) */
+int moe_dist_set_checks(int on); /* returns the previous setting */
+/* ends every rank's process now (MPI_Abort; exit(code) in a 1-rank world) */
+void moe_dist_abort(int code);
+/* every rank's own argument error (msg) is made known to every rank: a
+ * binding that found a bad argument calls this (as the collective `coll` would
+ * have been called), so that the other ranks raise too instead of waiting;
+ * returns -1 with the error set */
+int moe_dist_fail(const char *coll, const char *msg);
+int moe_dist_barrier(void);
+/* in place: t = op over the ranks' t (contiguous or not) */
+int moe_dist_all_reduce_(moe_tensor *t, moe_dist_op op);
+/* in place: t = root's t */
+int moe_dist_broadcast_(moe_tensor *t, int root);
+/* the ranks' t stacked along dim 0 in rank order (their dim 0 may differ; a
+ * 0-dim t counts as [1]); rows[world] [OUT] [OPTIONAL] receives each rank's count */
+moe_tensor *moe_dist_all_gather(const moe_tensor *t, int64_t *rows);
+/* t's dim 0 in world blocks: rank r gets block r reduced over the ranks */
+moe_tensor *moe_dist_reduce_scatter(const moe_tensor *t, moe_dist_op op);
+/* the first send[0] rows of t go to rank 0, the next send[1] to rank 1, ...;
+ * returns the rows received, in rank order; recv[world] [OUT] [OPTIONAL] their counts */
+moe_tensor *moe_dist_all_to_all(const moe_tensor *t, const int64_t *send, int nsend, int64_t *recv);
+/* a nonblocking all_reduce_: started (after the checks) and returned at once;
+ * test (1 done, 0 not yet; it also drives MPI's progress), wait (0 or -1) and
+ * free (waits first when still running). t stays referenced until then. */
+typedef struct moe_dist_work moe_dist_work;
+moe_dist_work *moe_dist_all_reduce_start(moe_tensor *t, moe_dist_op op);
+int moe_dist_work_test(moe_dist_work *w);
+int moe_dist_work_wait(moe_dist_work *w);
+moe_tensor *moe_dist_work_tensor(moe_dist_work *w); /* (borrowed) */
+void moe_dist_work_free(moe_dist_work *w);
+
 /* ---- deterministic mode (src/core/determinism.c) ----
  * On: the device's float scatter_add and index_add (and so the sparse MoE
  * combine, gather's and index_select's backward) sum each destination's sources

@@ -23,6 +23,8 @@ typedef void (*moe_loop_fn)(int64_t n, char **p, const int64_t *s, void *ctx);
 void moe_cpu_foreach(int nops, const moe_tensor *const *ops, moe_loop_fn fn, void *ctx);
 /* cores the CPU kernels may split large loops over (MOE_NUM_THREADS overrides) */
 int moe_cpu_threads(void);
+/* n from now on (the pool and OpenBLAS), at most 8; 0: the default again */
+void moe_cpu_set_threads(int n);
 /* runs fn(ctx, 0..nparts-1) on this thread and the pool's persistent workers
  * (pool.c); returns when all parts are done */
 typedef void (*moe_task_fn)(void *ctx, int part);
@@ -70,6 +72,7 @@ void moe_cpu_gemm_serial(int on);
 /* OpenBLAS's thread count: n, or (0) all; and that maximum (for sgemm_lib.c) */
 void moe_cpu_openblas_threads(int n);
 int moe_cpu_openblas_max_threads(void);
+void moe_cpu_openblas_set_max_threads(int n); /* 0: OpenBLAS's own count at start */
 void moe_cpu_openblas_threads_unknown(void);
 /* small_gemm.c: C [M,N] (+= when acc) A [M,K] @ B [K,N] in float32, A with
  * strides (sam, sak), B rows ldb apart (unit column stride), C rows ldc apart;

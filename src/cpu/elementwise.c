@@ -14,15 +14,21 @@
 #define MOE_PAR_MIN (1 << 20)
 #define MOE_MAX_THREADS 8
 
+static int nthreads = 0;
+
 int moe_cpu_threads(void) {
-  static int n = 0;
-  if (!n) {
+  if (!nthreads) {
     long c = sysconf(_SC_NPROCESSORS_ONLN);
     const char *env = getenv("MOE_NUM_THREADS");
     if (env && atoi(env) > 0) c = atoi(env);
-    n = c < 1 ? 1 : c > MOE_MAX_THREADS ? MOE_MAX_THREADS : (int)c;
+    nthreads = c < 1 ? 1 : c > MOE_MAX_THREADS ? MOE_MAX_THREADS : (int)c;
   }
-  return n;
+  return nthreads;
+}
+
+void moe_cpu_set_threads(int n) {
+  nthreads = n < 1 ? 0 : n > MOE_MAX_THREADS ? MOE_MAX_THREADS : n; /* 0: the default again */
+  moe_cpu_openblas_set_max_threads(n < 1 ? 0 : moe_cpu_threads());
 }
 
 typedef struct {

@@ -45,9 +45,18 @@ void moe_cpu_gemm_serial(int on) {
 /* 1 while serial mode is on (read by the bf16 GEMMs of bf16.c, whose oneDNN runs its own threads) */
 int moe_cpu_gemm_is_serial(void) { return serial_mode; }
 
+static int start_threads = 0; /* OpenBLAS's own count, before any change */
+
 int moe_cpu_openblas_max_threads(void) {
-  if (!max_threads) current = max_threads = openblas_get_num_threads();
+  if (!start_threads) start_threads = openblas_get_num_threads();
+  if (!max_threads) current = max_threads = start_threads;
   return max_threads;
+}
+
+void moe_cpu_openblas_set_max_threads(int n) {
+  moe_cpu_openblas_max_threads();
+  max_threads = n > 0 ? n : start_threads;
+  moe_cpu_openblas_threads(0);
 }
 
 /* OpenBLAS's thread count: n, or (0) all of them */

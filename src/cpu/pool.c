@@ -69,10 +69,11 @@ static void *worker(void *arg) {
   return NULL;
 }
 
+/* up to moe_cpu_threads() - 1 workers (more when the count was raised since) */
 static void start_workers(void) {
-  nworkers = 0;
+  if (nworkers < 0) nworkers = 0;
   int want = moe_cpu_threads() - 1;
-  for (int i = 0; i < want; i++) {
+  for (int i = nworkers; i < want; i++) {
     pthread_t t;
     pthread_attr_t at;
     pthread_attr_init(&at);
@@ -85,11 +86,17 @@ static void start_workers(void) {
 
 void moe_cpu_parallel(int nparts, moe_task_fn fn, void *ctx) {
   if (nparts <= 0) return;
-  if (nworkers < 0) start_workers();
   int expected = 0;
   /* one job at a time; a nested or concurrent call runs its parts inline */
-  if (nparts == 1 || nparts > 0xfffff || nworkers == 0 || !atomic_compare_exchange_strong(&busy, &expected, 1)) {
+  if (nparts == 1 || nparts > 0xfffff || moe_cpu_threads() < 2 ||
+      !atomic_compare_exchange_strong(&busy, &expected, 1)) {
     for (int i = 0; i < nparts; i++) fn(ctx, i);
+    return;
+  }
+  if (nworkers < moe_cpu_threads() - 1) start_workers(); /* (under `busy`: one caller at a time) */
+  if (nworkers == 0) {
+    for (int i = 0; i < nparts; i++) fn(ctx, i);
+    atomic_store(&busy, 0);
     return;
   }
   job_fn = fn;

@@ -31,9 +31,17 @@
 /* ---------------------------------------------------------------- registration */
 
 /* the module's functions, and the functions that are also tensor methods, by domain */
-static const luaL_Reg *const func_tables[] = {
-    moe_l_create_funcs, moe_l_tensor_funcs, moe_l_ops_funcs, moe_l_autograd_funcs, moe_l_optim_funcs,
-    moe_l_nn_funcs,     moe_l_train_funcs,  moe_l_io_funcs,  moe_l_sys_funcs,      NULL};
+static const luaL_Reg *const func_tables[] = {moe_l_create_funcs,
+                                              moe_l_tensor_funcs,
+                                              moe_l_ops_funcs,
+                                              moe_l_autograd_funcs,
+                                              moe_l_optim_funcs,
+                                              moe_l_nn_funcs,
+                                              moe_l_train_funcs,
+                                              moe_l_io_funcs,
+                                              moe_l_sys_funcs,
+                                              moe_l_dist_funcs,
+                                              NULL};
 static const luaL_Reg *const method_tables[] = {moe_l_tensor_methods, moe_l_ops_methods, moe_l_autograd_methods, NULL};
 
 /* every function of the module runs through here: upvalue 1 is the function's

@@ -14,6 +14,7 @@
  *   l_train.c     fit{}'s epoch order and batch gathering, ROC-AUC
  *   l_io.c        safetensors bytes, CSV
  *   l_sys.c       BLAS/sgemm/bf16/CUDA information and choices, backend kernels, memory, interrupts
+ *   l_dist.c      moe.distributed's collectives (src/dist/), the CPU thread count
  * Shared names start with moe_l_; what only one file uses stays static there. */
 #ifndef MOE_BINDING_IMPL_H
 #define MOE_BINDING_IMPL_H
@@ -130,5 +131,6 @@ extern const luaL_Reg moe_l_nn_funcs[];
 extern const luaL_Reg moe_l_train_funcs[];
 extern const luaL_Reg moe_l_io_funcs[];
 extern const luaL_Reg moe_l_sys_funcs[];
+extern const luaL_Reg moe_l_dist_funcs[];
 
 #endif

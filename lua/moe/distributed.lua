@@ -1,0 +1,149 @@
+-- moe.distributed: processes that work together, in torch.distributed's style,
+-- on the engine's communicator (src/dist/: MPI, from Debian's OpenMPI).
+--
+--   mpirun -np 2 build/moelua run script.lua     -- each process is one rank
+--
+--   local dist = moe.distributed
+--   dist.rank(), dist.world_size()     -- 0-based ranks: 0 .. world_size() - 1
+--   dist.barrier()
+--   dist.all_reduce(t, "sum")          -- in place: sum, mean, max, min or prod over the ranks
+--   dist.broadcast(t, 0)               -- in place: rank 0's values everywhere
+--   dist.all_gather(t)                 -- the ranks' t stacked along dim 1 (their first sizes may differ),
+--                                      -- and the list of those sizes
+--   dist.reduce_scatter(t, "sum")      -- rank r gets block r + 1 of t's dim 1, reduced over the ranks
+--   dist.all_to_all(t, send_counts)    -- send_counts[r + 1] rows of t to rank r; the rows received
+--                                      -- (in rank order), and recv_counts
+--   dist.all_reduce_async(t, op)       -- started at once: w:is_completed(), w:wait() (-> t)
+--   dist.info()                        -- rank, world, backend, MPI library, threads and why, ...
+--
+-- Ranks are 0-based, as mpirun's own messages, OMPI_COMM_WORLD_RANK and
+-- torch.distributed number them, so that "rank 1" means the same process in
+-- every message of a job. They are names, not positions: a Lua list indexed by
+-- rank (the counts of all_to_all and all_gather) has rank r's entry at [r + 1].
+--
+-- Under mpirun moelua joins the world before the script runs (init() is then
+-- a no-op); without mpirun, or in a build without MPI, the world is one rank
+-- and every collective is a copy. Every rank must make the same calls in the
+-- same order; each call first exchanges what every rank passed, so a mismatch
+-- (another shape, dtype, op, root or collective) or a bad argument on any rank
+-- is an error on every rank, naming the ranks, instead of a hang.
+local moe = require "moe"
+local core = moe.core
+
+local D = {}
+
+local OPS = { sum = true, mean = true, max = true, min = true, prod = true }
+
+-- a bad argument: raised on every rank (core.dist_fail tells the others, which
+-- wait in the same call), as "moe.distributed.<fn>: rank r: <msg>" where there
+-- are several ranks
+local function fail(fn, msg) core.dist_fail(fn, msg) end
+
+local function check_tensor(fn, t)
+  if not core.is_tensor(t) then fail(fn, "expected a tensor, got " .. moe._show(t)) end
+end
+
+local function check_op(fn, op)
+  if op == nil then return "sum" end
+  if not OPS[op] then
+    fail(fn, ("op must be \"sum\", \"mean\", \"max\", \"min\" or \"prod\", got %s"):format(moe._show(op)))
+  end
+  return op
+end
+
+-- whether this build has the MPI backend (without it the world is one rank)
+function D.is_available() return core.dist_info().built end
+function D.is_initialized() return core.dist_info().initialized end
+
+-- joins the world (once; moelua does it already under mpirun)
+function D.init()
+  core.dist_init()
+  return D
+end
+
+function D.rank() return core.dist_rank() end
+function D.world_size() return core.dist_world_size() end
+
+function D.barrier() core.dist_barrier() end
+
+-- info(): {initialized, rank, world_size, local_rank, local_size (the ranks on this
+-- machine), launched (mpirun's process count, 0 without it), built, backend
+-- ("mpi" or "local"), library (the MPI library), thread_level, threads (this
+-- rank's CPU threads), threads_reason, checks, reason (why one rank, when so)}
+function D.info()
+  local i = core.dist_info()
+  return setmetatable(i, { __tostring = function(t)
+    local where = t.initialized and ("rank %d of %d"):format(t.rank, t.world_size) or "not initialized"
+    local lib = t.library ~= "" and (" (%s, thread level %s)"):format(t.library, t.thread_level) or ""
+    return ("moe.distributed: %s, backend %s%s; %d thread%s: %s%s"):format(where, t.backend, lib, t.threads,
+      t.threads == 1 and "" or "s", t.threads_reason ~= "" and t.threads_reason or "the default",
+      t.reason and ("; one rank: " .. t.reason) or "")
+  end })
+end
+
+-- set_checks(false): no exchange of the ranks' arguments before each call (a
+-- few microseconds saved; a mismatch then hangs or corrupts, as in MPI)
+function D.set_checks(on) return core.dist_set_checks(on ~= false) end
+
+function D.all_reduce(t, op)
+  check_tensor("all_reduce", t)
+  return core.dist_all_reduce(t, check_op("all_reduce", op))
+end
+
+function D.broadcast(t, root)
+  check_tensor("broadcast", t)
+  root = root == nil and 0 or root
+  if type(root) ~= "number" or root ~= math.floor(root) or math.abs(root) >= 2 ^ 31 then
+    fail("broadcast", "root must be a rank (an integer from 0), got " .. moe._show(root))
+  end
+  return core.dist_broadcast(t, root)
+end
+
+function D.all_gather(t)
+  check_tensor("all_gather", t)
+  return core.dist_all_gather(t)
+end
+
+function D.reduce_scatter(t, op)
+  check_tensor("reduce_scatter", t)
+  return core.dist_reduce_scatter(t, check_op("reduce_scatter", op))
+end
+
+-- send_counts: a list of world_size() row counts (or a 1-d integer tensor)
+function D.all_to_all(t, send_counts)
+  check_tensor("all_to_all", t)
+  local counts = send_counts
+  if core.is_tensor(counts) and counts:dim() == 1 and (counts:dtype() == "int64" or counts:dtype() == "int32") then
+    counts = counts:totable()
+  end
+  if type(counts) ~= "table" then
+    fail("all_to_all", "send_counts must be a list of row counts, one per rank, got " .. moe._show(send_counts))
+  end
+  for i = 1, #counts do
+    local c = counts[i]
+    if type(c) ~= "number" or c ~= math.floor(c) or c < 0 or c >= 2 ^ 53 then
+      fail("all_to_all", ("send_counts[%d] (for rank %d) must be a count of rows, got %s"):format(i, i - 1,
+        moe._show(c)))
+    end
+  end
+  return core.dist_all_to_all(t, counts)
+end
+
+-- a nonblocking all_reduce: w:is_completed() (which also lets MPI move the
+-- data along), w:wait() returns t with the result. t must not be read or
+-- written until then. The ranks start them in the same order.
+local Work = {}
+Work.__index = Work
+function Work:is_completed() return core.dist_work_test(self._w) end
+function Work:wait()
+  core.dist_work_wait(self._w)
+  return self._t
+end
+Work.__tostring = function(w) return ("moe.distributed work (all_reduce of %s)"):format(moe._show(w._t)) end
+
+function D.all_reduce_async(t, op)
+  check_tensor("all_reduce_async", t)
+  return setmetatable({ _w = core.dist_all_reduce_async(t, check_op("all_reduce_async", op)), _t = t }, Work)
+end
+
+return D
