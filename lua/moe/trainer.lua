@@ -476,7 +476,29 @@ local function layer_logs(self, st, single, prefix, logs)
   return logs
 end
 
+-- the pass's sums that lie on a device (loss, per-output losses, layer
+-- metrics), read back in one copy instead of one wait for the device each
+local function read_device_sums(st)
+  local slots, vals = {}, {}
+  local function want(tbl, k)
+    local v = tbl[k]
+    if is_tensor(v) and v:device() ~= "cpu" then
+      slots[#slots + 1] = { tbl, k }
+      vals[#vals + 1] = v:reshape(1):to("float64")
+    end
+  end
+  want(st, "loss_sum")
+  for k in pairs(st.out_loss) do want(st.out_loss, k) end
+  for _, acc in pairs(st.layer) do
+    for _, a in pairs(acc) do want(a, 1) end
+  end
+  if #vals < 2 then return end
+  local host = moe.cat(vals, 1):cpu()
+  for i, sl in ipairs(slots) do sl[1][sl[2]] = host[i] end
+end
+
 local function pass_logs(self, st, single, prefix, logs)
+  read_device_sums(st)
   logs = logs or {}
   prefix = prefix or ""
   logs[prefix .. "loss"] = st.n > 0 and lazy_value(st.loss_sum) / st.n or 0 / 0
