@@ -132,6 +132,8 @@ int moe_same_storage(const moe_tensor *a, const moe_tensor *b);
 /* element access by 0-based multi-index (slow path: printing, item, totable; a
  * device tensor's element is copied each way) */
 double moe_get(const moe_tensor *t, const int64_t *idx);
+/* the value at p, read as a dtype element (a host copy of one: moe_get, reads for later) */
+double moe_value_of(const void *p, moe_dtype dt);
 void moe_set(moe_tensor *t, const int64_t *idx, double v);
 /* row-major fill from a double buffer (table conversion) */
 moe_tensor *moe_from_doubles(int ndim, const int64_t *shape, moe_dtype dt, const double *v);

@@ -303,7 +303,11 @@ double moe_get(const moe_tensor *t, const int64_t *idx) {
     if (moe_cuda_memcpy(host, p, es, 1)) return NAN;
     p = host;
   }
-  switch (t->dtype) {
+  return moe_value_of(p, t->dtype);
+}
+
+double moe_value_of(const void *p, moe_dtype dt) {
+  switch (dt) {
   case MOE_F32: return *(const float *)p;
   case MOE_F64: return *(const double *)p;
   case MOE_I32: return *(const int32_t *)p;

@@ -368,15 +368,6 @@ typedef struct {
   double v;
   int done;
 } later_box;
-static double from_bytes(const void *p, moe_dtype dt) {
-  switch (dt) {
-  case MOE_F32: return *(const float *)p;
-  case MOE_F64: return *(const double *)p;
-  case MOE_I32: return *(const int32_t *)p;
-  case MOE_I64: return (double)*(const int64_t *)p;
-  default: return *(const uint8_t *)p;
-  }
-}
 static int l_later_gc(lua_State *L) {
   later_box *b = luaL_checkudata(L, 1, LATER_MT);
   moe_cuda_read_free(b->r);
@@ -393,7 +384,7 @@ static int l_later_get(lua_State *L) {
   if (!b->done) {
     const void *p = moe_cuda_read_wait(b->r);
     if (!p) return luaL_error(L, "read_later: the device's copy failed");
-    b->v = from_bytes(p, b->dt);
+    b->v = moe_value_of(p, b->dt);
     b->done = 1;
     moe_cuda_read_free(b->r);
     b->r = NULL;
