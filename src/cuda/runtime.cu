@@ -151,10 +151,11 @@ extern "C" void moe_cuda_set_oom_hook(void (*fn)(void)) { oom_hook = fn; }
 
 static void pinned_empty(void);
 static void side_empty(void);
+static void drained(const char *what);
 
 extern "C" size_t moe_cuda_empty_cache(void) {
   size_t freed = cached_bytes;
-  n_drains++; /* (cudaFree waits for the device) */
+  drained("cudaFree, emptying the cache"); /* (cudaFree waits for the device) */
   pinned_empty();
   side_empty();
   for (auto &q : quarantine) cudaFree(q.first);
