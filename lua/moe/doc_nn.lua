@@ -387,6 +387,11 @@ local FIT_OPTS = {
   { "initial_epoch", "integer", "0", "epochs are numbered from initial_epoch + 1" },
   { "seed", "integer", "none", "seeds the shuffle (each epoch's order from seed and the epoch)" },
   { "steps_per_epoch", "integer", "none", "at most this many batches per epoch" },
+  { "distributed", "boolean", "several ranks", "data parallel (true by itself when mpirun started several "
+    .. "ranks; false trains each rank alone): rank 0's weights everywhere, each rank its DistributedSampler slice "
+    .. "of one shuffled order (moe.data.distributed_batches: batch_size rows per rank), the gradients averaged over "
+    .. "the ranks, epoch logs and metrics (exact AUC too) over all ranks' samples, the same on every rank, so "
+    .. "callbacks decide alike; only rank 0 prints and writes files" },
 }
 
 S[#S + 1] = { id = "module", title = "nn.Module methods", intro =
@@ -490,6 +495,8 @@ S[#S + 1] = { id = "module", title = "nn.Module methods", intro =
       options = { { "x", "tensor or table", "required", "" }, { "y", "tensor or table", "required", "" },
         { "batch_size", "integer", "256", "" }, { "sample_weight", "tensor", "none", "" },
         { "callbacks", "list", "none", "their on_test_begin / on_test_end run" },
+        { "distributed", "boolean", "several ranks", "each rank evaluates its share of the rows (the same number of "
+          .. "batches on every rank) and the logs are over all of them" },
         { "verbose", "integer", "none", "accepted for Keras's name; evaluate prints nothing" } },
       probe_options = probe_method("evaluate", "PROBE"),
       returns = "a table name -> number (loss, metrics, layer metrics)." },
