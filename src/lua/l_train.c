@@ -159,12 +159,8 @@ static int l_auc_acc(lua_State *L) {
   moe_auc_acc *a = lua_newuserdata(L, sizeof *a);
   memset(a, 0, sizeof *a);
   if (luaL_newmetatable(L, AUC_MT)) {
-    static const luaL_Reg m[] = {{"add", l_auc_acc_add},
-                                 {"result", l_auc_acc_result},
-                                 {"reset", l_auc_acc_reset},
-                                 {"count", l_auc_acc_count},
-                                 {"values", l_auc_acc_values},
-                                 {NULL, NULL}};
+    static const luaL_Reg m[] = {{"add", l_auc_acc_add},     {"result", l_auc_acc_result}, {"reset", l_auc_acc_reset},
+                                 {"count", l_auc_acc_count}, {"values", l_auc_acc_values}, {NULL, NULL}};
     lua_newtable(L);
     luaL_register(L, NULL, m);
     lua_setfield(L, -2, "__index");
