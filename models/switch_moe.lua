@@ -47,7 +47,6 @@ local opts = cli.parse(arg, {
 })
 local rank, world = dist.rank(), dist.world_size()
 local print = rank == 0 and print or function() end -- (one rank prints)
-if opts.expert_parallel and opts.plot then cli.fail("--plot is not available with --expert-parallel yet") end
 if opts.expert_parallel and opts.experts % world ~= 0 then
   cli.fail(("--expert-parallel: --experts %d must be a multiple of the ranks (%d)"):format(opts.experts, world))
 end
@@ -58,6 +57,7 @@ for _, kind in ipairs(kinds) do
   figure_names[#figure_names + 1] = "experts_" .. kind
 end
 local figures = cli.figures(opts.plot, figure_names) -- (--plot) checked and made before training
+if opts.expert_parallel and figures then cli.fail("--plot is not available with --expert-parallel yet") end
 if opts.smoke then opts.epochs, opts.n = 1, 256 end
 local V, S, E = opts.vocab, opts.seq_len, opts.experts
 
