@@ -163,6 +163,29 @@ describe("nn.MoeLayer expert_parallel", function()
       end)
     end
 
+    it("on a CUDA device: the rows travel through host memory, the results are the host's", function()
+      if not require("helpers").need_device(pending) then return end
+      moe.manual_seed(3)
+      local x, c = moe.randn(3, S, H), moe.randn(3, S, H)
+      local res = {}
+      for i, dev in ipairs { "cpu", "cuda" } do
+        local m = layer(true, "tokens")
+        m(x:narrow(1, 1, 1)) -- (built on the host from the seed, then moved)
+        m:to(dev)
+        local xi = x:to(dev):clone()
+        xi.requires_grad = true
+        local y = m(xi)
+        loss_of(m, y, c:to(dev)):backward()
+        res[i] = { y = y:detach():to("cpu"), dx = xi.grad:to("cpu"), g = m.experts.output_kernel.grad:to("cpu"),
+          r = m.router.kernel.grad:to("cpu") }
+        assert.are.equal(dev, m.experts.output_kernel:device())
+      end
+      assert.is_true(maxdiff(res[1].y, res[2].y) < 1e-5)
+      assert.is_true(maxdiff(res[1].dx, res[2].dx) < 1e-5)
+      assert.is_true(maxdiff(res[1].g, res[2].g) < 1e-5)
+      assert.is_true(maxdiff(res[1].r, res[2].r) < 1e-5)
+    end)
+
     it("no token kept (capacity 0): zeros out, and backward still runs", function()
       local m = layer(true, "tokens", { dropless = false, cf = 0.01 })
       local x = moe.randn(2, S, H)
@@ -500,6 +523,9 @@ say("out", table.concat(y:reshape(-1):totable(), ","))
         end
         assert.are.equal(#mine, i)
       end
+      -- the same model as a plain (non expert-parallel) checkpoint, written here
+      local plain = tmp .. "/plain.moe"
+      moe.load(path, { expert_parallel = false }):save(plain)
       -- 2 ranks again, with the optimizer state re-sliced: outputs equal, and training goes on
       local r2 = mpirun(2, COMMON .. ([[
 local m = moe.load(%q)
@@ -508,17 +534,36 @@ moe.manual_seed(21)
 local X, Y = moe.randn(4, S, H), moe.randn(4, S, H)
 local y = m(X:narrow(1, rank * 2 + 1, 2))
 say("out", table.concat(y:reshape(-1):totable(), ","))
+local p = moe.load(%q, { expert_parallel = true })
+p:eval()
+say("plain", table.concat(p(X:narrow(1, rank * 2 + 1, 2)):reshape(-1):totable(), ","))
 local l
 for _, e in ipairs(m:modules()) do if e[2].class_name == "MoeLayer" then l = e[2] end end
 say("shard", l.experts.intermediate_kernel:size(1))
+-- the optimizer state of this rank's experts is the file's slice
+local pn, ps = {}, {}
+for n, p in m:named_parameters() do pn[#pn + 1] = n; ps[#ps + 1] = p end
+local st, file = m.optimizer:state_tensors(pn, ps), moe.load_tensors(%q)
+local sh, od, no = nn.expert_shards(m), 0, 0
+for i, p in ipairs(ps) do
+  for k, t in pairs(st) do
+    if sh[p] and k:find("optimizer/" .. pn[i] .. "/", 1, true) == 1 and not k:find("/step$") then
+      od = math.max(od, maxdiff(t, file[k]:narrow(1, sh[p].lo, sh[p].n)))
+      no = no + 1
+    end
+  end
+end
+say("ostate", no, od)
 m:train()
 m:train_on_batch(X:narrow(1, rank * 2 + 1, 2), Y:narrow(1, rank * 2 + 1, 2))
 say("trained", "yes")
-]]):format(path))
+]]):format(path, plain, path))
       for rk = 0, 1 do
         local k = keyed(r2.lines[rk])
         assert.are.equal(saved[rk], k.out[1])
+        assert.are.equal(saved[rk], k.plain[1])
         assert.are.equal("2", k.shard[1])
+        assert.are.same({ "8", "0" }, k.ostate) -- (Adam's m and v of the 4 expert weights)
         assert.are.equal("yes", k.trained[1])
       end
     end)

@@ -466,10 +466,17 @@ function MoeLayer:_expert_parallel(x2, plan, N, H)
   local ep = self._ep
   local W, n, lo = ep.world, ep.n, ep.lo
   local E = self.router.num_experts
-  if x2:device() ~= "cpu" then
-    error(("MoeLayer \"%s\": expert_parallel moves tokens between ranks through moe.distributed, which takes host "
-      .. "tensors only in this build (no NCCL backend); the input is on %s"):format(self.name, x2:device()), 0)
+  local dev = x2:device()
+  -- device rows travel through host memory unless moe.distributed has NCCL
+  -- for them (the moves are autograd ops: the gradients travel back the same way)
+  local info = dev ~= "cpu" and dist.info() or nil
+  local stage = info and not (info.nccl_built and not info.nccl_reason)
+  local function all_to_all(t, counts)
+    if not stage then return dist.all_to_all(t, counts) end
+    local y, r = dist.all_to_all(t:to("cpu"), counts)
+    return y:to(dev), r
   end
+  local function index(list) return moe.tensor(list, { dtype = "int64" }):to(dev) end
   local C = dist.all_gather(plan.counts:view(1, E)):totable() -- C[r + 1][e]: rank r's rows for expert e
   local mine = C[ep.rank + 1]
   local send, load, total = {}, {}, 0
@@ -489,7 +496,7 @@ function MoeLayer:_expert_parallel(x2, plan, N, H)
   end
   self:add_metric("rank_imbalance", total > 0 and maxl / (total / W) or 1)
   local rows = x2:index_select(1, plan.token)
-  local got, recv = dist.all_to_all(rows, send)
+  local got, recv = all_to_all(rows, send)
   -- arrival order: sender r's block, within it expert lo .. lo + n - 1; the
   -- GEMM wants expert-major order: perm[i] is the arrival row of grouped row i
   local perm, counts, start, at = {}, {}, {}, 0
@@ -517,12 +524,12 @@ function MoeLayer:_expert_parallel(x2, plan, N, H)
   else
     local inv = {}
     for i, a in ipairs(perm) do inv[a] = i end
-    local grouped = got:index_select(1, moe.tensor(perm, { dtype = "int64" }))
+    local grouped = got:index_select(1, index(perm))
     out = nn.call_child(self, "experts", self.experts, grouped, counts_t)
-    out = out:index_select(1, moe.tensor(inv, { dtype = "int64" }))
+    out = out:index_select(1, index(inv))
   end
-  local back = dist.all_to_all(out, recv) -- each sender's rows back to it, in the order it sent them
-  return moe.zeros(N, H, { dtype = x2:dtype() }):index_add(1, plan.token, back * plan.gate:to(back:dtype()):unsqueeze(2))
+  local back = all_to_all(out, recv) -- each sender's rows back to it, in the order it sent them
+  return moe.zeros(N, H, { dtype = x2:dtype(), device = dev }):index_add(1, plan.token, back * plan.gate:to(back:dtype()):unsqueeze(2))
 end
 
 -- MoeLayerWithBackbone: the sparse layer plus a dense FFN on every token
