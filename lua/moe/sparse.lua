@@ -56,7 +56,7 @@ function FeedForwardExperts:build(shape)
   local H = shape[#shape]
   local E, D = self.num_experts, self.d_ff
   local init = I.get(self.kernel_initializer)
-  local bias_init = I.get(self.bias_initializer)
+  local bias_init = I.get(self.bias_initializer, "FeedForwardExperts")
   -- expert parallel (MoeLayer's option): this rank keeps experts lo .. lo + n - 1
   -- only, drawn as the whole layer would draw them and then sliced, so that 1
   -- rank and N ranks start from the same model under the same seed
