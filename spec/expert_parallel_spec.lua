@@ -186,6 +186,25 @@ describe("nn.MoeLayer expert_parallel", function()
       assert.is_true(maxdiff(res[1].r, res[2].r) < 1e-5)
     end)
 
+    it("all_to_all is differentiable: the gradient comes back to the rows sent; zero rows too", function()
+      for _, n in ipairs { 3, 0 } do
+        local t = moe.randn(n, 2)
+        t.requires_grad = true
+        local y, recv = dist.all_to_all(t, { n })
+        assert.are.same({ n }, recv)
+        assert.is_true(y.requires_grad)
+        local c = moe.randn(n, 2)
+        ;(y * c):sum():backward()
+        assert.are.equal(0, maxdiff(t.grad, c))
+      end
+      moe.no_grad(function()
+        local t = moe.randn(2, 2)
+        t.requires_grad = true
+        assert.is_false(dist.all_to_all(t, { 2 }).requires_grad)
+      end)
+      assert.is_false(dist.all_to_all(moe.randn(2, 2), { 2 }).requires_grad)
+    end)
+
     it("no token kept (capacity 0): zeros out, and backward still runs", function()
       local m = layer(true, "tokens", { dropless = false, cf = 0.01 })
       local x = moe.randn(2, S, H)
