@@ -370,7 +370,9 @@ S[#S + 1] = { id = "distributed", title = "Processes (moe.distributed)", intro =
       .. "blocks: rank r gets block r + 1 reduced over the ranks.", returns = "a new tensor." },
     { "distributed.all_to_all", "moe.distributed.all_to_all(t, send_counts)", "Rows of t to every rank: the first "
       .. "send_counts[1] to rank 0, the next send_counts[2] to rank 1, ...; the counts are exchanged first, then the "
-      .. "rows in one MPI_Alltoallv. send_counts is a list of world_size() row counts (or a 1-d integer tensor).",
+      .. "rows in one MPI_Alltoallv. send_counts is a list of world_size() row counts (or a 1-d integer tensor). "
+      .. "Differentiable: when t requires grad, the gradient goes back by the mirror all_to_all (each rank's send and "
+      .. "receive counts swapped), so backward is a collective that every rank runs.",
       returns = "the rows received, in rank order, and recv_counts (a list).",
       example = "local y, recv = moe.distributed.all_to_all(tokens, { 3, 5 })" },
   } }
