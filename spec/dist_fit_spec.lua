@@ -225,6 +225,50 @@ describe("fit{} data parallel under mpirun", function()
     assert.is_true(worst < 1e-5, "largest weight difference " .. worst)
   end)
 
+  it("a sparse MoE model, expert parallel and data parallel, trains at 2 ranks × b as one process at 2b", function()
+    if skip_reason then return end
+    local src = [[
+local moe = require "moe"
+local nn = moe.nn
+local D = moe.distributed
+io.stdout:setvbuf("line")
+local W = D.world_size()
+local b = tonumber(arg[1]) / W
+moe.manual_seed(3)
+local X, Y = moe.randn(64, 4, 6), moe.randn(64, 4, 6)
+moe.manual_seed(11) -- (the experts are drawn whole on every rank, each keeping its slice)
+local m = nn.Sequential {
+  nn.MoeLayer { experts = nn.FeedForwardExperts { num_experts = 4, d_ff = 5 },
+    router = nn.TokensChooseMaskedRouter { num_experts = 4, num_selected_experts = 2,
+      load_balancing_loss_weight = 0.1, router_z_loss_weight = 0.1 },
+    dropless = true, expert_parallel = W > 1, name = "moe" },
+  nn.Dense { units = 6 } }
+m:compile { optimizer = moe.optim.Adam { lr = 0.02 }, loss = "mse" }
+local h = m:fit { x = X, y = Y, batch_size = b, epochs = 3, seed = 5, verbose = 0,
+  validation_data = { X:narrow(1, 1, 13), Y:narrow(1, 1, 13) } }
+for e = 1, 3 do
+  for _, k in ipairs { "loss", "val_loss", "load_balancing_loss", "router_z_loss" } do
+    print(("%s_%d=%.12g"):format(k, e, h.history[k][e]))
+  end
+end
+if W > 1 then print("imbalance=" .. h.history.rank_imbalance[3]) end
+m:save("sparse.moe") -- (collective: the experts gathered, rank 0 writes)
+]]
+    local two, one = run(2, src, "16"), run(0, src, "16")
+    expect_ok(two); expect_ok(one)
+    local v0, v1, ref = values(two.lines[0]), values(two.lines[1]), values(one.lines[0])
+    for k, r in pairs(ref) do
+      assert.is_true(close(r, v0[k], 2e-5), ("%s: one process %.9g, 2 ranks %.9g"):format(k, r, v0[k]))
+      assert.are.equal(v0[k], v1[k])
+    end
+    assert.is_true(v0.imbalance >= 1) -- the per-rank loads reach the logs
+    local a = moe.load(two.dir .. "/sparse.moe"):get_weights()
+    local c = moe.load(one.dir .. "/sparse.moe"):get_weights()
+    local worst = 0
+    for i = 1, #c do worst = math.max(worst, (a[i] - c[i]):abs():max():item()) end
+    assert.is_true(worst < 1e-5, "largest weight difference " .. worst)
+  end)
+
   it("averages the gradients: one step at 2 ranks is the step on the union of their batches", function()
     if skip_reason then return end
     local r = run(2, [[
