@@ -35,6 +35,9 @@ local opts = cli.parse(arg, {
   { "smoke", false, "a short run (1 epoch on 10,000 training rows), for the test suite" },
 })
 moe.set_precision(opts.precision)
+-- under mpirun -np N: data parallel (fit's batches are batch_size rows per rank); rank 0 prints and plots
+local D = moe.distributed
+local print = D.print
 -- (--plot) checked and made before training
 local figures = cli.figures(opts.plot, { "mmoe_census_curves", "mmoe_census_experts" })
 if opts.smoke then opts.epochs = 1 end
@@ -46,6 +49,10 @@ local ds = moe.datasets.census_income { path = opts.data ~= "" and opts.data or 
 local function rows(part) return part.x:size(1) end
 print(("census-income: %d rows, %d features; train %d, validation %d, test %d (%s)"):format(ds.nrows,
   ds.num_features, rows(ds.train), rows(ds.val), rows(ds.test), ds.path))
+if D.world_size() > 1 then
+  print(("data parallel over %d ranks: batches of %d rows per rank (%d a step in all)"):format(D.world_size(),
+    opts.batch_size, opts.batch_size * D.world_size()))
+end
 if opts.precision == "bf16" then
   local h = moe.config().bf16
   print(("experts' GEMMs in bf16 on %s (%s)"):format(h.backend, h.reason))
@@ -67,7 +74,7 @@ end
 local model = moe.Model { inputs = x, outputs = outputs, name = "mmoe_census" }
 model:to(opts.device) -- (--device) its weights there; fit moves each batch
 model:compile { optimizer = moe.optim.Adam { lr = opts.lr }, loss = "binary_crossentropy" }
-model:summary()
+if D.is_main() then model:summary() end
 
 -- the seed's callback: ROC-AUC of each task on the three sets after every epoch
 local auc = moe.metrics.roc_auc
@@ -106,7 +113,7 @@ local history = model:fit { x = ds.train.x, y = ds.train.y, batch_size = opts.ba
 if history.stopped then print(history.stopped) end
 if best.weights then model:set_weights(best.weights) end
 if opts.save ~= "" then model:save(opts.save); print("saved " .. opts.save) end
-if figures then -- training curves, and how each task's gate uses the experts on the test set
+if figures and D.is_main() then -- training curves, and how each task's gate uses the experts on the test set
   local hist = { epoch = history.epoch, history = {} }
   for _, name in ipairs(ds.task_names) do
     hist.history[name .. "_auc"] = history.history["train_" .. name .. "_auc"]

@@ -136,7 +136,7 @@ function ModelCheckpoint:on_epoch_end(epoch, logs)
   local path = expand(self.filepath, epoch, logs)
   self.model:save(path)
   self.last_saved = path
-  if self.verbose > 0 then print(("ModelCheckpoint: saved %s"):format(path)) end
+  if self.verbose > 0 and is_main() then print(("ModelCheckpoint: saved %s"):format(path)) end
 end
 
 -- ReduceLROnPlateau{monitor="val_loss", factor=0.1, patience=10, mode="auto",
@@ -168,6 +168,10 @@ function ReduceLROnPlateau:on_epoch_end(epoch, logs)
   end
 end
 
+-- in a distributed run (mpirun -np N) only rank 0 prints and writes files;
+-- every rank keeps the same state, decided on the same (global) logs
+local function is_main() return moe.distributed.rank() == 0 end
+
 -- CSVLogger{filename, separator=",", append=false}: one row per epoch; the file is
 -- written whole after each epoch (atomic rename), so it is never half-written
 local CSVLogger = class("CSVLogger", { filename = false, separator = ",", append = false }, function(o)
@@ -197,6 +201,7 @@ function CSVLogger:on_epoch_end(epoch, logs)
     vals[#vals + 1] = type(v) == "number" and ("%.10g"):format(v) or tostring(v or "")
   end
   self.rows[#self.rows + 1] = table.concat(vals, self.separator)
+  if not is_main() then return end
   local tmp = self.filename .. ".tmp"
   local f = assert(io.open(tmp, "w"))
   f:write(table.concat(self.rows, "\n"), "\n")
@@ -223,7 +228,7 @@ local TerminateOnNaN = class("TerminateOnNaN", {})
 function TerminateOnNaN:on_batch_end(batch, logs)
   local l = logs.loss
   if l and (l ~= l or l == math.huge or l == -math.huge) then
-    print(("TerminateOnNaN: batch %d has loss %s"):format(batch, tostring(l)))
+    if is_main() then print(("TerminateOnNaN: batch %d has loss %s"):format(batch, tostring(l))) end
     self.model.stop_training = true
   end
 end
@@ -261,10 +266,12 @@ function TensorBoard:_writer(which)
   return self[key]
 end
 function TensorBoard:on_train_begin()
+  if not is_main() then return end
   self:_writer("train") -- (the validation file is made when there is something to write to it)
 end
 function TensorBoard:on_batch_end(_, logs)
   self._batches = self._batches + 1
+  if not is_main() then return end
   if not self._every or self._batches % self._every ~= 0 then return end
   local vals = {}
   for k, v in pairs(logs) do
@@ -273,6 +280,7 @@ function TensorBoard:on_batch_end(_, logs)
   self:_writer("train"):write_scalars(vals, self._batches)
 end
 function TensorBoard:on_epoch_end(epoch, logs)
+  if not is_main() then return end
   local train, val = {}, {}
   for k, v in pairs(logs) do
     if type(v) == "number" then

@@ -142,6 +142,55 @@ function data.batches(n, batch_size, opts)
   end
 end
 
+-- distributed_batches(n, batch_size, {rank, world_size, shuffle=true, seed,
+-- drop_last=false}): this rank's batches of one epoch, with the semantics of
+-- PyTorch's DistributedSampler: every rank draws the same order of the rows
+-- 1..n (the same seed: give one, or every rank must make the same calls, as
+-- fit{} does by sending rank 0's); the order is padded by repeating its first
+-- rows up to a multiple of world_size (drop_last: cut down to one instead); rank
+-- r (0-based) takes positions r+1, r+1+W, r+1+2W, ...; those are cut into
+-- batches of batch_size, the last one smaller, the same number on every rank.
+-- So batch k of all ranks together holds the rows of batch k of one process
+-- with batch_size*W (when W divides n).
+function data.distributed_batches(n, batch_size, opts)
+  check_count("distributed_batches", n)
+  opts = opts or {}
+  local W, r = opts.world_size, opts.rank
+  if type(W) ~= "number" or W < 1 or W ~= math.floor(W) then
+    error(("distributed_batches: world_size must be a positive integer, got %s"):format(moe._show(W)), 2)
+  end
+  if type(r) ~= "number" or r < 0 or r >= W or r ~= math.floor(r) then
+    error(("distributed_batches: rank must be an integer in 0..%d, got %s"):format(W - 1, moe._show(r)), 2)
+  end
+  if type(batch_size) ~= "number" or batch_size < 1 or batch_size ~= math.floor(batch_size) then
+    error(("distributed_batches: batch_size must be a positive integer, got %s"):format(moe._show(batch_size)), 2)
+  end
+  local per = opts.drop_last and math.floor(n / W) or math.ceil(n / W) -- rows per rank
+  if per == 0 then
+    error(("distributed_batches: %d rows cannot give each of %d ranks a row with drop_last"):format(n, W), 2)
+  end
+  local order
+  if opts.shuffle == false then order = moe.arange(1, n + 1)
+  else
+    auto_seed = auto_seed + 1
+    order = core.shuffled_range(n, seed_halves(opts.seed or auto_seed))
+  end
+  -- this rank's positions r+1, r+1+W, ... of the order (wrapping past n: the padding)
+  local pos = moe.arange(0, per, { dtype = "int64" }) * W + r
+  if per * W > n then pos = pos - pos:ge(n):to("int64") * n end -- (only one wrap: per*W - n < W <= n)
+  local mine = order:index_select(1, pos + 1)
+  if moe.get_default_device() ~= "cpu" then mine = mine:to(moe.get_default_device()) end
+  local i, b = 0, 0
+  return function()
+    if i >= per then return nil end
+    local len = math.min(batch_size, per - i)
+    local idx = mine:narrow(1, i + 1, len)
+    i = i + len
+    b = b + 1
+    return idx, b
+  end, per
+end
+
 -- ------------------------------------------------------------------ frames
 
 local Frame = {}

@@ -66,6 +66,15 @@ function D.world_size() return core.dist_world_size() end
 
 function D.barrier() core.dist_barrier() end
 
+-- whether this is rank 0, the rank that prints and writes files in fit{} and
+-- the models' scripts (true in a 1-process world)
+function D.is_main() return core.dist_rank() == 0 end
+
+-- print(...) on rank 0 only: a script's results, once per job
+function D.print(...)
+  if core.dist_rank() == 0 then print(...) end
+end
+
 -- info(): {initialized, rank, world_size, local_rank, local_size (the ranks on this
 -- machine), launched (mpirun's process count, 0 without it), built, backend
 -- ("mpi" or "local"), library (the MPI library), thread_level, threads (this

@@ -85,6 +85,17 @@ S[#S + 1] = { id = "data", title = "Data (moe.data)", intro =
         { "seed", "integer", "a counter", "the order's seed (by default it advances each call)" },
         { "drop_last", "boolean", "false", "skip a last, smaller batch" } },
       example = "for idx in moe.data.batches(x:size(1), 32, { seed = 1 }) do\n  local xb = x:index_select(1, idx)\nend" },
+    { "data.distributed_batches", "moe.data.distributed_batches(n, batch_size, opts)", "This rank's batches of "
+      .. "one epoch, as PyTorch's DistributedSampler: one order of 1..n on every rank (the same seed), padded by "
+      .. "its first rows to a multiple of world_size (cut down with drop_last), rank r taking positions r+1, "
+      .. "r+1+world_size, ...; cut into batches of batch_size, the last smaller, as many on every rank. Batch k of "
+      .. "all ranks together is batch k of one process with batch_size * world_size (when world_size divides n).",
+      options = { { "rank", "integer", "required", "0-based" }, { "world_size", "integer", "required", "" },
+        { "shuffle", "boolean", "true", "" }, { "seed", "integer", "a counter", "give the same on every rank" },
+        { "drop_last", "boolean", "false", "drop the tail instead of padding" } },
+      returns = "an iterator of (int64 row indices, batch number), and the rows per rank.",
+      example = "local D = moe.distributed\nfor idx in moe.data.distributed_batches(n, 32, { rank = D.rank(), "
+        .. "world_size = D.world_size(), seed = 1 }) do end" },
     { "data.permutation", "moe.data.permutation(n, seed)", "1..n in an order drawn from seed (Fisher-Yates on the "
       .. "data module's own generator).", returns = "a Lua list." },
     { "data.uniform", "moe.data.uniform(seed)", "A function drawing numbers uniform in (0, 1) from its own seeded "
@@ -331,6 +342,9 @@ S[#S + 1] = { id = "distributed", title = "Processes (moe.distributed)", intro =
     { "distributed.rank", "moe.distributed.rank()", "This process's rank, from 0.", returns = "an integer." },
     { "distributed.world_size", "moe.distributed.world_size()", "The number of ranks.", returns = "an integer." },
     { "distributed.barrier", "moe.distributed.barrier()", "Returns once every rank has called it." },
+    { "distributed.is_main", "moe.distributed.is_main()", "Whether this is rank 0, the rank that prints and writes "
+      .. "files (true in a 1-process world).", returns = "a boolean." },
+    { "distributed.print", "moe.distributed.print(...)", "print on rank 0 only: a script's results once per job." },
     { "distributed.info", "moe.distributed.info()", "The world as this rank sees it: initialized, rank, "
       .. "world_size, local_rank and local_size (the ranks on this machine), launched (mpirun's process count, 0 "
       .. "without it), built, backend (\"mpi\" or \"local\"), library (the MPI library), thread_level, threads "
@@ -356,7 +370,9 @@ S[#S + 1] = { id = "distributed", title = "Processes (moe.distributed)", intro =
       .. "blocks: rank r gets block r + 1 reduced over the ranks.", returns = "a new tensor." },
     { "distributed.all_to_all", "moe.distributed.all_to_all(t, send_counts)", "Rows of t to every rank: the first "
       .. "send_counts[1] to rank 0, the next send_counts[2] to rank 1, ...; the counts are exchanged first, then the "
-      .. "rows in one MPI_Alltoallv. send_counts is a list of world_size() row counts (or a 1-d integer tensor).",
+      .. "rows in one MPI_Alltoallv. send_counts is a list of world_size() row counts (or a 1-d integer tensor). "
+      .. "Differentiable: when t requires grad, the gradient goes back by the mirror all_to_all (each rank's send and "
+      .. "receive counts swapped), so backward is a collective that every rank runs.",
       returns = "the rows received, in rank order, and recv_counts (a list).",
       example = "local y, recv = moe.distributed.all_to_all(tokens, { 3, 5 })" },
   } }

@@ -269,7 +269,9 @@ S[#S + 1] = { id = "moe_layers", title = "Mixture-of-Experts layers", intro =
       .. "it chose outputs zeros.",
       details = "Dispatch is index-based (index_select, moe.grouped_matmul, index_add), forward and backward. "
         .. "layer.last_plan holds the last routing plan (token, expert, counts, gate). The router's losses and "
-        .. "metrics join layer:losses() and layer:metrics().",
+        .. "metrics join layer:losses() and layer:metrics(). With expert_parallel every rank must call the layer "
+        .. "(forward and backward are collectives, with the same structure on every rank, even for a rank with no "
+        .. "tokens); router and other weights stay data parallel (nn.expert_parallel_params lists the others).",
       options = {
         { "experts", "nn.FeedForwardExperts", "required", "the experts", extra = true },
         { "router", "a router", "required", "an nn.TokensChooseMaskedRouter or nn.ExpertsChooseMaskedRouter with "
@@ -278,6 +280,11 @@ S[#S + 1] = { id = "moe_layers", title = "Mixture-of-Experts layers", intro =
         { "eval_capacity_factor", "number", nil, "capacity factor in evaluation (> 0)" },
         { "examples_per_group", "number", nil, "sequences per routing group (> 0)" },
         { "dropless", "boolean", nil, "capacity grows to fit every token" },
+        { "expert_parallel", "boolean", nil, "divide the experts among moe.distributed's ranks (rank r owns experts "
+          .. "r*E/W+1 .. (r+1)*E/W; W must divide E): tokens travel to their expert's rank and back by all_to_all, "
+          .. "forward and backward; the metrics rank_<r>_tokens (0-based r) and rank_imbalance (max/mean) show each "
+          .. "rank's load. Each rank draws the whole layer's weights and keeps its slice, so 1 and N ranks start "
+          .. "alike; get_weights, save and load see whole experts" },
       },
       probe = function(nn)
         return { experts = nn.FeedForwardExperts { num_experts = 1, d_ff = 1, name = "__doc_probe" },
@@ -287,6 +294,13 @@ S[#S + 1] = { id = "moe_layers", title = "Mixture-of-Experts layers", intro =
         .. "  experts = moe.nn.FeedForwardExperts { num_experts = 8, d_ff = 64 },\n"
         .. "  router = moe.nn.TokensChooseMaskedRouter { num_experts = 8, num_selected_experts = 2 },\n"
         .. "  train_capacity_factor = 1.25 }\nlocal y = layer(moe.randn(2, 16, 32))" },
+    { "nn.expert_parallel_params", "nn.expert_parallel_params(module)", "The weights that live on one rank only: "
+      .. "the expert shards of expert-parallel MoeLayers. A data-parallel loop neither broadcasts nor all-reduces "
+      .. "them; it divides their gradients by the world size (the global loss is the mean of the ranks' losses, and "
+      .. "all_to_all's backward has summed every rank's share into the owner's gradient) and all-reduces the rest "
+      .. "(mean).", returns = "a set {tensor = true}.",
+      example = "local own = moe.nn.expert_parallel_params(model)\nfor _, p in ipairs(model:parameters()) do\n"
+        .. "  if own[p] then p.grad = p.grad / W else moe.distributed.all_reduce(p.grad, \"mean\") end\nend" },
     { "nn.MoeLayer:capacity", "layer:capacity(tokens_per_group)", "Each expert's capacity for a group of that many "
       .. "tokens, in the current mode (train or eval capacity factor); -1 when dropless.", returns = "an integer." },
     { "nn.MoeLayerWithBackbone", nil, "An nn.MoeLayer plus a dense FFN on every token: output = moe_layer(x) + "
@@ -351,7 +365,9 @@ S[#S + 1] = { id = "models", title = "Models: Sequential, Model, Input, load", i
       details = "Only registered layer classes are constructed (no code is read from the file); checksums, tensor "
         .. "names, shapes and dtypes are checked, and anything unexpected is an error.",
       options = { { "custom_objects", "table", "none", "name -> function for Lambda layers" },
-        { "compile", "boolean", "true", "false: leave the optimizer out" } },
+        { "compile", "boolean", "true", "false: leave the optimizer out" },
+        { "expert_parallel", "boolean", "as saved", "make every MoeLayer expert parallel or not (the file holds "
+          .. "whole experts either way; an expert-parallel layer keeps this rank's slice)" } },
       returns = "the model.", example = "local again = moe.load(\"census.moe\")", see = { "nn.Module:save" },
       probe_options = function(moe) return moe.load("x.moe", { __doc_probe = true }) end },
   } }
@@ -387,6 +403,11 @@ local FIT_OPTS = {
   { "initial_epoch", "integer", "0", "epochs are numbered from initial_epoch + 1" },
   { "seed", "integer", "none", "seeds the shuffle (each epoch's order from seed and the epoch)" },
   { "steps_per_epoch", "integer", "none", "at most this many batches per epoch" },
+  { "distributed", "boolean", "several ranks", "data parallel (true by itself when mpirun started several "
+    .. "ranks; false trains each rank alone): rank 0's weights everywhere, each rank its DistributedSampler slice "
+    .. "of one shuffled order (moe.data.distributed_batches: batch_size rows per rank), the gradients averaged over "
+    .. "the ranks, epoch logs and metrics (exact AUC too) over all ranks' samples, the same on every rank, so "
+    .. "callbacks decide alike; only rank 0 prints and writes files" },
 }
 
 S[#S + 1] = { id = "module", title = "nn.Module methods", intro =
@@ -429,9 +450,12 @@ S[#S + 1] = { id = "module", title = "nn.Module methods", intro =
     { "nn.Module:count_params", "model:count_params()", "The number of weight values.",
       returns = "the total and the trainable count." },
     { "nn.Module:get_weights", "model:get_weights()", "Copies of every weight in Keras's order (Dense: kernel [in, "
-      .. "out], then bias; a MoE layer: its reference layer's list).", returns = "a list of tensors." },
+      .. "out], then bias; a MoE layer: its reference layer's list). An expert-parallel layer's experts come whole, "
+      .. "gathered from every rank (so every rank must call it), as a 1-rank model lists them.",
+      returns = "a list of tensors." },
     { "nn.Module:set_weights", "model:set_weights(list)", "Copies the list (tensors or nested tables, in "
-      .. "get_weights' order and shapes) into the weights." },
+      .. "get_weights' order and shapes) into the weights; an expert-parallel layer takes whole experts and keeps "
+      .. "this rank's slice." },
     { "nn.Module:zero_grad", "model:zero_grad()", "Sets every parameter's .grad to nil." },
     { "nn.Module:train", "model:train([on = true])", "The training mode (dropout, batch statistics) for the module "
       .. "and its children; train(false) is eval(). Returns the module." },
@@ -459,7 +483,11 @@ S[#S + 1] = { id = "module", title = "nn.Module methods", intro =
       returns = "nothing, or the text with print_fn = false.", example = "model:summary()" },
     { "nn.Module:save", "model:save(path)", "Writes the model to one safetensors file (atomic, with checksums): the "
       .. "weights and optimizer state as tensors, the architecture, layer names, optimizer settings and compile "
-      .. "options as JSON metadata.", see = { "load" } },
+      .. "options as JSON metadata.",
+      details = "A model with expert-parallel layers saves collectively: every rank calls save, the experts (and "
+        .. "their optimizer state) are gathered whole, rank 0 writes the one file, and every rank returns once it is "
+        .. "complete (or raises rank 0's failure). The file is the one a 1-rank model writes, and loads at any world "
+        .. "size that divides the experts.", see = { "load" } },
     { "nn.Module:compile", "model:compile{optimizer, loss, loss_weights, metrics}", "Sets up training; every name is "
       .. "checked here (an unknown optimizer, loss, metric or output name is an error naming compile).",
       options = {
@@ -490,6 +518,8 @@ S[#S + 1] = { id = "module", title = "nn.Module methods", intro =
       options = { { "x", "tensor or table", "required", "" }, { "y", "tensor or table", "required", "" },
         { "batch_size", "integer", "256", "" }, { "sample_weight", "tensor", "none", "" },
         { "callbacks", "list", "none", "their on_test_begin / on_test_end run" },
+        { "distributed", "boolean", "several ranks", "each rank evaluates its share of the rows (the same number of "
+          .. "batches on every rank) and the logs are over all of them" },
         { "verbose", "integer", "none", "accepted for Keras's name; evaluate prints nothing" } },
       probe_options = probe_method("evaluate", "PROBE"),
       returns = "a table name -> number (loss, metrics, layer metrics)." },
@@ -523,6 +553,8 @@ S.internal = {
   { "^nn%.round_half_even$", "the sparse layer's capacity rounding" },
   { "^nn%.router_logits$", "the routers' shared forward" },
   { "^nn%.set_weight_budget$", "moe.load's allocation limit" },
+  { "^nn%.expert_shards$", "expert_parallel_params with each shard's rank and slice (save, load)" },
+  { "^nn%.shard_of$", "get_weights' views that are one rank's slice" },
   { "^nn%.shape_str$", "error messages' shape text" },
   { "^nn%.shapes_of$", "input shapes for build" },
   { "^nn%.structure_changed$", "cache invalidation" },

@@ -191,6 +191,10 @@ S[#S + 1] = { id = "metrics", title = "Metrics (moe.metrics)", intro =
     { "metrics.Metric:result", "m:result()", "The value over everything since the last reset (NaN for an empty "
       .. "mean, or an AUC missing a class).", returns = "a number." },
     { "metrics.Metric:reset", "m:reset()", "Forgets every batch." },
+    { "metrics.Metric:sync", "m:sync(dist)", "Makes the state that of every rank's samples together (sums "
+      .. "all-reduced; AUC gathers every label, score and weight, so it stays exact); every rank calls it. A "
+      .. "distributed fit or evaluate calls it before result(); a metric of your own defines sync_impl(self, dist) "
+      .. "for that." },
     metric_class("AUC", "Exact ROC-AUC over every batch since reset", "auc"),
     metric_class("Accuracy", "Accuracy (argmax for class scores, else binary)", "accuracy"),
     metric_class("BinaryAccuracy", "Binary accuracy", "binary_accuracy"),

@@ -205,6 +205,39 @@ end)
 
 metrics.AUC.copies_values = true
 
+-- ------------------------------------------------------------------ over several ranks
+-- m:sync(dist): makes m's state that of all ranks' samples together (a
+-- distributed fit or evaluate calls it once, before result()): the sums of the
+-- mean and count metrics are all-reduced; AUC gathers every rank's labels,
+-- scores and weights, so it stays exact. Every rank must call it.
+local function sync_sums(fields)
+  return function(self, D)
+    local v = {}
+    for i, f in ipairs(fields) do v[i] = lazy_value(self[f]) end
+    local t = D.all_reduce(moe.tensor(v, { dtype = "float64" }), "sum"):totable()
+    for i, f in ipairs(fields) do self[f] = t[i] end
+  end
+end
+for _, cls in ipairs { metrics.BinaryAccuracy, metrics.Accuracy, metrics.CategoricalAccuracy,
+  metrics.MeanSquaredError, metrics.MeanAbsoluteError } do
+  cls.sync_impl = sync_sums { "sum", "cnt" }
+end
+metrics.Precision.sync_impl = sync_sums { "tp", "fp", "fn" }
+metrics.Recall.sync_impl = sync_sums { "tp", "fp", "fn" }
+function metrics.AUC:sync_impl(D)
+  self:result() -- (moves the pending device batches into the accumulator)
+  local y, s, w = self.acc:values()
+  local gy, gs, gw = D.all_gather(y), D.all_gather(s), D.all_gather(w)
+  self.acc:reset()
+  if gy:numel() > 0 then self.acc:add(gy, gs, gw) end
+end
+function Metric:sync(D)
+  if not self.sync_impl then
+    error(("metric '%s' cannot be combined over ranks (it has no sync_impl(self, dist))"):format(tostring(self.name)), 2)
+  end
+  self:sync_impl(D)
+end
+
 local registry = {
   auc = metrics.AUC, roc_auc = metrics.AUC,
   accuracy = metrics.Accuracy, acc = metrics.Accuracy,

@@ -467,18 +467,44 @@ function Module:save(path)
   end
   local names, ts = self:named_weights()
   local tensors = {}
-  for i, n in ipairs(names) do tensors[n] = ts[i] end
+  -- expert-parallel weights are gathered whole (an all_gather per shard, in
+  -- the same order on every rank), so the file is the one a 1-rank model writes
+  local shards = nn.expert_shards(self)
+  local collective = next(shards) ~= nil
+  local dist = moe.distributed
+  local function whole(t) return dist.all_gather(t:detach():contiguous()) end
+  for i, n in ipairs(names) do tensors[n] = shards[ts[i]] and whole(ts[i]) or ts[i] end
   local meta = { format = FORMAT, model = json(cfg, "model config"), layers = json(name_tree(self, {}), "layer names") }
   if rawget(self, "optimizer") then
-    local pnames, params = {}, {}
-    for n, p in self:named_parameters() do pnames[#pnames + 1] = n; params[#params + 1] = p end
+    local pnames, params, sharded = {}, {}, {}
+    for n, p in self:named_parameters() do
+      pnames[#pnames + 1] = n; params[#params + 1] = p
+      if shards[p] then sharded[n] = true end
+    end
     local st, with_state = self.optimizer:state_tensors(pnames, params)
-    for k, v in pairs(st) do tensors[k] = v end
+    local keys = {}
+    for k in pairs(st) do keys[#keys + 1] = k end
+    table.sort(keys) -- (the same order of gathers on every rank)
+    for _, k in ipairs(keys) do
+      local pn, slot = k:match("^optimizer/(.*)/([^/]+)$")
+      tensors[k] = (sharded[pn] and slot ~= "step") and whole(st[k]) or st[k]
+    end
     meta.optimizer = json(self.optimizer:get_config(), "optimizer config")
     meta.optimizer_state = json(with_state, "optimizer state list")
     meta.compile = json(self._compile_config or {}, "compile options")
   end
-  mio.save_tensors(path, tensors, meta)
+  if not collective then return mio.save_tensors(path, tensors, meta) end
+  -- a model with expert-parallel layers saves collectively: every rank calls
+  -- save, rank 0 writes (atomically, as always), and the ranks return when
+  -- the file is complete, or all raise rank 0's failure
+  local ok, err = true, nil
+  if dist.rank() == 0 then ok, err = pcall(mio.save_tensors, path, tensors, meta) end
+  local status = moe.tensor({ ok and 0 or 1 }, { dtype = "int32" })
+  dist.broadcast(status, 0)
+  if not ok then error(err, 0) end
+  if status:item() ~= 0 then
+    error(("save: rank 0 could not write '%s' (its error is on rank 0's output)"):format(path), 2)
+  end
 end
 
 -- rebuild a layer from {class_name, config}; only registered classes are built
@@ -588,9 +614,12 @@ function M.load(path, opts)
     error(("load: options must be a table ({custom_objects = ..., compile = ...}), got %s"):format(moe._show(opts)), 2)
   end
   for k in pairs(opts or {}) do
-    if k ~= "custom_objects" and k ~= "compile" then
-      error(("load: unknown option '%s' (options: custom_objects, compile)"):format(tostring(k)), 2)
+    if k ~= "custom_objects" and k ~= "compile" and k ~= "expert_parallel" then
+      error(("load: unknown option '%s' (options: compile, custom_objects, expert_parallel)"):format(tostring(k)), 2)
     end
+  end
+  if opts and opts.expert_parallel ~= nil and type(opts.expert_parallel) ~= "boolean" then
+    error(("load: option 'expert_parallel' must be true or false, got %s"):format(moe._show(opts.expert_parallel)), 2)
   end
   local ok, res = pcall(load_impl, path, opts)
   if not ok then
@@ -625,6 +654,16 @@ function load_impl(path, opts)
   end
   local cfg = decode("model")
   local layer_names = decode("layers")
+  if opts.expert_parallel ~= nil then
+    -- every MoeLayer of the file made expert parallel or not (the file holds
+    -- whole experts either way: only the layers' option changes)
+    local function walk(v, depth)
+      if type(v) ~= "table" or depth > 100 then return end
+      if v.class_name == "MoeLayer" and type(v.config) == "table" then v.config.expert_parallel = opts.expert_parallel end
+      for _, x in pairs(v) do walk(x, depth + 1) end
+    end
+    walk(cfg, 0)
+  end
   -- the weights the config makes cannot hold far more values than the file's
   -- tensors: a damaged size (units = 10^9) fails before it is allocated (within
   -- the budget, the exact name and shape checks below give the precise error)
@@ -655,15 +694,24 @@ function load_impl(path, opts)
   nn.structure_changed()
   local names, ts = model:named_weights()
   local used = {}
+  -- expert-parallel weights: the file holds every expert (whatever world size
+  -- wrote it); this rank keeps its slice
+  local shards = nn.expert_shards(model)
+  local function slice(t, ep) return ep and t:narrow(1, ep.lo, ep.n) or t end
   moe.no_grad(function()
     for i, n in ipairs(names) do
       local t = tensors[n]
       if not t then fail("the file has no tensor for weight '%s'", n) end
-      if not moe.is_same_size(t, ts[i]) or t:dtype() ~= ts[i]:dtype() then
+      local ep = shards[ts[i]]
+      local need = ts[i]:shape()
+      if ep then need[1] = need[1] * ep.world end
+      local same = t:dim() == #need and t:dtype() == ts[i]:dtype()
+      for d = 1, #need do same = same and t:size(d) == need[d] end
+      if not same then
         fail("weight '%s' is %s %s in the file, the model needs %s %s", n, t:dtype(),
-          nn.shape_str(t:shape()), ts[i]:dtype(), nn.shape_str(ts[i]:shape()))
+          nn.shape_str(t:shape()), ts[i]:dtype(), nn.shape_str(need))
       end
-      ts[i]:copy_(t)
+      ts[i]:copy_(slice(t, ep))
       used[n] = true
     end
   end)
@@ -688,7 +736,18 @@ function load_impl(path, opts)
       if not okc then fail("%s", (tostring(opt):gsub("^load: ", ""))) end
       model:compile { optimizer = opt, loss = cc.loss, loss_weights = cc.loss_weights, metrics = cc.metrics }
       local pnames, params = {}, {}
-      for n, p in model:named_parameters() do pnames[#pnames + 1] = n; params[#params + 1] = p end
+      for n, p in model:named_parameters() do
+        pnames[#pnames + 1] = n; params[#params + 1] = p
+        local ep = shards[p]
+        if ep then -- the expert shards' optimizer state: this rank's slice too
+          for k, t in pairs(state) do
+            if k:sub(1, #n + 11) == "optimizer/" .. n .. "/" and k:sub(#n + 12) ~= "step" and t:dim() > 0
+                and t:size(1) == p:size(1) * ep.world then
+              state[k] = slice(t, ep)
+            end
+          end
+        end
+      end
       local oks, e2 = pcall(opt.load_state_tensors, opt, pnames, params, state, with_state)
       if not oks then fail("%s", (tostring(e2):gsub("^load: ", ""))) end
     end

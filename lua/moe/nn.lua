@@ -16,6 +16,9 @@ local registry = {}     -- class name -> class (what moe.load may construct)
 nn.registry = registry
 local constraint_of = setmetatable({}, { __mode = "k" })  -- parameter -> constraint
 nn.constraint_of = constraint_of
+-- tensor -> {rank, world, lo, n}: the views a layer's _keras_weights lists that
+-- hold one rank's slice (dim 1) of an expert-parallel weight (lua/moe/sparse.lua)
+nn.shard_of = setmetatable({}, { __mode = "k" })
 
 local REQUIRED = setmetatable({}, { __tostring = function() return "<required>" end })
 nn.REQUIRED = REQUIRED
@@ -411,12 +414,23 @@ function Module:_count_params()
   return n, t
 end
 
--- get_weights(): copies of every weight, Keras's order (Dense: kernel [in,out], bias)
+-- get_weights(): copies of every weight, Keras's order (Dense: kernel [in,out], bias).
+-- Expert-parallel weights come whole: each rank's slice gathered (so every rank
+-- must call it, as every rank runs the layer), the list a 1-rank model gives.
 function Module:get_weights()
   local _, ts = keras_weights(self)
   local out = {}
-  for i, t in ipairs(ts) do out[i] = t:detach():clone() end
+  for i, t in ipairs(ts) do
+    out[i] = nn.shard_of[t] and moe.distributed.all_gather(t:detach():contiguous()) or t:detach():clone()
+  end
   return out
+end
+
+-- the shape a weight has in a 1-rank model (an expert shard's first size times the world)
+local function full_shape(t)
+  local s, ep = t:shape(), nn.shard_of[t]
+  if ep then s[1] = s[1] * ep.world end
+  return s
 end
 
 function Module:set_weights(list)
@@ -428,14 +442,21 @@ function Module:set_weights(list)
   for i, t in ipairs(ts) do
     local w = list[i]
     if not core.is_tensor(w) then w = moe.tensor(w) end
-    local a, b = t:shape(), w:shape()
+    local a, b = full_shape(t), w:shape()
     local same = #a == #b
     for d = 1, #a do same = same and a[d] == b[d] end
     if not same then
       error(("set_weights: weight %d (%s) has shape %s, got %s"):format(i, names[i], shape_str(a), shape_str(b)), 2)
     end
   end
-  moe.no_grad(function() for i, t in ipairs(ts) do t:copy_(list[i]) end end)
+  -- (an expert-parallel weight takes the whole layer's tensor and keeps this rank's slice)
+  moe.no_grad(function()
+    for i, t in ipairs(ts) do
+      local w, ep = list[i], nn.shard_of[t]
+      if not core.is_tensor(w) then w = moe.tensor(w) end
+      t:copy_(ep and w:narrow(1, ep.lo, ep.n) or w)
+    end
+  end)
 end
 
 function Module:zero_grad()

@@ -56,27 +56,40 @@ function FeedForwardExperts:build(shape)
   local H = shape[#shape]
   local E, D = self.num_experts, self.d_ff
   local init = I.get(self.kernel_initializer)
-  local function st(shp) return function(_, dtype) return stacked(init, E, shp, dtype) end end
-  self:add_weight("intermediate_kernel", { E, H, D }, { initializer = st { H, D } })
-  self:add_weight("intermediate_bias", { E, D }, { initializer = self.bias_initializer })
-  self:add_weight("output_kernel", { E, D, H }, { initializer = st { D, H } })
-  self:add_weight("output_bias", { E, H }, { initializer = self.bias_initializer })
+  local bias_init = I.get(self.bias_initializer, "FeedForwardExperts")
+  -- expert parallel (MoeLayer's option): this rank keeps experts lo .. lo + n - 1
+  -- only, drawn as the whole layer would draw them and then sliced, so that 1
+  -- rank and N ranks start from the same model under the same seed
+  local ep = rawget(self, "_ep")
+  local n = ep and ep.n or E
+  local function shard(w) return ep and w:narrow(1, ep.lo, n):clone() or w end
+  local function st(shp) return function(_, dtype) return shard(stacked(init, E, shp, dtype)) end end
+  local function b(f) return function(_, dtype) return shard(bias_init({ E, f }, dtype)) end end
+  self:add_weight("intermediate_kernel", { n, H, D }, { initializer = st { H, D } })
+  self:add_weight("intermediate_bias", { n, D }, { initializer = b(D) })
+  self:add_weight("output_kernel", { n, D, H }, { initializer = st { D, H } })
+  self:add_weight("output_bias", { n, H }, { initializer = b(H) })
 end
 -- get_weights()/set_weights() list, as TF's FeedForwardExperts.get_weights():
 -- intermediate kernel [E, H, d_ff], bias [E, 1, d_ff], output kernel [E, d_ff, H],
 -- bias [E, 1, H] (the biases are stored [E, F]; these are views onto them)
+-- (expert parallel: views onto this rank's shard, marked as shards, so that
+-- get_weights gathers the whole layer and set_weights keeps the slice)
 function FeedForwardExperts:_keras_weights()
   if not rawget(self, "intermediate_kernel") then return {}, {} end
-  return { "intermediate_kernel", "intermediate_bias", "output_kernel", "output_bias" },
-    { self.intermediate_kernel:detach(), self.intermediate_bias:detach():unsqueeze(2),
+  local ts = { self.intermediate_kernel:detach(), self.intermediate_bias:detach():unsqueeze(2),
       self.output_kernel:detach(), self.output_bias:detach():unsqueeze(2) }
+  local ep = rawget(self, "_ep")
+  if ep then for _, t in ipairs(ts) do nn.shard_of[t] = ep end end
+  return { "intermediate_kernel", "intermediate_bias", "output_kernel", "output_bias" }, ts
 end
 local function dropout(self, x, rate) return nn.dropout(x, rate, self._training) end
 function FeedForwardExperts:forward(x, counts, expert)
   if counts then return self:grouped(x, counts, expert) end
-  if x:dim() ~= 3 or x:size(1) ~= self.num_experts then
+  local E = rawget(self, "_ep") and self._ep.n or self.num_experts -- (expert parallel: this rank's experts)
+  if x:dim() ~= 3 or x:size(1) ~= E then
     error(("FeedForwardExperts \"%s\": expected [num_experts=%d, tokens, hidden], got [%s]")
-      :format(self.name, self.num_experts, table.concat(x:shape(), ",")), 0)
+      :format(self.name, E, table.concat(x:shape(), ",")), 0)
   end
   local prec = moe.get_precision() -- the experts' GEMMs (moe.set_precision)
   local h = self._act(x:matmul(self.intermediate_kernel, prec) + self.intermediate_bias:unsqueeze(2))
@@ -321,14 +334,65 @@ function MoeLayer:init(opts)
   local o = {}
   for k, v in pairs(opts) do if k ~= "experts" and k ~= "router" then o[k] = v end end
   self:_options(o, { train_capacity_factor = 1.0, eval_capacity_factor = 1.0, examples_per_group = 1.0,
-    dropless = false })
+    dropless = false, expert_parallel = false })
   for _, k in ipairs { "train_capacity_factor", "eval_capacity_factor", "examples_per_group" } do
     if type(self[k]) ~= "number" or self[k] <= 0 then
       error(("MoeLayer: %s must be a positive number, got %s"):format(k, moe._show(self[k])), 3)
     end
   end
+  if self.expert_parallel ~= false and self.expert_parallel ~= true then
+    error(("MoeLayer: expert_parallel must be true or false, got %s"):format(moe._show(self.expert_parallel)), 3)
+  end
+  if self.expert_parallel then
+    -- the experts are divided among the ranks of moe.distributed (0-based):
+    -- rank r owns experts r * E / W + 1 .. (r + 1) * E / W
+    local dist = moe.distributed
+    local E, W, r = experts.num_experts, dist.world_size(), dist.rank()
+    if E % W ~= 0 then
+      error(("MoeLayer: expert_parallel divides the experts among the ranks, but num_experts %d is not a "
+        .. "multiple of the world size %d"):format(E, W), 3)
+    end
+    if experts.built then
+      error(("MoeLayer: expert_parallel needs experts that are not built yet (FeedForwardExperts \"%s\" holds all "
+        .. "%d experts' weights; each rank builds only its own)"):format(experts.name, E), 3)
+    end
+    local ep = { rank = r, world = W, n = E / W, lo = r * (E / W) + 1 }
+    rawset(experts, "_ep", ep)
+    rawset(self, "_ep", ep)
+  end
   self:add_module("router", router)
   self:add_module("experts", experts)
+end
+
+-- nn.expert_shards(module) -> {tensor = {rank, world, lo, n}}: the weights that
+-- live on one rank only (the experts of expert-parallel MoeLayers: this rank's
+-- n experts from lo, split along dim 1 of each weight)
+function nn.expert_shards(module)
+  local out = {}
+  for _, e in ipairs(module:modules()) do
+    local m, ep = e[2], rawget(e[2], "_ep")
+    if ep and m.grouped then
+      for _, list in ipairs { m._params, m._buffers } do
+        for _, k in ipairs(list) do
+          local t = rawget(m, k)
+          if t then out[t] = ep end
+        end
+      end
+    end
+  end
+  return out
+end
+
+-- nn.expert_parallel_params(module) -> {tensor = true}: the contract with the
+-- data-parallel trainer. These weights are owned by one rank each: they are
+-- neither broadcast from rank 0 nor all-reduced; their gradients are only
+-- divided by the world size (the global loss is the mean of the ranks' losses,
+-- and all_to_all's backward has already summed every rank's share into the
+-- owner's gradient). Everything else is data parallel.
+function nn.expert_parallel_params(module)
+  local out = {}
+  for t in pairs(nn.expert_shards(module)) do out[t] = true end
+  return out
 end
 
 function MoeLayer:get_config()
@@ -378,6 +442,7 @@ function MoeLayer:forward(x)
   local x2 = x:reshape(N, H)
   local plan = nn.call_child(self, "router", self.router, x2:view(G, tpg, H), self:capacity(tpg))
   rawset(self, "last_plan", plan)
+  if rawget(self, "_ep") then return self:_expert_parallel(x2, plan, N, H):reshape(shape) end
   if plan.token:numel() == 0 then return x * 0 end
   local rows = x2:index_select(1, plan.token)
   local out = nn.call_child(self, "experts", self.experts, rows, plan.counts, plan.expert)
@@ -385,6 +450,87 @@ function MoeLayer:forward(x)
   return y:reshape(shape)
 end
 
+
+-- The expert-parallel forward. Every rank routes its own tokens; the ranks
+-- exchange their per-expert counts (one all_gather: every rank then knows
+-- every rank's load); each rank sends its rows, already sorted by expert, to
+-- their experts' owners (one all_to_all); the owner regroups what it received
+-- by local expert (the rows come per sender, each sender's sorted by expert),
+-- runs its grouped GEMM, puts the rows back in arrival order and returns them
+-- (the mirror all_to_all); the sender combines them with the gates. Backward
+-- is the mirror through autograd. No step depends on the data's values
+-- (zero rows travel as zero rows), so every rank runs the same collectives in
+-- the same order, forward and backward.
+function MoeLayer:_expert_parallel(x2, plan, N, H)
+  local dist = moe.distributed
+  local ep = self._ep
+  local W, n, lo = ep.world, ep.n, ep.lo
+  local E = self.router.num_experts
+  local dev = x2:device()
+  -- device rows travel through host memory unless moe.distributed has NCCL
+  -- for them (the moves are autograd ops: the gradients travel back the same way)
+  local info = dev ~= "cpu" and dist.info() or nil
+  local stage = info and not (info.nccl_built and not info.nccl_reason)
+  local function all_to_all(t, counts)
+    if not stage then return dist.all_to_all(t, counts) end
+    local y, r = dist.all_to_all(t:to("cpu"), counts)
+    return y:to(dev), r
+  end
+  local function index(list) return moe.tensor(list, { dtype = "int64" }):to(dev) end
+  local C = dist.all_gather(plan.counts:view(1, E)):totable() -- C[r + 1][e]: rank r's rows for expert e
+  local mine = C[ep.rank + 1]
+  local send, load, total = {}, {}, 0
+  for q = 1, W do
+    local s, l = 0, 0
+    for e = (q - 1) * n + 1, q * n do
+      s = s + mine[e]
+      for r = 1, W do l = l + C[r][e] end
+    end
+    send[q], load[q], total = s, l, total + l
+  end
+  -- what each rank's experts process: the load is visible in fit's logs
+  local maxl = 0
+  for q = 1, W do
+    self:add_metric("rank_" .. (q - 1) .. "_tokens", load[q])
+    maxl = math.max(maxl, load[q])
+  end
+  self:add_metric("rank_imbalance", total > 0 and maxl / (total / W) or 1)
+  local rows = x2:index_select(1, plan.token)
+  local got, recv = all_to_all(rows, send)
+  -- arrival order: sender r's block, within it expert lo .. lo + n - 1; the
+  -- GEMM wants expert-major order: perm[i] is the arrival row of grouped row i
+  local perm, counts, start, at = {}, {}, {}, 0
+  for r = 1, W do
+    start[r] = {}
+    for j = 1, n do start[r][j] = at; at = at + C[r][lo + j - 1] end
+  end
+  local identity = true
+  for j = 1, n do
+    local c = 0
+    for r = 1, W do
+      local s0 = start[r][j]
+      for i = 1, C[r][lo + j - 1] do
+        perm[#perm + 1] = s0 + i
+        identity = identity and s0 + i == #perm
+      end
+      c = c + C[r][lo + j - 1]
+    end
+    counts[j] = c
+  end
+  local counts_t = moe.tensor(counts, { dtype = "int64" })
+  local out
+  if identity then -- one rank, or one expert per rank: arrival order is expert order
+    out = nn.call_child(self, "experts", self.experts, got, counts_t)
+  else
+    local inv = {}
+    for i, a in ipairs(perm) do inv[a] = i end
+    local grouped = got:index_select(1, index(perm))
+    out = nn.call_child(self, "experts", self.experts, grouped, counts_t)
+    out = out:index_select(1, index(inv))
+  end
+  local back = all_to_all(out, recv) -- each sender's rows back to it, in the order it sent them
+  return moe.zeros(N, H, { dtype = x2:dtype(), device = dev }):index_add(1, plan.token, back * plan.gate:to(back:dtype()):unsqueeze(2))
+end
 
 -- MoeLayerWithBackbone: the sparse layer plus a dense FFN on every token
 -- (Dense(backbone_d_ff, activation) -> Dense(H)); output = moe(x) + backbone(x)

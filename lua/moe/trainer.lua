@@ -629,7 +629,7 @@ end
 
 local FIT_OPTS = { x = true, y = true, batch_size = true, epochs = true, validation_data = true,
   validation_split = true, shuffle = true, sample_weight = true, class_weight = true, callbacks = true,
-  verbose = true, initial_epoch = true, seed = true, steps_per_epoch = true }
+  verbose = true, initial_epoch = true, seed = true, steps_per_epoch = true, distributed = true }
 
 local function positive_int(v, name, where)
   if type(v) ~= "number" or v < 1 or v ~= math.floor(v) then
@@ -689,6 +689,165 @@ local function restore(self, snap)
     for _, p in ipairs(self:parameters()) do opt.state[p] = snap.opt[p] end
     opt.iterations = snap.iterations
   end
+end
+
+-- ------------------------------------------------------------------ data parallel
+
+-- The world a fit or evaluate works in: moe.distributed when `distributed` is
+-- true, or when it is nil and the job has several ranks (mpirun -np N); nil
+-- when it is false or the job is one process.
+local function dist_world(flag, where)
+  if flag ~= nil and type(flag) ~= "boolean" then
+    error(("%s: distributed must be true or false, got %s"):format(where, moe._show(flag)), 3)
+  end
+  if flag == false then return nil end
+  local D = moe.distributed
+  if flag == nil and D.world_size() < 2 then return nil end
+  return D
+end
+M.dist_world = dist_world
+
+-- the parameters that live on one rank only (expert-parallel shards): not
+-- broadcast, not all-reduced
+local function rank_local(self)
+  local f = nn.expert_parallel_params
+  return f and f(self) or {}
+end
+
+-- every weight (trainable or not) but the rank-local ones as rank 0 has it
+local function broadcast_weights(self, D, skip)
+  local _, ts = self:named_weights()
+  moe.no_grad(function()
+    for _, t in ipairs(ts) do if not skip[t] then D.broadcast(t, 0) end end
+  end)
+end
+
+-- The gradients of a step averaged over the ranks: sync.prepare() before
+-- backward, sync.finish() after it. With the engine's reducer
+-- (moe.distributed.Reducer: buckets all-reduced while backward still runs)
+-- when it covers the parameters; otherwise one all-reduce of all gradients of
+-- a dtype and device, flattened, after backward. A parameter no rank used
+-- counts as a zero gradient. A rank-local parameter's gradient, which the
+-- all_to_all of its layer already summed over every rank's tokens, is divided
+-- by the world size (the loss is the mean of the ranks' losses).
+local function grad_sync(self, D, skip)
+  local params = self._params_cache.list
+  local W = D.world_size()
+  local locals = {}
+  for _, p in ipairs(params) do if skip[p] then locals[#locals + 1] = p end end
+  if D.Reducer then
+    local ok, r = pcall(D.Reducer, params, { local_params = locals })
+    if ok then return { prepare = function() r:prepare() end, finish = function() r:finish() end, reducer = r } end
+  end
+  local function finish()
+    moe.no_grad(function()
+      local groups, keys = {}, {}
+      for _, p in ipairs(params) do
+        if skip[p] then
+          if p.grad and W > 1 then p.grad = p.grad / W end
+        else
+          local key = p:dtype() .. "@" .. p:device()
+          local g = groups[key]
+          if not g then g = { ps = {}, parts = {} }; groups[key] = g; keys[#keys + 1] = key end
+          g.ps[#g.ps + 1] = p
+          g.parts[#g.parts + 1] = (p.grad or moe.zeros(p:shape(), { dtype = p:dtype(), device = p:device() })):reshape(-1)
+        end
+      end
+      table.sort(keys)
+      for _, key in ipairs(keys) do
+        local g = groups[key]
+        local buf = #g.parts == 1 and g.parts[1]:clone() or moe.cat(g.parts, 1)
+        local dev = buf:device()
+        if dev ~= "cpu" then buf = buf:cpu() end -- (the host backend; device collectives are NCCL's)
+        D.all_reduce(buf, "mean")
+        if dev ~= "cpu" then buf = buf:to(dev) end
+        local off = 1
+        for _, p in ipairs(g.ps) do
+          local k = p:numel()
+          p.grad = buf:narrow(1, off, k):view(p:shape())
+          off = off + k
+        end
+      end
+    end)
+  end
+  return { prepare = function() end, finish = finish }
+end
+
+-- a few flags (stop, interrupt, ...) made global: true on every rank when true on one
+local function any_rank(D, ...)
+  local v = {}
+  for i = 1, select("#", ...) do v[i] = select(i, ...) and 1 or 0 end
+  local t = D.all_reduce(moe.tensor(v, { dtype = "float64" }), "max"):totable()
+  for i = 1, #t do t[i] = t[i] > 0 end
+  return unpack(t)
+end
+
+-- one data-parallel step: every rank runs forward and backward on its own
+-- batch, the gradients are averaged, and every rank makes the same update
+-- (or, when the mean loss over the ranks is not finite, none). Returns this
+-- rank's loss (for the epoch's sums, which are added over the ranks at its
+-- end), parts, outputs and the ranks' mean loss.
+local function train_step_dp(self, xb, yb, swb, before_update, dp)
+  local p = self(xb)
+  local total, parts = self:compute_loss(yb, p, swb)
+  if before_update then before_update() end
+  self:zero_grad()
+  dp.sync = dp.sync or grad_sync(self, dp.D, dp.skip)
+  dp.sync.prepare()
+  total:backward()
+  dp.sync.finish()
+  local loss = total:item()
+  local mean = dp.D.all_reduce(moe.tensor({ loss }, { dtype = "float64" }), "mean"):item()
+  if finite(mean) then self.optimizer:step(self._params_cache.list) end
+  return loss, parts, p, mean
+end
+
+-- the pass's sums (loss, per-output losses, layer metrics, sample count) and
+-- its metrics' states made those of all ranks together; every rank calls it
+-- in the same state (the same model and metrics)
+local function sync_pass(self, st, D)
+  read_device_sums(st)
+  local slots = { { st, "loss_sum" }, { st, "n" } }
+  for _, k in ipairs(sorted_keys(st.out_loss)) do slots[#slots + 1] = { st.out_loss, k } end
+  for _, e in ipairs(self:modules()) do
+    local acc = st.layer[e[2]]
+    if acc then
+      for _, k in ipairs(sorted_keys(acc)) do
+        slots[#slots + 1] = { acc[k], 1 }
+        slots[#slots + 1] = { acc[k], 2 }
+      end
+    end
+  end
+  local vals = {}
+  for i, sl in ipairs(slots) do vals[i] = lazy_value(sl[1][sl[2]]) end
+  local sums = D.all_reduce(moe.tensor(vals, { dtype = "float64" }), "sum"):totable()
+  for i, sl in ipairs(slots) do sl[1][sl[2]] = sums[i] end
+  for _, name in ipairs(sorted_keys(st.metrics or {})) do
+    for _, m in ipairs(st.metrics[name]) do
+      if type(m.sync) ~= "function" then
+        error(("metric '%s' of output '%s' cannot be combined over the ranks of a distributed run: give it a sync(self, dist) method that makes its state that of all ranks' samples (moe.metrics' own metrics have one)")
+          :format(tostring(m.name), tostring(name)), 0)
+      end
+      m:sync(D)
+    end
+  end
+end
+
+-- the numbers of logs as rank 0 has them, on every rank (the values are global
+-- already; this makes them the same to the bit, so that every rank's callbacks
+-- decide alike)
+local function broadcast_logs(D, logs)
+  local keys = {}
+  for k, v in pairs(logs) do if type(v) == "number" then keys[#keys + 1] = k end end
+  if #keys == 0 then return logs end
+  table.sort(keys)
+  local vals = {}
+  for i, k in ipairs(keys) do vals[i] = logs[k] end
+  local t = moe.tensor(vals, { dtype = "float64" })
+  D.broadcast(t, 0)
+  local back = t:totable()
+  for i, k in ipairs(keys) do logs[k] = back[i] end
+  return logs
 end
 
 -- one forward/backward/update on a batch; returns loss number, parts, named
@@ -795,7 +954,10 @@ function Module:fit(opts)
   end
   local verbose = opts.verbose
   if verbose == nil or verbose == "auto" then verbose = 1 end
-  local show = progress(verbose)
+  -- data parallel (several ranks, or distributed = true): see train_step_dp
+  local D = dist_world(opts.distributed, "fit")
+  local main = not D or D.rank() == 0 -- the rank that prints
+  local show = progress(main and verbose or 0)
   local history = new_history()
   history.params = { epochs = epochs, batch_size = batch, samples = n }
   local cbs = {}
@@ -812,11 +974,36 @@ function Module:fit(opts)
   local onames -- the model's output names, once it has been called
   local dev = self:device() -- each batch moves there
   local nb = math.ceil(n / batch)
+  local dp -- {D, skip = the rank-local parameters, sync = the gradient averaging}
+  if D then
+    dp = { D = D }
+    nb = math.ceil(math.ceil(n / D.world_size()) / batch) -- (distributed_batches: this rank's share)
+  end
   if opts.steps_per_epoch then positive_int(opts.steps_per_epoch, "steps_per_epoch", "fit"); nb = math.min(nb, opts.steps_per_epoch) end
   local was_deferred = core.defer_interrupts(true)
   local stop_reason
   local snap -- the last finite weights (and optimizer state), from the start of an epoch
+  local function say(msg) if main then io.stderr:write(msg) end end
   local ok, err = pcall(function()
+    local base_seed = opts.seed
+    if dp then
+      -- every rank starts from rank 0's weights (a model whose layers build on
+      -- their first call is built first, on the first rows, without training)
+      -- and shuffles with rank 0's seed
+      if #self:named_weights() == 0 then
+        local was = self._training
+        self:eval()
+        moe.no_grad(function()
+          local first = finish_gather(start_gather(tensors, moe.arange(1, math.min(n, batch) + 1), false))
+          self(to_device(from_plan(plan[1], first), dev))
+        end)
+        if was then self:train() end
+      end
+      dp.skip = rank_local(self)
+      broadcast_weights(self, D, dp.skip)
+      if base_seed == nil then base_seed = math.random(1, 2 ^ 30) end
+      base_seed = D.broadcast(moe.tensor({ base_seed }, { dtype = "float64" }), 0):item()
+    end
     call_hooks(cbs, "on_train_begin", {})
     for epoch = initial + 1, initial + epochs do
       local epoch_logs = {}
@@ -835,7 +1022,13 @@ function Module:fit(opts)
         local logs = { loss = st.loss_sum / st.n }
         return layer_logs(self, st, single, "", logs)
       end
-      local next_idx = data.batches(n, batch, { shuffle = opts.shuffle ~= false, seed = opts.seed and (opts.seed * 100003 + epoch) or nil })
+      local next_idx
+      if dp then
+        next_idx = data.distributed_batches(n, batch, { shuffle = opts.shuffle ~= false,
+          seed = base_seed * 100003 + epoch, rank = D.rank(), world_size = D.world_size() })
+      else
+        next_idx = data.batches(n, batch, { shuffle = opts.shuffle ~= false, seed = opts.seed and (opts.seed * 100003 + epoch) or nil })
+      end
       local idx = next_idx()
       local pin = dev ~= "cpu"
       local job = idx and start_gather(tensors, idx, pin)
@@ -849,45 +1042,55 @@ function Module:fit(opts)
         call_hooks(cbs, "on_batch_begin", b, batch_logs)
         local xb, yb, swb = from_plan(plan[1], got), from_plan(plan[2], got), from_plan(plan[3], got)
         xb, yb, swb = to_device(xb, dev), to_device(yb, dev), to_device(swb, dev)
-        local loss, parts, p = train_step(self, xb, yb, swb, take_snapshot)
-        if not finite(loss) then
-          stop_reason = ("fit: the loss is %s at epoch %d, batch %d: training stopped; %s"):format(tostring(loss),
-            epoch, b, recover(self, snap, b))
+        local loss, parts, p, mean
+        if dp then loss, parts, p, mean = train_step_dp(self, xb, yb, swb, take_snapshot, dp)
+        else loss, parts, p = train_step(self, xb, yb, swb, take_snapshot); mean = loss end
+        if not finite(mean) then
+          stop_reason = ("fit: the loss is %s at epoch %d, batch %d%s: training stopped; %s"):format(tostring(mean),
+            epoch, b, dp and " (the mean over the ranks)" or "", recover(self, snap, b))
           rawset(self, "stop_training", true)
-          io.stderr:write(stop_reason .. "\n")
+          say(stop_reason .. "\n")
           break
         end
         local named
         onames = onames or (self.output_names and self:output_names()) or {}
         named, single = named_outputs(self, p, onames)
         pass_update(self, st, named, single, yb, swb, loss, parts, size, "fit") -- metrics see detached outputs
-        batch_logs.loss = loss
+        batch_logs.loss = mean
         call_hooks(cbs, "on_batch_end", b, batch_logs)
         show:batch(epoch, initial + epochs, b, nb, st.n, t0, running)
-        if core.take_interrupt() then
+        local interrupted, stop = core.take_interrupt(), self.stop_training
+        if dp then interrupted, stop = any_rank(D, interrupted, stop) end -- (every rank stops at the same batch)
+        if interrupted then
           stop_reason = ("fit: interrupted at epoch %d, batch %d: training stopped"):format(epoch, b)
-          io.stderr:write("\n" .. stop_reason .. "\n")
+          say("\n" .. stop_reason .. "\n")
           rawset(self, "stop_training", true)
           break
         end
-        if self.stop_training then break end
+        if stop then rawset(self, "stop_training", true); break end
       end
       -- a step with a finite loss can still leave non-finite weights (an
       -- overflowing update): stop, back to the last finite ones
-      if not stop_reason and not weights_finite(self) then
+      local bad_weights = not stop_reason and not weights_finite(self)
+      if dp and not stop_reason then bad_weights = any_rank(D, bad_weights) end -- (an expert shard is on one rank)
+      if bad_weights then
         stop_reason = ("fit: the weights are not finite after epoch %d, batch %d: training stopped; %s")
           :format(epoch, b, recover(self, snap))
         rawset(self, "stop_training", true)
-        io.stderr:write(stop_reason .. "\n")
+        say(stop_reason .. "\n")
       end
+      if dp then sync_pass(self, st, D) end
       pass_logs(self, st, single, "", epoch_logs)
       if vx ~= nil and not stop_reason then
-        local vl = self:evaluate { x = vx, y = vy, sample_weight = vsw, batch_size = math.max(batch, 256), verbose = 0 }
+        local vl = self:evaluate { x = vx, y = vy, sample_weight = vsw, batch_size = math.max(batch, 256), verbose = 0,
+          distributed = dp and true or false }
         for k, v in pairs(vl) do epoch_logs["val_" .. k] = v end
       end
+      if dp then broadcast_logs(D, epoch_logs) end
       if stop_reason and st.n == 0 then break end
       show:epoch_end(epoch, initial + epochs, now() - t0, st.n, epoch_logs)
       call_hooks(cbs, "on_epoch_end", epoch, epoch_logs)
+      if dp then rawset(self, "stop_training", any_rank(D, self.stop_training)) end
       if self.stop_training then break end
     end
     call_hooks(cbs, "on_train_end", {})
@@ -901,7 +1104,31 @@ end
 
 -- ------------------------------------------------------------------ evaluate / predict
 
-local EVAL_OPTS = { x = true, y = true, batch_size = true, sample_weight = true, verbose = true, callbacks = true }
+local EVAL_OPTS = { x = true, y = true, batch_size = true, sample_weight = true, verbose = true, callbacks = true,
+  distributed = true }
+
+-- evaluate's batches {first row, rows}: all rows; or, distributed, this rank's
+-- share of them (the ranks' shares differ by a row at most, rank 0's first) in
+-- the same number of batches on every rank (a model with expert-parallel
+-- layers runs collectives in its forward pass), each at most about batch rows
+local function eval_ranges(n, batch, D)
+  local out = {}
+  if not D or D.world_size() == 1 then
+    for start = 1, n, batch do out[#out + 1] = { start, math.min(batch, n - start + 1) } end
+    return out
+  end
+  local W, r = D.world_size(), D.rank()
+  if n < W then error(("evaluate: %d rows cannot give each of %d ranks a row"):format(n, W), 0) end
+  local base, extra = math.floor(n / W), n % W
+  local mine = base + (r < extra and 1 or 0)
+  local first = r * base + math.min(r, extra) + 1
+  local nb = math.min(math.ceil((base + (extra > 0 and 1 or 0)) / batch), base)
+  for j = 0, nb - 1 do
+    local a, b = math.floor(mine * j / nb), math.floor(mine * (j + 1) / nb)
+    out[#out + 1] = { first + a, b - a }
+  end
+  return out
+end
 
 -- evaluate{x, y, batch_size=256, sample_weight} -> { loss = ..., <metric> = ... } (Keras's
 -- names, the layers' add_metric values among them); the evaluation mode is eval()
@@ -923,6 +1150,8 @@ function Module:evaluate(opts)
   end
   local batch = opts.batch_size or 256
   positive_int(batch, "batch_size", "evaluate")
+  local D = dist_world(opts.distributed, "evaluate")
+  local ranges = eval_ranges(n, batch, D)
   local was = self._training
   self:eval()
   local cbs = opts.callbacks or {}
@@ -930,8 +1159,8 @@ function Module:evaluate(opts)
   local st, single = new_pass(), true
   local dev = self:device()
   local ok, err = pcall(moe.no_grad, function()
-    for start = 1, n, batch do
-      local len = math.min(batch, n - start + 1)
+    for _, rg in ipairs(ranges) do
+      local start, len = rg[1], rg[2]
       local xb, yb, swb = narrow(x, start, len), narrow(y, start, len), narrow(opts.sample_weight, start, len)
       xb, yb, swb = to_device(xb, dev), to_device(yb, dev), to_device(swb, dev)
       local p = self(xb)
@@ -944,7 +1173,12 @@ function Module:evaluate(opts)
   end)
   if was then self:train() end
   if not ok then reraise(err, "evaluate") end
+  if D then
+    local ok2, err2 = pcall(sync_pass, self, st, D)
+    if not ok2 then reraise(err2, "evaluate") end
+  end
   local logs = pass_logs(self, st, single, "")
+  if D then broadcast_logs(D, logs) end
   call_hooks(cbs, "on_test_end", logs)
   return logs
 end

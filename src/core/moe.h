@@ -394,7 +394,9 @@ moe_tensor *moe_dist_all_gather(const moe_tensor *t, int64_t *rows);
 /* t's dim 0 in world blocks: rank r gets block r reduced over the ranks */
 moe_tensor *moe_dist_reduce_scatter(const moe_tensor *t, moe_dist_op op);
 /* the first send[0] rows of t go to rank 0, the next send[1] to rank 1, ...;
- * returns the rows received, in rank order; recv[world] [OUT] [OPTIONAL] their counts */
+ * returns the rows received, in rank order; recv[world] [OUT] [OPTIONAL] their counts.
+ * Differentiable (a float t that requires grad, grad mode on): the gradient goes
+ * back by the mirror all_to_all, so backward is a collective every rank runs. */
 moe_tensor *moe_dist_all_to_all(const moe_tensor *t, const int64_t *send, int nsend, int64_t *recv);
 /* a nonblocking all_reduce_: started (after the checks) and returned at once;
  * test (1 done, 0 not yet; it also drives MPI's progress), wait (0 or -1) and

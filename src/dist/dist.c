@@ -24,6 +24,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../core/autograd_impl.h"
 #include "../core/dispatch.h"
 #include "comm.h"
 
@@ -449,8 +450,7 @@ moe_tensor *moe_dist_reduce_scatter(const moe_tensor *t, moe_dist_op op) {
   return out;
 }
 
-moe_tensor *moe_dist_all_to_all(const moe_tensor *t, const int64_t *send, int nsend, int64_t *recv_out) {
-  ENSURE_INIT();
+static moe_tensor *all_to_all_impl(const moe_tensor *t, const int64_t *send, int nsend, int64_t *recv_out) {
   char err[176];
   int n = S.w.world_size;
   check_tensor(t, err, sizeof err);
@@ -489,6 +489,48 @@ moe_tensor *moe_dist_all_to_all(const moe_tensor *t, const int64_t *send, int ns
     return NULL;
   }
   return out;
+}
+
+/* all_to_all is differentiable: the gradient of the rows received travels back
+ * to their senders, the mirror exchange (each rank's send and receive counts
+ * swapped), so every row's gradient lands where the row came from. Backward
+ * is a collective too: every rank must run it, which autograd's order does
+ * as long as the ranks' graphs have the same structure (a rank that sends or
+ * receives no rows still takes part, with zero rows). The counts are saved as
+ * a host int64 tensor [2, world]: row 0 what this rank sent, row 1 what it got. */
+static int all_to_all_backward(moe_node *n, const moe_tensor *g, moe_tensor **gin) {
+  const moe_tensor *counts = MOE_SAVED(n, 0);
+  if (!counts) return -1;
+  int w = (int)counts->shape[1];
+  const int64_t *c = (const int64_t *)moe_data(counts);
+  if (!moe_node_needs(n, 0)) return 0;
+  gin[0] = all_to_all_impl(g, c + w, w, NULL); /* back: what came from rank r returns to r */
+  return gin[0] ? 0 : -1;
+}
+
+moe_tensor *moe_dist_all_to_all(const moe_tensor *t, const int64_t *send, int nsend, int64_t *recv_out) {
+  ENSURE_INIT();
+  const moe_tensor *ins[1] = {t};
+  if (!t || !moe_ag_wants(1, ins)) return all_to_all_impl(t, send, nsend, recv_out);
+  int w = S.w.world_size;
+  int64_t shape[2] = {2, w};
+  moe_tensor *counts = moe_empty(2, shape, MOE_I64), *out = NULL;
+  if (!counts) return NULL;
+  int64_t *c = (int64_t *)moe_data(counts);
+  MOE_NOGRAD(out, all_to_all_impl(t, send, nsend, c + w));
+  if (!out) {
+    moe_tensor_release(counts);
+    return NULL;
+  }
+  memcpy(c, send, sizeof(int64_t) * (size_t)w); /* (nsend == w: the impl checked it) */
+  if (recv_out) memcpy(recv_out, c + w, sizeof(int64_t) * (size_t)w);
+  moe_node *node = moe_node_new("all_to_all", all_to_all_backward, 1, ins);
+  if (node && moe_node_save(node, 0, counts)) {
+    moe_node_release(node);
+    node = NULL;
+  }
+  moe_tensor_release(counts);
+  return moe_ag_attach(out, node);
 }
 
 /* ---------------------------------------------------------------- the nonblocking all_reduce */

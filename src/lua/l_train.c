@@ -137,15 +137,30 @@ static int l_auc_acc_count(lua_State *L) {
   lua_pushnumber(L, (lua_Number)check_acc(L)->n);
   return 1;
 }
+/* acc:values() -> y, s, w: float64 host tensors [n] of what was added so far
+ * (w all ones when no batch had weights): a distributed fit gathers them from
+ * every rank into one accumulator, so the AUC is over all ranks' samples */
+static int l_auc_acc_values(lua_State *L) {
+  moe_auc_acc *a = check_acc(L);
+  int64_t n = a->n;
+  double *src[3] = {a->y, a->s, a->w};
+  for (int i = 0; i < 3; i++) {
+    moe_tensor *t = moe_empty(1, &n, MOE_F64);
+    if (!t) return moe_l_raise_engine(L);
+    double *d = (double *)moe_data(t);
+    if (src[i]) memcpy(d, src[i], (size_t)n * sizeof *d);
+    else
+      for (int64_t j = 0; j < n; j++) d[j] = 1.0;
+    moe_l_box_tensor(L, t);
+  }
+  return 3;
+}
 static int l_auc_acc(lua_State *L) {
   moe_auc_acc *a = lua_newuserdata(L, sizeof *a);
   memset(a, 0, sizeof *a);
   if (luaL_newmetatable(L, AUC_MT)) {
-    static const luaL_Reg m[] = {{"add", l_auc_acc_add},
-                                 {"result", l_auc_acc_result},
-                                 {"reset", l_auc_acc_reset},
-                                 {"count", l_auc_acc_count},
-                                 {NULL, NULL}};
+    static const luaL_Reg m[] = {{"add", l_auc_acc_add},     {"result", l_auc_acc_result}, {"reset", l_auc_acc_reset},
+                                 {"count", l_auc_acc_count}, {"values", l_auc_acc_values}, {NULL, NULL}};
     lua_newtable(L);
     luaL_register(L, NULL, m);
     lua_setfield(L, -2, "__index");
