@@ -36,7 +36,8 @@ end
 local case = args[1]
 local rank, W = D.rank(), D.world_size()
 local function out(k, v)
-  if rank == 0 then print(("%s\t%s"):format(k, type(v) == "number" and ("%.6g"):format(v) or tostring(v))) end
+  if type(v) == "number" then v = (v == math.floor(v) and math.abs(v) < 2 ^ 53) and ("%d"):format(v) or ("%.6g"):format(v) end
+  if rank == 0 then print(("%s\t%s"):format(k, tostring(v))) end
 end
 
 -- seconds per call of f: the slowest rank's, the best of `rounds` rounds of
