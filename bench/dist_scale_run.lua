@@ -79,6 +79,8 @@ do
   if f then cpu = f:read("*a"):match("model name%s*:%s*([^\n]+)") or cpu; f:close() end
   local nproc = io.popen("nproc"):read("*l")
   local mpi = io.popen("mpirun --version 2>/dev/null"):read("*l") or "?"
+  local rev = io.popen("git rev-parse --short HEAD 2>/dev/null"):read("*l") or "?"
+  print(("%s, commit %s%s"):format(os.date("!%Y-%m-%d %H:%M UTC"), rev, quick and ", --quick (not a measurement)" or ""))
   print(("CPU: %s, %s cores; %s; one thread per rank\n"):format(cpu, nproc, mpi))
 end
 
