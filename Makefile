@@ -60,7 +60,7 @@ CU_COMPILE  = $(EMU_CXX) -x c++ -c $< -o $@
 endif
 
 
-.PHONY: gpu-check all deps run test asan-test emu-test bench clean help fuzz fuzz-deps fuzz-build format format-check \
+.PHONY: gpu-check all deps run test asan-test emu-test bench bench-dist clean help fuzz fuzz-deps fuzz-build format format-check \
         install uninstall docs
 
 all: deps $(BUILD)/moelua $(BUILD)/moe/core.so
@@ -152,6 +152,12 @@ $(BUILD)/%_fuzz: spec/fuzz/%_fuzz.c $(BUILD)/libmoe.a $(HEADERS) | deps
 bench: all $(BUILD)/bench_peak
 	@MOE_BENCH_PEAK=$(BUILD)/bench_peak $(BUILD)/moelua bench/run.lua
 
+# issue 17's benchmark: collectives, 1- against 2-rank scaling of the sparse MoE layer
+# (data and expert parallel) and of the census MMoE (fit epoch, step against PyTorch
+# DDP), then the communication model; needs mpirun (bench/README.md, "Across processes")
+bench-dist: all
+	@$(BUILD)/moelua bench/dist_scale_run.lua
+
 # the CPU's fp32 FMA and bf16 dot-product ceilings on one core (bench/peak.c)
 $(BUILD)/bench_peak: bench/peak.c
 	@mkdir -p $(BUILD)
@@ -237,6 +243,7 @@ help:
 	@echo "make asan-test    the same under AddressSanitizer/UBSan (build-asan/)"
 	@echo "make emu-test     the whole suite on the CUDA host emulator build (build-emu/)"
 	@echo "make bench        benchmarks against OpenBLAS/BLIS/oneDNN sgemm and PyTorch (results: bench/README.md)"
+	@echo "make bench-dist   issue 17: 1 against 2 ranks (MPI) of the MoE layer and the census MMoE, PyTorch DDP, the comm model"
 	@echo "make fuzz         libFuzzer on the CSV reader and the checkpoint loader, FUZZ_TIME=30 s each (spec/fuzz/README.md)"
 	@echo "make fuzz-deps    install clang and libFuzzer's runtime; make fuzz-build builds the harnesses"
 	@echo "make format       reformat the sources with .clang-format; make format-check only checks"

@@ -9,6 +9,7 @@ import resource, sys
 import torch
 
 from timing import best, compiler, has_cpu_bf16, run, steady, threads
+from mmoe_model import MMoE
 import torch.nn.functional as F
 
 torch.set_num_threads(threads())
@@ -71,26 +72,7 @@ def sparse_moe(T=4096, H=512, D=2048, E=8, k=2, cf=1.25):
 
 
 # --- MMoE on census-shaped data: 499 inputs, 8 experts x 4 units, 2 tasks, towers of 8
-class MMoE(torch.nn.Module):
-    def __init__(self, F_=499, U=4, E=8, tasks=2):
-        super().__init__()
-        self.ek = torch.nn.Parameter(torch.randn(F_, U, E) * F_ ** -0.5)
-        self.eb = torch.nn.Parameter(torch.zeros(U, E))
-        self.gk = torch.nn.ParameterList([torch.nn.Parameter(torch.randn(F_, E) * F_ ** -0.5) for _ in range(tasks)])
-        self.gb = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(E)) for _ in range(tasks)])
-        self.towers = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Linear(U, 8), torch.nn.ReLU(),
-                                                               torch.nn.Linear(8, 1), torch.nn.Sigmoid())
-                                           for _ in range(tasks)])
-
-    def forward(self, x):
-        h = F.relu(torch.tensordot(x, self.ek, dims=1) + self.eb)        # [B,U,E]
-        outs = []
-        for gk, gb, tower in zip(self.gk, self.gb, self.towers):
-            g = F.softmax(x @ gk + gb, -1)                              # [B,E]
-            outs.append(tower((h * g.unsqueeze(1)).sum(-1)))
-        return outs
-
-
+# (bench/peers/mmoe_model.py)
 def mmoe(batch):
     model = MMoE()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
