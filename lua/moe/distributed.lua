@@ -31,6 +31,7 @@
 -- is an error on every rank, naming the ranks, instead of a hang.
 local moe = require "moe"
 local core = moe.core
+local error = moe._error -- every error is raised at the user's line (init.lua)
 
 local D = {}
 
@@ -230,8 +231,7 @@ D.Reducer = Reducer
 
 local function check_self(r, fn)
   if getmetatable(r) ~= Reducer then
-    error(moe._where(("moe.distributed.Reducer:%s: call it as r:%s() on a reducer, got %s"):format(fn, fn,
-      moe._show(r))), 0)
+    error(("moe.distributed.Reducer:%s: call it as r:%s() on a reducer, got %s"):format(fn, fn, moe._show(r)))
   end
 end
 

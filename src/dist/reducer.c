@@ -389,10 +389,11 @@ static int on_ready(moe_tensor *leaf, void *ud) {
   int i = find(r, leaf);
   if (i < 0 || i >= r->n) return r->next > 0 ? poll(r) : 0; /* not ours, or a local param */
   if (r->p[i].ready)
-    return moe_error("Reducer: backward ran again after prepare() reached params[%d], whose grad was already "
-                     "sent; prepare() once per step, before its last backward (accumulate the ones before "
-                     "without it)",
-                     i + 1);
+    return moe_error(
+        "moe.distributed.Reducer: backward ran again after prepare() reached params[%d], whose grad was already "
+        "sent; prepare() once per step, before its last backward (accumulate the ones before "
+        "without it)",
+        i + 1);
   r->touched = 1;
   if (make_ready(r, i) || start_ready(r, &r->st.started_in_backward)) return -1;
   return poll(r);
