@@ -363,7 +363,7 @@ S[#S + 1] = { id = "distributed", title = "Processes (moe.distributed)", intro =
       .. "local_params = {...}}])", "Data-parallel gradients, as PyTorch DDP's reducer: after r:prepare(), "
       .. "backward, r:finish(), every param's .grad is the mean over the ranks. The params go into flat buckets "
       .. "in reverse order (the order backward finishes them; one dtype each, up to bucket_cap_mb MiB, the first "
-      .. "up to first_bucket_mb); a bucket's all-reduce starts during backward, as soon as its params' grads "
+      .. "up to first_bucket_mb, 0 for bucket_cap_mb: DDP's 1 MiB by default, so that sending starts early); a bucket's all-reduce starts during backward, as soon as its params' grads "
       .. "are final, in bucket order on every rank. Host float32 and float64 leaf tensors that require grad.",
       details = "A param's contribution is its .grad once backward has finished it (grads accumulated by "
         .. "earlier backward passes included), or zeros when it has none; after finish every param has a .grad "
