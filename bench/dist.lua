@@ -100,3 +100,43 @@ do
     .. "them: %.1f ms (%.0f%% of the all_reduce hidden)", t_r * 1e3, t_c * 1e3, (t_r + t_c) * 1e3, t_o * 1e3,
     math.max(0, (t_r + t_c - t_o) / t_r * 100))
 end
+
+-- the gradient reducer: backward + finish of an MLP's params (8 layers of
+-- 512x512 float32, 8 MiB of grads) with the Reducer (buckets of bucket_cap_mb,
+-- started during backward), against backward and then one blocking
+-- all_reduce("mean") per param, and backward alone
+do
+  moe.manual_seed(1)
+  local L, H = 8, 512
+  local params = {}
+  for i = 1, L do params[i] = moe.randn(H, H):mul(1 / math.sqrt(H)):requires_grad_() end
+  local x = moe.randn(quick and 64 or 256, H)
+  local function backward()
+    local h = x
+    for i = 1, L do h = h:matmul(params[i]):tanh() end
+    h:sum():backward()
+  end
+  local function clear() for _, p in ipairs(params) do p.grad = nil end end
+  d.set_checks(false)
+  local t_b = time(function() clear() backward() end, 2, quick and 2 or 3)
+  local t_naive = time(function()
+    clear()
+    backward()
+    for _, p in ipairs(params) do d.all_reduce(p.grad, "mean") end
+  end, 2, quick and 2 or 3)
+  for _, cap in ipairs { 1, 4, 25 } do
+    local r = d.Reducer(params, { bucket_cap_mb = cap, first_bucket_mb = math.min(cap, 1) })
+    local t_r = time(function()
+      clear()
+      r:prepare()
+      backward()
+      r:finish()
+    end, 2, quick and 2 or 3)
+    local s = r:stats()
+    say("reducer: %d x %dx%d float32 params (%s of grads): backward %.1f ms; + one all_reduce per param after it "
+      .. "%.1f ms; Reducer{bucket_cap_mb = %d}: %.1f ms (%d buckets, %d started during backward, %d done before "
+      .. "it returned)", L, H, H, human(s.bytes), t_b * 1e3, t_naive * 1e3, cap, t_r * 1e3, s.buckets,
+      s.started_in_backward, s.done_in_backward)
+  end
+  d.set_checks(true)
+end

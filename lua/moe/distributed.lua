@@ -15,6 +15,8 @@
 --                                      -- (in rank order), and recv_counts
 --   dist.all_reduce_async(t, op)       -- started at once: w:is_completed(), w:wait() (-> t)
 --   dist.info()                        -- rank, world, backend, MPI library, threads and why, ...
+--   local r = dist.Reducer(params, {bucket_cap_mb = 25})   -- data-parallel grads (DDP's reducer)
+--   r:prepare(); loss:backward(); r:finish()                 -- each param's .grad: the mean over the ranks
 --
 -- Ranks are 0-based, as mpirun's own messages, OMPI_COMM_WORLD_RANK and
 -- torch.distributed number them, so that "rank 1" means the same process in
@@ -29,6 +31,7 @@
 -- is an error on every rank, naming the ranks, instead of a hang.
 local moe = require "moe"
 local core = moe.core
+local error = moe._error -- every error is raised at the user's line (init.lua)
 
 local D = {}
 
@@ -153,6 +156,119 @@ Work.__tostring = function(w) return ("moe.distributed work (all_reduce of %s)")
 function D.all_reduce_async(t, op)
   check_tensor("all_reduce_async", t)
   return setmetatable({ _w = core.dist_all_reduce_async(t, check_op("all_reduce_async", op)), _t = t }, Work)
+end
+
+-- The data-parallel gradient reducer (src/dist/reducer.c), PyTorch DDP's:
+--
+--   local r = dist.Reducer(model:parameters(), { bucket_cap_mb = 25, first_bucket_mb = 1,
+--                                                local_params = { expert_w } })
+--   r:prepare()         -- before backward (arms it on this thread)
+--   loss:backward()     -- buckets start all-reducing as their params' grads become final
+--   r:finish()          -- waits; every param's .grad is now the mean over the ranks
+--
+-- Buckets are filled in reverse order of params (the order backward finishes
+-- them) and started in bucket order on every rank. A param that got no grad
+-- contributes zeros, and after finish every param has a .grad (zeros when no
+-- rank used it). local_params (owned by one rank: expert shards) are not
+-- reduced; their grads are divided by world_size(). With moe.set_deterministic
+-- (true) each bucket is all-gathered and summed in rank order: bitwise the same
+-- on every rank and every run. In a 1-rank world nothing is sent. Building one
+-- is a collective (every rank passes the same params in the same order).
+local Reducer = {}
+Reducer.__index = Reducer
+Reducer.__tostring = function(r)
+  local s = core.dist_reducer_stats(r._r)
+  return ("moe.distributed.Reducer (%d params, %d local, %d buckets, %d bytes)"):format(s.params, s.local_params,
+    s.buckets, s.bytes)
+end
+
+local REDUCER_OPTS = { bucket_cap_mb = true, first_bucket_mb = true, local_params = true }
+
+-- the tensors of a list (a bad entry: the message, for every rank)
+local function tensor_list(v, what)
+  if type(v) ~= "table" or core.is_tensor(v) then
+    return nil, ("%s must be a list of tensors, got %s"):format(what, moe._show(v))
+  end
+  local n = 0
+  for k in pairs(v) do
+    if type(k) ~= "number" or k < 1 or k ~= math.floor(k) then
+      return nil, ("%s must be a list of tensors, got a table with the key %s"):format(what, moe._show(k))
+    end
+    n = math.max(n, k)
+  end
+  for i = 1, n do
+    if not core.is_tensor(v[i]) then
+      return nil, ("%s[%d] must be a tensor, got %s"):format(what, i, moe._show(v[i]))
+    end
+  end
+  return v
+end
+
+local function reducer_args(params, opts)
+  local ps, err = tensor_list(params, "params")
+  if not ps then return nil, err end
+  opts = opts == nil and {} or opts
+  if type(opts) ~= "table" or core.is_tensor(opts) then return nil, "options must be a table, got " .. moe._show(opts) end
+  for k in pairs(opts) do
+    if not REDUCER_OPTS[k] then
+      return nil, ("unknown option %s (bucket_cap_mb, first_bucket_mb, local_params)"):format(moe._show(k))
+    end
+  end
+  local cap, first = opts.bucket_cap_mb == nil and 25 or opts.bucket_cap_mb, opts.first_bucket_mb
+  if first == nil then first = 1 end
+  if type(cap) ~= "number" or not (cap > 0) or cap == math.huge then
+    return nil, "bucket_cap_mb must be a positive number of MiB, got " .. moe._show(cap)
+  end
+  if type(first) ~= "number" or not (first >= 0) or first == math.huge then
+    return nil, "first_bucket_mb must be a number of MiB (0: bucket_cap_mb), got " .. moe._show(first)
+  end
+  local ls = {}
+  if opts.local_params ~= nil then
+    ls, err = tensor_list(opts.local_params, "local_params")
+    if not ls then return nil, err end
+  end
+  return ps, ls, cap, first
+end
+
+-- Reducer(params, [opts]) -> a reducer; see above
+setmetatable(Reducer, { __call = function(_, params, opts)
+  local ps, ls, cap, first = reducer_args(params, opts)
+  if not ps then core.dist_reducer_fail(ls) end
+  return setmetatable({ _r = core.dist_reducer_new(ps, ls, cap, first) }, Reducer)
+end })
+D.Reducer = Reducer
+
+local function check_self(r, fn)
+  if getmetatable(r) ~= Reducer then
+    error(("moe.distributed.Reducer:%s: call it as r:%s() on a reducer, got %s"):format(fn, fn, moe._show(r)))
+  end
+end
+
+-- arms the reducer for this step's backward (one step: prepare, backward, finish)
+function Reducer:prepare()
+  check_self(self, "prepare")
+  core.dist_reducer_prepare(self._r)
+  return self
+end
+
+-- waits for the buckets and writes every param's averaged .grad
+function Reducer:finish()
+  check_self(self, "finish")
+  core.dist_reducer_finish(self._r)
+  return self
+end
+
+-- {params, local_params, buckets, bytes, bucket_cap_bytes, first_bucket_bytes,
+-- world_size, steps, prepared, bucket_of (params[i]'s bucket, 1 starts first)
+-- and, of the last step: deterministic, started_in_backward (buckets started
+-- while backward ran, as their last param became ready), done_in_backward (of
+-- those, found complete during backward), started_at_end (when the pass ended:
+-- buckets holding a param that got no grad), started_in_finish,
+-- ready_after_first_start (params that became ready after the first bucket
+-- started: the overlap), unused (params without a grad on this rank)}
+function Reducer:stats()
+  check_self(self, "stats")
+  return core.dist_reducer_stats(self._r)
 end
 
 return D

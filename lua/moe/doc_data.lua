@@ -375,6 +375,35 @@ S[#S + 1] = { id = "distributed", title = "Processes (moe.distributed)", intro =
       .. "receive counts swapped), so backward is a collective that every rank runs.",
       returns = "the rows received, in rank order, and recv_counts (a list).",
       example = "local y, recv = moe.distributed.all_to_all(tokens, { 3, 5 })" },
+    { "distributed.Reducer", "moe.distributed.Reducer(params, [{bucket_cap_mb = 25, first_bucket_mb = 1, "
+      .. "local_params = {...}}])", "Data-parallel gradients, as PyTorch DDP's reducer: after r:prepare(), "
+      .. "backward, r:finish(), every param's .grad is the mean over the ranks. The params go into flat buckets "
+      .. "in reverse order (the order backward finishes them; one dtype each, up to bucket_cap_mb MiB, the first "
+      .. "up to first_bucket_mb, 0 for bucket_cap_mb: DDP's 1 MiB by default, so that sending starts early); a bucket's all-reduce starts during backward, as soon as its params' grads "
+      .. "are final, in bucket order on every rank. Host float32 and float64 leaf tensors that require grad.",
+      details = "A param's contribution is its .grad once backward has finished it (grads accumulated by "
+        .. "earlier backward passes included), or zeros when it has none; after finish every param has a .grad "
+        .. "(zeros when no rank had one). local_params (owned by one rank, as expert shards) are not sent: their "
+        .. "grads are divided by world_size(). With moe.set_deterministic(true) each bucket is all-gathered and "
+        .. "summed in rank order: bitwise the same on every rank and in every run (world_size() times the "
+        .. "bytes). Building one is a collective: every rank passes the same params in the same order (checked: "
+        .. "a mismatch or a bad argument on one rank is an error on every rank). In a 1-rank world nothing is "
+        .. "copied or sent. Device params are not taken yet.",
+      returns = "a reducer r.",
+      example = "local r = moe.distributed.Reducer(params)\nr:prepare()\nloss:backward()\nr:finish()\n"
+        .. "opt:step(params)" },
+    { "distributed.Reducer:prepare", "r:prepare()", "Arms the reducer on this thread for this step's backward "
+      .. "(once per step, before the step's last backward; every rank then runs the same number of backward "
+      .. "passes before finish). A backward that reaches a param again after its grad was sent is an error.",
+      returns = "r." },
+    { "distributed.Reducer:finish", "r:finish()", "Starts the buckets still idle, waits for all, and writes "
+      .. "the mean over the ranks into every param's .grad (in place when it has one).", returns = "r." },
+    { "distributed.Reducer:stats", "r:stats()", "params, local_params, buckets, bytes, bucket_cap_bytes, "
+      .. "first_bucket_bytes, world_size, steps, prepared, bucket_of (params[i]'s bucket; 1 starts first) and, "
+      .. "of the last step: deterministic, started_in_backward (buckets started while backward ran), "
+      .. "done_in_backward (found complete before backward returned), started_at_end (when the pass ended), "
+      .. "started_in_finish, ready_after_first_start (params finished by backward after the first bucket "
+      .. "started: the overlap) and unused (params without a grad on this rank).", returns = "a table." },
   } }
 
 S[#S + 1] = { id = "initializers", title = "Initializers, regularizers, constraints", intro =

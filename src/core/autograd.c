@@ -224,12 +224,96 @@ static int accumulate_node(moe_node *n, moe_tensor *g) {
   return 0;
 }
 
+/* ---------------------------------------------------------------- the leaf-ready hook */
+
+static _Thread_local moe_leaf_ready_fn ready_fn;
+static _Thread_local void *ready_ud;
+
+moe_leaf_ready_fn moe_set_leaf_ready_hook(moe_leaf_ready_fn fn, void *ud, void **prev_ud) {
+  moe_leaf_ready_fn old = ready_fn;
+  if (prev_ud) *prev_ud = ready_ud;
+  ready_fn = fn;
+  ready_ud = fn ? ud : NULL;
+  return old;
+}
+
+moe_leaf_ready_fn moe_get_leaf_ready_hook(void **ud) {
+  if (ud) *ud = ready_ud;
+  return ready_fn;
+}
+
+/* A pass's leaves and how many of its edges into each are still to run (only
+ * when a hook is set): an open-addressing table keyed by the tensor pointer. */
+typedef struct {
+  moe_tensor *t;
+  int left;
+} leaf_count;
+typedef struct {
+  leaf_count *slot;
+  size_t mask;
+  moe_leaf_ready_fn fn; /* the hook when the pass began (for the whole pass) */
+  void *ud;
+} leaf_table;
+
+static leaf_count *leaf_find(leaf_table *lt, moe_tensor *t) {
+  size_t h = ((uintptr_t)t >> 4) * 0x9E3779B97F4A7C15ull;
+  for (size_t i = h & lt->mask;; i = (i + 1) & lt->mask)
+    if (lt->slot[i].t == t || !lt->slot[i].t) return &lt->slot[i];
+}
+
+static _Thread_local leaf_table *cur_pass; /* the pass whose hook is running (moe_backward_reaches) */
+static _Thread_local const moe_tensor *cur_root_leaf;
+
+/* counts every edge of the nodes in order[0..n) that points at a leaf */
+static int leaf_table_build(leaf_table *lt, moe_node **order, size_t n) {
+  size_t edges = 0, cap = 16;
+  for (size_t i = 0; i < n; i++)
+    for (int k = 0; k < order[i]->nin; k++) edges += order[i]->edges[k].leaf != NULL;
+  while (cap < 2 * edges) cap *= 2;
+  lt->slot = calloc(cap, sizeof *lt->slot);
+  lt->mask = cap - 1;
+  lt->fn = ready_fn;
+  lt->ud = ready_ud;
+  if (!lt->slot) return moe_error("backward: out of memory");
+  for (size_t i = 0; i < n; i++)
+    for (int k = 0; k < order[i]->nin; k++) {
+      moe_tensor *t = order[i]->edges[k].leaf;
+      if (!t) continue;
+      leaf_count *c = leaf_find(lt, t);
+      c->t = t;
+      c->left++;
+    }
+  return 0;
+}
+
+/* node n has run: its edges into leaves are done; the hook hears of each leaf
+ * whose last edge that was */
+static int leaves_done(leaf_table *lt, moe_node *n) {
+  for (int k = 0; k < n->nin; k++) {
+    moe_tensor *t = n->edges[k].leaf;
+    if (t && --leaf_find(lt, t)->left == 0) {
+      cur_pass = lt;
+      int rc = lt->fn(t, lt->ud);
+      cur_pass = NULL;
+      if (rc) return -1;
+    }
+  }
+  return 0;
+}
+
+int moe_backward_reaches(const moe_tensor *leaf) {
+  if (cur_root_leaf) return leaf == cur_root_leaf;
+  if (!cur_pass || !leaf) return 0;
+  return leaf_find(cur_pass, (moe_tensor *)leaf)->t == leaf;
+}
+
 static int run_backward(moe_tensor *root, const moe_tensor *grad, int retain) {
   static _Thread_local int pass_id;
   int mark = ++pass_id;
   moe_node **order = NULL, **ready = NULL;
   size_t cap = 64, norder = 0, nready = 0;
   int rc = -1;
+  leaf_table lt = {NULL, 0, NULL, NULL};
   order = malloc(cap * sizeof *order);
   ready = malloc(cap * sizeof *ready);
   if (!order || !ready) {
@@ -274,6 +358,7 @@ static int run_backward(moe_tensor *root, const moe_tensor *grad, int retain) {
                 order[i]->name);
       goto done;
     }
+  if (ready_fn && leaf_table_build(&lt, order, norder)) goto done;
   /* 2. run the nodes in reverse topological order (Kahn) */
   moe_tensor_retain((moe_tensor *)grad);
   moe_tensor_release(r->grad);
@@ -306,7 +391,7 @@ static int run_backward(moe_tensor *root, const moe_tensor *grad, int retain) {
     }
     for (int k = 0; k < nin; k++) moe_tensor_release(g_in[k]);
     if (g_in != gin_small) free(g_in);
-    if (err) goto done;
+    if (err || (lt.slot && leaves_done(&lt, n))) goto done;
     for (int k = 0; k < nin; k++) {
       moe_node *c = n->edges[k].fn;
       if (c && --c->deps == 0) ready[nready++] = c;
@@ -320,8 +405,15 @@ static int run_backward(moe_tensor *root, const moe_tensor *grad, int retain) {
       n->freed = 1;
     }
   }
-  rc = 0;
+  if (lt.slot) {
+    cur_pass = &lt;
+    rc = lt.fn(NULL, lt.ud) ? -1 : 0;
+    cur_pass = NULL;
+  } else {
+    rc = 0;
+  }
 done:
+  free(lt.slot);
   for (size_t i = 0; i < norder; i++) {
     moe_tensor_release(order[i]->grad);
     order[i]->grad = NULL;
@@ -353,8 +445,15 @@ int moe_backward(moe_tensor *root, const moe_tensor *grad, int retain_graph) {
   int rc;
   moe_tensor *g = moe_to_dtype(grad, root->dtype);
   if (!g) rc = -1;
-  else if (!root->grad_fn) rc = accumulate_leaf(root, g);
-  else rc = run_backward(root, g, retain_graph);
+  else if (!root->grad_fn) { /* the root is the leaf: final at once */ rc = accumulate_leaf(root, g);
+    moe_leaf_ready_fn fn = ready_fn;
+    void *ud = ready_ud;
+    if (!rc && fn) {
+      cur_root_leaf = root;
+      rc = fn(root, ud) || fn(NULL, ud) ? -1 : 0;
+      cur_root_leaf = NULL;
+    }
+  } else rc = run_backward(root, g, retain_graph);
   moe_tensor_release(g);
   moe_set_grad_enabled(prev);
   moe_tensor_release(ones);

@@ -332,6 +332,21 @@ int moe_backward(moe_tensor *root, const moe_tensor *grad, int retain_graph);
 moe_tensor *moe_detach(const moe_tensor *t);
 /* the op that computed t ("add", "matmul", ...), or NULL for a leaf */
 const char *moe_grad_fn_name(const moe_tensor *t);
+/* The leaf-ready hook, one per thread (none by default; backward then does no
+ * extra work). During moe_backward, fn(leaf, ud) is called the moment a leaf's
+ * .grad is final for this pass: every edge of the pass's graph into the leaf
+ * has been accumulated (leaf->grad is still NULL when none carried a gradient).
+ * Once per reachable leaf per pass, in the order the pass finishes them; a
+ * leaf the pass does not reach is not called. After a pass that succeeded,
+ * fn(NULL, ud): the pass has ended. A nonzero return (with moe_error set) stops
+ * the pass and moe_backward returns -1. fn runs with grad mode off. Returns the
+ * previous hook (its ud into *prev_ud when prev_ud is not NULL). */
+typedef int (*moe_leaf_ready_fn)(moe_tensor *leaf, void *ud);
+moe_leaf_ready_fn moe_set_leaf_ready_hook(moe_leaf_ready_fn fn, void *ud, void **prev_ud);
+moe_leaf_ready_fn moe_get_leaf_ready_hook(void **ud); /* this thread's hook (and its ud), or NULL */
+/* inside a hook's call: 1 when the running pass reaches leaf (an edge of its
+ * graph points at it, so the hook will hear of it), else 0 (also outside) */
+int moe_backward_reaches(const moe_tensor *leaf);
 /* g summed over the dims broadcast from shape (ndim, shape); new ref */
 moe_tensor *moe_sum_to_shape(const moe_tensor *g, int ndim, const int64_t *shape);
 
@@ -407,6 +422,49 @@ int moe_dist_work_test(moe_dist_work *w);
 int moe_dist_work_wait(moe_dist_work *w);
 moe_tensor *moe_dist_work_tensor(moe_dist_work *w); /* (borrowed) */
 void moe_dist_work_free(moe_dist_work *w);
+/* The data-parallel gradient reducer (src/dist/reducer.c), DDP's: the params'
+ * grads averaged over the ranks by all-reduces of flat buckets that start
+ * during backward. Buckets hold params of one dtype in reverse order of the
+ * list (the order backward finishes them), up to cap_mb MiB each (the first
+ * up to first_cap_mb; 0: cap_mb). prepare() arms it on this thread (the
+ * leaf-ready hook) before backward; a bucket whose params' grads are all final
+ * is copied into its buffer and its all-reduce started, in bucket order on
+ * every rank; each later readiness polls the buckets in flight (MPI moves data
+ * only inside its calls). When the pass ends the buckets left (params that got
+ * no grad: zeros) start too. finish() waits, divides by the world size and
+ * writes each param's .grad (in place, or a new one: a param unused on every
+ * rank gets zeros). `local` params (owned by one rank: expert shards) are not
+ * reduced, only divided by the world size. In deterministic mode
+ * (moe_set_deterministic) each bucket is all-gathered and summed in rank
+ * order: bitwise the same on every rank and every run. In a 1-rank world
+ * nothing is copied or sent. Host float32/float64 params only (for now).
+ * new() is a collective (the ranks' layouts are compared when the checks are
+ * on; so is the mode at each prepare); every rank then runs the same number
+ * of backward passes between prepare and finish. */
+typedef struct moe_reducer moe_reducer;
+typedef struct {
+  int params, local, buckets, world_size;
+  int64_t bytes, cap_bytes, first_cap_bytes;
+  int steps, armed;
+  /* the last step (prepare .. finish) */
+  int deterministic;
+  int started_in_backward;     /* buckets started when their last param became ready */
+  int done_in_backward;        /* of those, found complete by a poll during backward */
+  int started_at_end;          /* started when the pass ended (holding a param that got no grad) */
+  int started_in_finish;       /* started by finish (no pass ended since prepare) */
+  int ready_after_first_start; /* params that became ready after the first bucket started */
+  int unused;                  /* params that got no grad on this rank */
+} moe_reducer_stats;
+moe_reducer *moe_reducer_new(moe_tensor *const *params, int n, moe_tensor *const *local, int nlocal, double cap_mb,
+                             double first_cap_mb);
+int moe_reducer_prepare(moe_reducer *r);
+int moe_reducer_finish(moe_reducer *r);
+void moe_reducer_get_stats(const moe_reducer *r, moe_reducer_stats *out);
+int moe_reducer_bucket_of(const moe_reducer *r, int param); /* param's bucket (0 starts first), -1 for none */
+void moe_reducer_free(moe_reducer *r);                      /* (disarms it; waits for buckets in flight) */
+/* a binding's argument error for moe_reducer_new, raised on every rank (they
+ * are in moe_reducer_new or here too): returns -1 with the error set */
+int moe_reducer_fail(const char *msg);
 
 /* ---- deterministic mode (src/core/determinism.c) ----
  * On: the device's float scatter_add and index_add (and so the sparse MoE

@@ -50,7 +50,12 @@ typedef struct {
   /* send_rows[r] rows to rank r (consecutive in send), recv_rows[r] from it */
   int (*all_to_allv)(const void *send, const int64_t *send_rows, void *recv, const int64_t *recv_rows,
                      size_t row_bytes);
+  /* nonblocking: n elements from every rank into recv in rank order (n * world); test and wait finish it */
+  int (*all_gather_start)(const void *send, void *recv, int64_t n, moe_dtype dt, moe_comm_req **req);
 } moe_comm;
+
+/* the world's backend of host tensors (dist.c), after moe_dist_init */
+const moe_comm *moe_dist_host_comm(void);
 
 extern const moe_comm moe_comm_local;
 /* NULL in a build without MPI (mpi.c then says why in moe_comm_mpi_missing) */

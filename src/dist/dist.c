@@ -124,6 +124,7 @@ int moe_dist_init(void) {
 }
 
 int moe_dist_is_initialized(void) { return S.initialized; }
+const moe_comm *moe_dist_host_comm(void) { return S.host; }
 
 void moe_dist_get_info(moe_dist_info *o) {
   memset(o, 0, sizeof *o);

@@ -62,7 +62,25 @@ static int l_all_to_allv(const void *send, const int64_t *send_rows, void *recv,
   return 0;
 }
 
-const moe_comm moe_comm_local = {
-    "local",          l_init,           l_finalize,         l_abort, l_barrier, l_all_gather_bytes,
-    l_all_to_all_i64, l_all_reduce,     l_all_reduce_start, l_test,  l_wait,    l_broadcast,
-    l_all_gatherv,    l_reduce_scatter, l_all_to_allv};
+static int l_all_gather_start(const void *send, void *recv, int64_t n, moe_dtype dt, moe_comm_req **req) {
+  if (n) memmove(recv, send, (size_t)n * moe_dtype_size(dt));
+  *req = NULL;
+  return 0;
+}
+
+const moe_comm moe_comm_local = {"local",
+                                 l_init,
+                                 l_finalize,
+                                 l_abort,
+                                 l_barrier,
+                                 l_all_gather_bytes,
+                                 l_all_to_all_i64,
+                                 l_all_reduce,
+                                 l_all_reduce_start,
+                                 l_test,
+                                 l_wait,
+                                 l_broadcast,
+                                 l_all_gatherv,
+                                 l_reduce_scatter,
+                                 l_all_to_allv,
+                                 l_all_gather_start};

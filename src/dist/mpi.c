@@ -252,6 +252,20 @@ static int m_all_to_allv(const void *send, const int64_t *send_rows, void *recv,
   return 0;
 }
 
+static int m_all_gather_start(const void *send, void *recv, int64_t n, moe_dtype dt, moe_comm_req **out) {
+  if (n > INT_MAX) return moe_error("all_gather: %lld elements are more than MPI counts (2^31-1)", (long long)n);
+  moe_comm_req *q = malloc(sizeof *q + sizeof(MPI_Request));
+  if (!q) return moe_error("all_gather: out of memory");
+  q->n = 1;
+  int rc = MPI_Iallgather(send, (int)n, mpi_type(dt), recv, (int)n, mpi_type(dt), comm, &q->r[0]);
+  if (rc != MPI_SUCCESS) {
+    free(q);
+    return fail("all_gather", rc);
+  }
+  *out = q;
+  return 0;
+}
+
 static const moe_comm mpi_backend = {"mpi",
                                      m_init,
                                      m_finalize,
@@ -266,6 +280,7 @@ static const moe_comm mpi_backend = {"mpi",
                                      m_broadcast,
                                      m_all_gatherv,
                                      m_reduce_scatter,
-                                     m_all_to_allv};
+                                     m_all_to_allv,
+                                     m_all_gather_start};
 const moe_comm *const moe_comm_mpi = &mpi_backend;
 #endif

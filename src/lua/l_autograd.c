@@ -1,5 +1,7 @@
 /* l_autograd.c -- backward, detach, requires_grad_, has_grad, the grad mode,
  * and gradcheck's probes get_flat/set_flat. */
+#include <string.h>
+
 #include "binding_impl.h"
 
 static int l_backward(lua_State *L) {
@@ -78,7 +80,70 @@ static int l_has_grad(lua_State *L) {
   return 1;
 }
 
-const luaL_Reg moe_l_autograd_funcs[] = {{"set_grad_enabled", l_set_grad_enabled},
+/* backward_ready_trace(root, leaves) -> order, grads, ends: root:backward() with
+ * a leaf-ready hook (moe.h) that records, for each readiness, the position of
+ * the leaf in `leaves` (0 for another one), a copy of its .grad at that moment
+ * (false for none), and how many times the pass-ended call came. For specs. */
+#define TRACE_MAX 256
+typedef struct {
+  moe_tensor *leaves[TRACE_MAX], *snap[TRACE_MAX];
+  int nleaves, n, pos[TRACE_MAX], ends, overflow;
+} ready_trace;
+
+static int trace_hook(moe_tensor *leaf, void *ud) {
+  ready_trace *tr = ud;
+  if (!leaf) {
+    tr->ends++;
+    return 0;
+  }
+  if (tr->n == TRACE_MAX) {
+    tr->overflow = 1;
+    return 0;
+  }
+  int p = 0;
+  for (int i = 0; i < tr->nleaves && !p; i++)
+    if (tr->leaves[i] == leaf) p = i + 1;
+  tr->pos[tr->n] = p;
+  tr->snap[tr->n++] = leaf->grad ? moe_clone(leaf->grad) : NULL;
+  return 0;
+}
+
+static int l_backward_ready_trace(lua_State *L) {
+  moe_tensor *root = moe_l_check_tensor(L, 1, "backward_ready_trace");
+  luaL_checktype(L, 2, LUA_TTABLE);
+  ready_trace *tr = lua_newuserdata(L, sizeof *tr);
+  memset(tr, 0, sizeof *tr);
+  tr->nleaves = (int)lua_objlen(L, 2);
+  if (tr->nleaves > TRACE_MAX) luaL_error(L, "backward_ready_trace: at most %d leaves", TRACE_MAX);
+  for (int i = 0; i < tr->nleaves; i++) {
+    lua_rawgeti(L, 2, i + 1);
+    tr->leaves[i] = moe_l_check_tensor(L, -1, "backward_ready_trace");
+    lua_pop(L, 1);
+  }
+  void *old_ud;
+  moe_leaf_ready_fn old = moe_set_leaf_ready_hook(trace_hook, tr, &old_ud);
+  int rc = moe_backward(root, NULL, 0);
+  moe_set_leaf_ready_hook(old, old_ud, NULL);
+  if (rc || tr->overflow) {
+    for (int i = 0; i < tr->n; i++) moe_tensor_release(tr->snap[i]);
+    if (rc) return moe_l_raise_engine(L);
+    return luaL_error(L, "backward_ready_trace: more than %d readiness calls", TRACE_MAX);
+  }
+  lua_createtable(L, tr->n, 0);
+  lua_createtable(L, tr->n, 0);
+  for (int i = 0; i < tr->n; i++) {
+    lua_pushinteger(L, tr->pos[i]);
+    lua_rawseti(L, -3, i + 1);
+    if (tr->snap[i]) moe_lua_push(L, tr->snap[i]); /* (takes the reference) */
+    else lua_pushboolean(L, 0);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_pushinteger(L, tr->ends);
+  return 3;
+}
+
+const luaL_Reg moe_l_autograd_funcs[] = {{"backward_ready_trace", l_backward_ready_trace},
+                                         {"set_grad_enabled", l_set_grad_enabled},
                                          {"is_grad_enabled", l_is_grad_enabled},
                                          {"get_flat", l_get_flat},
                                          {"set_flat", l_set_flat},

@@ -198,6 +198,111 @@ static int l_dist_all_reduce_async(lua_State *L) {
   return 1;
 }
 
+/* ---------------------------------------------------------------- the gradient reducer */
+
+#define REDUCER_MT "moe.distributed.Reducer*"
+
+typedef struct {
+  moe_reducer *r;
+} reducer_box;
+
+static int l_reducer_gc(lua_State *L) {
+  reducer_box *b = luaL_checkudata(L, 1, REDUCER_MT);
+  moe_reducer_free(b->r);
+  b->r = NULL;
+  return 0;
+}
+
+static moe_reducer *check_reducer(lua_State *L) {
+  reducer_box *b = luaL_checkudata(L, 1, REDUCER_MT);
+  if (!b->r) luaL_error(L, "moe.distributed.Reducer: this reducer was freed");
+  return b->r;
+}
+
+/* the tensors of list i (distributed.lua checked that each is one) into a
+ * scratch array owned by Lua (pushed), so that an error cannot leak it */
+static moe_tensor **tensor_list(lua_State *L, int i, int *n) {
+  *n = (int)lua_objlen(L, i);
+  moe_tensor **ts = lua_newuserdata(L, sizeof *ts * (size_t)(*n + 1));
+  for (int k = 0; k < *n; k++) {
+    lua_rawgeti(L, i, k + 1);
+    ts[k] = moe_l_opt_tensor(L, -1, "moe.distributed.Reducer");
+    lua_pop(L, 1);
+  }
+  return ts;
+}
+
+/* dist_reducer_new(params, local_params, cap_mb, first_cap_mb) -> a reducer */
+static int l_dist_reducer_new(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  double cap = luaL_checknumber(L, 3), first = luaL_checknumber(L, 4);
+  int n, nl;
+  moe_tensor **ps = tensor_list(L, 1, &n), **ls = tensor_list(L, 2, &nl);
+  reducer_box *b = lua_newuserdata(L, sizeof *b);
+  b->r = NULL;
+  if (luaL_newmetatable(L, REDUCER_MT)) {
+    lua_pushcfunction(L, l_reducer_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  if (!(b->r = moe_reducer_new(ps, n, ls, nl, cap, first))) return raise_dist(L);
+  return 1;
+}
+
+/* dist_reducer_fail(message): an argument error of Reducer(...), on every rank */
+static int l_dist_reducer_fail(lua_State *L) {
+  moe_reducer_fail(luaL_checkstring(L, 1));
+  return raise_dist(L);
+}
+
+static int l_dist_reducer_prepare(lua_State *L) {
+  if (moe_reducer_prepare(check_reducer(L))) return raise_dist(L);
+  return 0;
+}
+
+static int l_dist_reducer_finish(lua_State *L) {
+  if (moe_reducer_finish(check_reducer(L))) return raise_dist(L);
+  return 0;
+}
+
+#define SET_INT(name, v)  \
+  lua_pushnumber(L, (v)); \
+  lua_setfield(L, -2, name)
+
+/* dist_reducer_stats(r) -> a table (moe.h's moe_reducer_stats, and bucket_of) */
+static int l_dist_reducer_stats(lua_State *L) {
+  moe_reducer *r = check_reducer(L);
+  moe_reducer_stats s;
+  moe_reducer_get_stats(r, &s);
+  lua_createtable(L, 0, 20);
+  SET_INT("params", s.params);
+  SET_INT("local_params", s.local);
+  SET_INT("buckets", s.buckets);
+  SET_INT("world_size", s.world_size);
+  SET_INT("bytes", (double)s.bytes);
+  SET_INT("bucket_cap_bytes", (double)s.cap_bytes);
+  SET_INT("first_bucket_bytes", (double)s.first_cap_bytes);
+  SET_INT("steps", s.steps);
+  SET_INT("started_in_backward", s.started_in_backward);
+  SET_INT("done_in_backward", s.done_in_backward);
+  SET_INT("started_at_end", s.started_at_end);
+  SET_INT("started_in_finish", s.started_in_finish);
+  SET_INT("ready_after_first_start", s.ready_after_first_start);
+  SET_INT("unused", s.unused);
+  lua_pushboolean(L, s.armed);
+  lua_setfield(L, -2, "prepared");
+  lua_pushboolean(L, s.deterministic);
+  lua_setfield(L, -2, "deterministic");
+  lua_createtable(L, s.params, 0);
+  for (int i = 0; i < s.params; i++) {
+    lua_pushnumber(L, moe_reducer_bucket_of(r, i) + 1);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_setfield(L, -2, "bucket_of");
+  return 1;
+}
+
 /* set_num_threads(n) -> the previous count (0: the default again); get_num_threads() */
 static int l_set_num_threads(lua_State *L) {
   int64_t n = moe_l_check_int(L, 1, "set_num_threads", "the thread count");
@@ -226,6 +331,11 @@ const luaL_Reg moe_l_dist_funcs[] = {{"dist_init", l_dist_init},
                                      {"dist_all_reduce_async", l_dist_all_reduce_async},
                                      {"dist_work_test", l_dist_work_test},
                                      {"dist_work_wait", l_dist_work_wait},
+                                     {"dist_reducer_new", l_dist_reducer_new},
+                                     {"dist_reducer_fail", l_dist_reducer_fail},
+                                     {"dist_reducer_prepare", l_dist_reducer_prepare},
+                                     {"dist_reducer_finish", l_dist_reducer_finish},
+                                     {"dist_reducer_stats", l_dist_reducer_stats},
                                      {"set_num_threads", l_set_num_threads},
                                      {"get_num_threads", l_get_num_threads},
                                      {NULL, NULL}};
