@@ -45,6 +45,21 @@ NVFLAGS    ?= -O3 -std=c++17 -Xcompiler -fPIC -gencode arch=compute_80,code=sm_8
               -gencode arch=compute_90,code=compute_90
 CUDA_LIBS  := -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lpthread -lstdc++
 CU_COMPILE  = $(NVCC) $(NVFLAGS) -c $< -o $@
+# The NCCL backend of moe.distributed (src/dist/nccl.c: collectives on device
+# tensors) is built when nccl.h is found in the toolkit (or NCCL_HOME/include);
+# NCCL=0 leaves it out, NCCL=1 insists. libnccl itself is opened at the first
+# device collective (dlopen; MOE_NCCL names its path), so nothing links to it
+# and the binary still starts where it is missing.
+NCCL       ?= auto
+NCCL_HOME  ?= $(CUDA_HOME)
+NCCL_FOUND := $(if $(filter 0,$(NCCL)),,$(wildcard $(NCCL_HOME)/include/nccl.h))
+ifneq ($(NCCL_FOUND),)
+$(BUILD)/obj/src/dist/nccl.o: CFLAGS += -DMOE_WITH_NCCL -I$(NCCL_HOME)/include -I$(CUDA_HOME)/include
+else ifeq ($(NCCL),1)
+$(error NCCL=1, but there is no nccl.h in $(NCCL_HOME)/include (set NCCL_HOME))
+else ifeq ($(NCCL),0)
+$(BUILD)/obj/src/dist/nccl.o: CFLAGS += -DMOE_NCCL_OFF
+endif
 endif
 # CUDA=emu: the same .cu files built by g++ against the host emulator in
 # src/cuda/emu (fibers for thread blocks, cuBLAS on OpenBLAS, device memory

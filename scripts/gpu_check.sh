@@ -5,6 +5,8 @@
 #   - bench/peers/torch_gpu_*.py (PyTorch) and bench/gpu.lua (moelua) on the same
 #     GPU, side by side (first: the figures are what a short loan is for)
 #   - every models/ script with --device cuda --smoke
+#   - moe.distributed's NCCL collectives on cuda tensors, one rank (spec/distributed_cuda_spec.lua;
+#     NCCL puts one rank on each GPU, so there is no mpirun run on a one-GPU machine)
 #   - side by side: the whole suite (scripts/test.sh build-gpu; the CUDA specs
 #     run on the GPU), and compute-sanitizer memcheck, racecheck and synccheck
 #     on the MoE and optimizer specs (spec/cuda_spec.lua, backend_spec.lua's CUDA
@@ -20,7 +22,7 @@
 #   the emulator build (build-emu/, MOE_CUDA_EMU=1) and the benchmarks' --quick
 #   sizes; it stops early, and says so, where a real GPU is needed.
 # GPU_CHECK_REBUILD=1: rebuild build-gpu/ with this machine's nvcc (make -j16 CUDA=1).
-# GPU_CHECK_STAGES="bench models suite sanitize": the stages to run (default all; they run in
+# GPU_CHECK_STAGES="bench models nccl suite sanitize": the stages to run (default all; they run in
 #   this order, the figures first); GPU_CHECK_BUDGET=470: seconds for the whole run.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,7 +34,7 @@ summary=$out/gpu_check.md
 : > "$log"
 exec > >(tee -a "$log") 2>&1
 dry=${GPU_CHECK_DRY:-}
-stages=${GPU_CHECK_STAGES:-bench models suite sanitize}
+stages=${GPU_CHECK_STAGES:-bench models nccl suite sanitize}
 budget=${GPU_CHECK_BUDGET:-470} # seconds for the whole run: each stage's limit is cut to what is left
 build=build-gpu
 t_start=$(date +%s)
@@ -107,6 +109,14 @@ print(sorted(hits)[0] if hits else "")' 2>/dev/null || true)
     echo "cuBLAS: $c (PyTorch's wheel)"
   fi
 fi
+# NCCL too (src/dist/nccl.c): the toolkit's, else PyTorch's wheel's
+if [ -z "$dry" ] && [ -z "${MOE_NCCL:-}" ] && ! ldconfig -p 2>/dev/null | grep -q 'libnccl\.so\.2' &&
+   ! ls /usr/local/cuda/lib64/libnccl.so.2 >/dev/null 2>&1; then
+  c=$(python3 -c 'import glob, os, site
+hits = [g for p in site.getsitepackages() for g in glob.glob(os.path.join(p, "nvidia", "**", "libnccl.so.2"), recursive=True)]
+print(sorted(hits)[0] if hits else "")' 2>/dev/null || true)
+  if [ -n "$c" ]; then export MOE_NCCL=$c; echo "NCCL: $c (PyTorch's wheel)"; fi
+fi
 # a build with this machine's nvcc, into build-gpu/ (make's `deps` prerequisite,
 # which would run apt-get, is marked up to date with -o deps)
 rebuilt=""
@@ -170,6 +180,14 @@ if want models; then
   for m in models/*.lua; do
     stage "$(basename "$m") --device cuda --smoke" 60 "$build/moelua" run "$m" --device cuda --smoke
   done
+fi
+
+# --- moe.distributed on cuda tensors through NCCL: one rank (one GPU; NCCL cannot put two ranks on it)
+if want nccl; then
+  echo "moelua NCCL: $("$build/moelua" -e 'print(require("moe").distributed.info())' 2>&1 | sed 's/.*device tensors: //')" |
+    tee -a "$summary"
+  stage "NCCL collectives, one rank (spec/distributed_cuda_spec.lua)" 90 \
+    "$build/moelua" "$MOE_BUSTED" -o TAP spec/distributed_cuda_spec.lua
 fi
 
 # --- the correctness stages, side by side (the benchmarks are done: nothing is

@@ -75,11 +75,12 @@ run "busted" "$build/moelua" "$busted" -o TAP spec
 
 # the CUDA backend's kernels on the host emulator (src/cuda/emu; built by
 # `make test` as build-emu): the device specs run here even without a GPU
+# (distributed_cuda_spec: the error of a device collective without NCCL)
 emu_root="$root/build-emu"
 if [ -z "${MOE_CUDA_EMU:-}" ] && [ -x "$emu_root/moelua" ]; then
   echo "== CUDA specs on the host emulator (build-emu/moelua)"
   emu_part=$(mktemp)
-  MOE_CUDA_EMU=1 MOELUA_BIN="$emu_root/moelua" run "CUDA emulator" "$emu_root/moelua" "$busted" -o TAP spec/cuda_spec.lua spec/emu_spec.lua spec/backend_spec.lua spec/device_train_spec.lua > "$emu_part"
+  MOE_CUDA_EMU=1 MOELUA_BIN="$emu_root/moelua" run "CUDA emulator" "$emu_root/moelua" "$busted" -o TAP spec/cuda_spec.lua spec/emu_spec.lua spec/backend_spec.lua spec/device_train_spec.lua spec/distributed_cuda_spec.lua > "$emu_part"
   cat "$emu_part"
   emu_pass=$(grep -cE '^ok [0-9]+' "$emu_part")
   echo "CUDA specs on the emulator: $emu_pass passed"

@@ -1,5 +1,6 @@
 -- moe.distributed: processes that work together, in torch.distributed's style,
--- on the engine's communicator (src/dist/: MPI, from Debian's OpenMPI).
+-- on the engine's communicator (src/dist/: MPI, from Debian's OpenMPI, for host
+-- tensors; NCCL, from the CUDA toolkit, for device tensors).
 --
 --   mpirun -np 2 build/moelua run script.lua     -- each process is one rank
 --
@@ -14,7 +15,7 @@
 --   dist.all_to_all(t, send_counts)    -- send_counts[r + 1] rows of t to rank r; the rows received
 --                                      -- (in rank order), and recv_counts
 --   dist.all_reduce_async(t, op)       -- started at once: w:is_completed(), w:wait() (-> t)
---   dist.info()                        -- rank, world, backend, MPI library, threads and why, ...
+--   dist.info()                        -- rank, world, backend, MPI library, threads and why, NCCL, ...
 --   local r = dist.Reducer(params, {bucket_cap_mb = 25})   -- data-parallel grads (DDP's reducer)
 --   r:prepare(); loss:backward(); r:finish()                 -- each param's .grad: the mean over the ranks
 --
@@ -29,6 +30,13 @@
 -- same order; each call first exchanges what every rank passed, so a mismatch
 -- (another shape, dtype, op, root or collective) or a bad argument on any rank
 -- is an error on every rank, naming the ranks, instead of a hang.
+--
+-- The collectives take cuda tensors too, in builds with NCCL (a CUDA build
+-- where nccl.h was found): the process's one NCCL communicator is made at the
+-- first such call, on its current device, and each collective is queued on
+-- the engine's stream, ordered with its kernels (the host does not wait;
+-- all_reduce_async's wait makes the stream wait for it). NCCL puts one rank
+-- on each GPU: several ranks on one machine need a GPU each.
 local moe = require "moe"
 local core = moe.core
 local error = moe._error -- every error is raised at the user's line (init.lua)
@@ -81,15 +89,22 @@ end
 -- info(): {initialized, rank, world_size, local_rank, local_size (the ranks on this
 -- machine), launched (mpirun's process count, 0 without it), built, backend
 -- ("mpi" or "local"), library (the MPI library), thread_level, threads (this
--- rank's CPU threads), threads_reason, checks, reason (why one rank, when so)}
+-- rank's CPU threads), threads_reason, checks, reason (why one rank, when so),
+-- nccl_built, nccl_version (nccl.h's at build time), nccl_library (the libnccl
+-- found now), nccl_ready and nccl_device (its communicator, once made),
+-- nccl_reason (why device tensors cannot be used, when so)}
 function D.info()
   local i = core.dist_info()
   return setmetatable(i, { __tostring = function(t)
     local where = t.initialized and ("rank %d of %d"):format(t.rank, t.world_size) or "not initialized"
     local lib = t.library ~= "" and (" (%s, thread level %s)"):format(t.library, t.thread_level) or ""
-    return ("moe.distributed: %s, backend %s%s; %d thread%s: %s%s"):format(where, t.backend, lib, t.threads,
-      t.threads == 1 and "" or "s", t.threads_reason ~= "" and t.threads_reason or "the default",
-      t.reason and ("; one rank: " .. t.reason) or "")
+    local nccl = not t.nccl_built and "no NCCL (" .. t.nccl_reason .. ")"
+      or t.nccl_reason and ("NCCL %s unusable: %s"):format(t.nccl_version, t.nccl_reason)
+      or ("NCCL %s (libnccl %s%s)"):format(t.nccl_version, t.nccl_library,
+        t.nccl_ready and (", on device " .. t.nccl_device) or "")
+    return ("moe.distributed: %s, backend %s%s; %d thread%s: %s%s; device tensors: %s"):format(where, t.backend,
+      lib, t.threads, t.threads == 1 and "" or "s", t.threads_reason ~= "" and t.threads_reason or "the default",
+      t.reason and ("; one rank: " .. t.reason) or "", nccl)
   end })
 end
 
@@ -143,7 +158,9 @@ end
 
 -- a nonblocking all_reduce: w:is_completed() (which also lets MPI move the
 -- data along), w:wait() returns t with the result. t must not be read or
--- written until then. The ranks start them in the same order.
+-- written until then. The ranks start them in the same order. On a cuda
+-- tensor it is queued on the stream: is_completed asks its event, and wait
+-- orders the stream after it without waiting on the host.
 local Work = {}
 Work.__index = Work
 function Work:is_completed() return core.dist_work_test(self._w) end

@@ -326,7 +326,11 @@ S[#S + 1] = { id = "distributed", title = "Processes (moe.distributed)", intro =
   .. "`mpirun -np 2 build/moelua run script.lua` starts two ranks. Ranks are 0-based, as mpirun's own messages "
   .. "number them; a list indexed by rank has rank r's entry at [r + 1]. Without mpirun (or in a build without "
   .. "MPI) the world is one rank and every collective is a copy. Collectives take host tensors of any dtype "
-  .. "(bool reduces as logic: sum and max are or, prod and min are and); every rank must make the same calls in "
+  .. "(bool reduces as logic: sum and max are or, prod and min are and), and cuda tensors through NCCL in a CUDA "
+  .. "build that found nccl.h (one communicator per process, on its current device, made at the first device "
+  .. "collective; the collectives are queued on the engine's stream, after the kernels before them, and the host "
+  .. "does not wait; NCCL needs a GPU per rank). Every rank passes its tensor on the same device, and every rank "
+  .. "must make the same calls in "
   .. "the same order. Each call first exchanges what every rank passed, so a mismatch (shape, dtype, op, root, "
   .. "collective) or a bad argument on any rank is an error on every rank, naming the ranks, not a hang. A rank "
   .. "whose script fails ends the job on every rank (MPI_Abort).",
@@ -348,7 +352,10 @@ S[#S + 1] = { id = "distributed", title = "Processes (moe.distributed)", intro =
     { "distributed.info", "moe.distributed.info()", "The world as this rank sees it: initialized, rank, "
       .. "world_size, local_rank and local_size (the ranks on this machine), launched (mpirun's process count, 0 "
       .. "without it), built, backend (\"mpi\" or \"local\"), library (the MPI library), thread_level, threads "
-      .. "(this rank's CPU threads) and threads_reason, checks, and reason (why one rank, when so).",
+      .. "(this rank's CPU threads) and threads_reason, checks, and reason (why one rank, when so); for device "
+      .. "tensors: nccl_built, nccl_version (nccl.h's at build time), nccl_library (the libnccl opened at run time, "
+      .. "found on the loader's path or named by MOE_NCCL), nccl_ready and nccl_device (its communicator, once "
+      .. "made), and nccl_reason (why device collectives cannot run, when so).",
       details = "When several ranks share a machine each runs one CPU thread (the thread pool and OpenBLAS), "
         .. "unless MOE_DIST_THREADS=n (n each) or MOE_NUM_THREADS says otherwise.",
       returns = "a table (tostring gives one line)." },
@@ -360,7 +367,9 @@ S[#S + 1] = { id = "distributed", title = "Processes (moe.distributed)", intro =
       .. "passes the same dtype and shape.", returns = "t.", example = "moe.distributed.all_reduce(grad, \"mean\")" },
     { "distributed.all_reduce_async", "moe.distributed.all_reduce_async(t, [op])", "all_reduce started at once "
       .. "(MPI_Iallreduce): w:is_completed() says whether it is done (and lets MPI move the data along), w:wait() "
-      .. "waits and returns t. Leave t alone until then.", returns = "a work handle w." },
+      .. "waits and returns t. Leave t alone until then. On a cuda tensor it is queued on the stream (NCCL): "
+      .. "is_completed asks its event, and wait orders the stream after it without waiting on the host.",
+      returns = "a work handle w." },
     { "distributed.broadcast", "moe.distributed.broadcast(t, [root])", "In place: root's t (rank 0 by default) on "
       .. "every rank.", returns = "t." },
     { "distributed.all_gather", "moe.distributed.all_gather(t)", "Every rank's t, stacked along dim 1 in rank "
@@ -370,7 +379,8 @@ S[#S + 1] = { id = "distributed", title = "Processes (moe.distributed)", intro =
       .. "blocks: rank r gets block r + 1 reduced over the ranks.", returns = "a new tensor." },
     { "distributed.all_to_all", "moe.distributed.all_to_all(t, send_counts)", "Rows of t to every rank: the first "
       .. "send_counts[1] to rank 0, the next send_counts[2] to rank 1, ...; the counts are exchanged first, then the "
-      .. "rows in one MPI_Alltoallv. send_counts is a list of world_size() row counts (or a 1-d integer tensor). "
+      .. "rows in one MPI_Alltoallv (on cuda tensors, one grouped ncclSend/ncclRecv per peer). send_counts is a "
+      .. "list of world_size() row counts (or a 1-d integer tensor). "
       .. "Differentiable: when t requires grad, the gradient goes back by the mirror all_to_all (each rank's send and "
       .. "receive counts swapped), so backward is a collective that every rank runs.",
       returns = "the rows received, in rank order, and recv_counts (a list).",

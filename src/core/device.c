@@ -96,6 +96,7 @@ const void *moe_cuda_read_wait(moe_cuda_read *r) {
   return NULL;
 }
 void moe_cuda_read_free(moe_cuda_read *r) { (void)r; }
+void *moe_cuda_current_stream(void) { return NULL; }
 #endif
 
 /* ---------------------------------------------------------------- the backends' kernels */

@@ -26,6 +26,9 @@ int moe_cuda_versions(int *runtime, int *driver);
 /* why no device is usable, in plain words; "" when one is */
 const char *moe_cuda_unavailable_reason(void);
 int moe_cuda_is_emulator(void); /* 1 on the host emulator's build (src/cuda/emu) */
+/* the stream the engine's kernels go on now (a cudaStream_t; NULL is the
+ * default stream): src/dist/nccl.c enqueues its collectives there */
+void *moe_cuda_current_stream(void);
 /* fn runs when cudaMalloc fails, before the cache is emptied and the request
  * retried: the binding runs a full Lua collection there (dead tensors' memory) */
 void moe_cuda_set_oom_hook(void (*fn)(void));

@@ -357,11 +357,14 @@ moe_tensor *moe_sum_to_shape(const moe_tensor *g, int ndim, const int64_t *shape
 int moe_set_num_threads(int n); /* returns the previous count */
 int moe_get_num_threads(void);
 
-/* ---- processes (src/dist/: the communicator interface, MPI backend) ----
+/* ---- processes (src/dist/: the communicator interface, MPI and NCCL backends) ----
  * Ranks are 0-based, as MPI's, mpirun's and torch.distributed's. Without
  * mpirun (or in a build without MPI) the world is one rank, and every
  * collective is a copy. Collectives run on host tensors of any dtype (bool
- * reduces as logical: sum and max are or, prod and min are and); every rank
+ * reduces as logical: sum and max are or, prod and min are and), and on CUDA
+ * tensors through NCCL where the build has it (one communicator per process,
+ * on its current device; the collectives are queued on the engine's stream,
+ * the host does not wait for them); every rank
  * must call the same collectives in the same order. With the checks on (the
  * default) each call first exchanges a small description of every rank's
  * arguments (the collective, dtype, shape, op or root, and any argument error
@@ -380,6 +383,12 @@ typedef struct {
   const char *library;        /* the MPI library's version line, or "" */
   const char *threads_reason; /* why `threads` */
   const char *reason;         /* why a 1-rank world, when it is one */
+  /* device tensors' backend (src/dist/nccl.c): built with NCCL; its
+   * communicator made (at the first device collective) and on which device */
+  int nccl_built, nccl_ready, nccl_device;
+  const char *nccl_version; /* nccl.h's at build time ("2.28.9"), or "" */
+  const char *nccl_library; /* the libnccl opened at run time: its version, or "" */
+  const char *nccl_reason;  /* why device collectives cannot run, when known; else "" */
 } moe_dist_info;
 /* idempotent; MPI_Init_thread when launched by mpirun, else the 1-rank world.
  * When it initialises MPI it also ends it at exit: MPI_Finalize when the

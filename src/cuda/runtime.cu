@@ -20,6 +20,7 @@ static char last_error[320];
 static char pending[320];
 
 cudaStream_t moe_cuda_stream(void) { return 0; } /* the default stream: ordered with cudaMemcpy */
+extern "C" void *moe_cuda_current_stream(void) { return (void *)moe_cuda_stream(); }
 
 void moe_cuda_fail(const char *op, const char *what) {
   if (!pending[0]) snprintf(pending, sizeof pending, "%s: CUDA error: %s", op, what);

@@ -1,12 +1,14 @@
 /* comm.h -- the communicator interface, private to src/dist/.
  *
- * A backend moves raw host buffers between the ranks of one world; dist.c
+ * A backend moves raw buffers between the ranks of one world; dist.c
  * (the engine's moe_dist_* functions, moe.h) checks the tensors, exchanges
  * the ranks' descriptions of their arguments first, allocates the outputs and
  * picks the backend by the tensors' device, as dispatch.h picks kernels:
  *   MOE_CPU   the MPI backend (mpi.c) in a world launched by mpirun, else the
  *             1-rank world (local.c), where every collective is a copy;
- *   MOE_CUDA  none yet (NCCL's, later): an error naming the op and device.
+ *   MOE_CUDA  the NCCL backend (nccl.c), whose buffers are device memory and
+ *             whose collectives go on the engine's stream; in a build without
+ *             it, an error naming the op, the device and why.
  * Nothing in src/cpu or src/cuda knows about this. Counts are elements (of
  * dtype) or rows (of row_bytes bytes); every function returns 0, or -1 with
  * moe_error set. Ops reaching a backend are SUM, MAX, MIN or PROD (dist.c
@@ -58,6 +60,21 @@ typedef struct {
 const moe_comm *moe_dist_host_comm(void);
 
 extern const moe_comm moe_comm_local;
+
+/* The NCCL backend (nccl.c): NULL in a build without it (moe_comm_nccl_missing
+ * says why). Only its collectives are set (all_reduce .. all_to_allv, on device
+ * pointers); the world, the barrier and the small exchanges stay the host
+ * backend's. moe_nccl_load opens libnccl (a local step, so dist.c does it
+ * before the ranks compare their arguments: a rank without it fails on every
+ * rank); moe_nccl_join makes the one communicator of the process, at the
+ * first device collective, on every rank at once (rank 0's id travels by the
+ * host backend's broadcast). Both return 0 or -1 (load: the reason in err;
+ * join: moe_error naming op). */
+extern const moe_comm *const moe_comm_nccl;
+extern const char moe_comm_nccl_missing[];
+int moe_nccl_load(char *err, size_t n);
+int moe_nccl_join(const char *op, const moe_comm *host, const moe_comm_world *w);
+void moe_nccl_info(moe_dist_info *o); /* fills o's nccl_* fields */
 /* NULL in a build without MPI (mpi.c then says why in moe_comm_mpi_missing) */
 extern const moe_comm *const moe_comm_mpi;
 extern const char moe_comm_mpi_missing[];

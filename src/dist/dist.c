@@ -1,12 +1,15 @@
 /* dist.c -- the engine's collectives on tensors (moe.h, "processes"): the
  * world (which backend, set up once), the checks each collective makes before
- * it moves a byte, and the dispatch of host tensors to the world's backend.
+ * it moves a byte, and the dispatch of host tensors to the world's backend
+ * and of device tensors to NCCL's.
  *
  * The checks: a rank that finds a bad argument must not simply return, or the
  * others would wait for it forever; so each collective first exchanges one
  * fixed-size description per rank (which collective, dtype, shape, op or root,
  * and the rank's own argument error, if any), and every rank then raises the
- * same error when any rank erred or the descriptions disagree. That is one
+ * same error when any rank erred or the descriptions disagree (the device
+ * too: a host tensor on one rank and a device one on another would go to two
+ * backends that never meet). That is one
  * small all-gather per call (a few microseconds on one machine);
  * moe_dist_set_checks(0) leaves it out, and a mismatch then hangs or corrupts
  * as in MPI itself. In the 1-rank world there is nothing to exchange.
@@ -148,6 +151,7 @@ void moe_dist_get_info(moe_dist_info *o) {
     o->thread_level = -1;
     o->backend = "none";
   }
+  moe_nccl_info(o);
 }
 
 int moe_dist_rank(void) { return moe_dist_init() ? 0 : S.w.rank; }
@@ -176,12 +180,13 @@ enum { C_BARRIER, C_ALL_REDUCE, C_BROADCAST, C_ALL_GATHER, C_REDUCE_SCATTER, C_A
 static const char *const coll_names[] = {"barrier",        "all_reduce", "broadcast",       "all_gather",
                                          "reduce_scatter", "all_to_all", "all_reduce_async"};
 
-/* what each rank says about its call (fixed size: one all-gather of bytes) */
+/* what each rank says about its call (fixed size, 256 bytes: one all-gather of bytes) */
 typedef struct {
-  int32_t coll, dtype, ndim, arg;
+  int32_t coll, dtype, ndim, arg, device;
   int64_t shape[MOE_MAX_DIMS];
-  char error[176];
+  char error[168];
 } desc;
+_Static_assert(sizeof(desc) == 256, "one rank's description is 256 bytes");
 
 enum { SAME_SHAPE = 1, SAME_TAIL = 2, SAME_ARG = 4 }; /* what the ranks must agree on */
 
@@ -207,6 +212,7 @@ static int agree(int coll, const moe_tensor *t, int32_t arg, const char *err, in
   me.coll = coll;
   me.arg = arg;
   if (t) {
+    me.device = t->device;
     me.dtype = t->dtype;
     me.ndim = t->ndim;
     memcpy(me.shape, t->shape, sizeof(int64_t) * (size_t)t->ndim);
@@ -236,6 +242,12 @@ static int agree(int coll, const moe_tensor *t, int32_t arg, const char *err, in
       rc = moe_error("%s: the ranks called different collectives: rank 0 %s, rank %d %s (every rank must call "
                      "the same collectives in the same order)",
                      name, cx ? coll_names[x->coll] : "?", r, cy ? coll_names[y->coll] : "?");
+      goto out;
+    }
+    if (x->device != y->device) {
+      rc = moe_error("%s: the ranks' tensors are on different devices: rank 0 passed a %s tensor, rank %d a %s one "
+                     "(every rank must pass its tensor on the same device)",
+                     name, x->device == MOE_CUDA ? "cuda" : "cpu", r, y->device == MOE_CUDA ? "cuda" : "cpu");
       goto out;
     }
     int same = x->dtype == y->dtype && x->ndim == y->ndim;
@@ -271,13 +283,26 @@ int moe_dist_fail(const char *coll, const char *msg) {
 }
 
 /* the backend of t's device (as dispatch.h's MOE_K picks a kernel), else NULL
- * with the reason in err */
+ * with the reason in err. This is each rank's own finding (before the ranks
+ * compare their arguments); the NCCL communicator itself is made after, by
+ * backend_of, on every rank at once. */
 static const moe_comm *comm_for(const moe_tensor *t, char *err, size_t n) {
   if (t->device == MOE_CPU) return S.host;
+  char why[280];
+  if (!moe_comm_nccl) snprintf(why, sizeof why, "%s", moe_comm_nccl_missing);
+  else if (moe_nccl_load(why, sizeof why) == 0) return moe_comm_nccl;
   snprintf(err, n,
-           "not on this backend (cuda): collectives on device tensors need the NCCL backend, which this build "
-           "lacks; move the tensor to the host with t:cpu()");
+           "not on this backend (cuda): device collectives need NCCL, and %s (t:cpu() moves the tensor to the "
+           "host)",
+           why);
   return NULL;
+}
+
+/* the backend that moves t (the ranks have agreed on its device): for a device
+ * tensor, NCCL's communicator, made at the first such collective */
+static const moe_comm *backend_of(const char *op, const moe_tensor *t) {
+  if (t->device == MOE_CPU) return S.host;
+  return moe_nccl_join(op, S.host, &S.w) ? NULL : moe_comm_nccl;
 }
 
 /* the checks of every collective on one tensor, into err ("" when fine) */
@@ -317,15 +342,24 @@ static moe_tensor *contiguous(const moe_tensor *t) {
 /* in-place results: back into t when they were computed in a copy; autograd's
  * version check then catches a backward that would read t's old values */
 static void write_back(moe_tensor *t, moe_tensor *c) {
-  if (c != t) MOE_K(copy, MOE_CPU, t, c);
+  if (c != t) MOE_K(copy, t->device, t, c);
   t->storage->version++;
 }
 
-static void divide(moe_tensor *c, int64_t n, int by) {
+/* the mean's division (float tensors): on the device, a kernel after the sum on
+ * the same stream; on the host, a loop */
+static int divide(moe_tensor *c, int64_t n, int by) {
+  if (c->device != MOE_CPU) {
+    int g = moe_set_grad_enabled(0);
+    int rc = moe_binary_scalar_(MOE_DIV, c, by);
+    moe_set_grad_enabled(g);
+    return rc;
+  }
   if (c->dtype == MOE_F32)
     for (float *p = (float *)moe_data(c), *e = p + n; p < e; p++) *p /= (float)by;
   else if (c->dtype == MOE_F64)
     for (double *p = (double *)moe_data(c), *e = p + n; p < e; p++) *p /= by;
+  return 0;
 }
 
 static moe_dist_op wire_op(moe_dist_op op) { return op == MOE_DIST_MEAN ? MOE_DIST_SUM : op; }
@@ -346,34 +380,34 @@ int moe_dist_barrier(void) {
 
 int moe_dist_all_reduce_(moe_tensor *t, moe_dist_op op) {
   ENSURE_INIT();
-  char err[176];
+  char err[400];
   check_tensor(t, err, sizeof err);
   check_op(op, t, err, sizeof err);
   check_in_place(t, err, sizeof err);
   if (agree(C_ALL_REDUCE, t, op, err, SAME_SHAPE | SAME_ARG, NULL)) return -1;
-  moe_tensor *c = contiguous(t);
+  const moe_comm *b = backend_of("all_reduce", t);
+  moe_tensor *c = b ? contiguous(t) : NULL;
   if (!c) return -1;
   int64_t n = moe_numel(c);
-  int rc = S.host->all_reduce(moe_data(c), n, c->dtype, wire_op(op));
-  if (!rc) {
-    if (op == MOE_DIST_MEAN) divide(c, n, S.w.world_size);
-    write_back(t, c);
-  }
+  int rc = b->all_reduce(moe_data(c), n, c->dtype, wire_op(op));
+  if (!rc && op == MOE_DIST_MEAN) rc = divide(c, n, S.w.world_size);
+  if (!rc) write_back(t, c);
   moe_tensor_release(c);
   return rc;
 }
 
 int moe_dist_broadcast_(moe_tensor *t, int root) {
   ENSURE_INIT();
-  char err[176];
+  char err[400];
   check_tensor(t, err, sizeof err);
   if (!err[0] && (root < 0 || root >= S.w.world_size))
     snprintf(err, sizeof err, "root %d is not a rank of this world (ranks are 0 to %d)", root, S.w.world_size - 1);
   check_in_place(t, err, sizeof err);
   if (agree(C_BROADCAST, t, root, err, SAME_SHAPE | SAME_ARG, NULL)) return -1;
-  moe_tensor *c = contiguous(t);
+  const moe_comm *b = backend_of("broadcast", t);
+  moe_tensor *c = b ? contiguous(t) : NULL;
   if (!c) return -1;
-  int rc = S.host->broadcast(moe_data(c), (size_t)moe_numel(c) * moe_dtype_size(c->dtype), root);
+  int rc = b->broadcast(moe_data(c), (size_t)moe_numel(c) * moe_dtype_size(c->dtype), root);
   if (!rc && S.w.rank != root) write_back(t, c);
   moe_tensor_release(c);
   return rc;
@@ -391,7 +425,7 @@ static size_t row_bytes(const moe_tensor *t) {
 #define ERRV NULL
 moe_tensor *moe_dist_all_gather(const moe_tensor *t, int64_t *rows_out) {
   ENSURE_INIT();
-  char err[176];
+  char err[400];
   check_tensor(t, err, sizeof err);
   desc *all = NULL;
   if (agree(C_ALL_GATHER, t, 0, err, SAME_TAIL, &all)) return NULL;
@@ -414,8 +448,9 @@ moe_tensor *moe_dist_all_gather(const moe_tensor *t, int64_t *rows_out) {
   int nd = t->ndim ? t->ndim : 1;
   shape[0] = total;
   for (int k = 1; k < nd; k++) shape[k] = t->shape[k];
-  moe_tensor *out = moe_empty(nd, shape, t->dtype), *c = out ? contiguous(t) : NULL;
-  int rc = c ? S.host->all_gatherv(moe_data(c), moe_data(out), rows, row_bytes(t)) : -1;
+  const moe_comm *b = backend_of("all_gather", t);
+  moe_tensor *out = b ? moe_empty_on(t->device, nd, shape, t->dtype) : NULL, *c = out ? contiguous(t) : NULL;
+  int rc = c ? b->all_gatherv(moe_data(c), moe_data(out), rows, row_bytes(t)) : -1;
   if (!rc && rows_out) memcpy(rows_out, rows, sizeof(int64_t) * (size_t)n);
   free(rows);
   moe_tensor_release(c);
@@ -428,7 +463,7 @@ moe_tensor *moe_dist_all_gather(const moe_tensor *t, int64_t *rows_out) {
 
 moe_tensor *moe_dist_reduce_scatter(const moe_tensor *t, moe_dist_op op) {
   ENSURE_INIT();
-  char err[176];
+  char err[400];
   int n = S.w.world_size;
   check_tensor(t, err, sizeof err);
   check_op(op, t, err, sizeof err);
@@ -439,20 +474,21 @@ moe_tensor *moe_dist_reduce_scatter(const moe_tensor *t, moe_dist_op op) {
   int64_t shape[MOE_MAX_DIMS];
   memcpy(shape, t->shape, sizeof(int64_t) * (size_t)t->ndim);
   shape[0] /= n;
-  moe_tensor *out = moe_empty(t->ndim, shape, t->dtype), *c = out ? contiguous(t) : NULL;
+  const moe_comm *b = backend_of("reduce_scatter", t);
+  moe_tensor *out = b ? moe_empty_on(t->device, t->ndim, shape, t->dtype) : NULL, *c = out ? contiguous(t) : NULL;
   int64_t each = out ? moe_numel(out) : 0;
-  int rc = c ? S.host->reduce_scatter(moe_data(c), moe_data(out), each, t->dtype, wire_op(op)) : -1;
+  int rc = c ? b->reduce_scatter(moe_data(c), moe_data(out), each, t->dtype, wire_op(op)) : -1;
   moe_tensor_release(c);
+  if (!rc && op == MOE_DIST_MEAN) rc = divide(out, each, n);
   if (rc) {
     moe_tensor_release(out);
     return NULL;
   }
-  if (op == MOE_DIST_MEAN) divide(out, each, n);
   return out;
 }
 
 static moe_tensor *all_to_all_impl(const moe_tensor *t, const int64_t *send, int nsend, int64_t *recv_out) {
-  char err[176];
+  char err[400];
   int n = S.w.world_size;
   check_tensor(t, err, sizeof err);
   if (!err[0] && t->ndim == 0) snprintf(err, sizeof err, "needs a tensor of at least one dim (rows), got a 0-dim one");
@@ -480,8 +516,9 @@ static moe_tensor *all_to_all_impl(const moe_tensor *t, const int64_t *send, int
   int64_t shape[MOE_MAX_DIMS];
   memcpy(shape, t->shape, sizeof(int64_t) * (size_t)t->ndim);
   shape[0] = total;
-  moe_tensor *out = moe_empty(t->ndim, shape, t->dtype), *c = out ? contiguous(t) : NULL;
-  int rc = c ? S.host->all_to_allv(moe_data(c), send, moe_data(out), recv, row_bytes(t)) : -1;
+  const moe_comm *b = backend_of("all_to_all", t);
+  moe_tensor *out = b ? moe_empty_on(t->device, t->ndim, shape, t->dtype) : NULL, *c = out ? contiguous(t) : NULL;
+  int rc = c ? b->all_to_allv(moe_data(c), send, moe_data(out), recv, row_bytes(t)) : -1;
   if (!rc && recv_out) memcpy(recv_out, recv, sizeof(int64_t) * (size_t)n);
   free(recv);
   moe_tensor_release(c);
@@ -537,6 +574,7 @@ moe_tensor *moe_dist_all_to_all(const moe_tensor *t, const int64_t *send, int ns
 /* ---------------------------------------------------------------- the nonblocking all_reduce */
 
 struct moe_dist_work {
+  const moe_comm *b; /* the backend it runs on */
   moe_tensor *t, *c; /* the caller's tensor, and the contiguous buffer being reduced (maybe t) */
   moe_dist_op op;
   moe_comm_req *req;
@@ -545,20 +583,23 @@ struct moe_dist_work {
 
 moe_dist_work *moe_dist_all_reduce_start(moe_tensor *t, moe_dist_op op) {
   ENSURE_INIT();
-  char err[176];
+  char err[400];
   check_tensor(t, err, sizeof err);
   check_op(op, t, err, sizeof err);
   check_in_place(t, err, sizeof err);
   if (agree(C_ALL_REDUCE_ASYNC, t, op, err, SAME_SHAPE | SAME_ARG, NULL)) return NULL;
+  const moe_comm *b = backend_of("all_reduce_async", t);
+  if (!b) return NULL;
   moe_dist_work *w = calloc(1, sizeof *w);
   moe_tensor *c = w ? contiguous(t) : NULL;
-  if (!c || S.host->all_reduce_start(moe_data(c), moe_numel(c), c->dtype, wire_op(op), &w->req)) {
+  if (!c || b->all_reduce_start(moe_data(c), moe_numel(c), c->dtype, wire_op(op), &w->req)) {
     if (!c && w) moe_error("all_reduce_async: out of memory");
     moe_tensor_release(c);
     free(w);
     return NULL;
   }
   moe_tensor_retain(t);
+  w->b = b;
   w->t = t;
   w->c = c;
   w->op = op;
@@ -566,34 +607,37 @@ moe_dist_work *moe_dist_all_reduce_start(moe_tensor *t, moe_dist_op op) {
   return w;
 }
 
-static void finish(moe_dist_work *w) {
+static int finish(moe_dist_work *w) {
   w->done = 1;
   w->req = NULL;
-  if (w->op == MOE_DIST_MEAN) divide(w->c, moe_numel(w->c), S.w.world_size);
+  if (w->op == MOE_DIST_MEAN && divide(w->c, moe_numel(w->c), S.w.world_size)) {
+    w->failed = 1;
+    return -1;
+  }
   write_back(w->t, w->c);
+  return 0;
 }
 
 int moe_dist_work_test(moe_dist_work *w) {
   if (w->done) return w->failed ? -1 : 1;
   int done = 0;
-  if (S.host->test(w->req, &done)) {
+  if (w->b->test(w->req, &done)) {
     w->done = w->failed = 1;
     w->req = NULL;
     return -1;
   }
-  if (done) finish(w);
+  if (done && finish(w)) return -1;
   return done;
 }
 
 int moe_dist_work_wait(moe_dist_work *w) {
   if (w->done) return w->failed ? moe_error("all_reduce_async: the operation failed") : 0;
-  if (S.host->wait(w->req)) {
+  if (w->b->wait(w->req)) {
     w->done = w->failed = 1;
     w->req = NULL;
     return -1;
   }
-  finish(w);
-  return 0;
+  return finish(w);
 }
 
 moe_tensor *moe_dist_work_tensor(moe_dist_work *w) { return w->t; }

@@ -33,12 +33,13 @@ static void set_str(lua_State *L, const char *k, const char *v) {
 }
 
 /* dist_info() -> {initialized, rank, world_size, local_rank, local_size, launched, built,
- *   backend, library, thread_level, threads, threads_reason, checks, reason} */
+ *   backend, library, thread_level, threads, threads_reason, checks, reason,
+ *   nccl_built, nccl_ready, nccl_device, nccl_version, nccl_library, nccl_reason} */
 static int l_dist_info(lua_State *L) {
   moe_dist_info i;
   moe_dist_get_info(&i);
   static const char *const levels[] = {"single", "funneled", "serialized", "multiple"};
-  lua_createtable(L, 0, 14);
+  lua_createtable(L, 0, 20);
   lua_pushboolean(L, i.initialized);
   lua_setfield(L, -2, "initialized");
   set_int(L, "rank", i.rank);
@@ -56,6 +57,14 @@ static int l_dist_info(lua_State *L) {
   lua_pushboolean(L, i.checks);
   lua_setfield(L, -2, "checks");
   if (i.reason && *i.reason) set_str(L, "reason", i.reason);
+  lua_pushboolean(L, i.nccl_built);
+  lua_setfield(L, -2, "nccl_built");
+  lua_pushboolean(L, i.nccl_ready);
+  lua_setfield(L, -2, "nccl_ready");
+  set_int(L, "nccl_device", i.nccl_device);
+  set_str(L, "nccl_version", i.nccl_version);
+  set_str(L, "nccl_library", i.nccl_library);
+  if (i.nccl_reason && *i.nccl_reason) set_str(L, "nccl_reason", i.nccl_reason);
   return 1;
 }
 
