@@ -269,6 +269,39 @@ m:save("sparse.moe") -- (collective: the experts gathered, rank 0 writes)
     assert.is_true(worst < 1e-5, "largest weight difference " .. worst)
   end)
 
+  it("averages through the reducer, its buckets started during backward; deterministic runs repeat to the bit", function()
+    if skip_reason then return end
+    local src = [[
+local moe = require "moe"
+local D = moe.distributed
+io.stdout:setvbuf("line")
+moe.set_deterministic(true)
+moe.manual_seed(1)
+local x, y = moe.randn(64, 8), moe.randn(64, 1)
+local m = moe.nn.Sequential { moe.nn.Dense { units = 600, activation = "relu" }, moe.nn.Dense { units = 600, activation = "relu" },
+  moe.nn.Dense { units = 1 } }
+m:compile { optimizer = "adam", loss = "mse" }
+local R, made = D.Reducer, nil
+D.Reducer = function(...) made = R(...); return made end -- (to read its stats)
+m:fit { x = x, y = y, batch_size = 8, epochs = 1, verbose = 0, seed = 3 }
+local st = made:stats()
+print("buckets=" .. st.buckets); print("steps=" .. st.steps); print("early=" .. st.started_in_backward)
+print("det=" .. tostring(st.deterministic))
+local bits = {}
+for _, w in ipairs(m:get_weights()) do bits[#bits + 1] = ("%.17g"):format(w:double():sum():item()) end
+print("w=" .. table.concat(bits, ","))
+]]
+    local a, b = run(2, src), run(2, src)
+    expect_ok(a); expect_ok(b)
+    local v = values(a.lines[0])
+    assert.is_true(v.buckets >= 2, a.out) -- (1.4 MiB of gradients: the 1 MiB first bucket, then the rest)
+    assert.are.equal(4, v.steps) -- 64 rows, 2 ranks, 8 a batch
+    assert.is_true(v.early >= 1, a.out) -- a bucket's all-reduce started before backward returned
+    assert.are.equal("true", v.det)
+    assert.are.equal(v.w, values(a.lines[1]).w) -- every rank, the same bits
+    assert.are.equal(v.w, values(b.lines[0]).w) -- and every run
+  end)
+
   it("averages the gradients: one step at 2 ranks is the step on the union of their batches", function()
     if skip_reason then return end
     local r = run(2, [[
