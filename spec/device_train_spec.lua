@@ -132,6 +132,26 @@ describe("fit, evaluate and predict with the model on the device", function()
     assert.is_true(max_diff(c.p, d.p) < 1e-5)
     for i, w in ipairs(c.w) do assert.is_true(max_diff(w, d.w[i]) < 1e-5) end
   end)
+  it("fit{distributed = true} on the device (a 1-rank world) trains as the plain fit does", function()
+    if not need_device() then return end
+    local x, y = tiny_data()
+    local runs = {}
+    for _, d in ipairs { false, true } do
+      local m = tiny_model(3):cuda()
+      m:compile { optimizer = moe.optim.Adam { lr = 1e-2 }, loss = "binary_crossentropy", metrics = { "auc" } }
+      moe.manual_seed(17)
+      local h = m:fit { x = x, y = y, epochs = 2, batch_size = 16, verbose = 0, seed = 5, distributed = d,
+        validation_data = { x:narrow(1, 1, 32), y:narrow(1, 1, 32) } }
+      runs[#runs + 1] = { h = h.history, w = m:get_weights() }
+    end
+    for _, k in ipairs { "loss", "auc", "val_loss", "val_auc" } do
+      for ep = 1, 2 do assert.is_near(runs[1].h[k][ep], runs[2].h[k][ep], 1e-6) end
+    end
+    for i, w in ipairs(runs[1].w) do
+      assert.equal("cuda", runs[2].w[i]:device())
+      assert.is_true(max_diff(w, runs[2].w[i]) < 1e-6)
+    end
+  end)
   it("a model moved before it is built builds its weights on the device", function()
     if not need_device() then return end
     local m = moe.Sequential { nn.Dense { units = 3 }, nn.Dense { units = 1 } }

@@ -739,7 +739,12 @@ local function grad_sync(self, D, skip)
     local ok, r = pcall(D.Reducer, params, { local_params = locals })
     if ok then return { prepare = function() r:prepare() end, finish = function() r:finish() end, reducer = r } end
   end
+  local direct -- device gradients go through NCCL where this build can (else through host copies)
   local function finish()
+    if direct == nil then
+      local i = D.info()
+      direct = i.nccl_built and not i.nccl_reason or false
+    end
     moe.no_grad(function()
       local groups, keys = {}, {}
       for _, p in ipairs(params) do
@@ -758,9 +763,10 @@ local function grad_sync(self, D, skip)
         local g = groups[key]
         local buf = #g.parts == 1 and g.parts[1]:clone() or moe.cat(g.parts, 1)
         local dev = buf:device()
-        if dev ~= "cpu" then buf = buf:cpu() end -- (the host backend; device collectives are NCCL's)
+        local staged = dev ~= "cpu" and not direct
+        if staged then buf = buf:cpu() end
         D.all_reduce(buf, "mean")
-        if dev ~= "cpu" then buf = buf:to(dev) end
+        if staged then buf = buf:to(dev) end
         local off = 1
         for _, p in ipairs(g.ps) do
           local k = p:numel()
