@@ -67,10 +67,15 @@ end
 local function grad_sync(params, locals)
   locals = locals or {}
   if W == 1 then return { name = "none (one rank)", prepare = function() end, finish = function() end } end
+  if os.getenv("MOE_BENCH_SYNC") == "none" then -- (the ranks compute side by side, nothing sent: the machine's ceiling)
+    return { name = "none (no communication)", prepare = function() end, finish = function() end }
+  end
   if D.Reducer and os.getenv("MOE_BENCH_SYNC") ~= "all_reduce" then
-    local list = {}
-    for p in pairs(locals) do list[#list + 1] = p end
-    local ok, r = pcall(D.Reducer, params, { local_params = list })
+    local list, reduced = {}, {}
+    for _, p in ipairs(params) do
+      if locals[p] then list[#list + 1] = p else reduced[#reduced + 1] = p end
+    end
+    local ok, r = pcall(D.Reducer, reduced, { local_params = list })
     if ok then
       return { name = "moe.distributed.Reducer", prepare = function() r:prepare() end,
         finish = function() r:finish() end }

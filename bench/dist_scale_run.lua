@@ -54,10 +54,14 @@ local function lines_of(cmd)
   return res
 end
 
-local function moelua_case(np, case)
-  return lines_of(("%stimeout -k 5 900 %s -np %d %s run %s/dist_scale.lua %s%s"):format(ENV, MPIRUN, np, q(bin),
-    q(here), case, quick and " --quick" or ""))
+local function moelua_case(np, case, env)
+  return lines_of(("%s%stimeout -k 5 900 %s -np %d %s run %s/dist_scale.lua %s%s"):format(ENV, env or "", MPIRUN, np,
+    q(bin), q(here), case, quick and " --quick" or ""))
 end
+-- the same case at 2 ranks with no communication at all (MOE_BENCH_SYNC=none):
+-- what two ranks side by side reach on this machine (its cores' shared caches
+-- and memory bandwidth), the ceiling of any 2-rank scaling here
+local function ceiling(case) return function(np) return moelua_case(np, case, "MOE_BENCH_SYNC=none ") end end
 
 -- ------------------------------------------------------------- preconditions
 local why
@@ -118,16 +122,22 @@ end
 local cases = {
   { "sparse_dp", "sparse MoE fwd+bwd, data parallel", function(np) return moelua_case(np, "sparse_dp") end,
     "tokens_per_s", "tokens/s", 1.8 },
+  { "sparse_none", "  2 ranks sending nothing (this machine's ceiling)", ceiling("sparse_dp"), "tokens_per_s", "tokens/s",
+    base = "sparse_dp", ceiling = true },
   { "sparse_ep", "sparse MoE fwd+bwd, expert parallel", function(np) return moelua_case(np, "sparse_ep") end,
     "tokens_per_s", "tokens/s", 1.8, base = "sparse_dp" }, -- (against the plain layer: what one process runs)
   { "mmoe_fit", "census MMoE fit{} epoch, batch 1024/rank", function(np) return moelua_case(np, "mmoe_fit") end,
     "samples_per_s", "samples/s", 1.6 },
   { "mmoe_step_1024", "census MMoE DP step, batch 1024/rank", function(np) return moelua_case(np, "mmoe_step 1024") end,
     "samples_per_s", "samples/s", 1.6 },
+  { "step_none_1024", "  2 ranks sending nothing (this machine's ceiling)", ceiling("mmoe_step 1024"), "samples_per_s",
+    "samples/s", base = "mmoe_step_1024", ceiling = true },
   { "ddp_step_1024", "  PyTorch DDP (gloo), same step", function(np) return torch_case(np, 1024) end,
     "samples_per_s", "samples/s" },
   { "mmoe_step_32", "census MMoE DP step, batch 32/rank", function(np) return moelua_case(np, "mmoe_step 32") end,
     "samples_per_s", "samples/s", 1.6 },
+  { "step_none_32", "  2 ranks sending nothing (this machine's ceiling)", ceiling("mmoe_step 32"), "samples_per_s",
+    "samples/s", base = "mmoe_step_32", ceiling = true },
   { "ddp_step_32", "  PyTorch DDP (gloo), same step", function(np) return torch_case(np, 32) end,
     "samples_per_s", "samples/s" },
 }
@@ -135,7 +145,7 @@ local res = {} -- res[key][np] = the best run's lines
 for r = 1, rounds do
   for _, c in ipairs(cases) do
     res[c[1]] = res[c[1]] or {}
-    for _, np in ipairs(r % 2 == 1 and { 1, 2 } or { 2, 1 }) do -- (alternating which goes first)
+    for _, np in ipairs(c.ceiling and { 2 } or r % 2 == 1 and { 1, 2 } or { 2, 1 }) do -- (alternating which goes first)
       io.stderr:write(("bench-dist: round %d/%d, %s, %d rank%s\n"):format(r, rounds, c[1], np, np > 1 and "s" or ""))
       local o = c[3](np)
       local old = res[c[1]][np]
@@ -152,7 +162,7 @@ local function fmt(v) return type(v) == "number" and ("%.4g"):format(v) or "-" e
 print(("%-44s %12s %12s %7s  %s"):format("2 ranks x 1 thread against 1 rank x 1 thread", "1 rank", "2 ranks", "2/1", "goal"))
 local ratio = {}
 for _, c in ipairs(cases) do
-  local one, two = res[c.base or c[1]][1], res[c[1]][2]
+  local one, two = res[c.base or c[1]][1], res[c[1]][2] or {}
   local a, b = tonumber(one[c[4]]), tonumber(two[c[4]])
   local note = two.skipped or one.skipped or two.error or one.error
   if a and b then
@@ -162,7 +172,7 @@ for _, c in ipairs(cases) do
   else
     print(("%-44s %s"):format(c[2], "n/a: " .. tostring(note)))
   end
-  if c.base and tonumber(res[c[1]][1][c[4]]) then
+  if c.base and res[c[1]][1] and tonumber(res[c[1]][1][c[4]]) then
     print(("  (1 rank: the plain layer; with expert_parallel on at 1 rank: %s %s)"):format(fmt(tonumber(res[c[1]][1][c[4]])), c[5]))
   end
   for np, o in pairs(res[c[1]]) do
@@ -173,6 +183,16 @@ for _, c in ipairs(cases) do
   end
   if two.how and c[1] == "mmoe_fit" then print("  (" .. two.how .. ")") end
   if two.sync and c[1]:match("^sparse") then print("  (gradients: " .. two.sync .. ")") end
+end
+print()
+print("against the ceiling (2 ranks computing side by side, sending nothing):")
+for _, pair in ipairs { { "sparse_dp", "sparse_none" }, { "sparse_ep", "sparse_none" }, { "mmoe_step_1024", "step_none_1024" },
+  { "mmoe_step_32", "step_none_32" } } do
+  local a, c = ratio[pair[1]], ratio[pair[2]]
+  if a and c then
+    print(("  %-16s %.2fx of the ceiling's %.2fx: %3.0f%% of what this machine allows"):format(pair[1], a, c, 100 * a / c))
+    record(pair[1] .. ".of_ceiling", a / c)
+  end
 end
 print()
 print("moelua against PyTorch DDP, the same census MMoE data-parallel step:")

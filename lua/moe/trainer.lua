@@ -733,10 +733,12 @@ end
 local function grad_sync(self, D, skip)
   local params = self._params_cache.list
   local W = D.world_size()
-  local locals = {}
-  for _, p in ipairs(params) do if skip[p] then locals[#locals + 1] = p end end
+  local locals, reduced = {}, {}
+  for _, p in ipairs(params) do
+    if skip[p] then locals[#locals + 1] = p else reduced[#reduced + 1] = p end
+  end
   if D.Reducer then
-    local ok, r = pcall(D.Reducer, params, { local_params = locals })
+    local ok, r = pcall(D.Reducer, reduced, { local_params = locals })
     if ok then return { prepare = function() r:prepare() end, finish = function() r:finish() end, reducer = r } end
   end
   local direct -- device gradients go through NCCL where this build can (else through host copies)
