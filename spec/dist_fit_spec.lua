@@ -302,6 +302,22 @@ print("w=" .. table.concat(bits, ","))
     assert.are.equal(v.w, values(b.lines[0]).w) -- and every run
   end)
 
+  it("models/mmoe_census.lua under mpirun -np 2 trains data parallel and prints its results once", function()
+    if skip_reason then return end
+    local root = os.getenv("PWD") or "."
+    local r = run(2, ("arg = { [0] = %q, '--smoke', '--epochs', '1' }\ndofile(%q)"):format(
+      root .. "/models/mmoe_census.lua", root .. "/models/mmoe_census.lua"))
+    expect_ok(r)
+    local function count(rk, pat)
+      local c = 0
+      for _, l in ipairs(r.lines[rk] or {}) do if l:match(pat) then c = c + 1 end end
+      return c
+    end
+    assert.are.equal(1, count(0, "^test AUC: income 0%.%d+  never_married 0%.%d+$"), r.out)
+    assert.are.equal(1, count(0, "^data parallel over 2 ranks"), r.out)
+    assert.are.equal(0, #(r.lines[1] or {}), r.out) -- rank 1 prints nothing
+  end)
+
   it("averages the gradients: one step at 2 ranks is the step on the union of their batches", function()
     if skip_reason then return end
     local r = run(2, [[
