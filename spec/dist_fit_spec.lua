@@ -252,6 +252,7 @@ for e = 1, 3 do
   end
 end
 if W > 1 then print("imbalance=" .. h.history.rank_imbalance[3]) end
+print("params=" .. m:count_params()) -- (the whole model's, the shards counted whole)
 m:save("sparse.moe") -- (collective: the experts gathered, rank 0 writes)
 ]]
     local two, one = run(2, src, "16"), run(0, src, "16")

@@ -408,9 +408,12 @@ end
 function Module:_count_params()
   local _, ps = collect(self, true, false)
   local _, all = collect(self, true, true)
+  -- (an expert-parallel layer's shards count whole: the model's size, not this rank's part)
+  local shards = nn.expert_shards and nn.expert_shards(self) or {}
+  local function size(p) return p:numel() * (shards[p] and shards[p].world or 1) end
   local n, t = 0, 0
-  for _, p in ipairs(all) do n = n + p:numel() end
-  for _, p in ipairs(ps) do t = t + p:numel() end
+  for _, p in ipairs(all) do n = n + size(p) end
+  for _, p in ipairs(ps) do t = t + size(p) end
   return n, t
 end
 
