@@ -66,7 +66,7 @@ end
 local function values(lines)
   local v = {}
   for _, l in ipairs(lines or {}) do
-    local k, x = l:match("^(%S+)=(%S+)$")
+    local k, x = l:match("^([%w_]+)=(%S+)$")
     if k then v[k] = tonumber(x) or x end
   end
   return v
@@ -144,6 +144,24 @@ describe("fit{distributed} in a 1-process world", function()
     assert.are.same(h1.history.auc, h2.history.auc)
     for i = 1, #w1 do assert.are.same(w1[i]:totable(), w2[i]:totable()) end
   end)
+  it("ModelCheckpoint{verbose = 1} saves and says so", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    local m = moe.nn.Sequential { moe.nn.Dense { units = 1 } }
+    m:compile { optimizer = "sgd", loss = "mse" }
+    local said = {}
+    local old = _G.print -- (the library's print; busted gives the spec its own globals)
+    _G.print = function(...) said[#said + 1] = table.concat({ ... }, " ") end
+    local ok, err = pcall(function()
+      m:fit { x = moe.randn(4, 2), y = moe.randn(4, 1), verbose = 0, distributed = true,
+        callbacks = { moe.callbacks.ModelCheckpoint { filepath = dir .. ".moe", verbose = 1 } } }
+    end)
+    _G.print = old
+    assert.is_true(ok, tostring(err))
+    assert.are.same({ "ModelCheckpoint: saved " .. dir .. ".moe" }, said)
+    assert.truthy(slurp(dir .. ".moe"))
+    os.remove(dir .. ".moe")
+  end)
   it("rejects a distributed that is not a boolean, at the caller's line", function()
     local m = moe.nn.Sequential { moe.nn.Dense { units = 1 } }
     m:compile { optimizer = "sgd", loss = "mse" }
@@ -181,7 +199,8 @@ model:compile { optimizer = moe.optim.Adam { lr = 0.01 }, loss = "binary_crossen
 local h = model:fit { x = xtr, y = ytr, batch_size = b, epochs = 3, seed = 11, verbose = 2,
   validation_data = { xva, yva },
   callbacks = { moe.callbacks.CSVLogger { filename = "log" .. D.rank() .. ".csv" },
-    moe.callbacks.EarlyStopping { monitor = "val_loss", patience = 0, min_delta = 0 } } }
+    moe.callbacks.EarlyStopping { monitor = "val_loss", patience = 0, min_delta = 0 },
+    moe.callbacks.ModelCheckpoint { filepath = "ckpt" .. D.rank() .. ".moe", verbose = 1 } } }
 for e = 1, #h.epoch do
   for _, k in ipairs { "loss", "income_auc", "never_married_auc", "income_accuracy", "val_loss", "val_income_auc" } do
     print(("%s_%d=%.12g"):format(k, e, h.history[k][e]))
@@ -216,6 +235,8 @@ describe("fit{} data parallel under mpirun", function()
     assert.are.equal(0, epoch_lines)
     assert.truthy(slurp(two.dir .. "/log0.csv"))
     assert.is_nil(slurp(two.dir .. "/log1.csv"))
+    assert.truthy(slurp(two.dir .. "/ckpt0.moe"))
+    assert.is_nil(slurp(two.dir .. "/ckpt1.moe"))
     -- the weights: rank 0's checkpoint against the reference's
     local a = moe.load(two.dir .. "/model.moe"):get_weights()
     local c = moe.load(one.dir .. "/model_ref.moe"):get_weights()
@@ -317,6 +338,51 @@ print("w=" .. table.concat(bits, ","))
     assert.are.equal(1, count(0, "^test AUC: income 0%.%d+  never_married 0%.%d+$"), r.out)
     assert.are.equal(1, count(0, "^data parallel over 2 ranks"), r.out)
     assert.are.equal(0, #(r.lines[1] or {}), r.out) -- rank 1 prints nothing
+  end)
+
+  it("averages the moving statistics of BatchNormalization over the ranks at each epoch's end", function()
+    if skip_reason then return end
+    local r = run(2, [[
+local moe = require "moe"
+io.stdout:setvbuf("line")
+moe.manual_seed(1)
+local x, y = moe.randn(32, 3), moe.randn(32, 1)
+local m = moe.nn.Sequential { moe.nn.Dense { units = 4 }, moe.nn.BatchNormalization {}, moe.nn.Dense { units = 1 } }
+m:compile { optimizer = "sgd", loss = "mse" }
+m:fit { x = x, y = y, batch_size = 4, epochs = 2, verbose = 0, seed = 2 }
+local bits = {}
+for _, w in ipairs(m:get_weights()) do bits[#bits + 1] = ("%.17g"):format(w:double():sum():item()) end
+print("w=" .. table.concat(bits, ","))
+]])
+    expect_ok(r)
+    assert.are.equal(values(r.lines[0]).w, values(r.lines[1]).w)
+  end)
+
+  it("refuses ranks with different data, and an expert-parallel model trained rank by rank, on every rank", function()
+    if skip_reason then return end
+    local r = run(2, [[
+local moe = require "moe"
+local D = moe.distributed
+io.stdout:setvbuf("line")
+local n = 10 + D.rank() * 2
+local m = moe.nn.Sequential { moe.nn.Dense { units = 1 } }
+m:compile { optimizer = "sgd", loss = "mse" }
+local ok, err = pcall(function() m:fit { x = moe.randn(n, 2), y = moe.randn(n, 1), batch_size = 5, verbose = 0 } end)
+print("err=" .. tostring(err):gsub("%s", "_"))
+local e = moe.nn.MoeLayer { experts = moe.nn.FeedForwardExperts { num_experts = 2, d_ff = 3 },
+  router = moe.nn.TokensChooseMaskedRouter { num_experts = 2 }, expert_parallel = true, dropless = true }
+e(moe.randn(2, 3, 4))
+local mm = moe.nn.Sequential { e }
+mm:compile { optimizer = "sgd", loss = "mse" }
+ok, err = pcall(function() mm:fit { x = moe.randn(4, 3, 4), y = moe.randn(4, 3, 4), verbose = 0, distributed = false } end)
+print("alone=" .. tostring(err):gsub("%s", "_"))
+]])
+    expect_ok(r)
+    for rk = 0, 1 do
+      local v = values(r.lines[rk])
+      assert.matches("script.lua:%d+:_fit:_data_parallel_needs_the_same_training_rows_on_every_rank,_but_they_range_from_10_to_12", v.err)
+      assert.matches("script.lua:%d+:_fit:_Sequential_.-has_expert%-parallel_layers", v.alone)
+    end
   end)
 
   it("averages the gradients: one step at 2 ranks is the step on the union of their batches", function()

@@ -49,6 +49,11 @@ local function class(name, defaults, init)
 end
 
 -- mode "auto": "max" for accuracy/auc-like names, else "min"
+-- in a distributed run (mpirun -np N) only rank 0 prints and writes files;
+-- every rank keeps the same state, decided on the same (global) logs
+local function is_main() return moe.distributed.rank() == 0 end
+local function say(...) if is_main() then print(...) end end
+
 local function resolve_mode(self, where)
   local m = self.mode
   if m == "auto" then
@@ -72,7 +77,7 @@ local function monitored(self, logs, where)
     local names = {}
     for k in pairs(logs) do names[#names + 1] = k end
     table.sort(names)
-    io.stderr:write(("%s: '%s' is not in the logs (%s); skipped\n"):format(where, self.monitor, table.concat(names, ", ")))
+    if is_main() then io.stderr:write(("%s: '%s' is not in the logs (%s); skipped\n"):format(where, self.monitor, table.concat(names, ", "))) end
   end
   return v
 end
@@ -106,7 +111,7 @@ end
 function EarlyStopping:on_train_end()
   if self.restore_best_weights and self.best_weights and self.stopped_epoch > 0 then
     self.model:set_weights(self.best_weights)
-    if self.verbose > 0 then print(("EarlyStopping: restored the weights of epoch %d"):format(self.best_epoch)) end
+    if self.verbose > 0 then say(("EarlyStopping: restored the weights of epoch %d"):format(self.best_epoch)) end
   end
 end
 
@@ -134,7 +139,10 @@ function ModelCheckpoint:on_epoch_end(epoch, logs)
     self.best = v
   end
   local path = expand(self.filepath, epoch, logs)
-  self.model:save(path)
+  -- one file per job: rank 0 writes it; a model with expert-parallel layers
+  -- saves on every rank (its save is collective: the shards are gathered)
+  local shards = require("moe.nn").expert_parallel_params
+  if is_main() or (shards and next(shards(self.model)) ~= nil) then self.model:save(path) end
   self.last_saved = path
   if self.verbose > 0 and is_main() then print(("ModelCheckpoint: saved %s"):format(path)) end
 end
@@ -162,15 +170,11 @@ function ReduceLROnPlateau:on_epoch_end(epoch, logs)
     local new = math.max(old * self.factor, self.min_lr)
     if new < old then
       opt:set_lr(new)
-      if self.verbose > 0 then print(("ReduceLROnPlateau: epoch %d, lr %g -> %g"):format(epoch, old, new)) end
+      if self.verbose > 0 then say(("ReduceLROnPlateau: epoch %d, lr %g -> %g"):format(epoch, old, new)) end
     end
     self.cooldown_counter, self.wait = self.cooldown, 0
   end
 end
-
--- in a distributed run (mpirun -np N) only rank 0 prints and writes files;
--- every rank keeps the same state, decided on the same (global) logs
-local function is_main() return moe.distributed.rank() == 0 end
 
 -- CSVLogger{filename, separator=",", append=false}: one row per epoch; the file is
 -- written whole after each epoch (atomic rename), so it is never half-written

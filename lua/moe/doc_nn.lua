@@ -403,11 +403,7 @@ local FIT_OPTS = {
   { "initial_epoch", "integer", "0", "epochs are numbered from initial_epoch + 1" },
   { "seed", "integer", "none", "seeds the shuffle (each epoch's order from seed and the epoch)" },
   { "steps_per_epoch", "integer", "none", "at most this many batches per epoch" },
-  { "distributed", "boolean", "several ranks", "data parallel (true by itself when mpirun started several "
-    .. "ranks; false trains each rank alone): rank 0's weights everywhere, each rank its DistributedSampler slice "
-    .. "of one shuffled order (moe.data.distributed_batches: batch_size rows per rank), the gradients averaged over "
-    .. "the ranks, epoch logs and metrics (exact AUC too) over all ranks' samples, the same on every rank, so "
-    .. "callbacks decide alike; only rank 0 prints and writes files" },
+  { "distributed", "boolean", "several ranks", "data parallel over mpirun's ranks (false: each alone)" },
 }
 
 S[#S + 1] = { id = "module", title = "nn.Module methods", intro =

@@ -191,7 +191,20 @@ local function data_device(v)
   return "cpu"
 end
 
+-- a model with expert-parallel layers trained rank by rank under mpirun would
+-- run its experts' exchanges while its other weights drift apart: an error
+local function refuse_alone(self, where)
+  local shards = nn.expert_parallel_params
+  if moe.distributed.world_size() > 1 and shards and next(shards(self)) ~= nil then
+    error(("%s: %s \"%s\" has expert-parallel layers (their experts live on different ranks), so it trains only "
+      .. "data parallel over all %d ranks: use fit{} under mpirun (without distributed = false), or average the other "
+      .. "gradients yourself (moe.distributed.Reducer)"):format(where, self.class_name, self.name,
+      moe.distributed.world_size()), 0)
+  end
+end
+
 local function train_on_batch(self, x, y, sample_weight)
+  refuse_alone(self, "train_on_batch")
   if core.is_tensor(x) and x:dim() > 0 and x:size(1) == 0 then
     error("train_on_batch: x has 0 rows: there is no data to train on", 2)
   end
@@ -714,11 +727,24 @@ local function rank_local(self)
   return f and f(self) or {}
 end
 
+-- whether device tensors can go to the collectives themselves (NCCL), or
+-- through host copies
+local function device_collectives(D)
+  local i = D.info()
+  return i.nccl_built and not i.nccl_reason or false
+end
+
 -- every weight (trainable or not) but the rank-local ones as rank 0 has it
 local function broadcast_weights(self, D, skip)
   local _, ts = self:named_weights()
+  local direct = device_collectives(D)
   moe.no_grad(function()
-    for _, t in ipairs(ts) do if not skip[t] then D.broadcast(t, 0) end end
+    for _, t in ipairs(ts) do
+      if not skip[t] then
+        if t:device() == "cpu" or direct then D.broadcast(t, 0)
+        else t:copy_(D.broadcast(t:cpu(), 0):to(t:device())) end
+      end
+    end
   end)
 end
 
@@ -743,10 +769,7 @@ local function grad_sync(self, D, skip)
   end
   local direct -- device gradients go through NCCL where this build can (else through host copies)
   local function finish()
-    if direct == nil then
-      local i = D.info()
-      direct = i.nccl_built and not i.nccl_reason or false
-    end
+    if direct == nil then direct = device_collectives(D) end
     moe.no_grad(function()
       local groups, keys = {}, {}
       for _, p in ipairs(params) do
@@ -779,6 +802,24 @@ local function grad_sync(self, D, skip)
     end)
   end
   return { prepare = function() end, finish = finish }
+end
+
+-- The weights that are not trained (BatchNormalization's moving statistics)
+-- follow each rank's own batches: at the end of every epoch, before validation
+-- and any checkpoint, they become their mean over the ranks (float ones; the
+-- rank-local shards aside), so that every rank holds the same model again.
+local function average_buffers(self, D, skip)
+  local trained = {}
+  for _, p in ipairs(self:parameters()) do trained[p] = true end
+  local _, ts = self:named_weights()
+  moe.no_grad(function()
+    for _, t in ipairs(ts) do
+      if not trained[t] and not skip[t] and t:dtype():match("^float") and t:numel() > 0 then
+        if t:device() == "cpu" or device_collectives(D) then D.all_reduce(t, "mean")
+        else t:copy_(D.all_reduce(t:cpu(), "mean"):to(t:device())) end
+      end
+    end
+  end)
 end
 
 -- a few flags (stop, interrupt, ...) made global: true on every rank when true on one
@@ -894,8 +935,11 @@ end
 
 -- when training stopped with non-finite weights: back to the last finite state.
 -- Returns the words for the stop message.
-local function recover(self, snap, batch_kept)
-  if weights_finite(self) then
+-- (bad: whether the weights are not finite, decided by the caller over every
+-- rank in a distributed fit, so that every rank restores or none does)
+local function recover(self, snap, batch_kept, bad)
+  if bad == nil then bad = not weights_finite(self) end
+  if not bad then
     return batch_kept and ("weights restored to those before batch %d (its update was not applied)"):format(batch_kept)
       or "the weights are finite"
   end
@@ -964,6 +1008,10 @@ function Module:fit(opts)
   if verbose == nil or verbose == "auto" then verbose = 1 end
   -- data parallel (several ranks, or distributed = true): see train_step_dp
   local D = dist_world(opts.distributed, "fit")
+  if not D then
+    local ok, e = pcall(refuse_alone, self, "fit")
+    if not ok then error(e, 2) end
+  end
   local main = not D or D.rank() == 0 -- the rank that prints
   local show = progress(main and verbose or 0)
   local history = new_history()
@@ -998,7 +1046,9 @@ function Module:fit(opts)
       -- every rank starts from rank 0's weights (a model whose layers build on
       -- their first call is built first, on the first rows, without training)
       -- and shuffles with rank 0's seed
-      if #self:named_weights() == 0 then
+      local unbuilt = false
+      for _, e in ipairs(self:modules()) do if e[2]:_needs_build() then unbuilt = true end end
+      if unbuilt then
         local was = self._training
         self:eval()
         moe.no_grad(function()
@@ -1006,6 +1056,18 @@ function Module:fit(opts)
           self(to_device(from_plan(plan[1], first), dev))
         end)
         if was then self:train() end
+      end
+      -- every rank must run as many batches: the same row count and batch size
+      -- on every rank (a mismatch is an error on each, not a hang)
+      local mine = { n, batch, epochs, nb, vx ~= nil and rows_of(vx, "validation x") or 0 }
+      local lo = D.all_reduce(moe.tensor(mine, { dtype = "float64" }), "min"):totable()
+      local hi = D.all_reduce(moe.tensor(mine, { dtype = "float64" }), "max"):totable()
+      for i, what in ipairs { "training rows", "batch_size", "epochs", "batches per epoch", "validation rows" } do
+        if lo[i] ~= hi[i] then
+          error(("fit: data parallel needs the same %s on every rank, but they range from %d to %d here (rank %d has %d): "
+            .. "give every rank all the data (each takes its own slice) and the same options"):format(what, lo[i], hi[i],
+            D.rank(), mine[i]), 0)
+        end
       end
       dp.skip = rank_local(self)
       broadcast_weights(self, D, dp.skip)
@@ -1055,7 +1117,8 @@ function Module:fit(opts)
         else loss, parts, p = train_step(self, xb, yb, swb, take_snapshot); mean = loss end
         if not finite(mean) then
           stop_reason = ("fit: the loss is %s at epoch %d, batch %d%s: training stopped; %s"):format(tostring(mean),
-            epoch, b, dp and " (the mean over the ranks)" or "", recover(self, snap, b))
+            epoch, b, dp and " (the mean over the ranks)" or "",
+            recover(self, snap, b, dp and any_rank(D, not weights_finite(self)) or nil))
           rawset(self, "stop_training", true)
           say(stop_reason .. "\n")
           break
@@ -1083,11 +1146,14 @@ function Module:fit(opts)
       if dp and not stop_reason then bad_weights = any_rank(D, bad_weights) end -- (an expert shard is on one rank)
       if bad_weights then
         stop_reason = ("fit: the weights are not finite after epoch %d, batch %d: training stopped; %s")
-          :format(epoch, b, recover(self, snap))
+          :format(epoch, b, recover(self, snap, nil, true))
         rawset(self, "stop_training", true)
         say(stop_reason .. "\n")
       end
-      if dp then sync_pass(self, st, D) end
+      if dp then
+        average_buffers(self, D, dp.skip)
+        sync_pass(self, st, D)
+      end
       pass_logs(self, st, single, "", epoch_logs)
       if vx ~= nil and not stop_reason then
         local vl = self:evaluate { x = vx, y = vy, sample_weight = vsw, batch_size = math.max(batch, 256), verbose = 0,
