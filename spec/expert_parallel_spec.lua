@@ -491,7 +491,7 @@ end
       end
     end)
 
-    mpi_it("a checkpoint saved at 2 ranks (experts gathered) loads at 1 and at 2 ranks with equal outputs", function()
+    mpi_it("a checkpoint saved at 2 ranks (experts gathered) loads at 1, 2 and 4 ranks with equal outputs", function()
       local path = tmp .. "/ep2.moe"
       local save = COMMON .. ([[
 local inp = moe.Input { shape = { S, H } }
@@ -580,8 +580,7 @@ for i, p in ipairs(ps) do
   end
 end
 say("ostate", no, od)
-m:train()
-m:train_on_batch(X:narrow(1, rank * 2 + 1, 2), Y:narrow(1, rank * 2 + 1, 2))
+m:fit { x = X, y = Y, batch_size = 1, epochs = 1, verbose = 0 } -- (data parallel: a rank's 2 rows in 2 steps)
 say("trained", "yes")
 ]]):format(path, plain, path))
       for rk = 0, 1 do
@@ -591,6 +590,28 @@ say("trained", "yes")
         assert.are.equal("2", k.shard[1])
         assert.are.same({ "8", "0" }, k.ostate) -- (Adam's m and v of the 4 expert weights)
         assert.are.equal("yes", k.trained[1])
+      end
+      -- 4 ranks, one expert each: re-sharded on load, each rank's row as the 1-rank model gives it
+      local r4 = mpirun(4, COMMON .. ([[
+local m = moe.load(%q)
+m:eval()
+moe.manual_seed(21)
+local X = moe.randn(4, S, H)
+local l
+for _, e in ipairs(m:modules()) do if e[2].class_name == "MoeLayer" then l = e[2] end end
+say("shard", l.experts.intermediate_kernel:size(1))
+say("out", table.concat(m(X:narrow(1, rank + 1, 1)):reshape(-1):totable(), ","))
+]]):format(path))
+      for rk = 0, 3 do
+        local k = keyed(r4.lines[rk])
+        assert.are.equal("1", k.shard and k.shard[1], r4.out .. r4.err)
+        local mine = y:narrow(1, rk + 1, 1):reshape(-1):totable()
+        local i = 0
+        for v in (k.out[1] .. ","):gmatch("([^,]*),") do
+          i = i + 1
+          assert.is_true(math.abs(tonumber(v) - mine[i]) < 1e-6, ("4 ranks, rank %d value %d: %s vs %s"):format(rk, i, v, mine[i]))
+        end
+        assert.are.equal(#mine, i)
       end
     end)
 
