@@ -4,6 +4,7 @@
 -- 1-process reference runs the same script without mpirun. Without mpirun or MPI
 -- the MPI tests are skipped and say why.
 local moe = require "moe"
+local H = require "helpers"
 local dist = moe.distributed
 local bin = os.getenv("MOELUA_BIN") or "build/moelua"
 
@@ -43,19 +44,20 @@ local function run(np, src, args)
   local dir = ("%s/run%d"):format(tmp, n_run)
   assert(ok_status(os.execute("mkdir -p " .. q(dir))))
   spit(dir .. "/script.lua", src)
-  local launch = np > 0 and (MPIRUN .. " -np " .. np .. " ") or ""
+  local launch = np > 0 and (MPIRUN .. " -np " .. np .. " " .. H.rank_wrap(dir) .. " ") or ""
   local cmd = ("cd %s && %stimeout -k 5 120 %s%s run script.lua %s > out 2> err; echo $?"):format(q(dir), ENV, launch,
     q(bin), args or "")
   local p = io.popen(cmd)
   local rc = tonumber(p:read("*a"))
   p:close()
   local r = { rc = rc, out = slurp(dir .. "/out") or "", err = slurp(dir .. "/err") or "", dir = dir, lines = {} }
-  for line in r.out:gmatch("[^\n]+") do
-    local rk, body = line:match("^%[%d+,(%d+)%]<stdout>:(.*)$")
-    if not rk then rk, body = "0", line end
-    rk = tonumber(rk)
-    r.lines[rk] = r.lines[rk] or {}
-    table.insert(r.lines[rk], body)
+  if np > 0 then
+    for rk, lines in pairs(H.rank_lines(dir, "stdout")) do -- (each rank's whole lines: H.rank_lines)
+      if #lines > 0 then r.lines[rk] = lines end
+    end
+  else
+    r.lines[0] = {}
+    for line in r.out:gmatch("[^\n]+") do table.insert(r.lines[0], line) end
   end
   return r
 end

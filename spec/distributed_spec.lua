@@ -7,6 +7,7 @@
 -- the MPI tests are skipped and say why.
 local moe = require "moe"
 local ffi = require "ffi"
+local H = require "helpers"
 local dist = moe.distributed
 local bin = os.getenv("MOELUA_BIN") or "build/moelua"
 
@@ -65,13 +66,23 @@ local function mpirun(np, src, opts)
   local script, out, err = dir .. "/script.lua", dir .. "/out", dir .. "/err"
   spit(script, src)
   local cmd = ("cd %s && %s%s timeout -k 5 %d %s -np %d %s run %s > %s 2> %s; echo $?"):format(q(dir), ENV,
-    opts.env or "", opts.timeout or 90, MPIRUN, np, q(bin), q(script), q(out), q(err))
+    opts.env or "", opts.timeout or 90, MPIRUN, np, H.rank_wrap(dir) .. " " .. q(bin), q(script), q(out), q(err))
   local t0 = moe.now()
   local p = io.popen(cmd)
   local rc = tonumber(p:read("*a"))
   p:close()
   local r = { rc = rc, secs = moe.now() - t0, out = slurp(out), err = slurp(err), script = script }
   r.lines, r.errs = by_rank(r.out, "stdout"), by_rank(r.err, "stderr")
+  -- (each rank's whole lines, where mpirun wrote its files: see H.rank_lines)
+  -- (and r.out, r.err hold them too, after mpirun's own output)
+  for rk, l in pairs(H.rank_lines(dir, "stdout")) do
+    r.lines[rk] = #l > 0 and l or r.lines[rk]
+    if #l > 0 then r.out = r.out .. table.concat(l, "\n") .. "\n" end
+  end
+  for rk, l in pairs(H.rank_lines(dir, "stderr")) do
+    r.errs[rk] = #l > 0 and l or r.errs[rk]
+    if #l > 0 then r.err = r.err .. table.concat(l, "\n") .. "\n" end
+  end
   return r
 end
 

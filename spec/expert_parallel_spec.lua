@@ -7,6 +7,7 @@
 -- spec/distributed_spec.lua does; without mpirun or MPI they are skipped and
 -- say why. The 1-rank world runs in this process.
 local moe = require "moe"
+local H = require "helpers"
 local nn = moe.nn
 local dist = moe.distributed
 local bin = os.getenv("MOELUA_BIN") or "build/moelua"
@@ -50,17 +51,12 @@ local function mpirun(np, src, opts)
   local script, out, err = opts.file or (dir .. "/script.lua"), dir .. "/out", dir .. "/err"
   if not opts.file then spit(script, src) end
   local p = io.popen(("cd %s && %stimeout -k 5 120 %s -np %d %s run %s %s > %s 2> %s; echo $?"):format(q(dir), ENV,
-    MPIRUN, np, q(bin), q(script), opts.args or "", q(out), q(err)))
+    MPIRUN, np, H.rank_wrap(dir) .. " " .. q(bin), q(script), opts.args or "", q(out), q(err)))
   local rc = tonumber(p:read("*a"))
   p:close()
   local r = { rc = rc, out = slurp(out), err = slurp(err), script = script, lines = {} }
-  for line in r.out:gmatch("[^\n]+") do
-    local rk, body = line:match("^%[%d+,(%d+)%]<stdout>:(.*)$")
-    if rk then
-      rk = tonumber(rk)
-      r.lines[rk] = r.lines[rk] or {}
-      table.insert(r.lines[rk], body)
-    end
+  for rk, lines in pairs(H.rank_lines(dir, "stdout")) do -- (each rank's whole lines: H.rank_lines)
+    if #lines > 0 then r.lines[rk] = lines end
   end
   assert(rc == 0, ("mpirun -np %d exited with %s\nstdout:\n%s\nstderr:\n%s"):format(np, tostring(rc), r.out, r.err))
   if not opts.file then

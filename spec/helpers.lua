@@ -211,4 +211,29 @@ function H.need_device(pending)
   return true
 end
 
+-- Each rank's own output in an mpirun run. mpirun's --tag-output is not
+-- enough: on a busy machine it tags where its reads of a rank's pipe end, even
+-- inside a line, and pieces of lines come out of order. So the runs put
+-- H.rank_wrap(dir) before the command: each rank's shell sends its stdout and
+-- stderr straight to dir/rank.<r>.stdout and .stderr, with no mpirun between.
+local function shq(x) return "'" .. tostring(x):gsub("'", "'\\''") .. "'" end
+function H.rank_wrap(dir)
+  return "sh -c 'd=\"$1\"; shift; exec \"$@\" >\"$d/rank.$OMPI_COMM_WORLD_RANK.stdout\" "
+    .. "2>\"$d/rank.$OMPI_COMM_WORLD_RANK.stderr\"' sh " .. shq(dir)
+end
+-- {[rank] = {lines}} of one stream ("stdout" or "stderr") from those files;
+-- the ranks whose file is missing are left out
+function H.rank_lines(dir, stream)
+  local out = {}
+  for r = 0, 255 do
+    local f = io.open(("%s/rank.%d.%s"):format(dir, r, stream), "rb")
+    if not f then break end
+    local lines = {}
+    for line in f:read("*a"):gmatch("[^\n]+") do lines[#lines + 1] = line end
+    f:close()
+    out[r] = lines
+  end
+  return out
+end
+
 return H

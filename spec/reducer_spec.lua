@@ -6,6 +6,7 @@
 -- every averaged grad against a naive expectation computed in the script from
 -- every rank's own plain-backward grads, gathered and summed by hand.
 local moe = require "moe"
+local H = require "helpers"
 local dist = moe.distributed
 local bin = os.getenv("MOELUA_BIN") or "build/moelua"
 
@@ -43,18 +44,19 @@ local function mpirun(np, src)
   local f = assert(io.open(script, "wb"))
   f:write(src)
   f:close()
-  local cmd = ("cd %s && %stimeout -k 5 90 %s -np %d %s run %s > out 2> err; echo $?"):format(q(dir), ENV, MPIRUN,
-    np, q(bin), q(script))
+  local cmd = ("cd %s && %stimeout -k 5 90 %s -np %d %s run %s > out 2> err; echo $?"):format(q(dir), ENV,
+    MPIRUN, np, H.rank_wrap(dir) .. " " .. q(bin), q(script))
   local p = io.popen(cmd)
   local rc = tonumber(p:read("*a"))
   p:close()
   local r = { rc = rc, out = slurp(dir .. "/out"), err = slurp(dir .. "/err"), lines = {} }
-  for line in r.out:gmatch("[^\n]+") do
-    local rank, key, val = line:match("^%[%d+,(%d+)%]<stdout>:([^|]+)|(.*)$")
-    if rank then
-      rank = tonumber(rank)
-      r.lines[rank] = r.lines[rank] or {}
-      r.lines[rank][key] = val
+  for rank, lines in pairs(H.rank_lines(dir, "stdout")) do -- (each rank's whole lines: H.rank_lines)
+    for _, line in ipairs(lines) do
+      local key, val = line:match("^([^|]+)|(.*)$")
+      if key then
+        r.lines[rank] = r.lines[rank] or {}
+        r.lines[rank][key] = val
+      end
     end
   end
   assert(rc == 0, ("mpirun -np %d exited with %s\nstdout:\n%s\nstderr:\n%s"):format(np, tostring(rc), r.out, r.err))
