@@ -394,6 +394,9 @@ local r = d.Reducer({ a, b })
 moe.set_deterministic(rank == 1)
 say("mode", err(function() r:prepare() end))
 moe.set_deterministic(false)
+-- a reducer's exchange on one rank, a collective's on the other: both see it
+say("crossed", err(function() if rank == 0 then r:prepare() else d.all_reduce(moe.ones(3)) end end))
+moe.set_deterministic(false)
 r:prepare()
 say("twice", err(function()
   local l1, l2 = a:sum() + b:sum(), a:sum()
@@ -416,6 +419,10 @@ say("done", "yes")
       assert.is_truthy(L.fewer:find("moe.distributed.Reducer: the ranks' params differ: rank 0 has 2 (0 local) in 1 buckets, rank 1 1", 1, true), where)
       assert.is_truthy(L.shape:find("the ranks' params differ", 1, true), where)
       assert.is_truthy(L.mode:find("moe.distributed.Reducer:prepare: the ranks disagree on the deterministic mode: rank 0 off, rank 1 on", 1, true), where)
+      assert.is_truthy(L.crossed:find(rank == 0
+        and "Reducer:prepare: the ranks called different functions (rank 0 Reducer:prepare, rank 1 a collective)"
+        or "all_reduce: the ranks called different collectives: rank 0 moe.distributed.Reducer, rank 1 all_reduce",
+        1, true), where)
       assert.is_truthy(L.twice:find("backward ran again after prepare() reached params[1], whose grad was already sent", 1, true), where)
       -- (the first backward's grads, averaged: a's grad is 1 on both ranks; the second pass added 1 more to
       -- the local .grad before it failed, and finish overwrites it with the mean of what was sent. The next

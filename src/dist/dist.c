@@ -241,7 +241,14 @@ static int agree(int coll, const moe_tensor *t, int32_t arg, const char *err, in
       int cx = x->coll >= 0 && x->coll < NCOLL, cy = y->coll >= 0 && y->coll < NCOLL;
       rc = moe_error("%s: the ranks called different collectives: rank 0 %s, rank %d %s (every rank must call "
                      "the same collectives in the same order)",
-                     name, cx ? coll_names[x->coll] : "?", r, cy ? coll_names[y->coll] : "?");
+                     name,
+                     cx                   ? coll_names[x->coll]
+                         : x->coll >= 100 ? "moe.distributed.Reducer"
+                                          : "?",
+                     r,
+                     cy                   ? coll_names[y->coll]
+                         : y->coll >= 100 ? "moe.distributed.Reducer"
+                                          : "?");
       goto out;
     }
     if (x->device != y->device) {

@@ -87,11 +87,16 @@ static int checks_on(void) {
 
 /* ---------------------------------------------------------------- the exchange */
 
+/* the same size as dist.c's description of a collective, and numbered past its
+ * collectives (R_NEW, R_PREPARE), so that a rank in a reducer's exchange and a
+ * rank in a collective's see each other's call and both raise the mismatch */
+enum { R_NEW = 100, R_PREPARE = 101 };
 typedef struct {
   int32_t what, n, nlocal, nb, det;
   uint64_t layout;
-  char error[176];
+  char error[224];
 } rdesc;
+_Static_assert(sizeof(rdesc) == 256, "a reducer's description is as long as a collective's (dist.c)");
 
 /* 0 when every rank agrees with this one, else -1 with the same error on
  * every rank ("fn: rank r: ..."); err is this rank's own error or "" */
@@ -101,7 +106,7 @@ static int agree(const moe_reducer *r, int what, int det, const char *fn, const 
   rdesc me, *d = malloc(sizeof me * (size_t)world);
   if (!d) return moe_error("%s: out of memory", fn);
   memset(&me, 0, sizeof me);
-  me.what = what;
+  me.what = what ? R_PREPARE : R_NEW;
   me.det = det;
   if (r) {
     me.n = r->n;
@@ -115,14 +120,21 @@ static int agree(const moe_reducer *r, int what, int det, const char *fn, const 
     return -1;
   }
   int rc = 0;
+  /* (which call each rank made comes first: a collective's description has
+   * its shape where this one has its error) */
+  for (int k = 1; k < world && !rc; k++) {
+    if (d[k].what != d[0].what) {
+      const char *w0 = d[0].what == R_PREPARE ? "Reducer:prepare" : d[0].what == R_NEW ? "Reducer" : "a collective";
+      const char *wk = d[k].what == R_PREPARE ? "Reducer:prepare" : d[k].what == R_NEW ? "Reducer" : "a collective";
+      rc = moe_error("%s: the ranks called different functions (rank 0 %s, rank %d %s): every rank builds, "
+                     "prepares and finishes its reducer at the same points",
+                     fn, w0, k, wk);
+    }
+  }
   for (int k = 0; k < world && !rc; k++)
     if (d[k].error[0]) rc = moe_error("%s: rank %d: %s", fn, k, d[k].error);
   for (int k = 1; k < world && !rc; k++) {
-    if (d[k].what != d[0].what)
-      rc = moe_error("%s: the ranks called different functions (rank 0 %s, rank %d %s): every rank builds, "
-                     "prepares and finishes its reducer at the same points",
-                     fn, d[0].what ? "Reducer:prepare" : "Reducer", k, d[k].what ? "Reducer:prepare" : "Reducer");
-    else if (d[k].n != d[0].n || d[k].nlocal != d[0].nlocal || d[k].nb != d[0].nb || d[k].layout != d[0].layout)
+    if (d[k].n != d[0].n || d[k].nlocal != d[0].nlocal || d[k].nb != d[0].nb || d[k].layout != d[0].layout)
       rc = moe_error("%s: the ranks' params differ: rank 0 has %d (%d local) in %d buckets, rank %d %d (%d local) "
                      "in %d buckets, or their dtypes, sizes or bucket caps differ (every rank passes the same model's "
                      "params in the same order)",
