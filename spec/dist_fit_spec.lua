@@ -5,62 +5,12 @@
 -- the MPI tests are skipped and say why.
 local moe = require "moe"
 local H = require "helpers"
-local dist = moe.distributed
-local bin = os.getenv("MOELUA_BIN") or "build/moelua"
-
-local function ok_status(r) return r == 0 or r == true end
-local have_mpirun = ok_status(os.execute("command -v mpirun >/dev/null 2>&1"))
-local skip_reason = not dist.is_available()
-    and "skipped: this moelua was built without MPI (Debian's libopenmpi-dev was not found at build time)"
-  or not have_mpirun and "skipped: mpirun is not installed (Debian's openmpi-bin; scripts/deps.sh installs it)"
-  or nil
-
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-local function slurp(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-local function spit(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
-local tmp = os.tmpname()
-os.remove(tmp)
-assert(ok_status(os.execute("mkdir -p " .. q(tmp))))
-local is_root = io.popen("id -u"):read("*l") == "0"
-local MPIRUN = "mpirun --oversubscribe --tag-output --mca btl_vader_single_copy_mechanism none"
-  .. (is_root and " --allow-run-as-root" or "")
-local ENV = os.getenv("MOELUA_ASAN") and "ASAN_OPTIONS=detect_leaks=0 " or ""
-
+local skip_reason = H.mpi_skip_reason()
+local slurp = H.read_file
 -- runs src on np ranks (np = 0: one plain process, no mpirun) in a fresh
--- directory; {rc, out, err, dir, lines = {[rank] = {stdout lines}}}
-local n_run = 0
-local function run(np, src, args)
-  n_run = n_run + 1
-  local dir = ("%s/run%d"):format(tmp, n_run)
-  assert(ok_status(os.execute("mkdir -p " .. q(dir))))
-  spit(dir .. "/script.lua", src)
-  local launch = np > 0 and (MPIRUN .. " -np " .. np .. " " .. H.rank_wrap(dir) .. " ") or ""
-  local cmd = ("cd %s && %stimeout -k 5 120 %s%s run script.lua %s > out 2> err; echo $?"):format(q(dir), ENV, launch,
-    q(bin), args or "")
-  local p = io.popen(cmd)
-  local rc = tonumber(p:read("*a"))
-  p:close()
-  local r = { rc = rc, out = slurp(dir .. "/out") or "", err = slurp(dir .. "/err") or "", dir = dir, lines = {} }
-  if np > 0 then
-    for rk, lines in pairs(H.rank_lines(dir, "stdout")) do -- (each rank's whole lines: H.rank_lines)
-      if #lines > 0 then r.lines[rk] = lines end
-    end
-  else
-    r.lines[0] = {}
-    for line in r.out:gmatch("[^\n]+") do table.insert(r.lines[0], line) end
-  end
-  return r
-end
+-- directory (H.mpi_runner); {rc, out, err, dir, lines = {[rank] = {stdout lines}}}
+local runner = H.mpi_runner(120)
+local function run(np, src, args) return runner.run(np, src, { args = args }) end
 local function expect_ok(r)
   if r.rc ~= 0 then error(("exit %s\nstdout:\n%s\nstderr:\n%s"):format(tostring(r.rc), r.out, r.err), 2) end
 end
@@ -74,6 +24,24 @@ local function values(lines)
   return v
 end
 local function close(a, b, tol) return math.abs(a - b) <= tol * math.max(1, math.abs(a), math.abs(b)) end
+-- every number of the 1-process run's "key=value" lines (ref) against rank 0's
+-- (v0), within 2e-5, and rank 0's against rank 1's (v1), to the bit
+local function same_logs(ref, v0, v1, except)
+  for k, r in pairs(ref) do
+    if k ~= except then
+      assert.is_true(close(r, v0[k], 2e-5), ("%s: one process %.9g, 2 ranks %.9g"):format(k, r, v0[k]))
+      assert.are.equal(v0[k], v1[k]) -- the same logs on every rank, to the bit
+    end
+  end
+end
+-- the largest difference between the weights of two checkpoints
+local function weights_diff(path_a, path_b)
+  local a, c = moe.load(path_a):get_weights(), moe.load(path_b):get_weights()
+  assert.are.equal(#c, #a)
+  local worst = 0
+  for i = 1, #a do worst = math.max(worst, (a[i] - c[i]):abs():max():item()) end
+  return worst
+end
 
 describe("moe.data.distributed_batches", function()
   -- the positions of one process's order that rank r's batches hold, checked against a naive list
@@ -213,6 +181,7 @@ model:save("model" .. (W == 1 and "_ref" or "") .. ".moe")
 ]]
 
 describe("fit{} data parallel under mpirun", function()
+  teardown(runner.cleanup)
   local pending_ = pending
   before_each(function() if skip_reason then pending_(skip_reason) end end)
 
@@ -225,12 +194,7 @@ describe("fit{} data parallel under mpirun", function()
     local v0, v1, ref = values(two.lines[0]), values(two.lines[1]), values(one.lines[0])
     assert.are.equal(ref.epochs, v0.epochs)
     assert.is_true(ref.epochs >= 2)
-    for k, r in pairs(ref) do
-      if k ~= "epochs" then
-        assert.is_true(close(r, v0[k], 2e-5), ("%s: one process %.9g, 2 ranks %.9g"):format(k, r, v0[k]))
-        assert.are.equal(v0[k], v1[k]) -- the same logs on every rank, to the bit
-      end
-    end
+    same_logs(ref, v0, v1, "epochs")
     -- only rank 0 prints the epoch lines and writes the CSV log and the checkpoint
     local epoch_lines = 0
     for _, l in ipairs(two.lines[1] or {}) do if l:match("^Epoch ") then epoch_lines = epoch_lines + 1 end end
@@ -240,11 +204,7 @@ describe("fit{} data parallel under mpirun", function()
     assert.truthy(slurp(two.dir .. "/ckpt0.moe"))
     assert.is_nil(slurp(two.dir .. "/ckpt1.moe"))
     -- the weights: rank 0's checkpoint against the reference's
-    local a = moe.load(two.dir .. "/model.moe"):get_weights()
-    local c = moe.load(one.dir .. "/model_ref.moe"):get_weights()
-    assert.are.equal(#c, #a)
-    local worst = 0
-    for i = 1, #a do worst = math.max(worst, (a[i] - c[i]):abs():max():item()) end
+    local worst = weights_diff(two.dir .. "/model.moe", one.dir .. "/model_ref.moe")
     assert.is_true(worst < 1e-5, "largest weight difference " .. worst)
   end)
 
@@ -281,15 +241,9 @@ m:save("sparse.moe") -- (collective: the experts gathered, rank 0 writes)
     local two, one = run(2, src, "16"), run(0, src, "16")
     expect_ok(two); expect_ok(one)
     local v0, v1, ref = values(two.lines[0]), values(two.lines[1]), values(one.lines[0])
-    for k, r in pairs(ref) do
-      assert.is_true(close(r, v0[k], 2e-5), ("%s: one process %.9g, 2 ranks %.9g"):format(k, r, v0[k]))
-      assert.are.equal(v0[k], v1[k])
-    end
+    same_logs(ref, v0, v1)
     assert.is_true(v0.imbalance >= 1) -- the per-rank loads reach the logs
-    local a = moe.load(two.dir .. "/sparse.moe"):get_weights()
-    local c = moe.load(one.dir .. "/sparse.moe"):get_weights()
-    local worst = 0
-    for i = 1, #c do worst = math.max(worst, (a[i] - c[i]):abs():max():item()) end
+    local worst = weights_diff(two.dir .. "/sparse.moe", one.dir .. "/sparse.moe")
     assert.is_true(worst < 1e-5, "largest weight difference " .. worst)
   end)
 

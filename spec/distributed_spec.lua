@@ -1,7 +1,7 @@
 -- moe.distributed (lua/moe/distributed.lua, src/dist/): each MPI test writes a
 -- script, runs it with `mpirun -np N build/moelua run script.lua` (under a
 -- timeout, so that a hang fails instead of blocking the suite) and checks each
--- rank's output -- tagged by mpirun with the rank -- against a naive
+-- rank's output (each rank's own file: H.mpi_runner) against a naive
 -- expectation computed here from every rank's known inputs. The 1-rank world
 -- (no mpirun) runs in this process. Without mpirun, or in a build without MPI,
 -- the MPI tests are skipped and say why.
@@ -9,82 +9,11 @@ local moe = require "moe"
 local ffi = require "ffi"
 local H = require "helpers"
 local dist = moe.distributed
-local bin = os.getenv("MOELUA_BIN") or "build/moelua"
-
-local function ok_status(r) return r == 0 or r == true end
-local have_mpirun = ok_status(os.execute("command -v mpirun >/dev/null 2>&1"))
-local skip_reason = not dist.is_available()
-    and "skipped: this moelua was built without MPI (Debian's libopenmpi-dev was not found at build time)"
-  or not have_mpirun and "skipped: mpirun is not installed (Debian's openmpi-bin; scripts/deps.sh installs it)"
-  or nil
-
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-local function slurp(path)
-  local f = io.open(path, "rb")
-  if not f then return "" end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-local function spit(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
-
-local tmp = os.tmpname()
-os.remove(tmp)
-assert(ok_status(os.execute("mkdir -p " .. q(tmp))))
-local is_root = io.popen("id -u"):read("*l") == "0"
--- vader's single-copy mechanism (CMA) needs ptrace rights that containers often lack
-local MPIRUN = "mpirun --oversubscribe --tag-output --mca btl_vader_single_copy_mechanism none"
-  .. (is_root and " --allow-run-as-root" or "")
--- (LeakSanitizer counts MPI's own allocations at exit)
-local ENV = os.getenv("MOELUA_ASAN") and "ASAN_OPTIONS=detect_leaks=0 " or ""
-
--- the lines of one stream, by rank: [1,r]<stdout>:text
-local function by_rank(text, stream)
-  local out = {}
-  for line in text:gmatch("[^\n]+") do
-    local r, body = line:match("^%[%d+,(%d+)%]<" .. stream .. ">:(.*)$")
-    if r then
-      r = tonumber(r)
-      out[r] = out[r] or {}
-      table.insert(out[r], body)
-    end
-  end
-  return out
-end
-
--- runs src as a script on np ranks; {rc, secs, out, err, lines = {[rank] = {stdout lines}}, errs}
-local n_run = 0
-local function mpirun(np, src, opts)
-  opts = opts or {}
-  n_run = n_run + 1
-  local dir = ("%s/run%d"):format(tmp, n_run)
-  assert(ok_status(os.execute("mkdir -p " .. q(dir))))
-  local script, out, err = dir .. "/script.lua", dir .. "/out", dir .. "/err"
-  spit(script, src)
-  local cmd = ("cd %s && %s%s timeout -k 5 %d %s -np %d %s run %s > %s 2> %s; echo $?"):format(q(dir), ENV,
-    opts.env or "", opts.timeout or 90, MPIRUN, np, H.rank_wrap(dir) .. " " .. q(bin), q(script), q(out), q(err))
-  local t0 = moe.now()
-  local p = io.popen(cmd)
-  local rc = tonumber(p:read("*a"))
-  p:close()
-  local r = { rc = rc, secs = moe.now() - t0, out = slurp(out), err = slurp(err), script = script }
-  r.lines, r.errs = by_rank(r.out, "stdout"), by_rank(r.err, "stderr")
-  -- (each rank's whole lines, where mpirun wrote its files: see H.rank_lines)
-  -- (and r.out, r.err hold them too, after mpirun's own output)
-  for rk, l in pairs(H.rank_lines(dir, "stdout")) do
-    r.lines[rk] = #l > 0 and l or r.lines[rk]
-    if #l > 0 then r.out = r.out .. table.concat(l, "\n") .. "\n" end
-  end
-  for rk, l in pairs(H.rank_lines(dir, "stderr")) do
-    r.errs[rk] = #l > 0 and l or r.errs[rk]
-    if #l > 0 then r.err = r.err .. table.concat(l, "\n") .. "\n" end
-  end
-  return r
-end
+local skip_reason = H.mpi_skip_reason()
+-- runs src as a script on np ranks (np = 0: one plain process) under a timeout
+-- (H.mpi_runner); {rc, secs, out, err, lines = {[rank] = {stdout lines}}, errs}
+local runner = H.mpi_runner(90)
+local mpirun = runner.run
 
 -- what every rank script starts with
 local PRELUDE = [[
@@ -187,7 +116,7 @@ local function mpi_it(name, fn)
 end
 
 describe("moe.distributed", function()
-  teardown(function() os.execute("rm -rf " .. q(tmp)) end)
+  teardown(runner.cleanup)
 
   describe("the 1-rank world (no mpirun)", function()
     it("is rank 0 of 1, and every collective is a copy of the input, in every dtype", function()
@@ -259,11 +188,8 @@ describe("moe.distributed", function()
     end)
 
     it("runs a script with moelua (no mpirun) as rank 0 of 1, with the cores' threads", function()
-      local path = tmp .. "/solo.lua"
-      spit(path, PRELUDE .. "local i = d.info() say(rank, world, i.backend, tostring(i.initialized), i.threads, moe.get_num_threads())\n")
-      local p = io.popen(("env -u OMPI_COMM_WORLD_SIZE -u PMI_SIZE -u PMIX_RANK %s run %s 2>&1"):format(q(bin), q(path)))
-      local out = p:read("*a")
-      p:close()
+      local out = mpirun(0, PRELUDE .. "local i = d.info() say(rank, world, i.backend, tostring(i.initialized), i.threads, "
+        .. "moe.get_num_threads())\n", { env = "env -u OMPI_COMM_WORLD_SIZE -u PMI_SIZE -u PMIX_RANK " }).out
       local r, w, backend, init, th, th2 = out:match("^(%d+)|(%d+)|(%a+)|(%a+)|(%d+)|(%d+)")
       assert.are.same({ "0", "1", "local", "true" }, { r, w, backend, init }, out)
       assert.are.equal(th, th2)

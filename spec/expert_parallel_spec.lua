@@ -10,54 +10,16 @@ local moe = require "moe"
 local H = require "helpers"
 local nn = moe.nn
 local dist = moe.distributed
-local bin = os.getenv("MOELUA_BIN") or "build/moelua"
-
-local function ok_status(r) return r == 0 or r == true end
-local have_mpirun = ok_status(os.execute("command -v mpirun >/dev/null 2>&1"))
-local skip_reason = not dist.is_available()
-    and "skipped: this moelua was built without MPI (Debian's libopenmpi-dev was not found at build time)"
-  or not have_mpirun and "skipped: mpirun is not installed (Debian's openmpi-bin; scripts/deps.sh installs it)"
-  or nil
-
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-local function slurp(path)
-  local f = io.open(path, "rb")
-  if not f then return "" end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-local function spit(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
-local tmp = os.tmpname()
-os.remove(tmp)
-assert(ok_status(os.execute("mkdir -p " .. q(tmp))))
-local is_root = io.popen("id -u"):read("*l") == "0"
-local MPIRUN = "mpirun --oversubscribe --tag-output --mca btl_vader_single_copy_mechanism none"
-  .. (is_root and " --allow-run-as-root" or "")
-local ENV = os.getenv("MOELUA_ASAN") and "ASAN_OPTIONS=detect_leaks=0 " or ""
+local skip_reason = H.mpi_skip_reason()
+local runner = H.mpi_runner(120)
+local tmp = runner.dir()
 
 -- runs src on np ranks: {rc, out, err, script, lines = {[rank] = {stdout lines}}}
-local n_run = 0
 -- (opts.file: run that script, with opts.args, instead of src)
 local function mpirun(np, src, opts)
   opts = opts or {}
-  n_run = n_run + 1
-  local dir = ("%s/run%d"):format(tmp, n_run)
-  assert(ok_status(os.execute("mkdir -p " .. q(dir))))
-  local script, out, err = opts.file or (dir .. "/script.lua"), dir .. "/out", dir .. "/err"
-  if not opts.file then spit(script, src) end
-  local p = io.popen(("cd %s && %stimeout -k 5 120 %s -np %d %s run %s %s > %s 2> %s; echo $?"):format(q(dir), ENV,
-    MPIRUN, np, H.rank_wrap(dir) .. " " .. q(bin), q(script), opts.args or "", q(out), q(err)))
-  local rc = tonumber(p:read("*a"))
-  p:close()
-  local r = { rc = rc, out = slurp(out), err = slurp(err), script = script, lines = {} }
-  for rk, lines in pairs(H.rank_lines(dir, "stdout")) do -- (each rank's whole lines: H.rank_lines)
-    if #lines > 0 then r.lines[rk] = lines end
-  end
+  local r = runner.run(np, src, opts)
+  local rc = r.rc
   assert(rc == 0, ("mpirun -np %d exited with %s\nstdout:\n%s\nstderr:\n%s"):format(np, tostring(rc), r.out, r.err))
   if not opts.file then
     for rk = 0, np - 1 do assert(r.lines[rk], "no output from rank " .. rk .. ":\n" .. r.out .. r.err) end
@@ -118,7 +80,7 @@ end
 ]]
 
 describe("nn.MoeLayer expert_parallel", function()
-  teardown(function() os.execute("rm -rf " .. q(tmp)) end)
+  teardown(runner.cleanup)
 
   describe("in a 1-rank world", function()
     local env = setmetatable({}, { __index = _G })

@@ -211,29 +211,122 @@ function H.need_device(pending)
   return true
 end
 
--- Each rank's own output in an mpirun run. mpirun's --tag-output is not
--- enough: on a busy machine it tags where its reads of a rank's pipe end, even
--- inside a line, and pieces of lines come out of order. So the runs put
--- H.rank_wrap(dir) before the command: each rank's shell sends its stdout and
--- stderr straight to dir/rank.<r>.stdout and .stderr, with no mpirun between.
+-- ---------------------------------------------------------------- MPI runs
+-- What the specs that run scripts under mpirun share (distributed, reducer,
+-- expert_parallel, dist_fit).
+
+local function ok_status(r) return r == 0 or r == true end
 local function shq(x) return "'" .. tostring(x):gsub("'", "'\\''") .. "'" end
-function H.rank_wrap(dir)
+
+-- why the MPI cases are skipped here, or nil when they run
+function H.mpi_skip_reason()
+  if not require("moe").distributed.is_available() then
+    return "skipped: this moelua was built without MPI (Debian's libopenmpi-dev was not found at build time)"
+  end
+  if not ok_status(os.execute("command -v mpirun >/dev/null 2>&1")) then
+    return "skipped: mpirun is not installed (Debian's openmpi-bin; scripts/deps.sh installs it)"
+  end
+end
+
+-- a file's bytes, or nil when it cannot be read
+function H.read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+-- Each rank's own output. mpirun's --tag-output is not enough: on a busy
+-- machine it tags where its reads of a rank's pipe end, even inside a line,
+-- and pieces of lines come out of order. So each rank runs under a shell that
+-- sends its stdout and stderr straight to dir/rank.<r>.stdout and .stderr,
+-- with no mpirun between.
+local function rank_wrap(dir)
   return "sh -c 'd=\"$1\"; shift; exec \"$@\" >\"$d/rank.$OMPI_COMM_WORLD_RANK.stdout\" "
     .. "2>\"$d/rank.$OMPI_COMM_WORLD_RANK.stderr\"' sh " .. shq(dir)
 end
--- {[rank] = {lines}} of one stream ("stdout" or "stderr") from those files;
--- the ranks whose file is missing are left out
-function H.rank_lines(dir, stream)
+-- {[rank] = {lines}} of one stream ("stdout" or "stderr") from those files
+local function rank_lines(dir, stream)
   local out = {}
   for r = 0, 255 do
-    local f = io.open(("%s/rank.%d.%s"):format(dir, r, stream), "rb")
-    if not f then break end
+    local s = H.read_file(("%s/rank.%d.%s"):format(dir, r, stream))
+    if not s then break end
     local lines = {}
-    for line in f:read("*a"):gmatch("[^\n]+") do lines[#lines + 1] = line end
-    f:close()
+    for line in s:gmatch("[^\n]+") do lines[#lines + 1] = line end
     out[r] = lines
   end
   return out
+end
+
+-- H.mpi_runner(timeout) -> runner: runner.run(np, src, opts) writes src as a
+-- script in a fresh directory and runs it on np ranks under mpirun (np = 0:
+-- one plain process), under `timeout` seconds, so that a hang fails instead of
+-- blocking the suite. opts: file (a script to run instead of src), args, env (a
+-- prefix of the command, such as "env -u X "), timeout. Returns {rc, secs, dir,
+-- script, out, err, lines = {[rank] = {stdout lines}}, errs = {[rank] =
+-- {stderr lines}}}; out and err hold mpirun's own output, then every rank's; a
+-- rank that printed nothing has no entry in lines (or errs). runner.dir() is
+-- the runner's temporary directory; runner.cleanup() removes it.
+local is_root
+function H.mpi_runner(timeout)
+  if is_root == nil then is_root = io.popen("id -u"):read("*l") == "0" end
+  -- vader's single-copy mechanism (CMA) needs ptrace rights that containers often lack
+  local MPIRUN = "mpirun --oversubscribe --tag-output --mca btl_vader_single_copy_mechanism none"
+    .. (is_root and " --allow-run-as-root" or "")
+  -- (LeakSanitizer counts MPI's own allocations at exit)
+  local ENV = os.getenv("MOELUA_ASAN") and "ASAN_OPTIONS=detect_leaks=0 " or ""
+  local bin = os.getenv("MOELUA_BIN") or "build/moelua"
+  local tmp, n = nil, 0
+  local R = {}
+  -- the runner's own temporary directory (made on first use), for a spec's other files too
+  function R.dir()
+    if not tmp then
+      tmp = os.tmpname()
+      os.remove(tmp)
+      assert(ok_status(os.execute("mkdir -p " .. shq(tmp))))
+    end
+    return tmp
+  end
+  function R.run(np, src, opts)
+    opts = opts or {}
+    local tmp = R.dir()
+    n = n + 1
+    local dir = ("%s/run%d"):format(tmp, n)
+    assert(ok_status(os.execute("mkdir -p " .. shq(dir))))
+    local script = opts.file or (dir .. "/script.lua")
+    if not opts.file then
+      local f = assert(io.open(script, "wb"))
+      f:write(src)
+      f:close()
+    end
+    local launch = np > 0 and ("%s -np %d %s "):format(MPIRUN, np, rank_wrap(dir)) or ""
+    local cmd = ("cd %s && %s%stimeout -k 5 %d %s%s run %s %s > out 2> err; echo $?"):format(shq(dir), ENV,
+      opts.env or "", opts.timeout or timeout, launch, shq(bin), shq(script), opts.args or "")
+    local t0 = require("moe").now()
+    local p = io.popen(cmd)
+    local rc = tonumber(p:read("*a"))
+    p:close()
+    local r = { rc = rc, secs = require("moe").now() - t0, dir = dir, script = script,
+      out = H.read_file(dir .. "/out") or "", err = H.read_file(dir .. "/err") or "", lines = {}, errs = {} }
+    if np == 0 then
+      r.lines[0], r.errs[0] = {}, {}
+      for line in r.out:gmatch("[^\n]+") do table.insert(r.lines[0], line) end
+      for line in r.err:gmatch("[^\n]+") do table.insert(r.errs[0], line) end
+      return r
+    end
+    for _, s in ipairs { { "stdout", "lines", "out" }, { "stderr", "errs", "err" } } do
+      for rk, l in pairs(rank_lines(dir, s[1])) do
+        if #l > 0 then
+          r[s[2]][rk] = l
+          r[s[3]] = r[s[3]] .. table.concat(l, "\n") .. "\n"
+        end
+      end
+    end
+    return r
+  end
+  function R.cleanup() if tmp then os.execute("rm -rf " .. shq(tmp)) end end
+  return R
 end
 
 return H

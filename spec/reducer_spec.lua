@@ -2,55 +2,21 @@
 -- (src/core/autograd.c). The hook's spec runs here, in one process, against a
 -- naive account of when each leaf's last use in backward comes. The reducer's
 -- specs run rank scripts under `mpirun -np 2` and `-np 3` (the pattern of
--- spec/distributed_spec.lua: a timeout, each rank's tagged output) and check
+-- spec/distributed_spec.lua: H.mpi_runner's timeout and per-rank output) and check
 -- every averaged grad against a naive expectation computed in the script from
 -- every rank's own plain-backward grads, gathered and summed by hand.
 local moe = require "moe"
 local H = require "helpers"
 local dist = moe.distributed
-local bin = os.getenv("MOELUA_BIN") or "build/moelua"
-
-local function ok_status(r) return r == 0 or r == true end
-local have_mpirun = ok_status(os.execute("command -v mpirun >/dev/null 2>&1"))
-local skip_reason = not dist.is_available()
-    and "skipped: this moelua was built without MPI (Debian's libopenmpi-dev was not found at build time)"
-  or not have_mpirun and "skipped: mpirun is not installed (Debian's openmpi-bin; scripts/deps.sh installs it)"
-  or nil
-
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-local function slurp(path)
-  local f = io.open(path, "rb")
-  if not f then return "" end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
-local tmp = os.tmpname()
-os.remove(tmp)
-assert(ok_status(os.execute("mkdir -p " .. q(tmp))))
-local is_root = io.popen("id -u"):read("*l") == "0"
-local MPIRUN = "mpirun --oversubscribe --tag-output --mca btl_vader_single_copy_mechanism none"
-  .. (is_root and " --allow-run-as-root" or "")
-local ENV = os.getenv("MOELUA_ASAN") and "ASAN_OPTIONS=detect_leaks=0 " or ""
+local skip_reason = H.mpi_skip_reason()
+local runner = H.mpi_runner(90)
 
 -- runs src on np ranks: {rc, out, err, lines = {[rank] = {key = value}}} from "key|value" lines
-local n_run = 0
 local function mpirun(np, src)
-  n_run = n_run + 1
-  local dir = ("%s/run%d"):format(tmp, n_run)
-  assert(ok_status(os.execute("mkdir -p " .. q(dir))))
-  local script = dir .. "/script.lua"
-  local f = assert(io.open(script, "wb"))
-  f:write(src)
-  f:close()
-  local cmd = ("cd %s && %stimeout -k 5 90 %s -np %d %s run %s > out 2> err; echo $?"):format(q(dir), ENV,
-    MPIRUN, np, H.rank_wrap(dir) .. " " .. q(bin), q(script))
-  local p = io.popen(cmd)
-  local rc = tonumber(p:read("*a"))
-  p:close()
-  local r = { rc = rc, out = slurp(dir .. "/out"), err = slurp(dir .. "/err"), lines = {} }
-  for rank, lines in pairs(H.rank_lines(dir, "stdout")) do -- (each rank's whole lines: H.rank_lines)
+  local run = runner.run(np, src)
+  local rc = run.rc
+  local r = { rc = rc, out = run.out, err = run.err, lines = {} }
+  for rank, lines in pairs(run.lines) do
     for _, line in ipairs(lines) do
       local key, val = line:match("^([^|]+)|(.*)$")
       if key then
@@ -333,7 +299,7 @@ say("hex", ("%d:%08x"):format(#hex, sum))
 local function script(mode) return "local function main(...)\n" .. SCRIPT .. "\nend\nmain(" .. ("%q"):format(mode) .. ")\n" end
 
 describe("moe.distributed.Reducer under mpirun", function()
-  teardown(function() os.execute("rm -rf " .. q(tmp)) end)
+  teardown(runner.cleanup)
 
   for _, np in ipairs { 2, 3 } do
     mpi_it(("averages the grads as the naive all_gather-and-sum does, starting every bucket during backward (%d ranks)")
