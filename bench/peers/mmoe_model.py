@@ -1,7 +1,7 @@
 """The census MMoE in PyTorch, as moelua's models/mmoe_census.lua builds it:
 499 inputs, 8 experts x 4 units (relu), one softmax gate per task, towers
-Dense(8, relu) -> Dense(1, sigmoid). Shared by the peers torch_moe.py and
-torch_ddp_mmoe.py."""
+Dense(8, relu) -> Dense(1, sigmoid). Shared by the peers torch_moe.py,
+torch_ddp_mmoe.py and torch_gpu_census.py."""
 import torch
 import torch.nn.functional as F
 

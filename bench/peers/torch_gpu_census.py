@@ -5,30 +5,12 @@ towers of 8, Adam lr 1e-3, binary cross-entropy), one epoch over 32,768 rows
 already on the device, shuffled batches of 32 and 1024 (randperm, index per
 batch, as fit{} does), median of 3 epochs after one warm-up epoch, each ending
 in a read of the last loss (which waits for the device)."""
-import argparse, json, statistics, time
+import argparse, json, os, statistics, sys, time
 import torch
 import torch.nn.functional as F
 
-
-# the census MMoE of torch_moe.py (that script runs on import, so the class is repeated here)
-class MMoE(torch.nn.Module):
-    def __init__(self, F_=499, U=4, E=8, tasks=2):
-        super().__init__()
-        self.ek = torch.nn.Parameter(torch.randn(F_, U, E) * F_ ** -0.5)
-        self.eb = torch.nn.Parameter(torch.zeros(U, E))
-        self.gk = torch.nn.ParameterList([torch.nn.Parameter(torch.randn(F_, E) * F_ ** -0.5) for _ in range(tasks)])
-        self.gb = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(E)) for _ in range(tasks)])
-        self.towers = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Linear(U, 8), torch.nn.ReLU(),
-                                                               torch.nn.Linear(8, 1), torch.nn.Sigmoid())
-                                           for _ in range(tasks)])
-
-    def forward(self, x):
-        h = F.relu(torch.tensordot(x, self.ek, dims=1) + self.eb)        # [B,U,E]
-        outs = []
-        for gk, gb, tower in zip(self.gk, self.gb, self.towers):
-            g = F.softmax(x @ gk + gb, -1)                              # [B,E]
-            outs.append(tower((h * g.unsqueeze(1)).sum(-1)))
-        return outs
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mmoe_model import MMoE  # noqa: E402  (the census MMoE, shared with torch_moe.py)
 
 
 ap = argparse.ArgumentParser()
