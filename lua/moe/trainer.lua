@@ -812,10 +812,11 @@ local function average_buffers(self, D, skip)
   local trained = {}
   for _, p in ipairs(self:parameters()) do trained[p] = true end
   local _, ts = self:named_weights()
+  local direct = device_collectives(D)
   moe.no_grad(function()
     for _, t in ipairs(ts) do
       if not trained[t] and not skip[t] and t:dtype():match("^float") and t:numel() > 0 then
-        if t:device() == "cpu" or device_collectives(D) then D.all_reduce(t, "mean")
+        if t:device() == "cpu" or direct then D.all_reduce(t, "mean")
         else t:copy_(D.all_reduce(t:cpu(), "mean"):to(t:device())) end
       end
     end
