@@ -56,7 +56,8 @@ typedef struct {
   moe_tensor *buf; /* [n] */
   void *gathered;  /* [world * n] in deterministic mode */
   moe_comm_req *req;
-  int state; /* 0 idle, 1 in flight, 2 done */
+  int state;   /* 0 idle, 1 in flight, 2 done */
+  int divided; /* finish: the whole buffer divided in place (a param needed a copy) */
 } bucket;
 
 struct moe_reducer {
@@ -467,6 +468,19 @@ static void divide(moe_tensor *t, int by) {
     for (double *p = (double *)moe_data(t), *e = p + n; p < e; p++) *p /= by;
 }
 
+/* dst[0..n) = buf[off..off+n) / by */
+static void divide_into(void *dst, const void *buf, int64_t off, int64_t n, moe_dtype dt, int by) {
+  if (dt == MOE_F32) {
+    const float *s = (const float *)buf + off;
+    float *d = dst, w = (float)by;
+    for (int64_t j = 0; j < n; j++) d[j] = s[j] / w;
+  } else {
+    const double *s = (const double *)buf + off;
+    double *d = dst;
+    for (int64_t j = 0; j < n; j++) d[j] = s[j] / by;
+  }
+}
+
 /* t.grad = src (a copy), or zeros when src is NULL */
 static int set_grad(moe_tensor *t, moe_tensor *src) {
   if (t->grad) return src ? moe_copy_(t->grad, src) : moe_fill_(t->grad, 0.0);
@@ -486,13 +500,23 @@ int moe_reducer_finish(moe_reducer *r) {
       if (b->state == 1 && r->comm->wait(b->req)) rc = -1;
       b->state = 0;
     }
-    for (int k = 0; k < r->nb && !rc; k++) {
+    for (int k = 0; k < r->nb && !rc; k++)
       if (r->st.deterministic) sum_ranks(&r->b[k], r->world);
-      divide(r->b[k].buf, r->world);
-    }
+    /* each grad = its bucket slice / world: one pass, straight into a grad of
+     * the same layout (the usual case: backward's own), else through a copy */
+    for (int k = 0; k < r->nb && !rc; k++) r->b[k].divided = 0;
     for (int i = 0; i < r->n && !rc; i++) {
       rparam *p = &r->p[i];
-      moe_tensor *s = moe_narrow(r->b[p->bucket].buf, 0, p->off, moe_numel(p->t));
+      bucket *b = &r->b[p->bucket];
+      moe_tensor *gr = p->t->grad;
+      if (gr && !b->divided && gr->device == MOE_CPU && gr->dtype == b->dt && moe_is_contiguous(gr) &&
+          moe_numel(gr) == moe_numel(p->t)) {
+        divide_into(moe_data(gr), moe_data(b->buf), p->off, moe_numel(gr), b->dt, r->world);
+        continue;
+      }
+      /* (the params before it in the bucket have read their slices already) */
+      if (!b->divided) divide(b->buf, r->world), b->divided = 1;
+      moe_tensor *s = moe_narrow(b->buf, 0, p->off, moe_numel(p->t));
       moe_tensor *v = s ? moe_view(s, p->t->ndim, p->t->shape) : NULL;
       rc = v ? set_grad(p->t, v) : -1;
       moe_tensor_release(v);
