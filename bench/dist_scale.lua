@@ -70,6 +70,9 @@ local function grad_sync(params, locals)
   if os.getenv("MOE_BENCH_SYNC") == "none" then -- (the ranks compute side by side, nothing sent: the machine's ceiling)
     return { name = "none (no communication)", prepare = function() end, finish = function() end }
   end
+  if os.getenv("MOE_BENCH_SYNC") == "barrier" then -- (the ranks in lockstep, nothing sent: what waiting alone costs)
+    return { name = "barrier (no data sent)", prepare = function() end, finish = function() D.barrier() end }
+  end
   if D.Reducer and os.getenv("MOE_BENCH_SYNC") ~= "all_reduce" then
     local list, reduced = {}, {}
     for _, p in ipairs(params) do

@@ -62,6 +62,10 @@ end
 -- what two ranks side by side reach on this machine (its cores' shared caches
 -- and memory bandwidth), the ceiling of any 2-rank scaling here
 local function ceiling(case) return function(np) return moelua_case(np, case, "MOE_BENCH_SYNC=none ") end end
+-- and in lockstep: one barrier a step in place of the gradients' all-reduce
+-- (MOE_BENCH_SYNC=barrier), what waiting for the slower rank alone costs: the
+-- ceiling of any synchronous data-parallel step here, whatever the transport
+local function lockstep(case) return function(np) return moelua_case(np, case, "MOE_BENCH_SYNC=barrier ") end end
 
 -- ------------------------------------------------------------- preconditions
 local why
@@ -132,11 +136,15 @@ local cases = {
     "samples_per_s", "samples/s", 1.6 },
   { "step_none_1024", "  2 ranks sending nothing (this machine's ceiling)", ceiling("mmoe_step 1024"), "samples_per_s",
     "samples/s", base = "mmoe_step_1024", ceiling = true },
+  { "step_barrier_1024", "  2 ranks in lockstep, a barrier a step, no data", lockstep("mmoe_step 1024"), "samples_per_s",
+    "samples/s", base = "mmoe_step_1024", ceiling = true },
   { "ddp_step_1024", "  PyTorch DDP (gloo), same step", function(np) return torch_case(np, 1024) end,
     "samples_per_s", "samples/s" },
   { "mmoe_step_32", "census MMoE DP step, batch 32/rank", function(np) return moelua_case(np, "mmoe_step 32") end,
     "samples_per_s", "samples/s", 1.6 },
   { "step_none_32", "  2 ranks sending nothing (this machine's ceiling)", ceiling("mmoe_step 32"), "samples_per_s",
+    "samples/s", base = "mmoe_step_32", ceiling = true },
+  { "step_barrier_32", "  2 ranks in lockstep, a barrier a step, no data", lockstep("mmoe_step 32"), "samples_per_s",
     "samples/s", base = "mmoe_step_32", ceiling = true },
   { "ddp_step_32", "  PyTorch DDP (gloo), same step", function(np) return torch_case(np, 32) end,
     "samples_per_s", "samples/s" },
@@ -185,13 +193,13 @@ for _, c in ipairs(cases) do
   if two.sync and c[1]:match("^sparse") then print("  (gradients: " .. two.sync .. ")") end
 end
 print()
-print("against the ceiling (2 ranks computing side by side, sending nothing):")
+print("against the ceilings (2 ranks side by side sending nothing: *_none; in lockstep by a barrier a step: *_barrier):")
 for _, pair in ipairs { { "sparse_dp", "sparse_none" }, { "sparse_ep", "sparse_none" }, { "mmoe_step_1024", "step_none_1024" },
-  { "mmoe_step_32", "step_none_32" } } do
+  { "mmoe_step_1024", "step_barrier_1024" }, { "mmoe_step_32", "step_none_32" }, { "mmoe_step_32", "step_barrier_32" } } do
   local a, c = ratio[pair[1]], ratio[pair[2]]
   if a and c then
-    print(("  %-16s %.2fx of the ceiling's %.2fx: %3.0f%% of what this machine allows"):format(pair[1], a, c, 100 * a / c))
-    record(pair[1] .. ".of_ceiling", a / c)
+    print(("  %-16s %.2fx of %-17s %.2fx: %3.0f%%"):format(pair[1], a, pair[2] .. "'s", c, 100 * a / c))
+    record(pair[1] .. ".of_" .. pair[2], a / c)
   end
 end
 print()
