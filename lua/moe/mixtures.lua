@@ -357,4 +357,247 @@ function SharedBottom:forward(x)
   return outs
 end
 
+-- ------------------------------------------------------------------ CGC / PLE
+
+-- CGC and PLE (Tang et al., RecSys 2020) as torch-rechub 0.9.0 builds them
+-- (models/multi_task/ple.py), on a dense input [B, F] (no embedding layer). Every
+-- expert, gate and tower is rechub's MLP: per size in dims, Linear -> BatchNorm1d
+-- -> activation -> Dropout; a gate is an MLP of dims {n} with softmax. The
+-- BatchNorms are PyTorch's (momentum 0.1, eps 1e-5, unbiased running variance).
+-- Each expert is a child module of its own (one GEMM each): readable and exactly
+-- rechub's graph; stacking them into batched GEMMs is left for when it matters.
+
+-- PyTorch's BatchNorm1d in our BatchNormalization's terms (see nn.lua)
+local TORCH_BN = { momentum = 0.9, epsilon = 1e-5, unbiased_moving_variance = true }
+-- rechub's activation names, where ours differ ("leakyrelu" is torch's slope 0.01)
+local RECHUB_ACT = { leakyrelu = function(x) return moe.where(x:gt(0), x, x * 0.01) end }
+
+-- rechub's MLP(input_dim, output_layer, dims, dropout, activation)
+local MLP = class("RechubMLP", Module)
+function MLP:init(opts)
+  Module.init(self, opts)
+  self:_options(opts, { dims = {}, activation = "relu", dropout = 0, output_layer = false, where = "MLP" })
+  rawset(self, "_act", RECHUB_ACT[self.activation] or nn.get_activation(self.activation, self.where))
+  for i, d in ipairs(self.dims) do
+    self:add_module("linear_" .. i, nn.Dense { units = d, name = "linear_" .. i })
+    local bn = {}
+    for k, v in pairs(TORCH_BN) do bn[k] = v end
+    bn.name = "bn_" .. i
+    self:add_module("bn_" .. i, nn.BatchNormalization(bn))
+  end
+  if self.output_layer then self:add_module("linear_out", nn.Dense { units = 1, name = "linear_out" }) end
+end
+function MLP:forward(x)
+  local h = x
+  for i = 1, #self.dims do
+    h = nn.call_child(self, "linear_" .. i, self["linear_" .. i], h)
+    h = nn.call_child(self, "bn_" .. i, self["bn_" .. i], h)
+    h = nn.dropout(self._act(h), self.dropout, self._training)
+  end
+  if self.output_layer then h = nn.call_child(self, "linear_out", self.linear_out, h) end
+  return h
+end
+
+-- options shared by CGC and PLE, checked once, at the caller's line
+local function mlp_params(self, key, p, what)
+  if type(p) ~= "table" or moe.is_tensor(p) then
+    error(("%s: %s must be a table {dims = {...}, activation = ..., dropout = ...}, got %s")
+      :format(self.class_name, what, moe._show(p)), 0)
+  end
+  for k in pairs(p) do
+    if k ~= "dims" and k ~= "activation" and k ~= "dropout" then
+      error(("%s: %s has an unknown key %s (keys: dims, activation, dropout)"):format(self.class_name, what,
+        moe._show(k)), 0)
+    end
+  end
+  local dims = p.dims
+  if key == "expert_params" and (type(dims) ~= "table" or #dims == 0) then
+    error(("%s: %s.dims must be a non-empty list of sizes, got %s"):format(self.class_name, what, moe._show(dims)), 0)
+  end
+  if dims ~= nil and type(dims) ~= "table" then
+    error(("%s: %s.dims must be a list of sizes, got %s"):format(self.class_name, what, moe._show(dims)), 0)
+  end
+  for i, d in ipairs(dims or {}) do
+    if type(d) ~= "number" or d < 1 or d ~= math.floor(d) then
+      error(("%s: %s.dims[%d] must be a positive integer, got %s"):format(self.class_name, what, i, moe._show(d)), 0)
+    end
+  end
+  local rate = p.dropout
+  if rate ~= nil and (type(rate) ~= "number" or not (rate >= 0 and rate < 1)) then
+    error(("%s: %s.dropout must be a number in [0, 1), got %s"):format(self.class_name, what, moe._show(rate)), 0)
+  end
+  if p.activation ~= nil and not RECHUB_ACT[p.activation] then
+    nn.get_activation(p.activation, self.class_name .. " " .. what)
+  end
+end
+
+-- the task list: task_types ({"classification", "regression", ...}) or num_tasks
+local function task_setup(self)
+  if self.task_types then
+    if type(self.task_types) ~= "table" or #self.task_types == 0 then
+      error(("%s: task_types must be a non-empty list of \"classification\" or \"regression\", got %s")
+        :format(self.class_name, moe._show(self.task_types)), 0)
+    end
+    for i, t in ipairs(self.task_types) do
+      if t ~= "classification" and t ~= "regression" then
+        error(("%s: task_types[%d] must be \"classification\" or \"regression\", got %s"):format(self.class_name,
+          i, moe._show(t)), 0)
+      end
+    end
+    if self.num_tasks and self.num_tasks ~= #self.task_types then
+      error(("%s: num_tasks (%s) and task_types (%d entries) disagree"):format(self.class_name,
+        moe._show(self.num_tasks), #self.task_types), 0)
+    end
+    rawset(self, "num_tasks", #self.task_types)
+  elseif not self.num_tasks then
+    error(("%s: give task_types (a list of \"classification\" or \"regression\") or num_tasks"):format(self.class_name), 0)
+  end
+  nn.positive_int(self, "num_tasks")
+  nn.positive_int(self, "n_expert_specific")
+  if type(self.n_expert_shared) ~= "number" or self.n_expert_shared < 0
+     or self.n_expert_shared ~= math.floor(self.n_expert_shared) then
+    error(("%s: n_expert_shared must be an integer >= 0, got %s"):format(self.class_name,
+      moe._show(self.n_expert_shared)), 0)
+  end
+  mlp_params(self, "expert_params", self.expert_params, "expert_params")
+end
+
+local function expert_mlp(p, where)
+  return MLP { dims = p.dims, activation = p.activation or "relu", dropout = p.dropout or 0, where = where }
+end
+
+-- name the children by their field (weight paths such as cgc_1/expert_shared_2/linear_1/kernel)
+local function name_children(self)
+  for _, k in ipairs(self._children) do rawset(rawget(self, k), "name", k) end
+  nn.structure_changed()
+end
+
+-- CGC: per task n_expert_specific experts, n_expert_shared shared ones; task t's
+-- gate mixes its own and the shared experts. shared_gate = true adds rechub's
+-- gate over all experts (a PLE level below the last) and a (T+1)-th output.
+local CGC = class("CGC", Module)
+nn.CGC = CGC
+local cgc_defaults = { n_expert_specific = REQUIRED, n_expert_shared = REQUIRED, expert_params = REQUIRED,
+  task_types = false, num_tasks = false, shared_gate = false }
+function CGC:init(opts)
+  Module.init(self, opts)
+  self:_options(opts, cgc_defaults)
+  task_setup(self)
+  local T, S, H = self.num_tasks, self.n_expert_specific, self.n_expert_shared
+  local where = self.class_name
+  -- rechub's module order (its state_dict order, so get_weights' order)
+  for i = 1, T * S do self:add_module("expert_specific_" .. i, expert_mlp(self.expert_params, where)) end
+  for i = 1, H do self:add_module("expert_shared_" .. i, expert_mlp(self.expert_params, where)) end
+  for t = 1, T do self:add_module("gate_specific_" .. t, MLP { dims = { S + H }, activation = "softmax" }) end
+  if self.shared_gate then self:add_module("gate_shared", MLP { dims = { T * S + H }, activation = "softmax" }) end
+  name_children(self)
+end
+
+-- xs: one tensor [B, F] (every expert and gate sees it) or rechub's list of T+1
+-- tensors (task t's experts and gate read xs[t], the shared ones xs[T+1])
+local function cgc_inputs(self, xs)
+  local T = self.num_tasks
+  if moe.is_tensor(xs) then
+    local l = {}
+    for i = 1, T + 1 do l[i] = xs end
+    return l
+  end
+  if type(xs) ~= "table" or #xs ~= T + 1 then
+    error(("%s \"%s\": expected a tensor [batch, features] or a list of %d tensors (one per task, then the "
+      .. "shared experts' input), got %s"):format(self.class_name, self.name, T + 1,
+      type(xs) == "table" and (#xs .. " inputs") or moe._show(xs)), 0)
+  end
+  return xs
+end
+function CGC:forward(xs)
+  xs = cgc_inputs(self, xs)
+  local T, S, H = self.num_tasks, self.n_expert_specific, self.n_expert_shared
+  for i, x in ipairs(xs) do
+    if not moe.is_tensor(x) or x:dim() ~= 2 then
+      error(("%s \"%s\": input %d must be a tensor [batch, features], got %s"):format(self.class_name, self.name,
+        i, moe._show(x)), 0)
+    end
+  end
+  local function run(k, x) return nn.call_child(self, k, self[k], x) end
+  local specific, shared = {}, {}
+  for t = 1, T do
+    for j = 1, S do
+      local i = (t - 1) * S + j
+      specific[i] = run("expert_specific_" .. i, xs[t])
+    end
+  end
+  for j = 1, H do shared[j] = run("expert_shared_" .. j, xs[T + 1]) end
+  -- sum_e g[b,e] h_e[b,:] as moe.mixture over h [B, U, E]
+  local function mix(list, g) return moe.mixture(moe.stack(list, 3), g) end
+  local outs, gates = {}, {}
+  for t = 1, T do
+    local list = {}
+    for j = 1, S do list[j] = specific[(t - 1) * S + j] end
+    for j = 1, H do list[S + j] = shared[j] end
+    local g = run("gate_specific_" .. t, xs[t])
+    gates[t] = g:detach()
+    outs[t] = mix(list, g)
+  end
+  if self.shared_gate then
+    local list = {}
+    for i, h in ipairs(specific) do list[i] = h end
+    for j = 1, H do list[#list + 1] = shared[j] end
+    local g = run("gate_shared", xs[T + 1])
+    gates[T + 1] = g:detach()
+    outs[T + 1] = mix(list, g)
+  end
+  rawset(self, "last_gates", gates)
+  return outs
+end
+
+-- PLE: n_level CGC levels (every level but the last with the shared gate; level 1
+-- reads x, level l the outputs of level l - 1), then with tower_params_list per
+-- task a tower MLP, a Linear(., 1) and the prediction (sigmoid for
+-- "classification"): a list of [B, 1]; without it the last level's T outputs.
+local PLE = class("PLE", Module)
+nn.PLE = PLE
+function PLE:init(opts)
+  Module.init(self, opts)
+  self:_options(opts, { n_level = REQUIRED, n_expert_specific = REQUIRED, n_expert_shared = REQUIRED,
+    expert_params = REQUIRED, tower_params_list = false, task_types = false, num_tasks = false })
+  nn.positive_int(self, "n_level")
+  task_setup(self)
+  local T = self.num_tasks
+  local towers = self.tower_params_list
+  if towers then
+    if type(towers) ~= "table" or #towers ~= T then
+      error(("PLE: tower_params_list must be a list of %d tables (one per task), got %s"):format(T,
+        type(towers) == "table" and (#towers .. " entries") or moe._show(towers)), 0)
+    end
+    for t, p in ipairs(towers) do mlp_params(self, "tower", p, "tower_params_list[" .. t .. "]") end
+  end
+  for l = 1, self.n_level do
+    local c = CGC { n_expert_specific = self.n_expert_specific, n_expert_shared = self.n_expert_shared,
+      expert_params = self.expert_params, num_tasks = T, shared_gate = l < self.n_level }
+    self:add_module("cgc_" .. l, c)
+  end
+  if towers then
+    for t, p in ipairs(towers) do
+      self:add_module("tower_" .. t, MLP { dims = p.dims or {}, activation = p.activation or "relu",
+        dropout = p.dropout or 0, output_layer = true, where = "PLE" })
+    end
+  end
+  name_children(self)
+end
+function PLE:forward(x)
+  if not moe.is_tensor(x) or x:dim() ~= 2 then
+    error(("PLE \"%s\": expected a tensor [batch, features], got %s"):format(self.name, moe._show(x)), 0)
+  end
+  local h = x
+  for l = 1, self.n_level do h = nn.call_child(self, "cgc_" .. l, self["cgc_" .. l], h) end
+  if not self.tower_params_list then return h end
+  local ys = {}
+  for t = 1, self.num_tasks do
+    local y = nn.call_child(self, "tower_" .. t, self["tower_" .. t], h[t])
+    -- rechub's PredictionLayer; with num_tasks in place of task_types, the logits
+    ys[t] = self.task_types and self.task_types[t] == "classification" and y:sigmoid() or y
+  end
+  return ys
+end
+
 return nn

@@ -1038,7 +1038,10 @@ local function normalize(self, x, mean, var, n, a)
 end
 
 -- BatchNormalization (Keras semantics): batch statistics in training, with
--- moving = moving * momentum + batch * (1 - momentum); moving statistics in evaluation
+-- moving = moving * momentum + batch * (1 - momentum); moving statistics in evaluation.
+-- PyTorch's BatchNorm1d is momentum = 0.9 (its 0.1 is our 1 - momentum), epsilon = 1e-5 and
+-- unbiased_moving_variance = true: it normalises with the biased batch variance but
+-- moves the running variance towards the unbiased one (times n / (n - 1))
 local BatchNormalization = class("BatchNormalization", Module)
 nn.BatchNormalization = BatchNormalization
 function BatchNormalization:init(opts)
@@ -1046,7 +1049,7 @@ function BatchNormalization:init(opts)
   self:_options(opts, { axis = -1, momentum = 0.99, epsilon = 1e-3, center = true, scale = true,
     beta_initializer = "zeros", gamma_initializer = "ones", moving_mean_initializer = "zeros",
     moving_variance_initializer = "ones", beta_regularizer = false, gamma_regularizer = false,
-    beta_constraint = false, gamma_constraint = false })
+    beta_constraint = false, gamma_constraint = false, unbiased_moving_variance = false })
 end
 function BatchNormalization:build(shape)
   local f = shape[norm_axis(self, shape)]
@@ -1066,8 +1069,13 @@ function BatchNormalization:forward(x)
     var = (x - mean):square():mean(dims, { keepdim = true })
     moe.no_grad(function()
       local m = self.momentum
+      local bessel = 1
+      if self.unbiased_moving_variance then
+        local count = x:numel() / x:size(a)
+        if count > 1 then bessel = count / (count - 1) end
+      end
       self.moving_mean:mul_(m):add_(mean:detach():reshape(-1) * (1 - m))
-      self.moving_variance:mul_(m):add_(var:detach():reshape(-1) * (1 - m))
+      self.moving_variance:mul_(m):add_(var:detach():reshape(-1) * ((1 - m) * bessel))
     end)
   else
     mean = along(self.moving_mean, n, a)
