@@ -97,11 +97,15 @@ S[#S + 1] = { id = "nn", title = "Layers (moe.nn)", intro =
     { "nn.BatchNormalization", nil, "Batch normalization with Keras's semantics: batch statistics in training "
       .. "(the moving ones updated as moving = moving * momentum + batch * (1 - momentum)), the moving statistics "
       .. "in evaluation.",
+      details = "PyTorch's BatchNorm1d is { momentum = 0.9, epsilon = 1e-5, unbiased_moving_variance = true } "
+        .. "(its momentum 0.1 is our 1 - momentum): training normalises with the biased batch variance either way.",
       options = (function()
         local o = affine_opts()
         table.insert(o, 2, { "momentum", "number", nil, "of the moving statistics, in [0, 1]" })
         o[#o + 1] = { "moving_mean_initializer", INIT, nil, "" }
         o[#o + 1] = { "moving_variance_initializer", INIT, nil, "" }
+        o[#o + 1] = { "unbiased_moving_variance", "boolean", nil, "move the moving variance towards the batch's "
+          .. "unbiased variance (times n / (n - 1), n the values per feature), as PyTorch does" }
         return o
       end)(),
       example = "local bn = moe.nn.BatchNormalization {}" },
@@ -236,6 +240,54 @@ S[#S + 1] = { id = "moe_layers", title = "Mixture-of-Experts layers", intro =
       options = { { "units", "integer", nil, "the last layer's units" }, { "num_tasks", "integer", nil, "" },
         { "hidden_units", "list of integers", nil, "hidden layers before the last" },
         { "activation", ACT, nil, "of every layer" }, { "kernel_initializer", INIT, nil, "" } } },
+    { "nn.CGC", nil, "Customized Gate Control (Tang et al., RecSys 2020) as torch-rechub 0.9.0's CGC, on a dense "
+      .. "input: per task n_expert_specific experts, n_expert_shared shared ones, and per task a gate over its own "
+      .. "and the shared experts; returns a list of num_tasks tensors [B, expert_params.dims[last]] (one more, the "
+      .. "shared gate's mixture of all experts, with shared_gate = true).",
+      details = "Every expert and gate is rechub's MLP: for each size in dims, Dense -> BatchNormalization (PyTorch's: "
+        .. "momentum 0.9 in our terms, epsilon 1e-5, unbiased_moving_variance) -> activation -> dropout; a gate is such "
+        .. "an MLP of one size (its expert count) with softmax. Called on one tensor [B, F], or on rechub's list of "
+        .. "num_tasks + 1 tensors (task t's experts and gate read input t, the shared ones the last). get_weights "
+        .. "order: rechub's state_dict order without num_batches_tracked -- every task's experts (task 1's first), "
+        .. "the shared experts, the task gates, the shared gate; per MLP layer the Dense kernel [in, out] (PyTorch's "
+        .. "Linear weight transposed) and bias, then gamma, beta, moving_mean, moving_variance. layer.last_gates "
+        .. "holds the last call's gates.",
+      options = {
+        { "n_expert_specific", "integer", nil, "experts per task" },
+        { "n_expert_shared", "integer", nil, "shared experts (0 or more)" },
+        { "expert_params", "table", nil, "{dims = {sizes...}, activation = \"relu\", dropout = 0}: every expert's MLP "
+          .. "(activations: ours, plus rechub's \"leakyrelu\", slope 0.01)" },
+        { "task_types", "list of strings", nil, "\"classification\" or \"regression\" per task (only the count "
+          .. "matters here)" },
+        { "num_tasks", "integer", nil, "the number of tasks, in place of task_types" },
+        { "shared_gate", "boolean", nil, "add rechub's gate over all experts (a PLE level below the last)" },
+      },
+      example = "local outs = moe.nn.CGC { n_expert_specific = 2, n_expert_shared = 1, expert_params = { dims = { 16 } }, "
+        .. "num_tasks = 2 }(x)   -- {[B,16], [B,16]}",
+      see = { "nn.PLE" } },
+    { "nn.PLE", nil, "Progressive Layered Extraction (Tang et al., RecSys 2020) with torch-rechub 0.9.0's options, on "
+      .. "a dense input [B, F]: n_level CGC levels, every one but the last with the shared gate, level l reading "
+      .. "level l - 1's per-task and shared outputs. With tower_params_list: each task's prediction [B, 1] (a list), "
+      .. "after its tower MLP, a Dense(1) and rechub's prediction layer (sigmoid for \"classification\", the value "
+      .. "for \"regression\"; with num_tasks in place of task_types, the logits). Without it: the last level's "
+      .. "per-task outputs [B, expert_params.dims[last]], for towers of your own.",
+      details = "get_weights order: the levels (cgc_1, ...: see nn.CGC), then the towers (each MLP's layers as in "
+        .. "nn.CGC, then its output Dense kernel [in, 1] and bias) -- rechub's PLE state_dict order without "
+        .. "num_batches_tracked, Linear weights transposed to [in, out]. Weights are initialised as our Dense "
+        .. "(glorot_uniform, zero bias), not as PyTorch's Linear. Parity with rechub is specced in spec/ple_spec.lua.",
+      options = {
+        { "n_level", "integer", nil, "the number of CGC levels" },
+        { "n_expert_specific", "integer", nil, "experts per task and level" },
+        { "n_expert_shared", "integer", nil, "shared experts per level (0 or more)" },
+        { "expert_params", "table", nil, "{dims = {sizes...}, activation = \"relu\", dropout = 0}: every expert's MLP" },
+        { "tower_params_list", "list of tables", nil, "one {dims, activation, dropout} per task: the towers" },
+        { "task_types", "list of strings", nil, "\"classification\" or \"regression\" per task" },
+        { "num_tasks", "integer", nil, "the number of tasks, in place of task_types" },
+      },
+      example = "local ys = moe.nn.PLE { n_level = 2, n_expert_specific = 2, n_expert_shared = 1,\n"
+        .. "  expert_params = { dims = { 16 } }, task_types = { \"classification\", \"classification\" },\n"
+        .. "  tower_params_list = { { dims = { 8 } }, { dims = { 8 } } } }(x)   -- {[B,1], [B,1]}",
+      see = { "nn.CGC", "nn.MMoE" } },
     { "nn.FeedForwardExperts", nil, "num_experts independent FFNs (TF Model Garden): Dense(d_ff, activation), "
       .. "inner dropout, Dense(H), output dropout; called on [E, tokens, H] (MoeLayer calls :grouped).",
       options = { { "num_experts", "integer", nil, "E" }, { "d_ff", "integer", nil, "the hidden size" },
