@@ -16,6 +16,28 @@ local function ple(o)
   return base
 end
 
+describe("BatchNormalization with PyTorch's BatchNorm1d settings", function()
+  it("normalises with the biased batch variance and moves the running one towards the unbiased", function()
+    local bn = nn.BatchNormalization { momentum = 0.9, epsilon = 1e-5, unbiased_moving_variance = true, dtype = "float64" }
+    local x = moe.randn(6, 3, { dtype = "float64" })
+    local y = bn(x)
+    local X = x:totable()
+    for f = 1, 3 do
+      local m, ss = 0, 0
+      for b = 1, 6 do m = m + X[b][f] / 6 end
+      for b = 1, 6 do ss = ss + (X[b][f] - m) ^ 2 end
+      for b = 1, 6 do assert.is_near((X[b][f] - m) / math.sqrt(ss / 6 + 1e-5), y[b][f], 1e-12) end
+      assert.is_near(0.1 * m, bn.moving_mean[f], 1e-12)
+      assert.is_near(0.9 + 0.1 * ss / 5, bn.moving_variance[f], 1e-12)
+    end
+    -- Keras's default stays: the biased variance moves the moving one
+    local k = nn.BatchNormalization { momentum = 0.9, dtype = "float64" }
+    k(x)
+    local m = x:mean(1, { keepdim = true })
+    assert.is_true((k.moving_variance - ((x - m):square():mean(1) * 0.1 + 0.9)):abs():max():item() < 1e-12)
+  end)
+end)
+
 describe("nn.CGC / nn.PLE shapes and options", function()
   it("PLE without towers returns the last level's per-task outputs; with towers each task's [B, 1]", function()
     local x = moe.randn(5, 7)
