@@ -52,6 +52,69 @@ describe("models/mmoe_census.lua (the main job)", function()
     assert.is_true(nm > 0.95, out)
     assert.matches("test AUC: income 0%.%d+  never_married 0%.%d+\n", out)
   end)
+  it("trains each of the paper's models on either task group, and over seeds prints mean and best test AUCs", function()
+    for _, m in ipairs { "omoe", "shared_bottom", "cgc", "ple" } do
+      local p = io.popen(bin .. " run models/mmoe_census.lua --smoke --model " .. m .. " --tasks education 2>&1")
+      local out = p:read("*a")
+      assert.is_true(p:close(), out)
+      local edu = tonumber(out:match("test AUC: education (0%.%d+)  never_married 0%.%d+\n"))
+      assert.is_true(edu and edu > 0.7, m .. ": " .. out) -- one short epoch: far above chance
+    end
+    local csv = os.tmpname()
+    local p = io.popen(bin .. " run models/mmoe_census.lua --smoke --model ple --seeds 2 --seed 3 --csv " .. csv
+      .. " 2>&1")
+    local out = p:read("*a")
+    assert.is_true(p:close(), out)
+    assert.matches("seed 3: best epoch 1, test AUC income 0%.%d+  never_married 0%.%d+", out)
+    assert.matches("seed 4: best epoch 1", out)
+    local v = { income = {}, never_married = {} }
+    for line in io.lines(csv) do
+      local model, tasks, seed, task, _, _, test = line:match("^(%w+),(%w+),(%d+),([%w_]+),(%d+),([%d.]+),([%d.]+)$")
+      if model then
+        assert.equal("ple", model); assert.equal("income", tasks)
+        table.insert(v[task], tonumber(test))
+      end
+    end
+    os.remove(csv)
+    for task, l in pairs(v) do
+      assert.equal(2, #l)
+      local mean, sd, best = (l[1] + l[2]) / 2, math.abs(l[1] - l[2]) / math.sqrt(2), math.max(l[1], l[2])
+      local m, s, b = out:match(task .. "%s+test AUC mean ([%d.]+) %+%- ([%d.]+) %(std%), best ([%d.]+)")
+      assert.is_near(mean, tonumber(m), 6e-5, out); assert.is_near(sd, tonumber(s), 6e-5); assert.is_near(best, tonumber(b), 6e-5)
+    end
+  end)
+  it("bench/census_table.lua: the table's cells are the mean, std and best of its runs' CSV", function()
+    local dir = os.tmpname(); os.remove(dir)
+    local p = io.popen(bin .. " run bench/census_table.lua --smoke --seeds 2 --models omoe,cgc --groups education "
+      .. "--no-torch --jobs 2 --out " .. dir .. "/t.md 2>&1")
+    local out = p:read("*a")
+    assert.is_true(p:close(), out)
+    local v = {}
+    for line in io.lines(dir .. "/t.csv") do
+      local model, _, _, task, _, _, test = line:match("^(%w+),(%w+),(%d+),([%w_]+),(%d+),([%d.]+),([%d.]+)$")
+      if model then
+        v[model .. "." .. task] = v[model .. "." .. task] or {}
+        table.insert(v[model .. "." .. task], tonumber(test))
+      end
+    end
+    local md = io.open(dir .. "/t.md"):read("*a")
+    os.execute("rm -rf " .. dir)
+    assert.matches("| model | group 2: education | group 2: never_married |", md, 1, true)
+    for model, name in pairs { omoe = "OMoE", cgc = "CGC" } do
+      local row = md:match("\n| " .. name .. " |([^\n]+)")
+      assert.is_truthy(row, md)
+      local k = 0
+      for m, s, b in row:gmatch("([%d.]+) \194\177 ([%d.]+) %(([%d.]+)%)") do
+        k = k + 1
+        local l = v[model .. "." .. (k == 1 and "education" or "never_married")]
+        assert.equal(2, #l)
+        assert.is_near((l[1] + l[2]) / 2, tonumber(m), 6e-5)
+        assert.is_near(math.abs(l[1] - l[2]) / math.sqrt(2), tonumber(s), 6e-5)
+        assert.is_near(math.max(l[1], l[2]), tonumber(b), 6e-5)
+      end
+      assert.equal(2, k, row)
+    end
+  end)
   it("refuses an unknown option and a device this build lacks", function()
     local p = io.popen(bin .. " run models/mmoe_census.lua --epoch 3 2>&1")
     local out = p:read("*a")
@@ -80,18 +143,78 @@ describe("the seed experiments in models/ (smoke mode)", function()
     assert.is_true(second < first, out)
     assert.matches("test: loss [%d.]+  y1 mse [%d.]+ mae [%d.]+  y2 mse", out)
   end)
-  it("moe_vs_mmoe.lua compares the three models and writes a table and charts", function()
+  it("moe_vs_mmoe.lua --quick: paired runs, each model's learning rate by validation, a table the CSVs bear out", function()
     local dir = os.tmpname(); os.remove(dir)
-    local out = run("moe_vs_mmoe.lua", "--out " .. dir .. "/cmp")
-    for _, m in ipairs { "shared_bottom", "one_gate_moe", "multi_gate_moe" } do
-      assert.matches(m .. "%s+[%d.]+ %+%- [%d.]+%s+[%d.]+ %+%- ", out)
+    local p = io.popen(bin .. " run models/moe_vs_mmoe.lua --quick --jobs 2 --out " .. dir .. "/cmp 2>&1")
+    local out = p:read("*a")
+    assert.is_true(p:close(), out)
+    local function read(f) local h = assert(io.open(f)); local t = h:read("*a"); h:close(); return t end
+    local function rows(f)
+      local header, out_rows = nil, {}
+      for line in io.lines(f) do
+        local fields = {}
+        for v in line:gmatch("[^,]+") do fields[#fields + 1] = v end
+        if not header then header = fields
+        else
+          local r = {}
+          for i, k in ipairs(header) do r[k] = tonumber(fields[i]) or fields[i] end
+          out_rows[#out_rows + 1] = r
+        end
+      end
+      return out_rows, header
     end
-    local csv = io.open(dir .. "/cmp.csv"):read("*a")
-    assert.matches("^model,correlation,seed,test_loss\n", csv)
-    local lines = select(2, csv:gsub("\n", ""))
-    assert.equal(1 + 3 * 2, lines) -- header + 3 models x 2 correlations x 1 seed
-    assert.equal("\137PNG", io.open(dir .. "/cmp.png", "rb"):read(4))
-    assert.matches("<svg", io.open(dir .. "/cmp.svg"):read("*a"))
+    local final, header = rows(dir .. "/cmp.csv")
+    assert.same({ "model", "correlation", "seed", "lr", "test_loss", "val_loss", "curve_mean", "diverged" }, header)
+    assert.equal(3 * 2 * 3, #final) -- 3 models x 2 correlations x 3 runs, a row each
+    local by, seen = {}, {}
+    for _, r in ipairs(final) do
+      local k = r.model .. "@" .. r.correlation .. "@" .. r.seed
+      assert.is_nil(seen[k], k); seen[k] = true
+      by[k] = r
+    end
+    -- each run's final test loss is the last point of its curve
+    local curves = rows(dir .. "/cmp_curves.csv")
+    assert.equal(3 * 2 * 3 * 21, #curves) -- steps 0, 10, ..., 200
+    for _, c in ipairs(curves) do
+      if c.step == 200 then
+        assert.is_near(by[c.model .. "@" .. c.correlation .. "@" .. c.seed].test_loss, c.test_loss, 1e-5)
+      end
+    end
+    -- the learning rate: the lowest mean validation loss of the tuning runs, per model
+    local tuning = rows(dir .. "/cmp_tuning.csv")
+    assert.equal(3 * 2 * 2, #tuning) -- 3 models x 2 correlations x 2 rates, 1 tuning run
+    for _, m in ipairs { "shared_bottom", "one_gate_moe", "multi_gate_moe" } do
+      local sum = {}
+      for _, r in ipairs(tuning) do
+        if r.model == m then sum[r.lr] = (sum[r.lr] or 0) + r.val_loss end
+        assert.is_true(r.seed > 1000, "tuning runs draw datasets of their own") -- (not the reported runs 1..3)
+      end
+      local best
+      for lr, v in pairs(sum) do if not best or v < sum[best] then best = lr end end
+      for _, r in ipairs(final) do if r.model == m then assert.equal(best, r.lr, m) end end
+    end
+    -- the table's paired difference at correlation 0.5 is the mean of the runs' differences
+    local d = 0
+    for s = 1, 3 do d = d + by["multi_gate_moe@0.5@" .. s].test_loss - by["one_gate_moe@0.5@" .. s].test_loss end
+    local printed = tonumber(out:match("final test loss %(y1 %+ y2 MSE%).-MMoE %- OMoE%s+([%+%-][%d.]+)"))
+    assert.is_near(d / 3, printed, 1e-4 + 1e-9)
+    assert.matches("final test loss, corr 0%.50: MMoE [%a ]+ OMoE %(", out)
+    assert.matches("the gap [%a' ]+ as the correlation falls", out)
+    for _, f in ipairs { "/cmp.png", "/cmp_hist.png", "/cmp_final.png" } do
+      assert.equal("\137PNG", read(dir .. f):sub(1, 4))
+    end
+    -- the same experiment in one process: the same numbers (the workers split the runs, nothing else)
+    p = io.popen(bin .. " run models/moe_vs_mmoe.lua --quick --jobs 1 --out " .. dir .. "/one 2>&1")
+    local out1 = p:read("*a")
+    assert.is_true(p:close(), out1)
+    local function sorted(f)
+      local l = {}
+      for line in io.lines(f) do l[#l + 1] = line end
+      table.sort(l)
+      return l
+    end
+    assert.same(sorted(dir .. "/cmp.csv"), sorted(dir .. "/one.csv"))
+    assert.same(sorted(dir .. "/cmp_curves.csv"), sorted(dir .. "/one_curves.csv"))
     os.execute("rm -rf " .. dir)
   end)
   it("tabular_moe.lua trains the seed's Sequential, functional and multi-task networks", function()

@@ -429,43 +429,139 @@ describe("moe.plot", function()
   end)
 end)
 
+describe("moe.plot.panels and moe.plot.histograms", function()
+  local dir
+  before_each(function() dir = os.tmpname(); os.remove(dir); os.execute("mkdir -p " .. dir) end)
+  after_each(function() os.execute("rm -rf " .. dir) end)
+
+  it("panels draws each panel's series on its own axes, cols to a row, and no markers when asked", function()
+    local s1 = { { name = "a", x = { 1, 2, 3 }, y = { 1, 4, 9 }, err = { 0.5, 0.5, 1 } } }
+    local s2 = { { name = "b", x = { 1, 2 }, y = { 10, 20 } }, { name = "c", x = { 1, 2 }, y = { 5, 5 } } }
+    local path, fig = moe.plot.panels({ { title = "one", series = s1 }, { title = "two", series = s2, ylabel = "y" },
+      { title = "three", series = s1 } }, dir .. "/p.svg", { cols = 2, errors = "bars", markers = false,
+      title = "all" })
+    assert.equal(dir .. "/p.svg", path)
+    assert.equal(3, #fig.panels)
+    assert.equal(2 * 440, fig.width) -- two columns
+    assert.equal(2 * 300 + 30, fig.height) -- two rows and the title
+    local b1, b2, b3 = fig.panels[1].box, fig.panels[2].box, fig.panels[3].box
+    assert.is_true(b2[1] > b1[1] + b1[3] and b2[2] == b1[2]) -- side by side
+    assert.is_true(b3[1] == b1[1] and b3[2] > b1[2] + b1[4]) -- the third below the first
+    assert.equal(3, #fig.panels[1].lines[1].errorbars)
+    assert.equal(0, fig.panels[1].lines[1].markers)
+    assert.equal(2, #fig.panels[2].lines)
+    assert.same({ "one", "two", "three" }, { fig.panels[1].title, fig.panels[2].title, fig.panels[3].title })
+    assert_texts(read(path), fig)
+    local me = "plot_spec%.lua:%d+: "
+    assert.matches(me .. "plot%.panels: expected a list of panels",
+      H.error_of(function() moe.plot.panels({}, dir .. "/x.svg") end))
+    assert.matches(me .. "plot%.panels: panel 2: series 1 has no y values",
+      H.error_of(function() moe.plot.panels({ { series = s1 }, { series = { {} } } }, dir .. "/x.svg") end))
+    assert.equal(nil, io.open(dir .. "/x.svg"))
+  end)
+
+  it("histograms counts each group's values per bin (a naive count) on bins shared by the panels", function()
+    local g = {}
+    local seed = 7
+    local function rnd() seed = (seed * 1103515245 + 12345) % 2147483648; return seed / 2147483648 end
+    for k = 1, 3 do
+      g[k] = {}
+      for i = 1, 50 + 10 * k do g[k][i] = rnd() * k + 0.5 * k end
+    end
+    g[3][#g[3] + 1] = 0 / 0 -- counted nowhere
+    local path, fig = moe.plot.histograms({ { title = "p1", groups = { { name = "a", values = g[1] },
+      { name = "b", values = g[2] } } }, { title = "p2", groups = { { name = "c", values = g[3] } } } },
+      dir .. "/h.png", { bins = 8, xlabel = "loss" })
+    assert.equal(dir .. "/h.png", path)
+    local lo, hi = math.huge, -math.huge
+    for k = 1, 3 do for _, v in ipairs(g[k]) do if v == v then lo, hi = math.min(lo, v), math.max(hi, v) end end end
+    assert.is_near(lo, fig.bins.lo, 1e-12); assert.is_near(hi, fig.bins.hi, 1e-12)
+    local w = (hi - lo) / 8
+    local function naive(vals)
+      local c = { 0, 0, 0, 0, 0, 0, 0, 0 }
+      for _, v in ipairs(vals) do
+        if v == v then
+          for b = 1, 8 do
+            local a, e = lo + (b - 1) * w, lo + b * w
+            if (v >= a and v < e) or (b == 8 and v >= a) then c[b] = c[b] + 1; break end
+          end
+        end
+      end
+      return c
+    end
+    assert.same(naive(g[1]), fig.bins.counts[1][1])
+    assert.same(naive(g[2]), fig.bins.counts[1][2])
+    assert.same(naive(g[3]), fig.bins.counts[2][1])
+    local total = 0
+    for _, c in ipairs(fig.bins.counts[2][1]) do total = total + c end
+    assert.equal(#g[3] - 1, total)
+    -- the outline: one segment of 2 points per bin edge, up to each count and across
+    local seg = fig.panels[1].lines[1].segments[1]
+    assert.equal(2 + 2 * 8, #seg)
+    assert.equal(0, fig.panels[1].lines[1].markers)
+    assert.matches("plot_spec%.lua:%d+: plot%.histograms: bins must be a positive integer, got 0",
+      H.error_of(function() moe.plot.histograms({ { groups = { { values = { 1 } } } } }, dir .. "/x.svg", { bins = 0 }) end))
+    assert.matches("plot_spec%.lua:%d+: plot%.histograms: panel 1, group 1: value 2 must be a number, got \"x\" %(a string%)",
+      H.error_of(function() moe.plot.histograms({ { groups = { { values = { 1, "x" } } } } }, dir .. "/x.svg") end))
+  end)
+end)
+
 describe("the model scripts' pictures", function()
   local dir
   before_each(function() dir = os.tmpname(); os.remove(dir) end)
   after_each(function() os.execute("rm -rf " .. dir) end)
 
-  it("moe_vs_mmoe draws each model's mean over seeds with a band of one standard deviation", function()
-    local out = run(bin .. " run models/moe_vs_mmoe.lua --seeds 2 --epochs 1 --n 600 --correlations 0.5,1.0 --out "
-      .. dir .. "/c")
+  it("moe_vs_mmoe draws figure 4: each model's mean curve over runs with error bars of one standard error", function()
+    local out = run(bin .. " run models/moe_vs_mmoe.lua --quick --out " .. dir .. "/c")
     assert.matches("wrote ", out)
-    local paths = svg_paths(read(dir .. "/c.svg"))
-    -- the CSV's losses, mean and sd per model and correlation
+    -- the curves CSV: loss per (model, correlation, run, step)
     local by = {}
-    for line in io.lines(dir .. "/c.csv") do
-      local model, corr, _, loss = line:match("^([%w_]+),([%d.]+),(%d+),([%d.]+)$")
+    for line in io.lines(dir .. "/c_curves.csv") do
+      local model, corr, _, step, loss = line:match("^([%w_]+),([%d.]+),(%d+),(%d+),([%d.]+)$")
       if model then
-        by[model] = by[model] or {}
-        by[model][corr] = by[model][corr] or {}
-        table.insert(by[model][corr], tonumber(loss))
+        local k = model .. "@" .. corr .. "@" .. step
+        by[k] = by[k] or {}
+        table.insert(by[k], tonumber(loss))
       end
     end
+    local function mean_se(l)
+      local m = 0
+      for _, v in ipairs(l) do m = m + v end
+      m = m / #l
+      local v = 0
+      for _, x in ipairs(l) do v = v + (x - m) ^ 2 end
+      return m, math.sqrt(v / (#l - 1) / #l)
+    end
+    local paths = svg_paths(read(dir .. "/c.svg"))
+    -- --quick: 200 steps, a point every 10, drawn from step 20; correlations 0.5 and 1.0
+    local steps = {}
+    for st = 20, 200, 10 do steps[#steps + 1] = st end
     for i, model in ipairs { "shared_bottom", "one_gate_moe", "multi_gate_moe" } do
-      local bands = fills(paths, PALETTE[i], 0.2)
-      assert.equal(1, #bands, model)
-      local poly = bands[1].subpaths[1]
-      local line = strokes(paths, PALETTE[i])[1].subpaths[1]
-      assert.equal(2, #line)
-      -- band height at each correlation in proportion to the seeds' sd (sample sd, 2 seeds: |a - b| / sqrt 2)
-      local sds = {}
-      for k, corr in ipairs { "0.5", "1" } do
-        local l = by[model][corr]
-        assert.equal(2, #l)
-        sds[k] = math.abs(l[1] - l[2]) / math.sqrt(2)
+      local bars = strokes(paths, PALETTE[i], "1.5")
+      assert.equal(2 * #steps, #bars, model) -- a bar per point, in both panels
+      local lines = strokes(paths, PALETTE[i])
+      assert.equal(2, #lines, model)
+      for p, corr in ipairs { "0.5", "1" } do
+        local line = lines[p].subpaths[1]
+        assert.equal(#steps, #line)
+        local h1, se1
+        for k, st in ipairs(steps) do
+          local m, se = mean_se(by[model .. "@" .. corr .. "@" .. st])
+          local bar = bars[(p - 1) * #steps + k].subpaths[1] -- (the vertical stroke: mean - se to mean + se)
+          assert.is_near(line[k][1], bar[1][1], PX)
+          assert.is_near(line[k][2], (bar[1][2] + bar[2][2]) / 2, 2 * PX) -- centred on the mean
+          local h = math.abs(bar[1][2] - bar[2][2])
+          if k == 1 then h1, se1 = h, se
+          elseif se1 > 1e-5 and h1 > 1 then assert.is_near(se / se1, h / h1, 1e-2 * se / se1 + 2 / h1) end
+          if k > 1 then -- the means are the line's: its slope between points follows theirs
+            local mp = mean_se(by[model .. "@" .. corr .. "@" .. steps[k - 1]])
+            assert.is_true((m - mp) * (line[k - 1][2] - line[k][2]) >= -1e-9, model .. " step " .. st)
+          end
+        end
       end
-      local h1, h2 = math.abs(poly[4][2] - poly[1][2]), math.abs(poly[3][2] - poly[2][2])
-      if sds[1] > 1e-4 and sds[2] > 1e-4 then assert.is_near(sds[1] / sds[2], h1 / h2, 1e-2 * sds[1] / sds[2] + 1e-3) end
-      assert.is_near(line[1][2], (poly[1][2] + poly[4][2]) / 2, PX)
     end
+    assert.equal("\137PNG", read(dir .. "/c_hist.png"):sub(1, 4))
+    assert.matches("<svg", read(dir .. "/c_final.svg"))
   end)
 
   it("mmoe_census draws validation beside training for the loss too, and a tasks x experts heatmap", function()

@@ -206,6 +206,26 @@ S[#S + 1] = { id = "plot", title = "Pictures (moe.plot)", intro =
       example = "moe.plot.lines({ { name = \"MMoE\", x = { 0.5, 0.9 }, y = { 0.045, 0.043 },\n"
         .. "                  err = { 0.002, 0.003 } } },\n"
         .. "  \"loss.svg\", { xlabel = \"correlation\", ylabel = \"test loss\", errors = \"bars\" })" },
+    { "plot.panels", "moe.plot.panels(panels, path, [opts])", "Line charts side by side, cols to a row: each "
+      .. "panel {title = ..., series = {...}, xlabel = ..., ylabel = ..., ylim = ...} is drawn as plot.lines draws "
+      .. "its series, on its own axes with its own legend.",
+      options = { TITLE, { "cols", "integer", "3", "panels per row" },
+        { "errors", "string", "\"band\"", "how err is drawn: \"band\" or \"bars\"" },
+        { "err_label", "string or false", "\"\194\177 sd\"", "what err is, in the legend" },
+        { "markers", "boolean", "true", "false: lines without a marker at each point" },
+        { "width", "integer", "440", "of each panel" }, { "height", "integer", "300", "of each panel" } },
+      example = "moe.plot.panels({ { title = \"corr 0.5\", series = { { name = \"MMoE\", x = { 100, 200 }, y = { 0.3, 0.2 } } } },\n"
+        .. "                  { title = \"corr 1.0\", series = { { name = \"MMoE\", x = { 100, 200 }, y = { 0.2, 0.1 } } } } },\n"
+        .. "  \"curves.svg\", { cols = 2, errors = \"bars\" })" },
+    { "plot.histograms", "moe.plot.histograms(panels, path, [opts])", "Histograms: each panel {title = ..., "
+      .. "groups = {{name = ..., values = {...}}, ...}} overlays its groups' counts per bin as step outlines. "
+      .. "Every panel shares the bins (over all the finite values, or opts.range), so that panels compare; a "
+      .. "value outside the range counts in the edge bin, a NaN in none. The figure it returns holds bins = "
+      .. "{lo, hi, width, counts[panel][group]}.",
+      options = { { "bins", "integer", "20", "" }, { "range", "{lo, hi}", "the values' span", "" }, TITLE, XLABEL,
+        { "ylabel", "string", "\"runs\"", "" }, { "cols", "integer", "3", "panels per row" } },
+      example = "moe.plot.histograms({ { title = \"final loss\", groups = { { name = \"MMoE\", values = { 0.1, 0.2, 0.2 } } } } },\n"
+        .. "  \"hist.png\", { bins = 10 })" },
     { "plot.bars", "moe.plot.bars(values, path, [opts])", "A bar chart of a list of numbers, or groups of bars from "
       .. "a list of lists of the same length (one color per series, with a legend); a NaN is no bar.",
       options = { { "labels", "list of strings", "1..n", "under the bars" },

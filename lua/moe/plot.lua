@@ -364,7 +364,7 @@ local function draw_lines(cv, box, series, opts)
     end
     cl.cairo_stroke(cr)
     for j = 1, n do
-      if ok(j) then
+      if ok(j) and opts.markers ~= false then
         cl.cairo_new_path(cr)
         cl.cairo_arc(cr, X(x[j]), Y(s.y[j]), 2.5, 0, 2 * math.pi)
         cl.cairo_fill(cr)
@@ -391,6 +391,104 @@ function plot.lines(series, path, opts)
   local cv = canvas(path, w, h)
   draw_lines(cv, { 70, 40, w - 70 - 160, h - 40 - 60 }, series, opts)
   return cv.finish()
+end
+
+-- panels(panels, path, {title, cols, errors, err_label, markers, width, height}): line charts
+-- side by side, cols to a row (3 by default); each panel {title, series, xlabel, ylabel,
+-- ylim} is drawn as plot.lines draws its series, with its own axes and legend
+function plot.panels(panels, path, opts)
+  opts = opts or {}
+  if type(panels) ~= "table" or #panels == 0 then
+    fail(("plot.panels: expected a list of panels {title=, series=}, got %s"):format(show(panels)))
+  end
+  for i, p in ipairs(panels) do
+    if type(p) ~= "table" then fail(("plot.panels: panel %d must be a table {title=, series=}, got %s"):format(i, show(p))) end
+    check_series(p.series, ("plot.panels: panel %d"):format(i))
+  end
+  if opts.errors ~= nil and opts.errors ~= "band" and opts.errors ~= "bars" then
+    fail(('plot.panels: errors must be "band" or "bars", got %s'):format(show(opts.errors)))
+  end
+  local cols = math.min(#panels, opts.cols or 3)
+  local rows = math.ceil(#panels / cols)
+  local pw, ph = opts.width or 440, opts.height or 300
+  local top = opts.title and 30 or 0
+  local cv = canvas(path, cols * pw, rows * ph + top)
+  if opts.title then text(cv, opts.title, cols * pw / 2, 20, { align = "center", size = 14 }) end
+  for i, p in ipairs(panels) do
+    local col, row = (i - 1) % cols, math.floor((i - 1) / cols)
+    draw_lines(cv, { col * pw + 64, top + row * ph + 30, pw - 64 - 150, ph - 30 - 50 }, p.series,
+      { title = p.title, xlabel = p.xlabel, ylabel = p.ylabel, ylim = p.ylim, errors = opts.errors,
+        err_label = opts.err_label, markers = opts.markers, integer_x = opts.integer_x, xticks = 5 })
+  end
+  return cv.finish()
+end
+
+-- histograms(panels, path, {bins = 20, range = {lo, hi}, title, xlabel, cols}): the
+-- distribution of each group's values as a step outline of counts per bin, groups
+-- overlaid in a panel; panels {title, groups = {{name, values}, ...}}. Every panel
+-- shares the bins (range: all the finite values' span), so that panels compare; a
+-- value outside the range is counted in the edge bin, a NaN in no bin
+function plot.histograms(panels, path, opts)
+  opts = opts or {}
+  if type(panels) ~= "table" or #panels == 0 then
+    fail(("plot.histograms: expected a list of panels {title=, groups=}, got %s"):format(show(panels)))
+  end
+  local bins = opts.bins or 20
+  if type(bins) ~= "number" or bins < 1 or bins ~= math.floor(bins) then
+    fail(("plot.histograms: bins must be a positive integer, got %s"):format(show(bins)))
+  end
+  local lo, hi = math.huge, -math.huge
+  for i, p in ipairs(panels) do
+    if type(p) ~= "table" or type(p.groups) ~= "table" or #p.groups == 0 then
+      fail(("plot.histograms: panel %d must have groups {{name=, values=}, ...}"):format(i))
+    end
+    for j, g in ipairs(p.groups) do
+      if type(g) ~= "table" or type(g.values) ~= "table" then
+        fail(("plot.histograms: panel %d, group %d has no list of values"):format(i, j))
+      end
+      for k, v in ipairs(g.values) do
+        if type(v) ~= "number" then
+          fail(("plot.histograms: panel %d, group %d: value %d must be a number, got %s"):format(i, j, k, show(v)))
+        end
+        if finite(v) then lo, hi = math.min(lo, v), math.max(hi, v) end
+      end
+    end
+  end
+  if opts.range then lo, hi = opts.range[1], opts.range[2] end
+  if not (lo < hi) then -- (no finite value, or all equal)
+    if lo > hi then lo, hi = 0, 1 else lo, hi = lo - 0.5, hi + 0.5 end
+  end
+  local wbin = (hi - lo) / bins
+  local out = {}
+  for i, p in ipairs(panels) do
+    local series = {}
+    for j, g in ipairs(p.groups) do
+      local counts = {}
+      for b = 1, bins do counts[b] = 0 end
+      for _, v in ipairs(g.values) do
+        if finite(v) then
+          local b = math.min(bins, math.max(1, math.floor((v - lo) / wbin) + 1))
+          counts[b] = counts[b] + 1
+        end
+      end
+      -- a step outline: up and across each bin
+      local xs, ys = { lo }, { 0 }
+      for b = 1, bins do
+        xs[#xs + 1], ys[#ys + 1] = lo + (b - 1) * wbin, counts[b]
+        xs[#xs + 1], ys[#ys + 1] = lo + b * wbin, counts[b]
+      end
+      xs[#xs + 1], ys[#ys + 1] = hi, 0
+      series[j] = { name = g.name or ("group " .. j), x = xs, y = ys, counts = counts }
+    end
+    out[i] = { title = p.title, series = series, xlabel = opts.xlabel, ylabel = opts.ylabel or "runs" }
+  end
+  local file, fig = plot.panels(out, path, { title = opts.title, cols = opts.cols, markers = false, integer_x = false })
+  fig.bins = { lo = lo, hi = hi, width = wbin, counts = {} }
+  for i, p in ipairs(out) do
+    fig.bins.counts[i] = {}
+    for j, s in ipairs(p.series) do fig.bins.counts[i][j] = s.counts end
+  end
+  return file, fig
 end
 
 -- the per-expert token counts of a sparse layer's router: a heatmap's
