@@ -75,7 +75,7 @@ CU_COMPILE  = $(EMU_CXX) -x c++ -c $< -o $@
 endif
 
 
-.PHONY: gpu-check all deps run test asan-test emu-test bench bench-dist clean help fuzz fuzz-deps fuzz-build format format-check \
+.PHONY: gpu-check all deps run test asan-test emu-test bench bench-dist results clean help fuzz fuzz-deps fuzz-build format format-check \
         install uninstall docs
 
 all: deps $(BUILD)/moelua $(BUILD)/moe/core.so
@@ -173,6 +173,11 @@ bench: all $(BUILD)/bench_peak
 bench-dist: all
 	@$(BUILD)/moelua bench/dist_scale_run.lua
 
+# issue 18's results: the synthetic experiment (figures 4 and 5) and the census table (about 50 min on 2 cores)
+results: all
+	$(BUILD)/moelua run models/moe_vs_mmoe.lua --out build/results/moe_vs_mmoe
+	$(BUILD)/moelua run bench/census_table.lua --seeds 10 --out build/results/census_table.md
+
 # the CPU's fp32 FMA and bf16 dot-product ceilings on one core (bench/peak.c)
 $(BUILD)/bench_peak: bench/peak.c
 	@mkdir -p $(BUILD)
@@ -259,6 +264,7 @@ help:
 	@echo "make emu-test     the whole suite on the CUDA host emulator build (build-emu/)"
 	@echo "make bench        benchmarks against OpenBLAS/BLIS/oneDNN sgemm and PyTorch (results: bench/README.md)"
 	@echo "make bench-dist   issue 17: 1 against 2 ranks (MPI) of the MoE layer and the census MMoE, PyTorch DDP, the comm model"
+	@echo "make results      issue 18: the MMoE paper's synthetic experiment and the census table (5 models, 2 task groups)"
 	@echo "make fuzz         libFuzzer on the CSV reader and the checkpoint loader, FUZZ_TIME=30 s each (spec/fuzz/README.md)"
 	@echo "make fuzz-deps    install clang and libFuzzer's runtime; make fuzz-build builds the harnesses"
 	@echo "make format       reformat the sources with .clang-format; make format-check only checks"

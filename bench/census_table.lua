@@ -49,28 +49,28 @@ local function sh(cmd)
   local ok = p:close()
   return out, ok
 end
-local nproc = tonumber((sh("nproc"))) or 1
-local jobs = opts.jobs > 0 and opts.jobs or nproc
-local bin = arg[-1] and arg[-1]:match("moelua$") and arg[-1] or "build/moelua"
-local tmp = os.tmpname()
-os.remove(tmp)
-assert(os.execute("mkdir -p " .. q(tmp)) == 0 or true)
+local jobs = opts.jobs > 0 and opts.jobs or cli.cores()
+local bin = cli.self_exe()
+local tmp = (sh("mktemp -d")):gsub("%s+$", "")
+if tmp == "" or not io.open(tmp .. "/.") then error("census_table: mktemp -d failed: " .. tmp, 0) end
+-- the checkout this script is in: the model script and the peers are found from it, whatever the directory
+local root = (arg[0]:match("^(.*)/bench/[^/]+$") or "."):gsub("^$", "/")
 local now = require("moe.trainer").now
 local t0 = now()
 
-local has_torch = not opts.no_torch and select(2, sh("python3 -c 'import torch'"))
+local has_torch = not opts.no_torch and sh("python3 -c 'import torch' >/dev/null 2>&1 && echo yes"):match("yes") ~= nil
 -- the work: one command per (model, group) and per group for the peer
 local work = {}
 for _, g in ipairs(groups) do
   if has_torch then
     local st = ("%s/%s.safetensors"):format(tmp, g)
-    work[#work + 1] = { key = "torch:" .. g, cmd = ("%s run bench/census_export.lua %s --tasks %s && "
-      .. "python3 bench/peers/torch_census_mmoe.py %s --seeds %d --epochs %d --tsv > %s/torch_%s.txt"):format(q(bin),
-      q(st), g, q(st), opts.seeds, opts.epochs, q(tmp), g) }
+    work[#work + 1] = { key = "torch:" .. g, cmd = ("%s run %s/bench/census_export.lua %s --tasks %s && "
+      .. "python3 %s/bench/peers/torch_census_mmoe.py %s --seeds %d --epochs %d --tsv > %s/torch_%s.txt"):format(q(bin),
+      q(root), q(st), g, q(root), q(st), opts.seeds, opts.epochs, q(tmp), g) }
   end
   for _, m in ipairs(models) do
-    work[#work + 1] = { key = m .. ":" .. g, cmd = ("%s run models/mmoe_census.lua --model %s --tasks %s --seeds %d "
-      .. "--epochs %d --csv %s/%s_%s.csv%s > %s/%s_%s.log"):format(q(bin), m, g, opts.seeds, opts.epochs, q(tmp), m, g,
+    work[#work + 1] = { key = m .. ":" .. g, cmd = ("%s run %s/models/mmoe_census.lua --model %s --tasks %s --seeds %d "
+      .. "--epochs %d --csv %s/%s_%s.csv%s > %s/%s_%s.log"):format(q(bin), q(root), m, g, opts.seeds, opts.epochs, q(tmp), m, g,
       opts.smoke and " --smoke" or "", q(tmp), m, g) }
   end
 end
@@ -133,7 +133,10 @@ if has_torch then
     local txt = f:read("*a")
     f:close()
     for _, t in ipairs(TASKS[g]) do
-      local get = function(k) return tonumber(txt:match("torch_mmoe%." .. t .. "%." .. k .. "\t(%S+)")) end
+      local get = function(k)
+        return tonumber(txt:match("torch_mmoe%." .. t .. "%." .. k .. "\t(%S+)"))
+          or error(("census_table: the PyTorch peer printed no %s for %s:\n%s"):format(k, t, txt), 0)
+      end
       cell.torch[g][t] = ("%.4f \194\177 %.4f (%.4f)"):format(get("mean"), get("std"), get("best"))
     end
   end
@@ -156,7 +159,7 @@ out[#out + 1] = ("Test ROC-AUC, mean \194\177 std over %d runs (best run in brac
   .. "batch 32 with Adam (lr 1e-3) and keeps its epoch of best mean validation AUC. Protocol: the bundled UCI "
   .. "census-income *test* file (99,762 rows), split 50/25/25 by moelua's seeded permutation (seed 1); runs differ "
   .. "in the weights and the batch order. %.0f s on %d processes."):format(opts.seeds, opts.epochs, now() - t0, #lanes)
-if opts.smoke then out[#out] = out[#out] .. " (--smoke: 1 epoch on 10,000 training rows)" end
+if opts.smoke then out[#out] = out[#out] .. " (--smoke: 1 epoch on 10,000 training rows; the peer 1 epoch on all of them)" end
 local text = table.concat(out, "\n")
 print(text)
 do

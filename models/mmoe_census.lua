@@ -50,7 +50,8 @@ local opts = cli.parse(arg, {
   { "data", "", "the census-income file (default: the bundled data/census-income.test.gz)", metavar = "FILE",
     check = cli.readable },
   { "save", "", "save the best epoch's model to this file (the first run's)", metavar = "FILE" },
-  { "csv", "", "write one row per (run, task) to this file: model, tasks, seed, task, best epoch, val and test AUC",
+  { "csv", "", "append one row per (run, task) to this file (a header first if it is new or empty): model, tasks, "
+    .. "seed, task, best epoch, val and test AUC",
     metavar = "FILE" },
   cli.plot_option("mmoe_census_curves: AUC and loss per epoch; mmoe_census_experts: each task's gate (MMoE/OMoE)"),
   { "precision", "fp32", "the experts' GEMMs: fp32, or bf16 operands with fp32 sums", choices = { "fp32", "bf16" } },
@@ -64,9 +65,12 @@ local print = D.print
 local figures = cli.figures(opts.plot, { "mmoe_census_curves", "mmoe_census_experts" })
 if opts.smoke then opts.epochs = 1 end
 if opts.csv ~= "" then -- (checked before training: a file that cannot be written fails now)
+  local existed = io.open(opts.csv, "r")
+  if existed then existed:close() end
   local f, err = io.open(opts.csv, "a")
   if not f then cli.fail("--csv " .. opts.csv .. ": " .. tostring(err)) end
   f:close()
+  if not existed then os.remove(opts.csv) end -- (made at the end)
 end
 
 local now = require("moe.trainer").now

@@ -10,9 +10,10 @@
 -- Models, as in the paper: OMoE and MMoE with 8 experts of one layer of 16 ReLU
 -- units; the shared bottom one layer of 113 ReLU units; each task's tower one
 -- layer of 8 ReLU units, then a linear output; MSE per task, summed. Adam, with
--- each model's learning rate chosen from --lrs by the mean final validation loss
--- of --tune-runs runs per correlation on datasets of their own (seeds apart from
--- the reported runs). The data: x ~ N(0, I_100), w1 = c u1,
+-- one learning rate per model (the same at every correlation) chosen from --lrs by
+-- the mean final validation loss of --tune-runs runs at each correlation, on
+-- datasets of their own (seeds apart from the reported runs); a run that diverged
+-- counts as an infinite loss there. The data: x ~ N(0, I_100), w1 = c u1,
 -- w2 = c (p u1 + sqrt(1 - p^2) u2), y_k = w_k.x + sum_i sin(alpha_i w_k.x + beta_i)
 -- + N(0, 0.01), c = 0.3 and m = 5 sine terms by default (the seed's generator,
 -- moe.datasets.synthetic).
@@ -33,15 +34,15 @@
 local moe = require "moe"
 local nn = moe.nn
 local cli = require "moe.cli"
-local ffi = require "ffi"
 
 local function number_list(lo, hi)
   return function(s)
-    local n = 0
+    local n, seen = 0, {}
     for c in s:gmatch("[^,]+") do
       local v = tonumber(c)
       if not v or v < lo or v > hi then return false, ("'%s' is not a number in [%g, %g]"):format(c, lo, hi) end
-      n = n + 1
+      if seen[v] then return false, ("'%s' is in the list twice"):format(c) end
+      seen[v], n = true, n + 1
     end
     if n == 0 then return false, "expected a comma-separated list of numbers" end
     return true
@@ -135,10 +136,12 @@ local function train(name, d, seed, lr)
   local h = model:fit { x = d.train.x, y = d.train.y, epochs = math.ceil(opts.steps / nb),
     batch_size = opts.batch_size, verbose = 0, seed = seed, callbacks = { cb } }
   local test = loss_on(d.test)
-  local diverged = h.stopped ~= nil and step < opts.steps
+  local diverged = h.stopped ~= nil -- (a non-finite loss or weights: fit went back to the last finite weights)
   if diverged then -- stopped at a non-finite loss: the rest of its curve is where it stopped
-    for s = (math.floor(step / every) + 1) * every, opts.steps, every do curve[#curve + 1] = { s, test } end
+    local last = curve[#curve][1]
+    for s = (math.floor(last / every) + 1) * every, opts.steps, every do curve[#curve + 1] = { s, test } end
     if curve[#curve][1] ~= opts.steps then curve[#curve + 1] = { opts.steps, test } end
+    if last == opts.steps then curve[#curve][2] = test end -- (weights reset after the last step: its loss now)
   end
   local area = 0
   for i = 2, #curve do area = area + curve[i][2] end
@@ -157,7 +160,7 @@ local function units_of(phase)
 end
 
 local function fmt_row(phase, name, u, lr, r)
-  return ("F,%s,%s,%g,%d,%g,%.7g,%.7g,%.7g,%d,%d"):format(phase, name, u.corr, u.seed, lr, r.val, r.test, r.curve_mean,
+  return ("F,%s,%s,%.17g,%d,%.17g,%.7g,%.7g,%.7g,%d,%d"):format(phase, name, u.corr, u.seed, lr, r.val, r.test, r.curve_mean,
     r.diverged and 1 or 0, r.params)
 end
 
@@ -167,7 +170,9 @@ local function do_unit(u, lr_of, emit)
     for _, lr in ipairs(lr_of[name]) do
       local r = train(name, d, u.seed, lr)
       emit(fmt_row(u.phase, name, u, lr, r))
-      for _, p in ipairs(r.curve) do emit(("C,%s,%s,%g,%d,%g,%d,%.7g"):format(u.phase, name, u.corr, u.seed, lr, p[1], p[2])) end
+      for _, p in ipairs(r.curve) do
+        emit(("C,%s,%s,%.17g,%d,%.17g,%d,%.7g"):format(u.phase, name, u.corr, u.seed, lr, p[1], p[2]))
+      end
     end
   end
 end
@@ -192,6 +197,8 @@ if worker then
     if (i - 1) % j == k - 1 then
       do_unit(u, lr_table(code), function(line) f:write(line, "\n") end)
       f:flush()
+      -- (MOE_VS_MMOE_FAIL=k: worker k fails after its first run, for the spec of a failing worker)
+      if os.getenv("MOE_VS_MMOE_FAIL") == tostring(k) then error("moe_vs_mmoe: worker " .. k .. " made to fail", 0) end
       io.stdout:write(("  [worker %d] %s run %d, correlation %g done\n"):format(k, phase, u.seed, u.corr))
       io.stdout:flush()
     end
@@ -206,53 +213,68 @@ do
   if not ok then cli.fail("--out " .. opts.out .. ": " .. err) end
 end
 
-local function cores()
-  local p = io.popen("nproc 2>/dev/null")
-  local n = p and tonumber(p:read("*l") or "")
-  if p then p:close() end
-  return n or 1
-end
-local jobs = opts.jobs > 0 and opts.jobs or cores()
-
--- this process's executable, to start the workers with
-local function self_exe()
-  pcall(ffi.cdef, "long readlink(const char *path, char *buf, size_t size);")
-  local buf = ffi.new("char[4096]")
-  local n = ffi.C.readlink("/proc/self/exe", buf, 4095)
-  if n > 0 then return ffi.string(buf, n) end
-  return arg[-1]
-end
+local jobs = opts.jobs > 0 and opts.jobs or cli.cores()
 local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
--- runs the units of a phase (on `jobs` workers, or here); returns the rows
+-- runs the units of a phase (on `jobs` workers, or here); returns the rows, each
+-- (model, correlation, run, lr) checked to be there exactly once
 local function execute(phase, code)
   local units = units_of(phase)
   local lines = {}
   local nj = math.min(jobs, #units)
   if nj <= 1 then
+    local before = moe.set_num_threads(1) -- (one thread, as a worker has: the same numbers whatever --jobs)
     for _, u in ipairs(units) do do_unit(u, lr_table(code), function(l) lines[#lines + 1] = l end) end
-    return lines
+    moe.set_num_threads(before)
+  else
+    local exe = cli.self_exe()
+    local args = { q(exe), "run", q(arg[0]) }
+    for i = 1, #arg do args[#args + 1] = q(arg[i]) end
+    local procs = {}
+    for k = 1, nj do
+      local file = os.tmpname()
+      local env = ("MOE_VS_MMOE_WORKER=%s OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1"):format(
+        q(("%s,%d,%d,%s,%s"):format(phase, k, nj, code, file)))
+      procs[k] = { file = file, p = assert(io.popen(env .. " " .. table.concat(args, " ") .. " 2>&1; echo __rc=$?")) }
+    end
+    local failed = {}
+    for k, pr in ipairs(procs) do
+      local out, rc = {}, nil
+      for l in pr.p:lines() do -- (the first worker's progress as it comes, the others' after it)
+        local v = l:match("^__rc=(%d+)$")
+        if v then rc = tonumber(v) else out[#out + 1] = l; if l:match("^  %[worker") then print(l) end end
+      end
+      pr.p:close()
+      if rc ~= 0 then failed[#failed + 1] = ("worker %d (exit status %s):\n%s"):format(k, tostring(rc), table.concat(out, "\n")) end
+      local f = io.open(pr.file)
+      if f then for l in f:lines() do lines[#lines + 1] = l end; f:close() end
+      os.remove(pr.file)
+    end
+    if #failed > 0 then error("moe_vs_mmoe: " .. table.concat(failed, "\n"), 0) end
   end
-  local exe = self_exe()
-  local args = { q(exe), "run", q(arg[0]) }
-  for i = 1, #arg do args[#args + 1] = q(arg[i]) end
-  local procs = {}
-  for k = 1, nj do
-    local file = os.tmpname()
-    local env = ("MOE_VS_MMOE_WORKER=%s OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1"):format(
-      q(("%s,%d,%d,%s,%s"):format(phase, k, nj, code, file)))
-    procs[k] = { file = file, p = assert(io.popen(env .. " " .. table.concat(args, " ") .. " 2>&1")) }
+  -- every (model, correlation, run, lr) once
+  local seen, want, bad = {}, 0, {}
+  for _, l in ipairs(lines) do
+    local key = l:match("^F,[^,]+,([^,]+,[^,]+,[^,]+,[^,]+),")
+    if key then
+      if seen[key] then bad[#bad + 1] = "twice: " .. key end
+      seen[key] = true
+    end
   end
-  local failed
-  for k, pr in ipairs(procs) do
-    local out = pr.p:read("*a")
-    local ok, _, rc = pr.p:close()
-    if not ok or (rc and rc ~= 0) then failed = failed or ("worker %d failed:\n%s"):format(k, out) end
-    local f = io.open(pr.file)
-    if f then for l in f:lines() do lines[#lines + 1] = l end; f:close() end
-    os.remove(pr.file)
+  local lr_of = lr_table(code)
+  for _, u in ipairs(units) do
+    for _, name in ipairs(MODELS) do
+      for _, lr in ipairs(lr_of[name]) do
+        want = want + 1
+        local key = ("%s,%.17g,%d,%.17g"):format(name, u.corr, u.seed, lr)
+        if not seen[key] then bad[#bad + 1] = "missing: " .. key end
+      end
+    end
   end
-  if failed then error(failed, 0) end
+  if #bad > 0 then
+    error(("moe_vs_mmoe: the %s phase's results are wrong (%d runs expected): %s"):format(phase, want,
+      table.concat(bad, "; ", 1, math.min(#bad, 5))), 0)
+  end
   return lines
 end
 
@@ -301,7 +323,7 @@ if opts.tune_runs > 0 and #lrs > 1 then
   for _, r in ipairs(finals) do
     sum[r.model] = sum[r.model] or {}
     local s = sum[r.model][r.lr] or { 0, 0 }
-    sum[r.model][r.lr] = { s[1] + (r.val == r.val and r.val or math.huge), s[2] + 1 }
+    sum[r.model][r.lr] = { s[1] + ((r.val == r.val and not r.diverged) and r.val or math.huge), s[2] + 1 }
     tuning_rows[#tuning_rows + 1] = ("%s,%g,%d,%g,%.6f,%.6f,%d"):format(r.model, r.corr, r.seed, r.lr, r.val, r.test,
       r.diverged and 1 or 0)
   end
@@ -320,7 +342,6 @@ if opts.tune_runs > 0 and #lrs > 1 then
 else
   for _, name in ipairs(MODELS) do chosen[name] = lrs[1] end
 end
-write_atomic(opts.out .. "_tuning.csv", tuning_rows)
 
 -- 2. the reported runs
 local code = {}
@@ -342,6 +363,7 @@ for _, name in ipairs(MODELS) do
     end
   end
 end
+write_atomic(opts.out .. "_tuning.csv", tuning_rows)
 write_atomic(opts.out .. ".csv", rows)
 local crow = { "model,correlation,seed,step,test_loss" }
 local curve = {} -- curve[model][corr][step] = {losses}
@@ -388,16 +410,41 @@ local function table_of(field, what)
   end
 end
 table_of("test", "final test loss (y1 + y2 MSE)")
+do -- runs whose training hit a non-finite loss (scored at their last finite weights)
+  local parts = {}
+  for _, name in ipairs(MODELS) do
+    for _, c in ipairs(corrs) do
+      local n = 0
+      for s = 1, opts.runs do if by[name][c][s].diverged then n = n + 1 end end
+      if n > 0 then parts[#parts + 1] = ("%s at %g: %d"):format(name, c, n) end
+    end
+  end
+  print("diverged runs (scored at their last finite weights): " .. (#parts > 0 and table.concat(parts, ", ") or "none"))
+end
 print()
 table_of("curve_mean", "test loss averaged over the curve (training speed)")
 
--- what the paired differences say (|t| = |mean| / s.e. > 2: about 95% confidence)
+-- what the paired differences say: a two-sided paired t-test at 95% (Student's t
+-- for runs - 1 degrees of freedom; each comparison on its own, no correction for
+-- the several made)
 print()
+local T975 = { { 1, 12.706 }, { 2, 4.303 }, { 3, 3.182 }, { 4, 2.776 }, { 5, 2.571 }, { 6, 2.447 }, { 7, 2.365 },
+  { 8, 2.306 }, { 9, 2.262 }, { 10, 2.228 }, { 12, 2.179 }, { 15, 2.131 }, { 20, 2.086 }, { 25, 2.060 },
+  { 30, 2.042 }, { 40, 2.021 }, { 60, 2.000 }, { 120, 1.980 } }
+local tcrit = 1.960
+for _, e in ipairs(T975) do if opts.runs - 1 >= e[1] then tcrit = e[2] end end
+if opts.runs - 1 > 120 then tcrit = 1.960 end
+print(("paired t-tests over %d runs: |t| > %.3f is a difference at 95%% confidence"):format(opts.runs, tcrit))
 local function verdict(d)
   local m, se = mean_se(d)
   local wins = 0
   for _, v in ipairs(d) do if v < 0 then wins = wins + 1 end end
-  return m, se, m / se, wins
+  local t = m / se
+  return m, se, t, wins
+end
+local function says(t, better, worse)
+  if t ~= t then return "cannot tell (one run)" end
+  return t < -tcrit and better or t > tcrit and worse or "ties"
 end
 for _, field in ipairs { "test", "curve_mean" } do
   local label = field == "test" and "final test loss" or "curve mean"
@@ -406,8 +453,8 @@ for _, field in ipairs { "test", "curve_mean" } do
     local m2, se2, t2, w2 = verdict(diff("one_gate_moe", "shared_bottom", c, field))
     print(("%s, corr %.2f: MMoE %s OMoE (%+.4f +- %.4f, t %+.1f, lower in %d/%d runs); OMoE %s shared bottom "
       .. "(%+.4f +- %.4f, t %+.1f, lower in %d/%d)"):format(label, c,
-      t1 < -2 and "beats" or t1 > 2 and "loses to" or "ties", m1, se1, t1, w1, opts.runs,
-      t2 < -2 and "beats" or t2 > 2 and "loses to" or "ties", m2, se2, t2, w2, opts.runs))
+      says(t1, "beats", "loses to"), m1, se1, t1, w1, opts.runs,
+      says(t2, "beats", "loses to"), m2, se2, t2, w2, opts.runs))
   end
   if #corrs > 1 then -- the same runs at the lowest and the highest correlation: paired too
     local lo, hi = corrs[1], corrs[1]
@@ -417,8 +464,8 @@ for _, field in ipairs { "test", "curve_mean" } do
     for s = 1, opts.runs do w[s] = dl[s] - dh[s] end
     local m, se = mean_se(w)
     print(("%s: (MMoE - OMoE) at corr %.2f minus at corr %.2f: %+.4f +- %.4f (t %+.1f): the gap %s as the "
-      .. "correlation falls"):format(label, lo, hi, m, se, m / se, m / se < -2 and "moves in MMoE's favour"
-      or m / se > 2 and "moves in OMoE's favour" or "does not change measurably"))
+      .. "correlation falls"):format(label, lo, hi, m, se, m / se, (says(m / se, "moves in MMoE's favour", "moves in OMoE's favour"):gsub("^ties$",
+      "does not change measurably"))))
   end
 end
 

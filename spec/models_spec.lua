@@ -1,5 +1,11 @@
 -- The bundled model scripts run end to end on the bundled data.
 local bin = os.getenv("MOELUA_BIN") or "build/moelua"
+local H = require "helpers"
+-- a command's stdout and stderr together, and whether it exited 0
+local function sh(cmd)
+  local out, err, rc = H.sh(cmd)
+  return out .. err, rc == 0
+end
 
 describe("models/census_logreg.lua", function()
   it("trains on the bundled census data and beats the majority class", function()
@@ -54,17 +60,16 @@ describe("models/mmoe_census.lua (the main job)", function()
   end)
   it("trains each of the paper's models on either task group, and over seeds prints mean and best test AUCs", function()
     for _, m in ipairs { "omoe", "shared_bottom", "cgc", "ple" } do
-      local p = io.popen(bin .. " run models/mmoe_census.lua --smoke --model " .. m .. " --tasks education 2>&1")
-      local out = p:read("*a")
-      assert.is_true(p:close(), out)
+      local out, ok = sh(bin .. " run models/mmoe_census.lua --smoke --model " .. m .. " --tasks education")
+      assert.is_true(ok, out)
       local edu = tonumber(out:match("test AUC: education (0%.%d+)  never_married 0%.%d+\n"))
       assert.is_true(edu and edu > 0.7, m .. ": " .. out) -- one short epoch: far above chance
     end
     local csv = os.tmpname()
-    local p = io.popen(bin .. " run models/mmoe_census.lua --smoke --model ple --seeds 2 --seed 3 --csv " .. csv
-      .. " 2>&1")
-    local out = p:read("*a")
-    assert.is_true(p:close(), out)
+    os.remove(csv) -- (a new file: it gets the header)
+    local out, ok = sh(bin .. " run models/mmoe_census.lua --smoke --model ple --seeds 2 --seed 3 --csv " .. csv)
+    assert.is_true(ok, out)
+    assert.equal("model,tasks,seed,task,best_epoch,val_auc,test_auc", io.open(csv):read("*l"))
     assert.matches("seed 3: best epoch 1, test AUC income 0%.%d+  never_married 0%.%d+", out)
     assert.matches("seed 4: best epoch 1", out)
     local v = { income = {}, never_married = {} }
@@ -85,10 +90,9 @@ describe("models/mmoe_census.lua (the main job)", function()
   end)
   it("bench/census_table.lua: the table's cells are the mean, std and best of its runs' CSV", function()
     local dir = os.tmpname(); os.remove(dir)
-    local p = io.popen(bin .. " run bench/census_table.lua --smoke --seeds 2 --models omoe,cgc --groups education "
-      .. "--no-torch --jobs 2 --out " .. dir .. "/t.md 2>&1")
-    local out = p:read("*a")
-    assert.is_true(p:close(), out)
+    local out, ok = sh(bin .. " run bench/census_table.lua --smoke --seeds 2 --models omoe,cgc --groups education "
+      .. "--no-torch --jobs 2 --out " .. dir .. "/t.md")
+    assert.is_true(ok, out)
     local v = {}
     for line in io.lines(dir .. "/t.csv") do
       local model, _, _, task, _, _, test = line:match("^(%w+),(%w+),(%d+),([%w_]+),(%d+),([%d.]+),([%d.]+)$")
@@ -145,9 +149,8 @@ describe("the seed experiments in models/ (smoke mode)", function()
   end)
   it("moe_vs_mmoe.lua --quick: paired runs, each model's learning rate by validation, a table the CSVs bear out", function()
     local dir = os.tmpname(); os.remove(dir)
-    local p = io.popen(bin .. " run models/moe_vs_mmoe.lua --quick --jobs 2 --out " .. dir .. "/cmp 2>&1")
-    local out = p:read("*a")
-    assert.is_true(p:close(), out)
+    local out, ok = sh(bin .. " run models/moe_vs_mmoe.lua --quick --jobs 2 --out " .. dir .. "/cmp")
+    assert.is_true(ok, out)
     local function read(f) local h = assert(io.open(f)); local t = h:read("*a"); h:close(); return t end
     local function rows(f)
       local header, out_rows = nil, {}
@@ -204,9 +207,8 @@ describe("the seed experiments in models/ (smoke mode)", function()
       assert.equal("\137PNG", read(dir .. f):sub(1, 4))
     end
     -- the same experiment in one process: the same numbers (the workers split the runs, nothing else)
-    p = io.popen(bin .. " run models/moe_vs_mmoe.lua --quick --jobs 1 --out " .. dir .. "/one 2>&1")
-    local out1 = p:read("*a")
-    assert.is_true(p:close(), out1)
+    local out1, ok1 = sh(bin .. " run models/moe_vs_mmoe.lua --quick --jobs 1 --out " .. dir .. "/one")
+    assert.is_true(ok1, out1)
     local function sorted(f)
       local l = {}
       for line in io.lines(f) do l[#l + 1] = line end
@@ -215,6 +217,14 @@ describe("the seed experiments in models/ (smoke mode)", function()
     end
     assert.same(sorted(dir .. "/cmp.csv"), sorted(dir .. "/one.csv"))
     assert.same(sorted(dir .. "/cmp_curves.csv"), sorted(dir .. "/one_curves.csv"))
+    -- a worker that fails: an error that names it and shows its message, and no results written
+    local outf, okf = sh("MOE_VS_MMOE_FAIL=2 " .. bin .. " run models/moe_vs_mmoe.lua --quick --jobs 2 --out " .. dir
+      .. "/fail")
+    assert.is_false(okf, outf)
+    assert.matches("moe_vs_mmoe: worker 2 %(exit status 1%):.-worker 2 made to fail", outf)
+    for _, f in ipairs { "/fail.csv", "/fail_tuning.csv", "/fail_curves.csv", "/fail.svg" } do
+      assert.is_nil(io.open(dir .. f), f)
+    end
     os.execute("rm -rf " .. dir)
   end)
   it("tabular_moe.lua trains the seed's Sequential, functional and multi-task networks", function()

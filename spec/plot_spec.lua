@@ -503,6 +503,11 @@ describe("moe.plot.panels and moe.plot.histograms", function()
       H.error_of(function() moe.plot.histograms({ { groups = { { values = { 1 } } } } }, dir .. "/x.svg", { bins = 0 }) end))
     assert.matches("plot_spec%.lua:%d+: plot%.histograms: panel 1, group 1: value 2 must be a number, got \"x\" %(a string%)",
       H.error_of(function() moe.plot.histograms({ { groups = { { values = { 1, "x" } } } } }, dir .. "/x.svg") end))
+    assert.matches("plot_spec%.lua:%d+: plot%.histograms: range must be {lo, hi} with lo < hi, got",
+      H.error_of(function() moe.plot.histograms({ { groups = { { values = { 1 } } } } }, dir .. "/x.svg", { range = { 2, 1 } }) end))
+    assert.matches("plot_spec%.lua:%d+: plot%.panels: cols must be a positive integer, got 0",
+      H.error_of(function() moe.plot.panels({ { series = { { y = { 1 } } } } }, dir .. "/x.svg", { cols = 0 }) end))
+    assert.is_nil(io.open(dir .. "/x.svg"))
   end)
 end)
 

@@ -263,6 +263,30 @@ function cli.makedirs(path)
   return true
 end
 
+-- ------------------------------------------------------------------ processes
+
+-- self_exe(): the running interpreter's executable (from /proc/self/exe), to start
+-- more moelua processes with (a script's workers); arg[-1]'s name where there is no /proc
+function cli.self_exe()
+  local ffi = require "ffi"
+  pcall(ffi.cdef, "long readlink(const char *path, char *buf, size_t size);")
+  local buf = ffi.new("char[4096]")
+  local n = tonumber(ffi.C.readlink("/proc/self/exe", buf, 4095))
+  if n and n > 0 then return ffi.string(buf, n) end
+  for i = -1, -10, -1 do -- (the interpreter: the first of arg's negative entries)
+    if arg and arg[i - 1] == nil and arg[i] then return arg[i] end
+  end
+  return "moelua"
+end
+
+-- cores(): the CPUs this process may run on (nproc), at least 1
+function cli.cores()
+  local p = io.popen("nproc 2>/dev/null")
+  local n = p and tonumber(p:read("*l") or "")
+  if p then p:close() end
+  return n and n >= 1 and n or 1
+end
+
 -- the formats moe.plot writes, by a file's extension
 local PLOT_FORMATS = { svg = true, png = true }
 

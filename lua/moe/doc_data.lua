@@ -309,6 +309,9 @@ S[#S + 1] = { id = "cli", title = "Command-line options (moe.cli)", intro =
       returns = "a table name -> path, or nil when plot is \"\" (no figures).",
       example = "local paths = moe.cli.figures(opts.plot, { \"curves\", \"experts\" })\n"
         .. "if paths then moe.plot.history(history, paths.curves) end" },
+    { "cli.self_exe", "moe.cli.self_exe()", "The running moelua executable's path (from /proc/self/exe), to start "
+      .. "more moelua processes with, as models/moe_vs_mmoe.lua starts its workers." },
+    { "cli.cores", "moe.cli.cores()", "The CPUs this process may run on (nproc), at least 1." },
     { "cli.makedirs", "moe.cli.makedirs(path)", "Makes path and its missing parents as directories (as mkdir -p, "
       .. "without a shell, through LuaFileSystem).", returns = "true, or nil and a message." },
   } }

@@ -408,6 +408,12 @@ function plot.panels(panels, path, opts)
   if opts.errors ~= nil and opts.errors ~= "band" and opts.errors ~= "bars" then
     fail(('plot.panels: errors must be "band" or "bars", got %s'):format(show(opts.errors)))
   end
+  for _, k in ipairs { "cols", "width", "height" } do
+    local v = opts[k]
+    if v ~= nil and (type(v) ~= "number" or v < 1 or v ~= math.floor(v)) then
+      fail(("plot.panels: %s must be a positive integer, got %s"):format(k, show(v)))
+    end
+  end
   local cols = math.min(#panels, opts.cols or 3)
   local rows = math.ceil(#panels / cols)
   local pw, ph = opts.width or 440, opts.height or 300
@@ -454,7 +460,13 @@ function plot.histograms(panels, path, opts)
       end
     end
   end
-  if opts.range then lo, hi = opts.range[1], opts.range[2] end
+  if opts.range ~= nil then
+    local r = opts.range
+    if type(r) ~= "table" or not finite(r[1]) or not finite(r[2]) or not (r[1] < r[2]) then
+      fail(("plot.histograms: range must be {lo, hi} with lo < hi, got %s"):format(show(r)))
+    end
+    lo, hi = r[1], r[2]
+  end
   if not (lo < hi) then -- (no finite value, or all equal)
     if lo > hi then lo, hi = 0, 1 else lo, hi = lo - 0.5, hi + 0.5 end
   end
@@ -482,7 +494,11 @@ function plot.histograms(panels, path, opts)
     end
     out[i] = { title = p.title, series = series, xlabel = opts.xlabel, ylabel = opts.ylabel or "runs" }
   end
-  local file, fig = plot.panels(out, path, { title = opts.title, cols = opts.cols, markers = false, integer_x = false })
+  if opts.cols ~= nil and (type(opts.cols) ~= "number" or opts.cols < 1 or opts.cols ~= math.floor(opts.cols)) then
+    fail(("plot.histograms: cols must be a positive integer, got %s"):format(show(opts.cols)))
+  end
+  local file, fig = plot.panels(out, path, { title = opts.title, cols = opts.cols, markers = false, integer_x = false,
+    width = opts.width, height = opts.height })
   fig.bins = { lo = lo, hi = hi, width = wbin, counts = {} }
   for i, p in ipairs(out) do
     fig.bins.counts[i] = {}
