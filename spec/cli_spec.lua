@@ -123,13 +123,15 @@ describe("models/ scripts' command lines", function()
 
   it("a bad value or an unknown option prints the usage on stderr and exits 2, without a traceback", function()
     for _, f in ipairs(scripts) do
+      -- (an integer option of each: moe_vs_mmoe counts steps, not epochs)
+      local n = f == "moe_vs_mmoe.lua" and "steps" or "epochs"
       for _, case in ipairs {
-        { "--epochs abc", "%-%-epochs needs an integer, got 'abc'" },
-        { "--epochs=2.5", "%-%-epochs needs an integer, got '2%.5'" },
+        { "--" .. n .. " abc", "%-%-" .. n .. " needs an integer, got 'abc'" },
+        { "--" .. n .. "=2.5", "%-%-" .. n .. " needs an integer, got '2%.5'" },
         { "--no-such-option", "unknown option %-%-no%-such%-option" },
         { "--device tpu", "%-%-device must be cpu or cuda, got 'tpu'" },
         { "--smoke=perhaps", "%-%-smoke is a flag" },
-        { "--epochs", "option %-%-epochs needs a value" },
+        { "--" .. n, "option %-%-" .. n .. " needs a value" },
       } do
         local out, err, rc = sh(bin .. " run models/" .. f .. " " .. case[1])
         local what = f .. " " .. case[1] .. ": " .. err
@@ -137,7 +139,7 @@ describe("models/ scripts' command lines", function()
         assert.are.equal("", out, what) -- nothing ran
         assert.matches("^models/" .. f:gsub("%p", "%%%0") .. ": " .. case[2], err, nil, what)
         assert.matches("\nusage: moelua run models/", err, nil, what)
-        assert.matches("\n  %-%-epochs N ", err, nil, what)
+        assert.matches("\n  %-%-" .. n .. " N ", err, nil, what)
         assert.is_nil(err:find("stack traceback", 1, true), what)
         assert.is_nil(err:find(".lua:%d+:"), what) -- no file:line of a Lua error
       end
@@ -260,6 +262,14 @@ describe("models/ scripts' command lines", function()
     assert.is_nil(ok)
     assert.matches("exists and is not a directory", err)
     os.execute("rm -rf " .. q(tmp))
+  end)
+
+  it("cli.self_exe is the moelua running the script, and cli.cores nproc's count", function()
+    local out = io.popen(bin .. " -e 'print(require(\"moe.cli\").self_exe(), require(\"moe.cli\").cores())'"):read("*a")
+    local exe, n = out:match("^(%S+)\t(%d+)\n$")
+    local real = io.popen("readlink -f " .. q(bin)):read("*l")
+    assert.are.equal(real, exe, out)
+    assert.are.equal(tonumber(io.popen("nproc"):read("*l")), tonumber(n))
   end)
 end)
 
