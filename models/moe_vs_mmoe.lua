@@ -71,12 +71,15 @@ local opts = cli.parse(arg, {
   { "out", "build/moe_vs_mmoe", "where the results go (PREFIX.csv, PREFIX.svg, ...; directories made if missing)",
     metavar = "PREFIX" },
   cli.device_option(),
-  { "quick", false, "a short run (3 runs, 200 steps, 1,000 rows, correlations 0.5 and 1.0, 1 tuning run), for the tests" },
+  { "quick", false, "a short run (3 runs, 200 steps, 1,000 rows, correlations 0.5 and 1.0, 1 tuning run, lrs "
+    .. "1e-3 and 1e-2, unless given), for the tests" },
   { "smoke", false, "the same as --quick" },
 })
-if opts.quick or opts.smoke then
-  opts.runs, opts.steps, opts.n, opts.n_eval, opts.correlations = 3, 200, 1000, 500, "0.5,1.0"
-  opts.tune_runs, opts.lrs = 1, "1e-3,1e-2"
+if opts.quick or opts.smoke then -- (its sizes, where the command line does not give them)
+  for k, v in pairs { runs = 3, steps = 200, n = 1000, n_eval = 500, correlations = "0.5,1.0", tune_runs = 1,
+    lrs = "1e-3,1e-2" } do
+    if not cli.given(opts, k) then opts[k] = v end
+  end
 end
 local function list(s)
   local out = {}

@@ -264,6 +264,24 @@ describe("models/ scripts' command lines", function()
     os.execute("rm -rf " .. q(tmp))
   end)
 
+  it("cli.given tells an option set on the command line from its default", function()
+    local cli = require "moe.cli"
+    local spec = { { "epochs", 3, "epochs" }, { "lr", 0.1, "lr", type = "number" }, { "quick", false, "q" },
+      { "file", "", "f", positional = true } }
+    local o = cli.read({ "--epochs", "3", "--quick", "data.csv" }, spec)
+    assert.is_true(cli.given(o, "epochs")) -- (given, though equal to its default)
+    assert.is_true(cli.given(o, "quick"))
+    assert.is_true(cli.given(o, "file")) -- positional
+    assert.is_false(cli.given(o, "lr"))
+    assert.is_false(cli.given({ epochs = 3 }, "epochs")) -- not a table read() made
+    -- moe_vs_mmoe --quick keeps what is given
+    local dir = tmpname("_q")
+    local out = io.popen(bin .. " run models/moe_vs_mmoe.lua --quick --runs 2 --steps 30 --tune-runs 0 --jobs 1 --out "
+      .. q(dir .. "/c") .. " 2>&1"):read("*a")
+    os.execute("rm -rf " .. q(dir))
+    assert.matches("moe_vs_mmoe: 2 runs x 2 correlations x 3 models, 30 steps of batch 32 on 1000 rows", out)
+  end)
+
   it("cli.self_exe is the moelua running the script, and cli.cores nproc's count", function()
     local out = io.popen(bin .. " -e 'print(require(\"moe.cli\").self_exe(), require(\"moe.cli\").cores())'"):read("*a")
     local exe, n = out:match("^(%S+)\t(%d+)\n$")

@@ -59,10 +59,47 @@ def roc_auc(y, s):
     return float(((r * y).sum() - npos * (npos + 1) / 2) / (npos * nneg))
 
 
-def run(d, tasks, seed, epochs, batch):
+def rechub_ple(F_, units, tasks):
+    """torch-rechub 0.9.0's PLE as models/mmoe_census.lua --model ple builds nn.PLE: 2 levels, 2 specific
+    experts per task and 4 shared, experts of `units` units, towers of 8; a list of [B, 1] probabilities.
+    Only rechub's model files are imported (its package __init__ wants pandas, sklearn and tqdm)."""
+    import importlib.util, types
+    import numpy as np
+    spec = importlib.util.find_spec("torch_rechub")
+    if spec is None:
+        sys.exit("--model ple needs torch-rechub: pip install torch-rechub==0.9.0 --no-deps")
+    root = os.path.dirname(spec.origin)
+    for pkg in ["torch_rechub", "torch_rechub.basic", "torch_rechub.models", "torch_rechub.models.multi_task",
+                "torch_rechub.utils"]:
+        m = types.ModuleType(pkg)
+        m.__path__ = [os.path.join(root, *pkg.split(".")[1:])]
+        sys.modules[pkg] = m
+    data = types.ModuleType("torch_rechub.utils.data")
+    data.get_auto_embedding_dim = lambda n: int(np.floor(6 * np.power(n, 0.26)))
+    sys.modules["torch_rechub.utils.data"] = data
+    from torch_rechub.basic.features import DenseFeature
+    from torch_rechub.models.multi_task.ple import PLE
+    ple = PLE([DenseFeature("x", embed_dim=F_)], ["classification"] * tasks, n_level=2, n_expert_specific=2,
+              n_expert_shared=4, expert_params={"dims": [units]}, tower_params_list=[{"dims": [8]}] * tasks)
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ple = ple
+
+        def forward(self, x):
+            y = self.ple({"x": x})
+            return [y[:, t:t + 1] for t in range(tasks)]
+    return Wrapped()
+
+
+def run(d, tasks, seed, epochs, batch, model_name="mmoe", units=4):
     torch.manual_seed(seed)
     xtr = d["train.x"]
-    model = MMoE(F_=xtr.shape[1], U=4, E=8, tasks=len(tasks))
+    if model_name == "ple":
+        model = rechub_ple(xtr.shape[1], units, len(tasks))
+    else:
+        model = MMoE(F_=xtr.shape[1], U=units, E=8, tasks=len(tasks))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     best = None
     n = xtr.shape[0]
@@ -98,16 +135,19 @@ def main():
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tsv", action="store_true")
+    ap.add_argument("--model", choices=["mmoe", "ple"], default="mmoe",
+                    help="the census MMoE, or torch-rechub's PLE as mmoe_census.lua --model ple builds it")
+    ap.add_argument("--units", type=int, default=4, help="units of each expert")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     d, meta = read_safetensors(a.data)
     tasks = meta.get("tasks", "income,never_married").split(",")
-    print(f"PyTorch {torch.__version__} MMoE on {a.data} (tasks {', '.join(tasks)}; split seed {meta.get('seed')}, "
+    print(f"PyTorch {torch.__version__} {a.model} ({a.units} units a expert) on {a.data} (tasks {', '.join(tasks)}; split seed {meta.get('seed')}, "
           f"source {meta.get('source')}): {a.seeds} seeds from {a.seed}, {a.epochs} epochs, batch {a.batch_size}")
     res = {t: [] for t in tasks}
     t0 = time.time()
     for seed in range(a.seed, a.seed + a.seeds):
-        epoch, _, aucs = run(d, tasks, seed, a.epochs, a.batch_size)
+        epoch, _, aucs = run(d, tasks, seed, a.epochs, a.batch_size, a.model, a.units)
         for t in tasks:
             res[t].append(aucs[("test", t)])
             print(f"seed {seed} {t}: best epoch {epoch}, val AUC {aucs[('val', t)]:.4f}, test AUC {aucs[('test', t)]:.4f}")
@@ -116,7 +156,7 @@ def main():
         std = float(v.std()) if len(v) > 1 else 0.0
         print(f"{t}: test AUC mean {float(v.mean()):.4f} +- {std:.4f} (std over {len(v)} seeds), best {float(v.max()):.4f}")
         if a.tsv:
-            print(f"torch_mmoe.{t}.mean\t{float(v.mean()):.6f}\ntorch_mmoe.{t}.std\t{std:.6f}\ntorch_mmoe.{t}.best\t{float(v.max()):.6f}")
+            print(f"torch_{a.model}.{t}.mean\t{float(v.mean()):.6f}\ntorch_{a.model}.{t}.std\t{std:.6f}\ntorch_{a.model}.{t}.best\t{float(v.max()):.6f}")
     print(f"{time.time() - t0:.1f} s")
 
 

@@ -134,6 +134,17 @@ local function from_defaults(defaults, usage)
   return spec
 end
 
+-- the options each read() result was given on the command line (weak keys)
+local given_of = setmetatable({}, { __mode = "k" })
+
+-- given(opts, name): whether the command line set the option (rather than its
+-- default): for a mode such as --quick that sets other options' values unless
+-- they were given
+function cli.given(opts, name)
+  local g = given_of[opts]
+  return g ~= nil and g[name] == true
+end
+
 -- read(args, spec): the options; opts.help is true for --help. A bad option or
 -- value raises { cli_usage = message } (parse turns it into exit status 2).
 function cli.read(args, spec)
@@ -177,9 +188,11 @@ function cli.read(args, spec)
       local o = pos[npos]
       if not o then bad(("unexpected argument '%s'"):format(a)) end
       out[o[1]] = convert(o, a, o[1]:upper())
+      seen[o[1]] = true
     end
     i = i + 1
   end
+  given_of[out] = seen
   return out
 end
 

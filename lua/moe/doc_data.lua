@@ -309,6 +309,9 @@ S[#S + 1] = { id = "cli", title = "Command-line options (moe.cli)", intro =
       returns = "a table name -> path, or nil when plot is \"\" (no figures).",
       example = "local paths = moe.cli.figures(opts.plot, { \"curves\", \"experts\" })\n"
         .. "if paths then moe.plot.history(history, paths.curves) end" },
+    { "cli.given", "moe.cli.given(opts, name)", "Whether the command line set the option name (rather than its "
+      .. "default), for opts as parse or read returned them: a mode such as --quick can set other options only "
+      .. "where they were not given." },
     { "cli.self_exe", "moe.cli.self_exe()", "The running moelua executable's path (from /proc/self/exe), to start "
       .. "more moelua processes with, as models/moe_vs_mmoe.lua starts its workers." },
     { "cli.cores", "moe.cli.cores()", "The CPUs this process may run on (nproc), at least 1." },
