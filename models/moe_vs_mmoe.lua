@@ -65,6 +65,17 @@ local opts = cli.parse(arg, {
     check = number_list(1e-12, 10) },
   { "tune_runs", 5, "runs per (correlation, learning rate) that choose each model's learning rate "
     .. "(0: the first of --lrs)", min = 0 },
+  { "models", "shared_bottom,one_gate_moe,multi_gate_moe", "the models, comma-separated: shared_bottom, "
+    .. "one_gate_moe, multi_gate_moe, cgc, ple", metavar = "LIST", check = function(v)
+      local known = { shared_bottom = true, one_gate_moe = true, multi_gate_moe = true, cgc = true, ple = true }
+      local seen, n = {}, 0
+      for m in v:gmatch("[^,]+") do
+        if not known[m] then return false, ("'%s' is not one of them"):format(m) end
+        if seen[m] then return false, ("'%s' is in the list twice"):format(m) end
+        seen[m], n = true, n + 1
+      end
+      return n > 0, "expected a comma-separated list of models"
+    end },
   { "c", 0.3, "the length of the tasks' weight vectors (the nonlinearity's reach)", type = "number", min = 0 },
   { "m", 5, "the number of sine terms", min = 0 },
   { "jobs", 0, "worker processes (0: one per core)", min = 0 },
@@ -91,20 +102,31 @@ local every = opts.eval_every > 0 and opts.eval_every or math.max(1, math.floor(
 local now = require("moe.trainer").now
 local t0 = now()
 
-local MODELS = { "shared_bottom", "one_gate_moe", "multi_gate_moe" }
+local MODELS = {}
+for m in opts.models:gmatch("[^,]+") do MODELS[#MODELS + 1] = m end
+local present = {}
+for _, m in ipairs(MODELS) do present[m] = true end
+-- (CGC and PLE, torch-rechub's, with as many experts of 16 units as the mixtures: 2 per task and 4 shared a
+-- level, BatchNorm in each; PLE has 2 levels and its own towers of 8 with a linear output)
 local builders = {
   shared_bottom = function() return nn.SharedBottom { units = 113, num_tasks = 2 } end,
   one_gate_moe = function() return nn.OMoE { units = 16, num_experts = 8, num_tasks = 2 } end,
   multi_gate_moe = function() return nn.MMoE { units = 16, num_experts = 8, num_tasks = 2 } end,
+  cgc = function() return nn.CGC { n_expert_specific = 2, n_expert_shared = 4, expert_params = { dims = { 16 } },
+    num_tasks = 2 } end,
+  ple = function() return nn.PLE { n_level = 2, n_expert_specific = 2, n_expert_shared = 4,
+    expert_params = { dims = { 16 } }, tower_params_list = { { dims = { 8 } }, { dims = { 8 } } },
+    task_types = { "regression", "regression" } }, true end,
 }
 local TUNE_SEED = 100000 -- the learning-rate runs' datasets: apart from the reported runs 1..runs
 
 local function build_model(name, dim)
   local x = moe.Input { shape = { dim } }
-  local tasks = builders[name]()(x)
+  local layer, towered = builders[name]()
+  local tasks = layer(x)
   local outputs = {}
   for i, t in ipairs { "y1", "y2" } do
-    outputs[t] = nn.Dense { units = 1, name = t }(nn.Dense { units = 8, activation = "relu" }(tasks[i]))
+    outputs[t] = towered and tasks[i] or nn.Dense { units = 1, name = t }(nn.Dense { units = 8, activation = "relu" }(tasks[i]))
   end
   return moe.Model { inputs = x, outputs = outputs, name = name }
 end
@@ -392,9 +414,20 @@ local function diff(a, b, c, field)
   return out
 end
 print()
-print(("parameters: shared_bottom %d, one_gate_moe %d, multi_gate_moe %d; learning rates %g, %g, %g"):format(
-  params.shared_bottom, params.one_gate_moe, params.multi_gate_moe, chosen.shared_bottom, chosen.one_gate_moe,
-  chosen.multi_gate_moe))
+do
+  local pp, lr = {}, {}
+  for _, name in ipairs(MODELS) do pp[#pp + 1] = ("%s %d"):format(name, params[name]); lr[#lr + 1] = ("%g"):format(chosen[name]) end
+  print(("parameters: %s; learning rates %s"):format(table.concat(pp, ", "), table.concat(lr, ", ")))
+end
+-- the paired comparisons made, of the models present: {first, second, label, first's name, second's name}
+local PAIRS = {}
+for _, p in ipairs { { "multi_gate_moe", "one_gate_moe", "MMoE - OMoE", "MMoE", "OMoE" },
+  { "one_gate_moe", "shared_bottom", "OMoE - shared bottom", "OMoE", "shared bottom" },
+  { "multi_gate_moe", "shared_bottom", "MMoE - shared bottom", "MMoE", "shared bottom" },
+  { "cgc", "multi_gate_moe", "CGC - MMoE", "CGC", "MMoE" }, { "ple", "multi_gate_moe", "PLE - MMoE", "PLE", "MMoE" },
+  { "ple", "cgc", "PLE - CGC", "PLE", "CGC" } } do
+  if present[p[1]] and present[p[2]] then PAIRS[#PAIRS + 1] = p end
+end
 local function table_of(field, what)
   print(("%s, mean over %d runs +- standard error:"):format(what, opts.runs))
   local head = { ("%-22s"):format("") }
@@ -405,8 +438,7 @@ local function table_of(field, what)
     for _, c in ipairs(corrs) do line[#line + 1] = ("%.4f +- %-8.4f"):format(mean_se(values(name, c, field))) end
     print(table.concat(line, " "))
   end
-  for _, pair in ipairs { { "multi_gate_moe", "one_gate_moe", "MMoE - OMoE" }, { "one_gate_moe", "shared_bottom",
-    "OMoE - shared bottom" }, { "multi_gate_moe", "shared_bottom", "MMoE - shared bottom" } } do
+  for _, pair in ipairs(PAIRS) do
     local line = { ("%-22s"):format(pair[3]) }
     for _, c in ipairs(corrs) do line[#line + 1] = ("%+.4f +- %-8.4f"):format(mean_se(diff(pair[1], pair[2], c, field))) end
     print(table.concat(line, " "))
@@ -452,14 +484,17 @@ end
 for _, field in ipairs { "test", "curve_mean" } do
   local label = field == "test" and "final test loss" or "curve mean"
   for _, c in ipairs(corrs) do
-    local m1, se1, t1, w1 = verdict(diff("multi_gate_moe", "one_gate_moe", c, field))
-    local m2, se2, t2, w2 = verdict(diff("one_gate_moe", "shared_bottom", c, field))
-    print(("%s, corr %.2f: MMoE %s OMoE (%+.4f +- %.4f, t %+.1f, lower in %d/%d runs); OMoE %s shared bottom "
-      .. "(%+.4f +- %.4f, t %+.1f, lower in %d/%d)"):format(label, c,
-      says(t1, "beats", "loses to"), m1, se1, t1, w1, opts.runs,
-      says(t2, "beats", "loses to"), m2, se2, t2, w2, opts.runs))
+    local parts = {}
+    for i, p in ipairs(PAIRS) do
+      if i ~= 3 or not present.one_gate_moe then -- (MMoE - shared bottom follows from the first two)
+        local m, se, t, w = verdict(diff(p[1], p[2], c, field))
+        parts[#parts + 1] = ("%s %s %s (%+.4f +- %.4f, t %+.1f, lower in %d/%d runs)"):format(p[4],
+          says(t, "beats", "loses to"), p[5], m, se, t, w, opts.runs)
+      end
+    end
+    if #parts > 0 then print(("%s, corr %.2f: %s"):format(label, c, table.concat(parts, "; "))) end
   end
-  if #corrs > 1 then -- the same runs at the lowest and the highest correlation: paired too
+  if #corrs > 1 and present.multi_gate_moe and present.one_gate_moe then -- the same runs at the lowest and the highest correlation: paired too
     local lo, hi = corrs[1], corrs[1]
     for _, c in ipairs(corrs) do lo, hi = math.min(lo, c), math.max(hi, c) end
     local dl, dh = diff("multi_gate_moe", "one_gate_moe", lo, field), diff("multi_gate_moe", "one_gate_moe", hi, field)

@@ -227,6 +227,27 @@ describe("the seed experiments in models/ (smoke mode)", function()
     end
     os.execute("rm -rf " .. dir)
   end)
+  it("moe_vs_mmoe.lua --models: CGC and PLE beside MMoE, paired with it; an unknown model is a usage error", function()
+    local dir = os.tmpname(); os.remove(dir)
+    local out, ok = sh(bin .. " run models/moe_vs_mmoe.lua --quick --models multi_gate_moe,cgc,ple --runs 2 --steps 40 "
+      .. "--tune-runs 0 --lrs 1e-3 --jobs 1 --out " .. dir .. "/m")
+    assert.is_true(ok, out)
+    local by = {}
+    for line in io.lines(dir .. "/m.csv") do
+      local model, corr, seed, loss = line:match("^([%w_]+),([%d.]+),(%d+),[^,]+,([%d.]+),")
+      if model then by[model .. "@" .. corr .. "@" .. seed] = tonumber(loss) end
+    end
+    os.execute("rm -rf " .. dir)
+    local d = 0
+    for s = 1, 2 do d = d + by["ple@0.5@" .. s] - by["multi_gate_moe@0.5@" .. s] end
+    local printed = tonumber(out:match("final test loss %(y1 %+ y2 MSE%).-PLE %- MMoE%s+([%+%-][%d.]+)"))
+    assert.is_near(d / 2, printed, 1e-4 + 1e-9)
+    assert.matches("final test loss, corr 0%.50: CGC [%a ]+ MMoE %(.-; PLE [%a ]+ MMoE %(", out)
+    assert.is_nil(out:find("OMoE", 1, true)) -- (no comparison with a model that did not run)
+    local err, ok2 = sh(bin .. " run models/moe_vs_mmoe.lua --models mmoe")
+    assert.is_false(ok2)
+    assert.matches("%-%-models mmoe: 'mmoe' is not one of them", err)
+  end)
   it("tabular_moe.lua trains the seed's Sequential, functional and multi-task networks", function()
     local out = run("tabular_moe.lua")
     assert.matches("sequential%s+test: accuracy [%d.]+  auc [%d.]+", out)
