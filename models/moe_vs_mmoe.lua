@@ -336,8 +336,8 @@ local function write_atomic(path, rows)
   assert(os.rename(path .. ".tmp", path))
 end
 
-print(("moe_vs_mmoe: %d runs x %d correlations x 3 models, %d steps of batch %d on %d rows (c = %g, m = %d); "
-  .. "%d worker%s"):format(opts.runs, #corrs, opts.steps, opts.batch_size, opts.n, opts.c, opts.m, jobs,
+print(("moe_vs_mmoe: %d runs x %d correlations x %d models, %d steps of batch %d on %d rows (c = %g, m = %d); "
+  .. "%d worker%s"):format(opts.runs, #corrs, #MODELS, opts.steps, opts.batch_size, opts.n, opts.c, opts.m, jobs,
   jobs == 1 and "" or "s"))
 
 -- 1. each model's learning rate, by the mean final validation loss of the tuning runs
