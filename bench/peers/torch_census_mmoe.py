@@ -62,24 +62,9 @@ def roc_auc(y, s):
 def rechub_ple(F_, units, tasks):
     """torch-rechub 0.9.0's PLE as models/mmoe_census.lua --model ple builds nn.PLE: 2 levels, 2 specific
     experts per task and 4 shared, experts of `units` units, towers of 8; a list of [B, 1] probabilities.
-    Only rechub's model files are imported (its package __init__ wants pandas, sklearn and tqdm)."""
-    import importlib.util, types
-    import numpy as np
-    if "torch_rechub.utils.data" not in sys.modules:  # (stubbed once: the second run finds them)
-        spec = importlib.util.find_spec("torch_rechub")
-        if spec is None:
-            sys.exit("--model ple needs torch-rechub: pip install torch-rechub==0.9.0 --no-deps")
-        root = os.path.dirname(spec.origin)
-        for pkg in ["torch_rechub", "torch_rechub.basic", "torch_rechub.models", "torch_rechub.models.multi_task",
-                    "torch_rechub.utils"]:
-            m = types.ModuleType(pkg)
-            m.__path__ = [os.path.join(root, *pkg.split(".")[1:])]
-            sys.modules[pkg] = m
-        data = types.ModuleType("torch_rechub.utils.data")
-        data.get_auto_embedding_dim = lambda n: int(np.floor(6 * np.power(n, 0.26)))
-        sys.modules["torch_rechub.utils.data"] = data
-    from torch_rechub.basic.features import DenseFeature
-    from torch_rechub.models.multi_task.ple import PLE
+    Only rechub's model files are imported (bench/peers/rechub_models.py)."""
+    from rechub_models import import_rechub
+    DenseFeature, _, PLE = import_rechub()
     ple = PLE([DenseFeature("x", embed_dim=F_)], ["classification"] * tasks, n_level=2, n_expert_specific=2,
               n_expert_shared=4, expert_params={"dims": [units]}, tower_params_list=[{"dims": [8]}] * tasks)
 
