@@ -378,15 +378,30 @@ local function draw_lines(cv, box, series, opts)
   legend(cv, names, box[1] + box[3] + 12, box[2] + 10)
 end
 
+-- each named option of opts: nil or a positive integer (a count, a size in pixels)
+local function check_counts(opts, where, ...)
+  for _, k in ipairs { ... } do
+    local v = opts[k]
+    if v ~= nil and (type(v) ~= "number" or v < 1 or v ~= math.floor(v)) then
+      fail(("%s: %s must be a positive integer, got %s"):format(where, k, show(v)))
+    end
+  end
+end
+
+-- opts.errors, the way err is drawn: nil, "band" or "bars"
+local function check_errors(opts, where)
+  if opts.errors ~= nil and opts.errors ~= "band" and opts.errors ~= "bars" then
+    fail(('%s: errors must be "band" or "bars", got %s'):format(where, show(opts.errors)))
+  end
+end
+
 -- lines(series, path, {title, xlabel, ylabel, width, height, ylim, errors = "band"|"bars",
 -- err_label = "± sd", integer_x}): a line chart; series {name, x, y, err}; x ticks are
 -- whole numbers when every x is (integer_x = false to not)
 function plot.lines(series, path, opts)
   check_series(series, "plot.lines")
   opts = opts or {}
-  if opts.errors ~= nil and opts.errors ~= "band" and opts.errors ~= "bars" then
-    fail(('plot.lines: errors must be "band" or "bars", got %s'):format(show(opts.errors)))
-  end
+  check_errors(opts, "plot.lines")
   local w, h = opts.width or 720, opts.height or 420
   local cv = canvas(path, w, h)
   draw_lines(cv, { 70, 40, w - 70 - 160, h - 40 - 60 }, series, opts)
@@ -405,15 +420,8 @@ function plot.panels(panels, path, opts)
     if type(p) ~= "table" then fail(("plot.panels: panel %d must be a table {title=, series=}, got %s"):format(i, show(p))) end
     check_series(p.series, ("plot.panels: panel %d"):format(i))
   end
-  if opts.errors ~= nil and opts.errors ~= "band" and opts.errors ~= "bars" then
-    fail(('plot.panels: errors must be "band" or "bars", got %s'):format(show(opts.errors)))
-  end
-  for _, k in ipairs { "cols", "width", "height" } do
-    local v = opts[k]
-    if v ~= nil and (type(v) ~= "number" or v < 1 or v ~= math.floor(v)) then
-      fail(("plot.panels: %s must be a positive integer, got %s"):format(k, show(v)))
-    end
-  end
+  check_errors(opts, "plot.panels")
+  check_counts(opts, "plot.panels", "cols", "width", "height")
   local cols = math.min(#panels, opts.cols or 3)
   local rows = math.ceil(#panels / cols)
   local pw, ph = opts.width or 440, opts.height or 300
@@ -439,10 +447,8 @@ function plot.histograms(panels, path, opts)
   if type(panels) ~= "table" or #panels == 0 then
     fail(("plot.histograms: expected a list of panels {title=, groups=}, got %s"):format(show(panels)))
   end
+  check_counts(opts, "plot.histograms", "bins", "cols", "width", "height")
   local bins = opts.bins or 20
-  if type(bins) ~= "number" or bins < 1 or bins ~= math.floor(bins) then
-    fail(("plot.histograms: bins must be a positive integer, got %s"):format(show(bins)))
-  end
   local lo, hi = math.huge, -math.huge
   for i, p in ipairs(panels) do
     if type(p) ~= "table" or type(p.groups) ~= "table" or #p.groups == 0 then
@@ -493,9 +499,6 @@ function plot.histograms(panels, path, opts)
       series[j] = { name = g.name or ("group " .. j), x = xs, y = ys, counts = counts }
     end
     out[i] = { title = p.title, series = series, xlabel = opts.xlabel, ylabel = opts.ylabel or "runs" }
-  end
-  if opts.cols ~= nil and (type(opts.cols) ~= "number" or opts.cols < 1 or opts.cols ~= math.floor(opts.cols)) then
-    fail(("plot.histograms: cols must be a positive integer, got %s"):format(show(opts.cols)))
   end
   local file, fig = plot.panels(out, path, { title = opts.title, cols = opts.cols, markers = false, integer_x = false,
     width = opts.width, height = opts.height })
