@@ -43,11 +43,12 @@ if opts.smoke then opts.epochs = 1 end
 local models, groups = list(opts.models), list(opts.groups)
 local csv_path = opts.out:gsub("%.md$", "") .. ".csv"
 local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+-- a command's output (its exit status is not read: LuaJIT's close() does not give it)
 local function sh(cmd)
   local p = io.popen(cmd .. " 2>&1")
   local out = p:read("*a")
-  local ok = p:close()
-  return out, ok
+  p:close()
+  return out
 end
 local jobs = opts.jobs > 0 and opts.jobs or cli.cores()
 local bin = cli.self_exe()

@@ -160,8 +160,9 @@ local function train(name, d, seed, lr)
   local nb = math.ceil(opts.n / opts.batch_size)
   local h = model:fit { x = d.train.x, y = d.train.y, epochs = math.ceil(opts.steps / nb),
     batch_size = opts.batch_size, verbose = 0, seed = seed, callbacks = { cb } }
-  local test = loss_on(d.test)
   local diverged = h.stopped ~= nil -- (a non-finite loss or weights: fit went back to the last finite weights)
+  -- the final test loss: the curve's last point (measured after the last step), unless fit changed the weights since
+  local test = diverged and loss_on(d.test) or curve[#curve][2]
   if diverged then -- stopped at a non-finite loss: the rest of its curve is where it stopped
     local last = curve[#curve][1]
     for s = (math.floor(last / every) + 1) * every, opts.steps, every do curve[#curve + 1] = { s, test } end
