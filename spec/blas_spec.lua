@@ -59,8 +59,17 @@ describe("BLAS kernel choice", function()
       assert.matches("user's choice is kept", b.reason)
       return
     end
-    assert.is_true(b.cpu_best_rank == 0 or b.kernels_rank >= b.cpu_best_rank,
+    -- (the best this BLAS has: Debian's OpenBLAS 0.3.21 has no SapphireRapids kernels, and says so)
+    assert.is_true(b.cpu_best_rank == 0 or b.kernels_rank >= b.blas_best_rank,
       ("runs %s, the CPU supports %s (%s)"):format(b.kernels, b.cpu_best, b.reason))
+    if b.blas_best ~= b.cpu_best then
+      assert.are.equal("moelua", b.chosen_by, b.reason)
+      assert.is_true(b.blas_best_rank < b.cpu_best_rank and b.blas_best == b.kernels, b.reason)
+      assert.is_truthy(b.missing:find(b.cpu_best, 1, true), b.missing)
+      assert.is_truthy(b.reason:find("this BLAS has no " .. b.missing .. " kernels", 1, true), b.reason)
+    else
+      assert.are.equal("", b.missing)
+    end
     local out, ok = sh("env -u OPENBLAS_CORETYPE -u MOELUA_BLAS_CHOSEN " .. bin .. " --version")
     assert.is_true(ok, out)
     assert.matches("BLAS: OpenBLAS", out)
@@ -76,13 +85,16 @@ describe("BLAS kernel choice", function()
       .. " -e 'local b = moe.config().blas; print(b.kernels, b.chosen_by, os.getenv(\"OPENBLAS_CORETYPE\")); print(b.reason)'")
     assert.is_true(ok, out)
     local kernels, by, env = out:match("^(%S+)\t(%S+)\t(%S+)\n")
-    assert.are.equal(b.cpu_best:lower(), kernels:lower(), out)
+    -- the CPU's best, or (a BLAS built without it) the best one down that the BLAS has
+    assert.are.equal(b.blas_best:lower(), kernels:lower(), out)
     assert.are.equal("moelua", by)
-    assert.are.equal(b.cpu_best, env)
-    assert.matches("the BLAS picked Prescott, below what the CPU supports %(cpuid: " .. b.cpu_best .. "%); moelua set OPENBLAS_CORETYPE="
-      .. b.cpu_best, out)
-    local v = sh("env -u OPENBLAS_CORETYPE -u MOELUA_BLAS_CHOSEN MOELUA_BLAS_PRETEND=Prescott " .. bin .. " --version")
-    assert.matches("kernels: " .. b.cpu_best .. " %(the BLAS picked Prescott", v)
+    assert.are.equal(b.blas_best, env)
+    assert.matches("the BLAS picked Prescott, below what the CPU supports %(cpuid: " .. b.cpu_best .. "%); .*"
+      .. "moelua set OPENBLAS_CORETYPE=" .. b.blas_best, out)
+    if b.blas_best ~= b.cpu_best then assert.matches("this BLAS has no " .. b.cpu_best, out) end
+    local v = sh("env -u OPENBLAS_CORETYPE -u MOELUA_BLAS_CHOSEN -u MOELUA_BLAS_MISSING MOELUA_BLAS_PRETEND=Prescott "
+      .. bin .. " --version")
+    assert.matches("kernels: " .. b.blas_best .. " %(the BLAS picked Prescott", v)
   end)
 
   it("a user's OPENBLAS_CORETYPE wins, and every kernel set the CPU can run is correct (against float64)", function()
@@ -100,6 +112,7 @@ for _, s in ipairs { { 64, 96, 80 }, { 300, 257, 129 }, { 1, 512, 7 } } do
   local scale = a:double():abs():matmul(c:double():abs())
   worst = math.max(worst, ((got - want):abs() / (scale + 1e-30)):max():item())
 end
+print(b.reason)
 print(b.kernels, b.chosen_by, worst)]]
     local script = os.tmpname()
     local f = assert(io.open(script, "w"))
@@ -113,7 +126,12 @@ print(b.kernels, b.chosen_by, worst)]]
         assert.is_true(ok, out)
         local kernels, by, err = out:match("(%S+)\t(%S+)\t(%S+)\n$")
         assert.are.equal("user", by, out)
-        assert.are.equal(k:lower(), kernels:lower(), out) -- the user's setting is what runs
+        if rank[k] > b.blas_best_rank then -- a set this BLAS was built without: it says so, and runs one below
+          assert.matches("this BLAS has no " .. k .. " kernels: it runs " .. kernels, out)
+          assert.is_true(rank[kernels] < rank[k], out)
+        else
+          assert.are.equal(k:lower(), kernels:lower(), out) -- the user's setting is what runs
+        end
         assert.is_true(tonumber(err) < 1e-5, k .. ": relative error " .. tostring(err))
         ran = ran + 1
       end
@@ -220,6 +238,29 @@ print(sg.mode, #sg.shapes, table.concat(u, ","), worst)]]
       assert.are.equal("0", n, out)
     end
     assert.is_true(tonumber(err) < 1e-5, "relative error " .. tostring(err))
+  end)
+
+  it("in a process on one thread times nothing: every GEMM on OpenBLAS, the bits of a pinned OpenBLAS run", function()
+    -- (models/moe_vs_mmoe.lua's one-thread workers and its one-process run must agree to the bit)
+    local probe = os.tmpname()
+    local f = assert(io.open(probe, "w"))
+    f:write([[
+local moe = require 'moe'
+moe.manual_seed(3)
+local y = moe.matmul(moe.randn(1500, 100), moe.randn(100, 128)) -- above the single-threaded GEMM sizes
+local z = moe.matmul(moe.randn(520, 600), moe.randn(600, 140))
+local h = 0
+for _, t in ipairs { y, z } do for _, v in ipairs(t:reshape(t:numel()):totable()) do h = (h * 31 + math.floor(v * 2 ^ 20)) % 2 ^ 40 end end
+print(#moe.config().sgemm.shapes, h)]])
+    f:close()
+    local one = sh(("env -u MOELUA_SGEMM MOE_NUM_THREADS=1 %s run %s"):format(bin, probe))
+    local pinned = sh(("MOELUA_SGEMM=openblas MOE_NUM_THREADS=1 %s run %s"):format(bin, probe))
+    local set = sh(("env -u MOELUA_SGEMM %s -e 'require(\"moe\").set_num_threads(1)' -e 'dofile(\"%s\")'"):format(bin, probe))
+    os.remove(probe)
+    local n, bits = one:match("^(%d+)\t(%d+)")
+    assert.are.equal("0", n, one) -- nothing timed
+    assert.are.equal(pinned:match("\t(%d+)"), bits, one .. pinned)
+    assert.are.equal("0\t" .. bits, set:match("^(%d+\t%d+)"), set) -- set_num_threads(1) as MOE_NUM_THREADS=1
   end)
 
   it("chooses the library of least summed time over the classes timed, and again after sgemm_forget", function()

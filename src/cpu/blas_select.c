@@ -131,10 +131,19 @@ void moe_blas_status_get(moe_blas_status *s) {
   snprintf(s->kernels, sizeof s->kernels, "%s", openblas_get_corename());
   const char *best = moe_blas_best_core(&s->cpu);
   snprintf(s->cpu_best, sizeof s->cpu_best, "%s", best ? best : "unknown");
+  snprintf(s->blas_best, sizeof s->blas_best, "%s", s->cpu_best);
   const char *user = getenv("OPENBLAS_CORETYPE"), *before = getenv("MOELUA_BLAS_CHOSEN");
   if (user && *user && before && *before) { /* set by the moelua host (src/main.c), which re-executed itself */
     s->chosen_by = MOE_BLAS_BY_MOELUA;
-    if (!strcasecmp(user, s->kernels))
+    const char *missing = getenv("MOELUA_BLAS_MISSING");
+    if (!strcasecmp(user, s->kernels) && missing && *missing) { /* it fell back from the CPU's best */
+      snprintf(s->missing, sizeof s->missing, "%s", missing);
+      snprintf(s->blas_best, sizeof s->blas_best, "%s", s->kernels);
+      snprintf(s->reason, sizeof s->reason,
+               "the BLAS picked %s, below what the CPU supports (cpuid: %s); this BLAS has no %s kernels: "
+               "moelua set OPENBLAS_CORETYPE=%s, the best it has",
+               before, s->cpu_best, missing, user);
+    } else if (!strcasecmp(user, s->kernels))
       snprintf(s->reason, sizeof s->reason,
                "the BLAS picked %s, below what the CPU supports (cpuid: %s); "
                "moelua set OPENBLAS_CORETYPE=%s",
@@ -147,7 +156,9 @@ void moe_blas_status_get(moe_blas_status *s) {
   const char *why;
   const char *pick = moe_blas_choose(&s->cpu, s->kernels, user, &why);
   s->chosen_by = user && *user ? MOE_BLAS_BY_USER : MOE_BLAS_BY_BLAS;
-  if (pick)
+  if (user && *user && moe_blas_core_rank(user) && strcasecmp(user, s->kernels))
+    snprintf(s->reason, sizeof s->reason, "%s, but this BLAS has no %s kernels: it runs %s", why, user, s->kernels);
+  else if (pick)
     snprintf(s->reason, sizeof s->reason,
              "%s: the CPU's best is %s, the BLAS runs %s; run through the moelua "
              "host, or set OPENBLAS_CORETYPE=%s before the BLAS loads",

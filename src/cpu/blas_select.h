@@ -54,7 +54,10 @@ const char *moe_blas_next_lower(const moe_cpu_info *c, const char *name, int flo
 enum { MOE_BLAS_BY_BLAS = 0, MOE_BLAS_BY_USER = 1, MOE_BLAS_BY_MOELUA = 2 };
 typedef struct {
   moe_cpu_info cpu;
-  char library[160], kernels[48], cpu_best[48], reason[400];
+  /* blas_best: the best kernel set the CPU supports that this BLAS was built
+   * with (cpu_best, or the one moelua fell back to: missing lists those above
+   * it that the BLAS lacks, e.g. Debian's OpenBLAS 0.3.21 has no SapphireRapids) */
+  char library[160], kernels[48], cpu_best[48], blas_best[48], missing[160], reason[600];
   int chosen_by;
 } moe_blas_status;
 void moe_blas_status_get(moe_blas_status *s);

@@ -78,7 +78,9 @@ static int gemm_threads(int64_t M, int64_t N, int64_t K, int f32) {
   if (serial_mode) return 0;
   double work = (double)M * (double)N * (double)K;
   int64_t lo = M < N ? (M < K ? M : K) : (N < K ? N : K);
-  int one = work < MOE_GEMM_SMALL || (lo <= MOE_GEMM_THIN_DIM && work < MOE_GEMM_THIN);
+  /* (a process on one thread runs every GEMM as a single-threaded one: on OpenBLAS, never timed against the
+   * other libraries, so that its results are the same bits in every such process) */
+  int one = moe_cpu_threads() < 2 || work < MOE_GEMM_SMALL || (lo <= MOE_GEMM_THIN_DIM && work < MOE_GEMM_THIN);
   if (!one && f32) return 0;
   moe_cpu_openblas_threads(one ? 1 : 0);
   if (!one) moe_sgemm_note_openblas_threads(); /* a float64 GEMM on OpenBLAS's threads */

@@ -23,8 +23,10 @@
  * differ in the last bits); MOELUA_SGEMM=openblas|blis|onednn|openblas-split
  * pins one library (bitwise reproducible across processes), MOELUA_SGEMM=auto
  * is the default.
- * Single-threaded GEMMs (small ones, or those run side by side on the thread
- * pool) stay on OpenBLAS and small_gemm.c. */
+ * Single-threaded GEMMs (small ones, those run side by side on the thread
+ * pool, and all of them in a process set to one thread) stay on OpenBLAS and
+ * small_gemm.c: one-thread processes give the same bits whatever their timing
+ * (models/moe_vs_mmoe.lua's workers and its one-process run agree). */
 #define _GNU_SOURCE /* RTLD_DEFAULT */
 #include "cpu.h"
 #include "sgemm_lib.h"

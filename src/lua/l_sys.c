@@ -144,7 +144,7 @@ static int l_take_interrupt(lua_State *L) {
 
 static const char *const cpu_vendors[] = {"other", "intel", "amd", NULL}; /* MOE_CPU_* order */
 
-/* blas_info() -> {library, kernels, cpu_best, cpu_vendor, cpu_features, chosen_by, reason} */
+/* blas_info() -> {library, kernels, cpu_best, blas_best, missing, cpu_vendor, cpu_features, chosen_by, reason} */
 static int l_blas_info(lua_State *L) {
   moe_blas_status st;
   moe_blas_status_get(&st);
@@ -161,6 +161,12 @@ static int l_blas_info(lua_State *L) {
   lua_setfield(L, -2, "cpu_best");
   lua_pushinteger(L, moe_blas_core_rank(st.cpu_best));
   lua_setfield(L, -2, "cpu_best_rank");
+  lua_pushstring(L, st.blas_best);
+  lua_setfield(L, -2, "blas_best");
+  lua_pushinteger(L, moe_blas_core_rank(st.blas_best));
+  lua_setfield(L, -2, "blas_best_rank");
+  lua_pushstring(L, st.missing);
+  lua_setfield(L, -2, "missing");
   lua_pushstring(L, cpu_vendors[st.cpu.vendor]);
   lua_setfield(L, -2, "cpu_vendor");
   lua_pushstring(L, feats);
