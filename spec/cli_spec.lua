@@ -75,6 +75,16 @@ print((moe.ones(2, 2) * 3):sum():item())
     os.remove(s)
   end)
 
+  it("keeps a long LUA_PATH whole behind the library's own directory", function()
+    local dirs = {}
+    for i = 1, 800 do dirs[i] = ("/nonexistent/dir%05d/?.lua"):format(i) end -- 21,000 characters
+    local lp = table.concat(dirs, ";")
+    local out, err, rc = sh(("LUA_PATH='%s;;' %s -e 'io.write(package.path)'"):format(lp, bin))
+    assert.are.equal(0, rc, err)
+    assert.matches("^[^;]+/%?%.lua;[^;]+/%?/init%.lua;", out)
+    assert.is_truthy(out:find(lp, 1, true), "LUA_PATH cut: " .. #out .. " characters") -- (cut at 12,351 before)
+  end)
+
   it("plain luajit can require moe with LUA_PATH/LUA_CPATH set", function()
     local root = bin:match("^(.*)/[^/]+/moelua$") or "."
     local build = bin:match("^(.*)/moelua$")

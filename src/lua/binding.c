@@ -208,11 +208,11 @@ void moe_lua_setup_paths_at(lua_State *L, const char *builtin_dir) {
   int prepend = find_library(L, builtin_dir);
   lua_getglobal(L, "package");
   if (prepend) {
-    char buf[3 * PATH_MAX + 64];
+    /* (lua_pushfstring: a LUA_PATH of any length is kept whole, where a fixed buffer cut it) */
     lua_getfield(L, -1, "path");
-    snprintf(buf, sizeof buf, "%s/?.lua;%s/?/init.lua;%s", lib_dir, lib_dir, lua_tostring(L, -1));
-    lua_pop(L, 1);
-    lua_pushstring(L, buf);
+    const char *old = lua_tostring(L, -1);
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", lib_dir, lib_dir, old ? old : "");
+    lua_remove(L, -2);
     lua_setfield(L, -2, "path");
   }
   lua_getfield(L, -1, "preload");
