@@ -56,16 +56,10 @@ static void choose_blas_kernels(char **argv) {
     if (!strcasecmp(asked, st.kernels)) return;
     const char *next = moe_blas_next_lower(&st.cpu, asked, moe_blas_core_rank(before));
     if (!next) return;
-    /* (MOELUA_BLAS_MISSING: the kernel sets tried that this BLAS lacks, for the report) */
-    const char *m = getenv("MOELUA_BLAS_MISSING");
-    char missing[160];
-    snprintf(missing, sizeof missing, "%s%s%s", m && *m ? m : "", m && *m ? "," : "", asked);
-    setenv("MOELUA_BLAS_MISSING", missing, 1);
     setenv("OPENBLAS_CORETYPE", next, 1);
     execv("/proc/self/exe", argv);
     return;
   }
-  unsetenv("MOELUA_BLAS_MISSING"); /* (a stale list from a parent's environment) */
   moe_blas_status_get(&st);
   const char *why;
   /* MOELUA_BLAS_PRETEND=Prescott: act as if the BLAS had picked that (the specs'

@@ -119,6 +119,29 @@ const char *moe_blas_choose(const moe_cpu_info *c, const char *blas_core, const 
   return best;
 }
 
+/* the kernel sets moelua's host asks for, best first: each next one down
+ * when the BLAS was built without the one asked for (moe_blas_next_lower) */
+static const char *const *fallbacks(const moe_cpu_info *c) {
+  static const char *const intel[] = {"SapphireRapids", "Cooperlake", "SkylakeX", "Haswell", "Sandybridge", NULL};
+  static const char *const amd[] = {"Cooperlake", "SkylakeX", "Zen", "Sandybridge", NULL};
+  return c->vendor == MOE_CPU_AMD ? amd : intel;
+}
+
+/* the sets moelua's host asked for before `runs`, from the CPU's best down
+ * (src/main.c): the ones this BLAS lacks, comma-separated */
+static void sets_tried_above(const moe_cpu_info *c, const char *best, const char *runs, char *out, size_t n) {
+  int lo = moe_blas_core_rank(runs), hi = moe_blas_core_rank(best);
+  size_t at = 0;
+  out[0] = '\0';
+  for (const char *const *l = fallbacks(c); *l; l++) {
+    int r = moe_blas_core_rank(*l);
+    if (r <= lo || r > hi) continue;
+    int w = snprintf(out + at, n - at, "%s%s", at ? "," : "", *l);
+    if (w < 0 || (size_t)w >= n - at) break;
+    at += (size_t)w;
+  }
+}
+
 /* ---------------------------------------------------------------- the running BLAS */
 
 char *openblas_get_corename(void);
@@ -135,14 +158,15 @@ void moe_blas_status_get(moe_blas_status *s) {
   const char *user = getenv("OPENBLAS_CORETYPE"), *before = getenv("MOELUA_BLAS_CHOSEN");
   if (user && *user && before && *before) { /* set by the moelua host (src/main.c), which re-executed itself */
     s->chosen_by = MOE_BLAS_BY_MOELUA;
-    const char *missing = getenv("MOELUA_BLAS_MISSING");
-    if (!strcasecmp(user, s->kernels) && missing && *missing) { /* it fell back from the CPU's best */
-      snprintf(s->missing, sizeof s->missing, "%s", missing);
+    /* what runs is what moelua asked for, below the CPU's best: the host asked for each set above it first */
+    if (!strcasecmp(user, s->kernels) && moe_blas_core_rank(s->kernels) < moe_blas_core_rank(s->cpu_best))
+      sets_tried_above(&s->cpu, s->cpu_best, s->kernels, s->missing, sizeof s->missing);
+    if (s->missing[0]) {
       snprintf(s->blas_best, sizeof s->blas_best, "%s", s->kernels);
       snprintf(s->reason, sizeof s->reason,
                "the BLAS picked %s, below what the CPU supports (cpuid: %s); this BLAS has no %s kernels: "
                "moelua set OPENBLAS_CORETYPE=%s, the best it has",
-               before, s->cpu_best, missing, user);
+               before, s->cpu_best, s->missing, user);
     } else if (!strcasecmp(user, s->kernels))
       snprintf(s->reason, sizeof s->reason,
                "the BLAS picked %s, below what the CPU supports (cpuid: %s); "
@@ -194,9 +218,7 @@ unsigned moe_cpu_feature_bit(const char *name) {
 }
 
 const char *moe_blas_next_lower(const moe_cpu_info *c, const char *name, int floor_rank) {
-  static const char *intel[] = {"SapphireRapids", "Cooperlake", "SkylakeX", "Haswell", "Sandybridge", NULL};
-  static const char *amd[] = {"Cooperlake", "SkylakeX", "Zen", "Sandybridge", NULL};
-  const char **list = c->vendor == MOE_CPU_AMD ? amd : intel;
+  const char *const *list = fallbacks(c);
   int r = moe_blas_core_rank(name);
   for (int i = 0; list[i]; i++) {
     int ri = moe_blas_core_rank(list[i]);

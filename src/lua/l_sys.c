@@ -144,7 +144,18 @@ static int l_take_interrupt(lua_State *L) {
 
 static const char *const cpu_vendors[] = {"other", "intel", "amd", NULL}; /* MOE_CPU_* order */
 
-/* blas_info() -> {library, kernels, cpu_best, blas_best, missing, cpu_vendor, cpu_features, chosen_by, reason} */
+/* t[key] = a kernel set's name, t[key .. "_rank"] = its rank (moe_blas_core_rank), t on the stack's top */
+static void set_kernel_set(lua_State *L, const char *key, const char *name) {
+  char rank_key[48];
+  snprintf(rank_key, sizeof rank_key, "%s_rank", key);
+  lua_pushstring(L, name);
+  lua_setfield(L, -2, key);
+  lua_pushinteger(L, moe_blas_core_rank(name));
+  lua_setfield(L, -2, rank_key);
+}
+
+/* blas_info() -> {library, kernels, cpu_best, blas_best (each with its _rank), missing, cpu_vendor, cpu_features,
+ *   chosen_by, reason} */
 static int l_blas_info(lua_State *L) {
   moe_blas_status st;
   moe_blas_status_get(&st);
@@ -153,18 +164,9 @@ static int l_blas_info(lua_State *L) {
   lua_newtable(L);
   lua_pushstring(L, st.library);
   lua_setfield(L, -2, "library");
-  lua_pushstring(L, st.kernels);
-  lua_setfield(L, -2, "kernels");
-  lua_pushinteger(L, moe_blas_core_rank(st.kernels));
-  lua_setfield(L, -2, "kernels_rank");
-  lua_pushstring(L, st.cpu_best);
-  lua_setfield(L, -2, "cpu_best");
-  lua_pushinteger(L, moe_blas_core_rank(st.cpu_best));
-  lua_setfield(L, -2, "cpu_best_rank");
-  lua_pushstring(L, st.blas_best);
-  lua_setfield(L, -2, "blas_best");
-  lua_pushinteger(L, moe_blas_core_rank(st.blas_best));
-  lua_setfield(L, -2, "blas_best_rank");
+  set_kernel_set(L, "kernels", st.kernels);
+  set_kernel_set(L, "cpu_best", st.cpu_best);
+  set_kernel_set(L, "blas_best", st.blas_best);
   lua_pushstring(L, st.missing);
   lua_setfield(L, -2, "missing");
   lua_pushstring(L, cpu_vendors[st.cpu.vendor]);
